@@ -1,0 +1,5 @@
+"""`python -m nncli` runs the same entry point as the `nncli` script."""
+
+from nncli.cli import main
+
+main()

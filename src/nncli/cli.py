@@ -1,0 +1,229 @@
+"""The command line: parse options, call the core, turn errors into one `error:` line.
+
+No torch math and no formatting here. Options are defined once (as Annotated types) and shared
+by every command that takes them, so they are spelled and documented the same everywhere.
+torch is imported only inside the commands that need it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from nncli import __version__
+from nncli.errors import NncliError, UsageError
+
+app = typer.Typer(
+    name="nncli",
+    help="The everyday PyTorch routine as shell commands: forward, loss, gradients, a step.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    add_completion=False,
+)
+
+_debug = {"on": False}
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised like Ctrl-C so that open files are cleaned up on the way out."""
+
+
+# -- shared options --------------------------------------------------------------------------------
+
+Spec = Annotated[str, typer.Argument(metavar="SPEC", help="The model spec (YAML).", show_default=False)]
+Data = Annotated[str, typer.Argument(metavar="DATA", help="A CSV file, or - for standard input.", show_default=False)]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed for the initial weights (default: the spec's seed, else 0).", min=0)]
+Weights = Annotated[Optional[str], typer.Option("--weights", "-w", help="Load parameters from a .safetensors or .pt/.pth state_dict.")]
+Dtype = Annotated[str, typer.Option("--dtype", help="float32 or float64, for the model and the data.")]
+MaxParams = Annotated[int, typer.Option("--max-params", help="Refuse, before allocating, a model with more parameters than this.", min=0)]
+Device = Annotated[str, typer.Option("--device", help="cpu, cuda, mps or auto (an available accelerator, else cpu).")]
+Threads = Annotated[Optional[int], typer.Option("--threads", help="Threads for torch and the CSV reader (default: every core).", min=1)]
+Format = Annotated[
+    Optional[str],
+    typer.Option("--format", "-f", help="table, csv, tsv, json or jsonl (default: table on a terminal, csv otherwise, or the -o file's suffix)."),
+]
+Output = Annotated[Optional[str], typer.Option("--output", "-o", help="Write to this file (atomically) instead of standard output.")]
+Precision = Annotated[Optional[int], typer.Option("--precision", help="Decimals to print (default: the table shows 4; other formats print every digit).", min=0, max=30)]
+Force = Annotated[bool, typer.Option("--force", help="Allow an output file to replace one of the command's inputs.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+Delimiter = Annotated[Optional[str], typer.Option("--delimiter", "-d", help="Force the delimiter (default: detected among , tab ;).")]
+Header = Annotated[Optional[bool], typer.Option("--header/--no-header", help="Force whether the first row is a header (default: detected).", show_default=False)]
+Features = Annotated[Optional[list[str]], typer.Option("--features", help="Feature columns, by name or 0-based index (repeatable; default: all other columns).")]
+Target = Annotated[Optional[list[str]], typer.Option("--target", "-t", help="A target column, by name or 0-based index (repeatable).")]
+TargetsFile = Annotated[Optional[str], typer.Option("--targets", help="A CSV of targets with one row per DATA row.")]
+IdColumn = Annotated[Optional[str], typer.Option("--id-column", help="A column carried through as the first output column.")]
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Rows per batch (default: 65536); results never depend on it.", min=1)]
+Threshold = Annotated[float, typer.Option("--threshold", help="A sigmoid output at or above this is class 1.")]
+
+DTYPES = ("float32", "float64")
+FORMATS = ("table", "csv", "tsv", "json", "jsonl")
+
+
+def _choice(value: Optional[str], allowed: tuple, option: str) -> Optional[str]:
+    if value is not None and value not in allowed:
+        raise UsageError(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def model_options(spec, seed, weights, dtype, max_params, device, threads, inputs=None):
+    from nncli.session import ModelOptions
+
+    _choice(dtype, DTYPES, "--dtype")
+    return ModelOptions(spec, seed, weights, dtype, max_params, device, threads, inputs)
+
+
+def output_options(fmt, output, precision, force, quiet=False):
+    from nncli.session import OutputOptions
+
+    _choice(fmt, FORMATS, "--format")
+    return OutputOptions(fmt, output, precision, force, quiet)
+
+
+def data_options(data, delimiter, header, features, target, id_column, targets_file=None):
+    from nncli.data import DataOptions
+
+    return DataOptions(data, delimiter, header, features or [], target or [], targets_file, id_column)
+
+
+# -- errors, pipes and signals ---------------------------------------------------------------------
+
+
+def _error(message: str, code: int) -> None:
+    sys.stdout.flush() if not sys.stdout.closed else None
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _sigterm(signum, frame):
+    raise Terminated()
+
+
+def handled(fn):
+    """Run a command: errors become one `error:` line (exit 1, or 2 for usage), pipes close quietly."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        debug = _debug["on"] or os.environ.get("NNCLI_DEBUG", "") not in ("", "0")
+        previous = signal.signal(signal.SIGTERM, _sigterm) if _in_main_thread() else None
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except UsageError as e:
+            if debug:
+                raise
+            _error(e.message, 2)
+        except NncliError as e:
+            if debug:
+                raise
+            _error(e.message, 1)
+        except BrokenPipeError:
+            _silence_stdout()
+            raise typer.Exit(0)
+        except KeyboardInterrupt:
+            raise typer.Exit(130)
+        except Terminated:
+            raise typer.Exit(143)
+        except MemoryError:
+            _error("out of memory (try a smaller --batch-size or model)", 1)
+        except Exception as e:  # a bug or an input nncli failed to foresee: still one line, no traceback
+            if debug:
+                raise
+            _error(f"unexpected {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (run with --debug for the traceback)", 1)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+    return wrapper
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _silence_stdout() -> None:
+    """After a closed pipe, point stdout at /dev/null so the interpreter's final flush stays quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+# -- commands --------------------------------------------------------------------------------------
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"nncli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[bool, typer.Option("--version", "-V", help="Show the version and exit.", callback=_version, is_eager=True)] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks (also NNCLI_DEBUG=1).")] = False,
+) -> None:
+    """The everyday PyTorch routine as shell commands: forward, loss, gradients, a step."""
+    _debug["on"] = debug
+
+
+@app.command()
+@handled
+def forward(
+    spec: Spec,
+    data: Data,
+    seed: Seed = None,
+    weights: Weights = None,
+    dtype: Dtype = "float32",
+    features: Features = None,
+    target: Target = None,
+    id_column: IdColumn = None,
+    delimiter: Delimiter = None,
+    header: Header = None,
+    threshold: Threshold = 0.5,
+    batch_size: BatchSize = None,
+    fmt: Format = None,
+    output: Output = None,
+    precision: Precision = None,
+    force: Force = False,
+    quiet: Quiet = False,
+    device: Device = "cpu",
+    threads: Threads = None,
+    max_params: MaxParams = 10**9,
+) -> None:
+    """Run the model in eval mode over every row: outputs, probabilities, predicted classes."""
+    from nncli import commands
+
+    commands.forward(
+        model_options(spec, seed, weights, dtype, max_params, device, threads),
+        data_options(data, delimiter, header, features, target, id_column),
+        output_options(fmt, output, precision, force, quiet),
+        batch_size,
+        threshold,
+    )
+
+
+def main() -> None:
+    """The console script: run the app, flush, and leave without the interpreter's slow teardown."""
+    code = 0
+    try:
+        app()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (BrokenPipeError, ValueError):
+        _silence_stdout()
+    if "torch" in sys.modules:
+        os._exit(code)
+    sys.exit(code)

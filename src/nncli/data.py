@@ -1,0 +1,176 @@
+"""DATA (and an optional targets file) -> batches of feature, target and id columns.
+
+Columns are chosen by name or 0-based index (negative from the end, as in Python). Batches
+have a fixed number of rows, whatever the block size the reader uses, so a result never
+depends on how the file was read.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from nncli.csvread import CsvFile, display_name
+from nncli.errors import NncliError, UsageError
+
+DEFAULT_BATCH_ROWS = 65536
+_INDEX = re.compile(r"^[+-]?\d+$")
+
+
+@dataclass
+class DataOptions:
+    """What the user said about DATA on the command line."""
+
+    path: str
+    delimiter: str | None = None
+    header: bool | None = None
+    features: list[str] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)
+    targets_file: str | None = None
+    id_column: str | None = None
+
+
+@dataclass
+class Batch:
+    x: object  # numpy float64 (rows, features)
+    y: object | None  # numpy float64 (rows, targets) or None
+    ids: list[str] | None
+    first_row: int  # 0-based index of the batch's first data row
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+def column_index(token: str, csv: CsvFile, option: str) -> int:
+    """A column named by its header name or its 0-based index (negative from the end)."""
+    token = token.strip()
+    if csv.names and token in csv.names:
+        return csv.names.index(token)
+    if _INDEX.match(token):
+        i = int(token)
+        if -csv.ncols <= i < csv.ncols:
+            return i % csv.ncols
+        raise NncliError(f"{option} {token}: there is no column {token}; {csv.name} has {csv.ncols} columns (0 to {csv.ncols - 1})", csv.name)
+    if not csv.names:
+        raise NncliError(f"{option} {token!r}: the file has no header; name columns by 0-based index", csv.name)
+    shown = ", ".join(csv.names[:20]) + (", ..." if len(csv.names) > 20 else "")
+    raise NncliError(f"{option} {token!r}: no such column (columns: {shown})", csv.name)
+
+
+class Dataset:
+    """An open DATA file with its columns assigned to features, targets and an id."""
+
+    def __init__(self, opts: DataOptions, want_targets: bool = False) -> None:
+        if opts.targets_file and opts.targets:
+            raise UsageError("give target columns with --target or a file with --targets, not both")
+        if opts.path == "-" and opts.targets_file == "-":
+            raise UsageError("DATA and --targets can't both be standard input")
+        if want_targets and not (opts.targets or opts.targets_file):
+            raise UsageError("this command needs targets: --target COLUMN (or --targets FILE)")
+        self.csv = CsvFile(opts.path, opts.delimiter, opts.header)
+        self.name = self.csv.name
+        csv = self.csv
+        self.target_cols = _unique([column_index(t, csv, "--target") for t in opts.targets], csv, "--target")
+        self.id_col = column_index(opts.id_column, csv, "--id-column") if opts.id_column else None
+        taken = set(self.target_cols) | ({self.id_col} if self.id_col is not None else set())
+        if opts.features:
+            self.feature_cols = _unique([column_index(f, csv, "--features") for f in opts.features], csv, "--features")
+            clash = [c for c in self.feature_cols if c in taken]
+            if clash:
+                raise UsageError(f"{csv.column_label(clash[0])} can't be both a feature and a target or the id")
+        else:
+            self.feature_cols = [c for c in range(csv.ncols) if c not in taken]
+        self.targets_csv = None
+        if opts.targets_file and want_targets:
+            self.targets_csv = CsvFile(opts.targets_file, opts.delimiter, opts.header)
+            self.target_cols = list(range(self.targets_csv.ncols))
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_cols)
+
+    def names(self, cols: list[int], csv: CsvFile) -> list[str]:
+        return [csv.names[c] if csv.names else str(c) for c in cols]
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.names(self.feature_cols, self.csv)
+
+    @property
+    def target_names(self) -> list[str]:
+        return self.names(self.target_cols, self.targets_csv or self.csv)
+
+    @property
+    def id_name(self) -> str | None:
+        if self.id_col is None:
+            return None
+        return self.csv.names[self.id_col] if self.csv.names else "id"
+
+    @property
+    def bytes_read(self) -> int:
+        return self.csv.bytes_read
+
+    @property
+    def total_bytes(self) -> int | None:
+        return self.csv.total_bytes
+
+    def batches(self, rows: int | None = DEFAULT_BATCH_ROWS) -> Iterator[Batch]:
+        """Batches of exactly `rows` rows (the last may be shorter); rows=None: one batch of everything."""
+        import numpy as np
+
+        in_targets_file = self.targets_csv is not None
+        numeric = self.feature_cols + ([] if in_targets_file else self.target_cols)
+        text = [self.id_col] if self.id_col is not None else []
+        main = _rebatch(self.csv.read(numeric, text), rows)
+        other = _rebatch(self.targets_csv.read(self.target_cols), rows) if in_targets_file else None
+        nf = len(self.feature_cols)
+        done = 0
+        for values, texts in main:
+            if other is not None:
+                target_values = next(other, None)
+                if target_values is None or len(target_values[0]) != len(values):
+                    got = done + (0 if target_values is None else len(target_values[0]))
+                    raise NncliError(f"{self.name} has more rows than the targets file ({got})", self.targets_csv.name)
+                y = target_values[0]
+            else:
+                y = values[:, nf:] if self.target_cols else None
+            x = np.ascontiguousarray(values[:, :nf]) if y is not None else values
+            yield Batch(x, y, texts[0] if text else None, done)
+            done += len(values)
+        if other is not None and next(other, None) is not None:
+            raise NncliError(f"the targets file has more rows than {self.name} ({done})", self.targets_csv.name)
+
+    def close(self) -> None:
+        self.csv.close()
+        if self.targets_csv:
+            self.targets_csv.close()
+
+
+def _unique(cols: list[int], csv: CsvFile, option: str) -> list[int]:
+    seen = set()
+    for c in cols:
+        if c in seen:
+            raise UsageError(f"{option}: {csv.column_label(c)} is named twice")
+        seen.add(c)
+    return cols
+
+
+def _rebatch(blocks, rows: int | None):
+    """Regroup parsed blocks into (values, texts) of exactly `rows` rows; None: a single group."""
+    import numpy as np
+
+    parts, texts, held = [], None, 0
+    for block in blocks:
+        parts.append(block.values)
+        texts = block.texts if texts is None else [a + b for a, b in zip(texts, block.texts)]
+        held += len(block.values)
+        while rows is not None and held >= rows:
+            values = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            yield values[:rows], [t[:rows] for t in texts]
+            parts, texts, held = [values[rows:]], [t[rows:] for t in texts], held - rows
+    if held:
+        yield (parts[0] if len(parts) == 1 else np.concatenate(parts)), texts
+
+
+__all__ = ["Batch", "DataOptions", "Dataset", "column_index", "display_name"]

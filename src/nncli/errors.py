@@ -1,0 +1,20 @@
+"""The one error type that the CLI turns into `error: <what> (<where>)` and exit code 1."""
+
+from __future__ import annotations
+
+
+class NncliError(Exception):
+    """A problem with the user's input (a spec, a CSV, a weights file, a path), never a bug."""
+
+    def __init__(self, what: str, where: str | None = None) -> None:
+        self.what = what
+        self.where = where
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        return f"{self.what} ({self.where})" if self.where else self.what
+
+
+class UsageError(NncliError):
+    """A bad combination of command-line options: exit code 2, like Typer's own usage errors."""

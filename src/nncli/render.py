@@ -1,0 +1,206 @@
+"""Results -> Rich tables for people; CSV, TSV, JSON and JSON Lines for programs.
+
+Floats are printed as the shortest text that reads back as the same value of their dtype (a
+float32 0.4647 prints as 0.4647), unless --precision asks for fixed decimals. CSV and JSON never
+pass through Rich, which would shrink or cut cells to fit 80 columns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+FORMATS = ("table", "csv", "tsv", "json", "jsonl")
+TABLE_PRECISION = 4
+_SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+def resolve_format(fmt: str | None, output: str | None) -> str:
+    """--format, else the -o file's suffix, else a table on a terminal and CSV anywhere else."""
+    if fmt:
+        return fmt
+    if output and output != "-":
+        return _SUFFIX_FORMATS.get(os.path.splitext(output)[1].lower(), "csv")
+    return "table" if sys.stdout.isatty() else "csv"
+
+
+def console(stream=None, stderr: bool = False):
+    """A Rich console made on demand, so COLUMNS, NO_COLOR and test runners' streams take effect."""
+    from rich.console import Console
+
+    if stderr:
+        return Console(stderr=True, highlight=False)
+    if stream is None or stream is sys.stdout.buffer:
+        return Console(file=sys.stdout, highlight=False)
+    import io
+
+    text = io.TextIOWrapper(stream, encoding="utf-8", write_through=True)
+    return Console(file=text, highlight=False, width=int(os.environ.get("COLUMNS", 120)), force_terminal=False)
+
+
+# -- numbers ---------------------------------------------------------------------------------------
+
+
+def number_texts(values, precision: int | None):
+    """Numpy values -> strings: the shortest round-trip text of their dtype, or fixed decimals."""
+    import numpy as np
+
+    values = np.asarray(values)
+    if values.dtype.kind != "f":
+        return values.astype(str)
+    if precision is None:
+        return values.astype(str)
+    return np.char.mod(f"%.{precision}f", values)
+
+
+def jsonable(values, precision: int | None = None) -> Any:
+    """A tensor or array -> nested Python lists whose floats print shortest for their dtype.
+
+    NaN and infinities have no JSON spelling: they become null (and a warning says where).
+    """
+    import numpy as np
+
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    values = np.asarray(values)
+    if values.dtype.kind != "f":
+        return values.tolist()
+    texts = number_texts(values, precision)
+    finite = np.isfinite(values)
+    flat = [float(t) if ok else None for t, ok in zip(texts.reshape(-1).tolist(), finite.reshape(-1).tolist())]
+    if values.ndim == 0:
+        return flat[0]
+    return np.array(flat, dtype=object).reshape(values.shape).tolist()
+
+
+def fmt(value: float, precision: int | None) -> str:
+    """A number for a table: fixed decimals, or scientific where those decimals would show only zeros."""
+    p = TABLE_PRECISION if precision is None else precision
+    if value != 0 and abs(value) < 0.5 * 10**-p and value == value:
+        return f"{value:.{p}e}"
+    return f"{value:.{p}f}"
+
+
+# -- rows ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Frame:
+    """A block of result rows: column names and one numpy array (or list of strings) per column."""
+
+    names: list[str]
+    columns: list
+
+
+class RowWriter:
+    """Writes frames one after another, so output streams as it is produced."""
+
+    def __init__(self, fmt: str, stream: BinaryIO, precision: int | None = None, caption: str = "") -> None:
+        self.fmt, self.stream, self.precision, self.caption = fmt, stream, precision, caption
+        self.count = 0
+        self._held: list[Frame] = []
+
+    def write(self, frame: Frame) -> None:
+        if self.fmt == "table":
+            self._held.append(frame)
+        elif self.fmt in ("csv", "tsv"):
+            self._write_csv(frame)
+        else:
+            self._write_json(frame)
+        self.count += len(frame.columns[0]) if frame.columns else 0
+
+    def close(self) -> None:
+        if self.fmt == "table":
+            self._write_table()
+        elif self.fmt == "json":
+            self.stream.write(b"[]\n" if self.count == 0 else b"\n]\n")
+        self.stream.flush()
+
+    def _polars(self, frame: Frame):
+        import numpy as np
+        import polars as pl
+
+        columns = {}
+        for name, col in zip(frame.names, frame.columns):
+            if self.precision is not None and isinstance(col, np.ndarray) and col.dtype.kind == "f" and self.fmt.startswith("json"):
+                col = np.round(col, self.precision)
+            columns[name] = pl.Series(name, col, strict=False)
+        return pl.DataFrame(columns)
+
+    def _write_csv(self, frame: Frame) -> None:
+        self._polars(frame).write_csv(
+            self.stream,
+            include_header=self.count == 0,
+            separator="\t" if self.fmt == "tsv" else ",",
+            float_precision=self.precision,
+        )
+
+    def _write_json(self, frame: Frame) -> None:
+        import io
+
+        buffer = io.BytesIO()
+        self._polars(frame).write_ndjson(buffer)
+        text = buffer.getvalue()
+        if self.fmt == "jsonl":
+            self.stream.write(text)
+            return
+        lines = text.rstrip(b"\n").split(b"\n")
+        self.stream.write((b"[\n" if self.count == 0 else b",\n") + b",\n".join(lines))
+
+    def _write_table(self) -> None:
+        from rich.table import Table
+
+        table = Table(header_style="bold")
+        names = self._held[0].names if self._held else []
+        for name in names:
+            table.add_column(escape(name), justify="right", no_wrap=True)
+        for frame in self._held:
+            cells = [_cells(col, self.precision) for col in frame.columns]
+            for row in zip(*cells):
+                table.add_row(*row)
+        out = console(self.stream)
+        out.print(table)
+        if self.caption:
+            out.print(self.caption, style="dim", markup=False)
+
+
+def _cells(col, precision: int | None) -> list[str]:
+    import numpy as np
+
+    if isinstance(col, np.ndarray) and col.dtype.kind == "f":
+        return [fmt(v, precision) for v in col.tolist()]
+    return [escape(str(v)) for v in (col.tolist() if isinstance(col, np.ndarray) else col)]
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
+# -- documents (loss, grads, step, params) --------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """One result in every shape a format needs: a JSON document, long-form rows, and Rich renderables."""
+
+    doc: dict
+    frame: Frame
+    tables: list = field(default_factory=list)
+
+
+def write_report(report: Report, fmt: str, stream: BinaryIO, precision: int | None) -> None:
+    if fmt == "json":
+        stream.write(json.dumps(report.doc, indent=2, allow_nan=False).encode() + b"\n")
+    elif fmt == "table":
+        out = console(stream)
+        for item in report.tables:
+            out.print(item)
+    else:
+        writer = RowWriter(fmt, stream, precision)
+        writer.write(report.frame)
+        writer.close()

@@ -1,0 +1,323 @@
+"""YAML model spec -> plain, validated objects; every message names the file and the layer.
+
+Nothing here imports torch: a spec is checked, its widths inferred and its parameters counted
+before a single tensor exists.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from nncli.errors import NncliError
+from nncli.layers import BOOL, FLOAT, INT, LAYERS, POSITIONAL_LIMIT, LayerType
+
+MAX_SPEC_BYTES = 64 * 1024 * 1024
+TOP_KEYS = ("name", "seed", "layers", "loss", "inputs")
+PARAM_KEYS = ("weight", "bias")
+
+
+@dataclass
+class LayerSpec:
+    """One layer as written: its type, positional and keyword arguments and any inline parameters."""
+
+    index: int
+    type: str
+    args: list = field(default_factory=list)
+    kwargs: dict = field(default_factory=dict)
+    inline: dict = field(default_factory=dict)  # "weight"/"bias" -> nested lists
+
+    @property
+    def label(self) -> str:
+        return f"layers[{self.index}] ({self.type})"
+
+    @property
+    def written(self) -> str:
+        """The arguments as the user wrote them, for the params table."""
+        parts = [_short(a) for a in self.args] + [f"{k}={_short(v)}" for k, v in self.kwargs.items()]
+        return ", ".join(parts)
+
+
+@dataclass
+class Spec:
+    path: str
+    layers: list[LayerSpec]
+    name: str | None = None
+    seed: int | None = None
+    loss: str | None = None
+    inputs: int | None = None
+
+    @property
+    def display_name(self) -> str:
+        return self.name or os.path.splitext(os.path.basename(self.path))[0]
+
+
+@dataclass(frozen=True)
+class ResolvedLayer:
+    """A layer with every constructor argument known, and the widths it maps between."""
+
+    index: int
+    type: str
+    kwargs: dict
+    in_width: int | None
+    out_width: int | None
+    shapes: dict  # parameter name -> shape
+    buffers: dict  # buffer name -> shape
+    spec: LayerSpec
+
+    @property
+    def num_params(self) -> int:
+        return sum(math.prod(s) for s in self.shapes.values())
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _describe(value: Any) -> str:
+    return _short(value) if not isinstance(value, (dict, list)) else type(value).__name__
+
+
+def load_spec(path: str) -> Spec:
+    """Read and validate a spec file (safe YAML only)."""
+    import yaml
+
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_SPEC_BYTES:
+            raise NncliError(f"the spec is {size} bytes; the limit is {MAX_SPEC_BYTES}", path)
+        with open(path, "rb") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise NncliError("no such file", path) from None
+    except IsADirectoryError:
+        raise NncliError("is a directory, not a spec file", path) from None
+    except OSError as e:
+        raise NncliError(f"cannot read the spec: {e.strerror}", path) from None
+    try:
+        doc = yaml.safe_load(text.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise NncliError("the spec is not UTF-8 text", path) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else path
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise NncliError(f"invalid YAML: {problem}", where) from None
+    except RecursionError:
+        raise NncliError("the YAML is nested too deeply", path) from None
+    return parse_spec(doc, path)
+
+
+def parse_spec(doc: Any, path: str) -> Spec:
+    """Validate a loaded YAML document; `path` names the file in messages."""
+
+    def fail(what: str) -> NncliError:
+        return NncliError(what, path)
+
+    if not isinstance(doc, dict):
+        raise fail(f"a spec is a mapping with a `layers` list, got {_describe(doc)}")
+    unknown = [k for k in doc if k not in TOP_KEYS]
+    if unknown:
+        raise fail(f"unknown key {_short(unknown[0])}; a spec has {', '.join(TOP_KEYS)}")
+    if "layers" not in doc:
+        raise fail("the spec has no `layers` list")
+    layers_doc = doc["layers"]
+    if layers_doc is None:
+        layers_doc = []
+    if not isinstance(layers_doc, list):
+        raise fail(f"`layers` must be a list, got {_describe(layers_doc)}")
+    name = doc.get("name")
+    if name is not None and not isinstance(name, (str, int, float)):
+        raise fail(f"`name` must be text, got {_describe(name)}")
+    seed = doc.get("seed")
+    if seed is not None and not _is_int(seed) or (seed is not None and not 0 <= seed < 2**64):
+        raise fail(f"`seed` must be an integer from 0 to 2**64-1, got {_describe(seed)}")
+    loss = doc.get("loss")
+    if loss is not None and not isinstance(loss, str):
+        raise fail(f"`loss` must be a loss name, got {_describe(loss)}")
+    inputs = doc.get("inputs")
+    if inputs is not None and not (_is_int(inputs) and inputs > 0):
+        raise fail(f"`inputs` must be a positive integer, got {_describe(inputs)}")
+    layers = [_parse_layer(i, entry, path) for i, entry in enumerate(layers_doc)]
+    return Spec(path, layers, None if name is None else str(name), seed, loss, inputs)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _unknown_layer(name: str) -> str:
+    allowed = ", ".join(LAYERS)
+    close = difflib.get_close_matches(name, LAYERS, n=1, cutoff=0.6)
+    if not close:
+        lowered = {k.lower(): k for k in LAYERS}
+        close = [lowered[name.lower()]] if name.lower() in lowered else []
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return f"unknown layer type {_short(name)}{hint} (allowed: {allowed})"
+
+
+def _parse_layer(index: int, entry: Any, path: str) -> LayerSpec:
+    where = f"layers[{index}]"
+    if isinstance(entry, str):
+        if entry not in LAYERS:
+            raise NncliError(f"{where}: {_unknown_layer(entry)}", path)
+        layer = LayerSpec(index, entry)
+    elif isinstance(entry, dict) and entry:
+        types = [k for k in entry if k not in PARAM_KEYS]
+        if len(types) != 1:
+            raise NncliError(
+                f"{where}: a layer is one type name, optionally with `weight:` and `bias:`; got keys "
+                + ", ".join(_short(k) for k in entry),
+                path,
+            )
+        kind = types[0]
+        if not isinstance(kind, str) or kind not in LAYERS:
+            raise NncliError(f"{where}: {_unknown_layer(str(kind))}", path)
+        layer = LayerSpec(index, kind)
+        value = entry[kind]
+        if isinstance(value, list):
+            layer.args = value
+        elif isinstance(value, dict):
+            bad = [k for k in value if not isinstance(k, str)]
+            if bad:
+                raise NncliError(f"{layer.label}: argument names must be text, got {_short(bad[0])}", path)
+            layer.kwargs = value
+        elif value is not None:
+            layer.args = [value]  # `Dropout: 0.2` reads as Dropout(0.2)
+        layer.inline = {k: entry[k] for k in PARAM_KEYS if k in entry}
+    else:
+        raise NncliError(f"{where}: a layer is a type name or a mapping, got {_describe(entry)}", path)
+    _bind(layer, LAYERS[layer.type], path)  # validates the arguments now, before any width is known
+    return layer
+
+
+def _bind(layer: LayerSpec, kind: LayerType, path: str) -> dict:
+    """Match the written arguments to the constructor's, checking each value's type."""
+
+    def fail(what: str) -> NncliError:
+        return NncliError(f"{layer.label}: {what}", path)
+
+    names = [a.name for a in kind.args]
+    limit = POSITIONAL_LIMIT.get(kind.name, len(names))
+    if len(layer.args) > limit:
+        raise fail(f"takes at most {limit} positional arguments ({', '.join(names[:limit]) or 'none'}), got {len(layer.args)}")
+    bound = dict(zip(names, layer.args))
+    for key, value in layer.kwargs.items():
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            allowed = ", ".join(names) or "no arguments"
+            raise fail(f"unknown argument {_short(key)}{hint} ({kind.name} takes {allowed})")
+        if key in bound:
+            raise fail(f"{key} is given twice, by position and by name")
+        bound[key] = value
+    for arg in kind.args:
+        if arg.name not in bound:
+            continue
+        value = bound[arg.name]
+        if arg.name == kind.size_arg and isinstance(value, list) and len(value) == 1:
+            value = bound[arg.name] = value[0]  # LayerNorm: [n] is the same as n
+        bound[arg.name] = _check_value(arg, value, kind.size_arg == arg.name or arg.name == kind.out_arg, fail)
+    return bound
+
+
+def _check_value(arg, value: Any, is_size: bool, fail) -> Any:
+    if value is None and arg.optional:
+        return None
+    if arg.kind == INT:
+        if not _is_int(value) or (is_size and value <= 0):
+            must = "a positive integer" if is_size else "an integer"
+            raise fail(f"{arg.name} must be {must}, got {_describe(value)}")
+    elif arg.kind == FLOAT:
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool)) or not math.isfinite(value):
+            raise fail(f"{arg.name} must be a number, got {_describe(value)}")
+        return float(value)
+    elif arg.kind == BOOL:
+        if not isinstance(value, bool):
+            raise fail(f"{arg.name} must be true or false, got {_describe(value)}")
+    elif value not in arg.kind:
+        raise fail(f"{arg.name} must be one of {', '.join(arg.kind)}, got {_describe(value)}")
+    return value
+
+
+def resolve(spec: Spec, n_inputs: int | None, inputs_from: str = "the input") -> list[ResolvedLayer]:
+    """Fill in every argument (inferring sizes from the incoming width) and check widths chain."""
+    width = n_inputs
+    source = inputs_from
+    resolved = []
+    for layer in spec.layers:
+        kind = LAYERS[layer.type]
+        kwargs = {a.name: a.default for a in kind.args if not a.required}
+        kwargs.update(_bind(layer, kind, spec.path))
+        size = kind.size_arg
+        if size and size not in kwargs:
+            if width is None:
+                raise NncliError(
+                    f"{layer.label}: {size} can't be inferred: give it, or the number of input features "
+                    "(the spec's `inputs`, or --inputs)",
+                    spec.path,
+                )
+            kwargs[size] = width
+        missing = [a.name for a in kind.args if a.required and a.name not in kwargs]
+        if missing:
+            raise NncliError(f"{layer.label}: {missing[0]} is missing", spec.path)
+        if size and width is not None and kwargs[size] != width:
+            if not resolved:
+                raise NncliError(f"the model expects {kwargs[size]} features; {inputs_from} has {width}", spec.path)
+            raise NncliError(f"{layer.label}: {size} is {kwargs[size]}, but {source} gives {width}", spec.path)
+        problem = kind.check(kwargs)
+        if problem:
+            raise NncliError(f"{layer.label}: {problem}", spec.path)
+        in_width = kwargs[size] if size else width
+        out = kind.out_width(kwargs, in_width) if in_width is not None or kind.out_arg else None
+        shapes = kind.shapes(kwargs)
+        _check_inline(layer, shapes, spec.path)
+        resolved.append(ResolvedLayer(layer.index, layer.type, kwargs, in_width, out, shapes, kind.buffers(kwargs), layer))
+        width, source = out, layer.label
+    return resolved
+
+
+def input_width(spec: Spec, inputs: int | None = None) -> int | None:
+    """The number of input features the spec itself fixes: --inputs, the spec's `inputs` or the first size argument."""
+    if inputs is not None:
+        return inputs
+    if spec.inputs is not None:
+        return spec.inputs
+    for layer in spec.layers:
+        kind = LAYERS[layer.type]
+        if kind.size_arg:
+            return _bind(layer, kind, spec.path).get(kind.size_arg)
+        if kind.out_arg:
+            return None
+    return None
+
+
+def _check_inline(layer: LayerSpec, shapes: dict, path: str) -> None:
+    for key, value in layer.inline.items():
+        if key not in shapes:
+            raise NncliError(f"{layer.label}: has no parameter {key!r} to set", path)
+        got = _shape_of(value, shapes[key], f"{layer.label}: {key}", path)
+        if got != shapes[key]:
+            raise NncliError(f"{layer.label}: {key} has shape {list(got)}, expected {list(shapes[key])}", path)
+
+
+def _shape_of(value: Any, expected: tuple, what: str, path: str) -> tuple:
+    """The shape of a nested list of numbers, walked no further than the expected shape allows."""
+    if not isinstance(value, list):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return ()
+        raise NncliError(f"{what} must hold numbers, got {_describe(value)}", path)
+    if not expected or len(value) != expected[0]:
+        return (len(value),) + ((1,) if value and isinstance(value[0], list) else ())
+    inner = {_shape_of(v, expected[1:], what, path) for v in value}
+    if len(inner) != 1:
+        raise NncliError(f"{what} is ragged: its rows have different lengths", path)
+    return (len(value),) + inner.pop()
+
+
+def total_params(layers: list[ResolvedLayer]) -> int:
+    return sum(layer.num_params for layer in layers)
