@@ -61,6 +61,13 @@ IdColumn = Annotated[Optional[str], typer.Option("--id-column", help="A column c
 BatchSize = Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Rows per batch (default: 65536); results never depend on it.", min=1)]
 Threshold = Annotated[float, typer.Option("--threshold", help="A sigmoid output at or above this is class 1.")]
 
+Loss = Annotated[Optional[str], typer.Option("--loss", "-l", help="A torch.nn loss (CrossEntropyLoss, BCELoss, MSELoss, ...) or alias (cross_entropy, bce, mse, ...); default: the spec's, else implied by the head.")]
+Reduction = Annotated[str, typer.Option("--reduction", help="mean, sum or none (none: one loss per row).")]
+Mode = Annotated[Optional[str], typer.Option("--mode", help="train or eval (default: eval for loss, train for grads and step).")]
+Layer = Annotated[Optional[int], typer.Option("--layer", help="Show only this layer's parameters (0-based index).")]
+Summary = Annotated[bool, typer.Option("--summary", help="Show only the summary table (norms, min, max).")]
+Full = Annotated[bool, typer.Option("--full", help="Show every element of large tensors (default: elided like torch's print).")]
+
 DTYPES = ("float32", "float64")
 FORMATS = ("table", "csv", "tsv", "json", "jsonl")
 
@@ -210,6 +217,159 @@ def forward(
         batch_size,
         threshold,
     )
+
+
+def loss_options(loss, reduction, mode, batch_size, scalar_only: bool):
+    from nncli.commands import LossOptions
+    from nncli.losses import REDUCTIONS
+
+    _choice(reduction, REDUCTIONS, "--reduction")
+    _choice(mode, ("train", "eval"), "--mode")
+    if scalar_only and reduction == "none":
+        raise UsageError("--reduction none gives no single loss to differentiate; use mean or sum")
+    return LossOptions(loss, reduction, mode, batch_size)
+
+
+@app.command()
+@handled
+def loss(
+    spec: Spec,
+    data: Data,
+    target: Target = None,
+    targets: TargetsFile = None,
+    loss: Loss = None,
+    reduction: Reduction = "mean",
+    mode: Mode = None,
+    seed: Seed = None,
+    weights: Weights = None,
+    dtype: Dtype = "float32",
+    features: Features = None,
+    delimiter: Delimiter = None,
+    header: Header = None,
+    batch_size: BatchSize = None,
+    fmt: Format = None,
+    output: Output = None,
+    precision: Precision = None,
+    force: Force = False,
+    quiet: Quiet = False,
+    device: Device = "cpu",
+    threads: Threads = None,
+    max_params: MaxParams = 10**9,
+) -> None:
+    """The loss of the model's outputs against the targets (eval mode)."""
+    from nncli import commands
+
+    commands.loss(
+        model_options(spec, seed, weights, dtype, max_params, device, threads),
+        data_options(data, delimiter, header, features, target, None, targets),
+        output_options(fmt, output, precision, force, quiet),
+        loss_options(loss, reduction, mode, batch_size, scalar_only=False),
+    )
+
+
+@app.command()
+@handled
+def grads(
+    spec: Spec,
+    data: Data,
+    target: Target = None,
+    targets: TargetsFile = None,
+    loss: Loss = None,
+    reduction: Reduction = "mean",
+    mode: Mode = None,
+    layer: Layer = None,
+    summary: Summary = False,
+    full: Full = False,
+    seed: Seed = None,
+    weights: Weights = None,
+    dtype: Dtype = "float32",
+    features: Features = None,
+    delimiter: Delimiter = None,
+    header: Header = None,
+    batch_size: BatchSize = None,
+    fmt: Format = None,
+    output: Output = None,
+    precision: Precision = None,
+    force: Force = False,
+    quiet: Quiet = False,
+    device: Device = "cpu",
+    threads: Threads = None,
+    max_params: MaxParams = 10**9,
+) -> None:
+    """Every parameter's gradient of the loss (forward and backward in train mode)."""
+    from nncli import commands
+
+    commands.grads(
+        model_options(spec, seed, weights, dtype, max_params, device, threads),
+        data_options(data, delimiter, header, features, target, None, targets),
+        output_options(fmt, output, precision, force, quiet),
+        loss_options(loss, reduction, mode, batch_size, scalar_only=True),
+        layer,
+        summary,
+        full,
+    )
+
+
+@app.command()
+@handled
+def step(
+    spec: Spec,
+    data: Data,
+    lr: Annotated[float, typer.Option("--lr", help="The learning rate: p <- p - lr * grad.", show_default=False)],
+    target: Target = None,
+    targets: TargetsFile = None,
+    save_weights: Annotated[Optional[str], typer.Option("--save-weights", help="Write the updated weights (.safetensors or .pt), atomically.")] = None,
+    loss: Loss = None,
+    reduction: Reduction = "mean",
+    mode: Mode = None,
+    layer: Layer = None,
+    summary: Summary = False,
+    full: Full = False,
+    seed: Seed = None,
+    weights: Weights = None,
+    dtype: Dtype = "float32",
+    features: Features = None,
+    delimiter: Delimiter = None,
+    header: Header = None,
+    batch_size: BatchSize = None,
+    fmt: Format = None,
+    output: Output = None,
+    precision: Precision = None,
+    force: Force = False,
+    quiet: Quiet = False,
+    device: Device = "cpu",
+    threads: Threads = None,
+    max_params: MaxParams = 10**9,
+) -> None:
+    """One plain gradient-descent update of every parameter; the loss before and after."""
+    from nncli import commands
+
+    commands.step(
+        model_options(spec, seed, weights, dtype, max_params, device, threads),
+        data_options(data, delimiter, header, features, target, None, targets),
+        output_options(fmt, output, precision, force, quiet),
+        loss_options(loss, reduction, mode, batch_size, scalar_only=True),
+        lr,
+        save_weights,
+        layer,
+        summary,
+        full,
+    )
+
+
+@app.command(context_settings={"ignore_unknown_options": False})
+@handled
+def onehot(
+    labels: Annotated[list[str], typer.Argument(metavar="LABEL...", help="Class indices, or - to read one a line from standard input (write -- before negative numbers).", show_default=False)],
+    num_classes: Annotated[Optional[int], typer.Option("--num-classes", "-n", help="The number of classes (default: the largest label + 1).", min=1)] = None,
+    fmt: Format = None,
+    output: Output = None,
+    force: Force = False,
+) -> None:
+    """One-hot rows, as torch.nn.functional.one_hot gives them."""
+    from nncli import commands
+
+    commands.onehot(labels, num_classes, output_options(fmt, output, None, force))
 
 
 def main() -> None:

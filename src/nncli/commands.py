@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from nncli.backprop import needs_one_batch
+from nncli.csvread import parse_number
 from nncli.data import DEFAULT_BATCH_ROWS, DataOptions, Dataset
-from nncli.errors import NncliError
+from nncli.errors import NncliError, UsageError
 from nncli.forward import Head, forward_batches, head_of
+from nncli.losses import choose_loss, double_softmax_warning
+from nncli.model import check_weights_path, state_for_saving, write_weights
+from nncli.output import atomic_file, check_not_input
 from nncli.progress import tracked
-from nncli.render import Frame, RowWriter
+from nncli.render import Frame, Report, RowWriter, fmt, frame_table, jsonable, key_value_table, write_report
 from nncli.session import ModelOptions, OutputOptions, make_model, read_spec, warn
+from nncli.tensors import long_rows, summary_table, tensor_tables
 
 
 def open_model_and_data(mopts: ModelOptions, dopts: DataOptions, want_targets: bool = False):
@@ -70,3 +78,204 @@ def _columns(batch, outputs, classes) -> list:
 
 
 __all__ = ["Head", "forward", "open_model_and_data"]
+
+
+# -- the training signal: loss, grads, step ---------------------------------------------------------
+
+
+@dataclass
+class LossOptions:
+    loss: str | None = None
+    reduction: str = "mean"
+    mode: str | None = None  # "train" or "eval"; each command has its own default
+    batch_size: int | None = None
+
+
+def _signal(mopts, dopts, oopts, lopts, train_default: bool, backward: bool):
+    """Build the model, open DATA with targets, pick the loss and run it (and backward) over the batches."""
+    from nncli.backprop import compute_loss, needs_one_batch
+
+    model, data, _ = open_model_and_data(mopts, dopts, want_targets=True)
+    head = head_of(model.layers, data.n_features)
+    choice = choose_loss(lopts.loss, model.spec.loss, model.spec.path, head)
+    warning = double_softmax_warning(choice.name, head)
+    if warning:
+        warn(warning)
+    train = train_default if lopts.mode is None else lopts.mode == "train"
+    rows = None if needs_one_batch(model, train) else (lopts.batch_size or DEFAULT_BATCH_ROWS)
+    batches = tracked(data.batches(rows), data, oopts.quiet)
+    result = compute_loss(model, head, batches, choice.name, lopts.reduction, train, backward, model.device, data.target_names, data.name)
+    data.close()
+    return model, data, head, choice, result
+
+
+def _loss_doc(result, choice, precision) -> dict:
+    loss = jsonable(result.loss, precision) if result.loss is not None else None
+    if result.loss is None:
+        import numpy as np
+
+        loss = jsonable(np.concatenate(result.per_row), precision)
+    return {"loss": loss, "loss_fn": result.loss_fn, "loss_from": choice.source, "reduction": result.reduction, "rows": result.rows}
+
+
+def loss(mopts, dopts, oopts, lopts) -> None:
+    model, data, head, choice, result = _signal(mopts, dopts, oopts, lopts, train_default=False, backward=False)
+    doc = _loss_doc(result, choice, oopts.precision)
+    if result.loss is None:
+        import numpy as np
+
+        values = np.concatenate(result.per_row)
+        values = values.reshape(len(values), -1)
+        names = ["loss"] if values.shape[1] == 1 else [f"loss_{i}" for i in range(values.shape[1])]
+        frame = Frame(["row"] + names, [np.arange(len(values))] + [values[:, i] for i in range(values.shape[1])])
+        table = frame_table(frame, oopts.precision)
+    else:
+        frame = Frame(["loss", "loss_fn", "reduction", "rows"], [_scalar(result.loss), [result.loss_fn], [result.reduction], [result.rows]])
+        table = key_value_table({"loss": fmt(float(result.loss), oopts.precision), "loss_fn": result.loss_fn, "reduction": result.reduction, "rows": str(result.rows)})
+    caption = f"{model.caption}; {result.loss_fn} from {choice.source}, {result.rows} row{"s" if result.rows != 1 else ""}"
+    _emit(oopts, [mopts.spec, dopts.path, dopts.targets_file, mopts.weights], Report(doc, frame, [table, _caption(caption)]))
+
+
+def grads(mopts, dopts, oopts, lopts, layer: int | None, summary: bool, full: bool) -> None:
+    from nncli.backprop import gradients
+
+    model, data, head, choice, result = _signal(mopts, dopts, oopts, lopts, train_default=True, backward=True)
+    named = _only_layer(gradients(model.module), model, layer)
+    doc = _loss_doc(result, choice, oopts.precision)
+    doc["gradients"] = {k: jsonable(v, oopts.precision) for k, v in named.items()}
+    frame = long_rows({k: {"grad": v} for k, v in named.items()}, ["grad"], oopts.precision)
+    caption = f"{model.caption}; {result.loss_fn} = {fmt(float(result.loss), oopts.precision)} over {result.rows} rows"
+    tables = [] if summary else _tensor_tables(model, named, oopts, full)
+    tables.append(summary_table("gradients", named, oopts.precision, caption))
+    _emit(oopts, [mopts.spec, dopts.path, dopts.targets_file, mopts.weights], Report(doc, frame, tables))
+
+
+def step(mopts, dopts, oopts, lopts, lr: float, save: str | None, layer: int | None, summary: bool, full: bool) -> None:
+    import contextlib
+
+    from nncli.backprop import compute_loss, sgd_step
+    from nncli.data import spooled
+
+    inputs = [mopts.spec, dopts.path, dopts.targets_file, mopts.weights]
+    if save:
+        check_weights_path(save)
+        check_not_input(save, inputs, oopts.force, "--save-weights")
+    with contextlib.ExitStack() as stack:
+        dopts = spooled(dopts, stack)  # read twice: before and after the update
+        model, data, head, choice, before = _signal(mopts, dopts, oopts, lopts, train_default=True, backward=True)
+        changes = sgd_step(model.module, lr)
+        train = lopts.mode != "eval"
+        again = Dataset(dopts, want_targets=True)
+        rows = None if needs_one_batch(model, train) else (lopts.batch_size or DEFAULT_BATCH_ROWS)
+        after = compute_loss(model, head, again.batches(rows), choice.name, lopts.reduction, train, False, model.device, again.target_names, again.name)
+        again.close()
+    if save:
+        with atomic_file(save) as f:
+            write_weights(state_for_saving(model.module), f, check_weights_path(save))
+    named = _only_layer(changes, model, layer)
+    p = oopts.precision
+    doc = {
+        "loss_before": jsonable(before.loss, p),
+        "loss_after": jsonable(after.loss, p),
+        "loss_fn": before.loss_fn,
+        "loss_from": choice.source,
+        "reduction": before.reduction,
+        "rows": before.rows,
+        "lr": lr,
+        "parameters": {k: {part: jsonable(v, p) for part, v in parts.items()} for k, parts in named.items()},
+    }
+    if save:
+        doc["weights"] = save
+    frame = long_rows(named, ["before", "grad", "after"], p)
+    caption = (
+        f"{model.caption}; {before.loss_fn} {fmt(float(before.loss), p)} -> {fmt(float(after.loss), p)} "
+        f"after one step with lr {lr:g}" + (f"; saved to {save}" if save else "")
+    )
+    tables = []
+    for name, parts in ({} if summary else named).items():
+        for part in ("before", "grad", "after"):
+            tables += tensor_tables(f"{name} {part} {list(parts[part].shape)} {_layer_type(model, name)}", parts[part], p, full, _width())
+    for part in ("before", "grad", "after"):
+        tables.append(summary_table(part, {k: v[part] for k, v in named.items()}, p))
+    tables.append(_caption(caption))
+    _emit(oopts, inputs, Report(doc, frame, tables))
+
+
+def onehot(labels: list[str], num_classes: int | None, oopts) -> None:
+    import sys
+
+    import torch
+
+    texts = sys.stdin.read().split() if labels == ["-"] else labels
+    where = "<stdin>" if labels == ["-"] else "LABEL"
+    values = []
+    for i, text in enumerate(texts):
+        number = parse_number(text)
+        if number is None or not number.is_integer():
+            raise NncliError(f"label {i}: {text!r} is not an integer", where)
+        if number < 0:
+            raise NncliError(f"label {i}: {text} is negative; one-hot labels are class indices from 0", where)
+        values.append(int(number))
+    if not values:
+        raise NncliError("no labels given", where)
+    top = max(values)
+    if num_classes is not None and top >= num_classes:
+        raise NncliError(f"label {values.index(top)}: {top} is not below --num-classes {num_classes}", where)
+    classes = num_classes if num_classes is not None else top + 1
+    if len(values) * classes > MAX_ONEHOT_CELLS:
+        raise NncliError(f"{len(values)} labels x {classes} classes is more than {MAX_ONEHOT_CELLS:,} cells", where)
+    rows = torch.nn.functional.one_hot(torch.tensor(values), classes).numpy()
+    names = [f"class_{i}" for i in range(classes)]
+    frame = Frame(names, [rows[:, i] for i in range(classes)])
+    _emit(oopts, [], Report(rows.tolist(), frame, [frame_table(frame, None)]))
+
+
+MAX_ONEHOT_CELLS = 10**8
+
+
+def _scalar(tensor):
+    """A 0-d tensor as a one-element array, so CSV prints it shortest for its dtype."""
+    return tensor.detach().cpu().numpy().reshape(1)
+
+
+def _only_layer(named: dict, model, layer: int | None) -> dict:
+    if layer is None:
+        return named
+    count = len(model.layers)
+    if not -count <= layer < count:
+        raise UsageError(f"--layer {layer}: the model has layers 0 to {count - 1}")
+    index = layer % count
+    chosen = {k: v for k, v in named.items() if k.split(".")[0] == str(index)}
+    if not chosen:
+        raise UsageError(f"--layer {layer}: layers[{index}] ({model.layers[index].type}) has no parameters")
+    return chosen
+
+
+def _layer_type(model, name: str) -> str:
+    return model.layers[int(name.split(".")[0])].type
+
+
+def _width() -> int:
+    from nncli.render import console
+
+    return console().width
+
+
+def _tensor_tables(model, named: dict, oopts, full: bool) -> list:
+    tables = []
+    for name, tensor in named.items():
+        title = f"{name} {list(tensor.shape)} {_layer_type(model, name)}"
+        tables += tensor_tables(title, tensor, oopts.precision, full, _width())
+    return tables
+
+
+def _caption(text: str):
+    from rich.text import Text
+
+    return Text(text, style="dim")
+
+
+def _emit(oopts, inputs: list, report: Report) -> None:
+    oopts.inputs = inputs
+    with oopts.stream() as out:
+        write_report(report, oopts.resolved_format, out, oopts.precision)

@@ -50,9 +50,9 @@ class Block:
 class CsvFile:
     """An open CSV: its delimiter, header and column names are known as soon as it is opened."""
 
-    def __init__(self, path: str, delimiter: str | None = None, header: bool | None = None) -> None:
+    def __init__(self, path: str, delimiter: str | None = None, header: bool | None = None, name: str | None = None) -> None:
         self.path = path
-        self.name = display_name(path)
+        self.name = name or display_name(path)
         self.stream = _open(path)
         try:
             self.total_bytes = os.fstat(self.stream.fileno()).st_size if path != "-" else None

@@ -29,6 +29,7 @@ class DataOptions:
     targets: list[str] = field(default_factory=list)
     targets_file: str | None = None
     id_column: str | None = None
+    label: str | None = None  # the name DATA goes by in messages, when `path` is a spooled copy
 
 
 @dataclass
@@ -68,7 +69,7 @@ class Dataset:
             raise UsageError("DATA and --targets can't both be standard input")
         if want_targets and not (opts.targets or opts.targets_file):
             raise UsageError("this command needs targets: --target COLUMN (or --targets FILE)")
-        self.csv = CsvFile(opts.path, opts.delimiter, opts.header)
+        self.csv = CsvFile(opts.path, opts.delimiter, opts.header, opts.label)
         self.name = self.csv.name
         csv = self.csv
         self.target_cols = _unique([column_index(t, csv, "--target") for t in opts.targets], csv, "--target")
@@ -171,6 +172,21 @@ def _rebatch(blocks, rows: int | None):
             parts, texts, held = [values[rows:]], [t[rows:] for t in texts], held - rows
     if held:
         yield (parts[0] if len(parts) == 1 else np.concatenate(parts)), texts
+
+
+def spooled(opts: DataOptions, stack) -> DataOptions:
+    """DATA that can be read twice: standard input is copied to a temporary file (removed on exit)."""
+    import dataclasses
+    import shutil
+    import sys
+    import tempfile
+
+    if opts.path != "-":
+        return opts
+    copy = stack.enter_context(tempfile.NamedTemporaryFile(prefix="nncli-stdin-", suffix=".csv"))
+    shutil.copyfileobj(sys.stdin.buffer, copy, 1 << 20)
+    copy.flush()
+    return dataclasses.replace(opts, path=copy.name, label="<stdin>")
 
 
 __all__ = ["Batch", "DataOptions", "Dataset", "column_index", "display_name"]

@@ -28,6 +28,7 @@ class Model:
     seed: int
     weights: str | None
     dtype: str
+    device: str = "cpu"
 
     @property
     def caption(self) -> str:

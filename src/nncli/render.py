@@ -79,7 +79,9 @@ def jsonable(values, precision: int | None = None) -> Any:
 def fmt(value: float, precision: int | None) -> str:
     """A number for a table: fixed decimals, or scientific where those decimals would show only zeros."""
     p = TABLE_PRECISION if precision is None else precision
-    if value != 0 and abs(value) < 0.5 * 10**-p and value == value:
+    if value == 0:
+        value = 0.0  # -0.0 prints as 0
+    elif abs(value) < 0.5 * 10**-p and value == value:
         return f"{value:.{p}e}"
     return f"{value:.{p}f}"
 
@@ -151,18 +153,9 @@ class RowWriter:
         self.stream.write((b"[\n" if self.count == 0 else b",\n") + b",\n".join(lines))
 
     def _write_table(self) -> None:
-        from rich.table import Table
-
-        table = Table(header_style="bold")
-        names = self._held[0].names if self._held else []
-        for name in names:
-            table.add_column(escape(name), justify="right", no_wrap=True)
-        for frame in self._held:
-            cells = [_cells(col, self.precision) for col in frame.columns]
-            for row in zip(*cells):
-                table.add_row(*row)
         out = console(self.stream)
-        out.print(table)
+        if self._held:
+            out.print(frame_table(self._held, self.precision))
         if self.caption:
             out.print(self.caption, style="dim", markup=False)
 
@@ -195,7 +188,7 @@ class Report:
 
 def write_report(report: Report, fmt: str, stream: BinaryIO, precision: int | None) -> None:
     if fmt == "json":
-        stream.write(json.dumps(report.doc, indent=2, allow_nan=False).encode() + b"\n")
+        stream.write(json.dumps(report.doc, allow_nan=False).encode() + b"\n")
     elif fmt == "table":
         out = console(stream)
         for item in report.tables:
@@ -204,3 +197,29 @@ def write_report(report: Report, fmt: str, stream: BinaryIO, precision: int | No
         writer = RowWriter(fmt, stream, precision)
         writer.write(report.frame)
         writer.close()
+
+
+def frame_table(frames: Frame | list[Frame], precision: int | None):
+    """One Rich table of the rows of one or more frames with the same columns."""
+    from rich.table import Table
+
+    frames = [frames] if isinstance(frames, Frame) else frames
+    table = Table(header_style="bold")
+    for name in frames[0].names:
+        table.add_column(escape(name), justify="right", no_wrap=True)
+    for frame in frames:
+        for row in zip(*[_cells(col, precision) for col in frame.columns]):
+            table.add_row(*row)
+    return table
+
+
+def key_value_table(pairs: dict):
+    """A two-column table of named results (the loss, its function, the row count)."""
+    from rich.table import Table
+
+    table = Table(show_header=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(justify="right", no_wrap=True)
+    for key, value in pairs.items():
+        table.add_row(escape(key), escape(value))
+    return table

@@ -88,6 +88,7 @@ def make_model(opts: ModelOptions, spec: Spec, n_inputs: int | None, inputs_from
     layers = resolve(spec, n_inputs, inputs_from)
     model = build(spec, layers, opts.seed, opts.dtype, opts.weights, opts.max_params)
     model.module.to(device)
+    model.device = device
     return model, device
 
 

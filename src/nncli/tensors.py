@@ -1,0 +1,110 @@
+"""Tensors as Rich tables (shared by params, grads and step) and in long, tidy rows.
+
+Large tensors are elided the way torch prints them (more than 1000 elements: the first and last
+3 rows and columns around an ellipsis); wide ones fold into several tables that fit the terminal.
+Values are coloured by sign and emphasised by magnitude; NO_COLOR or a pipe gives plain text.
+"""
+
+from __future__ import annotations
+
+from nncli.render import escape, fmt
+
+THRESHOLD = 1000  # torch.set_printoptions defaults
+EDGE = 3
+ELLIPSIS = "…"
+
+
+def _positions(size: int, elide: bool) -> list[int | None]:
+    if elide and size > 2 * EDGE:
+        return list(range(EDGE)) + [None] + list(range(size - EDGE, size))
+    return list(range(size))
+
+
+def _style(value: float, scale: float) -> str:
+    if value != value or scale == 0:
+        return "yellow" if value != value else ""
+    colour = "green" if value > 0 else ("red" if value < 0 else "dim")
+    magnitude = abs(value) / scale
+    if magnitude >= 0.5:
+        return f"bold {colour}"
+    return colour if magnitude >= 0.05 else f"dim {colour}"
+
+
+def tensor_tables(title: str, values, precision: int | None, full: bool, width: int) -> list:
+    """Rich tables showing one tensor (0-d, 1-d or 2-d), folded to `width` columns of text."""
+    import numpy as np
+    from rich.table import Table
+    from rich.text import Text
+
+    array = np.asarray(values.detach().cpu().numpy() if hasattr(values, "detach") else values)
+    matrix = array.reshape(1, -1) if array.ndim < 2 else array.reshape(array.shape[0], -1)
+    elide = not full and array.size > THRESHOLD
+    rows, cols = _positions(matrix.shape[0], elide), _positions(matrix.shape[1], elide)
+    finite = matrix[np.isfinite(matrix)] if matrix.dtype.kind == "f" else matrix
+    scale = float(np.abs(finite).max()) if finite.size else 0.0
+    cells = {(r, c): fmt(float(matrix[r, c]), precision) for r in rows if r is not None for c in cols if c is not None}
+    cell_width = max([len(t) for t in cells.values()] + [len(ELLIPSIS), len(str(matrix.shape[1] - 1))])
+    per_table = max(1, (width - len(str(matrix.shape[0])) - 6) // (cell_width + 3))
+    pieces = [cols[i : i + per_table] for i in range(0, len(cols), per_table)] or [[]]
+    tables = []
+    for piece in pieces:
+        shown = [c for c in piece if c is not None]
+        span = f" · columns {shown[0]}–{shown[-1]}" if len(pieces) > 1 and shown else ""
+        table = Table(title=Text(title + span, style="bold"), title_justify="left", header_style="dim")
+        table.add_column("", justify="right", style="dim", no_wrap=True)
+        for c in piece:
+            table.add_column(ELLIPSIS if c is None else str(c), justify="right", no_wrap=True, min_width=cell_width)
+        for r in rows:
+            if r is None:
+                table.add_row(ELLIPSIS, *[ELLIPSIS] * len(piece))
+                continue
+            label = str(r) if array.ndim >= 2 else ""
+            table.add_row(
+                label,
+                *[
+                    Text(ELLIPSIS) if c is None else Text(cells[(r, c)], style=_style(float(matrix[r, c]), scale))
+                    for c in piece
+                ],
+            )
+        tables.append(table)
+    return tables
+
+
+def summary_table(title: str, named: dict, precision: int | None, caption: str = ""):
+    """One row per tensor: name, shape, norm, min, max, mean |x|."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", caption=caption or None, caption_justify="left", header_style="bold")
+    for name, justify in (("parameter", "left"), ("shape", "left"), ("norm", "right"), ("min", "right"), ("max", "right"), ("mean |x|", "right")):
+        table.add_column(name, justify=justify, no_wrap=True)
+    for name, tensor in named.items():
+        t = tensor.detach().double()
+        empty = t.numel() == 0
+        stats = ["-"] * 4 if empty else [fmt(float(v), precision) for v in (t.norm(), t.min(), t.max(), t.abs().mean())]
+        table.add_row(escape(name), str(list(tensor.shape)), *stats)
+    return table
+
+
+def index_text(index: tuple) -> str:
+    """An element's index in long form: `3:5` for row 3, column 5; `3` in a vector."""
+    return ":".join(str(i) for i in index)
+
+
+def long_rows(named: dict[str, dict], value_names: list[str], precision: int | None):
+    """Long, tidy rows (parameter, index, then one column per value name) for CSV, TSV and JSON Lines."""
+    import numpy as np
+
+    from nncli.render import Frame
+
+    params, indices = [], []
+    columns: dict[str, list] = {v: [] for v in value_names}
+    for name, values in named.items():
+        first = values[value_names[0]]
+        shape = tuple(first.shape)
+        for index in np.ndindex(*shape) if shape else [()]:
+            params.append(name)
+            indices.append(index_text(index))
+        for v in value_names:
+            columns[v].append(values[v].detach().cpu().numpy().reshape(-1))
+    arrays = [np.concatenate(columns[v]) if columns[v] else np.zeros(0) for v in value_names]
+    return Frame(["parameter", "index"] + value_names, [params, indices] + arrays)
