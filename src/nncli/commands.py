@@ -132,7 +132,7 @@ def loss(mopts, dopts, oopts, lopts) -> None:
     else:
         frame = Frame(["loss", "loss_fn", "reduction", "rows"], [_scalar(result.loss), [result.loss_fn], [result.reduction], [result.rows]])
         table = key_value_table({"loss": fmt(float(result.loss), oopts.precision), "loss_fn": result.loss_fn, "reduction": result.reduction, "rows": str(result.rows)})
-    caption = f"{model.caption}; {result.loss_fn} from {choice.source}, {result.rows} row{"s" if result.rows != 1 else ""}"
+    caption = f"{model.caption}; {result.loss_fn} from {choice.source}, {result.rows} row{'s' if result.rows != 1 else ''}"
     _emit(oopts, [mopts.spec, dopts.path, dopts.targets_file, mopts.weights], Report(doc, frame, [table, _caption(caption)]))
 
 
