@@ -372,6 +372,58 @@ def onehot(
     commands.onehot(labels, num_classes, output_options(fmt, output, None, force))
 
 
+Inputs = Annotated[Optional[int], typer.Option("--inputs", help="The number of input features, where the spec leaves the first size out.", min=1)]
+
+
+@handled
+def params(
+    spec: Spec,
+    inputs: Inputs = None,
+    values: Annotated[bool, typer.Option("--values", help="Also show every parameter's values (seeded or --weights).")] = False,
+    layer: Layer = None,
+    full: Full = False,
+    seed: Seed = None,
+    weights: Weights = None,
+    dtype: Dtype = "float32",
+    fmt: Format = None,
+    output: Output = None,
+    precision: Precision = None,
+    force: Force = False,
+    max_params: MaxParams = 10**9,
+) -> None:
+    """Each layer's type, arguments, output shape and parameter count (counted, not allocated)."""
+    from nncli import commands
+
+    commands.params(
+        model_options(spec, seed, weights, dtype, max_params, "cpu", None, inputs),
+        output_options(fmt, output, precision, force),
+        values,
+        layer,
+        full,
+    )
+
+
+app.command("params")(params)
+app.command("summary", help="The same as params: the model layer by layer, like torchinfo's summary.")(params)
+
+
+@app.command()
+@handled
+def init(
+    spec: Spec,
+    output: Annotated[str, typer.Option("--output", "-o", help="The weights file to write (.safetensors, .pt or .pth).", show_default=False)],
+    seed: Seed = None,
+    inputs: Inputs = None,
+    dtype: Dtype = "float32",
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+    max_params: MaxParams = 10**9,
+) -> None:
+    """Write the seeded initial weights, to load back anywhere with --weights."""
+    from nncli import commands
+
+    commands.init(model_options(spec, seed, None, dtype, max_params, "cpu", None, inputs), output, force)
+
+
 def main() -> None:
     """The console script: run the app, flush, and leave without the interpreter's slow teardown."""
     code = 0

@@ -13,8 +13,8 @@ from nncli.losses import choose_loss, double_softmax_warning
 from nncli.model import check_weights_path, state_for_saving, write_weights
 from nncli.output import atomic_file, check_not_input
 from nncli.progress import tracked
-from nncli.render import Frame, Report, RowWriter, fmt, frame_table, jsonable, key_value_table, write_report
-from nncli.session import ModelOptions, OutputOptions, make_model, read_spec, warn
+from nncli.render import Frame, Report, RowWriter, escape, fmt, frame_table, jsonable, key_value_table, write_report
+from nncli.session import ModelOptions, OutputOptions, make_model, note, read_spec, warn
 from nncli.tensors import long_rows, summary_table, tensor_tables
 
 
@@ -279,3 +279,96 @@ def _emit(oopts, inputs: list, report: Report) -> None:
     oopts.inputs = inputs
     with oopts.stream() as out:
         write_report(report, oopts.resolved_format, out, oopts.precision)
+
+
+# -- looking inside the model: params, init ---------------------------------------------------------
+
+
+def _resolved_without_data(mopts):
+    from nncli.spec import input_width, resolve
+
+    spec = read_spec(mopts)
+    width = input_width(spec, mopts.inputs)
+    if mopts.inputs and spec.inputs and mopts.inputs != spec.inputs:
+        raise UsageError(f"--inputs {mopts.inputs} disagrees with the spec's inputs: {spec.inputs}")
+    return spec, width, resolve(spec, width, "--inputs" if mopts.inputs else "the spec's inputs")
+
+
+def params(mopts, oopts, values: bool, layer: int | None, full: bool) -> None:
+    """One row per layer (counted, never allocated), and with --values the seeded or loaded tensors."""
+    from nncli.spec import total_params
+
+    spec, width, layers = _resolved_without_data(mopts)
+    total = total_params(layers)
+    itemsize = 8 if mopts.dtype == "float64" else 4
+    rows = [
+        {
+            "index": l.index,
+            "type": l.type,
+            "args": l.spec.written,
+            "output_shape": [None, l.out_width],
+            "params": l.num_params,
+            "trainable": l.num_params > 0,
+        }
+        for l in layers
+    ]
+    doc = {"name": spec.display_name, "inputs": width, "layers": rows, "total_params": total, "param_bytes": total * itemsize}
+    frame = Frame(
+        ["index", "type", "args", "output_shape", "params", "trainable"],
+        [[r[k] if k != "output_shape" else _shape_text(r[k]) for r in rows] for k in ("index", "type", "args", "output_shape", "params", "trainable")],
+    )
+    tables = [_params_table(spec, rows, total, total * itemsize, mopts.dtype)]
+    if values or layer is not None:
+        model, _ = make_model(mopts, spec, width, "--inputs")
+        named = _only_layer(dict(model.module.named_parameters()), model, layer)
+        doc["parameters"] = {k: jsonable(v, oopts.precision) for k, v in named.items()}
+        tables += _tensor_tables(model, named, oopts, full)
+        tables.append(_caption(model.caption))
+        if oopts.resolved_format in ("csv", "tsv", "jsonl"):
+            frame = long_rows({k: {"value": v} for k, v in named.items()}, ["value"], oopts.precision)
+    _emit(oopts, [mopts.spec, mopts.weights], Report(doc, frame, tables))
+
+
+def _shape_text(shape: list) -> str:
+    return "[" + ", ".join(("N" if i == 0 else "?") if s is None else str(s) for i, s in enumerate(shape)) + "]"
+
+
+def _params_table(spec, rows: list[dict], total: int, nbytes: int, dtype: str):
+    from rich.table import Table
+
+    table = Table(title=f"{spec.display_name}", title_justify="left", header_style="bold", show_footer=True)
+    table.add_column("#", justify="right", footer="", no_wrap=True)
+    table.add_column("layer", footer="total", no_wrap=True)
+    table.add_column("arguments", footer="", no_wrap=True)
+    table.add_column("output shape", footer="", no_wrap=True)
+    table.add_column("params", justify="right", footer=f"{total:,}", no_wrap=True)
+    table.add_column("trainable", footer=f"{_bytes(nbytes)} ({dtype})", no_wrap=True)
+    for r in rows:
+        table.add_row(str(r["index"]), r["type"], escape(r["args"]), _shape_text(r["output_shape"]), f"{r['params']:,}", "yes" if r["trainable"] else "-")
+    return table
+
+
+def _bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if size < 1024 or unit == "EiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def init(mopts, out: str, force: bool) -> None:
+    """Write the seeded initial weights; never replace an existing file without --force."""
+    import os
+
+    suffix = check_weights_path(out)
+    check_not_input(out, [mopts.spec, mopts.weights], force, "-o")
+    if os.path.exists(out) and not force:
+        raise NncliError("the file exists; add --force to replace it", out)
+    spec, width, _ = _resolved_without_data(mopts)
+    model, _ = make_model(mopts, spec, width, "--inputs")
+    state = state_for_saving(model.module)
+    with atomic_file(out) as f:
+        write_weights(state, f, suffix)
+    count = sum(p.numel() for p in model.module.parameters())
+    note(f"wrote {count:,} parameters ({len(state)} tensors, {model.caption}) to {out}")

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from dataclasses import dataclass, field
 
 from nncli.errors import NncliError, UsageError
 from nncli.model import DEFAULT_MAX_PARAMS, Model, build
 from nncli.output import check_not_input, output_stream
 from nncli.render import resolve_format
-from nncli.spec import Spec, input_width, load_spec, resolve
+from nncli.spec import Spec, load_spec, resolve
 
 DEVICES = ("cpu", "cuda", "mps", "auto")
 
@@ -92,15 +91,13 @@ def make_model(opts: ModelOptions, spec: Spec, n_inputs: int | None, inputs_from
     return model, device
 
 
-def model_width(opts: ModelOptions, spec: Spec) -> int | None:
-    return input_width(spec, opts.inputs)
+def note(message: str) -> None:
+    """A line for people on standard error, never mixed into the data on standard output."""
+    from nncli.render import console
+
+    console(stderr=True).print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    from nncli.render import console
+    note(f"warning: {message}")
 
-    console(stderr=True).print(f"warning: {message}", markup=False, highlight=False)
-
-
-def stdout_is_terminal() -> bool:
-    return sys.stdout.isatty()

@@ -50,7 +50,8 @@ def tensor_tables(title: str, values, precision: int | None, full: bool, width: 
     for piece in pieces:
         shown = [c for c in piece if c is not None]
         span = f" · columns {shown[0]}–{shown[-1]}" if len(pieces) > 1 and shown else ""
-        table = Table(title=Text(title + span, style="bold"), title_justify="left", header_style="dim")
+        heading = title + span
+        table = Table(title=Text(heading, style="bold"), title_justify="left", header_style="dim", min_width=len(heading))
         table.add_column("", justify="right", style="dim", no_wrap=True)
         for c in piece:
             table.add_column(ELLIPSIS if c is None else str(c), justify="right", no_wrap=True, min_width=cell_width)

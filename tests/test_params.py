@@ -1,0 +1,103 @@
+"""params, summary and init: counts against torch, values against the seeded model, files against state_dict."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from tests.conftest import CONFIGS, DATA, REFERENCE, assert_error, load_json, parse_csv, reference_model, write
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE))
+def test_counts_match_torch(nncli, name):
+    doc = load_json(nncli("params", CONFIGS / f"{name}.yaml", "-f", "json"))
+    model = reference_model(name)
+    assert doc["total_params"] == sum(p.numel() for p in model.parameters())
+    for row, layer in zip(doc["layers"], model):
+        assert row["params"] == sum(p.numel() for p in layer.parameters())
+        assert row["type"] == type(layer).__name__
+
+
+def test_the_seed_network_values(nncli):
+    doc = load_json(nncli("params", CONFIGS / "net-16-8-2.yaml", "--values", "-f", "json"))
+    assert doc["total_params"] == 154
+    assert [r["output_shape"] for r in doc["layers"]] == [[None, 8], [None, 8], [None, 2]]
+    assert doc["layers"][0] == {"index": 0, "type": "Linear", "args": "16, 8", "output_shape": [None, 8], "params": 136, "trainable": True}
+    model = reference_model("net-16-8-2")
+    np.testing.assert_array_equal(np.array(doc["parameters"]["0.weight"], dtype=np.float32), model[0].weight.detach().numpy())
+    np.testing.assert_array_equal(np.array(doc["parameters"]["2.bias"], dtype=np.float32), model[2].bias.detach().numpy())
+
+
+def test_table_and_summary_alias(nncli):
+    table = nncli("summary", CONFIGS / "net-16-8-2.yaml", "-f", "table").stdout
+    assert "154" in table and "616 B" in table and "Sigmoid" in table
+    values = nncli("params", CONFIGS / "net-16-8-2.yaml", "--layer", "0", "-f", "table").stdout
+    assert "0.weight [8, 16] Linear" in values and "2.bias" not in values
+    rows = parse_csv(nncli("params", CONFIGS / "net-16-8-2.yaml", "--values", "-f", "csv").stdout)
+    assert len(rows) == 154 and list(rows[0]) == ["parameter", "index", "value"]
+
+
+def test_inputs_needed_only_where_the_first_layer_leaves_it_out(nncli, tmp_path):
+    spec = write(tmp_path, "s.yaml", "layers:\n  - Linear: {out_features: 8}\n  - ReLU\n  - Linear: {out_features: 2}\n")
+    assert_error(nncli("params", spec), 1, "in_features can't be inferred")
+    doc = load_json(nncli("params", spec, "--inputs", "16", "-f", "json"))
+    assert doc["total_params"] == 16 * 8 + 8 + 8 * 2 + 2
+
+
+def test_huge_spec_is_counted_not_allocated(nncli, tmp_path):
+    spec = write(tmp_path, "big.yaml", "layers:\n  - Linear: [100000000, 100000000]\n")
+    start = time.monotonic()
+    doc = load_json(nncli("params", spec, "-f", "json"))
+    assert time.monotonic() - start < 1.0
+    assert doc["total_params"] == 10**16 + 10**8
+
+
+def test_too_large_a_model_is_refused_before_allocation(nncli, tmp_path):
+    spec = write(tmp_path, "big.yaml", "layers:\n  - Linear: [2, 1000000000000]\n")
+    for args in (["forward", spec, DATA / "two-points.csv"], ["params", spec, "--values"], ["init", spec, "-o", tmp_path / "w.pt"]):
+        assert_error(nncli(*args), 1, "more than --max-params")
+    assert_error(nncli("forward", CONFIGS / "net-16-8-2.yaml", DATA / "row-16.csv", "-t", "label", "--max-params", "100"), 1, "154 parameters")
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_init_writes_the_seeded_state_dict(nncli, tmp_path, suffix):
+    out = tmp_path / f"w{suffix}"
+    result = nncli("init", CONFIGS / "net-16-8-2.yaml", "--seed", "7", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    state = load_file(str(out)) if suffix == ".safetensors" else torch.load(out, weights_only=True)
+    torch.manual_seed(7)
+    expected = nn.Sequential(nn.Linear(16, 8), nn.Sigmoid(), nn.Linear(8, 2)).state_dict()
+    assert state.keys() == expected.keys()
+    for k in expected:
+        assert torch.equal(state[k], expected[k])
+    # loads back everywhere with --weights
+    doc = load_json(nncli("params", CONFIGS / "net-16-8-2.yaml", "--values", "--weights", out, "-f", "json"))
+    np.testing.assert_array_equal(np.array(doc["parameters"]["2.weight"], dtype=np.float32), expected["2.weight"].numpy())
+
+
+def test_init_never_replaces_without_force(nncli, tmp_path):
+    out = tmp_path / "w.safetensors"
+    out.write_bytes(b"precious")
+    assert_error(nncli("init", CONFIGS / "net-16-8-2.yaml", "-o", out), 1, "--force")
+    assert out.read_bytes() == b"precious"
+    assert nncli("init", CONFIGS / "net-16-8-2.yaml", "-o", out, "--force").exit_code == 0
+    assert out.read_bytes() != b"precious"
+    assert_error(nncli("init", CONFIGS / "net-16-8-2.yaml", "-o", tmp_path / "w.txt"), 1, "unknown weights format")
+
+
+def test_init_with_batchnorm_saves_buffers_and_float64(nncli, tmp_path):
+    spec = write(tmp_path, "bn.yaml", "inputs: 4\nlayers:\n  - BatchNorm1d\n  - Linear: {out_features: 3}\n")
+    out = tmp_path / "bn.pt"
+    assert nncli("init", spec, "-o", out, "--dtype", "float64").exit_code == 0
+    state = torch.load(out, weights_only=True)
+    torch.manual_seed(0)
+    expected = nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 3)).double().state_dict()
+    assert state.keys() == expected.keys()
+    assert all(torch.equal(state[k], expected[k]) for k in expected)
+    assert state["1.weight"].dtype == torch.float64
