@@ -25,6 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
     add_completion=False,
+    rich_markup_mode=None,  # plain help: rich's help renderer costs ~80 ms of start-up
 )
 
 _debug = {"on": False}
@@ -38,33 +39,33 @@ class Terminated(BaseException):
 
 Spec = Annotated[str, typer.Argument(metavar="SPEC", help="The model spec (YAML).", show_default=False)]
 Data = Annotated[str, typer.Argument(metavar="DATA", help="A CSV file, or - for standard input.", show_default=False)]
-Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed for the initial weights (default: the spec's seed, else 0).", min=0)]
-Weights = Annotated[Optional[str], typer.Option("--weights", "-w", help="Load parameters from a .safetensors or .pt/.pth state_dict.")]
-Dtype = Annotated[str, typer.Option("--dtype", help="float32 or float64, for the model and the data.")]
-MaxParams = Annotated[int, typer.Option("--max-params", help="Refuse, before allocating, a model with more parameters than this.", min=0)]
-Device = Annotated[str, typer.Option("--device", help="cpu, cuda, mps or auto (an available accelerator, else cpu).")]
-Threads = Annotated[Optional[int], typer.Option("--threads", help="Threads for torch and the CSV reader (default: every core).", min=1)]
+Seed = Annotated[Optional[int], typer.Option("--seed", metavar="N", help="Seed for the initial weights (default: the spec's seed, else 0).", min=0)]
+Weights = Annotated[Optional[str], typer.Option("--weights", "-w", metavar="FILE", help="Load parameters from a .safetensors or .pt/.pth state_dict.")]
+Dtype = Annotated[str, typer.Option("--dtype", metavar="TYPE", help="float32 or float64, for the model and the data.")]
+MaxParams = Annotated[int, typer.Option("--max-params", metavar="N", help="Refuse, before allocating, a model with more parameters than this.", min=0)]
+Device = Annotated[str, typer.Option("--device", metavar="DEVICE", help="cpu, cuda, mps or auto (an available accelerator, else cpu).")]
+Threads = Annotated[Optional[int], typer.Option("--threads", metavar="N", help="Threads for torch and the CSV reader (default: every core).", min=1)]
 Format = Annotated[
     Optional[str],
-    typer.Option("--format", "-f", help="table, csv, tsv, json or jsonl (default: table on a terminal, csv otherwise, or the -o file's suffix)."),
+    typer.Option("--format", "-f", metavar="FORMAT", help="table, csv, tsv, json or jsonl (default: table on a terminal, csv otherwise, or the -o file's suffix)."),
 ]
-Output = Annotated[Optional[str], typer.Option("--output", "-o", help="Write to this file (atomically) instead of standard output.")]
-Precision = Annotated[Optional[int], typer.Option("--precision", help="Decimals to print (default: the table shows 4; other formats print every digit).", min=0, max=30)]
+Output = Annotated[Optional[str], typer.Option("--output", "-o", metavar="FILE", help="Write to this file (atomically) instead of standard output.")]
+Precision = Annotated[Optional[int], typer.Option("--precision", metavar="N", help="Decimals to print (default: the table shows 4; other formats print every digit).", min=0, max=30)]
 Force = Annotated[bool, typer.Option("--force", help="Allow an output file to replace one of the command's inputs.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-Delimiter = Annotated[Optional[str], typer.Option("--delimiter", "-d", help="Force the delimiter (default: detected among , tab ;).")]
+Delimiter = Annotated[Optional[str], typer.Option("--delimiter", "-d", metavar="CHAR", help="Force the delimiter (default: detected among , tab ;).")]
 Header = Annotated[Optional[bool], typer.Option("--header/--no-header", help="Force whether the first row is a header (default: detected).", show_default=False)]
-Features = Annotated[Optional[list[str]], typer.Option("--features", help="Feature columns, by name or 0-based index (repeatable; default: all other columns).")]
-Target = Annotated[Optional[list[str]], typer.Option("--target", "-t", help="A target column, by name or 0-based index (repeatable).")]
-TargetsFile = Annotated[Optional[str], typer.Option("--targets", help="A CSV of targets with one row per DATA row.")]
-IdColumn = Annotated[Optional[str], typer.Option("--id-column", help="A column carried through as the first output column.")]
-BatchSize = Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Rows per batch (default: 65536); results never depend on it.", min=1)]
-Threshold = Annotated[float, typer.Option("--threshold", help="A sigmoid output at or above this is class 1.")]
+Features = Annotated[Optional[list[str]], typer.Option("--features", metavar="COL", help="Feature columns, by name or 0-based index (repeatable; default: all other columns).")]
+Target = Annotated[Optional[list[str]], typer.Option("--target", "-t", metavar="COL", help="A target column, by name or 0-based index (repeatable).")]
+TargetsFile = Annotated[Optional[str], typer.Option("--targets", metavar="FILE", help="A CSV of targets with one row per DATA row.")]
+IdColumn = Annotated[Optional[str], typer.Option("--id-column", metavar="COL", help="A column carried through as the first output column.")]
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", "-b", metavar="N", help="Rows per batch (default: 65536); results never depend on it.", min=1)]
+Threshold = Annotated[float, typer.Option("--threshold", metavar="P", help="A sigmoid output at or above this is class 1.")]
 
-Loss = Annotated[Optional[str], typer.Option("--loss", "-l", help="A torch.nn loss (CrossEntropyLoss, BCELoss, MSELoss, ...) or alias (cross_entropy, bce, mse, ...); default: the spec's, else implied by the head.")]
-Reduction = Annotated[str, typer.Option("--reduction", help="mean, sum or none (none: one loss per row).")]
-Mode = Annotated[Optional[str], typer.Option("--mode", help="train or eval (default: eval for loss, train for grads and step).")]
-Layer = Annotated[Optional[int], typer.Option("--layer", help="Show only this layer's parameters (0-based index).")]
+Loss = Annotated[Optional[str], typer.Option("--loss", "-l", metavar="NAME", help="A torch.nn loss (CrossEntropyLoss, BCELoss, MSELoss, ...) or alias (cross_entropy, bce, mse, ...); default: the spec's, else implied by the head.")]
+Reduction = Annotated[str, typer.Option("--reduction", metavar="MODE", help="mean, sum or none (none: one loss per row).")]
+Mode = Annotated[Optional[str], typer.Option("--mode", metavar="MODE", help="train or eval (default: eval for loss, train for grads and step).")]
+Layer = Annotated[Optional[int], typer.Option("--layer", metavar="I", help="Show only this layer's parameters (0-based index).")]
 Summary = Annotated[bool, typer.Option("--summary", help="Show only the summary table (norms, min, max).")]
 Full = Annotated[bool, typer.Option("--full", help="Show every element of large tensors (default: elided like torch's print).")]
 
@@ -315,10 +316,10 @@ def grads(
 def step(
     spec: Spec,
     data: Data,
-    lr: Annotated[float, typer.Option("--lr", help="The learning rate: p <- p - lr * grad.", show_default=False)],
+    lr: Annotated[float, typer.Option("--lr", metavar="LR", help="The learning rate: p <- p - lr * grad.", show_default=False)],
     target: Target = None,
     targets: TargetsFile = None,
-    save_weights: Annotated[Optional[str], typer.Option("--save-weights", help="Write the updated weights (.safetensors or .pt), atomically.")] = None,
+    save_weights: Annotated[Optional[str], typer.Option("--save-weights", metavar="FILE", help="Write the updated weights (.safetensors or .pt), atomically.")] = None,
     loss: Loss = None,
     reduction: Reduction = "mean",
     mode: Mode = None,
@@ -360,8 +361,8 @@ def step(
 @app.command(context_settings={"ignore_unknown_options": False})
 @handled
 def onehot(
-    labels: Annotated[list[str], typer.Argument(metavar="LABEL...", help="Class indices, or - to read one a line from standard input (write -- before negative numbers).", show_default=False)],
-    num_classes: Annotated[Optional[int], typer.Option("--num-classes", "-n", help="The number of classes (default: the largest label + 1).", min=1)] = None,
+    labels: Annotated[list[str], typer.Argument(metavar="LABEL", help="Class indices, or - to read one a line from standard input (write -- before negative numbers).", show_default=False)],
+    num_classes: Annotated[Optional[int], typer.Option("--num-classes", "-n", metavar="N", help="The number of classes (default: the largest label + 1).", min=1)] = None,
     fmt: Format = None,
     output: Output = None,
     force: Force = False,
@@ -372,7 +373,7 @@ def onehot(
     commands.onehot(labels, num_classes, output_options(fmt, output, None, force))
 
 
-Inputs = Annotated[Optional[int], typer.Option("--inputs", help="The number of input features, where the spec leaves the first size out.", min=1)]
+Inputs = Annotated[Optional[int], typer.Option("--inputs", metavar="N", help="The number of input features, where the spec leaves the first size out.", min=1)]
 
 
 @handled
@@ -411,7 +412,7 @@ app.command("summary", help="The same as params: the model layer by layer, like 
 @handled
 def init(
     spec: Spec,
-    output: Annotated[str, typer.Option("--output", "-o", help="The weights file to write (.safetensors, .pt or .pth).", show_default=False)],
+    output: Annotated[str, typer.Option("--output", "-o", metavar="FILE", help="The weights file to write (.safetensors, .pt or .pth).", show_default=False)],
     seed: Seed = None,
     inputs: Inputs = None,
     dtype: Dtype = "float32",

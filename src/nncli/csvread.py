@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import re
 import sys
 from dataclasses import dataclass
 
@@ -20,8 +19,6 @@ from nncli.errors import NncliError, UsageError
 BLOCK_BYTES = 4 << 20
 MAX_LINE_BYTES = 32 << 20
 DELIMITERS = (",", "\t", ";")
-_BLANK_LINE = re.compile(rb"(?m)^[ \t]*\r?\n")
-_BLANK_TAIL = re.compile(rb"(?:\n|^)[ \t]*\r?$")
 
 
 def parse_number(cell: str) -> float | None:
@@ -233,36 +230,32 @@ def _split(line: str, delimiter: str, name: str, line_no: int) -> list[str]:
     return rows[0] if rows else [""]
 
 
-def _fast_parse(block: bytes, ncols: int, delimiter: str, numeric: list[int], text: list[int]):
+def _fast_parse(block: bytes, ncols: int, delimiter: str, numeric: list[int], text: list[int], retry: bool = True):
     """Parse a block with polars, or return None where only the exact parser can be trusted."""
     import polars as pl
 
-    if _BLANK_LINE.search(block) or _BLANK_TAIL.search(block):
-        block = _BLANK_TAIL.sub(b"", _BLANK_LINE.sub(b"", block))
-        if not block:
-            return _empty(numeric, text)
     rows = block.count(b"\n") + (not block.endswith(b"\n"))
-    if b'"' in block or block.count(delimiter.encode()) != rows * (ncols - 1):
-        return None
-    names = [f"c{i}" for i in range(ncols)]
     wanted = sorted(set(numeric) | set(text))
-    schema = {n: (pl.Float64 if i in numeric else pl.String) for i, n in enumerate(names)}
+    if len(wanted) < ncols and block.count(delimiter.encode()) != rows * (ncols - 1):
+        return None  # a short row could hide in a column polars does not read
+    names = [f"c{i}" for i in range(ncols)]
+    schema = {n: (pl.Float64 if i in numeric and i not in text else pl.String) for i, n in enumerate(names)}
     try:
         frame = pl.read_csv(
             block,
             has_header=False,
             separator=delimiter,
             schema=schema,
-            columns=[names[i] for i in wanted] or [names[0]],
-            quote_char=None,
-            rechunk=False,
+            columns=wanted or [0],
+            quote_char='"' if b'"' in block else None,
         )
-    except Exception:  # any refusal sends the block to the exact parser, which names the cell
+        numeric_frame = frame.select([pl.col(names[i]).cast(pl.Float64) for i in numeric])  # text ids may be numbers too
+    except pl.exceptions.PolarsError:  # a refusal sends the block to the exact parser, which names the cell
         return None
-    if frame.height != rows:
-        return None
-    numeric_frame = frame.select([names[i] for i in numeric])
-    if numeric and sum(numeric_frame.null_count().row(0)):
+    if frame.height != rows or (numeric and sum(numeric_frame.null_count().row(0))):
+        if retry and (b"\n\n" in block or b"\n\r\n" in block or block[:1] in (b"\n", b"\r")):
+            kept = b"".join(line for line in block.splitlines(keepends=True) if line.strip())  # blank lines
+            return _fast_parse(kept, ncols, delimiter, numeric, text, retry=False) if kept else _empty(numeric, text)
         return None
     values = numeric_frame.to_numpy().astype("float64", copy=False).reshape(rows, len(numeric))
     texts = [frame.get_column(names[i]).fill_null("").to_list() for i in text]

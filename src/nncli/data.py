@@ -136,7 +136,7 @@ class Dataset:
                 y = target_values[0]
             else:
                 y = values[:, nf:] if self.target_cols else None
-            x = np.ascontiguousarray(values[:, :nf]) if y is not None else values
+            x = np.ascontiguousarray(values[:, :nf])  # row-major, as torch.tensor(rows) is: the same kernels, the same bits
             yield Batch(x, y, texts[0] if text else None, done)
             done += len(values)
         if other is not None and next(other, None) is not None:
