@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from nncli.backprop import needs_one_batch
 from nncli.csvread import parse_number
-from nncli.data import DEFAULT_BATCH_ROWS, DataOptions, Dataset
+from nncli.data import DEFAULT_BATCH_ROWS, DataOptions, Dataset, prefetched
 from nncli.errors import NncliError, UsageError
 from nncli.forward import Head, forward_batches, head_of
 from nncli.losses import choose_loss, double_softmax_warning
@@ -18,15 +18,22 @@ from nncli.session import ModelOptions, OutputOptions, make_model, note, read_sp
 from nncli.tensors import long_rows, summary_table, tensor_tables
 
 
-def open_model_and_data(mopts: ModelOptions, dopts: DataOptions, want_targets: bool = False):
-    """Open DATA first (its width fixes the inferred sizes), then build the model for it."""
+def open_model_and_data(mopts: ModelOptions, dopts: DataOptions, want_targets: bool = False, rows=None):
+    """Open DATA first (its width fixes the inferred sizes), then build the model for it.
+
+    With `rows` (rows per batch, or a function of the model giving it), reading starts in a
+    background thread before the model is built, so parsing overlaps torch's import.
+    """
     spec = read_spec(mopts)
     data = Dataset(dopts, want_targets)
     width = data.n_features
     if (mopts.inputs or spec.inputs) and (mopts.inputs or spec.inputs) != width:
         raise NncliError(f"the model expects {mopts.inputs or spec.inputs} features; {data.name} has {width}", spec.path)
+    batches = prefetched(data.batches(rows)) if isinstance(rows, int) else None
     model, device = make_model(mopts, spec, width, data.name)
-    return model, data, device
+    if callable(rows):
+        batches = prefetched(data.batches(rows(model)))
+    return model, data, batches
 
 
 class FiniteCheck:
@@ -50,16 +57,16 @@ class FiniteCheck:
 
 
 def forward(mopts: ModelOptions, dopts: DataOptions, oopts: OutputOptions, batch_size: int | None, threshold: float) -> None:
-    model, data, device = open_model_and_data(mopts, dopts)
+    model, data, batches = open_model_and_data(mopts, dopts, rows=batch_size or DEFAULT_BATCH_ROWS)
     head = head_of(model.layers, data.n_features)
     outputs_names = head.output_names()
     names = ([data.id_name] if data.id_name else []) + outputs_names + head.class_names()
     oopts.inputs = [mopts.spec, dopts.path, mopts.weights]
     data_check, output_check = FiniteCheck(f"the data ({data.name})"), FiniteCheck("the model's output")
-    batches = tracked(data.batches(batch_size or DEFAULT_BATCH_ROWS), data, oopts.quiet)
+    batches = tracked(batches, data, oopts.quiet)
     with oopts.stream() as out:
         writer = RowWriter(oopts.resolved_format, out, oopts.precision, caption=model.caption)
-        for batch, outputs, classes in forward_batches(model, head, batches, device, threshold):
+        for batch, outputs, classes in forward_batches(model, head, batches, model.device, threshold):
             data_check.check(batch.x, batch.first_row, data.feature_names)
             output_check.check(outputs, batch.first_row, outputs_names)
             writer.write(Frame(names, _columns(batch, outputs, classes)))
@@ -95,15 +102,18 @@ def _signal(mopts, dopts, oopts, lopts, train_default: bool, backward: bool):
     """Build the model, open DATA with targets, pick the loss and run it (and backward) over the batches."""
     from nncli.backprop import compute_loss, needs_one_batch
 
-    model, data, _ = open_model_and_data(mopts, dopts, want_targets=True)
+    train = train_default if lopts.mode is None else lopts.mode == "train"
+
+    def rows(model):
+        return None if needs_one_batch(model, train) else (lopts.batch_size or DEFAULT_BATCH_ROWS)
+
+    model, data, batches = open_model_and_data(mopts, dopts, want_targets=True, rows=rows)
     head = head_of(model.layers, data.n_features)
     choice = choose_loss(lopts.loss, model.spec.loss, model.spec.path, head)
     warning = double_softmax_warning(choice.name, head)
     if warning:
         warn(warning)
-    train = train_default if lopts.mode is None else lopts.mode == "train"
-    rows = None if needs_one_batch(model, train) else (lopts.batch_size or DEFAULT_BATCH_ROWS)
-    batches = tracked(data.batches(rows), data, oopts.quiet)
+    batches = tracked(batches, data, oopts.quiet)
     result = compute_loss(model, head, batches, choice.name, lopts.reduction, train, backward, model.device, data.target_names, data.name)
     data.close()
     return model, data, head, choice, result

@@ -105,14 +105,15 @@ class CsvFile:
                 return self._line, text
 
     def blocks(self):
-        """Yield (first line number, bytes) of whole lines, a block at a time; quoted fields stay whole."""
+        """Yield (first line number, bytes, line count) of whole lines, a block at a time; quoted fields stay whole."""
         while True:
             while not self._eof and len(self._pending) < BLOCK_BYTES:
                 self._pending += self._read()
             if not self._pending:
                 return
             cut = len(self._pending) if self._eof else self._pending.rfind(b"\n") + 1
-            while cut == 0 or self._pending.count(b'"', 0, cut) % 2:  # a quoted field runs on: read more
+            while cut == 0 or (self._pending.find(b'"', 0, cut) >= 0 and self._pending.count(b'"', 0, cut) % 2):
+                # a line, or a quoted field, runs on past the block: read more
                 if self._eof:
                     cut = len(self._pending)
                     break
@@ -126,8 +127,9 @@ class CsvFile:
                 cut = len(self._pending) if self._eof else self._pending.rfind(b"\n") + 1
             block, self._pending = self._pending[:cut], self._pending[cut:]
             start = self._line + 1
-            self._line += block.count(b"\n")
-            yield start, block
+            lines = block.count(b"\n")
+            self._line += lines
+            yield start, block, lines + (not block.endswith(b"\n"))
 
     def close(self) -> None:
         if self.stream is not sys.stdin.buffer:
@@ -141,8 +143,8 @@ class CsvFile:
     def read(self, numeric: list[int], text: list[int] = ()):
         """Yield a Block per block of input: float64 values of the numeric columns, strings of the text ones."""
         rows = 0
-        for line_no, block in self.blocks():
-            parsed = _fast_parse(block, self.ncols, self.delimiter, numeric, text)
+        for line_no, block, lines in self.blocks():
+            parsed = _fast_parse(block, lines, self.ncols, self.delimiter, numeric, text)
             if parsed is None:
                 parsed = self._exact_parse(block, line_no, numeric, text)
             values, texts = parsed
@@ -230,11 +232,11 @@ def _split(line: str, delimiter: str, name: str, line_no: int) -> list[str]:
     return rows[0] if rows else [""]
 
 
-def _fast_parse(block: bytes, ncols: int, delimiter: str, numeric: list[int], text: list[int], retry: bool = True):
-    """Parse a block with polars, or return None where only the exact parser can be trusted."""
+def _fast_parse(block: bytes, rows: int, ncols: int, delimiter: str, numeric: list[int], text: list[int], retry: bool = True):
+    """Parse a block of `rows` lines with polars, or return None where only the exact parser can be trusted."""
+    import numpy as np
     import polars as pl
 
-    rows = block.count(b"\n") + (not block.endswith(b"\n"))
     wanted = sorted(set(numeric) | set(text))
     if len(wanted) < ncols and block.count(delimiter.encode()) != rows * (ncols - 1):
         return None  # a short row could hide in a column polars does not read
@@ -247,17 +249,22 @@ def _fast_parse(block: bytes, ncols: int, delimiter: str, numeric: list[int], te
             separator=delimiter,
             schema=schema,
             columns=wanted or [0],
-            quote_char='"' if b'"' in block else None,
+            quote_char='"' if block.find(b'"') >= 0 else None,
         )
-        numeric_frame = frame.select([pl.col(names[i]).cast(pl.Float64) for i in numeric])  # text ids may be numbers too
+        series = [frame.get_column(names[i]) for i in numeric]
+        series = [s.cast(pl.Float64) if i in text else s for s, i in zip(series, numeric)]  # an id may be a number too
     except pl.exceptions.PolarsError:  # a refusal sends the block to the exact parser, which names the cell
         return None
-    if frame.height != rows or (numeric and sum(numeric_frame.null_count().row(0))):
+    if frame.height != rows or any(s.null_count() for s in series):
         if retry and (b"\n\n" in block or b"\n\r\n" in block or block[:1] in (b"\n", b"\r")):
             kept = b"".join(line for line in block.splitlines(keepends=True) if line.strip())  # blank lines
-            return _fast_parse(kept, ncols, delimiter, numeric, text, retry=False) if kept else _empty(numeric, text)
+            if not kept:
+                return _empty(numeric, text)
+            return _fast_parse(kept, kept.count(b"\n") + (not kept.endswith(b"\n")), ncols, delimiter, numeric, text, False)
         return None
-    values = numeric_frame.to_numpy().astype("float64", copy=False).reshape(rows, len(numeric))
+    values = np.empty((rows, len(numeric)), dtype=np.float64)  # row-major, as torch.tensor(rows) is
+    for j, s in enumerate(series):
+        values[:, j] = s.to_numpy()
     texts = [frame.get_column(names[i]).fill_null("").to_list() for i in text]
     return values, texts
 

@@ -14,7 +14,7 @@ from typing import Iterator
 from nncli.csvread import CsvFile, display_name
 from nncli.errors import NncliError, UsageError
 
-DEFAULT_BATCH_ROWS = 65536
+DEFAULT_BATCH_ROWS = 16384
 _INDEX = re.compile(r"^[+-]?\d+$")
 
 
@@ -116,15 +116,15 @@ class Dataset:
     def total_bytes(self) -> int | None:
         return self.csv.total_bytes
 
-    def batches(self, rows: int | None = DEFAULT_BATCH_ROWS) -> Iterator[Batch]:
-        """Batches of exactly `rows` rows (the last may be shorter); rows=None: one batch of everything."""
+    def batches(self, rows: int | None = DEFAULT_BATCH_ROWS, exact: bool = False) -> Iterator[Batch]:
+        """Batches of `rows` rows (exact: the last may be shorter; else it may be longer); None: one batch."""
         import numpy as np
 
         in_targets_file = self.targets_csv is not None
         numeric = self.feature_cols + ([] if in_targets_file else self.target_cols)
         text = [self.id_col] if self.id_col is not None else []
-        main = _rebatch(self.csv.read(numeric, text), rows)
-        other = _rebatch(self.targets_csv.read(self.target_cols), rows) if in_targets_file else None
+        main = _rebatch(self.csv.read(numeric, text), rows, exact)
+        other = _rebatch(self.targets_csv.read(self.target_cols), rows, exact) if in_targets_file else None
         nf = len(self.feature_cols)
         done = 0
         for values, texts in main:
@@ -157,21 +157,76 @@ def _unique(cols: list[int], csv: CsvFile, option: str) -> list[int]:
     return cols
 
 
-def _rebatch(blocks, rows: int | None):
-    """Regroup parsed blocks into (values, texts) of exactly `rows` rows; None: a single group."""
+def _rebatch(blocks, rows: int | None, exact: bool):
+    """Regroup parsed blocks into (values, texts) of `rows` rows; None: a single group.
+
+    Unless `exact`, a short remainder joins the last full batch (so no batch is tiny: torch's
+    kernels for a handful of rows can round differently from those for a whole batch).
+    """
     import numpy as np
 
-    parts, texts, held = [], None, 0
+    parts, texts, held, ready = [], None, 0, None
     for block in blocks:
         parts.append(block.values)
         texts = block.texts if texts is None else [a + b for a, b in zip(texts, block.texts)]
         held += len(block.values)
         while rows is not None and held >= rows:
             values = parts[0] if len(parts) == 1 else np.concatenate(parts)
-            yield values[:rows], [t[:rows] for t in texts]
+            if ready is not None:
+                yield ready
+            ready = values[:rows], [t[:rows] for t in texts]
             parts, texts, held = [values[rows:]], [t[rows:] for t in texts], held - rows
+    if held and ready is not None and not exact:
+        parts, texts = [ready[0]] + parts, [a + b for a, b in zip(ready[1], texts)]
+        ready = None
+    if ready is not None:
+        yield ready
     if held:
         yield (parts[0] if len(parts) == 1 else np.concatenate(parts)), texts
+
+
+def prefetched(items, depth: int = 2):
+    """Produce items in a background thread, up to `depth` ahead, so that parsing the next block
+    (polars releases the GIL) overlaps the model and the writer working on this one."""
+    import queue
+    import threading
+
+    import numpy  # noqa: F401  imported here, not in the thread: two threads importing one module can stall
+    import polars  # noqa: F401
+
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        slots.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put((done, None))
+        except BaseException as e:  # handed to the consumer, which raises it in the main thread
+            slots.put((done, e))
+
+    def consume():
+        try:
+            while True:
+                item, error = slots.get()
+                if error is not None:
+                    raise error
+                if item is done:
+                    return
+                yield item
+        finally:
+            stop.set()
+
+    threading.Thread(target=produce, name="nncli-reader", daemon=True).start()  # starts reading now
+    return consume()
 
 
 def spooled(opts: DataOptions, stack) -> DataOptions:
