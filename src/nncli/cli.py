@@ -131,13 +131,17 @@ def handled(fn):
             if debug:
                 raise
             _error(e.message, 1)
-        except BrokenPipeError:
-            _silence_stdout()
-            raise typer.Exit(0)
         except KeyboardInterrupt:
             raise typer.Exit(130)
         except Terminated:
             raise typer.Exit(143)
+        except OSError as e:
+            if not _is_broken_pipe(e):
+                if debug:
+                    raise
+                _error(f"{e.strerror or e} ({e.filename})" if e.filename else f"{e.strerror or e}", 1)
+            _silence_stdout()
+            raise typer.Exit(0)
         except MemoryError:
             _error("out of memory (try a smaller --batch-size or model)", 1)
         except Exception as e:  # a bug or an input nncli failed to foresee: still one line, no traceback
@@ -149,6 +153,13 @@ def handled(fn):
                 signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+def _is_broken_pipe(e: OSError) -> bool:
+    """A closed pipe, as Python reports it, or as polars' writer does (a plain OSError)."""
+    import errno
+
+    return e.errno == errno.EPIPE or "Broken pipe" in str(e)
 
 
 def _in_main_thread() -> bool:

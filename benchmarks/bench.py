@@ -1,0 +1,199 @@
+"""Benchmark: nncli forward/loss/grads against hand-written PyTorch scripts on a large CSV.
+
+    python benchmarks/bench.py            # 1M rows, 5 runs each (about 5 minutes here)
+    python benchmarks/bench.py --rows 200000 --repeat 3 --no-3m
+
+Every tool reads the same seeded CSV (ROWS x 32 float columns and a class label), runs
+Linear(32,16) -> ReLU -> Linear(16,3) -> Softmax and writes the probabilities as CSV. Runs
+alternate between tools; the table gives medians of wall time and peak RSS (from wait4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+SPEC = """layers:
+  - Linear: [32, 16]
+  - ReLU
+  - Linear: [16, 3]
+  - Softmax
+"""
+MODEL = """
+import torch
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(32, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3), torch.nn.Softmax(dim=1)).eval()
+def run(x):
+    with torch.inference_mode():
+        return model(torch.from_numpy(x).float()).numpy()
+"""
+SCRIPTS = {
+    "numpy loadtxt + savetxt": MODEL + """
+import numpy as np, sys
+x = np.loadtxt(sys.argv[1], delimiter=",", skiprows=1, usecols=range(32), dtype=np.float64)
+np.savetxt(sys.argv[2], run(x), delimiter=",", header="prob_0,prob_1,prob_2", comments="", fmt="%.8g")
+""",
+    "pandas read_csv + to_csv (pyarrow engine)": MODEL + """
+import pandas as pd, sys
+df = pd.read_csv(sys.argv[1], engine="pyarrow")
+p = run(df.iloc[:, :32].to_numpy())
+pd.DataFrame(p, columns=["prob_0", "prob_1", "prob_2"]).to_csv(sys.argv[2], index=False)
+""",
+    "pyarrow read_csv + write_csv": MODEL + """
+import pyarrow as pa, pyarrow.csv as pc, numpy as np, sys
+t = pc.read_csv(sys.argv[1])
+x = np.column_stack([t.column(i).to_numpy() for i in range(32)])
+p = run(x)
+pc.write_csv(pa.table({f"prob_{i}": p[:, i] for i in range(3)}), sys.argv[2])
+""",
+    "pyarrow open_csv + CSVWriter, streaming": MODEL + """
+import pyarrow as pa, pyarrow.csv as pc, numpy as np, sys
+reader = pc.open_csv(sys.argv[1], read_options=pc.ReadOptions(block_size=1 << 20))
+writer = None
+for batch in reader:
+    x = np.column_stack([batch.column(i).to_numpy() for i in range(32)])
+    p = run(x)
+    out = pa.record_batch([pa.array(p[:, i]) for i in range(3)], names=["prob_0", "prob_1", "prob_2"])
+    writer = writer or pc.CSVWriter(sys.argv[2], out.schema)
+    writer.write_batch(out)
+writer.close()
+""",
+    "polars read_csv + write_csv": MODEL + """
+import polars as pl, sys
+df = pl.read_csv(sys.argv[1])
+p = run(df[:, :32].to_numpy())
+pl.DataFrame({f"prob_{i}": p[:, i] for i in range(3)}).write_csv(sys.argv[2])
+""",
+    "polars scan_csv + map_batches + sink_csv, streaming": MODEL + """
+import polars as pl, sys
+cols = [f"x{i}" for i in range(32)]
+def f(df):
+    p = run(df.select(cols).to_numpy())
+    return pl.DataFrame({f"prob_{i}": p[:, i] for i in range(3)})
+lf = pl.scan_csv(sys.argv[1]).map_batches(f, schema={f"prob_{i}": pl.Float32 for i in range(3)}, streamable=True)
+lf.sink_csv(sys.argv[2])
+""",
+}
+
+
+def generate(path: Path, rows: int, seed: int = 0, block: int = 100_000) -> None:
+    rng = np.random.default_rng(seed)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        f.write(",".join(f"x{i}" for i in range(32)) + ",label\n")
+        for start in range(0, rows, block):
+            n = min(block, rows - start)
+            x = rng.standard_normal((n, 32))
+            y = rng.integers(0, 3, n)
+            np.savetxt(f, np.column_stack([x, y]), fmt=["%.6f"] * 32 + ["%d"], delimiter=",")
+    tmp.rename(path)
+
+
+def measure(cmd: list[str], stdout=subprocess.DEVNULL) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of one process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    err = proc.stderr.read().decode()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{err}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def run_alternating(commands: dict[str, list[str]], repeat: int) -> dict[str, tuple[float, float]]:
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+    for _ in range(repeat):
+        for name, cmd in commands.items():
+            results[name].append(measure(cmd))
+    return {name: (statistics.median(w for w, _ in r), statistics.median(m for _, m in r)) for name, r in results.items()}
+
+
+def table(title: str, rows: list[tuple[str, float, float]], n_rows: int | None) -> None:
+    print(f"\n{title}\n")
+    print("| command | median wall (s) | rows/s | peak RSS (MiB) |")
+    print("|---|---:|---:|---:|")
+    for name, wall, rss in rows:
+        rate = f"{n_rows / wall:,.0f}" if n_rows else "-"
+        print(f"| {name} | {wall:.2f} | {rate} | {rss:.0f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--no-3m", action="store_true", help="skip the 3M-row memory check")
+    args = parser.parse_args()
+
+    nncli = shutil.which("nncli") or sys.exit("nncli is not installed: pip install -e '.[bench]'")
+    DATA.mkdir(exist_ok=True)
+    data = DATA / f"rows-{args.rows}.csv"
+    if not data.exists():
+        print(f"generating {data} ...", file=sys.stderr)
+        generate(data, args.rows)
+    spec = DATA / "spec.yaml"
+    spec.write_text(SPEC)
+    work = Path(tempfile.mkdtemp(prefix="nncli-bench-"))
+    try:
+        commands = {"nncli forward": [nncli, "forward", str(spec), str(data), "-t", "label", "-o", str(work / "nncli.csv")]}
+        for name, code in SCRIPTS.items():
+            script = work / (name.split()[0] + str(len(commands)) + ".py")
+            script.write_text(code)
+            commands[name] = [sys.executable, str(script), str(data), str(work / f"{script.stem}.csv")]
+        print(f"{args.rows:,} rows x 32 columns ({data.stat().st_size / 2**20:.0f} MiB), {args.repeat} runs each, alternating", file=sys.stderr)
+        results = run_alternating(commands, args.repeat)
+        rows = sorted(((n, w, m) for n, (w, m) in results.items()), key=lambda r: r[1])
+        table(f"forward, {args.rows:,} rows, probabilities as CSV", rows, args.rows)
+        best = min((w, n) for n, (w, _) in results.items() if n != "nncli forward")
+        print(f"\nnncli / fastest script ({best[1]}): {results['nncli forward'][0] / best[0]:.2f}x")
+
+        signal = {
+            "nncli forward": commands["nncli forward"],
+            "nncli loss": [nncli, "loss", str(spec), str(data), "-t", "label", "--loss", "nll", "-o", str(work / "loss.json")],
+            "nncli grads": [nncli, "grads", str(spec), str(data), "-t", "label", "--loss", "nll", "-o", str(work / "grads.json")],
+        }
+        results = run_alternating(signal, args.repeat)
+        table("loss and grads against forward", [(n, w, m) for n, (w, m) in results.items()], args.rows)
+        fwd = results["nncli forward"][0]
+        print(f"\nloss / forward: {results['nncli loss'][0] / fwd:.2f}x; grads / forward: {results['nncli grads'][0] / fwd:.2f}x")
+
+        small = Path(__file__).resolve().parent.parent / "examples"
+        startup = {
+            "nncli --help": [nncli, "--help"],
+            'python -c "import torch"': [sys.executable, "-c", "import torch"],
+            "nncli forward (5 rows)": [nncli, "forward", str(small / "configs/binary-classifier.yaml"), str(small / "data/table-5x6.csv"), "-t", "label"],
+        }
+        results = run_alternating(startup, max(args.repeat, 5))
+        table("start-up", [(n, w, m) for n, (w, m) in results.items()], None)
+        ratio = results["nncli forward (5 rows)"][0] / results['python -c "import torch"'][0]
+        print(f"\nnncli forward (5 rows) / import torch: {ratio:.2f}x")
+
+        if not args.no_3m:
+            big = DATA / f"rows-{3 * args.rows}.csv"
+            if not big.exists():
+                print(f"generating {big} ...", file=sys.stderr)
+                generate(big, 3 * args.rows)
+            memory = {
+                f"nncli forward, {args.rows:,} rows": commands["nncli forward"],
+                f"nncli forward, {3 * args.rows:,} rows": [nncli, "forward", str(spec), str(big), "-t", "label", "-o", str(work / "big.csv")],
+            }
+            results = run_alternating(memory, 3)
+            table("peak memory against file size", [(n, w, m) for n, (w, m) in results.items()], None)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

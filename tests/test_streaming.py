@@ -1,0 +1,173 @@
+"""Streaming: results never depend on batch or block size; stdin streams; start-up imports no torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from nncli import csvread
+from tests.conftest import CONFIGS, DATA, assert_error, column, load_json, parse_csv, read_table, write
+
+SPEC = "seed: 4\nlayers:\n  - Linear: {out_features: 6}\n  - ReLU\n  - Linear: {out_features: 3}\n  - Softmax\n"
+
+
+def make_data(tmp_path, rows=500, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, 5, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (rows,), generator=g)
+    path = tmp_path / "d.csv"
+    path.write_text("a,b,c,d,e,y\n" + "".join(",".join(repr(v) for v in r) + f",{int(c)}\n" for r, c in zip(x.tolist(), y.tolist())))
+    return path
+
+
+def reference(path):
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3), nn.Softmax(dim=1))
+    return model, read_table(path, ["y"]), read_table(path, list("abcde"))[:, 0].long()
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 64, 499, 10_000])
+def test_forward_in_chunks_equals_one_batch(nncli, tmp_path, batch_size):
+    path = make_data(tmp_path)
+    spec = write(tmp_path, "s.yaml", SPEC)
+    rows = parse_csv(nncli("forward", spec, path, "-t", "y", "-b", batch_size).stdout)
+    model, x, _ = reference(path)
+    with torch.no_grad():
+        expected = model.eval()(x).numpy()
+    got = np.stack([column(rows, f"prob_{i}") for i in range(3)], 1)
+    if batch_size >= 64:
+        np.testing.assert_array_equal(got, expected)
+    else:  # torch's kernels for a few rows may round the last bit differently from a whole batch
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 100])
+def test_loss_and_grads_in_chunks_equal_one_batch(nncli, tmp_path, batch_size):
+    path = make_data(tmp_path)
+    spec = write(tmp_path, "s.yaml", SPEC.replace("  - Softmax\n", ""))
+    model, x, y = reference(path)
+    model = model[:3].train()
+    loss = nn.CrossEntropyLoss()(model(x), y)
+    loss.backward()
+    for reduction in ("mean", "sum"):
+        doc = load_json(nncli("loss", spec, path, "-t", "y", "-b", batch_size, "--reduction", reduction, "-f", "json"))
+        expected = loss.item() if reduction == "mean" else nn.CrossEntropyLoss(reduction="sum")(model(x), y).item()
+        assert doc["loss"] == pytest.approx(expected, rel=1e-6)
+    doc = load_json(nncli("grads", spec, path, "-t", "y", "-b", batch_size, "-f", "json"))
+    assert doc["loss"] == pytest.approx(loss.item(), rel=1e-6)
+    for name, p in model.named_parameters():
+        np.testing.assert_allclose(np.array(doc["gradients"][name], dtype=np.float32), p.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_train_mode_batchnorm_and_dropout_are_never_split(nncli, tmp_path):
+    path = make_data(tmp_path, rows=50)
+    spec = write(tmp_path, "s.yaml", "seed: 2\nlayers:\n  - BatchNorm1d\n  - Linear: {out_features: 3}\n  - Dropout: 0.3\n")
+    doc = load_json(nncli("grads", spec, path, "-t", "y", "-b", 7, "-f", "json"))
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.BatchNorm1d(5), nn.Linear(5, 3), nn.Dropout(0.3)).train()
+    x, y = read_table(path, ["y"]), read_table(path, list("abcde"))[:, 0].long()
+    loss = nn.CrossEntropyLoss()(model(x), y)
+    loss.backward()
+    assert np.float32(doc["loss"]) == loss.detach().numpy()
+    np.testing.assert_array_equal(np.array(doc["gradients"]["1.weight"], dtype=np.float32), model[1].weight.grad.numpy())
+
+
+def test_tiny_blocks_read_the_same_rows(nncli, tmp_path, monkeypatch):
+    """Blocks smaller than a line: quoted fields, blank lines and CRLF across block edges."""
+    path = make_data(tmp_path, rows=40)
+    spec = write(tmp_path, "s.yaml", SPEC)
+    expected = nncli("forward", spec, path, "-t", "y", "--id-column", "y").stdout
+    lines = path.read_text().splitlines(keepends=True)
+    lines[0] = '"a","b",c,d,e,y\n'  # quotes
+    lines[3] = lines[3].replace("\n", "\r\n")  # CRLF
+    lines[5] = lines[5] + "\n  \n"  # blank lines
+    cells = lines[8].split(",")
+    lines[8] = ",".join(['"' + cells[0] + '"'] + cells[1:])  # a quoted number
+    quoted = tmp_path / "q.csv"
+    quoted.write_text("".join(lines))
+    monkeypatch.setattr(csvread, "BLOCK_BYTES", 16)
+    assert nncli("forward", spec, quoted, "-t", "y", "--id-column", "y").stdout == expected
+
+
+def test_errors_in_later_blocks_name_the_right_line(nncli, tmp_path, monkeypatch):
+    path = make_data(tmp_path, rows=300)
+    lines = path.read_text().splitlines()
+    cells = lines[250].split(",")
+    cells[2] = "oops"
+    lines[250] = ",".join(cells)
+    path.write_text("\n".join(lines) + "\n")
+    spec = write(tmp_path, "s.yaml", SPEC)
+    monkeypatch.setattr(csvread, "BLOCK_BYTES", 1024)
+    assert_error(nncli("forward", spec, path, "-t", "y"), 1, "d.csv:251", "column 2 ('c'): 'oops' is not a number")
+
+
+def test_standard_input_bigger_than_a_block_streams(tmp_path):
+    """A real process reading more than one 4 MiB block from a pipe."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(60_000, 8, generator=g, dtype=torch.float64)
+    text = "".join(",".join(repr(v) for v in r) + "\n" for r in x.tolist())
+    assert len(text) > csvread.BLOCK_BYTES
+    result = subprocess.run([sys.executable, "-m", "nncli", "forward", str(CONFIGS / "sigmoid-8.yaml"), "-", "-f", "csv"],
+                            input=text.encode(), capture_output=True, check=True)
+    got = np.array([np.float32(line.split(",")[0]) for line in result.stdout.decode().splitlines()[1:]])
+    torch.manual_seed(42)
+    model = nn.Sequential(nn.Linear(8, 1), nn.Sigmoid()).eval()
+    with torch.no_grad():
+        expected = model(x.float())[:, 0].numpy()
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["forward", "--help"], ["forward"], ["nonsense"]])
+def test_start_up_imports_neither_torch_nor_polars(args):
+    code = (
+        "import sys\nfrom nncli.cli import app\n"
+        f"sys.argv = ['nncli'] + {args!r}\n"
+        "try:\n    app()\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'polars', 'numpy') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_pipe_into_head_ends_quietly(tmp_path):
+    path = make_data(tmp_path, rows=200_000 // 4)
+    spec = write(tmp_path, "s.yaml", SPEC)
+    result = subprocess.run(f"nncli forward {spec} {path} -t y | head -1", shell=True, capture_output=True, text=True)
+    assert result.stdout == "prob_0,prob_1,prob_2,class\n"
+    assert result.stderr == ""
+
+
+def test_devices_and_threads(nncli, tmp_path):
+    path = make_data(tmp_path, rows=20)
+    spec = write(tmp_path, "s.yaml", SPEC)
+    plain = nncli("forward", spec, path, "-t", "y").stdout
+    assert nncli("forward", spec, path, "-t", "y", "--device", "auto", "--threads", "1").stdout == plain
+    if not torch.cuda.is_available():
+        assert_error(nncli("forward", spec, path, "-t", "y", "--device", "cuda"), 1, "CUDA is not available")
+    assert_error(nncli("forward", spec, path, "-t", "y", "--device", "tpu"), 2, "--device")
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch):
+    from nncli import progress
+
+    class Source:
+        name, bytes_read, total_bytes = "x.csv", 10, 100
+
+    items = [[1, 2]] * 5
+    assert list(progress.tracked(iter(items), Source(), quiet=False)) == items  # not a terminal: passes through
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    monkeypatch.setattr(progress, "DELAY_SECONDS", 0.0)
+    started = []
+    real_start = progress._start
+    monkeypatch.setattr(progress, "_start", lambda source: started.append(1) or real_start(source))
+    assert list(progress.tracked(iter(items), Source(), quiet=False)) == items
+    assert started == [1]
+    started.clear()
+    assert list(progress.tracked(iter(items), Source(), quiet=True)) == items
+    assert started == []
+
