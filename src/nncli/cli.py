@@ -31,10 +31,6 @@ app = typer.Typer(
 _debug = {"on": False}
 
 
-class Terminated(BaseException):
-    """SIGTERM, raised like Ctrl-C so that open files are cleaned up on the way out."""
-
-
 # -- shared options --------------------------------------------------------------------------------
 
 Spec = Annotated[str, typer.Argument(metavar="SPEC", help="The model spec (YAML).", show_default=False)]
@@ -108,8 +104,16 @@ def _error(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
-def _sigterm(signum, frame):
-    raise Terminated()
+def _interrupted(signum, frame):
+    """Ctrl-C or SIGTERM: drop unfinished output files and leave at once, with 128 + the signal number.
+
+    Leaving from the handler (rather than raising KeyboardInterrupt) is what keeps it quiet: an
+    exception raised inside a finaliser that happens to be running would print a traceback.
+    """
+    from nncli.output import abandon_writes
+
+    abandon_writes()
+    os._exit(128 + signum)
 
 
 def handled(fn):
@@ -118,7 +122,8 @@ def handled(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         debug = _debug["on"] or os.environ.get("NNCLI_DEBUG", "") not in ("", "0")
-        previous = signal.signal(signal.SIGTERM, _sigterm) if _in_main_thread() else None
+        signals = (signal.SIGINT, signal.SIGTERM) if _in_main_thread() else ()
+        previous = {s: signal.signal(s, _interrupted) for s in signals}
         try:
             return fn(*args, **kwargs)
         except typer.Exit:
@@ -133,8 +138,6 @@ def handled(fn):
             _error(e.message, 1)
         except KeyboardInterrupt:
             raise typer.Exit(130)
-        except Terminated:
-            raise typer.Exit(143)
         except OSError as e:
             if not _is_broken_pipe(e):
                 if debug:
@@ -147,10 +150,10 @@ def handled(fn):
         except Exception as e:  # a bug or an input nncli failed to foresee: still one line, no traceback
             if debug:
                 raise
-            _error(f"unexpected {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (run with --debug for the traceback)", 1)
+            _error(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (please report it; --debug shows the traceback)", 1)
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
     return wrapper
 

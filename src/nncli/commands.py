@@ -116,6 +116,8 @@ def _signal(mopts, dopts, oopts, lopts, train_default: bool, backward: bool):
     batches = tracked(batches, data, oopts.quiet)
     result = compute_loss(model, head, batches, choice.name, lopts.reduction, train, backward, model.device, data.target_names, data.name)
     data.close()
+    if result.loss is not None and not bool(result.loss.isfinite()):
+        warn(f"the loss is {float(result.loss)} (a NaN or inf in the data, or outputs outside the loss's domain)")
     return model, data, head, choice, result
 
 
@@ -237,7 +239,7 @@ def onehot(labels: list[str], num_classes: int | None, oopts) -> None:
     rows = torch.nn.functional.one_hot(torch.tensor(values), classes).numpy()
     names = [f"class_{i}" for i in range(classes)]
     frame = Frame(names, [rows[:, i] for i in range(classes)])
-    _emit(oopts, [], Report(rows.tolist(), frame, [frame_table(frame, None)]))
+    _emit(oopts, [], Report(rows.tolist(), frame, lambda: [frame_table(frame, None)]))
 
 
 MAX_ONEHOT_CELLS = 10**8

@@ -77,11 +77,20 @@ class CsvFile:
     # -- reading raw lines -------------------------------------------------------------------------
 
     def _read(self) -> bytes:
-        chunk = self.stream.read(BLOCK_BYTES)
+        chunk = self.stream.read1(BLOCK_BYTES)  # what is there now: a slow pipe still streams
         if not chunk:
             self._eof = True
         self.bytes_read += len(chunk)
         return chunk
+
+    def _more_ready(self) -> bool:
+        """Whether a read would return at once (always, for a file; for a pipe, if data is waiting)."""
+        import select
+
+        try:
+            return bool(select.select([self.stream], [], [], 0)[0])
+        except (OSError, ValueError, io.UnsupportedOperation):
+            return True
 
     def _first_row(self):
         """The first non-blank line (decoded, BOM removed) and its line number."""
@@ -107,8 +116,10 @@ class CsvFile:
     def blocks(self):
         """Yield (first line number, bytes, line count) of whole lines, a block at a time; quoted fields stay whole."""
         while True:
-            while not self._eof and len(self._pending) < BLOCK_BYTES:
+            first = True
+            while not self._eof and len(self._pending) < BLOCK_BYTES and (first or self._more_ready()):
                 self._pending += self._read()
+                first = False
             if not self._pending:
                 return
             cut = len(self._pending) if self._eof else self._pending.rfind(b"\n") + 1

@@ -238,7 +238,10 @@ def spooled(opts: DataOptions, stack) -> DataOptions:
 
     if opts.path != "-":
         return opts
+    from nncli.output import removed_on_signal
+
     copy = stack.enter_context(tempfile.NamedTemporaryFile(prefix="nncli-stdin-", suffix=".csv"))
+    stack.enter_context(removed_on_signal(copy.name))
     shutil.copyfileobj(sys.stdin.buffer, copy, 1 << 20)
     copy.flush()
     return dataclasses.replace(opts, path=copy.name, label="<stdin>")

@@ -27,6 +27,26 @@ def check_not_input(path: str, inputs: list[str | None], force: bool, option: st
             raise UsageError(f"{option} {path} is one of this command's inputs; add --force to replace it")
 
 
+_unfinished: set[str] = set()  # temporary files being written, for a signal handler to remove
+
+
+def abandon_writes() -> None:
+    """Remove every temporary file still being written (on Ctrl-C or SIGTERM): targets stay as they were."""
+    for tmp in list(_unfinished):
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def removed_on_signal(path: str) -> Iterator[None]:
+    """Mark a temporary file for removal should Ctrl-C or SIGTERM end the process while it exists."""
+    _unfinished.add(path)
+    try:
+        yield
+    finally:
+        _unfinished.discard(path)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str) -> Iterator[BinaryIO]:
     """A temporary file in the target's folder, renamed over the target only once fully written.
@@ -44,12 +64,12 @@ def atomic_file(path: str) -> Iterator[BinaryIO]:
     except OSError as e:
         raise NncliError(f"cannot write: {e.strerror}", path) from None
     try:
-        with os.fdopen(fd, "wb") as f:
+        with removed_on_signal(tmp), os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, _mode_for(path))
-        os.replace(tmp, path)
+            os.chmod(tmp, _mode_for(path))
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

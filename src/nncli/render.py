@@ -11,10 +11,11 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 
 FORMATS = ("table", "csv", "tsv", "json", "jsonl")
 TABLE_PRECISION = 4
+WIDE = 256  # columns beyond which CSV is written without polars
 _SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
@@ -133,12 +134,27 @@ class RowWriter:
         return pl.DataFrame(columns)
 
     def _write_csv(self, frame: Frame) -> None:
+        if len(frame.names) > WIDE:
+            self._write_wide_csv(frame)
+            return
         self._polars(frame).write_csv(
             self.stream,
             include_header=self.count == 0,
             separator="\t" if self.fmt == "tsv" else ",",
             float_precision=self.precision,
         )
+
+    def _write_wide_csv(self, frame: Frame) -> None:
+        """Thousands of columns (a one-hot of many classes): polars is slow there, the csv module is not."""
+        import csv
+        import io
+
+        text = io.StringIO()
+        writer = csv.writer(text, delimiter="\t" if self.fmt == "tsv" else ",", lineterminator="\n")
+        if self.count == 0:
+            writer.writerow(frame.names)
+        writer.writerows(zip(*[number_texts(col, self.precision).tolist() if hasattr(col, "dtype") else col for col in frame.columns]))
+        self.stream.write(text.getvalue().encode())
 
     def _write_json(self, frame: Frame) -> None:
         import io
@@ -181,9 +197,9 @@ def escape(text: str) -> str:
 class Report:
     """One result in every shape a format needs: a JSON document, long-form rows, and Rich renderables."""
 
-    doc: dict
+    doc: dict | list
     frame: Frame
-    tables: list = field(default_factory=list)
+    tables: list | Callable[[], list] = field(default_factory=list)  # a callable: built only for a table
 
 
 def write_report(report: Report, fmt: str, stream: BinaryIO, precision: int | None) -> None:
@@ -191,7 +207,7 @@ def write_report(report: Report, fmt: str, stream: BinaryIO, precision: int | No
         stream.write(json.dumps(report.doc, allow_nan=False).encode() + b"\n")
     elif fmt == "table":
         out = console(stream)
-        for item in report.tables:
+        for item in report.tables() if callable(report.tables) else report.tables:
             out.print(item)
     else:
         writer = RowWriter(fmt, stream, precision)
