@@ -31,8 +31,10 @@ def needs_one_batch(model, train: bool) -> bool:
     return train and any(layer.type in BATCH_DEPENDENT for layer in model.layers)
 
 
-def compute_loss(model, head: Head, batches, loss: str, reduction: str, train: bool, backward: bool, device: str, target_names, source: str) -> LossResult:
-    """Forward (and backward) over every batch; gradients land in the parameters' .grad."""
+def compute_loss(model, head: Head, batches, loss: str, reduction: str, train: bool, backward: bool, device: str, target_names, source: str, observe=None) -> LossResult:
+    """Forward (and backward) over every batch; gradients land in the parameters' .grad.
+
+    `observe(outputs, targets)`, if given, sees every batch (evaluate's metrics)."""
     import torch
 
     from nncli.model import torch_dtype
@@ -52,6 +54,8 @@ def compute_loss(model, head: Head, batches, loss: str, reduction: str, train: b
             outputs = module(to_tensor(batch.x, dtype, device))
             targets = make_targets(loss, batch.y, head.width, batch.first_row, target_names, dtype, device, source)
             value = fn(outputs, targets)
+            if observe is not None:
+                observe(outputs.detach(), targets)
             rows += len(batch)
             if reduction == "none":
                 per_row.append(value.detach().cpu().numpy())

@@ -439,6 +439,97 @@ def init(
     commands.init(model_options(spec, seed, None, dtype, max_params, "cpu", None, inputs), output, force)
 
 
+@app.command()
+@handled
+def train(
+    spec: Spec,
+    data: Data,
+    epochs: Annotated[int, typer.Option("--epochs", "-e", metavar="N", help="Passes over the training rows.", min=1, show_default=False)],
+    lr: Annotated[float, typer.Option("--lr", metavar="LR", help="The learning rate.", show_default=False)],
+    save_weights: Annotated[str, typer.Option("--save-weights", metavar="FILE", help="Where to write the trained weights (.safetensors or .pt), atomically.", show_default=False)],
+    target: Target = None,
+    targets: TargetsFile = None,
+    optimizer: Annotated[str, typer.Option("--optimizer", metavar="NAME", help="sgd, adam or adamw (torch.optim's, with torch's defaults).")] = "sgd",
+    momentum: Annotated[Optional[float], typer.Option("--momentum", metavar="M", help="SGD momentum.")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", metavar="W", help="Weight decay (default: the optimizer's own).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", metavar="N", help="Rows per optimizer step.", min=1)] = 32,
+    shuffle: Annotated[Optional[bool], typer.Option("--shuffle/--no-shuffle", help="Reshuffle the rows every epoch with torch.randperm (default: on, off with --stream).", show_default=False)] = None,
+    val_split: Annotated[Optional[float], typer.Option("--val-split", metavar="F", help="Hold out this fraction of DATA for validation (drawn with the seed).")] = None,
+    val: Annotated[Optional[str], typer.Option("--val", metavar="FILE", help="A validation CSV with the same columns as DATA.")] = None,
+    patience: Annotated[Optional[int], typer.Option("--patience", metavar="N", help="Stop after N epochs without a better validation loss, keeping the best weights.", min=1)] = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", metavar="FILE", help="Start from these saved weights instead of the seeded ones.")] = None,
+    stream: Annotated[bool, typer.Option("--stream", help="Read DATA batch by batch every epoch instead of loading it (files larger than memory).")] = False,
+    loss: Loss = None,
+    seed: Seed = None,
+    weights: Weights = None,
+    dtype: Dtype = "float32",
+    features: Features = None,
+    delimiter: Delimiter = None,
+    header: Header = None,
+    fmt: Format = None,
+    output: Output = None,
+    precision: Precision = None,
+    force: Force = False,
+    quiet: Quiet = False,
+    device: Device = "cpu",
+    threads: Threads = None,
+    max_params: MaxParams = 10**9,
+) -> None:
+    """Fit the model: the standard PyTorch loop (zero_grad, forward, loss, backward, step)."""
+    from nncli import commands
+    from nncli.training import TrainOptions
+
+    if resume and weights:
+        raise UsageError("--resume and --weights both name starting weights; give one")
+    commands.train(
+        model_options(spec, seed, resume or weights, dtype, max_params, device, threads),
+        data_options(data, delimiter, header, features, target, None, targets),
+        output_options(fmt, output, precision, force, quiet),
+        loss,
+        TrainOptions(epochs, lr, optimizer, momentum, weight_decay, batch_size, (not stream) if shuffle is None else shuffle, patience),
+        val_split,
+        val,
+        save_weights,
+        stream,
+    )
+
+
+@app.command()
+@handled
+def evaluate(
+    spec: Spec,
+    data: Data,
+    target: Target = None,
+    targets: TargetsFile = None,
+    weights: Weights = None,
+    loss: Loss = None,
+    seed: Seed = None,
+    dtype: Dtype = "float32",
+    features: Features = None,
+    delimiter: Delimiter = None,
+    header: Header = None,
+    batch_size: BatchSize = None,
+    fmt: Format = None,
+    output: Output = None,
+    precision: Precision = None,
+    force: Force = False,
+    quiet: Quiet = False,
+    device: Device = "cpu",
+    threads: Threads = None,
+    max_params: MaxParams = 10**9,
+) -> None:
+    """The loss and the metrics that fit the head: accuracy, per-class F1 and a confusion matrix, or MSE, MAE and R²."""
+    from nncli import commands
+
+    commands.evaluate(
+        model_options(spec, seed, weights, dtype, max_params, device, threads),
+        data_options(data, delimiter, header, features, target, None, targets),
+        output_options(fmt, output, precision, force, quiet),
+        loss,
+        batch_size,
+    )
+
+
 def main() -> None:
     """The console script: run the app, flush, and leave without the interpreter's slow teardown."""
     code = 0

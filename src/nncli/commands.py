@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from nncli.backprop import needs_one_batch
 from nncli.csvread import parse_number
-from nncli.data import DEFAULT_BATCH_ROWS, DataOptions, Dataset, prefetched
+from nncli.data import DEFAULT_BATCH_ROWS, DataOptions, Dataset, prefetched, spooled
 from nncli.errors import NncliError, UsageError
 from nncli.forward import Head, forward_batches, head_of
 from nncli.losses import choose_loss, double_softmax_warning
@@ -166,7 +166,6 @@ def step(mopts, dopts, oopts, lopts, lr: float, save: str | None, layer: int | N
     import contextlib
 
     from nncli.backprop import compute_loss, sgd_step
-    from nncli.data import spooled
 
     inputs = [mopts.spec, dopts.path, dopts.targets_file, mopts.weights]
     if save:
@@ -384,3 +383,147 @@ def init(mopts, out: str, force: bool) -> None:
         write_weights(state, f, suffix)
     count = sum(p.numel() for p in model.module.parameters())
     note(f"wrote {count:,} parameters ({len(state)} tensors, {model.caption}) to {out}")
+
+
+# -- fitting and judging: train, evaluate ---------------------------------------------------------
+
+
+def _tensors(model, batch, loss: str, width: int, data):
+    """A batch's features and targets as the model and the loss take them."""
+    from nncli.forward import to_tensor
+    from nncli.losses import make_targets
+    from nncli.model import torch_dtype
+
+    dtype = torch_dtype(model.dtype)
+    x = to_tensor(batch.x, dtype, model.device)
+    return x, make_targets(loss, batch.y, width, batch.first_row, data.target_names, dtype, model.device, data.name)
+
+
+def _load_all(model, dopts, loss: str, width: int):
+    """Every row of a file as one pair of tensors (training shuffles them; validation scores them)."""
+    data = Dataset(dopts, want_targets=True)
+    expected = model.layers[0].in_width if model.layers else None
+    if expected is not None and data.n_features != expected:
+        raise NncliError(f"the model expects {expected} features; {data.name} has {data.n_features}", data.name)
+    batch = next(iter(data.batches(None)))
+    data.close()
+    return _tensors(model, batch, loss, width, data)
+
+
+def train(mopts, dopts, oopts, loss_given, topts, val_split, val_file, save, stream: bool) -> None:
+    import contextlib
+
+    from nncli.progress import EpochBar
+    from nncli.training import evaluate_in_memory, fit, in_memory_batches, validation_split
+
+    inputs = [mopts.spec, dopts.path, dopts.targets_file, mopts.weights, val_file]
+    suffix = check_weights_path(save)
+    check_not_input(save, inputs, oopts.force, "--save-weights")
+    if val_split is not None and val_file:
+        raise UsageError("give --val-split or --val, not both")
+    if stream and (topts.shuffle or val_split is not None):
+        raise UsageError("--stream reads DATA in file order: it takes neither --shuffle nor --val-split (use --val FILE)")
+    with contextlib.ExitStack() as stack:
+        if stream:
+            dopts = spooled(dopts, stack)  # read once per epoch
+        model, data, _ = open_model_and_data(mopts, dopts, want_targets=True)
+        data.close()
+        head = head_of(model.layers, data.n_features)
+        choice = choose_loss(loss_given, model.spec.loss, model.spec.path, head)
+        if double_softmax_warning(choice.name, head):
+            warn(double_softmax_warning(choice.name, head))
+        width = head.width
+        if stream:
+            def batches_for_epoch(epoch):
+                again = Dataset(dopts, want_targets=True)
+                for batch in prefetched(again.batches(topts.batch_size, exact=True)):
+                    yield _tensors(model, batch, choice.name, width, again)
+                again.close()
+        else:
+            x, y = _load_all(model, dopts, choice.name, width)
+            if val_split is not None:
+                keep, held = validation_split(len(x), val_split, model.seed)
+                x, y, x_val, y_val = x[keep], y[keep], x[held], y[held]
+            batches_for_epoch = in_memory_batches(x, y, topts.batch_size, topts.shuffle)
+        if val_file:
+            import dataclasses
+
+            x_val, y_val = _load_all(model, dataclasses.replace(dopts, path=val_file, label=None, targets_file=None), choice.name, width)
+        validate = (lambda: evaluate_in_memory(model.module, choice.name, width, x_val, y_val)) if (val_split or val_file) else None
+        bar = EpochBar(topts.epochs, oopts.quiet)
+        try:
+            history, best = fit(model.module, choice.name, width, batches_for_epoch, topts, validate, bar.update)
+        finally:
+            bar.close()
+    if best is not None:
+        model.module.load_state_dict(best)
+    with atomic_file(save) as f:
+        write_weights(state_for_saving(model.module), f, suffix)
+    rows = [h.as_dict() for h in history]
+    doc = {"history": rows, "weights": save, "loss_fn": choice.name, "loss_from": choice.source,
+           "optimizer": topts.optimizer, "lr": topts.lr, "batch_size": topts.batch_size, "epochs": len(history)}
+    names = list(rows[0]) if rows else ["epoch"]
+    frame = Frame(names, [[r.get(n) for r in rows] for n in names])
+    stopped = f", stopped early after {len(history)} epochs (best validation weights kept)" if best is not None and len(history) < topts.epochs else ""
+    caption = f"{model.caption}; {choice.name}, {topts.optimizer} lr {topts.lr:g}, batch {topts.batch_size}{stopped}; weights saved to {save}"
+
+    def tables():
+        from nncli.plot import loss_curve
+
+        shown = Frame(names, [_array(c) if n != "epoch" else c for n, c in zip(names, frame.columns)])
+        return [frame_table(shown, oopts.precision), loss_curve(rows), _caption(caption)]
+
+    _emit(oopts, inputs, Report(doc, frame, tables))
+
+
+def evaluate(mopts, dopts, oopts, loss_given: str | None, batch_size: int | None) -> None:
+    """The loss (eval mode) and the metrics that fit the head, in one streaming pass."""
+    from nncli.backprop import compute_loss
+    from nncli.metrics import Confusion, Regression, actual, class_count, is_classifier, predicted
+
+    model, data, batches = open_model_and_data(mopts, dopts, want_targets=True, rows=batch_size or DEFAULT_BATCH_ROWS)
+    head = head_of(model.layers, data.n_features)
+    choice = choose_loss(loss_given, model.spec.loss, model.spec.path, head)
+    classifier = is_classifier(choice.name, head.width)
+    metrics = Confusion(class_count(choice.name, head.width)) if classifier else Regression()
+
+    def observe(outputs, targets):
+        if classifier:
+            metrics.add(actual(choice.name, targets), predicted(choice.name, outputs))
+        else:
+            metrics.add(outputs, targets)
+
+    result = compute_loss(model, head, tracked(batches, data, oopts.quiet), choice.name, "mean", False, False,
+                          model.device, data.target_names, data.name, observe=observe)
+    data.close()
+    p = oopts.precision
+    doc = {"loss": jsonable(result.loss, p), "loss_fn": result.loss_fn, "rows": result.rows, **metrics.report()}
+    caption = f"{model.caption}; {result.loss_fn} from {choice.source}, {result.rows} rows"
+    if classifier:
+        per = doc["per_class"]
+        frame = Frame(["class", "precision", "recall", "f1", "support"],
+                      [[r["class"] for r in per]] + [_array([r[k] for r in per]) for k in ("precision", "recall", "f1")] + [[r["support"] for r in per]])
+        summary = key_value_table({"loss": fmt(float(result.loss), p), "accuracy": fmt(doc["accuracy"], p), "rows": str(result.rows)})
+        tables = [summary, frame_table(frame, p), _confusion_table(doc["confusion_matrix"]), _caption(caption)]
+    else:
+        frame = Frame(["loss", "mse", "mae", "r2", "rows"], [_scalar(result.loss)] + [_array([doc[k]]) for k in ("mse", "mae", "r2")] + [[result.rows]])
+        tables = [key_value_table({k: fmt(float(v), p) if k != "rows" else str(v) for k, v in doc.items() if k != "loss_fn"}), _caption(caption)]
+    _emit(oopts, [mopts.spec, dopts.path, dopts.targets_file, mopts.weights], Report(doc, frame, tables))
+
+
+def _array(values):
+    import numpy as np
+
+    return np.array(values, dtype=np.float64)
+
+
+def _confusion_table(matrix: list[list[int]]):
+    from rich.table import Table
+
+    table = Table(title="confusion matrix: true class ↓, predicted →", title_justify="left", header_style="bold", min_width=44)
+    table.add_column("", style="bold", justify="right")
+    for c in range(len(matrix)):
+        table.add_column(str(c), justify="right")
+    for c, row in enumerate(matrix):
+        table.add_row(str(c), *[f"[bold green]{v}[/]" if i == c else (f"[red]{v}[/]" if v else "0") for i, v in enumerate(row)])
+    return table

@@ -49,3 +49,31 @@ def _start(source):
     task = bar.add_task(f"reading {source.name}", total=source.total_bytes, rows=0, rate=0.0)
     bar.start()
     return bar, task
+
+
+class EpochBar:
+    """A bar over epochs on standard error, showing the latest losses; silent off a terminal or with --quiet."""
+
+    def __init__(self, epochs: int, quiet: bool) -> None:
+        self.bar = None
+        if quiet or not sys.stderr.isatty():
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from nncli.render import console
+
+        self.bar = Progress(
+            TextColumn("epoch"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[losses]}"),
+            TimeElapsedColumn(), console=console(stderr=True), transient=True,
+        )
+        self.task = self.bar.add_task("train", total=epochs, losses="")
+        self.bar.start()
+
+    def update(self, record) -> None:
+        if self.bar is not None:
+            val = f"  val {record.val_loss:.4f}" if record.val_loss is not None else ""
+            self.bar.update(self.task, advance=1, losses=f"loss {record.train_loss:.4f}{val}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -1,0 +1,196 @@
+"""train and evaluate against the hand-written PyTorch loop and independently computed metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from tests.conftest import CONFIGS, DATA, assert_error, load_json, parse_csv, read_table, write
+
+SPEC = "seed: 5\nlayers:\n  - Linear: {out_features: 8}\n  - ReLU\n  - Dropout: 0.2\n  - Linear: {out_features: 3}\n"
+
+
+def table(tmp_path, rows=70, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, 4, generator=g, dtype=torch.float64)
+    y = (x[:, 0] + x[:, 1] > 0).long() + (x[:, 2] > 1).long()
+    path = tmp_path / "d.csv"
+    path.write_text("a,b,c,d,y\n" + "".join(",".join(repr(v) for v in r) + f",{int(c)}\n" for r, c in zip(x.tolist(), y.tolist())))
+    return path, read_table(path, ["y"]), read_table(path, list("abcd"))[:, 0].long()
+
+
+def hand_written(x, y, epochs, batch, shuffle, make_opt, seed=5):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.2), nn.Linear(8, 3))
+    opt = make_opt(model.parameters())
+    loss_fn = nn.CrossEntropyLoss()
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(x)) if shuffle else torch.arange(len(x))
+        for i in range(0, len(x), batch):
+            idx = order[i : i + batch]
+            opt.zero_grad()
+            loss = loss_fn(model(x[idx]), y[idx])
+            loss.backward()
+            opt.step()
+    return model.state_dict()
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize(
+    "optimizer, extra, make_opt",
+    [
+        ("sgd", [], lambda p: torch.optim.SGD(p, lr=0.1)),
+        ("sgd", ["--momentum", "0.9", "--weight-decay", "0.01"], lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01)),
+        ("adam", [], lambda p: torch.optim.Adam(p, lr=0.1)),
+        ("adamw", [], lambda p: torch.optim.AdamW(p, lr=0.1)),
+    ],
+)
+def test_training_matches_the_hand_written_loop_exactly(nncli, tmp_path, optimizer, extra, make_opt, shuffle):
+    path, x, y = table(tmp_path)
+    spec = write(tmp_path, "s.yaml", SPEC)
+    out = tmp_path / "w.safetensors"
+    args = ["train", spec, path, "-t", "y", "--epochs", 3, "--lr", 0.1, "--optimizer", optimizer, "-b", 16,
+            "--shuffle" if shuffle else "--no-shuffle", "--save-weights", out, "-f", "json", *extra]
+    doc = load_json(nncli(*args))
+    assert [h["epoch"] for h in doc["history"]] == [1, 2, 3] and doc["weights"] == str(out)
+    expected = hand_written(x, y, 3, 16, shuffle, make_opt)
+    saved = load_file(str(out))
+    for k in expected:
+        assert torch.equal(saved[k], expected[k]), k
+
+
+def test_stream_trains_like_the_in_memory_loop_in_file_order(nncli, tmp_path):
+    path, x, y = table(tmp_path)
+    spec = write(tmp_path, "s.yaml", SPEC)
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    common = ["-t", "y", "--epochs", 2, "--lr", 0.05, "-b", 9]
+    assert nncli("train", spec, path, *common, "--no-shuffle", "--save-weights", a).exit_code == 0
+    assert nncli("train", spec, "-", *common, "--stream", "--save-weights", b, input=path.read_text()).exit_code == 0
+    sa, sb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert_error(nncli("train", spec, path, *common, "--stream", "--shuffle", "--save-weights", b), 2, "--stream")
+
+
+def test_validation_split_history_and_early_stop(nncli, tmp_path):
+    path, x, y = table(tmp_path)
+    spec = write(tmp_path, "s.yaml", SPEC)
+    out = tmp_path / "w.pt"
+    doc = load_json(nncli("train", spec, path, "-t", "y", "--epochs", 4, "--lr", 0.1, "--val-split", 0.25, "--no-shuffle", "-b", 70, "--save-weights", out, "-f", "json"))
+    # the held-out rows: a generator of their own, seeded with the model's seed
+    order = torch.randperm(70, generator=torch.Generator().manual_seed(5))
+    held, keep = order[:18].sort().values, order[18:].sort().values
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.2), nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for epoch in range(4):
+        model.train()
+        opt.zero_grad()
+        loss = nn.CrossEntropyLoss()(model(x[keep]), y[keep])
+        loss.backward()
+        opt.step()
+        model.eval()
+        with torch.no_grad():
+            out_val = model(x[held])
+            val_loss = nn.CrossEntropyLoss()(out_val, y[held]).item()
+            accuracy = (out_val.argmax(1) == y[held]).double().mean().item()
+        h = doc["history"][epoch]
+        assert h["train_loss"] == pytest.approx(loss.item(), rel=1e-6)
+        assert h["val_loss"] == pytest.approx(val_loss, rel=1e-6) and h["val_accuracy"] == pytest.approx(accuracy)
+    # patience: stops, keeps the best validation epoch's weights
+    doc = load_json(nncli("train", spec, path, "-t", "y", "--epochs", 200, "--lr", 2.0, "--val-split", 0.25, "--patience", 2, "--save-weights", out, "-f", "json"))
+    assert len(doc["history"]) < 200
+    rows = parse_csv(nncli("train", spec, path, "-t", "y", "--epochs", 2, "--lr", 0.1, "--val-split", 0.25, "--save-weights", out, "-f", "csv").stdout)
+    assert list(rows[0]) == ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
+
+
+def test_resume_continues_from_saved_weights(nncli, tmp_path):
+    path, x, y = table(tmp_path)
+    spec = write(tmp_path, "s.yaml", SPEC)
+    one, two, both = tmp_path / "1.pt", tmp_path / "2.pt", tmp_path / "both.pt"
+    common = ["-t", "y", "--lr", 0.1, "--no-shuffle", "-b", 70]
+    spec_no_dropout = write(tmp_path, "n.yaml", SPEC.replace("  - Dropout: 0.2\n", ""))
+    nncli("train", spec_no_dropout, path, *common, "--epochs", 1, "--save-weights", one)
+    nncli("train", spec_no_dropout, path, *common, "--epochs", 1, "--resume", one, "--save-weights", two)
+    nncli("train", spec_no_dropout, path, *common, "--epochs", 2, "--save-weights", both)
+    a, b = torch.load(two, weights_only=True), torch.load(both, weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # plain SGD keeps no state between epochs
+    assert_error(nncli("train", spec, path, *common, "--epochs", 1, "--save-weights", one, "--resume", one), 2, "--force")
+
+
+def test_train_needs_its_options(nncli, tmp_path):
+    path, *_ = table(tmp_path)
+    spec = write(tmp_path, "s.yaml", SPEC)
+    assert nncli("train", spec, path, "-t", "y", "--lr", 0.1, "--save-weights", tmp_path / "w.pt").exit_code == 2
+    assert_error(nncli("train", spec, path, "-t", "y", "--epochs", 1, "--lr", 0.1, "--optimizer", "rmsprop", "--save-weights", tmp_path / "w.pt"), 2, "--optimizer")
+    assert_error(nncli("train", spec, path, "-t", "y", "--epochs", 1, "--lr", 0.1, "--optimizer", "adam", "--momentum", "0.9", "--save-weights", tmp_path / "w.pt"), 2, "--momentum")
+
+
+def independent_report(truth: np.ndarray, guess: np.ndarray, k: int) -> dict:
+    cm = np.zeros((k, k), dtype=int)
+    for t, g in zip(truth, guess):
+        cm[t, g] += 1
+    per = []
+    for c in range(k):
+        tp = cm[c, c]
+        p = tp / cm[:, c].sum() if cm[:, c].sum() else 0.0
+        r = tp / cm[c, :].sum() if cm[c, :].sum() else 0.0
+        per.append({"class": c, "precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0, "support": int(cm[c].sum())})
+    return {"accuracy": float(np.mean(truth == guess)), "per_class": per, "confusion_matrix": cm.tolist()}
+
+
+def test_evaluate_classifier_metrics(nncli, tmp_path):
+    path, x, y = table(tmp_path)
+    spec = write(tmp_path, "s.yaml", SPEC)
+    doc = load_json(nncli("evaluate", spec, path, "-t", "y", "-f", "json"))
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.2), nn.Linear(8, 3)).eval()
+    with torch.no_grad():
+        out = model(x)
+    assert np.float32(doc["loss"]) == nn.CrossEntropyLoss()(out, y).numpy()
+    expected = independent_report(y.numpy(), out.argmax(1).numpy(), 3)
+    assert doc["accuracy"] == pytest.approx(expected["accuracy"])
+    assert doc["confusion_matrix"] == expected["confusion_matrix"]
+    for got, want in zip(doc["per_class"], expected["per_class"]):
+        assert got == pytest.approx(want)
+
+
+def test_evaluate_binary_and_regression(nncli, tmp_path):
+    path, x, y = table(tmp_path)
+    binary = write(tmp_path, "b.yaml", "seed: 2\nlayers:\n  - Linear: {out_features: 1}\n  - Sigmoid\n")
+    flags = (y > 0).long()
+    data = write(tmp_path, "bin.csv", "a,b,c,d,f\n" + "".join(",".join(repr(v) for v in r) + f",{int(f)}\n" for r, f in zip(x.double().tolist(), flags.tolist())))
+    doc = load_json(nncli("evaluate", binary, data, "-t", "f", "-f", "json"))
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(4, 1), nn.Sigmoid()).eval()
+    with torch.no_grad():
+        prob = model(read_table(data, ["f"]))[:, 0]
+    assert doc["confusion_matrix"] == independent_report(flags.numpy(), (prob >= 0.5).long().numpy(), 2)["confusion_matrix"]
+
+    reg = write(tmp_path, "r.yaml", "seed: 4\nlayers:\n  - Linear: {out_features: 2}\n")
+    targets = x[:, :2] * 2 + 1
+    data = write(tmp_path, "reg.csv", "a,b,c,d,t0,t1\n" + "".join(",".join(repr(float(v)) for v in list(r) + list(t)) + "\n" for r, t in zip(x.double().tolist(), targets.double().tolist())))
+    doc = load_json(nncli("evaluate", reg, data, "-t", "t0", "-t", "t1", "--loss", "mse", "-f", "json"))
+    torch.manual_seed(4)
+    layer = nn.Linear(4, 2)
+    with torch.no_grad():
+        pred = layer(read_table(data, ["t0", "t1"])).double().numpy()
+    truth = read_table(data, list("abcd"), torch.float32).double().numpy()
+    err = pred - truth
+    r2 = np.mean([1 - (err[:, j] ** 2).sum() / ((truth[:, j] - truth[:, j].mean()) ** 2).sum() for j in range(2)])
+    assert doc["loss_fn"] == "MSELoss"
+    assert doc["mse"] == pytest.approx(np.mean(err**2)) and doc["mae"] == pytest.approx(np.mean(np.abs(err))) and doc["r2"] == pytest.approx(r2)
+
+
+def test_iris_trains_to_held_out_accuracy(nncli, tmp_path):
+    """The README's example: BatchNorm1d standardises the features; ≥ 0.95 on the 30 held-out flowers."""
+    weights = tmp_path / "iris.safetensors"
+    result = nncli("train", CONFIGS / "iris.yaml", DATA / "iris-train.csv", "--target", "species", "--epochs", "60", "--lr", "0.01",
+                   "--optimizer", "adam", "--batch-size", "16", "--val-split", "0.2", "--save-weights", weights, "-f", "json")
+    assert result.exit_code == 0, result.stderr
+    doc = load_json(nncli("evaluate", CONFIGS / "iris.yaml", DATA / "iris-test.csv", "--target", "species", "--weights", weights, "-f", "json"))
+    assert doc["rows"] == 30
+    assert doc["accuracy"] >= 0.95
