@@ -148,3 +148,16 @@ def test_closed_stdout_ends_quietly(tmp_path):
     )
     assert "Traceback" not in proc.stderr and "Broken pipe" not in proc.stderr
     assert proc.stdout == "class_0,class_1\n0,1\n"
+
+
+def test_fuzz_find_a_lone_quote_is_an_error_not_a_polars_panic(nncli, tmp_path):
+    """Found by test_fuzz: polars panicked (and printed a Rust backtrace) on a block ending in `"`."""
+    data = tmp_path / "d.csv"
+    data.write_bytes(b'1e3\t 3 \n"')
+    assert_error(nncli("forward", CONFIGS / "hand-checkable.yaml", data, "--delimiter", "\t"), 1, "malformed CSV")
+
+
+def test_quoted_cells_are_read_exactly(nncli, tmp_path):
+    data = write(tmp_path, "d.csv", '"a","b"\n"1","0"\n0.2,"0.4"\n')
+    plain = nncli("forward", CONFIGS / "hand-checkable.yaml", DATA / "two-points.csv").stdout
+    assert nncli("forward", CONFIGS / "hand-checkable.yaml", data).stdout == plain

@@ -248,6 +248,8 @@ def _fast_parse(block: bytes, rows: int, ncols: int, delimiter: str, numeric: li
     import numpy as np
     import polars as pl
 
+    if block.find(b'"') >= 0:
+        return None  # quoting is the exact parser's: polars panics on an unbalanced quote (and prints so)
     wanted = sorted(set(numeric) | set(text))
     if len(wanted) < ncols and block.count(delimiter.encode()) != rows * (ncols - 1):
         return None  # a short row could hide in a column polars does not read
@@ -260,11 +262,15 @@ def _fast_parse(block: bytes, rows: int, ncols: int, delimiter: str, numeric: li
             separator=delimiter,
             schema=schema,
             columns=wanted or [0],
-            quote_char='"' if block.find(b'"') >= 0 else None,
+            quote_char=None,
         )
         series = [frame.get_column(names[i]) for i in numeric]
         series = [s.cast(pl.Float64) if i in text else s for s, i in zip(series, numeric)]  # an id may be a number too
     except pl.exceptions.PolarsError:  # a refusal sends the block to the exact parser, which names the cell
+        return None
+    except BaseException as e:  # a polars panic (pyo3's PanicException is a BaseException): same
+        if type(e).__name__ != "PanicException":
+            raise
         return None
     if frame.height != rows or any(s.null_count() for s in series):
         if retry and (b"\n\n" in block or b"\n\r\n" in block or block[:1] in (b"\n", b"\r")):
