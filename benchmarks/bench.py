@@ -87,6 +87,33 @@ lf.sink_csv(sys.argv[2])
 }
 
 
+TRAIN_SPEC = """seed: 0
+layers:
+  - Linear: [32, 16]
+  - ReLU
+  - Linear: [16, 3]
+"""
+TRAIN_SCRIPT = """
+import sys, torch, polars as pl
+df = pl.read_csv(sys.argv[1])
+x = torch.from_numpy(df[:, :32].to_numpy()).float()
+y = torch.from_numpy(df["label"].to_numpy()).long()
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(32, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
+loss_fn = torch.nn.CrossEntropyLoss()
+model.train()
+order = torch.randperm(len(x))
+for i in range(0, len(x), 1024):
+    idx = order[i:i + 1024]
+    opt.zero_grad()
+    loss = loss_fn(model(x[idx]), y[idx])
+    loss.backward()
+    opt.step()
+torch.save(model.state_dict(), sys.argv[2])
+"""
+
+
 def generate(path: Path, rows: int, seed: int = 0, block: int = 100_000) -> None:
     rng = np.random.default_rng(seed)
     tmp = path.with_suffix(".tmp")
@@ -179,6 +206,18 @@ def main() -> None:
         table("start-up", [(n, w, m) for n, (w, m) in results.items()], None)
         ratio = results["nncli forward (5 rows)"][0] / results['python -c "import torch"'][0]
         print(f"\nnncli forward (5 rows) / import torch: {ratio:.2f}x")
+
+        train_spec = DATA / "train.yaml"
+        train_spec.write_text(TRAIN_SPEC)
+        script = work / "train_by_hand.py"
+        script.write_text(TRAIN_SCRIPT)
+        training = {
+            "nncli train (1 epoch, batch 1024, sgd)": [nncli, "train", str(train_spec), str(data), "-t", "label", "--epochs", "1",
+                                                       "-b", "1024", "--lr", "0.01", "--save-weights", str(work / "t.pt"), "-o", str(work / "h.json")],
+            "hand-written loop (polars + torch)": [sys.executable, str(script), str(data), str(work / "t2.pt")],
+        }
+        results = run_alternating(training, max(args.repeat // 2, 1))
+        table("training: one epoch over the file", [(n, w, m) for n, (w, m) in results.items()], args.rows)
 
         if not args.no_3m:
             big = DATA / f"rows-{3 * args.rows}.csv"
