@@ -289,3 +289,15 @@ def test_version_and_help(nncli):
 
     assert nncli("--version").stdout.strip() == f"nncli {__version__}"
     assert "forward" in nncli("--help").stdout
+
+
+def test_every_command_and_option_has_help_text():
+    import typer.main
+
+    from nncli.cli import app
+
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        assert command.help, name
+        for param in command.params:
+            assert getattr(param, "help", None) or param.name == "help", (name, param.name)

@@ -1,0 +1,137 @@
+"""Every command-line option, defined once, and the groups of them that commands share.
+
+A command declares only what is its own; `with_options(MODEL, READ, OUTPUT)` adds each group's
+options to its signature (Typer reads the signature) and hands the command one dict per group,
+the way sqlite-utils decorates its commands with shared option sets.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass
+from typing import Annotated, Any, Optional
+
+import typer
+
+from nncli.errors import UsageError
+
+Spec = Annotated[str, typer.Argument(metavar="SPEC", help="The model spec (YAML).", show_default=False)]
+Data = Annotated[str, typer.Argument(metavar="DATA", help="A CSV file, or - for standard input.", show_default=False)]
+Seed = Annotated[Optional[int], typer.Option("--seed", metavar="N", help="Seed for the initial weights (default: the spec's seed, else 0).", min=0)]
+Weights = Annotated[Optional[str], typer.Option("--weights", "-w", metavar="FILE", help="Load parameters from a .safetensors or .pt/.pth state_dict.")]
+Dtype = Annotated[str, typer.Option("--dtype", metavar="TYPE", help="float32 or float64, for the model and the data.")]
+MaxParams = Annotated[int, typer.Option("--max-params", metavar="N", help="Refuse, before allocating, a model with more parameters than this.", min=0)]
+Device = Annotated[str, typer.Option("--device", metavar="DEVICE", help="cpu, cuda, mps or auto (an available accelerator, else cpu).")]
+Threads = Annotated[Optional[int], typer.Option("--threads", metavar="N", help="Threads for torch and the CSV reader (default: every core).", min=1)]
+Inputs = Annotated[Optional[int], typer.Option("--inputs", metavar="N", help="The number of input features, where the spec leaves the first size out.", min=1)]
+Format = Annotated[
+    Optional[str],
+    typer.Option("--format", "-f", metavar="FORMAT", help="table, csv, tsv, json or jsonl (default: table on a terminal, csv otherwise, or the -o file's suffix)."),
+]
+Output = Annotated[Optional[str], typer.Option("--output", "-o", metavar="FILE", help="Write to this file (atomically) instead of standard output.")]
+Precision = Annotated[Optional[int], typer.Option("--precision", metavar="N", help="Decimals to print (default: the table shows 4; other formats print every digit).", min=0, max=30)]
+Force = Annotated[bool, typer.Option("--force", help="Allow an output file to replace one of the command's inputs.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+Delimiter = Annotated[Optional[str], typer.Option("--delimiter", "-d", metavar="CHAR", help="Force the delimiter (default: detected among , tab ;).")]
+Header = Annotated[Optional[bool], typer.Option("--header/--no-header", help="Force whether the first row is a header (default: detected).", show_default=False)]
+Features = Annotated[Optional[list[str]], typer.Option("--features", metavar="COL", help="Feature columns, by name or 0-based index (repeatable; default: all other columns).")]
+Target = Annotated[Optional[list[str]], typer.Option("--target", "-t", metavar="COL", help="A target column, by name or 0-based index (repeatable).")]
+TargetsFile = Annotated[Optional[str], typer.Option("--targets", metavar="FILE", help="A CSV of targets with one row per DATA row.")]
+IdColumn = Annotated[Optional[str], typer.Option("--id-column", metavar="COL", help="A column carried through as the first output column.")]
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", "-b", metavar="N", help="Rows per batch (default: 16384); results never depend on it.", min=1)]
+Threshold = Annotated[float, typer.Option("--threshold", metavar="P", help="A sigmoid output at or above this is class 1.")]
+Loss = Annotated[Optional[str], typer.Option("--loss", "-l", metavar="NAME", help="A torch.nn loss (CrossEntropyLoss, BCELoss, MSELoss, ...) or alias (cross_entropy, bce, mse, ...); default: the spec's, else implied by the head.")]
+Reduction = Annotated[str, typer.Option("--reduction", metavar="MODE", help="mean, sum or none (none: one loss per row).")]
+Mode = Annotated[Optional[str], typer.Option("--mode", metavar="MODE", help="train or eval (default: eval for loss, train for grads and step).")]
+Layer = Annotated[Optional[int], typer.Option("--layer", metavar="I", help="Show only this layer's parameters (0-based index).")]
+Summary = Annotated[bool, typer.Option("--summary", help="Show only the summary table (norms, min, max).")]
+Full = Annotated[bool, typer.Option("--full", help="Show every element of large tensors (default: elided like torch's print).")]
+
+DTYPES = ("float32", "float64")
+FORMATS = ("table", "csv", "tsv", "json", "jsonl")
+MODES = ("train", "eval")
+
+
+@dataclass(frozen=True)
+class Group:
+    """Options several commands share: (name, type, default) each, handed over as one dict `name`."""
+
+    name: str
+    options: tuple[tuple[str, Any, Any], ...]
+
+
+MODEL = Group("model", (("seed", Seed, None), ("weights", Weights, None), ("dtype", Dtype, "float32")))
+RUNTIME = Group("runtime", (("device", Device, "cpu"), ("threads", Threads, None), ("max_params", MaxParams, 10**9)))
+READ = Group("read", (("features", Features, None), ("delimiter", Delimiter, None), ("header", Header, None)))
+TARGETS = Group("targets", (("target", Target, None), ("targets", TargetsFile, None)))
+SIGNAL = Group("signal", (("loss", Loss, None), ("reduction", Reduction, "mean"), ("mode", Mode, None), ("batch_size", BatchSize, None)))
+TENSORS = Group("tensors", (("layer", Layer, None), ("summary", Summary, False), ("full", Full, False)))
+OUTPUT = Group("output", (("fmt", Format, None), ("output", Output, None), ("precision", Precision, None), ("force", Force, False), ("quiet", Quiet, False)))
+
+
+def with_options(*groups: Group):
+    """Add the groups' options to a command's signature; the command receives one dict per group."""
+
+    def decorate(fn):
+        signature = inspect.signature(fn, eval_str=True)  # the command's own annotations, resolved
+        own = [p for p in signature.parameters.values() if p.name not in {g.name for g in groups}]
+        added = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+            for group in groups
+            for name, kind, default in group.options
+        ]
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            for group in groups:
+                kwargs[group.name] = {name: kwargs.pop(name) for name, _, _ in group.options}
+            return fn(*args, **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=own + added)
+        wrapper.__annotations__ = {p.name: p.annotation for p in own + added}
+        del wrapper.__wrapped__  # Typer must read the new signature, not the original's
+        return wrapper
+
+    return decorate
+
+
+def choice(value: Optional[str], allowed: tuple, option: str) -> Optional[str]:
+    if value is not None and value not in allowed:
+        raise UsageError(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def model_options(spec: str, model: dict | None = None, runtime: dict | None = None, inputs: int | None = None):
+    from nncli.session import ModelOptions
+
+    values = {**(model or {}), **(runtime or {})}
+    choice(values.get("dtype"), DTYPES, "--dtype")
+    return ModelOptions(spec, inputs=inputs, **values)
+
+
+def output_options(output: dict):
+    from nncli.session import OutputOptions
+
+    choice(output.get("fmt"), FORMATS, "--format")
+    return OutputOptions(output["fmt"], output["output"], output.get("precision"), output["force"], output.get("quiet", False))
+
+
+def data_options(data: str, read: dict, targets: dict | None = None, id_column: str | None = None):
+    from nncli.data import DataOptions
+
+    targets = targets or {}
+    return DataOptions(
+        data, read["delimiter"], read["header"], read["features"] or [], targets.get("target") or [], targets.get("targets"), id_column
+    )
+
+
+def loss_options(signal: dict, scalar_only: bool):
+    from nncli.commands import LossOptions
+    from nncli.losses import REDUCTIONS
+
+    choice(signal["reduction"], REDUCTIONS, "--reduction")
+    choice(signal["mode"], MODES, "--mode")
+    if scalar_only and signal["reduction"] == "none":
+        raise UsageError("--reduction none gives no single loss to differentiate; use mean or sum")
+    return LossOptions(signal["loss"], signal["reduction"], signal["mode"], signal["batch_size"])
