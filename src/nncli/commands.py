@@ -144,7 +144,7 @@ def loss(mopts, dopts, oopts, lopts) -> None:
     else:
         frame = Frame(["loss", "loss_fn", "reduction", "rows"], [_scalar(result.loss), [result.loss_fn], [result.reduction], [result.rows]])
         table = key_value_table({"loss": fmt(float(result.loss), oopts.precision), "loss_fn": result.loss_fn, "reduction": result.reduction, "rows": str(result.rows)})
-    caption = f"{model.caption}; {result.loss_fn} from {choice.source}, {result.rows} row{'s' if result.rows != 1 else ''}"
+    caption = f"{model.caption}; {result.loss_fn} from {choice.source}, {_rows(result.rows)}"
     _emit(oopts, [mopts.spec, dopts.path, dopts.targets_file, mopts.weights], Report(doc, frame, [table, _caption(caption)]))
 
 
@@ -156,9 +156,9 @@ def grads(mopts, dopts, oopts, lopts, layer: int | None, summary: bool, full: bo
     doc = _loss_doc(result, choice, oopts.precision)
     doc["gradients"] = {k: jsonable(v, oopts.precision) for k, v in named.items()}
     frame = long_rows({k: {"grad": v} for k, v in named.items()}, ["grad"], oopts.precision)
-    caption = f"{model.caption}; {result.loss_fn} = {fmt(float(result.loss), oopts.precision)} over {result.rows} rows"
+    caption = f"{model.caption}; {result.loss_fn} = {fmt(float(result.loss), oopts.precision)} over {_rows(result.rows)}"
     tables = [] if summary else _tensor_tables(model, named, oopts, full)
-    tables.append(summary_table("gradients", named, oopts.precision, caption))
+    tables += [summary_table("gradients", named, oopts.precision), _caption(caption)]
     _emit(oopts, [mopts.spec, dopts.path, dopts.targets_file, mopts.weights], Report(doc, frame, tables))
 
 
@@ -242,6 +242,10 @@ def onehot(labels: list[str], num_classes: int | None, oopts) -> None:
 
 
 MAX_ONEHOT_CELLS = 10**8
+
+
+def _rows(n: int) -> str:
+    return f"{n:,} row" + ("" if n == 1 else "s")
 
 
 def _scalar(tensor):
@@ -498,7 +502,7 @@ def evaluate(mopts, dopts, oopts, loss_given: str | None, batch_size: int | None
     data.close()
     p = oopts.precision
     doc = {"loss": jsonable(result.loss, p), "loss_fn": result.loss_fn, "rows": result.rows, **metrics.report()}
-    caption = f"{model.caption}; {result.loss_fn} from {choice.source}, {result.rows} rows"
+    caption = f"{model.caption}; {result.loss_fn} from {choice.source}, {_rows(result.rows)}"
     if classifier:
         per = doc["per_class"]
         frame = Frame(["class", "precision", "recall", "f1", "support"],

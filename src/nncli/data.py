@@ -55,8 +55,12 @@ def column_index(token: str, csv: CsvFile, option: str) -> int:
         raise NncliError(f"{option} {token}: there is no column {token}; {csv.name} has {csv.ncols} columns (0 to {csv.ncols - 1})", csv.name)
     if not csv.names:
         raise NncliError(f"{option} {token!r}: the file has no header; name columns by 0-based index", csv.name)
+    import difflib
+
+    close = difflib.get_close_matches(token, csv.names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
     shown = ", ".join(csv.names[:20]) + (", ..." if len(csv.names) > 20 else "")
-    raise NncliError(f"{option} {token!r}: no such column (columns: {shown})", csv.name)
+    raise NncliError(f"{option} {token!r}: no such column{hint} (columns: {shown})", csv.name)
 
 
 class Dataset:

@@ -71,11 +71,11 @@ def tensor_tables(title: str, values, precision: int | None, full: bool, width: 
     return tables
 
 
-def summary_table(title: str, named: dict, precision: int | None, caption: str = ""):
+def summary_table(title: str, named: dict, precision: int | None):
     """One row per tensor: name, shape, norm, min, max, mean |x|."""
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left", caption=caption or None, caption_justify="left", header_style="bold")
+    table = Table(title=title, title_justify="left", header_style="bold")
     for name, justify in (("parameter", "left"), ("shape", "left"), ("norm", "right"), ("min", "right"), ("max", "right"), ("mean |x|", "right")):
         table.add_column(name, justify=justify, no_wrap=True)
     for name, tensor in named.items():
