@@ -14,7 +14,7 @@ from nncli.model import check_weights_path, state_for_saving, write_weights
 from nncli.output import atomic_file, check_not_input
 from nncli.progress import tracked
 from nncli.render import Frame, Report, RowWriter, escape, fmt, frame_table, jsonable, key_value_table, write_report
-from nncli.session import ModelOptions, OutputOptions, make_model, note, read_spec, warn
+from nncli.session import ModelOptions, OutputOptions, idle_threads_sleep, make_model, note, read_spec, warn
 from nncli.tensors import long_rows, summary_table, tensor_tables
 
 
@@ -29,6 +29,8 @@ def open_model_and_data(mopts: ModelOptions, dopts: DataOptions, want_targets: b
     width = data.n_features
     if (mopts.inputs or spec.inputs) and (mopts.inputs or spec.inputs) != width:
         raise NncliError(f"the model expects {mopts.inputs or spec.inputs} features; {data.name} has {width}", spec.path)
+    if rows is not None:
+        idle_threads_sleep()
     batches = prefetched(data.batches(rows)) if isinstance(rows, int) else None
     model, device = make_model(mopts, spec, width, data.name)
     if callable(rows):
