@@ -301,3 +301,33 @@ def test_every_command_and_option_has_help_text():
         assert command.help, name
         for param in command.params:
             assert getattr(param, "help", None) or param.name == "help", (name, param.name)
+
+
+@pytest.mark.parametrize("keep_id", [False, True])
+def test_a_table_too_wide_for_the_terminal_folds_and_loses_no_number(nncli, monkeypatch, tmp_path, keep_id):
+    monkeypatch.setenv("COLUMNS", "60")
+    spec = write(tmp_path, "wide.yaml", "seed: 3\nlayers:\n  - Linear: [6, 12]\n  - Softmax\n")
+    extra = ["--id-column", "label"] if keep_id else []
+    result = nncli("forward", spec, DATA / "table-5x6.csv", "-t", "label", *extra, "-f", "table")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 60 for line in lines) and "…" not in result.stdout
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.Softmax(dim=1)).eval()
+    with torch.no_grad():
+        expected = model(read_table(DATA / "table-5x6.csv", ["label"])).numpy()
+    got, keys, pieces = np.full_like(expected, np.nan), [], 0
+    for line in lines:
+        if line.startswith("┃"):
+            header, row, pieces = [c.strip() for c in line.strip("┃").split("┃")], 0, pieces + 1
+        elif line.startswith("│"):
+            cells = [c.strip() for c in line.strip("│").split("│")]
+            keys.append(cells[0])
+            for name, text in zip(header[1:], cells[1:]):
+                if name.startswith("prob_"):
+                    got[row, int(name[5:])] = float(text)
+            row += 1
+    np.testing.assert_allclose(got, expected, atol=5e-5)  # every probability shown, to 4 decimals
+    assert pieces >= 2
+    leading = ["1", "0", "1", "0", "1"] if keep_id else ["0", "1", "2", "3", "4"]  # the id, else the row number
+    assert keys == leading * pieces

@@ -101,3 +101,20 @@ def test_init_with_batchnorm_saves_buffers_and_float64(nncli, tmp_path):
     assert state.keys() == expected.keys()
     assert all(torch.equal(state[k], expected[k]) for k in expected)
     assert state["1.weight"].dtype == torch.float64
+
+
+def test_tables_off_a_terminal_end_lines_without_padding(nncli):
+    lines = nncli("params", CONFIGS / "net-16-8-2.yaml", "--values", "-f", "table").stdout.splitlines()
+    assert "0.weight [8, 16] Linear" in lines  # a title, not padded to the table's width
+    assert all(line == line.rstrip() for line in lines)
+
+
+def test_a_caption_is_one_line_and_long_arguments_wrap(nncli, monkeypatch, tmp_path):
+    monkeypatch.setenv("COLUMNS", "30")
+    out = nncli("forward", CONFIGS / "binary-classifier.yaml", DATA / "table-5x6.csv", "-t", "label", "-f", "table").stdout
+    assert "binary-classifier (seed 42, float32)" in out.splitlines()  # the terminal, if any, wraps it
+    monkeypatch.setenv("COLUMNS", "72")
+    spec = write(tmp_path, "long.yaml", "layers:\n  - Linear: {in_features: 6, out_features: 1234, bias: false}\n  - LeakyReLU: {negative_slope: 0.125, inplace: false}\n")
+    out = nncli("params", spec, "-f", "table").stdout
+    assert all(len(line) <= 72 for line in out.splitlines())
+    assert "7,404" in out and "[N, 1234]" in out and "LeakyReLU" in out  # counts, shapes and types are never cut

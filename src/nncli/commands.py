@@ -67,7 +67,7 @@ def forward(mopts: ModelOptions, dopts: DataOptions, oopts: OutputOptions, batch
     data_check, output_check = FiniteCheck(f"the data ({data.name})"), FiniteCheck("the model's output")
     batches = tracked(batches, data, oopts.quiet)
     with oopts.stream() as out:
-        writer = RowWriter(oopts.resolved_format, out, oopts.precision, caption=model.caption)
+        writer = RowWriter(oopts.resolved_format, out, oopts.precision, caption=model.caption, keys=int(data.id_name is not None))
         for batch, outputs, classes in forward_batches(model, head, batches, model.device, threshold):
             data_check.check(batch.x, batch.first_row, data.feature_names)
             output_check.check(outputs, batch.first_row, outputs_names)
@@ -354,14 +354,16 @@ def _params_table(spec, rows: list[dict], total: int, nbytes: int, dtype: str):
     from rich.table import Table
 
     table = Table(title=f"{spec.display_name}", title_justify="left", header_style="bold", show_footer=True)
-    table.add_column("#", justify="right", footer="", no_wrap=True)
-    table.add_column("layer", footer="total", no_wrap=True)
-    table.add_column("arguments", footer="", no_wrap=True)
-    table.add_column("output shape", footer="", no_wrap=True)
-    table.add_column("params", justify="right", footer=f"{total:,}", no_wrap=True)
-    table.add_column("trainable", footer=f"{_bytes(nbytes)} ({dtype})", no_wrap=True)
-    for r in rows:
-        table.add_row(str(r["index"]), r["type"], escape(r["args"]), _shape_text(r["output_shape"]), f"{r['params']:,}", "yes" if r["trainable"] else "-")
+    cells = [(str(r["index"]), r["type"], escape(r["args"]), _shape_text(r["output_shape"]), f"{r['params']:,}", "yes" if r["trainable"] else "-") for r in rows]
+    footers = ["", "total", "", "", f"{total:,}", f"{_bytes(nbytes)} ({dtype})"]
+    for i, (name, justify) in enumerate((("#", "right"), ("layer", "left"), ("arguments", "left"), ("output shape", "left"), ("params", "right"), ("trainable", "left"))):
+        if name == "arguments":  # where the terminal is too narrow, only the arguments wrap
+            table.add_column(name, justify=justify, footer=footers[i], overflow="fold")
+            continue
+        widest = max([len(name), len(footers[i])] + [len(c[i]) for c in cells])
+        table.add_column(name, justify=justify, footer=footers[i], no_wrap=True, min_width=widest)
+    for c in cells:
+        table.add_row(*c)
     return table
 
 
@@ -524,12 +526,14 @@ def _array(values):
 
 
 def _confusion_table(matrix: list[list[int]]):
-    from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title="confusion matrix: true class ↓, predicted →", title_justify="left", header_style="bold", min_width=44)
-    table.add_column("", style="bold", justify="right")
-    for c in range(len(matrix)):
-        table.add_column(str(c), justify="right")
-    for c, row in enumerate(matrix):
-        table.add_row(str(c), *[f"[bold green]{v}[/]" if i == c else (f"[red]{v}[/]" if v else "0") for i, v in enumerate(row)])
-    return table
+    from nncli.render import FoldingTable
+
+    def cell(v: int, diagonal: bool) -> Text:
+        return Text(str(v), style="bold green" if diagonal else ("red" if v else ""))
+
+    names = [""] + [str(c) for c in range(len(matrix))]
+    columns = [[Text(str(c), style="bold") for c in range(len(matrix))]]
+    columns += [[cell(row[p], p == t) for t, row in enumerate(matrix)] for p in range(len(matrix))]
+    return FoldingTable(names, columns, title="confusion matrix: true class ↓, predicted →", keys=1)

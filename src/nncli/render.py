@@ -101,8 +101,8 @@ class Frame:
 class RowWriter:
     """Writes frames one after another, so output streams as it is produced."""
 
-    def __init__(self, fmt: str, stream: BinaryIO, precision: int | None = None, caption: str = "") -> None:
-        self.fmt, self.stream, self.precision, self.caption = fmt, stream, precision, caption
+    def __init__(self, fmt: str, stream: BinaryIO, precision: int | None = None, caption: str = "", keys: int = 0) -> None:
+        self.fmt, self.stream, self.precision, self.caption, self.keys = fmt, stream, precision, caption, keys
         self.count = 0
         self._held: list[Frame] = []
 
@@ -169,11 +169,10 @@ class RowWriter:
         self.stream.write((b"[\n" if self.count == 0 else b",\n") + b",\n".join(lines))
 
     def _write_table(self) -> None:
-        out = console(self.stream)
-        if self._held:
-            out.print(frame_table(self._held, self.precision))
-        if self.caption:
-            out.print(self.caption, style="dim", markup=False)
+        from rich.text import Text
+
+        items = [frame_table(self._held, self.precision, self.keys)] if self._held else []
+        show(self.stream, items + ([Text(self.caption, style="dim")] if self.caption else []))
 
 
 def _cells(col, precision: int | None) -> list[str]:
@@ -181,7 +180,7 @@ def _cells(col, precision: int | None) -> list[str]:
 
     if isinstance(col, np.ndarray) and col.dtype.kind == "f":
         return [fmt(v, precision) for v in col.tolist()]
-    return [escape(str(v)) for v in (col.tolist() if isinstance(col, np.ndarray) else col)]
+    return [str(v) for v in (col.tolist() if isinstance(col, np.ndarray) else col)]
 
 
 def escape(text: str) -> str:
@@ -206,27 +205,91 @@ def write_report(report: Report, fmt: str, stream: BinaryIO, precision: int | No
     if fmt == "json":
         stream.write(json.dumps(report.doc, allow_nan=False).encode() + b"\n")
     elif fmt == "table":
-        out = console(stream)
-        for item in report.tables() if callable(report.tables) else report.tables:
-            out.print(item)
+        show(stream, report.tables() if callable(report.tables) else report.tables)
     else:
         writer = RowWriter(fmt, stream, precision)
         writer.write(report.frame)
         writer.close()
 
 
-def frame_table(frames: Frame | list[Frame], precision: int | None):
-    """One Rich table of the rows of one or more frames with the same columns."""
-    from rich.table import Table
+def show(stream, items: list) -> None:
+    """Print Rich renderables. Lines of text (captions) are not wrapped: the terminal wraps them.
+    Off a terminal, lines lose the trailing spaces that Rich pads titles and plots with."""
+    from rich.text import Text
 
+    out = console(stream)
+    if out.is_terminal:
+        for item in items:
+            out.print(item, soft_wrap=isinstance(item, Text))
+        return
+    with out.capture() as captured:
+        for item in items:
+            out.print(item, soft_wrap=isinstance(item, Text))
+    out.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
+    out.file.flush()
+
+
+def frame_table(frames: Frame | list[Frame], precision: int | None, keys: int = 0) -> "FoldingTable":
+    """The rows of one or more frames with the same columns, as a table that folds to fit; the first
+    `keys` columns (an id) lead every piece."""
     frames = [frames] if isinstance(frames, Frame) else frames
-    table = Table(header_style="bold")
-    for name in frames[0].names:
-        table.add_column(escape(name), justify="right", no_wrap=True)
+    columns = [[] for _ in frames[0].names]
     for frame in frames:
-        for row in zip(*[_cells(col, precision) for col in frame.columns]):
+        for cells, col in zip(columns, frame.columns):
+            cells += _cells(col, precision)
+    return FoldingTable(frames[0].names, columns, keys=keys)
+
+
+class FoldingTable:
+    """Columns of cells as one Rich table or, where that would not fit the width, as several tables
+    of consecutive columns, each led by the key columns that say which row a cell is in (the row
+    number, if there are none). Rich alone would squeeze every column down to `…`."""
+
+    def __init__(self, names: list[str], columns: list[list], title: str = "", keys: int = 0) -> None:
+        from rich.text import Text
+
+        self.names, self.title, self.keys = list(names), title, keys
+        self.columns = [[c if isinstance(c, Text) else Text(str(c)) for c in col] for col in columns]
+
+    def __rich_console__(self, console, options):
+        from rich.cells import cell_len
+        from rich.text import Text
+
+        names, columns, keys = self.names, self.columns, self.keys
+        widths = [max([cell_len(n)] + [c.cell_len for c in col]) for n, col in zip(names, columns)]
+        if 1 + sum(w + 3 for w in widths) <= options.max_width:  # 3: padding and a border per column
+            yield self._table(names, columns, widths, range(len(names)), self.title, options.max_width)
+            return
+        if keys == 0:
+            rows = len(columns[0]) if columns else 0
+            names, columns, keys = ["row"] + names, [[Text(str(r), style="dim") for r in range(rows)]] + columns, 1
+            widths = [len(str(max(rows - 1, 0))) if rows else 3] + widths
+            widths[0] = max(widths[0], 3)
+        base = 1 + sum(w + 3 for w in widths[:keys])
+        pieces, piece, used = [], [], base
+        for i in range(keys, len(names)):
+            if piece and used + widths[i] + 3 > options.max_width:
+                pieces.append(piece)
+                piece, used = [], base
+            piece.append(i)
+            used += widths[i] + 3
+        pieces.append(piece)
+        for piece in pieces:
+            span = f"columns {names[piece[0]]}–{names[piece[-1]]}" if piece else ""
+            title = " · ".join(t for t in (self.title, span) if t)
+            yield self._table(names, columns, widths, list(range(keys)) + piece, title, options.max_width)
+
+    @staticmethod
+    def _table(names, columns, widths, shown, title, max_width):
+        from rich.cells import cell_len
+        from rich.table import Table
+
+        table = Table(title=title or None, title_justify="left", header_style="bold", min_width=min(cell_len(title), max_width) if title else None)
+        for i in shown:
+            table.add_column(names[i], justify="right", no_wrap=True, min_width=widths[i])
+        for row in zip(*[columns[i] for i in shown]):
             table.add_row(*row)
-    return table
+        return table
 
 
 def key_value_table(pairs: dict):
