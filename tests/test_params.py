@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
@@ -109,7 +108,7 @@ def test_tables_off_a_terminal_end_lines_without_padding(nncli):
     assert all(line == line.rstrip() for line in lines)
 
 
-def test_a_caption_is_one_line_and_long_arguments_wrap(nncli, monkeypatch, tmp_path):
+def test_a_caption_is_one_line_and_a_wide_params_table_folds(nncli, monkeypatch, tmp_path):
     monkeypatch.setenv("COLUMNS", "30")
     out = nncli("forward", CONFIGS / "binary-classifier.yaml", DATA / "table-5x6.csv", "-t", "label", "-f", "table").stdout
     assert "binary-classifier (seed 42, float32)" in out.splitlines()  # the terminal, if any, wraps it
@@ -117,4 +116,4 @@ def test_a_caption_is_one_line_and_long_arguments_wrap(nncli, monkeypatch, tmp_p
     spec = write(tmp_path, "long.yaml", "layers:\n  - Linear: {in_features: 6, out_features: 1234, bias: false}\n  - LeakyReLU: {negative_slope: 0.125, inplace: false}\n")
     out = nncli("params", spec, "-f", "table").stdout
     assert all(len(line) <= 72 for line in out.splitlines())
-    assert "7,404" in out and "[N, 1234]" in out and "LeakyReLU" in out  # counts, shapes and types are never cut
+    assert "7,404" in out and "[N, 1234]" in out and "negative_slope=0.125, inplace=False" in out  # nothing is cut

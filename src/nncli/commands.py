@@ -13,9 +13,9 @@ from nncli.losses import choose_loss, double_softmax_warning
 from nncli.model import check_weights_path, state_for_saving, write_weights
 from nncli.output import atomic_file, check_not_input
 from nncli.progress import tracked
-from nncli.render import Frame, Report, RowWriter, escape, fmt, frame_table, jsonable, key_value_table, write_report
+from nncli.render import Frame, Report, RowWriter, fmt, frame_table, jsonable, key_value_table, write_report
 from nncli.session import ModelOptions, OutputOptions, idle_threads_sleep, make_model, note, read_spec, warn
-from nncli.tensors import long_rows, summary_table, tensor_tables
+from nncli.tensors import long_rows, summary_table, tensor_table
 
 
 def open_model_and_data(mopts: ModelOptions, dopts: DataOptions, want_targets: bool = False, rows=None):
@@ -207,7 +207,7 @@ def step(mopts, dopts, oopts, lopts, lr: float, save: str | None, layer: int | N
     tables = []
     for name, parts in ({} if summary else named).items():
         for part in ("before", "grad", "after"):
-            tables += tensor_tables(f"{name} {part} {list(parts[part].shape)} {_layer_type(model, name)}", parts[part], p, full, _width())
+            tables.append(tensor_table(f"{name} {part} {list(parts[part].shape)} {_layer_type(model, name)}", parts[part], p, full))
     for part in ("before", "grad", "after"):
         tables.append(summary_table(part, {k: v[part] for k, v in named.items()}, p))
     tables.append(_caption(caption))
@@ -272,18 +272,8 @@ def _layer_type(model, name: str) -> str:
     return model.layers[int(name.split(".")[0])].type
 
 
-def _width() -> int:
-    from nncli.render import console
-
-    return console().width
-
-
 def _tensor_tables(model, named: dict, oopts, full: bool) -> list:
-    tables = []
-    for name, tensor in named.items():
-        title = f"{name} {list(tensor.shape)} {_layer_type(model, name)}"
-        tables += tensor_tables(title, tensor, oopts.precision, full, _width())
-    return tables
+    return [tensor_table(f"{name} {list(tensor.shape)} {_layer_type(model, name)}", tensor, oopts.precision, full) for name, tensor in named.items()]
 
 
 def _caption(text: str):
@@ -351,20 +341,13 @@ def _shape_text(shape: list) -> str:
 
 
 def _params_table(spec, rows: list[dict], total: int, nbytes: int, dtype: str):
-    from rich.table import Table
+    from nncli.render import FoldingTable
 
-    table = Table(title=f"{spec.display_name}", title_justify="left", header_style="bold", show_footer=True)
-    cells = [(str(r["index"]), r["type"], escape(r["args"]), _shape_text(r["output_shape"]), f"{r['params']:,}", "yes" if r["trainable"] else "-") for r in rows]
-    footers = ["", "total", "", "", f"{total:,}", f"{_bytes(nbytes)} ({dtype})"]
-    for i, (name, justify) in enumerate((("#", "right"), ("layer", "left"), ("arguments", "left"), ("output shape", "left"), ("params", "right"), ("trainable", "left"))):
-        if name == "arguments":  # where the terminal is too narrow, only the arguments wrap
-            table.add_column(name, justify=justify, footer=footers[i], overflow="fold")
-            continue
-        widest = max([len(name), len(footers[i])] + [len(c[i]) for c in cells])
-        table.add_column(name, justify=justify, footer=footers[i], no_wrap=True, min_width=widest)
-    for c in cells:
-        table.add_row(*c)
-    return table
+    names = ["#", "layer", "arguments", "output shape", "params", "trainable"]
+    cells = [[str(r["index"]), r["type"], r["args"], _shape_text(r["output_shape"]), f"{r['params']:,}", "yes" if r["trainable"] else "-"] for r in rows]
+    cells.append(["", "total", "", "", f"{total:,}", f"{_bytes(nbytes)} ({dtype})"])
+    return FoldingTable(names, [list(c) for c in zip(*cells)], title=spec.display_name, keys=2, total=True,
+                        justify=["right", "left", "left", "left", "right", "left"])
 
 
 def _bytes(n: int) -> str:

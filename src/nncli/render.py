@@ -218,13 +218,16 @@ def show(stream, items: list) -> None:
     from rich.text import Text
 
     out = console(stream)
-    if out.is_terminal:
+
+    def print_all() -> None:
         for item in items:
             out.print(item, soft_wrap=isinstance(item, Text))
+
+    if out.is_terminal:
+        print_all()
         return
     with out.capture() as captured:
-        for item in items:
-            out.print(item, soft_wrap=isinstance(item, Text))
+        print_all()
     out.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
     out.file.flush()
 
@@ -245,26 +248,32 @@ class FoldingTable:
     of consecutive columns, each led by the key columns that say which row a cell is in (the row
     number, if there are none). Rich alone would squeeze every column down to `…`."""
 
-    def __init__(self, names: list[str], columns: list[list], title: str = "", keys: int = 0) -> None:
+    def __init__(self, names: list[str], columns: list[list], title: str = "", keys: int = 0, uniform: bool = False,
+                 total: bool = False, justify: list[str] | None = None) -> None:
+        """uniform: every value column as wide as the widest (a matrix); total: a line sets the last
+        row apart; justify: per column (default: right, for numbers)."""
         from rich.text import Text
 
-        self.names, self.title, self.keys = list(names), title, keys
+        self.names, self.title, self.keys, self.uniform, self.total = list(names), title, keys, uniform, total
+        self.justify = justify or ["right"] * len(names)
         self.columns = [[c if isinstance(c, Text) else Text(str(c)) for c in col] for col in columns]
 
     def __rich_console__(self, console, options):
         from rich.cells import cell_len
         from rich.text import Text
 
-        names, columns, keys = self.names, self.columns, self.keys
+        names, columns, keys, justify = self.names, self.columns, self.keys, self.justify
         widths = [max([cell_len(n)] + [c.cell_len for c in col]) for n, col in zip(names, columns)]
+        if self.uniform and len(widths) > keys:
+            widths[keys:] = [max(widths[keys:])] * (len(widths) - keys)
         if 1 + sum(w + 3 for w in widths) <= options.max_width:  # 3: padding and a border per column
-            yield self._table(names, columns, widths, range(len(names)), self.title, options.max_width)
+            yield self._table(names, columns, widths, justify, range(len(names)), self.title, options.max_width)
             return
         if keys == 0:
             rows = len(columns[0]) if columns else 0
             names, columns, keys = ["row"] + names, [[Text(str(r), style="dim") for r in range(rows)]] + columns, 1
-            widths = [len(str(max(rows - 1, 0))) if rows else 3] + widths
-            widths[0] = max(widths[0], 3)
+            justify = ["right"] + justify
+            widths = [max(3, len(str(rows - 1)))] + widths
         base = 1 + sum(w + 3 for w in widths[:keys])
         pieces, piece, used = [], [], base
         for i in range(keys, len(names)):
@@ -275,20 +284,20 @@ class FoldingTable:
             used += widths[i] + 3
         pieces.append(piece)
         for piece in pieces:
-            span = f"columns {names[piece[0]]}–{names[piece[-1]]}" if piece else ""
+            span = (f"columns {names[piece[0]]}–{names[piece[-1]]}" if len(piece) > 1 else f"column {names[piece[0]]}") if piece else ""
             title = " · ".join(t for t in (self.title, span) if t)
-            yield self._table(names, columns, widths, list(range(keys)) + piece, title, options.max_width)
+            yield self._table(names, columns, widths, justify, list(range(keys)) + piece, title, options.max_width)
 
-    @staticmethod
-    def _table(names, columns, widths, shown, title, max_width):
+    def _table(self, names, columns, widths, justify, shown, title, max_width):
         from rich.cells import cell_len
         from rich.table import Table
 
         table = Table(title=title or None, title_justify="left", header_style="bold", min_width=min(cell_len(title), max_width) if title else None)
         for i in shown:
-            table.add_column(names[i], justify="right", no_wrap=True, min_width=widths[i])
-        for row in zip(*[columns[i] for i in shown]):
-            table.add_row(*row)
+            table.add_column(names[i], justify=justify[i], no_wrap=True, min_width=widths[i])
+        rows = list(zip(*[columns[i] for i in shown]))
+        for n, row in enumerate(rows):
+            table.add_row(*row, end_section=self.total and n == len(rows) - 2)
         return table
 
 

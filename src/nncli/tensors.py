@@ -30,11 +30,12 @@ def _style(value: float, scale: float) -> str:
     return colour if magnitude >= 0.05 else f"dim {colour}"
 
 
-def tensor_tables(title: str, values, precision: int | None, full: bool, width: int) -> list:
-    """Rich tables showing one tensor (0-d, 1-d or 2-d), folded to `width` columns of text."""
+def tensor_table(title: str, values, precision: int | None, full: bool):
+    """A table showing one tensor (0-d, 1-d or 2-d), which folds to the width it is printed at."""
     import numpy as np
-    from rich.table import Table
     from rich.text import Text
+
+    from nncli.render import FoldingTable
 
     array = np.asarray(values.detach().cpu().numpy() if hasattr(values, "detach") else values)
     matrix = array.reshape(1, -1) if array.ndim < 2 else array.reshape(array.shape[0], -1)
@@ -42,33 +43,15 @@ def tensor_tables(title: str, values, precision: int | None, full: bool, width: 
     rows, cols = _positions(matrix.shape[0], elide), _positions(matrix.shape[1], elide)
     finite = matrix[np.isfinite(matrix)] if matrix.dtype.kind == "f" else matrix
     scale = float(np.abs(finite).max()) if finite.size else 0.0
-    cells = {(r, c): fmt(float(matrix[r, c]), precision) for r in rows if r is not None for c in cols if c is not None}
-    cell_width = max([len(t) for t in cells.values()] + [len(ELLIPSIS), len(str(matrix.shape[1] - 1))])
-    per_table = max(1, (width - len(str(matrix.shape[0])) - 6) // (cell_width + 3))
-    pieces = [cols[i : i + per_table] for i in range(0, len(cols), per_table)] or [[]]
-    tables = []
-    for piece in pieces:
-        shown = [c for c in piece if c is not None]
-        span = f" · columns {shown[0]}–{shown[-1]}" if len(pieces) > 1 and shown else ""
-        heading = title + span
-        table = Table(title=Text(heading, style="bold"), title_justify="left", header_style="dim", min_width=len(heading))
-        table.add_column("", justify="right", style="dim", no_wrap=True)
-        for c in piece:
-            table.add_column(ELLIPSIS if c is None else str(c), justify="right", no_wrap=True, min_width=cell_width)
-        for r in rows:
-            if r is None:
-                table.add_row(ELLIPSIS, *[ELLIPSIS] * len(piece))
-                continue
-            label = str(r) if array.ndim >= 2 else ""
-            table.add_row(
-                label,
-                *[
-                    Text(ELLIPSIS) if c is None else Text(cells[(r, c)], style=_style(float(matrix[r, c]), scale))
-                    for c in piece
-                ],
-            )
-        tables.append(table)
-    return tables
+
+    def cell(r, c) -> Text:
+        if r is None or c is None:
+            return Text(ELLIPSIS)
+        return Text(fmt(float(matrix[r, c]), precision), style=_style(float(matrix[r, c]), scale))
+
+    labels = [Text(ELLIPSIS if r is None else (str(r) if array.ndim >= 2 else ""), style="dim") for r in rows]
+    names = [""] + [ELLIPSIS if c is None else str(c) for c in cols]
+    return FoldingTable(names, [labels] + [[cell(r, c) for r in rows] for c in cols], title=title, keys=1, uniform=True)
 
 
 def summary_table(title: str, named: dict, precision: int | None):
