@@ -1,7 +1,8 @@
 """The README shows each command with its real output: run every `$ nncli …` line as a user would
 (a shell, the installed script, from a folder holding the repository's examples) and compare.
 
-A line holding only `…` in the README stands for rows left out there.
+A line holding only `…` in the README stands for rows left out there. The numbers themselves are
+proven against PyTorch by the other tests; this one keeps the README's copies of them honest.
 """
 
 from __future__ import annotations
