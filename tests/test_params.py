@@ -80,13 +80,17 @@ def test_init_writes_the_seeded_state_dict(nncli, tmp_path, suffix):
     np.testing.assert_array_equal(np.array(doc["parameters"]["2.weight"], dtype=np.float32), expected["2.weight"].numpy())
 
 
-def test_init_never_replaces_without_force(nncli, tmp_path):
+def test_init_follows_the_one_rule_for_files(nncli, tmp_path):
+    """Like -o and --save-weights: an existing file that is not an input is replaced, as `>` does;
+    one of the command's inputs (the spec here) is refused without --force."""
     out = tmp_path / "w.safetensors"
-    out.write_bytes(b"precious")
-    assert_error(nncli("init", CONFIGS / "net-16-8-2.yaml", "-o", out), 1, "--force")
-    assert out.read_bytes() == b"precious"
-    assert nncli("init", CONFIGS / "net-16-8-2.yaml", "-o", out, "--force").exit_code == 0
-    assert out.read_bytes() != b"precious"
+    out.write_bytes(b"old")
+    assert nncli("init", CONFIGS / "net-16-8-2.yaml", "-o", out).exit_code == 0
+    assert out.read_bytes() != b"old"
+    spec = write(tmp_path, "s.safetensors", (CONFIGS / "net-16-8-2.yaml").read_text())
+    before = spec.read_bytes()
+    assert_error(nncli("init", spec, "-o", spec), 1, "--force")
+    assert spec.read_bytes() == before
     assert_error(nncli("init", CONFIGS / "net-16-8-2.yaml", "-o", tmp_path / "w.txt"), 1, "unknown weights format")
 
 

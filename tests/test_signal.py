@@ -224,7 +224,7 @@ def test_step_in_place_needs_force_and_pt_format(nncli, tmp_path):
     torch.save(model.state_dict(), w)
     before = w.read_bytes()
     base = ["step", CONFIGS / "net-16-8-4-2.yaml", DATA / "row-16.csv", "-t", "label", "--lr", "0.1", "--weights", w, "--save-weights", w, "-f", "json"]
-    assert_error(nncli(*base), 2, "--force")
+    assert_error(nncli(*base), 1, "--force")
     assert w.read_bytes() == before
     doc = load_json(nncli(*base, "--force"))
     saved = torch.load(w, weights_only=True)
@@ -245,10 +245,15 @@ def test_step_requires_lr(nncli):
 
 
 def test_onehot_matches_torch(nncli):
+    def records(rows):  # JSON is records, as every command's: {"class_0": 1, ...}
+        return [{f"class_{i}": v for i, v in enumerate(r)} for r in rows]
+
     rows = json.loads(nncli("onehot", "0", "2", "1", "--num-classes", "4", "-f", "json").stdout)
-    assert rows == F.one_hot(torch.tensor([0, 2, 1]), 4).tolist()
+    assert rows == records(F.one_hot(torch.tensor([0, 2, 1]), 4).tolist())
     rows = json.loads(nncli("onehot", "-", "-f", "json", input="3\n1\n").stdout)
-    assert rows == F.one_hot(torch.tensor([3, 1])).tolist()
+    assert rows == records(F.one_hot(torch.tensor([3, 1])).tolist())
+    lines = nncli("onehot", "2", "0", "-f", "jsonl").stdout.splitlines()
+    assert [json.loads(l) for l in lines] == records(F.one_hot(torch.tensor([2, 0])).tolist())
     text = nncli("onehot", "1", "0", "-f", "csv").stdout
     assert text.splitlines() == ["class_0,class_1", "0,1", "1,0"]
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
+from nncli.errors import NncliError
 from nncli.forward import Head, to_tensor
-from nncli.losses import element_count, make_loss, make_targets
+from nncli.losses import element_count, make_targets
 
 BATCH_DEPENDENT = ("BatchNorm1d", "Dropout")  # in train mode their output depends on the whole batch
 
@@ -24,6 +25,19 @@ class LossResult:
     reduction: str
     rows: int
     per_row: list = field(default_factory=list)  # numpy arrays, with reduction 'none'
+    input_grads: list = field(default_factory=list)  # d loss / d input, a tensor per batch, with inputs=True
+
+
+def run_module(module, x):
+    """The forward pass, with torch's refusals of a batch (BatchNorm1d in train mode on one row) as the user's error."""
+    try:
+        return module(x)
+    except (ValueError, RuntimeError) as e:
+        text = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "alloc" in text.lower():
+            raise  # out of memory: the CLI's edge says so
+        hint = " (BatchNorm1d in train mode needs at least 2 rows a batch: add rows, or --mode eval)" if "more than 1 value per channel" in text else ""
+        raise NncliError(f"the model cannot run on this batch of {len(x)} row{'s' if len(x) != 1 else ''}: {text}{hint}", "DATA") from None
 
 
 def needs_one_batch(model, train: bool) -> bool:
@@ -31,15 +45,18 @@ def needs_one_batch(model, train: bool) -> bool:
     return train and any(layer.type in BATCH_DEPENDENT for layer in model.layers)
 
 
-def compute_loss(model, head: Head, batches, loss: str, reduction: str, train: bool, backward: bool, device: str, target_names, source: str, observe=None) -> LossResult:
+def compute_loss(model, head: Head, batches, choice, *, reduction: str = "mean", train: bool = False, backward: bool = False,
+                 inputs: bool = False, target_names, source: str, observe=None) -> LossResult:
     """Forward (and backward) over every batch; gradients land in the parameters' .grad.
 
-    `observe(outputs, targets)`, if given, sees every batch (evaluate's metrics)."""
+    With `inputs`, each batch's rows require grad and their gradients are returned, as
+    `x.requires_grad_()` then `.backward()` gives them. `observe(outputs, targets)`, if given, sees
+    every batch (evaluate's metrics)."""
     import torch
 
     from nncli.model import torch_dtype
 
-    dtype = torch_dtype(model.dtype)
+    dtype, device = torch_dtype(model.dtype), model.device
     module = model.module
     module.train(train)
     module.zero_grad(set_to_none=True)
@@ -47,12 +64,15 @@ def compute_loss(model, head: Head, batches, loss: str, reduction: str, train: b
     first = next(iterator)
     second = next(iterator, None)
     single = second is None
-    fn = make_loss(loss, reduction if single or reduction == "none" else "sum")
-    total, terms, rows, per_row = None, 0, 0, []
+    fn = choice.function(reduction if single or reduction == "none" else "sum")
+    total, terms, rows, per_row, grads = None, 0, 0, [], []
     with torch.set_grad_enabled(backward):
         for batch in itertools.chain([first], [] if single else [second], iterator):
-            outputs = module(to_tensor(batch.x, dtype, device))
-            targets = make_targets(loss, batch.y, head.width, batch.first_row, target_names, dtype, device, source)
+            x = to_tensor(batch.x, dtype, device)
+            if inputs:
+                x.requires_grad_()
+            outputs = run_module(module, x)
+            targets = make_targets(choice, batch.y, head.width, batch.first_row, target_names, dtype, device, source)
             value = fn(outputs, targets)
             if observe is not None:
                 observe(outputs.detach(), targets)
@@ -62,16 +82,20 @@ def compute_loss(model, head: Head, batches, loss: str, reduction: str, train: b
                 continue
             if backward:
                 value.backward()
-            terms += element_count(loss, outputs)
+                if inputs:
+                    grads.append(x.grad)
+            terms += element_count(choice, outputs)
             total = value.detach() if total is None else total + value.detach()
     if reduction == "none":
-        return LossResult(None, loss, reduction, rows, per_row)
+        return LossResult(None, choice.label, reduction, rows, per_row)
     if not single and reduction == "mean":
         total = total / terms
         for p in module.parameters():
             if p.grad is not None:
                 p.grad.div_(terms)
-    return LossResult(total, loss, reduction, rows)
+        for g in grads:
+            g.div_(terms)
+    return LossResult(total, choice.label, reduction, rows, input_grads=grads)
 
 
 def gradients(module) -> dict:

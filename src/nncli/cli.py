@@ -18,8 +18,9 @@ import typer
 from nncli import __version__
 from nncli.errors import NncliError, UsageError
 from nncli.options import (
-    MODEL, OUTPUT, READ, RUNTIME, SIGNAL, TARGETS, TENSORS, BatchSize, Data, IdColumn, Inputs, Loss, Spec, Target, Threshold,
-    data_options, loss_options, model_options, output_options, with_options,
+    DEFAULT_MAX_PARAMS, MODEL, OUTPUT, READ, RUNTIME, SIGNAL, TARGETS, TENSORS, BatchSize, Data, Dtype, Force, IdColumn, Inputs, Loss,
+    MaxParams, SaveWeights, Seed, Spec, Target, Threshold, data_options, finite_non_negative, loss_options, model_options,
+    output_options, with_options,
 )
 
 app = typer.Typer(
@@ -39,13 +40,24 @@ _debug = {"on": False}
 
 
 def _error(message: str, code: int) -> None:
-    sys.stdout.flush() if not sys.stdout.closed else None
-    typer.echo(f"error: {message}", err=True)
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
+    if sys.stderr is not None:
+        from nncli.render import encodable
+
+        try:
+            sys.stderr.write(encodable(f"error: {message}", getattr(sys.stderr, "encoding", None)) + "\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
     raise typer.Exit(code)
 
 
 def _interrupted(signum, frame):
-    """Ctrl-C or SIGTERM: drop unfinished output files and leave at once, with 128 + the signal number.
+    """A terminating signal (Ctrl-C, SIGTERM, SIGHUP, ...): drop unfinished output files and the
+    stdin spool, give the terminal its cursor back, and leave at once with 128 + the signal number.
 
     Leaving from the handler (rather than raising KeyboardInterrupt) is what keeps it quiet: an
     exception raised inside a finaliser that happens to be running would print a traceback.
@@ -53,7 +65,32 @@ def _interrupted(signum, frame):
     from nncli.output import abandon_writes
 
     abandon_writes()
+    try:
+        if sys.stderr is not None and sys.stderr.isatty():
+            sys.stderr.write("\x1b[?25h")  # a progress bar hides the cursor: show it again
+            sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
     os._exit(128 + signum)
+
+
+TERMINATING = ("SIGINT", "SIGTERM", "SIGHUP", "SIGALRM", "SIGUSR1", "SIGUSR2", "SIGXCPU", "SIGXFSZ", "SIGVTALRM", "SIGPROF")
+
+
+def install_signal_handlers() -> None:
+    """Every catchable terminating signal cleans up; installed first thing, so an early Ctrl-C is quiet too."""
+    if not _in_main_thread():
+        return
+    for name in TERMINATING:
+        number = getattr(signal, name, None)
+        if number is None:
+            continue
+        try:
+            if signal.getsignal(number) == signal.SIG_IGN and name != "SIGINT":
+                continue  # nohup's SIGHUP stays ignored
+            signal.signal(number, _interrupted)
+        except (OSError, ValueError):
+            pass
 
 
 def handled(fn):
@@ -62,8 +99,9 @@ def handled(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         debug = _debug["on"] or os.environ.get("NNCLI_DEBUG", "") not in ("", "0")
-        signals = (signal.SIGINT, signal.SIGTERM) if _in_main_thread() else ()
-        previous = {s: signal.signal(s, _interrupted) for s in signals}
+        signals = [getattr(signal, n) for n in TERMINATING if hasattr(signal, n)] if _in_main_thread() else []
+        previous = {s: signal.getsignal(s) for s in signals}
+        install_signal_handlers()
         try:
             return fn(*args, **kwargs)
         except typer.Exit:
@@ -86,14 +124,19 @@ def handled(fn):
             _silence_stdout()
             raise typer.Exit(0)
         except MemoryError:
+            if debug:
+                raise
             _error("out of memory (try a smaller --batch-size or model)", 1)
         except Exception as e:  # a bug or an input nncli failed to foresee: still one line, no traceback
             if debug:
                 raise
+            if isinstance(e, RuntimeError) and ("alloc" in str(e).lower() and "memory" in str(e).lower() or "DefaultCPUAllocator" in str(e)):
+                _error("out of memory while computing (try a smaller --batch-size or model)", 1)
             _error(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (please report it; --debug shows the traceback)", 1)
         finally:
             for s, handler in previous.items():
-                signal.signal(s, handler)
+                if handler is not None:
+                    signal.signal(s, handler)
 
     return wrapper
 
@@ -135,7 +178,7 @@ def main_callback(
     debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks (also NNCLI_DEBUG=1).")] = False,
 ) -> None:
     """The everyday PyTorch routine as shell commands: forward, loss, gradients, a step."""
-    _debug["on"] = debug
+    _debug["on"] = debug or _debug.get("argv", False)
 
 
 
@@ -150,6 +193,7 @@ def forward(
     id_column: IdColumn = None,
     threshold: Threshold = 0.5,
     batch_size: BatchSize = None,
+    show_all: Annotated[bool, typer.Option("--all", help="On a terminal, show every row (default: the first and last that fit; files and pipes always get every row).")] = False,
     model: dict = None,
     read: dict = None,
     output: dict = None,
@@ -164,6 +208,7 @@ def forward(
         output_options(output),
         batch_size,
         threshold,
+        show_all,
     )
 
 
@@ -181,7 +226,9 @@ def loss(spec: Spec, data: Data, targets: dict = None, signal: dict = None, mode
 @handled
 @with_options(TARGETS, SIGNAL, TENSORS, MODEL, READ, OUTPUT, RUNTIME)
 def grads(
-    spec: Spec, data: Data, targets: dict = None, signal: dict = None, tensors: dict = None,
+    spec: Spec, data: Data,
+    inputs: Annotated[bool, typer.Option("--inputs", help="The gradient of the loss with respect to each input row (d loss / d x, as x.requires_grad_() gives), for any model.")] = False,
+    targets: dict = None, signal: dict = None, tensors: dict = None,
     model: dict = None, read: dict = None, output: dict = None, runtime: dict = None,
 ) -> None:
     """Every parameter's gradient of the loss (forward and backward in train mode)."""
@@ -189,7 +236,7 @@ def grads(
 
     commands.grads(
         model_options(spec, model, runtime), data_options(data, read, targets), output_options(output),
-        loss_options(signal, scalar_only=True), tensors["layer"], tensors["summary"], tensors["full"],
+        loss_options(signal, scalar_only=True), tensors["layer"], tensors["summary"], tensors["full"], inputs,
     )
 
 
@@ -199,8 +246,8 @@ def grads(
 def step(
     spec: Spec,
     data: Data,
-    lr: Annotated[float, typer.Option("--lr", metavar="LR", help="The learning rate: p <- p - lr * grad.", show_default=False)],
-    save_weights: Annotated[Optional[str], typer.Option("--save-weights", metavar="FILE", help="Write the updated weights (.safetensors or .pt), atomically.")] = None,
+    lr: Annotated[float, typer.Option("--lr", metavar="LR", help="The learning rate: p <- p - lr * grad.", show_default=False, callback=finite_non_negative)],
+    save_weights: SaveWeights = None,
     targets: dict = None, signal: dict = None, tensors: dict = None, model: dict = None, read: dict = None, output: dict = None, runtime: dict = None,
 ) -> None:
     """One plain gradient-descent update of every parameter; the loss before and after."""
@@ -232,7 +279,7 @@ def params(
     spec: Spec,
     inputs: Inputs = None,
     values: Annotated[bool, typer.Option("--values", help="Also show every parameter's values (seeded or --weights).")] = False,
-    max_params: Annotated[int, typer.Option("--max-params", metavar="N", help="Refuse, before allocating, a model with more parameters than this.", min=0)] = 10**9,
+    max_params: MaxParams = DEFAULT_MAX_PARAMS,
     tensors: dict = None, model: dict = None, output: dict = None,
 ) -> None:
     """Each layer's type, arguments, output shape and parameter count (counted, not allocated)."""
@@ -254,10 +301,10 @@ app.command("summary", help="The same as params: the model layer by layer, like 
 def init(
     spec: Spec,
     output: Annotated[str, typer.Option("--output", "-o", metavar="FILE", help="The weights file to write (.safetensors, .pt or .pth).", show_default=False)],
-    seed: Annotated[Optional[int], typer.Option("--seed", metavar="N", help="Seed for the initial weights (default: the spec's seed, else 0).", min=0)] = None,
+    seed: Seed = None,
     inputs: Inputs = None,
-    dtype: Annotated[str, typer.Option("--dtype", metavar="TYPE", help="float32 or float64.")] = "float32",
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+    dtype: Dtype = "float32",
+    force: Force = False,
     runtime: dict = None,
 ) -> None:
     """Write the seeded initial weights, to load back anywhere with --weights."""
@@ -273,14 +320,14 @@ def train(
     spec: Spec,
     data: Data,
     epochs: Annotated[int, typer.Option("--epochs", "-e", metavar="N", help="Passes over the training rows.", min=1, show_default=False)],
-    lr: Annotated[float, typer.Option("--lr", metavar="LR", help="The learning rate.", show_default=False)],
-    save_weights: Annotated[str, typer.Option("--save-weights", metavar="FILE", help="Where to write the trained weights (.safetensors or .pt), atomically.", show_default=False)],
+    lr: Annotated[float, typer.Option("--lr", metavar="LR", help="The learning rate.", show_default=False, callback=finite_non_negative)],
+    save_weights: SaveWeights = None,
     optimizer: Annotated[str, typer.Option("--optimizer", metavar="NAME", help="sgd, adam or adamw (torch.optim's, with torch's defaults).")] = "sgd",
-    momentum: Annotated[Optional[float], typer.Option("--momentum", metavar="M", help="SGD momentum.")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", metavar="W", help="Weight decay (default: the optimizer's own).")] = None,
+    momentum: Annotated[Optional[float], typer.Option("--momentum", metavar="M", help="SGD momentum.", callback=finite_non_negative)] = None,
+    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", metavar="W", help="Weight decay (default: the optimizer's own).", callback=finite_non_negative)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", metavar="N", help="Rows per optimizer step.", min=1)] = 32,
     shuffle: Annotated[Optional[bool], typer.Option("--shuffle/--no-shuffle", help="Reshuffle the rows every epoch with torch.randperm (default: on, off with --stream).", show_default=False)] = None,
-    val_split: Annotated[Optional[float], typer.Option("--val-split", metavar="F", help="Hold out this fraction of DATA for validation (drawn with the seed).")] = None,
+    val_split: Annotated[Optional[float], typer.Option("--val-split", metavar="F", help="Hold out this fraction of DATA for validation (drawn with the seed).", callback=finite_non_negative)] = None,
     val: Annotated[Optional[str], typer.Option("--val", metavar="FILE", help="A validation CSV with the same columns as DATA.")] = None,
     patience: Annotated[Optional[int], typer.Option("--patience", metavar="N", help="Stop after N epochs without a better validation loss, keeping the best weights.", min=1)] = None,
     resume: Annotated[Optional[str], typer.Option("--resume", metavar="FILE", help="Start from these saved weights instead of the seeded ones.")] = None,
@@ -316,16 +363,57 @@ def evaluate(
     data: Data,
     loss: Loss = None,
     batch_size: BatchSize = None,
+    threshold: Threshold = 0.5,
     targets: dict = None, model: dict = None, read: dict = None, output: dict = None, runtime: dict = None,
 ) -> None:
-    """The loss and the metrics that fit the head: accuracy, per-class F1 and a confusion matrix, or MSE, MAE and R²."""
+    """The loss and the metrics that fit the loss: accuracy, per-class F1 and a confusion matrix; per-label scores; or MSE, MAE and R²."""
     from nncli import commands
 
-    commands.evaluate(model_options(spec, model, runtime), data_options(data, read, targets), output_options(output), loss, batch_size)
+    commands.evaluate(model_options(spec, model, runtime), data_options(data, read, targets), output_options(output), loss, batch_size, threshold)
+
+
+class _ClosedStream:
+    """Standard output or input closed by the shell (`>&-`, `<&-`): Python gives None; nncli gives
+    an object whose use is one `error:` line, like any other stream that cannot be used."""
+
+    encoding = "utf-8"
+    closed = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def _fail(self, *args, **kwargs):
+        from nncli.errors import NncliError
+
+        raise NncliError(f"standard {self.name} is closed", "<stdout>" if self.name == "output" else "<stdin>")
+
+    write = read = read1 = readline = fileno = _fail
+
+    @property
+    def buffer(self):
+        return self
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
 
 
 def main() -> None:
     """The console script: run the app, flush, and leave without the interpreter's slow teardown."""
+    install_signal_handlers()
+    if "--debug" in sys.argv[1:sys.argv.index("--") if "--" in sys.argv else None]:
+        _debug["argv"] = True  # --debug anywhere on the line, as every internal error message suggests
+        sys.argv = [a for i, a in enumerate(sys.argv) if a != "--debug" or i == 0]
+    else:
+        import warnings
+
+        warnings.simplefilter("ignore")  # torch's own UserWarnings: nncli's stderr carries only nncli's lines
+    if sys.stdout is None:
+        sys.stdout = _ClosedStream("output")
+    if sys.stdin is None:
+        sys.stdin = _ClosedStream("input")
     code = 0
     try:
         app()
@@ -333,7 +421,8 @@ def main() -> None:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     try:
         sys.stdout.flush()
-        sys.stderr.flush()
+        if sys.stderr is not None:
+            sys.stderr.flush()
     except (BrokenPipeError, ValueError):
         _silence_stdout()
     if "torch" in sys.modules:

@@ -9,12 +9,12 @@ from nncli.csvread import parse_number
 from nncli.data import DEFAULT_BATCH_ROWS, DataOptions, Dataset, prefetched, spooled
 from nncli.errors import NncliError, UsageError
 from nncli.forward import Head, forward_batches, head_of
-from nncli.losses import choose_loss, double_softmax_warning
+from nncli.losses import choose_loss, loss_warnings, spec_loss
 from nncli.model import check_weights_path, state_for_saving, write_weights
 from nncli.output import atomic_file, check_not_input
 from nncli.progress import tracked
 from nncli.render import Frame, Report, RowWriter, fmt, frame_table, jsonable, key_value_table, write_report
-from nncli.session import ModelOptions, OutputOptions, idle_threads_sleep, make_model, note, read_spec, warn
+from nncli.session import ModelOptions, OutputOptions, check_outputs, idle_threads_sleep, make_model, note, read_spec, warn
 from nncli.tensors import long_rows, summary_table, tensor_table
 
 
@@ -26,16 +26,50 @@ def open_model_and_data(mopts: ModelOptions, dopts: DataOptions, want_targets: b
     """
     spec = read_spec(mopts)
     data = Dataset(dopts, want_targets)
+    for message in getattr(data, "warnings", []):
+        warn(message)
     width = data.n_features
-    if (mopts.inputs or spec.inputs) and (mopts.inputs or spec.inputs) != width:
-        raise NncliError(f"the model expects {mopts.inputs or spec.inputs} features; {data.name} has {width}", spec.path)
+    expected = mopts.inputs or spec.inputs
+    if expected is not None and expected != width:
+        raise NncliError(f"the model expects {expected} features; {data.name} has {width}{_target_hint(expected, width, dopts)}", spec.path)
     if rows is not None:
         idle_threads_sleep()
     batches = prefetched(data.batches(rows)) if isinstance(rows, int) else None
-    model, device = make_model(mopts, spec, width, data.name)
+    try:
+        model, device = make_model(mopts, spec, width, data.name)
+    except NncliError as e:
+        import re
+
+        found = re.match(r"the model expects (\d+) features; .* has (\d+)$", e.what)
+        if found and _target_hint(int(found[1]), int(found[2]), dopts):
+            e.what += _target_hint(int(found[1]), int(found[2]), dopts)
+            e.args = (e.message,)
+        raise
     if callable(rows):
         batches = prefetched(data.batches(rows(model)))
     return model, data, batches
+
+
+def _target_hint(expected: int, width: int, dopts: DataOptions) -> str:
+    """One more column than the model takes, and no --target: the label is probably being read as a feature."""
+    if width > expected and not (dopts.targets or dopts.targets_file or dopts.features):
+        return f" (is a target column among them? name it with --target, or choose features with --features)"
+    return ""
+
+
+def rows_per_batch(model, train: bool, batch_size: int | None) -> int | None:
+    """The one batching rule of loss, grads, step and evaluate: --batch-size rows (default 16384),
+    or every row in one batch where train-mode BatchNorm or Dropout needs the whole batch. Data that
+    fits one batch is computed exactly as PyTorch computes it on the whole tensor."""
+    return None if needs_one_batch(model, train) else (batch_size or DEFAULT_BATCH_ROWS)
+
+
+def pick_loss(given: str | None, model, head: Head):
+    """The loss a command uses (--loss, the spec's, or the head's), with its warnings said once."""
+    choice = choose_loss(given, model.spec.loss, model.spec.path, head)
+    for message in loss_warnings(choice, head):
+        warn(message)
+    return choice
 
 
 class FiniteCheck:
@@ -58,16 +92,18 @@ class FiniteCheck:
             warn(f"{self.what} holds {values[r, c]} at row {first_row + r}, column {names[c]!r}")
 
 
-def forward(mopts: ModelOptions, dopts: DataOptions, oopts: OutputOptions, batch_size: int | None, threshold: float) -> None:
+def forward(mopts: ModelOptions, dopts: DataOptions, oopts: OutputOptions, batch_size: int | None, threshold: float, show_all: bool = False) -> None:
+    oopts.inputs = [mopts.spec, dopts.path, mopts.weights]
+    oopts.check()
     model, data, batches = open_model_and_data(mopts, dopts, rows=batch_size or DEFAULT_BATCH_ROWS)
-    head = head_of(model.layers, data.n_features)
+    head = head_of(model.layers, data.n_features, spec_loss(model.spec.loss, model.spec.path))
     outputs_names = head.output_names()
     names = ([data.id_name] if data.id_name else []) + outputs_names + head.class_names()
     oopts.inputs = [mopts.spec, dopts.path, mopts.weights]
     data_check, output_check = FiniteCheck(f"the data ({data.name})"), FiniteCheck("the model's output")
     batches = tracked(batches, data, oopts.quiet)
     with oopts.stream() as out:
-        writer = RowWriter(oopts.resolved_format, out, oopts.precision, caption=model.caption, keys=int(data.id_name is not None))
+        writer = RowWriter(oopts.resolved_format, out, oopts.precision, caption=model.caption, keys=int(data.id_name is not None), show_all=show_all)
         for batch, outputs, classes in forward_batches(model, head, batches, model.device, threshold):
             data_check.check(batch.x, batch.first_row, data.feature_names)
             output_check.check(outputs, batch.first_row, outputs_names)
@@ -100,68 +136,103 @@ class LossOptions:
     batch_size: int | None = None
 
 
-def _signal(mopts, dopts, oopts, lopts, train_default: bool, backward: bool):
+def _signal(mopts, dopts, oopts, lopts, train_default: bool, backward: bool, inputs: bool = False):
     """Build the model, open DATA with targets, pick the loss and run it (and backward) over the batches."""
-    from nncli.backprop import compute_loss, needs_one_batch
+    from nncli.backprop import compute_loss
 
     train = train_default if lopts.mode is None else lopts.mode == "train"
-
-    def rows(model):
-        return None if needs_one_batch(model, train) else (lopts.batch_size or DEFAULT_BATCH_ROWS)
-
-    model, data, batches = open_model_and_data(mopts, dopts, want_targets=True, rows=rows)
+    model, data, batches = open_model_and_data(mopts, dopts, want_targets=True, rows=lambda m: rows_per_batch(m, train, lopts.batch_size))
+    if backward and not inputs and not any(p.requires_grad for p in model.module.parameters()):
+        data.close()
+        raise NncliError("the model has no parameters, so there are no parameter gradients (add --inputs for the gradient "
+                         "of the loss with respect to each input)", model.spec.path)
     head = head_of(model.layers, data.n_features)
-    choice = choose_loss(lopts.loss, model.spec.loss, model.spec.path, head)
-    warning = double_softmax_warning(choice.name, head)
-    if warning:
-        warn(warning)
+    choice = pick_loss(lopts.loss, model, head)
     batches = tracked(batches, data, oopts.quiet)
-    result = compute_loss(model, head, batches, choice.name, lopts.reduction, train, backward, model.device, data.target_names, data.name)
+    result = compute_loss(model, head, batches, choice, reduction=lopts.reduction, train=train, backward=backward, inputs=inputs,
+                          target_names=data.target_names, source=data.name)
     data.close()
     if result.loss is not None and not bool(result.loss.isfinite()):
         warn(f"the loss is {float(result.loss)} (a NaN or inf in the data, or outputs outside the loss's domain)")
     return model, data, head, choice, result
 
 
-def _loss_doc(result, choice, precision) -> dict:
+def _loss_fields(result, choice, precision) -> dict:
+    """The fields every loss-bearing record shares, with the same keys in every format."""
     loss = jsonable(result.loss, precision) if result.loss is not None else None
-    if result.loss is None:
-        import numpy as np
-
-        loss = jsonable(np.concatenate(result.per_row), precision)
     return {"loss": loss, "loss_fn": result.loss_fn, "loss_from": choice.source, "reduction": result.reduction, "rows": result.rows}
 
 
 def loss(mopts, dopts, oopts, lopts) -> None:
+    inputs = [mopts.spec, dopts.path, dopts.targets_file, mopts.weights]
+    oopts.inputs = inputs
+    oopts.check()
     model, data, head, choice, result = _signal(mopts, dopts, oopts, lopts, train_default=False, backward=False)
-    doc = _loss_doc(result, choice, oopts.precision)
+    doc = _loss_fields(result, choice, oopts.precision)
     if result.loss is None:
         import numpy as np
 
         values = np.concatenate(result.per_row)
+        doc["loss"] = jsonable(values, oopts.precision)
         values = values.reshape(len(values), -1)
         names = ["loss"] if values.shape[1] == 1 else [f"loss_{i}" for i in range(values.shape[1])]
         frame = Frame(["row"] + names, [np.arange(len(values))] + [values[:, i] for i in range(values.shape[1])])
         table = frame_table(frame, oopts.precision)
     else:
-        frame = Frame(["loss", "loss_fn", "reduction", "rows"], [_scalar(result.loss), [result.loss_fn], [result.reduction], [result.rows]])
-        table = key_value_table({"loss": fmt(float(result.loss), oopts.precision), "loss_fn": result.loss_fn, "reduction": result.reduction, "rows": str(result.rows)})
+        frame = Frame(list(doc), [_scalar(result.loss)] + [[doc[k]] for k in list(doc)[1:]])
+        table = key_value_table({"loss": fmt(float(result.loss), oopts.precision), "loss_fn": result.loss_fn, "loss_from": choice.source,
+                                 "reduction": result.reduction, "rows": str(result.rows)})
     caption = f"{model.caption}; {result.loss_fn} from {choice.source}, {_rows(result.rows)}"
-    _emit(oopts, [mopts.spec, dopts.path, dopts.targets_file, mopts.weights], Report(doc, frame, [table, _caption(caption)]))
+    _emit(oopts, inputs, Report(doc, frame, [table, _caption(caption)]))
 
 
-def grads(mopts, dopts, oopts, lopts, layer: int | None, summary: bool, full: bool) -> None:
+def _summary_rows(named: dict, precision) -> tuple[list[dict], Frame]:
+    """Per tensor: shape, norm, min, max, mean |x| (computed in float64), as records and as a frame."""
+    import numpy as np
+
+    records, names = [], ["parameter", "shape", "norm", "min", "max", "mean_abs"]
+    for name, tensor in named.items():
+        t = tensor.detach().double()
+        empty = t.numel() == 0
+        stats = [None] * 4 if empty else [float(v) for v in (t.norm(), t.min(), t.max(), t.abs().mean())]
+        records.append({"parameter": name, "shape": list(tensor.shape), **dict(zip(names[2:], stats))})
+    columns = [[r["parameter"] for r in records], [_shape_text_plain(r["shape"]) for r in records]]
+    columns += [np.array([np.nan if r[k] is None else r[k] for r in records], dtype=np.float64) for k in names[2:]]
+    return [{k: (jsonable(np.float64(v), precision) if isinstance(v, float) else v) for k, v in r.items()} for r in records], Frame(names, columns)
+
+
+def _shape_text_plain(shape: list) -> str:
+    return "[" + ", ".join(str(s) for s in shape) + "]"
+
+
+def grads(mopts, dopts, oopts, lopts, layer: int | None, summary: bool, full: bool, inputs_grad: bool = False) -> None:
     from nncli.backprop import gradients
 
-    model, data, head, choice, result = _signal(mopts, dopts, oopts, lopts, train_default=True, backward=True)
+    inputs = [mopts.spec, dopts.path, dopts.targets_file, mopts.weights]
+    oopts.inputs = inputs
+    oopts.check()
+    model, data, head, choice, result = _signal(mopts, dopts, oopts, lopts, train_default=True, backward=True, inputs=inputs_grad)
+    p = oopts.precision
+    doc = _loss_fields(result, choice, p)
+    caption = f"{model.caption}; {result.loss_fn} = {fmt(float(result.loss), p)} over {_rows(result.rows)}"
+    if inputs_grad:
+        import numpy as np
+
+        values = np.concatenate([g.detach().cpu().numpy() for g in result.input_grads])
+        names = [f"grad_{n}" for n in data.feature_names]
+        doc["input_gradients"] = jsonable(values, p)
+        frame = Frame(["row"] + names, [np.arange(len(values))] + [values[:, i] for i in range(values.shape[1])])
+        _emit(oopts, inputs, Report(doc, frame, [frame_table(frame, p), _caption(caption + "; d loss / d input per row")]))
+        return
     named = _only_layer(gradients(model.module), model, layer)
-    doc = _loss_doc(result, choice, oopts.precision)
-    doc["gradients"] = {k: jsonable(v, oopts.precision) for k, v in named.items()}
-    frame = long_rows({k: {"grad": v} for k, v in named.items()}, ["grad"], oopts.precision)
-    caption = f"{model.caption}; {result.loss_fn} = {fmt(float(result.loss), oopts.precision)} over {_rows(result.rows)}"
-    tables = [] if summary else _tensor_tables(model, named, oopts, full)
-    tables += [summary_table("gradients", named, oopts.precision), _caption(caption)]
-    _emit(oopts, [mopts.spec, dopts.path, dopts.targets_file, mopts.weights], Report(doc, frame, tables))
+    if summary:
+        doc["gradients"], frame = _summary_rows(named, p)
+        tables = [summary_table("gradients", named, p), _caption(caption)]
+    else:
+        doc["gradients"] = {k: jsonable(v, p) for k, v in named.items()}
+        frame = long_rows({k: {"grad": v} for k, v in named.items()}, ["grad"], p)
+        tables = _tensor_tables(model, named, oopts, full) + [summary_table("gradients", named, p), _caption(caption)]
+    _emit(oopts, inputs, Report(doc, frame, tables))
 
 
 def step(mopts, dopts, oopts, lopts, lr: float, save: str | None, layer: int | None, summary: bool, full: bool) -> None:
@@ -172,16 +243,25 @@ def step(mopts, dopts, oopts, lopts, lr: float, save: str | None, layer: int | N
     inputs = [mopts.spec, dopts.path, dopts.targets_file, mopts.weights]
     if save:
         check_weights_path(save)
-        check_not_input(save, inputs, oopts.force, "--save-weights")
+    oopts.inputs = inputs
+    oopts.check(extra={"--save-weights": save})
     with contextlib.ExitStack() as stack:
         dopts = spooled(dopts, stack)  # read twice: before and after the update
         model, data, head, choice, before = _signal(mopts, dopts, oopts, lopts, train_default=True, backward=True)
         changes = sgd_step(model.module, lr)
         train = lopts.mode != "eval"
+        # The loss after the step is measured, not trained on: BatchNorm's running statistics (and its
+        # batch counter) must stay as the one hand-written step left them, for the saved file.
+        buffers = {k: v.detach().clone() for k, v in model.module.named_buffers()}
         again = Dataset(dopts, want_targets=True)
-        rows = None if needs_one_batch(model, train) else (lopts.batch_size or DEFAULT_BATCH_ROWS)
-        after = compute_loss(model, head, again.batches(rows), choice.name, lopts.reduction, train, False, model.device, again.target_names, again.name)
+        after = compute_loss(model, head, again.batches(rows_per_batch(model, train, lopts.batch_size)), choice, reduction=lopts.reduction,
+                             train=train, target_names=again.target_names, source=again.name)
         again.close()
+        import torch
+
+        with torch.no_grad():
+            for k, v in model.module.named_buffers():
+                v.copy_(buffers[k])
     if save:
         with atomic_file(save) as f:
             write_weights(state_for_saving(model.module), f, check_weights_path(save))
@@ -195,55 +275,127 @@ def step(mopts, dopts, oopts, lopts, lr: float, save: str | None, layer: int | N
         "reduction": before.reduction,
         "rows": before.rows,
         "lr": lr,
-        "parameters": {k: {part: jsonable(v, p) for part, v in parts.items()} for k, parts in named.items()},
     }
     if save:
         doc["weights"] = save
-    frame = long_rows(named, ["before", "grad", "after"], p)
     caption = (
         f"{model.caption}; {before.loss_fn} {fmt(float(before.loss), p)} -> {fmt(float(after.loss), p)} "
         f"after one step with lr {lr:g}" + (f"; saved to {save}" if save else "")
     )
     tables = []
-    for name, parts in ({} if summary else named).items():
-        for part in ("before", "grad", "after"):
-            tables.append(tensor_table(f"{name} {part} {list(parts[part].shape)} {_layer_type(model, name)}", parts[part], p, full))
+    if summary:
+        parts = {part: {r["parameter"]: r for r in _summary_rows({k: v[part] for k, v in named.items()}, p)[0]} for part in ("before", "grad", "after")}
+        doc["parameters"] = {name: {part: {k: v for k, v in parts[part][name].items() if k != "parameter"} for part in parts} for name in named}
+        frame = _summary_long(parts, list(named))
+    else:
+        doc["parameters"] = {k: {part: jsonable(v, p) for part, v in parts.items()} for k, parts in named.items()}
+        frame = long_rows(named, ["before", "grad", "after"], p)
+        for name, parts in named.items():
+            for part in ("before", "grad", "after"):
+                tables.append(tensor_table(f"{name} {part} {list(parts[part].shape)} {_layer_type(model, name)}", parts[part], p, full))
     for part in ("before", "grad", "after"):
         tables.append(summary_table(part, {k: v[part] for k, v in named.items()}, p))
     tables.append(_caption(caption))
     _emit(oopts, inputs, Report(doc, frame, tables))
 
 
+def _summary_long(parts: dict, order: list[str]) -> Frame:
+    """step --summary as tidy rows: parameter, part (before, grad, after), shape, norm, min, max, mean_abs."""
+    import numpy as np
+
+    names = ["parameter", "part", "shape", "norm", "min", "max", "mean_abs"]
+    rows = [(name, part, _shape_text_plain(parts[part][name]["shape"])) + tuple(parts[part][name][k] for k in names[3:])
+            for name in order for part in parts]
+    columns = [list(c) for c in zip(*rows)] if rows else [[] for _ in names]
+    for i in range(3, 7):
+        columns[i] = np.array([np.nan if v is None else v for v in columns[i]], dtype=np.float64)
+    return Frame(names, columns)
+
+
 def onehot(labels: list[str], num_classes: int | None, oopts) -> None:
+    """One-hot rows, streamed row by row: memory stays bounded whatever the number of classes."""
     import sys
 
-    import torch
+    import numpy as np
 
-    texts = sys.stdin.read().split() if labels == ["-"] else labels
+    oopts.check()
     where = "<stdin>" if labels == ["-"] else "LABEL"
-    values = []
-    for i, text in enumerate(texts):
-        number = parse_number(text)
-        if number is None or not number.is_integer():
-            raise NncliError(f"label {i}: {text!r} is not an integer", where)
-        if number < 0:
-            raise NncliError(f"label {i}: {text} is negative; one-hot labels are class indices from 0", where)
-        values.append(int(number))
-    if not values:
+    values = _read_labels(labels) if labels != ["-"] else _read_labels_from(_stdin_blocks(), where)
+    if len(values) == 0:
         raise NncliError("no labels given", where)
-    top = max(values)
+    top = int(values.max())
     if num_classes is not None and top >= num_classes:
-        raise NncliError(f"label {values.index(top)}: {top} is not below --num-classes {num_classes}", where)
+        raise NncliError(f"label {int(np.argmax(values >= num_classes))}: {top} is not below --num-classes {num_classes}", where)
     classes = num_classes if num_classes is not None else top + 1
     if len(values) * classes > MAX_ONEHOT_CELLS:
-        raise NncliError(f"{len(values)} labels x {classes} classes is more than {MAX_ONEHOT_CELLS:,} cells", where)
-    rows = torch.nn.functional.one_hot(torch.tensor(values), classes).numpy()
-    names = [f"class_{i}" for i in range(classes)]
-    frame = Frame(names, [rows[:, i] for i in range(classes)])
-    _emit(oopts, [], Report(rows.tolist(), frame, lambda: [frame_table(frame, None)]))
+        raise NncliError(f"{len(values):,} labels x {classes:,} classes is more than {MAX_ONEHOT_CELLS:,} cells", where)
+    fmt_ = oopts.resolved_format
+    if fmt_ == "table" and classes > MAX_TABLE_CLASSES:
+        raise NncliError(f"{classes:,} classes are too wide for a table; use -f csv, tsv, json or jsonl", where)
+    oopts.inputs = []
+    with oopts.stream() as out:
+        if fmt_ == "table":
+            import torch
+
+            rows = torch.nn.functional.one_hot(torch.from_numpy(values), classes).numpy()
+            frame = Frame([f"class_{i}" for i in range(classes)], [rows[:, i] for i in range(classes)])
+            write_report(Report([], frame, [frame_table(frame, None)]), "table", out, None)
+        else:
+            from nncli.render import write_onehot
+
+            write_onehot(out, fmt_, values, classes)
+    del sys
 
 
-MAX_ONEHOT_CELLS = 10**8
+MAX_ONEHOT_CELLS = 10**10  # about 20 GB of CSV: streamed, but a typo like `onehot 1000000000000` is caught
+MAX_TABLE_CLASSES = 1000
+
+
+def _read_labels(texts) -> "object":
+    return _read_labels_from([list(texts)], "LABEL")
+
+
+def _stdin_blocks():
+    """Labels from standard input, a block of whole tokens at a time (20 MB of labels never sit in a Python list)."""
+    import sys
+
+    stream = sys.stdin.buffer if sys.stdin is not None else None
+    if stream is None:
+        raise NncliError("standard input is closed", "<stdin>")
+    pending = b""
+    while True:
+        chunk = stream.read(1 << 20)
+        if not chunk:
+            break
+        pending += chunk
+        cut = max(pending.rfind(b"\n"), pending.rfind(b" "), pending.rfind(b"\t"))
+        if cut < 0:
+            continue
+        block, pending = pending[:cut], pending[cut:]
+        yield [t.decode("utf-8", "replace") for t in block.split()]
+    if pending.strip():
+        yield [t.decode("utf-8", "replace") for t in pending.split()]
+
+
+def _read_labels_from(blocks, where: str):
+    """Class indices as an int64 array; the first bad label is named by its position."""
+    import numpy as np
+
+    parts, seen = [], 0
+    for texts in blocks:
+        numbers = np.empty(len(texts), dtype=np.int64)
+        for i, text in enumerate(texts):
+            number = parse_number(text)
+            if number is None or not number.is_integer():
+                raise NncliError(f"label {seen + i}: {text!r} is not an integer", where)
+            if number < 0:
+                raise NncliError(f"label {seen + i}: {text} is negative; one-hot labels are class indices from 0", where)
+            if number >= 2**62:
+                raise NncliError(f"label {seen + i}: {text} is too large for a class index", where)
+            numbers[i] = int(number)
+        parts.append(numbers)
+        seen += len(texts)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
 def _rows(n: int) -> str:
@@ -360,13 +512,9 @@ def _bytes(n: int) -> str:
 
 
 def init(mopts, out: str, force: bool) -> None:
-    """Write the seeded initial weights; never replace an existing file without --force."""
-    import os
-
+    """Write the seeded initial weights. Like any output, an existing file that is not an input is replaced."""
     suffix = check_weights_path(out)
-    check_not_input(out, [mopts.spec, mopts.weights], force, "-o")
-    if os.path.exists(out) and not force:
-        raise NncliError("the file exists; add --force to replace it", out)
+    check_outputs({"-o": out}, [mopts.spec, mopts.weights], force)
     spec, width, _ = _resolved_without_data(mopts)
     model, _ = make_model(mopts, spec, width, "--inputs")
     state = state_for_saving(model.module)
@@ -379,7 +527,7 @@ def init(mopts, out: str, force: bool) -> None:
 # -- fitting and judging: train, evaluate ---------------------------------------------------------
 
 
-def _tensors(model, batch, loss: str, width: int, data):
+def _tensors(model, batch, choice, width: int, data):
     """A batch's features and targets as the model and the loss take them."""
     from nncli.forward import to_tensor
     from nncli.losses import make_targets
@@ -387,10 +535,10 @@ def _tensors(model, batch, loss: str, width: int, data):
 
     dtype = torch_dtype(model.dtype)
     x = to_tensor(batch.x, dtype, model.device)
-    return x, make_targets(loss, batch.y, width, batch.first_row, data.target_names, dtype, model.device, data.name)
+    return x, make_targets(choice, batch.y, width, batch.first_row, data.target_names, dtype, model.device, data.name)
 
 
-def _load_all(model, dopts, loss: str, width: int):
+def _load_all(model, dopts, choice, width: int):
     """Every row of a file as one pair of tensors (training shuffles them; validation scores them)."""
     data = Dataset(dopts, want_targets=True)
     expected = model.layers[0].in_width if model.layers else None
@@ -398,40 +546,40 @@ def _load_all(model, dopts, loss: str, width: int):
         raise NncliError(f"the model expects {expected} features; {data.name} has {data.n_features}", data.name)
     batch = next(iter(data.batches(None)))
     data.close()
-    return _tensors(model, batch, loss, width, data)
+    return _tensors(model, batch, choice, width, data)
 
 
 def train(mopts, dopts, oopts, loss_given, topts, val_split, val_file, save, stream: bool) -> None:
     import contextlib
 
     from nncli.progress import EpochBar
-    from nncli.training import evaluate_in_memory, fit, in_memory_batches, validation_split
+    from nncli.training import Diverged, evaluate_in_memory, fit, in_memory_batches, validation_split
 
     inputs = [mopts.spec, dopts.path, dopts.targets_file, mopts.weights, val_file]
-    suffix = check_weights_path(save)
-    check_not_input(save, inputs, oopts.force, "--save-weights")
+    suffix = check_weights_path(save) if save else None
     if val_split is not None and val_file:
         raise UsageError("give --val-split or --val, not both")
+    if topts.patience is not None and val_split is None and not val_file:
+        raise UsageError("--patience watches the validation loss: give --val-split F or --val FILE too")
     if stream and (topts.shuffle or val_split is not None):
         raise UsageError("--stream reads DATA in file order: it takes neither --shuffle nor --val-split (use --val FILE)")
+    oopts.inputs = inputs
+    oopts.check(extra={"--save-weights": save})
     with contextlib.ExitStack() as stack:
-        if stream:
-            dopts = spooled(dopts, stack)  # read once per epoch
+        dopts = spooled(dopts, stack)  # read more than once: to size the model, then the rows (or every epoch)
         model, data, _ = open_model_and_data(mopts, dopts, want_targets=True)
         data.close()
         head = head_of(model.layers, data.n_features)
-        choice = choose_loss(loss_given, model.spec.loss, model.spec.path, head)
-        if double_softmax_warning(choice.name, head):
-            warn(double_softmax_warning(choice.name, head))
+        choice = pick_loss(loss_given, model, head)
         width = head.width
         if stream:
             def batches_for_epoch(epoch):
                 again = Dataset(dopts, want_targets=True)
                 for batch in prefetched(again.batches(topts.batch_size, exact=True)):
-                    yield _tensors(model, batch, choice.name, width, again)
+                    yield _tensors(model, batch, choice, width, again)
                 again.close()
         else:
-            x, y = _load_all(model, dopts, choice.name, width)
+            x, y = _load_all(model, dopts, choice, width)
             if val_split is not None:
                 keep, held = validation_split(len(x), val_split, model.seed)
                 x, y, x_val, y_val = x[keep], y[keep], x[held], y[held]
@@ -439,67 +587,114 @@ def train(mopts, dopts, oopts, loss_given, topts, val_split, val_file, save, str
         if val_file:
             import dataclasses
 
-            x_val, y_val = _load_all(model, dataclasses.replace(dopts, path=val_file, label=None, targets_file=None), choice.name, width)
-        validate = (lambda: evaluate_in_memory(model.module, choice.name, width, x_val, y_val)) if (val_split or val_file) else None
+            x_val, y_val = _load_all(model, spooled(dataclasses.replace(dopts, path=val_file, label=None, targets_file=None), stack), choice, width)
+        validate = (lambda: evaluate_in_memory(model.module, choice, width, x_val, y_val)) if (val_split or val_file) else None
         bar = EpochBar(topts.epochs, oopts.quiet)
         try:
-            history, best = fit(model.module, choice.name, width, batches_for_epoch, topts, validate, bar.update)
+            history, best, best_epoch = fit(model.module, choice, width, batches_for_epoch, topts, validate, bar.update)
+        except Diverged:
+            raise
         finally:
             bar.close()
     if best is not None:
         model.module.load_state_dict(best)
-    with atomic_file(save) as f:
-        write_weights(state_for_saving(model.module), f, suffix)
+    if save:
+        with atomic_file(save) as f:
+            write_weights(state_for_saving(model.module), f, suffix)
+    else:
+        note("no --save-weights given: the trained weights were not saved")
     rows = [h.as_dict() for h in history]
-    doc = {"history": rows, "weights": save, "loss_fn": choice.name, "loss_from": choice.source,
-           "optimizer": topts.optimizer, "lr": topts.lr, "batch_size": topts.batch_size, "epochs": len(history)}
+    stopped_early = best is not None and len(history) < topts.epochs
+    doc = {"history": [{k: jsonable(v) for k, v in r.items()} for r in rows], "weights": save, "loss_fn": choice.label, "loss_from": choice.source,
+           "optimizer": topts.optimizer, "lr": topts.lr, "batch_size": topts.batch_size, "epochs": len(history),
+           "best_epoch": best_epoch, "stopped_early": stopped_early}
     names = list(rows[0]) if rows else ["epoch"]
-    frame = Frame(names, [[r.get(n) for r in rows] for n in names])
-    stopped = f", stopped early after {len(history)} epochs (best validation weights kept)" if best is not None and len(history) < topts.epochs else ""
-    caption = f"{model.caption}; {choice.name}, {topts.optimizer} lr {topts.lr:g}, batch {topts.batch_size}{stopped}; weights saved to {save}"
+    frame = Frame(names, [_column(n, [r.get(n) for r in rows]) for n in names])
+    stopped = f", stopped early after {len(history)} epochs (best validation weights kept, epoch {best_epoch})" if stopped_early else ""
+    saved = f"; weights saved to {save}" if save else "; weights not saved"
+    caption = f"{model.caption}; {choice.label}, {topts.optimizer} lr {topts.lr:g}, batch {topts.batch_size}{stopped}{saved}"
 
     def tables():
         from nncli.plot import loss_curve
 
-        shown = Frame(names, [_array(c) if n != "epoch" else c for n, c in zip(names, frame.columns)])
-        return [frame_table(shown, oopts.precision), loss_curve(rows), _caption(caption)]
+        return [frame_table(frame, oopts.precision), loss_curve(rows), _caption(caption)]
 
     _emit(oopts, inputs, Report(doc, frame, tables))
 
 
-def evaluate(mopts, dopts, oopts, loss_given: str | None, batch_size: int | None) -> None:
-    """The loss (eval mode) and the metrics that fit the head, in one streaming pass."""
-    from nncli.backprop import compute_loss
-    from nncli.metrics import Confusion, Regression, actual, class_count, is_classifier, predicted
+def _column(name: str, values: list):
+    """A history column: epochs as integers, losses in their own dtype (numpy scalars), accuracies float64."""
+    import numpy as np
 
+    if name == "epoch":
+        return np.array(values, dtype=np.int64)
+    kinds = {type(v) for v in values}
+    dtype = np.float32 if kinds == {np.float32} else np.float64
+    return np.array([np.nan if v is None else v for v in values], dtype=dtype)
+
+
+def evaluate(mopts, dopts, oopts, loss_given: str | None, batch_size: int | None, threshold: float = 0.5) -> None:
+    """The loss (eval mode) and the metrics that fit the loss, in one streaming pass."""
+    import numpy as np
+
+    from nncli.backprop import compute_loss
+    from nncli.metrics import Confusion, MultiLabel, Regression, actual, class_count, kind_of, predicted
+
+    inputs = [mopts.spec, dopts.path, dopts.targets_file, mopts.weights]
+    oopts.inputs = inputs
+    oopts.check()
     model, data, batches = open_model_and_data(mopts, dopts, want_targets=True, rows=batch_size or DEFAULT_BATCH_ROWS)
     head = head_of(model.layers, data.n_features)
-    choice = choose_loss(loss_given, model.spec.loss, model.spec.path, head)
-    classifier = is_classifier(choice.name, head.width)
-    metrics = Confusion(class_count(choice.name, head.width)) if classifier else Regression()
+    choice = pick_loss(loss_given, model, head)
+    kind = kind_of(choice, head.width)
+    metrics = {"classes": lambda: Confusion(class_count(choice, head.width)), "labels": lambda: MultiLabel(head.width),
+               "regression": Regression}[kind]()
 
     def observe(outputs, targets):
-        if classifier:
-            metrics.add(actual(choice.name, targets), predicted(choice.name, outputs))
-        else:
+        if kind == "regression":
             metrics.add(outputs, targets)
+        else:
+            metrics.add(actual(choice, targets), predicted(choice, outputs, threshold))
 
-    result = compute_loss(model, head, tracked(batches, data, oopts.quiet), choice.name, "mean", False, False,
-                          model.device, data.target_names, data.name, observe=observe)
+    result = compute_loss(model, head, tracked(batches, data, oopts.quiet), choice, target_names=data.target_names, source=data.name, observe=observe)
     data.close()
     p = oopts.precision
-    doc = {"loss": jsonable(result.loss, p), "loss_fn": result.loss_fn, "rows": result.rows, **metrics.report()}
+    report = metrics.report(model.dtype)
+    doc = {"loss": jsonable(result.loss, p), "loss_fn": result.loss_fn, "loss_from": choice.source, "rows": result.rows,
+           **{k: (jsonable(v, p) if isinstance(v, (float, np.floating)) else v) for k, v in report.items()}}
     caption = f"{model.caption}; {result.loss_fn} from {choice.source}, {_rows(result.rows)}"
-    if classifier:
-        per = doc["per_class"]
-        frame = Frame(["class", "precision", "recall", "f1", "support"],
-                      [[r["class"] for r in per]] + [_array([r[k] for r in per]) for k in ("precision", "recall", "f1")] + [[r["support"] for r in per]])
-        summary = key_value_table({"loss": fmt(float(result.loss), p), "accuracy": fmt(doc["accuracy"], p), "rows": str(result.rows)})
-        tables = [summary, frame_table(frame, p), _confusion_table(doc["confusion_matrix"]), _caption(caption)]
-    else:
-        frame = Frame(["loss", "mse", "mae", "r2", "rows"], [_scalar(result.loss)] + [_array([doc[k]]) for k in ("mse", "mae", "r2")] + [[result.rows]])
-        tables = [key_value_table({k: fmt(float(v), p) if k != "rows" else str(v) for k, v in doc.items() if k != "loss_fn"}), _caption(caption)]
-    _emit(oopts, [mopts.spec, dopts.path, dopts.targets_file, mopts.weights], Report(doc, frame, tables))
+    frame = _evaluate_long(doc)
+    summary = {k: (fmt(float(v), p) if isinstance(v, float) else str(v)) for k, v in doc.items()
+               if k not in ("loss_fn", "loss_from", "per_class", "per_label", "confusion_matrix")}
+    summary["loss"] = fmt(float(result.loss), p)
+    tables = [key_value_table(summary)]
+    if kind == "classes":
+        tables += [_per_table(doc["per_class"], "class", p), _confusion_table(doc["confusion_matrix"])]
+    elif kind == "labels":
+        tables += [_per_table(doc["per_label"], "label", p)]
+    tables.append(_caption(caption))
+    _emit(oopts, inputs, Report(doc, frame, tables))
+
+
+def _per_table(records: list[dict], key: str, p):
+    names = list(records[0])
+    frame = Frame(names, [[r[key] for r in records]] + [_array([r[k] for r in records]) if k != "support" else [r[k] for r in records]
+                                                         for k in names[1:]])
+    return frame_table(frame, p)
+
+
+def _evaluate_long(doc: dict) -> Frame:
+    """evaluate as tidy rows for CSV, TSV and JSON Lines: metric, class, predicted, value. The summary
+    comes first, so `nncli evaluate ... | head` shows the loss and the accuracy."""
+    rows = [(k, "", "", v) for k, v in doc.items() if k not in ("per_class", "per_label", "confusion_matrix")]
+    for key, label in (("per_class", "class"), ("per_label", "label")):
+        for r in doc.get(key, []):
+            rows += [(k, str(r[label]), "", v) for k, v in r.items() if k != label]
+    for t, row in enumerate(doc.get("confusion_matrix", [])):
+        rows += [("confusion", str(t), str(pred), v) for pred, v in enumerate(row)]
+    columns = [list(c) for c in zip(*rows)]
+    columns[3] = ["" if v is None else (repr(v) if isinstance(v, float) else str(v)) for v in columns[3]]
+    return Frame(["metric", "class", "predicted", "value"], columns)
 
 
 def _array(values):

@@ -10,37 +10,71 @@ from nncli.spec import ResolvedLayer
 
 @dataclass(frozen=True)
 class Head:
-    """What the final layer makes of the outputs: probabilities, log-probabilities or plain outputs."""
+    """What the model's outputs are: probabilities, log-probabilities or plain outputs.
 
-    kind: str  # "sigmoid", "softmax", "logsoftmax" or "plain"
+    `kind` is what the last layer makes them (sigmoid, softmax, logsoftmax or plain); `link` is set
+    for a plain head whose loss takes logits (the spec's CrossEntropyLoss or BCEWithLogitsLoss):
+    forward then shows probabilities as skorch does, `model(x).softmax(dim=1)` or `.sigmoid()`.
+    """
+
+    kind: str
     width: int
+    link: str | None = None
+
+    @property
+    def last(self) -> str:
+        return self.kind
+
+    @property
+    def shows(self) -> str:
+        """What forward prints: the link's probabilities, or the outputs as the last layer gives them."""
+        return self.link or self.kind
 
     @property
     def is_classifier(self) -> bool:
-        return self.kind != "plain"
+        return self.shows != "plain"
+
+    @property
+    def multi_label(self) -> bool:
+        return self.shows == "sigmoid" and self.width > 1
 
     def output_names(self) -> list[str]:
-        prefix = {"sigmoid": "prob", "softmax": "prob", "logsoftmax": "logprob"}.get(self.kind, "output")
+        prefix = {"sigmoid": "prob", "softmax": "prob", "logsoftmax": "logprob"}.get(self.shows, "output")
         return [prefix] if self.width == 1 else [f"{prefix}_{i}" for i in range(self.width)]
 
     def class_names(self) -> list[str]:
-        if self.kind == "sigmoid" and self.width > 1:
+        if self.multi_label:
             return [f"class_{i}" for i in range(self.width)]
         return ["class"] if self.is_classifier else []
 
 
-def head_of(layers: list[ResolvedLayer], n_inputs: int) -> Head:
+def head_of(layers: list[ResolvedLayer], n_inputs: int, loss: str | None = None) -> Head:
+    """The head, from the last layer and, for a model that ends in logits, the loss it is trained with."""
     width = layers[-1].out_width if layers else n_inputs
     last = layers[-1].type if layers else None
     kind = {"Sigmoid": "sigmoid", "Softmax": "softmax", "LogSoftmax": "logsoftmax"}.get(last, "plain")
-    return Head(kind, width)
+    link = None
+    if kind == "plain" and loss == "CrossEntropyLoss" and width > 1:
+        link = "softmax"
+    elif kind == "plain" and loss == "BCEWithLogitsLoss":
+        link = "sigmoid"
+    return Head(kind, width, link)
+
+
+def shown_outputs(head: Head, outputs):
+    """The outputs forward prints: probabilities through the link, else as the model gives them."""
+    if head.link == "softmax":
+        return outputs.softmax(dim=1)
+    if head.link == "sigmoid":
+        return outputs.sigmoid()
+    return outputs
 
 
 def predict_classes(head: Head, outputs, threshold: float):
-    """Predicted classes as torch does it by hand: prob >= threshold, or the argmax."""
+    """Predicted classes from what forward shows, as torch does it by hand: prob >= threshold, or the argmax."""
     import torch
 
-    if head.kind == "sigmoid":
+    if head.shows == "sigmoid":
         return (outputs >= threshold).to(torch.int64)
     return outputs.argmax(dim=1, keepdim=True)
 
@@ -62,6 +96,6 @@ def forward_batches(model, head: Head, batches, device: str, threshold: float) -
     model.module.eval()
     with torch.inference_mode():
         for batch in batches:
-            outputs = model.module(to_tensor(batch.x, dtype, device))
+            outputs = shown_outputs(head, model.module(to_tensor(batch.x, dtype, device)))
             classes = predict_classes(head, outputs, threshold) if head.is_classifier else None
             yield batch, outputs, classes

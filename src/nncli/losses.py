@@ -1,4 +1,10 @@
-"""The allowlist of losses, how a head implies one, and how target columns become torch targets."""
+"""The allowlist of losses as one declarative table, how a head implies one, and how target columns
+become torch targets.
+
+Each loss says what it is for (its family: class indices, binary labels, regression values) and what
+it expects of the model's output (logits, log-probabilities, probabilities or plain values). forward,
+the metrics and the warnings all read this table, so a new loss is one entry.
+"""
 
 from __future__ import annotations
 
@@ -8,37 +14,83 @@ from dataclasses import dataclass
 from nncli.errors import NncliError, UsageError
 from nncli.forward import Head
 
-ALIASES = {
-    "cross_entropy": "CrossEntropyLoss",
-    "nll": "NLLLoss",
-    "bce": "BCELoss",
-    "bce_with_logits": "BCEWithLogitsLoss",
-    "mse": "MSELoss",
-    "l1": "L1Loss",
-    "huber": "HuberLoss",
-    "smooth_l1": "SmoothL1Loss",
+CLASS, BINARY, REGRESSION = "class", "binary", "regression"
+LOGITS, LOG_PROBS, PROBS, VALUES = "logits", "log-probabilities", "probabilities", "values"
+
+
+@dataclass(frozen=True)
+class LossType:
+    name: str  # the torch.nn class
+    alias: str
+    family: str  # CLASS, BINARY or REGRESSION: what the targets are and which metrics fit
+    takes: str  # what the model's output must be: LOGITS, LOG_PROBS, PROBS or VALUES
+
+
+LOSSES: dict[str, LossType] = {
+    t.name: t
+    for t in (
+        LossType("CrossEntropyLoss", "cross_entropy", CLASS, LOGITS),
+        LossType("NLLLoss", "nll", CLASS, LOG_PROBS),
+        LossType("BCELoss", "bce", BINARY, PROBS),
+        LossType("BCEWithLogitsLoss", "bce_with_logits", BINARY, LOGITS),
+        LossType("MSELoss", "mse", REGRESSION, VALUES),
+        LossType("L1Loss", "l1", REGRESSION, VALUES),
+        LossType("HuberLoss", "huber", REGRESSION, VALUES),
+        LossType("SmoothL1Loss", "smooth_l1", REGRESSION, VALUES),
+    )
 }
-CLASS_LOSSES = ("CrossEntropyLoss", "NLLLoss")
-BINARY_LOSSES = ("BCELoss", "BCEWithLogitsLoss")
+ALIASES = {t.alias: t.name for t in LOSSES.values()}
 REDUCTIONS = ("mean", "sum", "none")
 
 
 @dataclass(frozen=True)
 class LossChoice:
+    """The loss a command uses, where the choice came from, and whether it takes the log of a
+    Softmax head's probabilities first (the loss nncli picks for such a head: NLLLoss(log(p)))."""
+
     name: str
     source: str  # "--loss", "the spec" or "the head"
+    log_input: bool = False
+
+    @property
+    def type(self) -> LossType:
+        return LOSSES[self.name]
+
+    @property
+    def family(self) -> str:
+        return self.type.family
+
+    @property
+    def label(self) -> str:
+        """The loss as a user would write it in PyTorch."""
+        return f"{self.name} of log(probabilities)" if self.log_input else self.name
+
+    def function(self, reduction: str = "mean"):
+        """loss(outputs, targets), as the user's own code computes it: `nn.NLLLoss()(model(x).log(), y)`
+        for the log-input choice, else `nn.<Name>(reduction=...)(model(x), y)`."""
+        from torch import nn
+
+        fn = getattr(nn, self.name)(reduction=reduction)  # an allowlisted name only
+        if not self.log_input:
+            return fn
+        return lambda outputs, targets: fn(outputs.log(), targets)
 
 
 def loss_name(given: str, where: str) -> str:
-    if given in ALIASES.values():
+    if given in LOSSES:
         return given
     if given in ALIASES:
         return ALIASES[given]
-    names = list(ALIASES.values()) + list(ALIASES)
+    names = list(LOSSES) + list(ALIASES)
     close = difflib.get_close_matches(given, names, n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]}?" if close else ""
     error = UsageError if where == "--loss" else NncliError
-    raise error(f"unknown loss {given!r}{hint} (allowed: {', '.join(ALIASES.values())} or {', '.join(ALIASES)})", where)
+    raise error(f"unknown loss {given!r}{hint} (allowed: {', '.join(LOSSES)} or {', '.join(ALIASES)})", where)
+
+
+def spec_loss(given: str | None, spec_path: str) -> str | None:
+    """The spec's `loss`, checked, as a table name (None if it names none)."""
+    return loss_name(given, spec_path) if given else None
 
 
 def choose_loss(given: str | None, spec_loss: str | None, spec_path: str, head: Head) -> LossChoice:
@@ -51,41 +103,51 @@ def choose_loss(given: str | None, spec_loss: str | None, spec_path: str, head: 
         return LossChoice("BCELoss", "the head")
     if head.kind == "logsoftmax":
         return LossChoice("NLLLoss", "the head")
+    if head.kind == "softmax":
+        return LossChoice("NLLLoss", "the head", log_input=True)  # cross-entropy of probabilities
     return LossChoice("CrossEntropyLoss" if head.width > 1 else "MSELoss", "the head")
 
 
-def double_softmax_warning(loss: str, head: Head) -> str | None:
-    if loss == "CrossEntropyLoss" and head.kind == "softmax":
-        return (
-            "CrossEntropyLoss applies log-softmax itself, and this model already ends in Softmax: "
-            "the loss sees a softmax of probabilities (end the model without Softmax, or use NLLLoss after LogSoftmax)"
-        )
-    return None
+def loss_warnings(choice: LossChoice, head: Head) -> list[str]:
+    """A loss that does not fit the head's output: the classic double softmax, and its cousins."""
+    takes, kind = choice.type.takes, head.last
+    if choice.log_input:
+        return []
+    if takes == LOGITS and kind in ("softmax", "sigmoid"):
+        return [
+            f"{choice.name} applies {'log-softmax' if choice.family == CLASS else 'a sigmoid'} itself, and this model "
+            f"already ends in {'Softmax' if kind == 'softmax' else 'Sigmoid'}: the loss sees "
+            f"{'a softmax' if kind == 'softmax' else 'a sigmoid'} of probabilities (end the model without "
+            f"{'Softmax' if kind == 'softmax' else 'Sigmoid'}, or use {'NLLLoss after LogSoftmax' if kind == 'softmax' else 'BCELoss'})"
+        ]
+    if takes == LOG_PROBS and kind in ("softmax", "sigmoid"):
+        return [
+            f"{choice.name} takes log-probabilities, and this model ends in {'Softmax' if kind == 'softmax' else 'Sigmoid'} "
+            "(probabilities): its losses will be negative and meaningless (end the model in LogSoftmax, or leave "
+            "--loss and the spec's loss out: nncli then takes NLLLoss of the log of the probabilities)"
+        ]
+    if takes == PROBS and kind not in ("sigmoid", "softmax"):
+        return [f"{choice.name} takes probabilities, and this model does not end in Sigmoid (use BCEWithLogitsLoss on raw outputs)"]
+    return []
 
 
-def make_loss(name: str, reduction: str):
-    from torch import nn
-
-    classes = {n: getattr(nn, n) for n in ALIASES.values()}  # allowlisted names only
-    return classes[name](reduction=reduction)
-
-
-def element_count(name: str, outputs) -> int:
+def element_count(choice: LossChoice, outputs) -> int:
     """How many terms a 'mean' divides by: one per row for class losses, one per output otherwise."""
-    return outputs.shape[0] if name in CLASS_LOSSES else outputs.numel()
+    return outputs.shape[0] if choice.family == CLASS else outputs.numel()
 
 
-def make_targets(name: str, y, width: int, first_row: int, target_names: list[str], dtype, device, source: str):
+def make_targets(choice: LossChoice, y, width: int, first_row: int, target_names: list[str], dtype, device, source: str):
     """Target columns (float64 numpy) -> what the torch loss takes, with each bad row named."""
     import numpy as np
     import torch
 
+    name = choice.name
     rows, cols = y.shape
     bad = np.argwhere(~np.isfinite(y))
     if len(bad):
         r, c = bad[0]
         raise NncliError(f"row {first_row + r}: the target {target_names[c]!r} is {y[r, c]}", source)
-    if name in CLASS_LOSSES:
+    if choice.family == CLASS:
         if cols == 1:
             labels = y[:, 0]
             wrong = np.argwhere((labels != np.floor(labels)) | (labels < 0) | (labels >= width))
@@ -102,9 +164,13 @@ def make_targets(name: str, y, width: int, first_row: int, target_names: list[st
             )
     elif cols != width:
         raise NncliError(f"{name} takes {width} target column{'s' if width != 1 else ''} (one per output); got {cols}", source)
-    if name in BINARY_LOSSES:
+    if choice.family == BINARY:
         wrong = np.argwhere((y < 0) | (y > 1))
         if len(wrong):
             r, c = wrong[0]
             raise NncliError(f"row {first_row + r}: {name} needs targets between 0 and 1, got {y[r, c]:g}", source)
-    return torch.from_numpy(y).to(device=device, dtype=dtype)
+    targets = torch.from_numpy(y).to(device=device, dtype=dtype)
+    if not bool(torch.isfinite(targets).all()):  # 1e200 fits float64 but not float32
+        r, c = np.argwhere(~np.isfinite(targets.cpu().numpy()))[0]
+        raise NncliError(f"row {first_row + r}: the target {target_names[c]!r} is {y[r, c]:g}, too large for {dtype}".replace("torch.", ""), source)
+    return targets

@@ -1,32 +1,51 @@
-"""Metrics that fit the head, accumulated batch by batch (so evaluate streams): a confusion matrix for
-classifiers, sums of errors for regression. Accumulators are float64."""
+"""Metrics that fit the loss, accumulated batch by batch (so evaluate streams): a confusion matrix for
+classifiers, per-label counts for multi-label heads, sums of errors for regression. Counts are
+integers and sums float64; reported values are rounded to the model's dtype, so that a float32
+model's MSE prints as the shortest float32 text, as its loss does."""
 
 from __future__ import annotations
 
-from nncli.losses import BINARY_LOSSES, CLASS_LOSSES
+from nncli.losses import BINARY, CLASS, LOGITS, LossChoice
 
 
-def is_classifier(loss: str, width: int) -> bool:
-    return loss in CLASS_LOSSES or (loss in BINARY_LOSSES and width == 1)
+def kind_of(choice: LossChoice, width: int) -> str:
+    """'classes' (one class per row), 'labels' (several yes/no labels per row) or 'regression'."""
+    if choice.family == CLASS or (choice.family == BINARY and width == 1):
+        return "classes"
+    return "labels" if choice.family == BINARY else "regression"
 
 
-def class_count(loss: str, width: int) -> int:
-    return width if loss in CLASS_LOSSES else 2
+def is_classifier(choice: LossChoice, width: int) -> bool:
+    return kind_of(choice, width) == "classes"
 
 
-def predicted(loss: str, outputs):
-    """The class each row is given: the argmax, or a sigmoid probability (or logit) past one half."""
-    if loss in CLASS_LOSSES:
+def class_count(choice: LossChoice, width: int) -> int:
+    return width if choice.family == CLASS else 2
+
+
+def predicted(choice: LossChoice, outputs, threshold: float = 0.5):
+    """The class (or the labels) each row is given: the argmax, or a sigmoid probability at or past
+    the threshold, exactly as forward decides it."""
+    if choice.family == CLASS:
         return outputs.argmax(dim=1)
-    threshold = 0.0 if loss == "BCEWithLogitsLoss" else 0.5
-    return (outputs[:, 0] >= threshold).long()
+    probs = outputs.sigmoid() if choice.type.takes == LOGITS else outputs
+    guess = (probs >= threshold).long()
+    return guess[:, 0] if guess.shape[1] == 1 else guess
 
 
-def actual(loss: str, targets):
+def actual(choice: LossChoice, targets):
     """The true class: the index, the argmax of a probability row, or a 0/1 target past one half."""
-    if loss in CLASS_LOSSES:
+    if choice.family == CLASS:
         return targets if targets.dim() == 1 else targets.argmax(dim=1)
-    return (targets[:, 0] >= 0.5).long()
+    truth = (targets >= 0.5).long()
+    return truth[:, 0] if truth.shape[1] == 1 else truth
+
+
+def _f1(tp: float, predicted_yes: float, support: float) -> tuple[float, float, float]:
+    precision = tp / predicted_yes if predicted_yes else 0.0
+    recall = tp / support if support else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
 
 
 class Confusion:
@@ -44,20 +63,47 @@ class Confusion:
         k = self.classes
         self.matrix += torch.bincount(truth.cpu() * k + guess.cpu(), minlength=k * k).reshape(k, k)
 
-    def report(self) -> dict:
+    def report(self, dtype: str = "float64") -> dict:
         m = self.matrix.double()
         total = float(m.sum())
         per_class = []
         for c in range(self.classes):
-            tp, predicted_c, support = float(m[c, c]), float(m[:, c].sum()), float(m[c, :].sum())
-            precision = tp / predicted_c if predicted_c else 0.0
-            recall = tp / support if support else 0.0
-            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-            per_class.append({"class": c, "precision": precision, "recall": recall, "f1": f1, "support": int(support)})
+            precision, recall, f1 = _f1(float(m[c, c]), float(m[:, c].sum()), float(m[c, :].sum()))
+            per_class.append({"class": c, "precision": precision, "recall": recall, "f1": f1, "support": int(m[c, :].sum())})
         return {
             "accuracy": float(m.trace()) / total if total else 0.0,
             "per_class": per_class,
             "confusion_matrix": self.matrix.tolist(),
+        }
+
+
+class MultiLabel:
+    """Per-label counts for several sigmoid outputs: each label is its own yes/no question."""
+
+    def __init__(self, labels: int) -> None:
+        import torch
+
+        self.counts = torch.zeros(labels, 4, dtype=torch.int64)  # tp, fp, fn, tn per label
+        self.rows = self.exact = 0
+
+    def add(self, truth, guess) -> None:
+        import torch
+
+        t, g = truth.cpu().bool(), guess.cpu().bool()
+        self.counts += torch.stack([(t & g).sum(0), (~t & g).sum(0), (t & ~g).sum(0), (~t & ~g).sum(0)], dim=1)
+        self.rows += len(t)
+        self.exact += int((t == g).all(dim=1).sum())
+
+    def report(self, dtype: str = "float64") -> dict:
+        per_label = []
+        for label, (tp, fp, fn, tn) in enumerate(self.counts.tolist()):
+            precision, recall, f1 = _f1(tp, tp + fp, tp + fn)
+            total = tp + fp + fn + tn
+            per_label.append({"label": label, "accuracy": (tp + tn) / total if total else 0.0, "precision": precision,
+                              "recall": recall, "f1": f1, "support": tp + fn})
+        return {
+            "accuracy": self.exact / self.rows if self.rows else 0.0,  # every label right: scikit-learn's accuracy_score
+            "per_label": per_label,
         }
 
 
@@ -78,12 +124,24 @@ class Regression:
             self.sq, self.abs, self.y, self.y2 = (a + b for a, b in zip((self.sq, self.abs, self.y, self.y2), sums))
         self.n += len(y)
 
-    def report(self) -> dict:
+    def report(self, dtype: str = "float64") -> dict:
+        import math
+
+        import numpy as np
+
         outputs = len(self.sq)
         total = self.y2 - self.y**2 / self.n
-        r2 = [1.0 - float(s) / float(t) if float(t) > 0 else (1.0 if float(s) == 0 else 0.0) for s, t in zip(self.sq, total)]
+        r2 = []
+        for s, t in zip(self.sq.tolist(), total.tolist()):
+            if not (math.isfinite(s) and math.isfinite(t)):
+                r2.append(math.nan)  # NaN or overflow in the data or outputs: no R² to give
+            elif t > 0:
+                r2.append(1.0 - s / t)
+            else:
+                r2.append(1.0 if s == 0 else 0.0)
+        cast = np.float32 if dtype == "float32" else np.float64
         return {
-            "mse": float(self.sq.sum()) / (self.n * outputs),
-            "mae": float(self.abs.sum()) / (self.n * outputs),
-            "r2": sum(r2) / outputs,
+            "mse": cast(float(self.sq.sum()) / (self.n * outputs)),
+            "mae": cast(float(self.abs.sum()) / (self.n * outputs)),
+            "r2": cast(sum(r2) / outputs),
         }

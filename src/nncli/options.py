@@ -18,10 +18,12 @@ from nncli.errors import UsageError
 
 Spec = Annotated[str, typer.Argument(metavar="SPEC", help="The model spec (YAML).", show_default=False)]
 Data = Annotated[str, typer.Argument(metavar="DATA", help="A CSV file, or - for standard input.", show_default=False)]
-Seed = Annotated[Optional[int], typer.Option("--seed", metavar="N", help="Seed for the initial weights (default: the spec's seed, else 0).", min=0)]
+Seed = Annotated[Optional[int], typer.Option("--seed", metavar="N", help="Seed for the initial weights (default: the spec's seed, else 0).", min=0, max=2**64 - 1)]
 Weights = Annotated[Optional[str], typer.Option("--weights", "-w", metavar="FILE", help="Load parameters from a .safetensors or .pt/.pth state_dict.")]
 Dtype = Annotated[str, typer.Option("--dtype", metavar="TYPE", help="float32 or float64, for the model and the data.")]
 MaxParams = Annotated[int, typer.Option("--max-params", metavar="N", help="Refuse, before allocating, a model with more parameters than this.", min=0)]
+MaxLayers = Annotated[int, typer.Option("--max-layers", metavar="N", help="Refuse a spec with more layers than this (YAML aliases counted as expanded).", min=1)]
+SaveWeights = Annotated[Optional[str], typer.Option("--save-weights", metavar="FILE", help="Write the resulting weights (.safetensors, .pt or .pth), atomically.")]
 Device = Annotated[str, typer.Option("--device", metavar="DEVICE", help="cpu, cuda, mps or auto (an available accelerator, else cpu).")]
 Threads = Annotated[Optional[int], typer.Option("--threads", metavar="N", help="Threads for torch and the CSV reader (default: every core).", min=1)]
 Inputs = Annotated[Optional[int], typer.Option("--inputs", metavar="N", help="The number of input features, where the spec leaves the first size out.", min=1)]
@@ -33,13 +35,19 @@ Output = Annotated[Optional[str], typer.Option("--output", "-o", metavar="FILE",
 Precision = Annotated[Optional[int], typer.Option("--precision", metavar="N", help="Decimals to print (default: the table shows 4; other formats print every digit).", min=0, max=30)]
 Force = Annotated[bool, typer.Option("--force", help="Allow an output file to replace one of the command's inputs.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+DecimalComma = Annotated[bool, typer.Option("--decimal-comma", help="Commas in numbers are decimal separators (1,5 is 1.5), as European spreadsheets write them.")]
 Delimiter = Annotated[Optional[str], typer.Option("--delimiter", "-d", metavar="CHAR", help="Force the delimiter (default: detected among , tab ;).")]
 Header = Annotated[Optional[bool], typer.Option("--header/--no-header", help="Force whether the first row is a header (default: detected).", show_default=False)]
 Features = Annotated[Optional[list[str]], typer.Option("--features", metavar="COL", help="Feature columns, by name or 0-based index (repeatable; default: all other columns).")]
 Target = Annotated[Optional[list[str]], typer.Option("--target", "-t", metavar="COL", help="A target column, by name or 0-based index (repeatable).")]
 TargetsFile = Annotated[Optional[str], typer.Option("--targets", metavar="FILE", help="A CSV of targets with one row per DATA row.")]
 IdColumn = Annotated[Optional[str], typer.Option("--id-column", metavar="COL", help="A column carried through as the first output column.")]
-BatchSize = Annotated[Optional[int], typer.Option("--batch-size", "-b", metavar="N", help="Rows per batch (default: 16384); results never depend on it.", min=1)]
+BatchSize = Annotated[
+    Optional[int],
+    typer.Option("--batch-size", "-b", metavar="N", min=1, help=(
+        "Rows per batch (default: 16384); data that fits one batch is computed as one tensor. As in PyTorch, "
+        "a float32 result's last digit can depend on the batch's shape.")),
+]
 Threshold = Annotated[float, typer.Option("--threshold", metavar="P", help="A sigmoid output at or above this is class 1.")]
 Loss = Annotated[Optional[str], typer.Option("--loss", "-l", metavar="NAME", help="A torch.nn loss (CrossEntropyLoss, BCELoss, MSELoss, ...) or alias (cross_entropy, bce, mse, ...); default: the spec's, else implied by the head.")]
 Reduction = Annotated[str, typer.Option("--reduction", metavar="MODE", help="mean, sum or none (none: one loss per row).")]
@@ -48,6 +56,9 @@ Layer = Annotated[Optional[int], typer.Option("--layer", metavar="I", help="Show
 Summary = Annotated[bool, typer.Option("--summary", help="Show only the summary table (norms, min, max).")]
 Full = Annotated[bool, typer.Option("--full", help="Show every element of large tensors (default: elided like torch's print).")]
 
+from nncli.model import DEFAULT_MAX_PARAMS  # noqa: E402  (no torch at import)
+
+DEFAULT_MAX_LAYERS = 10_000
 DTYPES = ("float32", "float64")
 FORMATS = ("table", "csv", "tsv", "json", "jsonl")
 MODES = ("train", "eval")
@@ -62,8 +73,9 @@ class Group:
 
 
 MODEL = Group("model", (("seed", Seed, None), ("weights", Weights, None), ("dtype", Dtype, "float32")))
-RUNTIME = Group("runtime", (("device", Device, "cpu"), ("threads", Threads, None), ("max_params", MaxParams, 10**9)))
-READ = Group("read", (("features", Features, None), ("delimiter", Delimiter, None), ("header", Header, None)))
+RUNTIME = Group("runtime", (("device", Device, "cpu"), ("threads", Threads, None), ("max_params", MaxParams, DEFAULT_MAX_PARAMS),
+                            ("max_layers", MaxLayers, DEFAULT_MAX_LAYERS)))
+READ = Group("read", (("features", Features, None), ("delimiter", Delimiter, None), ("header", Header, None), ("decimal_comma", DecimalComma, False)))
 TARGETS = Group("targets", (("target", Target, None), ("targets", TargetsFile, None)))
 SIGNAL = Group("signal", (("loss", Loss, None), ("reduction", Reduction, "mean"), ("mode", Mode, None), ("batch_size", BatchSize, None)))
 TENSORS = Group("tensors", (("layer", Layer, None), ("summary", Summary, False), ("full", Full, False)))
@@ -96,6 +108,15 @@ def with_options(*groups: Group):
     return decorate
 
 
+def finite_non_negative(value: Optional[float]) -> Optional[float]:
+    """A rate or a fraction: a number at or above 0 (not NaN, not infinite), else a usage error."""
+    import math
+
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise typer.BadParameter(f"must be a finite number at or above 0, got {value}")
+    return value
+
+
 def choice(value: Optional[str], allowed: tuple, option: str) -> Optional[str]:
     if value is not None and value not in allowed:
         raise UsageError(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
@@ -121,9 +142,12 @@ def data_options(data: str, read: dict, targets: dict | None = None, id_column: 
     from nncli.data import DataOptions
 
     targets = targets or {}
-    return DataOptions(
+    options = DataOptions(
         data, read["delimiter"], read["header"], read["features"] or [], targets.get("target") or [], targets.get("targets"), id_column
     )
+    if read.get("decimal_comma"):
+        options.decimal_comma = True
+    return options
 
 
 def loss_options(signal: dict, scalar_only: bool):

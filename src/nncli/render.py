@@ -33,13 +33,53 @@ def console(stream=None, stderr: bool = False):
     from rich.console import Console
 
     if stderr:
-        return Console(stderr=True, highlight=False)
+        return Console(stderr=True, highlight=False, **_ascii_if_needed(sys.stderr))
     if stream is None or stream is sys.stdout.buffer:
-        return Console(file=sys.stdout, highlight=False)
+        return Console(file=sys.stdout, highlight=False, **_ascii_if_needed(sys.stdout))
+    return Console(file=stream, highlight=False, width=_columns(), force_terminal=False)
+
+
+def _columns() -> int:
+    """The width for a table written to a file: COLUMNS if it is a number, else 120."""
+    value = os.environ.get("COLUMNS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else 120
+
+
+_ASCII = str.maketrans({"↓": "v", "→": "->", "●": "*", "○": "o", "┤": "|", "└": "+", "─": "-", "…": "...", "–": "-",
+                        "·": "|", "²": "2", "←": "<-"})
+
+
+def encodable(text: str, encoding: str | None) -> str:
+    """Text the stream's encoding can hold: under PYTHONIOENCODING=ascii or latin-1 the symbols nncli
+    draws with become ASCII, and anything else a user wrote becomes `?`, never a UnicodeEncodeError."""
+    encoding = encoding or "utf-8"
+    if encoding.lower().replace("_", "-").startswith("utf"):
+        return text
+    try:
+        text.encode(encoding)
+        return text
+    except (UnicodeEncodeError, LookupError):
+        text = text.translate(_ASCII)
+        try:
+            return text.encode(encoding, "replace").decode(encoding)
+        except LookupError:
+            return text.encode("ascii", "replace").decode("ascii")
+
+
+def _ascii_if_needed(stream) -> dict:
+    """Box lines and symbols need an encoding that has them: under PYTHONIOENCODING=ascii or
+    latin-1, tables fall back to ASCII (Rich's `safe_box`, no legacy symbols)."""
+    encoding = (getattr(stream, "encoding", None) or "utf-8").lower().replace("_", "-")
+    if encoding.startswith("utf"):
+        return {}
+    return {"safe_box": True, "legacy_windows": False, "emoji": False}
+
+
+def text_stream(binary):
+    """A text view of a binary output stream that never closes it (detach() before it is dropped)."""
     import io
 
-    text = io.TextIOWrapper(stream, encoding="utf-8", write_through=True)
-    return Console(file=text, highlight=False, width=int(os.environ.get("COLUMNS", 120)), force_terminal=False)
+    return io.TextIOWrapper(binary, encoding="utf-8", errors="replace", write_through=True)
 
 
 # -- numbers ---------------------------------------------------------------------------------------
@@ -82,8 +122,8 @@ def fmt(value: float, precision: int | None) -> str:
     p = TABLE_PRECISION if precision is None else precision
     if value == 0:
         value = 0.0  # -0.0 prints as 0
-    elif abs(value) < 0.5 * 10**-p and value == value:
-        return f"{value:.{p}e}"
+    elif p > 0 and abs(value) < 0.5 * 10**-p and value == value:
+        return f"{value:.{p}e}"  # rather than 0.0000 for a small gradient; --precision 0 asks for whole numbers
     return f"{value:.{p}f}"
 
 
@@ -101,14 +141,21 @@ class Frame:
 class RowWriter:
     """Writes frames one after another, so output streams as it is produced."""
 
-    def __init__(self, fmt: str, stream: BinaryIO, precision: int | None = None, caption: str = "", keys: int = 0) -> None:
+    def __init__(self, fmt: str, stream: BinaryIO, precision: int | None = None, caption: str = "", keys: int = 0,
+                 show_all: bool = False) -> None:
         self.fmt, self.stream, self.precision, self.caption, self.keys = fmt, stream, precision, caption, keys
         self.count = 0
         self._held: list[Frame] = []
+        self._tail: list[Frame] = []
+        # On a terminal a table shows the first and last rows that fit (--all: every row); anywhere
+        # else (a file, a pipe) nothing is ever left out.
+        self.edge = None
+        if fmt == "table" and not show_all and stream is sys.stdout.buffer and sys.stdout.isatty():
+            self.edge = max((console().height - 12) // 2, 5)
 
     def write(self, frame: Frame) -> None:
         if self.fmt == "table":
-            self._held.append(frame)
+            self._hold(frame)
         elif self.fmt in ("csv", "tsv"):
             self._write_csv(frame)
         else:
@@ -168,11 +215,96 @@ class RowWriter:
         lines = text.rstrip(b"\n").split(b"\n")
         self.stream.write((b"[\n" if self.count == 0 else b",\n") + b",\n".join(lines))
 
+    def _hold(self, frame: Frame) -> None:
+        """Keep every frame, or with an edge only the first and last `edge` rows: memory stays bounded."""
+        held = sum(_height(f) for f in self._held)
+        if self.edge is None or held < self.edge:
+            self._held.append(frame)
+            return
+        self._tail.append(frame)
+        while len(self._tail) > 1 and sum(_height(f) for f in self._tail[1:]) >= self.edge:
+            self._tail.pop(0)
+
     def _write_table(self) -> None:
         from rich.text import Text
 
-        items = [frame_table(self._held, self.precision, self.keys)] if self._held else []
-        show(self.stream, items + ([Text(self.caption, style="dim")] if self.caption else []))
+        frames, note = self._held + self._tail, ""
+        if self.edge is not None and self.count > 2 * self.edge:
+            head = _rows_of(self._held, 0, self.edge)
+            tail = _rows_of(frames, -self.edge, None)  # held + tail end with the last rows, contiguous
+            frames = [head, Frame(head.names, [["…"] for _ in head.names]), tail]
+            note = f"{self.count - 2 * self.edge:,} rows left out between the first and last {self.edge} (--all shows every row)"
+        items = [frame_table(frames, self.precision, self.keys)] if frames else []
+        captions = [c for c in (note, self.caption) if c]
+        show(self.stream, items + [Text(c, style="dim") for c in captions])
+
+
+def write_onehot(stream: BinaryIO, fmt: str, labels, classes: int) -> None:
+    """One-hot rows written one at a time from pieces of at most a mebibyte: memory stays bounded
+    however many classes there are (10^7 classes are 20 MB a row)."""
+    piece = 1 << 19  # cells per write
+    sep = {"csv": b",", "tsv": b"\t"}.get(fmt)
+
+    def cells(hot: int | None, texts):
+        """Yield the row's pieces: `texts(start, stop, hot)` renders cells start..stop-1."""
+        for start in range(0, classes, piece):
+            yield texts(start, min(start + piece, classes), hot)
+
+    if sep is not None:
+        def header(start, stop, _):
+            return (sep if start else b"") + sep.join(b"class_%d" % i for i in range(start, stop))
+
+        def row(start, stop, hot):
+            n = stop - start
+            cells_ = [b"0"] * n
+            if hot is not None and start <= hot < stop:
+                cells_[hot - start] = b"1"
+            return (sep if start else b"") + sep.join(cells_)
+
+        for part in cells(None, header):
+            stream.write(part)
+        stream.write(b"\n")
+        for hot in labels.tolist():
+            for part in cells(hot, row):
+                stream.write(part)
+            stream.write(b"\n")
+        stream.flush()
+        return
+
+    def record(start, stop, hot):
+        body = b",".join(b'"class_%d":%d' % (i, 1 if i == hot else 0) for i in range(start, stop))
+        return (b"," if start else b"{") + body + (b"}" if stop == classes else b"")
+
+    if fmt == "json":
+        stream.write(b"[\n" if len(labels) else b"[]\n")
+    for n, hot in enumerate(labels.tolist()):
+        if fmt == "json" and n:
+            stream.write(b",\n")
+        for part in cells(hot, record):
+            stream.write(part)
+        if fmt == "jsonl":
+            stream.write(b"\n")
+    if fmt == "json" and len(labels):
+        stream.write(b"\n]\n")
+    stream.flush()
+
+
+def _height(frame: Frame) -> int:
+    return len(frame.columns[0]) if frame.columns else 0
+
+
+def _rows_of(frames: list[Frame], start: int, stop: int | None) -> Frame:
+    """Rows start:stop of consecutive frames, as one frame."""
+    import numpy as np
+
+    columns = []
+    for i in range(len(frames[0].names)):
+        parts = [f.columns[i] for f in frames]
+        if all(isinstance(p, np.ndarray) for p in parts):
+            columns.append(np.concatenate(parts)[start:stop])
+        else:
+            columns.append([v for p in parts for v in (p.tolist() if isinstance(p, np.ndarray) else p)][start:stop])
+    return Frame(frames[0].names, columns)
 
 
 def _cells(col, precision: int | None) -> list[str]:
@@ -203,7 +335,7 @@ class Report:
 
 def write_report(report: Report, fmt: str, stream: BinaryIO, precision: int | None) -> None:
     if fmt == "json":
-        stream.write(json.dumps(report.doc, allow_nan=False).encode() + b"\n")
+        stream.write(dump_json(report.doc).encode() + b"\n")
     elif fmt == "table":
         show(stream, report.tables() if callable(report.tables) else report.tables)
     else:
@@ -212,24 +344,35 @@ def write_report(report: Report, fmt: str, stream: BinaryIO, precision: int | No
         writer.close()
 
 
+def dump_json(doc) -> str:
+    """One JSON style for every command: compact, as the records of forward and jsonl are."""
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+
+
 def show(stream, items: list) -> None:
     """Print Rich renderables. Lines of text (captions) are not wrapped: the terminal wraps them.
     Off a terminal, lines lose the trailing spaces that Rich pads titles and plots with."""
     from rich.text import Text
 
-    out = console(stream)
+    wrapper = None if stream is None or stream is sys.stdout.buffer else text_stream(stream)
+    out = console(stream) if wrapper is None else console(wrapper)
 
     def print_all() -> None:
         for item in items:
             out.print(item, soft_wrap=isinstance(item, Text))
 
-    if out.is_terminal:
-        print_all()
-        return
-    with out.capture() as captured:
-        print_all()
-    out.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
-    out.file.flush()
+    try:
+        with out.capture() as captured:
+            print_all()
+        text = captured.get()
+        if not out.is_terminal:
+            text = "".join(line.rstrip() + "\n" for line in text.splitlines())
+        out.file.write(encodable(text, getattr(out.file, "encoding", None)))
+        out.file.flush()
+    finally:
+        if wrapper is not None:
+            wrapper.flush()
+            wrapper.detach()  # the file stays open for its owner (an atomic write still to be renamed)
 
 
 def frame_table(frames: Frame | list[Frame], precision: int | None, keys: int = 0) -> "FoldingTable":
@@ -292,9 +435,13 @@ class FoldingTable:
         from rich.cells import cell_len
         from rich.table import Table
 
-        table = Table(title=title or None, title_justify="left", header_style="bold", min_width=min(cell_len(title), max_width) if title else None)
+        from rich.text import Text
+
+        # Headers and titles hold user text (column names, spec names): Text, never markup, so `[/]` is shown as written.
+        table = Table(title=Text(title) if title else None, title_justify="left", header_style="bold",
+                      min_width=min(cell_len(title), max_width) if title else None)
         for i in shown:
-            table.add_column(names[i], justify=justify[i], no_wrap=True, min_width=widths[i])
+            table.add_column(Text(names[i]), justify=justify[i], no_wrap=True, min_width=widths[i])
         rows = list(zip(*[columns[i] for i in shown]))
         for n, row in enumerate(rows):
             table.add_row(*row, end_section=self.total and n == len(rows) - 2)

@@ -25,6 +25,7 @@ class ModelOptions:
     device: str = "cpu"
     threads: int | None = None
     inputs: int | None = None
+    max_layers: int | None = None
 
 
 @dataclass
@@ -40,12 +41,31 @@ class OutputOptions:
     def resolved_format(self) -> str:
         return resolve_format(self.format, self.output)
 
+    def check(self, extra: dict | None = None) -> None:
+        """Check -o (and the command's other outputs) before any work is done."""
+        check_outputs({"-o": self.output, **(extra or {})}, self.inputs, self.force)
+
     @contextlib.contextmanager
     def stream(self):
         if self.output and self.output != "-":
             check_not_input(self.output, self.inputs, self.force, "-o")
         with output_stream(self.output) as f:
             yield f
+
+
+def check_outputs(outputs: dict, inputs: list, force: bool) -> None:
+    """Every output path checked before any work: none is an input (without --force), none is named
+    twice, each can be written (output.check_output says what that takes)."""
+    from nncli import output
+
+    named = {k: v for k, v in outputs.items() if v and v != "-"}
+    if hasattr(output, "check_distinct_outputs"):
+        output.check_distinct_outputs(named)
+    for option, path in named.items():
+        if hasattr(output, "check_output"):
+            output.check_output(path, inputs, force, option)
+        else:
+            check_not_input(path, inputs, force, option)
 
 
 def set_threads(threads: int | None) -> None:
@@ -85,7 +105,11 @@ def pick_device(name: str) -> str:
 
 
 def read_spec(opts: ModelOptions) -> Spec:
-    return load_spec(opts.spec)
+    import inspect
+
+    if opts.max_layers is None or "max_layers" not in inspect.signature(load_spec).parameters:  # TEMP until spec.py lands
+        return load_spec(opts.spec)
+    return load_spec(opts.spec, max_layers=opts.max_layers)
 
 
 def make_model(opts: ModelOptions, spec: Spec, n_inputs: int | None, inputs_from: str) -> tuple[Model, str]:
@@ -101,9 +125,13 @@ def make_model(opts: ModelOptions, spec: Spec, n_inputs: int | None, inputs_from
 
 def note(message: str) -> None:
     """A line for people on standard error, never mixed into the data on standard output."""
-    from nncli.render import console
+    import sys
 
-    console(stderr=True).print(message, markup=False, highlight=False, soft_wrap=True)
+    from nncli.render import console, encodable
+
+    if sys.stderr is None:
+        return
+    console(stderr=True).print(encodable(message, getattr(sys.stderr, "encoding", None)), markup=False, highlight=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:

@@ -7,7 +7,7 @@ Values are coloured by sign and emphasised by magnitude; NO_COLOR or a pipe give
 
 from __future__ import annotations
 
-from nncli.render import escape, fmt
+from nncli.render import fmt
 
 THRESHOLD = 1000  # torch.set_printoptions defaults
 EDGE = 3
@@ -55,18 +55,18 @@ def tensor_table(title: str, values, precision: int | None, full: bool):
 
 
 def summary_table(title: str, named: dict, precision: int | None):
-    """One row per tensor: name, shape, norm, min, max, mean |x|."""
-    from rich.table import Table
+    """One row per tensor: name, shape, norm, min, max, mean |x|; folds on a narrow terminal, never squeezes."""
+    from nncli.render import FoldingTable
 
-    table = Table(title=title, title_justify="left", header_style="bold")
-    for name, justify in (("parameter", "left"), ("shape", "left"), ("norm", "right"), ("min", "right"), ("max", "right"), ("mean |x|", "right")):
-        table.add_column(name, justify=justify, no_wrap=True)
+    names = ["parameter", "shape", "norm", "min", "max", "mean |x|"]
+    rows = []
     for name, tensor in named.items():
         t = tensor.detach().double()
         empty = t.numel() == 0
         stats = ["-"] * 4 if empty else [fmt(float(v), precision) for v in (t.norm(), t.min(), t.max(), t.abs().mean())]
-        table.add_row(escape(name), str(list(tensor.shape)), *stats)
-    return table
+        rows.append([name, str(list(tensor.shape)), *stats])
+    columns = [list(c) for c in zip(*rows)] if rows else [[] for _ in names]
+    return FoldingTable(names, columns, title=title, keys=1, justify=["left", "left"] + ["right"] * 4)
 
 
 def index_text(index: tuple) -> str:

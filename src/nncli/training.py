@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from nncli.errors import NncliError, UsageError
-from nncli.losses import make_loss
 from nncli.metrics import actual, is_classifier, predicted
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -65,6 +64,9 @@ def validation_split(n: int, fraction: float, seed: int):
 
 @dataclass
 class Epoch:
+    """One line of the history. Losses are numpy scalars of the model's dtype, so a float32 model's
+    losses print as the shortest float32 text."""
+
     epoch: int
     train_loss: float
     train_accuracy: float | None = None
@@ -75,55 +77,74 @@ class Epoch:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
+def _scalar(value: float, dtype):
+    import numpy as np
+
+    return (np.float32 if str(dtype) == "torch.float32" else np.float64)(value)
+
+
 def _forward(module, x):
-    try:
-        return module(x)
-    except (ValueError, RuntimeError) as e:  # e.g. BatchNorm1d given a batch of one row in train mode
-        raise NncliError(f"the model cannot run on this batch: {str(e).splitlines()[0]} (try another --batch-size)", "train") from None
+    from nncli.backprop import run_module
+
+    return run_module(module, x)  # e.g. BatchNorm1d given a batch of one row in train mode: the user's error
 
 
 def fit(
     module,
-    loss_name: str,
+    choice,
     width: int,
     batches_for_epoch: Callable[[int], Iterable[tuple]],
     opts: TrainOptions,
     validate: Callable[[], tuple[float, float | None]] | None,
     on_epoch: Callable[[Epoch], None],
-) -> tuple[list[Epoch], dict | None]:
+) -> tuple[list[Epoch], dict | None, int | None]:
     """Train for opts.epochs epochs (fewer with --patience); returns the history and, with
-    --patience, the state_dict of the best validation epoch."""
-    optimizer = make_optimizer(opts.optimizer, module.parameters(), opts.lr, opts.momentum, opts.weight_decay)
-    loss_fn = make_loss(loss_name, "mean")
-    classifier = is_classifier(loss_name, width)
+    --patience, the state_dict of the best validation epoch and its number. A NaN validation loss
+    is never the best: the run stops with Diverged first."""
+    import math
+
+    params = list(module.parameters())
+    if not params:
+        raise NncliError("the model has no parameters to train (add a Linear, BatchNorm1d or LayerNorm layer)", "train")
+    dtype = params[0].dtype
+    optimizer = make_optimizer(opts.optimizer, params, opts.lr, opts.momentum, opts.weight_decay)
+    loss_fn = choice.function("mean")
+    classifier = is_classifier(choice, width)
     history: list[Epoch] = []
-    best, best_state, waited = None, None, 0
+    best, best_state, best_epoch, waited = None, None, None, 0
     for epoch in range(1, opts.epochs + 1):
         module.train()
         total, correct, rows = 0.0, 0, 0
-        for x, y in batches_for_epoch(epoch):
+        for number, (x, y) in enumerate(batches_for_epoch(epoch)):
             optimizer.zero_grad()
             outputs = _forward(module, x)
             loss = loss_fn(outputs, y)
+            value = loss.item()
+            if not math.isfinite(value):  # a diverging run: stop before the NaN reaches the weights
+                raise Diverged(epoch, number, value, history)
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(x)
+            total += value * len(x)
             rows += len(x)
             if classifier:
-                correct += int((predicted(loss_name, outputs.detach()) == actual(loss_name, y)).sum())
-        record = Epoch(epoch, total / rows, correct / rows if classifier else None)
+                correct += int((predicted(choice, outputs.detach()) == actual(choice, y)).sum())
+        record = Epoch(epoch, _scalar(total / rows, dtype), correct / rows if classifier else None)
         if validate is not None:
-            record.val_loss, record.val_accuracy = validate()
+            val_loss, record.val_accuracy = validate()
+            record.val_loss = _scalar(val_loss, dtype)
+            if not math.isfinite(val_loss):
+                history.append(record)
+                raise Diverged(epoch, None, val_loss, history)
         history.append(record)
         on_epoch(record)
         if opts.patience is not None and validate is not None:
             if best is None or record.val_loss < best:
-                best, best_state, waited = record.val_loss, copy.deepcopy(module.state_dict()), 0
+                best, best_state, best_epoch, waited = record.val_loss, copy.deepcopy(module.state_dict()), epoch, 0
             else:
                 waited += 1
                 if waited >= opts.patience:
                     break
-    return history, best_state
+    return history, best_state, best_epoch
 
 
 def in_memory_batches(x, y, batch_size: int, shuffle: bool):
@@ -140,14 +161,23 @@ def in_memory_batches(x, y, batch_size: int, shuffle: bool):
     return batches
 
 
-def evaluate_in_memory(module, loss_name: str, width: int, x, y) -> tuple[float, float | None]:
+def evaluate_in_memory(module, choice, width: int, x, y) -> tuple[float, float | None]:
     """Validation loss (and accuracy) in eval mode, as one batch."""
     import torch
 
     module.eval()
     with torch.no_grad():
         outputs = module(x)
-        loss = make_loss(loss_name, "mean")(outputs, y).item()
-        if is_classifier(loss_name, width):
-            return loss, float((predicted(loss_name, outputs) == actual(loss_name, y)).double().mean())
+        loss = choice.function("mean")(outputs, y).item()
+        if is_classifier(choice, width):
+            return loss, float((predicted(choice, outputs) == actual(choice, y)).double().mean())
     return loss, None
+
+
+class Diverged(NncliError):
+    """The loss became NaN or infinite: training stops before the weights are written."""
+
+    def __init__(self, epoch: int, batch: int | None, value: float, history: list) -> None:
+        where = f"epoch {epoch}, batch {batch}" if batch is not None else f"epoch {epoch}, validation"
+        super().__init__(f"the loss became {value} at {where}: training diverged (try a smaller --lr); nothing was saved", "train")
+        self.history = history
