@@ -665,8 +665,9 @@ def evaluate(mopts, dopts, oopts, loss_given: str | None, batch_size: int | None
     caption = f"{model.caption}; {result.loss_fn} from {choice.source}, {_rows(result.rows)}"
     frame = _evaluate_long(doc)
     summary = {k: (fmt(float(v), p) if isinstance(v, float) else str(v)) for k, v in doc.items()
-               if k not in ("loss_fn", "loss_from", "per_class", "per_label", "confusion_matrix")}
+               if k not in ("loss_fn", "loss_from", "rows", "per_class", "per_label", "confusion_matrix")}
     summary["loss"] = fmt(float(result.loss), p)
+    summary["rows"] = str(result.rows)
     tables = [key_value_table(summary)]
     if kind == "classes":
         tables += [_per_table(doc["per_class"], "class", p), _confusion_table(doc["confusion_matrix"])]
@@ -686,14 +687,14 @@ def _per_table(records: list[dict], key: str, p):
 def _evaluate_long(doc: dict) -> Frame:
     """evaluate as tidy rows for CSV, TSV and JSON Lines: metric, class, predicted, value. The summary
     comes first, so `nncli evaluate ... | head` shows the loss and the accuracy."""
-    rows = [(k, "", "", v) for k, v in doc.items() if k not in ("per_class", "per_label", "confusion_matrix")]
+    rows = [(k, None, None, v) for k, v in doc.items() if k not in ("per_class", "per_label", "confusion_matrix")]
     for key, label in (("per_class", "class"), ("per_label", "label")):
         for r in doc.get(key, []):
-            rows += [(k, str(r[label]), "", v) for k, v in r.items() if k != label]
+            rows += [(k, str(r[label]), None, v) for k, v in r.items() if k != label]
     for t, row in enumerate(doc.get("confusion_matrix", [])):
         rows += [("confusion", str(t), str(pred), v) for pred, v in enumerate(row)]
     columns = [list(c) for c in zip(*rows)]
-    columns[3] = ["" if v is None else (repr(v) if isinstance(v, float) else str(v)) for v in columns[3]]
+    columns[3] = [None if v is None else (repr(v) if isinstance(v, float) else str(v)) for v in columns[3]]
     return Frame(["metric", "class", "predicted", "value"], columns)
 
 
