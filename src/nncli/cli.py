@@ -74,7 +74,7 @@ def _interrupted(signum, frame):
     os._exit(128 + signum)
 
 
-TERMINATING = ("SIGINT", "SIGTERM", "SIGHUP", "SIGALRM", "SIGUSR1", "SIGUSR2", "SIGXCPU", "SIGXFSZ", "SIGVTALRM", "SIGPROF")
+TERMINATING = ("SIGINT", "SIGTERM", "SIGHUP", "SIGALRM", "SIGUSR1", "SIGUSR2", "SIGXCPU", "SIGXFSZ", "SIGVTALRM", "SIGPROF")  # as entry.py
 
 
 def install_signal_handlers() -> None:

@@ -1,0 +1,179 @@
+"""Hostile environments: closed streams, odd encodings and widths, markup in user text, signals, divergence,
+and the user's mistakes reported as the user's (usage errors, never `internal error`)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import CONFIGS, DATA, assert_error, load_json, write
+
+NNCLI = [sys.executable, "-m", "nncli"]
+THREE = [str(CONFIGS / "three-class.yaml"), str(DATA / "table-5x6.csv"), "-t", "label"]
+
+
+def shell(command: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(command, shell=True, capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+
+
+# -- closed streams ----------------------------------------------------------------------------------
+
+
+def test_closed_standard_input_with_data_from_a_file_just_works(tmp_path):
+    out = tmp_path / "o.csv"
+    result = shell(f"{sys.executable} -m nncli forward {' '.join(THREE)} -o {out} <&-")
+    assert result.returncode == 0 and result.stderr == "" and len(out.read_text().splitlines()) == 6
+
+
+def test_closed_standard_input_as_data_is_one_error_line():
+    result = shell(f"{sys.executable} -m nncli forward {THREE[0]} - -t label <&-")
+    assert result.returncode == 1 and result.stderr == "error: standard input is closed (<stdin>)\n"
+
+
+def test_closed_standard_output(tmp_path):
+    out = tmp_path / "o.csv"
+    ok = shell(f"{sys.executable} -m nncli forward {' '.join(THREE)} -o {out} >&-")
+    assert ok.returncode == 0 and ok.stderr == "" and out.exists()
+    needs_stdout = shell(f"{sys.executable} -m nncli forward {' '.join(THREE)} >&-")
+    assert needs_stdout.returncode == 1 and needs_stdout.stderr == "error: standard output is closed (<stdout>)\n"
+    error = shell(f"{sys.executable} -m nncli forward {THREE[0]} {tmp_path / 'missing.csv'} >&-")
+    assert error.returncode == 1 and error.stderr.count("\n") == 1 and "Traceback" not in error.stderr
+
+
+# -- user text, encodings, widths ---------------------------------------------------------------------
+
+
+def test_markup_in_user_text_is_printed_as_written(nncli, tmp_path):
+    data = write(tmp_path, "d.csv", "[/],[bold red]x\n1,2\n")
+    spec = write(tmp_path, "s.yaml", 'name: "[/bold]"\nlayers:\n  - Linear: {out_features: 1}\n')
+    for args in (["forward", spec, data, "--id-column", "[/]"], ["params", spec, "--inputs", "2"], ["grads", spec, data, "-t", "[/]"]):
+        result = nncli(*args, "-f", "table")
+        assert result.exit_code == 0, result.stderr
+    assert "[/bold]" in nncli("params", spec, "--inputs", "2", "-f", "table").stdout
+    assert "[/]" in nncli("forward", spec, data, "--id-column", "[/]", "-f", "table").stdout
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+def test_tables_fall_back_to_ascii(encoding):
+    for command in (["evaluate", str(CONFIGS / "iris.yaml"), str(DATA / "iris-test.csv"), "-t", "species"],
+                    ["train", str(CONFIGS / "iris.yaml"), str(DATA / "iris-test.csv"), "-t", "species", "--epochs", "3", "--lr", "0.1"]):
+        result = subprocess.run(NNCLI + command + ["-f", "table"], capture_output=True, env={**os.environ, "PYTHONIOENCODING": encoding})
+        assert result.returncode == 0, result.stderr
+        result.stdout.decode(encoding)
+        assert b"Traceback" not in result.stderr
+
+
+def test_columns_that_is_not_a_number(nncli, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "abc")
+    out = tmp_path / "t.txt"
+    assert nncli("forward", *THREE, "-f", "table", "-o", out).exit_code == 0
+    assert "prob_0" in out.read_text()
+
+
+def test_torch_warnings_stay_off_nncli_stderr(tmp_path):
+    """A state_dict saved with torch's legacy (non-zipfile) format makes torch.load warn; nncli says nothing."""
+    import torch
+
+    w = tmp_path / "w.pt"
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3), torch.nn.Softmax(dim=1))
+    torch.save(model.state_dict(), w, _use_new_zipfile_serialization=False)
+    result = subprocess.run(NNCLI + ["forward", *THREE, "--weights", str(w)], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONWARNINGS": "always"})
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+# -- the user's mistakes ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--lr", "-1"), ("--lr", "nan"), ("--lr", "inf"), ("--momentum", "-1"), ("--weight-decay", "-1"), ("--weight-decay", "nan"),
+    ("--seed", "99999999999999999999999"), ("--val-split", "nan"),
+])
+def test_bad_numbers_are_usage_errors(nncli, option, value):
+    args = ["train", CONFIGS / "iris.yaml", DATA / "iris-test.csv", "-t", "species", "--epochs", "1"]
+    args += [] if option == "--lr" else ["--lr", "0.1"]
+    result = nncli(*args, option, value)
+    assert result.exit_code == 2 and "internal error" not in result.stderr, result.stderr
+
+
+def test_step_lr_inf_is_a_usage_error(nncli):
+    assert nncli("step", *THREE, "--lr", "inf").exit_code == 2
+
+
+def test_batchnorm_on_one_row_in_grads_and_step(nncli, tmp_path):
+    spec = write(tmp_path, "bn.yaml", "layers:\n  - BatchNorm1d\n  - Linear: {out_features: 2}\n")
+    for command in (["grads"], ["step", "--lr", "0.1"]):
+        assert_error(nncli(command[0], spec, DATA / "row-16.csv", "-t", "label", *command[1:]), 1, "BatchNorm1d", "2 rows")
+
+
+# -- training that diverges ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["json", "table", "csv"])
+def test_a_diverging_run_stops_and_writes_nothing(nncli, tmp_path, fmt):
+    w = tmp_path / "w.safetensors"
+    w.write_bytes(b"previous")
+    result = nncli("train", CONFIGS / "iris.yaml", DATA / "iris-train.csv", "-t", "species", "--epochs", "3", "--lr", "1e10",
+                   "--save-weights", w, "-f", fmt)
+    assert_error(result, 1, "diverged", "epoch 1, batch")
+    assert w.read_bytes() == b"previous"
+
+
+# -- signals ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGALRM, signal.SIGUSR1, signal.SIGXCPU])
+def test_every_terminating_signal_cleans_up(tmp_path, sig):
+    out = tmp_path / "out.csv"
+    out.write_text("precious\n")
+    proc = subprocess.Popen(NNCLI + ["forward", str(CONFIGS / "hand-checkable.yaml"), "-", "-o", str(out), "-b", "1"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdin.write(b"a,b\n" + b"1,2\n" * 50_000)
+    proc.stdin.flush()
+    deadline = time.monotonic() + 30
+    while not any(name.endswith(".tmp") for name in os.listdir(tmp_path)):
+        assert time.monotonic() < deadline and proc.poll() is None, "no temporary file appeared"
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + sig and b"Traceback" not in err
+    assert out.read_text() == "precious\n" and os.listdir(tmp_path) == ["out.csv"]
+
+
+def test_sighup_removes_the_stdin_spool(tmp_path):
+    spool_dir = tmp_path / "tmp"
+    spool_dir.mkdir()
+    proc = subprocess.Popen(NNCLI + ["step", str(CONFIGS / "hand-checkable.yaml"), "-", "-t", "b", "--lr", "0.1"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "TMPDIR": str(spool_dir)})
+    proc.stdin.write(b"a,b\n" + b"1,0.5\n" * 1000)
+    proc.stdin.flush()  # stdin stays open: nncli keeps spooling
+    deadline = time.monotonic() + 30
+    while not os.listdir(spool_dir):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else "no spool"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGHUP)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGHUP
+    assert os.listdir(spool_dir) == []
+
+
+def test_ctrl_c_at_start_up_is_quiet():
+    """From nncli's first line on (entry.py), before typer, rich or torch are imported. The
+    interpreter's own start (importing `site`) comes before any of nncli's code and is out of reach,
+    so the signals are sent after twice the time a bare interpreter takes to start here."""
+    start = time.monotonic()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    bare = time.monotonic() - start
+    for delay in (2 * bare, 2 * bare + 0.05, 2 * bare + 0.15):
+        proc = subprocess.Popen(NNCLI + ["forward", *THREE], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert b"Traceback" not in err and b"KeyboardInterrupt" not in err, (delay, err)
+        assert proc.returncode in (130, 0), (delay, proc.returncode)
