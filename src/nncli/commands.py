@@ -352,11 +352,11 @@ MAX_TABLE_CLASSES = 1000
 
 
 def _read_labels(texts) -> "object":
-    return _read_labels_from([list(texts)], "LABEL")
+    return _read_labels_from([[t.encode("utf-8", "surrogateescape") for t in texts]], "LABEL")
 
 
 def _stdin_blocks():
-    """Labels from standard input, a block of whole tokens at a time (20 MB of labels never sit in a Python list)."""
+    """Labels from standard input, a block of whole tokens (bytes) at a time: 20 MB of labels never sit in a Python list of str."""
     import sys
 
     stream = sys.stdin.buffer if sys.stdin is not None else None
@@ -372,29 +372,38 @@ def _stdin_blocks():
         if cut < 0:
             continue
         block, pending = pending[:cut], pending[cut:]
-        yield [t.decode("utf-8", "replace") for t in block.split()]
+        yield block.split()
     if pending.strip():
-        yield [t.decode("utf-8", "replace") for t in pending.split()]
+        yield pending.split()
 
 
 def _read_labels_from(blocks, where: str):
-    """Class indices as an int64 array; the first bad label is named by its position."""
+    """Class indices as an int64 array; the first bad label is named by its position.
+
+    Plain digits convert in numpy at once; a block with anything else (1.0, 1e2, a typo) is parsed
+    label by label, which accepts what float() reads as a whole number and names the first bad one."""
     import numpy as np
 
     parts, seen = [], 0
-    for texts in blocks:
-        numbers = np.empty(len(texts), dtype=np.int64)
-        for i, text in enumerate(texts):
-            number = parse_number(text)
-            if number is None or not number.is_integer():
-                raise NncliError(f"label {seen + i}: {text!r} is not an integer", where)
-            if number < 0:
-                raise NncliError(f"label {seen + i}: {text} is negative; one-hot labels are class indices from 0", where)
-            if number >= 2**62:
-                raise NncliError(f"label {seen + i}: {text} is too large for a class index", where)
-            numbers[i] = int(number)
+    for tokens in blocks:
+        try:
+            if any(len(t) > 18 for t in tokens[:1]) or not all(t.isdigit() for t in tokens):
+                raise ValueError
+            numbers = np.array(tokens).astype(np.int64) if tokens else np.zeros(0, dtype=np.int64)
+        except ValueError:
+            numbers = np.empty(len(tokens), dtype=np.int64)
+            for i, raw in enumerate(tokens):
+                text = raw.decode("utf-8", "replace")
+                number = parse_number(text)
+                if number is None or not number.is_integer():
+                    raise NncliError(f"label {seen + i}: {text!r} is not an integer", where) from None
+                if number < 0:
+                    raise NncliError(f"label {seen + i}: {text} is negative; one-hot labels are class indices from 0", where) from None
+                if number >= 2**62:
+                    raise NncliError(f"label {seen + i}: {text} is too large for a class index", where) from None
+                numbers[i] = int(number)
         parts.append(numbers)
-        seen += len(texts)
+        seen += len(tokens)
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 

@@ -264,6 +264,12 @@ def write_onehot(stream: BinaryIO, fmt: str, labels, classes: int) -> None:
         for part in cells(None, header):
             stream.write(part)
         stream.write(b"\n")
+        if classes <= 4096:  # narrow rows: each class's line made once, lines joined a block at a time
+            lines = [row(0, classes, c) + b"\n" for c in range(classes)]
+            for start in range(0, len(labels), 65536):
+                stream.write(b"".join([lines[c] for c in labels[start:start + 65536].tolist()]))
+            stream.flush()
+            return
         for hot in labels.tolist():
             for part in cells(hot, row):
                 stream.write(part)
