@@ -97,7 +97,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(nncli, tmp_path, mo
 
 
 def test_a_failed_weights_write_leaves_the_old_file(nncli, tmp_path, monkeypatch):
-    from nncli import commands
+    from nncli import model
 
     w = tmp_path / "w.safetensors"
     w.write_bytes(b"old weights")
@@ -106,7 +106,7 @@ def test_a_failed_weights_write_leaves_the_old_file(nncli, tmp_path, monkeypatch
         stream.write(b"partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(commands, "write_weights", fail)
+    monkeypatch.setattr(model, "write_weights", fail)
     result = nncli("step", CONFIGS / "net-16-8-4-2.yaml", DATA / "row-16.csv", "-t", "label", "--lr", "0.1", "--save-weights", w, "--force")
     assert_error(result, 1, "No space left")
     assert w.read_bytes() == b"old weights"

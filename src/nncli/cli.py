@@ -1,8 +1,9 @@
-"""The command line: parse options, call the core, turn errors into one `error:` line.
+"""The command line's edge: the Typer app, one registration line per command, and the one place
+where errors become an `error:` line, warnings a `warning:` line, and signals a clean exit.
 
-No torch math and no formatting here. Options are defined once in options.py and shared by
-every command that takes them, so they are spelled and documented the same everywhere. torch
-is imported only inside the commands that need it.
+Each command lives in its family's module under commands/ (its options, its call into the
+library, its rendering); options shared by several commands are declared once in options.py.
+No torch math and no formatting here; torch is imported only inside the commands that need it.
 """
 
 from __future__ import annotations
@@ -11,17 +12,13 @@ import functools
 import os
 import signal
 import sys
+import warnings
 from typing import Annotated, Optional
 
 import typer
 
 from nncli import __version__
-from nncli.errors import NncliError, UsageError
-from nncli.options import (
-    DEFAULT_MAX_PARAMS, MODEL, OUTPUT, READ, RUNTIME, SIGNAL, TARGETS, TENSORS, BatchSize, Data, Dtype, Force, IdColumn, Inputs, Loss,
-    MaxParams, SaveWeights, Seed, Spec, Target, Threshold, data_options, finite_non_negative, loss_options, model_options,
-    output_options, with_options,
-)
+from nncli.errors import NncliError, NncliWarning, UsageError
 
 app = typer.Typer(
     name="nncli",
@@ -103,7 +100,11 @@ def handled(fn):
         previous = {s: signal.getsignal(s) for s in signals}
         install_signal_handlers()
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's own warnings: nncli's stderr carries only nncli's lines
+                warnings.simplefilter("always", NncliWarning)
+                warnings.showwarning = _show_warning
+                return fn(*args, **kwargs)
         except typer.Exit:
             raise
         except UsageError as e:
@@ -139,6 +140,12 @@ def handled(fn):
                     signal.signal(s, handler)
 
     return wrapper
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    from nncli.commands.common import warn
+
+    warn(str(message))
 
 
 def _is_broken_pipe(e: OSError) -> bool:
@@ -183,193 +190,25 @@ def main_callback(
 
 
 
-@app.command()
-@handled
-@with_options(MODEL, READ, OUTPUT, RUNTIME)
-def forward(
-    spec: Spec,
-    data: Data,
-    target: Target = None,
-    id_column: IdColumn = None,
-    threshold: Threshold = 0.5,
-    batch_size: BatchSize = None,
-    show_all: Annotated[bool, typer.Option("--all", help="On a terminal, show every row (default: the first and last that fit; files and pipes always get every row).")] = False,
-    model: dict = None,
-    read: dict = None,
-    output: dict = None,
-    runtime: dict = None,
-) -> None:
-    """Run the model in eval mode over every row: outputs, probabilities, predicted classes."""
-    from nncli import commands
-
-    commands.forward(
-        model_options(spec, model, runtime),
-        data_options(data, read, {"target": target}, id_column),
-        output_options(output),
-        batch_size,
-        threshold,
-        show_all,
-    )
+# -- commands: each lives in its family's module (options, call into the library, rendering) -----------
 
 
-@app.command()
-@handled
-@with_options(TARGETS, SIGNAL, MODEL, READ, OUTPUT, RUNTIME)
-def loss(spec: Spec, data: Data, targets: dict = None, signal: dict = None, model: dict = None, read: dict = None, output: dict = None, runtime: dict = None) -> None:
-    """The loss of the model's outputs against the targets (eval mode)."""
-    from nncli import commands
+def _register() -> None:
+    from nncli.commands import fit, inspect, outputs, signal as signal_commands
 
-    commands.loss(model_options(spec, model, runtime), data_options(data, read, targets), output_options(output), loss_options(signal, scalar_only=False))
-
-
-@app.command()
-@handled
-@with_options(TARGETS, SIGNAL, TENSORS, MODEL, READ, OUTPUT, RUNTIME)
-def grads(
-    spec: Spec, data: Data,
-    inputs: Annotated[bool, typer.Option("--inputs", help="The gradient of the loss with respect to each input row (d loss / d x, as x.requires_grad_() gives), for any model.")] = False,
-    targets: dict = None, signal: dict = None, tensors: dict = None,
-    model: dict = None, read: dict = None, output: dict = None, runtime: dict = None,
-) -> None:
-    """Every parameter's gradient of the loss (forward and backward in train mode)."""
-    from nncli import commands
-
-    commands.grads(
-        model_options(spec, model, runtime), data_options(data, read, targets), output_options(output),
-        loss_options(signal, scalar_only=True), tensors["layer"], tensors["summary"], tensors["full"], inputs,
-    )
+    app.command()(handled(outputs.forward))
+    app.command()(handled(outputs.onehot))
+    app.command()(handled(signal_commands.loss))
+    app.command()(handled(signal_commands.grads))
+    app.command()(handled(signal_commands.step))
+    app.command("params")(handled(inspect.params))
+    app.command("summary", help="The same as params: the model layer by layer, like torchinfo's summary.")(handled(inspect.params))
+    app.command()(handled(inspect.init))
+    app.command()(handled(fit.train))
+    app.command()(handled(fit.evaluate))
 
 
-@app.command()
-@handled
-@with_options(TARGETS, SIGNAL, TENSORS, MODEL, READ, OUTPUT, RUNTIME)
-def step(
-    spec: Spec,
-    data: Data,
-    lr: Annotated[float, typer.Option("--lr", metavar="LR", help="The learning rate: p <- p - lr * grad.", show_default=False, callback=finite_non_negative)],
-    save_weights: SaveWeights = None,
-    targets: dict = None, signal: dict = None, tensors: dict = None, model: dict = None, read: dict = None, output: dict = None, runtime: dict = None,
-) -> None:
-    """One plain gradient-descent update of every parameter; the loss before and after."""
-    from nncli import commands
-
-    commands.step(
-        model_options(spec, model, runtime), data_options(data, read, targets), output_options(output),
-        loss_options(signal, scalar_only=True), lr, save_weights, tensors["layer"], tensors["summary"], tensors["full"],
-    )
-
-
-@app.command()
-@handled
-@with_options(OUTPUT)
-def onehot(
-    labels: Annotated[list[str], typer.Argument(metavar="LABEL", help="Class indices, or - to read one a line from standard input (write -- before negative numbers).", show_default=False)],
-    num_classes: Annotated[Optional[int], typer.Option("--num-classes", "-n", metavar="N", help="The number of classes (default: the largest label + 1).", min=1)] = None,
-    output: dict = None,
-) -> None:
-    """One-hot rows, as torch.nn.functional.one_hot gives them."""
-    from nncli import commands
-
-    commands.onehot(labels, num_classes, output_options(output))
-
-
-@handled
-@with_options(TENSORS, MODEL, OUTPUT)
-def params(
-    spec: Spec,
-    inputs: Inputs = None,
-    values: Annotated[bool, typer.Option("--values", help="Also show every parameter's values (seeded or --weights).")] = False,
-    max_params: MaxParams = DEFAULT_MAX_PARAMS,
-    tensors: dict = None, model: dict = None, output: dict = None,
-) -> None:
-    """Each layer's type, arguments, output shape and parameter count (counted, not allocated)."""
-    from nncli import commands
-
-    commands.params(
-        model_options(spec, model, {"max_params": max_params}, inputs), output_options(output),
-        values and not tensors["summary"], tensors["layer"], tensors["full"],
-    )
-
-
-app.command("params")(params)
-app.command("summary", help="The same as params: the model layer by layer, like torchinfo's summary.")(params)
-
-
-@app.command()
-@handled
-@with_options(RUNTIME)
-def init(
-    spec: Spec,
-    output: Annotated[str, typer.Option("--output", "-o", metavar="FILE", help="The weights file to write (.safetensors, .pt or .pth).", show_default=False)],
-    seed: Seed = None,
-    inputs: Inputs = None,
-    dtype: Dtype = "float32",
-    force: Force = False,
-    runtime: dict = None,
-) -> None:
-    """Write the seeded initial weights, to load back anywhere with --weights."""
-    from nncli import commands
-
-    commands.init(model_options(spec, {"seed": seed, "dtype": dtype}, runtime, inputs), output, force)
-
-
-@app.command()
-@handled
-@with_options(TARGETS, MODEL, READ, OUTPUT, RUNTIME)
-def train(
-    spec: Spec,
-    data: Data,
-    epochs: Annotated[int, typer.Option("--epochs", "-e", metavar="N", help="Passes over the training rows.", min=1, show_default=False)],
-    lr: Annotated[float, typer.Option("--lr", metavar="LR", help="The learning rate.", show_default=False, callback=finite_non_negative)],
-    save_weights: SaveWeights = None,
-    optimizer: Annotated[str, typer.Option("--optimizer", metavar="NAME", help="sgd, adam or adamw (torch.optim's, with torch's defaults).")] = "sgd",
-    momentum: Annotated[Optional[float], typer.Option("--momentum", metavar="M", help="SGD momentum.", callback=finite_non_negative)] = None,
-    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", metavar="W", help="Weight decay (default: the optimizer's own).", callback=finite_non_negative)] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", metavar="N", help="Rows per optimizer step.", min=1)] = 32,
-    shuffle: Annotated[Optional[bool], typer.Option("--shuffle/--no-shuffle", help="Reshuffle the rows every epoch with torch.randperm (default: on, off with --stream).", show_default=False)] = None,
-    val_split: Annotated[Optional[float], typer.Option("--val-split", metavar="F", help="Hold out this fraction of DATA for validation (drawn with the seed).", callback=finite_non_negative)] = None,
-    val: Annotated[Optional[str], typer.Option("--val", metavar="FILE", help="A validation CSV with the same columns as DATA.")] = None,
-    patience: Annotated[Optional[int], typer.Option("--patience", metavar="N", help="Stop after N epochs without a better validation loss, keeping the best weights.", min=1)] = None,
-    resume: Annotated[Optional[str], typer.Option("--resume", metavar="FILE", help="Start from these saved weights instead of the seeded ones.")] = None,
-    stream: Annotated[bool, typer.Option("--stream", help="Read DATA batch by batch every epoch instead of loading it (files larger than memory).")] = False,
-    loss: Loss = None,
-    targets: dict = None, model: dict = None, read: dict = None, output: dict = None, runtime: dict = None,
-) -> None:
-    """Fit the model: the standard PyTorch loop (zero_grad, forward, loss, backward, step)."""
-    from nncli import commands
-    from nncli.training import TrainOptions
-
-    if resume and model["weights"]:
-        raise UsageError("--resume and --weights both name starting weights; give one")
-    model["weights"] = resume or model["weights"]
-    commands.train(
-        model_options(spec, model, runtime),
-        data_options(data, read, targets),
-        output_options(output),
-        loss,
-        TrainOptions(epochs, lr, optimizer, momentum, weight_decay, batch_size, (not stream) if shuffle is None else shuffle, patience),
-        val_split,
-        val,
-        save_weights,
-        stream,
-    )
-
-
-@app.command()
-@handled
-@with_options(TARGETS, MODEL, READ, OUTPUT, RUNTIME)
-def evaluate(
-    spec: Spec,
-    data: Data,
-    loss: Loss = None,
-    batch_size: BatchSize = None,
-    threshold: Threshold = 0.5,
-    targets: dict = None, model: dict = None, read: dict = None, output: dict = None, runtime: dict = None,
-) -> None:
-    """The loss and the metrics that fit the loss: accuracy, per-class F1 and a confusion matrix; per-label scores; or MSE, MAE and R²."""
-    from nncli import commands
-
-    commands.evaluate(model_options(spec, model, runtime), data_options(data, read, targets), output_options(output), loss, batch_size, threshold)
+_register()
 
 
 class _ClosedStream:
@@ -407,9 +246,7 @@ def main() -> None:
         _debug["argv"] = True  # --debug anywhere on the line, as every internal error message suggests
         sys.argv = [a for i, a in enumerate(sys.argv) if a != "--debug" or i == 0]
     else:
-        import warnings
-
-        warnings.simplefilter("ignore")  # torch's own UserWarnings: nncli's stderr carries only nncli's lines
+        warnings.simplefilter("ignore")  # torch's own UserWarnings, at import too: nncli's stderr carries only nncli's lines
     if sys.stdout is None:
         sys.stdout = _ClosedStream("output")
     if sys.stdin is None:

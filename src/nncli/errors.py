@@ -18,3 +18,8 @@ class NncliError(Exception):
 
 class UsageError(NncliError):
     """A bad combination of command-line options: exit code 2, like Typer's own usage errors."""
+
+
+class NncliWarning(UserWarning):
+    """Something the user should know (a NaN in the data, a loss that does not fit the head); the
+    library issues it through `warnings`, the CLI prints it as one `warning:` line."""

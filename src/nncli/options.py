@@ -15,7 +15,18 @@ from typing import Annotated, Any, Optional
 import typer
 
 from nncli.errors import UsageError
+from nncli.render import FORMATS  # noqa: F401  (the one list of formats)
 
+def finite_non_negative(value: Optional[float]) -> Optional[float]:
+    """A rate or a fraction: a number at or above 0 (not NaN, not infinite), else a usage error."""
+    import math
+
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise typer.BadParameter(f"must be a finite number at or above 0, got {value}")
+    return value
+
+
+LearningRate = Annotated[float, typer.Option("--lr", metavar="LR", help="The learning rate (p <- p - lr * grad for step).", show_default=False, callback=finite_non_negative)]
 Spec = Annotated[str, typer.Argument(metavar="SPEC", help="The model spec (YAML).", show_default=False)]
 Data = Annotated[str, typer.Argument(metavar="DATA", help="A CSV file, or - for standard input.", show_default=False)]
 Seed = Annotated[Optional[int], typer.Option("--seed", metavar="N", help="Seed for the initial weights (default: the spec's seed, else 0).", min=0, max=2**64 - 1)]
@@ -60,7 +71,6 @@ from nncli.model import DEFAULT_MAX_PARAMS  # noqa: E402  (no torch at import)
 
 DEFAULT_MAX_LAYERS = 10_000
 DTYPES = ("float32", "float64")
-FORMATS = ("table", "csv", "tsv", "json", "jsonl")
 MODES = ("train", "eval")
 
 
@@ -108,54 +118,36 @@ def with_options(*groups: Group):
     return decorate
 
 
-def finite_non_negative(value: Optional[float]) -> Optional[float]:
-    """A rate or a fraction: a number at or above 0 (not NaN, not infinite), else a usage error."""
-    import math
-
-    if value is not None and not (math.isfinite(value) and value >= 0):
-        raise typer.BadParameter(f"must be a finite number at or above 0, got {value}")
-    return value
-
-
 def choice(value: Optional[str], allowed: tuple, option: str) -> Optional[str]:
     if value is not None and value not in allowed:
         raise UsageError(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
     return value
 
 
-def model_options(spec: str, model: dict | None = None, runtime: dict | None = None, inputs: int | None = None):
-    from nncli.session import ModelOptions
+def load_model(spec: str, model: dict | None = None, runtime: dict | None = None, inputs: int | None = None):
+    """The library's Model for the command's options (the spec is read and checked now)."""
+    from nncli.api import Model
+    from nncli.spec import load_spec
 
     values = {**(model or {}), **(runtime or {})}
     choice(values.get("dtype"), DTYPES, "--dtype")
-    return ModelOptions(spec, inputs=inputs, **values)
+    parsed = load_spec(spec, max_layers=values.get("max_layers") or DEFAULT_MAX_LAYERS)
+    return Model(parsed, seed=values.get("seed"), weights=values.get("weights"), dtype=values.get("dtype") or "float32", inputs=inputs,
+                 max_params=values.get("max_params", DEFAULT_MAX_PARAMS), device=values.get("device", "cpu"), threads=values.get("threads"))
 
 
-def output_options(output: dict):
-    from nncli.session import OutputOptions
+def output_options(output: dict, inputs: list | None = None):
+    from nncli.commands.common import OutputOptions
 
     choice(output.get("fmt"), FORMATS, "--format")
-    return OutputOptions(output["fmt"], output["output"], output.get("precision"), output["force"], output.get("quiet", False))
+    return OutputOptions(output["fmt"], output["output"], output.get("precision"), output["force"], output.get("quiet", False),
+                         [i for i in (inputs or []) if i])
 
 
-def data_options(data: str, read: dict, targets: dict | None = None, id_column: str | None = None):
-    from nncli.data import DataOptions
+def read_options(read: dict, targets: dict | None = None, id_column: str | None = None):
+    """How the library is to read DATA, from the READ and TARGETS groups."""
+    from nncli.api import Read
 
     targets = targets or {}
-    options = DataOptions(
-        data, read["delimiter"], read["header"], read["features"] or [], targets.get("target") or [], targets.get("targets"), id_column
-    )
-    if read.get("decimal_comma"):
-        options.decimal_comma = True
-    return options
-
-
-def loss_options(signal: dict, scalar_only: bool):
-    from nncli.commands import LossOptions
-    from nncli.losses import REDUCTIONS
-
-    choice(signal["reduction"], REDUCTIONS, "--reduction")
-    choice(signal["mode"], MODES, "--mode")
-    if scalar_only and signal["reduction"] == "none":
-        raise UsageError("--reduction none gives no single loss to differentiate; use mean or sum")
-    return LossOptions(signal["loss"], signal["reduction"], signal["mode"], signal["batch_size"])
+    return Read(targets.get("target") or None, targets.get("targets"), read["features"] or None, id_column, read["delimiter"],
+                read["header"], bool(read.get("decimal_comma")))

@@ -92,3 +92,40 @@ def long_rows(named: dict[str, dict], value_names: list[str], precision: int | N
             columns[v].append(values[v].detach().cpu().numpy().reshape(-1))
     arrays = [np.concatenate(columns[v]) if columns[v] else np.zeros(0) for v in value_names]
     return Frame(["parameter", "index"] + value_names, [params, indices] + arrays)
+
+
+def summary_rows(named: dict, precision) -> tuple[list[dict], "Frame"]:
+    """Per tensor: shape, norm, min, max, mean |x| (computed in float64), as records and as a frame."""
+    import numpy as np
+
+    from nncli.render import Frame
+    from nncli.texts import jsonable
+
+    records, names = [], ["parameter", "shape", "norm", "min", "max", "mean_abs"]
+    for name, tensor in named.items():
+        t = tensor.detach().double()
+        empty = t.numel() == 0
+        stats = [None] * 4 if empty else [float(v) for v in (t.norm(), t.min(), t.max(), t.abs().mean())]
+        records.append({"parameter": name, "shape": list(tensor.shape), **dict(zip(names[2:], stats))})
+    columns = [[r["parameter"] for r in records], [shape_text(r["shape"]) for r in records]]
+    columns += [np.array([np.nan if r[k] is None else r[k] for r in records], dtype=np.float64) for k in names[2:]]
+    return [{k: (jsonable(np.float64(v), precision) if isinstance(v, float) else v) for k, v in r.items()} for r in records], Frame(names, columns)
+
+
+def shape_text(shape: list) -> str:
+    return "[" + ", ".join(str(s) for s in shape) + "]"
+
+
+def summary_long(parts: dict, order: list[str]) -> "Frame":
+    """step --summary as tidy rows: parameter, part (before, grad, after), shape, norm, min, max, mean_abs."""
+    import numpy as np
+
+    from nncli.render import Frame
+
+    names = ["parameter", "part", "shape", "norm", "min", "max", "mean_abs"]
+    rows = [(name, part, shape_text(parts[part][name]["shape"])) + tuple(parts[part][name][k] for k in names[3:])
+            for name in order for part in parts]
+    columns = [list(c) for c in zip(*rows)] if rows else [[] for _ in names]
+    for i in range(3, 7):
+        columns[i] = np.array([np.nan if v is None else v for v in columns[i]], dtype=np.float64)
+    return Frame(names, columns)

@@ -1,0 +1,554 @@
+"""nncli as a Python library: the objects every command is built on, returning results, never printing.
+
+    import nncli
+    m = nncli.load("spec.yaml")                       # the spec is read now, the model built on first use
+    m.forward("data.csv", target=["label"])           # a polars DataFrame, the columns of `nncli forward -f csv`
+    m.loss("data.csv", target="label")                # a float
+    m.grads("data.csv", target="label")               # {"0.weight": tensor, ...}, keyed as the state_dict
+    nncli.train(m, "train.csv", target="label", epochs=5, lr=0.1)
+    m.save("w.safetensors")
+
+DATA is a path (CSV; "-" for standard input) or a table in memory: a polars, pandas or pyarrow table
+or a 2-D numpy array. Every value equals the CLI's for the same arguments, because the CLI is this
+module plus rendering. Errors are `NncliError`s carrying the message the CLI prints; warnings are
+`NncliWarning`s through Python's `warnings`. Nothing here prints, exits, installs signal handlers or
+changes the environment; torch is imported when a model is first built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+from nncli.backprop import needs_one_batch
+from nncli.data import DEFAULT_BATCH_ROWS, DataOptions, Dataset, prefetched, spooled
+from nncli.errors import NncliError, NncliWarning, UsageError
+from nncli.forward import Head, head_of
+from nncli.frames import FrameData, is_table
+from nncli.losses import LossChoice, choose_loss, loss_warnings, spec_loss
+from nncli.model import DEFAULT_MAX_PARAMS
+from nncli.spec import Spec
+
+
+def _listed(value) -> list[str]:
+    if value is None:
+        return []
+    return [str(value)] if isinstance(value, (str, int)) else [str(v) for v in value]
+
+
+@dataclass
+class Read:
+    """How to read DATA: columns, and for CSV the delimiter, header and decimal comma."""
+
+    target: Any = None
+    targets_file: str | None = None
+    features: Any = None
+    id_column: str | None = None
+    delimiter: str | None = None
+    header: bool | None = None
+    decimal_comma: bool = False
+    label: str | None = None  # the name DATA goes by in messages, when it is a spooled copy of standard input
+
+
+def open_data(data, read: Read, want_targets: bool = False):
+    """A path (or "-") -> a streaming Dataset; a table in memory -> FrameData. Warnings are issued."""
+    if is_table(data):
+        if read.targets_file:
+            raise UsageError("targets_file is for CSV files; pass the targets as a column of the table")
+        source = FrameData(data, _listed(read.target), _listed(read.features), read.id_column, want_targets)
+    else:
+        options = DataOptions(os.fspath(data), read.delimiter, read.header, _listed(read.features), _listed(read.target),
+                              read.targets_file, read.id_column, read.label)
+        if read.decimal_comma:
+            options.decimal_comma = True
+        source = Dataset(options, want_targets)
+    for message in getattr(source, "warnings", []):
+        warnings.warn(message, NncliWarning, stacklevel=3)
+    return source
+
+
+def rows_per_batch(built, train: bool, batch_size: int | None) -> int | None:
+    """The one batching rule of loss, grads, step and evaluate: `batch_size` rows (default 16384), or
+    every row in one batch where train-mode BatchNorm or Dropout needs the whole batch. Data that fits
+    one batch is computed exactly as PyTorch computes it on the whole tensor."""
+    return None if needs_one_batch(built, train) else (batch_size or DEFAULT_BATCH_ROWS)
+
+
+@dataclass
+class LossReport:
+    """A loss over DATA, and where it came from."""
+
+    tensor: Any  # the 0-d tensor (None with reduction 'none')
+    loss_fn: str  # as PyTorch code would name it
+    loss_from: str  # "--loss", "the spec" or "the head"
+    reduction: str
+    rows: int
+    per_row: Any = None  # numpy array, with reduction 'none'
+    gradients: dict = field(default_factory=dict)  # parameter name -> tensor (grads, step)
+    input_gradients: Any = None  # d loss / d input rows (grads with inputs=True)
+    feature_names: list = field(default_factory=list)
+
+    @property
+    def value(self):
+        """The loss as a Python float, or a numpy array of per-row losses with reduction 'none'."""
+        return self.per_row if self.tensor is None else float(self.tensor)
+
+
+@dataclass
+class StepResult:
+    """One gradient-descent step: the loss before and after, and every parameter before, its gradient and after."""
+
+    before: LossReport
+    after: LossReport
+    lr: float
+    parameters: dict  # name -> {"before": tensor, "grad": tensor, "after": tensor}
+
+    @property
+    def loss_before(self) -> float:
+        return self.before.value
+
+    @property
+    def loss_after(self) -> float:
+        return self.after.value
+
+
+@dataclass
+class History:
+    """What train did: one record per epoch (losses in the model's dtype), and how it ended."""
+
+    epochs: list  # training.Epoch records
+    loss_fn: str
+    loss_from: str
+    best_epoch: int | None
+    stopped_early: bool
+    options: Any  # the TrainOptions
+
+    def as_dicts(self) -> list[dict]:
+        return [e.as_dict() for e in self.epochs]
+
+
+class Model:
+    """A spec and, from its first use, the seeded `nn.Sequential` it describes."""
+
+    def __init__(self, spec: Spec, *, seed: int | None = None, weights: str | None = None, dtype: str = "float32",
+                 inputs: int | None = None, max_params: int = DEFAULT_MAX_PARAMS, device: str = "cpu", threads: int | None = None) -> None:
+        if dtype not in ("float32", "float64"):
+            raise UsageError(f"dtype must be float32 or float64, got {dtype!r}")
+        self.spec, self.seed, self.weights, self.dtype = spec, seed, weights, dtype
+        self.inputs, self.max_params, self.device_name, self.threads = inputs, max_params, device, threads
+        self.built = None  # nncli.model.Model once built
+
+    # -- building ---------------------------------------------------------------------------------
+
+    def build(self, width: int | None = None, width_from: str = "the input"):
+        """Build the model for `width` input features (once); later calls check the width agrees."""
+        if self.built is not None:
+            expected = self.built.layers[0].in_width if self.built.layers else self._width
+            if width is not None and expected is not None and width != expected:
+                raise NncliError(f"the model expects {expected} features; {width_from} has {width}", self.spec.path)
+            return self.built
+        from nncli.runtime import make_model
+        from nncli.spec import input_width
+
+        given = self.inputs or self.spec.inputs
+        if width is not None and given is not None and given != width:
+            raise NncliError(f"the model expects {given} features; {width_from} has {width}", self.spec.path)
+        if width is None:
+            width, width_from = input_width(self.spec, self.inputs), "--inputs" if self.inputs else "the spec"
+        self._width = width
+        self.built, _ = make_model(self._options(), self.spec, width, width_from)
+        return self.built
+
+    def _options(self):
+        from nncli.runtime import ModelOptions
+
+        return ModelOptions(self.spec.path, seed=self.seed, weights=self.weights, dtype=self.dtype, max_params=self.max_params,
+                            device=self.device_name, threads=self.threads, inputs=self.inputs)
+
+    def resolved(self):
+        """(input width, layers with every argument known) from the spec alone: nothing is allocated,
+        so a model of 10^16 parameters is counted in a moment."""
+        from nncli.spec import input_width, resolve
+
+        if self.inputs and self.spec.inputs and self.inputs != self.spec.inputs:
+            raise UsageError(f"--inputs {self.inputs} disagrees with the spec's inputs: {self.spec.inputs}")
+        width = input_width(self.spec, self.inputs)
+        return width, resolve(self.spec, width, "--inputs" if self.inputs else "the spec's inputs")
+
+    @property
+    def module(self):
+        """The torch.nn.Sequential, seeded exactly as the CLI seeds it (built now if it was not)."""
+        return self.build().module
+
+    @property
+    def caption(self) -> str:
+        return self.build().caption
+
+    def head(self, width: int | None = None) -> Head:
+        built = self.build(width)
+        return head_of(built.layers, width if width is not None else self._width, spec_loss(self.spec.loss, self.spec.path))
+
+    def save(self, path: str, *, what: str = "the weights file") -> None:
+        """Write the state_dict (.safetensors, .pt or .pth by suffix): an existing file is replaced
+        atomically, a device or FIFO written through. `what` names the path in messages."""
+        from nncli import model
+        from nncli.output import output_file
+
+        suffix = model.check_weights_path(path)
+        with output_file(path, what) as f:
+            model.write_weights(model.state_for_saving(self.module), f, suffix)
+
+    # -- opening data -----------------------------------------------------------------------------
+
+    def _open(self, data, read: Read, want_targets: bool, rows=None):
+        """Open DATA first (its width fixes inferred sizes), start reading it, then build the model.
+
+        With `rows` (rows per batch, or a function of the built model giving it), reading starts in a
+        background thread before the model is built, so parsing overlaps torch's import."""
+        source = open_data(data, read, want_targets)
+        batches = prefetched(source.batches(rows)) if isinstance(rows, int) and not is_table(data) else None
+        try:
+            built = self.build(source.n_features, source.name)
+        except NncliError as e:
+            source.close()
+            hint = _target_hint(e, read)
+            if hint:
+                e.what += hint
+                e.args = (e.message,)
+            raise
+        if batches is None:
+            wanted = rows(built) if callable(rows) else rows
+            batches = source.batches(wanted) if is_table(data) else prefetched(source.batches(wanted))
+        return built, source, batches
+
+    # -- forward ----------------------------------------------------------------------------------
+
+    def forward_frames(self, data, *, threshold: float = 0.5, batch_size: int | None = None, read: Read | None = None,
+                       progress: Callable | None = None) -> "ForwardRun":
+        """forward, batch by batch: a ForwardRun whose `frames()` yields (names, columns) per batch."""
+        read = read or Read()
+        built, source, batches = self._open(data, read, want_targets=False, rows=batch_size or DEFAULT_BATCH_ROWS)
+        head = head_of(built.layers, source.n_features, spec_loss(self.spec.loss, self.spec.path))
+        run = ForwardRun(built, head, source, progress(batches, source) if progress else batches, threshold)
+        data_check, output_check = FiniteCheck(f"the data ({source.name})", source.feature_names), FiniteCheck("the model's output", head.output_names())
+        run.checks = [lambda batch, outputs: data_check(batch.x, batch.first_row), lambda batch, outputs: output_check(outputs, batch.first_row)]
+        return run
+
+    def forward(self, data, *, target=None, features=None, id_column=None, threshold: float = 0.5, batch_size: int | None = None,
+                delimiter=None, header=None, decimal_comma: bool = False):
+        """The model in eval mode over every row: a polars DataFrame with the columns and values of `nncli forward -f csv`."""
+        import polars as pl
+
+        run = self.forward_frames(data, threshold=threshold, batch_size=batch_size,
+                                  read=Read(target, None, features, id_column, delimiter, header, decimal_comma))
+        parts = [pl.DataFrame({n: c for n, c in zip(names, columns)}) for names, columns in run.frames()]
+        return pl.concat(parts) if parts else pl.DataFrame()
+
+    def predict_batch(self, batch, *, threshold: float = 0.5):
+        """forward on one batch, returned as the type it was given (for engines' map functions): a
+        numpy array gives the output columns as an array; a polars, pandas or pyarrow table gives a
+        table of forward's columns. Every column of the batch is a feature."""
+        import numpy as np
+
+        frame = FrameData(batch)
+        built = self.build(frame.n_features, "the batch")
+        run = ForwardRun(built, head_of(built.layers, frame.n_features, spec_loss(self.spec.loss, self.spec.path)), frame,
+                         frame.batches(None), threshold)
+        names, columns = next(iter(run.frames()))
+        module = type(batch).__module__.split(".")[0]
+        if module == "numpy":
+            return np.stack([np.asarray(c) for c, n in zip(columns, names) if n not in run.head.class_names()], axis=1)
+        import polars as pl
+
+        out = pl.DataFrame({n: c for n, c in zip(names, columns)})
+        return {"polars": lambda: out, "pandas": out.to_pandas, "pyarrow": out.to_arrow}[module]()
+
+    # -- the training signal ----------------------------------------------------------------------
+
+    def _signal(self, data, read: Read, loss: str | None, reduction: str, train: bool, backward: bool, inputs: bool,
+                batch_size: int | None, progress, observer=None):
+        """Open DATA, build, pick the loss, run forward (and backward) over the batches.
+        `observer(choice, head)`, if given, returns a function that sees every batch's outputs and targets."""
+        from nncli.backprop import compute_loss
+
+        if reduction not in ("mean", "sum", "none"):
+            raise UsageError(f"reduction must be mean, sum or none, got {reduction!r}")
+        if backward and reduction == "none":
+            raise UsageError("reduction none gives no single loss to differentiate; use mean or sum")
+        built, source, batches = self._open(data, read, want_targets=True, rows=lambda b: rows_per_batch(b, train, batch_size))
+        if backward and not inputs and not any(p.requires_grad for p in built.module.parameters()):
+            source.close()
+            raise NncliError("the model has no parameters, so there are no parameter gradients (add --inputs for the gradient "
+                             "of the loss with respect to each input)", self.spec.path)
+        head = head_of(built.layers, source.n_features)
+        choice = self.choose_loss(loss, head)
+        if progress:
+            batches = progress(batches, source)
+        result = compute_loss(built, head, batches, choice, reduction=reduction, train=train, backward=backward, inputs=inputs,
+                              target_names=source.target_names, source=source.name, observe=observer(choice, head) if observer else None)
+        source.close()
+        if result.loss is not None and not bool(result.loss.isfinite()):
+            warnings.warn(f"the loss is {float(result.loss)} (a NaN or inf in the data, or outputs outside the loss's domain)", NncliWarning, stacklevel=3)
+        report = LossReport(result.loss, result.loss_fn, choice.source, reduction, result.rows, feature_names=source.feature_names)
+        if reduction == "none":
+            import numpy as np
+
+            report.per_row = np.concatenate(result.per_row)
+        if inputs and backward:
+            import torch
+
+            report.input_gradients = torch.cat([g.detach() for g in result.input_grads])
+        return report, choice, head
+
+    def choose_loss(self, given: str | None, head: Head) -> LossChoice:
+        """The loss (given, else the spec's, else the head's), its mismatches with the head warned once."""
+        choice = choose_loss(given, self.spec.loss, self.spec.path, head)
+        for message in loss_warnings(choice, head):
+            warnings.warn(message, NncliWarning, stacklevel=4)
+        return choice
+
+    def compute_loss(self, data, *, target=None, loss: str | None = None, reduction: str = "mean", mode: str = "eval",
+                     batch_size: int | None = None, read: Read | None = None, progress=None) -> LossReport:
+        read = read or Read(target=target)
+        return self._signal(data, read, loss, reduction, _train(mode), False, False, batch_size, progress)[0]
+
+    def loss(self, data, *, target=None, loss: str | None = None, reduction: str = "mean", mode: str = "eval",
+             batch_size: int | None = None, **read) -> float:
+        """The loss of the outputs against the targets (eval mode by default), as `nncli loss` gives it."""
+        return self.compute_loss(data, loss=loss, reduction=reduction, mode=mode, batch_size=batch_size, read=Read(target=target, **read)).value
+
+    def compute_grads(self, data, *, target=None, loss: str | None = None, reduction: str = "mean", mode: str = "train",
+                      batch_size: int | None = None, inputs: bool = False, read: Read | None = None, progress=None) -> LossReport:
+        from nncli.backprop import gradients
+
+        read = read or Read(target=target)
+        report, _, _ = self._signal(data, read, loss, reduction, _train(mode), True, inputs, batch_size, progress)
+        if not inputs:
+            report.gradients = gradients(self.built.module)
+        return report
+
+    def grads(self, data, *, target=None, loss: str | None = None, mode: str = "train", batch_size: int | None = None, **read) -> dict:
+        """Every parameter's gradient of the loss (train mode by default), keyed as the state_dict."""
+        return self.compute_grads(data, loss=loss, mode=mode, batch_size=batch_size, read=Read(target=target, **read)).gradients
+
+    def input_grads(self, data, *, target=None, loss: str | None = None, mode: str = "train", batch_size: int | None = None, **read):
+        """d loss / d input for every row (a tensor shaped like the features), for any model."""
+        report = self.compute_grads(data, loss=loss, mode=mode, batch_size=batch_size, inputs=True, read=Read(target=target, **read))
+        return report.input_gradients
+
+    def step(self, data, *, target=None, lr: float, loss: str | None = None, reduction: str = "mean", mode: str = "train",
+             batch_size: int | None = None, read: Read | None = None, progress=None, **more) -> StepResult:
+        """One plain gradient-descent step, p <- p - lr * p.grad, on the model's parameters in place;
+        the loss after it is measured without moving any buffer (BatchNorm's running statistics stay
+        as the one hand-written step left them)."""
+        import torch
+
+        from nncli.backprop import compute_loss, sgd_step
+
+        _check_rate(lr, "lr")
+        read = read or Read(target=target, **more)
+        train = _train(mode)
+        with contextlib.ExitStack() as stack:
+            if not is_table(data):
+                data = _spooled_path(data, read, stack)  # read twice: before and after the update
+            before, choice, head = self._signal(data, read, loss, reduction, train, True, False, batch_size, progress)
+            changes = sgd_step(self.built.module, lr)
+            buffers = {k: v.detach().clone() for k, v in self.built.module.named_buffers()}
+            again = open_data(data, read, want_targets=True)
+            result = compute_loss(self.built, head, again.batches(rows_per_batch(self.built, train, batch_size)), choice,
+                                  reduction=reduction, train=train, target_names=again.target_names, source=again.name)
+            again.close()
+            with torch.no_grad():
+                for k, v in self.built.module.named_buffers():
+                    v.copy_(buffers[k])
+        after = LossReport(result.loss, result.loss_fn, choice.source, reduction, result.rows)
+        return StepResult(before, after, lr, changes)
+
+
+class ForwardRun:
+    """An open forward pass: iterate `frames()` for (names, columns) per batch."""
+
+    def __init__(self, built, head: Head, source, batches, threshold: float) -> None:
+        self.built, self.head, self.source, self.batches, self.threshold = built, head, source, batches, threshold
+        self.names = ([source.id_name] if source.id_name else []) + head.output_names() + head.class_names()
+        self.checks: list = []  # callables(batch, outputs) run on every batch (the CLI's NaN warnings)
+
+    def frames(self) -> Iterator[tuple[list[str], list]]:
+        from nncli.forward import forward_batches
+
+        try:
+            for batch, outputs, classes in forward_batches(self.built, self.head, self.batches, self.built.device, self.threshold):
+                for check in self.checks:
+                    check(batch, outputs)
+                values = outputs.detach().cpu().numpy()
+                columns = [batch.ids] if batch.ids is not None else []
+                columns += [values[:, i] for i in range(values.shape[1])]
+                if classes is not None:
+                    labels = classes.cpu().numpy()
+                    columns += [labels[:, i] for i in range(labels.shape[1])]
+                yield self.names, columns
+        finally:
+            self.source.close()
+
+
+class FiniteCheck:
+    """Warn once, naming the first row and column, when NaN or inf turns up where numbers belong."""
+
+    def __init__(self, what: str, names: list[str]) -> None:
+        self.what, self.names, self.warned = what, names, False
+
+    def __call__(self, values, first_row: int) -> None:
+        import numpy as np
+
+        if self.warned:
+            return
+        values = values.detach().cpu().numpy() if hasattr(values, "detach") else values
+        bad = ~np.isfinite(values)
+        if bad.any():
+            r, c = np.argwhere(bad)[0]
+            self.warned = True
+            warnings.warn(f"{self.what} holds {values[r, c]} at row {first_row + r}, column {self.names[c]!r}", NncliWarning, stacklevel=2)
+
+
+def _train(mode: str | None) -> bool:
+    if mode not in ("train", "eval"):
+        raise UsageError(f"mode must be train or eval, got {mode!r}")
+    return mode == "train"
+
+
+def _check_rate(value, name: str) -> None:
+    import math
+
+    if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise UsageError(f"{name} must be a finite number at or above 0, got {value}")
+
+
+def _spooled_path(data, read: Read, stack):
+    """Standard input copied to a temporary file (removed on exit), so that it can be read again."""
+    if os.fspath(data) != "-":
+        return data
+    read.label = "<stdin>"
+    return spooled(DataOptions("-"), stack).path
+
+
+def _target_hint(error: NncliError, read: Read) -> str:
+    """One more column than the model takes, and no target: the label is probably being read as a feature."""
+    import re
+
+    found = re.match(r"the model expects (\d+) features; .* has (\d+)$", error.what)
+    if found and int(found[2]) > int(found[1]) and not (read.target or read.targets_file or read.features):
+        return " (is a target column among them? name it with --target, or choose features with --features)"
+    return ""
+
+
+def load(spec, *, seed: int | None = None, weights: str | None = None, dtype: str = "float32", inputs: int | None = None,
+         max_params: int = DEFAULT_MAX_PARAMS, max_layers: int | None = None, device: str = "cpu", threads: int | None = None) -> Model:
+    """A model from a spec file (YAML) or a spec as a dict; built, seeded as the CLI seeds it, on first use."""
+    from nncli.spec import DEFAULT_MAX_LAYERS, load_spec, parse_spec
+
+    limit = DEFAULT_MAX_LAYERS if max_layers is None else max_layers
+    parsed = parse_spec(spec, "<dict>", max_layers=limit) if isinstance(spec, dict) else load_spec(os.fspath(spec), max_layers=limit)
+    return Model(parsed, seed=seed, weights=weights, dtype=dtype, inputs=inputs, max_params=max_params, device=device, threads=threads)
+
+
+def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer: str = "sgd", momentum: float | None = None,
+          weight_decay: float | None = None, batch_size: int = 32, shuffle: bool | None = None, val_split: float | None = None,
+          val=None, patience: int | None = None, stream: bool = False, loss: str | None = None, read: Read | None = None,
+          on_epoch: Callable | None = None, **more) -> History:
+    """Fit the model in place: the hand-written loop (see training.py), so the same seed gives the same weights.
+
+    `val` is a path or a table of validation rows with DATA's columns; `on_epoch(record)` sees each epoch."""
+    from nncli.training import TrainOptions, evaluate_in_memory, fit, in_memory_batches, validation_split
+
+    read = read or Read(target=target, **more)
+    if epochs is None or epochs < 1:
+        raise UsageError(f"epochs must be at least 1, got {epochs}")
+    for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
+        _check_rate(value, name)
+    if val_split is not None and val is not None:
+        raise UsageError("give --val-split or --val, not both")
+    if patience is not None and val_split is None and val is None:
+        raise UsageError("--patience watches the validation loss: give --val-split F or --val FILE too")
+    shuffle = (not stream) if shuffle is None else shuffle
+    if stream and (shuffle or val_split is not None):
+        raise UsageError("--stream reads DATA in file order: it takes neither --shuffle nor --val-split (use --val FILE)")
+    options = TrainOptions(epochs, lr, optimizer, momentum, weight_decay, batch_size, shuffle, patience)
+    with contextlib.ExitStack() as stack:
+        if not is_table(data):
+            data = _spooled_path(data, read, stack)  # read more than once: to size the model, then the rows
+        built, source, _ = model._open(data, read, want_targets=True, rows=None)
+        source.close()
+        head = head_of(built.layers, source.n_features)
+        choice = model.choose_loss(loss, head)
+        width = head.width
+        if stream:
+            def batches_for_epoch(epoch):
+                again = open_data(data, read, want_targets=True)
+                for batch in prefetched(again.batches(batch_size, exact=True)):
+                    yield _tensors(built, batch, choice, width, again)
+                again.close()
+        else:
+            x, y = _load_all(built, data, read, choice, width)
+            if val_split is not None:
+                keep, held = validation_split(len(x), val_split, built.seed)
+                x, y, x_val, y_val = x[keep], y[keep], x[held], y[held]
+            batches_for_epoch = in_memory_batches(x, y, batch_size, shuffle)
+        if val is not None:
+            val_read = Read(read.target, None, read.features, read.id_column, read.delimiter, read.header, read.decimal_comma)
+            x_val, y_val = _load_all(built, val if is_table(val) else _spooled_path(val, val_read, stack), val_read, choice, width)
+        validate = (lambda: evaluate_in_memory(built.module, choice, width, x_val, y_val)) if (val_split or val is not None) else None
+        epochs_done, best, best_epoch = fit(built.module, choice, width, batches_for_epoch, options, validate, on_epoch or (lambda r: None))
+    if best is not None:
+        built.module.load_state_dict(best)
+    return History(epochs_done, choice.label, choice.source, best_epoch, best is not None and len(epochs_done) < epochs, options)
+
+
+def _tensors(built, batch, choice, width: int, source):
+    """A batch's features and targets as the model and the loss take them."""
+    from nncli.forward import to_tensor
+    from nncli.losses import make_targets
+    from nncli.model import torch_dtype
+
+    dtype = torch_dtype(built.dtype)
+    x = to_tensor(batch.x, dtype, built.device)
+    return x, make_targets(choice, batch.y, width, batch.first_row, source.target_names, dtype, built.device, source.name)
+
+
+def _load_all(built, data, read: Read, choice, width: int):
+    """Every row as one pair of tensors (training shuffles them; validation scores them)."""
+    source = open_data(data, read, want_targets=True)
+    expected = built.layers[0].in_width if built.layers else None
+    if expected is not None and source.n_features != expected:
+        raise NncliError(f"the model expects {expected} features; {source.name} has {source.n_features}", source.name)
+    batch = next(iter(source.batches(None)))
+    source.close()
+    return _tensors(built, batch, choice, width, source)
+
+
+def evaluate(model: Model, data, *, target=None, loss: str | None = None, threshold: float = 0.5, batch_size: int | None = None,
+             read: Read | None = None, progress=None, **more) -> dict:
+    """The loss (eval mode) and the metrics that fit the loss, in one streaming pass: what `nncli evaluate -f json` prints."""
+    import numpy as np
+
+    from nncli.metrics import Confusion, MultiLabel, Regression, actual, class_count, kind_of, predicted
+    from nncli.render import jsonable
+
+    read = read or Read(target=target, **more)
+    state: dict = {}
+
+    def observer(choice, head):
+        kind = kind_of(choice, head.width)
+        state["metrics"] = metrics = {"classes": lambda: Confusion(class_count(choice, head.width)),
+                                      "labels": lambda: MultiLabel(head.width), "regression": Regression}[kind]()
+        if kind == "regression":
+            return metrics.add
+        return lambda outputs, targets: metrics.add(actual(choice, targets), predicted(choice, outputs, threshold))
+
+    report, _, _ = model._signal(data, read, loss, "mean", False, False, False, batch_size, progress, observer)
+    metrics = state["metrics"].report(model.dtype)
+    doc = {"loss": jsonable(report.tensor), "loss_fn": report.loss_fn, "loss_from": report.loss_from, "rows": report.rows,
+           **{k: (jsonable(v) if isinstance(v, (float, np.floating)) else v) for k, v in metrics.items()}}
+    return doc

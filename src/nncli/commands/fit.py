@@ -1,0 +1,152 @@
+"""Fitting and judging: train (the hand-written loop) and evaluate (the loss and the metrics that fit it)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from nncli.commands.common import caption, emit, note, rows_text
+from nncli.options import (
+    MODEL, OUTPUT, READ, RUNTIME, TARGETS, BatchSize, Data, LearningRate, Loss, SaveWeights, Spec, Threshold, finite_non_negative,
+    load_model, output_options, read_options, with_options,
+)
+from nncli.render import Frame, Report, fmt, frame_table, key_value_table
+from nncli.texts import jsonable
+
+Epochs = Annotated[int, typer.Option("--epochs", "-e", metavar="N", help="Passes over the training rows.", min=1, show_default=False)]
+Optimizer = Annotated[str, typer.Option("--optimizer", metavar="NAME", help="sgd, adam or adamw (torch.optim's, with torch's defaults).")]
+Momentum = Annotated[Optional[float], typer.Option("--momentum", metavar="M", help="SGD momentum.", callback=finite_non_negative)]
+WeightDecay = Annotated[Optional[float], typer.Option("--weight-decay", metavar="W", help="Weight decay (default: the optimizer's own).", callback=finite_non_negative)]
+TrainBatch = Annotated[int, typer.Option("--batch-size", "-b", metavar="N", help="Rows per optimizer step.", min=1)]
+Shuffle = Annotated[Optional[bool], typer.Option("--shuffle/--no-shuffle", help="Reshuffle the rows every epoch with torch.randperm (default: on, off with --stream).", show_default=False)]
+ValSplit = Annotated[Optional[float], typer.Option("--val-split", metavar="F", help="Hold out this fraction of DATA for validation (drawn with the seed).", callback=finite_non_negative)]
+ValFile = Annotated[Optional[str], typer.Option("--val", metavar="FILE", help="A validation CSV with the same columns as DATA.")]
+Patience = Annotated[Optional[int], typer.Option("--patience", metavar="N", help="Stop after N epochs without a better validation loss, keeping the best weights (needs --val-split or --val).", min=1)]
+Resume = Annotated[Optional[str], typer.Option("--resume", metavar="FILE", help="Start from these saved weights instead of the seeded ones.")]
+Stream = Annotated[bool, typer.Option("--stream", help="Read DATA batch by batch every epoch instead of loading it (files larger than memory).")]
+
+
+@with_options(TARGETS, MODEL, READ, OUTPUT, RUNTIME)
+def train(spec: Spec, data: Data, epochs: Epochs, lr: LearningRate, save_weights: SaveWeights = None, optimizer: Optimizer = "sgd",
+          momentum: Momentum = None, weight_decay: WeightDecay = None, batch_size: TrainBatch = 32, shuffle: Shuffle = None,
+          val_split: ValSplit = None, val: ValFile = None, patience: Patience = None, resume: Resume = None, stream: Stream = False,
+          loss: Loss = None, targets: dict = None, model: dict = None, read: dict = None, output: dict = None, runtime: dict = None) -> None:
+    """Fit the model: the standard PyTorch loop (zero_grad, forward, loss, backward, step)."""
+    from nncli import api
+    from nncli.errors import UsageError
+    from nncli.model import check_weights_path
+    from nncli.progress import EpochBar
+
+    if resume and model["weights"]:
+        raise UsageError("--resume and --weights both name starting weights; give one")
+    model["weights"] = resume or model["weights"]
+    if save_weights:
+        check_weights_path(save_weights)
+    m = load_model(spec, model, runtime)
+    oopts = output_options(output, inputs=[spec, data, targets["targets"], model["weights"], val])
+    oopts.check(extra={"--save-weights": save_weights})
+    bar = EpochBar(epochs, oopts.quiet)
+    try:
+        history = api.train(m, data, epochs=epochs, lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
+                            batch_size=batch_size, shuffle=shuffle, val_split=val_split, val=val, patience=patience, stream=stream,
+                            loss=loss, read=read_options(read, targets), on_epoch=bar.update)
+    finally:
+        bar.close()
+    if save_weights:
+        m.save(save_weights, what="--save-weights")
+    else:
+        note("no --save-weights given: the trained weights were not saved")
+    rows = history.as_dicts()
+    o = history.options
+    doc = {"history": [{k: jsonable(v) for k, v in r.items()} for r in rows], "weights": save_weights, "loss_fn": history.loss_fn,
+           "loss_from": history.loss_from, "optimizer": o.optimizer, "lr": o.lr, "batch_size": o.batch_size, "epochs": len(rows),
+           "best_epoch": history.best_epoch, "stopped_early": history.stopped_early}
+    names = list(rows[0]) if rows else ["epoch"]
+    frame = Frame(names, [_column(n, [r.get(n) for r in rows]) for n in names])
+    stopped = f", stopped early after {len(rows)} epochs (best validation weights kept, epoch {history.best_epoch})" if history.stopped_early else ""
+    saved = f"; weights saved to {save_weights}" if save_weights else "; weights not saved"
+    text = f"{m.caption}; {history.loss_fn}, {o.optimizer} lr {o.lr:g}, batch {o.batch_size}{stopped}{saved}"
+
+    def tables():
+        from nncli.plot import loss_curve
+
+        return [frame_table(frame, oopts.precision), loss_curve(rows), caption(text)]
+
+    emit(oopts, oopts.inputs, Report(doc, frame, tables))
+
+
+def _column(name: str, values: list):
+    """A history column: epochs as integers, losses in their own dtype (numpy scalars), accuracies float64."""
+    import numpy as np
+
+    if name == "epoch":
+        return np.array(values, dtype=np.int64)
+    dtype = np.float32 if {type(v) for v in values} == {np.float32} else np.float64
+    return np.array([np.nan if v is None else v for v in values], dtype=dtype)
+
+
+@with_options(TARGETS, MODEL, READ, OUTPUT, RUNTIME)
+def evaluate(spec: Spec, data: Data, loss: Loss = None, batch_size: BatchSize = None, threshold: Threshold = 0.5, targets: dict = None,
+             model: dict = None, read: dict = None, output: dict = None, runtime: dict = None) -> None:
+    """The loss and the metrics that fit the loss: accuracy, per-class F1 and a confusion matrix; per-label scores; or MSE, MAE and R²."""
+    from nncli import api
+    from nncli.commands.common import idle_threads_sleep
+    from nncli.progress import tracked
+
+    m = load_model(spec, model, runtime)
+    oopts = output_options(output, inputs=[spec, data, targets["targets"], model["weights"]])
+    oopts.check()
+    idle_threads_sleep()  # reads while it computes
+    doc = api.evaluate(m, data, loss=loss, threshold=threshold, batch_size=batch_size, read=read_options(read, targets),
+                       progress=lambda batches, source: tracked(batches, source, oopts.quiet))
+    p = oopts.precision
+    if p is not None:
+        doc = {k: (round(v, p) if isinstance(v, float) else v) for k, v in doc.items()}
+    summary = {k: (fmt(float(v), p) if isinstance(v, float) else str(v)) for k, v in doc.items()
+               if k not in ("loss_fn", "loss_from", "rows", "per_class", "per_label", "confusion_matrix")}
+    summary["rows"] = str(doc["rows"])
+    tables = [key_value_table(summary)]
+    if "per_class" in doc:
+        tables += [_per_table(doc["per_class"], "class", p), _confusion_table(doc["confusion_matrix"])]
+    elif "per_label" in doc:
+        tables += [_per_table(doc["per_label"], "label", p)]
+    tables.append(caption(f"{m.caption}; {doc['loss_fn']} from {doc['loss_from']}, {rows_text(doc['rows'])}"))
+    emit(oopts, oopts.inputs, Report(doc, _evaluate_long(doc), tables))
+
+
+def _per_table(records: list[dict], key: str, p):
+    import numpy as np
+
+    names = list(records[0])
+    columns = [[r[key] for r in records]]
+    columns += [np.array([r[k] for r in records], dtype=np.float64) if k != "support" else [r[k] for r in records] for k in names[1:]]
+    return frame_table(Frame(names, columns), p)
+
+
+def _evaluate_long(doc: dict) -> Frame:
+    """evaluate as tidy rows for CSV, TSV and JSON Lines: metric, class, predicted, value. The summary
+    comes first, so `nncli evaluate ... | head` shows the loss and the accuracy."""
+    rows = [(k, None, None, v) for k, v in doc.items() if k not in ("per_class", "per_label", "confusion_matrix")]
+    for key, label in (("per_class", "class"), ("per_label", "label")):
+        for r in doc.get(key, []):
+            rows += [(k, str(r[label]), None, v) for k, v in r.items() if k != label]
+    for t, row in enumerate(doc.get("confusion_matrix", [])):
+        rows += [("confusion", str(t), str(pred), v) for pred, v in enumerate(row)]
+    columns = [list(c) for c in zip(*rows)]
+    columns[3] = [None if v is None else (repr(v) if isinstance(v, float) else str(v)) for v in columns[3]]
+    return Frame(["metric", "class", "predicted", "value"], columns)
+
+
+def _confusion_table(matrix: list[list[int]]):
+    from rich.text import Text
+
+    from nncli.render import FoldingTable
+
+    def cell(v: int, diagonal: bool) -> Text:
+        return Text(str(v), style="bold green" if diagonal else ("red" if v else ""))
+
+    names = [""] + [str(c) for c in range(len(matrix))]
+    columns = [[Text(str(c), style="bold") for c in range(len(matrix))]]
+    columns += [[cell(row[p], p == t) for t, row in enumerate(matrix)] for p in range(len(matrix))]
+    return FoldingTable(names, columns, title="confusion matrix: true class ↓, predicted →", keys=1)

@@ -1,0 +1,64 @@
+"""The runtime a model is built in: threads, device, and the seeded build for a given input width."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from nncli.errors import NncliError, UsageError
+from nncli.model import DEFAULT_MAX_PARAMS, Model, build
+from nncli.spec import Spec, resolve
+
+DEVICES = ("cpu", "cuda", "mps", "auto")
+
+
+@dataclass
+class ModelOptions:
+    spec: str
+    seed: int | None = None
+    weights: str | None = None
+    dtype: str = "float32"
+    max_params: int = DEFAULT_MAX_PARAMS
+    device: str = "cpu"
+    threads: int | None = None
+    inputs: int | None = None
+    max_layers: int | None = None
+
+
+def set_threads(threads: int | None) -> None:
+    """Threads for polars (read when it is first imported) and torch; the default uses every core."""
+    if threads is not None:
+        if threads < 1:
+            raise UsageError(f"--threads must be at least 1, got {threads}")
+        os.environ["POLARS_MAX_THREADS"] = str(threads)
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def pick_device(name: str) -> str:
+    import torch
+
+    if name not in DEVICES:
+        raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {name!r}")
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps and mps.is_available())
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else ("mps" if has_mps else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise NncliError("CUDA is not available on this machine (try --device cpu or --device auto)", "--device")
+    if name == "mps" and not has_mps:
+        raise NncliError("MPS is not available on this machine (try --device cpu or --device auto)", "--device")
+    return name
+
+
+def make_model(opts: ModelOptions, spec: Spec, n_inputs: int | None, inputs_from: str) -> tuple[Model, str]:
+    """Resolve the spec against the input width, build the seeded model, move it to the device."""
+    set_threads(opts.threads)
+    device = pick_device(opts.device)
+    layers = resolve(spec, n_inputs, inputs_from)
+    model = build(spec, layers, opts.seed, opts.dtype, opts.weights, opts.max_params)
+    model.module.to(device)
+    model.device = device
+    return model, device
