@@ -81,6 +81,46 @@ def _probability(kw: dict) -> str | None:
     return None
 
 
+# The largest float32: torch converts an activation's scalar arguments to the tensor's dtype, and a
+# larger value fails in float32 models with "value cannot be converted to type float without overflow".
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _float32(kw: dict, *names: str) -> str | None:
+    for name in names:
+        if abs(kw[name]) > FLOAT32_MAX:
+            return f"{name} must be within the float32 range (at most 3.4e38 in size), got {kw[name]}"
+    return None
+
+
+def _hardtanh(kw: dict) -> str | None:
+    if not kw["min_val"] < kw["max_val"]:  # torch asserts max_val > min_val when the layer is built
+        return f"min_val must be less than max_val, got {kw['min_val']} and {kw['max_val']}"
+    return _float32(kw, "min_val", "max_val")
+
+
+def _softplus(kw: dict) -> str | None:
+    if kw["beta"] == 0:  # softplus is log(1 + exp(beta * x)) / beta: every output would be inf or nan
+        return "beta must not be 0 (softplus divides by it)"
+    return _float32(kw, "beta", "threshold")
+
+
+def _eps(kw: dict) -> str | None:
+    # BatchNorm1d refuses eps <= 0 in training; LayerNorm silently gives nan (or divides by zero).
+    if not kw["eps"] > 0:
+        return f"eps must be positive, got {kw['eps']}"
+    return None
+
+
+def _batchnorm(kw: dict) -> str | None:
+    momentum = kw["momentum"]
+    if momentum is not None and not 0.0 <= momentum <= 1.0:  # a running average's weight; torch takes anything
+        return f"momentum must be between 0 and 1 (or null for a cumulative average), got {momentum}"
+    return _eps(kw)
+
+
+# Accepted as users write it, but model.build always constructs with inplace=False (same outputs, and
+# autograd never finds a tensor it needs overwritten).
 INPLACE = Arg("inplace", BOOL, False)
 LAYERS: dict[str, LayerType] = {
     layer.name: layer
@@ -94,15 +134,15 @@ LAYERS: dict[str, LayerType] = {
         ),
         LayerType("Identity"),
         LayerType("ReLU", (INPLACE,)),
-        LayerType("LeakyReLU", (Arg("negative_slope", FLOAT, 0.01), INPLACE)),
-        LayerType("ELU", (Arg("alpha", FLOAT, 1.0), INPLACE)),
+        LayerType("LeakyReLU", (Arg("negative_slope", FLOAT, 0.01), INPLACE), check=lambda kw: _float32(kw, "negative_slope")),
+        LayerType("ELU", (Arg("alpha", FLOAT, 1.0), INPLACE), check=lambda kw: _float32(kw, "alpha")),
         LayerType("GELU", (Arg("approximate", ("none", "tanh"), "none"),)),
         LayerType("SELU", (INPLACE,)),
         LayerType("SiLU", (INPLACE,)),
         LayerType("Tanh"),
         LayerType("Sigmoid"),
-        LayerType("Hardtanh", (Arg("min_val", FLOAT, -1.0), Arg("max_val", FLOAT, 1.0), INPLACE)),
-        LayerType("Softplus", (Arg("beta", FLOAT, 1.0), Arg("threshold", FLOAT, 20.0))),
+        LayerType("Hardtanh", (Arg("min_val", FLOAT, -1.0), Arg("max_val", FLOAT, 1.0), INPLACE), check=_hardtanh),
+        LayerType("Softplus", (Arg("beta", FLOAT, 1.0), Arg("threshold", FLOAT, 20.0)), check=_softplus),
         LayerType("Softmax", (Arg("dim", INT, 1),), check=_feature_dim),
         LayerType("LogSoftmax", (Arg("dim", INT, 1),), check=_feature_dim),
         LayerType("Dropout", (Arg("p", FLOAT, 0.5), INPLACE), check=_probability),
@@ -119,6 +159,7 @@ LAYERS: dict[str, LayerType] = {
             size_arg="num_features",
             shapes=_batchnorm_shapes,
             buffers=_batchnorm_buffers,
+            check=_batchnorm,
         ),
         LayerType(
             "LayerNorm",
@@ -130,6 +171,7 @@ LAYERS: dict[str, LayerType] = {
             ),
             size_arg="normalized_shape",
             shapes=_layernorm_shapes,
+            check=_eps,
         ),
     )
 }

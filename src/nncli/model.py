@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import warnings
 from dataclasses import dataclass
 
 from nncli.errors import NncliError
-from nncli.spec import ResolvedLayer, Spec, total_params
+from nncli.spec import ResolvedLayer, Spec, _short, total_params
 
 DEFAULT_MAX_PARAMS = 10**9
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
@@ -42,13 +44,23 @@ def torch_dtype(name: str):
     return {"float32": torch.float32, "float64": torch.float64}[name]
 
 
+def model_size(layers: list[ResolvedLayer]) -> int:
+    """Parameters and buffers: what allocating the model costs, in numbers."""
+    return total_params(layers) + sum(math.prod(s) for layer in layers for s in layer.buffers.values())
+
+
 def check_size(layers: list[ResolvedLayer], max_params: int, where: str) -> None:
     """Refuse a model too large to allocate, before allocating it."""
-    count = total_params(layers) + sum(math.prod(s) for layer in layers for s in layer.buffers.values())
+    count = model_size(layers)
     if count > max_params:
         raise NncliError(
             f"the model has {count:,} parameters, more than --max-params {max_params:,} allows", where
         )
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    text = str(e)
+    return isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and ("alloc" in text or "DefaultCPUAllocator" in text))
 
 
 def build(
@@ -62,21 +74,67 @@ def build(
     import torch
     from torch import nn
 
+    if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**64):
+        raise NncliError(f"the seed must be an integer from 0 to 2**64-1, got {_short(seed)}", "--seed")
     check_size(layers, max_params, spec.path)
     seed = seed if seed is not None else (spec.seed if spec.seed is not None else 0)
     torch.manual_seed(seed)
     classes = {name: getattr(nn, name) for name in {layer.type for layer in layers}}  # allowlisted names only
-    module = nn.Sequential(*(classes[layer.type](**layer.kwargs) for layer in layers))
-    if dtype == "float64":
-        module = module.double()
-    with torch.no_grad():
-        for layer in layers:
-            for key, value in layer.spec.inline.items():
-                param = getattr(module[layer.index], key)
-                param.copy_(torch.tensor(value, dtype=torch.float64))
+    try:
+        module = nn.Sequential(*(classes[layer.type](**_build_kwargs(layer)) for layer in layers))
+        if dtype == "float64":
+            module = module.double()
+        with torch.no_grad():
+            for layer in layers:
+                for key, value in layer.spec.inline.items():
+                    param = getattr(module[layer.index], key)
+                    param.copy_(torch.tensor(value, dtype=torch.float64))
+    except (RuntimeError, MemoryError) as e:
+        if not _is_out_of_memory(e):
+            raise
+        raise NncliError(f"out of memory allocating the model ({model_size(layers):,} parameters, {dtype})", spec.path) from None
     if weights:
         load_weights(module, weights)
     return Model(module, layers, spec, seed, weights, dtype)
+
+
+def _build_kwargs(layer: ResolvedLayer) -> dict:
+    """The constructor's arguments, with inplace always False.
+
+    `inplace: true` is accepted because users copy it from their scripts, but two in-place layers in a
+    row (ReLU after Sigmoid, Tanh or another in-place activation, ...) overwrite a tensor autograd kept
+    for the backward pass, and grads, step and train then fail with "modified by an inplace operation";
+    a first in-place layer would also overwrite nncli's input batch. The outputs are identical
+    either way. The params table still shows what the user wrote (LayerSpec.written).
+    """
+    kwargs = dict(layer.kwargs)
+    if "inplace" in kwargs:
+        kwargs["inplace"] = False
+    return kwargs
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _key(key: str) -> str:
+    return repr(key) if len(key) <= 60 else repr(key[:57]) + "..."
+
+
+def _refused_pickle(reason: str) -> str:
+    """torch's weights_only refusal, in nncli's words: what the file holds, never the unsafe way round it."""
+    if "TorchScript" in reason:
+        return "the file is a TorchScript archive, not a state_dict; save the weights with torch.save(model.state_dict(), PATH)"
+    if "Weights only load failed" not in reason:
+        return "the file holds more than tensors; nncli loads only tensors and never runs code in a weights file"
+    found = re.search(r"GLOBAL\s+([A-Za-z_][\w.]*)", reason)
+    name = found.group(1) if found else None
+    if name and name.startswith("torch.nn.modules."):
+        return (
+            f"the file holds a whole pickled model ({name}), not a state_dict; "
+            "save the weights with torch.save(model.state_dict(), PATH) and load that file"
+        )
+    what = f" ({name})" if name else ""
+    return f"the file holds Python objects other than tensors{what}; nncli loads only tensors and never runs code in a weights file"
 
 
 def read_state(path: str) -> dict:
@@ -91,17 +149,28 @@ def read_state(path: str) -> dict:
     if os.path.isdir(path):
         raise NncliError("is a directory, not a weights file", path)
     try:
-        if suffix == ".safetensors":
-            from safetensors.torch import load_file
+        with warnings.catch_warnings():  # torch warns about sparse and quantized tensors; library code never prints
+            warnings.simplefilter("ignore")
+            if suffix == ".safetensors":
+                from safetensors.torch import load_file
 
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+                state = load_file(path)
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # every loader failure is a bad file, never a crash
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = _ANSI.sub("", str(e)).strip()
+        if "weights_only" in text or "Weights only" in text:
+            raise NncliError(f"cannot read weights: {_refused_pickle(text)}", path) from None
+        reason = text.splitlines()[0] if text else type(e).__name__
         raise NncliError(f"cannot read weights: {reason[:200]}", path) from None
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise NncliError("not a state_dict (a mapping of names to tensors)", path)
+    for key, value in state.items():
+        if value.is_meta:
+            raise NncliError(f"key {_key(key)} is a meta tensor: it has a shape but no values", path)
+        if value.layout != torch.strided or value.is_nested:
+            layout = "nested" if value.is_nested else str(value.layout).replace("torch.", "")
+            raise NncliError(f"key {_key(key)} is a {layout} tensor; nncli loads dense tensors only (save t.to_dense())", path)
     return state
 
 
@@ -113,10 +182,10 @@ def load_weights(module, path: str) -> None:
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     if missing:
-        raise NncliError(f"missing key {missing[0]!r} (the model has {', '.join(own) or 'no parameters'})", path)
+        raise NncliError(f"missing key {_key(missing[0])} (the model has {', '.join(own) or 'no parameters'})", path)
     unexpected = [k for k in state if k not in own]
     if unexpected:
-        raise NncliError(f"unexpected key {unexpected[0]!r} (the model has {', '.join(own) or 'no parameters'})", path)
+        raise NncliError(f"unexpected key {_key(unexpected[0])} (the model has {', '.join(own) or 'no parameters'})", path)
     for key, value in state.items():
         if tuple(value.shape) != tuple(own[key].shape):
             raise NncliError(f"key {key!r} has shape {list(value.shape)}, the model needs {list(own[key].shape)}", path)

@@ -7,15 +7,27 @@ before a single tensor exists.
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import os
+import reprlib
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
 from nncli.errors import NncliError
 from nncli.layers import BOOL, FLOAT, INT, LAYERS, POSITIONAL_LIMIT, LayerType
 
-MAX_SPEC_BYTES = 64 * 1024 * 1024
+MAX_SPEC_BYTES = 64 * 1024 * 1024  # read at most this plus one byte, from a file, a pipe or a device
+DEFAULT_MAX_LAYERS = 10_000  # --max-layers: 500,000 aliases of one layer are a 1.5 MB spec and a 1.8 GB model
+# YAML aliases are shared references after loading, so a few hundred bytes can describe 10^80 values
+# ("billion laughs"). Every alias is charged the size of what it would expand to, and a document
+# whose aliases add more than this many values is refused while it is parsed, before anything walks it.
+MAX_ALIAS_NODES = 10**6
+# Inline weights are for small, hand-checkable examples; larger ones belong in a --weights file. The
+# limit is checked against the layer's parameter shape before the written value is walked or copied.
+MAX_INLINE_VALUES = 10**6
+MAX_INT = 2**63  # torch keeps sizes and dims in int64; larger integers are refused, never printed in full
 TOP_KEYS = ("name", "seed", "layers", "loss", "inputs")
 PARAM_KEYS = ("weight", "bias")
 
@@ -73,46 +85,181 @@ class ResolvedLayer:
         return sum(math.prod(s) for s in self.shapes.values())
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxset, _REPR.maxtuple, _REPR.maxstring = 3, 6, 4, 6, 6, 40
+
+
 def _short(value: Any) -> str:
-    text = repr(value) if isinstance(value, str) else str(value)
+    """At most 40 characters of a value, in bounded time whatever it is (a huge int, a shared list)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"a {value.bit_length():,}-bit integer"  # str() of an int over 4300 digits raises ValueError
+    if isinstance(value, (list, dict, tuple, set, frozenset)):
+        text = _REPR.repr(value)  # reprlib stops after a few items and levels
+    else:
+        text = repr(value) if isinstance(value, str) else str(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _describe(value: Any) -> str:
-    return _short(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    return _short(value) if not isinstance(value, (dict, list, tuple, set, frozenset)) else type(value).__name__
 
 
-def load_spec(path: str) -> Spec:
-    """Read and validate a spec file (safe YAML only)."""
+def _mib(limit: int) -> str:
+    return f"{limit // 2**20} MiB" if limit % 2**20 == 0 else f"{limit:,} bytes"
+
+
+def _read_spec(path: str) -> bytes:
+    """The file's bytes, never more than MAX_SPEC_BYTES: a pipe or a device has no size to check first."""
+    limit = MAX_SPEC_BYTES
+    too_large = NncliError(f"the spec is larger than {_mib(limit)}", path)
+    with open(path, "rb") as f:
+        info = os.fstat(f.fileno())
+        if stat.S_ISREG(info.st_mode) and info.st_size > limit:
+            raise too_large
+        chunks, total = [], 0
+        while True:
+            chunk = f.read(min(1 << 20, limit + 1 - total))  # small reads: a short pipe allocates little
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise too_large
+
+
+@functools.cache
+def _loader():
+    """A SafeLoader (no python tags, ever) that also refuses alias bombs, recursive aliases and duplicate keys."""
+    import yaml
+    from yaml.composer import ComposerError
+    from yaml.constructor import ConstructorError
+    from yaml.events import AliasEvent
+    from yaml.nodes import MappingNode, SequenceNode
+
+    merge_tag = "tag:yaml.org,2002:merge"
+
+    def plain(error):
+        error.nncli_plain = True  # nncli's own words: no "invalid YAML:" in front
+        return error
+
+    class SpecLoader(yaml.SafeLoader):
+        def __init__(self, stream):
+            super().__init__(stream)
+            self.nncli_sizes = {}  # id(node) -> values it expands to (capped): each node is sized once
+            self.nncli_extra = 0  # values the aliases so far add
+            self.nncli_open = set()  # anchors of the nodes being composed (anchors are unique): an alias to one is recursive
+
+        def compose_node(self, parent, index):
+            if self.check_event(AliasEvent):
+                event = self.peek_event()
+                target = self.anchors.get(event.anchor)
+                if target is not None:  # else the composer reports the undefined alias
+                    if event.anchor in self.nncli_open:
+                        problem = f"the alias *{event.anchor} refers to the node that contains it"
+                        raise plain(ComposerError(None, None, problem, event.start_mark))
+                    self.nncli_extra += self._size(target)
+                    if self.nncli_extra > MAX_ALIAS_NODES:
+                        problem = f"the YAML aliases expand to more than {MAX_ALIAS_NODES:,} values"
+                        raise plain(ComposerError(None, None, problem, event.start_mark))
+                return super().compose_node(parent, index)
+            anchor = self.peek_event().anchor
+            if anchor is None or anchor in self.anchors:  # the composer reports a duplicate anchor
+                return super().compose_node(parent, index)
+            self.nncli_open.add(anchor)
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.nncli_open.discard(anchor)
+
+        def _size(self, root) -> int:
+            """How many values a complete node expands to, by an iterative walk that sizes shared nodes once."""
+            sizes, cap = self.nncli_sizes, MAX_ALIAS_NODES + 1
+            stack = [(root, False)]
+            while stack:
+                node, ready = stack.pop()
+                if id(node) in sizes:
+                    continue
+                if isinstance(node, SequenceNode):
+                    children = node.value
+                elif isinstance(node, MappingNode):
+                    children = [n for pair in node.value for n in pair]
+                else:
+                    children = ()
+                if ready:
+                    sizes[id(node)] = min(cap, 1 + sum(sizes[id(c)] for c in children))
+                else:
+                    stack.append((node, True))
+                    stack.extend((c, False) for c in children if id(c) not in sizes)
+            return sizes[id(root)]
+
+        def flatten_mapping(self, node):
+            if not hasattr(node, "nncli_written"):  # the keys written in this mapping, before merges join them
+                node.nncli_written = [key for key, _ in node.value if key.tag != merge_tag]
+            super().flatten_mapping(node)
+
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, MappingNode):
+                self.flatten_mapping(node)
+                seen = set()
+                for key_node in node.nncli_written:  # merged keys may repeat (a later key overrides): written ones may not
+                    key = self.construct_object(key_node, deep=deep)
+                    try:
+                        hash(key)
+                    except TypeError:  # PyYAML's own words for it
+                        context = "while constructing a mapping"
+                        raise ConstructorError(context, node.start_mark, "found unhashable key", key_node.start_mark) from None
+                    if key in seen:
+                        raise plain(ConstructorError(None, None, f"duplicate key {_short(key)}", key_node.start_mark))
+                    seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+        def construct_object(self, node, deep=False):
+            try:
+                return super().construct_object(node, deep=deep)
+            except (ValueError, OverflowError) as e:  # `2001-13-01`, `!!int x`, an int of 5000 digits
+                problem = "an integer of more than 4300 digits" if "digits" in str(e) else str(e).splitlines()[0]
+                raise ConstructorError(None, None, f"cannot read a value: {problem}", node.start_mark) from None
+
+    return SpecLoader
+
+
+def load_spec(path: str, max_layers: int = DEFAULT_MAX_LAYERS) -> Spec:
+    """Read and validate a spec file (safe YAML only; sizes, aliases and layers bounded)."""
     import yaml
 
     try:
-        size = os.path.getsize(path)
-        if size > MAX_SPEC_BYTES:
-            raise NncliError(f"the spec is {size} bytes; the limit is {MAX_SPEC_BYTES}", path)
-        with open(path, "rb") as f:
-            text = f.read()
+        text = _read_spec(path)
     except FileNotFoundError:
         raise NncliError("no such file", path) from None
     except IsADirectoryError:
         raise NncliError("is a directory, not a spec file", path) from None
     except OSError as e:
         raise NncliError(f"cannot read the spec: {e.strerror}", path) from None
+    loader = None
     try:
-        doc = yaml.safe_load(text.decode("utf-8-sig"))
+        loader = _loader()(text.decode("utf-8-sig"))
+        doc = loader.get_single_data()
     except UnicodeDecodeError:
         raise NncliError("the spec is not UTF-8 text", path) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else path
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise NncliError(f"invalid YAML: {problem}", where) from None
+        if problem == "second occurrence" and getattr(e, "context", None):  # PyYAML's duplicate anchor
+            problem = e.context.split(";")[0]
+        raise NncliError(problem if getattr(e, "nncli_plain", False) else f"invalid YAML: {problem}", where) from None
     except RecursionError:
         raise NncliError("the YAML is nested too deeply", path) from None
-    return parse_spec(doc, path)
+    except (ValueError, OverflowError) as e:  # PyYAML's scanner: chr() of a "\U00110000" escape
+        where = f"{path}:{loader.get_mark().line + 1}" if loader else path
+        raise NncliError(f"invalid YAML: {str(e).splitlines()[0]}", where) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    return parse_spec(doc, path, max_layers)
 
 
-def parse_spec(doc: Any, path: str) -> Spec:
+def parse_spec(doc: Any, path: str, max_layers: int = DEFAULT_MAX_LAYERS) -> Spec:
     """Validate a loaded YAML document; `path` names the file in messages."""
 
     def fail(what: str) -> NncliError:
@@ -130,8 +277,10 @@ def parse_spec(doc: Any, path: str) -> Spec:
         layers_doc = []
     if not isinstance(layers_doc, list):
         raise fail(f"`layers` must be a list, got {_describe(layers_doc)}")
+    if len(layers_doc) > max_layers:  # before a single layer is parsed, let alone built
+        raise fail(f"the spec has {len(layers_doc):,} layers, more than --max-layers {max_layers:,} allows")
     name = doc.get("name")
-    if name is not None and not isinstance(name, (str, int, float)):
+    if name is not None and (not isinstance(name, (str, int, float)) or isinstance(name, int) and abs(name) >= MAX_INT):
         raise fail(f"`name` must be text, got {_describe(name)}")
     seed = doc.get("seed")
     if seed is not None and not _is_int(seed) or (seed is not None and not 0 <= seed < 2**64):
@@ -140,8 +289,8 @@ def parse_spec(doc: Any, path: str) -> Spec:
     if loss is not None and not isinstance(loss, str):
         raise fail(f"`loss` must be a loss name, got {_describe(loss)}")
     inputs = doc.get("inputs")
-    if inputs is not None and not (_is_int(inputs) and inputs > 0):
-        raise fail(f"`inputs` must be a positive integer, got {_describe(inputs)}")
+    if inputs is not None and not (_is_int(inputs) and 0 < inputs < MAX_INT):
+        raise fail(f"`inputs` must be a positive integer below 2**63, got {_describe(inputs)}")
     layers = [_parse_layer(i, entry, path) for i, entry in enumerate(layers_doc)]
     return Spec(path, layers, None if name is None else str(name), seed, loss, inputs)
 
@@ -171,12 +320,12 @@ def _parse_layer(index: int, entry: Any, path: str) -> LayerSpec:
         if len(types) != 1:
             raise NncliError(
                 f"{where}: a layer is one type name, optionally with `weight:` and `bias:`; got keys "
-                + ", ".join(_short(k) for k in entry),
+                + ", ".join(_short(k) for k in list(entry)[:5]) + (", ..." if len(entry) > 5 else ""),
                 path,
             )
         kind = types[0]
         if not isinstance(kind, str) or kind not in LAYERS:
-            raise NncliError(f"{where}: {_unknown_layer(str(kind))}", path)
+            raise NncliError(f"{where}: {_unknown_layer(kind if isinstance(kind, str) else _short(kind))}", path)
         layer = LayerSpec(index, kind)
         value = entry[kind]
         if isinstance(value, list):
@@ -232,8 +381,10 @@ def _check_value(arg, value: Any, is_size: bool, fail) -> Any:
         if not _is_int(value) or (is_size and value <= 0):
             must = "a positive integer" if is_size else "an integer"
             raise fail(f"{arg.name} must be {must}, got {_describe(value)}")
+        if not -MAX_INT <= value < MAX_INT:
+            raise fail(f"{arg.name} must be below 2**63 in size, got {_describe(value)}")
     elif arg.kind == FLOAT:
-        if not (isinstance(value, (int, float)) and not isinstance(value, bool)) or not math.isfinite(value):
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool)) or not _finite(value):
             raise fail(f"{arg.name} must be a number, got {_describe(value)}")
         return float(value)
     elif arg.kind == BOOL:
@@ -244,8 +395,17 @@ def _check_value(arg, value: Any, is_size: bool, fail) -> Any:
     return value
 
 
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)  # an int too large for a float raises OverflowError
+    except OverflowError:
+        return False
+
+
 def resolve(spec: Spec, n_inputs: int | None, inputs_from: str = "the input") -> list[ResolvedLayer]:
     """Fill in every argument (inferring sizes from the incoming width) and check widths chain."""
+    if n_inputs is not None and not (_is_int(n_inputs) and 0 <= n_inputs < MAX_INT):
+        raise NncliError(f"the number of input features must be from 0 to 2**63-1, got {_short(n_inputs)}", inputs_from)
     width = n_inputs
     source = inputs_from
     resolved = []
@@ -300,6 +460,14 @@ def _check_inline(layer: LayerSpec, shapes: dict, path: str) -> None:
     for key, value in layer.inline.items():
         if key not in shapes:
             raise NncliError(f"{layer.label}: has no parameter {key!r} to set", path)
+        count = math.prod(shapes[key])
+        if count > MAX_INLINE_VALUES:  # before the value is walked: aliases make a 25 KB spec 25M numbers
+            raise NncliError(
+                f"{layer.label}: {key} has {count:,} values, more than the {MAX_INLINE_VALUES:,} inline weights may "
+                "hold (they are for small, hand-checkable examples); put larger weights in a --weights file "
+                "(`nncli init` writes one to start from)",
+                path,
+            )
         got = _shape_of(value, shapes[key], f"{layer.label}: {key}", path)
         if got != shapes[key]:
             raise NncliError(f"{layer.label}: {key} has shape {list(got)}, expected {list(shapes[key])}", path)
@@ -309,6 +477,8 @@ def _shape_of(value: Any, expected: tuple, what: str, path: str) -> tuple:
     """The shape of a nested list of numbers, walked no further than the expected shape allows."""
     if not isinstance(value, list):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, int) and not _finite(value):
+                raise NncliError(f"{what} holds {_short(value)}, too large for a float", path)
             return ()
         raise NncliError(f"{what} must hold numbers, got {_describe(value)}", path)
     if not expected or len(value) != expected[0]:

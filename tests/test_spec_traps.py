@@ -1,0 +1,420 @@
+"""Specs and weight files built to hurt: unbounded reads, alias bombs, duplicate keys, values torch
+refuses late, in-place layers that break autograd, pickles that are not state_dicts, seeds out of range.
+
+Each test is a regression test: it failed (or ran for minutes, or took gigabytes) before the defence.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from nncli import model as model_module
+from nncli import spec as spec_module
+from nncli.errors import NncliError
+from nncli.model import build
+from nncli.spec import DEFAULT_MAX_LAYERS, MAX_INLINE_VALUES, load_spec, parse_spec, resolve
+from tests.conftest import assert_error, load_json, read_table, write
+
+
+def _limit_memory():
+    """For subprocesses that, without the defence, would read until memory runs out: stop them at 2 GiB."""
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+
+def laughs(depth: int = 9, width: int = 9) -> str:
+    """A flow-style billion-laughs value: each level is `width` copies of the level below (width**depth values)."""
+    value = "&l0 [" + ", ".join(["1"] * width) + "]"
+    for i in range(1, depth):
+        value = f"&l{i} [{value}, " + ", ".join([f"*l{i - 1}"] * (width - 1)) + "]"
+    return value
+
+
+# -- 1. the 64 MiB limit holds for pipes and devices ----------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["/dev/zero", "<(yes 'layers: [')"])
+def test_devices_and_pipes_are_read_no_further_than_64_mib(source):
+    # os.path.getsize is 0 for both: nncli used to read until memory ran out
+    proc = subprocess.run(
+        ["bash", "-c", f"{sys.executable} -m nncli params {source}"],
+        capture_output=True, text=True, timeout=120, preexec_fn=_limit_memory,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("error: the spec is larger than 64 MiB (/dev/"), proc.stderr
+    assert len(proc.stderr.splitlines()) == 1
+
+
+def test_the_limit_is_a_module_constant_and_holds_for_a_fifo(nncli, tmp_path, monkeypatch):
+    monkeypatch.setattr(spec_module, "MAX_SPEC_BYTES", 2**20)
+    fifo = tmp_path / "spec.fifo"
+    os.mkfifo(fifo)
+
+    def feed():  # 4 MiB, then end of file: the unbounded reader would have taken it all
+        try:
+            with open(fifo, "wb") as f:
+                for _ in range(4):
+                    f.write(b"layers: [\n" * (2**20 // 10 + 1))
+        except BrokenPipeError:  # nncli stopped reading at the limit, as it should
+            pass
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    result = nncli("params", fifo)
+    writer.join(timeout=30)
+    assert_error(result, 1, f"the spec is larger than 1 MiB ({fifo})")
+    small = write(tmp_path, "ok.yaml", "inputs: 2\nlayers:\n  - Linear: [2, 1]\n")
+    assert nncli("params", small).exit_code == 0  # under the limit nothing changes
+
+
+# -- 2. layers and alias expansion are counted ------------------------------------------------------
+
+
+def test_half_a_million_aliased_layers_are_refused_before_anything_is_built(nncli, tmp_path):
+    # 2 MB of YAML; it used to build a 500,000-layer model (33 s, 1.8 GB)
+    spec = write(tmp_path, "spec.yaml", "inputs: 2\nlayers: [&a ReLU" + ", *a" * 499_999 + "]\n")
+    start = time.monotonic()
+    assert_error(nncli("params", spec), 1, f"the spec has 500,000 layers, more than --max-layers 10,000 allows ({spec})")
+    assert time.monotonic() - start < 120  # a guard against the old minutes, not a benchmark
+
+
+def test_max_layers_is_a_parameter_of_load_spec_and_parse_spec(tmp_path):
+    assert DEFAULT_MAX_LAYERS == 10_000
+    path = write(tmp_path, "spec.yaml", "inputs: 2\nlayers: [ReLU, Tanh, ReLU, Tanh]\n")
+    assert len(load_spec(str(path), max_layers=4).layers) == 4
+    with pytest.raises(NncliError, match=r"the spec has 4 layers, more than --max-layers 3 allows"):
+        load_spec(str(path), max_layers=3)
+    with pytest.raises(NncliError, match=r"more than --max-layers 3 allows \(x.yaml\)"):
+        parse_spec({"layers": ["ReLU"] * 4}, "x.yaml", max_layers=3)
+    assert len(parse_spec({"layers": ["ReLU"] * 10_000}, "x.yaml").layers) == 10_000
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("inputs: 2\nlayers:\n  - GELU: {approximate: LAUGHS}\n", id="layer-argument"),
+        pytest.param("inputs: 2\nlayers:\n  - Linear:\n      in_features: 2\n      out_features: LAUGHS\n", id="size-argument"),
+        pytest.param("inputs: 9\nlayers:\n  - Linear: [9, 9]\n    weight: LAUGHS\n", id="inline-weight"),
+        pytest.param("name: LAUGHS\nlayers: []\n", id="name"),
+        pytest.param("layers: LAUGHS\n", id="layers"),
+        pytest.param("inputs: 2\nlayers:\n  - LAUGHS\n", id="a-layer"),
+    ],
+)
+def test_billion_laughs_are_refused_wherever_they_are(nncli, tmp_path, text):
+    spec = write(tmp_path, "spec.yaml", text.replace("LAUGHS", laughs()))  # 9**9 values in ~450 bytes
+    start = time.monotonic()
+    assert_error(nncli("params", spec, "--values"), 1, "the YAML aliases expand to more than 1,000,000 values", f"{spec}:")
+    assert time.monotonic() - start < 20
+
+
+def test_yaml_merge_keys_cannot_multiply_a_mapping(nncli, tmp_path):
+    # PyYAML flattens merge keys into real lists: 7 levels of 10 merges were 10**7 pairs (6 s, 200 MB)
+    # in 480 bytes, 9 levels took minutes; the expansion is counted before the merge is done.
+    lines = ["m0: &m0 {x: 1}"] + [f"m{i}: &m{i} {{<<: [" + ", ".join([f"*m{i - 1}"] * 10) + "]}" for i in range(1, 8)]
+    spec = write(tmp_path, "spec.yaml", "\n".join(lines) + "\nlayers: []\n")
+    start = time.monotonic()
+    assert_error(nncli("params", spec), 1, "the YAML aliases expand to more than 1,000,000 values")
+    assert time.monotonic() - start < 20
+
+
+def test_aliases_within_the_budget_still_work(nncli, tmp_path):
+    spec = write(tmp_path, "spec.yaml", (
+        "inputs: 6\n"
+        "layers:\n"
+        "  - &hidden {Linear: {out_features: 6}}\n"
+        "  - &act ReLU\n"
+        "  - *hidden\n"
+        "  - *act\n"
+        "  - Linear: {<<: &two {out_features: 2}, bias: false}\n"
+    ))
+    doc = load_json(nncli("params", spec, "-f", "json"))
+    reference = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 2, bias=False))
+    assert doc["total_params"] == sum(p.numel() for p in reference.parameters())
+
+
+def test_a_recursive_alias_is_refused(nncli, tmp_path):
+    spec = write(tmp_path, "spec.yaml", "inputs: 2\nlayers:\n  - &a {ReLU: *a}\n")
+    assert_error(nncli("params", spec), 1, "the alias *a refers to the node that contains it", f"{spec}:3")
+
+
+# -- 3. inline weights are counted before they are walked -------------------------------------------
+
+
+def test_a_25_kb_spec_of_aliases_never_becomes_a_5000x5000_weight(nncli, tmp_path):
+    row = "&r [" + ", ".join(["0"] * 5000) + "]"
+    text = "layers:\n  - Linear: [5000, 5000]\n    bias: false\n    weight: [" + row + ", " + ", ".join(["*r"] * 4999) + "]\n"
+    spec = write(tmp_path, "spec.yaml", text)
+    assert os.path.getsize(spec) < 40_000
+    start = time.monotonic()
+    assert_error(nncli("params", spec, "--values"), 1, "the YAML aliases expand to more than 1,000,000 values")
+    assert time.monotonic() - start < 20
+
+
+def test_inline_size_is_checked_against_the_shape_before_the_value_is_walked(nncli, tmp_path, monkeypatch):
+    assert MAX_INLINE_VALUES == 10**6
+    spec = write(tmp_path, "spec.yaml", "layers:\n  - Linear: [1000, 1001]\n    weight: [[0.5]]\n")
+
+    def never(*args):
+        raise AssertionError("the inline value was walked")
+
+    monkeypatch.setattr(spec_module, "_shape_of", never)
+    assert_error(
+        nncli("params", spec), 1,
+        "layers[0] (Linear): weight has 1,001,000 values, more than the 1,000,000 inline weights may hold", "--weights file",
+    )
+
+
+def test_small_inline_weights_built_from_aliases_keep_working(nncli, tmp_path):
+    spec = write(tmp_path, "spec.yaml", "layers:\n  - Linear: [2, 3]\n    weight: [&r [0.5, -0.25], *r, *r]\n    bias: [0.1, 0.2, 0.3]\n")
+    doc = load_json(nncli("params", spec, "--values", "-f", "json"))
+    expected = torch.tensor([[0.5, -0.25]] * 3, dtype=torch.float32)
+    np.testing.assert_array_equal(np.array(doc["parameters"]["0.weight"], dtype=np.float32), expected.numpy())
+    np.testing.assert_array_equal(np.array(doc["parameters"]["0.bias"], dtype=np.float32), torch.tensor([0.1, 0.2, 0.3]).numpy())
+
+
+# -- 4. duplicate keys --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("inputs: 2\nlayers:\n  - ReLU\nname: x\n\n\n\nlayers: []\n", "duplicate key 'layers' ({spec}:8)"),
+        ("layers:\n  - Linear: {in_features: 2, out_features: 3, out_features: 4}\n", "duplicate key 'out_features' ({spec}:2)"),
+        ("layers:\n  - Linear: [2, 1]\n    weight: [[1, 2]]\n    weight: [[3, 4]]\n", "duplicate key 'weight' ({spec}:4)"),
+        ("seed: 1\nseed: 2\nlayers: []\n", "duplicate key 'seed' ({spec}:2)"),
+    ],
+)
+def test_duplicate_keys_are_refused_naming_the_line(nncli, tmp_path, text, message):
+    spec = write(tmp_path, "spec.yaml", text)
+    assert_error(nncli("params", spec), 1, message.format(spec=spec))
+
+
+def test_a_merged_key_may_be_overridden_but_not_written_twice(nncli, tmp_path):
+    spec = write(tmp_path, "spec.yaml", "inputs: 2\nlayers:\n  - Linear: {<<: &d {out_features: 5, bias: false}, bias: true}\n")
+    doc = load_json(nncli("params", spec, "-f", "json"))
+    assert doc["total_params"] == sum(p.numel() for p in nn.Linear(2, 5, bias=True).parameters())
+
+
+# -- 5. argument values torch refuses late ----------------------------------------------------------
+
+
+def _torch_fails(name: str, kwargs: dict) -> bool:
+    """Whether torch itself raises, or gives inf/nan, building and running the layer (float32, train mode)."""
+    try:
+        layer = getattr(nn, name)(**kwargs).train()
+        x = torch.linspace(-2, 2, 12).reshape(4, 3).requires_grad_()
+        y = layer(x)
+        y.sum().backward()
+        return not bool(torch.isfinite(y).all())
+    except (RuntimeError, ValueError, AssertionError):
+        return True
+
+
+BAD_VALUES = [
+    ("Hardtanh: [1.0, -1.0]", "Hardtanh", {"min_val": 1.0, "max_val": -1.0}, "layers[0] (Hardtanh): min_val must be less than max_val, got 1.0 and -1.0 ({spec})"),
+    ("Hardtanh: [0.5, 0.5]", "Hardtanh", {"min_val": 0.5, "max_val": 0.5}, "min_val must be less than max_val"),
+    ("Hardtanh: {min_val: -1.0e+39}", "Hardtanh", {"min_val": -1e39}, "min_val must be within the float32 range"),
+    ("BatchNorm1d: {eps: -1}", "BatchNorm1d", {"num_features": 3, "eps": -1.0}, "layers[0] (BatchNorm1d): eps must be positive, got -1.0"),
+    ("BatchNorm1d: {eps: 0}", "BatchNorm1d", {"num_features": 3, "eps": 0.0}, "eps must be positive, got 0.0"),
+    ("LayerNorm: {eps: -1}", "LayerNorm", {"normalized_shape": 3, "eps": -1.0}, "layers[0] (LayerNorm): eps must be positive, got -1.0"),
+    ("LeakyReLU: {negative_slope: 1.0e+39}", "LeakyReLU", {"negative_slope": 1e39}, "negative_slope must be within the float32 range"),
+    ("ELU: {alpha: 1.0e+39}", "ELU", {"alpha": 1e39}, "alpha must be within the float32 range"),
+    ("Softplus: {beta: 0}", "Softplus", {"beta": 0.0}, "beta must not be 0"),
+    ("Softplus: {threshold: 1.0e+39}", "Softplus", {"threshold": 1e39}, "threshold must be within the float32 range"),
+]
+
+
+@pytest.mark.parametrize("layer, name, kwargs, message", BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
+def test_values_torch_refuses_are_spec_errors_naming_the_layer(nncli, tmp_path, layer, name, kwargs, message):
+    assert _torch_fails(name, kwargs)  # what the user would otherwise meet, as an internal error or NaN
+    spec = write(tmp_path, "spec.yaml", f"inputs: 3\nlayers:\n  - {layer}\n")
+    assert_error(nncli("params", spec), 1, message.format(spec=spec))
+
+
+@pytest.mark.parametrize("momentum", ["2.0", "-0.5"])
+def test_batchnorm_momentum_must_be_a_fraction(nncli, tmp_path, momentum):
+    spec = write(tmp_path, "spec.yaml", f"inputs: 3\nlayers:\n  - BatchNorm1d: {{momentum: {momentum}}}\n")
+    assert_error(nncli("params", spec), 1, f"layers[0] (BatchNorm1d): momentum must be between 0 and 1 (or null for a cumulative average), got {float(momentum)}")
+
+
+@pytest.mark.parametrize(
+    "layer", ["BatchNorm1d: {momentum: null}", "BatchNorm1d: {momentum: 0, eps: 1.0e-12}", "BatchNorm1d: {momentum: 1}",
+              "Hardtanh: [-2, 2]", "LeakyReLU: -1", "ELU: {alpha: 0}", "Softplus: {beta: -1}", "LayerNorm: {eps: 1.0e-3}"],
+)
+def test_edge_values_torch_accepts_still_work(nncli, tmp_path, layer):
+    spec = write(tmp_path, "spec.yaml", f"inputs: 3\nlayers:\n  - {layer}\n")
+    assert nncli("params", spec, "--values").exit_code == 0
+
+
+# -- 6. inplace layers -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "middle, reference",
+    [
+        ("  - Sigmoid\n  - ReLU: {inplace: true}\n", lambda: [nn.Sigmoid(), nn.ReLU()]),
+        ("  - ReLU: {inplace: true}\n  - ReLU: {inplace: true}\n", lambda: [nn.ReLU(), nn.ReLU()]),
+        ("  - Tanh\n  - LeakyReLU: {negative_slope: -0.5, inplace: true}\n", lambda: [nn.Tanh(), nn.LeakyReLU(-0.5)]),
+        ("  - ELU: {inplace: true}\n  - Hardtanh: {inplace: true}\n", lambda: [nn.ELU(), nn.Hardtanh()]),
+    ],
+)
+def test_inplace_layers_are_built_out_of_place_and_grads_work(nncli, tmp_path, middle, reference):
+    spec = write(tmp_path, "spec.yaml", "seed: 7\nlayers:\n  - Linear: [3, 4]\n" + middle + "  - Linear: {out_features: 1}\n")
+    data = write(tmp_path, "d.csv", "a,b,c,y\n0.5,-1.25,2.0,0.75\n-0.3,0.8,-1.5,-0.2\n1.7,0.1,-0.4,1.1\n")
+    doc = load_json(nncli("grads", spec, data, "-t", "y", "--loss", "mse", "-f", "json"))
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(3, 4), *reference(), nn.Linear(4, 1))
+    x, y = read_table(data, ["y"]), read_table(data, ["a", "b", "c"])
+    loss = nn.MSELoss()(model(x), y)
+    loss.backward()
+    assert np.float32(doc["loss"]) == loss.detach().numpy()
+    for name, p in model.named_parameters():
+        np.testing.assert_array_equal(np.array(doc["gradients"][name], dtype=np.float32), p.grad.numpy(), err_msg=name)
+    table = load_json(nncli("params", spec, "-f", "json"))
+    assert "inplace=True" in table["layers"][2]["args"]  # the table shows what the user wrote
+
+
+def test_an_inplace_first_layer_leaves_the_input_alone(tmp_path):
+    spec = load_spec(str(write(tmp_path, "spec.yaml", "layers:\n  - ReLU: {inplace: true}\n")))
+    model = build(spec, resolve(spec, 2))
+    assert model.layers[0].kwargs["inplace"] is True and model.module[0].inplace is False
+    x = torch.tensor([[-1.0, 2.0]])
+    model.module(x)
+    assert x.tolist() == [[-1.0, 2.0]]
+
+
+# -- 7. weight files ---------------------------------------------------------------------------------
+
+
+class NotATensor:
+    pass
+
+
+@pytest.fixture
+def linear_spec(tmp_path):
+    return write(tmp_path, "spec.yaml", "layers:\n  - Linear: [2, 1]\n")
+
+
+def test_a_pickle_of_other_objects_is_refused_in_nncli_words(nncli, tmp_path, linear_spec):
+    path = tmp_path / "w.pt"
+    torch.save({"0.weight": NotATensor(), "0.bias": torch.zeros(1)}, path)
+    result = nncli("params", linear_spec, "--values", "--weights", path)
+    assert_error(result, 1, "the file holds Python objects other than tensors (tests.test_spec_traps.NotATensor)",
+                 "nncli loads only tensors and never runs code in a weights file")
+    assert "weights_only=False" not in result.stderr and "\x1b" not in result.stderr
+
+
+@pytest.mark.parametrize("whole", [lambda: nn.Sequential(nn.Linear(2, 1)), lambda: nn.Linear(2, 1)])
+def test_a_whole_pickled_model_asks_for_its_state_dict(nncli, tmp_path, linear_spec, whole):
+    path = tmp_path / "model.pt"
+    torch.save(whole(), path)
+    result = nncli("params", linear_spec, "--values", "--weights", path)
+    assert_error(result, 1, "the file holds a whole pickled model (torch.nn.modules.", "model.state_dict()")
+    assert "weights_only" not in result.stderr
+
+
+def test_a_torchscript_archive_asks_for_a_state_dict(nncli, tmp_path, linear_spec):
+    path = tmp_path / "scripted.pt"
+    with warnings.catch_warnings():  # torch.jit.script is deprecated, and still what many files hold
+        warnings.simplefilter("ignore")
+        torch.jit.script(nn.Sequential(nn.Linear(2, 1))).save(str(path))
+    result = nncli("params", linear_spec, "--values", "--weights", path)
+    assert_error(result, 1, "the file is a TorchScript archive, not a state_dict", "model.state_dict()")
+    assert "weights_only" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: torch.tensor([[1.0, 0.0]]).to_sparse(), "key '0.weight' is a sparse_coo tensor; nncli loads dense tensors only"),
+        (lambda: torch.tensor([[1.0, 0.0]]).to_sparse_csr(), "key '0.weight' is a sparse_csr tensor"),
+        (lambda: torch.empty(1, 2, device="meta"), "key '0.weight' is a meta tensor: it has a shape but no values"),
+    ],
+)
+def test_sparse_and_meta_tensors_are_one_clear_error(nncli, tmp_path, linear_spec, make, message):
+    path = tmp_path / "w.pt"
+    with warnings.catch_warnings():  # torch: "Sparse CSR tensor support is in beta state"
+        warnings.simplefilter("ignore")
+        weight = make()
+    torch.save({"0.weight": weight, "0.bias": torch.zeros(1)}, path)
+    result = nncli("params", linear_spec, "--values", "--weights", path)
+    assert_error(result, 1, message, str(path))
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: you tried to allocate 24000000 bytes."),
+    MemoryError(),
+])
+def test_out_of_memory_while_building_is_one_error_line(nncli, tmp_path, monkeypatch, error):
+    spec = write(tmp_path, "spec.yaml", "layers:\n  - Linear: [2000, 3000]\n")
+    count = sum(p.numel() for p in nn.Linear(2000, 3000, device="meta").parameters())
+
+    def no_memory(self):
+        raise error
+
+    monkeypatch.setattr(nn.Linear, "reset_parameters", no_memory)
+    assert_error(nncli("params", spec, "--values"), 1, f"out of memory allocating the model ({count:,} parameters, float32) ({spec})")
+
+
+def test_other_runtime_errors_while_building_are_not_called_out_of_memory(tmp_path, monkeypatch):
+    spec = load_spec(str(write(tmp_path, "spec.yaml", "layers:\n  - Linear: [2, 3]\n")))
+
+    def broken(self):
+        raise RuntimeError("something else")
+
+    monkeypatch.setattr(nn.Linear, "reset_parameters", broken)
+    with pytest.raises(RuntimeError, match="something else"):
+        model_module.build(spec, resolve(spec, 2))
+
+
+# -- 8. seeds ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64, 2**200, True, 1.5])
+def test_build_refuses_a_seed_out_of_range(tmp_path, seed):
+    spec = load_spec(str(write(tmp_path, "spec.yaml", "layers:\n  - Linear: [2, 3]\n")))
+    with pytest.raises(NncliError, match=r"the seed must be an integer from 0 to 2\*\*64-1"):
+        build(spec, resolve(spec, 2), seed=seed)
+
+
+def test_build_takes_the_largest_seed_like_torch(tmp_path):
+    spec = load_spec(str(write(tmp_path, "spec.yaml", "layers:\n  - Linear: [2, 3]\n")))
+    model = build(spec, resolve(spec, 2), seed=2**64 - 1)
+    torch.manual_seed(2**64 - 1)
+    assert torch.equal(model.module[0].weight, nn.Linear(2, 3).weight)
+
+
+# -- odd YAML values: one error line, never an internal error ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("name: 2001-13-01\nlayers: []\n", "invalid YAML: cannot read a value: month must be in 1..12"),
+        ("name: !!int xx\nlayers: []\n", "invalid YAML: cannot read a value"),
+        ("seed: " + "1" * 5000 + "\nlayers: []\n", "an integer of more than 4300 digits"),
+        ("seed: 0x" + "f" * 5000 + "\nlayers: []\n", "`seed` must be an integer from 0 to 2**64-1, got a 20,000-bit integer"),
+        ("inputs: 2\nlayers:\n  - Linear: {out_features: 0x" + "f" * 5000 + "}\n", "out_features must be below 2**63 in size"),
+        ("inputs: 2\nlayers:\n  - Dropout: 1" + "0" * 400 + "\n", "p must be a number"),
+        ("layers:\n  - Linear: [1, 1]\n    weight: [[1" + "0" * 400 + "]]\n", "too large for a float"),
+        ("inputs: 0x" + "f" * 5000 + "\nlayers: []\n", "`inputs` must be a positive integer below 2**63"),
+        ("a: &x 1\nb: &x 2\nlayers: []\n", "duplicate anchor"),
+        ('layers: []\nname: "\\U00110000"\n', "invalid YAML: chr() arg not in range(0x110000) ({spec}:2)"),  # found by test_fuzz
+        ("layers:\n  - {ReLU: null, " + ", ".join(f"k{i}: 1" for i in range(10_000)) + "}\n", "got keys 'ReLU', 'k0', 'k1', 'k2', 'k3', ..."),
+    ],
+)
+def test_odd_yaml_values_are_one_error_line(nncli, tmp_path, text, fragment):
+    spec = write(tmp_path, "spec.yaml", text)
+    result = nncli("params", spec)
+    assert_error(result, 1, fragment.format(spec=spec) if "{spec}" in fragment else fragment)
+    assert "internal error" not in result.stderr and len(result.stderr) < 400
