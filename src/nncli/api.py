@@ -197,6 +197,7 @@ class Model:
         from nncli import model
         from nncli.output import output_file
 
+        path = os.fspath(path)
         suffix = model.check_weights_path(path)
         with output_file(path, what) as f:
             model.write_weights(model.state_for_saving(self.module), f, suffix)
@@ -534,7 +535,7 @@ def evaluate(model: Model, data, *, target=None, loss: str | None = None, thresh
     import numpy as np
 
     from nncli.metrics import Confusion, MultiLabel, Regression, actual, class_count, kind_of, predicted
-    from nncli.render import jsonable
+    from nncli.texts import jsonable
 
     read = read or Read(target=target, **more)
     state: dict = {}

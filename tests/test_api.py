@@ -1,0 +1,140 @@
+"""The library as a Python user calls it, and the proof that it is the CLI's engine: for every example
+spec, the API's values equal the CLI's bit for bit (and both equal PyTorch, by the other tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pandas as pd  # noqa: F401  (pandas is a test dependency: the frames a user has)
+import polars as pl
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import nncli as lib
+from tests.conftest import CONFIGS, DATA, EXAMPLE_DATA, REFERENCE, load_json, parse_csv, read_table, reference_model, write
+
+NAMES = sorted(REFERENCE)
+
+
+def _args(name):
+    data_file, drop = EXAMPLE_DATA[name]
+    return CONFIGS / f"{name}.yaml", DATA / data_file, drop
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_api_equals_cli(nncli, name):
+    spec, data, drop = _args(name)
+    cli = nncli("forward", spec, data, *sum((["-t", d] for d in drop), []), "-f", "csv").stdout
+    api = nncli_load(spec).forward(data, target=drop or None)
+    rows = parse_csv(cli)
+    assert list(rows[0]) == api.columns
+    for column in api.columns:
+        got = api.get_column(column).to_numpy()
+        want = np.array([r[column] for r in rows], dtype=got.dtype)
+        np.testing.assert_array_equal(got, want)
+
+
+def nncli_load(spec, **kwargs):
+    return lib.load(spec, **kwargs)
+
+
+TARGETED = [n for n in NAMES if EXAMPLE_DATA[n][1]]
+
+
+@pytest.mark.parametrize("name", TARGETED)
+def test_loss_grads_step_evaluate_api_equal_cli(nncli, tmp_path, name):
+    spec, data, drop = _args(name)
+    t = ["-t", drop[0]]
+    assert np.float32(nncli_load(spec).loss(data, target=drop[0])) == np.float32(load_json(nncli("loss", spec, data, *t, "-f", "json"))["loss"])
+    grads = nncli_load(spec).grads(data, target=drop[0])
+    cli = load_json(nncli("grads", spec, data, *t, "-f", "json"))["gradients"]
+    for k, g in grads.items():
+        np.testing.assert_array_equal(g.numpy(), np.array(cli[k], dtype=np.float32))
+    m = nncli_load(spec)
+    result = m.step(data, target=drop[0], lr=0.1)
+    m.save(tmp_path / "api.safetensors")
+    nncli("step", spec, data, *t, "--lr", "0.1", "--save-weights", tmp_path / "cli.safetensors")
+    a, b = load_file(tmp_path / "api.safetensors"), load_file(tmp_path / "cli.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert np.float32(result.loss_after) < np.float32(result.loss_before) or np.isfinite(result.loss_after)
+    assert lib.evaluate(nncli_load(spec), data, target=drop[0]) == load_json(nncli("evaluate", spec, data, *t, "-f", "json"))
+
+
+def test_train_api_equals_cli(nncli, tmp_path):
+    spec, data = CONFIGS / "iris.yaml", DATA / "iris-train.csv"
+    m = nncli_load(spec)
+    history = lib.train(m, data, target="species", epochs=2, lr=0.05, optimizer="adam", batch_size=16, val_split=0.2)
+    m.save(tmp_path / "api.safetensors")
+    doc = load_json(nncli("train", spec, data, "-t", "species", "--epochs", "2", "--lr", "0.05", "--optimizer", "adam", "--batch-size", "16",
+                          "--val-split", "0.2", "--save-weights", tmp_path / "cli.safetensors", "-f", "json"))
+    def same(a: dict, b: dict) -> bool:  # losses are float32: equal as float32; epochs and accuracies exactly
+        return a.keys() == b.keys() and all((np.float32(a[k]) == np.float32(b[k])) if "loss" in k else a[k] == b[k] for k in a)
+
+    assert len(history.epochs) == len(doc["history"]) == 2
+    assert all(same(a, b) for a, b in zip(history.as_dicts(), doc["history"]))
+    a, b = load_file(tmp_path / "api.safetensors"), load_file(tmp_path / "cli.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_module_is_seeded_as_pytorch_seeds_it():
+    m = lib.load(CONFIGS / "net-16-8-4-2.yaml")
+    expected = reference_model("net-16-8-4-2")
+    for (k, p), (_, q) in zip(m.module.state_dict().items(), expected.state_dict().items()):
+        assert torch.equal(p, q), k
+
+
+def test_a_spec_as_a_dict_and_every_kind_of_table():
+    m = lib.load({"seed": 42, "layers": [{"Linear": [6, 4]}, "ReLU", {"Linear": [4, 3]}, {"Softmax": {"dim": 1}}]})
+    x = read_table(DATA / "table-5x6.csv", ["label"]).double().numpy()
+    with torch.no_grad():
+        expected = reference_model("three-class").eval()(torch.from_numpy(x).float()).numpy()
+    from_numpy = m.predict_batch(x)
+    np.testing.assert_array_equal(from_numpy, expected)
+    names = [f"x{i}" for i in range(6)]
+    polars_frame = pl.DataFrame(x, schema=names, orient="row")
+    pandas_frame = polars_frame.to_pandas()
+    arrow_table = polars_frame.to_arrow()
+    for table, kind in ((polars_frame, pl.DataFrame), (pandas_frame, pd.DataFrame)):
+        out = m.predict_batch(table)
+        assert isinstance(out, kind)
+    out = m.predict_batch(arrow_table)
+    assert type(out).__module__.startswith("pyarrow")
+    # a column-major pandas frame still gives the CSV's bits: nncli makes the array row-major
+    frame = m.forward(pandas_frame)
+    np.testing.assert_array_equal(np.stack([frame.get_column(f"prob_{i}").to_numpy() for i in range(3)], axis=1), expected)
+
+
+def test_errors_and_warnings_are_python_ones():
+    with pytest.raises(lib.NncliError) as caught:
+        lib.load(CONFIGS / "nope.yaml")
+    assert "no such file" in str(caught.value)
+    m = lib.load(CONFIGS / "three-class.yaml")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        m.loss(DATA / "table-5x6.csv", target="label", loss="CrossEntropyLoss")
+    assert any(issubclass(w.category, lib.NncliWarning) and "Softmax" in str(w.message) for w in seen)
+
+
+def test_import_is_cheap_and_the_library_never_prints():
+    code = ("import sys, nncli; assert 'torch' not in sys.modules; m = nncli.load('examples/configs/three-class.yaml');"
+            " assert 'torch' not in sys.modules; m.loss('examples/data/table-5x6.csv', target='label')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=CONFIGS.parent.parent)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "" and result.stderr == ""
+
+
+def test_the_readme_library_example_runs(tmp_path):
+    """The README's Python example, run as a user would from the repository root."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"```python\n(import nncli\n.*?)```", readme, re.S).group(1)
+    result = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
