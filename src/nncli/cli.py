@@ -194,7 +194,7 @@ def main_callback(
 
 
 def _register() -> None:
-    from nncli.commands import fit, inspect, outputs, signal as signal_commands
+    from nncli.commands import files, fit, inspect, outputs, signal as signal_commands
 
     app.command()(handled(outputs.forward))
     app.command()(handled(outputs.onehot))
@@ -206,6 +206,7 @@ def _register() -> None:
     app.command()(handled(inspect.init))
     app.command()(handled(fit.train))
     app.command()(handled(fit.evaluate))
+    app.command()(handled(files.clean))
 
 
 _register()
