@@ -4,6 +4,9 @@ Two parsers share one contract. The fast one hands each block of whole lines to 
 exact one is Python's csv module, and it is the authority: whenever polars refuses a block or
 anything about it is in doubt (an empty cell, a short row, a quote), the block is parsed again
 exactly, which either yields the same numbers or names the line, column and text at fault.
+
+Every step over the columns is a set or dict lookup: a file of two lines and 10^6 columns is read in
+seconds, where list membership tests made it hours.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import sys
 from dataclasses import dataclass
 
@@ -19,16 +23,50 @@ from nncli.errors import NncliError, UsageError
 BLOCK_BYTES = 4 << 20
 MAX_LINE_BYTES = 32 << 20
 DELIMITERS = (",", "\t", ";")
+# A block this wide with fewer rows goes straight to the exact parser (polars took 20 s for one
+# row of 10^6 columns, the csv module 0.3 s).
+WIDE_COLUMNS = 1024
+WIDE_ROWS = 64
 
 
-def parse_number(cell: str) -> float | None:
-    """The number a cell holds, or None: Python's float() grammar, without digit separators."""
-    if "_" in cell:
+# A cell that is a number once its comma is a decimal point: worth a hint in the error message.
+_DECIMAL_COMMA = re.compile(r"^\s*[+-]?[0-9]+,[0-9]+\s*$")
+# A cell that may be a column name made of digits (`0`, `2024`): see CsvFile._warn_numeric_header.
+_DIGITS = re.compile(r"^\s*[0-9]+\s*$")
+_INTEGER = re.compile(r"^\s*[+-]?[0-9]+\s*$")
+
+
+def parse_number(cell: str, decimal_comma: bool = False) -> float | None:
+    """The number a cell holds, or None: Python's float() grammar in ASCII, without digit separators.
+
+    float() also takes Unicode digits (`٣`, `１`) and Unicode spaces; a CSV holding those is not
+    what a numeric column means, and polars refuses them too, so both parsers agree.
+    With `decimal_comma`, `,` is the decimal point and a `.` is refused: `1.234` could be a
+    thousands separator, and reading it as 1.234 would be silently wrong.
+    """
+    if "_" in cell or not cell.isascii():
         return None
+    if decimal_comma:
+        if "." in cell:
+            return None
+        cell = cell.replace(",", ".")
     try:
         return float(cell)
     except ValueError:
         return None
+
+
+def number_problem(cell: str, decimal_comma: bool = False) -> str:
+    """Why a cell is not a number, for `<column>: <problem>` messages."""
+    if not cell.strip():
+        return "the cell is empty"
+    shown = cell if len(cell) <= 40 else cell[:37] + "..."
+    problem = f"{shown!r} is not a number"
+    if decimal_comma and "." in cell:
+        return problem + " (with --decimal-comma, '.' is not a decimal point; thousands separators are not read)"
+    if not decimal_comma and _DECIMAL_COMMA.match(cell):
+        return problem + " (add --decimal-comma if commas are decimal separators)"
+    return problem
 
 
 def display_name(path: str) -> str:
@@ -45,12 +83,26 @@ class Block:
 
 
 class CsvFile:
-    """An open CSV: its delimiter, header and column names are known as soon as it is opened."""
+    """An open CSV: its delimiter, header and column names are known as soon as it is opened.
 
-    def __init__(self, path: str, delimiter: str | None = None, header: bool | None = None, name: str | None = None) -> None:
+    `warnings` collects what the reader noticed but did not refuse (a header of numbers read as
+    data): library code never prints, the CLI shows them.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        delimiter: str | None = None,
+        header: bool | None = None,
+        name: str | None = None,
+        decimal_comma: bool = False,
+    ) -> None:
         self.path = path
         self.name = name or display_name(path)
+        self.decimal_comma = decimal_comma
+        self.warnings: list[str] = []
         self.stream = _open(path)
+        self._owned = path != "-"  # standard input is not ours to close (and sys.stdin may be None)
         try:
             self.total_bytes = os.fstat(self.stream.fileno()).st_size if path != "-" else None
         except (OSError, io.UnsupportedOperation):
@@ -59,29 +111,82 @@ class CsvFile:
         self._pending = b""
         self._line = 0  # lines consumed so far
         self._eof = False
+        self._cr: bool | None = None  # lines end in a bare CR (old Mac): decided on line 1
+        self._carry = b""  # a CR at the end of a read, whose LF (if any) is in the next one
+        try:
+            self._read_header(delimiter, header)
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_header(self, delimiter: str | None, header: bool | None) -> None:
+        self._strip_bom()
+        self._decide_line_ends()
         first = self._first_row()
         if first is None:
             raise NncliError("the file is empty (no rows)", self.name)
         line_no, raw_line = first
-        self.delimiter = _delimiter(delimiter) if delimiter else _detect_delimiter(raw_line)
+        if delimiter:
+            self.delimiter = _delimiter(delimiter)
+            if self.decimal_comma and self.delimiter == ",":
+                raise UsageError("with --decimal-comma the delimiter can't be a comma (it is the decimal point)", "--delimiter")
+        else:
+            self.delimiter = _detect_delimiter(raw_line, self.decimal_comma)
         cells = _split(raw_line, self.delimiter, self.name, line_no)
-        self.has_header = header if header is not None else any(parse_number(c) is None for c in cells)
+        self.has_header = header if header is not None else any(parse_number(c, self.decimal_comma) is None for c in cells)
         self.ncols = len(cells)
+        # name -> its 0-based column, and the names given to several columns: one dict lookup per name
+        self.index: dict[str, int] = {}
+        self.duplicates: dict[str, list[int]] = {}
         if self.has_header:
             self.names = [c.strip() for c in cells]
+            self.index = dict(zip(reversed(self.names), range(self.ncols - 1, -1, -1)))  # the first of equal names
+            if len(self.index) < self.ncols:
+                for i, n in enumerate(self.names):
+                    if self.index[n] != i:
+                        self.duplicates.setdefault(n, [self.index[n]]).append(i)
         else:
             self.names = None
+            if header is None:
+                self._warn_numeric_header(cells, line_no)
             self._pending = raw_line.encode("utf-8") + self._pending  # the first row is data
             self._line = line_no - 1
+
+    def _warn_numeric_header(self, cells: list[str], line_no: int) -> None:
+        """Warn when a first row read as data looks like column names made of digits.
+
+        The rule: at least 2 cells, every cell a non-negative integer in plain digits (`0`, `2024`),
+        no two of them equal, and the next non-blank row has a cell that is not an integer (a
+        fraction, an exponent, text, an empty cell). `0,1,2,3` over rows of measurements is a
+        header pandas wrote; over rows of integers it may be data, and nothing is said.
+        """
+        if len(cells) < 2 or not all(_DIGITS.match(c) for c in cells):
+            return
+        keys = {c.strip().lstrip("0") for c in cells}  # not int(): 10^4 digits would raise
+        if len(keys) != len(cells):
+            return
+        following = self._peek_row()
+        if following is None or all(_INTEGER.match(c) for c in following):
+            return
+        self.warnings.append(
+            f"line {line_no} looks like a header of numbers; it was read as data "
+            f"(add --header to read it as column names) ({self.name})"
+        )
 
     # -- reading raw lines -------------------------------------------------------------------------
 
     def _read(self) -> bytes:
-        chunk = self.stream.read1(BLOCK_BYTES)  # what is there now: a slow pipe still streams
-        if not chunk:
-            self._eof = True
-        self.bytes_read += len(chunk)
-        return chunk
+        """The next bytes there are now (a slow pipe still streams); bare CRs as LF in a CR file."""
+        while True:
+            chunk = self.stream.read1(BLOCK_BYTES)
+            if not chunk:
+                self._eof = True
+            self.bytes_read += len(chunk)
+            if not self._cr:
+                return chunk
+            chunk, self._carry = _cr_to_lf(self._carry + chunk, self._eof)
+            if chunk or self._eof:  # a read of a lone CR waits for the next byte
+                return chunk
 
     def _more_ready(self) -> bool:
         """Whether a read would return at once (always, for a file; for a pipe, if data is waiting)."""
@@ -92,26 +197,85 @@ class CsvFile:
         except (OSError, ValueError, io.UnsupportedOperation):
             return True
 
-    def _first_row(self):
-        """The first non-blank line (decoded, BOM removed) and its line number."""
-        while True:
-            cut = self._pending.find(b"\n")
-            while cut < 0 and not self._eof:
-                if len(self._pending) > MAX_LINE_BYTES:
-                    raise NncliError(f"line {self._line + 1} is longer than {MAX_LINE_BYTES >> 20} MiB", self.name)
+    def _strip_bom(self) -> None:
+        while len(self._pending) < 3 and not self._eof:
+            self._pending += self._read()
+        if self._pending.startswith(b"\xef\xbb\xbf"):
+            self._pending = self._pending[3:]
+
+    def _decide_line_ends(self) -> None:
+        """Lines that end in a bare CR (`a,b\r1,2\r`, old Mac files) are read as if they ended in LF.
+
+        Decided by the first line ending of the file: a CR not followed by LF, outside quotes.
+        From then on CRLF and CR both end a line; a file whose first line ends in LF or CRLF is
+        read as it is.
+        """
+        searched = 0
+        while self._cr is None:
+            data = self._pending
+            r, n = data.find(b"\r", searched), data.find(b"\n", searched)
+            if n >= 0 and (r < 0 or n < r):
+                self._cr = False
+            elif r >= 0 and (r + 1 < len(data) or self._eof):
+                self._cr = data[r + 1 : r + 2] != b"\n" and data.count(b'"', 0, r) % 2 == 0
+            elif self._eof:
+                self._cr = False
+            else:
+                if len(data) > MAX_LINE_BYTES:
+                    raise NncliError(f"line 1 is longer than {MAX_LINE_BYTES >> 20} MiB", self.name)
+                searched = r if r >= 0 else len(data)
                 self._pending += self._read()
-                if self._line == 0 and self._pending.startswith(b"\xef\xbb\xbf"):
-                    self._pending = self._pending[3:]
-                cut = self._pending.find(b"\n")
+        if self._cr:
+            self._pending, self._carry = _cr_to_lf(self._pending, self._eof)
+
+    def _first_row(self):
+        """The first non-blank line (decoded) and its line number."""
+        pos = 0  # blank lines before it are stepped over, not cut off one by one (a copy each)
+        while True:
+            cut = self._pending.find(b"\n", pos)
+            while cut < 0 and not self._eof:
+                if len(self._pending) - pos > MAX_LINE_BYTES:
+                    raise NncliError(f"line {self._line + 1} is longer than {MAX_LINE_BYTES >> 20} MiB", self.name)
+                if pos:
+                    self._pending, pos = self._pending[pos:], 0
+                searched = len(self._pending)
+                self._pending += self._read()
+                cut = self._pending.find(b"\n", searched)
             if cut < 0:
-                cut = len(self._pending)
-                if cut == 0:
+                cut = len(self._pending) - 1
+                if cut < pos:
+                    self._pending = b""
                     return None
-            raw, self._pending = self._pending[: cut + 1], self._pending[cut + 1 :]
+            raw, pos = self._pending[pos : cut + 1], cut + 1
             self._line += 1
             text = _decode(raw, self.name, self._line)
             if text.strip():
+                self._pending = self._pending[pos:]
                 return self._line, text
+
+    def _peek_row(self) -> list[str] | None:
+        """The cells of the next non-blank line, left unread; None if there is none, or it is odd."""
+        start = searched = 0
+        while start <= MAX_LINE_BYTES:
+            cut = self._pending.find(b"\n", searched)
+            while cut < 0 and not self._eof:
+                if len(self._pending) - start > MAX_LINE_BYTES:
+                    return None
+                searched = len(self._pending)
+                self._pending += self._read()
+                cut = self._pending.find(b"\n", searched)
+            end = len(self._pending) if cut < 0 else cut + 1
+            raw = self._pending[start:end]
+            if not raw:
+                return None
+            try:
+                text = raw.decode("utf-8")
+                if text.strip():
+                    return _split(text, self.delimiter, self.name, 0)
+            except (UnicodeDecodeError, NncliError):  # the reading proper names it
+                return None
+            start = searched = end
+        return None
 
     def blocks(self):
         """Yield (first line number, bytes, line count) of whole lines, a block at a time; quoted fields stay whole."""
@@ -122,28 +286,50 @@ class CsvFile:
                 first = False
             if not self._pending:
                 return
-            cut = len(self._pending) if self._eof else self._pending.rfind(b"\n") + 1
-            while cut == 0 or (self._pending.find(b'"', 0, cut) >= 0 and self._pending.count(b'"', 0, cut) % 2):
-                # a line, or a quoted field, runs on past the block: read more
+            # Cut after the last newline outside quotes. Newlines and quotes are looked for only in
+            # what is new since the last look, so a line that runs on for many reads costs linear time.
+            searched = cut = quotes = 0  # quotes: how many in self._pending[:cut]
+            while True:
                 if self._eof:
                     cut = len(self._pending)
                     break
+                last = self._pending.rfind(b"\n", searched)
+                searched = len(self._pending)
+                if last >= 0:
+                    quotes += self._pending.count(b'"', cut, last + 1)
+                    cut = last + 1
+                if cut and quotes % 2 == 0:
+                    break
+                # a line, or a quoted field, runs on past the block: read more
                 if len(self._pending) > MAX_LINE_BYTES:
-                    raise NncliError(
-                        f"a line (or a quoted field) from line {self._line + 1} on is longer than "
-                        f"{MAX_LINE_BYTES >> 20} MiB",
-                        self.name,
-                    )
+                    raise self._runaway(quotes + self._pending.count(b'"', cut))
                 self._pending += self._read()
-                cut = len(self._pending) if self._eof else self._pending.rfind(b"\n") + 1
             block, self._pending = self._pending[:cut], self._pending[cut:]
             start = self._line + 1
             lines = block.count(b"\n")
             self._line += lines
             yield start, block, lines + (not block.endswith(b"\n"))
 
+    def _runaway(self, quotes: int) -> NncliError:
+        """The error for more than MAX_LINE_BYTES without a line end: a stray quote, or a line that long."""
+        if quotes % 2:
+            return self._unclosed_quote(self._pending, self._line + 1, f" (no closing quote within {MAX_LINE_BYTES >> 20} MiB)")
+        return NncliError(
+            f"a line (or a quoted field) from line {self._line + 1} on is longer than {MAX_LINE_BYTES >> 20} MiB",
+            self.name,
+        )
+
+    def _unclosed_quote(self, lines: bytes, line_no: int, detail: str = "") -> NncliError:
+        """The error for lines (from line `line_no`) holding an odd number of quotes.
+
+        Quotes pair up from the start of whole lines, `""` inside a field included: with an odd
+        count, the last one opens a field that nothing closes (a stray quote, most often).
+        """
+        line = line_no + lines.count(b"\n", 0, lines.rfind(b'"'))
+        return NncliError(f"malformed CSV: an opening quote on line {line} is never closed{detail}", self.name)
+
     def close(self) -> None:
-        if self.stream is not sys.stdin.buffer:
+        if self._owned and not self.stream.closed:
             self.stream.close()
 
     # -- parsing -----------------------------------------------------------------------------------
@@ -152,18 +338,26 @@ class CsvFile:
         return f"column {index} ({self.names[index]!r})" if self.names else f"column {index}"
 
     def read(self, numeric: list[int], text: list[int] = ()):
-        """Yield a Block per block of input: float64 values of the numeric columns, strings of the text ones."""
+        """Yield a Block per block of input: float64 values of the numeric columns, strings of the text ones.
+
+        A file that cannot be read is closed before the error goes up: callers that stop on it
+        need not.
+        """
         rows = 0
-        for line_no, block, lines in self.blocks():
-            parsed = _fast_parse(block, lines, self.ncols, self.delimiter, numeric, text)
-            if parsed is None:
-                parsed = self._exact_parse(block, line_no, numeric, text)
-            values, texts = parsed
-            if len(values):
-                yield Block(values, texts, rows)
-                rows += len(values)
-        if rows == 0:
-            raise NncliError("the file has a header but no data rows" if self.has_header else "the file is empty (no rows)", self.name)
+        try:
+            for line_no, block, lines in self.blocks():
+                parsed = _fast_parse(block, lines, self.ncols, self.delimiter, numeric, text, decimal_comma=self.decimal_comma)
+                if parsed is None:
+                    parsed = self._exact_parse(block, line_no, numeric, text)
+                values, texts = parsed
+                if len(values):
+                    yield Block(values, texts, rows)
+                    rows += len(values)
+            if rows == 0:
+                raise NncliError("the file has a header but no data rows" if self.has_header else "the file is empty (no rows)", self.name)
+        except Exception:
+            self.close()
+            raise
 
     def _exact_parse(self, block: bytes, line_no: int, numeric: list[int], text: list[int]):
         import numpy as np
@@ -173,12 +367,15 @@ class CsvFile:
         values: list[list[float]] = []
         texts: list[list[str]] = [[] for _ in text]
         previous = 0
+        decimal_comma = self.decimal_comma
         while True:
             try:
                 row = next(reader)
             except StopIteration:
                 break
             except csv.Error as e:
+                if ("unexpected end of data" in str(e) or "field larger" in str(e)) and block.count(b'"') % 2:
+                    raise self._unclosed_quote(block, line_no) from None  # csv's line is where it gave up
                 raise NncliError(f"malformed CSV: {e}", f"{self.name}:{line_no + reader.line_num - 1}") from None
             where = f"{self.name}:{line_no + previous}"
             previous = reader.line_num
@@ -188,11 +385,9 @@ class CsvFile:
                 raise NncliError(f"the row has {len(row)} cells, expected {self.ncols}", where)
             numbers = []
             for i in numeric:
-                value = parse_number(row[i])
+                value = parse_number(row[i], decimal_comma)
                 if value is None:
-                    shown = row[i] if len(row[i]) <= 40 else row[i][:37] + "..."
-                    problem = "the cell is empty" if not row[i].strip() else f"{shown!r} is not a number"
-                    raise NncliError(f"{self.column_label(i)}: {problem}", where)
+                    raise NncliError(f"{self.column_label(i)}: {number_problem(row[i], decimal_comma)}", where)
                 numbers.append(value)
             values.append(numbers)
             for out, i in zip(texts, text):
@@ -200,8 +395,18 @@ class CsvFile:
         return np.array(values, dtype=np.float64).reshape(len(values), len(numeric)), texts
 
 
+def _cr_to_lf(data: bytes, eof: bool) -> tuple[bytes, bytes]:
+    """CRLF and bare CR as LF; a CR at the very end is held back (its LF may come next) unless at EOF."""
+    carry = b""
+    if data.endswith(b"\r") and not eof:
+        data, carry = data[:-1], b"\r"
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n"), carry
+
+
 def _open(path: str):
     if path == "-":
+        if sys.stdin is None:  # fd 0 was closed when Python started (`nncli ... <&-`)
+            raise NncliError("standard input is closed", "<stdin>")
         return sys.stdin.buffer
     try:
         if os.path.isdir(path):
@@ -229,10 +434,12 @@ def _delimiter(given: str) -> str:
     return value
 
 
-def _detect_delimiter(line: str) -> str:
-    counts = {d: line.count(d) for d in DELIMITERS}
+def _detect_delimiter(line: str, decimal_comma: bool = False) -> str:
+    """The most frequent of comma, tab and semicolon in the first row; with decimal commas, tab or semicolon."""
+    candidates = [d for d in DELIMITERS if not (decimal_comma and d == ",")]
+    counts = {d: line.count(d) for d in candidates}
     best = max(counts, key=counts.get)
-    return best if counts[best] else ","
+    return best if counts[best] else ("," if not decimal_comma else ";")
 
 
 def _split(line: str, delimiter: str, name: str, line_no: int) -> list[str]:
@@ -243,18 +450,32 @@ def _split(line: str, delimiter: str, name: str, line_no: int) -> list[str]:
     return rows[0] if rows else [""]
 
 
-def _fast_parse(block: bytes, rows: int, ncols: int, delimiter: str, numeric: list[int], text: list[int], retry: bool = True):
+def _fast_parse(
+    block: bytes,
+    rows: int,
+    ncols: int,
+    delimiter: str,
+    numeric: list[int],
+    text: list[int],
+    retry: bool = True,
+    decimal_comma: bool = False,
+):
     """Parse a block of `rows` lines with polars, or return None where only the exact parser can be trusted."""
     import numpy as np
     import polars as pl
 
     if block.find(b'"') >= 0:
         return None  # quoting is the exact parser's: polars panics on an unbalanced quote (and prints so)
-    wanted = sorted(set(numeric) | set(text))
+    if ncols >= WIDE_COLUMNS and rows < WIDE_ROWS:
+        return None  # polars spends ~20 us per column, the exact parser ~0.3 us per cell: few rows are its
+    if decimal_comma and block.find(b".") >= 0:
+        return None  # polars would read `1.5` as 1.5; the exact parser refuses a '.' in a number and names it
+    is_numeric, is_text = set(numeric), set(text)  # sets: one lookup per column, 10^6 columns or not
+    wanted = sorted(is_numeric | is_text)
     if len(wanted) < ncols and block.count(delimiter.encode()) != rows * (ncols - 1):
         return None  # a short row could hide in a column polars does not read
     names = [f"c{i}" for i in range(ncols)]
-    schema = {n: (pl.Float64 if i in numeric and i not in text else pl.String) for i, n in enumerate(names)}
+    schema = {n: (pl.Float64 if i in is_numeric and i not in is_text else pl.String) for i, n in enumerate(names)}
     try:
         frame = pl.read_csv(
             block,
@@ -263,27 +484,40 @@ def _fast_parse(block: bytes, rows: int, ncols: int, delimiter: str, numeric: li
             schema=schema,
             columns=wanted or [0],
             quote_char=None,
+            decimal_comma=decimal_comma,
         )
-        series = [frame.get_column(names[i]) for i in numeric]
-        series = [s.cast(pl.Float64) if i in text else s for s, i in zip(series, numeric)]  # an id may be a number too
+        if numeric:
+            # an id may be a number too: its text column is cast (strictly: a refusal goes to the exact parser)
+            selected = frame.select([_as_number(names[i], decimal_comma) if i in is_text else names[i] for i in numeric])
+            has_nulls = any(selected.null_count().row(0))
+        else:
+            selected, has_nulls = None, False
     except pl.exceptions.PolarsError:  # a refusal sends the block to the exact parser, which names the cell
         return None
     except BaseException as e:  # a polars panic (pyo3's PanicException is a BaseException): same
         if type(e).__name__ != "PanicException":
             raise
         return None
-    if frame.height != rows or any(s.null_count() for s in series):
+    if frame.height != rows or has_nulls:
         if retry and (b"\n\n" in block or b"\n\r\n" in block or block[:1] in (b"\n", b"\r")):
             kept = b"".join(line for line in block.splitlines(keepends=True) if line.strip())  # blank lines
             if not kept:
                 return _empty(numeric, text)
-            return _fast_parse(kept, kept.count(b"\n") + (not kept.endswith(b"\n")), ncols, delimiter, numeric, text, False)
+            return _fast_parse(kept, kept.count(b"\n") + (not kept.endswith(b"\n")), ncols, delimiter, numeric, text, False, decimal_comma)
         return None
-    values = np.empty((rows, len(numeric)), dtype=np.float64)  # row-major, as torch.tensor(rows) is
-    for j, s in enumerate(series):
-        values[:, j] = s.to_numpy()
+    # row-major, as torch.tensor(rows) is; one conversion for all columns, not one per column
+    values = selected.to_numpy(order="c", writable=True) if numeric else np.empty((rows, 0), dtype=np.float64)
     texts = [frame.get_column(names[i]).fill_null("").to_list() for i in text]
     return values, texts
+
+
+def _as_number(name: str, decimal_comma: bool):
+    import polars as pl
+
+    column = pl.col(name)
+    if decimal_comma:
+        column = column.str.replace(",", ".", literal=True)
+    return column.cast(pl.Float64)
 
 
 def _empty(numeric, text):

@@ -2,7 +2,8 @@
 
 Columns are chosen by name or 0-based index (negative from the end, as in Python). Batches
 have a fixed number of rows, whatever the block size the reader uses, so a result never
-depends on how the file was read.
+depends on how the file was read. Columns are looked up in dicts and sets and rows are regrouped
+by offsets, so the cost grows linearly with the columns and the rows.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from nncli.csvread import CsvFile, display_name
 from nncli.errors import NncliError, UsageError
 
 DEFAULT_BATCH_ROWS = 16384
-_INDEX = re.compile(r"^[+-]?\d+$")
+_INDEX = re.compile(r"^[+-]?[0-9]+$")  # ASCII digits: \d would take `٣` as 3
 
 
 @dataclass
@@ -30,6 +31,7 @@ class DataOptions:
     targets_file: str | None = None
     id_column: str | None = None
     label: str | None = None  # the name DATA goes by in messages, when `path` is a spooled copy
+    decimal_comma: bool = False  # `1,5` is 1.5 (European spreadsheets); the delimiter is then `;` or tab
 
 
 @dataclass
@@ -44,12 +46,18 @@ class Batch:
 
 
 def column_index(token: str, csv: CsvFile, option: str) -> int:
-    """A column named by its header name or its 0-based index (negative from the end)."""
+    """A column named by its header name or its 0-based index (negative from the end).
+
+    A name given to several columns is refused: picking one of them silently could train on the
+    wrong column.
+    """
     token = token.strip()
-    if csv.names and token in csv.names:
-        return csv.names.index(token)
+    if csv.names and token in csv.index:
+        if token in csv.duplicates:
+            raise NncliError(f"{option} {token!r}: {_not_unique(token, csv.duplicates[token])}: name it by 0-based index", csv.name)
+        return csv.index[token]
     if _INDEX.match(token):
-        i = int(token)
+        i = int(token) if len(token) <= 20 else csv.ncols  # int() of 10^4 digits raises; no file is that wide
         if -csv.ncols <= i < csv.ncols:
             return i % csv.ncols
         raise NncliError(f"{option} {token}: there is no column {token}; {csv.name} has {csv.ncols} columns (0 to {csv.ncols - 1})", csv.name)
@@ -73,8 +81,17 @@ class Dataset:
             raise UsageError("DATA and --targets can't both be standard input")
         if want_targets and not (opts.targets or opts.targets_file):
             raise UsageError("this command needs targets: --target COLUMN (or --targets FILE)")
-        self.csv = CsvFile(opts.path, opts.delimiter, opts.header, opts.label)
+        self.csv = CsvFile(opts.path, opts.delimiter, opts.header, opts.label, opts.decimal_comma)
         self.name = self.csv.name
+        self._warnings: list[str] = []
+        self.targets_csv = None
+        try:
+            self._assign_columns(opts, want_targets)
+        except BaseException:
+            self.close()
+            raise
+
+    def _assign_columns(self, opts: DataOptions, want_targets: bool) -> None:
         csv = self.csv
         self.target_cols = _unique([column_index(t, csv, "--target") for t in opts.targets], csv, "--target")
         self.id_col = column_index(opts.id_column, csv, "--id-column") if opts.id_column else None
@@ -86,10 +103,23 @@ class Dataset:
                 raise UsageError(f"{csv.column_label(clash[0])} can't be both a feature and a target or the id")
         else:
             self.feature_cols = [c for c in range(csv.ncols) if c not in taken]
-        self.targets_csv = None
+        used = {t.strip() for t in [*opts.targets, *opts.features, opts.id_column or ""]}
+        self._warn_duplicates(csv, used)
         if opts.targets_file and want_targets:
-            self.targets_csv = CsvFile(opts.targets_file, opts.delimiter, opts.header)
+            self.targets_csv = CsvFile(opts.targets_file, opts.delimiter, opts.header, decimal_comma=opts.decimal_comma)
             self.target_cols = list(range(self.targets_csv.ncols))
+            self._warn_duplicates(self.targets_csv, set())
+
+    def _warn_duplicates(self, csv: CsvFile, used: set[str]) -> None:
+        """Names given to several columns, that no option names (those that one does are errors)."""
+        for name, positions in csv.duplicates.items():
+            if name not in used:
+                self._warnings.append(f"{_not_unique(name, positions)} ({csv.name})")
+
+    @property
+    def warnings(self) -> list[str]:
+        """What reading noticed but did not refuse, DATA's then the targets file's: the CLI shows them."""
+        return self.csv.warnings + self._warnings + (self.targets_csv.warnings if self.targets_csv else [])
 
     @property
     def n_features(self) -> int:
@@ -152,6 +182,12 @@ class Dataset:
             self.targets_csv.close()
 
 
+def _not_unique(name: str, positions: list[int]) -> str:
+    shown = [str(p) for p in positions[:5]] + ([f"{len(positions) - 5} more"] if len(positions) > 5 else [])
+    listed = ", ".join(shown[:-1]) + " and " + shown[-1]
+    return f"column name {name!r} is not unique (columns {listed})"
+
+
 def _unique(cols: list[int], csv: CsvFile, option: str) -> list[int]:
     seen = set()
     for c in cols:
@@ -166,27 +202,60 @@ def _rebatch(blocks, rows: int | None, exact: bool):
 
     Unless `exact`, a short remainder joins the last full batch (so no batch is tiny: torch's
     kernels for a handful of rows can round differently from those for a whole batch).
+    Blocks wait in a queue with an offset into the first one: each row is copied once into its
+    batch, however small the batches (slicing off the rest of a block for each batch of one row
+    made `-b 1` quadratic).
     """
-    import numpy as np
+    from collections import deque
 
-    parts, texts, held, ready = [], None, 0, None
+    pending: deque = deque()  # [values, texts, offset] of blocks not yet wholly batched
+    held, ready = 0, None
+
+    def take(n: int):
+        nonlocal held
+        values, texts = [], None
+        while n:
+            entry = pending[0]
+            block_values, block_texts, offset = entry
+            k = min(n, len(block_values) - offset)
+            values.append(block_values[offset : offset + k])
+            pieces = [t[offset : offset + k] for t in block_texts]
+            if texts is None:
+                texts = pieces
+            else:
+                for out, piece in zip(texts, pieces):
+                    out.extend(piece)
+            if offset + k == len(block_values):
+                pending.popleft()
+            else:
+                entry[2] = offset + k
+            n -= k
+            held -= k
+        return _joined(values), texts
+
     for block in blocks:
-        parts.append(block.values)
-        texts = block.texts if texts is None else [a + b for a, b in zip(texts, block.texts)]
+        if not len(block.values):
+            continue
+        pending.append([block.values, block.texts, 0])
         held += len(block.values)
         while rows is not None and held >= rows:
-            values = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            batch = take(rows)
             if ready is not None:
                 yield ready
-            ready = values[:rows], [t[:rows] for t in texts]
-            parts, texts, held = [values[rows:]], [t[rows:] for t in texts], held - rows
+            ready = batch
     if held and ready is not None and not exact:
-        parts, texts = [ready[0]] + parts, [a + b for a, b in zip(ready[1], texts)]
-        ready = None
+        rest = take(held)
+        ready = _joined([ready[0], rest[0]]), [a + b for a, b in zip(ready[1], rest[1])]
     if ready is not None:
         yield ready
     if held:
-        yield (parts[0] if len(parts) == 1 else np.concatenate(parts)), texts
+        yield take(held)
+
+
+def _joined(parts: list):
+    import numpy as np
+
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def prefetched(items, depth: int = 2):
@@ -238,17 +307,19 @@ def spooled(opts: DataOptions, stack) -> DataOptions:
     import dataclasses
     import shutil
     import sys
-    import tempfile
 
     if opts.path != "-":
         return opts
-    from nncli.output import removed_on_signal
+    from nncli.output import scratch_file
 
-    copy = stack.enter_context(tempfile.NamedTemporaryFile(prefix="nncli-stdin-", suffix=".csv"))
-    stack.enter_context(removed_on_signal(copy.name))
+    if sys.stdin is None:  # fd 0 was closed when Python started (`nncli ... - <&-`)
+        raise NncliError("standard input is closed", "<stdin>")
+    # Named like nncli's other temporary files (with the PID), so one left by a SIGKILLed run is
+    # found by `nncli clean`; removed on exit and on every terminating signal.
+    copy, path = stack.enter_context(scratch_file(None, "stdin.csv"))
     shutil.copyfileobj(sys.stdin.buffer, copy, 1 << 20)
     copy.flush()
-    return dataclasses.replace(opts, path=copy.name, label="<stdin>")
+    return dataclasses.replace(opts, path=path, label="<stdin>")
 
 
 __all__ = ["Batch", "DataOptions", "Dataset", "column_index", "display_name"]

@@ -1,0 +1,391 @@
+"""CSV traps: very wide files, tiny batches with ids, closed standard input, CR line endings,
+stray quotes, Unicode digits, headers of numbers, duplicate names and decimal commas.
+
+Each test failed before the fix it guards. Expected numbers come from Python's float() and from
+PyTorch in the test, never from nncli.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import random
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from nncli import csvread
+from nncli.csvread import parse_number
+from nncli.data import DataOptions, Dataset
+from nncli.errors import NncliError, UsageError
+from tests.conftest import CONFIGS, assert_error, write
+
+HAND = CONFIGS / "hand-checkable.yaml"  # Linear(2, 1), weight [[0.5, -0.5]], bias [0.1]
+
+
+def hand_model(rows: list[list[float]]) -> np.ndarray:
+    """What hand-checkable.yaml computes, written as a user writes it in PyTorch."""
+    layer = nn.Linear(2, 1)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.5, -0.5]]))
+        layer.bias.copy_(torch.tensor([0.1]))
+        return layer(torch.tensor(rows, dtype=torch.float32))[:, 0].numpy()
+
+
+def outputs(result) -> np.ndarray:
+    assert result.exit_code == 0, result.stderr
+    return np.array([np.float32(r["output"]) for r in csv.DictReader(io.StringIO(result.stdout))])
+
+
+def all_values(data: Dataset, rows=None):
+    x, y, ids = [], [], []
+    for batch in data.batches(rows):
+        x.append(batch.x)
+        if batch.y is not None:
+            y.append(batch.y)
+        ids += batch.ids or []
+    data.close()
+    return np.concatenate(x), (np.concatenate(y) if y else None), ids
+
+
+# -- 1. 10^5 columns: every per-column step is a dict or set lookup ---------------------------------
+
+
+def test_a_hundred_thousand_columns_are_read_in_linear_time(tmp_path):
+    """Two lines of 10^5 columns took 75 s per command (`i in numeric` over a list, per column);
+    10^6 columns took hours. Real processes, so that a regression is cut off by the guard."""
+    n = 100_000
+    rng = random.Random(5)
+    features = [rng.uniform(-3, 3) for _ in range(n - 1)]
+    label = 12_345
+    path = tmp_path / "wide.csv"
+    path.write_text(",".join(f"c{i}" for i in range(n)) + "\n" + ",".join(map(repr, features)) + f",{label}\n")
+    spec = write(tmp_path, "identity.yaml", "layers: []\n")
+    nncli = shutil.which("nncli")
+    start = time.monotonic()
+
+    out = tmp_path / "out.csv"
+    done = subprocess.run([nncli, "forward", spec, path, "--features", f"c{n // 2}", "-o", out],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr  # a feature named in a header of 10^5 names
+    assert np.float32(out.read_text().splitlines()[1]) == np.float32(features[n // 2])
+
+    done = subprocess.run([nncli, "forward", spec, path, "--target", str(n - 1), "-o", out],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    header, row = list(csv.reader(io.StringIO(out.read_text())))
+    assert header == [f"output_{i}" for i in range(n - 1)]
+    np.testing.assert_array_equal(np.array(row, dtype=np.float32), np.array(features, dtype=np.float32))
+
+    done = subprocess.run([nncli, "loss", spec, path, "--target", "-1", "--loss", "cross_entropy", "--dtype", "float64", "-f", "json"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    expected = nn.CrossEntropyLoss()(torch.tensor([features], dtype=torch.float64), torch.tensor([label])).item()
+    assert json.loads(done.stdout)["loss"] == pytest.approx(expected, rel=1e-12)  # summation order may differ
+    assert time.monotonic() - start < 60
+
+
+def test_many_named_features_in_a_wide_header(tmp_path):
+    """--features with 30,000 names: each is one dict lookup (list.index made it quadratic: 60 s)."""
+    n = 60_000
+    names = [f"c{i}" for i in range(n)]
+    path = tmp_path / "wide.csv"
+    path.write_text(",".join(names) + "\n" + ",".join(str(i % 10) for i in range(n)) + "\n")
+    chosen = names[::-2]  # every other column, last first
+    start = time.monotonic()
+    data = Dataset(DataOptions(str(path), features=chosen))
+    assert data.feature_cols == [int(c[1:]) for c in chosen]
+    x, _, _ = all_values(data)
+    np.testing.assert_array_equal(x[0], [int(c[1:]) % 10 for c in chosen])
+    assert time.monotonic() - start < 20
+
+
+# -- 2. --id-column with -b 1: regrouping is linear ------------------------------------------------
+
+
+def test_batches_of_one_row_with_ids_cost_what_they_cost_without(tmp_path):
+    """`_rebatch` sliced off the rest of each block's id list for every batch: 80k rows with
+    `-b 1 --id-column` took 6 s more than without ids, and grew with the square of the rows."""
+    rows = 160_000
+    rng = random.Random(3)
+    values = [(rng.uniform(-1, 1), rng.uniform(-1, 1)) for _ in range(rows)]
+    path = tmp_path / "d.csv"
+    path.write_text("id,a,b\n" + "".join(f"r{i},{a!r},{b!r}\n" for i, (a, b) in enumerate(values)))
+
+    def read(id_column):
+        start = time.monotonic()
+        data = Dataset(DataOptions(str(path), features=["a", "b"], id_column=id_column))
+        count, ids, first, last = 0, [], None, None
+        for batch in data.batches(1):
+            assert len(batch) == 1 and batch.first_row == count
+            if batch.ids is not None:
+                ids += batch.ids
+            first = batch.x if first is None else first
+            last = batch.x
+            count += 1
+        data.close()
+        return time.monotonic() - start, count, ids, first, last
+
+    without, count, _, first, last = read(None)
+    with_ids, count_ids, ids, _, _ = read("id")
+    assert count == count_ids == rows
+    assert ids == [f"r{i}" for i in range(rows)]
+    np.testing.assert_array_equal(first, [values[0]])
+    np.testing.assert_array_equal(last, [values[-1]])
+    assert with_ids < 2 * without + 3, (with_ids, without)  # a guard: before, 25 s against 0.7 s
+
+
+# Not a regression test: the rewritten regrouping keeps every rule of the old one.
+@pytest.mark.parametrize("rows, exact, sizes", [(3, False, [3, 3, 4]), (3, True, [3, 3, 3, 1]), (None, False, [10]), (5, False, [5, 5]), (20, False, [10])])
+def test_regrouping_keeps_rows_ids_and_batch_sizes(tmp_path, monkeypatch, rows, exact, sizes):
+    """Blocks of about two rows regrouped into batches: every row once, in order, with its id."""
+    path = tmp_path / "d.csv"
+    path.write_text("id,a,b\n" + "".join(f"r{i},{i},{-i / 4}\n" for i in range(10)))
+    monkeypatch.setattr(csvread, "BLOCK_BYTES", 16)
+    data = Dataset(DataOptions(str(path), id_column="id"))
+    batches = list(data.batches(rows, exact=exact))
+    data.close()
+    assert [len(b) for b in batches] == sizes
+    assert [b.first_row for b in batches] == [sum(sizes[:i]) for i in range(len(sizes))]
+    assert sum((b.ids for b in batches), []) == [f"r{i}" for i in range(10)]
+    np.testing.assert_array_equal(np.concatenate([b.x for b in batches]), [[i, -i / 4] for i in range(10)])
+
+
+# -- 3. closed standard input ----------------------------------------------------------------------
+
+
+def test_closed_standard_input(tmp_path):
+    """`<&-` leaves sys.stdin None: closing the data file compared it with sys.stdin.buffer."""
+    data = write(tmp_path, "d.csv", "a,b\n1,2\n0.5,0.25\n")
+    out = tmp_path / "out.csv"
+    nncli = shutil.which("nncli")
+    done = subprocess.run(["sh", "-c", f'"{nncli}" forward "{HAND}" "{data}" -o "{out}" <&-'], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "error" not in done.stderr
+    got = np.array([np.float32(r["output"]) for r in csv.DictReader(io.StringIO(out.read_text()))])
+    np.testing.assert_array_equal(got, hand_model([[1, 2], [0.5, 0.25]]))
+
+    for command in ("forward", "train"):  # train copies standard input to a file first
+        extra = "-t b --epochs 1 --lr 0.1" if command == "train" else ""
+        done = subprocess.run(["sh", "-c", f'"{nncli}" {command} "{HAND}" - {extra} -o "{out}.{command}" <&-'],
+                              capture_output=True, text=True)
+        assert done.returncode == 1, (command, done.stderr)
+        assert done.stderr.strip().splitlines() == ["error: standard input is closed (<stdin>)"], (command, done.stderr)
+
+
+def test_closed_standard_input_in_the_library(tmp_path, monkeypatch):
+    """The same, below the CLI edge: sys.stdin is None, as Python leaves it when fd 0 is closed."""
+    import contextlib
+
+    from nncli.data import spooled
+
+    monkeypatch.setattr(sys, "stdin", None)
+    data = Dataset(DataOptions(str(write(tmp_path, "d.csv", "a,b\n1,2\n"))))
+    x, _, _ = all_values(data)  # closes the file: `stream is not sys.stdin.buffer` raised here
+    np.testing.assert_array_equal(x, [[1, 2]])
+    for opts, want_targets in ((DataOptions("-"), False), (DataOptions(str(tmp_path / "d.csv"), targets_file="-"), True)):
+        with pytest.raises(NncliError) as raised:
+            Dataset(opts, want_targets)
+        assert raised.value.message == "standard input is closed (<stdin>)"
+    with contextlib.ExitStack() as stack, pytest.raises(NncliError, match=r"standard input is closed"):
+        spooled(DataOptions("-"), stack)
+
+
+# -- 4. CR line endings ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("block", [csvread.BLOCK_BYTES, 3, 16])
+def test_bare_cr_line_endings_are_read_as_lines(nncli, tmp_path, monkeypatch, block):
+    """`a,b\\r1,2\\r` (old Mac files) read as a header and no data rows; now CR ends a line."""
+    monkeypatch.setattr(csvread, "BLOCK_BYTES", block)
+    rows = [[1, 2], [0.5, 0.25], [-3, 4e-3], [7, 8]]
+    lines = ["a,b"] + [f"{x!r},{y!r}" for x, y in rows]
+    for name, ending in (("cr.csv", "\r"), ("crlf.csv", "\r\n"), ("lf.csv", "\n")):
+        path = tmp_path / name
+        path.write_bytes(("\ufeff" + ending.join(lines) + ending).encode())
+        np.testing.assert_array_equal(outputs(nncli("forward", HAND, path)), hand_model(rows), err_msg=name)
+    # blank lines, a quoted name, a file without a final line end and a CRLF after the first CR
+    path = tmp_path / "mixed.csv"
+    path.write_bytes(b'"a",b\r\r1,2\r\n0.5,0.25\r  \r-3,0.004\r7,8')
+    np.testing.assert_array_equal(outputs(nncli("forward", HAND, path)), hand_model(rows))
+
+
+def test_errors_in_a_cr_file_name_the_right_line(nncli, tmp_path):
+    path = tmp_path / "cr.csv"
+    path.write_bytes(b"a,b\r1,2\r\rx,4\r")
+    assert_error(nncli("forward", HAND, path), 1, "column 0 ('a'): 'x' is not a number (", "cr.csv:4)")
+
+
+def test_cr_files_from_standard_input(nncli):
+    np.testing.assert_array_equal(outputs(nncli("forward", HAND, "-", input="a,b\r1,2\r0.5,0.25\r")), hand_model([[1, 2], [0.5, 0.25]]))
+
+
+# -- 5. a stray quote in a large file --------------------------------------------------------------
+
+
+def test_a_lone_quote_in_a_large_file_is_named_with_its_line(nncli, tmp_path):
+    """It was reported as `a line from line 2 on is longer than 32 MiB`."""
+    path = tmp_path / "quote.csv"
+    with open(path, "wb") as f:
+        f.write(b'a,b\n1,2\n"3,4\n')
+        f.write(b"1,2\n" * (10 << 20))  # 40 MiB of ordinary lines after it
+    assert_error(nncli("forward", HAND, path), 1, "an opening quote on line 3 is never closed", "quote.csv")
+
+
+@pytest.mark.parametrize("block", [1 << 12, csvread.BLOCK_BYTES])  # lines that run over the limit, or the whole file at once
+def test_a_lone_quote_after_closed_ones_is_the_one_named(nncli, tmp_path, monkeypatch, block):
+    monkeypatch.setattr(csvread, "MAX_LINE_BYTES", 1 << 16)
+    monkeypatch.setattr(csvread, "BLOCK_BYTES", block)
+    path = tmp_path / "quote.csv"
+    path.write_bytes(b'id,a,b\n"x""y",1,2\n\n"z",3,"4"\n5,5,6\n"w,7,8\n' + b"q,1,2\n" * (1 << 15))
+    assert_error(nncli("forward", HAND, path, "--id-column", "id"), 1, "an opening quote on line 6 is never closed", "quote.csv")
+    if block > 1 << 16:
+        return  # a file read whole at once has no line to wait for: the limit is on what must be held
+    long_line = tmp_path / "long.csv"
+    long_line.write_bytes(b'a,b\n1,2\n"3",' + b"4" * (1 << 17) + b"\n")
+    assert_error(nncli("forward", HAND, long_line), 1, "a line (or a quoted field) from line 3 on is longer than")
+
+
+# -- 6. Unicode digits -----------------------------------------------------------------------------
+
+
+def test_unicode_digits_are_not_numbers(nncli, tmp_path):
+    for cell in ("٣", "１", "1٣", "\u00a02", "２.５"):
+        assert float(cell) is not None  # Python's float() takes them all
+        assert parse_number(cell) is None, cell
+        path = write(tmp_path, "u.csv", f"a,b\n1,2\n{cell},2\n")
+        assert_error(nncli("forward", HAND, path), 1, f"column 0 ('a'): {cell!r} is not a number", "u.csv:3")
+    for cell in ("1e5", " 2 ", "inf", "-inf", "-0", "+.5", "5.", "1E-3", "Infinity", "\t7\n"):
+        assert parse_number(cell) == float(cell), cell
+    assert math.isnan(parse_number("nan")) and math.copysign(1, parse_number("-0")) == -1
+    assert parse_number("1_000") is None
+
+
+def test_a_column_index_in_unicode_digits_is_not_an_index(nncli, tmp_path):
+    path = write(tmp_path, "d.csv", "a,b,c\n1,2,3\n")
+    assert_error(nncli("forward", HAND, path, "--target", "٢"), 1, "--target '٢': no such column")
+
+
+# -- 7. a header of numbers -----------------------------------------------------------------------
+
+
+def test_a_header_of_numbers_is_read_as_data_with_a_warning(tmp_path):
+    path = write(tmp_path, "d.csv", "\n0,1,2\n0.5,1.5,2\n3,4,5\n")
+    data = Dataset(DataOptions(str(path)))
+    assert data.warnings == [
+        f"line 2 looks like a header of numbers; it was read as data (add --header to read it as column names) ({path})"
+    ]
+    x, _, _ = all_values(data)
+    np.testing.assert_array_equal(x, [[0, 1, 2], [0.5, 1.5, 2], [3, 4, 5]])  # still data
+
+
+@pytest.mark.parametrize("text, header", [
+    ("0,1,2\n3,4,5\n", None),  # the next row holds integers too: it may be data
+    ("0,1,1\n0.5,1.5,2\n", None),  # two equal cells: not names
+    ("0,1.5,2\n0.5,1.5,2\n", None),  # not all integers
+    ("-1,1\n0.5,1.5\n", None),  # a sign: a number, not a name
+    ("7\n0.5\n", None),  # one column
+    ("0,1,2\n", None),  # no next row
+    ("0,1,2\n0.5,1.5,2\n", False),  # --no-header: the user said so
+    ("a,b\n0.5,1.5\n", None),  # a real header
+])
+def test_no_warning_when_the_first_row_is_not_a_header_of_numbers(tmp_path, text, header):
+    data = Dataset(DataOptions(str(write(tmp_path, "d.csv", text)), header=header))
+    assert data.warnings == []
+    data.close()
+
+
+def test_a_header_of_numbers_can_be_read_as_names(tmp_path):
+    data = Dataset(DataOptions(str(write(tmp_path, "d.csv", "0,1,2\n0.5,1.5,2\n")), header=True, targets=["2"]), want_targets=True)
+    assert data.warnings == [] and data.feature_names == ["0", "1"] and data.target_names == ["2"]
+    data.close()
+
+
+# -- 8. duplicate column names ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("option", ["--target", "--id-column", "--features"])
+def test_a_duplicate_name_used_by_name_is_an_error(nncli, tmp_path, option):
+    path = write(tmp_path, "f.csv", "a,b,a,c\n1,2,3,4\n")
+    assert_error(
+        nncli("forward", HAND, path, option, "a"), 1,
+        "column name 'a' is not unique (columns 0 and 2): name it by 0-based index (", "f.csv)",
+    )
+    given = {"--target": {"targets": ["a"]}, "--id-column": {"id_column": "a"}, "--features": {"features": ["a"]}}[option]
+    with pytest.raises(NncliError, match=r"column name 'a' is not unique \(columns 0 and 2\)"):
+        Dataset(DataOptions(str(path), **given))
+
+
+def test_a_duplicate_name_named_by_index_works_and_unused_ones_warn(nncli, tmp_path):
+    path = write(tmp_path, "f.csv", "a,b,a,b,b,c\n1,2,3,4,5,6\n")
+    data = Dataset(DataOptions(str(path), features=["2", "c"]))
+    assert data.feature_cols == [2, 5]
+    assert data.warnings == [
+        f"column name 'a' is not unique (columns 0 and 2) ({path})",
+        f"column name 'b' is not unique (columns 1, 3 and 4) ({path})",
+    ]
+    x, _, _ = all_values(data)
+    np.testing.assert_array_equal(x, [[3, 6]])
+    targets = write(tmp_path, "t.csv", "y,y\n0,1\n")
+    data = Dataset(DataOptions(str(write(tmp_path, "d.csv", "a,b\n1,2\n")), targets_file=str(targets)), want_targets=True)
+    assert data.warnings == [f"column name 'y' is not unique (columns 0 and 1) ({targets})"]
+    data.close()
+
+
+# -- 9. decimal commas -----------------------------------------------------------------------------
+
+
+def test_decimal_commas_are_read_with_the_option(tmp_path, monkeypatch):
+    rng = random.Random(11)
+    rows = [(round(rng.uniform(-100, 100), rng.randint(0, 6)), rng.randint(-5, 5), round(rng.uniform(0, 1), 3)) for _ in range(3000)]
+    cells = [[repr(v).replace(".", ",").removesuffix(",0") for v in row] for row in rows]
+    for delimiter in (";", "\t"):
+        path = tmp_path / "dc.csv"
+        path.write_text(delimiter.join(["x", "y", "id"]) + "\n" + "".join(delimiter.join(c) + "\n" for c in cells))
+        expected = [[float(c.replace(",", ".")) for c in row] for row in cells]  # Python's floats
+        data = Dataset(DataOptions(str(path), decimal_comma=True, targets=["y"], id_column="id"), want_targets=True)
+        x, y, ids = all_values(data, 1000)
+        np.testing.assert_array_equal(x, [[r[0]] for r in expected])
+        np.testing.assert_array_equal(y, [[r[1]] for r in expected])
+        assert ids == [c[2] for c in cells]
+        # an id that is also a target (polars casts its text), and the exact parser (quoted cells)
+        quoted = tmp_path / "q.csv"
+        quoted.write_text(delimiter.join(["x", "y", "id"]) + "\n" + "".join(
+            delimiter.join([f'"{c[0]}"' if i % 7 == 0 else c[0], *c[1:]]) + "\n" for i, c in enumerate(cells)))
+        for source in (path, quoted):
+            with monkeypatch.context() as m:
+                if source == path:  # prove that polars' decimal_comma read the plain file
+                    m.setattr(csvread.CsvFile, "_exact_parse", lambda *a: pytest.fail("the exact parser was used"))
+                data = Dataset(DataOptions(str(source), decimal_comma=True, targets=["id"], id_column="id"), want_targets=True)
+                x2, y2, ids2 = all_values(data, 1000)
+            np.testing.assert_array_equal(x2, np.array(expected)[:, :2])
+            np.testing.assert_array_equal(y2, [[r[2]] for r in expected])
+            assert ids2 == ids
+
+
+def test_decimal_comma_refuses_points_and_comma_delimiters(tmp_path):
+    path = write(tmp_path, "dc.csv", "x;y\n1,5;2\n1.500;3\n")
+    with pytest.raises(NncliError, match=r"'1.500' is not a number \(with --decimal-comma, '.' is not a decimal point"):
+        all_values(Dataset(DataOptions(str(path), decimal_comma=True)))
+    with pytest.raises(UsageError, match="delimiter can't be a comma"):
+        Dataset(DataOptions(str(path), decimal_comma=True, delimiter=","))
+    data = Dataset(DataOptions(str(write(tmp_path, "one.csv", "x\n1,5\n-,5\n")), decimal_comma=True))
+    x, _, _ = all_values(data)
+    np.testing.assert_array_equal(x, [[1.5], [-0.5]])
+
+
+def test_without_the_option_a_decimal_comma_gets_a_hint(nncli, tmp_path):
+    path = write(tmp_path, "dc.csv", "x;y\n1,5;2\n")
+    assert_error(nncli("forward", HAND, path), 1, "column 0 ('x'): '1,5' is not a number (add --decimal-comma if commas are decimal separators)", "dc.csv:2")
+    path = write(tmp_path, "other.csv", "x;y\n1,5,3;2\n")
+    result = nncli("forward", HAND, path)
+    assert_error(result, 1, "'1,5,3' is not a number")
+    assert "--decimal-comma" not in result.stderr
