@@ -175,7 +175,7 @@ def test_closed_standard_input(tmp_path):
 
     for command in ("forward", "train"):  # train copies standard input to a file first
         extra = "-t b --epochs 1 --lr 0.1" if command == "train" else ""
-        done = subprocess.run(["sh", "-c", f'"{nncli}" {command} "{HAND}" - {extra} -o "{out}.{command}" <&-'],
+        done = subprocess.run(["sh", "-c", f'"{nncli}" {command} "{HAND}" - {extra} -o "{tmp_path}/out-{command}.csv" <&-'],
                               capture_output=True, text=True)
         assert done.returncode == 1, (command, done.stderr)
         assert done.stderr.strip().splitlines() == ["error: standard input is closed (<stdin>)"], (command, done.stderr)

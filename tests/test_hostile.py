@@ -102,7 +102,7 @@ def test_a_failed_weights_write_leaves_the_old_file(nncli, tmp_path, monkeypatch
     w = tmp_path / "w.safetensors"
     w.write_bytes(b"old weights")
 
-    def fail(state, stream, suffix):
+    def fail(state, stream, suffix, *extras):
         stream.write(b"partial")
         raise OSError(28, "No space left on device")
 

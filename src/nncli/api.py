@@ -51,6 +51,7 @@ class Read:
     header: bool | None = None
     decimal_comma: bool = False
     label: str | None = None  # the name DATA goes by in messages, when it is a spooled copy of standard input
+    input_format: str | None = None  # csv, tsv, parquet, arrow, ndjson (+ .gz, .bz2, .xz, .zst); default: the suffix
 
 
 def open_data(data, read: Read, want_targets: bool = False):
@@ -60,11 +61,24 @@ def open_data(data, read: Read, want_targets: bool = False):
             raise UsageError("targets_file is for CSV files; pass the targets as a column of the table")
         source = FrameData(data, _listed(read.target), _listed(read.features), read.id_column, want_targets)
     else:
-        options = DataOptions(os.fspath(data), read.delimiter, read.header, _listed(read.features), _listed(read.target),
-                              read.targets_file, read.id_column, read.label)
-        if read.decimal_comma:
-            options.decimal_comma = True
-        source = Dataset(options, want_targets)
+        from nncli.data import Many, expand_paths
+
+        paths = expand_paths(data)
+        if len(paths) > 1 and read.targets_file:
+            raise UsageError("--targets FILE goes with one DATA file; with several, name the target columns (--target)")
+        sources = []
+        try:
+            for path in paths:
+                options = DataOptions(path, read.delimiter, read.header, _listed(read.features), _listed(read.target),
+                                      read.targets_file, read.id_column, read.label)
+                options.decimal_comma = read.decimal_comma
+                options.input_format = read.input_format
+                sources.append(Dataset(options, want_targets))
+        except BaseException:
+            for s in sources:
+                s.close()
+            raise
+        source = sources[0] if len(sources) == 1 else Many(sources)
     for message in getattr(source, "warnings", []):
         warnings.warn(message, NncliWarning, stacklevel=3)
     return source
@@ -159,8 +173,25 @@ class Model:
         if width is None:
             width, width_from = input_width(self.spec, self.inputs), "--inputs" if self.inputs else "the spec"
         self._width = width
-        self.built, _ = make_model(self._options(), self.spec, width, width_from)
+        built, _ = make_model(self._options(), self.spec, width, width_from)
+        if built.classes is not None and self.spec.classes is not None and built.classes != self.spec.classes:
+            raise NncliError(f"the weights were trained on the classes {built.classes}, the spec names {self.spec.classes}", self.weights)
+        if built.classes is None:
+            built.classes = self.spec.classes
+        self.built = built
         return self.built
+
+    @property
+    def classes(self) -> list[str] | None:
+        """The class labels in index order: the spec's `classes`, or those saved with the weights (by train)."""
+        return self.build().classes
+
+    def _check_preprocess(self) -> None:
+        """A spec that asks for preprocessing needs its statistics (train fits them and saves them with the weights)."""
+        if self.spec.preprocess and self.built.preprocess is None:
+            kind = next(iter(self.spec.preprocess))
+            raise NncliError(f"the spec asks for `preprocess: {kind}` and its statistics are unset: train the model "
+                             "(nncli train saves them with the weights), then pass those weights", self.spec.path)
 
     def _options(self):
         from nncli.runtime import ModelOptions
@@ -199,16 +230,18 @@ class Model:
 
         path = os.fspath(path)
         suffix = model.check_weights_path(path)
+        built = self.build()
         with output_file(path, what) as f:
-            model.write_weights(model.state_for_saving(self.module), f, suffix)
+            model.write_weights(model.state_for_saving(built.module), f, suffix, built.classes, built.preprocess)
 
     # -- opening data -----------------------------------------------------------------------------
 
-    def _open(self, data, read: Read, want_targets: bool, rows=None):
+    def _open(self, data, read: Read, want_targets: bool, rows=None, prepare=None, training: bool = False):
         """Open DATA first (its width fixes inferred sizes), start reading it, then build the model.
 
         With `rows` (rows per batch, or a function of the built model giving it), reading starts in a
-        background thread before the model is built, so parsing overlaps torch's import."""
+        background thread before the model is built, so parsing overlaps torch's import.
+        `prepare(built, source)` runs after the build and before reading starts (it may set labels)."""
         source = open_data(data, read, want_targets)
         batches = prefetched(source.batches(rows)) if isinstance(rows, int) and not is_table(data) else None
         try:
@@ -220,7 +253,15 @@ class Model:
                 e.what += hint
                 e.args = (e.message,)
             raise
-        if batches is None:
+        if not training:
+            try:
+                self._check_preprocess()
+            except NncliError:
+                source.close()
+                raise
+        if prepare is not None:
+            prepare(built, source)
+        if batches is None and rows is not False:
             wanted = rows(built) if callable(rows) else rows
             batches = source.batches(wanted) if is_table(data) else prefetched(source.batches(wanted))
         return built, source, batches
@@ -228,12 +269,13 @@ class Model:
     # -- forward ----------------------------------------------------------------------------------
 
     def forward_frames(self, data, *, threshold: float = 0.5, batch_size: int | None = None, read: Read | None = None,
-                       progress: Callable | None = None) -> "ForwardRun":
-        """forward, batch by batch: a ForwardRun whose `frames()` yields (names, columns) per batch."""
+                       progress: Callable | None = None, class_names: bool = True, source_column: str | None = None) -> "ForwardRun":
+        """forward, batch by batch: a ForwardRun whose `frames()` yields (names, columns) per batch.
+        With class labels (and `class_names`), probabilities are `prob_<label>` and `class` the label."""
         read = read or Read()
         built, source, batches = self._open(data, read, want_targets=False, rows=batch_size or DEFAULT_BATCH_ROWS)
-        head = head_of(built.layers, source.n_features, spec_loss(self.spec.loss, self.spec.path))
-        run = ForwardRun(built, head, source, progress(batches, source) if progress else batches, threshold)
+        head = head_of(built.layers, source.n_features, spec_loss(self.spec.loss, self.spec.path), built.classes if class_names else None)
+        run = ForwardRun(built, head, source, progress(batches, source) if progress else batches, threshold, source_column)
         data_check, output_check = FiniteCheck(f"the data ({source.name})", source.feature_names), FiniteCheck("the model's output", head.output_names())
         run.checks = [lambda batch, outputs: data_check(batch.x, batch.first_row), lambda batch, outputs: output_check(outputs, batch.first_row)]
         return run
@@ -279,17 +321,27 @@ class Model:
             raise UsageError(f"reduction must be mean, sum or none, got {reduction!r}")
         if backward and reduction == "none":
             raise UsageError("reduction none gives no single loss to differentiate; use mean or sum")
-        built, source, batches = self._open(data, read, want_targets=True, rows=lambda b: rows_per_batch(b, train, batch_size))
+        picked = {}
+
+        def prepare(built, source):
+            picked["head"] = head = head_of(built.layers, source.n_features)
+            picked["choice"] = choice = self.choose_loss(loss, head)
+            use_labels(built, source, choice)
+
+        built, source, batches = self._open(data, read, want_targets=True, rows=lambda b: rows_per_batch(b, train, batch_size), prepare=prepare)
         if backward and not inputs and not any(p.requires_grad for p in built.module.parameters()):
             source.close()
             raise NncliError("the model has no parameters, so there are no parameter gradients (add --inputs for the gradient "
                              "of the loss with respect to each input)", self.spec.path)
-        head = head_of(built.layers, source.n_features)
-        choice = self.choose_loss(loss, head)
+        head, choice = picked["head"], picked["choice"]
         if progress:
             batches = progress(batches, source)
-        result = compute_loss(built, head, batches, choice, reduction=reduction, train=train, backward=backward, inputs=inputs,
-                              target_names=source.target_names, source=source.name, observe=observer(choice, head) if observer else None)
+        try:
+            result = compute_loss(built, head, batches, choice, reduction=reduction, train=train, backward=backward, inputs=inputs,
+                                  target_names=source.target_names, source=source.name, observe=observer(choice, head) if observer else None)
+        except NncliError as e:
+            source.close()
+            raise _with_label_hint(e, source, choice) from None
         source.close()
         if result.loss is not None and not bool(result.loss.isfinite()):
             warnings.warn(f"the loss is {float(result.loss)} (a NaN or inf in the data, or outputs outside the loss's domain)", NncliWarning, stacklevel=3)
@@ -359,6 +411,7 @@ class Model:
             changes = sgd_step(self.built.module, lr)
             buffers = {k: v.detach().clone() for k, v in self.built.module.named_buffers()}
             again = open_data(data, read, want_targets=True)
+            use_labels(self.built, again, choice)
             result = compute_loss(self.built, head, again.batches(rows_per_batch(self.built, train, batch_size)), choice,
                                   reduction=reduction, train=train, target_names=again.target_names, source=again.name)
             again.close()
@@ -372,9 +425,11 @@ class Model:
 class ForwardRun:
     """An open forward pass: iterate `frames()` for (names, columns) per batch."""
 
-    def __init__(self, built, head: Head, source, batches, threshold: float) -> None:
+    def __init__(self, built, head: Head, source, batches, threshold: float, source_column: str | None = None) -> None:
         self.built, self.head, self.source, self.batches, self.threshold = built, head, source, batches, threshold
-        self.names = ([source.id_name] if source.id_name else []) + head.output_names() + head.class_names()
+        self.source_column = source_column  # a first column naming each row's file
+        self.names = ([source_column] if source_column else []) + ([source.id_name] if source.id_name else [])
+        self.names += head.output_names() + head.class_names()
         self.checks: list = []  # callables(batch, outputs) run on every batch (the CLI's NaN warnings)
 
     def frames(self) -> Iterator[tuple[list[str], list]]:
@@ -385,11 +440,17 @@ class ForwardRun:
                 for check in self.checks:
                     check(batch, outputs)
                 values = outputs.detach().cpu().numpy()
-                columns = [batch.ids] if batch.ids is not None else []
+                columns = [[batch.source or self.source.name] * len(batch)] if self.source_column else []
+                columns += [batch.ids] if batch.ids is not None else []
                 columns += [values[:, i] for i in range(values.shape[1])]
                 if classes is not None:
                     labels = classes.cpu().numpy()
-                    columns += [labels[:, i] for i in range(labels.shape[1])]
+                    if self.head.classes is not None:
+                        import numpy as np
+
+                        columns.append(np.asarray(self.head.classes, dtype=object)[labels[:, 0]].tolist())
+                    else:
+                        columns += [labels[:, i] for i in range(labels.shape[1])]
                 yield self.names, columns
         finally:
             self.source.close()
@@ -414,6 +475,24 @@ class FiniteCheck:
             warnings.warn(f"{self.what} holds {values[r, c]} at row {first_row + r}, column {self.names[c]!r}", NncliWarning, stacklevel=2)
 
 
+def use_labels(built, source, choice) -> None:
+    """Read one target column of a classifier as text labels, encoded with the model's classes."""
+    from nncli.losses import BINARY, CLASS
+
+    if built.classes is not None and choice.family in (CLASS, BINARY) and len(source.target_names) == 1 and hasattr(source, "classes"):
+        source.classes = built.classes
+
+
+def _with_label_hint(error: NncliError, source, choice) -> NncliError:
+    """A target column of words read as numbers: say where the classes come from."""
+    from nncli.losses import BINARY, CLASS
+
+    if choice.family in (CLASS, BINARY) and "is not a number" in error.what and any(repr(n) in error.what for n in source.target_names):
+        error.what += " (text class labels need the classes: `classes: [...]` in the spec, or weights trained on these labels)"
+        error.args = (error.message,)
+    return error
+
+
 def _train(mode: str | None) -> bool:
     if mode not in ("train", "eval"):
         raise UsageError(f"mode must be train or eval, got {mode!r}")
@@ -429,6 +508,10 @@ def _check_rate(value, name: str) -> None:
 
 def _spooled_path(data, read: Read, stack):
     """Standard input copied to a temporary file (removed on exit), so that it can be read again."""
+    if isinstance(data, (list, tuple)):
+        if len(data) != 1:
+            return data
+        data = data[0]
     if os.fspath(data) != "-":
         return data
     read.label = "<stdin>"
@@ -480,26 +563,36 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
     with contextlib.ExitStack() as stack:
         if not is_table(data):
             data = _spooled_path(data, read, stack)  # read more than once: to size the model, then the rows
-        built, source, _ = model._open(data, read, want_targets=True, rows=None)
+        built, source, _ = model._open(data, read, want_targets=True, rows=False, training=True)
         source.close()
         head = head_of(built.layers, source.n_features)
         choice = model.choose_loss(loss, head)
         width = head.width
+        _learn_classes(built, data, read, choice, width)
         if stream:
+            _fit_preprocess(model, built, lambda: _raw_batches(built, data, read, choice), source.feature_names)
+
             def batches_for_epoch(epoch):
                 again = open_data(data, read, want_targets=True)
+                use_labels(built, again, choice)
                 for batch in prefetched(again.batches(batch_size, exact=True)):
                     yield _tensors(built, batch, choice, width, again)
                 again.close()
         else:
-            x, y = _load_all(built, data, read, choice, width)
+            raw, y = _load_raw(built, data, read, choice, width)
             if val_split is not None:
-                keep, held = validation_split(len(x), val_split, built.seed)
-                x, y, x_val, y_val = x[keep], y[keep], x[held], y[held]
+                keep, held = validation_split(len(raw), val_split, built.seed)
+                raw, y, raw_val, y_val = raw[keep.numpy()], y[keep], raw[held.numpy()], y[held]
+            _fit_preprocess(model, built, lambda: [raw], source.feature_names)  # the training rows only, never the validation rows
+            x = _inputs(built, raw)
+            if val_split is not None:
+                x_val = _inputs(built, raw_val)
             batches_for_epoch = in_memory_batches(x, y, batch_size, shuffle)
         if val is not None:
-            val_read = Read(read.target, None, read.features, read.id_column, read.delimiter, read.header, read.decimal_comma)
-            x_val, y_val = _load_all(built, val if is_table(val) else _spooled_path(val, val_read, stack), val_read, choice, width)
+            val_read = Read(read.target, None, read.features, read.id_column, read.delimiter, read.header, read.decimal_comma,
+                            input_format=read.input_format)
+            raw_val, y_val = _load_raw(built, val if is_table(val) else _spooled_path(val, val_read, stack), val_read, choice, width)
+            x_val = _inputs(built, raw_val)
         validate = (lambda: evaluate_in_memory(built.module, choice, width, x_val, y_val)) if (val_split or val is not None) else None
         epochs_done, best, best_epoch = fit(built.module, choice, width, batches_for_epoch, options, validate, on_epoch or (lambda r: None))
     if best is not None:
@@ -507,26 +600,115 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
     return History(epochs_done, choice.label, choice.source, best_epoch, best is not None and len(epochs_done) < epochs, options)
 
 
+def _learn_classes(built, data, read: Read, choice, width: int) -> None:
+    """Text labels in a classifier's one target column: the classes, sorted as LabelEncoder sorts them
+    (unless the spec or the weights name them), checked against the model's outputs."""
+    from nncli.labels import learn_classes
+    from nncli.losses import BINARY, CLASS
+
+    if choice.family not in (CLASS, BINARY):
+        return
+    source = open_data(data, read, want_targets=True)
+    try:
+        if len(source.target_names) != 1 or not hasattr(source, "target_texts"):
+            return
+        if built.classes is None:
+            built.classes = learn_classes(source.target_texts())
+    finally:
+        source.close()
+    if built.classes is not None:
+        needed = 2 if choice.family == BINARY else width
+        if len(built.classes) != needed:
+            raise NncliError(f"the targets have {len(built.classes)} classes ({', '.join(built.classes[:10])}), but the model "
+                             f"{'has ' + str(width) + ' outputs' if choice.family == CLASS else 'is binary (2 classes)'}", source.name)
+
+
+def _raw_batches(built, data, read: Read, choice):
+    source = open_data(data, read, want_targets=True)
+    use_labels(built, source, choice)
+    try:
+        for batch in source.batches(DEFAULT_BATCH_ROWS):
+            yield batch.x
+    finally:
+        source.close()
+
+
+def _fit_preprocess(model, built, batches, feature_names) -> None:
+    """The spec's `preprocess`, fitted in float64 on the training rows (streamed: sums, then one
+    division), unless the starting weights already carry its statistics."""
+    import numpy as np
+    import torch
+
+    from nncli.model import Preprocess
+
+    if not model.spec.preprocess or built.preprocess is not None:
+        return
+    kind, columns = next(iter(model.spec.preprocess.items()))
+    names = feature_names
+    chosen = list(range(len(names))) if columns is True else []
+    if columns is not True:
+        index = {n: i for i, n in enumerate(names)}
+        for c in columns:
+            if c not in index:
+                raise NncliError(f"`preprocess: {kind}` names {c!r}, which is not a feature (features: {', '.join(names[:20])})", model.spec.path)
+            chosen.append(index[c])
+    n, total, squares, low, high = 0, None, None, None, None
+    for x in batches():
+        x = np.asarray(x, dtype=np.float64)
+        n += len(x)
+        total = x.sum(0) if total is None else total + x.sum(0)
+        low = x.min(0) if low is None else np.minimum(low, x.min(0))
+        high = x.max(0) if high is None else np.maximum(high, x.max(0))
+    mean = total / n
+    for x in batches() if kind == "standardize" else []:
+        d = np.asarray(x, dtype=np.float64) - mean
+        squares = (d * d).sum(0) if squares is None else squares + (d * d).sum(0)
+    shift, scale = np.zeros(len(names)), np.ones(len(names))
+    if kind == "standardize":
+        std = np.sqrt(squares / n)  # population std (ddof=0), as scikit-learn's StandardScaler
+        shift[chosen], scale[chosen] = mean[chosen], np.where(std[chosen] > 0, std[chosen], 1.0)
+    else:
+        span = high - low
+        shift[chosen], scale[chosen] = low[chosen], np.where(span[chosen] > 0, span[chosen], 1.0)
+    built.preprocess = Preprocess(kind, [names[i] for i in chosen], torch.from_numpy(shift), torch.from_numpy(scale))
+
+
+def _inputs(built, raw):
+    """Raw float64 rows -> the model's input tensor (dtype, device, then the preprocessing)."""
+    from nncli.forward import preprocessed, to_tensor
+    from nncli.model import torch_dtype
+
+    return preprocessed(built, to_tensor(raw, torch_dtype(built.dtype), built.device))
+
+
 def _tensors(built, batch, choice, width: int, source):
     """A batch's features and targets as the model and the loss take them."""
-    from nncli.forward import to_tensor
     from nncli.losses import make_targets
     from nncli.model import torch_dtype
 
     dtype = torch_dtype(built.dtype)
-    x = to_tensor(batch.x, dtype, built.device)
-    return x, make_targets(choice, batch.y, width, batch.first_row, source.target_names, dtype, built.device, source.name)
+    return _inputs(built, batch.x), make_targets(choice, batch.y, width, batch.first_row, source.target_names, dtype, built.device, source.name)
 
 
-def _load_all(built, data, read: Read, choice, width: int):
-    """Every row as one pair of tensors (training shuffles them; validation scores them)."""
+def _load_raw(built, data, read: Read, choice, width: int):
+    """Every row: raw float64 features (numpy, row-major) and the targets as the loss takes them."""
+    from nncli.losses import make_targets
+    from nncli.model import torch_dtype
+
     source = open_data(data, read, want_targets=True)
+    use_labels(built, source, choice)
     expected = built.layers[0].in_width if built.layers else None
     if expected is not None and source.n_features != expected:
+        source.close()
         raise NncliError(f"the model expects {expected} features; {source.name} has {source.n_features}", source.name)
-    batch = next(iter(source.batches(None)))
+    try:
+        batch = next(iter(source.batches(None)))
+    except NncliError as e:
+        source.close()
+        raise _with_label_hint(e, source, choice) from None
     source.close()
-    return _tensors(built, batch, choice, width, source)
+    y = make_targets(choice, batch.y, width, batch.first_row, source.target_names, torch_dtype(built.dtype), built.device, source.name)
+    return batch.x, y
 
 
 def evaluate(model: Model, data, *, target=None, loss: str | None = None, threshold: float = 0.5, batch_size: int | None = None,
@@ -550,6 +732,10 @@ def evaluate(model: Model, data, *, target=None, loss: str | None = None, thresh
 
     report, _, _ = model._signal(data, read, loss, "mean", False, False, False, batch_size, progress, observer)
     metrics = state["metrics"].report(model.dtype)
+    classes = model.built.classes
+    if classes is not None and "per_class" in metrics and len(classes) == len(metrics["per_class"]):
+        metrics["per_class"] = [{**r, "class": classes[r["class"]]} for r in metrics["per_class"]]
+        metrics["classes"] = list(classes)  # the confusion matrix's rows and columns, in order
     doc = {"loss": jsonable(report.tensor), "loss_fn": report.loss_fn, "loss_from": report.loss_from, "rows": report.rows,
            **{k: (jsonable(v) if isinstance(v, (float, np.floating)) else v) for k, v in metrics.items()}}
     return doc

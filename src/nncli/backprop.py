@@ -12,7 +12,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from nncli.errors import NncliError
-from nncli.forward import Head, to_tensor
+from nncli.forward import Head, preprocessed, to_tensor
 from nncli.losses import element_count, make_targets
 
 BATCH_DEPENDENT = ("BatchNorm1d", "Dropout")  # in train mode their output depends on the whole batch
@@ -70,8 +70,8 @@ def compute_loss(model, head: Head, batches, choice, *, reduction: str = "mean",
         for batch in itertools.chain([first], [] if single else [second], iterator):
             x = to_tensor(batch.x, dtype, device)
             if inputs:
-                x.requires_grad_()
-            outputs = run_module(module, x)
+                x.requires_grad_()  # d loss / d the raw features (through the preprocessing, if any)
+            outputs = run_module(module, preprocessed(model, x))
             targets = make_targets(choice, batch.y, head.width, batch.first_row, target_names, dtype, device, source)
             value = fn(outputs, targets)
             if observe is not None:

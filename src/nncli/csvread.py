@@ -96,15 +96,16 @@ class CsvFile:
         header: bool | None = None,
         name: str | None = None,
         decimal_comma: bool = False,
+        compression: str | None = None,
     ) -> None:
         self.path = path
         self.name = name or display_name(path)
         self.decimal_comma = decimal_comma
         self.warnings: list[str] = []
-        self.stream = _open(path)
+        self.stream = _open(path, compression)
         self._owned = path != "-"  # standard input is not ours to close (and sys.stdin may be None)
         try:
-            self.total_bytes = os.fstat(self.stream.fileno()).st_size if path != "-" else None
+            self.total_bytes = os.fstat(self.stream.fileno()).st_size if path != "-" and not compression else None
         except (OSError, io.UnsupportedOperation):
             self.total_bytes = None
         self.bytes_read = 0
@@ -403,14 +404,23 @@ def _cr_to_lf(data: bytes, eof: bool) -> tuple[bytes, bytes]:
     return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n"), carry
 
 
-def _open(path: str):
+def _open(path: str, compression: str | None = None):
+    """The file (or standard input) as a binary stream, decompressed as it is read (.gz, .bz2, .xz, .zst)."""
     if path == "-":
         if sys.stdin is None:  # fd 0 was closed when Python started (`nncli ... <&-`)
             raise NncliError("standard input is closed", "<stdin>")
+        if compression:
+            from nncli.tables import decompressing
+
+            return decompressing(sys.stdin.buffer, compression)
         return sys.stdin.buffer
     try:
         if os.path.isdir(path):
             raise NncliError("is a directory, not a CSV file", path)
+        if compression:
+            from nncli.tables import open_compressed
+
+            return open_compressed(path, compression)
         return open(path, "rb")
     except FileNotFoundError:
         raise NncliError("no such file", path) from None

@@ -8,6 +8,7 @@ by offsets, so the cost grows linearly with the columns and the rows.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -32,6 +33,7 @@ class DataOptions:
     id_column: str | None = None
     label: str | None = None  # the name DATA goes by in messages, when `path` is a spooled copy
     decimal_comma: bool = False  # `1,5` is 1.5 (European spreadsheets); the delimiter is then `;` or tab
+    input_format: str | None = None  # csv, tsv, parquet, arrow, ndjson (+ .gz ...); default: the suffix
 
 
 @dataclass
@@ -40,9 +42,97 @@ class Batch:
     y: object | None  # numpy float64 (rows, targets) or None
     ids: list[str] | None
     first_row: int  # 0-based index of the batch's first data row
+    source: str | None = None  # the file it came from, when DATA is several files
 
     def __len__(self) -> int:
         return len(self.x)
+
+
+def expand_paths(data) -> list[str]:
+    """DATA as a list of paths: several paths, or a quoted glob ('data/*.parquet') expanded and sorted;
+    rows are read in the order of the sorted paths. `-` stands alone."""
+    import glob
+
+    given = [os.fspath(d) for d in data] if isinstance(data, (list, tuple)) else [os.fspath(data)]
+    paths = []
+    for path in given:
+        if path != "-" and not os.path.exists(path) and any(c in path for c in "*?["):
+            matched = sorted(glob.glob(path))
+            if not matched:
+                raise NncliError("no file matches this pattern", path)
+            paths += matched
+        else:
+            paths.append(path)
+    if len(paths) > 1:
+        if "-" in paths:
+            raise UsageError("standard input (-) can't be read with other files")
+        paths = sorted(paths)
+    return paths
+
+
+class Many:
+    """Several DATA files with the same columns, read one after the other (in sorted order), as one."""
+
+    def __init__(self, sources: list) -> None:
+        first = sources[0]
+        for other in sources[1:]:
+            if other.feature_names != first.feature_names or other.target_names != first.target_names or other.id_name != first.id_name:
+                for s in sources:
+                    s.close()
+                raise NncliError(f"the columns differ from {first.name}'s (features {', '.join(first.feature_names[:8])}"
+                                 f"{', ...' if len(first.feature_names) > 8 else ''})", other.name)
+        self.sources = sources
+        self.name = f"{first.name} and {len(sources) - 1} more"
+        self.feature_names, self.target_names, self.id_name = first.feature_names, first.target_names, first.id_name
+        self.n_features = first.n_features
+        self.target_cols = first.target_cols
+
+    @property
+    def warnings(self) -> list[str]:
+        return [w for s in self.sources for w in s.warnings]
+
+    @property
+    def bytes_read(self) -> int:
+        return sum(s.bytes_read or 0 for s in self.sources)
+
+    @property
+    def total_bytes(self):
+        sizes = [s.total_bytes for s in self.sources]
+        return None if None in sizes else sum(sizes)
+
+    @property
+    def classes(self):
+        return self.sources[0].classes
+
+    @classes.setter
+    def classes(self, value) -> None:
+        for s in self.sources:
+            s.classes = value
+
+    def batches(self, rows: int | None = DEFAULT_BATCH_ROWS, exact: bool = False) -> Iterator[Batch]:
+        done = 0
+        for s in self.sources:
+            for batch in s.batches(rows, exact):
+                yield Batch(batch.x, batch.y, batch.ids, done + batch.first_row, s.name)
+            done += batch.first_row + len(batch)
+
+    def target_texts(self) -> list[str]:
+        return [t for s in self.sources for t in s.target_texts()]
+
+    def close(self) -> None:
+        for s in self.sources:
+            s.close()
+
+
+def open_table(path: str, opts: DataOptions, label: str | None, forced: bool = True):
+    """A CSV (TSV, compressed) or a typed table file (Parquet, Arrow, NDJSON), by suffix or --input-format."""
+    from nncli.tables import TABLE_FORMATS, TableFile, detect_format
+
+    fmt, compression = detect_format(path, opts.input_format if forced else None)
+    if fmt in TABLE_FORMATS:
+        return TableFile(path, fmt, label, compression)
+    delimiter = opts.delimiter or ("\t" if fmt == "tsv" else None)
+    return CsvFile(path, delimiter, opts.header, label, opts.decimal_comma, compression)
 
 
 def column_index(token: str, csv: CsvFile, option: str) -> int:
@@ -81,8 +171,10 @@ class Dataset:
             raise UsageError("DATA and --targets can't both be standard input")
         if want_targets and not (opts.targets or opts.targets_file):
             raise UsageError("this command needs targets: --target COLUMN (or --targets FILE)")
-        self.csv = CsvFile(opts.path, opts.delimiter, opts.header, opts.label, opts.decimal_comma)
+        self.csv = open_table(opts.path, opts, opts.label)
         self.name = self.csv.name
+        self.classes: list[str] | None = None  # set (with one target column) to read text labels as class indices
+        self.want_targets = want_targets  # forward names targets only to leave them out of the features
         self._warnings: list[str] = []
         self.targets_csv = None
         try:
@@ -106,7 +198,7 @@ class Dataset:
         used = {t.strip() for t in [*opts.targets, *opts.features, opts.id_column or ""]}
         self._warn_duplicates(csv, used)
         if opts.targets_file and want_targets:
-            self.targets_csv = CsvFile(opts.targets_file, opts.delimiter, opts.header, decimal_comma=opts.decimal_comma)
+            self.targets_csv = open_table(opts.targets_file, opts, None, forced=False)
             self.target_cols = list(range(self.targets_csv.ncols))
             self._warn_duplicates(self.targets_csv, set())
 
@@ -155,10 +247,14 @@ class Dataset:
         import numpy as np
 
         in_targets_file = self.targets_csv is not None
-        numeric = self.feature_cols + ([] if in_targets_file else self.target_cols)
-        text = [self.id_col] if self.id_col is not None else []
+        labelled = self.classes is not None  # one target column of text labels, encoded with the classes
+        targets = self.target_cols if self.want_targets else []
+        numeric = self.feature_cols + ([] if in_targets_file or labelled else targets)
+        text = ([self.id_col] if self.id_col is not None else []) + (targets if labelled and not in_targets_file else [])
         main = _rebatch(self.csv.read(numeric, text), rows, exact)
-        other = _rebatch(self.targets_csv.read(self.target_cols), rows, exact) if in_targets_file else None
+        other = None
+        if in_targets_file:
+            other = _rebatch(self.targets_csv.read([] if labelled else self.target_cols, self.target_cols if labelled else []), rows, exact)
         nf = len(self.feature_cols)
         done = 0
         for values, texts in main:
@@ -167,14 +263,24 @@ class Dataset:
                 if target_values is None or len(target_values[0]) != len(values):
                     got = done + (0 if target_values is None else len(target_values[0]))
                     raise NncliError(f"{self.name} has more rows than the targets file ({got})", self.targets_csv.name)
-                y = target_values[0]
+                y = self._encode(target_values[1][0], done) if labelled else target_values[0]
             else:
-                y = values[:, nf:] if self.target_cols else None
+                y = (self._encode(texts[-1], done) if labelled else values[:, nf:]) if targets else None
             x = np.ascontiguousarray(values[:, :nf])  # row-major, as torch.tensor(rows) is: the same kernels, the same bits
-            yield Batch(x, y, texts[0] if text else None, done)
+            yield Batch(x, y, texts[0] if self.id_col is not None else None, done, self.name)
             done += len(values)
         if other is not None and next(other, None) is not None:
             raise NncliError(f"the targets file has more rows than {self.name} ({done})", self.targets_csv.name)
+
+    def _encode(self, labels: list[str], first_row: int):
+        from nncli.labels import encode
+
+        return encode(labels, self.classes, first_row, self.target_names[0], self.name)
+
+    def target_texts(self) -> list[str]:
+        """Every label of the (one) target column, as text: what train learns the classes from."""
+        source, col = (self.targets_csv, 0) if self.targets_csv is not None else (self.csv, self.target_cols[0])
+        return [t for block in source.read([], [col]) for t in block.texts[0]]
 
     def close(self) -> None:
         self.csv.close()

@@ -20,6 +20,7 @@ class Head:
     kind: str
     width: int
     link: str | None = None
+    classes: tuple | None = None  # class labels, for one class per row (softmax, or a binary sigmoid)
 
     @property
     def last(self) -> str:
@@ -40,7 +41,11 @@ class Head:
 
     def output_names(self) -> list[str]:
         prefix = {"sigmoid": "prob", "softmax": "prob", "logsoftmax": "logprob"}.get(self.shows, "output")
-        return [prefix] if self.width == 1 else [f"{prefix}_{i}" for i in range(self.width)]
+        if self.width == 1:
+            return [prefix]
+        if self.classes is not None and len(self.classes) == self.width and not self.multi_label:
+            return [f"{prefix}_{c}" for c in self.classes]  # prob_setosa, ...
+        return [f"{prefix}_{i}" for i in range(self.width)]
 
     def class_names(self) -> list[str]:
         if self.multi_label:
@@ -48,8 +53,9 @@ class Head:
         return ["class"] if self.is_classifier else []
 
 
-def head_of(layers: list[ResolvedLayer], n_inputs: int, loss: str | None = None) -> Head:
-    """The head, from the last layer and, for a model that ends in logits, the loss it is trained with."""
+def head_of(layers: list[ResolvedLayer], n_inputs: int, loss: str | None = None, classes: list | None = None) -> Head:
+    """The head, from the last layer and, for a model that ends in logits, the loss it is trained with;
+    `classes` names the classes (prob_setosa, ...) where the head gives one class per row."""
     width = layers[-1].out_width if layers else n_inputs
     last = layers[-1].type if layers else None
     kind = {"Sigmoid": "sigmoid", "Softmax": "softmax", "LogSoftmax": "logsoftmax"}.get(last, "plain")
@@ -58,7 +64,10 @@ def head_of(layers: list[ResolvedLayer], n_inputs: int, loss: str | None = None)
         link = "softmax"
     elif kind == "plain" and loss == "BCEWithLogitsLoss":
         link = "sigmoid"
-    return Head(kind, width, link)
+    head = Head(kind, width, link)
+    if classes is not None and head.is_classifier and not head.multi_label and len(classes) == max(width, 2):
+        head = Head(kind, width, link, tuple(classes))
+    return head
 
 
 def shown_outputs(head: Head, outputs):
@@ -86,6 +95,11 @@ def to_tensor(values, dtype, device):
     return torch.from_numpy(values).to(device=device, dtype=dtype)
 
 
+def preprocessed(built, x):
+    """The model's input: the features (x, in the model's dtype) through the saved preprocessing, if any."""
+    return built.preprocess.apply(x) if getattr(built, "preprocess", None) is not None else x
+
+
 def forward_batches(model, head: Head, batches, device: str, threshold: float) -> Iterator[tuple]:
     """(batch, outputs, classes) per batch, in eval mode, without building a graph."""
     import torch
@@ -96,6 +110,6 @@ def forward_batches(model, head: Head, batches, device: str, threshold: float) -
     model.module.eval()
     with torch.inference_mode():
         for batch in batches:
-            outputs = shown_outputs(head, model.module(to_tensor(batch.x, dtype, device)))
+            outputs = shown_outputs(head, model.module(preprocessed(model, to_tensor(batch.x, dtype, device))))
             classes = predict_classes(head, outputs, threshold) if head.is_classifier else None
             yield batch, outputs, classes

@@ -73,7 +73,7 @@ class FrameData:
         self.feature_cols = [self._column(f, names, "features") for f in features] if features else [n for n in names if n not in taken]
         self.warnings: list[str] = []
         self.x = self._floats(frame, self.feature_cols, np)
-        self.y = self._floats(frame, self.target_cols, np) if self.target_cols else None
+        self.y = self._floats(frame, self.target_cols, np) if self.target_cols and want_targets else None
         self.ids = frame.get_column(self.id_col).cast(str).to_list() if self.id_col is not None else None
 
     @staticmethod

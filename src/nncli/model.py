@@ -31,11 +31,31 @@ class Model:
     weights: str | None
     dtype: str
     device: str = "cpu"
+    classes: list | None = None  # class labels in index order (the spec's, or saved with the weights)
+    preprocess: "Preprocess | None" = None  # feature statistics fitted by train, saved with the weights
 
     @property
     def caption(self) -> str:
         source = f"weights {os.path.basename(self.weights)}" if self.weights else f"seed {self.seed}"
         return f"{self.spec.display_name} ({source}, {self.dtype})"
+
+
+@dataclass
+class Preprocess:
+    """x -> (x - shift) / scale per feature, in the model's dtype: standardize (shift = mean, scale =
+    population std, as scikit-learn's StandardScaler) or minmax (shift = min, scale = max - min); a
+    zero scale becomes 1, features not named keep shift 0 and scale 1 (exactly x)."""
+
+    kind: str
+    columns: list  # the feature names it was fitted on, in order
+    shift: object  # float64 tensors, one value per feature
+    scale: object
+
+    def apply(self, x):
+        return (x - self.shift.to(device=x.device, dtype=x.dtype)) / self.scale.to(device=x.device, dtype=x.dtype)
+
+
+EXTRA_PREFIX = "nncli."  # keys of what nncli saves beside the state_dict (preprocessing statistics)
 
 
 def torch_dtype(name: str):
@@ -93,9 +113,8 @@ def build(
         if not _is_out_of_memory(e):
             raise
         raise NncliError(f"out of memory allocating the model ({model_size(layers):,} parameters, {dtype})", spec.path) from None
-    if weights:
-        load_weights(module, weights)
-    return Model(module, layers, spec, seed, weights, dtype)
+    extras = load_weights(module, weights) if weights else {}
+    return Model(module, layers, spec, seed, weights, dtype, classes=extras.get("classes"), preprocess=extras.get("preprocess"))
 
 
 def _build_kwargs(layer: ResolvedLayer) -> dict:
@@ -137,8 +156,9 @@ def _refused_pickle(reason: str) -> str:
     return f"the file holds Python objects other than tensors{what}; nncli loads only tensors and never runs code in a weights file"
 
 
-def read_state(path: str) -> dict:
-    """Read a .safetensors file or a .pt/.pth state_dict (weights_only: no code runs)."""
+def read_weights(path: str) -> tuple[dict, dict]:
+    """Read a .safetensors file or a .pt/.pth state_dict (weights_only: no code runs); returns the
+    state_dict and what nncli saved beside it (classes, preprocess)."""
     import torch
 
     suffix = os.path.splitext(path)[1].lower()
@@ -163,6 +183,10 @@ def read_state(path: str) -> dict:
             raise NncliError(f"cannot read weights: {_refused_pickle(text)}", path) from None
         reason = text.splitlines()[0] if text else type(e).__name__
         raise NncliError(f"cannot read weights: {reason[:200]}", path) from None
+    extras = {}
+    if isinstance(state, dict):
+        state = dict(state)
+        extras = _extras(state, path, suffix)
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise NncliError("not a state_dict (a mapping of names to tensors)", path)
     for key, value in state.items():
@@ -171,14 +195,48 @@ def read_state(path: str) -> dict:
         if value.layout != torch.strided or value.is_nested:
             layout = "nested" if value.is_nested else str(value.layout).replace("torch.", "")
             raise NncliError(f"key {_key(key)} is a {layout} tensor; nncli loads dense tensors only (save t.to_dense())", path)
-    return state
+    return state, extras
 
 
-def load_weights(module, path: str) -> None:
-    """Copy a state_dict file into the module; every missing, unexpected or misshapen key is named."""
+def read_state(path: str) -> dict:
+    """The state_dict of a weights file (what read_weights reads, without the extras)."""
+    return read_weights(path)[0]
+
+
+def _extras(state: dict, path: str, suffix: str) -> dict:
+    """Take what nncli saved beside the state_dict out of it: class labels (safetensors metadata, or a
+    `classes` list in a .pt) and preprocessing statistics (`nncli.preprocess.*` tensors)."""
+    import json
+
+    extras: dict = {}
+    meta = {}
+    if suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+        classes = json.loads(meta["nncli.classes"]) if "nncli.classes" in meta else None
+    else:
+        classes = state.pop("classes", None)
+        if "nncli.preprocess" in state and not hasattr(state["nncli.preprocess"], "shape"):
+            meta["nncli.preprocess"] = json.dumps(state.pop("nncli.preprocess"))
+    if classes is not None:
+        if not isinstance(classes, list) or not all(isinstance(c, (str, int)) for c in classes):
+            raise NncliError("`classes` must be a list of labels", path)
+        extras["classes"] = [str(c) for c in classes]
+    shift, scale = state.pop(EXTRA_PREFIX + "preprocess.shift", None), state.pop(EXTRA_PREFIX + "preprocess.scale", None)
+    if shift is not None and scale is not None:
+        info = json.loads(meta.get("nncli.preprocess", "{}"))
+        extras["preprocess"] = Preprocess(info.get("kind", "standardize"), list(info.get("columns", [])), shift.double(), scale.double())
+    return extras
+
+
+def load_weights(module, path: str) -> dict:
+    """Copy a state_dict file into the module; every missing, unexpected or misshapen key is named.
+    Returns what was saved beside it (classes, preprocess)."""
     import torch
 
-    state = read_state(path)
+    state, extras = read_weights(path)
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     if missing:
@@ -194,6 +252,7 @@ def load_weights(module, path: str) -> None:
     with torch.no_grad():
         for key, tensor in own.items():
             tensor.copy_(state[key])
+    return extras
 
 
 def state_for_saving(module) -> dict:
@@ -201,15 +260,31 @@ def state_for_saving(module) -> dict:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
 
 
-def write_weights(state: dict, stream, suffix: str) -> None:
-    """Serialise a state_dict to an open binary stream, in the format the suffix names."""
+def write_weights(state: dict, stream, suffix: str, classes: list | None = None, preprocess: Preprocess | None = None) -> None:
+    """Serialise a state_dict (and the classes and preprocessing that go with it) to an open binary
+    stream, in the format the suffix names: safetensors metadata and `nncli.preprocess.*` tensors, or
+    `classes` and `nncli.*` keys in a .pt. PyTorch's load_state_dict(strict=False) ignores both."""
+    import json
+
     import torch
 
+    state = dict(state)
+    meta = {}
+    if preprocess is not None:
+        state[EXTRA_PREFIX + "preprocess.shift"] = preprocess.shift.detach().cpu().double().contiguous()
+        state[EXTRA_PREFIX + "preprocess.scale"] = preprocess.scale.detach().cpu().double().contiguous()
+        meta["nncli.preprocess"] = json.dumps({"kind": preprocess.kind, "columns": preprocess.columns})
+    if classes is not None:
+        meta["nncli.classes"] = json.dumps(list(classes))
     if suffix == ".safetensors":
         from safetensors.torch import save
 
-        stream.write(save(state))
+        stream.write(save(state, metadata=meta or None))
     else:
+        if classes is not None:
+            state["classes"] = list(classes)
+        if preprocess is not None:
+            state["nncli.preprocess"] = {"kind": preprocess.kind, "columns": list(preprocess.columns)}
         torch.save(state, stream)
 
 

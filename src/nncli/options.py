@@ -28,7 +28,9 @@ def finite_non_negative(value: Optional[float]) -> Optional[float]:
 
 LearningRate = Annotated[float, typer.Option("--lr", metavar="LR", help="The learning rate (p <- p - lr * grad for step).", show_default=False, callback=finite_non_negative)]
 Spec = Annotated[str, typer.Argument(metavar="SPEC", help="The model spec (YAML).", show_default=False)]
-Data = Annotated[str, typer.Argument(metavar="DATA", help="A CSV file, or - for standard input.", show_default=False)]
+Data = Annotated[list[str], typer.Argument(metavar="DATA...", show_default=False, help=(
+    "One or more data files (CSV, TSV, Parquet, Arrow, NDJSON; .gz, .bz2, .xz, .zst compressed), or a quoted glob "
+    "('data/*.parquet'), read in sorted order; - for standard input."))]
 Seed = Annotated[Optional[int], typer.Option("--seed", metavar="N", help="Seed for the initial weights (default: the spec's seed, else 0).", min=0, max=2**64 - 1)]
 Weights = Annotated[Optional[str], typer.Option("--weights", "-w", metavar="FILE", help="Load parameters from a .safetensors or .pt/.pth state_dict.")]
 Dtype = Annotated[str, typer.Option("--dtype", metavar="TYPE", help="float32 or float64, for the model and the data.")]
@@ -46,6 +48,7 @@ Output = Annotated[Optional[str], typer.Option("--output", "-o", metavar="FILE",
 Precision = Annotated[Optional[int], typer.Option("--precision", metavar="N", help="Decimals to print (default: the table shows 4; other formats print every digit).", min=0, max=30)]
 Force = Annotated[bool, typer.Option("--force", help="Allow an output file to replace one of the command's inputs.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+InputFormat = Annotated[Optional[str], typer.Option("--input-format", metavar="FORMAT", help="csv, tsv, parquet, arrow or ndjson, optionally .gz, .bz2, .xz or .zst (default: from DATA's suffix; needed for standard input in another format than CSV).")]
 DecimalComma = Annotated[bool, typer.Option("--decimal-comma", help="Commas in numbers are decimal separators (1,5 is 1.5), as European spreadsheets write them.")]
 Delimiter = Annotated[Optional[str], typer.Option("--delimiter", "-d", metavar="CHAR", help="Force the delimiter (default: detected among , tab ;).")]
 Header = Annotated[Optional[bool], typer.Option("--header/--no-header", help="Force whether the first row is a header (default: detected).", show_default=False)]
@@ -85,7 +88,8 @@ class Group:
 MODEL = Group("model", (("seed", Seed, None), ("weights", Weights, None), ("dtype", Dtype, "float32")))
 RUNTIME = Group("runtime", (("device", Device, "cpu"), ("threads", Threads, None), ("max_params", MaxParams, DEFAULT_MAX_PARAMS),
                             ("max_layers", MaxLayers, DEFAULT_MAX_LAYERS)))
-READ = Group("read", (("features", Features, None), ("delimiter", Delimiter, None), ("header", Header, None), ("decimal_comma", DecimalComma, False)))
+READ = Group("read", (("features", Features, None), ("delimiter", Delimiter, None), ("header", Header, None), ("decimal_comma", DecimalComma, False),
+                         ("input_format", InputFormat, None)))
 TARGETS = Group("targets", (("target", Target, None), ("targets", TargetsFile, None)))
 SIGNAL = Group("signal", (("loss", Loss, None), ("reduction", Reduction, "mean"), ("mode", Mode, None), ("batch_size", BatchSize, None)))
 TENSORS = Group("tensors", (("layer", Layer, None), ("summary", Summary, False), ("full", Full, False)))
@@ -140,8 +144,9 @@ def output_options(output: dict, inputs: list | None = None):
     from nncli.commands.common import OutputOptions
 
     choice(output.get("fmt"), FORMATS, "--format")
+    flat = [p for i in (inputs or []) for p in (i if isinstance(i, (list, tuple)) else [i])]
     return OutputOptions(output["fmt"], output["output"], output.get("precision"), output["force"], output.get("quiet", False),
-                         [i for i in (inputs or []) if i])
+                         [i for i in flat if i])
 
 
 def read_options(read: dict, targets: dict | None = None, id_column: str | None = None):
@@ -150,4 +155,4 @@ def read_options(read: dict, targets: dict | None = None, id_column: str | None 
 
     targets = targets or {}
     return Read(targets.get("target") or None, targets.get("targets"), read["features"] or None, id_column, read["delimiter"],
-                read["header"], bool(read.get("decimal_comma")))
+                read["header"], bool(read.get("decimal_comma")), input_format=read.get("input_format"))

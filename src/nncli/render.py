@@ -15,18 +15,43 @@ from typing import Any, BinaryIO, Callable
 
 from nncli.texts import jsonable, number_texts  # noqa: F401  (re-exported: one home, in texts.py)
 
-FORMATS = ("table", "csv", "tsv", "json", "jsonl")
+FORMATS = ("table", "csv", "tsv", "json", "jsonl", "parquet", "arrow")
+BINARY_FORMATS = ("parquet", "arrow")
 TABLE_PRECISION = 4
 WIDE = 256  # columns beyond which CSV is written without polars
-_SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+_SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
+                   ".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow", ".feather": "arrow", ".ipc": "arrow", ".txt": "table"}
+COMPRESSED = {".gz": "gz", ".bz2": "bz2", ".xz": "xz", ".zst": "zst"}
+
+
+def output_compression(output: str | None) -> str | None:
+    """gz, bz2, xz or zst when the -o file's name ends so."""
+    if not output or output == "-":
+        return None
+    return COMPRESSED.get(os.path.splitext(output)[1].lower())
 
 
 def resolve_format(fmt: str | None, output: str | None) -> str:
     """--format, else the -o file's suffix, else a table on a terminal and CSV anywhere else."""
     if fmt:
+        if fmt in BINARY_FORMATS and (not output or output == "-") and sys.stdout.isatty():
+            from nncli.errors import UsageError
+
+            raise UsageError(f"--format {fmt} is binary: send it to a file (-o x.{fmt}) or a pipe, not a terminal")
         return fmt
     if output and output != "-":
-        return _SUFFIX_FORMATS.get(os.path.splitext(output)[1].lower(), "csv")
+        stem, suffix = os.path.splitext(output.lower())
+        if suffix in COMPRESSED:
+            stem, suffix = os.path.splitext(stem)
+        if not suffix:
+            return "csv"  # no suffix (/dev/stdout, a FIFO, a plain name): CSV, as in a pipe
+        if suffix not in _SUFFIX_FORMATS:
+            from nncli.errors import UsageError
+
+            known = ", ".join(sorted(k for k in _SUFFIX_FORMATS))
+            raise UsageError(f"-o {output}: unknown output format {suffix!r}; use a suffix ({known}, "
+                             "optionally + .gz, .bz2, .xz, .zst) or --format")
+        return _SUFFIX_FORMATS[suffix]
     return "table" if sys.stdout.isatty() else "csv"
 
 
@@ -124,7 +149,9 @@ class RowWriter:
             self.edge = max((console().height - 12) // 2, 5)
 
     def write(self, frame: Frame) -> None:
-        if self.fmt == "table":
+        if self.fmt in BINARY_FORMATS:
+            self._held.append(frame)  # Parquet and Arrow files are written whole, at close
+        elif self.fmt == "table":
             self._hold(frame)
         elif self.fmt in ("csv", "tsv"):
             self._write_csv(frame)
@@ -133,7 +160,9 @@ class RowWriter:
         self.count += len(frame.columns[0]) if frame.columns else 0
 
     def close(self) -> None:
-        if self.fmt == "table":
+        if self.fmt in BINARY_FORMATS:
+            self._write_binary()
+        elif self.fmt == "table":
             self._write_table()
         elif self.fmt == "json":
             self.stream.write(b"[]\n" if self.count == 0 else b"\n]\n")
@@ -184,6 +213,17 @@ class RowWriter:
             return
         lines = text.rstrip(b"\n").split(b"\n")
         self.stream.write((b"[\n" if self.count == 0 else b",\n") + b",\n".join(lines))
+
+    def _write_binary(self) -> None:
+        """Parquet or Arrow IPC: typed columns (float32 stays float32), one file."""
+        import polars as pl
+
+        frames = [self._polars(f) for f in self._held]
+        table = pl.concat(frames) if frames else pl.DataFrame()
+        if self.fmt == "parquet":
+            table.write_parquet(self.stream)
+        else:
+            table.write_ipc(self.stream)
 
     def _hold(self, frame: Frame) -> None:
         """Keep every frame, or with an edge only the first and last `edge` rows: memory stays bounded."""
@@ -310,6 +350,10 @@ class Report:
 
 
 def write_report(report: Report, fmt: str, stream: BinaryIO, precision: int | None) -> None:
+    if fmt in BINARY_FORMATS and report.frame is None:
+        from nncli.errors import UsageError
+
+        raise UsageError(f"this command's result has no {fmt} form; use csv, json or jsonl")
     if fmt == "json":
         stream.write(dump_json(report.doc).encode() + b"\n")
     elif fmt == "table":

@@ -28,7 +28,9 @@ MAX_ALIAS_NODES = 10**6
 # limit is checked against the layer's parameter shape before the written value is walked or copied.
 MAX_INLINE_VALUES = 10**6
 MAX_INT = 2**63  # torch keeps sizes and dims in int64; larger integers are refused, never printed in full
-TOP_KEYS = ("name", "seed", "layers", "loss", "inputs")
+TOP_KEYS = ("name", "seed", "layers", "loss", "inputs", "classes", "preprocess")
+PREPROCESS_KINDS = ("standardize", "minmax")
+MAX_CLASSES = 100_000
 PARAM_KEYS = ("weight", "bias")
 
 
@@ -61,6 +63,8 @@ class Spec:
     seed: int | None = None
     loss: str | None = None
     inputs: int | None = None
+    classes: list[str] | None = None  # class labels in class-index order
+    preprocess: dict | None = None  # {"standardize" or "minmax": True or [column names]}
 
     @property
     def display_name(self) -> str:
@@ -292,7 +296,40 @@ def parse_spec(doc: Any, path: str, max_layers: int = DEFAULT_MAX_LAYERS) -> Spe
     if inputs is not None and not (_is_int(inputs) and 0 < inputs < MAX_INT):
         raise fail(f"`inputs` must be a positive integer below 2**63, got {_describe(inputs)}")
     layers = [_parse_layer(i, entry, path) for i, entry in enumerate(layers_doc)]
-    return Spec(path, layers, None if name is None else str(name), seed, loss, inputs)
+    return Spec(path, layers, None if name is None else str(name), seed, loss, inputs,
+                _parse_classes(doc.get("classes"), fail), _parse_preprocess(doc.get("preprocess"), fail))
+
+
+def _parse_classes(classes: Any, fail) -> list[str] | None:
+    """`classes: [setosa, versicolor, virginica]`: the labels of class 0, 1, 2, ... (text or integers)."""
+    if classes is None:
+        return None
+    if not isinstance(classes, list) or len(classes) < 2 or len(classes) > MAX_CLASSES:
+        raise fail(f"`classes` must be a list of at least 2 labels, got {_describe(classes)}")
+    bad = [c for c in classes if not isinstance(c, (str, int)) or isinstance(c, bool) or (isinstance(c, int) and abs(c) >= MAX_INT)]
+    if bad:
+        raise fail(f"`classes` must hold text or integer labels, got {_describe(bad[0])}")
+    labels = [str(c) for c in classes]
+    seen = set()
+    for label in labels:
+        if label in seen:
+            raise fail(f"`classes` names {label!r} twice")
+        seen.add(label)
+    return labels
+
+
+def _parse_preprocess(preprocess: Any, fail) -> dict | None:
+    """`preprocess: {standardize: true}` (every feature) or `{standardize: [age, income]}`; `minmax` likewise."""
+    if preprocess is None:
+        return None
+    if not isinstance(preprocess, dict) or len(preprocess) != 1 or next(iter(preprocess)) not in PREPROCESS_KINDS:
+        raise fail(f"`preprocess` must be {{standardize: true}}, {{minmax: true}} or either with a list of columns, got {_describe(preprocess)}")
+    kind, columns = next(iter(preprocess.items()))
+    if columns is True:
+        return {kind: True}
+    if not isinstance(columns, list) or not columns or not all(isinstance(c, (str, int)) and not isinstance(c, bool) for c in columns):
+        raise fail(f"`preprocess: {kind}` takes true or a list of column names, got {_describe(columns)}")
+    return {kind: [str(c) for c in columns]}
 
 
 def _is_int(v: Any) -> bool:

@@ -25,13 +25,24 @@ class OutputOptions:
         return resolve_format(self.format, self.output)
 
     def check(self, extra: dict | None = None) -> None:
-        """Check -o (and the command's other outputs) before any work is done."""
+        """Check -o (and the command's other outputs) and the output format before any work is done."""
         check_outputs({"-o": self.output, **(extra or {})}, self.inputs, self.force)
+        self.resolved_format  # noqa: B018  (an unknown -o suffix, or parquet to a terminal, is refused now)
 
     @contextlib.contextmanager
     def stream(self):
+        """Standard output or -o, compressed when -o ends in .gz, .bz2, .xz or .zst."""
+        from nncli.render import output_compression
+
+        compression = output_compression(self.output)
         with output_stream(self.output, "-o") as f:
-            yield f
+            if not compression:
+                yield f
+                return
+            from nncli.tables import compressing
+
+            with compressing(f, compression) as packed:
+                yield packed
 
 
 def check_outputs(outputs: dict, inputs: list, force: bool) -> None:

@@ -104,11 +104,11 @@ def evaluate(spec: Spec, data: Data, loss: Loss = None, batch_size: BatchSize = 
     if p is not None:
         doc = {k: (round(v, p) if isinstance(v, float) else v) for k, v in doc.items()}
     summary = {k: (fmt(float(v), p) if isinstance(v, float) else str(v)) for k, v in doc.items()
-               if k not in ("loss_fn", "loss_from", "rows", "per_class", "per_label", "confusion_matrix")}
+               if k not in ("loss_fn", "loss_from", "rows", "per_class", "per_label", "confusion_matrix", "classes")}
     summary["rows"] = str(doc["rows"])
     tables = [key_value_table(summary)]
     if "per_class" in doc:
-        tables += [_per_table(doc["per_class"], "class", p), _confusion_table(doc["confusion_matrix"])]
+        tables += [_per_table(doc["per_class"], "class", p), _confusion_table(doc["confusion_matrix"], doc.get("classes"))]
     elif "per_label" in doc:
         tables += [_per_table(doc["per_label"], "label", p)]
     tables.append(caption(f"{m.caption}; {doc['loss_fn']} from {doc['loss_from']}, {rows_text(doc['rows'])}"))
@@ -127,18 +127,19 @@ def _per_table(records: list[dict], key: str, p):
 def _evaluate_long(doc: dict) -> Frame:
     """evaluate as tidy rows for CSV, TSV and JSON Lines: metric, class, predicted, value. The summary
     comes first, so `nncli evaluate ... | head` shows the loss and the accuracy."""
-    rows = [(k, None, None, v) for k, v in doc.items() if k not in ("per_class", "per_label", "confusion_matrix")]
+    rows = [(k, None, None, v) for k, v in doc.items() if k not in ("per_class", "per_label", "confusion_matrix", "classes")]
     for key, label in (("per_class", "class"), ("per_label", "label")):
         for r in doc.get(key, []):
             rows += [(k, str(r[label]), None, v) for k, v in r.items() if k != label]
+    labels = doc.get("classes") or [str(c) for c in range(len(doc.get("confusion_matrix", [])))]
     for t, row in enumerate(doc.get("confusion_matrix", [])):
-        rows += [("confusion", str(t), str(pred), v) for pred, v in enumerate(row)]
+        rows += [("confusion", labels[t], labels[pred], v) for pred, v in enumerate(row)]
     columns = [list(c) for c in zip(*rows)]
     columns[3] = [None if v is None else (repr(v) if isinstance(v, float) else str(v)) for v in columns[3]]
     return Frame(["metric", "class", "predicted", "value"], columns)
 
 
-def _confusion_table(matrix: list[list[int]]):
+def _confusion_table(matrix: list[list[int]], classes: list | None = None):
     from rich.text import Text
 
     from nncli.render import FoldingTable
@@ -146,7 +147,8 @@ def _confusion_table(matrix: list[list[int]]):
     def cell(v: int, diagonal: bool) -> Text:
         return Text(str(v), style="bold green" if diagonal else ("red" if v else ""))
 
-    names = [""] + [str(c) for c in range(len(matrix))]
-    columns = [[Text(str(c), style="bold") for c in range(len(matrix))]]
+    labels = classes or [str(c) for c in range(len(matrix))]
+    names = [""] + list(labels)
+    columns = [[Text(str(c), style="bold") for c in labels]]
     columns += [[cell(row[p], p == t) for t, row in enumerate(matrix)] for p in range(len(matrix))]
     return FoldingTable(names, columns, title="confusion matrix: true class ↓, predicted →", keys=1)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Optional
 
 import typer
 
 from nncli.commands.common import idle_threads_sleep
 from nncli.errors import NncliError
-from nncli.options import MODEL, OUTPUT, READ, RUNTIME, BatchSize, Data, IdColumn, Spec, Target, Threshold, output_options, with_options
+from nncli.options import MODEL, OUTPUT, READ, RUNTIME, BatchSize, Data, IdColumn, Spec, Target, Threshold, load_model, output_options, read_options, with_options
 from nncli.render import Frame, Report, RowWriter, frame_table, write_report
 
+ClassIndices = Annotated[bool, typer.Option("--class-indices", help="With class labels (the spec's classes, or saved by train): prob_0, prob_1, ... and the class index, instead of prob_<label> and the label.")]
+SourceColumn = Annotated[Optional[str], typer.Option("--source-column", metavar="NAME", help="Add a first column NAME holding each row's file (with several DATA files).")]
 ShowAll = Annotated[bool, typer.Option("--all", help="On a terminal, show every row (default: the first and last that fit; files and pipes always get every row).")]
 
 
@@ -23,27 +26,67 @@ def forward(
     threshold: Threshold = 0.5,
     batch_size: BatchSize = None,
     show_all: ShowAll = False,
+    class_indices: ClassIndices = False,
+    source_column: SourceColumn = None,
     model: dict = None,
     read: dict = None,
     output: dict = None,
     runtime: dict = None,
 ) -> None:
     """Run the model in eval mode over every row: outputs, probabilities, predicted classes."""
-    from nncli.options import load_model, read_options
-    from nncli.progress import tracked
+    from nncli.data import expand_paths
 
     m = load_model(spec, model, runtime)
-    oopts = output_options(output, inputs=[spec, data, model["weights"]])
+    paths = expand_paths(data)
+    folder = output["output"]
+    if folder and (folder.endswith(os.sep) or os.path.isdir(folder)):
+        _forward_into_folder(m, paths, folder, output, spec, model, read, target, id_column, threshold, batch_size, class_indices, source_column)
+        return
+    oopts = output_options(output, inputs=[spec, paths, model["weights"]])
     oopts.check()
     idle_threads_sleep()  # reads while it computes
-    run = m.forward_frames(data, threshold=threshold, batch_size=batch_size, read=read_options(read, {"target": target}, id_column),
-                           progress=lambda batches, source: tracked(batches, source, oopts.quiet))
+    _forward_to(m, paths, oopts, read_options(read, {"target": target}, id_column), threshold, batch_size, show_all, class_indices, source_column)
+
+
+def _forward_to(m, paths, oopts, read, threshold, batch_size, show_all, class_indices, source_column) -> None:
+    from nncli.progress import tracked
+
+    run = m.forward_frames(paths, threshold=threshold, batch_size=batch_size, read=read, class_names=not class_indices,
+                           progress=lambda batches, source: tracked(batches, source, oopts.quiet), source_column=source_column)
     with oopts.stream() as out:
-        writer = RowWriter(oopts.resolved_format, out, oopts.precision, caption=run.built.caption, keys=int(run.source.id_name is not None),
-                           show_all=show_all)
+        writer = RowWriter(oopts.resolved_format, out, oopts.precision, caption=run.built.caption,
+                           keys=int(run.source.id_name is not None) + int(bool(source_column)), show_all=show_all)
         for names, columns in run.frames():
             writer.write(Frame(names, columns))
         writer.close()
+
+
+EXTENSIONS = {"csv": ".csv", "tsv": ".tsv", "json": ".json", "jsonl": ".jsonl", "parquet": ".parquet", "arrow": ".arrow", "table": ".txt"}
+
+
+def _forward_into_folder(m, paths, folder, output, spec, model, read, target, id_column, threshold, batch_size, class_indices, source_column):
+    """-o FOLDER/: one output per input file, named by its stem (data/a.csv.gz -> FOLDER/a.csv), each written atomically."""
+    from nncli.tables import COMPRESSIONS
+
+    fmt = output["fmt"] or "csv"
+    outputs = []
+    for path in paths:
+        stem = os.path.basename(path)
+        for _ in range(2):
+            base, suffix = os.path.splitext(stem)
+            if suffix.lower() in COMPRESSIONS or suffix.lower() in (".csv", ".tsv", ".tab", ".txt", ".parquet", ".pq", ".arrow",
+                                                                    ".feather", ".ipc", ".ndjson", ".jsonl"):
+                stem = base
+        outputs.append(os.path.join(folder, stem + EXTENSIONS[fmt]))
+    if len(set(outputs)) != len(outputs):
+        raise NncliError("two inputs have the same name, so their outputs would collide; give -o FILE to join them", folder)
+    os.makedirs(folder, exist_ok=True)
+    options = [output_options({**output, "fmt": fmt, "output": out}, inputs=[spec, paths, model["weights"]]) for out in outputs]
+    for oopts in options:
+        oopts.check()  # every output before any work
+    idle_threads_sleep()
+    for path, oopts in zip(paths, options):
+        _forward_to(m, [path], oopts, read_options(read, {"target": target}, id_column), threshold, batch_size, True, class_indices, source_column)
 
 
 @with_options(OUTPUT)
