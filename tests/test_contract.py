@@ -197,9 +197,10 @@ def test_evaluate_is_tidy_in_csv_with_the_loss_and_accuracy_first(nncli):
     first = {r["metric"]: r["value"] for r in rows[:6]}
     assert float(first["loss"]) == doc["loss"] and float(first["accuracy"]) == doc["accuracy"]
     confusion = [[0] * 3 for _ in range(3)]
+    index = {c: i for i, c in enumerate(doc["classes"])}  # the spec names the species
     for r in rows:
         if r["metric"] == "confusion":
-            confusion[int(r["class"])][int(r["predicted"])] = int(r["value"])
+            confusion[index[r["class"]]][index[r["predicted"]]] = int(r["value"])
     assert confusion == doc["confusion_matrix"]
     lines = nncli(*args, "-f", "jsonl").stdout.splitlines()
     assert [json.loads(l) for l in lines] == [{k: (v if v != "" else None) for k, v in r.items()} for r in rows]
