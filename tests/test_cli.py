@@ -16,7 +16,8 @@ from nncli import __version__
 from nncli.cli import app
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "nncli"
-COMMANDS = ["forward", "onehot", "loss", "grads", "step", "params", "summary", "init", "train", "evaluate", "clean"]
+COMMANDS = ["forward", "onehot", "loss", "grads", "step", "params", "summary", "init", "train", "evaluate", "clean", "trace", "stats",
+            "gradcheck"]
 
 
 def test_every_command_and_option_has_help():
@@ -67,8 +68,9 @@ def _imports(path: Path) -> set[str]:
 
 
 LOWER = ["spec", "layers", "losses", "model", "runtime", "csvread", "data", "frames", "onehot", "forward", "backprop",
-         "training", "metrics", "api", "texts", "errors", "output"]
-HIGHER = ("nncli.cli", "nncli.commands", "nncli.options", "nncli.render", "nncli.tensors", "nncli.plot", "nncli.progress")
+         "training", "metrics", "api", "texts", "errors", "output", "inside", "labels", "tables"]
+HIGHER = ("nncli.cli", "nncli.commands", "nncli.options", "nncli.render", "nncli.tensors", "nncli.plot", "nncli.progress",
+          "nncli.report_html")
 
 
 @pytest.mark.parametrize("module", LOWER)

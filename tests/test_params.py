@@ -27,7 +27,8 @@ def test_the_seed_network_values(nncli):
     doc = load_json(nncli("params", CONFIGS / "net-16-8-2.yaml", "--values", "-f", "json"))
     assert doc["total_params"] == 154
     assert [r["output_shape"] for r in doc["layers"]] == [[None, 8], [None, 8], [None, 2]]
-    assert doc["layers"][0] == {"index": 0, "type": "Linear", "args": "16, 8", "output_shape": [None, 8], "params": 136, "trainable": True}
+    assert doc["layers"][0] == {"index": 0, "type": "Linear", "args": "16, 8", "output_shape": [None, 8], "params": 136, "trainable": True,
+                                "buffers": 0, "mult_adds": 16 * 8, "inferred": {}}  # issue #18 added buffers, mult_adds, inferred
     model = reference_model("net-16-8-2")
     np.testing.assert_array_equal(np.array(doc["parameters"]["0.weight"], dtype=np.float32), model[0].weight.detach().numpy())
     np.testing.assert_array_equal(np.array(doc["parameters"]["2.bias"], dtype=np.float32), model[2].bias.detach().numpy())

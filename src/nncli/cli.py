@@ -207,6 +207,10 @@ def _register() -> None:
     app.command()(handled(fit.train))
     app.command()(handled(fit.evaluate))
     app.command()(handled(files.clean))
+    from nncli.commands import inside as inside_commands
+    app.command()(handled(inside_commands.trace))
+    app.command()(handled(inside_commands.stats))
+    app.command()(handled(inside_commands.gradcheck))
 
 
 _register()
