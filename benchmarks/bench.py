@@ -114,6 +114,42 @@ torch.save(model.state_dict(), sys.argv[2])
 """
 
 
+def machine() -> str:
+    """The CPU this ran on: its model, the vector extensions that change float32 kernels, the cores."""
+    import os
+    import platform
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name") and model in ("", platform.machine()):
+                model = line.split(":", 1)[1].strip()
+            if line.startswith(("flags", "Features")):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    vector = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile", "asimd", "sve") if f in flags]
+    return f"machine: {model}; {os.cpu_count()} cores; {', '.join(vector) or 'no AVX2/AVX-512/NEON flags seen'}"
+
+
+def formats(nncli: str, spec: Path, data: Path, work: Path, args) -> None:
+    """forward on the same table as CSV, gzipped CSV and Parquet (Parquet skips parsing text)."""
+    import gzip
+
+    import polars as pl
+
+    gz, parquet = data.with_suffix(".csv.gz"), data.with_suffix(".parquet")
+    if not gz.exists():
+        with open(data, "rb") as src, gzip.open(gz, "wb", compresslevel=6) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    if not parquet.exists():
+        pl.scan_csv(data).sink_parquet(parquet)
+    commands = {f"nncli forward, {p.name}": [nncli, "forward", str(spec), str(p), "-t", "label", "-o", str(work / "f.csv")]
+                for p in (data, gz, parquet)}
+    results = run_alternating(commands, args.repeat)
+    table("forward by input format", [(n, w, m) for n, (w, m) in results.items()], args.rows)
+
+
 def generate(path: Path, rows: int, seed: int = 0, block: int = 100_000) -> None:
     rng = np.random.default_rng(seed)
     tmp = path.with_suffix(".tmp")
@@ -162,7 +198,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--no-3m", action="store_true", help="skip the 3M-row memory check")
+    parser.add_argument("--only", default="forward,signal,startup,train,formats,memory",
+                        help="sections to run, comma-separated: forward, signal, startup, train, formats, memory")
     args = parser.parse_args()
+    only = set(args.only.split(","))
+    print(machine(), file=sys.stderr)
 
     nncli = shutil.which("nncli") or sys.exit("nncli is not installed: pip install -e '.[bench]'")
     DATA.mkdir(exist_ok=True)
@@ -180,21 +220,25 @@ def main() -> None:
             script.write_text(code)
             commands[name] = [sys.executable, str(script), str(data), str(work / f"{script.stem}.csv")]
         print(f"{args.rows:,} rows x 32 columns ({data.stat().st_size / 2**20:.0f} MiB), {args.repeat} runs each, alternating", file=sys.stderr)
-        results = run_alternating(commands, args.repeat)
-        rows = sorted(((n, w, m) for n, (w, m) in results.items()), key=lambda r: r[1])
-        table(f"forward, {args.rows:,} rows, probabilities as CSV", rows, args.rows)
-        best = min((w, n) for n, (w, _) in results.items() if n != "nncli forward")
-        print(f"\nnncli / fastest script ({best[1]}): {results['nncli forward'][0] / best[0]:.2f}x")
+        if "forward" in only:
+            results = run_alternating(commands, args.repeat)
+            rows = sorted(((n, w, m) for n, (w, m) in results.items()), key=lambda r: r[1])
+            table(f"forward, {args.rows:,} rows, probabilities as CSV", rows, args.rows)
+            best = min((w, n) for n, (w, _) in results.items() if n != "nncli forward")
+            print(f"\nnncli / fastest script ({best[1]}): {results['nncli forward'][0] / best[0]:.2f}x")
+        if "formats" in only:
+            formats(nncli, spec, data, work, args)
 
         signal = {
             "nncli forward": commands["nncli forward"],
             "nncli loss": [nncli, "loss", str(spec), str(data), "-t", "label", "--loss", "nll", "-o", str(work / "loss.json")],
             "nncli grads": [nncli, "grads", str(spec), str(data), "-t", "label", "--loss", "nll", "-o", str(work / "grads.json")],
         }
-        results = run_alternating(signal, args.repeat)
-        table("loss and grads against forward", [(n, w, m) for n, (w, m) in results.items()], args.rows)
-        fwd = results["nncli forward"][0]
-        print(f"\nloss / forward: {results['nncli loss'][0] / fwd:.2f}x; grads / forward: {results['nncli grads'][0] / fwd:.2f}x")
+        if "signal" in only:
+            results = run_alternating(signal, args.repeat)
+            table("loss and grads against forward", [(n, w, m) for n, (w, m) in results.items()], args.rows)
+            fwd = results["nncli forward"][0]
+            print(f"\nloss / forward: {results['nncli loss'][0] / fwd:.2f}x; grads / forward: {results['nncli grads'][0] / fwd:.2f}x")
 
         small = Path(__file__).resolve().parent.parent / "examples"
         startup = {
@@ -202,10 +246,11 @@ def main() -> None:
             'python -c "import torch"': [sys.executable, "-c", "import torch"],
             "nncli forward (5 rows)": [nncli, "forward", str(small / "configs/binary-classifier.yaml"), str(small / "data/table-5x6.csv"), "-t", "label"],
         }
-        results = run_alternating(startup, max(args.repeat, 5))
-        table("start-up", [(n, w, m) for n, (w, m) in results.items()], None)
-        ratio = results["nncli forward (5 rows)"][0] / results['python -c "import torch"'][0]
-        print(f"\nnncli forward (5 rows) / import torch: {ratio:.2f}x")
+        if "startup" in only:
+            results = run_alternating(startup, max(args.repeat, 5))
+            table("start-up", [(n, w, m) for n, (w, m) in results.items()], None)
+            ratio = results["nncli forward (5 rows)"][0] / results['python -c "import torch"'][0]
+            print(f"\nnncli forward (5 rows) / import torch: {ratio:.2f}x")
 
         train_spec = DATA / "train.yaml"
         train_spec.write_text(TRAIN_SPEC)
@@ -216,10 +261,13 @@ def main() -> None:
                                                        "-b", "1024", "--lr", "0.01", "--save-weights", str(work / "t.pt"), "-o", str(work / "h.json")],
             "hand-written loop (polars + torch)": [sys.executable, str(script), str(data), str(work / "t2.pt")],
         }
-        results = run_alternating(training, max(args.repeat // 2, 1))
-        table("training: one epoch over the file", [(n, w, m) for n, (w, m) in results.items()], args.rows)
+        if "train" in only:
+            results = run_alternating(training, max(args.repeat // 2, 1))
+            table("training: one epoch over the file", [(n, w, m) for n, (w, m) in results.items()], args.rows)
+            names = list(training)
+            print(f"\nnncli train / hand-written loop: {results[names[0]][0] / results[names[1]][0]:.2f}x")
 
-        if not args.no_3m:
+        if not args.no_3m and "memory" in only:
             big = DATA / f"rows-{3 * args.rows}.csv"
             if not big.exists():
                 print(f"generating {big} ...", file=sys.stderr)

@@ -541,11 +541,16 @@ def load(spec, *, seed: int | None = None, weights: str | None = None, dtype: st
 def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer: str = "sgd", momentum: float | None = None,
           weight_decay: float | None = None, batch_size: int = 32, shuffle: bool | None = None, val_split: float | None = None,
           val=None, patience: int | None = None, stream: bool = False, loss: str | None = None, read: Read | None = None,
-          on_epoch: Callable | None = None, **more) -> History:
+          on_epoch: Callable | None = None, lr_schedule: str | None = None, warmup: int = 0, clip_grad_norm: float | None = None,
+          clip_grad_value: float | None = None, class_weights: str | None = None, stratify: bool = False, metric: str = "val_loss",
+          checkpoint: str | None = None, resume: str | None = None, log_dir: str | None = None, **more) -> History:
     """Fit the model in place: the hand-written loop (see training.py), so the same seed gives the same weights.
 
-    `val` is a path or a table of validation rows with DATA's columns; `on_epoch(record)` sees each epoch."""
-    from nncli.training import TrainOptions, evaluate_in_memory, fit, in_memory_batches, validation_split
+    `val` is a path or a table of validation rows with DATA's columns; `on_epoch(record)` sees each epoch.
+    `checkpoint` is written (atomically) after every epoch with all it takes to continue bit for bit;
+    `resume` continues from such a checkpoint, so 2 epochs + resume to 4 equals 4 epochs."""
+    from nncli.training import METRICS, TrainOptions, class_weights as weights_of, evaluate_in_memory, fit, in_memory_batches
+    from nncli.training import stratified_split, validation_split
 
     read = read or Read(target=target, **more)
     if epochs is None or epochs < 1:
@@ -559,7 +564,17 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
     shuffle = (not stream) if shuffle is None else shuffle
     if stream and (shuffle or val_split is not None):
         raise UsageError("--stream reads DATA in file order: it takes neither --shuffle nor --val-split (use --val FILE)")
-    options = TrainOptions(epochs, lr, optimizer, momentum, weight_decay, batch_size, shuffle, patience)
+    if metric not in METRICS:
+        raise UsageError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    if clip_grad_norm is not None and clip_grad_value is not None:
+        raise UsageError("give --clip-grad-norm or --clip-grad-value, not both")
+    if stratify and val_split is None:
+        raise UsageError("--stratify goes with --val-split F")
+    for name, value in (("clip_grad_norm", clip_grad_norm), ("clip_grad_value", clip_grad_value)):
+        _check_rate(value, name)
+    options = TrainOptions(epochs, lr, optimizer, momentum, weight_decay, batch_size, shuffle, patience, lr_schedule, warmup or 0,
+                           clip_grad_norm, clip_grad_value, metric)
+    start = _read_checkpoint(resume) if resume else None
     with contextlib.ExitStack() as stack:
         if not is_table(data):
             data = _spooled_path(data, read, stack)  # read more than once: to size the model, then the rows
@@ -568,6 +583,8 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
         head = head_of(built.layers, source.n_features)
         choice = model.choose_loss(loss, head)
         width = head.width
+        if start is not None:
+            _restore(built, start)
         _learn_classes(built, data, read, choice, width)
         if stream:
             _fit_preprocess(model, built, lambda: _raw_batches(built, data, read, choice), source.feature_names)
@@ -581,7 +598,8 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
         else:
             raw, y = _load_raw(built, data, read, choice, width)
             if val_split is not None:
-                keep, held = validation_split(len(raw), val_split, built.seed)
+                keep, held = (stratified_split(y if y.dim() == 1 else y.argmax(dim=1) if y.shape[1] > 1 else (y[:, 0] >= 0.5).long(),
+                                               val_split, built.seed) if stratify else validation_split(len(raw), val_split, built.seed))
                 raw, y, raw_val, y_val = raw[keep.numpy()], y[keep], raw[held.numpy()], y[held]
             _fit_preprocess(model, built, lambda: [raw], source.feature_names)  # the training rows only, never the validation rows
             x = _inputs(built, raw)
@@ -593,11 +611,85 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
                             input_format=read.input_format)
             raw_val, y_val = _load_raw(built, val if is_table(val) else _spooled_path(val, val_read, stack), val_read, choice, width)
             x_val = _inputs(built, raw_val)
-        validate = (lambda: evaluate_in_memory(built.module, choice, width, x_val, y_val)) if (val_split or val is not None) else None
-        epochs_done, best, best_epoch = fit(built.module, choice, width, batches_for_epoch, options, validate, on_epoch or (lambda r: None))
+        weights = None
+        if class_weights:
+            if stream:
+                raise UsageError("--class-weights counts the classes of the rows in memory: not with --stream")
+            labels = y if y.dim() == 1 else (y.argmax(dim=1) if y.shape[1] > 1 else (y[:, 0] >= 0.5).long())
+            from nncli.model import torch_dtype
+
+            weights = weights_of(class_weights, labels, width if choice.family == "class" else 2, choice.family).to(
+                device=built.device, dtype=torch_dtype(built.dtype))
+        loss_fn = choice.function("mean", weights)
+        validate = (lambda: evaluate_in_memory(built.module, choice, width, x_val, y_val, loss_fn)) if (val_split or val is not None) else None
+        steps = 1 if stream else -(-len(x) // batch_size)
+        save = (lambda state: _write_checkpoint(checkpoint, state, built)) if checkpoint else None
+        if log_dir:
+            on_epoch = _tensorboard(log_dir, built.module, on_epoch, stack)
+        epochs_done, best, best_epoch = fit(built.module, choice, width, batches_for_epoch, options, validate, on_epoch or (lambda r: None),
+                                            loss_fn=loss_fn, steps_per_epoch=steps, start=start, checkpoint=save)
     if best is not None:
         built.module.load_state_dict(best)
     return History(epochs_done, choice.label, choice.source, best_epoch, best is not None and len(epochs_done) < epochs, options)
+
+
+def _tensorboard(log_dir: str, module, on_epoch, stack):
+    """TensorBoard event files in log_dir: every number of the history per epoch (losses, accuracies,
+    lr, the pre-clip gradient norm) and each parameter's gradient norm after the epoch's last batch."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UsageError("--log-dir needs TensorBoard: pip install 'nncli-torch[tensorboard]'") from None
+    writer = stack.enter_context(SummaryWriter(log_dir=log_dir))
+
+    def logged(record) -> None:
+        for key, value in record.as_dict().items():
+            if key != "epoch":
+                writer.add_scalar(key, float(value), record.epoch)
+        for name, p in module.named_parameters():
+            if p.grad is not None:
+                writer.add_scalar(f"grad_norm/{name}", float(p.grad.detach().double().norm()), record.epoch)
+        writer.flush()
+        if on_epoch is not None:
+            on_epoch(record)
+
+    return logged
+
+
+def _write_checkpoint(path: str, state: dict, built) -> None:
+    """Everything to continue training bit for bit, in one .pt, written atomically (after every epoch)."""
+    import torch
+
+    from nncli.output import output_file
+
+    state = {**state, "classes": built.classes}
+    if built.preprocess is not None:
+        p = built.preprocess
+        state["preprocess"] = {"kind": p.kind, "columns": p.columns, "shift": p.shift, "scale": p.scale}
+    with output_file(path, "--checkpoint") as f:
+        torch.save(state, f)
+
+
+def _read_checkpoint(path: str) -> dict:
+    import torch
+
+    from nncli.training import is_checkpoint
+
+    if not is_checkpoint(path):
+        raise NncliError("not a training checkpoint (nncli train --checkpoint writes one); plain weights go to --weights", path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _restore(built, start: dict) -> None:
+    """The checkpoint's weights, classes and preprocessing into the freshly built model."""
+    from nncli.model import Preprocess
+
+    built.module.load_state_dict(start["model"])
+    if start.get("classes") is not None:
+        built.classes = start["classes"]
+    if start.get("preprocess") is not None:
+        p = start["preprocess"]
+        built.preprocess = Preprocess(p["kind"], p["columns"], p["shift"], p["scale"])
 
 
 def _learn_classes(built, data, read: Read, choice, width: int) -> None:
@@ -716,7 +808,7 @@ def evaluate(model: Model, data, *, target=None, loss: str | None = None, thresh
     """The loss (eval mode) and the metrics that fit the loss, in one streaming pass: what `nncli evaluate -f json` prints."""
     import numpy as np
 
-    from nncli.metrics import Confusion, MultiLabel, Regression, actual, class_count, kind_of, predicted
+    from nncli.metrics import Confusion, MultiLabel, Regression, Scores, actual, class_count, kind_of, predicted, probabilities
     from nncli.texts import jsonable
 
     read = read or Read(target=target, **more)
@@ -728,10 +820,22 @@ def evaluate(model: Model, data, *, target=None, loss: str | None = None, thresh
                                       "labels": lambda: MultiLabel(head.width), "regression": Regression}[kind]()
         if kind == "regression":
             return metrics.add
-        return lambda outputs, targets: metrics.add(actual(choice, targets), predicted(choice, outputs, threshold))
+        if kind == "labels":
+            return lambda outputs, targets: metrics.add(actual(choice, targets), predicted(choice, outputs, threshold))
+        state["scores"] = scores = Scores()
+
+        def observe(outputs, targets):
+            truth = actual(choice, targets)
+            metrics.add(truth, predicted(choice, outputs, threshold))
+            scores.add(truth, probabilities(choice, outputs))
+
+        return observe
 
     report, _, _ = model._signal(data, read, loss, "mean", False, False, False, batch_size, progress, observer)
     metrics = state["metrics"].report(model.dtype)
+    if "scores" in state:
+        head_keys = {k: v for k, v in metrics.items() if k not in ("per_class", "confusion_matrix")}
+        metrics = {**head_keys, **state["scores"].report(), "per_class": metrics["per_class"], "confusion_matrix": metrics["confusion_matrix"]}
     classes = model.built.classes
     if classes is not None and "per_class" in metrics and len(classes) == len(metrics["per_class"]):
         metrics["per_class"] = [{**r, "class": classes[r["class"]]} for r in metrics["per_class"]]

@@ -65,12 +65,22 @@ class LossChoice:
         """The loss as a user would write it in PyTorch."""
         return f"{self.name} of log(probabilities)" if self.log_input else self.name
 
-    def function(self, reduction: str = "mean"):
+    def function(self, reduction: str = "mean", class_weights=None):
         """loss(outputs, targets), as the user's own code computes it: `nn.NLLLoss()(model(x).log(), y)`
-        for the log-input choice, else `nn.<Name>(reduction=...)(model(x), y)`."""
+        for the log-input choice, else `nn.<Name>(reduction=...)(model(x), y)`. `class_weights` (one
+        per class) go to torch as `weight=` (CrossEntropyLoss, NLLLoss) or, for BCEWithLogitsLoss,
+        `pos_weight=` w1 / w0 (the weight of a positive relative to a negative)."""
         from torch import nn
 
-        fn = getattr(nn, self.name)(reduction=reduction)  # an allowlisted name only
+        extra = {}
+        if class_weights is not None:
+            if self.name in ("CrossEntropyLoss", "NLLLoss"):
+                extra["weight"] = class_weights
+            elif self.name == "BCEWithLogitsLoss":
+                extra["pos_weight"] = (class_weights[1] / class_weights[0]).reshape(1)
+            else:
+                raise UsageError(f"--class-weights goes with CrossEntropyLoss, NLLLoss or BCEWithLogitsLoss, not {self.name}")
+        fn = getattr(nn, self.name)(reduction=reduction, **extra)  # an allowlisted name only
         if not self.log_input:
             return fn
         return lambda outputs, targets: fn(outputs.log(), targets)

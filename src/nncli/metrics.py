@@ -70,11 +70,72 @@ class Confusion:
         for c in range(self.classes):
             precision, recall, f1 = _f1(float(m[c, c]), float(m[:, c].sum()), float(m[c, :].sum()))
             per_class.append({"class": c, "precision": precision, "recall": recall, "f1": f1, "support": int(m[c, :].sum())})
-        return {
-            "accuracy": float(m.trace()) / total if total else 0.0,
-            "per_class": per_class,
-            "confusion_matrix": self.matrix.tolist(),
-        }
+        support = [r["support"] for r in per_class]
+        out = {"accuracy": float(m.trace()) / total if total else 0.0}
+        for name in ("precision", "recall", "f1"):  # scikit-learn's average="macro" and average="weighted"
+            values = [r[name] for r in per_class]
+            out[f"macro_{name}"] = sum(values) / len(values)
+            out[f"weighted_{name}"] = sum(v * s for v, s in zip(values, support)) / total if total else 0.0
+        return {**out, "per_class": per_class, "confusion_matrix": self.matrix.tolist()}
+
+
+def probabilities(choice: LossChoice, outputs):
+    """Each row's class probabilities, as the loss reads the outputs: softmax of logits, exp of
+    log-probabilities, the Softmax head's own; for a binary head [1 - p, p]."""
+    import torch
+
+    from nncli.losses import LOG_PROBS, PROBS
+
+    takes = choice.type.takes
+    if choice.family == CLASS:
+        if choice.log_input or takes == PROBS:
+            return outputs
+        return outputs.exp() if takes == LOG_PROBS else outputs.softmax(dim=1)
+    p = outputs.sigmoid() if takes == LOGITS else outputs
+    return torch.cat([1 - p, p], dim=1)
+
+
+class Scores:
+    """Every row's probabilities and true class (kept: ROC-AUC needs them all), for log-loss and ROC-AUC."""
+
+    def __init__(self) -> None:
+        self.probs, self.truth = [], []
+
+    def add(self, truth, probs) -> None:
+        self.probs.append(probs.detach().double().cpu().numpy())
+        self.truth.append(truth.cpu().numpy())
+
+    def report(self) -> dict:
+        import numpy as np
+
+        p, y = np.concatenate(self.probs), np.concatenate(self.truth)
+        eps = np.finfo(np.float64).eps
+        q = np.clip(p / p.sum(axis=1, keepdims=True), eps, 1 - eps)  # as scikit-learn's log_loss
+        out = {"log_loss": float(-np.log(q[np.arange(len(y)), y]).mean())}
+        classes = p.shape[1]
+        if classes == 2:
+            out["roc_auc"] = _auc(p[:, 1], y == 1)
+        else:  # one-vs-rest, the classes' mean (scikit-learn's multi_class="ovr", average="macro")
+            aucs = [_auc(p[:, c], y == c) for c in range(classes)]
+            out["roc_auc"] = None if any(a is None for a in aucs) else sum(aucs) / classes
+        return out
+
+
+def _auc(score, positive) -> float | None:
+    """The area under the ROC curve as the Mann-Whitney statistic (ties count one half); None without both classes."""
+    import numpy as np
+
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if not n_pos or not n_neg:
+        return None
+    order = np.argsort(score, kind="mergesort")
+    ranks = np.empty(len(score), dtype=np.float64)
+    sorted_scores = score[order]
+    starts = np.concatenate([[0], np.nonzero(np.diff(sorted_scores))[0] + 1])
+    ends = np.concatenate([starts[1:], [len(score)]])
+    for a, b in zip(starts, ends):
+        ranks[order[a:b]] = (a + b + 1) / 2  # the average of ranks a+1 .. b
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 class MultiLabel:

@@ -23,7 +23,16 @@ Shuffle = Annotated[Optional[bool], typer.Option("--shuffle/--no-shuffle", help=
 ValSplit = Annotated[Optional[float], typer.Option("--val-split", metavar="F", help="Hold out this fraction of DATA for validation (drawn with the seed).", callback=finite_non_negative)]
 ValFile = Annotated[Optional[str], typer.Option("--val", metavar="FILE", help="A validation CSV with the same columns as DATA.")]
 Patience = Annotated[Optional[int], typer.Option("--patience", metavar="N", help="Stop after N epochs without a better validation loss, keeping the best weights (needs --val-split or --val).", min=1)]
-Resume = Annotated[Optional[str], typer.Option("--resume", metavar="FILE", help="Start from these saved weights instead of the seeded ones.")]
+Resume = Annotated[Optional[str], typer.Option("--resume", metavar="FILE", help="Continue from a --checkpoint file (weights, optimizer, schedule, RNG: bit for bit), or start from plain saved weights (the optimizer then starts fresh).")]
+Checkpoint = Annotated[Optional[str], typer.Option("--checkpoint", metavar="FILE", help="Write everything needed to continue (weights, optimizer and scheduler state, epoch, best so far, RNG state) after every epoch, atomically (a .pt).")]
+Schedule = Annotated[Optional[str], typer.Option("--lr-schedule", metavar="SCHEDULE", help="step:SIZE:GAMMA, cosine, plateau:PATIENCE:FACTOR or onecycle:MAX_LR (torch.optim.lr_scheduler's); the lr of each epoch joins the history.")]
+Warmup = Annotated[int, typer.Option("--warmup", metavar="N", help="Epochs of linear warm-up (lr x (e+1)/(N+1)) before the schedule.", min=0)]
+ClipNorm = Annotated[Optional[float], typer.Option("--clip-grad-norm", metavar="X", help="torch.nn.utils.clip_grad_norm_ before each step; the largest pre-clip norm joins the history.", callback=finite_non_negative)]
+ClipValue = Annotated[Optional[float], typer.Option("--clip-grad-value", metavar="X", help="torch.nn.utils.clip_grad_value_ before each step.", callback=finite_non_negative)]
+ClassWeights = Annotated[Optional[str], typer.Option("--class-weights", metavar="W", help="balanced (scikit-learn's n / (classes x count)) or w0,w1,...: the loss's weight= (pos_weight= w1/w0 for BCEWithLogitsLoss).")]
+Stratify = Annotated[bool, typer.Option("--stratify", help="With --val-split: hold out the fraction of each class (seeded per class; see the README).")]
+LogDir = Annotated[Optional[str], typer.Option("--log-dir", metavar="DIR", help="Write TensorBoard event files (losses, metrics, lr, gradient norms per epoch); needs the tensorboard extra.")]
+Metric = Annotated[str, typer.Option("--metric", metavar="NAME", help="What --patience watches: val_loss (lower is better) or val_accuracy (higher).")]
 Stream = Annotated[bool, typer.Option("--stream", help="Read DATA batch by batch every epoch instead of loading it (files larger than memory).")]
 
 
@@ -31,26 +40,38 @@ Stream = Annotated[bool, typer.Option("--stream", help="Read DATA batch by batch
 def train(spec: Spec, data: Data, epochs: Epochs, lr: LearningRate, save_weights: SaveWeights = None, optimizer: Optimizer = "sgd",
           momentum: Momentum = None, weight_decay: WeightDecay = None, batch_size: TrainBatch = 32, shuffle: Shuffle = None,
           val_split: ValSplit = None, val: ValFile = None, patience: Patience = None, resume: Resume = None, stream: Stream = False,
-          loss: Loss = None, targets: dict = None, model: dict = None, read: dict = None, output: dict = None, runtime: dict = None) -> None:
+          loss: Loss = None, checkpoint: Checkpoint = None, lr_schedule: Schedule = None, warmup: Warmup = 0, clip_grad_norm: ClipNorm = None,
+          clip_grad_value: ClipValue = None, class_weights: ClassWeights = None, stratify: Stratify = False, metric: Metric = "val_loss",
+          log_dir: LogDir = None,
+          targets: dict = None, model: dict = None, read: dict = None, output: dict = None, runtime: dict = None) -> None:
     """Fit the model: the standard PyTorch loop (zero_grad, forward, loss, backward, step)."""
     from nncli import api
     from nncli.errors import UsageError
     from nncli.model import check_weights_path
     from nncli.progress import EpochBar
 
+    from nncli.training import is_checkpoint
+
     if resume and model["weights"]:
         raise UsageError("--resume and --weights both name starting weights; give one")
-    model["weights"] = resume or model["weights"]
+    from_checkpoint = bool(resume) and is_checkpoint(resume)
+    if resume and not from_checkpoint:
+        model["weights"] = resume
     if save_weights:
         check_weights_path(save_weights)
     m = load_model(spec, model, runtime)
-    oopts = output_options(output, inputs=[spec, data, targets["targets"], model["weights"], val])
-    oopts.check(extra={"--save-weights": save_weights})
+    oopts = output_options(output, inputs=[spec, data, targets["targets"], model["weights"], val, resume if from_checkpoint and resume != checkpoint else None])
+    oopts.check(extra={"--save-weights": save_weights, "--checkpoint": checkpoint if checkpoint != resume else None})
+    if resume and not from_checkpoint:
+        note(f"{resume} holds weights, not a --checkpoint: training starts from them with a fresh optimizer")
     bar = EpochBar(epochs, oopts.quiet)
     try:
         history = api.train(m, data, epochs=epochs, lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
                             batch_size=batch_size, shuffle=shuffle, val_split=val_split, val=val, patience=patience, stream=stream,
-                            loss=loss, read=read_options(read, targets), on_epoch=bar.update)
+                            loss=loss, read=read_options(read, targets), on_epoch=bar.update, lr_schedule=lr_schedule, warmup=warmup,
+                            clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value, class_weights=class_weights,
+                            stratify=stratify, metric=metric, checkpoint=checkpoint, resume=resume if from_checkpoint else None,
+                            log_dir=log_dir)
     finally:
         bar.close()
     if save_weights:
