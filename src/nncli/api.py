@@ -543,7 +543,8 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
           val=None, patience: int | None = None, stream: bool = False, loss: str | None = None, read: Read | None = None,
           on_epoch: Callable | None = None, lr_schedule: str | None = None, warmup: int = 0, clip_grad_norm: float | None = None,
           clip_grad_value: float | None = None, class_weights: str | None = None, stratify: bool = False, metric: str = "val_loss",
-          checkpoint: str | None = None, resume: str | None = None, log_dir: str | None = None, **more) -> History:
+          checkpoint: str | None = None, resume: str | None = None, log_dir: str | None = None, allow_local_batchnorm: bool = False,
+          **more) -> History:
     """Fit the model in place: the hand-written loop (see training.py), so the same seed gives the same weights.
 
     `val` is a path or a table of validation rows with DATA's columns; `on_epoch(record)` sees each epoch.
@@ -583,6 +584,7 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
         head = head_of(built.layers, source.n_features)
         choice = model.choose_loss(loss, head)
         width = head.width
+        _check_data_parallel(built, stream, allow_local_batchnorm)
         if start is not None:
             _restore(built, start)
         _learn_classes(built, data, read, choice, width)
@@ -605,7 +607,7 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
             x = _inputs(built, raw)
             if val_split is not None:
                 x_val = _inputs(built, raw_val)
-            batches_for_epoch = in_memory_batches(x, y, batch_size, shuffle)
+            batches_for_epoch = in_memory_batches(x, y, batch_size, shuffle, *_rank_world())
         if val is not None:
             val_read = Read(read.target, None, read.features, read.id_column, read.delimiter, read.header, read.decimal_comma,
                             input_format=read.input_format)
@@ -654,6 +656,26 @@ def _tensorboard(log_dir: str, module, on_epoch, stack):
             on_epoch(record)
 
     return logged
+
+
+def _rank_world() -> tuple[int, int]:
+    """(rank, number of ranks) of a data-parallel run (a process group set up by the caller), else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _check_data_parallel(built, stream: bool, allow_local_batchnorm: bool) -> None:
+    rank, world = _rank_world()
+    if world == 1:
+        return
+    if stream:
+        raise UsageError("--stream with several processes is not supported: each rank shares rows in memory")
+    if any(l.type == "BatchNorm1d" for l in built.layers) and built.device == "cpu" and not allow_local_batchnorm:
+        raise UsageError("BatchNorm1d with several processes on CPU normalises each rank's share on its own (SyncBatchNorm "
+                         "needs CUDA): add --allow-local-batchnorm to accept that")
 
 
 def _write_checkpoint(path: str, state: dict, built) -> None:

@@ -209,6 +209,12 @@ def fit(
     params = list(module.parameters())
     if not params:
         raise NncliError("the model has no parameters to train (add a Linear, BatchNorm1d or LayerNorm layer)", "train")
+    distributed = _distributed()
+    step_module = module
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_module = DistributedDataParallel(module)  # gradients averaged over the ranks at every backward
     dtype = params[0].dtype
     optimizer = make_optimizer(opts.optimizer, params, opts.lr, opts.momentum, opts.weight_decay)
     scheduler = make_scheduler(opts, optimizer, steps_per_epoch)
@@ -237,7 +243,7 @@ def fit(
         rows = 0
         for number, (x, y) in enumerate(batches_for_epoch(epoch)):
             optimizer.zero_grad()
-            outputs = _forward(module, x)
+            outputs = _forward(step_module, x)
             loss = loss_fn(outputs, y)
             value = loss.detach()
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(value), number, first_bad)
@@ -254,6 +260,12 @@ def fit(
             rows += len(x)
             if classifier:
                 correct += (predicted(choice, outputs.detach()) == actual(choice, y)).sum()
+        if distributed:  # the epoch's numbers over every rank's share
+            sums = torch.stack([total, torch.tensor(float(rows), dtype=torch.float64), correct.double(), (first_bad >= 0).double()])
+            torch.distributed.all_reduce(sums)
+            total, rows, correct = sums[0], int(sums[1]), sums[2].long()
+            if float(sums[3]) > 0 and int(first_bad) < 0:
+                first_bad = torch.zeros((), dtype=torch.int64)
         if int(first_bad) >= 0:  # a diverging run: stop before the NaN reaches a weights file
             raise Diverged(epoch, int(first_bad), float("nan") if not torch.isfinite(total) else float(total), history)
         record = Epoch(epoch, _scalar(float(total) / rows, dtype), int(correct) / rows if classifier else None)
@@ -289,6 +301,13 @@ def fit(
     return history, best_state, best_epoch
 
 
+def _distributed() -> bool:
+    """Whether this process is one rank of several (torchrun, or `nncli train --nproc N`)."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def is_checkpoint(path: str) -> bool:
     """Whether a file is a training checkpoint (--checkpoint) rather than plain weights."""
     import os
@@ -304,13 +323,17 @@ def is_checkpoint(path: str) -> bool:
     return isinstance(state, dict) and state.get("nncli_checkpoint") == 1
 
 
-def in_memory_batches(x, y, batch_size: int, shuffle: bool):
-    """The hand-written loop's batches: a fresh torch.randperm each epoch (or file order)."""
+def in_memory_batches(x, y, batch_size: int, shuffle: bool, rank: int = 0, world: int = 1):
+    """The hand-written loop's batches: a fresh torch.randperm each epoch (or file order). Data-parallel,
+    every rank draws the same permutation (the same seed) and takes its share, order[rank::world]."""
     import torch
 
     def batches(epoch: int):
         n = len(x)
         order = torch.randperm(n) if shuffle else torch.arange(n)
+        if world > 1:
+            order = order[rank::world]
+            n = len(order)
         for i in range(0, n, batch_size):
             idx = order[i : i + batch_size]
             yield x[idx], y[idx]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Optional
 
 import typer
@@ -32,6 +33,8 @@ ClipValue = Annotated[Optional[float], typer.Option("--clip-grad-value", metavar
 ClassWeights = Annotated[Optional[str], typer.Option("--class-weights", metavar="W", help="balanced (scikit-learn's n / (classes x count)) or w0,w1,...: the loss's weight= (pos_weight= w1/w0 for BCEWithLogitsLoss).")]
 Stratify = Annotated[bool, typer.Option("--stratify", help="With --val-split: hold out the fraction of each class (seeded per class; see the README).")]
 LogDir = Annotated[Optional[str], typer.Option("--log-dir", metavar="DIR", help="Write TensorBoard event files (losses, metrics, lr, gradient norms per epoch); needs the tensorboard extra.")]
+Nproc = Annotated[Optional[int], typer.Option("--nproc", metavar="N", help="Train data-parallel in N local processes (DistributedDataParallel, gloo on CPU), as torchrun --nproc-per-node N -m nncli train ... does.", min=1)]
+LocalBatchNorm = Annotated[bool, typer.Option("--allow-local-batchnorm", help="With several processes on CPU, let each BatchNorm1d normalise its own rank's rows.")]
 Metric = Annotated[str, typer.Option("--metric", metavar="NAME", help="What --patience watches: val_loss (lower is better) or val_accuracy (higher).")]
 Stream = Annotated[bool, typer.Option("--stream", help="Read DATA batch by batch every epoch instead of loading it (files larger than memory).")]
 
@@ -42,7 +45,7 @@ def train(spec: Spec, data: Data, epochs: Epochs, lr: LearningRate, save_weights
           val_split: ValSplit = None, val: ValFile = None, patience: Patience = None, resume: Resume = None, stream: Stream = False,
           loss: Loss = None, checkpoint: Checkpoint = None, lr_schedule: Schedule = None, warmup: Warmup = 0, clip_grad_norm: ClipNorm = None,
           clip_grad_value: ClipValue = None, class_weights: ClassWeights = None, stratify: Stratify = False, metric: Metric = "val_loss",
-          log_dir: LogDir = None,
+          log_dir: LogDir = None, nproc: Nproc = None, allow_local_batchnorm: LocalBatchNorm = False,
           targets: dict = None, model: dict = None, read: dict = None, output: dict = None, runtime: dict = None) -> None:
     """Fit the model: the standard PyTorch loop (zero_grad, forward, loss, backward, step)."""
     from nncli import api
@@ -52,6 +55,16 @@ def train(spec: Spec, data: Data, epochs: Epochs, lr: LearningRate, save_weights
 
     from nncli.training import is_checkpoint
 
+    if nproc and nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        _launch(nproc)
+        return
+    rank = _join_process_group(runtime.get("device", "cpu"))
+    if rank:  # ranks other than 0 train their share and write nothing, print nothing
+        save_weights, checkpoint_path, log_dir = None, None, None
+        output = {**output, "quiet": True}
+    else:
+        checkpoint_path = checkpoint
+    checkpoint = checkpoint_path
     if resume and model["weights"]:
         raise UsageError("--resume and --weights both name starting weights; give one")
     from_checkpoint = bool(resume) and is_checkpoint(resume)
@@ -71,9 +84,11 @@ def train(spec: Spec, data: Data, epochs: Epochs, lr: LearningRate, save_weights
                             loss=loss, read=read_options(read, targets), on_epoch=bar.update, lr_schedule=lr_schedule, warmup=warmup,
                             clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value, class_weights=class_weights,
                             stratify=stratify, metric=metric, checkpoint=checkpoint, resume=resume if from_checkpoint else None,
-                            log_dir=log_dir)
+                            log_dir=log_dir, allow_local_batchnorm=allow_local_batchnorm)
     finally:
         bar.close()
+    if rank:
+        return
     if save_weights:
         m.save(save_weights, what="--save-weights")
     else:
@@ -95,6 +110,63 @@ def train(spec: Spec, data: Data, epochs: Epochs, lr: LearningRate, save_weights
         return [frame_table(frame, oopts.precision), loss_curve(rows), caption(text)]
 
     emit(oopts, oopts.inputs, Report(doc, frame, tables))
+
+
+def _join_process_group(device: str) -> int:
+    """Under torchrun (or --nproc), join the process group: gloo on CPU, nccl on CUDA. Returns the rank."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank()
+
+
+def _launch(nproc: int) -> None:
+    """`nncli train --nproc N`: the same command in N processes with torchrun's environment (RANK,
+    WORLD_SIZE, MASTER_ADDR/PORT); rank 0's output is the command's; a rank that fails stops the others
+    and its error is the one line shown, naming the rank."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from nncli.errors import NncliError
+
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if not a.startswith("--nproc="):
+            argv.append(a)
+    if "-" in argv:
+        raise NncliError("--nproc reads DATA in every process: give a file, not standard input", "DATA")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc)}
+    procs = [subprocess.Popen([sys.executable, "-m", "nncli", *argv], env={**base, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=None if r == 0 else subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+             for r in range(nproc)]
+    failed = None
+    while failed is None and any(p.poll() is None for p in procs):
+        failed = next((r for r, p in enumerate(procs) if p.poll() not in (None, 0)), None)
+        time.sleep(0.05)
+    failed = failed if failed is not None else next((r for r, p in enumerate(procs) if p.returncode != 0), None)
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    errors = [p.communicate()[1].decode("utf-8", "replace") for p in procs]
+    if failed is None:
+        sys.stderr.write(errors[0])
+        return
+    line = next((l for l in errors[failed].splitlines() if l.startswith("error: ")), f"error: exited with {procs[failed].returncode}")
+    raise NncliError(f"rank {failed}: {line[len('error: '):]}", "--nproc")
 
 
 def _column(name: str, values: list):
