@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 import nncli as lib
-from tests.conftest import CONFIGS, DATA, EXAMPLE_DATA, REFERENCE, load_json, parse_csv, read_table, reference_model, write
+from tests.helpers import CONFIGS, DATA, EXAMPLE_DATA, REFERENCE, load_json, parse_csv, read_table, reference_model, write
 
 NAMES = sorted(REFERENCE)
 

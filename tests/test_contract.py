@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from tests.conftest import CONFIGS, DATA, assert_error, load_json, parse_csv, read_table, reference_model, write
+from tests.helpers import CONFIGS, DATA, assert_error, load_json, parse_csv, read_table, reference_model, write
 
 NNCLI = [sys.executable, "-m", "nncli"]
 

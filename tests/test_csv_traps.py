@@ -26,7 +26,7 @@ from nncli import csvread
 from nncli.csvread import parse_number
 from nncli.data import DataOptions, Dataset
 from nncli.errors import NncliError, UsageError
-from tests.conftest import CONFIGS, assert_error, write
+from tests.helpers import CONFIGS, assert_error, write
 
 HAND = CONFIGS / "hand-checkable.yaml"  # Linear(2, 1), weight [[0.5, -0.5]], bias [0.1]
 

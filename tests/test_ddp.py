@@ -11,7 +11,7 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import assert_error, write
+from tests.helpers import assert_error, write
 from tests.test_training import SPEC, table
 
 NNCLI = [sys.executable, "-m", "nncli"]

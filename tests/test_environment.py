@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.conftest import CONFIGS, DATA, assert_error, load_json, write
+from tests.helpers import CONFIGS, DATA, assert_error, load_json, write
 
 NNCLI = [sys.executable, "-m", "nncli"]
 THREE = [str(CONFIGS / "three-class.yaml"), str(DATA / "table-5x6.csv"), "-t", "label"]

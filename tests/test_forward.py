@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.conftest import (
+from tests.helpers import (
     CONFIGS, DATA, EXAMPLE_DATA, REFERENCE, assert_error, column, parse_csv, read_table, reference_model, write,
 )
 

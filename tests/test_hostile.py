@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from tests.conftest import CONFIGS, DATA, assert_error, load_json, write
+from tests.helpers import CONFIGS, DATA, assert_error, load_json, write
 
 
 class Payload:

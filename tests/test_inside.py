@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import CONFIGS, DATA, EXAMPLE_DATA, REFERENCE, assert_error, load_json, parse_csv, read_table, reference_model, write
+from tests.helpers import CONFIGS, DATA, EXAMPLE_DATA, REFERENCE, assert_error, load_json, parse_csv, read_table, reference_model, write
 
 from nncli import inside
 

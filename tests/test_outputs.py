@@ -25,7 +25,7 @@ from nncli.output import (
     abandon_writes, check_distinct_outputs, check_output, output_file, plan, remove_stale_temp_files,
     stale_temp_files,
 )
-from tests.conftest import CONFIGS, DATA, assert_error
+from tests.helpers import CONFIGS, DATA, assert_error
 
 ROOT = os.geteuid() == 0
 NNCLI = [sys.executable, "-m", "nncli"]

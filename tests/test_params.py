@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from tests.conftest import CONFIGS, DATA, REFERENCE, assert_error, load_json, parse_csv, reference_model, write
+from tests.helpers import CONFIGS, DATA, REFERENCE, assert_error, load_json, parse_csv, reference_model, write
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE))

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from tests.conftest import load_json, write
+from tests.helpers import load_json, write
 from tests.test_training import SPEC, table
 
 

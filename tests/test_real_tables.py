@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from tests.conftest import CONFIGS, DATA, assert_error, load_json, parse_csv, write
+from tests.helpers import CONFIGS, DATA, assert_error, load_json, parse_csv, write
 
 NNCLI = [sys.executable, "-m", "nncli"]
 SPEC = "seed: 7\nlayers:\n  - Linear: {out_features: 5}\n  - Tanh\n  - Linear: {out_features: 3}\nloss: CrossEntropyLoss\n"

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from tests.conftest import CONFIGS, DATA, assert_error, load_json, parse_csv, read_table, reference_model, write
+from tests.helpers import CONFIGS, DATA, assert_error, load_json, parse_csv, read_table, reference_model, write
 
 LOSSES = {
     "CrossEntropyLoss": nn.CrossEntropyLoss, "NLLLoss": nn.NLLLoss, "BCELoss": nn.BCELoss,

@@ -24,7 +24,7 @@ from nncli import spec as spec_module
 from nncli.errors import NncliError
 from nncli.model import build
 from nncli.spec import DEFAULT_MAX_LAYERS, MAX_INLINE_VALUES, load_spec, parse_spec, resolve
-from tests.conftest import assert_error, load_json, read_table, write
+from tests.helpers import assert_error, load_json, read_table, write
 
 
 def _limit_memory():

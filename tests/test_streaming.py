@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from nncli import csvread
-from tests.conftest import CONFIGS, assert_error, column, load_json, parse_csv, read_table, write
+from tests.helpers import CONFIGS, assert_error, column, load_json, parse_csv, read_table, write
 
 SPEC = "seed: 4\nlayers:\n  - Linear: {out_features: 6}\n  - ReLU\n  - Linear: {out_features: 3}\n  - Softmax\n"
 

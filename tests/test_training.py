@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from tests.conftest import CONFIGS, DATA, assert_error, load_json, parse_csv, read_table, write
+from tests.helpers import CONFIGS, DATA, assert_error, load_json, parse_csv, read_table, write
 
 SPEC = "seed: 5\nlayers:\n  - Linear: {out_features: 8}\n  - ReLU\n  - Dropout: 0.2\n  - Linear: {out_features: 3}\n"
 
