@@ -722,6 +722,8 @@ def _learn_classes(built, data, read: Read, choice, width: int) -> None:
 
     if choice.family not in (CLASS, BINARY):
         return
+    if built.classes is None and _numeric_targets(data, read):
+        return  # class indices as numbers, as before: no pass over the labels as text
     source = open_data(data, read, want_targets=True)
     try:
         if len(source.target_names) != 1 or not hasattr(source, "target_texts"):
@@ -735,6 +737,19 @@ def _learn_classes(built, data, read: Read, choice, width: int) -> None:
         if len(built.classes) != needed:
             raise NncliError(f"the targets have {len(built.classes)} classes ({', '.join(built.classes[:10])}), but the model "
                              f"{'has ' + str(width) + ' outputs' if choice.family == CLASS else 'is binary (2 classes)'}", source.name)
+
+
+def _numeric_targets(data, read: Read) -> bool:
+    """Whether the target column reads as numbers (looked at in its first block only: a word further
+    down is still reported, by the numeric reader, as a cell that is not a number)."""
+    source = open_data(data, read, want_targets=True)
+    try:
+        next(iter(source.batches(4096, exact=True)), None)
+        return True
+    except NncliError as e:
+        return "is not a number" not in e.what
+    finally:
+        source.close()
 
 
 def _raw_batches(built, data, read: Read, choice):
