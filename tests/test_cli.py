@@ -17,7 +17,7 @@ from nncli.cli import app
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "nncli"
 COMMANDS = ["forward", "onehot", "loss", "grads", "step", "params", "summary", "init", "train", "evaluate", "clean", "trace", "stats",
-            "gradcheck"]
+            "gradcheck", "export"]
 
 
 def test_every_command_and_option_has_help():
@@ -68,7 +68,7 @@ def _imports(path: Path) -> set[str]:
 
 
 LOWER = ["spec", "layers", "losses", "model", "runtime", "csvread", "data", "frames", "onehot", "forward", "backprop",
-         "training", "metrics", "api", "texts", "errors", "output", "inside", "labels", "tables"]
+         "training", "metrics", "api", "texts", "errors", "output", "inside", "labels", "tables", "export"]
 HIGHER = ("nncli.cli", "nncli.commands", "nncli.options", "nncli.render", "nncli.tensors", "nncli.plot", "nncli.progress",
           "nncli.report_html")
 

@@ -194,7 +194,7 @@ def main_callback(
 
 
 def _register() -> None:
-    from nncli.commands import files, fit, inspect, outputs, signal as signal_commands
+    from nncli.commands import export, files, fit, inspect, outputs, signal as signal_commands
 
     app.command()(handled(outputs.forward))
     app.command()(handled(outputs.onehot))
@@ -204,6 +204,7 @@ def _register() -> None:
     app.command("params")(handled(inspect.params))
     app.command("summary", help="The same as params: the model layer by layer, like torchinfo's summary.")(handled(inspect.params))
     app.command()(handled(inspect.init))
+    app.command()(handled(export.export))
     app.command()(handled(fit.train))
     app.command()(handled(fit.evaluate))
     app.command()(handled(files.clean))

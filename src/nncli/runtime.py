@@ -62,3 +62,15 @@ def make_model(opts: ModelOptions, spec: Spec, n_inputs: int | None, inputs_from
     model.module.to(device)
     model.device = device
     return model, device
+
+
+def join_process_group(device: str) -> int:
+    """Under torchrun (or `nncli train --nproc`), join the process group: gloo on CPU, nccl on CUDA.
+    Returns this process's rank (0 when it runs alone)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank()
