@@ -27,7 +27,7 @@ def finite_non_negative(value: Optional[float]) -> Optional[float]:
 
 
 LearningRate = Annotated[float, typer.Option("--lr", metavar="LR", help="The learning rate (p <- p - lr * grad for step).", show_default=False, callback=finite_non_negative)]
-Spec = Annotated[str, typer.Argument(metavar="SPEC", help="The model spec (YAML).", show_default=False)]
+Spec = Annotated[str, typer.Argument(metavar="SPEC", help="The model spec (YAML); for forward also an exported .onnx model.", show_default=False)]
 Data = Annotated[list[str], typer.Argument(metavar="DATA...", show_default=False, help=(
     "One or more data files (CSV, TSV, Parquet, Arrow, NDJSON; .gz, .bz2, .xz, .zst compressed), or a quoted glob "
     "('data/*.parquet'), read in sorted order; - for standard input."))]

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from nncli.commands.common import caption, emit, note, rows_text
+from nncli.engines import Engine, Scheduler, Workers
 from nncli.options import (
     MODEL, OUTPUT, READ, RUNTIME, TARGETS, BatchSize, Data, LearningRate, Loss, SaveWeights, Spec, Threshold, finite_non_negative,
     load_model, output_options, read_options, with_options,
@@ -58,7 +59,9 @@ def train(spec: Spec, data: Data, epochs: Epochs, lr: LearningRate, save_weights
     if nproc and nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         _launch(nproc)
         return
-    rank = _join_process_group(runtime.get("device", "cpu"))
+    from nncli.runtime import join_process_group
+
+    rank = join_process_group(runtime.get("device", "cpu"))
     if rank:  # ranks other than 0 train their share and write nothing, print nothing
         save_weights, checkpoint_path, log_dir = None, None, None
         output = {**output, "quiet": True}
@@ -110,17 +113,6 @@ def train(spec: Spec, data: Data, epochs: Epochs, lr: LearningRate, save_weights
         return [frame_table(frame, oopts.precision), loss_curve(rows), caption(text)]
 
     emit(oopts, oopts.inputs, Report(doc, frame, tables))
-
-
-def _join_process_group(device: str) -> int:
-    """Under torchrun (or --nproc), join the process group: gloo on CPU, nccl on CUDA. Returns the rank."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return dist.get_rank()
 
 
 def _launch(nproc: int) -> None:
@@ -180,19 +172,22 @@ def _column(name: str, values: list):
 
 
 @with_options(TARGETS, MODEL, READ, OUTPUT, RUNTIME)
-def evaluate(spec: Spec, data: Data, loss: Loss = None, batch_size: BatchSize = None, threshold: Threshold = 0.5, targets: dict = None,
-             model: dict = None, read: dict = None, output: dict = None, runtime: dict = None) -> None:
+def evaluate(spec: Spec, data: Data, loss: Loss = None, batch_size: BatchSize = None, threshold: Threshold = 0.5, engine: Engine = None,
+             workers: Workers = None, scheduler: Scheduler = None, targets: dict = None, model: dict = None, read: dict = None,
+             output: dict = None, runtime: dict = None) -> None:
     """The loss and the metrics that fit the loss: accuracy, per-class F1 and a confusion matrix; per-label scores; or MSE, MAE and R²."""
     from nncli import api
     from nncli.commands.common import idle_threads_sleep
+    from nncli.engines import scoring
     from nncli.progress import tracked
 
     m = load_model(spec, model, runtime)
     oopts = output_options(output, inputs=[spec, data, targets["targets"], model["weights"]])
     oopts.check()
     idle_threads_sleep()  # reads while it computes
-    doc = api.evaluate(m, data, loss=loss, threshold=threshold, batch_size=batch_size, read=read_options(read, targets),
-                       progress=lambda batches, source: tracked(batches, source, oopts.quiet))
+    with scoring(m, engine, workers, scheduler) as scorer:  # the model itself, or its stand-in on a cluster
+        doc = api.evaluate(scorer, data, loss=loss, threshold=threshold, batch_size=batch_size, read=read_options(read, targets),
+                           progress=lambda batches, source: tracked(batches, source, oopts.quiet))
     p = oopts.precision
     if p is not None:
         doc = {k: (round(v, p) if isinstance(v, float) else v) for k, v in doc.items()}

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from nncli.commands.common import idle_threads_sleep
+from nncli.engines import Engine, Scheduler, Workers
 from nncli.errors import NncliError
 from nncli.options import MODEL, OUTPUT, READ, RUNTIME, BatchSize, Data, IdColumn, Spec, Target, Threshold, load_model, output_options, read_options, with_options
 from nncli.render import Frame, Report, RowWriter, frame_table, write_report
@@ -28,6 +29,9 @@ def forward(
     show_all: ShowAll = False,
     class_indices: ClassIndices = False,
     source_column: SourceColumn = None,
+    engine: Engine = None,
+    workers: Workers = None,
+    scheduler: Scheduler = None,
     model: dict = None,
     read: dict = None,
     output: dict = None,
@@ -35,17 +39,29 @@ def forward(
 ) -> None:
     """Run the model in eval mode over every row: outputs, probabilities, predicted classes."""
     from nncli.data import expand_paths
+    from nncli.engines import scoring
 
-    m = load_model(spec, model, runtime)
     paths = expand_paths(data)
-    folder = output["output"]
-    if folder and (folder.endswith(os.sep) or os.path.isdir(folder)):
-        _forward_into_folder(m, paths, folder, output, spec, model, read, target, id_column, threshold, batch_size, class_indices, source_column)
-        return
-    oopts = output_options(output, inputs=[spec, paths, model["weights"]])
-    oopts.check()
-    idle_threads_sleep()  # reads while it computes
-    _forward_to(m, paths, oopts, read_options(read, {"target": target}, id_column), threshold, batch_size, show_all, class_indices, source_column)
+    if spec.lower().endswith(".onnx"):  # an exported model, scored by onnxruntime: forward's columns, no torch
+        from nncli.errors import UsageError
+        from nncli.export import OnnxModel
+
+        if model["weights"] or model["seed"] is not None or model["dtype"] != "float32" or engine:
+            raise UsageError("an .onnx model carries its weights and dtype: --weights, --seed, --dtype and --engine are for specs")
+        loaded = OnnxModel(spec, threads=runtime["threads"])
+    else:
+        loaded = load_model(spec, model, runtime)
+    # With --engine, a stand-in for the model scores on the cluster (started on first use): the
+    # files after the one being written go out ahead, so -o FOLDER/ keeps every worker busy.
+    with scoring(loaded, engine, workers, scheduler, plan=paths) as m:
+        folder = output["output"]
+        if folder and (folder.endswith(os.sep) or os.path.isdir(folder)):
+            _forward_into_folder(m, paths, folder, output, spec, model, read, target, id_column, threshold, batch_size, class_indices, source_column)
+            return
+        oopts = output_options(output, inputs=[spec, paths, model["weights"]])
+        oopts.check()
+        idle_threads_sleep()  # reads while it computes
+        _forward_to(m, paths, oopts, read_options(read, {"target": target}, id_column), threshold, batch_size, show_all, class_indices, source_column)
 
 
 def _forward_to(m, paths, oopts, read, threshold, batch_size, show_all, class_indices, source_column) -> None:

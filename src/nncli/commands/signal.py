@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from nncli.commands.common import caption, emit, idle_threads_sleep, rows_text
+from nncli.engines import Engine, Scheduler, Workers
 from nncli.errors import UsageError
 from nncli.options import (
     MODEL, OUTPUT, READ, RUNTIME, SIGNAL, TARGETS, TENSORS, Data, LearningRate, SaveWeights, Spec, load_model, output_options,
@@ -40,13 +41,16 @@ def _fields(report, precision) -> dict:
 
 
 @with_options(TARGETS, SIGNAL, MODEL, READ, OUTPUT, RUNTIME)
-def loss(spec: Spec, data: Data, targets: dict = None, signal: dict = None, model: dict = None, read: dict = None, output: dict = None,
-         runtime: dict = None) -> None:
+def loss(spec: Spec, data: Data, engine: Engine = None, workers: Workers = None, scheduler: Scheduler = None, targets: dict = None,
+         signal: dict = None, model: dict = None, read: dict = None, output: dict = None, runtime: dict = None) -> None:
     """The loss of the model's outputs against the targets (eval mode)."""
     import numpy as np
 
+    from nncli.engines import scoring
+
     m, oopts, options = _call(spec, data, targets, signal, model, read, output, runtime)
-    report = m.compute_loss(data, **options)
+    with scoring(m, engine, workers, scheduler) as scorer:  # the model itself, or its stand-in on a cluster
+        report = scorer.compute_loss(data, **options)
     p = oopts.precision
     doc = _fields(report, p)
     if report.tensor is None:
