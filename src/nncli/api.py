@@ -144,7 +144,28 @@ class History:
         return [e.as_dict() for e in self.epochs]
 
 
-class Model:
+class Forwards:
+    """`forward(data)` as a polars DataFrame, for anything with `forward_frames` (Model, OnnxModel, a
+    cluster's Scorer): one definition of the columns and values of `nncli forward -f csv`."""
+
+    def forward(self, data, *, target=None, features=None, id_column=None, threshold: float = 0.5, batch_size: int | None = None,
+                delimiter=None, header=None, decimal_comma: bool = False):
+        """The model in eval mode over every row: a polars DataFrame with the columns and values of `nncli forward -f csv`."""
+        import polars as pl
+
+        run = self.forward_frames(data, threshold=threshold, batch_size=batch_size,
+                                  read=Read(target, None, features, id_column, delimiter, header, decimal_comma))
+        parts = [pl.DataFrame({n: c for n, c in zip(names, columns)}) for names, columns in run.frames()]
+        return pl.concat(parts) if parts else pl.DataFrame()
+
+
+def finite_checks(source, head) -> list:
+    """forward's warnings, once each: NaN or inf in the data, or in the model's output."""
+    data_check, output_check = FiniteCheck(f"the data ({source.name})", source.feature_names), FiniteCheck("the model's output", head.output_names())
+    return [lambda batch, outputs: data_check(batch.x, batch.first_row), lambda batch, outputs: output_check(outputs, batch.first_row)]
+
+
+class Model(Forwards):
     """A spec and, from its first use, the seeded `nn.Sequential` it describes."""
 
     def __init__(self, spec: Spec, *, seed: int | None = None, weights: str | None = None, dtype: str = "float32",
@@ -276,19 +297,8 @@ class Model:
         built, source, batches = self._open(data, read, want_targets=False, rows=batch_size or DEFAULT_BATCH_ROWS)
         head = head_of(built.layers, source.n_features, spec_loss(self.spec.loss, self.spec.path), built.classes if class_names else None)
         run = ForwardRun(built, head, source, progress(batches, source) if progress else batches, threshold, source_column)
-        data_check, output_check = FiniteCheck(f"the data ({source.name})", source.feature_names), FiniteCheck("the model's output", head.output_names())
-        run.checks = [lambda batch, outputs: data_check(batch.x, batch.first_row), lambda batch, outputs: output_check(outputs, batch.first_row)]
+        run.checks = finite_checks(source, head)
         return run
-
-    def forward(self, data, *, target=None, features=None, id_column=None, threshold: float = 0.5, batch_size: int | None = None,
-                delimiter=None, header=None, decimal_comma: bool = False):
-        """The model in eval mode over every row: a polars DataFrame with the columns and values of `nncli forward -f csv`."""
-        import polars as pl
-
-        run = self.forward_frames(data, threshold=threshold, batch_size=batch_size,
-                                  read=Read(target, None, features, id_column, delimiter, header, decimal_comma))
-        parts = [pl.DataFrame({n: c for n, c in zip(names, columns)}) for names, columns in run.frames()]
-        return pl.concat(parts) if parts else pl.DataFrame()
 
     def predict_batch(self, batch, *, threshold: float = 0.5):
         """forward on one batch, returned as the type it was given (for engines' map functions): a

@@ -30,6 +30,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from nncli.api import Forwards, finite_checks
 from nncli.errors import NncliError, UsageError
 from nncli.forward import Head, head_of
 from nncli.losses import spec_loss
@@ -600,7 +601,7 @@ class OnnxBuilt:
     dtype: str
 
 
-class OnnxModel:
+class OnnxModel(Forwards):
     """An .onnx file scored by onnxruntime, with api.Model's forward interface (no torch needed).
 
     Files nncli exported carry their head, so forward's columns and probabilities are those of
@@ -681,22 +682,8 @@ class OnnxModel:
         batches = source.batches(rows) if is_table(data) else prefetched(source.batches(rows))
         head = self.head_for(class_names)
         run = OnnxRun(self, head, source, progress(batches, source) if progress else batches, threshold, source_column)
-        data_check = FiniteCheck(f"the data ({source.name})", source.feature_names)
-        output_check = FiniteCheck("the model's output", head.output_names())
-        run.checks = [lambda batch, outputs: data_check(batch.x, batch.first_row), lambda batch, outputs: output_check(outputs, batch.first_row)]
+        run.checks = finite_checks(source, head)
         return run
-
-    def forward(self, data, *, target=None, features=None, id_column=None, threshold: float = 0.5, batch_size: int | None = None,
-                delimiter=None, header=None, decimal_comma: bool = False):
-        """Every row through onnxruntime: a polars DataFrame with `nncli forward`'s columns."""
-        import polars as pl
-
-        from nncli.api import Read
-
-        run = self.forward_frames(data, threshold=threshold, batch_size=batch_size,
-                                  read=Read(target, None, features, id_column, delimiter, header, decimal_comma))
-        parts = [pl.DataFrame({n: c for n, c in zip(names, columns)}) for names, columns in run.frames()]
-        return pl.concat(parts) if parts else pl.DataFrame()
 
     def outputs(self, x):
         """The model's output for a 2-D array of rows (cast to the model's dtype), as onnxruntime gives it."""

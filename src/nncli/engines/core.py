@@ -33,6 +33,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from nncli.api import Forwards
 from nncli.data import DEFAULT_BATCH_ROWS
 from nncli.errors import NncliError, NncliWarning, UsageError
 
@@ -482,7 +483,7 @@ def _warn_like(check, row: int, column: int, value: float) -> None:
     check(values, row)
 
 
-class Scorer:
+class Scorer(Forwards):
     """Stands in for an api.Model, scoring on a pool: `forward_frames`, `compute_loss`, `evaluate`.
 
     `plan` lists every DATA path of the command: with several files, forward submits the files after
@@ -595,18 +596,6 @@ class Scorer:
             return EngineRun(built, head, source, results, True, progress, [_size(p) for p in paths])
         tasks = ((_forward_rows, (model, head, threshold, rows, source_column), part) for part in _row_parts(source, rows, max(rows, PART_ROWS)))
         return EngineRun(built, head, source, _ordered(self.pool, tasks, window), False, progress)
-
-    def forward(self, data, *, target=None, features=None, id_column=None, threshold: float = 0.5, batch_size: int | None = None,
-                delimiter=None, header=None, decimal_comma: bool = False):
-        """Model.forward on the cluster: a polars DataFrame with the columns and values of `nncli forward -f csv`."""
-        import polars as pl
-
-        from nncli.api import Read
-
-        run = self.forward_frames(data, threshold=threshold, batch_size=batch_size,
-                                  read=Read(target, None, features, id_column, delimiter, header, decimal_comma))
-        parts = [pl.DataFrame({n: c for n, c in zip(names, columns)}) for names, columns in run.frames()]
-        return pl.concat(parts) if parts else pl.DataFrame()
 
     def _file_results(self, paths: list, key, task, window: int) -> Iterator:
         """Each file's result in order; the plan's next files are submitted ahead, up to `window`."""
