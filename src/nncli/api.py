@@ -202,6 +202,19 @@ class Model(Forwards):
         self.built = built
         return self.built
 
+    def build_for(self, source, read: Read):
+        """Build for an open DATA's width; a width one too many, with no target named, suggests --target.
+        The source is closed if the build fails."""
+        try:
+            return self.build(source.n_features, source.name)
+        except NncliError as e:
+            source.close()
+            hint = _target_hint(e, read)
+            if hint:
+                e.what += hint
+                e.args = (e.message,)
+            raise
+
     @property
     def classes(self) -> list[str] | None:
         """The class labels in index order: the spec's `classes`, or those saved with the weights (by train)."""
@@ -265,15 +278,7 @@ class Model(Forwards):
         `prepare(built, source)` runs after the build and before reading starts (it may set labels)."""
         source = open_data(data, read, want_targets)
         batches = prefetched(source.batches(rows)) if isinstance(rows, int) and not is_table(data) else None
-        try:
-            built = self.build(source.n_features, source.name)
-        except NncliError as e:
-            source.close()
-            hint = _target_hint(e, read)
-            if hint:
-                e.what += hint
-                e.args = (e.message,)
-            raise
+        built = self.build_for(source, read)
         if not training:
             try:
                 self._check_preprocess()
@@ -449,19 +454,8 @@ class ForwardRun:
             for batch, outputs, classes in forward_batches(self.built, self.head, self.batches, self.built.device, self.threshold):
                 for check in self.checks:
                     check(batch, outputs)
-                values = outputs.detach().cpu().numpy()
-                columns = [[batch.source or self.source.name] * len(batch)] if self.source_column else []
-                columns += [batch.ids] if batch.ids is not None else []
-                columns += [values[:, i] for i in range(values.shape[1])]
-                if classes is not None:
-                    labels = classes.cpu().numpy()
-                    if self.head.classes is not None:
-                        import numpy as np
-
-                        columns.append(np.asarray(self.head.classes, dtype=object)[labels[:, 0]].tolist())
-                    else:
-                        columns += [labels[:, i] for i in range(labels.shape[1])]
-                yield self.names, columns
+                labels = classes.cpu().numpy() if classes is not None else None
+                yield self.names, row_columns(batch, outputs.detach().cpu().numpy(), labels, self.head, self.source, self.source_column)
         finally:
             self.source.close()
 
@@ -501,6 +495,22 @@ def _with_label_hint(error: NncliError, source, choice) -> NncliError:
         error.what += " (text class labels need the classes: `classes: [...]` in the spec, or weights trained on these labels)"
         error.args = (error.message,)
     return error
+
+
+def row_columns(batch, values, labels, head: Head, source, source_column: str | None) -> list:
+    """forward's columns for one batch: the file (with --source-column), the id, the outputs, then the
+    class (its label where the model has class names) or the classes of several sigmoid outputs."""
+    import numpy as np
+
+    columns = [[getattr(batch, "source", None) or source.name] * len(batch)] if source_column else []
+    columns += [batch.ids] if batch.ids is not None else []
+    columns += [values[:, i] for i in range(values.shape[1])]
+    if labels is not None:
+        if head.classes is not None:
+            columns.append(np.asarray(head.classes, dtype=object)[labels[:, 0]].tolist())
+        else:
+            columns += [labels[:, i] for i in range(labels.shape[1])]
+    return columns
 
 
 def _train(mode: str | None) -> bool:

@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from nncli.api import Forwards, finite_checks
+from nncli.api import Forwards, finite_checks, row_columns
 from nncli.errors import NncliError, UsageError
 from nncli.forward import Head, head_of
 from nncli.losses import spec_loss
@@ -719,18 +719,8 @@ class OnnxRun:
                 values = shown(self.head, self.model.outputs(batch.x))
                 for check_batch in self.checks:
                     check_batch(batch, values)
-                columns = [[getattr(batch, "source", None) or self.source.name] * len(batch)] if self.source_column else []
-                columns += [batch.ids] if batch.ids is not None else []
-                columns += [values[:, i] for i in range(values.shape[1])]
-                if self.head.is_classifier:
-                    import numpy as np
-
-                    labels = classes(self.head, values, self.threshold)
-                    if self.head.classes is not None:
-                        columns.append(np.asarray(self.head.classes, dtype=object)[labels[:, 0]].tolist())
-                    else:
-                        columns += [labels[:, i] for i in range(labels.shape[1])]
-                yield self.names, columns
+                labels = classes(self.head, values, self.threshold) if self.head.is_classifier else None
+                yield self.names, row_columns(batch, values, labels, self.head, self.source, self.source_column)
         finally:
             self.source.close()
 

@@ -549,20 +549,12 @@ class Scorer(Forwards):
 
     def _open(self, data, read, want_targets: bool):
         """Open DATA here (its columns, its warnings, its errors, as the single process gives them) and build the model."""
-        from nncli.api import _target_hint, open_data
+        from nncli.api import open_data
         from nncli.data import expand_paths
 
         paths = expand_paths(data)
         source = open_data(paths, read, want_targets)
-        try:
-            built = self.model.build(source.n_features, source.name)
-        except NncliError as e:
-            source.close()
-            hint = _target_hint(e, read)
-            if hint:
-                e.what += hint
-                e.args = (e.message,)
-            raise
+        built = self.model.build_for(source, read)
         try:
             self.model._check_preprocess()
         except NncliError:
