@@ -5,8 +5,11 @@ traceback. Nothing is written yet, so leaving at once with 128 + the signal numb
 cli.main() installs the handlers that also remove unfinished files.
 """
 
+import gc
 import os
 import signal
+
+from nncli import timing  # noqa: F401  its clock starts here, with the process
 
 
 def _leave(signum, frame):  # pragma: no cover - exercised by a subprocess test
@@ -14,6 +17,9 @@ def _leave(signum, frame):  # pragma: no cover - exercised by a subprocess test
 
 
 def main() -> None:
+    # typer, rich, polars and nncli's modules make objects and no garbage: the collector stays off
+    # until the command starts (cli.handled turns it on), ~20 ms less start-up.
+    gc.disable()
     for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGALRM", "SIGUSR1", "SIGUSR2", "SIGXCPU", "SIGXFSZ", "SIGVTALRM", "SIGPROF"):
         number = getattr(signal, name, None)
         if number is not None and (name == "SIGINT" or signal.getsignal(number) != signal.SIG_IGN):
