@@ -9,9 +9,11 @@ No torch math and no formatting here; torch is imported only inside the commands
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import signal
 import sys
+import time
 import warnings
 from typing import Annotated, Optional
 
@@ -19,9 +21,88 @@ import typer
 
 from nncli import __version__
 from nncli.errors import NncliError, NncliWarning, UsageError
+from typer.core import TyperGroup
+
+# -- commands: each lives in its family's module (options, call into the library, rendering) -----------
+
+# name -> (module under nncli.commands, function, the line `nncli --help` lists it with). A command's
+# module is imported only when that command runs (or shows its help): `nncli --help` and each
+# command start without the others' imports. The full help is the function's docstring.
+COMMANDS = {
+    "forward": ("outputs", "forward", "The model's outputs for every row: probabilities, classes."),
+    "onehot": ("outputs", "onehot", "One-hot rows of class indices, as F.one_hot gives them."),
+    "loss": ("signal", "loss", "The loss of the outputs against the targets."),
+    "grads": ("signal", "grads", "Every parameter's gradient of the loss."),
+    "step": ("signal", "step", "One gradient-descent step: the loss before and after."),
+    "params": ("inspect", "params", "The model layer by layer: shapes, parameters, memory."),
+    "summary": ("inspect", "params", "The same as params (torchinfo's name for it)."),
+    "init": ("inspect", "init", "Write the seeded initial weights."),
+    "export": ("export", "export", "Write the model as ONNX or a torch.export program."),
+    "train": ("fit", "train", "Fit the model: the standard PyTorch loop."),
+    "evaluate": ("fit", "evaluate", "The loss and the metrics that fit it."),
+    "clean": ("files", "clean", "Remove temporary files a killed run left behind."),
+    "trace": ("inside", "trace", "Each layer's input and output for chosen rows."),
+    "stats": ("inside", "stats", "Layer health over every row: activations, gradients."),
+    "gradcheck": ("inside", "gradcheck", "Autograd's gradients against finite differences."),
+}
+LONG_HELP = {"summary": "The same as params: the model layer by layer, like torchinfo's summary."}
+
+
+class _Commands(dict):
+    """The group's commands, each built from its module on first use (a dict, as click expects)."""
+
+    def __missing__(self, name: str):
+        import importlib
+
+        from typer.main import get_command_from_info
+        from typer.models import CommandInfo
+
+        module, function, short = COMMANDS[name]
+        callback = getattr(importlib.import_module(f"nncli.commands.{module}"), function)
+        info = CommandInfo(name=name, callback=handled(callback), help=LONG_HELP.get(name), short_help=short)
+        command = self[name] = get_command_from_info(info, pretty_exceptions_short=True, rich_markup_mode=None)
+        return command
+
+    def get(self, name: str, default=None):
+        return self[name] if name in COMMANDS else default
+
+    def __iter__(self):
+        return iter(COMMANDS)
+
+    def __len__(self) -> int:
+        return len(COMMANDS)
+
+    def __contains__(self, name) -> bool:
+        return name in COMMANDS
+
+    def keys(self):
+        return list(COMMANDS)
+
+    def items(self):
+        return [(name, self[name]) for name in COMMANDS]
+
+    def values(self):
+        return [self[name] for name in COMMANDS]
+
+
+class _Group(TyperGroup):
+    """nncli's command group: commands load when used; `nncli --help` lists them from COMMANDS alone."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.commands = _Commands()
+
+    def list_commands(self, ctx) -> list[str]:
+        return list(COMMANDS)
+
+    def format_commands(self, ctx, formatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, short) for name, (_, _, short) in COMMANDS.items()])
+
 
 app = typer.Typer(
     name="nncli",
+    cls=_Group,
     help="The everyday PyTorch routine as shell commands: forward, loss, gradients, a step.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -95,6 +176,10 @@ def handled(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from nncli import timing
+
+        timing.add("start-up", time.perf_counter() - timing.START)
+        gc.enable()  # off since entry.py: start-up's imports make no garbage
         debug = _debug["on"] or os.environ.get("NNCLI_DEBUG", "") not in ("", "0")
         signals = [getattr(signal, n) for n in TERMINATING if hasattr(signal, n)] if _in_main_thread() else []
         previous = {s: signal.getsignal(s) for s in signals}
@@ -190,33 +275,6 @@ def main_callback(
 
 
 
-# -- commands: each lives in its family's module (options, call into the library, rendering) -----------
-
-
-def _register() -> None:
-    from nncli.commands import export, files, fit, inspect, outputs, signal as signal_commands
-
-    app.command()(handled(outputs.forward))
-    app.command()(handled(outputs.onehot))
-    app.command()(handled(signal_commands.loss))
-    app.command()(handled(signal_commands.grads))
-    app.command()(handled(signal_commands.step))
-    app.command("params")(handled(inspect.params))
-    app.command("summary", help="The same as params: the model layer by layer, like torchinfo's summary.")(handled(inspect.params))
-    app.command()(handled(inspect.init))
-    app.command()(handled(export.export))
-    app.command()(handled(fit.train))
-    app.command()(handled(fit.evaluate))
-    app.command()(handled(files.clean))
-    from nncli.commands import inside as inside_commands
-    app.command()(handled(inside_commands.trace))
-    app.command()(handled(inside_commands.stats))
-    app.command()(handled(inside_commands.gradcheck))
-
-
-_register()
-
-
 class _ClosedStream:
     """Standard output or input closed by the shell (`>&-`, `<&-`): Python gives None; nncli gives
     an object whose use is one `error:` line, like any other stream that cannot be used."""
@@ -245,6 +303,17 @@ class _ClosedStream:
         return False
 
 
+def _report_timings() -> None:
+    """NNCLI_TIMINGS=1: one line on standard error, `nncli timings: {"parse": ..., "wall": ...}` (JSON)."""
+    from nncli import timing
+
+    if timing.ON and sys.stderr is not None:
+        import json
+
+        sys.stderr.write(f"nncli timings: {json.dumps(timing.report())}\n")
+        sys.stderr.flush()
+
+
 def main() -> None:
     """The console script: run the app, flush, and leave without the interpreter's slow teardown."""
     install_signal_handlers()
@@ -268,6 +337,7 @@ def main() -> None:
             sys.stderr.flush()
     except (BrokenPipeError, ValueError):
         _silence_stdout()
+    _report_timings()
     if "torch" in sys.modules:
         os._exit(code)
     sys.exit(code)
