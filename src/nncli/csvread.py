@@ -22,6 +22,7 @@ from nncli.errors import NncliError, UsageError
 
 BLOCK_BYTES = 4 << 20
 MAX_LINE_BYTES = 32 << 20
+PARSE_AHEAD = 1  # blocks being parsed while the next is cut
 DELIMITERS = (",", "\t", ";")
 # A block this wide with fewer rows goes straight to the exact parser (polars took 20 s for one
 # row of 10^6 columns, the csv module 0.3 s).
@@ -297,7 +298,7 @@ class CsvFile:
                 last = self._pending.rfind(b"\n", searched)
                 searched = len(self._pending)
                 if last >= 0:
-                    quotes += self._pending.count(b'"', cut, last + 1)
+                    quotes += count_byte(self._pending, b'"', cut, last + 1)
                     cut = last + 1
                 if cut and quotes % 2 == 0:
                     break
@@ -307,7 +308,7 @@ class CsvFile:
                 self._pending += self._read()
             block, self._pending = self._pending[:cut], self._pending[cut:]
             start = self._line + 1
-            lines = block.count(b"\n")
+            lines = count_byte(block, b"\n")
             self._line += lines
             yield start, block, lines + (not block.endswith(b"\n"))
 
@@ -344,13 +345,39 @@ class CsvFile:
         A file that cannot be read is closed before the error goes up: callers that stop on it
         need not.
         """
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        from nncli.timing import phase, timed
+
+        def fast(block: bytes, lines: int):
+            with phase("parse"):
+                return _fast_parse(block, lines, self.ncols, self.delimiter, numeric, text, decimal_comma=self.decimal_comma)
+
+        # Blocks are cut here and parsed by polars in a helper thread, up to PARSE_AHEAD blocks ahead:
+        # cutting the next block (Python, holding the GIL) overlaps parsing this one (native, without it).
+        parser = ThreadPoolExecutor(1, thread_name_prefix="nncli-parser")
         rows = 0
         try:
-            for line_no, block, lines in self.blocks():
-                parsed = _fast_parse(block, lines, self.ncols, self.delimiter, numeric, text, decimal_comma=self.decimal_comma)
+            pending: deque = deque()
+
+            def finish():
+                line_no, block, future = pending.popleft()
+                parsed = future.result()
                 if parsed is None:
-                    parsed = self._exact_parse(block, line_no, numeric, text)
-                values, texts = parsed
+                    with phase("parse"):
+                        parsed = self._exact_parse(block, line_no, numeric, text)
+                return parsed
+
+            for line_no, block, lines in timed("parse", self.blocks()):
+                pending.append((line_no, block, parser.submit(fast, block, lines)))
+                while len(pending) > PARSE_AHEAD:
+                    values, texts = finish()
+                    if len(values):
+                        yield Block(values, texts, rows)
+                        rows += len(values)
+            while pending:
+                values, texts = finish()
                 if len(values):
                     yield Block(values, texts, rows)
                     rows += len(values)
@@ -359,6 +386,8 @@ class CsvFile:
         except Exception:
             self.close()
             raise
+        finally:
+            parser.shutdown(wait=False, cancel_futures=True)
 
     def _exact_parse(self, block: bytes, line_no: int, numeric: list[int], text: list[int]):
         import numpy as np
@@ -394,6 +423,20 @@ class CsvFile:
             for out, i in zip(texts, text):
                 out.append(row[i])
         return np.array(values, dtype=np.float64).reshape(len(values), len(numeric)), texts
+
+
+def count_byte(data: bytes, byte: bytes, start: int = 0, end: int | None = None) -> int:
+    """How many times `byte` occurs in data[start:end]. bytes.count walks a byte at a time holding the
+    GIL (~2 ms per 4 MiB block, three counts a block): numpy compares 16-64 bytes at once without it,
+    so the main thread (importing torch, computing) is not kept waiting."""
+    end = len(data) if end is None else end
+    if end - start < 1 << 16:
+        return data.count(byte, start, end)
+    if data.find(byte, start, end) < 0:  # find is fast (memchr): most blocks hold no quote at all
+        return 0
+    import numpy as np
+
+    return int(np.count_nonzero(np.frombuffer(data, np.uint8, end - start, start) == byte[0]))
 
 
 def _cr_to_lf(data: bytes, eof: bool) -> tuple[bytes, bytes]:
@@ -482,7 +525,7 @@ def _fast_parse(
         return None  # polars would read `1.5` as 1.5; the exact parser refuses a '.' in a number and names it
     is_numeric, is_text = set(numeric), set(text)  # sets: one lookup per column, 10^6 columns or not
     wanted = sorted(is_numeric | is_text)
-    if len(wanted) < ncols and block.count(delimiter.encode()) != rows * (ncols - 1):
+    if len(wanted) < ncols and count_byte(block, delimiter.encode()) != rows * (ncols - 1):
         return None  # a short row could hide in a column polars does not read
     names = [f"c{i}" for i in range(ncols)]
     schema = {n: (pl.Float64 if i in is_numeric and i not in is_text else pl.String) for i, n in enumerate(names)}
@@ -496,7 +539,10 @@ def _fast_parse(
             quote_char=None,
             decimal_comma=decimal_comma,
         )
-        if numeric:
+        if numeric == wanted and not is_text:
+            selected = frame  # the features in file order, all read as numbers: nothing to select
+            has_nulls = any(selected.null_count().row(0))
+        elif numeric:
             # an id may be a number too: its text column is cast (strictly: a refusal goes to the exact parser)
             selected = frame.select([_as_number(names[i], decimal_comma) if i in is_text else names[i] for i in numeric])
             has_nulls = any(selected.null_count().row(0))

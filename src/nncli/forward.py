@@ -105,11 +105,15 @@ def forward_batches(model, head: Head, batches, device: str, threshold: float) -
     import torch
 
     from nncli.model import torch_dtype
+    from nncli.timing import phase
 
     dtype = torch_dtype(model.dtype)
     model.module.eval()
     with torch.inference_mode():
         for batch in batches:
-            outputs = shown_outputs(head, model.module(preprocessed(model, to_tensor(batch.x, dtype, device))))
-            classes = predict_classes(head, outputs, threshold) if head.is_classifier else None
+            with phase("convert"):
+                x = to_tensor(batch.x, dtype, device)
+            with phase("forward"):
+                outputs = shown_outputs(head, model.module(preprocessed(model, x)))
+                classes = predict_classes(head, outputs, threshold) if head.is_classifier else None
             yield batch, outputs, classes

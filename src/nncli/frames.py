@@ -116,9 +116,11 @@ class FrameData:
     def id_name(self) -> str | None:
         return self.id_col
 
-    def batches(self, rows: int | None = DEFAULT_BATCH_ROWS, exact: bool = False) -> Iterator[Batch]:
+    def batches(self, rows: int | None = DEFAULT_BATCH_ROWS, exact: bool = False, dtype: str | None = None) -> Iterator[Batch]:
+        from nncli.data import features
+
         for start, stop in batch_bounds(len(self.x), rows, exact):
-            yield Batch(self.x[start:stop], None if self.y is None else self.y[start:stop],
+            yield Batch(features(self.x[start:stop], self.x.shape[1], dtype), None if self.y is None else self.y[start:stop],
                         None if self.ids is None else self.ids[start:stop], start)
 
     def close(self) -> None:

@@ -198,6 +198,33 @@ def read_weights(path: str) -> tuple[dict, dict]:
     return state, extras
 
 
+def saved_classes(path: str):
+    """The class labels a .safetensors file's header names (None if it names none), read without
+    torch; UNKNOWN for anything else (a .pt, a broken file): only loading the weights can tell."""
+    import json
+
+    if not path.lower().endswith(".safetensors"):
+        return UNKNOWN
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size <= MAX_HEADER_BYTES:
+                return UNKNOWN
+            meta = json.loads(f.read(size)).get("__metadata__") or {}
+        classes = json.loads(meta["nncli.classes"]) if "nncli.classes" in meta else None
+    except (OSError, ValueError, AttributeError, TypeError):
+        return UNKNOWN
+    if classes is None:
+        return None
+    if not isinstance(classes, list) or not all(isinstance(c, (str, int)) for c in classes):
+        return UNKNOWN  # read_weights names the problem
+    return [str(c) for c in classes]
+
+
+UNKNOWN = object()
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
+
+
 def read_state(path: str) -> dict:
     """The state_dict of a weights file (what read_weights reads, without the extras)."""
     return read_weights(path)[0]

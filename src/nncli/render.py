@@ -183,12 +183,16 @@ class RowWriter:
         if len(frame.names) > WIDE:
             self._write_wide_csv(frame)
             return
-        self._polars(frame).write_csv(
-            self.stream,
-            include_header=self.count == 0,
-            separator="\t" if self.fmt == "tsv" else ",",
-            float_precision=self.precision,
-        )
+        import io
+
+        from nncli.timing import phase
+
+        with phase("format"):
+            text = io.BytesIO()
+            self._polars(frame).write_csv(text, include_header=self.count == 0, separator="\t" if self.fmt == "tsv" else ",",
+                                          float_precision=self.precision)
+        with phase("write"):
+            self.stream.write(text.getbuffer())
 
     def _write_wide_csv(self, frame: Frame) -> None:
         """Thousands of columns (a one-hot of many classes): polars is slow there, the csv module is not."""
