@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 from nncli.backprop import needs_one_batch
-from nncli.data import DEFAULT_BATCH_ROWS, DataOptions, Dataset, prefetched, spooled
+from nncli.data import DEFAULT_BATCH_ROWS, DataOptions, Dataset, batches_ahead, prefetched, spooled
 from nncli.errors import NncliError, NncliWarning, UsageError
 from nncli.forward import Head, head_of
 from nncli.frames import FrameData, is_table
@@ -270,14 +270,30 @@ class Model(Forwards):
 
     # -- opening data -----------------------------------------------------------------------------
 
-    def _open(self, data, read: Read, want_targets: bool, rows=None, prepare=None, training: bool = False):
+    def _open(self, data, read: Read, want_targets: bool, rows=None, prepare=None, training: bool = False, plan=None):
         """Open DATA first (its width fixes inferred sizes), start reading it, then build the model.
 
         With `rows` (rows per batch, or a function of the built model giving it), reading starts in a
         background thread before the model is built, so parsing overlaps torch's import.
-        `prepare(built, source)` runs after the build and before reading starts (it may set labels)."""
+        `plan(source)`, if given, may set the source up without the model and return the rows per
+        batch to start reading at once. `prepare(built, source)` runs after the build (it may set labels)."""
         source = open_data(data, read, want_targets)
-        batches = prefetched(source.batches(rows)) if isinstance(rows, int) and not is_table(data) else None
+
+        def read_ahead(wanted):
+            return prefetched(source.batches(wanted, dtype=self.dtype), depth=batches_ahead(wanted, source.n_features, self.dtype))
+
+        planned = {}
+        if plan is not None and not is_table(data):
+            try:
+                wanted = plan(source)
+            except BaseException:
+                source.close()
+                raise
+            if wanted is not None:
+                planned = {"rows": wanted, "classes": getattr(source, "classes", None)}
+                rows = wanted
+        # rows=False (train: open to size the model, read nothing) is an int to isinstance: compare the type
+        batches = read_ahead(rows) if type(rows) is int and not is_table(data) else None
         built = self.build_for(source, read)
         if not training:
             try:
@@ -287,9 +303,11 @@ class Model(Forwards):
                 raise
         if prepare is not None:
             prepare(built, source)
+        if planned and getattr(source, "classes", None) != planned["classes"]:
+            raise AssertionError("reading started with other classes than the model's")  # plan() mirrors build(): a bug
         if batches is None and rows is not False:
             wanted = rows(built) if callable(rows) else rows
-            batches = source.batches(wanted) if is_table(data) else prefetched(source.batches(wanted))
+            batches = source.batches(wanted, dtype=self.dtype) if is_table(data) else read_ahead(wanted)
         return built, source, batches
 
     # -- forward ----------------------------------------------------------------------------------
@@ -343,7 +361,15 @@ class Model(Forwards):
             picked["choice"] = choice = self.choose_loss(loss, head)
             use_labels(built, source, choice)
 
-        built, source, batches = self._open(data, read, want_targets=True, rows=lambda b: rows_per_batch(b, train, batch_size), prepare=prepare)
+        def plan(source):
+            from nncli.backprop import BATCH_DEPENDENT
+
+            if train and any(layer.type in BATCH_DEPENDENT for layer in self.spec.layers):
+                return None  # one batch of every row: nothing to overlap
+            return (batch_size or DEFAULT_BATCH_ROWS) if self._labels_before_build(source, loss) else None
+
+        built, source, batches = self._open(data, read, want_targets=True, rows=lambda b: rows_per_batch(b, train, batch_size),
+                                            prepare=prepare, plan=plan)
         if backward and not inputs and not any(p.requires_grad for p in built.module.parameters()):
             source.close()
             raise NncliError("the model has no parameters, so there are no parameter gradients (add --inputs for the gradient "
@@ -370,6 +396,28 @@ class Model(Forwards):
 
             report.input_gradients = torch.cat([g.detach() for g in result.input_grads])
         return report, choice, head
+
+    def _labels_before_build(self, source, loss: str | None, classes=None) -> bool:
+        """Set the source up to read its targets as the built model will (text labels encoded with
+        its classes, or numbers) without building it, so reading can start while torch imports.
+        The classes come from the spec, the weights file's header or `classes`; False where only
+        the build can tell (a .pt file, a spec the build will refuse)."""
+        from nncli.model import UNKNOWN, saved_classes
+        from nncli.spec import resolve
+
+        if self.built is not None:
+            return False
+        saved = saved_classes(self.weights) if self.weights else None
+        if saved is UNKNOWN:
+            return False
+        try:
+            layers = resolve(self.spec, self.inputs or self.spec.inputs or source.n_features, source.name)
+        except NncliError:
+            return False  # the build names the problem
+        head = head_of(layers, source.n_features)
+        known = type("Planned", (), {"classes": saved if saved is not None else (self.spec.classes or classes)})
+        use_labels(known, source, choose_loss(loss, self.spec.loss, self.spec.path, head))
+        return True
 
     def choose_loss(self, given: str | None, head: Head) -> LossChoice:
         """The loss (given, else the spec's, else the head's), its mismatches with the head warned once."""
@@ -449,13 +497,17 @@ class ForwardRun:
 
     def frames(self) -> Iterator[tuple[list[str], list]]:
         from nncli.forward import forward_batches
+        from nncli.timing import phase
 
         try:
             for batch, outputs, classes in forward_batches(self.built, self.head, self.batches, self.built.device, self.threshold):
-                for check in self.checks:
-                    check(batch, outputs)
-                labels = classes.cpu().numpy() if classes is not None else None
-                yield self.names, row_columns(batch, outputs.detach().cpu().numpy(), labels, self.head, self.source, self.source_column)
+                with phase("check"):
+                    for check in self.checks:
+                        check(batch, outputs)
+                with phase("forward"):
+                    labels = classes.cpu().numpy() if classes is not None else None
+                    columns = row_columns(batch, outputs.detach().cpu().numpy(), labels, self.head, self.source, self.source_column)
+                yield self.names, columns
         finally:
             self.source.close()
 
@@ -564,12 +616,13 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
           on_epoch: Callable | None = None, lr_schedule: str | None = None, warmup: int = 0, clip_grad_norm: float | None = None,
           clip_grad_value: float | None = None, class_weights: str | None = None, stratify: bool = False, metric: str = "val_loss",
           checkpoint: str | None = None, resume: str | None = None, log_dir: str | None = None, allow_local_batchnorm: bool = False,
-          **more) -> History:
+          mlflow: bool | dict = False, **more) -> History:
     """Fit the model in place: the hand-written loop (see training.py), so the same seed gives the same weights.
 
     `val` is a path or a table of validation rows with DATA's columns; `on_epoch(record)` sees each epoch.
     `checkpoint` is written (atomically) after every epoch with all it takes to continue bit for bit;
-    `resume` continues from such a checkpoint, so 2 epochs + resume to 4 equals 4 epochs."""
+    `resume` continues from such a checkpoint, so 2 epochs + resume to 4 equals 4 epochs.
+    `mlflow=True` (or a dict of `experiment`, `run_name`, `artifact`) logs the run to MLflow: see _mlflow."""
     from nncli.training import METRICS, TrainOptions, class_weights as weights_of, evaluate_in_memory, fit, in_memory_batches
     from nncli.training import stratified_split, validation_split
 
@@ -596,9 +649,13 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
     options = TrainOptions(epochs, lr, optimizer, momentum, weight_decay, batch_size, shuffle, patience, lr_schedule, warmup or 0,
                            clip_grad_norm, clip_grad_value, metric)
     start = _read_checkpoint(resume) if resume else None
+    if mlflow:
+        _mlflow_settings(mlflow)  # a missing package or a bad setting fails before the data is read
+        given = data  # as given: DATA becomes a spooled copy below
     with contextlib.ExitStack() as stack:
         if not is_table(data):
             data = _spooled_path(data, read, stack)  # read more than once: to size the model, then the rows
+        early = None if stream or start is not None or is_table(data) else _early_load(model, data, read, loss, stack)
         built, source, _ = model._open(data, read, want_targets=True, rows=False, training=True)
         source.close()
         head = head_of(built.layers, source.n_features)
@@ -618,7 +675,7 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
                     yield _tensors(built, batch, choice, width, again)
                 again.close()
         else:
-            raw, y = _load_raw(built, data, read, choice, width)
+            raw, y = _load_raw(built, data, read, choice, width, early)
             if val_split is not None:
                 keep, held = (stratified_split(y if y.dim() == 1 else y.argmax(dim=1) if y.shape[1] > 1 else (y[:, 0] >= 0.5).long(),
                                                val_split, built.seed) if stratify else validation_split(len(raw), val_split, built.seed))
@@ -648,10 +705,22 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
         save = (lambda state: _write_checkpoint(checkpoint, state, built)) if checkpoint else None
         if log_dir:
             on_epoch = _tensorboard(log_dir, built.module, on_epoch, stack)
+        if mlflow:
+            o = options
+            params = {"spec": model.spec.path, "weights": model.weights, "data": given, "val": val,
+                      "target": ",".join(map(str, _listed(read.target))) or None, "seed": built.seed, "dtype": built.dtype,
+                      "device": built.device, "loss": choice.label, "loss_from": choice.source, "optimizer": o.optimizer, "lr": o.lr, "momentum": o.momentum, "weight_decay": o.weight_decay,
+                      "batch_size": o.batch_size, "epochs": o.epochs, "shuffle": o.shuffle, "val_split": val_split,
+                      "stratify": stratify or None, "patience": o.patience, "metric": o.metric if o.patience is not None else None,
+                      "lr_schedule": o.schedule, "warmup": o.warmup or None, "clip_grad_norm": o.clip_grad_norm,
+                      "clip_grad_value": o.clip_grad_value, "class_weights": class_weights, "stream": stream or None, "resume": resume}
+            on_epoch, log_weights = _mlflow(mlflow, model, params, on_epoch, stack)
         epochs_done, best, best_epoch = fit(built.module, choice, width, batches_for_epoch, options, validate, on_epoch or (lambda r: None),
                                             loss_fn=loss_fn, steps_per_epoch=steps, start=start, checkpoint=save)
-    if best is not None:
-        built.module.load_state_dict(best)
+        if best is not None:
+            built.module.load_state_dict(best)
+        if mlflow:
+            log_weights()  # the weights train returns (the best epoch's with --patience), while the run is open
     return History(epochs_done, choice.label, choice.source, best_epoch, best is not None and len(epochs_done) < epochs, options)
 
 
@@ -676,6 +745,98 @@ def _tensorboard(log_dir: str, module, on_epoch, stack):
             on_epoch(record)
 
     return logged
+
+
+def _mlflow_settings(settings) -> dict:
+    """train's `mlflow=`: True, or a dict of `experiment` (a name; created if new), `run_name` and
+    `artifact` (the weights' file name in the run, whose suffix picks the format). MLflow is imported here."""
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        raise UsageError("--mlflow needs MLflow: pip install 'nncli-torch[mlflow]'") from None
+    settings = dict(settings) if isinstance(settings, dict) else {}
+    unknown = set(settings) - {"experiment", "run_name", "artifact"}
+    if unknown:
+        raise UsageError(f"mlflow= takes experiment, run_name and artifact, not {', '.join(sorted(unknown))}")
+    artifact = settings.setdefault("artifact", None) or "weights.safetensors"
+    if os.path.basename(artifact) != artifact:
+        raise UsageError(f"the MLflow weights artifact is a file name, not a path: {artifact!r}")
+    from nncli.model import check_weights_path
+
+    check_weights_path(artifact)
+    settings["artifact"] = artifact
+    return settings
+
+
+def _mlflow(settings, model, params: dict, on_epoch, stack):
+    """A run where MLflow itself would put it: MLFLOW_TRACKING_URI, else MLflow's default store; the
+    experiment named, else MLFLOW_EXPERIMENT_NAME/_ID or mlflow.set_experiment's, else Default; a
+    child run of an active run. Logged: the parameters (those given), every number of the history per
+    epoch (step = the epoch, the values the history holds), and the weights as an artifact (by
+    `log_weights()`, written as Model.save writes them). The run ends FINISHED, KILLED on
+    KeyboardInterrupt, FAILED on any other error."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    settings = _mlflow_settings(settings)
+
+    def guarded(call, *args, **kwargs):  # MLflow's own errors (a store it refuses, a server not there) as one line
+        try:
+            return call(*args, **kwargs)
+        except MlflowException as e:  # where: not the tracking URI, which may hold a database password
+            raise NncliError(f"MLflow: {(e.message.strip().splitlines() or ['?'])[0]}", "--mlflow") from None
+
+    experiment_id = None
+    if settings.get("experiment"):
+        found = guarded(mlflow.get_experiment_by_name, settings["experiment"])
+        experiment_id = found.experiment_id if found else guarded(mlflow.create_experiment, settings["experiment"])
+    run_id = guarded(mlflow.start_run, experiment_id=experiment_id, run_name=settings.get("run_name"),
+                     nested=mlflow.active_run() is not None).info.run_id
+
+    def ended(kind, error, trace) -> bool:
+        status = "FINISHED" if kind is None else "KILLED" if issubclass(kind, KeyboardInterrupt) else "FAILED"
+        try:
+            active = mlflow.active_run()
+            if active is not None and active.info.run_id == run_id:
+                guarded(mlflow.end_run, status)
+            else:  # a callback ended or replaced it: end ours, never the caller's
+                guarded(mlflow.MlflowClient().set_terminated, run_id, status)
+        except NncliError:
+            if kind is None:
+                raise
+        return False  # never swallows the error that ended the run
+
+    stack.push(ended)
+    from nncli.output import called_on_signal
+
+    # the CLI leaves at once on Ctrl-C (nothing unwinds): the run is told it was killed from there
+    stack.enter_context(called_on_signal(lambda: mlflow.MlflowClient().set_terminated(run_id, "KILLED")))
+
+    def files(value):  # DATA and val as given (nothing for a table in memory); a long list shortened, under MLflow's limit
+        if value is None or is_table(value):
+            return None
+        names = [os.fspath(v) for v in value] if isinstance(value, (list, tuple)) else [os.fspath(value)]
+        joined = " ".join(names)
+        return joined if len(joined) <= 1000 else f"{names[0]} ... {names[-1]} ({len(names)} files)"
+
+    params = {**params, "data": files(params.get("data")), "val": files(params.get("val"))}
+    guarded(mlflow.log_params, {k: v for k, v in params.items() if v is not None}, run_id=run_id)
+
+    def logged(record) -> None:
+        numbers = {k: float(v) for k, v in record.as_dict().items() if k != "epoch"}  # float32 losses widen exactly
+        guarded(mlflow.log_metrics, numbers, step=record.epoch, run_id=run_id)
+        if on_epoch is not None:
+            on_epoch(record)
+
+    def log_weights() -> None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="nncli-mlflow-") as folder:
+            path = os.path.join(folder, settings["artifact"])
+            model.save(path, what="the MLflow weights artifact")
+            guarded(mlflow.log_artifact, path, run_id=run_id)
+
+    return logged, log_weights
 
 
 def _rank_world() -> tuple[int, int]:
@@ -839,19 +1000,41 @@ def _tensors(built, batch, choice, width: int, source):
     return _inputs(built, batch.x), make_targets(choice, batch.y, width, batch.first_row, source.target_names, dtype, built.device, source.name)
 
 
-def _load_raw(built, data, read: Read, choice, width: int):
-    """Every row: raw float64 features (numpy, row-major) and the targets as the loss takes them."""
+def _early_load(model, data, read: Read, loss: str | None, stack):
+    """train's load of every row, started in a reader thread before the build (parsing then overlaps
+    torch's import) where the targets' reading is known without the model: the classes from the spec
+    or the weights' header, or targets that read as numbers. (source, batches), or None."""
+    source = open_data(data, read, want_targets=True)
+    if not model._labels_before_build(source, loss) or (getattr(source, "classes", None) is None and not _numeric_targets(data, read)):
+        source.close()
+        return None
+    stack.callback(source.close)
+    return source, prefetched(source.batches(None), depth=1)
+
+
+def _load_raw(built, data, read: Read, choice, width: int, early=None):
+    """Every row: raw float64 features (numpy, row-major) and the targets as the loss takes them.
+    `early` (from _early_load) is used where it read the targets as the built model wants them."""
     from nncli.losses import make_targets
     from nncli.model import torch_dtype
 
-    source = open_data(data, read, want_targets=True)
-    use_labels(built, source, choice)
+    if early is not None:
+        source, batches = early
+        wanted = type("Wanted", (), {"classes": None, "target_names": source.target_names})
+        use_labels(built, wanted, choice)
+        if getattr(source, "classes", None) != wanted.classes:
+            source.close()
+            early = None
+    if early is None:
+        source = open_data(data, read, want_targets=True)
+        use_labels(built, source, choice)
+        batches = None
     expected = built.layers[0].in_width if built.layers else None
     if expected is not None and source.n_features != expected:
         source.close()
         raise NncliError(f"the model expects {expected} features; {source.name} has {source.n_features}", source.name)
     try:
-        batch = next(iter(source.batches(None)))
+        batch = next(iter(batches if batches is not None else source.batches(None)))
     except NncliError as e:
         source.close()
         raise _with_label_hint(e, source, choice) from None

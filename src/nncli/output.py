@@ -254,10 +254,39 @@ def abandon_writes() -> None:
     """Remove every temporary file still being written (on Ctrl-C or SIGTERM): targets stay as they were.
 
     Also removes the spooled copy of standard input (data.spooled registers it with
-    removed_on_signal). Safe to call from a signal handler: unlink only."""
+    removed_on_signal), then runs what called_on_signal registered, for at most 2 s in all."""
     for tmp in list(_unfinished):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+    if _on_signal:
+        import threading
+
+        def run() -> None:
+            for callback in list(_on_signal):
+                with contextlib.suppress(Exception):
+                    callback()
+
+        # a daemon thread, joined briefly: a callback that talks to a server (MLflow's retries take
+        # minutes) must not keep a Ctrl-C from ending the process
+        helper = threading.Thread(target=run, name="nncli-on-signal", daemon=True)
+        helper.start()
+        helper.join(SIGNAL_CALLBACK_SECONDS)
+
+
+_on_signal: list = []  # callables to run when a terminating signal ends the process
+SIGNAL_CALLBACK_SECONDS = 2.0
+
+
+@contextlib.contextmanager
+def called_on_signal(callback) -> Iterator[None]:
+    """Run `callback()` should Ctrl-C or SIGTERM end the process while the block runs (the CLI's
+    handler leaves at once, so nothing unwinds): for what must be told, such as an MLflow run
+    that should end KILLED rather than stay RUNNING."""
+    _on_signal.append(callback)
+    try:
+        yield
+    finally:
+        _on_signal.remove(callback)
 
 
 @contextlib.contextmanager

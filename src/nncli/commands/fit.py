@@ -34,6 +34,8 @@ ClipValue = Annotated[Optional[float], typer.Option("--clip-grad-value", metavar
 ClassWeights = Annotated[Optional[str], typer.Option("--class-weights", metavar="W", help="balanced (scikit-learn's n / (classes x count)) or w0,w1,...: the loss's weight= (pos_weight= w1/w0 for BCEWithLogitsLoss).")]
 Stratify = Annotated[bool, typer.Option("--stratify", help="With --val-split: hold out the fraction of each class (seeded per class; see the README).")]
 LogDir = Annotated[Optional[str], typer.Option("--log-dir", metavar="DIR", help="Write TensorBoard event files (losses, metrics, lr, gradient norms per epoch); needs the tensorboard extra.")]
+MLflow = Annotated[bool, typer.Option("--mlflow", help="Log the run to MLflow: parameters, every number of the history per epoch, the weights as an artifact; where MLflow would (MLFLOW_TRACKING_URI, else ./mlflow.db); needs the mlflow extra.")]
+MLflowExperiment = Annotated[Optional[str], typer.Option("--mlflow-experiment", metavar="NAME", help="The MLflow experiment (created if new; default: MLFLOW_EXPERIMENT_NAME, else Default); implies --mlflow.")]
 Nproc = Annotated[Optional[int], typer.Option("--nproc", metavar="N", help="Train data-parallel in N local processes (DistributedDataParallel, gloo on CPU), as torchrun --nproc-per-node N -m nncli train ... does.", min=1)]
 LocalBatchNorm = Annotated[bool, typer.Option("--allow-local-batchnorm", help="With several processes on CPU, let each BatchNorm1d normalise its own rank's rows.")]
 Metric = Annotated[str, typer.Option("--metric", metavar="NAME", help="What --patience watches: val_loss (lower is better) or val_accuracy (higher).")]
@@ -46,7 +48,7 @@ def train(spec: Spec, data: Data, epochs: Epochs, lr: LearningRate, save_weights
           val_split: ValSplit = None, val: ValFile = None, patience: Patience = None, resume: Resume = None, stream: Stream = False,
           loss: Loss = None, checkpoint: Checkpoint = None, lr_schedule: Schedule = None, warmup: Warmup = 0, clip_grad_norm: ClipNorm = None,
           clip_grad_value: ClipValue = None, class_weights: ClassWeights = None, stratify: Stratify = False, metric: Metric = "val_loss",
-          log_dir: LogDir = None, nproc: Nproc = None, allow_local_batchnorm: LocalBatchNorm = False,
+          log_dir: LogDir = None, mlflow: MLflow = False, mlflow_experiment: MLflowExperiment = None, nproc: Nproc = None, allow_local_batchnorm: LocalBatchNorm = False,
           targets: dict = None, model: dict = None, read: dict = None, output: dict = None, runtime: dict = None) -> None:
     """Fit the model: the standard PyTorch loop (zero_grad, forward, loss, backward, step)."""
     from nncli import api
@@ -63,7 +65,7 @@ def train(spec: Spec, data: Data, epochs: Epochs, lr: LearningRate, save_weights
 
     rank = join_process_group(runtime.get("device", "cpu"))
     if rank:  # ranks other than 0 train their share and write nothing, print nothing
-        save_weights, checkpoint_path, log_dir = None, None, None
+        save_weights, checkpoint_path, log_dir, mlflow, mlflow_experiment = None, None, None, False, None
         output = {**output, "quiet": True}
     else:
         checkpoint_path = checkpoint
@@ -80,6 +82,9 @@ def train(spec: Spec, data: Data, epochs: Epochs, lr: LearningRate, save_weights
     oopts.check(extra={"--save-weights": save_weights, "--checkpoint": checkpoint if checkpoint != resume else None})
     if resume and not from_checkpoint:
         note(f"{resume} holds weights, not a --checkpoint: training starts from them with a fresh optimizer")
+    logging_to = None
+    if mlflow or mlflow_experiment:  # the weights artifact is named and written as --save-weights is
+        logging_to = {"experiment": mlflow_experiment, "artifact": os.path.basename(save_weights) if save_weights else None}
     bar = EpochBar(epochs, oopts.quiet)
     try:
         history = api.train(m, data, epochs=epochs, lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
@@ -87,7 +92,7 @@ def train(spec: Spec, data: Data, epochs: Epochs, lr: LearningRate, save_weights
                             loss=loss, read=read_options(read, targets), on_epoch=bar.update, lr_schedule=lr_schedule, warmup=warmup,
                             clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value, class_weights=class_weights,
                             stratify=stratify, metric=metric, checkpoint=checkpoint, resume=resume if from_checkpoint else None,
-                            log_dir=log_dir, allow_local_batchnorm=allow_local_batchnorm)
+                            log_dir=log_dir, allow_local_batchnorm=allow_local_batchnorm, mlflow=logging_to or False)
     finally:
         bar.close()
     if rank:
@@ -95,7 +100,8 @@ def train(spec: Spec, data: Data, epochs: Epochs, lr: LearningRate, save_weights
     if save_weights:
         m.save(save_weights, what="--save-weights")
     else:
-        note("no --save-weights given: the trained weights were not saved")
+        note("no --save-weights given: the trained weights were saved only to the MLflow run (artifact weights.safetensors)" if logging_to
+             else "no --save-weights given: the trained weights were not saved")
     rows = history.as_dicts()
     o = history.options
     doc = {"history": [{k: jsonable(v) for k, v in r.items()} for r in rows], "weights": save_weights, "loss_fn": history.loss_fn,
