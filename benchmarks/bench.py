@@ -1,11 +1,14 @@
 """Benchmark: nncli forward/loss/grads against hand-written PyTorch scripts on a large CSV.
 
-    python benchmarks/bench.py            # 1M rows, 5 runs each (about 5 minutes here)
-    python benchmarks/bench.py --rows 200000 --repeat 3 --no-3m
+    python benchmarks/bench.py            # 1M rows, 5 runs each (about 6 minutes on 2 cores)
+    python benchmarks/bench.py --quick    # 3 runs, the fastest script only (under 2 minutes)
+    python benchmarks/bench.py --rows 200000 --repeat 3 --no-3m --only forward,startup
 
 Every tool reads the same seeded CSV (ROWS x 32 float columns and a class label), runs
 Linear(32,16) -> ReLU -> Linear(16,3) -> Softmax and writes the probabilities as CSV. Runs
-alternate between tools; the table gives medians of wall time and peak RSS (from wait4).
+alternate between tools; the tables give medians of wall time, of user+system CPU time and of peak
+RSS (from wait4), and nncli's own phase breakdown (NNCLI_TIMINGS=1). The machine (CPU model, vector
+extensions, cores) is printed first: figures from one machine do not hold on another.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -82,7 +86,7 @@ def f(df):
     p = run(df.select(cols).to_numpy())
     return pl.DataFrame({f"prob_{i}": p[:, i] for i in range(3)})
 lf = pl.scan_csv(sys.argv[1]).map_batches(f, schema={f"prob_{i}": pl.Float32 for i in range(3)}, streamable=True)
-lf.sink_csv(sys.argv[2])
+lf.sink_csv(sys.argv[2], float_precision=int(sys.argv[3]) if len(sys.argv) > 3 else None)
 """,
 }
 
@@ -147,7 +151,7 @@ def formats(nncli: str, spec: Path, data: Path, work: Path, args) -> None:
     commands = {f"nncli forward, {p.name}": [nncli, "forward", str(spec), str(p), "-t", "label", "-o", str(work / "f.csv")]
                 for p in (data, gz, parquet)}
     results = run_alternating(commands, args.repeat)
-    table("forward by input format", [(n, w, m) for n, (w, m) in results.items()], args.rows)
+    table("forward by input format", list(results.items()), args.rows)
 
 
 def generate(path: Path, rows: int, seed: int = 0, block: int = 100_000) -> None:
@@ -163,48 +167,102 @@ def generate(path: Path, rows: int, seed: int = 0, block: int = 100_000) -> None
     tmp.rename(path)
 
 
-def measure(cmd: list[str], stdout=subprocess.DEVNULL) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of one process."""
+class Run(NamedTuple):
+    wall: float  # seconds
+    cpu: float  # user + system seconds of the process and its threads
+    rss: float  # peak MiB
+    timings: dict  # nncli's phases (NNCLI_TIMINGS), empty for scripts
+
+
+def measure(cmd: list[str], stdout=subprocess.DEVNULL) -> Run:
+    """One process: wall seconds, user+system CPU seconds and peak RSS (MiB) from wait4, and
+    nncli's per-phase timings when it printed them."""
+    import json
+
+    env = {**os.environ, "NNCLI_TIMINGS": "1"}
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, env=env)
+    err = proc.stderr.read().decode()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
-    err = proc.stderr.read().decode()
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{err}")
-    return wall, usage.ru_maxrss / 1024
+    timings = {}
+    for line in err.splitlines():
+        if line.startswith("nncli timings: "):
+            timings = json.loads(line.split(": ", 1)[1])
+    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, timings)
 
 
-def run_alternating(commands: dict[str, list[str]], repeat: int) -> dict[str, tuple[float, float]]:
-    results: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+def run_alternating(commands: dict[str, list[str]], repeat: int) -> dict[str, Run]:
+    """Each command `repeat` times, alternating between them; medians of each figure."""
+    runs: dict[str, list[Run]] = {name: [] for name in commands}
     for _ in range(repeat):
         for name, cmd in commands.items():
-            results[name].append(measure(cmd))
-    return {name: (statistics.median(w for w, _ in r), statistics.median(m for _, m in r)) for name, r in results.items()}
+            runs[name].append(measure(cmd))
+    return {name: median_run(r) for name, r in runs.items()}
 
 
-def table(title: str, rows: list[tuple[str, float, float]], n_rows: int | None) -> None:
+def median_run(runs: list[Run]) -> Run:
+    phases: dict = {}
+    for name in runs[0].timings:
+        values = [r.timings.get(name) for r in runs if name in r.timings]
+        if isinstance(values[0], dict):
+            phases[name] = {k: statistics.median(v[k] for v in values) for k in values[0]}
+    return Run(statistics.median(r.wall for r in runs), statistics.median(r.cpu for r in runs),
+               statistics.median(r.rss for r in runs), phases)
+
+
+def table(title: str, rows: list[tuple[str, Run]], n_rows: int | None) -> None:
     print(f"\n{title}\n")
-    print("| command | median wall (s) | rows/s | peak RSS (MiB) |")
-    print("|---|---:|---:|---:|")
-    for name, wall, rss in rows:
-        rate = f"{n_rows / wall:,.0f}" if n_rows else "-"
-        print(f"| {name} | {wall:.2f} | {rate} | {rss:.0f} |")
+    print("| command | median wall (s) | CPU user+sys (s) | rows/s | peak RSS (MiB) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, run in rows:
+        rate = f"{n_rows / run.wall:,.0f}" if n_rows else "-"
+        print(f"| {name} | {run.wall:.2f} | {run.cpu:.2f} | {rate} | {run.rss:.0f} |")
+
+
+def phases(title: str, run: Run) -> None:
+    """Where nncli's time goes, phase by phase (the medians of NNCLI_TIMINGS=1's figures)."""
+    if not run.timings:
+        return
+    print(f"\n{title}\n")
+    print("| phase | wall in phase (s) | CPU of its thread (s) |")
+    print("|---|---:|---:|")
+    for name, t in run.timings.items():
+        print(f"| {name} | {t['wall']:.2f} | {t['cpu']:.2f} |")
+    print("\nPhases run in two threads at once (the reader parses while the main thread imports torch and"
+          "\ncomputes), so their sum exceeds the wall time; helper threads of polars and torch count in the"
+          "\nprocess's CPU only.")
+
+
+def ratio(label: str, a: Run, b: Run) -> None:
+    print(f"{label}: wall {a.wall / b.wall:.2f}x, CPU {a.cpu / b.cpu:.2f}x")
+
+
+def console_script() -> str:
+    """The nncli installed beside this Python (a version manager's shim would add its own start-up)."""
+    beside = Path(sys.executable).with_name("nncli")
+    return str(beside) if beside.exists() else (shutil.which("nncli") or sys.exit("nncli is not installed: pip install -e '.[bench]'"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="3 runs each, only the fastest script, 1 run of the 3M-row check (under 2 minutes)")
     parser.add_argument("--no-3m", action="store_true", help="skip the 3M-row memory check")
     parser.add_argument("--only", default="forward,signal,startup,train,formats,memory",
                         help="sections to run, comma-separated: forward, signal, startup, train, formats, memory")
     args = parser.parse_args()
     only = set(args.only.split(","))
-    print(machine(), file=sys.stderr)
+    if args.quick:
+        args.repeat = 3
+        only.discard("formats")
+    print(machine())
 
-    nncli = shutil.which("nncli") or sys.exit("nncli is not installed: pip install -e '.[bench]'")
+    nncli = console_script()
     DATA.mkdir(exist_ok=True)
     data = DATA / f"rows-{args.rows}.csv"
     if not data.exists():
@@ -213,32 +271,41 @@ def main() -> None:
     spec = DATA / "spec.yaml"
     spec.write_text(SPEC)
     work = Path(tempfile.mkdtemp(prefix="nncli-bench-"))
+    fastest = "polars scan_csv + map_batches + sink_csv, streaming"
     try:
-        commands = {"nncli forward": [nncli, "forward", str(spec), str(data), "-t", "label", "-o", str(work / "nncli.csv")]}
-        for name, code in SCRIPTS.items():
-            script = work / (name.split()[0] + str(len(commands)) + ".py")
+        forward = [nncli, "forward", str(spec), str(data), "-t", "label", "-o", str(work / "nncli.csv")]
+        commands = {"nncli forward": forward, "nncli forward --precision 4": forward + ["--precision", "4"]}
+        scripts = {name: code for name, code in SCRIPTS.items() if not args.quick or name.startswith("polars scan_csv")}
+        for name, code in scripts.items():
+            script = work / f"script{len(commands)}.py"
             script.write_text(code)
             commands[name] = [sys.executable, str(script), str(data), str(work / f"{script.stem}.csv")]
-        print(f"{args.rows:,} rows x 32 columns ({data.stat().st_size / 2**20:.0f} MiB), {args.repeat} runs each, alternating", file=sys.stderr)
+            if name == fastest:
+                commands[name + ", 4 decimals"] = commands[name] + ["4"]
+        print(f"{args.rows:,} rows x 32 columns ({data.stat().st_size / 2**20:.0f} MiB), {args.repeat} runs each, alternating")
         if "forward" in only:
             results = run_alternating(commands, args.repeat)
-            rows = sorted(((n, w, m) for n, (w, m) in results.items()), key=lambda r: r[1])
+            rows = sorted(results.items(), key=lambda r: r[1].wall)
             table(f"forward, {args.rows:,} rows, probabilities as CSV", rows, args.rows)
-            best = min((w, n) for n, (w, _) in results.items() if n != "nncli forward")
-            print(f"\nnncli / fastest script ({best[1]}): {results['nncli forward'][0] / best[0]:.2f}x")
+            print()
+            ratio(f"nncli forward / {fastest}", results["nncli forward"], results[fastest])
+            ratio(f"nncli forward --precision 4 / the same script, 4 decimals", results["nncli forward --precision 4"],
+                  results[fastest + ", 4 decimals"])
+            phases("where nncli forward's time goes (medians)", results["nncli forward"])
         if "formats" in only:
             formats(nncli, spec, data, work, args)
 
         signal = {
-            "nncli forward": commands["nncli forward"],
+            "nncli forward": forward,
             "nncli loss": [nncli, "loss", str(spec), str(data), "-t", "label", "--loss", "nll", "-o", str(work / "loss.json")],
             "nncli grads": [nncli, "grads", str(spec), str(data), "-t", "label", "--loss", "nll", "-o", str(work / "grads.json")],
         }
         if "signal" in only:
             results = run_alternating(signal, args.repeat)
-            table("loss and grads against forward", [(n, w, m) for n, (w, m) in results.items()], args.rows)
-            fwd = results["nncli forward"][0]
-            print(f"\nloss / forward: {results['nncli loss'][0] / fwd:.2f}x; grads / forward: {results['nncli grads'][0] / fwd:.2f}x")
+            table("loss and grads against forward", list(results.items()), args.rows)
+            print()
+            ratio("nncli loss / nncli forward", results["nncli loss"], results["nncli forward"])
+            ratio("nncli grads / nncli forward", results["nncli grads"], results["nncli forward"])
 
         small = Path(__file__).resolve().parent.parent / "examples"
         startup = {
@@ -248,9 +315,10 @@ def main() -> None:
         }
         if "startup" in only:
             results = run_alternating(startup, max(args.repeat, 5))
-            table("start-up", [(n, w, m) for n, (w, m) in results.items()], None)
-            ratio = results["nncli forward (5 rows)"][0] / results['python -c "import torch"'][0]
-            print(f"\nnncli forward (5 rows) / import torch: {ratio:.2f}x")
+            table("start-up", list(results.items()), None)
+            print()
+            ratio("nncli forward (5 rows) / import torch", results["nncli forward (5 rows)"], results['python -c "import torch"'])
+            print(f"nncli --help: {results['nncli --help'].wall * 1000:.0f} ms")
 
         train_spec = DATA / "train.yaml"
         train_spec.write_text(TRAIN_SPEC)
@@ -262,10 +330,11 @@ def main() -> None:
             "hand-written loop (polars + torch)": [sys.executable, str(script), str(data), str(work / "t2.pt")],
         }
         if "train" in only:
-            results = run_alternating(training, max(args.repeat // 2, 1))
-            table("training: one epoch over the file", [(n, w, m) for n, (w, m) in results.items()], args.rows)
+            results = run_alternating(training, max(args.repeat // 2, 1) if not args.quick else 1)
+            table("training: one epoch over the file", list(results.items()), args.rows)
             names = list(training)
-            print(f"\nnncli train / hand-written loop: {results[names[0]][0] / results[names[1]][0]:.2f}x")
+            print()
+            ratio("nncli train / hand-written loop", results[names[0]], results[names[1]])
 
         if not args.no_3m and "memory" in only:
             big = DATA / f"rows-{3 * args.rows}.csv"
@@ -273,11 +342,11 @@ def main() -> None:
                 print(f"generating {big} ...", file=sys.stderr)
                 generate(big, 3 * args.rows)
             memory = {
-                f"nncli forward, {args.rows:,} rows": commands["nncli forward"],
+                f"nncli forward, {args.rows:,} rows": forward,
                 f"nncli forward, {3 * args.rows:,} rows": [nncli, "forward", str(spec), str(big), "-t", "label", "-o", str(work / "big.csv")],
             }
-            results = run_alternating(memory, 3)
-            table("peak memory against file size", [(n, w, m) for n, (w, m) in results.items()], None)
+            results = run_alternating(memory, 1 if args.quick else 3)
+            table("peak memory against file size", list(results.items()), None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

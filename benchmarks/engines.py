@@ -54,7 +54,7 @@ def main() -> None:
         results: dict[str, list[float]] = {name: [] for name in commands}
         for _ in range(args.repeat):
             for name, cmd in commands.items():
-                results[name].append(measure(cmd)[0])
+                results[name].append(measure(cmd).wall)
         total = args.files * args.rows
         print(f"\nforward, {args.files} files x {args.rows:,} rows x 32 columns (CSV), probabilities as CSV, -o FOLDER/")
         print(machine())
