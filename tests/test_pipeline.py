@@ -72,6 +72,28 @@ def test_count_byte_on_a_large_block():
         assert count_byte(block, byte, 7, len(block) - 5) == block.count(byte, 7, len(block) - 5)
 
 
+@pytest.mark.parametrize("dtype", [None, "float32"])
+def test_one_batch_of_every_row_equals_the_batches_joined(tmp_path, dtype):
+    """train's whole-file load converts block by block: the same rows, ids and targets as batches."""
+    from nncli.data import DataOptions, Dataset
+
+    rng = np.random.default_rng(3)
+    path = tmp_path / "t.csv"
+    rows = [f"r{i},{','.join(f'{v:.17g}' for v in rng.standard_normal(5))},{['cat', 'dog', 'emu'][i % 3]}" for i in range(50_000)]
+    path.write_text("id,a,b,c,d,e,label\n" + "\n".join(rows) + "\n")
+
+    def open_():
+        ds = Dataset(DataOptions(str(path), targets=["label"], id_column="id"), want_targets=True)
+        ds.classes = ["cat", "dog", "emu"]
+        return ds
+
+    (whole,) = list(open_().batches(None, dtype=dtype))
+    parts = list(open_().batches(777, exact=True, dtype=dtype))
+    assert np.array_equal(whole.x, np.concatenate([b.x for b in parts])) and whole.x.dtype == parts[0].x.dtype
+    assert np.array_equal(whole.y, np.concatenate([b.y for b in parts]))
+    assert whole.ids == [i for b in parts for i in b.ids] and whole.first_row == 0 and len(whole) == 50_000
+
+
 # -- reading overlaps torch's import -----------------------------------------------------------------
 
 

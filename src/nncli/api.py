@@ -715,8 +715,11 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
                       "lr_schedule": o.schedule, "warmup": o.warmup or None, "clip_grad_norm": o.clip_grad_norm,
                       "clip_grad_value": o.clip_grad_value, "class_weights": class_weights, "stream": stream or None, "resume": resume}
             on_epoch, log_weights = _mlflow(mlflow, model, params, on_epoch, stack)
-        epochs_done, best, best_epoch = fit(built.module, choice, width, batches_for_epoch, options, validate, on_epoch or (lambda r: None),
-                                            loss_fn=loss_fn, steps_per_epoch=steps, start=start, checkpoint=save)
+        from nncli.timing import phase
+
+        with phase("train"):
+            epochs_done, best, best_epoch = fit(built.module, choice, width, batches_for_epoch, options, validate, on_epoch or (lambda r: None),
+                                                loss_fn=loss_fn, steps_per_epoch=steps, start=start, checkpoint=save)
         if best is not None:
             built.module.load_state_dict(best)
         if mlflow:
@@ -1009,11 +1012,18 @@ def _early_load(model, data, read: Read, loss: str | None, stack):
         source.close()
         return None
     stack.callback(source.close)
-    return source, prefetched(source.batches(None), depth=1)
+    return source, prefetched(source.batches(None, dtype=_load_dtype(model)), depth=1)
+
+
+def _load_dtype(model) -> str | None:
+    """The dtype train loads rows in: the model's (the same rounding _inputs would do later), unless
+    the spec's preprocessing is fitted on them, in float64. `model`: an api.Model or a built one."""
+    return None if model.spec.preprocess else model.dtype
 
 
 def _load_raw(built, data, read: Read, choice, width: int, early=None):
-    """Every row: raw float64 features (numpy, row-major) and the targets as the loss takes them.
+    """Every row: the features (numpy, row-major; float64 where preprocessing is fitted or applied on
+    them, else already in the model's dtype) and the targets as the loss takes them.
     `early` (from _early_load) is used where it read the targets as the built model wants them."""
     from nncli.losses import make_targets
     from nncli.model import torch_dtype
@@ -1034,7 +1044,7 @@ def _load_raw(built, data, read: Read, choice, width: int, early=None):
         source.close()
         raise NncliError(f"the model expects {expected} features; {source.name} has {source.n_features}", source.name)
     try:
-        batch = next(iter(batches if batches is not None else source.batches(None)))
+        batch = next(iter(batches if batches is not None else source.batches(None, dtype=_load_dtype(built))))
     except NncliError as e:
         source.close()
         raise _with_label_hint(e, source, choice) from None
