@@ -174,6 +174,19 @@ def test_without_save_weights_the_run_still_holds_them_in_mlflows_default_store(
     _same(load_file(saved), expected)
 
 
+def test_a_new_database_adds_no_lines_of_mlflows_own_to_stderr(tmp_path):
+    path, _, _ = table(tmp_path)
+    spec = write(tmp_path, "s.yaml", SPEC)
+    here = tmp_path / "fresh"
+    here.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"MLFLOW_DISABLE_TELEMETRY": "true"}
+    done = subprocess.run([shutil.which("nncli"), "train", str(spec), str(path), "-t", "y", "--epochs", "1", "--lr", "0.1", "--mlflow",
+                           "-q", "-o", os.devnull], capture_output=True, text=True, timeout=180, cwd=here, env=env)
+    assert done.returncode == 0, done.stderr
+    assert (here / "mlflow.db").is_file()
+    assert [line for line in done.stderr.splitlines() if not line.startswith("no --save-weights")] == []
+
+
 def test_a_diverging_run_ends_failed(nncli, store, tmp_path):
     path, _, _ = table(tmp_path)
     spec = write(tmp_path, "s.yaml", SPEC)

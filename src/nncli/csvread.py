@@ -363,7 +363,8 @@ class CsvFile:
 
             def finish():
                 line_no, block, future = pending.popleft()
-                parsed = future.result()
+                with phase("parse"):  # waiting for the parser thread is parsing too
+                    parsed = future.result()
                 if parsed is None:
                     with phase("parse"):
                         parsed = self._exact_parse(block, line_no, numeric, text)

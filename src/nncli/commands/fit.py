@@ -84,6 +84,8 @@ def train(spec: Spec, data: Data, epochs: Epochs, lr: LearningRate, save_weights
         note(f"{resume} holds weights, not a --checkpoint: training starts from them with a fresh optimizer")
     logging_to = None
     if mlflow or mlflow_experiment:  # the weights artifact is named and written as --save-weights is
+        # MLflow logs INFO lines of its own (creating its database) on stderr, which carries nncli's lines only
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         logging_to = {"experiment": mlflow_experiment, "artifact": os.path.basename(save_weights) if save_weights else None}
     bar = EpochBar(epochs, oopts.quiet)
     try:
