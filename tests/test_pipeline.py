@@ -94,6 +94,63 @@ def test_one_batch_of_every_row_equals_the_batches_joined(tmp_path, dtype):
     assert whole.ids == [i for b in parts for i in b.ids] and whole.first_row == 0 and len(whole) == 50_000
 
 
+@pytest.mark.parametrize("precision", range(0, 9))
+def test_fixed_decimals_write_the_texts_printf_gives(precision):
+    import io
+
+    import polars as pl
+
+    from nncli.texts import fixed_decimals
+
+    rng = np.random.default_rng(precision)
+    values = (rng.standard_normal(50_000) * 10.0 ** rng.integers(-7, 7, 50_000)).astype(np.float32)
+    ties = np.array([0.5, 1.5, 2.5, -2.5, 0.03125, 0.09375, -0.03125, 1.03125, 0.0, 1.0, 0.99995, 123456.78, 2.0**-20], np.float32)
+    values = np.concatenate([values, ties])
+    values = values[~((values < 0) & (np.rint(values.astype(np.float64) * 10.0**precision) == 0))]  # -0.000: the slow way's
+    texts = fixed_decimals(values, precision)
+    buffer = io.BytesIO()
+    pl.DataFrame({"v": texts}).write_csv(buffer, include_header=False)
+    ours = buffer.getvalue().decode().splitlines()
+    assert ours == [f"{float(v):.{precision}f}" for v in values]
+    buffer = io.BytesIO()
+    pl.DataFrame({"v": values}).write_csv(buffer, include_header=False, float_precision=precision)
+    assert ours == buffer.getvalue().decode().splitlines()
+
+
+def test_fixed_decimals_leave_what_they_cannot_promise_to_polars():
+    from nncli.texts import fixed_decimals
+
+    f32 = np.float32
+    assert fixed_decimals(np.array([0.5, -0.0], f32), 4) is None  # a decimal has no -0
+    assert fixed_decimals(np.array([0.5, -0.00001], f32), 4) is None  # -0.0000
+    assert fixed_decimals(np.array([0.5, np.nan], f32), 4) is None
+    assert fixed_decimals(np.array([0.5, np.inf], f32), 4) is None
+    assert fixed_decimals(np.array([3e38], f32), 4) is None
+    assert fixed_decimals(np.array([0.5]), 4) is None  # float64: x 10^p is not exact
+    assert fixed_decimals(np.array([0.5], f32), 9) is None
+
+
+def test_forward_with_precision_writes_what_polars_writes(nncli, tmp_path):
+    """--precision 4 through the fast decimals, and a -0.0000 through polars, in one output."""
+    import io
+
+    import polars as pl
+
+    from tests.helpers import read_table, reference_model
+
+    spec = tmp_path / "r.yaml"
+    spec.write_text("seed: 42\nlayers:\n  - Linear: [6, 4]\n  - ReLU\n  - Linear: [4, 1]\n")
+    out = tmp_path / "o.csv"
+    assert nncli("forward", spec, DATA / "table-5x6.csv", "-t", "label", "--precision", "4", "-o", out).exit_code == 0
+    torch.manual_seed(42)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    with torch.no_grad():
+        y = model(read_table(DATA / "table-5x6.csv", drop=["label"])).numpy()
+    buffer = io.BytesIO()
+    pl.DataFrame({"output": y[:, 0]}).write_csv(buffer, float_precision=4)
+    assert out.read_bytes() == buffer.getvalue()
+
+
 # -- reading overlaps torch's import -----------------------------------------------------------------
 
 

@@ -411,8 +411,9 @@ def _joined(parts: list):
 # What the reader may parse ahead of the model, in bytes of features: it fills this while torch
 # imports (~1 s), so the model starts on parsed rows. Measured on 2 cores (1M rows x 32 columns):
 # no read-ahead 2.56 s, 32 MiB 2.34 s, 64 MiB 2.37 s and 40 MiB more peak memory; the reader,
-# sharing the GIL with the import, parses about 300,000 rows by then.
-READ_AHEAD_BYTES = 32 << 20
+# sharing the GIL with the import, parses about 300,000 rows by then. 24 MiB keeps the peak under
+# 400 MiB with --precision's decimals too.
+READ_AHEAD_BYTES = 24 << 20
 
 
 def batches_ahead(rows: int | None, width: int, dtype: str | None) -> int:

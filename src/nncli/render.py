@@ -172,10 +172,18 @@ class RowWriter:
         import numpy as np
         import polars as pl
 
+        from nncli.texts import fixed_decimals
+
         columns = {}
         for name, col in zip(frame.names, frame.columns):
-            if self.precision is not None and isinstance(col, np.ndarray) and col.dtype.kind == "f" and self.fmt.startswith("json"):
-                col = np.round(col, self.precision)
+            if self.precision is not None and isinstance(col, np.ndarray) and col.dtype.kind == "f":
+                if self.fmt.startswith("json"):
+                    col = np.round(col, self.precision)
+                elif self.fmt in ("csv", "tsv"):
+                    texts = fixed_decimals(col, self.precision)  # polars' own texts, made faster
+                    if texts is not None:
+                        columns[name] = texts.alias(name)
+                        continue
             columns[name] = pl.Series(name, col, strict=False)
         return pl.DataFrame(columns)
 

@@ -18,6 +18,33 @@ def number_texts(values, precision: int | None):
     return np.char.mod(f"%.{precision}f", values)
 
 
+FIXED_MAX_DECIMALS = 8  # float32 x 10^8 needs 24 + 27 bits: still exact in a float64
+
+
+def fixed_decimals(values, precision: int):
+    """float32 values -> a polars Decimal Series whose CSV text is `precision` fixed decimals, the
+    text Python's f"{float(v):.{precision}f}" gives (and polars' write_csv(float_precision=)); None
+    where this fast way cannot promise that text (another dtype, more decimals, a value too large,
+    NaN or inf, or a negative value that rounds to zero, which prints as -0.0000).
+
+    Why it is exact: a float32 times 10^p (p <= 8) is exact in a float64, so rounding that to an
+    integer (half to even, np.rint) is rounding the value itself, as printf does. Why: polars writes
+    fixed decimals of floats 4x slower than shortest texts (0.75 s against 0.18 s for 1M rows x 3),
+    which made `--precision 4` the slowest step of forward; decimals it writes as fast as integers."""
+    import numpy as np
+    import polars as pl
+
+    if values.dtype != np.float32 or not 0 <= precision <= FIXED_MAX_DECIMALS:
+        return None
+    scaled = np.rint(values.astype(np.float64) * 10.0**precision)
+    if not np.isfinite(scaled).all() or np.abs(scaled).max(initial=0.0) >= 2.0**62:
+        return None
+    if (np.signbit(values) & (scaled == 0)).any():
+        return None  # a decimal has no -0
+    digits = pl.Series(scaled.astype(np.int64))
+    return digits.cast(pl.Decimal(38, precision)) / 10**precision
+
+
 def jsonable(values, precision: int | None = None) -> Any:
     """A tensor or array -> nested Python lists whose floats print shortest for their dtype.
 
