@@ -176,6 +176,27 @@ def test_reading_starts_before_the_model_is_built(nncli, monkeypatch, command):
     assert seen and seen[0], "the reader thread should be parsing while torch is imported"
 
 
+def test_a_build_that_fails_after_reading_began_lets_the_reader_go(monkeypatch, tmp_path):
+    """forward starts reading before the build; when the build then fails (a width that does not
+    fit), the reader thread must stop and let go of its rows, not wait forever on a full queue."""
+    import time
+
+    import nncli
+    from nncli import data
+
+    monkeypatch.setattr(data, "READ_AHEAD_BYTES", 1)  # two batches fill the queue
+    path = tmp_path / "d.csv"
+    path.write_text("a,b,c\n" + "".join(f"{i},{i + 1},{i + 2}\n" for i in range(500)))
+    spec = tmp_path / "s.yaml"
+    spec.write_text("layers:\n  - Linear: [7, 2]\n")
+    with pytest.raises(nncli.NncliError, match="7 features"):
+        nncli.load(spec).forward(path, batch_size=10)
+    deadline = time.monotonic() + 10
+    while any(t.name == "nncli-reader" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "nncli-reader" for t in threading.enumerate())
+
+
 def test_loss_with_train_mode_batchnorm_reads_after_the_build(nncli, monkeypatch, tmp_path):
     """Train-mode BatchNorm takes every row in one batch: nothing to overlap, and no early reader."""
     spec = tmp_path / "bn.yaml"

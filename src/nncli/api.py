@@ -294,15 +294,20 @@ class Model(Forwards):
                 rows = wanted
         # rows=False (train: open to size the model, read nothing) is an int to isinstance: compare the type
         batches = read_ahead(rows) if type(rows) is int and not is_table(data) else None
-        built = self.build_for(source, read)
-        if not training:
-            try:
-                self._check_preprocess()
-            except NncliError:
-                source.close()
-                raise
-        if prepare is not None:
-            prepare(built, source)
+        try:
+            built = self.build_for(source, read)
+            if not training:
+                try:
+                    self._check_preprocess()
+                except NncliError:
+                    source.close()
+                    raise
+            if prepare is not None:
+                prepare(built, source)
+        except BaseException:
+            if batches is not None:
+                batches.close()  # the reader thread stops, and lets go of what it parsed
+            raise
         if planned and getattr(source, "classes", None) != planned["classes"]:
             raise AssertionError("reading started with other classes than the model's")  # plan() mirrors build(): a bug
         if batches is None and rows is not False:
@@ -1012,7 +1017,9 @@ def _early_load(model, data, read: Read, loss: str | None, stack):
         source.close()
         return None
     stack.callback(source.close)
-    return source, prefetched(source.batches(None, dtype=_load_dtype(model)), depth=1)
+    batches = prefetched(source.batches(None, dtype=_load_dtype(model)), depth=1)
+    stack.callback(batches.close)  # an error before the load is used: the reader thread lets the rows go
+    return source, batches
 
 
 def _load_dtype(model) -> str | None:

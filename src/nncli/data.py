@@ -436,20 +436,24 @@ def prefetched(items, depth: int = 2):
     stop = threading.Event()
     done = object()
 
+    def offer(entry) -> bool:
+        """Queue an entry, waiting while the queue is full; False once the consumer has gone."""
+        while not stop.is_set():
+            try:
+                slots.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        slots.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer((item, None)):
                     return
-            slots.put((done, None))
+            offer((done, None))
         except BaseException as e:  # handed to the consumer, which raises it in the main thread
-            slots.put((done, e))
+            offer((done, e))
 
     def consume():
         from nncli.timing import phase
@@ -467,7 +471,25 @@ def prefetched(items, depth: int = 2):
             stop.set()
 
     threading.Thread(target=produce, name="nncli-reader", daemon=True).start()  # starts reading now
-    return consume()
+    return Prefetched(consume(), stop)
+
+
+class Prefetched:
+    """prefetched()'s batches: iterate them; close() lets the reader thread go even if iteration
+    never started (a build that fails after reading began), with what it had parsed."""
+
+    def __init__(self, batches, stop) -> None:
+        self._batches, self._stop = batches, stop
+
+    def __iter__(self):
+        return self._batches
+
+    def __next__(self):
+        return next(self._batches)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._batches.close()
 
 
 def spooled(opts: DataOptions, stack) -> DataOptions:
