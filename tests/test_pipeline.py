@@ -335,16 +335,18 @@ def test_a_command_loads_its_own_module_only():
 def test_the_command_table_names_each_function_once_with_its_docstring():
     import importlib
 
-    from nncli.cli import COMMANDS, app
+    import inspect
+
     import typer.main
+
+    from nncli.cli import COMMANDS, LONG_HELP, app
 
     group = typer.main.get_command(app)
     for name, (module, function, short) in COMMANDS.items():
         command = group.commands[name]
         callback = getattr(importlib.import_module(f"nncli.commands.{module}"), function)
         assert command.short_help == short and len(short) <= 60
-        if name != "summary":
-            assert command.help == callback.__doc__.strip().split("\n\n")[0].strip() or command.help.startswith(callback.__doc__.strip()[:40])
+        assert command.help == (LONG_HELP.get(name) or inspect.getdoc(callback))
     assert group.get_command(None, "no-such-command") is None
 
 
