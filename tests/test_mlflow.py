@@ -187,6 +187,19 @@ def test_a_new_database_adds_no_lines_of_mlflows_own_to_stderr(tmp_path):
     assert [line for line in done.stderr.splitlines() if not line.startswith("no --save-weights")] == []
 
 
+def test_mlflow_errors_name_no_password_and_no_missing_driver_is_internal(tmp_path, monkeypatch):
+    path, _, _ = table(tmp_path)
+    spec = write(tmp_path, "s.yaml", SPEC)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"MLFLOW_DISABLE_TELEMETRY": "true"}
+    for uri in ("postgresql://user:s3cret@127.0.0.1:9/db", "http://user:s3cret@127.0.0.1:9"):
+        done = subprocess.run([shutil.which("nncli"), "train", str(spec), str(path), "-t", "y", "--epochs", "1", "--lr", "0.1", "--mlflow"],
+                              capture_output=True, text=True, timeout=180, cwd=tmp_path,
+                              env=env | {"MLFLOW_TRACKING_URI": uri, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"})
+        assert done.returncode == 1, done.stderr
+        assert "s3cret" not in done.stderr and "internal error" not in done.stderr, done.stderr
+        assert done.stderr.startswith("error: MLflow: ") and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
 def test_a_diverging_run_ends_failed(nncli, store, tmp_path):
     path, _, _ = table(tmp_path)
     spec = write(tmp_path, "s.yaml", SPEC)

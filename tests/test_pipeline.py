@@ -55,6 +55,7 @@ def test_read_ahead_is_a_budget_in_bytes():
     assert batches_ahead(16384, 32, "float32") * 16384 * 32 * 4 <= 64 << 20
     assert batches_ahead(16384, 32, "float64") == batches_ahead(16384, 32, "float32") // 2
     assert batches_ahead(1, 10**7, "float64") == 2  # a huge row still gets double buffering
+    assert batches_ahead(1, 8, "float32") == 256  # tiny batches: their objects cost more than their numbers
 
 
 @settings(max_examples=200, deadline=None)
@@ -149,6 +150,52 @@ def test_forward_with_precision_writes_what_polars_writes(nncli, tmp_path):
     buffer = io.BytesIO()
     pl.DataFrame({"output": y[:, 0]}).write_csv(buffer, float_precision=4)
     assert out.read_bytes() == buffer.getvalue()
+
+
+def test_a_slow_pipe_still_streams(tmp_path):
+    """Rows that have arrived are scored and written before more input comes: the parser thread
+    must not wait for the next block of a pipe that has nothing more yet."""
+    import select
+
+    rows = "".join(",".join(f"{(i * 7 + j) % 1000 / 7:.6f}" for j in range(8)) + "\n" for i in range(1000))
+    spec = tmp_path / "s.yaml"
+    spec.write_text("seed: 1\nlayers:\n  - Linear: [8, 2]\n")
+    proc = subprocess.Popen([NNCLI, "forward", str(spec), "-", "-f", "csv", "-b", "100"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        proc.stdin.write((",".join(f"x{j}" for j in range(8)) + "\n" + rows).encode())
+        proc.stdin.flush()
+        ready, _, _ = select.select([proc.stdout], [], [], 60)  # the pipe stays open meanwhile
+        assert ready, "no output while the input pipe was still open"
+        assert proc.stdout.readline().startswith(b"output_0")
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+
+
+def test_timings_never_change_the_exit_status(tmp_path):
+    args = [NNCLI, "--version"]
+    closed = subprocess.run(args, stderr=subprocess.DEVNULL if False else None, capture_output=False, stdout=subprocess.DEVNULL,
+                            env={**os.environ, "NNCLI_TIMINGS": "1"}, timeout=60, pass_fds=(), close_fds=True,
+                            preexec_fn=lambda: os.close(2))
+    assert closed.returncode == 0
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([NNCLI, "forward", str(CONFIGS / "three-class.yaml"), str(DATA / "table-5x6.csv"), "-t", "label"],
+                              stdout=subprocess.DEVNULL, stderr=full, env={**os.environ, "NNCLI_TIMINGS": "1"}, timeout=120)
+    assert done.returncode == 0
+    off = subprocess.run(args, capture_output=True, env={**os.environ, "NNCLI_TIMINGS": "0"}, timeout=60)
+    assert b"timings" not in off.stderr
+
+
+def test_fixed_decimals_refuse_a_polars_that_gives_other_decimals(monkeypatch):
+    """polars before ~1.33 returned the quotient with 4 more decimals: -0.46480000 for 4."""
+    import polars as pl
+
+    from nncli.texts import fixed_decimals
+
+    real = pl.Series.__truediv__
+    monkeypatch.setattr(pl.Series, "__truediv__", lambda self, other: real(self, other).cast(pl.Decimal(38, self.dtype.scale + 4)))
+    assert fixed_decimals(np.array([0.5, 1.25], np.float32), 4) is None
 
 
 # -- reading overlaps torch's import -----------------------------------------------------------------

@@ -792,7 +792,9 @@ def _mlflow(settings, model, params: dict, on_epoch, stack):
         try:
             return call(*args, **kwargs)
         except MlflowException as e:  # where: not the tracking URI, which may hold a database password
-            raise NncliError(f"MLflow: {(e.message.strip().splitlines() or ['?'])[0]}", "--mlflow") from None
+            raise NncliError(f"MLflow: {_without_password((e.message.strip().splitlines() or ['?'])[0])}", "--mlflow") from None
+        except ImportError as e:  # a database URI whose driver is not installed (psycopg, pymysql, ...)
+            raise NncliError(f"MLflow: the tracking URI needs a module that is not installed: {e.name or e}", "--mlflow") from None
 
     experiment_id = None
     if settings.get("experiment"):
@@ -845,6 +847,13 @@ def _mlflow(settings, model, params: dict, on_epoch, stack):
             guarded(mlflow.log_artifact, path, run_id=run_id)
 
     return logged, log_weights
+
+
+def _without_password(text: str) -> str:
+    """MLflow's messages quote the tracking URI, credentials included: scheme://user:secret@ -> scheme://***@."""
+    import re
+
+    return re.sub(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@", r"\1***@", text)
 
 
 def _rank_world() -> tuple[int, int]:

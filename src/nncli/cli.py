@@ -310,8 +310,11 @@ def _report_timings() -> None:
     if timing.ON and sys.stderr is not None:
         import json
 
-        sys.stderr.write(f"nncli timings: {json.dumps(timing.report())}\n")
-        sys.stderr.flush()
+        try:
+            sys.stderr.write(f"nncli timings: {json.dumps(timing.report())}\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):  # stderr closed or full: the timings are lost, the command's result is not
+            pass
 
 
 def main() -> None:

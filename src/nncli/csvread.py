@@ -372,7 +372,8 @@ class CsvFile:
 
             for line_no, block, lines in timed("parse", self.blocks()):
                 pending.append((line_no, block, parser.submit(fast, block, lines)))
-                while len(pending) > PARSE_AHEAD:
+                # a slow pipe still streams: with nothing more to read yet, this block goes out now
+                while len(pending) > PARSE_AHEAD or (pending and not self._eof and not self._more_ready()):
                     values, texts = finish()
                     if len(values):
                         yield Block(values, texts, rows)

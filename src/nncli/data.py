@@ -420,7 +420,11 @@ def batches_ahead(rows: int | None, width: int, dtype: str | None) -> int:
     """How many batches of `rows` x `width` features make READ_AHEAD_BYTES (at least 2)."""
     if rows is None:
         return 2
-    return max(2, READ_AHEAD_BYTES // (rows * max(width, 1) * (4 if dtype == "float32" else 8)))
+    # at most MAX_BATCHES_AHEAD: a batch of one row costs ~640 bytes of objects beside its numbers
+    return min(MAX_BATCHES_AHEAD, max(2, READ_AHEAD_BYTES // (rows * max(width, 1) * (4 if dtype == "float32" else 8))))
+
+
+MAX_BATCHES_AHEAD = 256
 
 
 def prefetched(items, depth: int = 2):

@@ -17,7 +17,7 @@ import os
 import threading
 import time
 
-ON = bool(os.environ.get("NNCLI_TIMINGS"))
+ON = os.environ.get("NNCLI_TIMINGS", "") not in ("", "0")  # as NNCLI_DEBUG: 0 is off
 START = time.perf_counter()  # close enough to the process's start: entry.py imports this module first
 PHASES = ("start-up", "import torch", "parse", "convert", "forward", "format", "write")
 
