@@ -459,18 +459,11 @@ def _open(path: str, compression: str | None = None):
 
             return decompressing(sys.stdin.buffer, compression)
         return sys.stdin.buffer
-    try:
-        if os.path.isdir(path):
-            raise NncliError("is a directory, not a CSV file", path)
-        if compression:
-            from nncli.tables import open_compressed
+    if os.path.isdir(path):
+        raise NncliError("is a directory, not a CSV file", path)
+    from nncli.tables import open_compressed
 
-            return open_compressed(path, compression)
-        return open(path, "rb")
-    except FileNotFoundError:
-        raise NncliError("no such file", path) from None
-    except OSError as e:
-        raise NncliError(f"cannot read: {e.strerror}", path) from None
+    return open_compressed(path, compression)  # plain or compressed, its errors named as one line
 
 
 def _decode(raw: bytes, name: str, line_no: int) -> str:
