@@ -84,6 +84,11 @@ def open_data(data, read: Read, want_targets: bool = False):
     return source
 
 
+def reading_files(source) -> list:
+    """The open files under a Dataset (or Many), whose bytes_read a progress bar follows."""
+    return [s.csv for s in getattr(source, "sources", [source])]
+
+
 def rows_per_batch(built, train: bool, batch_size: int | None) -> int | None:
     """The one batching rule of loss, grads, step and evaluate: `batch_size` rows (default 16384), or
     every row in one batch where train-mode BatchNorm or Dropout needs the whole batch. Data that fits
@@ -280,6 +285,10 @@ class Model(Forwards):
         source = open_data(data, read, want_targets)
 
         def read_ahead(wanted):
+            from nncli import procread
+
+            if procread.can_fork():  # parsing on its own core while torch imports (see procread)
+                return procread.read_in_child(lambda: source.batches(wanted, dtype=self.dtype), reading_files(source))
             return prefetched(source.batches(wanted, dtype=self.dtype), depth=batches_ahead(wanted, source.n_features, self.dtype))
 
         planned = {}

@@ -19,7 +19,7 @@ import time
 
 ON = os.environ.get("NNCLI_TIMINGS", "") not in ("", "0")  # as NNCLI_DEBUG: 0 is off
 START = time.perf_counter()  # close enough to the process's start: entry.py imports this module first
-PHASES = ("start-up", "import torch", "parse", "convert", "forward", "format", "write")
+PHASES = ("start-up", "import torch", "parse", "convert", "forward", "format", "write")  # then the rest, by name
 
 _lock = threading.Lock()
 _seconds: dict[str, list[float]] = {}  # phase -> [wall seconds, CPU seconds of the thread that ran it]
@@ -92,16 +92,40 @@ def timed(name: str, items):
         yield item
 
 
+def restart() -> None:
+    """Forget every phase: a forked reader process counts its own from here."""
+    with _lock:
+        _seconds.clear()
+    _local.__dict__.clear()
+
+
+def phases() -> dict:
+    """{phase: [wall, cpu]} so far, for merge() in another process."""
+    with _lock:
+        return {name: list(total) for name, total in _seconds.items()}
+
+
+def merge(other: dict) -> None:
+    """Add another process's phases (the reader process's parse and convert) to this one's."""
+    with _lock:
+        for name, (wall, cpu) in other.items():
+            total = _seconds.setdefault(name, [0.0, 0.0])
+            total[0] += wall
+            total[1] += cpu
+
+
 def report() -> dict:
     """{phase: {"wall": s, "cpu": s}} in pipeline order, then the process's wall (since start-up),
-    user and system CPU seconds. A phase's "cpu" is its own thread's: the helper threads of polars
+    user and system CPU seconds (with those of child processes that have ended). A phase's "cpu" is its own thread's: the helper threads of polars
     and torch are in the process's user time only."""
     import resource
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)  # a reader process, once it has ended
     with _lock:
         seconds = {name: {"wall": round(w, 4), "cpu": round(c, 4)} for name, (w, c) in _seconds.items()}
     ordered = {name: seconds.pop(name) for name in PHASES if name in seconds}
     ordered.update(sorted(seconds.items()))
-    ordered.update(wall=round(time.perf_counter() - START, 4), user=round(usage.ru_utime, 4), system=round(usage.ru_stime, 4))
+    ordered.update(wall=round(time.perf_counter() - START, 4), user=round(usage.ru_utime + reaped.ru_utime, 4),
+                   system=round(usage.ru_stime + reaped.ru_stime, 4))
     return ordered

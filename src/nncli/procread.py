@@ -1,0 +1,345 @@
+"""Read DATA in a child process, so that parsing and torch's import run on two cores at once.
+
+Why a process and not a thread: `import torch` holds the GIL for most of its ~1 s, and a reader
+thread needs the GIL ~10 times per 4 MiB block (read, cut, count, parse, convert), each time
+waiting up to the 5 ms switch interval. Measured on 2 cores: by the time the model was built, a
+reader thread had parsed ~300,000 rows of 1,000,000. A forked child has its own interpreter and
+GIL; the same reading code (csvread, data) runs there unchanged.
+
+What the parent sees is what a reader thread would give it: the same batches in the same order,
+the same error (a bad cell on line 200,001) after the batches before it, the bytes read so far for
+the progress bar, and the child's parse and convert phases in NNCLI_TIMINGS.
+
+How:
+- fork() only from a process with one thread, before torch is imported: a forked copy of a
+  multithreaded process may hold a lock that no thread of it will ever release (polars' pool,
+  torch's OpenMP). Otherwise (and off Linux) the caller reads in a thread as before.
+- The child writes each batch's arrays into a ring of shared memory (RING_BYTES: the read-ahead)
+  and sends a short pickled note through a pipe: where the arrays are, and the bytes read. The
+  parent copies the arrays out (a batch may live as long as the caller likes) and acknowledges
+  through a second pipe, which frees the space for the child.
+- The child owns nothing of the parent's: a terminating signal kills it with the default action
+  (the parent's handlers, which remove unfinished output files, are reset before it runs any
+  code), it leaves when a pipe to the parent closes (the parent has gone), and it always ends in
+  os._exit (no atexit, no flushing of the parent's buffers). The parent reaps it, so its CPU time
+  is in the parent's rusage (and in wait4's figures for the whole run).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import sys
+import time
+
+# Shared memory for batches the child has parsed ahead of the parent. ~1 s of torch's import is
+# ~500,000 rows of 32 float32 features (64 MB) on one core; measured (2 cores, 1M x 32): see README.
+RING_BYTES = 64 << 20
+_ALIGN = 64
+_LENGTH = struct.Struct("<Q")
+
+
+def can_fork() -> bool:
+    """Whether reading may go to a forked child: Linux, one thread, not turned off (NNCLI_READER=thread)."""
+    choice = os.environ.get("NNCLI_READER", "")
+    if choice == "thread" or not sys.platform.startswith("linux") or not hasattr(os, "fork"):
+        return False
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
+
+
+def read_in_child(produce, files, ring_bytes: int | None = None) -> "ChildReader":
+    """Start a child that iterates `produce()` and hands each item over; iterate the result.
+
+    `files`: the open tables whose `bytes_read` the parent should keep up to date (progress)."""
+    import mmap
+    import signal
+
+    ring = mmap.mmap(-1, ring_bytes or RING_BYTES)  # MAP_SHARED | MAP_ANONYMOUS: the child's writes are seen here  # MAP_SHARED | MAP_ANONYMOUS: the child's writes are seen here
+    notes_r, notes_w = os.pipe()
+    frees_r, frees_w = os.pipe()
+    parent = os.getpid()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())  # no handler runs in between
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child's coverage is not collected
+            try:
+                os.close(notes_r)
+                os.close(frees_w)
+                _reset_signals()
+                _die_with(parent)
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+                _child(produce, files, ring, notes_w, frees_r)
+            finally:
+                os._exit(0)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # (the child never gets here)
+    os.close(notes_w)
+    os.close(frees_r)
+    return ChildReader(pid, ring, notes_r, frees_w, files)
+
+
+def _die_with(parent: int) -> None:
+    """SIGKILL this child when the parent dies (even by SIGKILL): a child blocked reading a pipe
+    that never closes would otherwise outlive it."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(0)
+
+
+def _reset_signals() -> None:
+    """Every Python-level handler back to the default: the parent's would remove its files."""
+    import signal
+
+    for number in signal.valid_signals():
+        try:
+            if callable(signal.getsignal(number)):
+                signal.signal(number, signal.SIG_DFL)
+        except (OSError, ValueError, TypeError):
+            pass
+
+
+# -- the child --------------------------------------------------------------------------------------
+
+
+def _child(produce, files, ring, notes: int, frees: int) -> None:  # pragma: no cover - runs in the child
+    import traceback
+
+    from nncli import timing
+
+    timing.restart()
+    # One core's work: the other imports torch, then computes. A polars pool of two threads here
+    # made the run slower and dearer (measured, 2 cores); numpy's BLAS threads (unused here) spin
+    # for ~0.1 s of CPU after its import. Both are read when polars and numpy first load, which is
+    # here: the parent had loaded neither's threads (it had one thread when it forked).
+    os.environ["POLARS_MAX_THREADS"] = "1"
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    space = _Ring(len(ring), frees)
+    view = memoryview(ring)
+    try:
+        try:
+            for item in produce():
+                buffers: list = []
+                meta = pickle.dumps(item, protocol=5, buffer_callback=buffers.append)
+                raws = [b.raw() for b in buffers]
+                sizes = [_aligned(r.nbytes) for r in raws]
+                start = space.allocate(sum(sizes))
+                if start is None:  # larger than the ring can hold at once: in the note itself
+                    note = ("item", pickle.dumps(item, protocol=5), None, _progress(files))
+                else:
+                    regions, at = [], start
+                    for raw, size in zip(raws, sizes):
+                        view[at : at + raw.nbytes] = raw
+                        regions.append((at, raw.nbytes))
+                        at += size
+                    note = ("item", meta, regions, _progress(files))
+                _send(notes, note)
+        except BrokenPipeError:
+            return  # the parent has gone
+        except BaseException as e:
+            error = e
+            error_text = traceback.format_exc()
+        else:
+            _send(notes, ("done", timing.phases(), _progress(files)))
+            return
+        try:
+            blob = pickle.dumps(error)
+            pickle.loads(blob)
+        except Exception:
+            blob = pickle.dumps(RuntimeError(f"{type(error).__name__}: {error}"))
+        _send(notes, ("error", blob, error_text))
+    except (BrokenPipeError, _ParentGone):
+        return
+
+
+class _ParentGone(Exception):
+    pass
+
+
+class _Ring:
+    """First-in first-out allocation in the shared ring: the parent frees in the order it was given."""
+
+    def __init__(self, size: int, frees: int) -> None:
+        from collections import deque
+
+        self.size, self.frees = size, frees
+        self.live: deque = deque()  # (start, end) of regions the parent has not acknowledged
+        self.head = 0  # where the newest region ends
+
+    def allocate(self, n: int):
+        if n > self.size // 2:
+            return None
+        while True:
+            start = self._fit(n)
+            if start is not None:
+                self.live.append((start, start + n))
+                self.head = start + n
+                return start
+            self._wait()
+
+    def _fit(self, n: int):
+        if not self.live:
+            return 0
+        tail = self.live[0][0]
+        if self.head > tail:  # live: [tail, head); free: [head, size) and [0, tail)
+            if self.size - self.head >= n:
+                return self.head
+            return 0 if n < tail else None  # strictly less: head == tail would read as empty
+        return self.head if self.head + n < tail else None  # live wraps: free is [head, tail)
+
+    def _wait(self) -> None:
+        acknowledged = os.read(self.frees, 4096)
+        if not acknowledged:
+            raise _ParentGone
+        for _ in acknowledged:
+            self.live.popleft()
+
+
+def _send(fd: int, note) -> None:
+    data = pickle.dumps(note, protocol=5)
+    data = memoryview(_LENGTH.pack(len(data)) + data)
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def _aligned(n: int) -> int:
+    return -(-n // _ALIGN) * _ALIGN
+
+
+def _progress(files) -> list:
+    return [f.bytes_read for f in files]
+
+
+# -- the parent -------------------------------------------------------------------------------------
+
+
+class ChildReader:
+    """The child's items, in order: iterate it; close() stops the child (at any point) and reaps it."""
+
+    def __init__(self, pid: int, ring, notes: int, frees: int, files) -> None:
+        self.pid, self._ring, self._notes, self._frees, self._files = pid, ring, notes, frees, files
+        self._view = memoryview(ring)
+        self._started = time.perf_counter()
+        self._items = self._receive_all()
+        self._closed = False
+
+    def __iter__(self):
+        return self._items
+
+    def __next__(self):
+        return next(self._items)
+
+    def _receive_all(self):
+        from nncli import timing
+        from nncli.timing import phase
+
+        try:
+            while True:
+                with phase("wait for data"):
+                    note = self._receive()
+                if note is None:
+                    raise RuntimeError("the reader process ended without a word (killed?)")
+                kind = note[0]
+                if kind == "item":
+                    _, meta, regions, progress = note
+                    if regions is None:
+                        item = pickle.loads(meta)
+                    else:
+                        # copied out, so a batch may outlive its place in the ring
+                        buffers = [bytearray(self._view[at : at + n]) for at, n in regions]
+                        self._acknowledge()
+                        item = pickle.loads(meta, buffers=buffers)
+                    self._set_progress(progress)
+                    yield item
+                elif kind == "done":
+                    _, phases, progress = note
+                    self._set_progress(progress)
+                    timing.merge(phases)
+                    self._reap(kill=False)
+                    return
+                else:
+                    _, blob, text = note
+                    self._reap(kill=False)
+                    error = pickle.loads(blob)
+                    if not _is_users(error):
+                        error.add_note(f"in nncli's reader process:\n{text}")
+                    raise error
+        finally:
+            self.close()
+
+    def _receive(self):
+        header = self._read_exactly(_LENGTH.size)
+        if header is None:
+            return None
+        body = self._read_exactly(_LENGTH.unpack(header)[0])
+        return None if body is None else pickle.loads(body)
+
+    def _read_exactly(self, n: int):
+        data = bytearray(n)
+        view, got = memoryview(data), 0
+        while got < n:
+            k = os.readv(self._notes, [view[got:]])
+            if k == 0:
+                return None
+            got += k
+        return data
+
+    def _acknowledge(self) -> None:
+        try:
+            os.write(self._frees, b"\x01")
+        except BrokenPipeError:  # the child has died: the next note says so
+            pass
+
+    def _set_progress(self, progress: list) -> None:
+        for f, n in zip(self._files, progress):
+            f.bytes_read = n
+
+    def _reap(self, kill: bool) -> None:
+        import signal
+
+        if self.pid is None:
+            return
+        if kill:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            _, _, usage = os.wait4(self.pid, 0)
+        except ChildProcessError:
+            pass
+        else:
+            from nncli import timing
+
+            timing.merge({"reader process": [time.perf_counter() - self._started, usage.ru_utime + usage.ru_stime]})
+        self.pid = None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._reap(kill=True)
+        for fd in (self._notes, self._frees):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._view.release()
+        self._ring.close()
+        if not self._items.gi_running:  # closed from outside: the generator's finally has nothing left to do
+            self._items.close()
+
+
+def _is_users(error: BaseException) -> bool:
+    from nncli.errors import NncliError
+
+    return isinstance(error, (NncliError, KeyboardInterrupt))

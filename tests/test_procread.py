@@ -1,0 +1,315 @@
+"""The reader process (procread): the same batches, errors and progress as the reader thread; no child
+left behind however the run ends; the shared ring never hands out space that is still in use.
+
+nncli forks the reader only from a process with one thread, so most of these run nncli (or a
+small Python script) in a subprocess: pytest's own process has threads."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from nncli import procread
+from tests.helpers import CONFIGS, DATA
+
+NNCLI = os.path.join(os.path.dirname(sys.executable), "nncli")
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the reader process is Linux's (fork, /proc)")
+
+
+def _run(args, reader: str, **kwargs):
+    env = {**os.environ, "NNCLI_READER": reader, "NNCLI_TIMINGS": "1"}
+    return subprocess.run([NNCLI, *map(str, args)], capture_output=True, env=env, timeout=180, **kwargs)
+
+
+def _table(path, rows: int, cols: int = 6, seed: int = 0, labels=("cat", "dog", "eel")):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, cols))
+    lines = [",".join([f"x{j}" for j in range(cols)] + ["id", "label"])]
+    lines += [",".join([f"{v:.7g}" for v in x[i]] + [f"r{i}", labels[i % len(labels)]]) for i in range(rows)]
+    path.write_text("\n".join(lines) + "\n")
+    return np.array([[float(f"{v:.7g}") for v in row] for row in x])  # the numbers the text holds
+
+
+def _timings(stderr: bytes) -> dict:
+    for line in stderr.decode().splitlines():
+        if line.startswith("nncli timings: "):
+            return json.loads(line.split(": ", 1)[1])
+    raise AssertionError(f"no timings line in {stderr!r}")
+
+
+@pytest.fixture
+def spec(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("seed: 3\nclasses: [cat, dog, eel]\nloss: CrossEntropyLoss\nlayers:\n  - Linear: [6, 5]\n  - Tanh\n  - Linear: [5, 3]\n")
+    return path
+
+
+def test_forward_through_the_process_equals_pytorch_and_the_thread(tmp_path, spec):
+    data = tmp_path / "d.csv"
+    x = _table(data, 50_000)
+    args = ["forward", spec, data, "-t", "label", "--id-column", "id", "-f", "csv", "-b", "999"]
+    child, thread = _run(args, "process"), _run(args, "thread")
+    assert child.returncode == 0, child.stderr
+    assert "reader process" in _timings(child.stderr) and "reader process" not in _timings(thread.stderr)
+    assert child.stdout == thread.stdout
+    import io
+
+    import polars as pl
+
+    out = pl.read_csv(io.BytesIO(child.stdout))
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    with torch.no_grad():
+        expected = torch.cat([torch.softmax(model(torch.tensor(x[i:i + 999]).float()), 1) for i in range(0, len(x), 999)])
+    got = out.select([c for c in out.columns if c.startswith("prob_")]).to_numpy()
+    assert np.abs(got - expected.double().numpy()).max() < 1e-6  # the CSV's text, against float64 digits
+    assert out["id"].to_list() == [f"r{i}" for i in range(len(x))]
+
+
+def test_loss_and_grads_with_text_labels_equal_the_thread(tmp_path, spec):
+    data = tmp_path / "d.csv"
+    _table(data, 40_000)
+    for command in ("loss", "grads"):
+        args = [command, spec, data, "-t", "label", *[a for j in range(6) for a in ("--features", f"x{j}")], "-f", "json", "-b", "4096"]
+        child, thread = _run(args, "process"), _run(args, "thread")
+        assert child.returncode == 0, child.stderr
+        assert "reader process" in _timings(child.stderr)
+        assert child.stdout == thread.stdout
+
+
+def test_standard_input_and_several_files(tmp_path, spec):
+    data = tmp_path / "d.csv"
+    _table(data, 30_000)
+    whole = _run(["forward", spec, data, "-t", "label", "--id-column", "id", "-f", "csv"], "thread").stdout
+    piped = _run(["forward", spec, "-", "-t", "label", "--id-column", "id", "-f", "csv"], "process", input=data.read_bytes())
+    assert piped.returncode == 0 and piped.stdout == whole
+    lines = data.read_text().splitlines(keepends=True)
+    (tmp_path / "part-a.csv").write_text("".join(lines[:12_001]))
+    (tmp_path / "part-b.csv").write_text(lines[0] + "".join(lines[12_001:]))
+    args = ["forward", spec, tmp_path / "part-?.csv", "-t", "label", "--id-column", "id", "-f", "csv"]
+    many = _run(args, "process")
+    assert many.returncode == 0, many.stderr
+    assert many.stdout == _run(args, "thread").stdout and len(many.stdout.splitlines()) == 30_001
+
+
+def test_an_error_comes_after_the_rows_before_it_exactly_as_from_the_thread(tmp_path, spec):
+    data = tmp_path / "d.csv"
+    _table(data, 60_000)
+    lines = data.read_text().splitlines(keepends=True)
+    lines[50_001] = lines[50_001].replace(",", ",oops", 1)
+    data.write_text("".join(lines))
+    args = ["forward", spec, data, "-t", "label", "--id-column", "id", "-f", "csv", "-b", "1000"]
+    child, thread = _run(args, "process"), _run(args, "thread")
+    assert child.returncode == thread.returncode == 1
+    assert child.stderr.splitlines()[0] == thread.stderr.splitlines()[0]
+    first = child.stderr.splitlines()[0]
+    assert first.startswith(b"error: ") and b"oops" in first and b"d.csv:50002" in first
+    assert child.stdout == thread.stdout  # the same rows were written before it
+    out = tmp_path / "out.csv"
+    failed = _run([*args, "-o", out], "process")
+    assert failed.returncode == 1 and not out.exists()
+
+
+def test_a_bug_in_the_child_is_an_internal_error_with_its_traceback_under_debug(tmp_path):
+    script = textwrap.dedent("""
+        import sys
+        from nncli import procread
+        def produce():
+            yield 1
+            raise ZeroDivisionError("deep in the reader")
+        reader = procread.read_in_child(produce, [])
+        got = [next(reader)]
+        try:
+            next(reader)
+        except ZeroDivisionError as e:
+            print(got, "in nncli's reader process" in "".join(getattr(e, "__notes__", [])))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[1] True", out.stderr
+
+
+def test_items_larger_than_half_the_ring_go_through_the_pipe(tmp_path):
+    """A batch bigger than the ring can hold at once (-b 10^6 on a wide table) still arrives whole."""
+    script = textwrap.dedent("""
+        import numpy as np, pickle, sys
+        from nncli import procread
+        def produce():
+            for k in range(3):
+                yield {"k": k, "big": np.full((600, 1000), k, np.float64), "small": np.arange(10) + k, "none": None}
+        reader = procread.read_in_child(produce, [], ring_bytes=4 << 20)  # 4.8 MB items, 4 MiB ring
+        items = list(reader)
+        print(all(i["k"] == k and (i["big"] == k).all() and i["big"].shape == (600, 1000) and list(i["small"]) == list(range(k, k + 10))
+                  and i["none"] is None and i["big"].flags.writeable for k, i in enumerate(items)), len(items))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "True 3", out.stderr
+
+
+def test_progress_follows_the_child(tmp_path):
+    data = tmp_path / "d.csv"
+    _table(data, 20_000)
+    script = textwrap.dedent(f"""
+        from nncli.api import reading_files
+        from nncli.data import DataOptions, Dataset
+        from nncli import procread
+        source = Dataset(DataOptions({str(data)!r}, targets=["label"], id_column="id"), want_targets=False)
+        files = reading_files(source)
+        seen = []
+        reader = procread.read_in_child(lambda: source.batches(1000), files)
+        for batch in reader:
+            seen.append(files[0].bytes_read)
+        print(seen == sorted(seen), seen[-1] == files[0].total_bytes, len(seen))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "True True 20", out.stderr
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(p) for p in f.read().split()]
+        except OSError:
+            pass
+    return found
+
+
+def _gone(pid: int, within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(") ", 1)[1].startswith("Z"):  # a zombie waits for its parent only
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("how", ["SIGINT to the group", "SIGTERM to nncli", "SIGKILL to nncli"])
+def test_no_reader_is_left_behind(tmp_path, spec, how):
+    """nncli reading a pipe that stays open is stopped: its reader process goes with it, and no
+    unfinished output file stays."""
+    out = tmp_path / "out.csv"
+    proc = subprocess.Popen([NNCLI, "forward", str(spec), "-", "-t", "label", "-o", str(out)], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "NNCLI_READER": "process"},
+                            start_new_session=True)
+    try:
+        header = ",".join([f"x{j}" for j in range(6)] + ["id", "label"]) + "\n"
+        proc.stdin.write((header + "0.5,1,2,3,4,5,r0,cat\n" * 20_000).encode())
+        proc.stdin.flush()
+        deadline, children = time.monotonic() + 60, []
+        while not children and time.monotonic() < deadline:
+            children = _children(proc.pid)
+            time.sleep(0.05)
+        assert children, "no reader process started"
+        time.sleep(0.5)
+        if how == "SIGINT to the group":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.kill(proc.pid, signal.SIGTERM if how == "SIGTERM to nncli" else signal.SIGKILL)
+        code = proc.wait(timeout=30)
+        assert code == {"SIGINT to the group": 130, "SIGTERM to nncli": 143, "SIGKILL to nncli": -9}[how]
+        assert all(_gone(c) for c in children), "the reader process outlived nncli"
+        assert not out.exists()
+        if how != "SIGKILL to nncli":  # SIGKILL leaves its temporary file to `nncli clean`
+            assert not [p for p in os.listdir(tmp_path) if p.startswith(".out")]
+        assert b"Traceback" not in proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.stdin.close()
+
+
+def test_the_reader_process_is_reaped_and_counted(tmp_path, spec):
+    """When forward ends, its reader has ended and been waited for: its CPU time is in the run's."""
+    data = tmp_path / "d.csv"
+    _table(data, 20_000)
+    done = _run(["forward", spec, data, "-t", "label", "-o", tmp_path / "o.csv"], "process")
+    t = _timings(done.stderr)
+    assert t["reader process"]["cpu"] > 0
+    assert t["user"] + t["system"] >= t["reader process"]["cpu"]
+
+
+def test_a_process_with_threads_reads_in_a_thread(monkeypatch):
+    """fork() copies one thread of a multithreaded process, with any lock another thread held."""
+    monkeypatch.delenv("NNCLI_READER", raising=False)
+    stop = threading.Event()
+    helper = threading.Thread(target=stop.wait)
+    helper.start()
+    try:
+        assert not procread.can_fork()
+    finally:
+        stop.set()
+        helper.join()
+    monkeypatch.setenv("NNCLI_READER", "thread")
+    assert not procread.can_fork()
+
+
+def test_the_library_reads_in_a_thread_where_it_cannot_fork(tmp_path, spec):
+    """In pytest's process (threads of its own), forward reads in a thread and gives the CLI's values."""
+    import io
+
+    import polars as pl
+
+    import nncli
+
+    data = tmp_path / "d.csv"
+    _table(data, 3000)
+    frame = nncli.load(spec).forward(data, target="label", id_column="id")
+    cli = pl.read_csv(io.BytesIO(_run(["forward", spec, data, "-t", "label", "--id-column", "id", "-f", "csv"], "process").stdout))
+    assert frame.columns == cli.columns and frame["id"].to_list() == cli["id"].to_list()
+    for name in ("prob_cat", "prob_dog", "prob_eel"):
+        assert [f"{v:.8g}" for v in frame[name].to_list()] == [f"{v:.8g}" for v in cli[name].cast(pl.Float32).to_list()]
+
+
+class _Frees:
+    """The parent's side of the acknowledgements, in memory: a pipe the test writes to."""
+
+    def __init__(self) -> None:
+        self.read, self.write = os.pipe()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_ring_never_hands_out_space_in_use(seed):
+    rng = random.Random(seed)
+    size = rng.choice([1000, 4096, 10_000])
+    frees = _Frees()
+    ring = procread._Ring(size, frees.read)
+    held: list[tuple[int, int]] = []  # what the parent has not acknowledged, oldest first
+    try:
+        for _ in range(2000):
+            n = rng.randint(1, size // 2)
+            while True:
+                start = ring._fit(n)
+                if start is not None:
+                    break
+                assert held, "an empty ring refused an item of at most half its size"
+                held.pop(0)
+                os.write(frees.write, b"\x01")
+                ring._wait()
+            ring.live.append((start, start + n))
+            ring.head = start + n
+            assert 0 <= start and start + n <= size
+            assert all(start + n <= a or b <= start for a, b in held), (start, n, held)
+            held.append((start, start + n))
+            if rng.random() < 0.4 and held:
+                for _ in range(rng.randint(1, len(held))):
+                    held.pop(0)
+                    os.write(frees.write, b"\x01")
+                    ring._wait()
+    finally:
+        os.close(frees.read)
+        os.close(frees.write)
