@@ -44,13 +44,12 @@ def _fields(report, precision) -> dict:
 def loss(spec: Spec, data: Data, engine: Engine = None, workers: Workers = None, scheduler: Scheduler = None, targets: dict = None,
          signal: dict = None, model: dict = None, read: dict = None, output: dict = None, runtime: dict = None) -> None:
     """The loss of the model's outputs against the targets (eval mode)."""
-    import numpy as np
-
     from nncli.engines import scoring
 
     m, oopts, options = _call(spec, data, targets, signal, model, read, output, runtime)
     with scoring(m, engine, workers, scheduler) as scorer:  # the model itself, or its stand-in on a cluster
         report = scorer.compute_loss(data, **options)
+    import numpy as np  # after reading began: numpy's BLAS threads would keep the reader from forking (procread)
     p = oopts.precision
     doc = _fields(report, p)
     if report.tensor is None:
@@ -71,13 +70,12 @@ def loss(spec: Spec, data: Data, engine: Engine = None, workers: Workers = None,
 def grads(spec: Spec, data: Data, inputs: GradInputs = False, targets: dict = None, signal: dict = None, tensors: dict = None,
           model: dict = None, read: dict = None, output: dict = None, runtime: dict = None) -> None:
     """Every parameter's gradient of the loss (forward and backward in train mode)."""
-    import numpy as np
-
-    from nncli.tensors import long_rows, summary_rows, summary_table
-
     _no_reduction_none(signal)
     m, oopts, options = _call(spec, data, targets, signal, model, read, output, runtime)
     report = m.compute_grads(data, inputs=inputs, **options)
+    import numpy as np  # after reading began: numpy's BLAS threads would keep the reader from forking (procread)
+
+    from nncli.tensors import long_rows, summary_rows, summary_table
     p = oopts.precision
     doc = _fields(report, p)
     text = f"{m.caption}; {report.loss_fn} = {fmt(float(report.tensor), p)} over {rows_text(report.rows)}"
