@@ -7,7 +7,8 @@
 Every tool reads the same seeded CSV (ROWS x 32 float columns and a class label), runs
 Linear(32,16) -> ReLU -> Linear(16,3) -> Softmax and writes the probabilities as CSV. Runs
 alternate between tools; the tables give medians of wall time, of user+system CPU time and of peak
-RSS (from wait4), and nncli's own phase breakdown (NNCLI_TIMINGS=1). The machine (CPU model, vector
+memory (wait4's peak RSS, or the sampled PSS of all the command's processes if larger: nncli parses in
+a second process), and nncli's own phase breakdown (NNCLI_TIMINGS=1). The machine (CPU model, vector
 extensions, cores) is printed first: figures from one machine do not hold on another.
 """
 
@@ -169,22 +170,59 @@ def generate(path: Path, rows: int, seed: int = 0, block: int = 100_000) -> None
 
 class Run(NamedTuple):
     wall: float  # seconds
-    cpu: float  # user + system seconds of the process and its threads
-    rss: float  # peak MiB
+    cpu: float  # user + system seconds of the process, its threads and the children it waited for
+    rss: float  # peak MiB: the larger of wait4's peak RSS (one process) and the sampled sum over its processes
     timings: dict  # nncli's phases (NNCLI_TIMINGS), empty for scripts
 
 
+def _tree_memory(pid: int) -> float:
+    """MiB of memory used now by a process and its descendants: the sum of their PSS (shared pages
+    counted once, split between the processes that map them; nncli's reader process shares its
+    ring and every page from before the fork)."""
+    total, todo, seen = 0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+                        break
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            continue
+    return total / 1024
+
+
 def measure(cmd: list[str], stdout=subprocess.DEVNULL) -> Run:
-    """One process: wall seconds, user+system CPU seconds and peak RSS (MiB) from wait4, and
-    nncli's per-phase timings when it printed them."""
+    """One process: wall seconds, user+system CPU seconds (wait4: with the children it waited for) and
+    peak memory, and nncli's per-phase timings when it printed them. Memory is the larger of wait4's
+    peak RSS (the largest single process) and the peak of the process tree's summed PSS, sampled
+    every 20 ms: nncli reads in a second process, and one process's RSS would leave that out."""
     import json
+    import threading
 
     env = {**os.environ, "NNCLI_TIMINGS": "1"}
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, env=env)
+    peak, done = [0.0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            peak[0] = max(peak[0], _tree_memory(proc.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     err = proc.stderr.read().decode()
+    done.set()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
+    sampler.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{err}")
@@ -192,7 +230,7 @@ def measure(cmd: list[str], stdout=subprocess.DEVNULL) -> Run:
     for line in err.splitlines():
         if line.startswith("nncli timings: "):
             timings = json.loads(line.split(": ", 1)[1])
-    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, timings)
+    return Run(wall, usage.ru_utime + usage.ru_stime, max(usage.ru_maxrss / 1024, peak[0]), timings)
 
 
 def run_alternating(commands: dict[str, list[str]], repeat: int) -> dict[str, Run]:
@@ -216,7 +254,7 @@ def median_run(runs: list[Run]) -> Run:
 
 def table(title: str, rows: list[tuple[str, Run]], n_rows: int | None) -> None:
     print(f"\n{title}\n")
-    print("| command | median wall (s) | CPU user+sys (s) | rows/s | peak RSS (MiB) |")
+    print("| command | median wall (s) | CPU user+sys (s) | rows/s | peak memory (MiB) |")
     print("|---|---:|---:|---:|---:|")
     for name, run in rows:
         rate = f"{n_rows / run.wall:,.0f}" if n_rows else "-"
@@ -232,9 +270,10 @@ def phases(title: str, run: Run) -> None:
     print("|---|---:|---:|")
     for name, t in run.timings.items():
         print(f"| {name} | {t['wall']:.2f} | {t['cpu']:.2f} |")
-    print("\nPhases run in two threads at once (the reader parses while the main thread imports torch and"
-          "\ncomputes), so their sum exceeds the wall time; helper threads of polars and torch count in the"
-          "\nprocess's CPU only.")
+    print("\nPhases overlap: the reader process parses (parse, convert: its own threads' figures) while the"
+          "\nmain process imports torch and computes, so their sum exceeds the wall time. 'reader process' is"
+          "\nthat process's lifetime and its whole CPU time; helper threads of polars and torch count only in"
+          "\nthe CPU column of the table above.")
 
 
 def ratio(label: str, a: Run, b: Run) -> None:
