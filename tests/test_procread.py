@@ -77,6 +77,28 @@ def test_forward_through_the_process_equals_pytorch_and_the_thread(tmp_path, spe
     assert out["id"].to_list() == [f"r{i}" for i in range(len(x))]
 
 
+@pytest.mark.parametrize("reader", ["process", "thread"])
+@pytest.mark.parametrize("rows", [999, 37])
+def test_each_batch_equals_torch_tensor_of_its_rows_bit_for_bit(tmp_path, spec, reader, rows):
+    """torch.tensor(rows) starts on 64 bytes; rows parsed into float32 may start anywhere in a block,
+    and a matmul's last digit can depend on it: nncli's batches must match torch.tensor's exactly."""
+    data = tmp_path / "d.csv"
+    x = _table(data, 6000)
+    done = _run(["forward", spec, data, "-t", "label", "--id-column", "id", "-f", "csv", "-b", rows], reader)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.decode().splitlines()[1:]
+    got = np.array([[np.float32(v) for v in line.split(",")[1:4]] for line in lines])
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    starts = list(range(0, len(x), rows))
+    if len(x) - starts[-1] < rows and len(starts) > 1:
+        starts.pop()  # a short remainder joins the last full batch
+    with torch.no_grad():
+        expected = torch.cat([torch.softmax(model(torch.tensor(x[a:b], dtype=torch.float32)), 1)
+                              for a, b in zip(starts, starts[1:] + [len(x)])]).numpy()
+    assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))
+
+
 def test_loss_and_grads_with_text_labels_equal_the_thread(tmp_path, spec):
     data = tmp_path / "d.csv"
     _table(data, 40_000)
@@ -273,6 +295,26 @@ def test_the_library_reads_in_a_thread_where_it_cannot_fork(tmp_path, spec):
     assert frame.columns == cli.columns and frame["id"].to_list() == cli["id"].to_list()
     for name in ("prob_cat", "prob_dog", "prob_eel"):
         assert [f"{v:.8g}" for v in frame[name].to_list()] == [f"{v:.8g}" for v in cli[name].cast(pl.Float32).to_list()]
+
+
+def test_released_pages_are_only_those_wholly_inside_the_region():
+    """The parent gives a copied-out region's pages back (MADV_REMOVE); a page it shares with the
+    region before or after it holds their bytes, and must keep them."""
+    import mmap
+
+    ring = mmap.mmap(-1, 8 * mmap.PAGESIZE)
+    ring[:] = b"\x07" * len(ring)
+
+    class Reader:
+        _ring = ring
+
+    start, end = 100, 5 * mmap.PAGESIZE + 17
+    procread.ChildReader._release(Reader(), [(start, 50), (2000, end - 2000)])
+    data = bytes(ring)
+    assert data[:mmap.PAGESIZE] == b"\x07" * mmap.PAGESIZE  # holds bytes 0..99 of another region
+    assert data[5 * mmap.PAGESIZE:] == b"\x07" * (3 * mmap.PAGESIZE)  # holds the bytes after `end`
+    assert data[mmap.PAGESIZE:5 * mmap.PAGESIZE] == bytes(4 * mmap.PAGESIZE)  # given back: reads as zeros
+    ring.close()
 
 
 class _Frees:

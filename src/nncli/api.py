@@ -288,6 +288,8 @@ class Model(Forwards):
             from nncli import procread
 
             if procread.can_fork():  # parsing on its own core while torch imports (see procread)
+                if procread.SHARE_NUMPY:
+                    procread.share_numpy()
                 return procread.read_in_child(lambda: source.batches(wanted, dtype=self.dtype), reading_files(source))
             return prefetched(source.batches(wanted, dtype=self.dtype), depth=batches_ahead(wanted, source.n_features, self.dtype))
 

@@ -180,9 +180,10 @@ def handled(fn):
 
         timing.add("start-up", time.perf_counter() - timing.START)
         gc.enable()  # off since entry.py: start-up's imports make no garbage
-        from nncli import runtime
+        from nncli import procread, runtime
 
         runtime.FREEZE_AFTER_IMPORT = True
+        procread.SHARE_NUMPY = True
         debug = _debug["on"] or os.environ.get("NNCLI_DEBUG", "") not in ("", "0")
         signals = [getattr(signal, n) for n in TERMINATING if hasattr(signal, n)] if _in_main_thread() else []
         previous = {s: signal.getsignal(s) for s in signals}

@@ -260,7 +260,10 @@ class Dataset:
         if rows is None and not in_targets_file:
             yield self._whole(self.csv.read(numeric, text), nf, bool(targets), labelled, dtype)
             return
-        main = timed("convert", _rebatch(self.csv.read(numeric, text), rows, exact))
+        blocks = self.csv.read(numeric, text)
+        if len(numeric) == nf and dtype is not None:
+            blocks = _converted(blocks, nf, dtype)  # no numeric targets: the features only, in dtype, from the start
+        main = timed("convert", _rebatch(blocks, rows, exact))
         other = None
         if in_targets_file:
             other = _rebatch(self.targets_csv.read([] if labelled else self.target_cols, self.target_cols if labelled else []), rows, exact)
@@ -328,8 +331,36 @@ def features(values, n: int, dtype: str | None):
 
     if dtype is None or values.dtype == np.dtype(dtype):
         return np.ascontiguousarray(values[:, :n])
+    out = aligned_empty((len(values), n), dtype)  # where torch.tensor's rows would start (forward.to_tensor)
     with np.errstate(over="ignore"):
-        return values[:, :n].astype(dtype, order="C")
+        np.copyto(out, values[:, :n], casting="unsafe")  # astype's rounding, into that memory
+    return out
+
+
+def aligned_empty(shape: tuple, dtype):
+    """An uninitialised C-ordered array starting on 64 bytes, as torch's allocator starts a tensor."""
+    import numpy as np
+
+    from nncli.forward import ALIGNMENT
+
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(size + ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % ALIGNMENT
+    return raw[start : start + size].view(dtype).reshape(shape)
+
+
+def _converted(blocks, n: int, dtype: str):
+    """Each block's values in the model's dtype as it is parsed, so that rows waiting to be batched
+    take half the memory (float32) and no float64 batch is joined: the same numbers, converted
+    element by element either way."""
+    from nncli.csvread import Block
+    from nncli.timing import phase
+
+    for block in blocks:
+        with phase("convert"):
+            values = features(block.values, n, dtype)
+        yield Block(values, block.texts, block.first_row)
 
 
 def _not_unique(name: str, positions: list[int]) -> str:
@@ -403,9 +434,13 @@ def _rebatch(blocks, rows: int | None, exact: bool):
 
 
 def _joined(parts: list):
+    """The parts one after the other: a new array on 64 bytes (see aligned_empty), or the only part."""
     import numpy as np
 
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    if len(parts) == 1:
+        return parts[0]
+    out = aligned_empty((sum(len(p) for p in parts), *parts[0].shape[1:]), parts[0].dtype)
+    return np.concatenate(parts, out=out)
 
 
 # What the reader may parse ahead of the model, in bytes of features: it fills this while torch

@@ -89,10 +89,20 @@ def predict_classes(head: Head, outputs, threshold: float):
 
 
 def to_tensor(values, dtype, device):
-    """float64 numpy rows -> the model's dtype: the same rounding as torch.tensor(list_of_floats, dtype=...)."""
+    """numpy rows -> the model's dtype: the same rounding as torch.tensor(list_of_floats, dtype=...),
+    and the same alignment. torch allocates on 64 bytes, and a float32 matmul's last digit can depend
+    on where its input starts (measured: a Linear layer on rows starting 8 bytes off a 16-byte
+    boundary differed from torch.tensor's in the last place); rows already in the model's dtype at
+    another address are copied into torch's memory."""
     import torch
 
-    return torch.from_numpy(values).to(device=device, dtype=dtype)
+    tensor = torch.from_numpy(values)
+    if tensor.dtype == dtype and tensor.data_ptr() % ALIGNMENT:
+        tensor = tensor.clone(memory_format=torch.contiguous_format)
+    return tensor.to(device=device, dtype=dtype)
+
+
+ALIGNMENT = 64  # bytes: torch's CPU allocator (c10::alloc_cpu) aligns every tensor on 64
 
 
 def preprocessed(built, x):

@@ -33,11 +33,39 @@ import struct
 import sys
 import time
 
-# Shared memory for batches the child has parsed ahead of the parent. ~1 s of torch's import is
-# ~500,000 rows of 32 float32 features (64 MB) on one core; measured (2 cores, 1M x 32): see README.
-RING_BYTES = 64 << 20
+# Shared memory for batches the child has parsed ahead of the parent: what it parses while torch
+# imports (~1 s, ~500,000 rows of 32 float32 features on one core) waits here. Measured on 2 cores
+# (1M x 32, peak memory of both processes): 64 MiB 410 MiB, 56 MiB 395, 48 MiB 383, and no run
+# was measurably slower with 48 than with 64 (the virtual machine's noise was ±10%).
+RING_BYTES = 48 << 20
+# The child cuts 1 MiB blocks where a reader thread cuts 4 MiB (csvread.BLOCK_BYTES): polars takes
+# ~10x a block's size while it parses one (54 MiB over the base for 4 MiB blocks, 26 for 1 MiB),
+# and the child pays no GIL for having more blocks.
+CHILD_BLOCK_BYTES = 1 << 20
 _ALIGN = 64
 _LENGTH = struct.Struct("<Q")
+
+
+# Set by the CLI (its own process, not a library caller's): numpy is imported before the fork,
+# without BLAS threads, so both processes share its pages (~13 MiB) and neither imports it twice.
+# nncli multiplies with torch, never with numpy, and the idle BLAS threads spin for ~0.1 s of CPU
+# after numpy's import (measured); the variable is put back at once, for any process nncli starts.
+SHARE_NUMPY = False
+
+
+def share_numpy() -> None:
+    """numpy imported now, its BLAS (OpenBLAS) with one thread: the process stays able to fork."""
+    if "numpy" in sys.modules:
+        return
+    saved = os.environ.get("OPENBLAS_NUM_THREADS")
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+        import numpy  # noqa: F401
+    finally:
+        if saved is None:
+            del os.environ["OPENBLAS_NUM_THREADS"]
+        else:
+            os.environ["OPENBLAS_NUM_THREADS"] = saved
 
 
 def can_fork() -> bool:
@@ -58,7 +86,7 @@ def read_in_child(produce, files, ring_bytes: int | None = None) -> "ChildReader
     import mmap
     import signal
 
-    ring = mmap.mmap(-1, ring_bytes or RING_BYTES)  # MAP_SHARED | MAP_ANONYMOUS: the child's writes are seen here  # MAP_SHARED | MAP_ANONYMOUS: the child's writes are seen here
+    ring = mmap.mmap(-1, ring_bytes or RING_BYTES)  # MAP_SHARED | MAP_ANONYMOUS: the child's writes are seen here  # MAP_SHARED | MAP_ANONYMOUS: the child's writes are seen here  # MAP_SHARED | MAP_ANONYMOUS: the child's writes are seen here
     notes_r, notes_w = os.pipe()
     frees_r, frees_w = os.pipe()
     parent = os.getpid()
@@ -123,6 +151,9 @@ def _child(produce, files, ring, notes: int, frees: int) -> None:  # pragma: no 
     # here: the parent had loaded neither's threads (it had one thread when it forked).
     os.environ["POLARS_MAX_THREADS"] = "1"
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    from nncli import csvread
+
+    csvread.BLOCK_BYTES = CHILD_BLOCK_BYTES
     space = _Ring(len(ring), frees)
     view = memoryview(ring)
     try:
@@ -132,8 +163,10 @@ def _child(produce, files, ring, notes: int, frees: int) -> None:  # pragma: no 
                 meta = pickle.dumps(item, protocol=5, buffer_callback=buffers.append)
                 raws = [b.raw() for b in buffers]
                 sizes = [_aligned(r.nbytes) for r in raws]
-                start = space.allocate(sum(sizes))
-                if start is None:  # larger than the ring can hold at once: in the note itself
+                start = space.allocate(sum(sizes)) if raws else 0
+                if not raws:  # nothing out of band (no arrays): the note is the item, no space taken
+                    note = ("item", meta, [], _progress(files))
+                elif start is None:  # larger than the ring can hold at once: in the note itself
                     note = ("item", pickle.dumps(item, protocol=5), None, _progress(files))
                 else:
                     regions, at = [], start
@@ -143,7 +176,7 @@ def _child(produce, files, ring, notes: int, frees: int) -> None:  # pragma: no 
                         at += size
                     note = ("item", meta, regions, _progress(files))
                 _send(notes, note)
-        except BrokenPipeError:
+        except (BrokenPipeError, _ParentGone):
             return  # the parent has gone
         except BaseException as e:
             error = e
@@ -157,7 +190,7 @@ def _child(produce, files, ring, notes: int, frees: int) -> None:  # pragma: no 
         except Exception:
             blob = pickle.dumps(RuntimeError(f"{type(error).__name__}: {error}"))
         _send(notes, ("error", blob, error_text))
-    except (BrokenPipeError, _ParentGone):
+    except BrokenPipeError:
         return
 
 
@@ -251,11 +284,12 @@ class ChildReader:
                 kind = note[0]
                 if kind == "item":
                     _, meta, regions, progress = note
-                    if regions is None:
+                    if not regions:  # None: too large for the ring; []: nothing out of band
                         item = pickle.loads(meta)
                     else:
                         # copied out, so a batch may outlive its place in the ring
-                        buffers = [bytearray(self._view[at : at + n]) for at, n in regions]
+                        buffers = [_aligned_copy(self._view[at : at + n]) for at, n in regions]
+                        self._release(regions)
                         self._acknowledge()
                         item = pickle.loads(meta, buffers=buffers)
                     self._set_progress(progress)
@@ -292,6 +326,21 @@ class ChildReader:
                 return None
             got += k
         return data
+
+    def _release(self, regions) -> None:
+        """Give the pages of a region that has been copied out back to the system (MADV_REMOVE): the
+        ring's resident memory is what waits in it, not the most it ever held. Only whole pages
+        inside the region: a page it shares with a neighbour may hold that one's data."""
+        import mmap
+
+        page, remove = mmap.PAGESIZE, getattr(mmap, "MADV_REMOVE", None)
+        first = -(-regions[0][0] // page) * page
+        last = (regions[-1][0] + regions[-1][1]) // page * page
+        if remove is not None and last > first:
+            try:
+                self._ring.madvise(remove, first, last - first)
+            except OSError:  # a kernel without it for shared memory: the pages stay, nothing else changes
+                pass
 
     def _acknowledge(self) -> None:
         try:
@@ -337,6 +386,18 @@ class ChildReader:
         self._ring.close()
         if not self._items.gi_running:  # closed from outside: the generator's finally has nothing left to do
             self._items.close()
+
+
+def _aligned_copy(data):
+    """A writable copy of `data` starting on a 64-byte boundary, as torch's own tensors do (see
+    forward.to_tensor: the start address can change a float32 matmul's last digit)."""
+    import numpy as np
+
+    raw = np.empty(len(data) + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    out = raw[start : start + len(data)]
+    out[:] = np.frombuffer(data, np.uint8)
+    return out
 
 
 def _is_users(error: BaseException) -> bool:
