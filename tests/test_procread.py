@@ -239,6 +239,8 @@ def test_no_reader_is_left_behind(tmp_path, spec, how):
             time.sleep(0.05)
         assert children, "no reader process started"
         time.sleep(0.5)
+        nice = lambda pid: int(open(f"/proc/{pid}/stat").read().rsplit(") ", 1)[1].split()[16])  # noqa: E731
+        assert nice(children[0]) == min(19, nice(proc.pid) + 10)  # the main process comes first
         if how == "SIGINT to the group":
             os.killpg(proc.pid, signal.SIGINT)
         else:

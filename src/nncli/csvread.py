@@ -15,6 +15,7 @@ import csv
 import io
 import os
 import re
+import stat
 import sys
 from dataclasses import dataclass
 
@@ -109,6 +110,10 @@ class CsvFile:
             self.total_bytes = os.fstat(self.stream.fileno()).st_size if path != "-" and not compression else None
         except (OSError, io.UnsupportedOperation):
             self.total_bytes = None
+        try:  # a regular file always has more to read at once: no select() per read
+            self._regular = stat.S_ISREG(os.fstat(self.stream.fileno()).st_mode)
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            self._regular = False
         self.bytes_read = 0
         self._pending = b""
         self._line = 0  # lines consumed so far
@@ -192,6 +197,8 @@ class CsvFile:
 
     def _more_ready(self) -> bool:
         """Whether a read would return at once (always, for a file; for a pipe, if data is waiting)."""
+        if self._regular:
+            return True
         import select
 
         try:

@@ -11,9 +11,13 @@ the same error (a bad cell on line 200,001) after the batches before it, the byt
 the progress bar, and the child's parse and convert phases in NNCLI_TIMINGS.
 
 How:
-- fork() only from a process with one thread, before torch is imported: a forked copy of a
-  multithreaded process may hold a lock that no thread of it will ever release (polars' pool,
-  torch's OpenMP). Otherwise (and off Linux) the caller reads in a thread as before.
+- fork() only from a process with one thread (the CLI forks before torch, polars and numpy's
+  BLAS have started any): a forked copy of a multithreaded process may hold a lock that no thread
+  of it will ever release (polars' pool, torch's OpenMP). Otherwise (a library caller's process
+  with threads, or off Linux) the caller reads in a thread as before; NNCLI_READER=thread asks
+  for the thread.
+- The child runs at lower priority (nice 10): the main process, importing torch and then
+  computing, is the critical path; the reader takes every cycle it leaves.
 - The child writes each batch's arrays into a ring of shared memory (RING_BYTES: the read-ahead)
   and sends a short pickled note through a pipe: where the arrays are, and the bytes read. The
   parent copies the arrays out (a batch may live as long as the caller likes) and acknowledges
@@ -34,14 +38,15 @@ import sys
 import time
 
 # Shared memory for batches the child has parsed ahead of the parent: what it parses while torch
-# imports (~1 s, ~500,000 rows of 32 float32 features on one core) waits here. Measured on 2 cores
-# (1M x 32, peak memory of both processes): 64 MiB 410 MiB, 56 MiB 395, 48 MiB 383, and no run
-# was measurably slower with 48 than with 64 (the virtual machine's noise was ±10%).
-RING_BYTES = 48 << 20
-# The child cuts 1 MiB blocks where a reader thread cuts 4 MiB (csvread.BLOCK_BYTES): polars takes
-# ~10x a block's size while it parses one (54 MiB over the base for 4 MiB blocks, 26 for 1 MiB),
-# and the child pays no GIL for having more blocks.
-CHILD_BLOCK_BYTES = 1 << 20
+# imports (~1 s, ~500,000 rows of 32 float32 features on one core) waits here. The child cuts
+# 2 MiB blocks where a reader thread cuts 4 MiB (csvread.BLOCK_BYTES): polars takes ~10x a block's
+# size while it parses one (54 MiB over the base for 4 MiB blocks, 35 for 2, 26 for 1) but parses
+# small blocks slower (2.88, 3.08, 3.22 ns a byte). Measured on 2 cores, 1M x 32, peak memory of
+# both processes (sampled PSS): ring 64 MiB + 4 MiB blocks 452 MiB; 64 + 1: 414; 48 + 1: 389;
+# 40 + 2: 388, and against 48 + 1 in 8 alternating runs 2.21 s against 2.24 s, CPU 3.27 s
+# against 3.43 s.
+RING_BYTES = 40 << 20
+CHILD_BLOCK_BYTES = 2 << 20
 _ALIGN = 64
 _LENGTH = struct.Struct("<Q")
 
@@ -86,7 +91,7 @@ def read_in_child(produce, files, ring_bytes: int | None = None) -> "ChildReader
     import mmap
     import signal
 
-    ring = mmap.mmap(-1, ring_bytes or RING_BYTES)  # MAP_SHARED | MAP_ANONYMOUS: the child's writes are seen here  # MAP_SHARED | MAP_ANONYMOUS: the child's writes are seen here  # MAP_SHARED | MAP_ANONYMOUS: the child's writes are seen here
+    ring = mmap.mmap(-1, ring_bytes or RING_BYTES)  # MAP_SHARED | MAP_ANONYMOUS: the child's writes are seen here
     notes_r, notes_w = os.pipe()
     frees_r, frees_w = os.pipe()
     parent = os.getpid()
@@ -140,20 +145,29 @@ def _reset_signals() -> None:
 
 
 def _child(produce, files, ring, notes: int, frees: int) -> None:  # pragma: no cover - runs in the child
+    import gc
     import traceback
 
     from nncli import timing
 
     timing.restart()
-    # One core's work: the other imports torch, then computes. A polars pool of two threads here
-    # made the run slower and dearer (measured, 2 cores); numpy's BLAS threads (unused here) spin
-    # for ~0.1 s of CPU after its import. Both are read when polars and numpy first load, which is
-    # here: the parent had loaded neither's threads (it had one thread when it forked).
-    os.environ["POLARS_MAX_THREADS"] = "1"
+    # Lower priority (nice 10): when both processes want the cores, the main process (importing
+    # torch, then computing: the critical path) gets them, and the reader takes every cycle it
+    # leaves, with polars' whole pool. Measured (2 cores): a pool of one thread at normal priority
+    # left a core idle once torch had imported; a pool of two at normal priority slowed the import.
+    try:
+        os.nice(10)
+    except OSError:
+        pass
+    # numpy's BLAS threads spin for ~0.1 s of CPU after its import, and the reader never multiplies.
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
     from nncli import csvread
 
     csvread.BLOCK_BYTES = CHILD_BLOCK_BYTES
+    # Reading makes no reference cycles worth collecting in a process this short-lived, and a
+    # collection would walk every object inherited from the parent (gc_collect_main: ~4% of the
+    # reader's CPU in perf).
+    gc.disable()
     space = _Ring(len(ring), frees)
     view = memoryview(ring)
     try:
