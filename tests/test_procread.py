@@ -319,6 +319,24 @@ def test_released_pages_are_only_those_wholly_inside_the_region():
     ring.close()
 
 
+def test_a_refused_fork_reads_in_a_thread(tmp_path, spec):
+    """fork() can fail (a process limit: EAGAIN): nncli reads in a thread instead, same numbers."""
+    data = tmp_path / "d.csv"
+    _table(data, 2000)
+    script = textwrap.dedent(f"""
+        import os, sys
+        def refuse():
+            raise OSError(11, "Resource temporarily unavailable")
+        os.fork = refuse
+        from nncli.cli import main
+        sys.argv = ["nncli", "forward", {str(spec)!r}, {str(data)!r}, "-t", "label", "--id-column", "id", "-f", "csv"]
+        main()
+    """)
+    refused = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert refused.returncode == 0, refused.stderr
+    assert refused.stdout == _run(["forward", spec, data, "-t", "label", "--id-column", "id", "-f", "csv"], "process").stdout
+
+
 class _Frees:
     """The parent's side of the acknowledgements, in memory: a pipe the test writes to."""
 

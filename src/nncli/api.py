@@ -290,7 +290,10 @@ class Model(Forwards):
             if procread.can_fork():  # parsing on its own core while torch imports (see procread)
                 if procread.SHARE_NUMPY:
                     procread.share_numpy()
-                return procread.read_in_child(lambda: source.batches(wanted, dtype=self.dtype), reading_files(source))
+                try:
+                    return procread.read_in_child(lambda: source.batches(wanted, dtype=self.dtype), reading_files(source))
+                except OSError:  # fork or the shared memory refused (a process limit): a thread reads
+                    pass
             return prefetched(source.batches(wanted, dtype=self.dtype), depth=batches_ahead(wanted, source.n_features, self.dtype))
 
         planned = {}

@@ -87,7 +87,8 @@ def can_fork() -> bool:
 def read_in_child(produce, files, ring_bytes: int | None = None) -> "ChildReader":
     """Start a child that iterates `produce()` and hands each item over; iterate the result.
 
-    `files`: the open tables whose `bytes_read` the parent should keep up to date (progress)."""
+    `files`: the open tables whose `bytes_read` the parent should keep up to date (progress).
+    OSError: the child could not be started (the caller reads in a thread instead)."""
     import mmap
     import signal
 
@@ -97,7 +98,13 @@ def read_in_child(produce, files, ring_bytes: int | None = None) -> "ChildReader
     parent = os.getpid()
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())  # no handler runs in between
     try:
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:  # no more processes allowed (EAGAIN), no memory: the caller reads in a thread
+            for fd in (notes_r, notes_w, frees_r, frees_w):
+                os.close(fd)
+            ring.close()
+            raise
         if pid == 0:  # pragma: no cover - the child's coverage is not collected
             try:
                 os.close(notes_r)
