@@ -178,6 +178,22 @@ def test_items_larger_than_half_the_ring_go_through_the_pipe(tmp_path):
     assert out.stdout.strip() == "True 3", out.stderr
 
 
+def test_more_than_a_pipe_of_small_batches(tmp_path):
+    """One acknowledgement a batch: 70,000 batches of a few bytes never fill the ring, and the child
+    must read the acknowledgements anyway (the pipe holds 65,536 of them: `-b 1` hung there)."""
+    script = textwrap.dedent("""
+        import numpy as np
+        from nncli import procread
+        def produce():
+            for k in range(70_000):
+                yield np.full(3, k, np.float32)
+        total = sum(int(item[0]) for item in procread.read_in_child(produce, []))
+        print(total == sum(range(70_000)))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "True", out.stderr
+
+
 def test_progress_follows_the_child(tmp_path):
     data = tmp_path / "d.csv"
     _table(data, 20_000)

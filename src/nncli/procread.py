@@ -7,8 +7,10 @@ reader thread had parsed ~300,000 rows of 1,000,000. A forked child has its own 
 GIL; the same reading code (csvread, data) runs there unchanged.
 
 What the parent sees is what a reader thread would give it: the same batches in the same order,
-the same error (a bad cell on line 200,001) after the batches before it, the bytes read so far for
-the progress bar, and the child's parse and convert phases in NNCLI_TIMINGS.
+the same error (a bad cell on line 200,001) after batches of the rows before it, the bytes read so
+far for the progress bar, and the child's parse and convert phases in NNCLI_TIMINGS. (How many rows
+come before an error depends on the block size: a block with a bad cell yields none of its rows,
+and the child cuts 2 MiB blocks where the thread cuts 4 MiB.)
 
 How:
 - fork() only from a process with one thread (the CLI forks before torch, polars and numpy's
@@ -171,6 +173,13 @@ def _child(produce, files, ring, notes: int, frees: int) -> None:  # pragma: no 
     from nncli import csvread
 
     csvread.BLOCK_BYTES = CHILD_BLOCK_BYTES
+    # polars installs a SIGINT handler of its own when imported (sigaction, SA_RESTART): imported
+    # here, then SIGINT back to the default, so that a Ctrl-C ends the reader at once
+    import signal
+
+    import polars  # noqa: F401
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     # Reading makes no reference cycles worth collecting in a process this short-lived, and a
     # collection would walk every object inherited from the parent (gc_collect_main: ~4% of the
     # reader's CPU in perf).
@@ -226,12 +235,14 @@ class _Ring:
         from collections import deque
 
         self.size, self.frees = size, frees
+        os.set_blocking(frees, False)  # read in _drain at every allocation, waited for in _wait
         self.live: deque = deque()  # (start, end) of regions the parent has not acknowledged
         self.head = 0  # where the newest region ends
 
     def allocate(self, n: int):
         if n > self.size // 2:
             return None
+        self._drain()  # acknowledgements come one a batch: read them as they come, or the pipe fills
         while True:
             start = self._fit(n)
             if start is not None:
@@ -251,11 +262,24 @@ class _Ring:
         return self.head if self.head + n < tail else None  # live wraps: free is [head, tail)
 
     def _wait(self) -> None:
-        acknowledged = os.read(self.frees, 4096)
-        if not acknowledged:
+        """Until the parent acknowledges at least one region."""
+        import select
+
+        select.select([self.frees], [], [])
+        if not self._drain():
             raise _ParentGone
-        for _ in acknowledged:
-            self.live.popleft()
+
+    def _drain(self) -> bool:
+        """Free what the parent has acknowledged so far, without waiting; False once it has gone."""
+        while True:
+            try:
+                acknowledged = os.read(self.frees, 65536)
+            except BlockingIOError:
+                return True
+            if not acknowledged:
+                return False
+            for _ in acknowledged:
+                self.live.popleft()
 
 
 def _send(fd: int, note) -> None:
