@@ -202,16 +202,23 @@ def test_fixed_decimals_refuse_a_polars_that_gives_other_decimals(monkeypatch):
 
 
 def _reader_running_at_build(monkeypatch):
+    """[True] when reading started before the model's first build. (Whether the reader thread is
+    still alive at the build is a race: it may have read a 5-row file already.)"""
     from nncli import api
 
-    seen = []
-    build = api.Model.build
+    seen, started = [], []
+    build, prefetched = api.Model.build, api.prefetched
 
     def spy(self, *args, **kwargs):
-        seen.append(any(t.name == "nncli-reader" for t in threading.enumerate()))
+        seen.append(bool(started))
         return build(self, *args, **kwargs)
 
+    def reading(*args, **kwargs):
+        started.append(True)
+        return prefetched(*args, **kwargs)
+
     monkeypatch.setattr(api.Model, "build", spy)
+    monkeypatch.setattr(api, "prefetched", reading)
     return seen
 
 

@@ -242,7 +242,7 @@ def test_no_reader_is_left_behind(tmp_path, spec, how):
     """nncli reading a pipe that stays open is stopped: its reader process goes with it, and no
     unfinished output file stays."""
     out = tmp_path / "out.csv"
-    proc = subprocess.Popen([NNCLI, "forward", str(spec), "-", "-t", "label", "-o", str(out)], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([NNCLI, "forward", str(spec), "-", "-t", "label", "--id-column", "id", "-o", str(out)], stdin=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "NNCLI_READER": "process"},
                             start_new_session=True)
     try:

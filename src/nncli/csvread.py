@@ -107,13 +107,11 @@ class CsvFile:
         self.stream = _open(path, compression)
         self._owned = path != "-"  # standard input is not ours to close (and sys.stdin may be None)
         try:
-            self.total_bytes = os.fstat(self.stream.fileno()).st_size if path != "-" and not compression else None
-        except (OSError, io.UnsupportedOperation):
-            self.total_bytes = None
-        try:  # a regular file always has more to read at once: no select() per read
-            self._regular = stat.S_ISREG(os.fstat(self.stream.fileno()).st_mode)
+            status = os.fstat(self.stream.fileno())
         except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
-            self._regular = False
+            status = None
+        self.total_bytes = status.st_size if status and path != "-" and not compression else None
+        self._regular = bool(status) and stat.S_ISREG(status.st_mode)  # always more to read at once: no select()
         self.bytes_read = 0
         self._pending = b""
         self._line = 0  # lines consumed so far

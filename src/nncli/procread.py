@@ -438,9 +438,9 @@ def _aligned_copy(data):
     forward.to_tensor: the start address can change a float32 matmul's last digit)."""
     import numpy as np
 
-    raw = np.empty(len(data) + 64, np.uint8)
-    start = -raw.ctypes.data % 64
-    out = raw[start : start + len(data)]
+    from nncli.data import aligned_empty
+
+    out = aligned_empty((len(data),), np.uint8)
     out[:] = np.frombuffer(data, np.uint8)
     return out
 
