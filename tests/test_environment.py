@@ -179,6 +179,31 @@ def test_ctrl_c_at_start_up_is_quiet():
         assert proc.returncode in (130, 0), (delay, proc.returncode)
 
 
+def test_a_signal_during_the_import_of_the_output_module_leaves_quietly(monkeypatch):
+    """CI caught this once: a Ctrl-C landed while nncli.output was being imported, and the handler's own
+    `from nncli.output import ...` raised "partially initialized module". The handler imports nothing."""
+    import types
+
+    from nncli import cli
+
+    class Left(Exception):
+        pass
+
+    def leave(code):
+        raise Left(code)
+
+    half_made = types.ModuleType("nncli.output")  # what sys.modules holds mid-import: no functions yet
+    monkeypatch.setitem(sys.modules, "nncli.output", half_made)
+    monkeypatch.setattr(cli.os, "_exit", leave)
+    with pytest.raises(Left) as left:
+        cli._interrupted(signal.SIGINT, None)
+    assert left.value.args == (130,)
+
+    half_made.abandon_writes = lambda: [][1]  # defined, but what it reads is not made yet
+    with pytest.raises(Left):
+        cli._interrupted(signal.SIGINT, None)
+
+
 # -- memory ---------------------------------------------------------------------------------------------
 
 

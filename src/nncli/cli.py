@@ -139,10 +139,18 @@ def _interrupted(signum, frame):
 
     Leaving from the handler (rather than raising KeyboardInterrupt) is what keeps it quiet: an
     exception raised inside a finaliser that happens to be running would print a traceback.
-    """
-    from nncli.output import abandon_writes
 
-    abandon_writes()
+    The handler imports nothing: a signal that lands while nncli.output is being imported would
+    find it half made ("partially initialized module"). Until it is imported, nothing can have
+    registered a file to remove.
+    """
+    output = sys.modules.get("nncli.output")
+    abandon = getattr(output, "abandon_writes", None)
+    if abandon is not None:
+        try:
+            abandon()
+        except Exception:  # a half-imported module (its list not made yet): nothing registered either
+            pass
     try:
         if sys.stderr is not None and sys.stderr.isatty():
             sys.stderr.write("\x1b[?25h")  # a progress bar hides the cursor: show it again
