@@ -367,6 +367,7 @@ def test_the_ring_never_hands_out_space_in_use(seed):
     frees = _Frees()
     ring = procread._Ring(size, frees.read)
     held: list[tuple[int, int]] = []  # what the parent has not acknowledged, oldest first
+    placed, taken = 0, False  # regions given; whether the parent has acknowledged any
     try:
         for _ in range(2000):
             n = rng.randint(1, size // 2)
@@ -378,16 +379,72 @@ def test_the_ring_never_hands_out_space_in_use(seed):
                 held.pop(0)
                 os.write(frees.write, b"\x01")
                 ring._wait()
-            ring.live.append((start, start + n))
-            ring.head = start + n
+            ring._take(start, n)
             assert 0 <= start and start + n <= size
             assert all(start + n <= a or b <= start for a, b in held), (start, n, held)
             held.append((start, start + n))
+            placed += 1
             if rng.random() < 0.4 and held:
                 for _ in range(rng.randint(1, len(held))):
                     held.pop(0)
                     os.write(frees.write, b"\x01")
                     ring._wait()
+            assert ring.used == sum(b - a for a, b in held)
+            taken = taken or len(held) < placed
+            assert ring.starved() == (taken and ring.used < size * procread.STARVED)
     finally:
         os.close(frees.read)
         os.close(frees.write)
+
+
+def test_an_empty_ring_is_starved_only_once_the_parent_takes_rows():
+    """Before its first acknowledgement the parent is importing torch: an empty ring then says
+    nothing about its appetite, and a second parser would only take memory and the import's core."""
+    frees = _Frees()
+    ring = procread._Ring(1000, frees.read)
+    try:
+        assert not ring.starved()
+        first, second = ring.allocate(400), ring.allocate(400)
+        assert (first, second) == (0, 400) and not ring.starved()
+        os.write(frees.write, b"\x01")  # the parent took the first: 400 of 1000 left in use
+        assert ring.starved() == (400 < 1000 * procread.STARVED)
+        os.write(frees.write, b"\x01")
+        assert ring.starved() and ring.used == 0
+        ring.allocate(int(1000 * procread.STARVED))
+        assert not ring.starved()
+    finally:
+        os.close(frees.read)
+        os.close(frees.write)
+
+
+@pytest.mark.parametrize("starved", [lambda: True, lambda: random.random() < 0.5])
+def test_a_second_parser_gives_the_same_blocks_in_the_same_order(monkeypatch, tmp_path, spec, starved):
+    """The reader process parses two blocks at once while the parent waits (csvread.starved): the
+    rows come in file order all the same, and a bad cell is still named with its line."""
+    import nncli
+    from nncli import csvread
+
+    data = tmp_path / "d.csv"
+    _table(data, 20_000)
+    monkeypatch.setattr(csvread, "BLOCK_BYTES", 16 << 10)  # ~100 blocks
+    alone = nncli.load(spec).forward(data, target="label", id_column="id", batch_size=777)
+    parsers = set()
+    fast_parse = csvread._fast_parse
+
+    def recorded(*args, **kwargs):
+        parsers.add(threading.current_thread().name.rsplit("_", 1)[0])
+        time.sleep(random.random() / 1000)  # blocks finish out of order
+        return fast_parse(*args, **kwargs)
+
+    monkeypatch.setattr(csvread, "_fast_parse", recorded)
+    monkeypatch.setattr(csvread, "starved", starved)
+    random.seed(1)
+    paired = nncli.load(spec).forward(data, target="label", id_column="id", batch_size=777)
+    assert parsers == {"nncli-parser", "nncli-parser-2"}
+    assert paired.equals(alone)
+
+    lines = data.read_text().splitlines(keepends=True)
+    lines[15_001] = lines[15_001].replace(",", ",oops,", 1).replace(",", "", 1)  # a bad cell, same cell count
+    data.write_text("".join(lines))
+    with pytest.raises(nncli.NncliError, match=r"d\.csv:15002"):
+        nncli.load(spec).forward(data, target="label", id_column="id", batch_size=777)

@@ -24,6 +24,11 @@ from nncli.errors import NncliError, UsageError
 BLOCK_BYTES = 4 << 20
 MAX_LINE_BYTES = 32 << 20
 PARSE_AHEAD = 1  # blocks being parsed while the next is cut (two: +25 MiB peak memory, no faster)
+# Set by the reader process (procread): whether whoever takes the rows is waiting for them. Then a
+# second block is parsed at the same time, in a second thread: polars keeps ~1.4 of 2 cores busy
+# on one 2 MiB block, and the main process, done importing torch, leaves the rest idle. Only then:
+# two blocks being parsed take ~10 MiB more, and while the rows pile up unread they buy nothing.
+starved = None
 DELIMITERS = (",", "\t", ";")
 # A block this wide with fewer rows goes straight to the exact parser (polars took 20 s for one
 # row of 10^6 columns, the csv module 0.3 s).
@@ -362,6 +367,7 @@ class CsvFile:
         # Blocks are cut here and parsed by polars in a helper thread, up to PARSE_AHEAD blocks ahead:
         # cutting the next block (Python, holding the GIL) overlaps parsing this one (native, without it).
         parser = ThreadPoolExecutor(1, thread_name_prefix="nncli-parser")
+        helper, helping = None, None  # the second parser (see `starved`), and its block's future
         rows = 0
         try:
             pending: deque = deque()
@@ -376,9 +382,15 @@ class CsvFile:
                 return parsed
 
             for line_no, block, lines in timed("parse", self.blocks()):
-                pending.append((line_no, block, parser.submit(fast, block, lines)))
+                if pending and (helping is None or helping.done()) and starved is not None and starved():
+                    helper = helper or ThreadPoolExecutor(1, thread_name_prefix="nncli-parser-2")
+                    helping = helper.submit(fast, block, lines)
+                    pending.append((line_no, block, helping))
+                else:
+                    pending.append((line_no, block, parser.submit(fast, block, lines)))
                 # a slow pipe still streams: with nothing more to read yet, this block goes out now
-                while len(pending) > PARSE_AHEAD or (pending and not self._eof and not self._more_ready()):
+                ahead = PARSE_AHEAD + (helping is not None and not helping.done())
+                while len(pending) > ahead or (pending and not self._eof and not self._more_ready()):
                     values, texts = finish()
                     if len(values):
                         yield Block(values, texts, rows)
@@ -395,6 +407,8 @@ class CsvFile:
             raise
         finally:
             parser.shutdown(wait=False, cancel_futures=True)
+            if helper is not None:
+                helper.shutdown(wait=False, cancel_futures=True)
 
     def _exact_parse(self, block: bytes, line_no: int, numeric: list[int], text: list[int]):
         import numpy as np
