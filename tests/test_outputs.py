@@ -99,8 +99,20 @@ def test_a_write_error_through_a_device_is_one_error_line(tmp_path, nncli):
         os.mknod(full, 0o666 | stat.S_IFCHR, os.makedev(1, 7))  # like /dev/full: every write is ENOSPC
     except PermissionError:
         pytest.skip("mknod of a character device needs root")
-    assert_error(nncli("onehot", "-", "-o", full, input="0\n1\n"), 1, "No space left")
+    result = nncli("onehot", "-", "-o", full, input="0\n1\n")
+    assert_error(result, 1, "No space left")
+    assert result.stderr.strip().endswith(f"({full})")  # where: the file, as every error line says
     assert stat.S_ISCHR(os.stat(full).st_mode)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("args", [["onehot", "0", "1"], ["forward", str(CONFIGS / "three-class.yaml"), str(DATA / "table-5x6.csv"), "-t", "label"]])
+def test_a_full_standard_output_is_named_in_the_error(args):
+    """`> /dev/full`: the shell's redirection, nncli's standard output. The error line says where."""
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run([sys.executable, "-m", "nncli", *args], stdout=full, stderr=subprocess.PIPE, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.decode().splitlines() == ["error: No space left on device (<stdout>)"]
 
 
 def _reader(fifo, into: list):

@@ -389,12 +389,26 @@ def remove_stale_temp_files(folder: str) -> list[str]:
 def output_file(path: str, option: str = "the output") -> Iterator[BinaryIO]:
     """Write `path` by the rule (module docstring): atomically replaced, or written through."""
     p = plan(path, option)
-    if p.kind == "through":
-        with _written_through(p, option) as f:
-            yield f
-    else:
-        with _replaced(p.target, path, option) as f:
-            yield f
+    with _named_write_errors(path):
+        if p.kind == "through":
+            with _written_through(p, option) as f:
+                yield f
+        else:
+            with _replaced(p.target, path, option) as f:
+                yield f
+
+
+@contextlib.contextmanager
+def _named_write_errors(where: str) -> Iterator[None]:
+    """A write that fails without naming its file (a full disk, `-o /dev/full`: ENOSPC; an I/O
+    error) gets the file's name, which the CLI's error line shows as (where). A closed pipe stays
+    as it is: the CLI ends quietly on it."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno is not None and e.errno != errno.EPIPE:
+            e.filename = where
+        raise
 
 
 atomic_file = output_file  # the name commands.py knows; no longer only atomic (devices, FIFOs)
@@ -520,8 +534,9 @@ def _sync_folder(folder: str) -> None:
 def output_stream(path: str | None, option: str = "-o") -> Iterator[BinaryIO]:
     """Standard output (binary), or the file -o names, written by the rule above."""
     if path is None or path == "-":
-        yield sys.stdout.buffer
-        sys.stdout.buffer.flush()
+        with _named_write_errors("<stdout>"):
+            yield sys.stdout.buffer
+            sys.stdout.buffer.flush()
     else:
         with output_file(path, option) as f:
             yield f
