@@ -171,3 +171,72 @@ def test_progress_bar_only_on_a_terminal(monkeypatch):
     assert list(progress.tracked(iter(items), Source(), quiet=True)) == items
     assert started == []
 
+
+
+def _fed(fifo, data: bytes):
+    """A writer that feeds `data` into the FIFO once, as `cat file > fifo &` does."""
+    import threading
+
+    def feed():
+        with open(fifo, "wb") as f:
+            f.write(data)
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    return writer
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="needs FIFOs")
+def test_commands_that_read_twice_copy_a_named_pipe_once(tmp_path):
+    """train (and step) read DATA more than once: a FIFO's second open waited for ever for a writer
+    that had finished. They copy it first, as they copy standard input; a gzip FIFO stays gzip."""
+    import gzip
+    import os
+
+    nncli_script = os.path.join(os.path.dirname(sys.executable), "nncli")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SPEC)
+    data = make_data(tmp_path, rows=300)
+    fifo = tmp_path / "pipe.csv"
+    runs = {}
+    for name, source, content in (("file", data, None), ("fifo", fifo, data.read_bytes())):
+        if content is not None:
+            os.mkfifo(fifo)
+            writer = _fed(fifo, content)
+        weights = tmp_path / f"{name}.safetensors"
+        runs[name] = subprocess.run([nncli_script, "train", str(spec), str(source), "-t", "y", "--epochs", "2", "--lr", "0.1",
+                                     "--save-weights", str(weights)], capture_output=True, timeout=120)
+        assert runs[name].returncode == 0, runs[name].stderr
+        runs[name] = (runs[name].stdout, weights.read_bytes())
+        if content is not None:
+            writer.join(timeout=10)
+            fifo.unlink()
+    assert runs["fifo"] == runs["file"]
+
+    packed = tmp_path / "d.csv.gz"
+    packed.write_bytes(gzip.compress(data.read_bytes()))
+    piped = tmp_path / "pipe.csv.gz"
+    os.mkfifo(piped)
+    _fed(piped, packed.read_bytes())
+    step = [nncli_script, "step", str(spec)]
+    through_pipe = subprocess.run(step + [str(piped), "-t", "y", "--lr", "0.1"], capture_output=True, timeout=120)
+    from_file = subprocess.run(step + [str(packed), "-t", "y", "--lr", "0.1"], capture_output=True, timeout=120)
+    assert through_pipe.returncode == 0, through_pipe.stderr
+    assert through_pipe.stdout == from_file.stdout
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="needs FIFOs")
+def test_an_error_in_a_copied_pipe_names_the_pipe(tmp_path):
+    import os
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SPEC)
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    _fed(fifo, b"a,b,c,d,e,y\n1,2,3,4,oops,0\n")
+    done = subprocess.run([os.path.join(os.path.dirname(sys.executable), "nncli"), "train", str(spec), str(fifo), "-t", "y",
+                           "--epochs", "1", "--lr", "0.1"], capture_output=True, timeout=120)
+    assert done.returncode == 1
+    line = done.stderr.decode().strip()
+    assert line.startswith("error: ") and f"({fifo}:2)" in line, line

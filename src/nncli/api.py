@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 from nncli.backprop import needs_one_batch
-from nncli.data import DEFAULT_BATCH_ROWS, DataOptions, Dataset, batches_ahead, prefetched, spooled
+from nncli.data import DEFAULT_BATCH_ROWS, DataOptions, Dataset, batches_ahead, is_pipe, prefetched, spooled
 from nncli.errors import NncliError, NncliWarning, UsageError
 from nncli.forward import Head, head_of
 from nncli.frames import FrameData, is_table
@@ -598,15 +598,24 @@ def _check_rate(value, name: str) -> None:
 
 
 def _spooled_path(data, read: Read, stack):
-    """Standard input copied to a temporary file (removed on exit), so that it can be read again."""
+    """Standard input, or a pipe given by name (a FIFO, `<(...)`), copied to a temporary file
+    (removed on exit), so that it can be read again. Messages still name it as given, and its
+    format is still the one its name says (`data.csv.gz` through a FIFO is gzip)."""
     if isinstance(data, (list, tuple)):
         if len(data) != 1:
             return data
         data = data[0]
-    if os.fspath(data) != "-":
+    path = os.fspath(data)
+    if path != "-" and not is_pipe(path):
         return data
-    read.label = "<stdin>"
-    return spooled(DataOptions("-"), stack).path
+    copy = spooled(DataOptions(path, label=read.label), stack)
+    read.label = copy.label
+    if path != "-" and read.input_format is None:
+        from nncli.tables import detect_format
+
+        fmt, compression = detect_format(path)
+        read.input_format = f"{fmt}.{compression}" if compression else fmt
+    return copy.path
 
 
 def _target_hint(error: NncliError, read: Read) -> str:

@@ -531,24 +531,46 @@ class Prefetched:
         self._batches.close()
 
 
+def is_pipe(path: str) -> bool:
+    """Whether `path` is a FIFO or a socket (a named pipe, or `<(...)`'s /dev/fd/N): bytes that can be
+    read once. A character device is not: it may never end (/dev/zero), and nothing copies it."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
 def spooled(opts: DataOptions, stack) -> DataOptions:
-    """DATA that can be read twice: standard input is copied to a temporary file (removed on exit)."""
+    """DATA that can be read twice: standard input, or a pipe given by name (a FIFO, `<(...)`), is
+    copied to a temporary file (removed on exit). A second open of a FIFO whose writer has finished
+    would wait for another writer for ever."""
     import dataclasses
     import shutil
     import sys
 
-    if opts.path != "-":
-        return opts
     from nncli.output import scratch_file
 
-    if sys.stdin is None:  # fd 0 was closed when Python started (`nncli ... - <&-`)
-        raise NncliError("standard input is closed", "<stdin>")
+    if opts.path == "-":
+        if sys.stdin is None:  # fd 0 was closed when Python started (`nncli ... - <&-`)
+            raise NncliError("standard input is closed", "<stdin>")
+        source, label = sys.stdin.buffer, "<stdin>"
+    elif is_pipe(opts.path):
+        try:
+            source = stack.enter_context(open(opts.path, "rb"))
+        except OSError as e:
+            raise NncliError(f"cannot read: {e.strerror}", opts.path) from None
+        label = opts.label or opts.path
+    else:
+        return opts
     # Named like nncli's other temporary files (with the PID), so one left by a SIGKILLed run is
     # found by `nncli clean`; removed on exit and on every terminating signal.
     copy, path = stack.enter_context(scratch_file(None, "stdin.csv"))
-    shutil.copyfileobj(sys.stdin.buffer, copy, 1 << 20)
+    shutil.copyfileobj(source, copy, 1 << 20)
     copy.flush()
-    return dataclasses.replace(opts, path=path, label="<stdin>")
+    return dataclasses.replace(opts, path=path, label=label)
 
 
 __all__ = ["Batch", "DataOptions", "Dataset", "column_index", "display_name"]
