@@ -240,3 +240,44 @@ def test_an_error_in_a_copied_pipe_names_the_pipe(tmp_path):
     assert done.returncode == 1
     line = done.stderr.decode().strip()
     assert line.startswith("error: ") and f"({fifo}:2)" in line, line
+
+
+def test_a_targets_file_on_standard_input_is_read_whole_every_time(tmp_path):
+    """`--targets -` with train or step: the targets were read twice from standard input, and the
+    second read found it empty ("the file is empty"). Now copied once, like DATA on standard input."""
+    import os
+
+    nncli_script = os.path.join(os.path.dirname(sys.executable), "nncli")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SPEC)
+    data = make_data(tmp_path, rows=200)
+    rows = [line.rsplit(",", 1) for line in data.read_text().splitlines()]
+    features, targets = tmp_path / "x.csv", tmp_path / "y.csv"
+    features.write_text("".join(f"{x}\n" for x, _ in rows))
+    targets.write_text("".join(f"{y}\n" for _, y in rows))
+    for command in (["train", "--epochs", "2", "--lr", "0.1"], ["step", "--lr", "0.1"]):
+        args = [nncli_script, command[0], str(spec), str(features), *command[1:]]
+        from_file = subprocess.run(args + ["--targets", str(targets)], capture_output=True, timeout=120)
+        from_stdin = subprocess.run(args + ["--targets", "-"], input=targets.read_bytes(), capture_output=True, timeout=120)
+        assert from_file.returncode == 0, from_file.stderr
+        assert from_stdin.returncode == 0, from_stdin.stderr
+        assert from_stdin.stdout == from_file.stdout
+    both = subprocess.run([nncli_script, "train", str(spec), "-", "--targets", "-", "--epochs", "1", "--lr", "0.1"],
+                          input=features.read_bytes(), capture_output=True, timeout=120)
+    assert both.returncode == 2 and both.stderr.decode().strip() == "error: DATA and --targets can't both be standard input"
+
+
+def test_the_library_leaves_the_callers_read_as_it_was(tmp_path, monkeypatch):
+    """train copies standard input to a temporary file; the caller's Read must not end up naming it."""
+    import io
+
+    import nncli
+    from nncli import Read
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SPEC)
+    data = make_data(tmp_path, rows=100)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data.read_bytes())))
+    read = Read(target="y")
+    nncli.train(nncli.load(spec), "-", epochs=1, lr=0.1, read=read)
+    assert read == Read(target="y")

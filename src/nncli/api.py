@@ -51,6 +51,7 @@ class Read:
     header: bool | None = None
     decimal_comma: bool = False
     label: str | None = None  # the name DATA goes by in messages, when it is a spooled copy of standard input
+    targets_label: str | None = None  # the same for the --targets file
     input_format: str | None = None  # csv, tsv, parquet, arrow, ndjson (+ .gz, .bz2, .xz, .zst); default: the suffix
 
 
@@ -73,6 +74,7 @@ def open_data(data, read: Read, want_targets: bool = False):
                                       read.targets_file, read.id_column, read.label)
                 options.decimal_comma = read.decimal_comma
                 options.input_format = read.input_format
+                options.targets_label = read.targets_label
                 sources.append(Dataset(options, want_targets))
         except BaseException:
             for s in sources:
@@ -488,7 +490,7 @@ class Model(Forwards):
         train = _train(mode)
         with contextlib.ExitStack() as stack:
             if not is_table(data):
-                data = _spooled_path(data, read, stack)  # read twice: before and after the update
+                data, read = _spooled_path(data, read, stack)  # read twice: before and after the update
             before, choice, head = self._signal(data, read, loss, reduction, train, True, False, batch_size, progress)
             changes = sgd_step(self.built.module, lr)
             buffers = {k: v.detach().clone() for k, v in self.built.module.named_buffers()}
@@ -598,24 +600,32 @@ def _check_rate(value, name: str) -> None:
 
 
 def _spooled_path(data, read: Read, stack):
-    """Standard input, or a pipe given by name (a FIFO, `<(...)`), copied to a temporary file
-    (removed on exit), so that it can be read again. Messages still name it as given, and its
-    format is still the one its name says (`data.csv.gz` through a FIFO is gzip)."""
+    """(DATA, Read) that can be read again: standard input, or a pipe given by name (a FIFO,
+    `<(...)`), copied to a temporary file (removed on exit), for DATA and for the --targets file.
+    Messages still name them as given, and DATA's format is still the one its name says
+    (`data.csv.gz` through a FIFO is gzip). The caller's Read is left as it was."""
+    import dataclasses
+
     if isinstance(data, (list, tuple)):
         if len(data) != 1:
-            return data
+            return data, read
         data = data[0]
     path = os.fspath(data)
+    if read.targets_file is not None and (read.targets_file == "-" or is_pipe(read.targets_file)):
+        if path == "-" and read.targets_file == "-":
+            raise UsageError("DATA and --targets can't both be standard input")
+        copy = spooled(DataOptions(read.targets_file), stack)
+        read = dataclasses.replace(read, targets_file=copy.path, targets_label=copy.label)
     if path != "-" and not is_pipe(path):
-        return data
+        return data, read
     copy = spooled(DataOptions(path, label=read.label), stack)
-    read.label = copy.label
+    read = dataclasses.replace(read, label=copy.label)
     if path != "-" and read.input_format is None:
         from nncli.tables import detect_format
 
         fmt, compression = detect_format(path)
-        read.input_format = f"{fmt}.{compression}" if compression else fmt
-    return copy.path
+        read = dataclasses.replace(read, input_format=f"{fmt}.{compression}" if compression else fmt)
+    return copy.path, read
 
 
 def _target_hint(error: NncliError, read: Read) -> str:
@@ -680,9 +690,10 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
     if mlflow:
         _mlflow_settings(mlflow)  # a missing package or a bad setting fails before the data is read
         given = data  # as given: DATA becomes a spooled copy below
+    given_format = read.input_format  # --val's too; DATA's copy below may get the format of DATA's name
     with contextlib.ExitStack() as stack:
         if not is_table(data):
-            data = _spooled_path(data, read, stack)  # read more than once: to size the model, then the rows
+            data, read = _spooled_path(data, read, stack)  # read more than once: to size the model, then the rows
         early = None if stream or start is not None or is_table(data) else _early_load(model, data, read, loss, stack)
         built, source, _ = model._open(data, read, want_targets=True, rows=False, training=True)
         source.close()
@@ -715,8 +726,11 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
             batches_for_epoch = in_memory_batches(x, y, batch_size, shuffle, *_rank_world())
         if val is not None:
             val_read = Read(read.target, None, read.features, read.id_column, read.delimiter, read.header, read.decimal_comma,
-                            input_format=read.input_format)
-            raw_val, y_val = _load_raw(built, val if is_table(val) else _spooled_path(val, val_read, stack), val_read, choice, width)
+                            input_format=given_format)
+            val_data = val
+            if not is_table(val):
+                val_data, val_read = _spooled_path(val, val_read, stack)
+            raw_val, y_val = _load_raw(built, val_data, val_read, choice, width)
             x_val = _inputs(built, raw_val)
         weights = None
         if class_weights:

@@ -32,6 +32,7 @@ class DataOptions:
     targets_file: str | None = None
     id_column: str | None = None
     label: str | None = None  # the name DATA goes by in messages, when `path` is a spooled copy
+    targets_label: str | None = None  # the same for targets_file
     decimal_comma: bool = False  # `1,5` is 1.5 (European spreadsheets); the delimiter is then `;` or tab
     input_format: str | None = None  # csv, tsv, parquet, arrow, ndjson (+ .gz ...); default: the suffix
 
@@ -198,7 +199,7 @@ class Dataset:
         used = {t.strip() for t in [*opts.targets, *opts.features, opts.id_column or ""]}
         self._warn_duplicates(csv, used)
         if opts.targets_file and want_targets:
-            self.targets_csv = open_table(opts.targets_file, opts, None, forced=False)
+            self.targets_csv = open_table(opts.targets_file, opts, opts.targets_label, forced=False)
             self.target_cols = list(range(self.targets_csv.ncols))
             self._warn_duplicates(self.targets_csv, set())
 
