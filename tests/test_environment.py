@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
@@ -177,6 +178,25 @@ def test_ctrl_c_at_start_up_is_quiet():
         _, err = proc.communicate(timeout=30)
         assert b"Traceback" not in err and b"KeyboardInterrupt" not in err, (delay, err)
         assert proc.returncode in (130, 0), (delay, proc.returncode)
+
+
+def test_the_console_script_catches_signals_before_it_imports_any_module_of_nncli():
+    """A helper's attack found a Ctrl-C traceback ~1.4 ms wide: entry.py imported nncli.timing
+    before installing its handlers. Every nncli module must now load with them in place."""
+    code = textwrap.dedent("""
+        import sys, _signal
+        class Watch:
+            def find_spec(self, name, path=None, target=None):
+                if name.startswith("nncli.") and name != "nncli.entry":
+                    print(name, getattr(_signal.getsignal(_signal.SIGINT), "__name__", None))
+                return None
+        sys.meta_path.insert(0, Watch())
+        import nncli.entry
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    loaded = [line.split() for line in out if line]
+    assert ["nncli.timing", "_leave"] in loaded, loaded
+    assert all(handler == "_leave" for _, handler in loaded), loaded
 
 
 def test_a_signal_during_the_import_of_the_output_module_leaves_quietly(monkeypatch):
