@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -20,11 +21,16 @@ NO_DROPOUT = SPEC.replace("  - Dropout: 0.2\n", "")
 SCRIPT = r"""
 import csv, os, sys, torch, torch.distributed as dist
 from torch import nn
+from torch.utils.data import DistributedSampler
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
 rows = list(csv.DictReader(open(sys.argv[1])))
 x = torch.tensor([[float(r[k]) for k in "abcd"] for r in rows], dtype=torch.float32)
 y = torch.tensor([int(r["y"]) for r in rows])
+batch = int(sys.argv[3]) if len(sys.argv) > 3 else 8
+shuffle = len(sys.argv) <= 4 or sys.argv[4] == "1"
+# torch's padding rule: the order's first rows repeated until every rank has ceil(n / world)
+share = list(DistributedSampler(range(len(x)), num_replicas=world, rank=rank, shuffle=False))
 torch.manual_seed(5)
 model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
 ddp = nn.parallel.DistributedDataParallel(model)
@@ -32,9 +38,9 @@ opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 loss_fn = nn.CrossEntropyLoss()
 for epoch in range(3):
     model.train()
-    order = torch.randperm(len(x))[rank::world]        # every rank: the same permutation, its own share
-    for i in range(0, len(order), 8):
-        idx = order[i:i + 8]
+    order = (torch.randperm(len(x)) if shuffle else torch.arange(len(x)))[share]   # every rank: the same permutation, its own share
+    for i in range(0, len(order), batch):
+        idx = order[i:i + batch]
         opt.zero_grad()
         loss_fn(ddp(x[idx]), y[idx]).backward()
         opt.step()
@@ -84,3 +90,39 @@ def test_batchnorm_needs_consent_on_cpu(tmp_path):
     run = subprocess.run(NNCLI + ["train", str(spec), str(path), "-t", "y", "--epochs", "1", "--lr", "0.1", "--nproc", "2"],
                          capture_output=True, text=True, timeout=180)
     assert run.returncode == 1 and "--allow-local-batchnorm" in run.stderr
+
+
+def _hand_and_ours(tmp_path, path, batch, shuffle, epochs=3):
+    spec = write(tmp_path, "s.yaml", NO_DROPOUT)
+    script = write(tmp_path, "ddp.py", SCRIPT)
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
+    hand_args = [str(path), str(tmp_path / "hand.pt"), str(batch), "1" if shuffle else "0"]
+    procs = [subprocess.Popen([sys.executable, str(script), *hand_args], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(2)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    out = tmp_path / "nncli.safetensors"
+    run = subprocess.run(NNCLI + ["train", str(spec), str(path), "-t", "y", "--epochs", str(epochs), "--lr", "0.1", "--momentum", "0.9",
+                                  "-b", str(batch), "--shuffle" if shuffle else "--no-shuffle", "--nproc", "2", "--save-weights", str(out),
+                                  "-f", "json"], capture_output=True, text=True, timeout=120)
+    return run, torch.load(tmp_path / "hand.pt", weights_only=True), out
+
+
+@pytest.mark.parametrize("rows, batch, shuffle", [(65, 32, True), (5, 2, True), (7, 3, False)])
+def test_odd_row_counts_give_every_rank_the_same_steps(tmp_path, rows, batch, shuffle):
+    """65 rows, -b 32: order[rank::2] gave 33 and 32 rows, 2 steps against 1, and the ranks waited for
+    each other for ever. DistributedSampler's rule repeats rows so that each rank has ceil(n / 2)."""
+    path, _, _ = table(tmp_path, rows=rows)
+    run, hand, out = _hand_and_ours(tmp_path, path, batch, shuffle)
+    assert run.returncode == 0, run.stderr
+    ours = load_file(str(out))
+    for k in hand:
+        assert torch.equal(ours[k], hand[k]), k
+
+
+@pytest.mark.parametrize("n, world", [(7, 3), (65, 2), (5, 2), (2, 5), (9, 4), (12, 3)])
+def test_each_rank_takes_its_share_as_distributed_sampler(n, world):
+    from torch.utils.data import DistributedSampler
+
+    from nncli.training import shard
+
+    for rank in range(world):
+        assert shard(n, rank, world).tolist() == list(DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=False))

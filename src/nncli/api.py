@@ -723,7 +723,10 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
             x = _inputs(built, raw)
             if val_split is not None:
                 x_val = _inputs(built, raw_val)
-            batches_for_epoch = in_memory_batches(x, y, batch_size, shuffle, *_rank_world())
+            rank, world = _rank_world()
+            if world > len(x):  # a rank without a row of its own would train on repeats only
+                raise NncliError(f"{world} processes for {len(x)} training rows: give at most {len(x)} processes", "--nproc")
+            batches_for_epoch = in_memory_batches(x, y, batch_size, shuffle, rank, world)
         if val is not None:
             val_read = Read(read.target, None, read.features, read.id_column, read.delimiter, read.header, read.decimal_comma,
                             input_format=given_format)
@@ -743,7 +746,8 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
                 device=built.device, dtype=torch_dtype(built.dtype))
         loss_fn = choice.function("mean", weights)
         validate = (lambda: evaluate_in_memory(built.module, choice, width, x_val, y_val, loss_fn)) if (val_split or val is not None) else None
-        steps = 1 if stream else -(-len(x) // batch_size)
+        # a rank's steps per epoch (OneCycleLR's length): its ceil(n / world) rows, as DistributedSampler shares them
+        steps = 1 if stream else -(-(-(-len(x) // _rank_world()[1])) // batch_size)
         save = (lambda state: _write_checkpoint(checkpoint, state, built)) if checkpoint else None
         if log_dir:
             on_epoch = _tensorboard(log_dir, built.module, on_epoch, stack)
