@@ -50,6 +50,13 @@ dist.destroy_process_group()
 """
 
 
+def _result(run):
+    """A finished subprocess as assert_error reads a CliRunner's result."""
+    import types
+
+    return types.SimpleNamespace(exit_code=run.returncode, stdout=run.stdout, stderr=run.stderr)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -102,7 +109,7 @@ def _hand_and_ours(tmp_path, path, batch, shuffle, epochs=3):
     out = tmp_path / "nncli.safetensors"
     run = subprocess.run(NNCLI + ["train", str(spec), str(path), "-t", "y", "--epochs", str(epochs), "--lr", "0.1", "--momentum", "0.9",
                                   "-b", str(batch), "--shuffle" if shuffle else "--no-shuffle", "--nproc", "2", "--save-weights", str(out),
-                                  "-f", "json"], capture_output=True, text=True, timeout=120)
+                                  "-f", "json", "-o", "-"], capture_output=True, text=True, timeout=120)  # `-o -` is not DATA: allowed
     return run, torch.load(tmp_path / "hand.pt", weights_only=True), out
 
 
@@ -113,6 +120,7 @@ def test_odd_row_counts_give_every_rank_the_same_steps(tmp_path, rows, batch, sh
     path, _, _ = table(tmp_path, rows=rows)
     run, hand, out = _hand_and_ours(tmp_path, path, batch, shuffle)
     assert run.returncode == 0, run.stderr
+    assert run.stdout.count('"epoch"') == 3
     ours = load_file(str(out))
     for k in hand:
         assert torch.equal(ours[k], hand[k]), k
@@ -126,3 +134,104 @@ def test_each_rank_takes_its_share_as_distributed_sampler(n, world):
 
     for rank in range(world):
         assert shard(n, rank, world).tolist() == list(DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=False))
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT", "SIGHUP", "SIGKILL"])
+def test_ranks_die_with_the_launcher(tmp_path, signum):
+    """The launcher killed (by any signal, SIGKILL too) left its ranks training under PID 1, rank 0
+    rewriting the checkpoint."""
+    import signal
+    import time
+
+    path, _, _ = table(tmp_path)
+    spec = write(tmp_path, "s.yaml", NO_DROPOUT)
+    launcher = subprocess.Popen(NNCLI + ["train", str(spec), str(path), "-t", "y", "--epochs", "1000000", "--lr", "0.01", "-b", "1",
+                                         "--nproc", "2", "--checkpoint", str(tmp_path / "c.pt"), "-q"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 90
+    while not (tmp_path / "c.pt").exists():  # both ranks are training
+        assert time.monotonic() < deadline and launcher.poll() is None
+        time.sleep(0.1)
+    ranks = _children(launcher.pid)
+    assert len(ranks) == 2
+    launcher.send_signal(getattr(signal, signum))
+    launcher.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while any(_alive(r) for r in ranks) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [r for r in ranks if _alive(r)]
+
+
+def test_no_more_processes_than_cpus(tmp_path):
+    """--nproc 99999999999 started processes until the system ran out."""
+    path, _, _ = table(tmp_path)
+    spec = write(tmp_path, "s.yaml", NO_DROPOUT)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    for n in (cpus + 1, 99999999999):
+        run = subprocess.run(NNCLI + ["train", str(spec), str(path), "-t", "y", "--epochs", "1", "--lr", "0.1", "--nproc", str(n)],
+                             capture_output=True, text=True, timeout=60)
+        assert_error(_result(run), 1, f"{n} processes on {cpus} CPU", "--nproc")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_standard_input_or_a_pipe_is_refused_at_once(tmp_path):
+    """Every rank opens DATA: a FIFO was read by one rank and the others waited for ever."""
+    path, _, _ = table(tmp_path)
+    spec = write(tmp_path, "s.yaml", NO_DROPOUT)
+    fifo = tmp_path / "f.csv"
+    os.mkfifo(fifo)
+    for data, where in ((fifo, "DATA"), ("-", "DATA")):
+        run = subprocess.run(NNCLI + ["train", str(spec), str(data), "-t", "y", "--epochs", "1", "--lr", "0.1", "--nproc", "2"],
+                             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert_error(_result(run), 1, "every process of --nproc reads it: give a file, not standard input or a pipe", where)
+    run = subprocess.run(NNCLI + ["train", str(spec), str(path), "-t", "y", "--epochs", "1", "--lr", "0.1", "--nproc", "2", "--val", str(fifo)],
+                         capture_output=True, text=True, timeout=60)
+    assert_error(_result(run), 1, "give a file, not standard input or a pipe", "--val")
+
+
+def test_fewer_rows_than_processes_is_one_line(tmp_path):
+    path = write(tmp_path, "one.csv", "a,b,c,d,y\n1,2,3,4,0\n")
+    spec = write(tmp_path, "s.yaml", NO_DROPOUT)
+    run = subprocess.run(NNCLI + ["train", str(spec), str(path), "-t", "y", "--epochs", "1", "--lr", "0.1", "--nproc", "2"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and run.stderr.count("\n") == 1, run.stderr
+    assert run.stderr.startswith("error: rank ") and "1 training row for 2 processes" in run.stderr
+
+
+def test_a_master_port_in_use_is_one_line(tmp_path):
+    path, _, _ = table(tmp_path)
+    spec = write(tmp_path, "s.yaml", NO_DROPOUT)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        args = NNCLI + ["train", str(spec), str(path), "-t", "y", "--epochs", "1", "--lr", "0.1"]
+        run = subprocess.run(args + ["--nproc", "2"], env={**os.environ, "MASTER_PORT": str(port)}, capture_output=True, text=True, timeout=60)
+        assert_error(_result(run), 1, f"port {port} is in use", "MASTER_PORT")
+        # one rank as torchrun starts it: rank 0 cannot listen
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
+        run = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+        assert_error(_result(run), 1, "the port is in use", f"MASTER_ADDR 127.0.0.1, MASTER_PORT {port}")

@@ -725,7 +725,8 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
                 x_val = _inputs(built, raw_val)
             rank, world = _rank_world()
             if world > len(x):  # a rank without a row of its own would train on repeats only
-                raise NncliError(f"{world} processes for {len(x)} training rows: give at most {len(x)} processes", "--nproc")
+                raise NncliError(f"{len(x)} training row{'s' if len(x) > 1 else ''} for {world} processes: each needs a row of its own "
+                                 f"(use at most {len(x)})", "train")
             batches_for_epoch = in_memory_batches(x, y, batch_size, shuffle, rank, world)
         if val is not None:
             val_read = Read(read.target, None, read.features, read.id_column, read.delimiter, read.header, read.decimal_comma,
