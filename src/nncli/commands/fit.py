@@ -36,7 +36,8 @@ Stratify = Annotated[bool, typer.Option("--stratify", help="With --val-split: ho
 LogDir = Annotated[Optional[str], typer.Option("--log-dir", metavar="DIR", help="Write TensorBoard event files (losses, metrics, lr, gradient norms per epoch); needs the tensorboard extra.")]
 MLflow = Annotated[bool, typer.Option("--mlflow", help="Log the run to MLflow: parameters, every number of the history per epoch, the weights as an artifact; where MLflow would (MLFLOW_TRACKING_URI, else ./mlflow.db); needs the mlflow extra.")]
 MLflowExperiment = Annotated[Optional[str], typer.Option("--mlflow-experiment", metavar="NAME", help="The MLflow experiment (created if new; default: MLFLOW_EXPERIMENT_NAME, else Default); implies --mlflow.")]
-Nproc = Annotated[Optional[int], typer.Option("--nproc", metavar="N", help="Train data-parallel in N local processes (DistributedDataParallel, gloo on CPU), as torchrun --nproc-per-node N -m nncli train ... does.", min=1)]
+Nproc = Annotated[Optional[int], typer.Option("--nproc", metavar="N", help="Train data-parallel in N local processes (DistributedDataParallel, gloo on CPU), as torchrun --nproc-per-node N -m nncli train ... does; "
+    "at most one per CPU. Each takes ceil(rows / N) rows of the permutation, as DistributedSampler shares them (repeating the first rows).", min=1)]
 LocalBatchNorm = Annotated[bool, typer.Option("--allow-local-batchnorm", help="With several processes on CPU, let each BatchNorm1d normalise its own rank's rows.")]
 Metric = Annotated[str, typer.Option("--metric", metavar="NAME", help="What --patience watches: val_loss (lower is better) or val_accuracy (higher).")]
 Stream = Annotated[bool, typer.Option("--stream", help="Read DATA batch by batch every epoch instead of loading it (files larger than memory).")]
