@@ -377,6 +377,45 @@ def test_an_unreachable_scheduler_is_one_line_at_once(nncli, folder):
     assert time.monotonic() - start < 9  # refused at once, not after dask's 10 s of retries
 
 
+def test_a_scheduler_that_never_answers_is_one_line_in_seconds(nncli, folder):
+    """A port that accepts and says nothing (another service, an HTTP port) held dask's Client for ever."""
+    import threading
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+        held = []
+        threading.Thread(target=lambda: held.append(s.accept()), daemon=True).start()
+        start = time.monotonic()
+        result = nncli("loss", folder / "spec.yaml", folder / "a.csv", "-t", "label", *FEATURE_ARGS, "--engine", "dask", "--scheduler", address)
+        assert_error(result, 1, f"no dask scheduler answered there within {nd.HANDSHAKE_SECONDS} s", address)
+        assert time.monotonic() - start < 30  # a guard against the hang, not a timing
+        for conn, _ in held:
+            conn.close()
+
+
+def test_a_scheme_nncli_cannot_use_is_one_line(nncli, folder):
+    result = nncli("loss", folder / "spec.yaml", folder / "a.csv", "-t", "label", *FEATURE_ARGS, "--engine", "dask", "--scheduler", "ucx://127.0.0.1:1")
+    assert_error(result, 1, "over tcp:// or tls://, not ucx://", "ucx://127.0.0.1:1")
+
+
+def test_workers_are_capped_before_any_starts(nncli, folder):
+    """--workers 99999999999 started processes until the system ran out."""
+    for n in (nd.MAX_WORKERS_PER_CPU * nd.cores() + 1, 99999999999):
+        result = nncli("loss", folder / "spec.yaml", folder / "a.csv", "-t", "label", *FEATURE_ARGS, "--engine", "dask", "--workers", n)
+        assert_error(result, 1, f"{n} workers on {nd.cores()} CPU", "--workers")
+
+
+def test_relative_paths_reach_workers_in_another_folder(nncli, folder, client, address, monkeypatch):
+    """The workers run in a folder of their own: relative DATA paths were looked up there (`no such file`)."""
+    monkeypatch.chdir(folder)
+    assert str(folder) not in client.run(os.getcwd).values()
+    args = ["evaluate", "spec.yaml", "a.csv", "b.parquet", "-t", "label", *FEATURE_ARGS, "-b", BATCH, "-f", "json"]
+    single, engine = same(nncli, *args, engine_args=["--scheduler", address])
+    assert engine.stdout == single.stdout
+
+
 def test_train_mode_batchnorm_stays_in_one_process(nncli, tmp_path, address):
     spec = write(tmp_path, "bn.yaml", "layers:\n  - BatchNorm1d\n  - Linear: {out_features: 3}\nloss: CrossEntropyLoss\n")
     write(tmp_path, "d.csv", table(20, 1).select([*FEATURES, pl.lit(1).alias("k")]).write_csv())

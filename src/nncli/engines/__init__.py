@@ -69,6 +69,7 @@ def scoring(model, engine: str | None, workers: int | None = None, scheduler: st
 
     if scheduler is None:
         _quiet_resource_tracker()
+    dask_engine.check_workers(workers)  # before a cluster starts in the background
     scorer = dask_engine.Scorer(model, workers=workers, scheduler=scheduler, plan=plan)
     try:
         yield scorer
