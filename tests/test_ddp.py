@@ -235,3 +235,32 @@ def test_a_master_port_in_use_is_one_line(tmp_path):
         env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
         run = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
         assert_error(_result(run), 1, "the port is in use", f"MASTER_ADDR 127.0.0.1, MASTER_PORT {port}")
+
+
+def test_a_rank_that_cannot_start_stops_those_started(tmp_path):
+    """Under a process limit the spawn of a rank failed and the ranks already started ran on as orphans.
+    Here the second spawn fails as fork does under RLIMIT_NPROC (which root does not feel)."""
+    path, _, _ = table(tmp_path)
+    spec = write(tmp_path, "s.yaml", NO_DROPOUT)
+    code = f"""
+import errno, subprocess, sys
+started = []
+real = subprocess.Popen
+class Limited(real):
+    def __init__(self, *args, **kwargs):
+        if started:
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+        super().__init__(*args, **kwargs)
+        started.append(self)
+subprocess.Popen = Limited
+sys.argv = ["nncli", "train", {str(spec)!r}, {str(path)!r}, "-t", "y", "--epochs", "1000000", "--lr", "0.01", "--nproc", "2"]
+from nncli.cli import main
+try:
+    main()
+finally:
+    print(started[0].pid, started[0].poll())
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert_error(_result(run), 1, "cannot start rank 1: Resource temporarily unavailable", "--nproc")
+    pid, returncode = run.stdout.split()
+    assert returncode != "None" and not _alive(int(pid))  # rank 0 was stopped and waited for
