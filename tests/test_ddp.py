@@ -29,6 +29,7 @@ x = torch.tensor([[float(r[k]) for k in "abcd"] for r in rows], dtype=torch.floa
 y = torch.tensor([int(r["y"]) for r in rows])
 batch = int(sys.argv[3]) if len(sys.argv) > 3 else 8
 shuffle = len(sys.argv) <= 4 or sys.argv[4] == "1"
+max_lr = float(sys.argv[5]) if len(sys.argv) > 5 else None   # OneCycleLR over this rank's steps
 # torch's padding rule: the order's first rows repeated until every rank has ceil(n / world)
 share = list(DistributedSampler(range(len(x)), num_replicas=world, rank=rank, shuffle=False))
 torch.manual_seed(5)
@@ -36,6 +37,8 @@ model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
 ddp = nn.parallel.DistributedDataParallel(model)
 opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 loss_fn = nn.CrossEntropyLoss()
+steps = -(-len(share) // batch)
+sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, epochs=3, steps_per_epoch=steps) if max_lr else None
 for epoch in range(3):
     model.train()
     order = (torch.randperm(len(x)) if shuffle else torch.arange(len(x)))[share]   # every rank: the same permutation, its own share
@@ -44,6 +47,8 @@ for epoch in range(3):
         opt.zero_grad()
         loss_fn(ddp(x[idx]), y[idx]).backward()
         opt.step()
+        if sched:
+            sched.step()
 if rank == 0:
     torch.save(model.state_dict(), sys.argv[2])
 dist.destroy_process_group()
@@ -99,17 +104,18 @@ def test_batchnorm_needs_consent_on_cpu(tmp_path):
     assert run.returncode == 1 and "--allow-local-batchnorm" in run.stderr
 
 
-def _hand_and_ours(tmp_path, path, batch, shuffle, epochs=3):
+def _hand_and_ours(tmp_path, path, batch, shuffle, epochs=3, max_lr=None):
     spec = write(tmp_path, "s.yaml", NO_DROPOUT)
     script = write(tmp_path, "ddp.py", SCRIPT)
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
-    hand_args = [str(path), str(tmp_path / "hand.pt"), str(batch), "1" if shuffle else "0"]
+    hand_args = [str(path), str(tmp_path / "hand.pt"), str(batch), "1" if shuffle else "0"] + ([str(max_lr)] if max_lr else [])
     procs = [subprocess.Popen([sys.executable, str(script), *hand_args], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(2)]
     assert all(p.wait(timeout=120) == 0 for p in procs)
     out = tmp_path / "nncli.safetensors"
     run = subprocess.run(NNCLI + ["train", str(spec), str(path), "-t", "y", "--epochs", str(epochs), "--lr", "0.1", "--momentum", "0.9",
                                   "-b", str(batch), "--shuffle" if shuffle else "--no-shuffle", "--nproc", "2", "--save-weights", str(out),
-                                  "-f", "json", "-o", "-"], capture_output=True, text=True, timeout=120)  # `-o -` is not DATA: allowed
+                                  "-f", "json", "-o", "-", *(["--lr-schedule", f"onecycle:{max_lr}"] if max_lr else [])],
+                         capture_output=True, text=True, timeout=120)  # `-o -` is not DATA: allowed
     return run, torch.load(tmp_path / "hand.pt", weights_only=True), out
 
 
@@ -264,3 +270,13 @@ finally:
     assert_error(_result(run), 1, "cannot start rank 1: Resource temporarily unavailable", "--nproc")
     pid, returncode = run.stdout.split()
     assert returncode != "None" and not _alive(int(pid))  # rank 0 was stopped and waited for
+
+
+def test_one_cycle_counts_the_steps_of_a_rank(tmp_path):
+    """OneCycleLR's length was every row's batches, twice what a rank of two takes: the cycle stopped halfway."""
+    path, _, _ = table(tmp_path)
+    run, hand, out = _hand_and_ours(tmp_path, path, 8, True, max_lr=0.5)
+    assert run.returncode == 0, run.stderr
+    ours = load_file(str(out))
+    for k in hand:
+        assert torch.equal(ours[k], hand[k]), k
