@@ -115,7 +115,7 @@ def _hand_and_ours(tmp_path, path, batch, shuffle, epochs=3, max_lr=None):
     run = subprocess.run(NNCLI + ["train", str(spec), str(path), "-t", "y", "--epochs", str(epochs), "--lr", "0.1", "--momentum", "0.9",
                                   "-b", str(batch), "--shuffle" if shuffle else "--no-shuffle", "--nproc", "2", "--save-weights", str(out),
                                   "-f", "json", "-o", "-", *(["--lr-schedule", f"onecycle:{max_lr}"] if max_lr else [])],
-                         capture_output=True, text=True, timeout=120)  # `-o -` is not DATA: allowed
+                         check=False, capture_output=True, text=True, timeout=120)  # `-o -` is not DATA: allowed
     return run, torch.load(tmp_path / "hand.pt", weights_only=True), out
 
 
@@ -198,7 +198,7 @@ def test_no_more_processes_than_cpus(tmp_path):
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     for n in (cpus + 1, 99999999999):
         run = subprocess.run(NNCLI + ["train", str(spec), str(path), "-t", "y", "--epochs", "1", "--lr", "0.1", "--nproc", str(n)],
-                             capture_output=True, text=True, timeout=60)
+                             check=False, capture_output=True, text=True, timeout=60)
         assert_error(_result(run), 1, f"{n} processes on {cpus} CPU", "--nproc")
 
 
@@ -211,10 +211,10 @@ def test_standard_input_or_a_pipe_is_refused_at_once(tmp_path):
     os.mkfifo(fifo)
     for data, where in ((fifo, "DATA"), ("-", "DATA")):
         run = subprocess.run(NNCLI + ["train", str(spec), str(data), "-t", "y", "--epochs", "1", "--lr", "0.1", "--nproc", "2"],
-                             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+                             check=False, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
         assert_error(_result(run), 1, "every process of --nproc reads it: give a file, not standard input or a pipe", where)
     run = subprocess.run(NNCLI + ["train", str(spec), str(path), "-t", "y", "--epochs", "1", "--lr", "0.1", "--nproc", "2", "--val", str(fifo)],
-                         capture_output=True, text=True, timeout=60)
+                         check=False, capture_output=True, text=True, timeout=60)
     assert_error(_result(run), 1, "give a file, not standard input or a pipe", "--val")
 
 
@@ -222,7 +222,7 @@ def test_fewer_rows_than_processes_is_one_line(tmp_path):
     path = write(tmp_path, "one.csv", "a,b,c,d,y\n1,2,3,4,0\n")
     spec = write(tmp_path, "s.yaml", NO_DROPOUT)
     run = subprocess.run(NNCLI + ["train", str(spec), str(path), "-t", "y", "--epochs", "1", "--lr", "0.1", "--nproc", "2"],
-                         capture_output=True, text=True, timeout=120)
+                         check=False, capture_output=True, text=True, timeout=120)
     assert run.returncode == 1 and run.stderr.count("\n") == 1, run.stderr
     assert run.stderr.startswith("error: rank ") and "1 training row for 2 processes" in run.stderr
 
@@ -235,11 +235,11 @@ def test_a_master_port_in_use_is_one_line(tmp_path):
         busy.listen()
         port = busy.getsockname()[1]
         args = NNCLI + ["train", str(spec), str(path), "-t", "y", "--epochs", "1", "--lr", "0.1"]
-        run = subprocess.run(args + ["--nproc", "2"], env={**os.environ, "MASTER_PORT": str(port)}, capture_output=True, text=True, timeout=60)
+        run = subprocess.run(args + ["--nproc", "2"], env={**os.environ, "MASTER_PORT": str(port)}, check=False, capture_output=True, text=True, timeout=60)
         assert_error(_result(run), 1, f"port {port} is in use", "MASTER_PORT")
         # one rank as torchrun starts it: rank 0 cannot listen
         env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
-        run = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+        run = subprocess.run(args, env=env, check=False, capture_output=True, text=True, timeout=60)
         assert_error(_result(run), 1, "the port is in use", f"MASTER_ADDR 127.0.0.1, MASTER_PORT {port}")
 
 
@@ -266,7 +266,7 @@ try:
 finally:
     print(started[0].pid, started[0].poll())
 """
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    run = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert_error(_result(run), 1, "cannot start rank 1: Resource temporarily unavailable", "--nproc")
     pid, returncode = run.stdout.split()
     assert returncode != "None" and not _alive(int(pid))  # rank 0 was stopped and waited for

@@ -747,8 +747,10 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
                 device=built.device, dtype=torch_dtype(built.dtype))
         loss_fn = choice.function("mean", weights)
         validate = (lambda: evaluate_in_memory(built.module, choice, width, x_val, y_val, loss_fn)) if (val_split or val is not None) else None
-        # a rank's steps per epoch (OneCycleLR's length): its ceil(n / world) rows, as DistributedSampler shares them
-        steps = 1 if stream else -(-(-(-len(x) // _rank_world()[1])) // batch_size)
+        steps = 1
+        if not stream:  # a rank's steps per epoch (OneCycleLR's length): its ceil(n / world) rows, as DistributedSampler shares them
+            per_rank = -(-len(x) // _rank_world()[1])
+            steps = -(-per_rank // batch_size)
         save = (lambda state: _write_checkpoint(checkpoint, state, built)) if checkpoint else None
         if log_dir:
             on_epoch = _tensorboard(log_dir, built.module, on_epoch, stack)

@@ -185,7 +185,7 @@ def _launch(nproc: int, pipes: dict) -> None:
             try:
                 procs.append(subprocess.Popen([sys.executable, "-m", "nncli", *argv], env={**base, "RANK": str(r), "LOCAL_RANK": str(r)},
                                               stdout=None if r == 0 else subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                              preexec_fn=_dies_with(os.getpid())))
+                                              preexec_fn=_dies_with(os.getpid())))  # noqa: PLW1509  the launcher runs no threads
             except OSError as e:
                 stop()
                 raise NncliError(f"cannot start rank {r}: {e.strerror or e}", "--nproc") from None

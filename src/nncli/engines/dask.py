@@ -96,7 +96,7 @@ def start(workers: int | None = None, scheduler: str | None = None, default: boo
             return Client(scheduler, timeout=CONNECT_SECONDS, set_as_default=default), None
         except NncliError:
             raise
-        except Exception as e:  # dask's own, for an address it cannot use (ucx:// without its package ...): one line
+        except Exception as e:  # noqa: BLE001  dask's own, for an address it cannot use (ucx:// without its package ...): one line
             text = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).splitlines()[0] if str(e) else type(e).__name__)
             raise NncliError(f"cannot reach the dask scheduler: {text}", scheduler) from None
     check_workers(workers)
@@ -106,7 +106,7 @@ def start(workers: int | None = None, scheduler: str | None = None, default: boo
     try:
         cluster = LocalCluster(n_workers=workers or cores(), threads_per_worker=1, processes=True, dashboard_address=None,
                                silence_logs=logging.CRITICAL)
-    except Exception as e:  # a process limit, no memory for another worker: what failed, not dask's traceback
+    except Exception as e:  # noqa: BLE001  a process limit, no memory for another worker: what failed, not dask's traceback
         text = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).splitlines()[0] if str(e) else type(e).__name__)
         raise NncliError(f"cannot start a local dask cluster of {workers or cores()} workers: {text}", "--workers") from None
     try:
