@@ -22,6 +22,7 @@ import torch
 
 import nncli
 from nncli.engines import core
+from nncli.errors import NncliError
 from nncli.engines import dask as nd
 from tests.helpers import assert_error, load_json, write
 
@@ -414,6 +415,24 @@ def test_relative_paths_reach_workers_in_another_folder(nncli, folder, client, a
     args = ["evaluate", "spec.yaml", "a.csv", "b.parquet", "-t", "label", *FEATURE_ARGS, "-b", BATCH, "-f", "json"]
     single, engine = same(nncli, *args, engine_args=["--scheduler", address])
     assert engine.stdout == single.stdout
+
+
+def test_a_task_the_cluster_forgot_is_one_line(client):
+    """A worker killed mid-run (no nanny) took the rows and the model it held: the task came back as
+    `internal error: FutureCancelledError ... already forgotten`."""
+    pool = nd.DaskPool(client, owned=False)
+    future = client.submit(time.sleep, 2, pure=False)
+    client.cancel([future], reason="already forgotten")
+    with pytest.raises(NncliError, match="lost a worker or its scheduler"):
+        pool.result(future)
+
+
+def test_a_cluster_without_workers_is_one_line(nncli, folder):
+    """Its workers gone (killed), the cluster answered with dask's bare `error: No valid workers found`."""
+    with distributed.LocalCluster(n_workers=0, processes=False, protocol="tcp://", dashboard_address=None, silence_logs=logging.CRITICAL) as empty:
+        result = nncli("loss", folder / "spec.yaml", folder / "a.csv", folder / "b.parquet", "-t", "label", *FEATURE_ARGS,
+                       "--engine", "dask", "--scheduler", empty.scheduler_address)
+        assert_error(result, 1, "the dask cluster has no workers to score on", empty.scheduler_address)
 
 
 def test_train_mode_batchnorm_stays_in_one_process(nncli, tmp_path, address):

@@ -50,7 +50,10 @@ class DaskPool(core.Pool):
         self.warming: list = []  # futures of the warm-up tasks, held so that dask does not drop them
 
     def ship(self, shipped):
-        return self.client.scatter(shipped, broadcast=True, hash=False)
+        try:
+            return self.client.scatter(shipped, broadcast=True, hash=False)
+        except TimeoutError:  # dask's "No valid workers found", after its own wait: said in nncli's words
+            raise NncliError("the dask cluster has no workers to score on", self.client.scheduler.address) from None
 
     def submit(self, fn, *args, data=None):
         if data is not None:
@@ -60,11 +63,18 @@ class DaskPool(core.Pool):
 
     def result(self, future):
         from distributed import KilledWorker
+        from distributed.client import FutureCancelledError
+        from distributed.comm.core import CommClosedError
 
         try:
             return future.result()
         except KilledWorker:
             raise NncliError("a dask worker died while scoring a partition (out of memory? try a smaller --batch-size)", "--engine dask") from None
+        except (FutureCancelledError, CommClosedError):
+            # a worker killed mid-run without a nanny took the model or the rows it held: dask forgets the
+            # task ("cancelled for reason: already forgotten"); a scheduler gone closes the connection
+            raise NncliError("the dask cluster lost a worker or its scheduler while scoring (a worker killed?): run again",
+                             "--engine dask") from None
 
     def cancel(self, futures: list) -> None:
         with contextlib.suppress(Exception):
@@ -132,7 +142,7 @@ def _reachable(address: str) -> None:
     from urllib.parse import urlsplit
 
     scheme = address.split("://", 1)[0] if "://" in address else "tcp"
-    if scheme not in ("tcp", "tls"):
+    if scheme not in ("tcp", "tls", "inproc"):  # inproc: a cluster in the library caller's own process
         raise NncliError(f"nncli reaches a dask scheduler over tcp:// or tls://, not {scheme}://", address)
     if scheme != "tcp":
         return
