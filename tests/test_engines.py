@@ -22,8 +22,8 @@ import torch
 
 import nncli
 from nncli.engines import core
-from nncli.errors import NncliError
 from nncli.engines import dask as nd
+from nncli.errors import NncliError
 from tests.helpers import assert_error, load_json, write
 
 pytestmark = pytest.mark.filterwarnings("ignore:The inplace keyword")  # dask's own read_parquet, on pandas 3
