@@ -435,6 +435,18 @@ def test_a_cluster_without_workers_is_one_line(nncli, folder):
         assert_error(result, 1, "the dask cluster has no workers to score on", empty.scheduler_address)
 
 
+def test_a_local_cluster_that_cannot_start_is_one_line(nncli, folder, monkeypatch):
+    """--workers 200 under a process limit: the spawn fails (EAGAIN) inside dask; one line, not its traceback."""
+    import errno
+
+    def refused(*args, **kwargs):
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(distributed, "LocalCluster", refused)
+    result = nncli("loss", folder / "spec.yaml", folder / "a.csv", "-t", "label", *FEATURE_ARGS, "--engine", "dask", "--workers", "2")
+    assert_error(result, 1, "cannot start a local dask cluster of 2 workers: Resource temporarily unavailable", "--workers")
+
+
 def test_train_mode_batchnorm_stays_in_one_process(nncli, tmp_path, address):
     spec = write(tmp_path, "bn.yaml", "layers:\n  - BatchNorm1d\n  - Linear: {out_features: 3}\nloss: CrossEntropyLoss\n")
     write(tmp_path, "d.csv", table(20, 1).select([*FEATURES, pl.lit(1).alias("k")]).write_csv())
