@@ -178,7 +178,11 @@ def _launch(nproc: int, pipes: dict) -> None:
         stop(signum)
         os._exit(128 + signum)  # as cli._interrupted, after the ranks
 
+    import threading
+
     handled = [s for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) if signal.getsignal(s) != signal.SIG_IGN or s == signal.SIGINT]
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers; the ranks still die with it
+        handled = []
     previous = {s: signal.signal(s, forward) for s in handled}
     try:
         for r in range(nproc):
