@@ -280,3 +280,44 @@ def test_one_cycle_counts_the_steps_of_a_rank(tmp_path):
     ours = load_file(str(out))
     for k in hand:
         assert torch.equal(ours[k], hand[k]), k
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_rank_waiting_for_the_others_dies_with_the_launcher(tmp_path):
+    """Rank 0 waits in torch's rendezvous (C++, no Python signal handler runs there) for a rank that
+    never comes; the launcher is then killed: rank 0 goes too, not after the store's 30 minutes."""
+    import signal
+    import time
+
+    path, _, _ = table(tmp_path)
+    spec = write(tmp_path, "s.yaml", NO_DROPOUT)
+    code = f"""
+import subprocess, sys
+real = subprocess.Popen
+class Never:  # rank 1 as if it were still starting
+    returncode = None
+    def poll(self): return None
+class OnlyRank0(real):
+    def __new__(cls, *args, **kwargs):
+        return Never() if kwargs["env"]["RANK"] != "0" else real(*args, **kwargs)
+subprocess.Popen = OnlyRank0
+sys.argv = ["nncli", "train", {str(spec)!r}, {str(path)!r}, "-t", "y", "--epochs", "1", "--lr", "0.1", "--nproc", "2"]
+from nncli.cli import main
+main()
+"""
+    launcher = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (ranks := _children(launcher.pid)):
+        assert time.monotonic() < deadline and launcher.poll() is None
+        time.sleep(0.1)
+    time.sleep(8)  # rank 0 imports torch and waits for rank 1
+    assert _alive(ranks[0])
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while _alive(ranks[0]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = _alive(ranks[0])
+    if alive:
+        os.kill(ranks[0], signal.SIGKILL)  # leave nothing running, whatever the outcome
+    assert not alive

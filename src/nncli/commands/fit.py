@@ -240,9 +240,12 @@ def _master_port() -> int:
 
 
 def _dies_with(parent: int):
-    """What each rank runs before it starts (Linux): the parent-death signal, SIGTERM, so a launcher
-    killed by any signal, SIGKILL included, takes its ranks with it. A launcher that died before the
-    call was made is seen by the parent's pid having changed. Elsewhere: nothing."""
+    """What each rank runs before it starts (Linux): the parent-death signal, so a launcher killed by
+    any signal, SIGKILL included, takes its ranks with it. SIGKILL, since a rank blocked in torch's C++
+    (the rendezvous waiting for a rank that never came) runs no Python handler until the call returns,
+    up to 30 minutes later; a launcher that could clean up has already stopped them with SIGTERM. A
+    launcher that died before the call was made is seen by the parent's pid having changed.
+    Elsewhere: nothing."""
     import signal
     import sys
 
@@ -254,7 +257,7 @@ def _dies_with(parent: int):
     pr_set_pdeathsig = 1
 
     def set_it() -> None:
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:
             os._exit(1)
 
