@@ -321,3 +321,29 @@ main()
     if alive:
         os.kill(ranks[0], signal.SIGKILL)  # leave nothing running, whatever the outcome
     assert not alive
+
+
+def test_a_failed_rank_while_another_waits_in_the_rendezvous_ends(tmp_path):
+    """Rank 1 fails (after 8 s) while rank 0 waits for it in torch's rendezvous, where SIGTERM is not acted
+    on: the launcher waited on rank 0 for the store's 30 minutes. It now kills it after 10 s."""
+    import time
+
+    path, _, _ = table(tmp_path)
+    spec = write(tmp_path, "s.yaml", NO_DROPOUT)
+    code = f"""
+import subprocess, sys
+real = subprocess.Popen
+class FailingRank1(real):
+    def __init__(self, args, **kwargs):
+        if kwargs["env"]["RANK"] != "0":
+            args = [sys.executable, "-c", "import sys, time; time.sleep(8); sys.stderr.write('error: boom (here)\\\\n'); sys.exit(1)"]
+        super().__init__(args, **kwargs)
+subprocess.Popen = FailingRank1
+sys.argv = ["nncli", "train", {str(spec)!r}, {str(path)!r}, "-t", "y", "--epochs", "1", "--lr", "0.1", "--nproc", "2"]
+from nncli.cli import main
+main()
+"""
+    start = time.monotonic()
+    run = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    assert_error(_result(run), 1, "rank 1: boom (here)", "--nproc")
+    assert time.monotonic() - start < 60

@@ -198,9 +198,7 @@ def _launch(nproc: int, pipes: dict) -> None:
             failed = next((r for r, p in enumerate(procs) if p.poll() not in (None, 0)), None)
             time.sleep(0.05)
         failed = failed if failed is not None else next((r for r, p in enumerate(procs) if p.returncode != 0), None)
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
+        stop()  # the others, after a failure: SIGTERM, then SIGKILL for one stuck in torch's C++ (a rendezvous)
         errors = [p.communicate()[1].decode("utf-8", "replace") for p in procs]
     finally:
         for s, handler in previous.items():
