@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 
+from nncli.errors import NncliError
 from tests.helpers import CONFIGS, DATA, assert_error, load_json, write
 
 
@@ -161,3 +162,40 @@ def test_quoted_cells_are_read_exactly(nncli, tmp_path):
     data = write(tmp_path, "d.csv", '"a","b"\n"1","0"\n0.2,"0.4"\n')
     plain = nncli("forward", CONFIGS / "hand-checkable.yaml", DATA / "two-points.csv").stdout
     assert nncli("forward", CONFIGS / "hand-checkable.yaml", data).stdout == plain
+
+
+def _pt2_with(tmp_path, member: str, payload: bytes):
+    """nncli's own .pt2 export of three-class with one archive member replaced."""
+    import zipfile
+
+    import nncli
+    from nncli.export import export_pt2
+
+    good, evil = tmp_path / "good.pt2", tmp_path / "evil.pt2"
+    export_pt2(nncli.load(CONFIGS / "three-class.yaml"), good)
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(evil, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info, payload if info.filename.endswith(member) else zin.read(info))
+    good.unlink()
+    return evil
+
+
+def test_a_pt2_whose_sample_inputs_run_code_is_never_unpickled(nncli, tmp_path):
+    """torch.export.load retries a failed weights_only load with weights_only=False: nncli reads a
+    .pt2's metadata with zipfile, loads its program only after every pickle passed weights_only, and
+    forward refuses .pt2 input."""
+    import io
+
+    from nncli import export
+
+    marker = tmp_path / "pwned"
+    buffer = io.BytesIO()
+    torch.save(Payload(str(marker)), buffer)
+    evil = _pt2_with(tmp_path, "sample_inputs/model.pt", buffer.getvalue())
+    assert export.read_metadata(evil)["spec"] == "three-class"  # nncli.json, read as JSON
+    assert not marker.exists()
+    with pytest.raises(NncliError, match=r"sample_inputs/model.pt holds Python objects other than tensors \(posix.system\)"):
+        export.load_pt2(evil)
+    assert_error(nncli("forward", evil, DATA / "table-5x6.csv"), 1, "forward scores .onnx files and specs, not .pt2")
+    assert not marker.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.pt2"]
