@@ -581,6 +581,34 @@ def test_onnx_model_errors_are_one_line(tmp_path):
         OnnxModel(tmp_path / "m.onnx").forward(DATA / "table-5x6.csv")
 
 
+def _with_head_width(source, path, width: int):
+    """An exported .onnx whose nncli metadata claims another output width than its graph gives."""
+    import onnx
+
+    proto = onnx.load(str(source))
+    entry = next(p for p in proto.metadata_props if p.key == "head")
+    entry.value = json.dumps({**json.loads(entry.value), "width": width})
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_onnx_metadata_that_lies_about_the_output_width_is_refused(nncli, tmp_path):
+    """A 5 KB file whose metadata said 10**8 columns made forward build 10**8 column names (11 GB):
+    the metadata's width is checked against the graph's declared output before anything runs."""
+    _onnxruntime()
+    from nncli.export import OnnxModel, export_onnx
+
+    export_onnx(lib.load(CONFIGS / "three-class.yaml"), tmp_path / "m.onnx")
+    huge = _with_head_width(tmp_path / "m.onnx", tmp_path / "huge.onnx", 100_000_000)
+    assert huge.stat().st_size < 10_000
+    with pytest.raises(NncliError, match="nncli metadata gives the output 100,000,000 columns; its graph gives 3"):
+        OnnxModel(huge)
+    five = _with_head_width(tmp_path / "m.onnx", tmp_path / "five.onnx", 5)
+    assert_error(nncli("forward", five, DATA / "table-5x6.csv", "-t", "label"), 1,
+                 f"the file's nncli metadata gives the output 5 columns; its graph gives 3 ({five})")
+    assert OnnxModel(tmp_path / "m.onnx").head.width == 3
+
+
 # -- without the onnx extra ---------------------------------------------------------------------------
 
 

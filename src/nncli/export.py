@@ -730,17 +730,22 @@ class OnnxModel(Forwards):
         self.built = OnnxBuilt(f"{name} ({os.path.basename(self.path)}, onnxruntime, {self.dtype})", self.dtype)
 
     def _head(self, shape) -> Head:
-        """The head the file says it has (without class labels: forward_frames adds them), else plain."""
-        given = self.metadata.get("head")
-        if isinstance(given, dict) and given.get("kind") in ("sigmoid", "softmax", "logsoftmax", "plain") and isinstance(given.get("width"), int):
-            link = given.get("link") if given.get("link") in ("softmax", "sigmoid") else None
-            return Head(given["kind"], given["width"], link)
+        """The head the file says it has (without class labels: forward_frames adds them), else plain.
+
+        The metadata's width must be the graph's: a 5 KB file whose metadata said 10**8 columns made
+        forward build 10**8 column names (11 GB) before scoring a row."""
         width = shape[1] if len(shape) == 2 and isinstance(shape[1], int) else (1 if len(shape) == 1 else None)
-        if width is None:  # a foreign model with a symbolic output width: one row of zeros says
+        if width is None:  # a symbolic output width: one row of zeros says
             import numpy as np
 
             probe = np.zeros((1, self.width or 1), dtype=self.dtype)
             width = int(np.asarray(run_session(self.session, [self.output], {self.input: probe}, self.path)[0]).reshape(1, -1).shape[1])
+        given = self.metadata.get("head")
+        if isinstance(given, dict) and given.get("kind") in ("sigmoid", "softmax", "logsoftmax", "plain") and isinstance(given.get("width"), int):
+            if given["width"] != width:
+                raise NncliError(f"the file's nncli metadata gives the output {given['width']:,} columns; its graph gives {width:,}", self.path)
+            link = given.get("link") if given.get("link") in ("softmax", "sigmoid") else None
+            return Head(given["kind"], given["width"], link)
         return Head("plain", width)
 
     @property
