@@ -556,12 +556,23 @@ def _session(data, threads: int | None = None, spinning: bool = True):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: onnxruntime's warnings are about its own graph rewrites
+    options.log_severity_level = 4  # fatal only: its errors become nncli's one line, its warnings are about its own graph rewrites
     if threads is not None:
         options.intra_op_num_threads = threads
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+def quiet_onnxruntime() -> None:
+    """For the CLI only, as it is process-wide: onnxruntime's default logger, which a session's
+    log_severity_level does not reach, prints coloured warnings of its own while it loads a graph
+    (a declared output shape that its shape inference contradicts); errors only."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return  # OnnxModel says what to install
+    ort.set_default_logger_severity(3)
 
 
 def _load_check(data: bytes, built, threads: int | None, where: str | None) -> None:
@@ -828,8 +839,22 @@ def run_session(session, names, feeds, where: str | None = None):
         done.wait()
         raise
     if "error" in result:
-        raise NncliError(f"onnxruntime failed to run the model: {_first_line(result['error'])}", where) from None
+        raise NncliError(_run_failure(result["error"]), where) from None
     return result["out"]
+
+
+def _run_failure(error: BaseException) -> str:
+    """onnxruntime's Fail/RuntimeException while running, in one line: an allocation it cannot make
+    (a ConstantOfShape of 4*10**12 elements) by its node and size, anything else by its first line."""
+    text = _first_line(error)
+    size = re.search(r"Failed to allocate memory for requested buffer of size (\d+)", text)
+    if size or isinstance(error, MemoryError):
+        node = re.search(r"while running (\w+) node", text)
+        where = f" for its {node[1]} node" if node else ""
+        asked = f" {int(size[1]):,} bytes" if size else ""
+        return f"out of memory: onnxruntime cannot allocate{asked}{where}"
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    return f"onnxruntime failed to run the model: {text[:300]}"
 
 
 def _int(value) -> int | None:

@@ -47,10 +47,11 @@ def forward(
                          "export .onnx, or load it with torch.export.load in Python if you trust it", spec)
     if spec.lower().endswith(".onnx"):  # an exported model, scored by onnxruntime: forward's columns, no torch
         from nncli.errors import UsageError
-        from nncli.export import OnnxModel
+        from nncli.export import OnnxModel, quiet_onnxruntime
 
         if model["weights"] or model["seed"] is not None or model["dtype"] != "float32" or engine:
             raise UsageError("an .onnx model carries its weights and dtype: --weights, --seed, --dtype and --engine are for specs")
+        quiet_onnxruntime()
         loaded = OnnxModel(spec, threads=runtime["threads"])
     else:
         loaded = load_model(spec, model, runtime)
