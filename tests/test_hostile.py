@@ -272,3 +272,34 @@ except TimeoutError:
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["True", "['MainThread']"], run.stdout + run.stderr
+
+
+def test_a_pt2_whose_weights_are_pickles_is_refused_before_torch_reads_it(tmp_path):
+    """torch.export.load unpickles "use_pickle" weights with weights_only=False: load_pt2 refuses them from the config."""
+    import io
+    import json
+    import zipfile
+
+    from nncli import export
+
+    marker = tmp_path / "pwned"
+    config = json.dumps({"config": {"0.weight": {"path_name": "weight_0", "is_param": True, "use_pickle": True, "tensor_meta": None}}})
+    evil = _pt2_with(tmp_path, "data/weights/model_weights_config.json", config.encode())
+    buffer = io.BytesIO()
+    torch.save(Payload(str(marker)), buffer)
+    with zipfile.ZipFile(evil) as archive:
+        weight = next(n for n in archive.namelist() if n.endswith("data/weights/weight_0"))
+    _replace_member(evil, weight, buffer.getvalue())  # torch.export.load itself runs it (checked by hand)
+    with pytest.raises(NncliError, match=r"refused: 0.weight in .*model_weights_config.json is stored as a pickle or an object"):
+        export.load_pt2(evil)
+    assert not marker.exists()
+
+
+def _replace_member(path, member: str, payload: bytes) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path) as zin:
+        items = [(info, payload if info.filename == member else zin.read(info)) for info in zin.infolist()]
+    with zipfile.ZipFile(path, "w") as zout:
+        for info, data in items:
+            zout.writestr(info, data)
