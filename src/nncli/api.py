@@ -200,6 +200,8 @@ class Model(Forwards):
             raise NncliError(f"the model expects {given} features; {width_from} has {width}", self.spec.path)
         if width is None:
             width, width_from = input_width(self.spec, self.inputs), "--inputs" if self.inputs else "the spec"
+            if width is None:
+                width, width_from = self._weights_width(width_from)
         self._width = width
         built, _ = make_model(self._options(), self.spec, width, width_from)
         if built.classes is not None and self.spec.classes is not None and built.classes != self.spec.classes:
@@ -247,8 +249,22 @@ class Model(Forwards):
 
         if self.inputs and self.spec.inputs and self.inputs != self.spec.inputs:
             raise UsageError(f"--inputs {self.inputs} disagrees with the spec's inputs: {self.spec.inputs}")
-        width = input_width(self.spec, self.inputs)
-        return width, resolve(self.spec, width, "--inputs" if self.inputs else "the spec's inputs")
+        width, width_from = input_width(self.spec, self.inputs), "--inputs" if self.inputs else "the spec's inputs"
+        if width is None:
+            width, width_from = self._weights_width(width_from)
+        return width, resolve(self.spec, width, width_from)
+
+    def _weights_width(self, width_from: str) -> tuple[int | None, str]:
+        """A spec that leaves the first in_features (num_features, normalized_shape) out, with weights:
+        the width their first sized layer's tensor has (params and export need no data to build)."""
+        from nncli.model import weights_width
+        from nncli.spec import unsized_first_layer
+
+        layer = unsized_first_layer(self.spec)
+        if layer is None or not self.weights:
+            return None, width_from
+        width = weights_width(self.weights, layer.index, layer.type)
+        return (width, self.weights) if width is not None else (None, width_from)
 
     @property
     def module(self):

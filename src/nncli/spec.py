@@ -493,6 +493,20 @@ def input_width(spec: Spec, inputs: int | None = None) -> int | None:
     return None
 
 
+def unsized_first_layer(spec: Spec) -> LayerSpec | None:
+    """The layer whose size argument only the input width can fill (input_width found none): a
+    weights file's tensors can (nncli.model.weights_width)."""
+    if spec.inputs is not None:
+        return None
+    for layer in spec.layers:
+        kind = LAYERS[layer.type]
+        if kind.size_arg:
+            return None if kind.size_arg in _bind(layer, kind, spec.path) else layer
+        if kind.out_arg:
+            return None
+    return None
+
+
 def _check_inline(layer: LayerSpec, shapes: dict, path: str) -> None:
     for key, value in layer.inline.items():
         if key not in shapes:

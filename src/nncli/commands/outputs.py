@@ -42,12 +42,16 @@ def forward(
     from nncli.engines import scoring
 
     paths = expand_paths(data)
+    if spec.lower().endswith(".pt2"):  # torch.export.load would run what the file holds (SECURITY.md)
+        raise NncliError("forward scores .onnx files and specs, not .pt2: loading a .pt2 runs code it holds; "
+                         "export .onnx, or load it with torch.export.load in Python if you trust it", spec)
     if spec.lower().endswith(".onnx"):  # an exported model, scored by onnxruntime: forward's columns, no torch
         from nncli.errors import UsageError
-        from nncli.export import OnnxModel
+        from nncli.export import OnnxModel, quiet_onnxruntime
 
         if model["weights"] or model["seed"] is not None or model["dtype"] != "float32" or engine:
             raise UsageError("an .onnx model carries its weights and dtype: --weights, --seed, --dtype and --engine are for specs")
+        quiet_onnxruntime()
         loaded = OnnxModel(spec, threads=runtime["threads"])
     else:
         loaded = load_model(spec, model, runtime)
