@@ -4,6 +4,7 @@ of the package (lower layers never import the CLI or rendering), and start-up wi
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,26 @@ def test_help_and_usage_errors_never_import_torch():
             "assert 'torch' not in sys.modules, 'torch was imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["forward", "--bogus", "s.yaml", "d.csv"], "error: No such option: --bogus"),
+    (["forward"], "error: Missing argument 'SPEC'."),
+    (["forward", "s.yaml", "d.csv", "--batch-size", "abc"], "error: Invalid value for '--batch-size' / '-b':"),
+    (["train", "s.yaml", "d.csv", "-t", "y", "--lr", "0.1", "--epochs", "two"], "error: Invalid value for '--epochs' / '-e':"),
+    (["params"], "error: Missing argument 'SPEC'."),
+    (["clean", "--bogus"], "error: No such option: --bogus"),
+    (["nosuch"], "error: No such command 'nosuch'."),
+    (["--bogus"], "error: No such option: --bogus"),
+])
+def test_click_usage_errors_are_one_error_line_and_a_try_line(tmp_path, args, message):
+    """The README promises one `error:` line: Click's own 4-line block (Usage:, Try, blank, Error:)
+    is `error: <message>` and `Try 'nncli CMD --help'`, exit 2, as the user runs it."""
+    (tmp_path / "s.yaml").write_text("layers: []\n")
+    (tmp_path / "d.csv").write_text("a,y\n1,0\n")
+    result = subprocess.run([shutil.which("nncli"), *args], capture_output=True, text=True, cwd=tmp_path)
+    command = " ".join(["nncli", *[a for a in args[:1] if a in COMMANDS]])
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert result.stderr.splitlines() == [result.stderr.splitlines()[0], f"Try '{command} --help'"], result.stderr
+    assert result.stderr.startswith(message), result.stderr
+    assert result.stdout == ""
