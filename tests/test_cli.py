@@ -122,3 +122,99 @@ def test_click_usage_errors_are_one_error_line_and_a_try_line(tmp_path, args, me
     assert result.stderr.splitlines() == [result.stderr.splitlines()[0], f"Try '{command} --help'"], result.stderr
     assert result.stderr.startswith(message), result.stderr
     assert result.stdout == ""
+
+
+# -- column lists: --features a,b,c -----------------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+TABLE = EXAMPLES / "data" / "table-5x6.csv"  # x0..x5, label
+BINARY = EXAMPLES / "configs" / "binary-classifier.yaml"
+
+
+@pytest.mark.parametrize("command", [
+    ["forward"], ["loss"], ["grads"], ["step", "--lr", "0.1"], ["train", "--lr", "0.1", "--epochs", "2"], ["evaluate"],
+    ["trace", "--rows", "0,3"], ["stats"], ["gradcheck"],
+])
+def test_every_command_with_features_takes_a_comma_list(nncli, command):
+    """`--features a,b,c` said `no such column 'a,b,c'`; comma lists and repeats mix, in order."""
+    default = nncli(*command, BINARY, TABLE, "-t", "label", "-f", "json", "-q")
+    listed = nncli(*command, BINARY, TABLE, "-t", "label", "-f", "json", "-q", "--features", "x0,x1, x2", "--features", "x3,4", "--features", "x5")
+    assert default.exit_code == 0, default.stderr
+    assert listed.exit_code == 0, listed.stderr
+    assert listed.stdout == default.stdout
+
+
+def _probabilities(model, x: "torch.Tensor") -> list[float]:
+    """float32 outputs as Python floats; nncli's CSV prints float32's shortest text, read back the same way."""
+    import numpy as np
+    import torch
+
+    with torch.no_grad():
+        return [float(np.float32(v)) for v in model(x).squeeze(1).numpy()]
+
+
+def _three_inputs():
+    """A user's own 3 -> 1 sigmoid model, seeded as nncli seeds it."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(7)
+    return nn.Sequential(nn.Linear(3, 1), nn.Sigmoid())
+
+
+def test_a_comma_list_picks_those_columns_in_that_order(nncli, tmp_path):
+    import csv
+
+    import numpy as np
+
+    import torch
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("seed: 7\nlayers:\n  - Linear: [3, 1]\n  - Sigmoid\n")
+    rows = list(csv.DictReader(TABLE.open()))
+    x = torch.tensor([[float(r[c]) for c in ("x2", "x0", "x5")] for r in rows])
+    result = nncli("forward", spec, TABLE, "--features", "x2,x0,-2", "-f", "csv")
+    assert result.exit_code == 0, result.stderr
+    got = [float(np.float32(r["prob"])) for r in csv.DictReader(result.stdout.splitlines())]
+    assert got == _probabilities(_three_inputs(), x)
+
+
+def test_a_column_name_with_a_comma_is_written_in_double_quotes(nncli, tmp_path):
+    """The rule: a --features value is read as one CSV row, so `"p,q"` is the column p,q."""
+    import csv
+
+    import numpy as np
+
+    import torch
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("seed: 7\nlayers:\n  - Linear: [3, 1]\n  - Sigmoid\n")
+    data = tmp_path / "d.csv"
+    data.write_text('"p,q",r,s,label\n1.5,-2,0.25,1\n-0.5,3,1,0\n')
+    x = torch.tensor([[1.5, -2.0, 0.25], [-0.5, 3.0, 1.0]])
+    result = nncli("forward", spec, data, "--features", '"p,q", r,s', "-f", "csv")
+    assert result.exit_code == 0, result.stderr
+    assert [float(np.float32(r["prob"])) for r in csv.DictReader(result.stdout.splitlines())] == _probabilities(_three_inputs(), x)
+    from tests.helpers import assert_error
+
+    assert_error(nncli("forward", spec, data, "--features", "p,q,r"), 1, "--features 'p': no such column")
+    assert_error(nncli("forward", spec, data, "--features", "r,,s"), 2, "error: --features 'r,,s': an empty column name")
+
+
+def test_the_library_takes_features_as_a_list_or_a_comma_text(tmp_path):
+    import polars as pl
+    import torch
+
+    import nncli
+
+    spec = {"seed": 7, "layers": [{"Linear": [3, 1]}, "Sigmoid"]}
+    table = pl.DataFrame({"p,q": [1.5, -0.5], "r": [-2.0, 3.0], "s": [0.25, 1.0], "label": [1.0, 0.0]})
+    want = _probabilities(_three_inputs(), torch.tensor([[1.5, -2.0, 0.25], [-0.5, 3.0, 1.0]]))
+    m = nncli.load(spec)
+    assert m.forward(table, features=["p,q", "r", "s"]).get_column("prob").to_list() == want  # a list: items as given
+    assert m.forward(table, features='"p,q",r,s').get_column("prob").to_list() == want  # a text: a CSV row
+    path = tmp_path / "d.csv"
+    table.write_csv(path)
+    assert m.forward(str(path), features='"p,q",1,2').get_column("prob").to_list() == want
+    with pytest.raises(nncli.NncliError, match="no such column"):
+        m.forward(table, features="p,q,r")

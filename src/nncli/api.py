@@ -33,10 +33,10 @@ from nncli.model import DEFAULT_MAX_PARAMS
 from nncli.spec import Spec
 
 
-def _listed(value) -> list[str]:
-    if value is None:
-        return []
-    return [str(value)] if isinstance(value, (str, int)) else [str(v) for v in value]
+def _listed(value, option: str = "features") -> list[str]:
+    from nncli.columns import column_list  # "a,b" is two columns, a list is taken as given
+
+    return column_list(value, option)
 
 
 @dataclass
@@ -60,7 +60,7 @@ def open_data(data, read: Read, want_targets: bool = False):
     if is_table(data):
         if read.targets_file:
             raise UsageError("targets_file is for CSV files; pass the targets as a column of the table")
-        source = FrameData(data, _listed(read.target), _listed(read.features), read.id_column, want_targets)
+        source = FrameData(data, _listed(read.target, "target"), _listed(read.features), read.id_column, want_targets)
     else:
         from nncli.data import Many, expand_paths
 
@@ -70,7 +70,7 @@ def open_data(data, read: Read, want_targets: bool = False):
         sources = []
         try:
             for path in paths:
-                options = DataOptions(path, read.delimiter, read.header, _listed(read.features), _listed(read.target),
+                options = DataOptions(path, read.delimiter, read.header, _listed(read.features), _listed(read.target, "target"),
                                       read.targets_file, read.id_column, read.label)
                 options.decimal_comma = read.decimal_comma
                 options.input_format = read.input_format
