@@ -706,3 +706,40 @@ def test_a_failed_write_keeps_the_old_file(tmp_path):
             f.write(b"half")
             raise OSError(28, "No space left on device")
     assert os.listdir(tmp_path) == ["out.csv"] and out.read_text() == "precious\n"
+
+
+# -- -o FOLDER/ that a failed run made ----------------------------------------------------------------
+
+
+def test_a_failed_run_removes_the_folders_it_made_for_its_outputs(tmp_path, nncli):
+    """`-o new/a/` on a run that then failed left new/ and new/a/ behind, empty."""
+    bad = tmp_path / "bad.csv"
+    bad.write_text("x0,x1,x2,x3,x4,x5,label\n1,2,3,4,5,x,1\n")
+    spec = CONFIGS / "binary-classifier.yaml"
+    assert_error(nncli("forward", spec, bad, "-t", "label", "-o", f"{tmp_path}/new/a/"), 1, "is not a number")
+    assert sorted(os.listdir(tmp_path)) == ["bad.csv"]
+    # a folder the user made stays, even empty; only the one nncli made inside it goes
+    (tmp_path / "mine").mkdir()
+    assert_error(nncli("forward", spec, bad, "-t", "label", "-o", f"{tmp_path}/mine/../mine/made/"), 1, "is not a number")
+    assert sorted(os.listdir(tmp_path)) == ["bad.csv", "mine"] and os.listdir(tmp_path / "mine") == []
+    # a run that works keeps the folders it made, with its output
+    result = nncli("forward", spec, DATA / "table-5x6.csv", "-t", "label", "-o", f"{tmp_path}/new/a/")
+    assert result.exit_code == 0, result.stderr
+    assert os.listdir(tmp_path / "new" / "a") == ["table-5x6.csv"]
+
+
+def test_created_folders_removes_only_its_own_empty_folders(tmp_path):
+    from nncli.output import created_folders
+
+    with pytest.raises(RuntimeError):
+        with created_folders(str(tmp_path / "a" / "b" / "c")):
+            (tmp_path / "a" / "b" / "kept.txt").write_text("something another process wrote")
+            raise RuntimeError("the run fails")
+    assert os.listdir(tmp_path / "a") == ["b"] and os.listdir(tmp_path / "a" / "b") == ["kept.txt"]
+    # a terminating signal (the CLI's handler calls abandon_writes) removes them too
+    with created_folders(str(tmp_path / "x" / "y")):
+        output.abandon_writes()
+        assert not (tmp_path / "x").exists()
+    with pytest.raises(NncliError, match="exists and is not a folder"):
+        with created_folders(str(tmp_path / "a" / "b" / "kept.txt")):
+            pass

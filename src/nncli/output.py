@@ -299,6 +299,46 @@ def removed_on_signal(path: str) -> Iterator[None]:
         _unfinished.discard(path)
 
 
+@contextlib.contextmanager
+def created_folders(path: str) -> Iterator[None]:
+    """The folder `path` made (with its missing parents, as os.makedirs), and unmade should the block
+    fail or a signal end the run: only the folders made here, deepest first, each only while empty
+    (rmdir refuses a folder with anything in it). A failed run leaves no new empty folder behind."""
+    made: list[str] = []
+
+    def undo() -> None:
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+
+    with called_on_signal(undo):
+        try:
+            _make_folders(path, made)
+            if not os.path.isdir(path):
+                raise NncliError("exists and is not a folder", path)
+            yield
+        except BaseException:
+            undo()
+            raise
+
+
+def _make_folders(path: str, made: list[str]) -> None:
+    """os.makedirs(path, exist_ok=True), step by step as it goes, noting each folder made here: one
+    that exists already, or that another process makes meanwhile (FileExistsError), is not ours."""
+    head, tail = os.path.split(path)
+    if not tail:
+        head, tail = os.path.split(head)
+    if head and tail and not os.path.exists(head):
+        _make_folders(head, made)
+        if tail == os.curdir:
+            return
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        return
+    made.append(path)
+
+
 def temp_name(target: str) -> str:
     """`.{name}.nncli-{pid}-{random}.tmp` beside `target` (the name shortened to fit NAME_MAX)."""
     stem = os.path.basename(target)
