@@ -119,7 +119,7 @@ class _Group(TyperGroup):
         except exceptions.ClickException as e:
             _say_error(e.format_message(), e.exit_code)
             sys.exit(e.exit_code)
-        except exceptions.Abort:
+        except _abort():  # Ctrl-D at a prompt; nncli has none, but Typer's class is caught all the same
             _say_error("aborted", 1)
             sys.exit(1)
         # Without standalone mode Typer returns typer.Exit's code, or the command's value (None)
@@ -133,6 +133,13 @@ def _click_exceptions():
 
     click = getattr(typer.core, "_click", None) or getattr(typer.core, "click")
     return click.exceptions
+
+
+def _abort() -> type:
+    """Typer's Abort (its own class in typer.core since it vendors Click; click's own before)."""
+    import typer.core
+
+    return getattr(typer.core, "Abort", None) or _click_exceptions().Abort
 
 
 def _usage_error(e) -> None:
