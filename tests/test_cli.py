@@ -4,12 +4,14 @@ of the package (lower layers never import the CLI or rendering), and start-up wi
 from __future__ import annotations
 
 import ast
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import click
+import numpy as np
 import pytest
 import typer
 
@@ -218,3 +220,46 @@ def test_the_library_takes_features_as_a_list_or_a_comma_text(tmp_path):
     assert m.forward(str(path), features='"p,q",1,2').get_column("prob").to_list() == want
     with pytest.raises(nncli.NncliError, match="no such column"):
         m.forward(table, features="p,q,r")
+
+
+# -- --threshold: a probability ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1", "2", "1.0000001", "-0.0001"])
+@pytest.mark.parametrize("command", [["forward"], ["evaluate"]])
+def test_a_threshold_outside_0_to_1_is_a_usage_error(tmp_path, command, value):
+    """`--threshold nan` made every row class 0, silently; inf, -1 and 2 one class for every row."""
+    result = subprocess.run([shutil.which("nncli"), *command, BINARY, TABLE, "-t", "label", f"--threshold={value}"],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert result.stderr.startswith("error: Invalid value for '--threshold': must be a number from 0 to 1"), result.stderr
+    assert result.stdout == "" and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1, 2, 1.5, True, "0.5", None])
+def test_the_library_refuses_a_threshold_outside_0_to_1(value):
+    import nncli
+    from nncli.errors import UsageError
+
+    m = nncli.load(BINARY)
+    for call in (lambda: m.forward(str(TABLE), target="label", threshold=value),
+                 lambda: nncli.evaluate(m, str(TABLE), target="label", threshold=value),
+                 lambda: m.predict_batch(np.zeros((2, 6)), threshold=value)):
+        with pytest.raises(UsageError, match="threshold must be a number from 0 to 1"):
+            call()
+
+
+@pytest.mark.parametrize("value", ["0", "1", "0.6189085"])
+def test_thresholds_0_and_1_and_between_give_pytorchs_classes(nncli, value):
+    import csv
+
+    import torch
+
+    from tests.helpers import read_table, reference_model
+
+    with torch.no_grad():
+        probs = reference_model("binary-classifier").eval()(read_table(TABLE, ["label"])).squeeze(1)
+    want = (probs >= float(value)).long().tolist()
+    result = nncli("forward", BINARY, TABLE, "-t", "label", "--threshold", value, "-f", "csv")
+    assert result.exit_code == 0, result.stderr
+    assert [int(r["class"]) for r in csv.DictReader(result.stdout.splitlines())] == want

@@ -510,7 +510,9 @@ class ForwardRun:
     """An open forward pass: iterate `frames()` for (names, columns) per batch."""
 
     def __init__(self, built, head: Head, source, batches, threshold: float, source_column: str | None = None) -> None:
-        self.built, self.head, self.source, self.batches, self.threshold = built, head, source, batches, threshold
+        from nncli.forward import check_threshold
+
+        self.built, self.head, self.source, self.batches, self.threshold = built, head, source, batches, check_threshold(threshold)
         self.source_column = source_column  # a first column naming each row's file
         self.names = ([source_column] if source_column else []) + ([source.id_name] if source.id_name else [])
         self.names += head.output_names() + head.class_names()
@@ -1111,8 +1113,11 @@ def evaluate(model: Model, data, *, target=None, loss: str | None = None, thresh
     """The loss (eval mode) and the metrics that fit the loss, in one streaming pass: what `nncli evaluate -f json` prints."""
     import numpy as np
 
+    from nncli.forward import check_threshold
     from nncli.metrics import Confusion, MultiLabel, Regression, Scores, actual, class_count, kind_of, predicted, probabilities
     from nncli.texts import jsonable
+
+    threshold = check_threshold(threshold)  # before any work
 
     read = read or Read(target=target, **more)
     state: dict = {}

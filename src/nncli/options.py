@@ -62,7 +62,14 @@ BatchSize = Annotated[
         "Rows per batch (default: 16384); data that fits one batch is computed as one tensor. As in PyTorch, "
         "a float32 result's last digit can depend on the batch's shape.")),
 ]
-Threshold = Annotated[float, typer.Option("--threshold", metavar="P", help="A sigmoid output at or above this is class 1.")]
+def probability(value: Optional[float]) -> Optional[float]:
+    """A threshold: a number from 0 to 1 (NaN made every row class 0), else a usage error."""
+    if value is not None and not 0 <= value <= 1:
+        raise typer.BadParameter(f"must be a number from 0 to 1, got {value}")
+    return value
+
+
+Threshold = Annotated[float, typer.Option("--threshold", metavar="P", help="A sigmoid output at or above this is class 1 (0 to 1).", callback=probability)]
 Loss = Annotated[Optional[str], typer.Option("--loss", "-l", metavar="NAME", help="A torch.nn loss (CrossEntropyLoss, BCELoss, MSELoss, ...) or alias (cross_entropy, bce, mse, ...); default: the spec's, else implied by the head.")]
 Reduction = Annotated[str, typer.Option("--reduction", metavar="MODE", help="mean, sum or none (none: one loss per row).")]
 Mode = Annotated[Optional[str], typer.Option("--mode", metavar="MODE", help="train or eval (default: eval for loss, train for grads and step).")]
