@@ -146,7 +146,7 @@ def test_every_command_with_features_takes_a_comma_list(nncli, command):
     assert listed.stdout == default.stdout
 
 
-def _probabilities(model, x: "torch.Tensor") -> list[float]:
+def _probabilities(model, x) -> list[float]:
     """float32 outputs as Python floats; nncli's CSV prints float32's shortest text, read back the same way."""
     import numpy as np
     import torch

@@ -424,6 +424,7 @@ def test_odd_yaml_values_are_one_error_line(nncli, tmp_path, text, fragment):
     ("", "the spec file is empty"),
     ("\n   \n\n", "the spec file is empty"),
     ("\ufeff", "the spec file is empty"),
+    ("---\n...\n", "the spec file is empty"),
     ("# layers: to come\n\n# more\n", "the spec file holds only comments"),
 ])
 def test_an_empty_spec_file_is_called_empty_not_none(nncli, tmp_path, text, message):

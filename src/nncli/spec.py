@@ -268,7 +268,7 @@ def load_spec(path: str, max_layers: int = DEFAULT_MAX_LAYERS) -> Spec:
 
 def _refuse_empty(source: str, path: str) -> None:
     """A file with no YAML in it (empty, blank, only comments) is an empty file to the user, not `None`."""
-    lines = [line.strip() for line in source.splitlines() if line.strip()]
+    lines = [line.strip() for line in source.splitlines() if line.strip() not in ("", "---", "...")]  # document markers hold nothing
     if not lines:
         raise NncliError("the spec file is empty; a spec is a mapping with a `layers` list", path)
     if all(line.startswith("#") for line in lines):
