@@ -245,7 +245,7 @@ def test_the_library_refuses_a_threshold_outside_0_to_1(value):
     for call in (lambda: m.forward(str(TABLE), target="label", threshold=value),
                  lambda: nncli.evaluate(m, str(TABLE), target="label", threshold=value),
                  lambda: m.predict_batch(np.zeros((2, 6)), threshold=value)):
-        with pytest.raises(UsageError, match="threshold must be a number from 0 to 1"):
+        with pytest.raises(UsageError, match="threshold must be"):  # a number from 0 to 1 (or a finite number first)
             call()
 
 

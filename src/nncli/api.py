@@ -33,10 +33,10 @@ from nncli.model import DEFAULT_MAX_PARAMS
 from nncli.spec import Spec
 
 
-def _listed(value, option: str = "features") -> list[str]:
-    from nncli.columns import column_list  # "a,b" is two columns, a list is taken as given
-
-    return column_list(value, option)
+def _listed(value) -> list[str]:
+    if value is None:
+        return []
+    return [str(value)] if isinstance(value, (str, int)) else [str(v) for v in value]
 
 
 @dataclass
@@ -54,13 +54,22 @@ class Read:
     targets_label: str | None = None  # the same for the --targets file
     input_format: str | None = None  # csv, tsv, parquet, arrow, ndjson (+ .gz, .bz2, .xz, .zst); default: the suffix
 
+    def __post_init__(self) -> None:
+        from nncli.columns import split_columns
+
+        # a text is a comma list ("a,b": two columns; '"a,b"': one), a list is taken item by item as given
+        if isinstance(self.features, str):
+            self.features = split_columns(self.features, "features")
+        if isinstance(self.target, str):
+            self.target = split_columns(self.target, "target")
+
 
 def open_data(data, read: Read, want_targets: bool = False):
     """A path (or "-") -> a streaming Dataset; a table in memory -> FrameData. Warnings are issued."""
     if is_table(data):
         if read.targets_file:
             raise UsageError("targets_file is for CSV files; pass the targets as a column of the table")
-        source = FrameData(data, _listed(read.target, "target"), _listed(read.features), read.id_column, want_targets)
+        source = FrameData(data, _listed(read.target), _listed(read.features), read.id_column, want_targets)
     else:
         from nncli.data import Many, expand_paths
 
@@ -70,7 +79,7 @@ def open_data(data, read: Read, want_targets: bool = False):
         sources = []
         try:
             for path in paths:
-                options = DataOptions(path, read.delimiter, read.header, _listed(read.features), _listed(read.target, "target"),
+                options = DataOptions(path, read.delimiter, read.header, _listed(read.features), _listed(read.target),
                                       read.targets_file, read.id_column, read.label)
                 options.decimal_comma = read.decimal_comma
                 options.input_format = read.input_format
@@ -1113,14 +1122,15 @@ def evaluate(model: Model, data, *, target=None, loss: str | None = None, thresh
     """The loss (eval mode) and the metrics that fit the loss, in one streaming pass: what `nncli evaluate -f json` prints."""
     import numpy as np
 
-    from nncli.forward import check_threshold
     from nncli.metrics import Confusion, MultiLabel, Regression, Scores, actual, class_count, kind_of, predicted, probabilities
     from nncli.texts import jsonable
 
-    threshold = check_threshold(threshold)  # before any work
-
     read = read or Read(target=target, **more)
     state: dict = {}
+
+    from nncli.forward import check_threshold
+
+    check_threshold(threshold)  # before any work
 
     def observer(choice, head):
         kind = kind_of(choice, head.width)
