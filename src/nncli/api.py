@@ -54,6 +54,15 @@ class Read:
     targets_label: str | None = None  # the same for the --targets file
     input_format: str | None = None  # csv, tsv, parquet, arrow, ndjson (+ .gz, .bz2, .xz, .zst); default: the suffix
 
+    def __post_init__(self) -> None:
+        from nncli.columns import split_columns
+
+        # a text is a comma list ("a,b": two columns; '"a,b"': one), a list is taken item by item as given
+        if isinstance(self.features, str):
+            self.features = split_columns(self.features, "features")
+        if isinstance(self.target, str):
+            self.target = split_columns(self.target, "target")
+
 
 def open_data(data, read: Read, want_targets: bool = False):
     """A path (or "-") -> a streaming Dataset; a table in memory -> FrameData. Warnings are issued."""
@@ -526,7 +535,9 @@ class ForwardRun:
     """An open forward pass: iterate `frames()` for (names, columns) per batch."""
 
     def __init__(self, built, head: Head, source, batches, threshold: float, source_column: str | None = None) -> None:
-        self.built, self.head, self.source, self.batches, self.threshold = built, head, source, batches, threshold
+        from nncli.forward import check_threshold
+
+        self.built, self.head, self.source, self.batches, self.threshold = built, head, source, batches, check_threshold(threshold)
         self.source_column = source_column  # a first column naming each row's file
         self.names = ([source_column] if source_column else []) + ([source.id_name] if source.id_name else [])
         self.names += head.output_names() + head.class_names()
@@ -1132,6 +1143,10 @@ def evaluate(model: Model, data, *, target=None, loss: str | None = None, thresh
 
     read = read or Read(target=target, **more)
     state: dict = {}
+
+    from nncli.forward import check_threshold
+
+    check_threshold(threshold)  # before any work
 
     def observer(choice, head):
         kind = kind_of(choice, head.width)

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator
 
 from nncli.api import Forwards, finite_checks, row_columns
 from nncli.errors import NncliError, UsageError
-from nncli.forward import Head, head_of
+from nncli.forward import Head, check_threshold, head_of
 from nncli.losses import spec_loss
 
 EXTRA = "pip install 'nncli-torch[onnx]'"
@@ -869,7 +869,7 @@ class OnnxRun:
 
     def __init__(self, model: OnnxModel, head: Head, source, batches, threshold: float, source_column: str | None = None) -> None:
         self.model, self.built, self.head, self.source = model, model.built, head, source
-        self.batches, self.threshold, self.source_column = batches, threshold, source_column
+        self.batches, self.threshold, self.source_column = batches, check_threshold(threshold), source_column
         self.names = ([source_column] if source_column else []) + ([source.id_name] if source.id_name else [])
         self.names += head.output_names() + head.class_names()
         self.checks: list = []

@@ -79,6 +79,18 @@ def shown_outputs(head: Head, outputs):
     return outputs
 
 
+def check_threshold(threshold):
+    """A probability from 0 to 1. NaN made every row class 0 (every comparison with NaN is false),
+    and a threshold past 1 or below 0 one class for every row, silently."""
+    import numbers
+
+    from nncli.errors import UsageError
+
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 <= float(threshold) <= 1:
+        raise UsageError(f"threshold must be a number from 0 to 1, got {threshold!r}")
+    return threshold  # as given: its type decides the comparison's precision, as before
+
+
 def predict_classes(head: Head, outputs, threshold: float):
     """Predicted classes from what forward shows, as torch does it by hand: prob >= threshold, or the argmax."""
     import torch

@@ -100,13 +100,16 @@ def _forward_into_folder(m, paths, folder, output, spec, model, read, target, id
         outputs.append(os.path.join(folder, stem + EXTENSIONS[fmt]))
     if len(set(outputs)) != len(outputs):
         raise NncliError("two inputs have the same name, so their outputs would collide; give -o FILE to join them", folder)
-    os.makedirs(folder, exist_ok=True)
-    options = [output_options({**output, "fmt": fmt, "output": out}, inputs=[spec, paths, model["weights"]]) for out in outputs]
-    for oopts in options:
-        oopts.check()  # every output before any work
-    idle_threads_sleep()
-    for path, oopts in zip(paths, options):
-        _forward_to(m, [path], oopts, read_options(read, {"target": target}, id_column), threshold, batch_size, True, class_indices, source_column)
+    from nncli.output import created_folders
+
+    with created_folders(folder):  # a failed run removes the folders it made (while empty)
+        options = [output_options({**output, "fmt": fmt, "output": out}, inputs=[spec, paths, model["weights"]]) for out in outputs]
+        for oopts in options:
+            oopts.check()  # every output before any work
+        idle_threads_sleep()
+        for path, oopts in zip(paths, options):
+            _forward_to(m, [path], oopts, read_options(read, {"target": target}, id_column), threshold, batch_size, True, class_indices,
+                        source_column)
 
 
 @with_options(OUTPUT)

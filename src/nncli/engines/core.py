@@ -287,6 +287,11 @@ class TableOptions:
     threshold: float = 0.5
     batch_size: int | None = None
 
+    def __post_init__(self) -> None:
+        from nncli.forward import check_threshold
+
+        self.threshold = check_threshold(self.threshold)  # on the driver, before a task is sent
+
 
 def feature_columns(columns: list, options: TableOptions) -> list[str]:
     """The feature columns FrameData would take from a table with these columns."""
