@@ -383,9 +383,9 @@ class Model(Forwards):
             use_labels(built, source, choice)
 
         def plan(source):
-            from nncli.backprop import BATCH_DEPENDENT
+            from nncli.backprop import batch_dependent
 
-            if train and any(layer.type in BATCH_DEPENDENT for layer in self.spec.layers):
+            if train and any(batch_dependent(layer) for layer in self.spec.layers):
                 return None  # one batch of every row: nothing to overlap
             return (batch_size or DEFAULT_BATCH_ROWS) if self._labels_before_build(source, loss) else None
 
@@ -742,7 +742,7 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
             weights = weights_of(class_weights, labels, width if choice.family == "class" else 2, choice.family).to(
                 device=built.device, dtype=torch_dtype(built.dtype))
         loss_fn = choice.function("mean", weights)
-        validate = (lambda: evaluate_in_memory(built.module, choice, width, x_val, y_val, loss_fn)) if (val_split or val is not None) else None
+        validate = (lambda: evaluate_in_memory(built.module, choice, width, x_val, y_val, loss_fn, weights)) if (val_split or val is not None) else None
         steps = 1 if stream else -(-len(x) // batch_size)
         save = (lambda state: _write_checkpoint(checkpoint, state, built)) if checkpoint else None
         if log_dir:
