@@ -366,9 +366,11 @@ class Model(Forwards):
     # -- the training signal ----------------------------------------------------------------------
 
     def _signal(self, data, read: Read, loss: str | None, reduction: str, train: bool, backward: bool, inputs: bool,
-                batch_size: int | None, progress, observer=None):
+                batch_size: int | None, progress, observer=None, keep: bool = True):
         """Open DATA, build, pick the loss, run forward (and backward) over the batches.
-        `observer(choice, head)`, if given, returns a function that sees every batch's outputs and targets."""
+        `observer(choice, head)`, if given, returns a function that sees every batch's outputs and targets.
+        With `keep` (all but step), the module is left as it was: a train-mode pass updates BatchNorm's
+        running statistics and sets the train flag, and `m.loss(x)` after `m.grads(x)` differed."""
         from nncli.backprop import compute_loss
 
         if reduction not in ("mean", "sum", "none"):
@@ -398,12 +400,16 @@ class Model(Forwards):
         head, choice = picked["head"], picked["choice"]
         if progress:
             batches = progress(batches, source)
+        kept = _module_state(built.module) if keep else None
         try:
             result = compute_loss(built, head, batches, choice, reduction=reduction, train=train, backward=backward, inputs=inputs,
                                   target_names=source.target_names, source=source.name, observe=observer(choice, head) if observer else None)
         except NncliError as e:
             source.close()
             raise _with_label_hint(e, source, choice) from None
+        finally:
+            if kept is not None:
+                _restore_module_state(built.module, kept)
         source.close()
         if result.loss is not None and not bool(result.loss.isfinite()):
             warnings.warn(f"the loss is {float(result.loss)} (a NaN or inf in the data, or outputs outside the loss's domain)", NncliWarning, stacklevel=3)
@@ -468,7 +474,8 @@ class Model(Forwards):
         return report
 
     def grads(self, data, *, target=None, loss: str | None = None, mode: str = "train", batch_size: int | None = None, **read) -> dict:
-        """Every parameter's gradient of the loss (train mode by default), keyed as the state_dict."""
+        """Every parameter's gradient of the loss (train mode by default), keyed as the state_dict.
+        The module is left as it was (BatchNorm's running statistics, the train/eval flag)."""
         return self.compute_grads(data, loss=loss, mode=mode, batch_size=batch_size, read=Read(target=target, **read)).gradients
 
     def input_grads(self, data, *, target=None, loss: str | None = None, mode: str = "train", batch_size: int | None = None, **read):
@@ -491,7 +498,7 @@ class Model(Forwards):
         with contextlib.ExitStack() as stack:
             if not is_table(data):
                 data, read = _spooled_path(data, read, stack)  # read twice: before and after the update
-            before, choice, head = self._signal(data, read, loss, reduction, train, True, False, batch_size, progress)
+            before, choice, head = self._signal(data, read, loss, reduction, train, True, False, batch_size, progress, keep=False)
             changes = sgd_step(self.built.module, lr)
             buffers = {k: v.detach().clone() for k, v in self.built.module.named_buffers()}
             again = open_data(data, read, want_targets=True)
@@ -550,6 +557,23 @@ class FiniteCheck:
             r, c = np.argwhere(bad)[0]
             self.warned = True
             warnings.warn(f"{self.what} holds {values[r, c]} at row {first_row + r}, column {self.names[c]!r}", NncliWarning, stacklevel=2)
+
+
+def _module_state(module) -> tuple:
+    """What a forward pass may change in a module: its buffers (BatchNorm's running statistics and
+    count) and every submodule's train/eval flag."""
+    return ({k: v.detach().clone() for k, v in module.named_buffers()}, [m.training for m in module.modules()])
+
+
+def _restore_module_state(module, state: tuple) -> None:
+    import torch
+
+    buffers, flags = state
+    with torch.no_grad():
+        for k, v in module.named_buffers():
+            v.copy_(buffers[k])
+    for m, flag in zip(module.modules(), flags):
+        m.training = flag
 
 
 def use_labels(built, source, choice) -> None:
