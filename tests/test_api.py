@@ -169,3 +169,23 @@ def test_grads_leaves_the_module_as_it_was():
     assert m.module.training and m.module[0].training
     m.step(frame, target="y", lr=0.1)  # the step moves the running statistics: one train-mode pass, as by hand
     assert m.module[0].num_batches_tracked == 1 and torch.equal(m.module[0].running_mean, hand[0].running_mean)
+
+
+def test_predict_batch_names_the_classes_as_forward_does():
+    """One answer: predict_batch gives forward's columns, prob_<label> and the label, for the same model."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(25, 4, generator=g, dtype=torch.float64)
+    frame = pl.DataFrame({f"x{i}": x[:, i].numpy() for i in range(4)})
+    spec = {"seed": 1, "layers": [{"Linear": {"out_features": 3}}, "Softmax"], "classes": ["setosa", "versicolor", "virginica"]}
+    m = lib.load(spec)
+    expected = m.forward(frame)
+    assert expected.columns == ["prob_setosa", "prob_versicolor", "prob_virginica", "class"]
+    got = m.predict_batch(frame)
+    assert got.columns == expected.columns and got.equals(expected)
+    assert m.predict_batch(frame.to_pandas()).columns.tolist() == expected.columns
+    torch.manual_seed(1)
+    hand = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Softmax(dim=1))
+    with torch.no_grad():
+        probs = hand(torch.tensor(x.tolist(), dtype=torch.float32))
+    np.testing.assert_array_equal(m.predict_batch(x.numpy()), probs.numpy())
+    assert got["class"].to_list() == [spec["classes"][i] for i in probs.argmax(dim=1).tolist()]

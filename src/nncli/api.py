@@ -347,12 +347,13 @@ class Model(Forwards):
     def predict_batch(self, batch, *, threshold: float = 0.5):
         """forward on one batch, returned as the type it was given (for engines' map functions): a
         numpy array gives the output columns as an array; a polars, pandas or pyarrow table gives a
-        table of forward's columns. Every column of the batch is a feature."""
+        table of forward's columns (prob_<label> and the label where the model knows its classes, as
+        `forward` gives them). Every column of the batch is a feature."""
         import numpy as np
 
         frame = FrameData(batch)
         built = self.build(frame.n_features, "the batch")
-        run = ForwardRun(built, head_of(built.layers, frame.n_features, spec_loss(self.spec.loss, self.spec.path)), frame,
+        run = ForwardRun(built, head_of(built.layers, frame.n_features, spec_loss(self.spec.loss, self.spec.path), built.classes), frame,
                          frame.batches(None), threshold)
         names, columns = next(iter(run.frames()))
         module = type(batch).__module__.split(".")[0]
