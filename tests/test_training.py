@@ -265,3 +265,32 @@ def test_evaluate_mse_is_the_mse_loss(nncli, tmp_path):
                 expected = _batched_mean(layer, features, targets, fn(reduction="sum"), targets.numel(), batch).numpy()
             assert np.float32(doc[name]) == expected, (name, batch)
         assert doc["mse"] == doc["loss"]
+
+
+def test_step_save_weights_keeps_the_running_statistics_of_its_one_forward_pass(nncli, tmp_path):
+    """The README's hand-written step with BatchNorm1d: running statistics moved once (the step's forward
+    pass, every row in one batch whatever -b), loss_after from a second train-mode pass that moves nothing."""
+    path, x, y = table(tmp_path, rows=30)
+    spec = write(tmp_path, "bn.yaml", "seed: 2\nlayers:\n  - BatchNorm1d\n  - Linear: {out_features: 3}\nloss: CrossEntropyLoss\n")
+    out = tmp_path / "stepped.safetensors"
+    doc = load_json(nncli("step", spec, path, "-t", "y", "-b", 8, "--lr", 0.5, "--save-weights", out, "--summary", "-f", "json"))
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 3))
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    loss_before = loss_fn(model(x), y)
+    loss_before.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= 0.5 * p.grad
+    kept = {k: v.clone() for k, v in model.named_buffers()}
+    with torch.no_grad():
+        loss_after = loss_fn(model(x), y)
+        for k, v in model.named_buffers():
+            v.copy_(kept[k])
+    saved = load_file(out)
+    assert int(saved["0.num_batches_tracked"]) == 1
+    for k, v in model.state_dict().items():
+        assert torch.equal(saved[k], v), k
+    assert np.float32(doc["loss_before"]) == loss_before.detach().numpy()
+    assert np.float32(doc["loss_after"]) == loss_after.numpy()
