@@ -356,3 +356,8 @@ def test_every_command_batches_as_a_dataloader_does(nncli, tmp_path, rows, batch
     saved = load_file(out)
     for name, p in model.state_dict().items():
         assert torch.equal(saved[name], p), name
+
+
+@pytest.mark.parametrize("command", ["forward", "loss", "grads", "step", "evaluate"])
+def test_batch_size_help_states_the_dataloader_rule(nncli, command):
+    assert "DataLoader(batch_size=N)" in nncli(command, "--help").stdout

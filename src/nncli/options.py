@@ -59,9 +59,9 @@ IdColumn = Annotated[Optional[str], typer.Option("--id-column", metavar="COL", h
 BatchSize = Annotated[
     Optional[int],
     typer.Option("--batch-size", "-b", metavar="N", min=1, help=(
-        "Rows per batch (default: 16384): batches of N rows and a short last one, as DataLoader(batch_size=N) "
-        "makes them; a mean over several batches is their sums added, divided once. Data that fits one batch "
-        "is computed as one tensor. As in PyTorch, a float32 result's last digit can depend on the batch's shape.")),
+        "Rows per batch (default: 16384): N rows a batch and a short last one, as DataLoader(batch_size=N) "
+        "cuts them. A float32 result's last digit can depend on the batch's shape, as in PyTorch; a mean "
+        "over several batches adds their sums and divides once.")),
 ]
 Threshold = Annotated[float, typer.Option("--threshold", metavar="P", help="A sigmoid output at or above this is class 1.")]
 Loss = Annotated[Optional[str], typer.Option("--loss", "-l", metavar="NAME", help="A torch.nn loss (CrossEntropyLoss, BCELoss, MSELoss, ...) or alias (cross_entropy, bce, mse, ...); default: the spec's, else implied by the head.")]
