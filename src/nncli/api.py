@@ -372,12 +372,13 @@ class Model(Forwards):
     def predict_batch(self, batch, *, threshold: float = 0.5):
         """forward on one batch, returned as the type it was given (for engines' map functions): a
         numpy array gives the output columns as an array; a polars, pandas or pyarrow table gives a
-        table of forward's columns. Every column of the batch is a feature."""
+        table of forward's columns (prob_<label> and the label where the model knows its classes, as
+        `forward` gives them). Every column of the batch is a feature."""
         import numpy as np
 
         frame = FrameData(batch)
         built = self.build(frame.n_features, "the batch")
-        run = ForwardRun(built, head_of(built.layers, frame.n_features, spec_loss(self.spec.loss, self.spec.path)), frame,
+        run = ForwardRun(built, head_of(built.layers, frame.n_features, spec_loss(self.spec.loss, self.spec.path), built.classes), frame,
                          frame.batches(None), threshold)
         names, columns = next(iter(run.frames()))
         module = type(batch).__module__.split(".")[0]
@@ -391,9 +392,11 @@ class Model(Forwards):
     # -- the training signal ----------------------------------------------------------------------
 
     def _signal(self, data, read: Read, loss: str | None, reduction: str, train: bool, backward: bool, inputs: bool,
-                batch_size: int | None, progress, observer=None):
+                batch_size: int | None, progress, observer=None, keep: bool = True):
         """Open DATA, build, pick the loss, run forward (and backward) over the batches.
-        `observer(choice, head)`, if given, returns a function that sees every batch's outputs and targets."""
+        `observer(choice, head)`, if given, returns a function that sees every batch's outputs and targets.
+        With `keep` (all but step), the module is left as it was: a train-mode pass updates BatchNorm's
+        running statistics and sets the train flag, and `m.loss(x)` after `m.grads(x)` differed."""
         from nncli.backprop import compute_loss
 
         if reduction not in ("mean", "sum", "none"):
@@ -408,9 +411,9 @@ class Model(Forwards):
             use_labels(built, source, choice)
 
         def plan(source):
-            from nncli.backprop import BATCH_DEPENDENT
+            from nncli.backprop import batch_dependent
 
-            if train and any(layer.type in BATCH_DEPENDENT for layer in self.spec.layers):
+            if train and any(batch_dependent(layer) for layer in self.spec.layers):
                 return None  # one batch of every row: nothing to overlap
             return (batch_size or DEFAULT_BATCH_ROWS) if self._labels_before_build(source, loss) else None
 
@@ -423,12 +426,16 @@ class Model(Forwards):
         head, choice = picked["head"], picked["choice"]
         if progress:
             batches = progress(batches, source)
+        kept = _module_state(built.module) if keep else None
         try:
             result = compute_loss(built, head, batches, choice, reduction=reduction, train=train, backward=backward, inputs=inputs,
                                   target_names=source.target_names, source=source.name, observe=observer(choice, head) if observer else None)
         except NncliError as e:
             source.close()
             raise _with_label_hint(e, source, choice) from None
+        finally:
+            if kept is not None:
+                _restore_module_state(built.module, kept)
         source.close()
         if result.loss is not None and not bool(result.loss.isfinite()):
             warnings.warn(f"the loss is {float(result.loss)} (a NaN or inf in the data, or outputs outside the loss's domain)", NncliWarning, stacklevel=3)
@@ -493,7 +500,8 @@ class Model(Forwards):
         return report
 
     def grads(self, data, *, target=None, loss: str | None = None, mode: str = "train", batch_size: int | None = None, **read) -> dict:
-        """Every parameter's gradient of the loss (train mode by default), keyed as the state_dict."""
+        """Every parameter's gradient of the loss (train mode by default), keyed as the state_dict.
+        The module is left as it was (BatchNorm's running statistics, the train/eval flag)."""
         return self.compute_grads(data, loss=loss, mode=mode, batch_size=batch_size, read=Read(target=target, **read)).gradients
 
     def input_grads(self, data, *, target=None, loss: str | None = None, mode: str = "train", batch_size: int | None = None, **read):
@@ -516,7 +524,7 @@ class Model(Forwards):
         with contextlib.ExitStack() as stack:
             if not is_table(data):
                 data, read = _spooled_path(data, read, stack)  # read twice: before and after the update
-            before, choice, head = self._signal(data, read, loss, reduction, train, True, False, batch_size, progress)
+            before, choice, head = self._signal(data, read, loss, reduction, train, True, False, batch_size, progress, keep=False)
             changes = sgd_step(self.built.module, lr)
             buffers = {k: v.detach().clone() for k, v in self.built.module.named_buffers()}
             again = open_data(data, read, want_targets=True)
@@ -577,6 +585,23 @@ class FiniteCheck:
             r, c = np.argwhere(bad)[0]
             self.warned = True
             warnings.warn(f"{self.what} holds {values[r, c]} at row {first_row + r}, column {self.names[c]!r}", NncliWarning, stacklevel=2)
+
+
+def _module_state(module) -> tuple:
+    """What a forward pass may change in a module: its buffers (BatchNorm's running statistics and
+    count) and every submodule's train/eval flag."""
+    return ({k: v.detach().clone() for k, v in module.named_buffers()}, [m.training for m in module.modules()])
+
+
+def _restore_module_state(module, state: tuple) -> None:
+    import torch
+
+    buffers, flags = state
+    with torch.no_grad():
+        for k, v in module.named_buffers():
+            v.copy_(buffers[k])
+    for m, flag in zip(module.modules(), flags):
+        m.training = flag
 
 
 def use_labels(built, source, choice) -> None:
@@ -769,7 +794,7 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
             weights = weights_of(class_weights, labels, width if choice.family == "class" else 2, choice.family).to(
                 device=built.device, dtype=torch_dtype(built.dtype))
         loss_fn = choice.function("mean", weights)
-        validate = (lambda: evaluate_in_memory(built.module, choice, width, x_val, y_val, loss_fn)) if (val_split or val is not None) else None
+        validate = (lambda: evaluate_in_memory(built.module, choice, width, x_val, y_val, loss_fn, weights)) if (val_split or val is not None) else None
         steps = 1 if stream else -(-len(x) // batch_size)
         save = (lambda state: _write_checkpoint(checkpoint, state, built)) if checkpoint else None
         if log_dir:

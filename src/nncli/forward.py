@@ -42,6 +42,8 @@ class Head:
     def output_names(self) -> list[str]:
         prefix = {"sigmoid": "prob", "softmax": "prob", "logsoftmax": "logprob"}.get(self.shows, "output")
         if self.width == 1:
+            if self.classes is not None and len(self.classes) == 2:
+                return [f"{prefix}_{self.classes[1]}"]  # a binary head's one probability is the second class's
             return [prefix]
         if self.classes is not None and len(self.classes) == self.width and not self.multi_label:
             return [f"{prefix}_{c}" for c in self.classes]  # prob_setosa, ...

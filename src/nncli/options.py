@@ -59,8 +59,9 @@ IdColumn = Annotated[Optional[str], typer.Option("--id-column", metavar="COL", h
 BatchSize = Annotated[
     Optional[int],
     typer.Option("--batch-size", "-b", metavar="N", min=1, help=(
-        "Rows per batch (default: 16384); data that fits one batch is computed as one tensor. As in PyTorch, "
-        "a float32 result's last digit can depend on the batch's shape.")),
+        "Rows per batch (default: 16384): N rows a batch and a short last one, as DataLoader(batch_size=N) "
+        "cuts them. A float32 result's last digit can depend on the batch's shape, as in PyTorch; a mean "
+        "over several batches adds their sums and divides once.")),
 ]
 def probability(value: Optional[float]) -> Optional[float]:
     """A threshold: a number from 0 to 1 (NaN made every row class 0), else a usage error."""
