@@ -194,3 +194,68 @@ def test_iris_trains_to_held_out_accuracy(nncli, tmp_path):
     doc = load_json(nncli("evaluate", CONFIGS / "iris.yaml", DATA / "iris-test.csv", "--target", "species", "--weights", weights, "-f", "json"))
     assert doc["rows"] == 30
     assert doc["accuracy"] >= 0.95
+
+
+def _interrupted(spec, path, ck, epochs, stop_after, **options):
+    """The library's train stopped (as by Ctrl-C) after `stop_after` epochs, its checkpoint left."""
+    import nncli
+
+    def stop(record):
+        if record.epoch == stop_after:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        nncli.train(nncli.load(spec), path, target="y", epochs=epochs, lr=0.1, batch_size=16, checkpoint=str(ck), on_epoch=stop, **options)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle:0.3"])
+def test_an_interrupted_schedule_resumes_exactly_to_its_own_length(tmp_path, schedule):
+    import nncli
+
+    path, _, _ = table(tmp_path)
+    spec = write(tmp_path, "s.yaml", SPEC)
+    ck = tmp_path / "ck.pt"
+    _interrupted(spec, path, ck, 4, 2, lr_schedule=schedule)
+    resumed, whole = nncli.load(spec), nncli.load(spec)
+    got = nncli.train(resumed, path, target="y", epochs=4, lr=0.1, batch_size=16, lr_schedule=schedule, resume=str(ck))
+    want = nncli.train(whole, path, target="y", epochs=4, lr=0.1, batch_size=16, lr_schedule=schedule)
+    assert got.as_dicts() == want.as_dicts()
+    assert all(torch.equal(a, b) for a, b in zip(resumed.module.state_dict().values(), whole.module.state_dict().values()))
+    if schedule.startswith("onecycle"):  # another batch size gives OneCycleLR another number of steps
+        with pytest.raises(nncli.NncliError, match="planned for 5 batches per epoch"):
+            nncli.train(nncli.load(spec), path, target="y", epochs=4, lr=0.1, batch_size=8, lr_schedule=schedule, resume=str(ck))
+
+
+@pytest.mark.parametrize("first, then, message", [
+    (["--lr-schedule", "cosine"], ["--lr-schedule", "cosine", "--epochs", 4], "resumes to --epochs 2 only, not 4"),
+    (["--lr-schedule", "onecycle:0.3"], ["--lr-schedule", "onecycle:0.3", "--epochs", 4], "resumes to --epochs 2 only, not 4"),
+    (["--lr-schedule", "cosine"], ["--lr-schedule", "step:1:0.5", "--epochs", 4], "asks for --lr-schedule step:1:0.5"),
+    (["--lr-schedule", "step:1:0.5"], ["--epochs", 4], "asks for no --lr-schedule"),
+    ([], ["--optimizer", "adam", "--epochs", 4], "trained with --optimizer sgd"),
+    ([], ["--epochs", 2], "at epoch 2 already: --epochs 2 leaves nothing to train"),
+    ([], ["--epochs", 1], "at epoch 2 already: --epochs 1 leaves nothing to train"),
+])
+def test_resume_refuses_a_run_that_does_not_continue_the_checkpoint(nncli, tmp_path, first, then, message):
+    path, _, _ = table(tmp_path)
+    spec = write(tmp_path, "s.yaml", SPEC)
+    ck, out = tmp_path / "ck.pt", tmp_path / "w.safetensors"
+    assert nncli("train", spec, path, "-t", "y", "--lr", 0.1, "--epochs", 2, "--checkpoint", ck, "-q", *first).exit_code == 0
+    assert_error(nncli("train", spec, path, "-t", "y", "--lr", 0.1, "--resume", ck, "--save-weights", out, *then), 1, message, str(ck))
+    assert not out.exists()
+
+
+def test_an_older_checkpoint_without_its_plan_resumes_where_unambiguous(nncli, tmp_path):
+    path, _, _ = table(tmp_path)
+    spec = write(tmp_path, "s.yaml", SPEC)
+    common = ["-t", "y", "--lr", 0.1, "-b", 16, "-q"]
+    for schedule, ok in (("cosine", False), ("step:1:0.5", True)):
+        ck = tmp_path / f"{schedule}.pt"
+        assert nncli("train", spec, path, *common, "--epochs", 2, "--lr-schedule", schedule, "--checkpoint", ck).exit_code == 0
+        state = torch.load(ck, weights_only=True)
+        del state["plan"]  # as written before the plan was recorded
+        torch.save(state, ck)
+        result = nncli("train", spec, path, *common, "--epochs", 4, "--lr-schedule", schedule, "--resume", ck)
+        if ok:  # StepLR's steps do not depend on the run's length: it extends
+            assert result.exit_code == 0, result.stderr
+        else:  # CosineAnnealingLR's T_max was 2
+            assert_error(result, 1, "learning-rate schedule is not this run's", str(ck))

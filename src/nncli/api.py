@@ -661,7 +661,7 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
     `checkpoint` is written (atomically) after every epoch with all it takes to continue bit for bit;
     `resume` continues from such a checkpoint, so 2 epochs + resume to 4 equals 4 epochs.
     `mlflow=True` (or a dict of `experiment`, `run_name`, `artifact`) logs the run to MLflow: see _mlflow."""
-    from nncli.training import METRICS, TrainOptions, class_weights as weights_of, evaluate_in_memory, fit, in_memory_batches
+    from nncli.training import METRICS, TrainOptions, check_resume, class_weights as weights_of, evaluate_in_memory, fit, in_memory_batches
     from nncli.training import stratified_split, validation_split
 
     read = read or Read(target=target, **more)
@@ -687,6 +687,8 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
     options = TrainOptions(epochs, lr, optimizer, momentum, weight_decay, batch_size, shuffle, patience, lr_schedule, warmup or 0,
                            clip_grad_norm, clip_grad_value, metric)
     start = _read_checkpoint(resume) if resume else None
+    if start is not None:
+        check_resume(start, options, resume)  # what the data does not decide fails before it is read
     if mlflow:
         _mlflow_settings(mlflow)  # a missing package or a bad setting fails before the data is read
         given = data  # as given: DATA becomes a spooled copy below
@@ -702,7 +704,7 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
         width = head.width
         _check_data_parallel(built, stream, allow_local_batchnorm)
         if start is not None:
-            _restore(built, start)
+            _restore(built, start, resume, source.n_features)
         _learn_classes(built, data, read, choice, width)
         if stream:
             _fit_preprocess(model, built, lambda: _raw_batches(built, data, read, choice), source.feature_names)
@@ -744,6 +746,8 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
         loss_fn = choice.function("mean", weights)
         validate = (lambda: evaluate_in_memory(built.module, choice, width, x_val, y_val, loss_fn)) if (val_split or val is not None) else None
         steps = 1 if stream else -(-len(x) // batch_size)
+        if start is not None:
+            check_resume(start, options, resume, steps)
         save = (lambda state: _write_checkpoint(checkpoint, state, built)) if checkpoint else None
         if log_dir:
             on_epoch = _tensorboard(log_dir, built.module, on_epoch, stack)
@@ -761,7 +765,7 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
 
         with phase("train"):
             epochs_done, best, best_epoch = fit(built.module, choice, width, batches_for_epoch, options, validate, on_epoch or (lambda r: None),
-                                                loss_fn=loss_fn, steps_per_epoch=steps, start=start, checkpoint=save)
+                                                loss_fn=loss_fn, steps_per_epoch=steps, start=start, checkpoint=save, start_where=resume)
         if best is not None:
             built.module.load_state_dict(best)
         if mlflow:
@@ -930,17 +934,26 @@ def _write_checkpoint(path: str, state: dict, built) -> None:
 def _read_checkpoint(path: str) -> dict:
     import torch
 
-    from nncli.training import is_checkpoint
+    from nncli.training import check_checkpoint, is_checkpoint
 
     if not is_checkpoint(path):
         raise NncliError("not a training checkpoint (nncli train --checkpoint writes one); plain weights go to --weights", path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    check_checkpoint(state, path)
+    return state
 
 
-def _restore(built, start: dict) -> None:
-    """The checkpoint's weights, classes and preprocessing into the freshly built model."""
-    from nncli.model import Preprocess
+def _restore(built, start: dict, path: str, width: int) -> None:
+    """The checkpoint's weights, classes and preprocessing into the freshly built model, each checked
+    against it first (a checkpoint of another spec is one error naming the key)."""
+    from nncli.model import Preprocess, check_state
 
+    check_state(built.module, start["model"], path, "the checkpoint's 'model': ")
+    if start.get("best_state") is not None:
+        check_state(built.module, start["best_state"], path, "the checkpoint's 'best_state': ")
+    p = start.get("preprocess")
+    if p is not None and (len(p["shift"]) != width or len(p["columns"]) > width):
+        raise NncliError(f"the checkpoint's 'preprocess' holds statistics of {len(p['shift'])} features; the model takes {width}", path)
     built.module.load_state_dict(start["model"])
     if start.get("classes") is not None:
         built.classes = start["classes"]
