@@ -74,6 +74,9 @@ def train(spec: Spec, data: Data, epochs: Epochs, lr: LearningRate, save_weights
         raise UsageError("--resume and --weights both name starting weights; give one")
     from_checkpoint = bool(resume) and is_checkpoint(resume)
     if resume and not from_checkpoint:
+        from nncli.model import read_weights
+
+        read_weights(resume)  # neither a checkpoint nor weights (truncated, a device): its one error, before saying which it is
         model["weights"] = resume
     if save_weights:
         check_weights_path(save_weights)
