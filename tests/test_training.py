@@ -259,3 +259,22 @@ def test_an_older_checkpoint_without_its_plan_resumes_where_unambiguous(nncli, t
             assert result.exit_code == 0, result.stderr
         else:  # CosineAnnealingLR's T_max was 2
             assert_error(result, 1, "learning-rate schedule is not this run's", str(ck))
+
+
+@pytest.mark.parametrize("extra", [[], ["--stream"], ["--val-split", "0.5"], ["--val", "bad"]])
+def test_a_nan_feature_is_named_by_its_cell_not_blamed_on_the_lr(nncli, tmp_path, extra):
+    import nncli as library
+
+    good, _, _ = table(tmp_path, rows=6)
+    bad = write(tmp_path, "bad.csv", "a,b,c,d,y\n1,2,3,4,0\n0.5,nan,3,4,1\n1,2,3,4,2\n")
+    spec = write(tmp_path, "s.yaml", SPEC)
+    data, extra = (good, ["--val", bad]) if extra == ["--val", "bad"] else (bad, extra)
+    result = nncli("train", spec, data, "-t", "y", "--epochs", 1, "--lr", 0.1, "--save-weights", tmp_path / "w.pt", *extra)
+    assert_error(result, 1, "holds nan at row 1, column 'b'", str(bad))
+    assert "diverged" not in result.stderr and not (tmp_path / "w.pt").exists()
+    if not extra:  # the library, on a table in memory, says the same
+        import polars as pl
+
+        frame = pl.DataFrame({"a": [1.0, 0.5], "b": [2.0, float("inf")], "c": [3.0, 3.0], "d": [4.0, 4.0], "y": [0, 1]})
+        with pytest.raises(library.NncliError, match="holds inf at row 1, column 'b'"):
+            library.train(library.load(str(spec)), frame, target="y", epochs=1, lr=0.1)

@@ -1005,9 +1005,22 @@ def _raw_batches(built, data, read: Read, choice):
     use_labels(built, source, choice)
     try:
         for batch in source.batches(DEFAULT_BATCH_ROWS):
+            _finite_features(batch.x, batch.first_row, source)
             yield batch.x
     finally:
         source.close()
+
+
+def _finite_features(x, first_row: int, source) -> None:
+    """train refuses a NaN or inf feature, named by its cell as forward's warning names it: left in,
+    it only surfaced as a diverged loss, blamed on the learning rate."""
+    import numpy as np
+
+    bad = ~np.isfinite(x)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise NncliError(f"the data holds {x[r, c]} at row {first_row + r}, column {source.feature_names[c]!r}: train needs "
+                         "every feature to be a number (drop or fill that row)", source.name)
 
 
 def _fit_preprocess(model, built, batches, feature_names) -> None:
@@ -1063,6 +1076,8 @@ def _tensors(built, batch, choice, width: int, source):
     from nncli.losses import make_targets
     from nncli.model import torch_dtype
 
+    _finite_features(batch.x, batch.first_row, source)
+
     dtype = torch_dtype(built.dtype)
     return _inputs(built, batch.x), make_targets(choice, batch.y, width, batch.first_row, source.target_names, dtype, built.device, source.name)
 
@@ -1115,6 +1130,7 @@ def _load_raw(built, data, read: Read, choice, width: int, early=None):
         source.close()
         raise _with_label_hint(e, source, choice) from None
     source.close()
+    _finite_features(batch.x, batch.first_row, source)
     y = make_targets(choice, batch.y, width, batch.first_row, source.target_names, torch_dtype(built.dtype), built.device, source.name)
     return batch.x, y
 
