@@ -278,3 +278,19 @@ def test_a_nan_feature_is_named_by_its_cell_not_blamed_on_the_lr(nncli, tmp_path
         frame = pl.DataFrame({"a": [1.0, 0.5], "b": [2.0, float("inf")], "c": [3.0, 3.0], "d": [4.0, 4.0], "y": [0, 1]})
         with pytest.raises(library.NncliError, match="holds inf at row 1, column 'b'"):
             library.train(library.load(str(spec)), frame, target="y", epochs=1, lr=0.1)
+
+
+@pytest.mark.parametrize("name, code, message", [
+    ("afile", 1, "is not a folder"), ("/dev/null", 1, "is not a folder"), ("dangling", 1, "dangling symbolic link"),
+    ("", 2, "--log-dir is empty"), ("/proc/self", 1, "cannot write TensorBoard's event files in /proc/self"),
+    ("afile/sub", 1, "is not a folder, so the log folder cannot be made"),
+])
+def test_a_log_dir_that_cannot_take_event_files_is_one_line_before_training(nncli, tmp_path, monkeypatch, name, code, message):
+    path, _, _ = table(tmp_path)
+    spec = write(tmp_path, "s.yaml", SPEC)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("mine\n")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    result = nncli("train", spec, path, "-t", "y", "--epochs", 1, "--lr", 0.1, "--log-dir", name, "--save-weights", tmp_path / "w.pt")
+    assert_error(result, code, message)
+    assert (tmp_path / "afile").read_text() == "mine\n" and not (tmp_path / "w.pt").exists() and not (tmp_path / "nowhere").exists()

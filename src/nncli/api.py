@@ -686,6 +686,8 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
         _check_rate(value, name)
     options = TrainOptions(epochs, lr, optimizer, momentum, weight_decay, batch_size, shuffle, patience, lr_schedule, warmup or 0,
                            clip_grad_norm, clip_grad_value, metric)
+    if log_dir is not None:
+        _check_log_dir(log_dir)
     start = _read_checkpoint(resume) if resume else None
     if start is not None:
         check_resume(start, options, resume)  # what the data does not decide fails before it is read
@@ -749,7 +751,7 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
         if start is not None:
             check_resume(start, options, resume, steps)
         save = (lambda state: _write_checkpoint(checkpoint, state, built)) if checkpoint else None
-        if log_dir:
+        if log_dir is not None:
             on_epoch = _tensorboard(log_dir, built.module, on_epoch, stack)
         if mlflow:
             o = options
@@ -771,6 +773,32 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
         if mlflow:
             log_weights()  # the weights train returns (the best epoch's with --patience), while the run is open
     return History(epochs_done, choice.label, choice.source, best_epoch, best is not None and len(epochs_done) < epochs, options)
+
+
+def _check_log_dir(log_dir: str) -> None:
+    """--log-dir is a folder TensorBoard can write to (made if missing), checked before any data is
+    read: a file, a device or a dangling link said only `File exists`, `""` logged nothing, and a
+    folder that takes no files (/proc/self) failed in TensorBoard's writer thread."""
+    import tempfile
+
+    if not log_dir:
+        raise UsageError("--log-dir is empty: name a folder for the TensorBoard event files")
+    where = log_dir
+    path = os.path.abspath(log_dir)
+    if os.path.islink(log_dir) and not os.path.exists(log_dir):
+        raise NncliError("is a dangling symbolic link, not a folder", where)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise NncliError("is not a folder (--log-dir names the folder TensorBoard's event files go in)", where)
+    while not os.path.exists(path):  # a folder to be made: its nearest existing ancestor must take it
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise NncliError(f"{path} is not a folder, so the log folder cannot be made in it", where)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".nncli-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise NncliError(f"cannot write TensorBoard's event files in {path}: {e.strerror or e}", where) from None
 
 
 def _tensorboard(log_dir: str, module, on_epoch, stack):
