@@ -693,6 +693,7 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
         check_resume(start, options, resume)  # what the data does not decide fails before it is read
     if mlflow:
         _mlflow_settings(mlflow)  # a missing package or a bad setting fails before the data is read
+        _mlflow_preflight()  # ... and so does a store MLflow cannot use
         given = data  # as given: DATA becomes a spooled copy below
     given_format = read.input_format  # --val's too; DATA's copy below may get the format of DATA's name
     with contextlib.ExitStack() as stack:
@@ -845,6 +846,68 @@ def _mlflow_settings(settings) -> dict:
     return settings
 
 
+def _mlflow_preflight() -> None:
+    """The tracking store, looked at before any data is read, so that a store MLflow cannot use is
+    one line at once: an sqlite file that is a device, not a database, or not creatable (MLflow's
+    sqlalchemy errors were internal errors), and an http(s) server that does not answer a connection
+    (MLflow retries for 256 s first, silently). Anything subtler is left to MLflow's own messages."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    scheme = uri.split(":", 1)[0].lower()
+    if scheme == "sqlite":
+        _check_sqlite_store(uri)
+    elif scheme in ("http", "https"):
+        _check_server_answers(uri)
+
+
+def _check_sqlite_store(uri: str) -> None:
+    import tempfile
+    from urllib.parse import unquote
+
+    path = unquote(uri.split("?", 1)[0][len("sqlite:///"):]) if uri.lower().startswith("sqlite:///") else ""
+    if not path or path == ":memory:":
+        return
+    if os.path.exists(path):
+        if not os.path.isfile(path):
+            raise NncliError(f"MLflow: the tracking database {path} is not a regular file", "--mlflow")
+        try:
+            with open(path, "rb") as f:
+                head = f.read(16)
+        except OSError as e:
+            raise NncliError(f"MLflow: cannot read the tracking database {path}: {e.strerror or e}", "--mlflow") from None
+        if head and head != b"SQLite format 3\x00":  # an empty file is a new database to sqlite
+            raise NncliError(f"MLflow: the tracking database {path} is not an SQLite database", "--mlflow")
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".nncli-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise NncliError(f"MLflow: cannot create the tracking database {path}: {e.strerror or e}", "--mlflow") from None
+
+
+def _check_server_answers(uri: str) -> None:
+    """One TCP connection, 5 s at most, to the server (not through a proxy, which MLflow would use)."""
+    import socket
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    try:
+        host, port = parts.hostname, parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    except ValueError:
+        return  # a malformed port: MLflow's own message
+    if not host or (urllib.request.getproxies().get(parts.scheme.lower()) and not urllib.request.proxy_bypass(host)):
+        return
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as e:  # the host and port only: the URI may hold a password
+        reason = e.strerror or ("timed out" if isinstance(e, TimeoutError) else type(e).__name__)
+        raise NncliError(f"MLflow: the tracking server {host}:{port} does not answer ({reason})", "--mlflow") from None
+
+
 def _mlflow(settings, model, params: dict, on_epoch, stack):
     """A run where MLflow itself would put it: MLFLOW_TRACKING_URI, else MLflow's default store; the
     experiment named, else MLFLOW_EXPERIMENT_NAME/_ID or mlflow.set_experiment's, else Default; a
@@ -864,6 +927,11 @@ def _mlflow(settings, model, params: dict, on_epoch, stack):
             raise NncliError(f"MLflow: {_without_password((e.message.strip().splitlines() or ['?'])[0])}", "--mlflow") from None
         except ImportError as e:  # a database URI whose driver is not installed (psycopg, pymysql, ...)
             raise NncliError(f"MLflow: the tracking URI needs a module that is not installed: {e.name or e}", "--mlflow") from None
+        except Exception as e:  # the database's own errors (a disk full mid-run, a locked file) that MLflow lets through
+            if not type(e).__module__.startswith("sqlalchemy"):
+                raise
+            text = getattr(e, "orig", None) or e
+            raise NncliError(f"MLflow: the tracking database: {_without_password(str(text).strip().splitlines()[0] if str(text).strip() else type(e).__name__)}", "--mlflow") from None
 
     experiment_id = None
     if settings.get("experiment"):
