@@ -294,3 +294,39 @@ def test_a_log_dir_that_cannot_take_event_files_is_one_line_before_training(nncl
     result = nncli("train", spec, path, "-t", "y", "--epochs", 1, "--lr", 0.1, "--log-dir", name, "--save-weights", tmp_path / "w.pt")
     assert_error(result, code, message)
     assert (tmp_path / "afile").read_text() == "mine\n" and not (tmp_path / "w.pt").exists() and not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("loss", ["BCELoss", "BCEWithLogitsLoss"])
+def test_balanced_class_weights_for_a_binary_head_are_scikit_learns_per_sample_weights(nncli, tmp_path, loss):
+    from sklearn.utils.class_weight import compute_class_weight
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(70, 4, generator=g, dtype=torch.float64)
+    labels = ((x[:, 0] + 0.8 * x[:, 1]) > 0.7).long()  # 22 of 70 positive: unbalanced
+    path = write(tmp_path, "b.csv", "a,b,c,d,y\n" + "".join(",".join(map(repr, r)) + f",{c}\n" for r, c in zip(x.tolist(), labels.tolist())))
+    sigmoid = loss == "BCELoss"
+    spec = write(tmp_path, "s.yaml", "seed: 5\nlayers:\n  - Linear: {out_features: 8}\n  - ReLU\n  - Linear: {out_features: 1}\n"
+                 + ("  - Sigmoid\n" if sigmoid else ""))
+    out = tmp_path / "w.safetensors"
+    doc = load_json(nncli("train", spec, path, "-t", "y", "--epochs", 3, "--lr", 0.1, "-b", 16, "--class-weights", "balanced",
+                          "--loss", loss, "--save-weights", out, "-f", "json"))
+    # the hand-written loop: each row weighted by scikit-learn's balanced weight of its class
+    w = torch.tensor(compute_class_weight("balanced", classes=np.array([0, 1]), y=labels.numpy()), dtype=torch.float32)
+    xs, ys = read_table(path, ["y"]), labels.float().reshape(-1, 1)
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1), *([nn.Sigmoid()] if sigmoid else []))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    losses = []
+    for _ in range(3):
+        order, total = torch.randperm(70), 0.0
+        for i in range(0, 70, 16):
+            idx = order[i : i + 16]
+            opt.zero_grad()
+            value = getattr(nn, loss)(weight=w[ys[idx].long()])(model(xs[idx]), ys[idx])
+            value.backward()
+            opt.step()
+            total += value.item() * len(idx)
+        losses.append(total / 70)
+    saved = load_file(str(out))
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    assert [h["train_loss"] for h in doc["history"]] == pytest.approx(losses, rel=1e-6)
