@@ -330,3 +330,17 @@ def test_balanced_class_weights_for_a_binary_head_are_scikit_learns_per_sample_w
     saved = load_file(str(out))
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
     assert [h["train_loss"] for h in doc["history"]] == pytest.approx(losses, rel=1e-6)
+
+
+def test_init_on_a_spec_with_preprocess_says_the_statistics_are_unset_until_train(nncli, tmp_path):
+    path, _, _ = table(tmp_path)
+    spec = write(tmp_path, "s.yaml", "seed: 5\npreprocess: {standardize: true}\nlayers:\n  - Linear: {out_features: 3}\n")
+    init = tmp_path / "init.safetensors"
+    result = nncli("init", spec, "-o", init, "--inputs", 4)
+    assert result.exit_code == 0 and "`preprocess: standardize` statistics are unset in" in result.stderr, result.stderr
+    for command in ("forward", "evaluate"):  # a later command names the weights file and why
+        assert_error(nncli(command, spec, path, "-t", "y", "--weights", init), 1,
+                     "these weights carry no statistics for the spec's `preprocess: standardize`", str(init))
+    trained = tmp_path / "t.safetensors"
+    assert nncli("train", spec, path, "-t", "y", "--weights", init, "--epochs", 1, "--lr", 0.1, "--save-weights", trained, "-q").exit_code == 0
+    assert nncli("forward", spec, path, "-t", "y", "--weights", trained).exit_code == 0

@@ -231,6 +231,10 @@ class Model(Forwards):
         """A spec that asks for preprocessing needs its statistics (train fits them and saves them with the weights)."""
         if self.spec.preprocess and self.built.preprocess is None:
             kind = next(iter(self.spec.preprocess))
+            if self.weights:  # e.g. written by init, which has no rows to fit them on
+                raise NncliError(f"these weights carry no statistics for the spec's `preprocess: {kind}` (nncli init writes none): "
+                                 "train the model (nncli train fits them and saves them with the weights), then pass those weights",
+                                 self.weights)
             raise NncliError(f"the spec asks for `preprocess: {kind}` and its statistics are unset: train the model "
                              "(nncli train saves them with the weights), then pass those weights", self.spec.path)
 
