@@ -344,3 +344,10 @@ def test_init_on_a_spec_with_preprocess_says_the_statistics_are_unset_until_trai
     trained = tmp_path / "t.safetensors"
     assert nncli("train", spec, path, "-t", "y", "--weights", init, "--epochs", 1, "--lr", 0.1, "--save-weights", trained, "-q").exit_code == 0
     assert nncli("forward", spec, path, "-t", "y", "--weights", trained).exit_code == 0
+
+
+def test_onecycle_with_stream_is_a_usage_error_not_a_crash(nncli, tmp_path):
+    path, _, _ = table(tmp_path)
+    spec = write(tmp_path, "s.yaml", SPEC)
+    assert_error(nncli("train", spec, path, "-t", "y", "--epochs", 2, "--lr", 0.1, "--stream", "--lr-schedule", "onecycle:0.3"), 2,
+                 "--lr-schedule onecycle needs the number of batches per epoch")

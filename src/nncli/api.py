@@ -678,6 +678,8 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
     if patience is not None and val_split is None and val is None:
         raise UsageError("--patience watches the validation loss: give --val-split F or --val FILE too")
     shuffle = (not stream) if shuffle is None else shuffle
+    if stream and lr_schedule and lr_schedule.split(":")[0] == "onecycle":  # OneCycleLR steps per batch, counted up front
+        raise UsageError("--lr-schedule onecycle needs the number of batches per epoch, which --stream does not know before reading")
     if stream and (shuffle or val_split is not None):
         raise UsageError("--stream reads DATA in file order: it takes neither --shuffle nor --val-split (use --val FILE)")
     if metric not in METRICS:
