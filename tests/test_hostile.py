@@ -184,6 +184,13 @@ def _tampered(ck, change):
     ("model", lambda s: s["model"].pop("0.bias")),
     ("classes", lambda s: s.update(classes=5)),
     ("best_state", lambda s: s.update(best_state={"0.weight": torch.zeros(1)})),
+    ("scheduler", lambda s: s["scheduler"].update(last_epoch="x")),
+    ("scheduler", lambda s: s["scheduler"].update(last_epoch=7)),  # its progress disagrees with the epoch
+    ("optimizer", lambda s: s["optimizer"]["param_groups"][0].update(betas="x")),
+    ("optimizer", lambda s: s["optimizer"]["state"][0].update(step="x")),
+    ("plan", lambda s: s["plan"].update(epochs="x")),
+    ("preprocess", lambda s: s.update(preprocess={"kind": "minmax", "columns": ["a"], "shift": torch.zeros(4, dtype=torch.float64),
+                                                  "scale": torch.zeros(4, dtype=torch.float64)})),
 ])
 def test_a_tampered_checkpoint_is_one_line_naming_the_file_and_the_key(nncli, tmp_path, key, change):
     from tests.test_training import SPEC, table
@@ -191,7 +198,7 @@ def test_a_tampered_checkpoint_is_one_line_naming_the_file_and_the_key(nncli, tm
     path, _, _ = table(tmp_path)
     spec = write(tmp_path, "s.yaml", SPEC)
     ck = tmp_path / "ck.pt"
-    common = ["-t", "y", "--lr", "0.1", "--momentum", "0.9", "-q"]
+    common = ["-t", "y", "--lr", "0.1", "--momentum", "0.9", "--lr-schedule", "step:1:0.5", "-q"]
     assert nncli("train", spec, path, *common, "--epochs", 2, "--checkpoint", ck).exit_code == 0
     _tampered(ck, change)
     result = nncli("train", spec, path, *common, "--epochs", 4, "--resume", ck, "--save-weights", tmp_path / "w.pt")

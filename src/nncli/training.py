@@ -365,9 +365,19 @@ def check_checkpoint(state: dict, where: str) -> None:
     for group in opt["param_groups"]:
         for k, v in group.items():
             if k in ("lr", "momentum", "dampening", "weight_decay", "eps") and not (_number(v) and math.isfinite(v) and v >= 0):
-                bad("optimizer", f"holds {k} = {v!r}, not a number at or above 0")
-    if state.get("scheduler") is not None and not isinstance(state["scheduler"], dict):
+                bad("optimizer", f"holds {k} = {_short(v)}, not a number at or above 0")
+            if k == "betas" and not (isinstance(v, (tuple, list)) and len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v)):
+                bad("optimizer", f"holds betas = {_short(v)}, not two numbers from 0 to 1")
+    for per_parameter in opt["state"].values():
+        if not (isinstance(per_parameter, dict) and all(isinstance(v, torch.Tensor) or _number(v) for v in per_parameter.values())):
+            bad("optimizer", "holds a parameter's state that is not tensors and numbers")
+    if state.get("scheduler") is not None and not _scheduler_state(state["scheduler"]):
         bad("scheduler", "is not a scheduler's state_dict")
+    plan = state.get("plan")
+    if plan is not None and not (isinstance(plan, dict) and isinstance(plan.get("schedule"), (str, type(None)))
+                                 and all(isinstance(plan.get(k), int) and not isinstance(plan.get(k), bool) and plan[k] >= 0
+                                         for k in ("warmup", "epochs", "steps_per_epoch"))):
+        bad("plan", "is not the schedule and length nncli records (schedule, warmup, epochs, steps_per_epoch)")
     rng = state["rng"]
     if not (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8 and rng.shape == torch.get_rng_state().shape):
         bad("rng", "is not a torch RNG state (torch.get_rng_state())")
@@ -395,6 +405,22 @@ def check_checkpoint(state: dict, where: str) -> None:
                               and all(isinstance(p.get(k), torch.Tensor) and p[k].dim() == 1 and p[k].is_floating_point() for k in ("shift", "scale"))
                               and p["shift"].shape == p["scale"].shape):
         bad("preprocess", "is not the preprocessing statistics nncli writes (kind, columns, shift, scale)")
+    if p is not None and not (bool(torch.isfinite(p["shift"]).all()) and bool((torch.isfinite(p["scale"]) & (p["scale"] > 0)).all())):
+        bad("preprocess", "holds a shift that is not finite or a scale that is not above 0")
+
+
+def _scheduler_state(value, key: str = "") -> bool:
+    """Plain data all the way down (numbers, text, lists, dicts), its counters integers: what
+    torch's schedulers write and read back."""
+    if key in ("last_epoch", "_step_count", "num_bad_epochs", "cooldown_counter", "total_steps", "T_max", "step_size", "patience"):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if key in ("_last_lr", "base_lrs", "min_lrs"):
+        return isinstance(value, list) and all(_number(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _scheduler_state(v, k) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(_scheduler_state(v) for v in value)
+    return value is None or isinstance(value, (int, float, str))
 
 
 def _short(value) -> str:
@@ -447,6 +473,13 @@ def check_resume(start: dict, opts: TrainOptions, where: str, steps_per_epoch: i
                              f"epoch; DATA and --batch-size now give {steps_per_epoch}: resume with the same data and --batch-size", where)
     if steps_per_epoch is None:
         return
+    saved_schedule = start.get("scheduler")
+    if saved_schedule is not None and not _distributed():  # its progress must be the checkpoint's epoch (one step per
+        per_batch = (opts.schedule or "").startswith("onecycle")  # epoch, or per batch for OneCycleLR)
+        expected = start["epoch"] * (steps_per_epoch if per_batch else 1)
+        if saved_schedule.get("last_epoch") != expected:
+            raise NncliError(f"the checkpoint's 'scheduler' has taken {saved_schedule.get('last_epoch')} steps; epoch {start['epoch']} "
+                             f"takes {expected}", where)
     # older checkpoints record no plan: the scheduler's own configuration tells where it is unambiguous
     probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=opts.lr)
     scheduler = make_scheduler(opts, probe, steps_per_epoch)
