@@ -183,6 +183,7 @@ def _tampered(ck, change):
     ("model", lambda s: s.pop("model")),
     ("model", lambda s: s["model"].pop("0.bias")),
     ("classes", lambda s: s.update(classes=5)),
+    ("classes", lambda s: s.update(classes=["a", "b"])),  # the model has 3 outputs
     ("best_state", lambda s: s.update(best_state={"0.weight": torch.zeros(1)})),
     ("scheduler", lambda s: s["scheduler"].update(last_epoch="x")),
     ("scheduler", lambda s: s["scheduler"].update(last_epoch=7)),  # its progress disagrees with the epoch

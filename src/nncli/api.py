@@ -714,6 +714,10 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
         _check_data_parallel(built, stream, allow_local_batchnorm)
         if start is not None:
             _restore(built, start, resume, source.n_features)
+            needed = {"class": width, "binary": 2}.get(choice.family)
+            if start.get("classes") is not None and needed is not None and len(start["classes"]) != needed:
+                raise NncliError(f"the checkpoint's 'classes' names {len(start['classes'])} classes; the model "
+                                 f"{'has ' + str(width) + ' outputs' if choice.family == 'class' else 'is binary (2 classes)'}", resume)
         _learn_classes(built, data, read, choice, width)
         if stream:
             _fit_preprocess(model, built, lambda: _raw_batches(built, data, read, choice), source.feature_names)
