@@ -303,3 +303,86 @@ def _replace_member(path, member: str, payload: bytes) -> None:
     with zipfile.ZipFile(path, "w") as zout:
         for info, data in items:
             zout.writestr(info, data)
+def _tampered(ck, change):
+    state = torch.load(ck, weights_only=True)
+    change(state)
+    torch.save(state, ck)
+
+
+@pytest.mark.parametrize("key, change", [
+    ("rng", lambda s: s.update(rng=torch.zeros(3, dtype=torch.uint8))),
+    ("history", lambda s: s.update(history=[{"epoch": 1, "train_loss": "x"}] * 2)),
+    ("epoch", lambda s: s.update(epoch=-4)),  # the history would read 1..2, then -3..
+    ("epoch", lambda s: s.update(epoch="2")),
+    ("optimizer", lambda s: s.update(optimizer={"state": {}, "param_groups": [{"lr": "abc", "params": [0]}]})),
+    ("optimizer", lambda s: s["optimizer"]["param_groups"][0].update(params=[0])),
+    ("optimizer", lambda s: s["optimizer"]["state"].update({0: {"momentum_buffer": torch.zeros(7)}})),
+    ("preprocess", lambda s: s.update(preprocess={"kind": "standardize", "columns": ["a"], "shift": "x", "scale": 2})),
+    ("preprocess", lambda s: s.update(preprocess={"kind": "standardize", "columns": ["a"], "shift": torch.zeros(9, dtype=torch.float64),
+                                                  "scale": torch.ones(9, dtype=torch.float64)})),
+    ("model", lambda s: s.pop("model")),
+    ("model", lambda s: s["model"].pop("0.bias")),
+    ("classes", lambda s: s.update(classes=5)),
+    ("classes", lambda s: s.update(classes=["a", "b"])),  # the model has 3 outputs
+    ("best_state", lambda s: s.update(best_state={"0.weight": torch.zeros(1)})),
+    ("scheduler", lambda s: s["scheduler"].update(last_epoch="x")),
+    ("scheduler", lambda s: s["scheduler"].update(last_epoch=7)),  # its progress disagrees with the epoch
+    ("optimizer", lambda s: s["optimizer"]["param_groups"][0].update(betas="x")),
+    ("optimizer", lambda s: s["optimizer"]["state"][0].update(step="x")),
+    ("plan", lambda s: s["plan"].update(epochs="x")),
+    ("preprocess", lambda s: s.update(preprocess={"kind": "minmax", "columns": ["a"], "shift": torch.zeros(4, dtype=torch.float64),
+                                                  "scale": torch.zeros(4, dtype=torch.float64)})),
+])
+def test_a_tampered_checkpoint_is_one_line_naming_the_file_and_the_key(nncli, tmp_path, key, change):
+    from tests.test_training import SPEC, table
+
+    path, _, _ = table(tmp_path)
+    spec = write(tmp_path, "s.yaml", SPEC)
+    ck = tmp_path / "ck.pt"
+    common = ["-t", "y", "--lr", "0.1", "--momentum", "0.9", "--lr-schedule", "step:1:0.5", "-q"]
+    assert nncli("train", spec, path, *common, "--epochs", 2, "--checkpoint", ck).exit_code == 0
+    _tampered(ck, change)
+    result = nncli("train", spec, path, *common, "--epochs", 4, "--resume", ck, "--save-weights", tmp_path / "w.pt")
+    assert_error(result, 1, f"'{key}'", str(ck))
+    assert "internal error" not in result.stderr and not (tmp_path / "w.pt").exists()
+
+
+def test_resume_with_a_checkpoint_of_another_spec_names_the_key(nncli, tmp_path):
+    from tests.test_training import SPEC, table
+
+    path, _, _ = table(tmp_path)
+    ck = tmp_path / "ck.pt"
+    assert nncli("train", write(tmp_path, "s.yaml", SPEC), path, "-t", "y", "--lr", "0.1", "--epochs", 1, "--checkpoint", ck, "-q").exit_code == 0
+    other = write(tmp_path, "o.yaml", SPEC.replace("out_features: 8", "out_features: 5"))
+    assert_error(nncli("train", other, path, "-t", "y", "--lr", "0.1", "--epochs", 2, "--resume", ck), 1,
+                 "the checkpoint's 'model': key '0.weight' has shape [8, 4], the model needs [5, 4]", str(ck))
+
+
+@pytest.mark.parametrize("meta, fragment", [({"nncli.classes": "[a"}, "nncli.classes"), ({"nncli.preprocess": "{x"}, "nncli.preprocess")])
+def test_weights_metadata_that_is_not_json_is_one_line(nncli, tmp_path, meta, fragment):
+    from safetensors.torch import save_file
+
+    w = tmp_path / "w.safetensors"
+    state = {"weight": torch.ones(1, 2), "bias": torch.zeros(1)}
+    if "nncli.preprocess" in meta:
+        state.update({"nncli.preprocess.shift": torch.zeros(2, dtype=torch.float64), "nncli.preprocess.scale": torch.ones(2, dtype=torch.float64)})
+    save_file(state, str(w), metadata=meta)
+    spec = write(tmp_path, "s.yaml", "layers:\n  - Linear: {in_features: 2, out_features: 1}\n")
+    assert_error(nncli("forward", spec, DATA / "two-points.csv", "--weights", w), 1, fragment, str(w))
+
+
+@pytest.mark.parametrize("name", ["truncated.pt", "/dev/zero"])
+def test_resume_on_a_file_that_is_neither_gives_one_message(nncli, tmp_path, name):
+    from tests.test_training import SPEC, table
+
+    path, _, _ = table(tmp_path)
+    spec = write(tmp_path, "s.yaml", SPEC)
+    target = name
+    if not name.startswith("/"):
+        ck = tmp_path / "ck.pt"
+        assert nncli("train", spec, path, "-t", "y", "--lr", "0.1", "--epochs", 1, "--checkpoint", ck, "-q").exit_code == 0
+        target = tmp_path / name
+        target.write_bytes(ck.read_bytes()[:300])
+    result = nncli("train", spec, path, "-t", "y", "--lr", "0.1", "--epochs", 2, "--resume", target)
+    assert_error(result, 1, str(target))
+    assert "training starts from them" not in result.stderr

@@ -242,6 +242,10 @@ class Model(Forwards):
         """A spec that asks for preprocessing needs its statistics (train fits them and saves them with the weights)."""
         if self.spec.preprocess and self.built.preprocess is None:
             kind = next(iter(self.spec.preprocess))
+            if self.weights:  # e.g. written by init, which has no rows to fit them on
+                raise NncliError(f"these weights carry no statistics for the spec's `preprocess: {kind}` (nncli init writes none): "
+                                 "train the model (nncli train fits them and saves them with the weights), then pass those weights",
+                                 self.weights)
             raise NncliError(f"the spec asks for `preprocess: {kind}` and its statistics are unset: train the model "
                              "(nncli train saves them with the weights), then pass those weights", self.spec.path)
 
@@ -713,7 +717,7 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
     `checkpoint` is written (atomically) after every epoch with all it takes to continue bit for bit;
     `resume` continues from such a checkpoint, so 2 epochs + resume to 4 equals 4 epochs.
     `mlflow=True` (or a dict of `experiment`, `run_name`, `artifact`) logs the run to MLflow: see _mlflow."""
-    from nncli.training import METRICS, TrainOptions, class_weights as weights_of, evaluate_in_memory, fit, in_memory_batches
+    from nncli.training import METRICS, TrainOptions, check_resume, class_weights as weights_of, evaluate_in_memory, fit, in_memory_batches
     from nncli.training import stratified_split, validation_split
 
     read = read or Read(target=target, **more)
@@ -726,6 +730,8 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
     if patience is not None and val_split is None and val is None:
         raise UsageError("--patience watches the validation loss: give --val-split F or --val FILE too")
     shuffle = (not stream) if shuffle is None else shuffle
+    if stream and lr_schedule and lr_schedule.split(":")[0] == "onecycle":  # OneCycleLR steps per batch, counted up front
+        raise UsageError("--lr-schedule onecycle needs the number of batches per epoch, which --stream does not know before reading")
     if stream and (shuffle or val_split is not None):
         raise UsageError("--stream reads DATA in file order: it takes neither --shuffle nor --val-split (use --val FILE)")
     if metric not in METRICS:
@@ -738,9 +744,14 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
         _check_rate(value, name)
     options = TrainOptions(epochs, lr, optimizer, momentum, weight_decay, batch_size, shuffle, patience, lr_schedule, warmup or 0,
                            clip_grad_norm, clip_grad_value, metric)
+    if log_dir is not None:
+        _check_log_dir(log_dir)
     start = _read_checkpoint(resume) if resume else None
+    if start is not None:
+        check_resume(start, options, resume)  # what the data does not decide fails before it is read
     if mlflow:
         _mlflow_settings(mlflow)  # a missing package or a bad setting fails before the data is read
+        _mlflow_preflight()  # ... and so does a store MLflow cannot use
         given = data  # as given: DATA becomes a spooled copy below
     given_format = read.input_format  # --val's too; DATA's copy below may get the format of DATA's name
     with contextlib.ExitStack() as stack:
@@ -754,7 +765,11 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
         width = head.width
         _check_data_parallel(built, stream, allow_local_batchnorm)
         if start is not None:
-            _restore(built, start)
+            _restore(built, start, resume, source.n_features)
+            needed = {"class": width, "binary": 2}.get(choice.family)
+            if start.get("classes") is not None and needed is not None and len(start["classes"]) != needed:
+                raise NncliError(f"the checkpoint's 'classes' names {len(start['classes'])} classes; the model "
+                                 f"{'has ' + str(width) + ' outputs' if choice.family == 'class' else 'is binary (2 classes)'}", resume)
         _learn_classes(built, data, read, choice, width)
         if stream:
             _fit_preprocess(model, built, lambda: _raw_batches(built, data, read, choice), source.feature_names)
@@ -796,8 +811,10 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
         loss_fn = choice.function("mean", weights)
         validate = (lambda: evaluate_in_memory(built.module, choice, width, x_val, y_val, loss_fn, weights)) if (val_split or val is not None) else None
         steps = 1 if stream else -(-len(x) // batch_size)
+        if start is not None:
+            check_resume(start, options, resume, steps)
         save = (lambda state: _write_checkpoint(checkpoint, state, built)) if checkpoint else None
-        if log_dir:
+        if log_dir is not None:
             on_epoch = _tensorboard(log_dir, built.module, on_epoch, stack)
         if mlflow:
             o = options
@@ -813,12 +830,38 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
 
         with phase("train"):
             epochs_done, best, best_epoch = fit(built.module, choice, width, batches_for_epoch, options, validate, on_epoch or (lambda r: None),
-                                                loss_fn=loss_fn, steps_per_epoch=steps, start=start, checkpoint=save)
+                                                loss_fn=loss_fn, steps_per_epoch=steps, start=start, checkpoint=save, start_where=resume)
         if best is not None:
             built.module.load_state_dict(best)
         if mlflow:
             log_weights()  # the weights train returns (the best epoch's with --patience), while the run is open
     return History(epochs_done, choice.label, choice.source, best_epoch, best is not None and len(epochs_done) < epochs, options)
+
+
+def _check_log_dir(log_dir: str) -> None:
+    """--log-dir is a folder TensorBoard can write to (made if missing), checked before any data is
+    read: a file, a device or a dangling link said only `File exists`, `""` logged nothing, and a
+    folder that takes no files (/proc/self) failed in TensorBoard's writer thread."""
+    import tempfile
+
+    if not log_dir:
+        raise UsageError("--log-dir is empty: name a folder for the TensorBoard event files")
+    where = log_dir
+    path = os.path.abspath(log_dir)
+    if os.path.islink(log_dir) and not os.path.exists(log_dir):
+        raise NncliError("is a dangling symbolic link, not a folder", where)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise NncliError("is not a folder (--log-dir names the folder TensorBoard's event files go in)", where)
+    while not os.path.exists(path):  # a folder to be made: its nearest existing ancestor must take it
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise NncliError(f"{path} is not a folder, so the log folder cannot be made in it", where)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".nncli-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise NncliError(f"cannot write TensorBoard's event files in {path}: {e.strerror or e}", where) from None
 
 
 def _tensorboard(log_dir: str, module, on_epoch, stack):
@@ -865,6 +908,68 @@ def _mlflow_settings(settings) -> dict:
     return settings
 
 
+def _mlflow_preflight() -> None:
+    """The tracking store, looked at before any data is read, so that a store MLflow cannot use is
+    one line at once: an sqlite file that is a device, not a database, or not creatable (MLflow's
+    sqlalchemy errors were internal errors), and an http(s) server that does not answer a connection
+    (MLflow retries for 256 s first, silently). Anything subtler is left to MLflow's own messages."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    scheme = uri.split(":", 1)[0].lower()
+    if scheme == "sqlite":
+        _check_sqlite_store(uri)
+    elif scheme in ("http", "https"):
+        _check_server_answers(uri)
+
+
+def _check_sqlite_store(uri: str) -> None:
+    import tempfile
+    from urllib.parse import unquote
+
+    path = unquote(uri.split("?", 1)[0][len("sqlite:///"):]) if uri.lower().startswith("sqlite:///") else ""
+    if not path or path == ":memory:":
+        return
+    if os.path.exists(path):
+        if not os.path.isfile(path):
+            raise NncliError(f"MLflow: the tracking database {path} is not a regular file", "--mlflow")
+        try:
+            with open(path, "rb") as f:
+                head = f.read(16)
+        except OSError as e:
+            raise NncliError(f"MLflow: cannot read the tracking database {path}: {e.strerror or e}", "--mlflow") from None
+        if head and head != b"SQLite format 3\x00":  # an empty file is a new database to sqlite
+            raise NncliError(f"MLflow: the tracking database {path} is not an SQLite database", "--mlflow")
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".nncli-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise NncliError(f"MLflow: cannot create the tracking database {path}: {e.strerror or e}", "--mlflow") from None
+
+
+def _check_server_answers(uri: str) -> None:
+    """One TCP connection, 5 s at most, to the server (not through a proxy, which MLflow would use)."""
+    import socket
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    try:
+        host, port = parts.hostname, parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    except ValueError:
+        return  # a malformed port: MLflow's own message
+    if not host or (urllib.request.getproxies().get(parts.scheme.lower()) and not urllib.request.proxy_bypass(host)):
+        return
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as e:  # the host and port only: the URI may hold a password
+        reason = e.strerror or ("timed out" if isinstance(e, TimeoutError) else type(e).__name__)
+        raise NncliError(f"MLflow: the tracking server {host}:{port} does not answer ({reason})", "--mlflow") from None
+
+
 def _mlflow(settings, model, params: dict, on_epoch, stack):
     """A run where MLflow itself would put it: MLFLOW_TRACKING_URI, else MLflow's default store; the
     experiment named, else MLFLOW_EXPERIMENT_NAME/_ID or mlflow.set_experiment's, else Default; a
@@ -884,6 +989,11 @@ def _mlflow(settings, model, params: dict, on_epoch, stack):
             raise NncliError(f"MLflow: {_without_password((e.message.strip().splitlines() or ['?'])[0])}", "--mlflow") from None
         except ImportError as e:  # a database URI whose driver is not installed (psycopg, pymysql, ...)
             raise NncliError(f"MLflow: the tracking URI needs a module that is not installed: {e.name or e}", "--mlflow") from None
+        except Exception as e:  # the database's own errors (a disk full mid-run, a locked file) that MLflow lets through
+            if not type(e).__module__.startswith("sqlalchemy"):
+                raise
+            text = getattr(e, "orig", None) or e
+            raise NncliError(f"MLflow: the tracking database: {_without_password(str(text).strip().splitlines()[0] if str(text).strip() else type(e).__name__)}", "--mlflow") from None
 
     experiment_id = None
     if settings.get("experiment"):
@@ -982,17 +1092,26 @@ def _write_checkpoint(path: str, state: dict, built) -> None:
 def _read_checkpoint(path: str) -> dict:
     import torch
 
-    from nncli.training import is_checkpoint
+    from nncli.training import check_checkpoint, is_checkpoint
 
     if not is_checkpoint(path):
         raise NncliError("not a training checkpoint (nncli train --checkpoint writes one); plain weights go to --weights", path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    check_checkpoint(state, path)
+    return state
 
 
-def _restore(built, start: dict) -> None:
-    """The checkpoint's weights, classes and preprocessing into the freshly built model."""
-    from nncli.model import Preprocess
+def _restore(built, start: dict, path: str, width: int) -> None:
+    """The checkpoint's weights, classes and preprocessing into the freshly built model, each checked
+    against it first (a checkpoint of another spec is one error naming the key)."""
+    from nncli.model import Preprocess, check_state
 
+    check_state(built.module, start["model"], path, "the checkpoint's 'model': ")
+    if start.get("best_state") is not None:
+        check_state(built.module, start["best_state"], path, "the checkpoint's 'best_state': ")
+    p = start.get("preprocess")
+    if p is not None and (len(p["shift"]) != width or len(p["columns"]) > width):
+        raise NncliError(f"the checkpoint's 'preprocess' holds statistics of {len(p['shift'])} features; the model takes {width}", path)
     built.module.load_state_dict(start["model"])
     if start.get("classes") is not None:
         built.classes = start["classes"]
@@ -1044,9 +1163,22 @@ def _raw_batches(built, data, read: Read, choice):
     use_labels(built, source, choice)
     try:
         for batch in source.batches(DEFAULT_BATCH_ROWS):
+            _finite_features(batch.x, batch.first_row, source)
             yield batch.x
     finally:
         source.close()
+
+
+def _finite_features(x, first_row: int, source) -> None:
+    """train refuses a NaN or inf feature, named by its cell as forward's warning names it: left in,
+    it only surfaced as a diverged loss, blamed on the learning rate."""
+    import numpy as np
+
+    bad = ~np.isfinite(x)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise NncliError(f"the data holds {x[r, c]} at row {first_row + r}, column {source.feature_names[c]!r}: train needs "
+                         "every feature to be a number (drop or fill that row)", source.name)
 
 
 def _fit_preprocess(model, built, batches, feature_names) -> None:
@@ -1102,6 +1234,8 @@ def _tensors(built, batch, choice, width: int, source):
     from nncli.losses import make_targets
     from nncli.model import torch_dtype
 
+    _finite_features(batch.x, batch.first_row, source)
+
     dtype = torch_dtype(built.dtype)
     return _inputs(built, batch.x), make_targets(choice, batch.y, width, batch.first_row, source.target_names, dtype, built.device, source.name)
 
@@ -1154,6 +1288,7 @@ def _load_raw(built, data, read: Read, choice, width: int, early=None):
         source.close()
         raise _with_label_hint(e, source, choice) from None
     source.close()
+    _finite_features(batch.x, batch.first_row, source)
     y = make_targets(choice, batch.y, width, batch.first_row, source.target_names, torch_dtype(built.dtype), built.device, source.name)
     return batch.x, y
 
