@@ -161,3 +161,58 @@ def test_quoted_cells_are_read_exactly(nncli, tmp_path):
     data = write(tmp_path, "d.csv", '"a","b"\n"1","0"\n0.2,"0.4"\n')
     plain = nncli("forward", CONFIGS / "hand-checkable.yaml", DATA / "two-points.csv").stdout
     assert nncli("forward", CONFIGS / "hand-checkable.yaml", data).stdout == plain
+
+
+# Truncates DATA after nncli has read its first batch: the run then reads on from a file shorter than
+# it was at the start (a writer still at work, a log rotated). Deterministic, unlike a race with `truncate`.
+_TRUNCATE_AFTER_FIRST_BATCH = """
+import os, sys
+from nncli import cli, tables
+read = tables.TableFile.read
+def truncating(self, *args, **kwargs):
+    for i, block in enumerate(read(self, *args, **kwargs)):
+        yield block
+        if i == 0:
+            os.truncate(self.path, os.path.getsize(self.path) // 3)
+tables.TableFile.read = truncating
+sys.argv = ["nncli", *sys.argv[1:]]
+cli.main()
+"""
+
+
+# polars reads a mapped file ahead of its consumer: without these, it has often read every row before
+# the truncation (a small file, a slow consumer), and the race this test is about is not run.
+_NO_PREFETCH = {"POLARS_RECORD_BATCH_PREFETCH_SIZE": "1", "POLARS_NDJSON_CHUNK_PREFETCH_LIMIT": "1"}
+
+
+@pytest.mark.parametrize("fmt", ["arrow", "ndjson"])
+def test_data_truncated_while_it_is_read_is_one_error_line_or_the_right_result(tmp_path, fmt):
+    """polars mapped Arrow and NDJSON files into memory: a file truncated under it killed nncli with
+    SIGBUS (exit 135, no error line, the temporary output file left behind) or a Rust panic."""
+    import numpy as np
+    import polars as pl
+
+    rows = (16 if fmt == "arrow" else 8) * 65536  # polars reads ahead of its consumer: more than its first few batches
+    x = np.random.default_rng(0).standard_normal((rows, 6))
+    frame = pl.DataFrame({f"x{j}": x[:, j] for j in range(6)})
+    data = tmp_path / f"d.{fmt}"
+    frame.write_ipc(data) if fmt == "arrow" else frame.write_ndjson(data)
+    spec = write(tmp_path, "spec.yaml", "seed: 3\nloss: MSELoss\nlayers:\n  - Linear: [6, 5]\n  - Tanh\n  - Linear: [5, 3]\n")
+    out, size = tmp_path / "out.csv", data.stat().st_size
+    proc = subprocess.run([sys.executable, "-c", _TRUNCATE_AFTER_FIRST_BATCH, "forward", str(spec), str(data), "-o", str(out)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "RUST_BACKTRACE": "1", **_NO_PREFETCH})
+    assert proc.returncode in (0, 1), (proc.returncode, proc.stderr[-2000:])
+    if fmt == "arrow":  # read whole before its first batch: the rows it had when nncli opened it
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
+        torch.manual_seed(3)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+        with torch.no_grad():
+            expected = model(torch.tensor(x, dtype=torch.float32)).numpy()
+        got = pl.read_csv(out).to_numpy()
+        assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-6
+    else:  # read by blocks of lines: the rows after the cut are missing, and the run says so
+        import re
+
+        assert re.fullmatch(rf"error: the file was cut short while it was read \((\d+) of {size} bytes\) \({re.escape(str(data))}\)\n",
+                            proc.stderr), proc.stderr[-2000:]
+    assert sorted(os.listdir(tmp_path)) == sorted([data.name, "spec.yaml"] + (["out.csv"] if fmt == "arrow" else []))  # no temporary file
