@@ -293,9 +293,13 @@ class Model(Forwards):
                 if procread.SHARE_NUMPY:
                     procread.share_numpy()
                 try:
-                    return procread.read_in_child(lambda: source.batches(wanted, dtype=self.dtype), reading_files(source))
+                    return procread.read_in_child(lambda: source.batches(wanted, dtype=self.dtype), reading_files(source),
+                                                 instead=lambda: in_thread(wanted))  # the child could not start: a thread
                 except OSError:  # fork or the shared memory refused (a process limit): a thread reads
                     pass
+            return in_thread(wanted)
+
+        def in_thread(wanted):
             return prefetched(source.batches(wanted, dtype=self.dtype), depth=batches_ahead(wanted, source.n_features, self.dtype))
 
         planned = {}
