@@ -216,3 +216,45 @@ def test_data_truncated_while_it_is_read_is_one_error_line_or_the_right_result(t
         assert re.fullmatch(rf"error: the file was cut short while it was read \((\d+) of {size} bytes\) \({re.escape(str(data))}\)\n",
                             proc.stderr), proc.stderr[-2000:]
     assert sorted(os.listdir(tmp_path)) == sorted([data.name, "spec.yaml"] + (["out.csv"] if fmt == "arrow" else []))  # no temporary file
+
+
+def _cut_gzip(tmp_path):
+    import gzip
+
+    whole = gzip.compress(b"a,b\n" + b"1,2\n" * 50_000)
+    return write_bytes(tmp_path / "cut.csv.gz", whole[: len(whole) // 2])
+
+
+def write_bytes(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("make, what", [
+    (lambda tmp_path: "/proc/self/mem", "cannot read: Input/output error"),
+    (lambda tmp_path: write_bytes(tmp_path / "bad.csv.gz", b"not gzip at all"), "cannot read: Not a gzipped file"),
+    (_cut_gzip, "cannot read: Compressed file ended before the end-of-stream marker was reached"),
+    (lambda tmp_path: write_bytes(tmp_path / "bad.csv.xz", b"not xz at all"), "cannot decompress: "),
+])
+def test_an_error_while_reading_names_the_file(nncli, tmp_path, make, what):
+    """`error: Input/output error` and `error: Not a gzipped file (b'no')` said what but not where; a
+    .gz cut short was an internal error (EOFError), a corrupt .xz too (LZMAError)."""
+    if not os.path.exists("/proc/self/mem"):
+        pytest.skip("needs /proc/self/mem (Linux)")
+    data = str(make(tmp_path))
+    result = nncli("forward", CONFIGS / "hand-checkable.yaml", data)
+    assert_error(result, 1, what)
+    assert result.stderr.rstrip("\n").endswith(f" ({data})"), result.stderr
+
+
+def test_control_characters_in_a_file_name_do_not_reach_the_terminal(tmp_path):
+    """A name holding ESC ] 0 ; ... BEL retitled the terminal the error was printed on (and could
+    clear it, or move the cursor over earlier lines): it is shown escaped, as a cell is."""
+    data = tmp_path / "b\x1b]0;PWNED\x07.csv"
+    data.write_text("a,b\n1,x\n")
+    proc = subprocess.run([sys.executable, "-m", "nncli", "forward", str(CONFIGS / "hand-checkable.yaml"), str(data)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr
+    shown = str(data).replace("\x1b", "\\x1b").replace("\x07", "\\x07")
+    assert proc.stderr.startswith("error: ") and proc.stderr.endswith(f"({shown}:2)\n") and proc.stderr.count("\n") == 1, proc.stderr
