@@ -467,16 +467,18 @@ def test_under_a_low_file_limit_the_reader_still_reads(tmp_path, spec, nofile):
     assert limited.stdout == _run(_forward_args(spec, data), "thread").stdout
 
 
-def test_a_child_that_cannot_start_hands_its_rows_to_a_thread(tmp_path, spec):
+@pytest.mark.parametrize("failure", ['raise RuntimeError("can\'t start new thread")', "os.abort()"])
+def test_a_child_that_cannot_start_hands_its_rows_to_a_thread(tmp_path, spec, failure):
     """A child refused what it needs at its start (polars' threads under a process limit, a module
-    under a file limit) gave an internal error; before its first row nothing is lost: a thread reads."""
+    under a file limit; a Rust panic that aborts) gave an internal error; before its first row nothing
+    is lost: a thread reads."""
     data = tmp_path / "d.csv"
     _table(data, 20_000)
     script = textwrap.dedent(f"""
-        import sys
+        import os, sys
         from nncli import cli, timing
         def refused():  # the child's first step; the main process never takes it
-            raise RuntimeError("can't start new thread")
+            {failure}
         timing.restart = refused
         sys.argv = ["nncli", *{_forward_args(spec, data)!r}]
         cli.main()

@@ -419,15 +419,16 @@ class ChildReader:
                     note = self._receive()
                 if note is None:
                     self._reap(kill=False)
-                    if self._status is not None and os.WIFSIGNALED(self._status):
+                    signaled = self._status is not None and os.WIFSIGNALED(self._status)
+                    if not self._given and self._instead is not None and (not signaled or os.WTERMSIG(self._status) in _OWN_SIGNALS):
+                        failed_to_start = True  # an import refused (a file limit), polars aborted: before a word
+                        break
+                    if signaled:
                         # kill -9, the OOM killer: the user's or the system's doing, not a bug
                         from nncli.errors import NncliError
 
                         names = ", ".join(getattr(f, "name", "?") for f in self._files) or None
                         raise NncliError(f"the reader process was killed (signal {os.WTERMSIG(self._status)})", names)
-                    if not self._given and self._instead is not None:
-                        failed_to_start = True  # an import refused (a file limit) before it could say so
-                        break
                     raise RuntimeError("the reader process ended without a word")
                 kind = note[0]
                 if kind == "item":
@@ -556,6 +557,11 @@ class ChildReader:
         self._view.release()
         self._view = None
         self._ring.close()
+
+
+# Signals a process raises on itself (a Rust panic that aborts, a crash in native code): at the child's
+# start, a reason to read in a thread instead. Any other (SIGKILL, SIGTERM) came from outside.
+_OWN_SIGNALS = (6, 4, 7, 8, 11, 31)  # SIGABRT, SIGILL, SIGBUS, SIGFPE, SIGSEGV, SIGSYS (Linux numbers)
 
 
 def _aligned_copy(data):
