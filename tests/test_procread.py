@@ -553,3 +553,36 @@ def test_under_a_low_process_limit_the_reader_still_reads(tmp_path, spec):
             assert limited.returncode == 1 and limited.stderr.startswith(b"error: ") and b"internal error" not in limited.stderr
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_child_that_fails_after_reading_puts_data_and_targets_back(tmp_path, spec):
+    """The child reads DATA and a --targets file through the main process's open files: their
+    offsets moved with it. Failing before its first batch, but after reading, the thread must read
+    both from the start again, not from where the child left them."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((20_000, 6))
+    data, targets = tmp_path / "d.csv", tmp_path / "t.csv"
+    data.write_text(",".join(f"x{j}" for j in range(6)) + "\n" + "".join(",".join(f"{v:.7g}" for v in row) + "\n" for row in x))
+    targets.write_text("label\n" + "".join(["cat\n", "dog\n", "eel\n"][i % 3] for i in range(len(x))))
+    args = ["loss", str(spec), str(data), "--targets", str(targets), "-b", "999", "-f", "json"]
+    script = textwrap.dedent(f"""
+        import sys
+        from nncli import cli, csvread, procread
+        def refused(n):  # the child, about to hand over its first batch (parsed: both files read)
+            raise RuntimeError("can't start new thread")
+        procread._aligned = refused
+        csvread.BLOCK_BYTES = procread.CHILD_BLOCK_BYTES = 4096  # or the main process has buffered both whole
+        sys.argv = ["nncli", *{args!r}]
+        cli.main()
+    """)
+    env = {**os.environ, "NNCLI_READER": "process", "NNCLI_TIMINGS": "0"}
+    refused = subprocess.run([sys.executable, "-c", script], capture_output=True, env=env, timeout=180)
+    assert refused.returncode == 0 and refused.stderr == b"", refused.stderr[-3000:]
+    assert refused.stdout == _run(args, "thread").stdout
+    loss = json.loads(refused.stdout)
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    labels = torch.tensor([i % 3 for i in range(len(x))])
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(model(torch.tensor([[float(f"{v:.7g}") for v in row] for row in x]).float()), labels)
+    assert abs(loss["loss"] - expected.item()) < 1e-5 * max(1.0, abs(expected.item())), (loss, expected)

@@ -110,19 +110,20 @@ def _fds_to_spare() -> bool:
     return soft == resource.RLIM_INFINITY or soft - len(os.listdir("/proc/self/fd")) >= SPARE_FDS
 
 
-def read_in_child(produce, files, ring_bytes: int | None = None, instead=None) -> "ChildReader":
+def read_in_child(produce, files, ring_bytes: int | None = None, instead=None, rewind=None) -> "ChildReader":
     """Start a child that iterates `produce()` and hands each item over; iterate the result.
 
     `files`: the open tables whose `bytes_read` the parent should keep up to date (progress).
     `instead()`, if given: what to iterate when the child fails before its first item with an error
     that is not the user's (it could not start polars' threads, or open a file: a process or file
-    limit), provided the files can be read again from where they were (see _Offsets).
+    limit), provided the files can be read again from where they were (see _Offsets): `rewind`, every
+    open file the child may read (`files` and, say, a targets file; default `files`).
     OSError: the child could not be started (the caller reads in a thread instead)."""
     import mmap
     import resource  # noqa: F401  os.wait4 imports it to give the child's rusage: near a file limit, too late
     import signal
 
-    offsets = _Offsets(files) if instead is not None else None
+    offsets = _Offsets(files if rewind is None else rewind) if instead is not None else None
     ring = mmap.mmap(-1, ring_bytes or RING_BYTES)  # MAP_SHARED | MAP_ANONYMOUS: the child's writes are seen here
     notes_r, notes_w = os.pipe()
     frees_r, frees_w = os.pipe()
