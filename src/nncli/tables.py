@@ -61,8 +61,8 @@ class TableFile:
         maps a path into memory (mmap), and a file truncated while it was read (a writer still at
         work, a log rotated) killed nncli with SIGBUS: no error line, temporary files left. Read,
         a short file is one error line. An Arrow file is read whole (its footer says where every
-        batch is); NDJSON by blocks of lines (see NDJSON_BLOCK_BYTES). Parquet stays mapped:
-        polars checks each range it reads against the file and reports a truncated one."""
+        batch is); NDJSON by blocks of lines (see NDJSON_BLOCK_BYTES). Parquet is left to polars,
+        which reads it with read calls already (truncated: "failed to fill whole buffer")."""
         source = self.path
         if self.fmt == "ndjson" and self.path != "-" and not compression:
             return self._scan_lines(pl)
