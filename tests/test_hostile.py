@@ -265,3 +265,31 @@ def test_control_characters_in_a_file_name_do_not_reach_the_terminal(tmp_path):
     assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr
     shown = str(data).replace("\x1b", "\\x1b").replace("\x07", "\\x07")
     assert proc.stderr.startswith("error: ") and proc.stderr.endswith(f"({shown}:2)\n") and proc.stderr.count("\n") == 1, proc.stderr
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "arrow"])
+def test_ndjson_and_arrow_from_a_pipe_give_the_file_s_rows(tmp_path, fmt):
+    """`<(...)`: polars refused a pipe by name ("No such device", "Illegal seek"); it is read whole,
+    as standard input is, and gives what the file gives."""
+    import shutil
+
+    import polars as pl
+
+    if not shutil.which("bash"):
+        pytest.skip("needs bash for <(...)")
+    frame = pl.DataFrame({"a": [0.5, -1.25, 3.0], "b": [1.0, 2.0, -0.75]})
+    data = tmp_path / f"d.{fmt}"
+    frame.write_ndjson(data) if fmt == "ndjson" else frame.write_ipc(data)
+    spec = CONFIGS / "hand-checkable.yaml"
+    command = f"{sys.executable} -m nncli forward {spec} <(cat {data}) --input-format {fmt}"
+    piped = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+    whole = subprocess.run([sys.executable, "-m", "nncli", "forward", str(spec), str(data)], capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 0 and piped.stderr == "", piped.stderr
+    assert whole.returncode == 0 and piped.stdout == whole.stdout
+    layer = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.5, -0.5]]))
+        layer.bias.copy_(torch.tensor([0.1]))
+        expected = layer(torch.tensor(frame.to_numpy(), dtype=torch.float32))[:, 0].tolist()
+    lines = piped.stdout.splitlines()
+    assert lines[0] == "output" and [float(v) for v in lines[1:]] == pytest.approx(expected, abs=1e-6)

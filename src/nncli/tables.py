@@ -64,9 +64,11 @@ class TableFile:
         batch is); NDJSON by blocks of lines (see NDJSON_BLOCK_BYTES). Parquet is left to polars,
         which reads it with read calls already (truncated: "failed to fill whole buffer")."""
         source = self.path
-        if self.fmt == "ndjson" and self.path != "-" and not compression:
+        kind = _kind(self.path)
+        if self.fmt == "ndjson" and kind == "file" and not compression:
             return self._scan_lines(pl)
-        if self.path == "-" or compression or self.fmt == "arrow":
+        # a pipe (`<(...)`, a FIFO) can be read once: whole, as standard input (polars refused it)
+        if self.path == "-" or compression or self.fmt == "arrow" or (self.fmt == "ndjson" and kind == "pipe"):
             source = io.BytesIO(_read_all(self.path, compression, self.name))  # Parquet and Arrow need to seek
             self.bytes_read = source.getbuffer().nbytes
         if self.fmt == "parquet":
@@ -163,6 +165,17 @@ class TableFile:
 
     def close(self) -> None:
         pass
+
+
+def _kind(path: str) -> str | None:
+    """"file" (a regular file), "pipe" (a FIFO or socket), or None (anything else, or no such path)."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    return "file" if stat.S_ISREG(mode) else "pipe" if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) else None
 
 
 def _size(path: str) -> int | None:
