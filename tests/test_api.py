@@ -138,3 +138,54 @@ def test_the_readme_library_example_runs(tmp_path):
     result = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
                             timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_grads_leaves_the_module_as_it_was():
+    """Model.grads runs in train mode but leaves BatchNorm's running statistics and the eval/train flag
+    as they were: m.loss(x) is the same before and after. step is the one that changes the model."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(60, 4, generator=g, dtype=torch.float64) * 3 + 1
+    y = torch.randint(0, 3, (60,), generator=g)
+    frame = pl.DataFrame({**{f"x{i}": x[:, i].numpy() for i in range(4)}, "y": y.numpy()})
+    spec = {"seed": 3, "layers": [{"BatchNorm1d": None}, {"Linear": {"out_features": 3}}], "loss": "CrossEntropyLoss"}
+    m = lib.load(spec)
+    before = m.loss(frame, target="y")
+    m.module.eval()
+    flags = [mod.training for mod in m.module.modules()]
+    torch.manual_seed(3)
+    hand = torch.nn.Sequential(torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 3))
+    xs = torch.tensor(x.tolist(), dtype=torch.float32)
+    with torch.no_grad():
+        assert np.float32(before) == torch.nn.CrossEntropyLoss()(hand.eval()(xs), y).numpy()
+    grads = m.grads(frame, target="y")
+    hand.train()
+    torch.nn.CrossEntropyLoss()(hand(xs), y).backward()
+    assert torch.equal(grads["1.weight"], hand[1].weight.grad)
+    assert m.loss(frame, target="y") == before
+    assert [mod.training for mod in m.module.modules()] == flags
+    assert m.module[0].num_batches_tracked == 0 and torch.equal(m.module[0].running_mean, torch.zeros(4))
+    m.module.train()
+    m.loss(frame, target="y")  # eval mode for the loss, the caller's train mode back afterwards
+    assert m.module.training and m.module[0].training
+    m.step(frame, target="y", lr=0.1)  # the step moves the running statistics: one train-mode pass, as by hand
+    assert m.module[0].num_batches_tracked == 1 and torch.equal(m.module[0].running_mean, hand[0].running_mean)
+
+
+def test_predict_batch_names_the_classes_as_forward_does():
+    """One answer: predict_batch gives forward's columns, prob_<label> and the label, for the same model."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(25, 4, generator=g, dtype=torch.float64)
+    frame = pl.DataFrame({f"x{i}": x[:, i].numpy() for i in range(4)})
+    spec = {"seed": 1, "layers": [{"Linear": {"out_features": 3}}, "Softmax"], "classes": ["setosa", "versicolor", "virginica"]}
+    m = lib.load(spec)
+    expected = m.forward(frame)
+    assert expected.columns == ["prob_setosa", "prob_versicolor", "prob_virginica", "class"]
+    got = m.predict_batch(frame)
+    assert got.columns == expected.columns and got.equals(expected)
+    assert m.predict_batch(frame.to_pandas()).columns.tolist() == expected.columns
+    torch.manual_seed(1)
+    hand = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Softmax(dim=1))
+    with torch.no_grad():
+        probs = hand(torch.tensor(x.tolist(), dtype=torch.float32))
+    np.testing.assert_array_equal(m.predict_batch(x.numpy()), probs.numpy())
+    assert got["class"].to_list() == [spec["classes"][i] for i in probs.argmax(dim=1).tolist()]

@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 
+from nncli.errors import NncliError
 from tests.helpers import CONFIGS, DATA, assert_error, load_json, write
 
 
@@ -293,3 +294,144 @@ def test_ndjson_and_arrow_from_a_pipe_give_the_file_s_rows(tmp_path, fmt):
         expected = layer(torch.tensor(frame.to_numpy(), dtype=torch.float32))[:, 0].tolist()
     lines = piped.stdout.splitlines()
     assert lines[0] == "output" and [float(v) for v in lines[1:]] == pytest.approx(expected, abs=1e-6)
+
+
+def _pt2_with(tmp_path, member: str, payload: bytes):
+    """nncli's own .pt2 export of three-class with one archive member replaced."""
+    import zipfile
+
+    import nncli
+    from nncli.export import export_pt2
+
+    good, evil = tmp_path / "good.pt2", tmp_path / "evil.pt2"
+    export_pt2(nncli.load(CONFIGS / "three-class.yaml"), good)
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(evil, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info, payload if info.filename.endswith(member) else zin.read(info))
+    good.unlink()
+    return evil
+
+
+def test_a_pt2_whose_sample_inputs_run_code_is_never_unpickled(nncli, tmp_path):
+    """torch.export.load retries a failed weights_only load with weights_only=False: nncli reads a
+    .pt2's metadata with zipfile, loads its program only after every pickle passed weights_only, and
+    forward refuses .pt2 input."""
+    import io
+
+    from nncli import export
+
+    marker = tmp_path / "pwned"
+    buffer = io.BytesIO()
+    torch.save(Payload(str(marker)), buffer)
+    evil = _pt2_with(tmp_path, "sample_inputs/model.pt", buffer.getvalue())
+    assert export.read_metadata(evil)["spec"] == "three-class"  # nncli.json, read as JSON
+    assert not marker.exists()
+    with pytest.raises(NncliError, match=r"sample_inputs/model.pt holds Python objects other than tensors \(posix.system\)"):
+        export.load_pt2(evil)
+    assert_error(nncli("forward", evil, DATA / "table-5x6.csv"), 1, "forward scores .onnx files and specs, not .pt2")
+    assert not marker.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.pt2"]
+
+
+def _endless_loop_onnx(path):
+    """An ONNX model [N, 2] -> [N, 2] whose Loop runs 10**15 times: session.run never returns by itself."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Identity", ["v_in"], ["v_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None)])
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["trip"], value=helper.make_tensor("t", TensorProto.INT64, [], [10**15])),
+         helper.make_node("Constant", [], ["cond"], value=helper.make_tensor("c", TensorProto.BOOL, [], [True])),
+         helper.make_node("Loop", ["trip", "cond", "features"], ["output"], body=body)],
+        "loop", [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 2])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_a_signal_stops_an_onnx_model_that_never_returns(tmp_path):
+    """Python's handlers cannot run inside session.run: it runs in a worker thread while the main thread waits."""
+    model = _endless_loop_onnx(tmp_path / "loop.onnx")
+    data = write(tmp_path, "ab.csv", "a,b\n1,2\n")
+    out = tmp_path / "out.csv"
+    proc = subprocess.Popen([sys.executable, "-m", "nncli", "forward", str(model), str(data), "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not any(name.endswith(".tmp") for name in os.listdir(tmp_path)):  # the output's temporary file: scoring has begun
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else "timeout"
+        time.sleep(0.05)
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    try:
+        _, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert time.monotonic() - sent < 5
+    assert b"Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == ["ab.csv", "loop.onnx"]
+
+
+def test_an_exception_from_a_signal_handler_stops_onnxruntime_in_the_library(tmp_path):
+    """A library caller's handler that raises (Ctrl-C's KeyboardInterrupt) gets its exception at once,
+    and onnxruntime's run is told to stop (RunOptions.terminate): no thread is left running. In a
+    subprocess, so that a regression fails by its timeout instead of hanging the test run."""
+    model = _endless_loop_onnx(tmp_path / "loop.onnx")
+    code = f"""
+import signal, threading, time
+import numpy as np
+from nncli.export import OnnxModel
+
+model = OnnxModel({str(model)!r})
+
+def alarm(signum, frame):
+    raise TimeoutError("alarm")
+
+signal.signal(signal.SIGALRM, alarm)
+signal.setitimer(signal.ITIMER_REAL, 0.5)
+started = time.monotonic()
+try:
+    model.outputs(np.zeros((1, 2), dtype=np.float32))
+except TimeoutError:
+    print(time.monotonic() - started < 5, [t.name for t in threading.enumerate()])
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["True", "['MainThread']"], run.stdout + run.stderr
+
+
+def test_a_pt2_whose_weights_are_pickles_is_refused_before_torch_reads_it(tmp_path):
+    """torch.export.load unpickles "use_pickle" weights with weights_only=False: load_pt2 refuses them from the config."""
+    import io
+    import json
+    import zipfile
+
+    from nncli import export
+
+    marker = tmp_path / "pwned"
+    config = json.dumps({"config": {"0.weight": {"path_name": "weight_0", "is_param": True, "use_pickle": True, "tensor_meta": None}}})
+    evil = _pt2_with(tmp_path, "data/weights/model_weights_config.json", config.encode())
+    buffer = io.BytesIO()
+    torch.save(Payload(str(marker)), buffer)
+    with zipfile.ZipFile(evil) as archive:
+        weight = next(n for n in archive.namelist() if n.endswith("data/weights/weight_0"))
+    _replace_member(evil, weight, buffer.getvalue())  # torch.export.load itself runs it (checked by hand)
+    with pytest.raises(NncliError, match=r"refused: 0.weight in .*model_weights_config.json is stored as a pickle or an object"):
+        export.load_pt2(evil)
+    assert not marker.exists()
+
+
+def _replace_member(path, member: str, payload: bytes) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path) as zin:
+        items = [(info, payload if info.filename == member else zin.read(info)) for info in zin.infolist()]
+    with zipfile.ZipFile(path, "w") as zout:
+        for info, data in items:
+            zout.writestr(info, data)

@@ -194,3 +194,103 @@ def test_iris_trains_to_held_out_accuracy(nncli, tmp_path):
     doc = load_json(nncli("evaluate", CONFIGS / "iris.yaml", DATA / "iris-test.csv", "--target", "species", "--weights", weights, "-f", "json"))
     assert doc["rows"] == 30
     assert doc["accuracy"] >= 0.95
+
+
+# -- one rule for the same loss ----------------------------------------------------------------------
+
+
+def _batched_mean(model, x, y, loss_fn_sum, rows, batch):
+    """The README's hand loop: DataLoader's batches, each batch's sum added in order, divided once."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    with torch.no_grad():
+        total = None
+        for xb, yb in DataLoader(TensorDataset(x, y), batch_size=batch):
+            value = loss_fn_sum(model(xb), yb)
+            total = value if total is None else total + value
+        return total / rows
+
+
+def test_dropout_zero_gives_grads_and_step_the_loss_and_evaluate_batches(nncli, tmp_path):
+    """Dropout(0.0) is the identity in train mode too: grads and step batch like loss and evaluate."""
+    path, x, y = table(tmp_path, rows=40, seed=5)
+    spec = write(tmp_path, "s.yaml", SPEC.replace("0.2", "0.0") + "loss: CrossEntropyLoss\n")
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.0), nn.Linear(8, 3)).eval()
+    expected = _batched_mean(model, x, y, nn.CrossEntropyLoss(reduction="sum"), 40, 16).numpy()
+    with torch.no_grad():
+        assert nn.CrossEntropyLoss()(model(x), y).numpy() != expected  # one batch of all 40 rows: another last digit
+    common = [spec, path, "-t", "y", "-b", 16, "-f", "json"]
+    got = {"loss": load_json(nncli("loss", *common))["loss"], "evaluate": load_json(nncli("evaluate", *common))["loss"],
+           "grads": load_json(nncli("grads", *common, "--summary"))["loss"],
+           "step": load_json(nncli("step", *common, "--lr", 0.1, "--summary"))["loss_before"]}
+    assert {k: np.float32(v) for k, v in got.items()} == {k: expected for k in got}
+
+
+def test_val_loss_is_evaluates_loss_on_the_validation_rows(nncli, tmp_path):
+    """More validation rows than one of evaluate's batches (16,384): train's val_loss batches them as
+    evaluate does, so the two print the same number."""
+    (tmp_path / "v").mkdir()
+    path, _, _ = table(tmp_path, rows=30)
+    val, x, y = table(tmp_path / "v", rows=16_500, seed=3)
+    spec = write(tmp_path, "s.yaml", SPEC.replace("0.2", "0.0") + "loss: CrossEntropyLoss\n")
+    doc = load_json(nncli("train", spec, path, "-t", "y", "--epochs", 1, "--lr", 0, "--val", val, "-f", "json"))
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.0), nn.Linear(8, 3)).eval()
+    expected = _batched_mean(model, x, y, nn.CrossEntropyLoss(reduction="sum"), len(x), 16_384).numpy()
+    with torch.no_grad():
+        assert nn.CrossEntropyLoss()(model(x), y).numpy() != expected  # one batch of every row: another last digit
+    assert np.float32(doc["history"][0]["val_loss"]) == expected
+    assert np.float32(load_json(nncli("evaluate", spec, val, "-t", "y", "-f", "json"))["loss"]) == expected
+
+
+def test_evaluate_mse_is_the_mse_loss(nncli, tmp_path):
+    """evaluate's `mse` and an MSELoss `loss` are one quantity: the same number, as torch computes it."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(5000, 4, generator=g, dtype=torch.float64) * 30
+    t = x[:, :2] * 7 + 50
+    data = write(tmp_path, "reg.csv", "a,b,c,d,t0,t1\n" + "".join(",".join(repr(float(v)) for v in list(r) + list(s)) + "\n"
+                                                                   for r, s in zip(x.tolist(), t.tolist())))
+    reg = write(tmp_path, "r.yaml", "seed: 4\nlayers:\n  - Linear: {out_features: 2}\nloss: MSELoss\n")
+    torch.manual_seed(4)
+    layer = nn.Linear(4, 2)
+    features, targets = read_table(data, ["t0", "t1"]), read_table(data, list("abcd"))
+    for batch in (5000, 1500):
+        doc = load_json(nncli("evaluate", reg, data, "-t", "t0", "-t", "t1", "-b", batch, "-f", "json"))
+        for name, fn in (("mse", nn.MSELoss), ("mae", nn.L1Loss)):
+            if batch >= len(x):
+                with torch.no_grad():
+                    expected = fn()(layer(features), targets).numpy()
+            else:
+                expected = _batched_mean(layer, features, targets, fn(reduction="sum"), targets.numel(), batch).numpy()
+            assert np.float32(doc[name]) == expected, (name, batch)
+        assert doc["mse"] == doc["loss"]
+
+
+def test_step_save_weights_keeps_the_running_statistics_of_its_one_forward_pass(nncli, tmp_path):
+    """The README's hand-written step with BatchNorm1d: running statistics moved once (the step's forward
+    pass, every row in one batch whatever -b), loss_after from a second train-mode pass that moves nothing."""
+    path, x, y = table(tmp_path, rows=30)
+    spec = write(tmp_path, "bn.yaml", "seed: 2\nlayers:\n  - BatchNorm1d\n  - Linear: {out_features: 3}\nloss: CrossEntropyLoss\n")
+    out = tmp_path / "stepped.safetensors"
+    doc = load_json(nncli("step", spec, path, "-t", "y", "-b", 8, "--lr", 0.5, "--save-weights", out, "--summary", "-f", "json"))
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 3))
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    loss_before = loss_fn(model(x), y)
+    loss_before.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= 0.5 * p.grad
+    kept = {k: v.clone() for k, v in model.named_buffers()}
+    with torch.no_grad():
+        loss_after = loss_fn(model(x), y)
+        for k, v in model.named_buffers():
+            v.copy_(kept[k])
+    saved = load_file(out)
+    assert int(saved["0.num_batches_tracked"]) == 1
+    for k, v in model.state_dict().items():
+        assert torch.equal(saved[k], v), k
+    assert np.float32(doc["loss_before"]) == loss_before.detach().numpy()
+    assert np.float32(doc["loss_after"]) == loss_after.numpy()

@@ -54,6 +54,15 @@ class Read:
     targets_label: str | None = None  # the same for the --targets file
     input_format: str | None = None  # csv, tsv, parquet, arrow, ndjson (+ .gz, .bz2, .xz, .zst); default: the suffix
 
+    def __post_init__(self) -> None:
+        from nncli.columns import split_columns
+
+        # a text is a comma list ("a,b": two columns; '"a,b"': one), a list is taken item by item as given
+        if isinstance(self.features, str):
+            self.features = split_columns(self.features, "features")
+        if isinstance(self.target, str):
+            self.target = split_columns(self.target, "target")
+
 
 def open_data(data, read: Read, want_targets: bool = False):
     """A path (or "-") -> a streaming Dataset; a table in memory -> FrameData. Warnings are issued."""
@@ -200,6 +209,8 @@ class Model(Forwards):
             raise NncliError(f"the model expects {given} features; {width_from} has {width}", self.spec.path)
         if width is None:
             width, width_from = input_width(self.spec, self.inputs), "--inputs" if self.inputs else "the spec"
+            if width is None:
+                width, width_from = self._weights_width(width_from)
         self._width = width
         built, _ = make_model(self._options(), self.spec, width, width_from)
         if built.classes is not None and self.spec.classes is not None and built.classes != self.spec.classes:
@@ -247,8 +258,22 @@ class Model(Forwards):
 
         if self.inputs and self.spec.inputs and self.inputs != self.spec.inputs:
             raise UsageError(f"--inputs {self.inputs} disagrees with the spec's inputs: {self.spec.inputs}")
-        width = input_width(self.spec, self.inputs)
-        return width, resolve(self.spec, width, "--inputs" if self.inputs else "the spec's inputs")
+        width, width_from = input_width(self.spec, self.inputs), "--inputs" if self.inputs else "the spec's inputs"
+        if width is None:
+            width, width_from = self._weights_width(width_from)
+        return width, resolve(self.spec, width, width_from)
+
+    def _weights_width(self, width_from: str) -> tuple[int | None, str]:
+        """A spec that leaves the first in_features (num_features, normalized_shape) out, with weights:
+        the width their first sized layer's tensor has (params and export need no data to build)."""
+        from nncli.model import weights_width
+        from nncli.spec import unsized_first_layer
+
+        layer = unsized_first_layer(self.spec)
+        if layer is None or not self.weights:
+            return None, width_from
+        width = weights_width(self.weights, layer.index, layer.type)
+        return (width, self.weights) if width is not None else (None, width_from)
 
     @property
     def module(self):
@@ -353,12 +378,13 @@ class Model(Forwards):
     def predict_batch(self, batch, *, threshold: float = 0.5):
         """forward on one batch, returned as the type it was given (for engines' map functions): a
         numpy array gives the output columns as an array; a polars, pandas or pyarrow table gives a
-        table of forward's columns. Every column of the batch is a feature."""
+        table of forward's columns (prob_<label> and the label where the model knows its classes, as
+        `forward` gives them). Every column of the batch is a feature."""
         import numpy as np
 
         frame = FrameData(batch)
         built = self.build(frame.n_features, "the batch")
-        run = ForwardRun(built, head_of(built.layers, frame.n_features, spec_loss(self.spec.loss, self.spec.path)), frame,
+        run = ForwardRun(built, head_of(built.layers, frame.n_features, spec_loss(self.spec.loss, self.spec.path), built.classes), frame,
                          frame.batches(None), threshold)
         names, columns = next(iter(run.frames()))
         module = type(batch).__module__.split(".")[0]
@@ -372,9 +398,11 @@ class Model(Forwards):
     # -- the training signal ----------------------------------------------------------------------
 
     def _signal(self, data, read: Read, loss: str | None, reduction: str, train: bool, backward: bool, inputs: bool,
-                batch_size: int | None, progress, observer=None):
+                batch_size: int | None, progress, observer=None, keep: bool = True):
         """Open DATA, build, pick the loss, run forward (and backward) over the batches.
-        `observer(choice, head)`, if given, returns a function that sees every batch's outputs and targets."""
+        `observer(choice, head)`, if given, returns a function that sees every batch's outputs and targets.
+        With `keep` (all but step), the module is left as it was: a train-mode pass updates BatchNorm's
+        running statistics and sets the train flag, and `m.loss(x)` after `m.grads(x)` differed."""
         from nncli.backprop import compute_loss
 
         if reduction not in ("mean", "sum", "none"):
@@ -389,9 +417,9 @@ class Model(Forwards):
             use_labels(built, source, choice)
 
         def plan(source):
-            from nncli.backprop import BATCH_DEPENDENT
+            from nncli.backprop import batch_dependent
 
-            if train and any(layer.type in BATCH_DEPENDENT for layer in self.spec.layers):
+            if train and any(batch_dependent(layer) for layer in self.spec.layers):
                 return None  # one batch of every row: nothing to overlap
             return (batch_size or DEFAULT_BATCH_ROWS) if self._labels_before_build(source, loss) else None
 
@@ -404,12 +432,16 @@ class Model(Forwards):
         head, choice = picked["head"], picked["choice"]
         if progress:
             batches = progress(batches, source)
+        kept = _module_state(built.module) if keep else None
         try:
             result = compute_loss(built, head, batches, choice, reduction=reduction, train=train, backward=backward, inputs=inputs,
                                   target_names=source.target_names, source=source.name, observe=observer(choice, head) if observer else None)
         except NncliError as e:
             source.close()
             raise _with_label_hint(e, source, choice) from None
+        finally:
+            if kept is not None:
+                _restore_module_state(built.module, kept)
         source.close()
         if result.loss is not None and not bool(result.loss.isfinite()):
             warnings.warn(f"the loss is {float(result.loss)} (a NaN or inf in the data, or outputs outside the loss's domain)", NncliWarning, stacklevel=3)
@@ -474,7 +506,8 @@ class Model(Forwards):
         return report
 
     def grads(self, data, *, target=None, loss: str | None = None, mode: str = "train", batch_size: int | None = None, **read) -> dict:
-        """Every parameter's gradient of the loss (train mode by default), keyed as the state_dict."""
+        """Every parameter's gradient of the loss (train mode by default), keyed as the state_dict.
+        The module is left as it was (BatchNorm's running statistics, the train/eval flag)."""
         return self.compute_grads(data, loss=loss, mode=mode, batch_size=batch_size, read=Read(target=target, **read)).gradients
 
     def input_grads(self, data, *, target=None, loss: str | None = None, mode: str = "train", batch_size: int | None = None, **read):
@@ -497,7 +530,7 @@ class Model(Forwards):
         with contextlib.ExitStack() as stack:
             if not is_table(data):
                 data, read = _spooled_path(data, read, stack)  # read twice: before and after the update
-            before, choice, head = self._signal(data, read, loss, reduction, train, True, False, batch_size, progress)
+            before, choice, head = self._signal(data, read, loss, reduction, train, True, False, batch_size, progress, keep=False)
             changes = sgd_step(self.built.module, lr)
             buffers = {k: v.detach().clone() for k, v in self.built.module.named_buffers()}
             again = open_data(data, read, want_targets=True)
@@ -516,7 +549,9 @@ class ForwardRun:
     """An open forward pass: iterate `frames()` for (names, columns) per batch."""
 
     def __init__(self, built, head: Head, source, batches, threshold: float, source_column: str | None = None) -> None:
-        self.built, self.head, self.source, self.batches, self.threshold = built, head, source, batches, threshold
+        from nncli.forward import check_threshold
+
+        self.built, self.head, self.source, self.batches, self.threshold = built, head, source, batches, check_threshold(threshold)
         self.source_column = source_column  # a first column naming each row's file
         self.names = ([source_column] if source_column else []) + ([source.id_name] if source.id_name else [])
         self.names += head.output_names() + head.class_names()
@@ -556,6 +591,23 @@ class FiniteCheck:
             r, c = np.argwhere(bad)[0]
             self.warned = True
             warnings.warn(f"{self.what} holds {values[r, c]} at row {first_row + r}, column {self.names[c]!r}", NncliWarning, stacklevel=2)
+
+
+def _module_state(module) -> tuple:
+    """What a forward pass may change in a module: its buffers (BatchNorm's running statistics and
+    count) and every submodule's train/eval flag."""
+    return ({k: v.detach().clone() for k, v in module.named_buffers()}, [m.training for m in module.modules()])
+
+
+def _restore_module_state(module, state: tuple) -> None:
+    import torch
+
+    buffers, flags = state
+    with torch.no_grad():
+        for k, v in module.named_buffers():
+            v.copy_(buffers[k])
+    for m, flag in zip(module.modules(), flags):
+        m.training = flag
 
 
 def use_labels(built, source, choice) -> None:
@@ -748,7 +800,7 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
             weights = weights_of(class_weights, labels, width if choice.family == "class" else 2, choice.family).to(
                 device=built.device, dtype=torch_dtype(built.dtype))
         loss_fn = choice.function("mean", weights)
-        validate = (lambda: evaluate_in_memory(built.module, choice, width, x_val, y_val, loss_fn)) if (val_split or val is not None) else None
+        validate = (lambda: evaluate_in_memory(built.module, choice, width, x_val, y_val, loss_fn, weights)) if (val_split or val is not None) else None
         steps = 1 if stream else -(-len(x) // batch_size)
         save = (lambda state: _write_checkpoint(checkpoint, state, built)) if checkpoint else None
         if log_dir:
@@ -1122,6 +1174,10 @@ def evaluate(model: Model, data, *, target=None, loss: str | None = None, thresh
 
     read = read or Read(target=target, **more)
     state: dict = {}
+
+    from nncli.forward import check_threshold
+
+    check_threshold(threshold)  # before any work
 
     def observer(choice, head):
         kind = kind_of(choice, head.width)

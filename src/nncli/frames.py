@@ -39,15 +39,12 @@ def as_polars(data):
     return pl.DataFrame({str(i): array[:, i] for i in range(array.shape[1])})
 
 
-def batch_bounds(n: int, rows: int | None, exact: bool) -> list[tuple[int, int]]:
-    """(start, stop) of each batch: `rows` rows each; unless `exact`, a short remainder joins the last
-    full batch (the CSV reader's rule: torch's kernels for a handful of rows can round differently)."""
+def batch_bounds(n: int, rows: int | None, exact: bool = True) -> list[tuple[int, int]]:
+    """(start, stop) of each batch: `rows` rows each, the last one the rest (the CSV reader's rule,
+    DataLoader's drop_last=False; `exact` is accepted for old callers and changes nothing)."""
     if rows is None or n <= rows:
         return [(0, n)]
-    bounds = [(i, min(i + rows, n)) for i in range(0, n, rows)]
-    if not exact and bounds[-1][1] - bounds[-1][0] < rows and len(bounds) > 1:
-        bounds[-2:] = [(bounds[-2][0], n)]
-    return bounds
+    return [(i, min(i + rows, n)) for i in range(0, n, rows)]
 
 
 class FrameData:
@@ -116,7 +113,7 @@ class FrameData:
     def id_name(self) -> str | None:
         return self.id_col
 
-    def batches(self, rows: int | None = DEFAULT_BATCH_ROWS, exact: bool = False, dtype: str | None = None) -> Iterator[Batch]:
+    def batches(self, rows: int | None = DEFAULT_BATCH_ROWS, exact: bool = True, dtype: str | None = None) -> Iterator[Batch]:
         from nncli.data import features
 
         for start, stop in batch_bounds(len(self.x), rows, exact):

@@ -224,6 +224,39 @@ def saved_classes(path: str):
 UNKNOWN = object()
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
 
+# The tensor of each sized layer that holds the input width, and along which axis.
+WIDTH_TENSORS = {"Linear": (("weight", 1),), "BatchNorm1d": (("weight", 0), ("running_mean", 0), ("running_var", 0)),
+                 "LayerNorm": (("weight", 0), ("bias", 0))}
+
+
+def weights_width(path: str, index: int, layer_type: str) -> int | None:
+    """The input width a weights file fixes for a spec that leaves it out: layer `index`'s tensor
+    along its input axis (Linear's weight [out, in]; BatchNorm1d's and LayerNorm's [features]).
+    Only shapes are read: a .safetensors header without torch (nothing is built or copied); a .pt or
+    .pth as read_weights reads it. None when the file has no such tensor: the spec's own error stands."""
+    shapes = _header_shapes(path) if path.lower().endswith(".safetensors") else None
+    if shapes is None:  # a .pt, or a header read_weights must name the trouble with
+        shapes = {k: list(v.shape) for k, v in read_state(path).items()}
+    for name, axis in WIDTH_TENSORS.get(layer_type, ()):
+        shape = shapes.get(f"{index}.{name}")
+        if isinstance(shape, list) and len(shape) > axis and type(shape[axis]) is int and shape[axis] > 0:
+            return shape[axis]
+    return None
+
+
+def _header_shapes(path: str) -> dict | None:
+    import json
+
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size <= MAX_HEADER_BYTES:
+                return None
+            header = json.loads(f.read(size))
+        return {k: v.get("shape") for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+    except (OSError, ValueError, AttributeError):
+        return None
+
 
 def read_state(path: str) -> dict:
     """The state_dict of a weights file (what read_weights reads, without the extras)."""

@@ -341,16 +341,44 @@ def in_memory_batches(x, y, batch_size: int, shuffle: bool, rank: int = 0, world
     return batches
 
 
-def evaluate_in_memory(module, choice, width: int, x, y, loss_fn=None) -> tuple[float, float | None]:
-    """Validation loss (and accuracy) in eval mode, as one batch."""
+def evaluate_in_memory(module, choice, width: int, x, y, loss_fn=None, class_weights=None,
+                       batch_size: int | None = None) -> tuple[float, float | None]:
+    """Validation loss (and accuracy) in eval mode, batched as `nncli evaluate` batches the same rows
+    (DataLoader's batches of 16,384 by default), so that val_loss is evaluate's loss: rows that fit one
+    batch are loss_fn(model(x), y); more are the per-batch sums added in order, divided once (by the
+    targets' summed class weights where a weighted CrossEntropyLoss or NLLLoss divides by those).
+    A single batch of every row gave another last digit (2.8784285 beside evaluate's 2.8784282)."""
     import torch
 
+    from nncli.data import DEFAULT_BATCH_ROWS
+    from nncli.losses import element_count
+
+    rows = batch_size or DEFAULT_BATCH_ROWS
     module.eval()
     with torch.no_grad():
-        outputs = module(x)
-        loss = (loss_fn or choice.function("mean"))(outputs, y).item()
-        if is_classifier(choice, width):
-            return loss, float((predicted(choice, outputs) == actual(choice, y)).double().mean())
+        if len(x) <= rows:
+            outputs = module(x)
+            loss = (loss_fn or choice.function("mean", class_weights))(outputs, y).item()
+            hits = predicted(choice, outputs) == actual(choice, y) if is_classifier(choice, width) else None
+        else:
+            summed = choice.function("sum", class_weights)
+            weighted = class_weights is not None and choice.name in ("CrossEntropyLoss", "NLLLoss") and y.dim() == 1
+            total = terms = None
+            hits = []
+            for start in range(0, len(x), rows):
+                # a fresh tensor, as each batch evaluate reads is: a view's start address can change a last digit
+                xb, yb = x[start : start + rows].clone(), y[start : start + rows]
+                outputs = module(xb)
+                value = summed(outputs, yb)
+                count = class_weights.to(outputs.dtype)[yb].sum() if weighted else element_count(choice, outputs)
+                total = value if total is None else total + value
+                terms = count if terms is None else terms + count
+                if is_classifier(choice, width):
+                    hits.append(predicted(choice, outputs) == actual(choice, yb))
+            loss = (total / terms).item()
+            hits = torch.cat(hits) if hits else None
+        if hits is not None:
+            return loss, float(hits.double().mean())
     return loss, None
 
 

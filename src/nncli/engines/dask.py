@@ -27,9 +27,9 @@ CONNECT_SECONDS = 10
 
 
 def _listed(value) -> list:
-    if value is None:
-        return []
-    return [value] if isinstance(value, (str, int)) else list(value)
+    from nncli.columns import column_list  # "a,b" is two columns, as everywhere in nncli
+
+    return column_list(value)
 
 
 def cores() -> int:
