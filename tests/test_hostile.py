@@ -164,6 +164,138 @@ def test_quoted_cells_are_read_exactly(nncli, tmp_path):
     assert nncli("forward", CONFIGS / "hand-checkable.yaml", data).stdout == plain
 
 
+# Truncates DATA after nncli has read its first batch: the run then reads on from a file shorter than
+# it was at the start (a writer still at work, a log rotated). Deterministic, unlike a race with `truncate`.
+_TRUNCATE_AFTER_FIRST_BATCH = """
+import os, sys
+from nncli import cli, tables
+read = tables.TableFile.read
+def truncating(self, *args, **kwargs):
+    for i, block in enumerate(read(self, *args, **kwargs)):
+        yield block
+        if i == 0:
+            os.truncate(self.path, os.path.getsize(self.path) // 3)
+tables.TableFile.read = truncating
+sys.argv = ["nncli", *sys.argv[1:]]
+cli.main()
+"""
+
+
+# polars reads a mapped file ahead of its consumer: without these, it has often read every row before
+# the truncation (a small file, a slow consumer), and the race this test is about is not run.
+_NO_PREFETCH = {"POLARS_RECORD_BATCH_PREFETCH_SIZE": "1", "POLARS_NDJSON_CHUNK_PREFETCH_LIMIT": "1", "POLARS_ROW_GROUP_PREFETCH_SIZE": "1"}
+
+
+@pytest.mark.parametrize("fmt", ["arrow", "ndjson", "parquet"])
+def test_data_truncated_while_it_is_read_is_one_error_line_or_the_right_result(tmp_path, fmt):
+    """polars mapped Arrow and NDJSON files into memory: a file truncated under it killed nncli with
+    SIGBUS (exit 135, no error line, the temporary output file left behind) or a Rust panic.
+    Parquet, which polars reads with read calls, gave one error line before too: kept as a guard."""
+    import numpy as np
+    import polars as pl
+
+    rows = (8 if fmt == "ndjson" else 16) * 65536  # polars reads ahead of its consumer: more than its first few batches
+    x = np.random.default_rng(0).standard_normal((rows, 6))
+    frame = pl.DataFrame({f"x{j}": x[:, j] for j in range(6)})
+    data = tmp_path / f"d.{fmt}"
+    if fmt == "parquet":  # polars reads it with read calls: a clean error before this test too
+        frame.write_parquet(data, row_group_size=65536)
+    else:
+        frame.write_ipc(data) if fmt == "arrow" else frame.write_ndjson(data)
+    spec = write(tmp_path, "spec.yaml", "seed: 3\nloss: MSELoss\nlayers:\n  - Linear: [6, 5]\n  - Tanh\n  - Linear: [5, 3]\n")
+    out, size = tmp_path / "out.csv", data.stat().st_size
+    proc = subprocess.run([sys.executable, "-c", _TRUNCATE_AFTER_FIRST_BATCH, "forward", str(spec), str(data), "-o", str(out)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "RUST_BACKTRACE": "1", **_NO_PREFETCH})
+    assert proc.returncode in (0, 1), (proc.returncode, proc.stderr[-2000:])
+    if fmt == "arrow":  # read whole before its first batch: the rows it had when nncli opened it
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
+        torch.manual_seed(3)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+        with torch.no_grad():
+            expected = model(torch.tensor(x, dtype=torch.float32)).numpy()
+        got = pl.read_csv(out).to_numpy()
+        assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-6
+    elif fmt == "parquet":
+        assert proc.returncode == 1 and proc.stderr.startswith("error: cannot read the parquet file: ") \
+            and proc.stderr.endswith(f" ({data})\n") and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    else:  # read by blocks of lines: the rows after the cut are missing, and the run says so
+        import re
+
+        assert re.fullmatch(rf"error: the file was cut short while it was read \((\d+) of {size} bytes\) \({re.escape(str(data))}\)\n",
+                            proc.stderr), proc.stderr[-2000:]
+    assert sorted(os.listdir(tmp_path)) == sorted([data.name, "spec.yaml"] + (["out.csv"] if fmt == "arrow" else []))  # no temporary file
+
+
+def _cut_gzip(tmp_path):
+    import gzip
+
+    whole = gzip.compress(b"a,b\n" + b"1,2\n" * 50_000)
+    return write_bytes(tmp_path / "cut.csv.gz", whole[: len(whole) // 2])
+
+
+def write_bytes(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("make, what", [
+    (lambda tmp_path: "/proc/self/mem", "cannot read: Input/output error"),
+    (lambda tmp_path: write_bytes(tmp_path / "bad.csv.gz", b"not gzip at all"), "cannot read: Not a gzipped file"),
+    (_cut_gzip, "cannot read: Compressed file ended before the end-of-stream marker was reached"),
+    (lambda tmp_path: write_bytes(tmp_path / "bad.csv.xz", b"not xz at all"), "cannot decompress: "),
+])
+def test_an_error_while_reading_names_the_file(nncli, tmp_path, make, what):
+    """`error: Input/output error` and `error: Not a gzipped file (b'no')` said what but not where; a
+    .gz cut short was an internal error (EOFError), a corrupt .xz too (LZMAError)."""
+    if not os.path.exists("/proc/self/mem"):
+        pytest.skip("needs /proc/self/mem (Linux)")
+    data = str(make(tmp_path))
+    result = nncli("forward", CONFIGS / "hand-checkable.yaml", data)
+    assert_error(result, 1, what)
+    assert result.stderr.rstrip("\n").endswith(f" ({data})"), result.stderr
+
+
+def test_control_characters_in_a_file_name_do_not_reach_the_terminal(tmp_path):
+    """A name holding ESC ] 0 ; ... BEL retitled the terminal the error was printed on (and could
+    clear it, or move the cursor over earlier lines): it is shown escaped, as a cell is."""
+    data = tmp_path / "b\x1b]0;PWNED\x07.csv"
+    data.write_text("a,b\n1,x\n")
+    proc = subprocess.run([sys.executable, "-m", "nncli", "forward", str(CONFIGS / "hand-checkable.yaml"), str(data)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr
+    shown = str(data).replace("\x1b", "\\x1b").replace("\x07", "\\x07")
+    assert proc.stderr.startswith("error: ") and proc.stderr.endswith(f"({shown}:2)\n") and proc.stderr.count("\n") == 1, proc.stderr
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "arrow"])
+def test_ndjson_and_arrow_from_a_pipe_give_the_file_s_rows(tmp_path, fmt):
+    """`<(...)`: polars refused a pipe by name ("No such device", "Illegal seek"); it is read whole,
+    as standard input is, and gives what the file gives."""
+    import shutil
+
+    import polars as pl
+
+    if not shutil.which("bash"):
+        pytest.skip("needs bash for <(...)")
+    frame = pl.DataFrame({"a": [0.5, -1.25, 3.0], "b": [1.0, 2.0, -0.75]})
+    data = tmp_path / f"d.{fmt}"
+    frame.write_ndjson(data) if fmt == "ndjson" else frame.write_ipc(data)
+    spec = CONFIGS / "hand-checkable.yaml"
+    command = f"{sys.executable} -m nncli forward {spec} <(cat {data}) --input-format {fmt}"
+    piped = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+    whole = subprocess.run([sys.executable, "-m", "nncli", "forward", str(spec), str(data)], capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 0 and piped.stderr == "", piped.stderr
+    assert whole.returncode == 0 and piped.stdout == whole.stdout
+    layer = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.5, -0.5]]))
+        layer.bias.copy_(torch.tensor([0.1]))
+        expected = layer(torch.tensor(frame.to_numpy(), dtype=torch.float32))[:, 0].tolist()
+    lines = piped.stdout.splitlines()
+    assert lines[0] == "output" and [float(v) for v in lines[1:]] == pytest.approx(expected, abs=1e-6)
+
+
 def _pt2_with(tmp_path, member: str, payload: bytes):
     """nncli's own .pt2 export of three-class with one archive member replaced."""
     import zipfile

@@ -321,10 +321,16 @@ class Model(Forwards):
             if procread.can_fork():  # parsing on its own core while torch imports (see procread)
                 if procread.SHARE_NUMPY:
                     procread.share_numpy()
+                # a --targets file is read by the child too: put back with DATA if the child fails at its start
+                targets = [t for s in getattr(source, "sources", [source]) if (t := getattr(s, "targets_csv", None)) is not None]
                 try:
-                    return procread.read_in_child(lambda: source.batches(wanted, dtype=self.dtype), reading_files(source))
+                    return procread.read_in_child(lambda: source.batches(wanted, dtype=self.dtype), reading_files(source),
+                                                 instead=lambda: in_thread(wanted), rewind=reading_files(source) + targets)
                 except OSError:  # fork or the shared memory refused (a process limit): a thread reads
                     pass
+            return in_thread(wanted)
+
+        def in_thread(wanted):
             return prefetched(source.batches(wanted, dtype=self.dtype), depth=batches_ahead(wanted, source.n_features, self.dtype))
 
         planned = {}

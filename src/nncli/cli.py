@@ -185,10 +185,11 @@ def _error(message: str, code: int) -> None:
     except (OSError, ValueError, AttributeError):
         pass
     if sys.stderr is not None:
+        from nncli.errors import printable
         from nncli.render import encodable
 
-        try:
-            sys.stderr.write(encodable(f"error: {message}", getattr(sys.stderr, "encoding", None)) + "\n")
+        try:  # printable: a file name (in what or where) may hold a terminal's escape sequences
+            sys.stderr.write(encodable(f"error: {printable(message)}", getattr(sys.stderr, "encoding", None)) + "\n")
             sys.stderr.flush()
         except (OSError, ValueError):
             pass
