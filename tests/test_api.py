@@ -138,3 +138,58 @@ def test_the_readme_library_example_runs(tmp_path):
     result = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
                             timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_text_labels_in_tables_in_memory_read_as_the_cli_reads_them(nncli, tmp_path):
+    """A pandas or polars frame with a column of class words: the spec's classes (or, for train, the
+    labels sorted as LabelEncoder sorts them) as the CLI takes them from the same file, equal to torch."""
+    spec, data = CONFIGS / "iris.yaml", DATA / "iris-train.csv"
+    species = pd.read_csv(data)["species"].tolist()
+    reference = lib.load(spec, inputs=4)  # the module the spec seeds, as torch built it
+    classes, m = reference.classes, reference.module.eval()
+    with torch.no_grad():
+        expected = torch.nn.CrossEntropyLoss()(m(read_table(data, ["species"])), torch.tensor([classes.index(s) for s in species]))
+    cli_loss = load_json(nncli("loss", spec, data, "-t", "species", "-f", "json"))["loss"]
+    cli_evaluate = load_json(nncli("evaluate", spec, data, "-t", "species", "-f", "json"))
+    unnamed = write(tmp_path, "learned.yaml", "\n".join(l for l in spec.read_text().splitlines() if not l.startswith("classes")))
+    nncli("train", unnamed, data, "-t", "species", "--epochs", "1", "--lr", "0.1", "--save-weights", tmp_path / "cli.safetensors")
+    cli_weights = load_file(tmp_path / "cli.safetensors")
+    for frame in (pd.read_csv(data), pl.read_csv(data)):
+        loss = lib.load(spec).loss(frame, target="species")
+        assert np.float32(loss) == np.float32(cli_loss) == expected.numpy()
+        assert lib.evaluate(lib.load(spec), frame, target="species") == cli_evaluate
+        learned = lib.load(unnamed)
+        lib.train(learned, frame, target="species", epochs=1, lr=0.1)
+        assert learned.classes == sorted(set(species))
+        state = learned.module.state_dict()
+        assert state.keys() == cli_weights.keys() and all(torch.equal(state[k], cli_weights[k]) for k in state)
+
+
+def test_a_label_outside_the_classes_is_named_with_its_row():
+    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "b": [1.0, 0.0, 1.0, 0.0], "c": [0.0] * 4, "d": [1.0] * 4,
+                          "species": ["setosa", "virginica", "daisy", "setosa"]})
+    with pytest.raises(lib.NncliError, match=r"row 2: the target 'species' is 'daisy', not one of the model's classes"):
+        lib.load(CONFIGS / "iris.yaml").loss(frame, target="species")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_tables_in_memory_raise_no_torch_warning(dtype):
+    """polars hands out read-only views of one column's memory; torch.from_numpy warns on those, once
+    a process: so a process of its own, with every warning an error."""
+    code = f"""
+import warnings
+import numpy as np, pandas as pd, polars as pl, torch
+import nncli
+warnings.simplefilter("error")
+frame = pd.DataFrame({{"a": [1.0, 2.0, 3.0, 4.0], "y": [1.0, 0.0, 1.0, 0.0]}})
+m = nncli.load({{"seed": 1, "layers": [{{"Linear": [1, 1]}}]}}, dtype="{dtype}")
+loss = m.loss(frame, target="y")
+out = m.forward(frame, target="y")
+m.grads(pl.from_pandas(frame), target="y")
+with torch.no_grad():
+    y = m.module(torch.tensor([[1.0], [2.0], [3.0], [4.0]], dtype=torch.{dtype}))
+    assert loss == float(torch.nn.functional.mse_loss(y, torch.tensor([[1.0], [0.0], [1.0], [0.0]], dtype=y.dtype)))
+np.testing.assert_array_equal(out.get_column("output").to_numpy(), y[:, 0].numpy())
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
