@@ -193,3 +193,56 @@ np.testing.assert_array_equal(out.get_column("output").to_numpy(), y[:, 0].numpy
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+_TABLE = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "b": [0.5, 1.0, 2.0, 3.0], "y": [1.0, 0.0, 1.0, 0.0]})
+_SPEC = {"seed": 0, "layers": [{"Linear": [2, 1]}]}
+
+
+def _forward(data, **kw):
+    return lambda: lib.load(_SPEC).forward(data, **kw)
+
+
+def _loss(data=_TABLE, **kw):
+    return lambda: lib.load(_SPEC).loss(data, **{"target": "y", **kw})
+
+
+def _train(**kw):
+    return lambda: lib.train(lib.load(_SPEC), _TABLE, **{"target": "y", "epochs": 1, "lr": 0.1, **kw})
+
+
+@pytest.mark.parametrize("call, error, fragment", [
+    (_forward([[1.0, 2.0]]), lib.UsageError, "data must be a path (or a list of paths) or a table"),
+    (_forward({"a": [1.0], "b": [2.0]}), lib.UsageError, "got {'a': [1.0], 'b': [2.0]} (a dict)"),
+    (_forward(3), lib.UsageError, "data must be a path"),
+    (_forward(None), lib.UsageError, "got None"),
+    (_forward(b"a,b\n1,2\n"), lib.UsageError, "(a bytes)"),
+    (_forward(iter([[1.0, 2.0]])), lib.UsageError, "rows go in a numpy array or a DataFrame"),
+    (_forward(_TABLE, target="y", batch_size=-1), lib.UsageError, "batch_size must be an integer at or above 1, got -1"),
+    (_loss(batch_size=0), lib.UsageError, "batch_size must be an integer at or above 1, got 0"),
+    (_loss(batch_size=1.5), lib.UsageError, "batch_size must be an integer at or above 1, got 1.5"),
+    (lambda: lib.load(_SPEC).step(_TABLE, target="y", lr=0.1, batch_size=0), lib.UsageError, "batch_size must be an integer"),
+    (lambda: lib.evaluate(lib.load(_SPEC), _TABLE, target="y", batch_size=-3), lib.UsageError, "batch_size must be an integer"),
+    (_train(batch_size=0), lib.UsageError, "batch_size must be an integer at or above 1, got 0"),
+    (_train(epochs=1.5), lib.UsageError, "epochs must be an integer at or above 1, got 1.5"),
+    (_train(epochs="2"), lib.UsageError, "epochs must be an integer at or above 1, got '2'"),
+    (_train(patience=-1, val_split=0.5), lib.UsageError, "patience must be an integer at or above 1"),
+    (_train(warmup=-1), lib.UsageError, "warmup must be an integer at or above 0"),
+    (_train(lr="0.1"), lib.UsageError, "lr must be a finite number at or above 0, got '0.1'"),
+    (lambda: lib.train("spec.yaml", _TABLE, target="y", epochs=1, lr=0.1), lib.UsageError, "train takes a Model"),
+    (_forward(_TABLE, target="y", threshold="x"), lib.UsageError, "threshold must be a finite number"),
+    (_loss(target=[["y"]]), lib.UsageError, "target must be a column (a name or a 0-based index) or a list of them"),
+    (lambda: lib.load(_SPEC, inputs=0), lib.UsageError, "inputs must be an integer at or above 1, got 0"),
+    (_loss(pd.DataFrame({"a": [1, "x"], "b": [1.0, 2.0], "y": [1.0, 0.0]})), lib.NncliError, "column 'a' holds values of several types (int, str)"),
+    (_forward(pd.DataFrame([[1.0, 2.0]], columns=["a", "a"])), lib.NncliError, "column name 'a' is not unique (columns 0 and 1)"),
+    (_loss(features=["a", "a"]), lib.UsageError, "features: column 'a' is named twice"),
+    (_loss(features=["a", "y"]), lib.UsageError, "column 'y' can't be both a feature and a target"),
+    (_forward(np.array([["2020-01-01", "2020-01-02"]], dtype="datetime64[Y]")), lib.NncliError, "a numpy array of datetime64[Y] holds no numbers"),
+    (_forward(np.array([[1, "x"]], dtype=object)), lib.NncliError, "a numpy array of object holds no numbers"),
+    (_forward(pd.Series([1.0, 2.0])), lib.NncliError, "a pandas Series is not a table of rows"),
+    (_forward(np.ma.array([[1.0, 2.0]], mask=[[0, 1]])), lib.NncliError, "the masked array has masked cells"),
+])
+def test_bad_arguments_are_one_clear_error(call, error, fragment):
+    with pytest.raises(error) as caught:
+        call()
+    assert type(caught.value) is error and fragment in str(caught.value)
