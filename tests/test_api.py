@@ -246,3 +246,41 @@ def test_bad_arguments_are_one_clear_error(call, error, fragment):
     with pytest.raises(error) as caught:
         call()
     assert type(caught.value) is error and fragment in str(caught.value)
+
+
+def test_threads_sharing_one_model_lose_no_step():
+    """4 threads x N steps on one unbuilt Model: the build happens once and every update lands. With an
+    L1 loss whose residuals keep one sign, each step's gradient is the same, so in any order the
+    weights equal N*4 sequential steps of the hand-written loop, bit for bit."""
+    import threading
+
+    n, lr = 40, 1e-3
+    x = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]])
+    rows = np.hstack([x, np.full((4, 1), 100.0)])  # targets far above the outputs: the residuals stay negative
+    m = lib.load({"seed": 3, "layers": [{"Linear": [2, 1]}]}, dtype="float64")
+    errors, results = [], []
+
+    def work():
+        try:
+            for _ in range(n):
+                results.append(m.step(rows, target="2", lr=lr, loss="l1"))
+        except Exception as e:  # noqa: BLE001  (any error, raw or nncli's, fails the test below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(results) == 4 * n
+    torch.manual_seed(3)
+    expected = torch.nn.Linear(2, 1).double()
+    inputs, targets = torch.from_numpy(x), torch.full((4, 1), 100.0, dtype=torch.float64)
+    for _ in range(4 * n):
+        expected.zero_grad()
+        torch.nn.L1Loss()(expected(inputs), targets).backward()
+        with torch.no_grad():
+            for p in expected.parameters():
+                p.copy_(p - lr * p.grad)
+    for k, v in expected.state_dict().items():
+        assert torch.equal(m.module.state_dict()["0." + k], v), k

@@ -18,7 +18,9 @@ changes the environment; torch is imported when a model is first built.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
@@ -181,8 +183,28 @@ def finite_checks(source, head) -> list:
     return [lambda batch, outputs: data_check(batch.x, batch.first_row), lambda batch, outputs: output_check(outputs, batch.first_row)]
 
 
+def _serialized(fn):
+    """Run fn(model, ...) holding the model's lock: a Model may be shared by threads, and the calls
+    that change it (the build, step, grads, train, a train-mode loss, save) run one at a time; a
+    lost update or torch's "modified by an inplace operation" came of two at once. Reentrant:
+    step builds, train steps."""
+
+    @functools.wraps(fn)
+    def locked(model, *args, **kwargs):
+        with model._lock if isinstance(model, Model) else contextlib.nullcontext():  # train refuses a non-Model itself
+            return fn(model, *args, **kwargs)
+
+    return locked
+
+
+_BUILDING = threading.Lock()  # torch.manual_seed is global: two models built at once would mix their seeds
+
+
 class Model(Forwards):
-    """A spec and, from its first use, the seeded `nn.Sequential` it describes."""
+    """A spec and, from its first use, the seeded `nn.Sequential` it describes.
+
+    A Model may be shared by threads; calls that change it are serialized (see _serialized). forward,
+    evaluate and an eval-mode loss only read it, and run side by side."""
 
     def __init__(self, spec: Spec, *, seed: int | None = None, weights: str | None = None, dtype: str = "float32",
                  inputs: int | None = None, max_params: int = DEFAULT_MAX_PARAMS, device: str = "cpu", threads: int | None = None) -> None:
@@ -192,9 +214,17 @@ class Model(Forwards):
         self.spec, self.seed, self.weights, self.dtype = spec, seed, weights, dtype
         self.inputs, self.max_params, self.device_name, self.threads = inputs, max_params, device, threads
         self.built = None  # nncli.model.Model once built
+        self._lock = threading.RLock()
+
+    def __getstate__(self) -> dict:  # copy.deepcopy and pickle: a lock is not copied, the copy gets its own
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.RLock())
 
     # -- building ---------------------------------------------------------------------------------
 
+    @_serialized
     def build(self, width: int | None = None, width_from: str = "the input"):
         """Build the model for `width` input features (once); later calls check the width agrees."""
         if self.built is not None:
@@ -211,7 +241,8 @@ class Model(Forwards):
         if width is None:
             width, width_from = input_width(self.spec, self.inputs), "--inputs" if self.inputs else "the spec"
         self._width = width
-        built, _ = make_model(self._options(), self.spec, width, width_from)
+        with _BUILDING:
+            built, _ = make_model(self._options(), self.spec, width, width_from)
         if built.classes is not None and self.spec.classes is not None and built.classes != self.spec.classes:
             raise NncliError(f"the weights were trained on the classes {built.classes}, the spec names {self.spec.classes}", self.weights)
         if built.classes is None:
@@ -273,6 +304,7 @@ class Model(Forwards):
         built = self.build(width)
         return head_of(built.layers, width if width is not None else self._width, spec_loss(self.spec.loss, self.spec.path))
 
+    @_serialized
     def save(self, path: str, *, what: str = "the weights file") -> None:
         """Write the state_dict (.safetensors, .pt or .pth by suffix): an existing file is replaced
         atomically, a device or FIFO written through. `what` names the path in messages."""
@@ -461,13 +493,16 @@ class Model(Forwards):
     def compute_loss(self, data, *, target=None, loss: str | None = None, reduction: str = "mean", mode: str = "eval",
                      batch_size: int | None = None, read: Read | None = None, progress=None) -> LossReport:
         read = read or Read(target=target)
-        return self._signal(data, read, loss, reduction, _train(mode), False, False, batch_size, progress)[0]
+        train = _train(mode)
+        with self._lock if train else contextlib.nullcontext():  # train mode moves BatchNorm's running statistics
+            return self._signal(data, read, loss, reduction, train, False, False, batch_size, progress)[0]
 
     def loss(self, data, *, target=None, loss: str | None = None, reduction: str = "mean", mode: str = "eval",
              batch_size: int | None = None, **read) -> float:
         """The loss of the outputs against the targets (eval mode by default), as `nncli loss` gives it."""
         return self.compute_loss(data, loss=loss, reduction=reduction, mode=mode, batch_size=batch_size, read=Read(target=target, **read)).value
 
+    @_serialized
     def compute_grads(self, data, *, target=None, loss: str | None = None, reduction: str = "mean", mode: str = "train",
                       batch_size: int | None = None, inputs: bool = False, read: Read | None = None, progress=None) -> LossReport:
         from nncli.backprop import gradients
@@ -487,6 +522,7 @@ class Model(Forwards):
         report = self.compute_grads(data, loss=loss, mode=mode, batch_size=batch_size, inputs=True, read=Read(target=target, **read))
         return report.input_gradients
 
+    @_serialized
     def step(self, data, *, target=None, lr: float, loss: str | None = None, reduction: str = "mean", mode: str = "train",
              batch_size: int | None = None, read: Read | None = None, progress=None, **more) -> StepResult:
         """One plain gradient-descent step, p <- p - lr * p.grad, on the model's parameters in place;
@@ -727,6 +763,7 @@ def load(spec, *, seed: int | None = None, weights: str | None = None, dtype: st
     return Model(parsed, seed=seed, weights=weights, dtype=dtype, inputs=inputs, max_params=max_params, device=device, threads=threads)
 
 
+@_serialized
 def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer: str = "sgd", momentum: float | None = None,
           weight_decay: float | None = None, batch_size: int = 32, shuffle: bool | None = None, val_split: float | None = None,
           val=None, patience: int | None = None, stream: bool = False, loss: str | None = None, read: Read | None = None,
