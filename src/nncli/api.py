@@ -689,7 +689,8 @@ def _check_data(data, name: str = "data") -> None:
     paths = list(data) if isinstance(data, (list, tuple)) else [data]
     if paths and all(isinstance(p, (str, os.PathLike)) for p in paths):
         return
-    hint = "; rows go in a numpy array or a DataFrame" if isinstance(data, (list, tuple, dict)) or hasattr(data, "__next__") else ""
+    rows = (isinstance(data, (list, tuple)) and paths) or isinstance(data, dict) or hasattr(data, "__next__")
+    hint = "; rows go in a numpy array or a DataFrame" if rows else ""
     raise UsageError(f"{name} must be a path (or a list of paths) or a table: polars, pandas or pyarrow, or a 2-D numpy array; "
                      f"got {_shown(data)}{hint}")
 
