@@ -284,3 +284,21 @@ def test_threads_sharing_one_model_lose_no_step():
                 p.copy_(p - lr * p.grad)
     for k, v in expected.state_dict().items():
         assert torch.equal(m.module.state_dict()["0." + k], v), k
+
+
+def test_forward_in_another_thread_does_not_wait_for_a_train():
+    """Only the calls that change a Model wait for each other: an epoch callback may score the model
+    from another thread and wait for it (a monitor), without a deadlock."""
+    import threading
+
+    m = lib.load(_SPEC)
+    seen = []
+
+    def on_epoch(record):
+        scorer = threading.Thread(target=lambda: seen.append(m.forward(_TABLE, target="y").height))
+        scorer.start()
+        scorer.join(timeout=30)
+        seen.append(scorer.is_alive())
+
+    lib.train(m, _TABLE, target="y", epochs=1, lr=0.1, on_epoch=on_epoch)
+    assert seen == [4, False]

@@ -185,7 +185,7 @@ def finite_checks(source, head) -> list:
 
 def _serialized(fn):
     """Run fn(model, ...) holding the model's lock: a Model may be shared by threads, and the calls
-    that change it (the build, step, grads, train, a train-mode loss, save) run one at a time; a
+    that change it (its build, step, grads, train, a train-mode loss, save) run one at a time; a
     lost update or torch's "modified by an inplace operation" came of two at once. Reentrant:
     step builds, train steps."""
 
@@ -224,14 +224,18 @@ class Model(Forwards):
 
     # -- building ---------------------------------------------------------------------------------
 
-    @_serialized
     def build(self, width: int | None = None, width_from: str = "the input"):
         """Build the model for `width` input features (once); later calls check the width agrees."""
-        if self.built is not None:
-            expected = self.built.layers[0].in_width if self.built.layers else self._width
-            if width is not None and expected is not None and width != expected:
-                raise NncliError(f"the model expects {expected} features; {width_from} has {width}", self.spec.path)
-            return self.built
+        if self.built is None:
+            with self._lock:  # one build however many threads ask; a built model is only read here (no wait on a train)
+                if self.built is None:
+                    return self._build(width, width_from)
+        expected = self.built.layers[0].in_width if self.built.layers else self._width
+        if width is not None and expected is not None and width != expected:
+            raise NncliError(f"the model expects {expected} features; {width_from} has {width}", self.spec.path)
+        return self.built
+
+    def _build(self, width: int | None, width_from: str):
         from nncli.runtime import make_model
         from nncli.spec import input_width
 
