@@ -18,7 +18,9 @@ changes the environment; torch is imported when a model is first built.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
@@ -33,10 +35,18 @@ from nncli.model import DEFAULT_MAX_PARAMS
 from nncli.spec import Spec
 
 
-def _listed(value) -> list[str]:
+def _listed(value, name: str = "target") -> list[str]:
+    """A column or a list of columns (names or 0-based indices) as names."""
+    import numbers
+
     if value is None:
         return []
-    return [str(value)] if isinstance(value, (str, int)) else [str(v) for v in value]
+    if isinstance(value, (str, numbers.Integral)) and not isinstance(value, bool):
+        return [str(value)]
+    items = list(value) if isinstance(value, Iterable) and not isinstance(value, (bytes, dict)) else None
+    if items is None or not all(isinstance(v, (str, numbers.Integral)) and not isinstance(v, bool) for v in items):
+        raise UsageError(f"{name} must be a column (a name or a 0-based index) or a list of them, got {_shown(value)}")
+    return [str(v) for v in items]
 
 
 @dataclass
@@ -69,7 +79,7 @@ def open_data(data, read: Read, want_targets: bool = False):
     if is_table(data):
         if read.targets_file:
             raise UsageError("targets_file is for CSV files; pass the targets as a column of the table")
-        source = FrameData(data, _listed(read.target), _listed(read.features), read.id_column, want_targets)
+        source = FrameData(data, _listed(read.target), _listed(read.features, "features"), read.id_column, want_targets)
     else:
         from nncli.data import Many, expand_paths
 
@@ -79,7 +89,7 @@ def open_data(data, read: Read, want_targets: bool = False):
         sources = []
         try:
             for path in paths:
-                options = DataOptions(path, read.delimiter, read.header, _listed(read.features), _listed(read.target),
+                options = DataOptions(path, read.delimiter, read.header, _listed(read.features, "features"), _listed(read.target),
                                       read.targets_file, read.id_column, read.label)
                 options.decimal_comma = read.decimal_comma
                 options.input_format = read.input_format
@@ -169,6 +179,7 @@ class Forwards:
         """The model in eval mode over every row: a polars DataFrame with the columns and values of `nncli forward -f csv`."""
         import polars as pl
 
+        _check_arguments(data=data, threshold=threshold, batch_size=batch_size, required=("threshold",))
         run = self.forward_frames(data, threshold=threshold, batch_size=batch_size,
                                   read=Read(target, None, features, id_column, delimiter, header, decimal_comma))
         parts = [pl.DataFrame({n: c for n, c in zip(names, columns)}) for names, columns in run.frames()]
@@ -181,26 +192,59 @@ def finite_checks(source, head) -> list:
     return [lambda batch, outputs: data_check(batch.x, batch.first_row), lambda batch, outputs: output_check(outputs, batch.first_row)]
 
 
+def _serialized(fn):
+    """Run fn(model, ...) holding the model's lock: a Model may be shared by threads, and the calls
+    that change it (its build, step, grads, train, a train-mode loss, save) run one at a time; a
+    lost update or torch's "modified by an inplace operation" came of two at once. Reentrant:
+    step builds, train steps."""
+
+    @functools.wraps(fn)
+    def locked(model, *args, **kwargs):
+        with model._lock if isinstance(model, Model) else contextlib.nullcontext():  # train refuses a non-Model itself
+            return fn(model, *args, **kwargs)
+
+    return locked
+
+
+_BUILDING = threading.Lock()  # torch.manual_seed is global: two models built at once would mix their seeds
+
+
 class Model(Forwards):
-    """A spec and, from its first use, the seeded `nn.Sequential` it describes."""
+    """A spec and, from its first use, the seeded `nn.Sequential` it describes.
+
+    A Model may be shared by threads; calls that change it are serialized (see _serialized). forward,
+    evaluate and an eval-mode loss only read it, and run side by side."""
 
     def __init__(self, spec: Spec, *, seed: int | None = None, weights: str | None = None, dtype: str = "float32",
                  inputs: int | None = None, max_params: int = DEFAULT_MAX_PARAMS, device: str = "cpu", threads: int | None = None) -> None:
         if dtype not in ("float32", "float64"):
             raise UsageError(f"dtype must be float32 or float64, got {dtype!r}")
+        _check_arguments(inputs=inputs, max_params=max_params, threads=threads, required=("max_params",))
         self.spec, self.seed, self.weights, self.dtype = spec, seed, weights, dtype
         self.inputs, self.max_params, self.device_name, self.threads = inputs, max_params, device, threads
         self.built = None  # nncli.model.Model once built
+        self._lock = threading.RLock()
+
+    def __getstate__(self) -> dict:  # copy.deepcopy and pickle: a lock is not copied, the copy gets its own
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.RLock())
 
     # -- building ---------------------------------------------------------------------------------
 
     def build(self, width: int | None = None, width_from: str = "the input"):
         """Build the model for `width` input features (once); later calls check the width agrees."""
-        if self.built is not None:
-            expected = self.built.layers[0].in_width if self.built.layers else self._width
-            if width is not None and expected is not None and width != expected:
-                raise NncliError(f"the model expects {expected} features; {width_from} has {width}", self.spec.path)
-            return self.built
+        if self.built is None:
+            with self._lock:  # one build however many threads ask; a built model is only read here (no wait on a train)
+                if self.built is None:
+                    return self._build(width, width_from)
+        expected = self.built.layers[0].in_width if self.built.layers else self._width
+        if width is not None and expected is not None and width != expected:
+            raise NncliError(f"the model expects {expected} features; {width_from} has {width}", self.spec.path)
+        return self.built
+
+    def _build(self, width: int | None, width_from: str):
         from nncli.runtime import make_model
         from nncli.spec import input_width
 
@@ -212,7 +256,8 @@ class Model(Forwards):
             if width is None:
                 width, width_from = self._weights_width(width_from)
         self._width = width
-        built, _ = make_model(self._options(), self.spec, width, width_from)
+        with _BUILDING:
+            built, _ = make_model(self._options(), self.spec, width, width_from)
         if built.classes is not None and self.spec.classes is not None and built.classes != self.spec.classes:
             raise NncliError(f"the weights were trained on the classes {built.classes}, the spec names {self.spec.classes}", self.weights)
         if built.classes is None:
@@ -292,6 +337,7 @@ class Model(Forwards):
         built = self.build(width)
         return head_of(built.layers, width if width is not None else self._width, spec_loss(self.spec.loss, self.spec.path))
 
+    @_serialized
     def save(self, path: str, *, what: str = "the weights file") -> None:
         """Write the state_dict (.safetensors, .pt or .pth by suffix): an existing file is replaced
         atomically, a device or FIFO written through. `what` names the path in messages."""
@@ -409,6 +455,7 @@ class Model(Forwards):
         running statistics and sets the train flag, and `m.loss(x)` after `m.grads(x)` differed."""
         from nncli.backprop import compute_loss
 
+        _check_arguments(data=data, batch_size=batch_size)
         if reduction not in ("mean", "sum", "none"):
             raise UsageError(f"reduction must be mean, sum or none, got {reduction!r}")
         if backward and reduction == "none":
@@ -492,13 +539,16 @@ class Model(Forwards):
     def compute_loss(self, data, *, target=None, loss: str | None = None, reduction: str = "mean", mode: str = "eval",
                      batch_size: int | None = None, read: Read | None = None, progress=None) -> LossReport:
         read = read or Read(target=target)
-        return self._signal(data, read, loss, reduction, _train(mode), False, False, batch_size, progress)[0]
+        train = _train(mode)
+        with self._lock if train else contextlib.nullcontext():  # train mode moves BatchNorm's running statistics
+            return self._signal(data, read, loss, reduction, train, False, False, batch_size, progress)[0]
 
     def loss(self, data, *, target=None, loss: str | None = None, reduction: str = "mean", mode: str = "eval",
              batch_size: int | None = None, **read) -> float:
         """The loss of the outputs against the targets (eval mode by default), as `nncli loss` gives it."""
         return self.compute_loss(data, loss=loss, reduction=reduction, mode=mode, batch_size=batch_size, read=Read(target=target, **read)).value
 
+    @_serialized
     def compute_grads(self, data, *, target=None, loss: str | None = None, reduction: str = "mean", mode: str = "train",
                       batch_size: int | None = None, inputs: bool = False, read: Read | None = None, progress=None) -> LossReport:
         from nncli.backprop import gradients
@@ -519,6 +569,7 @@ class Model(Forwards):
         report = self.compute_grads(data, loss=loss, mode=mode, batch_size=batch_size, inputs=True, read=Read(target=target, **read))
         return report.input_gradients
 
+    @_serialized
     def step(self, data, *, target=None, lr: float, loss: str | None = None, reduction: str = "mean", mode: str = "train",
              batch_size: int | None = None, read: Read | None = None, progress=None, **more) -> StepResult:
         """One plain gradient-descent step, p <- p - lr * p.grad, on the model's parameters in place;
@@ -528,7 +579,7 @@ class Model(Forwards):
 
         from nncli.backprop import compute_loss, sgd_step
 
-        _check_rate(lr, "lr")
+        _check_arguments(data=data, lr=lr, batch_size=batch_size, required=("lr",))
         read = read or Read(target=target, **more)
         train = _train(mode)
         with contextlib.ExitStack() as stack:
@@ -654,11 +705,79 @@ def _train(mode: str | None) -> bool:
     return mode == "train"
 
 
-def _check_rate(value, name: str) -> None:
-    import math
+# -- the façade's arguments, checked once where they come in ------------------------------------------
 
-    if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-        raise UsageError(f"{name} must be a finite number at or above 0, got {value}")
+
+def _integer(value, low: int) -> bool:
+    import numbers
+
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
+
+
+def _finite(value) -> bool:
+    import math
+    import numbers
+
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+COUNT = (lambda v: _integer(v, 1), "an integer at or above 1")
+COUNT_OR_ZERO = (lambda v: _integer(v, 0), "an integer at or above 0")
+RATE = (lambda v: _finite(v) and v >= 0, "a finite number at or above 0")
+NUMBER = (lambda v: _finite(v), "a finite number")
+
+# every numeric argument of load, Model, train, evaluate and Model's methods: one rule each
+ARGUMENTS = {
+    "batch_size": COUNT, "epochs": COUNT, "patience": COUNT, "inputs": COUNT, "threads": COUNT, "max_layers": COUNT,
+    "warmup": COUNT_OR_ZERO, "max_params": COUNT_OR_ZERO,
+    "lr": RATE, "momentum": RATE, "weight_decay": RATE, "clip_grad_norm": RATE, "clip_grad_value": RATE, "val_split": RATE,
+    "threshold": NUMBER,
+}
+
+
+def _check_arguments(required: tuple = (), **given) -> None:
+    """The public functions' arguments, each against its rule in ARGUMENTS (None: not given, the
+    default, unless `required`), and DATA (`data`, `val`) as a path, paths or a table: a
+    UsageError naming the argument, before anything is read or built."""
+    for name, value in given.items():
+        if name in ("data", "val"):
+            if value is not None or name == "data":
+                _check_data(value, name)
+            continue
+        if value is not None or name in required:
+            _check(value, name, ARGUMENTS[name])
+
+
+def _check_data(data, name: str = "data") -> None:
+    """DATA is a path, a list of paths, or a table in memory (FrameData checks the table itself)."""
+    if is_table(data):
+        return
+    paths = list(data) if isinstance(data, (list, tuple)) else [data]
+    if paths and all(isinstance(p, (str, os.PathLike)) for p in paths):
+        return
+    rows = (isinstance(data, (list, tuple)) and paths) or isinstance(data, dict) or hasattr(data, "__next__")
+    hint = "; rows go in a numpy array or a DataFrame" if rows else ""
+    raise UsageError(f"{name} must be a path (or a list of paths) or a table: polars, pandas or pyarrow, or a 2-D numpy array; "
+                     f"got {_shown(data)}{hint}")
+
+
+def _shown(value) -> str:
+    """An argument in a message: its repr, shortened, and its type where the repr does not say it."""
+    text = repr(value)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return text if isinstance(value, (str, int, float, type(None))) else f"{text} (a {type(value).__name__})"
+
+
+def _check(value, name: str, rule) -> None:
+    ok, wanted = rule
+    if not ok(value):
+        raise UsageError(f"{name} must be {wanted}, got {_shown(value)}")
+
+
+def _check_rate(value, name: str) -> None:
+    """A rate of any name (inside's thresholds too), None meaning not given."""
+    if value is not None:
+        _check(value, name, RATE)
 
 
 def _spooled_path(data, read: Read, stack):
@@ -705,11 +824,13 @@ def load(spec, *, seed: int | None = None, weights: str | None = None, dtype: st
     """A model from a spec file (YAML) or a spec as a dict; built, seeded as the CLI seeds it, on first use."""
     from nncli.spec import DEFAULT_MAX_LAYERS, load_spec, parse_spec
 
+    _check_arguments(max_layers=max_layers)
     limit = DEFAULT_MAX_LAYERS if max_layers is None else max_layers
     parsed = parse_spec(spec, "<dict>", max_layers=limit) if isinstance(spec, dict) else load_spec(os.fspath(spec), max_layers=limit)
     return Model(parsed, seed=seed, weights=weights, dtype=dtype, inputs=inputs, max_params=max_params, device=device, threads=threads)
 
 
+@_serialized
 def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer: str = "sgd", momentum: float | None = None,
           weight_decay: float | None = None, batch_size: int = 32, shuffle: bool | None = None, val_split: float | None = None,
           val=None, patience: int | None = None, stream: bool = False, loss: str | None = None, read: Read | None = None,
@@ -726,11 +847,12 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
     from nncli.training import METRICS, TrainOptions, check_resume, class_weights as weights_of, evaluate_in_memory, fit, in_memory_batches
     from nncli.training import stratified_split, validation_split
 
+    if not isinstance(model, Model):
+        raise UsageError(f"train takes a Model (nncli.load(SPEC)), got {_shown(model)}")
+    _check_arguments(data=data, val=val, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size,
+                     val_split=val_split, patience=patience, warmup=warmup, clip_grad_norm=clip_grad_norm,
+                     clip_grad_value=clip_grad_value, required=("epochs", "lr", "batch_size"))
     read = read or Read(target=target, **more)
-    if epochs is None or epochs < 1:
-        raise UsageError(f"epochs must be at least 1, got {epochs}")
-    for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
-        _check_rate(value, name)
     if val_split is not None and val is not None:
         raise UsageError("give --val-split or --val, not both")
     if patience is not None and val_split is None and val is None:
@@ -746,8 +868,6 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
         raise UsageError("give --clip-grad-norm or --clip-grad-value, not both")
     if stratify and val_split is None:
         raise UsageError("--stratify goes with --val-split F")
-    for name, value in (("clip_grad_norm", clip_grad_norm), ("clip_grad_value", clip_grad_value)):
-        _check_rate(value, name)
     options = TrainOptions(epochs, lr, optimizer, momentum, weight_decay, batch_size, shuffle, patience, lr_schedule, warmup or 0,
                            clip_grad_norm, clip_grad_value, metric)
     if log_dir is not None:
@@ -1307,6 +1427,9 @@ def evaluate(model: Model, data, *, target=None, loss: str | None = None, thresh
     from nncli.metrics import Confusion, MultiLabel, Regression, Scores, actual, class_count, kind_of, predicted, probabilities
     from nncli.texts import jsonable
 
+    if not hasattr(model, "_signal"):
+        raise UsageError(f"evaluate takes a Model (nncli.load(SPEC)), got {_shown(model)}")
+    _check_arguments(data=data, threshold=threshold, batch_size=batch_size, required=("threshold",))
     read = read or Read(target=target, **more)
     state: dict = {}
 
