@@ -138,3 +138,216 @@ def test_the_readme_library_example_runs(tmp_path):
     result = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
                             timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_grads_leaves_the_module_as_it_was():
+    """Model.grads runs in train mode but leaves BatchNorm's running statistics and the eval/train flag
+    as they were: m.loss(x) is the same before and after. step is the one that changes the model."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(60, 4, generator=g, dtype=torch.float64) * 3 + 1
+    y = torch.randint(0, 3, (60,), generator=g)
+    frame = pl.DataFrame({**{f"x{i}": x[:, i].numpy() for i in range(4)}, "y": y.numpy()})
+    spec = {"seed": 3, "layers": [{"BatchNorm1d": None}, {"Linear": {"out_features": 3}}], "loss": "CrossEntropyLoss"}
+    m = lib.load(spec)
+    before = m.loss(frame, target="y")
+    m.module.eval()
+    flags = [mod.training for mod in m.module.modules()]
+    torch.manual_seed(3)
+    hand = torch.nn.Sequential(torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 3))
+    xs = torch.tensor(x.tolist(), dtype=torch.float32)
+    with torch.no_grad():
+        assert np.float32(before) == torch.nn.CrossEntropyLoss()(hand.eval()(xs), y).numpy()
+    grads = m.grads(frame, target="y")
+    hand.train()
+    torch.nn.CrossEntropyLoss()(hand(xs), y).backward()
+    assert torch.equal(grads["1.weight"], hand[1].weight.grad)
+    assert m.loss(frame, target="y") == before
+    assert [mod.training for mod in m.module.modules()] == flags
+    assert m.module[0].num_batches_tracked == 0 and torch.equal(m.module[0].running_mean, torch.zeros(4))
+    m.module.train()
+    m.loss(frame, target="y")  # eval mode for the loss, the caller's train mode back afterwards
+    assert m.module.training and m.module[0].training
+    m.step(frame, target="y", lr=0.1)  # the step moves the running statistics: one train-mode pass, as by hand
+    assert m.module[0].num_batches_tracked == 1 and torch.equal(m.module[0].running_mean, hand[0].running_mean)
+
+
+def test_predict_batch_names_the_classes_as_forward_does():
+    """One answer: predict_batch gives forward's columns, prob_<label> and the label, for the same model."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(25, 4, generator=g, dtype=torch.float64)
+    frame = pl.DataFrame({f"x{i}": x[:, i].numpy() for i in range(4)})
+    spec = {"seed": 1, "layers": [{"Linear": {"out_features": 3}}, "Softmax"], "classes": ["setosa", "versicolor", "virginica"]}
+    m = lib.load(spec)
+    expected = m.forward(frame)
+    assert expected.columns == ["prob_setosa", "prob_versicolor", "prob_virginica", "class"]
+    got = m.predict_batch(frame)
+    assert got.columns == expected.columns and got.equals(expected)
+    assert m.predict_batch(frame.to_pandas()).columns.tolist() == expected.columns
+    torch.manual_seed(1)
+    hand = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Softmax(dim=1))
+    with torch.no_grad():
+        probs = hand(torch.tensor(x.tolist(), dtype=torch.float32))
+    np.testing.assert_array_equal(m.predict_batch(x.numpy()), probs.numpy())
+    assert got["class"].to_list() == [spec["classes"][i] for i in probs.argmax(dim=1).tolist()]
+def test_text_labels_in_tables_in_memory_read_as_the_cli_reads_them(nncli, tmp_path):
+    """A pandas or polars frame with a column of class words: the spec's classes (or, for train, the
+    labels sorted as LabelEncoder sorts them) as the CLI takes them from the same file, equal to torch."""
+    spec, data = CONFIGS / "iris.yaml", DATA / "iris-train.csv"
+    species = pd.read_csv(data)["species"].tolist()
+    reference = lib.load(spec, inputs=4)  # the module the spec seeds, as torch built it
+    classes, m = reference.classes, reference.module.eval()
+    with torch.no_grad():
+        expected = torch.nn.CrossEntropyLoss()(m(read_table(data, ["species"])), torch.tensor([classes.index(s) for s in species]))
+    cli_loss = load_json(nncli("loss", spec, data, "-t", "species", "-f", "json"))["loss"]
+    cli_evaluate = load_json(nncli("evaluate", spec, data, "-t", "species", "-f", "json"))
+    unnamed = write(tmp_path, "learned.yaml", "\n".join(l for l in spec.read_text().splitlines() if not l.startswith("classes")))
+    nncli("train", unnamed, data, "-t", "species", "--epochs", "1", "--lr", "0.1", "--save-weights", tmp_path / "cli.safetensors")
+    cli_weights = load_file(tmp_path / "cli.safetensors")
+    for frame in (pd.read_csv(data), pl.read_csv(data)):
+        loss = lib.load(spec).loss(frame, target="species")
+        assert np.float32(loss) == np.float32(cli_loss) == expected.numpy()
+        assert lib.evaluate(lib.load(spec), frame, target="species") == cli_evaluate
+        learned = lib.load(unnamed)
+        lib.train(learned, frame, target="species", epochs=1, lr=0.1)
+        assert learned.classes == sorted(set(species))
+        state = learned.module.state_dict()
+        assert state.keys() == cli_weights.keys() and all(torch.equal(state[k], cli_weights[k]) for k in state)
+
+
+def test_a_label_outside_the_classes_is_named_with_its_row():
+    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "b": [1.0, 0.0, 1.0, 0.0], "c": [0.0] * 4, "d": [1.0] * 4,
+                          "species": ["setosa", "virginica", "daisy", "setosa"]})
+    with pytest.raises(lib.NncliError, match=r"row 2: the target 'species' is 'daisy', not one of the model's classes"):
+        lib.load(CONFIGS / "iris.yaml").loss(frame, target="species")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_tables_in_memory_raise_no_torch_warning(dtype):
+    """polars hands out read-only views of one column's memory; torch.from_numpy warns on those, once
+    a process: so a process of its own, with every warning an error."""
+    code = f"""
+import warnings
+import numpy as np, pandas as pd, polars as pl, torch
+import nncli
+warnings.simplefilter("error")
+frame = pd.DataFrame({{"a": [1.0, 2.0, 3.0, 4.0], "y": [1.0, 0.0, 1.0, 0.0]}})
+m = nncli.load({{"seed": 1, "layers": [{{"Linear": [1, 1]}}]}}, dtype="{dtype}")
+loss = m.loss(frame, target="y")
+out = m.forward(frame, target="y")
+m.grads(pl.from_pandas(frame), target="y")
+with torch.no_grad():
+    y = m.module(torch.tensor([[1.0], [2.0], [3.0], [4.0]], dtype=torch.{dtype}))
+    assert loss == float(torch.nn.functional.mse_loss(y, torch.tensor([[1.0], [0.0], [1.0], [0.0]], dtype=y.dtype)))
+np.testing.assert_array_equal(out.get_column("output").to_numpy(), y[:, 0].numpy())
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+_TABLE = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "b": [0.5, 1.0, 2.0, 3.0], "y": [1.0, 0.0, 1.0, 0.0]})
+_SPEC = {"seed": 0, "layers": [{"Linear": [2, 1]}]}
+
+
+def _forward(data, **kw):
+    return lambda: lib.load(_SPEC).forward(data, **kw)
+
+
+def _loss(data=_TABLE, **kw):
+    return lambda: lib.load(_SPEC).loss(data, **{"target": "y", **kw})
+
+
+def _train(**kw):
+    return lambda: lib.train(lib.load(_SPEC), _TABLE, **{"target": "y", "epochs": 1, "lr": 0.1, **kw})
+
+
+@pytest.mark.parametrize("call, error, fragment", [
+    (_forward([[1.0, 2.0]]), lib.UsageError, "data must be a path (or a list of paths) or a table"),
+    (_forward({"a": [1.0], "b": [2.0]}), lib.UsageError, "got {'a': [1.0], 'b': [2.0]} (a dict)"),
+    (_forward(3), lib.UsageError, "data must be a path"),
+    (_forward(None), lib.UsageError, "got None"),
+    (_forward(b"a,b\n1,2\n"), lib.UsageError, "(a bytes)"),
+    (_forward(iter([[1.0, 2.0]])), lib.UsageError, "rows go in a numpy array or a DataFrame"),
+    (_forward(_TABLE, target="y", batch_size=-1), lib.UsageError, "batch_size must be an integer at or above 1, got -1"),
+    (_loss(batch_size=0), lib.UsageError, "batch_size must be an integer at or above 1, got 0"),
+    (_loss(batch_size=1.5), lib.UsageError, "batch_size must be an integer at or above 1, got 1.5"),
+    (lambda: lib.load(_SPEC).step(_TABLE, target="y", lr=0.1, batch_size=0), lib.UsageError, "batch_size must be an integer"),
+    (lambda: lib.evaluate(lib.load(_SPEC), _TABLE, target="y", batch_size=-3), lib.UsageError, "batch_size must be an integer"),
+    (_train(batch_size=0), lib.UsageError, "batch_size must be an integer at or above 1, got 0"),
+    (_train(epochs=1.5), lib.UsageError, "epochs must be an integer at or above 1, got 1.5"),
+    (_train(epochs="2"), lib.UsageError, "epochs must be an integer at or above 1, got '2'"),
+    (_train(patience=-1, val_split=0.5), lib.UsageError, "patience must be an integer at or above 1"),
+    (_train(warmup=-1), lib.UsageError, "warmup must be an integer at or above 0"),
+    (_train(lr="0.1"), lib.UsageError, "lr must be a finite number at or above 0, got '0.1'"),
+    (lambda: lib.train("spec.yaml", _TABLE, target="y", epochs=1, lr=0.1), lib.UsageError, "train takes a Model"),
+    (_forward(_TABLE, target="y", threshold="x"), lib.UsageError, "threshold must be a finite number"),
+    (_loss(target=[["y"]]), lib.UsageError, "target must be a column (a name or a 0-based index) or a list of them"),
+    (lambda: lib.load(_SPEC, inputs=0), lib.UsageError, "inputs must be an integer at or above 1, got 0"),
+    (_loss(pd.DataFrame({"a": [1, "x"], "b": [1.0, 2.0], "y": [1.0, 0.0]})), lib.NncliError, "column 'a' holds values of several types (int, str)"),
+    (_forward(pd.DataFrame([[1.0, 2.0]], columns=["a", "a"])), lib.NncliError, "column name 'a' is not unique (columns 0 and 1)"),
+    (_loss(features=["a", "a"]), lib.UsageError, "features: column 'a' is named twice"),
+    (_loss(features=["a", "y"]), lib.UsageError, "column 'y' can't be both a feature and a target"),
+    (_forward(np.array([["2020-01-01", "2020-01-02"]], dtype="datetime64[Y]")), lib.NncliError, "a numpy array of datetime64[Y] holds no numbers"),
+    (_forward(np.array([[1, "x"]], dtype=object)), lib.NncliError, "a numpy array of object holds no numbers"),
+    (_forward(pd.Series([1.0, 2.0])), lib.NncliError, "a pandas Series is not a table of rows"),
+    (_forward(np.ma.array([[1.0, 2.0]], mask=[[0, 1]])), lib.NncliError, "the masked array has masked cells"),
+])
+def test_bad_arguments_are_one_clear_error(call, error, fragment):
+    with pytest.raises(error) as caught:
+        call()
+    assert type(caught.value) is error and fragment in str(caught.value)
+
+
+def test_threads_sharing_one_model_lose_no_step():
+    """4 threads x N steps on one unbuilt Model: the build happens once and every update lands. With an
+    L1 loss whose residuals keep one sign, each step's gradient is the same, so in any order the
+    weights equal N*4 sequential steps of the hand-written loop, bit for bit."""
+    import threading
+
+    n, lr = 40, 1e-3
+    x = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]])
+    rows = np.hstack([x, np.full((4, 1), 100.0)])  # targets far above the outputs: the residuals stay negative
+    m = lib.load({"seed": 3, "layers": [{"Linear": [2, 1]}]}, dtype="float64")
+    errors, results = [], []
+
+    def work():
+        try:
+            for _ in range(n):
+                results.append(m.step(rows, target="2", lr=lr, loss="l1"))
+        except Exception as e:  # noqa: BLE001  (any error, raw or nncli's, fails the test below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(results) == 4 * n
+    torch.manual_seed(3)
+    expected = torch.nn.Linear(2, 1).double()
+    inputs, targets = torch.from_numpy(x), torch.full((4, 1), 100.0, dtype=torch.float64)
+    for _ in range(4 * n):
+        expected.zero_grad()
+        torch.nn.L1Loss()(expected(inputs), targets).backward()
+        with torch.no_grad():
+            for p in expected.parameters():
+                p.copy_(p - lr * p.grad)
+    for k, v in expected.state_dict().items():
+        assert torch.equal(m.module.state_dict()["0." + k], v), k
+
+
+def test_forward_in_another_thread_does_not_wait_for_a_train():
+    """Only the calls that change a Model wait for each other: an epoch callback may score the model
+    from another thread and wait for it (a monitor), without a deadlock."""
+    import threading
+
+    m = lib.load(_SPEC)
+    seen = []
+
+    def on_epoch(record):
+        scorer = threading.Thread(target=lambda: seen.append(m.forward(_TABLE, target="y").height))
+        scorer.start()
+        scorer.join(timeout=30)
+        seen.append(scorer.is_alive())
+
+    lib.train(m, _TABLE, target="y", epochs=1, lr=0.1, on_epoch=on_epoch)
+    assert seen == [4, False]

@@ -4,11 +4,14 @@ of the package (lower layers never import the CLI or rendering), and start-up wi
 from __future__ import annotations
 
 import ast
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import click
+import numpy as np
 import pytest
 import typer
 
@@ -98,3 +101,165 @@ def test_help_and_usage_errors_never_import_torch():
             "assert 'torch' not in sys.modules, 'torch was imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["forward", "--bogus", "s.yaml", "d.csv"], "error: No such option: --bogus"),
+    (["forward"], "error: Missing argument 'SPEC'."),
+    (["forward", "s.yaml", "d.csv", "--batch-size", "abc"], "error: Invalid value for '--batch-size' / '-b':"),
+    (["train", "s.yaml", "d.csv", "-t", "y", "--lr", "0.1", "--epochs", "two"], "error: Invalid value for '--epochs' / '-e':"),
+    (["params"], "error: Missing argument 'SPEC'."),
+    (["clean", "--bogus"], "error: No such option: --bogus"),
+    (["nosuch"], "error: No such command 'nosuch'."),
+    (["--bogus"], "error: No such option: --bogus"),
+])
+def test_click_usage_errors_are_one_error_line_and_a_try_line(tmp_path, args, message):
+    """The README promises one `error:` line: Click's own 4-line block (Usage:, Try, blank, Error:)
+    is `error: <message>` and `Try 'nncli CMD --help'`, exit 2, as the user runs it."""
+    (tmp_path / "s.yaml").write_text("layers: []\n")
+    (tmp_path / "d.csv").write_text("a,y\n1,0\n")
+    result = subprocess.run([shutil.which("nncli"), *args], capture_output=True, text=True, cwd=tmp_path)
+    command = " ".join(["nncli", *[a for a in args[:1] if a in COMMANDS]])
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert result.stderr.splitlines() == [result.stderr.splitlines()[0], f"Try '{command} --help'"], result.stderr
+    assert result.stderr.startswith(message), result.stderr
+    assert result.stdout == ""
+
+
+# -- column lists: --features a,b,c -----------------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+TABLE = EXAMPLES / "data" / "table-5x6.csv"  # x0..x5, label
+BINARY = EXAMPLES / "configs" / "binary-classifier.yaml"
+
+
+@pytest.mark.parametrize("command", [
+    ["forward"], ["loss"], ["grads"], ["step", "--lr", "0.1"], ["train", "--lr", "0.1", "--epochs", "2"], ["evaluate"],
+    ["trace", "--rows", "0,3"], ["stats"], ["gradcheck"],
+])
+def test_every_command_with_features_takes_a_comma_list(nncli, command):
+    """`--features a,b,c` said `no such column 'a,b,c'`; comma lists and repeats mix, in order."""
+    default = nncli(*command, BINARY, TABLE, "-t", "label", "-f", "json", "-q")
+    listed = nncli(*command, BINARY, TABLE, "-t", "label", "-f", "json", "-q", "--features", "x0,x1, x2", "--features", "x3,4", "--features", "x5")
+    assert default.exit_code == 0, default.stderr
+    assert listed.exit_code == 0, listed.stderr
+    assert listed.stdout == default.stdout
+
+
+def _probabilities(model, x) -> list[float]:
+    """float32 outputs as Python floats; nncli's CSV prints float32's shortest text, read back the same way."""
+    import numpy as np
+    import torch
+
+    with torch.no_grad():
+        return [float(np.float32(v)) for v in model(x).squeeze(1).numpy()]
+
+
+def _three_inputs():
+    """A user's own 3 -> 1 sigmoid model, seeded as nncli seeds it."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(7)
+    return nn.Sequential(nn.Linear(3, 1), nn.Sigmoid())
+
+
+def test_a_comma_list_picks_those_columns_in_that_order(nncli, tmp_path):
+    import csv
+
+    import numpy as np
+
+    import torch
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("seed: 7\nlayers:\n  - Linear: [3, 1]\n  - Sigmoid\n")
+    rows = list(csv.DictReader(TABLE.open()))
+    x = torch.tensor([[float(r[c]) for c in ("x2", "x0", "x5")] for r in rows])
+    result = nncli("forward", spec, TABLE, "--features", "x2,x0,-2", "-f", "csv")
+    assert result.exit_code == 0, result.stderr
+    got = [float(np.float32(r["prob"])) for r in csv.DictReader(result.stdout.splitlines())]
+    assert got == _probabilities(_three_inputs(), x)
+
+
+def test_a_column_name_with_a_comma_is_written_in_double_quotes(nncli, tmp_path):
+    """The rule: a --features value is read as one CSV row, so `"p,q"` is the column p,q."""
+    import csv
+
+    import numpy as np
+
+    import torch
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("seed: 7\nlayers:\n  - Linear: [3, 1]\n  - Sigmoid\n")
+    data = tmp_path / "d.csv"
+    data.write_text('"p,q",r,s,label\n1.5,-2,0.25,1\n-0.5,3,1,0\n')
+    x = torch.tensor([[1.5, -2.0, 0.25], [-0.5, 3.0, 1.0]])
+    result = nncli("forward", spec, data, "--features", '"p,q", r,s', "-f", "csv")
+    assert result.exit_code == 0, result.stderr
+    assert [float(np.float32(r["prob"])) for r in csv.DictReader(result.stdout.splitlines())] == _probabilities(_three_inputs(), x)
+    from tests.helpers import assert_error
+
+    assert_error(nncli("forward", spec, data, "--features", "p,q,r"), 1, "--features 'p': no such column")
+    assert_error(nncli("forward", spec, data, "--features", "r,,s"), 2, "error: --features 'r,,s': an empty column name")
+
+
+def test_the_library_takes_features_as_a_list_or_a_comma_text(tmp_path):
+    import polars as pl
+    import torch
+
+    import nncli
+
+    spec = {"seed": 7, "layers": [{"Linear": [3, 1]}, "Sigmoid"]}
+    table = pl.DataFrame({"p,q": [1.5, -0.5], "r": [-2.0, 3.0], "s": [0.25, 1.0], "label": [1.0, 0.0]})
+    want = _probabilities(_three_inputs(), torch.tensor([[1.5, -2.0, 0.25], [-0.5, 3.0, 1.0]]))
+    m = nncli.load(spec)
+    assert m.forward(table, features=["p,q", "r", "s"]).get_column("prob").to_list() == want  # a list: items as given
+    assert m.forward(table, features='"p,q",r,s').get_column("prob").to_list() == want  # a text: a CSV row
+    path = tmp_path / "d.csv"
+    table.write_csv(path)
+    assert m.forward(str(path), features='"p,q",1,2').get_column("prob").to_list() == want
+    with pytest.raises(nncli.NncliError, match="no such column"):
+        m.forward(table, features="p,q,r")
+
+
+# -- --threshold: a probability ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1", "2", "1.0000001", "-0.0001"])
+@pytest.mark.parametrize("command", [["forward"], ["evaluate"]])
+def test_a_threshold_outside_0_to_1_is_a_usage_error(tmp_path, command, value):
+    """`--threshold nan` made every row class 0, silently; inf, -1 and 2 one class for every row."""
+    result = subprocess.run([shutil.which("nncli"), *command, BINARY, TABLE, "-t", "label", f"--threshold={value}"],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert result.stderr.startswith("error: Invalid value for '--threshold': must be a number from 0 to 1"), result.stderr
+    assert result.stdout == "" and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1, 2, 1.5, True, "0.5", None])
+def test_the_library_refuses_a_threshold_outside_0_to_1(value):
+    import nncli
+    from nncli.errors import UsageError
+
+    m = nncli.load(BINARY)
+    for call in (lambda: m.forward(str(TABLE), target="label", threshold=value),
+                 lambda: nncli.evaluate(m, str(TABLE), target="label", threshold=value),
+                 lambda: m.predict_batch(np.zeros((2, 6)), threshold=value)):
+        with pytest.raises(UsageError, match="threshold must be"):  # a number from 0 to 1 (or a finite number first)
+            call()
+
+
+@pytest.mark.parametrize("value", ["0", "1", "0.6189085"])
+def test_thresholds_0_and_1_and_between_give_pytorchs_classes(nncli, value):
+    import csv
+
+    import torch
+
+    from tests.helpers import read_table, reference_model
+
+    with torch.no_grad():
+        probs = reference_model("binary-classifier").eval()(read_table(TABLE, ["label"])).squeeze(1)
+    want = (probs >= float(value)).long().tolist()
+    result = nncli("forward", BINARY, TABLE, "-t", "label", "--threshold", value, "-f", "csv")
+    assert result.exit_code == 0, result.stderr
+    assert [int(r["class"]) for r in csv.DictReader(result.stdout.splitlines())] == want

@@ -54,8 +54,8 @@ def test_one_loss_for_loss_grads_step_and_evaluate_over_several_batches(nncli, t
         xs = x.float()
         if batch >= len(xs):
             expected = nn.CrossEntropyLoss()(model.eval()(xs), label)
-        else:  # as nncli states it: sums per batch (the last short batch joins the one before), one division
-            edges = [0, 16, 40]
+        else:  # as nncli states it: DataLoader's batches (16, 16 and a short 8), sums per batch, one division
+            edges = [0, 16, 32, 40]
             expected = sum(nn.CrossEntropyLoss(reduction="sum")(model.eval()(xs[a:b]), label[a:b]) for a, b in zip(edges, edges[1:])) / 40
         got = {
             "loss": load_json(nncli("loss", *common, "-b", batch))["loss"],

@@ -24,7 +24,7 @@ import nncli
 from nncli.engines import core
 from nncli.engines import dask as nd
 from nncli.errors import NncliError
-from tests.helpers import assert_error, load_json, write
+from tests.helpers import assert_error, load_json, parse_csv, write
 
 pytestmark = pytest.mark.filterwarnings("ignore:The inplace keyword")  # dask's own read_parquet, on pandas 3
 
@@ -54,7 +54,7 @@ def table(rows: int, seed: int) -> pl.DataFrame:
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    """Three files in three formats, one file of 20,500 rows (20 batches of 1000, the last 1500), two specs."""
+    """Three files in three formats, one file of 20,500 rows (20 batches of 1000 and a short last one of 500), two specs."""
     base = tmp_path_factory.mktemp("engines")
     table(3000, 1).write_csv(base / "a.csv")
     table(2500, 2).write_parquet(base / "b.parquet")
@@ -126,7 +126,7 @@ def test_forward_on_one_file_scores_whole_batches_on_the_workers(nncli, folder, 
     args = ["forward", folder / "spec.yaml", folder / "big.csv", "-t", "label", "-t", "y0", "-t", "y1", "--id-column", "id", "-b", BATCH, "-f", "jsonl"]
     single, engine = same(nncli, *args, engine_args=["--scheduler", address])
     assert engine.stdout == single.stdout
-    # partitions of whole batches: 19 of 1000 rows and a last one of 1500 (a short remainder joins the last full batch)
+    # partitions of whole batches: 20 of 1000 rows and a short last one of 500, as DataLoader cuts them
     assert small_parts == [3000] * 6 + [2500]
     # standard input is one file too
     text = (folder / "big.csv").read_text()
@@ -530,3 +530,15 @@ def test_spark_forward(folder):
         np.testing.assert_array_equal(got[["prob_cat", "prob_dog", "prob_eel"]].to_numpy(), expected[["prob_cat", "prob_dog", "prob_eel"]].to_numpy())
     finally:
         spark.stop()
+
+
+def test_binary_text_labels_name_the_probability_on_the_cluster_too(nncli, tmp_path, address):
+    """A Sigmoid head with classes [neg, pos] gives `prob_pos` (and the label) there as here."""
+    from tests.test_forward import binary_with_labels
+
+    spec, data, prob, labels = binary_with_labels(tmp_path)
+    single, engine = same(nncli, "forward", spec, data, "-t", "label", "-f", "csv", engine_args=["--scheduler", address])
+    assert engine.stdout == single.stdout
+    rows = parse_csv(engine.stdout)
+    assert list(rows[0]) == ["prob_pos", "class"] and [r["class"] for r in rows] == labels
+    np.testing.assert_array_equal(np.array([np.float32(r["prob_pos"]) for r in rows]), prob)

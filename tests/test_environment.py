@@ -253,3 +253,34 @@ def test_onehot_reads_standard_input_in_blocks(tmp_path, nncli):
     text = subprocess.run(NNCLI + ["onehot", "-", "-f", "csv"], stdin=open(path), capture_output=True, text=True).stdout.splitlines()
     expected = torch.nn.functional.one_hot(labels[:1000], 7).tolist()
     assert [[int(v) for v in line.split(",")] for line in text[1:1001]] == expected and len(text) == 2_000_001
+
+
+# -- the extras that messages name ----------------------------------------------------------------
+
+
+def test_every_extra_a_message_names_is_defined_in_pyproject():
+    """`.zst` files said `pip install 'nncli-torch[zstd]'`, and pyproject defined no zstd extra: pip
+    warns and installs nothing. Every `nncli-torch[NAME]` in the sources and docs must be an extra;
+    `nncli-torch[{engine}]` stands for every engine nncli.engines can require."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from nncli.engines import EXTRAS
+
+    root = Path(__file__).resolve().parents[1]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    files = [*sorted((root / "src" / "nncli").rglob("*.py")), root / "README.md", root / "SECURITY.md"]
+    named = {}
+    for path in files:
+        for name in re.findall(r"nncli-torch\[([^\]]*)\]", path.read_text(encoding="utf-8")):
+            for one in EXTRAS if name == "{engine}" else name.split(","):
+                named.setdefault(one.strip(), path.name)
+    assert "zstd" in named and "onnx" in named and "dask" in named, named  # the search finds them
+    missing = {name: where for name, where in named.items() if name not in extras}
+    assert not missing, f"named in messages but not extras of pyproject.toml: {missing}"
+    # and each engine's extra installs the modules require() imports
+    for engine, modules in EXTRAS.items():
+        wanted = " ".join(extras[engine])
+        assert all(m in wanted for m in modules), (engine, modules, extras[engine])
+    assert any(r.startswith("zstandard") for r in extras["zstd"])  # tables._zstd imports zstandard

@@ -581,6 +581,77 @@ def test_onnx_model_errors_are_one_line(tmp_path):
         OnnxModel(tmp_path / "m.onnx").forward(DATA / "table-5x6.csv")
 
 
+def _with_head_width(source, path, width: int):
+    """An exported .onnx whose nncli metadata claims another output width than its graph gives."""
+    import onnx
+
+    proto = onnx.load(str(source))
+    entry = next(p for p in proto.metadata_props if p.key == "head")
+    entry.value = json.dumps({**json.loads(entry.value), "width": width})
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_onnx_metadata_that_lies_about_the_output_width_is_refused(nncli, tmp_path):
+    """A 5 KB file whose metadata said 10**8 columns made forward build 10**8 column names (11 GB):
+    the metadata's width is checked against the graph's declared output before anything runs."""
+    _onnxruntime()
+    from nncli.export import OnnxModel, export_onnx
+
+    export_onnx(lib.load(CONFIGS / "three-class.yaml"), tmp_path / "m.onnx")
+    huge = _with_head_width(tmp_path / "m.onnx", tmp_path / "huge.onnx", 100_000_000)
+    assert huge.stat().st_size < 10_000
+    with pytest.raises(NncliError, match="nncli metadata gives the output 100,000,000 columns; its graph gives 3"):
+        OnnxModel(huge)
+    five = _with_head_width(tmp_path / "m.onnx", tmp_path / "five.onnx", 5)
+    assert_error(nncli("forward", five, DATA / "table-5x6.csv", "-t", "label"), 1,
+                 f"the file's nncli metadata gives the output 5 columns; its graph gives 3 ({five})")
+    assert OnnxModel(tmp_path / "m.onnx").head.width == 3
+
+
+def _graph_onnx(path, nodes, output_shape):
+    """A hand-made ONNX model: input `features` [N, 2] float, output `output` declared as output_shape."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 2])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, output_shape)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _forward_process(model, data):
+    """nncli forward as a real process: onnxruntime's own log lines go to file descriptor 2, past CliRunner."""
+    return subprocess.run([sys.executable, "-m", "nncli", "forward", str(model), str(data)], capture_output=True, text=True,
+                          env=dict(os.environ, NO_COLOR="1"), timeout=120, check=False)
+
+
+def test_onnxruntime_allocation_failure_is_one_line_and_its_logger_prints_nothing(tmp_path):
+    """A ConstantOfShape of 4*10**12 floats printed onnxruntime's coloured log line, then `internal error`."""
+    _onnxruntime()
+    from onnx import TensorProto, helper
+
+    from nncli.export import OnnxModel
+
+    data = write(tmp_path, "ab.csv", "a,b\n1,2\n")
+    huge = _graph_onnx(tmp_path / "huge.onnx", [
+        helper.make_node("Constant", [], ["shape"], value=helper.make_tensor("s", TensorProto.INT64, [2], [2_000_000, 2_000_000])),
+        helper.make_node("ConstantOfShape", ["shape"], ["big"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0])),
+        helper.make_node("ReduceSum", ["big"], ["total"], keepdims=1),
+        helper.make_node("Add", ["features", "total"], ["output"])], ["N", 2])
+    message = f"out of memory: onnxruntime cannot allocate {4 * 10**12 * 4:,} bytes for its ConstantOfShape node ({huge})"
+    run = _forward_process(huge, data)
+    assert (run.returncode, run.stdout, run.stderr) == (1, "", f"error: {message}\n")
+    with pytest.raises(NncliError) as caught:
+        OnnxModel(huge).forward(data)
+    assert caught.value.message == message
+    # a declared output shape onnxruntime's inference contradicts: its default logger warned in colour
+    declared = _graph_onnx(tmp_path / "declared.onnx", [helper.make_node("Identity", ["features"], ["output"])], ["N", 100])
+    run = _forward_process(declared, data)
+    assert (run.returncode, run.stderr) == (0, ""), run.stderr
+    assert [{k: float(v) for k, v in row.items()} for row in parse_csv(run.stdout)] == [{"output_0": 1.0, "output_1": 2.0}]
+
+
 # -- without the onnx extra ---------------------------------------------------------------------------
 
 

@@ -60,6 +60,39 @@ def test_sigmoid_head_names_prob_and_class_with_threshold(nncli):
         assert [int(r["class"]) for r in rows] == (expected >= threshold).long().tolist()
 
 
+def binary_with_labels(tmp_path):
+    """A Sigmoid head whose classes are words: (spec, data, the hand-computed probabilities, labels)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(12, 3, generator=g, dtype=torch.float64)
+    labels = ["pos" if v > 0 else "neg" for v in x[:, 0].tolist()]
+    data = write(tmp_path, "bin.csv", "a,b,c,label\n" + "".join(",".join(repr(v) for v in r) + f",{l}\n" for r, l in zip(x.tolist(), labels)))
+    spec = write(tmp_path, "bin.yaml", "seed: 2\nlayers:\n  - Linear: {out_features: 1}\n  - Sigmoid\nclasses: [neg, pos]\n")
+    torch.manual_seed(2)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 1), torch.nn.Sigmoid()).eval()
+    with torch.no_grad():
+        prob = model(read_table(data, ["label"]))[:, 0].numpy()
+    return spec, data, prob, ["pos" if p >= 0.5 else "neg" for p in prob]
+
+
+def test_binary_sigmoid_with_text_labels_names_the_class_its_probability_is_of(nncli, tmp_path):
+    """`prob_pos`, not `prob`: the probability of the second label, in the CLI and the library alike."""
+    import nncli as lib
+
+    spec, data, prob, labels = binary_with_labels(tmp_path)
+    rows = parse_csv(nncli("forward", spec, data, "-t", "label", "-f", "csv").stdout)
+    assert list(rows[0]) == ["prob_pos", "class"]
+    np.testing.assert_array_equal(column(rows, "prob_pos"), prob)
+    assert [r["class"] for r in rows] == labels
+    m = lib.load(spec)
+    frame = m.forward(data, target="label")
+    assert frame.columns == ["prob_pos", "class"] and frame["class"].to_list() == labels
+    np.testing.assert_array_equal(frame["prob_pos"].to_numpy(), prob)
+    import polars as pl
+
+    features = pl.DataFrame({c: read_table(data, ["label"], torch.float64)[:, i].numpy() for i, c in enumerate("abc")})
+    assert m.predict_batch(features).equals(frame)
+
+
 def test_softmax_head_gives_prob_columns_and_argmax(nncli):
     result = nncli("forward", CONFIGS / "three-class.yaml", DATA / "table-5x6.csv", "-t", "label")
     rows = parse_csv(result.stdout)

@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 
+from nncli.errors import NncliError
 from tests.helpers import CONFIGS, DATA, assert_error, load_json, write
 
 
@@ -161,3 +162,359 @@ def test_quoted_cells_are_read_exactly(nncli, tmp_path):
     data = write(tmp_path, "d.csv", '"a","b"\n"1","0"\n0.2,"0.4"\n')
     plain = nncli("forward", CONFIGS / "hand-checkable.yaml", DATA / "two-points.csv").stdout
     assert nncli("forward", CONFIGS / "hand-checkable.yaml", data).stdout == plain
+
+
+# Truncates DATA after nncli has read its first batch: the run then reads on from a file shorter than
+# it was at the start (a writer still at work, a log rotated). Deterministic, unlike a race with `truncate`.
+_TRUNCATE_AFTER_FIRST_BATCH = """
+import os, sys
+from nncli import cli, tables
+read = tables.TableFile.read
+def truncating(self, *args, **kwargs):
+    for i, block in enumerate(read(self, *args, **kwargs)):
+        yield block
+        if i == 0:
+            os.truncate(self.path, os.path.getsize(self.path) // 3)
+tables.TableFile.read = truncating
+sys.argv = ["nncli", *sys.argv[1:]]
+cli.main()
+"""
+
+
+# polars reads a mapped file ahead of its consumer: without these, it has often read every row before
+# the truncation (a small file, a slow consumer), and the race this test is about is not run.
+_NO_PREFETCH = {"POLARS_RECORD_BATCH_PREFETCH_SIZE": "1", "POLARS_NDJSON_CHUNK_PREFETCH_LIMIT": "1", "POLARS_ROW_GROUP_PREFETCH_SIZE": "1"}
+
+
+@pytest.mark.parametrize("fmt", ["arrow", "ndjson", "parquet"])
+def test_data_truncated_while_it_is_read_is_one_error_line_or_the_right_result(tmp_path, fmt):
+    """polars mapped Arrow and NDJSON files into memory: a file truncated under it killed nncli with
+    SIGBUS (exit 135, no error line, the temporary output file left behind) or a Rust panic.
+    Parquet, which polars reads with read calls, gave one error line before too: kept as a guard."""
+    import numpy as np
+    import polars as pl
+
+    rows = (8 if fmt == "ndjson" else 16) * 65536  # polars reads ahead of its consumer: more than its first few batches
+    x = np.random.default_rng(0).standard_normal((rows, 6))
+    frame = pl.DataFrame({f"x{j}": x[:, j] for j in range(6)})
+    data = tmp_path / f"d.{fmt}"
+    if fmt == "parquet":  # polars reads it with read calls: a clean error before this test too
+        frame.write_parquet(data, row_group_size=65536)
+    else:
+        frame.write_ipc(data) if fmt == "arrow" else frame.write_ndjson(data)
+    spec = write(tmp_path, "spec.yaml", "seed: 3\nloss: MSELoss\nlayers:\n  - Linear: [6, 5]\n  - Tanh\n  - Linear: [5, 3]\n")
+    out, size = tmp_path / "out.csv", data.stat().st_size
+    proc = subprocess.run([sys.executable, "-c", _TRUNCATE_AFTER_FIRST_BATCH, "forward", str(spec), str(data), "-o", str(out)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "RUST_BACKTRACE": "1", **_NO_PREFETCH})
+    assert proc.returncode in (0, 1), (proc.returncode, proc.stderr[-2000:])
+    if fmt == "arrow":  # read whole before its first batch: the rows it had when nncli opened it
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
+        torch.manual_seed(3)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+        with torch.no_grad():
+            expected = model(torch.tensor(x, dtype=torch.float32)).numpy()
+        got = pl.read_csv(out).to_numpy()
+        assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-6
+    elif fmt == "parquet":
+        assert proc.returncode == 1 and proc.stderr.startswith("error: cannot read the parquet file: ") \
+            and proc.stderr.endswith(f" ({data})\n") and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    else:  # read by blocks of lines: the rows after the cut are missing, and the run says so
+        import re
+
+        assert re.fullmatch(rf"error: the file was cut short while it was read \((\d+) of {size} bytes\) \({re.escape(str(data))}\)\n",
+                            proc.stderr), proc.stderr[-2000:]
+    assert sorted(os.listdir(tmp_path)) == sorted([data.name, "spec.yaml"] + (["out.csv"] if fmt == "arrow" else []))  # no temporary file
+
+
+def _cut_gzip(tmp_path):
+    import gzip
+
+    whole = gzip.compress(b"a,b\n" + b"1,2\n" * 50_000)
+    return write_bytes(tmp_path / "cut.csv.gz", whole[: len(whole) // 2])
+
+
+def write_bytes(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("make, what", [
+    (lambda tmp_path: "/proc/self/mem", "cannot read: Input/output error"),
+    (lambda tmp_path: write_bytes(tmp_path / "bad.csv.gz", b"not gzip at all"), "cannot read: Not a gzipped file"),
+    (_cut_gzip, "cannot read: Compressed file ended before the end-of-stream marker was reached"),
+    (lambda tmp_path: write_bytes(tmp_path / "bad.csv.xz", b"not xz at all"), "cannot decompress: "),
+])
+def test_an_error_while_reading_names_the_file(nncli, tmp_path, make, what):
+    """`error: Input/output error` and `error: Not a gzipped file (b'no')` said what but not where; a
+    .gz cut short was an internal error (EOFError), a corrupt .xz too (LZMAError)."""
+    if not os.path.exists("/proc/self/mem"):
+        pytest.skip("needs /proc/self/mem (Linux)")
+    data = str(make(tmp_path))
+    result = nncli("forward", CONFIGS / "hand-checkable.yaml", data)
+    assert_error(result, 1, what)
+    assert result.stderr.rstrip("\n").endswith(f" ({data})"), result.stderr
+
+
+def test_control_characters_in_a_file_name_do_not_reach_the_terminal(tmp_path):
+    """A name holding ESC ] 0 ; ... BEL retitled the terminal the error was printed on (and could
+    clear it, or move the cursor over earlier lines): it is shown escaped, as a cell is."""
+    data = tmp_path / "b\x1b]0;PWNED\x07.csv"
+    data.write_text("a,b\n1,x\n")
+    proc = subprocess.run([sys.executable, "-m", "nncli", "forward", str(CONFIGS / "hand-checkable.yaml"), str(data)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr
+    shown = str(data).replace("\x1b", "\\x1b").replace("\x07", "\\x07")
+    assert proc.stderr.startswith("error: ") and proc.stderr.endswith(f"({shown}:2)\n") and proc.stderr.count("\n") == 1, proc.stderr
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "arrow"])
+def test_ndjson_and_arrow_from_a_pipe_give_the_file_s_rows(tmp_path, fmt):
+    """`<(...)`: polars refused a pipe by name ("No such device", "Illegal seek"); it is read whole,
+    as standard input is, and gives what the file gives."""
+    import shutil
+
+    import polars as pl
+
+    if not shutil.which("bash"):
+        pytest.skip("needs bash for <(...)")
+    frame = pl.DataFrame({"a": [0.5, -1.25, 3.0], "b": [1.0, 2.0, -0.75]})
+    data = tmp_path / f"d.{fmt}"
+    frame.write_ndjson(data) if fmt == "ndjson" else frame.write_ipc(data)
+    spec = CONFIGS / "hand-checkable.yaml"
+    command = f"{sys.executable} -m nncli forward {spec} <(cat {data}) --input-format {fmt}"
+    piped = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+    whole = subprocess.run([sys.executable, "-m", "nncli", "forward", str(spec), str(data)], capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 0 and piped.stderr == "", piped.stderr
+    assert whole.returncode == 0 and piped.stdout == whole.stdout
+    layer = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.5, -0.5]]))
+        layer.bias.copy_(torch.tensor([0.1]))
+        expected = layer(torch.tensor(frame.to_numpy(), dtype=torch.float32))[:, 0].tolist()
+    lines = piped.stdout.splitlines()
+    assert lines[0] == "output" and [float(v) for v in lines[1:]] == pytest.approx(expected, abs=1e-6)
+
+
+def _pt2_with(tmp_path, member: str, payload: bytes):
+    """nncli's own .pt2 export of three-class with one archive member replaced."""
+    import zipfile
+
+    import nncli
+    from nncli.export import export_pt2
+
+    good, evil = tmp_path / "good.pt2", tmp_path / "evil.pt2"
+    export_pt2(nncli.load(CONFIGS / "three-class.yaml"), good)
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(evil, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info, payload if info.filename.endswith(member) else zin.read(info))
+    good.unlink()
+    return evil
+
+
+def test_a_pt2_whose_sample_inputs_run_code_is_never_unpickled(nncli, tmp_path):
+    """torch.export.load retries a failed weights_only load with weights_only=False: nncli reads a
+    .pt2's metadata with zipfile, loads its program only after every pickle passed weights_only, and
+    forward refuses .pt2 input."""
+    import io
+
+    from nncli import export
+
+    marker = tmp_path / "pwned"
+    buffer = io.BytesIO()
+    torch.save(Payload(str(marker)), buffer)
+    evil = _pt2_with(tmp_path, "sample_inputs/model.pt", buffer.getvalue())
+    assert export.read_metadata(evil)["spec"] == "three-class"  # nncli.json, read as JSON
+    assert not marker.exists()
+    with pytest.raises(NncliError, match=r"sample_inputs/model.pt holds Python objects other than tensors \(posix.system\)"):
+        export.load_pt2(evil)
+    assert_error(nncli("forward", evil, DATA / "table-5x6.csv"), 1, "forward scores .onnx files and specs, not .pt2")
+    assert not marker.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.pt2"]
+
+
+def _endless_loop_onnx(path):
+    """An ONNX model [N, 2] -> [N, 2] whose Loop runs 10**15 times: session.run never returns by itself."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Identity", ["v_in"], ["v_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None)])
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["trip"], value=helper.make_tensor("t", TensorProto.INT64, [], [10**15])),
+         helper.make_node("Constant", [], ["cond"], value=helper.make_tensor("c", TensorProto.BOOL, [], [True])),
+         helper.make_node("Loop", ["trip", "cond", "features"], ["output"], body=body)],
+        "loop", [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 2])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_a_signal_stops_an_onnx_model_that_never_returns(tmp_path):
+    """Python's handlers cannot run inside session.run: it runs in a worker thread while the main thread waits."""
+    model = _endless_loop_onnx(tmp_path / "loop.onnx")
+    data = write(tmp_path, "ab.csv", "a,b\n1,2\n")
+    out = tmp_path / "out.csv"
+    proc = subprocess.Popen([sys.executable, "-m", "nncli", "forward", str(model), str(data), "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not any(name.endswith(".tmp") for name in os.listdir(tmp_path)):  # the output's temporary file: scoring has begun
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else "timeout"
+        time.sleep(0.05)
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    try:
+        _, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert time.monotonic() - sent < 5
+    assert b"Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == ["ab.csv", "loop.onnx"]
+
+
+def test_an_exception_from_a_signal_handler_stops_onnxruntime_in_the_library(tmp_path):
+    """A library caller's handler that raises (Ctrl-C's KeyboardInterrupt) gets its exception at once,
+    and onnxruntime's run is told to stop (RunOptions.terminate): no thread is left running. In a
+    subprocess, so that a regression fails by its timeout instead of hanging the test run."""
+    model = _endless_loop_onnx(tmp_path / "loop.onnx")
+    code = f"""
+import signal, threading, time
+import numpy as np
+from nncli.export import OnnxModel
+
+model = OnnxModel({str(model)!r})
+
+def alarm(signum, frame):
+    raise TimeoutError("alarm")
+
+signal.signal(signal.SIGALRM, alarm)
+signal.setitimer(signal.ITIMER_REAL, 0.5)
+started = time.monotonic()
+try:
+    model.outputs(np.zeros((1, 2), dtype=np.float32))
+except TimeoutError:
+    print(time.monotonic() - started < 5, [t.name for t in threading.enumerate()])
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["True", "['MainThread']"], run.stdout + run.stderr
+
+
+def test_a_pt2_whose_weights_are_pickles_is_refused_before_torch_reads_it(tmp_path):
+    """torch.export.load unpickles "use_pickle" weights with weights_only=False: load_pt2 refuses them from the config."""
+    import io
+    import json
+    import zipfile
+
+    from nncli import export
+
+    marker = tmp_path / "pwned"
+    config = json.dumps({"config": {"0.weight": {"path_name": "weight_0", "is_param": True, "use_pickle": True, "tensor_meta": None}}})
+    evil = _pt2_with(tmp_path, "data/weights/model_weights_config.json", config.encode())
+    buffer = io.BytesIO()
+    torch.save(Payload(str(marker)), buffer)
+    with zipfile.ZipFile(evil) as archive:
+        weight = next(n for n in archive.namelist() if n.endswith("data/weights/weight_0"))
+    _replace_member(evil, weight, buffer.getvalue())  # torch.export.load itself runs it (checked by hand)
+    with pytest.raises(NncliError, match=r"refused: 0.weight in .*model_weights_config.json is stored as a pickle or an object"):
+        export.load_pt2(evil)
+    assert not marker.exists()
+
+
+def _replace_member(path, member: str, payload: bytes) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path) as zin:
+        items = [(info, payload if info.filename == member else zin.read(info)) for info in zin.infolist()]
+    with zipfile.ZipFile(path, "w") as zout:
+        for info, data in items:
+            zout.writestr(info, data)
+def _tampered(ck, change):
+    state = torch.load(ck, weights_only=True)
+    change(state)
+    torch.save(state, ck)
+
+
+@pytest.mark.parametrize("key, change", [
+    ("rng", lambda s: s.update(rng=torch.zeros(3, dtype=torch.uint8))),
+    ("history", lambda s: s.update(history=[{"epoch": 1, "train_loss": "x"}] * 2)),
+    ("epoch", lambda s: s.update(epoch=-4)),  # the history would read 1..2, then -3..
+    ("epoch", lambda s: s.update(epoch="2")),
+    ("optimizer", lambda s: s.update(optimizer={"state": {}, "param_groups": [{"lr": "abc", "params": [0]}]})),
+    ("optimizer", lambda s: s["optimizer"]["param_groups"][0].update(params=[0])),
+    ("optimizer", lambda s: s["optimizer"]["state"].update({0: {"momentum_buffer": torch.zeros(7)}})),
+    ("preprocess", lambda s: s.update(preprocess={"kind": "standardize", "columns": ["a"], "shift": "x", "scale": 2})),
+    ("preprocess", lambda s: s.update(preprocess={"kind": "standardize", "columns": ["a"], "shift": torch.zeros(9, dtype=torch.float64),
+                                                  "scale": torch.ones(9, dtype=torch.float64)})),
+    ("model", lambda s: s.pop("model")),
+    ("model", lambda s: s["model"].pop("0.bias")),
+    ("classes", lambda s: s.update(classes=5)),
+    ("classes", lambda s: s.update(classes=["a", "b"])),  # the model has 3 outputs
+    ("best_state", lambda s: s.update(best_state={"0.weight": torch.zeros(1)})),
+    ("scheduler", lambda s: s["scheduler"].update(last_epoch="x")),
+    ("scheduler", lambda s: s["scheduler"].update(last_epoch=7)),  # its progress disagrees with the epoch
+    ("optimizer", lambda s: s["optimizer"]["param_groups"][0].update(betas="x")),
+    ("optimizer", lambda s: s["optimizer"]["state"][0].update(step="x")),
+    ("plan", lambda s: s["plan"].update(epochs="x")),
+    ("preprocess", lambda s: s.update(preprocess={"kind": "minmax", "columns": ["a"], "shift": torch.zeros(4, dtype=torch.float64),
+                                                  "scale": torch.zeros(4, dtype=torch.float64)})),
+])
+def test_a_tampered_checkpoint_is_one_line_naming_the_file_and_the_key(nncli, tmp_path, key, change):
+    from tests.test_training import SPEC, table
+
+    path, _, _ = table(tmp_path)
+    spec = write(tmp_path, "s.yaml", SPEC)
+    ck = tmp_path / "ck.pt"
+    common = ["-t", "y", "--lr", "0.1", "--momentum", "0.9", "--lr-schedule", "step:1:0.5", "-q"]
+    assert nncli("train", spec, path, *common, "--epochs", 2, "--checkpoint", ck).exit_code == 0
+    _tampered(ck, change)
+    result = nncli("train", spec, path, *common, "--epochs", 4, "--resume", ck, "--save-weights", tmp_path / "w.pt")
+    assert_error(result, 1, f"'{key}'", str(ck))
+    assert "internal error" not in result.stderr and not (tmp_path / "w.pt").exists()
+
+
+def test_resume_with_a_checkpoint_of_another_spec_names_the_key(nncli, tmp_path):
+    from tests.test_training import SPEC, table
+
+    path, _, _ = table(tmp_path)
+    ck = tmp_path / "ck.pt"
+    assert nncli("train", write(tmp_path, "s.yaml", SPEC), path, "-t", "y", "--lr", "0.1", "--epochs", 1, "--checkpoint", ck, "-q").exit_code == 0
+    other = write(tmp_path, "o.yaml", SPEC.replace("out_features: 8", "out_features: 5"))
+    assert_error(nncli("train", other, path, "-t", "y", "--lr", "0.1", "--epochs", 2, "--resume", ck), 1,
+                 "the checkpoint's 'model': key '0.weight' has shape [8, 4], the model needs [5, 4]", str(ck))
+
+
+@pytest.mark.parametrize("meta, fragment", [({"nncli.classes": "[a"}, "nncli.classes"), ({"nncli.preprocess": "{x"}, "nncli.preprocess")])
+def test_weights_metadata_that_is_not_json_is_one_line(nncli, tmp_path, meta, fragment):
+    from safetensors.torch import save_file
+
+    w = tmp_path / "w.safetensors"
+    state = {"weight": torch.ones(1, 2), "bias": torch.zeros(1)}
+    if "nncli.preprocess" in meta:
+        state.update({"nncli.preprocess.shift": torch.zeros(2, dtype=torch.float64), "nncli.preprocess.scale": torch.ones(2, dtype=torch.float64)})
+    save_file(state, str(w), metadata=meta)
+    spec = write(tmp_path, "s.yaml", "layers:\n  - Linear: {in_features: 2, out_features: 1}\n")
+    assert_error(nncli("forward", spec, DATA / "two-points.csv", "--weights", w), 1, fragment, str(w))
+
+
+@pytest.mark.parametrize("name", ["truncated.pt", "/dev/zero"])
+def test_resume_on_a_file_that_is_neither_gives_one_message(nncli, tmp_path, name):
+    from tests.test_training import SPEC, table
+
+    path, _, _ = table(tmp_path)
+    spec = write(tmp_path, "s.yaml", SPEC)
+    target = name
+    if not name.startswith("/"):
+        ck = tmp_path / "ck.pt"
+        assert nncli("train", spec, path, "-t", "y", "--lr", "0.1", "--epochs", 1, "--checkpoint", ck, "-q").exit_code == 0
+        target = tmp_path / name
+        target.write_bytes(ck.read_bytes()[:300])
+    result = nncli("train", spec, path, "-t", "y", "--lr", "0.1", "--epochs", 2, "--resume", target)
+    assert_error(result, 1, str(target))
+    assert "training starts from them" not in result.stderr

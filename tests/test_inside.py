@@ -242,7 +242,7 @@ def test_stats_equal_a_direct_computation_over_the_whole_data(nncli, tmp_path, b
     args = ["stats", spec, data, *TARGETS, "--dtype", "float64", "-f", "json"] + (["-b", batch] if batch else [])
     doc = load_json(nncli(*args))
     expected = direct_stats(stats_reference(torch.float64), read_table(data, LABELS, torch.float64))
-    assert doc["rows"] == 200 and doc["batches"] == (1 if batch is None else 200 // int(batch))
+    assert doc["rows"] == 200 and doc["batches"] == (1 if batch is None else -(-200 // int(batch)))  # DataLoader's: a short last batch
     assert [l["type"] for l in doc["layers"]] == [e["type"] for e in expected]
     for got, want in zip(doc["layers"], expected):
         for key in ("mean", "std", "min", "max"):
@@ -270,7 +270,7 @@ def test_stats_streamed_equals_one_batch_in_float32(nncli, tmp_path):
     data = random_csv(tmp_path, 300, 6, labels=3)
     one = load_json(nncli("stats", spec, data, *TARGETS, "-f", "json"))
     many = load_json(nncli("stats", spec, data, *TARGETS, "-b", "16", "-f", "json"))
-    assert many["batches"] == 300 // 16 and one["batches"] == 1
+    assert many["batches"] == -(-300 // 16) and one["batches"] == 1  # DataLoader's: 18 of 16 and a last one of 12
     expected = direct_stats(stats_reference(), read_table(data, LABELS))
     for a, b, want in zip(one["layers"], many["layers"], expected):
         assert np.float32(a["min"]) == want["min"] and np.float32(a["max"]) == want["max"]  # one batch: PyTorch's values, bit for bit
@@ -418,6 +418,54 @@ def test_stats_html_in_a_headless_browser(nncli, tmp_path):
         assert requests == [page.as_uri()], requests
     finally:
         driver.quit()
+
+
+def _page_norms(page: Path) -> dict[str, float]:
+    return {name: float(value) for name, value in re.findall(r'<tr class="parameter" data-parameter="([^"]+)".*?data-grad-norm="([^"]*)"',
+                                                             page.read_text(encoding="utf-8"))}
+
+
+def test_stats_html_with_infinite_and_nan_gradient_norms(nncli, tmp_path):
+    """Weights of 1e15 overflow the loss: gradient norms inf and nan. `--html` said `internal error:
+    OverflowError: cannot convert float infinity to integer`; without --html it worked."""
+    spec = write(tmp_path, "s.yaml", "seed: 1\nlayers:\n  - Linear: [2, 2]\n    weight: [[1.0e+15, 1.0e+15], [1.0e+15, -1.0e+15]]\n"
+                                      "  - ReLU\n  - Linear: [2, 1]\n    weight: [[1.0e+15, 1.0e+15]]\nloss: MSELoss\n")
+    data = write(tmp_path, "d.csv", "a,b,y\n1e10,2e10,1\n-1,3,0\n")
+    page = tmp_path / "report.html"
+    result = nncli("stats", spec, data, "-t", "y", "--html", page, "-f", "json")
+    assert result.exit_code == 0, result.stderr
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1)).eval()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1e15, 1e15], [1e15, -1e15]]))
+        model[2].weight.copy_(torch.tensor([[1e15, 1e15]]))
+    nn.MSELoss()(model(torch.tensor([[1e10, 2e10], [-1.0, 3.0]])), torch.tensor([[1.0], [0.0]])).backward()
+    want = {name: p.grad.double().norm().item() for name, p in model.named_parameters()}
+    assert {math.isinf(v) or math.isnan(v) for v in want.values()} == {True}  # the case: no finite norm at all
+    got = _page_norms(page)
+    assert got.keys() == want.keys()
+    for name in want:
+        assert str(got[name]) == str(want[name]), name  # inf is inf, nan is nan
+    text = page.read_text(encoding="utf-8")
+    svg = text[text.index('<svg class="norms"'):]
+    assert re.findall(r'<text class="value"[^>]*>([^<]*)</text>', svg) == [str(v) for v in want.values()]  # written out
+
+
+def test_stats_html_with_vanishing_0_and_a_zero_gradient(nncli, tmp_path):
+    """`--vanishing 0` said `internal error: ValueError: math domain error` with --html."""
+    spec = write(tmp_path, "s.yaml", "seed: 4\nlayers:\n  - Linear: [3, 2]\n  - ReLU\n  - Linear: [2, 1]\nloss: MSELoss\n")
+    data = write(tmp_path, "d.csv", "a,b,c,y\n1,2,3,0.5\n-1,0.5,2,1\n0,1,-2,0\n")
+    page = tmp_path / "report.html"
+    doc = load_json(nncli("stats", spec, data, "-t", "y", "--vanishing", "0", "--exploding", "0", "--html", page, "-f", "json"))
+    assert {p["parameter"]: p["grad_norm"] for p in doc["parameters"]} == _page_norms(page)
+    text = page.read_text(encoding="utf-8")
+    assert 'data-threshold="vanishing" data-value="0.0"' in text and 'data-threshold="exploding" data-value="0.0"' in text
+    from nncli.report_html import norms_svg
+    from types import SimpleNamespace
+
+    svg = norms_svg([SimpleNamespace(name="w", grad_norm=0.0), SimpleNamespace(name="b", grad_norm=2.5)], 0.0, math.inf)
+    assert re.findall(r'<text class="value"[^>]*>([^<]*)</text>', svg) == ["0.0000"]  # the zero, clamped left, in words
+    assert 'width="0.50"' in svg and ">1e-1<" in svg and ">1e2<" in svg  # the scale spans the finite, positive values: 2.5
 
 
 # -- gradcheck -------------------------------------------------------------------------------------

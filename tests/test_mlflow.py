@@ -299,3 +299,37 @@ def test_only_rank_0_of_several_processes_logs(store, tmp_path):
     assert done.returncode == 0, done.stderr
     (run,) = store.runs()
     _same_as_history(store, run, json.loads(done.stdout)["history"])
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("sqlite:////proc/self/mem", "cannot read the tracking database /proc/self/mem"),
+    ("sqlite:///notadb.csv", "notadb.csv is not an SQLite database"),
+    ("sqlite:////dev/full", "/dev/full is not a regular file"),
+    ("sqlite:///missing/folder/m.db", "cannot create the tracking database missing/folder/m.db"),
+    ("http://user:s3cret@127.0.0.1:PORT", "does not answer"),
+])
+def test_a_store_mlflow_cannot_use_fails_at_once_in_one_line(nncli, tmp_path, monkeypatch, uri, message):
+    import time
+
+    path, _, _ = table(tmp_path)
+    spec = write(tmp_path, "s.yaml", SPEC)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notadb.csv").write_text("a,b\n1,2\n")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri.replace("PORT", str(_free_port())))
+    before = dict(os.environ)
+    started = time.monotonic()
+    result = nncli("train", spec, path, "-t", "y", "--epochs", 1, "--lr", 0.1, "--mlflow", "--save-weights", tmp_path / "w.pt")
+    assert time.monotonic() - started < 60  # MLflow's own retries took 256 s
+    assert_error(result, 1, message, "(--mlflow)")
+    assert result.stderr.startswith("error: MLflow: ")
+    assert "s3cret" not in result.stderr and "internal error" not in result.stderr
+    assert not (tmp_path / "w.pt").exists() and (tmp_path / "notadb.csv").read_text() == "a,b\n1,2\n"
+    assert {k: v for k, v in os.environ.items() if k != "MLFLOW_LOGGING_LEVEL"} == {k: v for k, v in before.items() if k != "MLFLOW_LOGGING_LEVEL"}

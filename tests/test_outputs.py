@@ -579,9 +579,72 @@ def test_stale_temporary_files_are_found_and_removed(tmp_path):
     assert stale_temp_files(str(tmp_path)) == [] and remove_stale_temp_files(str(tmp_path)) == []
 
 
-def test_a_pid_beyond_any_process_is_dead(tmp_path):
-    (tmp_path / f".o.nncli-{2**70}-00.tmp").write_bytes(b"")
-    assert len(stale_temp_files(str(tmp_path))) == 1
+def test_only_names_nncli_writes_are_swept(tmp_path):
+    """It swept any name like nncli's: a PID above pid_max (no process ever had it), Unicode digits
+    (int() reads them), any hex length. Now exactly what temp_name writes: ASCII digits, no leading
+    zero, below /proc/sys/kernel/pid_max, and 8 lower-case hex digits."""
+    dead = _dead_pid()
+    with open("/proc/sys/kernel/pid_max") as f:
+        pid_max = int(f.read())
+    ours = tmp_path / f".o.csv.nncli-{dead}-0123abcd.tmp"
+    not_ours = [f".o.nncli-{2**70}-0123abcd.tmp", f".o.nncli-{pid_max}-0123abcd.tmp", ".o.nncli-٣٤٥-0123abcd.tmp",
+                f".o.nncli-{dead}-00.tmp", f".o.nncli-{dead}-0123abcd0.tmp", f".o.nncli-{dead}-0123ABCD.tmp",
+                f".o.nncli-0{dead}-0123abcd.tmp", f".o.nncli-{dead}-0123abcd.tmp.tmp", f".o.nncli-{dead}-٠١٢٣abcd.tmp"]
+    for name in [ours.name, *not_ours]:
+        (tmp_path / name).write_bytes(b"x")
+    if _pid_reused(dead):
+        pytest.skip("the dead child's id was already reused")
+    assert len(output.temp_name("x").rsplit("-", 1)[1]) == len("0123abcd.tmp")  # the length the pattern asks for
+    assert remove_stale_temp_files(str(tmp_path)) == [str(ours)]
+    assert sorted(os.listdir(tmp_path)) == sorted(not_ours)
+
+
+def _pid_reused(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making another user's file takes root")
+def test_another_users_file_is_never_swept(tmp_path):
+    """In a shared sticky folder (/tmp), a name like nncli's is no proof that nncli wrote it: clean
+    removed another user's file (as root), or stopped at EPERM. Only the user's own files go."""
+    import pwd
+
+    nobody = pwd.getpwnam("nobody").pw_uid
+    dead = _dead_pid()
+    theirs, mine = tmp_path / f".t.csv.nncli-{dead}-0123abcd.tmp", tmp_path / f".m.csv.nncli-{dead}-0123abcd.tmp"
+    theirs.write_bytes(b"theirs")
+    mine.write_bytes(b"mine")
+    os.chown(theirs, nobody, nobody)
+    if _pid_reused(dead):
+        pytest.skip("the dead child's id was already reused")
+    result = subprocess.run([*NNCLI, "clean", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == f"removed {mine}\n"
+    assert theirs.read_bytes() == b"theirs" and not mine.exists()
+
+
+def test_clean_escapes_the_names_it_prints(tmp_path):
+    """A name holding a newline forged a second `removed` line; an escape sequence reached the terminal."""
+    dead = _dead_pid()
+    forged = "x\nremoved thesis.tex\n.x"  # (a name holds no slash)
+    names = [f".{forged}.nncli-{dead}-0123abcd.tmp", f".b\x1b]0;PWNED\x07.nncli-{dead}-0123abcd.tmp", f".c\\n.nncli-{dead}-0123abcd.tmp"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / os.fsdecode(b".d\xff.nncli-%d-0123abcd.tmp" % dead)).write_bytes(b"x")  # not UTF-8
+    if _pid_reused(dead):
+        pytest.skip("the dead child's id was already reused")
+    for flag, verb in (["-n"], "would remove"), ([], "removed"):
+        result = subprocess.run([*NNCLI, "clean", *flag, str(tmp_path)], capture_output=True)
+        assert result.returncode == 0, result.stderr
+        lines = result.stderr.decode("utf-8").splitlines()
+        assert lines == [f"{verb} {tmp_path}/" + n for n in (
+            f".b\\x1b]0;PWNED\\x07.nncli-{dead}-0123abcd.tmp", f".c\\\\n.nncli-{dead}-0123abcd.tmp",
+            f".d\\xff.nncli-{dead}-0123abcd.tmp", f".x\\x0aremoved thesis.tex\\x0a.x.nncli-{dead}-0123abcd.tmp")], lines
+    assert os.listdir(tmp_path) == []
 
 
 def test_a_missing_folder_is_one_error():
@@ -706,3 +769,40 @@ def test_a_failed_write_keeps_the_old_file(tmp_path):
             f.write(b"half")
             raise OSError(28, "No space left on device")
     assert os.listdir(tmp_path) == ["out.csv"] and out.read_text() == "precious\n"
+
+
+# -- -o FOLDER/ that a failed run made ----------------------------------------------------------------
+
+
+def test_a_failed_run_removes_the_folders_it_made_for_its_outputs(tmp_path, nncli):
+    """`-o new/a/` on a run that then failed left new/ and new/a/ behind, empty."""
+    bad = tmp_path / "bad.csv"
+    bad.write_text("x0,x1,x2,x3,x4,x5,label\n1,2,3,4,5,x,1\n")
+    spec = CONFIGS / "binary-classifier.yaml"
+    assert_error(nncli("forward", spec, bad, "-t", "label", "-o", f"{tmp_path}/new/a/"), 1, "is not a number")
+    assert sorted(os.listdir(tmp_path)) == ["bad.csv"]
+    # a folder the user made stays, even empty; only the one nncli made inside it goes
+    (tmp_path / "mine").mkdir()
+    assert_error(nncli("forward", spec, bad, "-t", "label", "-o", f"{tmp_path}/mine/../mine/made/"), 1, "is not a number")
+    assert sorted(os.listdir(tmp_path)) == ["bad.csv", "mine"] and os.listdir(tmp_path / "mine") == []
+    # a run that works keeps the folders it made, with its output
+    result = nncli("forward", spec, DATA / "table-5x6.csv", "-t", "label", "-o", f"{tmp_path}/new/a/")
+    assert result.exit_code == 0, result.stderr
+    assert os.listdir(tmp_path / "new" / "a") == ["table-5x6.csv"]
+
+
+def test_created_folders_removes_only_its_own_empty_folders(tmp_path):
+    from nncli.output import created_folders
+
+    with pytest.raises(RuntimeError):
+        with created_folders(str(tmp_path / "a" / "b" / "c")):
+            (tmp_path / "a" / "b" / "kept.txt").write_text("something another process wrote")
+            raise RuntimeError("the run fails")
+    assert os.listdir(tmp_path / "a") == ["b"] and os.listdir(tmp_path / "a" / "b") == ["kept.txt"]
+    # a terminating signal (the CLI's handler calls abandon_writes) removes them too
+    with created_folders(str(tmp_path / "x" / "y")):
+        output.abandon_writes()
+        assert not (tmp_path / "x").exists()
+    with pytest.raises(NncliError, match="exists and is not a folder"):
+        with created_folders(str(tmp_path / "a" / "b" / "kept.txt")):
+            pass

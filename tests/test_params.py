@@ -122,3 +122,40 @@ def test_a_caption_is_one_line_and_a_wide_params_table_folds(nncli, monkeypatch,
     out = nncli("params", spec, "-f", "table").stdout
     assert all(len(line) <= 72 for line in out.splitlines())
     assert "7,404" in out and "[N, 1234]" in out and "negative_slope=0.125, inplace=False" in out  # nothing is cut
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+@pytest.mark.parametrize("first", ["Linear", "BatchNorm1d", "LayerNorm"])
+def test_params_and_export_take_the_input_width_from_the_weights(nncli, tmp_path, suffix, first):
+    """A spec that leaves the first in_features (num_features, normalized_shape) out, and -w: the width
+    is the weights' first sized tensor's, as the same nn.Sequential written by hand has it."""
+    from safetensors.torch import save_file
+
+    import nncli as lib
+
+    torch.manual_seed(3)
+    head = {"Linear": nn.Linear(5, 8), "BatchNorm1d": nn.BatchNorm1d(5), "LayerNorm": nn.LayerNorm(5)}[first]
+    model = nn.Sequential(head, nn.ReLU(), nn.Linear(8 if first == "Linear" else 5, 3)).eval()
+    if first == "BatchNorm1d":
+        model[0].running_mean.uniform_(-1, 1)
+        model[0].running_var.uniform_(0.5, 2)
+    weights = tmp_path / f"w{suffix}"
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, weights) if suffix == ".safetensors" else torch.save(state, weights)
+    first_layer = "  - Linear: {out_features: 8}\n" if first == "Linear" else f"  - {first}\n"
+    spec = write(tmp_path, "s.yaml", f"layers:\n{first_layer}  - ReLU\n  - Linear: {{out_features: 3}}\n")
+
+    doc = load_json(nncli("params", spec, "-w", weights, "-f", "json"))
+    assert doc["inputs"] == 5
+    assert doc["total_params"] == sum(p.numel() for p in model.parameters())
+    assert [r["params"] for r in doc["layers"]] == [sum(p.numel() for p in layer.parameters()) for layer in model]
+    assert lib.load(spec, weights=str(weights)).classes is None  # Model.classes builds: it raised "can't be inferred"
+
+    result = nncli("export", spec, "-w", weights, "-o", tmp_path / "m.pt2")
+    assert result.exit_code == 0, result.stderr
+    exported = torch.export.load(str(tmp_path / "m.pt2")).module()  # the test's own file: trusted
+    x = torch.randn(7, 5, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(exported(x), model(x))
+    # without the weights, the spec alone still cannot say
+    assert_error(nncli("params", spec), 1, "can't be inferred")

@@ -90,9 +90,7 @@ def test_each_batch_equals_torch_tensor_of_its_rows_bit_for_bit(tmp_path, spec, 
     got = np.array([[np.float32(v) for v in line.split(",")[1:4]] for line in lines])
     torch.manual_seed(3)
     model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
-    starts = list(range(0, len(x), rows))
-    if len(x) - starts[-1] < rows and len(starts) > 1:
-        starts.pop()  # a short remainder joins the last full batch
+    starts = list(range(0, len(x), rows))  # DataLoader's batches: the last one shorter
     with torch.no_grad():
         expected = torch.cat([torch.softmax(model(torch.tensor(x[a:b], dtype=torch.float32)), 1)
                               for a, b in zip(starts, starts[1:] + [len(x)])]).numpy()
@@ -448,3 +446,141 @@ def test_a_second_parser_gives_the_same_blocks_in_the_same_order(monkeypatch, tm
     data.write_text("".join(lines))
     with pytest.raises(nncli.NncliError, match=r"d\.csv:15002"):
         nncli.load(spec).forward(data, target="label", id_column="id", batch_size=777)
+
+
+def _forward_args(spec, data):
+    return ["forward", str(spec), str(data), "-t", "label", "--id-column", "id", "-f", "csv"]
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/prlimit") and not os.path.exists("/bin/prlimit"), reason="needs prlimit (util-linux)")
+@pytest.mark.parametrize("nofile", [9, 10, 11])
+def test_under_a_low_file_limit_the_reader_still_reads(tmp_path, spec, nofile):
+    """`prlimit --nofile=9..11`: polars panicked in one process or the other (hundreds of lines), or
+    the child ended without a word (an internal error); a thread needs fewer descriptors."""
+    data = tmp_path / "d.csv"
+    _table(data, 20_000)
+    env = {k: v for k, v in os.environ.items() if k not in ("NNCLI_READER", "NNCLI_TIMINGS")}
+    limited = subprocess.run(["prlimit", f"--nofile={nofile}", NNCLI, *_forward_args(spec, data)], capture_output=True, env=env, timeout=180)
+    assert limited.returncode == 0 and limited.stderr == b"", limited.stderr[-3000:]
+    assert limited.stdout == _run(_forward_args(spec, data), "thread").stdout
+
+
+@pytest.mark.parametrize("failure", ['raise RuntimeError("can\'t start new thread")', "os.abort()"])
+def test_a_child_that_cannot_start_hands_its_rows_to_a_thread(tmp_path, spec, failure):
+    """A child refused what it needs at its start (polars' threads under a process limit, a module
+    under a file limit; a Rust panic that aborts) gave an internal error; before its first row nothing
+    is lost: a thread reads."""
+    data = tmp_path / "d.csv"
+    _table(data, 20_000)
+    script = textwrap.dedent(f"""
+        import os, sys
+        from nncli import cli, timing
+        def refused():  # the child's first step; the main process never takes it
+            {failure}
+        timing.restart = refused
+        sys.argv = ["nncli", *{_forward_args(spec, data)!r}]
+        cli.main()
+    """)
+    env = {**os.environ, "NNCLI_READER": "process", "NNCLI_TIMINGS": "0"}
+    refused = subprocess.run([sys.executable, "-c", script], capture_output=True, env=env, timeout=180)
+    assert refused.returncode == 0 and refused.stderr == b"", refused.stderr[-3000:]
+    assert refused.stdout == _run(_forward_args(spec, data), "thread").stdout
+
+
+def test_a_reader_killed_by_a_signal_is_one_error_line(tmp_path, spec):
+    """kill -9 of the reader process (by hand, by the OOM killer) is not nncli's bug: one error line
+    naming the data, exit 1, no output file; it said "internal error ... please report it"."""
+    out = tmp_path / "out.csv"
+    proc = subprocess.Popen([NNCLI, "forward", str(spec), "-", "-t", "label", "--id-column", "id", "-o", str(out)], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "NNCLI_READER": "process", "NNCLI_TIMINGS": "0"})
+    try:
+        header = ",".join([f"x{j}" for j in range(6)] + ["id", "label"]) + "\n"
+        proc.stdin.write((header + "0.5,1,2,3,4,5,r0,cat\n" * 20_000).encode())
+        proc.stdin.flush()
+        deadline, children = time.monotonic() + 60, []
+        while not children and time.monotonic() < deadline:
+            children = _children(proc.pid)
+            time.sleep(0.05)
+        assert children, "no reader process started"
+        os.kill(children[0], signal.SIGKILL)
+        code = proc.wait(timeout=60)
+        assert (code, proc.stderr.read().decode()) == (1, "error: the reader process was killed (signal 9) (<stdin>)\n")
+        assert os.listdir(tmp_path) == ["spec.yaml"]  # no output, no temporary file
+    finally:
+        proc.kill()
+        proc.stdin.close()
+
+
+def _unprivileged_python() -> list[str] | None:
+    """setpriv's command line running this Python as `nobody`, if that user can import nncli's dependencies."""
+    import shutil
+
+    if os.geteuid() != 0 or not shutil.which("setpriv") or not shutil.which("prlimit"):
+        return None
+    command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable]
+    try:
+        probe = subprocess.run([*command, "-c", "import torch, polars, typer, nncli"], capture_output=True, timeout=120, cwd="/tmp")
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return command if probe.returncode == 0 else None
+
+
+def test_under_a_low_process_limit_the_reader_still_reads(tmp_path, spec):
+    """`prlimit --nproc=20` (threads count): Rust panics by the thousand, or an internal error. Root
+    is exempt from RLIMIT_NPROC, so this runs as `nobody`, over a copy of the data it can read."""
+    command = _unprivileged_python()
+    if command is None:
+        pytest.skip("needs root, setpriv and prlimit, and a Python whose packages `nobody` can read")
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="nncli-nproc-")
+    try:
+        os.chmod(folder, 0o777)
+        data, copy = tmp_path / "d.csv", os.path.join(folder, "spec.yaml")
+        _table(data, 20_000)
+        shutil.copy(spec, copy)
+        shutil.copy(data, os.path.join(folder, "d.csv"))
+        env = {k: v for k, v in os.environ.items() if k not in ("NNCLI_READER", "NNCLI_TIMINGS")}
+        limited = subprocess.run(["prlimit", "--nproc=20", *command, "-m", "nncli", *_forward_args(copy, os.path.join(folder, "d.csv"))],
+                                 capture_output=True, env=env, cwd=folder, timeout=300)
+        assert len(limited.stderr.splitlines()) <= 1, limited.stderr[-3000:]
+        if limited.returncode == 0:
+            assert limited.stdout == _run(_forward_args(spec, data), "thread").stdout
+        else:
+            assert limited.returncode == 1 and limited.stderr.startswith(b"error: ") and b"internal error" not in limited.stderr
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_child_that_fails_after_reading_puts_data_and_targets_back(tmp_path, spec):
+    """The child reads DATA and a --targets file through the main process's open files: their
+    offsets moved with it. Failing before its first batch, but after reading, the thread must read
+    both from the start again, not from where the child left them."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((20_000, 6))
+    data, targets = tmp_path / "d.csv", tmp_path / "t.csv"
+    data.write_text(",".join(f"x{j}" for j in range(6)) + "\n" + "".join(",".join(f"{v:.7g}" for v in row) + "\n" for row in x))
+    targets.write_text("label\n" + "".join(["cat\n", "dog\n", "eel\n"][i % 3] for i in range(len(x))))
+    args = ["loss", str(spec), str(data), "--targets", str(targets), "-b", "999", "-f", "json"]
+    script = textwrap.dedent(f"""
+        import sys
+        from nncli import cli, csvread, procread
+        def refused(n):  # the child, about to hand over its first batch (parsed: both files read)
+            raise RuntimeError("can't start new thread")
+        procread._aligned = refused
+        csvread.BLOCK_BYTES = procread.CHILD_BLOCK_BYTES = 4096  # or the main process has buffered both whole
+        sys.argv = ["nncli", *{args!r}]
+        cli.main()
+    """)
+    env = {**os.environ, "NNCLI_READER": "process", "NNCLI_TIMINGS": "0"}
+    refused = subprocess.run([sys.executable, "-c", script], capture_output=True, env=env, timeout=180)
+    assert refused.returncode == 0 and refused.stderr == b"", refused.stderr[-3000:]
+    assert refused.stdout == _run(args, "thread").stdout
+    loss = json.loads(refused.stdout)
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    labels = torch.tensor([i % 3 for i in range(len(x))])
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(model(torch.tensor([[float(f"{v:.7g}") for v in row] for row in x]).float()), labels)
+    assert abs(loss["loss"] - expected.item()) < 1e-5 * max(1.0, abs(expected.item())), (loss, expected)

@@ -418,3 +418,22 @@ def test_odd_yaml_values_are_one_error_line(nncli, tmp_path, text, fragment):
     result = nncli("params", spec)
     assert_error(result, 1, fragment.format(spec=spec) if "{spec}" in fragment else fragment)
     assert "internal error" not in result.stderr and len(result.stderr) < 400
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "the spec file is empty"),
+    ("\n   \n\n", "the spec file is empty"),
+    ("\ufeff", "the spec file is empty"),
+    ("---\n...\n", "the spec file is empty"),
+    ("# layers: to come\n\n# more\n", "the spec file holds only comments"),
+])
+def test_an_empty_spec_file_is_called_empty_not_none(nncli, tmp_path, text, message):
+    """It said `a spec is a mapping with a layers list, got None`: None is Python's word, not the user's."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text, encoding="utf-8")
+    for command in (["params", spec], ["forward", spec, write(tmp_path, "d.csv", "a\n1\n")]):
+        result = nncli(*command)
+        assert_error(result, 1, f"error: {message}; a spec is a mapping with a `layers` list ({spec})")
+        assert "None" not in result.stderr
+    with pytest.raises(NncliError, match=message):
+        load_spec(str(spec))

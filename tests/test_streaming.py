@@ -281,3 +281,83 @@ def test_the_library_leaves_the_callers_read_as_it_was(tmp_path, monkeypatch):
     read = Read(target="y")
     nncli.train(nncli.load(spec), "-", epochs=1, lr=0.1, read=read)
     assert read == Read(target="y")
+
+
+# -- one batching rule: DataLoader(batch_size=N, drop_last=False) ----------------------------------
+
+
+def _loader(x, y, n):
+    """The hand-written loop's batches: torch's DataLoader, in order, the last batch shorter."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    return list(DataLoader(TensorDataset(x, y), batch_size=n, shuffle=False, drop_last=False))
+
+
+@pytest.mark.parametrize("rows, batch_size", [(20, 7), (1000, 300)])
+def test_every_command_batches_as_a_dataloader_does(nncli, tmp_path, rows, batch_size):
+    """20 rows with -b 7 are batches of 7, 7 and 6 (not 7 and 13); 1000 with -b 300: 300, 300, 300, 100.
+    A mean over several batches is the per-batch sums added in order, divided once."""
+    path = make_data(tmp_path, rows=rows)
+    spec = write(tmp_path, "s.yaml", SPEC.replace("  - Softmax\n", "loss: CrossEntropyLoss\n"))
+    model, x, y = reference(path)
+    model = model[:3]
+    batches = _loader(x, y, batch_size)
+    assert [len(b[0]) for b in batches][-1] == rows % batch_size  # the rows don't divide
+    common = [spec, path, "-t", "y", "-b", batch_size, "-f", "json"]
+
+    def summed(module, reduction="sum"):
+        total = None
+        for xb, yb in batches:
+            value = nn.CrossEntropyLoss(reduction=reduction)(module(xb), yb)
+            total = value if total is None else total + value
+        return total
+
+    with torch.no_grad():
+        mean = summed(model.eval()) / rows
+        total = summed(model)
+        probs = torch.cat([model(xb).softmax(dim=1) for xb, _ in batches]).numpy()
+    assert np.float32(load_json(nncli("loss", *common))["loss"]) == mean.numpy()
+    assert np.float32(load_json(nncli("loss", *common, "--reduction", "sum"))["loss"]) == total.numpy()
+    assert np.float32(load_json(nncli("evaluate", *common))["loss"]) == mean.numpy()
+    out = parse_csv(nncli("forward", spec, path, "-t", "y", "-b", batch_size, "-f", "csv").stdout)
+    np.testing.assert_array_equal(np.stack([column(out, f"prob_{i}") for i in range(3)], 1), probs)
+
+    model.train().zero_grad()
+    with torch.no_grad():
+        loss = summed(model) / rows
+    for xb, yb in batches:  # each batch's sum backward (.grad accumulates), then one division, as the loss
+        nn.CrossEntropyLoss(reduction="sum")(model(xb), yb).backward()
+    grads = {name: p.grad / rows for name, p in model.named_parameters()}
+    doc = load_json(nncli("grads", *common))
+    assert np.float32(doc["loss"]) == loss.detach().numpy()
+    for name, g in grads.items():
+        np.testing.assert_array_equal(np.array(doc["gradients"][name], dtype=np.float32), g.numpy())
+    doc = load_json(nncli("step", *common, "--lr", "0.1"))
+    assert np.float32(doc["loss_before"]) == loss.detach().numpy()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.sub_(0.1 * grads[name])
+            np.testing.assert_array_equal(np.array(doc["parameters"][name]["after"], dtype=np.float32), p.numpy())
+        assert np.float32(doc["loss_after"]) == (summed(model) / rows).numpy()
+
+    # train --stream: one optimizer step per DataLoader batch, file order
+    out = tmp_path / "w.safetensors"
+    nncli("train", spec, path, "-t", "y", "-b", batch_size, "--lr", "0.1", "--epochs", "2", "--stream", "--save-weights", out, "-f", "json")
+    model, _, _ = reference(path)
+    model = model[:3].train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2):
+        for xb, yb in batches:
+            opt.zero_grad()
+            nn.CrossEntropyLoss()(model(xb), yb).backward()
+            opt.step()
+    from safetensors.torch import load_file
+
+    saved = load_file(out)
+    for name, p in model.state_dict().items():
+        assert torch.equal(saved[name], p), name
+
+
+@pytest.mark.parametrize("command", ["forward", "loss", "grads", "step", "evaluate"])
+def test_batch_size_help_states_the_dataloader_rule(nncli, command):
+    assert "DataLoader(batch_size=N)" in nncli(command, "--help").stdout

@@ -194,3 +194,258 @@ def test_iris_trains_to_held_out_accuracy(nncli, tmp_path):
     doc = load_json(nncli("evaluate", CONFIGS / "iris.yaml", DATA / "iris-test.csv", "--target", "species", "--weights", weights, "-f", "json"))
     assert doc["rows"] == 30
     assert doc["accuracy"] >= 0.95
+
+
+# -- one rule for the same loss ----------------------------------------------------------------------
+
+
+def _batched_mean(model, x, y, loss_fn_sum, rows, batch):
+    """The README's hand loop: DataLoader's batches, each batch's sum added in order, divided once."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    with torch.no_grad():
+        total = None
+        for xb, yb in DataLoader(TensorDataset(x, y), batch_size=batch):
+            value = loss_fn_sum(model(xb), yb)
+            total = value if total is None else total + value
+        return total / rows
+
+
+def test_dropout_zero_gives_grads_and_step_the_loss_and_evaluate_batches(nncli, tmp_path):
+    """Dropout(0.0) is the identity in train mode too: grads and step batch like loss and evaluate."""
+    path, x, y = table(tmp_path, rows=40, seed=5)
+    spec = write(tmp_path, "s.yaml", SPEC.replace("0.2", "0.0") + "loss: CrossEntropyLoss\n")
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.0), nn.Linear(8, 3)).eval()
+    expected = _batched_mean(model, x, y, nn.CrossEntropyLoss(reduction="sum"), 40, 16).numpy()
+    with torch.no_grad():
+        assert nn.CrossEntropyLoss()(model(x), y).numpy() != expected  # one batch of all 40 rows: another last digit
+    common = [spec, path, "-t", "y", "-b", 16, "-f", "json"]
+    got = {"loss": load_json(nncli("loss", *common))["loss"], "evaluate": load_json(nncli("evaluate", *common))["loss"],
+           "grads": load_json(nncli("grads", *common, "--summary"))["loss"],
+           "step": load_json(nncli("step", *common, "--lr", 0.1, "--summary"))["loss_before"]}
+    assert {k: np.float32(v) for k, v in got.items()} == {k: expected for k in got}
+
+
+def test_val_loss_is_evaluates_loss_on_the_validation_rows(nncli, tmp_path):
+    """More validation rows than one of evaluate's batches (16,384): train's val_loss batches them as
+    evaluate does, so the two print the same number."""
+    (tmp_path / "v").mkdir()
+    path, _, _ = table(tmp_path, rows=30)
+    val, x, y = table(tmp_path / "v", rows=16_500, seed=3)
+    spec = write(tmp_path, "s.yaml", SPEC.replace("0.2", "0.0") + "loss: CrossEntropyLoss\n")
+    doc = load_json(nncli("train", spec, path, "-t", "y", "--epochs", 1, "--lr", 0, "--val", val, "-f", "json"))
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.0), nn.Linear(8, 3)).eval()
+    expected = _batched_mean(model, x, y, nn.CrossEntropyLoss(reduction="sum"), len(x), 16_384).numpy()
+    with torch.no_grad():
+        assert nn.CrossEntropyLoss()(model(x), y).numpy() != expected  # one batch of every row: another last digit
+    assert np.float32(doc["history"][0]["val_loss"]) == expected
+    assert np.float32(load_json(nncli("evaluate", spec, val, "-t", "y", "-f", "json"))["loss"]) == expected
+
+
+def test_evaluate_mse_is_the_mse_loss(nncli, tmp_path):
+    """evaluate's `mse` and an MSELoss `loss` are one quantity: the same number, as torch computes it."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(5000, 4, generator=g, dtype=torch.float64) * 30
+    t = x[:, :2] * 7 + 50
+    data = write(tmp_path, "reg.csv", "a,b,c,d,t0,t1\n" + "".join(",".join(repr(float(v)) for v in list(r) + list(s)) + "\n"
+                                                                   for r, s in zip(x.tolist(), t.tolist())))
+    reg = write(tmp_path, "r.yaml", "seed: 4\nlayers:\n  - Linear: {out_features: 2}\nloss: MSELoss\n")
+    torch.manual_seed(4)
+    layer = nn.Linear(4, 2)
+    features, targets = read_table(data, ["t0", "t1"]), read_table(data, list("abcd"))
+    for batch in (5000, 1500):
+        doc = load_json(nncli("evaluate", reg, data, "-t", "t0", "-t", "t1", "-b", batch, "-f", "json"))
+        for name, fn in (("mse", nn.MSELoss), ("mae", nn.L1Loss)):
+            if batch >= len(x):
+                with torch.no_grad():
+                    expected = fn()(layer(features), targets).numpy()
+            else:
+                expected = _batched_mean(layer, features, targets, fn(reduction="sum"), targets.numel(), batch).numpy()
+            assert np.float32(doc[name]) == expected, (name, batch)
+        assert doc["mse"] == doc["loss"]
+
+
+def test_step_save_weights_keeps_the_running_statistics_of_its_one_forward_pass(nncli, tmp_path):
+    """The README's hand-written step with BatchNorm1d: running statistics moved once (the step's forward
+    pass, every row in one batch whatever -b), loss_after from a second train-mode pass that moves nothing."""
+    path, x, y = table(tmp_path, rows=30)
+    spec = write(tmp_path, "bn.yaml", "seed: 2\nlayers:\n  - BatchNorm1d\n  - Linear: {out_features: 3}\nloss: CrossEntropyLoss\n")
+    out = tmp_path / "stepped.safetensors"
+    doc = load_json(nncli("step", spec, path, "-t", "y", "-b", 8, "--lr", 0.5, "--save-weights", out, "--summary", "-f", "json"))
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 3))
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    loss_before = loss_fn(model(x), y)
+    loss_before.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= 0.5 * p.grad
+    kept = {k: v.clone() for k, v in model.named_buffers()}
+    with torch.no_grad():
+        loss_after = loss_fn(model(x), y)
+        for k, v in model.named_buffers():
+            v.copy_(kept[k])
+    saved = load_file(out)
+    assert int(saved["0.num_batches_tracked"]) == 1
+    for k, v in model.state_dict().items():
+        assert torch.equal(saved[k], v), k
+    assert np.float32(doc["loss_before"]) == loss_before.detach().numpy()
+    assert np.float32(doc["loss_after"]) == loss_after.numpy()
+def _interrupted(spec, path, ck, epochs, stop_after, **options):
+    """The library's train stopped (as by Ctrl-C) after `stop_after` epochs, its checkpoint left."""
+    import nncli
+
+    def stop(record):
+        if record.epoch == stop_after:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        nncli.train(nncli.load(spec), path, target="y", epochs=epochs, lr=0.1, batch_size=16, checkpoint=str(ck), on_epoch=stop, **options)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle:0.3"])
+def test_an_interrupted_schedule_resumes_exactly_to_its_own_length(tmp_path, schedule):
+    import nncli
+
+    path, _, _ = table(tmp_path)
+    spec = write(tmp_path, "s.yaml", SPEC)
+    ck = tmp_path / "ck.pt"
+    _interrupted(spec, path, ck, 4, 2, lr_schedule=schedule)
+    resumed, whole = nncli.load(spec), nncli.load(spec)
+    got = nncli.train(resumed, path, target="y", epochs=4, lr=0.1, batch_size=16, lr_schedule=schedule, resume=str(ck))
+    want = nncli.train(whole, path, target="y", epochs=4, lr=0.1, batch_size=16, lr_schedule=schedule)
+    assert got.as_dicts() == want.as_dicts()
+    assert all(torch.equal(a, b) for a, b in zip(resumed.module.state_dict().values(), whole.module.state_dict().values()))
+    if schedule.startswith("onecycle"):  # another batch size gives OneCycleLR another number of steps
+        with pytest.raises(nncli.NncliError, match="planned for 5 batches per epoch"):
+            nncli.train(nncli.load(spec), path, target="y", epochs=4, lr=0.1, batch_size=8, lr_schedule=schedule, resume=str(ck))
+
+
+@pytest.mark.parametrize("first, then, message", [
+    (["--lr-schedule", "cosine"], ["--lr-schedule", "cosine", "--epochs", 4], "resumes to --epochs 2 only, not 4"),
+    (["--lr-schedule", "onecycle:0.3"], ["--lr-schedule", "onecycle:0.3", "--epochs", 4], "resumes to --epochs 2 only, not 4"),
+    (["--lr-schedule", "cosine"], ["--lr-schedule", "step:1:0.5", "--epochs", 4], "asks for --lr-schedule step:1:0.5"),
+    (["--lr-schedule", "step:1:0.5"], ["--epochs", 4], "asks for no --lr-schedule"),
+    ([], ["--optimizer", "adam", "--epochs", 4], "trained with --optimizer sgd"),
+    ([], ["--epochs", 2], "at epoch 2 already: --epochs 2 leaves nothing to train"),
+    ([], ["--epochs", 1], "at epoch 2 already: --epochs 1 leaves nothing to train"),
+])
+def test_resume_refuses_a_run_that_does_not_continue_the_checkpoint(nncli, tmp_path, first, then, message):
+    path, _, _ = table(tmp_path)
+    spec = write(tmp_path, "s.yaml", SPEC)
+    ck, out = tmp_path / "ck.pt", tmp_path / "w.safetensors"
+    assert nncli("train", spec, path, "-t", "y", "--lr", 0.1, "--epochs", 2, "--checkpoint", ck, "-q", *first).exit_code == 0
+    assert_error(nncli("train", spec, path, "-t", "y", "--lr", 0.1, "--resume", ck, "--save-weights", out, *then), 1, message, str(ck))
+    assert not out.exists()
+
+
+def test_an_older_checkpoint_without_its_plan_resumes_where_unambiguous(nncli, tmp_path):
+    path, _, _ = table(tmp_path)
+    spec = write(tmp_path, "s.yaml", SPEC)
+    common = ["-t", "y", "--lr", 0.1, "-b", 16, "-q"]
+    for schedule, ok in (("cosine", False), ("step:1:0.5", True)):
+        ck = tmp_path / f"{schedule}.pt"
+        assert nncli("train", spec, path, *common, "--epochs", 2, "--lr-schedule", schedule, "--checkpoint", ck).exit_code == 0
+        state = torch.load(ck, weights_only=True)
+        del state["plan"]  # as written before the plan was recorded
+        torch.save(state, ck)
+        result = nncli("train", spec, path, *common, "--epochs", 4, "--lr-schedule", schedule, "--resume", ck)
+        if ok:  # StepLR's steps do not depend on the run's length: it extends
+            assert result.exit_code == 0, result.stderr
+        else:  # CosineAnnealingLR's T_max was 2
+            assert_error(result, 1, "learning-rate schedule is not this run's", str(ck))
+
+
+@pytest.mark.parametrize("extra", [[], ["--stream"], ["--val-split", "0.5"], ["--val", "bad"]])
+def test_a_nan_feature_is_named_by_its_cell_not_blamed_on_the_lr(nncli, tmp_path, extra):
+    import nncli as library
+
+    good, _, _ = table(tmp_path, rows=6)
+    bad = write(tmp_path, "bad.csv", "a,b,c,d,y\n1,2,3,4,0\n0.5,nan,3,4,1\n1,2,3,4,2\n")
+    spec = write(tmp_path, "s.yaml", SPEC)
+    data, extra = (good, ["--val", bad]) if extra == ["--val", "bad"] else (bad, extra)
+    result = nncli("train", spec, data, "-t", "y", "--epochs", 1, "--lr", 0.1, "--save-weights", tmp_path / "w.pt", *extra)
+    assert_error(result, 1, "holds nan at row 1, column 'b'", str(bad))
+    assert "diverged" not in result.stderr and not (tmp_path / "w.pt").exists()
+    if not extra:  # the library, on a table in memory, says the same
+        import polars as pl
+
+        frame = pl.DataFrame({"a": [1.0, 0.5], "b": [2.0, float("inf")], "c": [3.0, 3.0], "d": [4.0, 4.0], "y": [0, 1]})
+        with pytest.raises(library.NncliError, match="holds inf at row 1, column 'b'"):
+            library.train(library.load(str(spec)), frame, target="y", epochs=1, lr=0.1)
+
+
+@pytest.mark.parametrize("name, code, message", [
+    ("afile", 1, "is not a folder"), ("/dev/null", 1, "is not a folder"), ("dangling", 1, "dangling symbolic link"),
+    ("", 2, "--log-dir is empty"), ("/proc/self", 1, "cannot write TensorBoard's event files in /proc/self"),
+    ("afile/sub", 1, "is not a folder, so the log folder cannot be made"),
+])
+def test_a_log_dir_that_cannot_take_event_files_is_one_line_before_training(nncli, tmp_path, monkeypatch, name, code, message):
+    path, _, _ = table(tmp_path)
+    spec = write(tmp_path, "s.yaml", SPEC)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("mine\n")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    result = nncli("train", spec, path, "-t", "y", "--epochs", 1, "--lr", 0.1, "--log-dir", name, "--save-weights", tmp_path / "w.pt")
+    assert_error(result, code, message)
+    assert (tmp_path / "afile").read_text() == "mine\n" and not (tmp_path / "w.pt").exists() and not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("loss", ["BCELoss", "BCEWithLogitsLoss"])
+def test_balanced_class_weights_for_a_binary_head_are_scikit_learns_per_sample_weights(nncli, tmp_path, loss):
+    from sklearn.utils.class_weight import compute_class_weight
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(70, 4, generator=g, dtype=torch.float64)
+    labels = ((x[:, 0] + 0.8 * x[:, 1]) > 0.7).long()  # 22 of 70 positive: unbalanced
+    path = write(tmp_path, "b.csv", "a,b,c,d,y\n" + "".join(",".join(map(repr, r)) + f",{c}\n" for r, c in zip(x.tolist(), labels.tolist())))
+    sigmoid = loss == "BCELoss"
+    spec = write(tmp_path, "s.yaml", "seed: 5\nlayers:\n  - Linear: {out_features: 8}\n  - ReLU\n  - Linear: {out_features: 1}\n"
+                 + ("  - Sigmoid\n" if sigmoid else ""))
+    out = tmp_path / "w.safetensors"
+    doc = load_json(nncli("train", spec, path, "-t", "y", "--epochs", 3, "--lr", 0.1, "-b", 16, "--class-weights", "balanced",
+                          "--loss", loss, "--save-weights", out, "-f", "json"))
+    # the hand-written loop: each row weighted by scikit-learn's balanced weight of its class
+    w = torch.tensor(compute_class_weight("balanced", classes=np.array([0, 1]), y=labels.numpy()), dtype=torch.float32)
+    xs, ys = read_table(path, ["y"]), labels.float().reshape(-1, 1)
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1), *([nn.Sigmoid()] if sigmoid else []))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    losses = []
+    for _ in range(3):
+        order, total = torch.randperm(70), 0.0
+        for i in range(0, 70, 16):
+            idx = order[i : i + 16]
+            opt.zero_grad()
+            value = getattr(nn, loss)(weight=w[ys[idx].long()])(model(xs[idx]), ys[idx])
+            value.backward()
+            opt.step()
+            total += value.item() * len(idx)
+        losses.append(total / 70)
+    saved = load_file(str(out))
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    assert [h["train_loss"] for h in doc["history"]] == pytest.approx(losses, rel=1e-6)
+
+
+def test_init_on_a_spec_with_preprocess_says_the_statistics_are_unset_until_train(nncli, tmp_path):
+    path, _, _ = table(tmp_path)
+    spec = write(tmp_path, "s.yaml", "seed: 5\npreprocess: {standardize: true}\nlayers:\n  - Linear: {out_features: 3}\n")
+    init = tmp_path / "init.safetensors"
+    result = nncli("init", spec, "-o", init, "--inputs", 4)
+    assert result.exit_code == 0 and "`preprocess: standardize` statistics are unset in" in result.stderr, result.stderr
+    for command in ("forward", "evaluate"):  # a later command names the weights file and why
+        assert_error(nncli(command, spec, path, "-t", "y", "--weights", init), 1,
+                     "these weights carry no statistics for the spec's `preprocess: standardize`", str(init))
+    trained = tmp_path / "t.safetensors"
+    assert nncli("train", spec, path, "-t", "y", "--weights", init, "--epochs", 1, "--lr", 0.1, "--save-weights", trained, "-q").exit_code == 0
+    assert nncli("forward", spec, path, "-t", "y", "--weights", trained).exit_code == 0
+
+
+def test_onecycle_with_stream_is_a_usage_error_not_a_crash(nncli, tmp_path):
+    path, _, _ = table(tmp_path)
+    spec = write(tmp_path, "s.yaml", SPEC)
+    assert_error(nncli("train", spec, path, "-t", "y", "--epochs", 2, "--lr", 0.1, "--stream", "--lr-schedule", "onecycle:0.3"), 2,
+                 "--lr-schedule onecycle needs the number of batches per epoch")

@@ -18,7 +18,9 @@ changes the environment; torch is imported when a model is first built.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
@@ -33,10 +35,18 @@ from nncli.model import DEFAULT_MAX_PARAMS
 from nncli.spec import Spec
 
 
-def _listed(value) -> list[str]:
+def _listed(value, name: str = "target") -> list[str]:
+    """A column or a list of columns (names or 0-based indices) as names."""
+    import numbers
+
     if value is None:
         return []
-    return [str(value)] if isinstance(value, (str, int)) else [str(v) for v in value]
+    if isinstance(value, (str, numbers.Integral)) and not isinstance(value, bool):
+        return [str(value)]
+    items = list(value) if isinstance(value, Iterable) and not isinstance(value, (bytes, dict)) else None
+    if items is None or not all(isinstance(v, (str, numbers.Integral)) and not isinstance(v, bool) for v in items):
+        raise UsageError(f"{name} must be a column (a name or a 0-based index) or a list of them, got {_shown(value)}")
+    return [str(v) for v in items]
 
 
 @dataclass
@@ -54,13 +64,22 @@ class Read:
     targets_label: str | None = None  # the same for the --targets file
     input_format: str | None = None  # csv, tsv, parquet, arrow, ndjson (+ .gz, .bz2, .xz, .zst); default: the suffix
 
+    def __post_init__(self) -> None:
+        from nncli.columns import split_columns
+
+        # a text is a comma list ("a,b": two columns; '"a,b"': one), a list is taken item by item as given
+        if isinstance(self.features, str):
+            self.features = split_columns(self.features, "features")
+        if isinstance(self.target, str):
+            self.target = split_columns(self.target, "target")
+
 
 def open_data(data, read: Read, want_targets: bool = False):
     """A path (or "-") -> a streaming Dataset; a table in memory -> FrameData. Warnings are issued."""
     if is_table(data):
         if read.targets_file:
             raise UsageError("targets_file is for CSV files; pass the targets as a column of the table")
-        source = FrameData(data, _listed(read.target), _listed(read.features), read.id_column, want_targets)
+        source = FrameData(data, _listed(read.target), _listed(read.features, "features"), read.id_column, want_targets)
     else:
         from nncli.data import Many, expand_paths
 
@@ -70,7 +89,7 @@ def open_data(data, read: Read, want_targets: bool = False):
         sources = []
         try:
             for path in paths:
-                options = DataOptions(path, read.delimiter, read.header, _listed(read.features), _listed(read.target),
+                options = DataOptions(path, read.delimiter, read.header, _listed(read.features, "features"), _listed(read.target),
                                       read.targets_file, read.id_column, read.label)
                 options.decimal_comma = read.decimal_comma
                 options.input_format = read.input_format
@@ -160,6 +179,7 @@ class Forwards:
         """The model in eval mode over every row: a polars DataFrame with the columns and values of `nncli forward -f csv`."""
         import polars as pl
 
+        _check_arguments(data=data, threshold=threshold, batch_size=batch_size, required=("threshold",))
         run = self.forward_frames(data, threshold=threshold, batch_size=batch_size,
                                   read=Read(target, None, features, id_column, delimiter, header, decimal_comma))
         parts = [pl.DataFrame({n: c for n, c in zip(names, columns)}) for names, columns in run.frames()]
@@ -172,26 +192,59 @@ def finite_checks(source, head) -> list:
     return [lambda batch, outputs: data_check(batch.x, batch.first_row), lambda batch, outputs: output_check(outputs, batch.first_row)]
 
 
+def _serialized(fn):
+    """Run fn(model, ...) holding the model's lock: a Model may be shared by threads, and the calls
+    that change it (its build, step, grads, train, a train-mode loss, save) run one at a time; a
+    lost update or torch's "modified by an inplace operation" came of two at once. Reentrant:
+    step builds, train steps."""
+
+    @functools.wraps(fn)
+    def locked(model, *args, **kwargs):
+        with model._lock if isinstance(model, Model) else contextlib.nullcontext():  # train refuses a non-Model itself
+            return fn(model, *args, **kwargs)
+
+    return locked
+
+
+_BUILDING = threading.Lock()  # torch.manual_seed is global: two models built at once would mix their seeds
+
+
 class Model(Forwards):
-    """A spec and, from its first use, the seeded `nn.Sequential` it describes."""
+    """A spec and, from its first use, the seeded `nn.Sequential` it describes.
+
+    A Model may be shared by threads; calls that change it are serialized (see _serialized). forward,
+    evaluate and an eval-mode loss only read it, and run side by side."""
 
     def __init__(self, spec: Spec, *, seed: int | None = None, weights: str | None = None, dtype: str = "float32",
                  inputs: int | None = None, max_params: int = DEFAULT_MAX_PARAMS, device: str = "cpu", threads: int | None = None) -> None:
         if dtype not in ("float32", "float64"):
             raise UsageError(f"dtype must be float32 or float64, got {dtype!r}")
+        _check_arguments(inputs=inputs, max_params=max_params, threads=threads, required=("max_params",))
         self.spec, self.seed, self.weights, self.dtype = spec, seed, weights, dtype
         self.inputs, self.max_params, self.device_name, self.threads = inputs, max_params, device, threads
         self.built = None  # nncli.model.Model once built
+        self._lock = threading.RLock()
+
+    def __getstate__(self) -> dict:  # copy.deepcopy and pickle: a lock is not copied, the copy gets its own
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.RLock())
 
     # -- building ---------------------------------------------------------------------------------
 
     def build(self, width: int | None = None, width_from: str = "the input"):
         """Build the model for `width` input features (once); later calls check the width agrees."""
-        if self.built is not None:
-            expected = self.built.layers[0].in_width if self.built.layers else self._width
-            if width is not None and expected is not None and width != expected:
-                raise NncliError(f"the model expects {expected} features; {width_from} has {width}", self.spec.path)
-            return self.built
+        if self.built is None:
+            with self._lock:  # one build however many threads ask; a built model is only read here (no wait on a train)
+                if self.built is None:
+                    return self._build(width, width_from)
+        expected = self.built.layers[0].in_width if self.built.layers else self._width
+        if width is not None and expected is not None and width != expected:
+            raise NncliError(f"the model expects {expected} features; {width_from} has {width}", self.spec.path)
+        return self.built
+
+    def _build(self, width: int | None, width_from: str):
         from nncli.runtime import make_model
         from nncli.spec import input_width
 
@@ -200,8 +253,11 @@ class Model(Forwards):
             raise NncliError(f"the model expects {given} features; {width_from} has {width}", self.spec.path)
         if width is None:
             width, width_from = input_width(self.spec, self.inputs), "--inputs" if self.inputs else "the spec"
+            if width is None:
+                width, width_from = self._weights_width(width_from)
         self._width = width
-        built, _ = make_model(self._options(), self.spec, width, width_from)
+        with _BUILDING:
+            built, _ = make_model(self._options(), self.spec, width, width_from)
         if built.classes is not None and self.spec.classes is not None and built.classes != self.spec.classes:
             raise NncliError(f"the weights were trained on the classes {built.classes}, the spec names {self.spec.classes}", self.weights)
         if built.classes is None:
@@ -231,6 +287,10 @@ class Model(Forwards):
         """A spec that asks for preprocessing needs its statistics (train fits them and saves them with the weights)."""
         if self.spec.preprocess and self.built.preprocess is None:
             kind = next(iter(self.spec.preprocess))
+            if self.weights:  # e.g. written by init, which has no rows to fit them on
+                raise NncliError(f"these weights carry no statistics for the spec's `preprocess: {kind}` (nncli init writes none): "
+                                 "train the model (nncli train fits them and saves them with the weights), then pass those weights",
+                                 self.weights)
             raise NncliError(f"the spec asks for `preprocess: {kind}` and its statistics are unset: train the model "
                              "(nncli train saves them with the weights), then pass those weights", self.spec.path)
 
@@ -247,8 +307,22 @@ class Model(Forwards):
 
         if self.inputs and self.spec.inputs and self.inputs != self.spec.inputs:
             raise UsageError(f"--inputs {self.inputs} disagrees with the spec's inputs: {self.spec.inputs}")
-        width = input_width(self.spec, self.inputs)
-        return width, resolve(self.spec, width, "--inputs" if self.inputs else "the spec's inputs")
+        width, width_from = input_width(self.spec, self.inputs), "--inputs" if self.inputs else "the spec's inputs"
+        if width is None:
+            width, width_from = self._weights_width(width_from)
+        return width, resolve(self.spec, width, width_from)
+
+    def _weights_width(self, width_from: str) -> tuple[int | None, str]:
+        """A spec that leaves the first in_features (num_features, normalized_shape) out, with weights:
+        the width their first sized layer's tensor has (params and export need no data to build)."""
+        from nncli.model import weights_width
+        from nncli.spec import unsized_first_layer
+
+        layer = unsized_first_layer(self.spec)
+        if layer is None or not self.weights:
+            return None, width_from
+        width = weights_width(self.weights, layer.index, layer.type)
+        return (width, self.weights) if width is not None else (None, width_from)
 
     @property
     def module(self):
@@ -263,6 +337,7 @@ class Model(Forwards):
         built = self.build(width)
         return head_of(built.layers, width if width is not None else self._width, spec_loss(self.spec.loss, self.spec.path))
 
+    @_serialized
     def save(self, path: str, *, what: str = "the weights file") -> None:
         """Write the state_dict (.safetensors, .pt or .pth by suffix): an existing file is replaced
         atomically, a device or FIFO written through. `what` names the path in messages."""
@@ -292,10 +367,16 @@ class Model(Forwards):
             if procread.can_fork():  # parsing on its own core while torch imports (see procread)
                 if procread.SHARE_NUMPY:
                     procread.share_numpy()
+                # a --targets file is read by the child too: put back with DATA if the child fails at its start
+                targets = [t for s in getattr(source, "sources", [source]) if (t := getattr(s, "targets_csv", None)) is not None]
                 try:
-                    return procread.read_in_child(lambda: source.batches(wanted, dtype=self.dtype), reading_files(source))
+                    return procread.read_in_child(lambda: source.batches(wanted, dtype=self.dtype), reading_files(source),
+                                                 instead=lambda: in_thread(wanted), rewind=reading_files(source) + targets)
                 except OSError:  # fork or the shared memory refused (a process limit): a thread reads
                     pass
+            return in_thread(wanted)
+
+        def in_thread(wanted):
             return prefetched(source.batches(wanted, dtype=self.dtype), depth=batches_ahead(wanted, source.n_features, self.dtype))
 
         planned = {}
@@ -347,12 +428,13 @@ class Model(Forwards):
     def predict_batch(self, batch, *, threshold: float = 0.5):
         """forward on one batch, returned as the type it was given (for engines' map functions): a
         numpy array gives the output columns as an array; a polars, pandas or pyarrow table gives a
-        table of forward's columns. Every column of the batch is a feature."""
+        table of forward's columns (prob_<label> and the label where the model knows its classes, as
+        `forward` gives them). Every column of the batch is a feature."""
         import numpy as np
 
         frame = FrameData(batch)
         built = self.build(frame.n_features, "the batch")
-        run = ForwardRun(built, head_of(built.layers, frame.n_features, spec_loss(self.spec.loss, self.spec.path)), frame,
+        run = ForwardRun(built, head_of(built.layers, frame.n_features, spec_loss(self.spec.loss, self.spec.path), built.classes), frame,
                          frame.batches(None), threshold)
         names, columns = next(iter(run.frames()))
         module = type(batch).__module__.split(".")[0]
@@ -366,11 +448,14 @@ class Model(Forwards):
     # -- the training signal ----------------------------------------------------------------------
 
     def _signal(self, data, read: Read, loss: str | None, reduction: str, train: bool, backward: bool, inputs: bool,
-                batch_size: int | None, progress, observer=None):
+                batch_size: int | None, progress, observer=None, keep: bool = True):
         """Open DATA, build, pick the loss, run forward (and backward) over the batches.
-        `observer(choice, head)`, if given, returns a function that sees every batch's outputs and targets."""
+        `observer(choice, head)`, if given, returns a function that sees every batch's outputs and targets.
+        With `keep` (all but step), the module is left as it was: a train-mode pass updates BatchNorm's
+        running statistics and sets the train flag, and `m.loss(x)` after `m.grads(x)` differed."""
         from nncli.backprop import compute_loss
 
+        _check_arguments(data=data, batch_size=batch_size)
         if reduction not in ("mean", "sum", "none"):
             raise UsageError(f"reduction must be mean, sum or none, got {reduction!r}")
         if backward and reduction == "none":
@@ -383,9 +468,9 @@ class Model(Forwards):
             use_labels(built, source, choice)
 
         def plan(source):
-            from nncli.backprop import BATCH_DEPENDENT
+            from nncli.backprop import batch_dependent
 
-            if train and any(layer.type in BATCH_DEPENDENT for layer in self.spec.layers):
+            if train and any(batch_dependent(layer) for layer in self.spec.layers):
                 return None  # one batch of every row: nothing to overlap
             return (batch_size or DEFAULT_BATCH_ROWS) if self._labels_before_build(source, loss) else None
 
@@ -398,12 +483,16 @@ class Model(Forwards):
         head, choice = picked["head"], picked["choice"]
         if progress:
             batches = progress(batches, source)
+        kept = _module_state(built.module) if keep else None
         try:
             result = compute_loss(built, head, batches, choice, reduction=reduction, train=train, backward=backward, inputs=inputs,
                                   target_names=source.target_names, source=source.name, observe=observer(choice, head) if observer else None)
         except NncliError as e:
             source.close()
             raise _with_label_hint(e, source, choice) from None
+        finally:
+            if kept is not None:
+                _restore_module_state(built.module, kept)
         source.close()
         if result.loss is not None and not bool(result.loss.isfinite()):
             warnings.warn(f"the loss is {float(result.loss)} (a NaN or inf in the data, or outputs outside the loss's domain)", NncliWarning, stacklevel=3)
@@ -450,13 +539,16 @@ class Model(Forwards):
     def compute_loss(self, data, *, target=None, loss: str | None = None, reduction: str = "mean", mode: str = "eval",
                      batch_size: int | None = None, read: Read | None = None, progress=None) -> LossReport:
         read = read or Read(target=target)
-        return self._signal(data, read, loss, reduction, _train(mode), False, False, batch_size, progress)[0]
+        train = _train(mode)
+        with self._lock if train else contextlib.nullcontext():  # train mode moves BatchNorm's running statistics
+            return self._signal(data, read, loss, reduction, train, False, False, batch_size, progress)[0]
 
     def loss(self, data, *, target=None, loss: str | None = None, reduction: str = "mean", mode: str = "eval",
              batch_size: int | None = None, **read) -> float:
         """The loss of the outputs against the targets (eval mode by default), as `nncli loss` gives it."""
         return self.compute_loss(data, loss=loss, reduction=reduction, mode=mode, batch_size=batch_size, read=Read(target=target, **read)).value
 
+    @_serialized
     def compute_grads(self, data, *, target=None, loss: str | None = None, reduction: str = "mean", mode: str = "train",
                       batch_size: int | None = None, inputs: bool = False, read: Read | None = None, progress=None) -> LossReport:
         from nncli.backprop import gradients
@@ -468,7 +560,8 @@ class Model(Forwards):
         return report
 
     def grads(self, data, *, target=None, loss: str | None = None, mode: str = "train", batch_size: int | None = None, **read) -> dict:
-        """Every parameter's gradient of the loss (train mode by default), keyed as the state_dict."""
+        """Every parameter's gradient of the loss (train mode by default), keyed as the state_dict.
+        The module is left as it was (BatchNorm's running statistics, the train/eval flag)."""
         return self.compute_grads(data, loss=loss, mode=mode, batch_size=batch_size, read=Read(target=target, **read)).gradients
 
     def input_grads(self, data, *, target=None, loss: str | None = None, mode: str = "train", batch_size: int | None = None, **read):
@@ -476,6 +569,7 @@ class Model(Forwards):
         report = self.compute_grads(data, loss=loss, mode=mode, batch_size=batch_size, inputs=True, read=Read(target=target, **read))
         return report.input_gradients
 
+    @_serialized
     def step(self, data, *, target=None, lr: float, loss: str | None = None, reduction: str = "mean", mode: str = "train",
              batch_size: int | None = None, read: Read | None = None, progress=None, **more) -> StepResult:
         """One plain gradient-descent step, p <- p - lr * p.grad, on the model's parameters in place;
@@ -485,13 +579,13 @@ class Model(Forwards):
 
         from nncli.backprop import compute_loss, sgd_step
 
-        _check_rate(lr, "lr")
+        _check_arguments(data=data, lr=lr, batch_size=batch_size, required=("lr",))
         read = read or Read(target=target, **more)
         train = _train(mode)
         with contextlib.ExitStack() as stack:
             if not is_table(data):
                 data, read = _spooled_path(data, read, stack)  # read twice: before and after the update
-            before, choice, head = self._signal(data, read, loss, reduction, train, True, False, batch_size, progress)
+            before, choice, head = self._signal(data, read, loss, reduction, train, True, False, batch_size, progress, keep=False)
             changes = sgd_step(self.built.module, lr)
             buffers = {k: v.detach().clone() for k, v in self.built.module.named_buffers()}
             again = open_data(data, read, want_targets=True)
@@ -510,7 +604,9 @@ class ForwardRun:
     """An open forward pass: iterate `frames()` for (names, columns) per batch."""
 
     def __init__(self, built, head: Head, source, batches, threshold: float, source_column: str | None = None) -> None:
-        self.built, self.head, self.source, self.batches, self.threshold = built, head, source, batches, threshold
+        from nncli.forward import check_threshold
+
+        self.built, self.head, self.source, self.batches, self.threshold = built, head, source, batches, check_threshold(threshold)
         self.source_column = source_column  # a first column naming each row's file
         self.names = ([source_column] if source_column else []) + ([source.id_name] if source.id_name else [])
         self.names += head.output_names() + head.class_names()
@@ -550,6 +646,23 @@ class FiniteCheck:
             r, c = np.argwhere(bad)[0]
             self.warned = True
             warnings.warn(f"{self.what} holds {values[r, c]} at row {first_row + r}, column {self.names[c]!r}", NncliWarning, stacklevel=2)
+
+
+def _module_state(module) -> tuple:
+    """What a forward pass may change in a module: its buffers (BatchNorm's running statistics and
+    count) and every submodule's train/eval flag."""
+    return ({k: v.detach().clone() for k, v in module.named_buffers()}, [m.training for m in module.modules()])
+
+
+def _restore_module_state(module, state: tuple) -> None:
+    import torch
+
+    buffers, flags = state
+    with torch.no_grad():
+        for k, v in module.named_buffers():
+            v.copy_(buffers[k])
+    for m, flag in zip(module.modules(), flags):
+        m.training = flag
 
 
 def use_labels(built, source, choice) -> None:
@@ -592,11 +705,79 @@ def _train(mode: str | None) -> bool:
     return mode == "train"
 
 
-def _check_rate(value, name: str) -> None:
-    import math
+# -- the façade's arguments, checked once where they come in ------------------------------------------
 
-    if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-        raise UsageError(f"{name} must be a finite number at or above 0, got {value}")
+
+def _integer(value, low: int) -> bool:
+    import numbers
+
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
+
+
+def _finite(value) -> bool:
+    import math
+    import numbers
+
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+COUNT = (lambda v: _integer(v, 1), "an integer at or above 1")
+COUNT_OR_ZERO = (lambda v: _integer(v, 0), "an integer at or above 0")
+RATE = (lambda v: _finite(v) and v >= 0, "a finite number at or above 0")
+NUMBER = (lambda v: _finite(v), "a finite number")
+
+# every numeric argument of load, Model, train, evaluate and Model's methods: one rule each
+ARGUMENTS = {
+    "batch_size": COUNT, "epochs": COUNT, "patience": COUNT, "inputs": COUNT, "threads": COUNT, "max_layers": COUNT,
+    "warmup": COUNT_OR_ZERO, "max_params": COUNT_OR_ZERO,
+    "lr": RATE, "momentum": RATE, "weight_decay": RATE, "clip_grad_norm": RATE, "clip_grad_value": RATE, "val_split": RATE,
+    "threshold": NUMBER,
+}
+
+
+def _check_arguments(required: tuple = (), **given) -> None:
+    """The public functions' arguments, each against its rule in ARGUMENTS (None: not given, the
+    default, unless `required`), and DATA (`data`, `val`) as a path, paths or a table: a
+    UsageError naming the argument, before anything is read or built."""
+    for name, value in given.items():
+        if name in ("data", "val"):
+            if value is not None or name == "data":
+                _check_data(value, name)
+            continue
+        if value is not None or name in required:
+            _check(value, name, ARGUMENTS[name])
+
+
+def _check_data(data, name: str = "data") -> None:
+    """DATA is a path, a list of paths, or a table in memory (FrameData checks the table itself)."""
+    if is_table(data):
+        return
+    paths = list(data) if isinstance(data, (list, tuple)) else [data]
+    if paths and all(isinstance(p, (str, os.PathLike)) for p in paths):
+        return
+    rows = (isinstance(data, (list, tuple)) and paths) or isinstance(data, dict) or hasattr(data, "__next__")
+    hint = "; rows go in a numpy array or a DataFrame" if rows else ""
+    raise UsageError(f"{name} must be a path (or a list of paths) or a table: polars, pandas or pyarrow, or a 2-D numpy array; "
+                     f"got {_shown(data)}{hint}")
+
+
+def _shown(value) -> str:
+    """An argument in a message: its repr, shortened, and its type where the repr does not say it."""
+    text = repr(value)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return text if isinstance(value, (str, int, float, type(None))) else f"{text} (a {type(value).__name__})"
+
+
+def _check(value, name: str, rule) -> None:
+    ok, wanted = rule
+    if not ok(value):
+        raise UsageError(f"{name} must be {wanted}, got {_shown(value)}")
+
+
+def _check_rate(value, name: str) -> None:
+    """A rate of any name (inside's thresholds too), None meaning not given."""
+    if value is not None:
+        _check(value, name, RATE)
 
 
 def _spooled_path(data, read: Read, stack):
@@ -643,11 +824,13 @@ def load(spec, *, seed: int | None = None, weights: str | None = None, dtype: st
     """A model from a spec file (YAML) or a spec as a dict; built, seeded as the CLI seeds it, on first use."""
     from nncli.spec import DEFAULT_MAX_LAYERS, load_spec, parse_spec
 
+    _check_arguments(max_layers=max_layers)
     limit = DEFAULT_MAX_LAYERS if max_layers is None else max_layers
     parsed = parse_spec(spec, "<dict>", max_layers=limit) if isinstance(spec, dict) else load_spec(os.fspath(spec), max_layers=limit)
     return Model(parsed, seed=seed, weights=weights, dtype=dtype, inputs=inputs, max_params=max_params, device=device, threads=threads)
 
 
+@_serialized
 def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer: str = "sgd", momentum: float | None = None,
           weight_decay: float | None = None, batch_size: int = 32, shuffle: bool | None = None, val_split: float | None = None,
           val=None, patience: int | None = None, stream: bool = False, loss: str | None = None, read: Read | None = None,
@@ -661,19 +844,22 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
     `checkpoint` is written (atomically) after every epoch with all it takes to continue bit for bit;
     `resume` continues from such a checkpoint, so 2 epochs + resume to 4 equals 4 epochs.
     `mlflow=True` (or a dict of `experiment`, `run_name`, `artifact`) logs the run to MLflow: see _mlflow."""
-    from nncli.training import METRICS, TrainOptions, class_weights as weights_of, evaluate_in_memory, fit, in_memory_batches
+    from nncli.training import METRICS, TrainOptions, check_resume, class_weights as weights_of, evaluate_in_memory, fit, in_memory_batches
     from nncli.training import stratified_split, validation_split
 
+    if not isinstance(model, Model):
+        raise UsageError(f"train takes a Model (nncli.load(SPEC)), got {_shown(model)}")
+    _check_arguments(data=data, val=val, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size,
+                     val_split=val_split, patience=patience, warmup=warmup, clip_grad_norm=clip_grad_norm,
+                     clip_grad_value=clip_grad_value, required=("epochs", "lr", "batch_size"))
     read = read or Read(target=target, **more)
-    if epochs is None or epochs < 1:
-        raise UsageError(f"epochs must be at least 1, got {epochs}")
-    for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
-        _check_rate(value, name)
     if val_split is not None and val is not None:
         raise UsageError("give --val-split or --val, not both")
     if patience is not None and val_split is None and val is None:
         raise UsageError("--patience watches the validation loss: give --val-split F or --val FILE too")
     shuffle = (not stream) if shuffle is None else shuffle
+    if stream and lr_schedule and lr_schedule.split(":")[0] == "onecycle":  # OneCycleLR steps per batch, counted up front
+        raise UsageError("--lr-schedule onecycle needs the number of batches per epoch, which --stream does not know before reading")
     if stream and (shuffle or val_split is not None):
         raise UsageError("--stream reads DATA in file order: it takes neither --shuffle nor --val-split (use --val FILE)")
     if metric not in METRICS:
@@ -682,13 +868,16 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
         raise UsageError("give --clip-grad-norm or --clip-grad-value, not both")
     if stratify and val_split is None:
         raise UsageError("--stratify goes with --val-split F")
-    for name, value in (("clip_grad_norm", clip_grad_norm), ("clip_grad_value", clip_grad_value)):
-        _check_rate(value, name)
     options = TrainOptions(epochs, lr, optimizer, momentum, weight_decay, batch_size, shuffle, patience, lr_schedule, warmup or 0,
                            clip_grad_norm, clip_grad_value, metric)
+    if log_dir is not None:
+        _check_log_dir(log_dir)
     start = _read_checkpoint(resume) if resume else None
+    if start is not None:
+        check_resume(start, options, resume)  # what the data does not decide fails before it is read
     if mlflow:
         _mlflow_settings(mlflow)  # a missing package or a bad setting fails before the data is read
+        _mlflow_preflight()  # ... and so does a store MLflow cannot use
         given = data  # as given: DATA becomes a spooled copy below
     given_format = read.input_format  # --val's too; DATA's copy below may get the format of DATA's name
     with contextlib.ExitStack() as stack:
@@ -702,7 +891,11 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
         width = head.width
         _check_data_parallel(built, stream, allow_local_batchnorm)
         if start is not None:
-            _restore(built, start)
+            _restore(built, start, resume, source.n_features)
+            needed = {"class": width, "binary": 2}.get(choice.family)
+            if start.get("classes") is not None and needed is not None and len(start["classes"]) != needed:
+                raise NncliError(f"the checkpoint's 'classes' names {len(start['classes'])} classes; the model "
+                                 f"{'has ' + str(width) + ' outputs' if choice.family == 'class' else 'is binary (2 classes)'}", resume)
         _learn_classes(built, data, read, choice, width)
         if stream:
             _fit_preprocess(model, built, lambda: _raw_batches(built, data, read, choice), source.feature_names)
@@ -746,13 +939,15 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
             weights = weights_of(class_weights, labels, width if choice.family == "class" else 2, choice.family).to(
                 device=built.device, dtype=torch_dtype(built.dtype))
         loss_fn = choice.function("mean", weights)
-        validate = (lambda: evaluate_in_memory(built.module, choice, width, x_val, y_val, loss_fn)) if (val_split or val is not None) else None
+        validate = (lambda: evaluate_in_memory(built.module, choice, width, x_val, y_val, loss_fn, weights)) if (val_split or val is not None) else None
         steps = 1
         if not stream:  # a rank's steps per epoch (OneCycleLR's length): its ceil(n / world) rows, as DistributedSampler shares them
             per_rank = -(-len(x) // _rank_world()[1])
             steps = -(-per_rank // batch_size)
+        if start is not None:
+            check_resume(start, options, resume, steps)
         save = (lambda state: _write_checkpoint(checkpoint, state, built)) if checkpoint else None
-        if log_dir:
+        if log_dir is not None:
             on_epoch = _tensorboard(log_dir, built.module, on_epoch, stack)
         if mlflow:
             o = options
@@ -768,12 +963,38 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
 
         with phase("train"):
             epochs_done, best, best_epoch = fit(built.module, choice, width, batches_for_epoch, options, validate, on_epoch or (lambda r: None),
-                                                loss_fn=loss_fn, steps_per_epoch=steps, start=start, checkpoint=save)
+                                                loss_fn=loss_fn, steps_per_epoch=steps, start=start, checkpoint=save, start_where=resume)
         if best is not None:
             built.module.load_state_dict(best)
         if mlflow:
             log_weights()  # the weights train returns (the best epoch's with --patience), while the run is open
     return History(epochs_done, choice.label, choice.source, best_epoch, best is not None and len(epochs_done) < epochs, options)
+
+
+def _check_log_dir(log_dir: str) -> None:
+    """--log-dir is a folder TensorBoard can write to (made if missing), checked before any data is
+    read: a file, a device or a dangling link said only `File exists`, `""` logged nothing, and a
+    folder that takes no files (/proc/self) failed in TensorBoard's writer thread."""
+    import tempfile
+
+    if not log_dir:
+        raise UsageError("--log-dir is empty: name a folder for the TensorBoard event files")
+    where = log_dir
+    path = os.path.abspath(log_dir)
+    if os.path.islink(log_dir) and not os.path.exists(log_dir):
+        raise NncliError("is a dangling symbolic link, not a folder", where)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise NncliError("is not a folder (--log-dir names the folder TensorBoard's event files go in)", where)
+    while not os.path.exists(path):  # a folder to be made: its nearest existing ancestor must take it
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise NncliError(f"{path} is not a folder, so the log folder cannot be made in it", where)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".nncli-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise NncliError(f"cannot write TensorBoard's event files in {path}: {e.strerror or e}", where) from None
 
 
 def _tensorboard(log_dir: str, module, on_epoch, stack):
@@ -820,6 +1041,68 @@ def _mlflow_settings(settings) -> dict:
     return settings
 
 
+def _mlflow_preflight() -> None:
+    """The tracking store, looked at before any data is read, so that a store MLflow cannot use is
+    one line at once: an sqlite file that is a device, not a database, or not creatable (MLflow's
+    sqlalchemy errors were internal errors), and an http(s) server that does not answer a connection
+    (MLflow retries for 256 s first, silently). Anything subtler is left to MLflow's own messages."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    scheme = uri.split(":", 1)[0].lower()
+    if scheme == "sqlite":
+        _check_sqlite_store(uri)
+    elif scheme in ("http", "https"):
+        _check_server_answers(uri)
+
+
+def _check_sqlite_store(uri: str) -> None:
+    import tempfile
+    from urllib.parse import unquote
+
+    path = unquote(uri.split("?", 1)[0][len("sqlite:///"):]) if uri.lower().startswith("sqlite:///") else ""
+    if not path or path == ":memory:":
+        return
+    if os.path.exists(path):
+        if not os.path.isfile(path):
+            raise NncliError(f"MLflow: the tracking database {path} is not a regular file", "--mlflow")
+        try:
+            with open(path, "rb") as f:
+                head = f.read(16)
+        except OSError as e:
+            raise NncliError(f"MLflow: cannot read the tracking database {path}: {e.strerror or e}", "--mlflow") from None
+        if head and head != b"SQLite format 3\x00":  # an empty file is a new database to sqlite
+            raise NncliError(f"MLflow: the tracking database {path} is not an SQLite database", "--mlflow")
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".nncli-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise NncliError(f"MLflow: cannot create the tracking database {path}: {e.strerror or e}", "--mlflow") from None
+
+
+def _check_server_answers(uri: str) -> None:
+    """One TCP connection, 5 s at most, to the server (not through a proxy, which MLflow would use)."""
+    import socket
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    try:
+        host, port = parts.hostname, parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    except ValueError:
+        return  # a malformed port: MLflow's own message
+    if not host or (urllib.request.getproxies().get(parts.scheme.lower()) and not urllib.request.proxy_bypass(host)):
+        return
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as e:  # the host and port only: the URI may hold a password
+        reason = e.strerror or ("timed out" if isinstance(e, TimeoutError) else type(e).__name__)
+        raise NncliError(f"MLflow: the tracking server {host}:{port} does not answer ({reason})", "--mlflow") from None
+
+
 def _mlflow(settings, model, params: dict, on_epoch, stack):
     """A run where MLflow itself would put it: MLFLOW_TRACKING_URI, else MLflow's default store; the
     experiment named, else MLFLOW_EXPERIMENT_NAME/_ID or mlflow.set_experiment's, else Default; a
@@ -839,6 +1122,11 @@ def _mlflow(settings, model, params: dict, on_epoch, stack):
             raise NncliError(f"MLflow: {_without_password((e.message.strip().splitlines() or ['?'])[0])}", "--mlflow") from None
         except ImportError as e:  # a database URI whose driver is not installed (psycopg, pymysql, ...)
             raise NncliError(f"MLflow: the tracking URI needs a module that is not installed: {e.name or e}", "--mlflow") from None
+        except Exception as e:  # the database's own errors (a disk full mid-run, a locked file) that MLflow lets through
+            if not type(e).__module__.startswith("sqlalchemy"):
+                raise
+            text = getattr(e, "orig", None) or e
+            raise NncliError(f"MLflow: the tracking database: {_without_password(str(text).strip().splitlines()[0] if str(text).strip() else type(e).__name__)}", "--mlflow") from None
 
     experiment_id = None
     if settings.get("experiment"):
@@ -937,17 +1225,26 @@ def _write_checkpoint(path: str, state: dict, built) -> None:
 def _read_checkpoint(path: str) -> dict:
     import torch
 
-    from nncli.training import is_checkpoint
+    from nncli.training import check_checkpoint, is_checkpoint
 
     if not is_checkpoint(path):
         raise NncliError("not a training checkpoint (nncli train --checkpoint writes one); plain weights go to --weights", path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    check_checkpoint(state, path)
+    return state
 
 
-def _restore(built, start: dict) -> None:
-    """The checkpoint's weights, classes and preprocessing into the freshly built model."""
-    from nncli.model import Preprocess
+def _restore(built, start: dict, path: str, width: int) -> None:
+    """The checkpoint's weights, classes and preprocessing into the freshly built model, each checked
+    against it first (a checkpoint of another spec is one error naming the key)."""
+    from nncli.model import Preprocess, check_state
 
+    check_state(built.module, start["model"], path, "the checkpoint's 'model': ")
+    if start.get("best_state") is not None:
+        check_state(built.module, start["best_state"], path, "the checkpoint's 'best_state': ")
+    p = start.get("preprocess")
+    if p is not None and (len(p["shift"]) != width or len(p["columns"]) > width):
+        raise NncliError(f"the checkpoint's 'preprocess' holds statistics of {len(p['shift'])} features; the model takes {width}", path)
     built.module.load_state_dict(start["model"])
     if start.get("classes") is not None:
         built.classes = start["classes"]
@@ -999,9 +1296,22 @@ def _raw_batches(built, data, read: Read, choice):
     use_labels(built, source, choice)
     try:
         for batch in source.batches(DEFAULT_BATCH_ROWS):
+            _finite_features(batch.x, batch.first_row, source)
             yield batch.x
     finally:
         source.close()
+
+
+def _finite_features(x, first_row: int, source) -> None:
+    """train refuses a NaN or inf feature, named by its cell as forward's warning names it: left in,
+    it only surfaced as a diverged loss, blamed on the learning rate."""
+    import numpy as np
+
+    bad = ~np.isfinite(x)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise NncliError(f"the data holds {x[r, c]} at row {first_row + r}, column {source.feature_names[c]!r}: train needs "
+                         "every feature to be a number (drop or fill that row)", source.name)
 
 
 def _fit_preprocess(model, built, batches, feature_names) -> None:
@@ -1057,6 +1367,8 @@ def _tensors(built, batch, choice, width: int, source):
     from nncli.losses import make_targets
     from nncli.model import torch_dtype
 
+    _finite_features(batch.x, batch.first_row, source)
+
     dtype = torch_dtype(built.dtype)
     return _inputs(built, batch.x), make_targets(choice, batch.y, width, batch.first_row, source.target_names, dtype, built.device, source.name)
 
@@ -1109,6 +1421,7 @@ def _load_raw(built, data, read: Read, choice, width: int, early=None):
         source.close()
         raise _with_label_hint(e, source, choice) from None
     source.close()
+    _finite_features(batch.x, batch.first_row, source)
     y = make_targets(choice, batch.y, width, batch.first_row, source.target_names, torch_dtype(built.dtype), built.device, source.name)
     return batch.x, y
 
@@ -1121,8 +1434,15 @@ def evaluate(model: Model, data, *, target=None, loss: str | None = None, thresh
     from nncli.metrics import Confusion, MultiLabel, Regression, Scores, actual, class_count, kind_of, predicted, probabilities
     from nncli.texts import jsonable
 
+    if not hasattr(model, "_signal"):
+        raise UsageError(f"evaluate takes a Model (nncli.load(SPEC)), got {_shown(model)}")
+    _check_arguments(data=data, threshold=threshold, batch_size=batch_size, required=("threshold",))
     read = read or Read(target=target, **more)
     state: dict = {}
+
+    from nncli.forward import check_threshold
+
+    check_threshold(threshold)  # before any work
 
     def observer(choice, head):
         kind = kind_of(choice, head.width)

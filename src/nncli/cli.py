@@ -99,6 +99,68 @@ class _Group(TyperGroup):
         with formatter.section("Commands"):
             formatter.write_dl([(name, short) for name, (_, _, short) in COMMANDS.items()])
 
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """Click's usage errors (unknown option, missing argument, bad value) as nncli's own: one
+        `error:` line and one `Try '... --help'` line, exit 2, where Click prints a 4-line block.
+
+        Typer runs without standalone mode so that its errors reach us; standalone mode is then
+        done here (exit with the code). A caller asking for standalone_mode=False gets Typer's behaviour.
+        """
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        exceptions = _click_exceptions()
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except exceptions.NoArgsIsHelpError as e:  # bare `nncli`: the help, as before
+            e.show()
+            sys.exit(e.exit_code)
+        except exceptions.UsageError as e:
+            _usage_error(e)
+        except exceptions.ClickException as e:
+            _say_error(e.format_message(), e.exit_code)
+            sys.exit(e.exit_code)
+        except _abort():  # Ctrl-D at a prompt; nncli has none, but Typer's class is caught all the same
+            _say_error("aborted", 1)
+            sys.exit(1)
+        # Without standalone mode Typer returns typer.Exit's code, or the command's value (None)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _click_exceptions():
+    """The Click that Typer runs on: Typer >= 0.26 vendors its own copy (typer._click), whose
+    exceptions are not the installed click's; typer.core names whichever one is in use."""
+    import typer.core
+
+    click = getattr(typer.core, "_click", None) or getattr(typer.core, "click")
+    return click.exceptions
+
+
+def _abort() -> type:
+    """Typer's Abort (its own class in typer.core since it vendors Click; click's own before)."""
+    import typer.core
+
+    return getattr(typer.core, "Abort", None) or _click_exceptions().Abort
+
+
+def _usage_error(e) -> None:
+    """`error: <message>` and `Try 'nncli CMD --help'`, exit 2 (e.exit_code)."""
+    _say_error(e.format_message(), e.exit_code)
+    if e.ctx is not None and sys.stderr is not None:
+        try:
+            sys.stderr.write(f"Try '{e.ctx.command_path} --help'\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+    sys.exit(e.exit_code)
+
+
+def _say_error(message: str, code: int) -> None:
+    """The `error:` line of _error, without leaving (outside a command, where typer.Exit means nothing)."""
+    try:
+        _error(message, code)
+    except typer.Exit:
+        pass
+
 
 app = typer.Typer(
     name="nncli",
@@ -123,10 +185,11 @@ def _error(message: str, code: int) -> None:
     except (OSError, ValueError, AttributeError):
         pass
     if sys.stderr is not None:
+        from nncli.errors import printable
         from nncli.render import encodable
 
-        try:
-            sys.stderr.write(encodable(f"error: {message}", getattr(sys.stderr, "encoding", None)) + "\n")
+        try:  # printable: a file name (in what or where) may hold a terminal's escape sequences
+            sys.stderr.write(encodable(f"error: {printable(message)}", getattr(sys.stderr, "encoding", None)) + "\n")
             sys.stderr.flush()
         except (OSError, ValueError):
             pass

@@ -188,7 +188,14 @@ class CsvFile:
     def _read(self) -> bytes:
         """The next bytes there are now (a slow pipe still streams); bare CRs as LF in a CR file."""
         while True:
-            chunk = self.stream.read1(BLOCK_BYTES)
+            try:
+                chunk = self.stream.read1(BLOCK_BYTES)
+            except (OSError, EOFError) as e:  # EIO (/proc/self/mem, a failing disk), a corrupt or cut .gz
+                raise NncliError(f"cannot read: {e.strerror or e}" if isinstance(e, OSError) else f"cannot read: {e}", self.name) from None
+            except Exception as e:  # the decompressors' own errors (LZMAError, ZstdError): a corrupt file, not a bug
+                if type(e).__module__.lstrip("_").split(".")[0] not in ("lzma", "bz2", "zstandard", "zstd", "compression"):
+                    raise
+                raise NncliError(f"cannot decompress: {e}", self.name) from None
             if not chunk:
                 self._eof = True
             self.bytes_read += len(chunk)

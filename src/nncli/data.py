@@ -1,8 +1,9 @@
 """DATA (and an optional targets file) -> batches of feature, target and id columns.
 
 Columns are chosen by name or 0-based index (negative from the end, as in Python). Batches
-have a fixed number of rows, whatever the block size the reader uses, so a result never
-depends on how the file was read. Columns are looked up in dicts and sets and rows are regrouped
+have a fixed number of rows and the last one the rest (PyTorch's DataLoader with
+drop_last=False), whatever the block size the reader uses, so a result never depends on how
+the file was read. Columns are looked up in dicts and sets and rows are regrouped
 by offsets, so the cost grows linearly with the columns and the rows.
 """
 
@@ -110,7 +111,7 @@ class Many:
         for s in self.sources:
             s.classes = value
 
-    def batches(self, rows: int | None = DEFAULT_BATCH_ROWS, exact: bool = False, dtype: str | None = None) -> Iterator[Batch]:
+    def batches(self, rows: int | None = DEFAULT_BATCH_ROWS, exact: bool = True, dtype: str | None = None) -> Iterator[Batch]:
         done = 0
         for s in self.sources:
             for batch in s.batches(rows, exact, dtype):
@@ -243,8 +244,8 @@ class Dataset:
     def total_bytes(self) -> int | None:
         return self.csv.total_bytes
 
-    def batches(self, rows: int | None = DEFAULT_BATCH_ROWS, exact: bool = False, dtype: str | None = None) -> Iterator[Batch]:
-        """Batches of `rows` rows (exact: the last may be shorter; else it may be longer); None: one batch.
+    def batches(self, rows: int | None = DEFAULT_BATCH_ROWS, exact: bool = True, dtype: str | None = None) -> Iterator[Batch]:
+        """Batches of `rows` rows, the last one shorter (DataLoader's drop_last=False); None: one batch.
 
         `dtype` ("float32", "float64"): the features come in the model's dtype, rounded from float64
         here (in the reader thread, off the model's path) exactly as torch's .to(dtype) rounds them."""
@@ -379,11 +380,11 @@ def _unique(cols: list[int], csv: CsvFile, option: str) -> list[int]:
     return cols
 
 
-def _rebatch(blocks, rows: int | None, exact: bool):
-    """Regroup parsed blocks into (values, texts) of `rows` rows; None: a single group.
-
-    Unless `exact`, a short remainder joins the last full batch (so no batch is tiny: torch's
-    kernels for a handful of rows can round differently from those for a whole batch).
+def _rebatch(blocks, rows: int | None, exact: bool = True):
+    """Regroup parsed blocks into (values, texts) of `rows` rows, the last one shorter if the rows
+    don't divide: PyTorch's `DataLoader(batch_size=rows, drop_last=False)` rule, the batches a
+    hand-written loop makes. None: a single group. (`exact` is accepted for old callers; the rule
+    is the same either way: a remainder that joined the last batch was a batch no loop makes.)
     Blocks wait in a queue with an offset into the first one: each row is copied once into its
     batch, however small the batches (slicing off the rest of a block for each batch of one row
     made `-b 1` quadratic).
@@ -421,15 +422,7 @@ def _rebatch(blocks, rows: int | None, exact: bool):
         pending.append([block.values, block.texts, 0])
         held += len(block.values)
         while rows is not None and held >= rows:
-            batch = take(rows)
-            if ready is not None:
-                yield ready
-            ready = batch
-    if held and ready is not None and not exact:
-        rest = take(held)
-        ready = _joined([ready[0], rest[0]]), [a + b for a, b in zip(ready[1], rest[1])]
-    if ready is not None:
-        yield ready
+            yield take(rows)
     if held:
         yield take(held)
 

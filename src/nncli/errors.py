@@ -16,6 +16,15 @@ class NncliError(Exception):
         return f"{self.what} ({self.where})" if self.where else self.what
 
 
+def printable(text: str) -> str:
+    """`text` with each character a terminal would act on (ESC and its sequences, BEL, CR, newlines)
+    written as a repr writes it (`\\x1b`, `\\x07`, `\\n`), as cells are shown: a file name or a cell
+    is the user's text, and must not retitle, clear or rewrite the terminal it is reported on."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class UsageError(NncliError):
     """A bad combination of command-line options: exit code 2, like Typer's own usage errors."""
 

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator
 
 from nncli.api import Forwards, finite_checks, row_columns
 from nncli.errors import NncliError, UsageError
-from nncli.forward import Head, head_of
+from nncli.forward import Head, check_threshold, head_of
 from nncli.losses import spec_loss
 
 EXTRA = "pip install 'nncli-torch[onnx]'"
@@ -321,16 +321,110 @@ def read_metadata(path) -> dict:
             raise NncliError(f"not an ONNX model: {_first_line(e)}", os.fspath(path)) from None
         raw = {p.key: p.value for p in proto.metadata_props}
     else:
-        import torch
-
-        extra = {PT2_METADATA: ""}
-        try:
-            with _quiet():
-                torch.export.load(os.fspath(path), extra_files=extra)
-        except Exception as e:  # noqa: BLE001  zip and deserialisation errors: not a .pt2 archive
-            raise NncliError(f"not a torch.export archive: {_first_line(e)}", os.fspath(path)) from None
-        raw = json.loads(extra[PT2_METADATA] or "{}")
+        raw = _pt2_metadata(os.fspath(path))
     return {k: _decoded(v) for k, v in raw.items()}
+
+
+# A .pt2 is a zip archive with one top folder. torch.export.load unpickles parts of it with
+# weights_only=False when the safe load fails (sample inputs, "use_pickle" weights, custom and opaque
+# constants) and runs sympy's sympify (eval) on the expressions in its program: loading a .pt2 runs
+# whatever it holds. So nncli reads its own metadata with zipfile and json, never through torch, and
+# loads a .pt2's program only through load_pt2, which refuses every member torch would unpickle
+# unsafely; the program it loads is one nncli has just exported.
+PT2_MAX_METADATA = 16 * 2**20  # nncli.json holds names and a few numbers per feature
+PT2_PICKLED = ".pt"  # members torch.load reads (the sample inputs; weights of older archives)
+
+
+def _pt2_archive(source, where: str | None):
+    """The zip and its top folder ('archive/'), or one line saying this is not a .pt2 archive."""
+    import zipfile
+
+    try:
+        archive = zipfile.ZipFile(source)
+        names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise NncliError(f"not a torch.export archive: {_first_line(e)}", where) from None
+    tops = {name.split("/", 1)[0] + "/" for name in names}
+    if len(tops) != 1 or any("/" not in name for name in names):
+        archive.close()
+        raise NncliError("not a torch.export archive: its files are not in one folder", where)
+    return archive, tops.pop()
+
+
+def _pt2_metadata(path: str) -> dict:
+    """nncli.json from the archive's extra files, read as bytes and JSON: nothing in the file is run."""
+    archive, top = _pt2_archive(path, path)
+    with archive:
+        if top + "archive_format" not in archive.namelist():
+            raise NncliError("not a torch.export archive: it has no archive_format", path)
+        try:
+            info = archive.getinfo(f"{top}extra/{PT2_METADATA}")
+        except KeyError:
+            return {}  # a .pt2 nncli did not write
+        if info.file_size > PT2_MAX_METADATA:
+            raise NncliError(f"{PT2_METADATA} takes {info.file_size:,} bytes; nncli writes at most {PT2_MAX_METADATA:,}", path)
+        try:
+            raw = json.loads(archive.read(info).decode("utf-8"))
+        except Exception as e:  # noqa: BLE001  zlib, CRC, UTF-8 and JSON errors alike: the entry is damaged
+            raise NncliError(f"{PT2_METADATA} is not readable JSON: {_first_line(e)}", path) from None
+    if not isinstance(raw, dict):
+        raise NncliError(f"{PT2_METADATA} is not a JSON object", path)
+    return raw
+
+
+def load_pt2(source, where: str | None = None):
+    """A torch.export program from `source` (bytes or a path), only when nothing in it is unpickled
+    unsafely: every pickled member loads with weights_only=True, no weight or constant is stored as a
+    pickle or a custom object, and there is no compiled (AOTInductor) code. Anything else is refused
+    in one line. The program's own expressions are still evaluated by torch: load only .pt2 files you trust."""
+    import torch
+
+    data = source if isinstance(source, (bytes, bytearray)) else _read_all(os.fspath(source))
+    where = where if where is not None or isinstance(source, (bytes, bytearray)) else os.fspath(source)
+    archive, top = _pt2_archive(io.BytesIO(data), where)
+    with archive:
+        for info in archive.infolist():
+            name = info.filename[len(top):]
+            if name.startswith("data/aotinductor/"):
+                raise NncliError(f"refused: {info.filename} is compiled code (AOTInductor); nncli loads only torch.export programs", where)
+            if name.endswith("_config.json") and name.startswith(("data/weights/", "data/constants/")):
+                _check_payloads(archive, info, where)
+            elif name.endswith(PT2_PICKLED) or name.startswith("data/constants/") and not name.startswith("data/constants/tensor_"):
+                try:
+                    torch.load(io.BytesIO(archive.read(info)), weights_only=True)
+                except Exception as e:  # noqa: BLE001  the unpickler's refusal, or a damaged member
+                    found = re.search(r"GLOBAL\s+([A-Za-z_][\w.]*)", str(e))  # what it holds, never torch's unsafe way round
+                    what = f" ({found.group(1)})" if found else ""
+                    raise NncliError(f"refused: {info.filename} holds Python objects other than tensors{what}; "
+                                     "nncli never unpickles them", where) from None
+    try:
+        with _quiet():
+            return torch.export.load(io.BytesIO(data))
+    except NncliError:
+        raise
+    except Exception as e:  # noqa: BLE001  torch's many deserialisation errors
+        raise NncliError(f"not a torch.export archive: {_first_line(e)}", where) from None
+
+
+def _check_payloads(archive, info, where) -> None:
+    """A weights or constants config: each entry a plain tensor, not a pickle or a custom object."""
+    try:
+        config = json.loads(archive.read(info).decode("utf-8")).get("config", {})
+        entries = [(fqn, entry.get("path_name", ""), entry.get("use_pickle")) for fqn, entry in config.items()]
+    except Exception as e:  # noqa: BLE001  not the JSON torch writes
+        raise NncliError(f"refused: {info.filename} is not a payload config ({_first_line(e)})", where) from None
+    constants = "/data/constants/" in "/" + info.filename
+    for fqn, path_name, pickled in entries:
+        if pickled is not False or constants and not str(path_name).startswith("tensor_"):
+            raise NncliError(f"refused: {fqn} in {info.filename} is stored as a pickle or an object; nncli loads plain tensors only", where)
+
+
+def _read_all(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise NncliError(e.strerror or str(e), path) from None
 
 
 def _decoded(value):
@@ -462,12 +556,23 @@ def _session(data, threads: int | None = None, spinning: bool = True):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: onnxruntime's warnings are about its own graph rewrites
+    options.log_severity_level = 4  # fatal only: its errors become nncli's one line, its warnings are about its own graph rewrites
     if threads is not None:
         options.intra_op_num_threads = threads
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+def quiet_onnxruntime() -> None:
+    """For the CLI only, as it is process-wide: onnxruntime's default logger, which a session's
+    log_severity_level does not reach, prints coloured warnings of its own while it loads a graph
+    (a declared output shape that its shape inference contradicts); errors only."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return  # OnnxModel says what to install
+    ort.set_default_logger_severity(3)
 
 
 def _load_check(data: bytes, built, threads: int | None, where: str | None) -> None:
@@ -516,8 +621,7 @@ def check(exported: Exported, rows: tuple = VERIFY_ROWS, seed: int = VERIFY_SEED
         run = lambda x: session.run(None, {INPUT_NAME: x.numpy()})[0]  # noqa: E731
         verification = Verification("onnxruntime", TOLERANCE[exported.dtype])
     else:
-        with _quiet():
-            loaded = torch.export.load(io.BytesIO(exported.data)).module()
+        loaded = load_pt2(exported.data).module()
         verification = Verification("torch.export", 0.0)
 
         def run(x):
@@ -637,17 +741,22 @@ class OnnxModel(Forwards):
         self.built = OnnxBuilt(f"{name} ({os.path.basename(self.path)}, onnxruntime, {self.dtype})", self.dtype)
 
     def _head(self, shape) -> Head:
-        """The head the file says it has (without class labels: forward_frames adds them), else plain."""
-        given = self.metadata.get("head")
-        if isinstance(given, dict) and given.get("kind") in ("sigmoid", "softmax", "logsoftmax", "plain") and isinstance(given.get("width"), int):
-            link = given.get("link") if given.get("link") in ("softmax", "sigmoid") else None
-            return Head(given["kind"], given["width"], link)
+        """The head the file says it has (without class labels: forward_frames adds them), else plain.
+
+        The metadata's width must be the graph's: a 5 KB file whose metadata said 10**8 columns made
+        forward build 10**8 column names (11 GB) before scoring a row."""
         width = shape[1] if len(shape) == 2 and isinstance(shape[1], int) else (1 if len(shape) == 1 else None)
-        if width is None:  # a foreign model with a symbolic output width: one row of zeros says
+        if width is None:  # a symbolic output width: one row of zeros says
             import numpy as np
 
             probe = np.zeros((1, self.width or 1), dtype=self.dtype)
-            width = int(np.asarray(self.session.run([self.output], {self.input: probe})[0]).reshape(1, -1).shape[1])
+            width = int(np.asarray(run_session(self.session, [self.output], {self.input: probe}, self.path)[0]).reshape(1, -1).shape[1])
+        given = self.metadata.get("head")
+        if isinstance(given, dict) and given.get("kind") in ("sigmoid", "softmax", "logsoftmax", "plain") and isinstance(given.get("width"), int):
+            if given["width"] != width:
+                raise NncliError(f"the file's nncli metadata gives the output {given['width']:,} columns; its graph gives {width:,}", self.path)
+            link = given.get("link") if given.get("link") in ("softmax", "sigmoid") else None
+            return Head(given["kind"], given["width"], link)
         return Head("plain", width)
 
     @property
@@ -692,8 +801,60 @@ class OnnxModel(Forwards):
         x = np.ascontiguousarray(x, dtype=self.dtype)
         if len(x) == 0:
             return np.zeros((0, self.head.width), dtype=self.dtype)
-        out = np.asarray(self.session.run([self.output], {self.input: x})[0])
+        out = np.asarray(run_session(self.session, [self.output], {self.input: x}, self.path)[0])
         return out.reshape(len(x), -1)
+
+
+def run_session(session, names, feeds, where: str | None = None):
+    """session.run in a worker thread while this thread waits, so that a signal can stop it.
+
+    Python runs signal handlers only in the main thread, between bytecodes: inside session.run
+    (a Loop of 10**15 iterations) TERM, INT and HUP waited for it to return. Waiting on the worker
+    lets the handler run; the CLI's leaves at once (128 + N, its unfinished files removed), and an
+    exception it raises (KeyboardInterrupt in a library caller) asks onnxruntime to stop the run
+    (RunOptions.terminate, checked between its kernels) before it goes on. One thread per batch
+    costs ~0.1 ms against batches of many thousand rows."""
+    import threading
+
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.log_severity_level = 4  # onnxruntime's own coloured log lines stay off nncli's standard error
+    result: dict = {}
+    done = threading.Event()  # not Thread.join: Python 3.11's join, once interrupted, marks the thread ended
+
+    def work():
+        try:
+            result["out"] = session.run(names, feeds, options)
+        except BaseException as e:  # noqa: BLE001  handed to the waiting thread
+            result["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="nncli-onnxruntime", daemon=True).start()
+    try:
+        done.wait()
+    except BaseException:
+        options.terminate = True
+        done.wait()
+        raise
+    if "error" in result:
+        raise NncliError(_run_failure(result["error"]), where) from None
+    return result["out"]
+
+
+def _run_failure(error: BaseException) -> str:
+    """onnxruntime's Fail/RuntimeException while running, in one line: an allocation it cannot make
+    (a ConstantOfShape of 4*10**12 elements) by its node and size, anything else by its first line."""
+    text = _first_line(error)
+    size = re.search(r"Failed to allocate memory for requested buffer of size (\d+)", text)
+    if size or isinstance(error, MemoryError):
+        node = re.search(r"while running (\w+) node", text)
+        where = f" for its {node[1]} node" if node else ""
+        asked = f" {int(size[1]):,} bytes" if size else ""
+        return f"out of memory: onnxruntime cannot allocate{asked}{where}"
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    return f"onnxruntime failed to run the model: {text[:300]}"
 
 
 def _int(value) -> int | None:
@@ -708,7 +869,7 @@ class OnnxRun:
 
     def __init__(self, model: OnnxModel, head: Head, source, batches, threshold: float, source_column: str | None = None) -> None:
         self.model, self.built, self.head, self.source = model, model.built, head, source
-        self.batches, self.threshold, self.source_column = batches, threshold, source_column
+        self.batches, self.threshold, self.source_column = batches, check_threshold(threshold), source_column
         self.names = ([source_column] if source_column else []) + ([source.id_name] if source.id_name else [])
         self.names += head.output_names() + head.class_names()
         self.checks: list = []

@@ -42,6 +42,8 @@ class Head:
     def output_names(self) -> list[str]:
         prefix = {"sigmoid": "prob", "softmax": "prob", "logsoftmax": "logprob"}.get(self.shows, "output")
         if self.width == 1:
+            if self.classes is not None and len(self.classes) == 2:
+                return [f"{prefix}_{self.classes[1]}"]  # a binary head's one probability is the second class's
             return [prefix]
         if self.classes is not None and len(self.classes) == self.width and not self.multi_label:
             return [f"{prefix}_{c}" for c in self.classes]  # prob_setosa, ...
@@ -77,6 +79,18 @@ def shown_outputs(head: Head, outputs):
     if head.link == "sigmoid":
         return outputs.sigmoid()
     return outputs
+
+
+def check_threshold(threshold):
+    """A probability from 0 to 1. NaN made every row class 0 (every comparison with NaN is false),
+    and a threshold past 1 or below 0 one class for every row, silently."""
+    import numbers
+
+    from nncli.errors import UsageError
+
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 <= float(threshold) <= 1:
+        raise UsageError(f"threshold must be a number from 0 to 1, got {threshold!r}")
+    return threshold  # as given: its type decides the comparison's precision, as before
 
 
 def predict_classes(head: Head, outputs, threshold: float):

@@ -68,18 +68,25 @@ class LossChoice:
     def function(self, reduction: str = "mean", class_weights=None):
         """loss(outputs, targets), as the user's own code computes it: `nn.NLLLoss()(model(x).log(), y)`
         for the log-input choice, else `nn.<Name>(reduction=...)(model(x), y)`. `class_weights` (one
-        per class) go to torch as `weight=` (CrossEntropyLoss, NLLLoss) or, for BCEWithLogitsLoss,
-        `pos_weight=` w1 / w0 (the weight of a positive relative to a negative)."""
+        per class) go to torch as `weight=` (CrossEntropyLoss, NLLLoss) or, for BCELoss and
+        BCEWithLogitsLoss, as per-sample weights: `weight=` built per batch from each target's class
+        weight (class 1 where the target is at least 0.5), w[y], as scikit-learn weights each sample.
+        (pos_weight = w1/w0 alone would be that loss divided by w0: other gradients.)"""
         from torch import nn
 
         extra = {}
         if class_weights is not None:
             if self.name in ("CrossEntropyLoss", "NLLLoss"):
                 extra["weight"] = class_weights
-            elif self.name == "BCEWithLogitsLoss":
-                extra["pos_weight"] = (class_weights[1] / class_weights[0]).reshape(1)
+            elif self.family == BINARY:
+                kind = getattr(nn, self.name)  # an allowlisted name only
+
+                def weighted(outputs, targets):
+                    return kind(weight=class_weights[(targets >= 0.5).long()], reduction=reduction)(outputs, targets)
+
+                return weighted
             else:
-                raise UsageError(f"--class-weights goes with CrossEntropyLoss, NLLLoss or BCEWithLogitsLoss, not {self.name}")
+                raise UsageError(f"--class-weights goes with CrossEntropyLoss, NLLLoss, BCELoss or BCEWithLogitsLoss, not {self.name}")
         fn = getattr(nn, self.name)(reduction=reduction, **extra)  # an allowlisted name only
         if not self.log_input:
             return fn

@@ -224,6 +224,39 @@ def saved_classes(path: str):
 UNKNOWN = object()
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
 
+# The tensor of each sized layer that holds the input width, and along which axis.
+WIDTH_TENSORS = {"Linear": (("weight", 1),), "BatchNorm1d": (("weight", 0), ("running_mean", 0), ("running_var", 0)),
+                 "LayerNorm": (("weight", 0), ("bias", 0))}
+
+
+def weights_width(path: str, index: int, layer_type: str) -> int | None:
+    """The input width a weights file fixes for a spec that leaves it out: layer `index`'s tensor
+    along its input axis (Linear's weight [out, in]; BatchNorm1d's and LayerNorm's [features]).
+    Only shapes are read: a .safetensors header without torch (nothing is built or copied); a .pt or
+    .pth as read_weights reads it. None when the file has no such tensor: the spec's own error stands."""
+    shapes = _header_shapes(path) if path.lower().endswith(".safetensors") else None
+    if shapes is None:  # a .pt, or a header read_weights must name the trouble with
+        shapes = {k: list(v.shape) for k, v in read_state(path).items()}
+    for name, axis in WIDTH_TENSORS.get(layer_type, ()):
+        shape = shapes.get(f"{index}.{name}")
+        if isinstance(shape, list) and len(shape) > axis and type(shape[axis]) is int and shape[axis] > 0:
+            return shape[axis]
+    return None
+
+
+def _header_shapes(path: str) -> dict | None:
+    import json
+
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size <= MAX_HEADER_BYTES:
+                return None
+            header = json.loads(f.read(size))
+        return {k: v.get("shape") for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+    except (OSError, ValueError, AttributeError):
+        return None
+
 
 def read_state(path: str) -> dict:
     """The state_dict of a weights file (what read_weights reads, without the extras)."""
@@ -235,6 +268,12 @@ def _extras(state: dict, path: str, suffix: str) -> dict:
     `classes` list in a .pt) and preprocessing statistics (`nncli.preprocess.*` tensors)."""
     import json
 
+    def parsed(key: str, default):  # metadata is text anyone can edit: not JSON is the file's error, never a crash
+        try:
+            return json.loads(meta[key]) if key in meta else default
+        except ValueError:
+            raise NncliError(f"the metadata {key!r} is not JSON: {meta[key][:60]!r}", path) from None
+
     extras: dict = {}
     meta = {}
     if suffix == ".safetensors":
@@ -242,7 +281,7 @@ def _extras(state: dict, path: str, suffix: str) -> dict:
 
         with safe_open(path, framework="pt") as f:
             meta = f.metadata() or {}
-        classes = json.loads(meta["nncli.classes"]) if "nncli.classes" in meta else None
+        classes = parsed("nncli.classes", None)
     else:
         classes = state.pop("classes", None)
         if "nncli.preprocess" in state and not hasattr(state["nncli.preprocess"], "shape"):
@@ -253,7 +292,10 @@ def _extras(state: dict, path: str, suffix: str) -> dict:
         extras["classes"] = [str(c) for c in classes]
     shift, scale = state.pop(EXTRA_PREFIX + "preprocess.shift", None), state.pop(EXTRA_PREFIX + "preprocess.scale", None)
     if shift is not None and scale is not None:
-        info = json.loads(meta.get("nncli.preprocess", "{}"))
+        info = parsed("nncli.preprocess", {})
+        if not (isinstance(info, dict) and info.get("kind", "standardize") in ("standardize", "minmax")
+                and isinstance(info.get("columns", []), list) and shift.dim() == 1 and shift.shape == scale.shape):
+            raise NncliError("the metadata 'nncli.preprocess' and its statistics are not what nncli writes (kind, columns, shift, scale)", path)
         extras["preprocess"] = Preprocess(info.get("kind", "standardize"), list(info.get("columns", [])), shift.double(), scale.double())
     return extras
 
@@ -264,22 +306,29 @@ def load_weights(module, path: str) -> dict:
     import torch
 
     state, extras = read_weights(path)
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    if missing:
-        raise NncliError(f"missing key {_key(missing[0])} (the model has {', '.join(own) or 'no parameters'})", path)
-    unexpected = [k for k in state if k not in own]
-    if unexpected:
-        raise NncliError(f"unexpected key {_key(unexpected[0])} (the model has {', '.join(own) or 'no parameters'})", path)
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(own[key].shape):
-            raise NncliError(f"key {key!r} has shape {list(value.shape)}, the model needs {list(own[key].shape)}", path)
-        if value.is_floating_point() != own[key].is_floating_point():
-            raise NncliError(f"key {key!r} has dtype {value.dtype}, the model needs {own[key].dtype}", path)
+    own = check_state(module, state, path)
     with torch.no_grad():
         for key, tensor in own.items():
             tensor.copy_(state[key])
     return extras
+
+
+def check_state(module, state: dict, where: str, what: str = "") -> dict:
+    """That a state_dict fits the module: every missing, unexpected or misshapen key named (`what`
+    says whose keys, e.g. "the checkpoint's 'model': "). Returns the module's own state_dict."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise NncliError(f"{what}missing key {_key(missing[0])} (the model has {', '.join(own) or 'no parameters'})", where)
+    unexpected = [k for k in state if k not in own]
+    if unexpected:
+        raise NncliError(f"{what}unexpected key {_key(unexpected[0])} (the model has {', '.join(own) or 'no parameters'})", where)
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(own[key].shape):
+            raise NncliError(f"{what}key {key!r} has shape {list(value.shape)}, the model needs {list(own[key].shape)}", where)
+        if value.is_floating_point() != own[key].is_floating_point():
+            raise NncliError(f"{what}key {key!r} has dtype {value.dtype}, the model needs {own[key].dtype}", where)
+    return own
 
 
 def state_for_saving(module) -> dict:

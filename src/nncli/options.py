@@ -52,17 +52,25 @@ InputFormat = Annotated[Optional[str], typer.Option("--input-format", metavar="F
 DecimalComma = Annotated[bool, typer.Option("--decimal-comma", help="Commas in numbers are decimal separators (1,5 is 1.5), as European spreadsheets write them.")]
 Delimiter = Annotated[Optional[str], typer.Option("--delimiter", "-d", metavar="CHAR", help="Force the delimiter (default: detected among , tab ;).")]
 Header = Annotated[Optional[bool], typer.Option("--header/--no-header", help="Force whether the first row is a header (default: detected).", show_default=False)]
-Features = Annotated[Optional[list[str]], typer.Option("--features", metavar="COL", help="Feature columns, by name or 0-based index (repeatable; default: all other columns).")]
-Target = Annotated[Optional[list[str]], typer.Option("--target", "-t", metavar="COL", help="A target column, by name or 0-based index (repeatable).")]
+Features = Annotated[Optional[list[str]], typer.Option("--features", metavar="COL", help="Feature columns, by name or 0-based index: a,b,c or repeated (a name with a comma in double quotes; default: all other columns).")]
+Target = Annotated[Optional[list[str]], typer.Option("--target", "-t", metavar="COL", help="Target columns, by name or 0-based index: a,b or repeated (a name with a comma in double quotes).")]
 TargetsFile = Annotated[Optional[str], typer.Option("--targets", metavar="FILE", help="A CSV of targets with one row per DATA row.")]
 IdColumn = Annotated[Optional[str], typer.Option("--id-column", metavar="COL", help="A column carried through as the first output column.")]
 BatchSize = Annotated[
     Optional[int],
     typer.Option("--batch-size", "-b", metavar="N", min=1, help=(
-        "Rows per batch (default: 16384); data that fits one batch is computed as one tensor. As in PyTorch, "
-        "a float32 result's last digit can depend on the batch's shape.")),
+        "Rows per batch (default: 16384): N rows a batch and a short last one, as DataLoader(batch_size=N) "
+        "cuts them. A float32 result's last digit can depend on the batch's shape, as in PyTorch; a mean "
+        "over several batches adds their sums and divides once.")),
 ]
-Threshold = Annotated[float, typer.Option("--threshold", metavar="P", help="A sigmoid output at or above this is class 1.")]
+def probability(value: Optional[float]) -> Optional[float]:
+    """A threshold: a number from 0 to 1 (NaN made every row class 0), else a usage error."""
+    if value is not None and not 0 <= value <= 1:
+        raise typer.BadParameter(f"must be a number from 0 to 1, got {value}")
+    return value
+
+
+Threshold = Annotated[float, typer.Option("--threshold", metavar="P", help="A sigmoid output at or above this is class 1 (0 to 1).", callback=probability)]
 Loss = Annotated[Optional[str], typer.Option("--loss", "-l", metavar="NAME", help="A torch.nn loss (CrossEntropyLoss, BCELoss, MSELoss, ...) or alias (cross_entropy, bce, mse, ...); default: the spec's, else implied by the head.")]
 Reduction = Annotated[str, typer.Option("--reduction", metavar="MODE", help="mean, sum or none (none: one loss per row).")]
 Mode = Annotated[Optional[str], typer.Option("--mode", metavar="MODE", help="train or eval (default: eval for loss, train for grads and step).")]
@@ -153,6 +161,9 @@ def read_options(read: dict, targets: dict | None = None, id_column: str | None 
     """How the library is to read DATA, from the READ and TARGETS groups."""
     from nncli.api import Read
 
+    from nncli.columns import split_each
+
     targets = targets or {}
-    return Read(targets.get("target") or None, targets.get("targets"), read["features"] or None, id_column, read["delimiter"],
+    target, features = split_each(targets.get("target"), "--target"), split_each(read["features"], "--features")
+    return Read(target or None, targets.get("targets"), features or None, id_column, read["delimiter"],
                 read["header"], bool(read.get("decimal_comma")), input_format=read.get("input_format"))

@@ -32,7 +32,11 @@ from typing import BinaryIO, Iterable, Iterator
 from nncli.errors import NncliError, UsageError
 
 _MAX_LINKS = 40  # as the kernel's ELOOP limit
-_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.nncli-(?P<pid>\d+)-(?P<rand>[0-9a-f]+)\.tmp", re.DOTALL)
+_TEMP_HEX = 8  # hex digits of a temporary name's random part (secrets.token_hex(4))
+# Exactly what temp_name writes: a process id in ASCII digits without a leading zero (\d would take
+# Unicode digits, and int() reads them), and _TEMP_HEX lower-case hex digits. `nncli clean` removes
+# what this matches, so it matches nothing nncli did not write.
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.nncli-(?P<pid>[1-9][0-9]{0,9})-(?P<rand>[0-9a-f]{%d})\.tmp" % _TEMP_HEX, re.DOTALL)
 _TEMP_STEM_BYTES = 200  # NAME_MAX is 255: the temporary name adds '.', '.nncli-PID-RANDOM.tmp'
 # Paths that name an open file descriptor rather than a file: the user means "this open file"
 # (`-o /dev/stdout > out.csv`, `-o /dev/fd/3 3>>log`), so they are always written through.
@@ -299,12 +303,52 @@ def removed_on_signal(path: str) -> Iterator[None]:
         _unfinished.discard(path)
 
 
+@contextlib.contextmanager
+def created_folders(path: str) -> Iterator[None]:
+    """The folder `path` made (with its missing parents, as os.makedirs), and unmade should the block
+    fail or a signal end the run: only the folders made here, deepest first, each only while empty
+    (rmdir refuses a folder with anything in it). A failed run leaves no new empty folder behind."""
+    made: list[str] = []
+
+    def undo() -> None:
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+
+    with called_on_signal(undo):
+        try:
+            _make_folders(path, made)
+            if not os.path.isdir(path):
+                raise NncliError("exists and is not a folder", path)
+            yield
+        except BaseException:
+            undo()
+            raise
+
+
+def _make_folders(path: str, made: list[str]) -> None:
+    """os.makedirs(path, exist_ok=True), step by step as it goes, noting each folder made here: one
+    that exists already, or that another process makes meanwhile (FileExistsError), is not ours."""
+    head, tail = os.path.split(path)
+    if not tail:
+        head, tail = os.path.split(head)
+    if head and tail and not os.path.exists(head):
+        _make_folders(head, made)
+        if tail == os.curdir:
+            return
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        return
+    made.append(path)
+
+
 def temp_name(target: str) -> str:
     """`.{name}.nncli-{pid}-{random}.tmp` beside `target` (the name shortened to fit NAME_MAX)."""
     stem = os.path.basename(target)
     while len(os.fsencode(stem)) > _TEMP_STEM_BYTES:
         stem = stem[:-1]
-    return os.path.join(os.path.dirname(target), f".{stem}.nncli-{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    return os.path.join(os.path.dirname(target), f".{stem}.nncli-{os.getpid()}-{secrets.token_hex(_TEMP_HEX // 2)}.tmp")
 
 
 @contextlib.contextmanager
@@ -358,14 +402,30 @@ def stale_temp_files(folder: str) -> list[str]:
         entries = list(os.scandir(folder))
     except OSError as e:
         raise NncliError(f"cannot list the folder: {e.strerror}", folder) from None
+    pid_max = _pid_max()
     for entry in entries:
         m = _TEMP_NAME.fullmatch(entry.name)
-        if not m:
+        if not m or int(m["pid"]) >= pid_max:  # the kernel never hands out that id: nncli did not write it
             continue
         with contextlib.suppress(OSError):
-            if entry.is_file(follow_symlinks=False) and not _pid_running(int(m["pid"])):
+            if _mine(entry.stat(follow_symlinks=False)) and not _pid_running(int(m["pid"])):
                 found.append(entry.path)
     return sorted(found)
+
+
+def _mine(st: os.stat_result) -> bool:
+    """A regular file of this user's: in a shared sticky folder (/tmp) another user's file named like
+    nncli's was removed (as root) or refused mid-sweep; it is never ours to judge."""
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid()
+
+
+def _pid_max() -> int:
+    """/proc/sys/kernel/pid_max: process ids stay below it (else Linux's limit, 2**22)."""
+    try:
+        with open("/proc/sys/kernel/pid_max", "rb") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return 2**22
 
 
 def remove_stale_temp_files(folder: str) -> list[str]:
@@ -373,6 +433,8 @@ def remove_stale_temp_files(folder: str) -> list[str]:
     removed = []
     for path in stale_temp_files(folder):
         try:
+            if not _mine(os.lstat(path)):
+                continue  # replaced since it was found
             os.unlink(path)
         except FileNotFoundError:
             continue  # another sweeper got there first

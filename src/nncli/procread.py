@@ -90,19 +90,40 @@ def can_fork() -> bool:
     if choice == "thread" or not sys.platform.startswith("linux") or not hasattr(os, "fork"):
         return False
     try:
-        return len(os.listdir("/proc/self/task")) == 1
+        return len(os.listdir("/proc/self/task")) == 1 and _fds_to_spare()
     except OSError:
         return False
 
 
-def read_in_child(produce, files, ring_bytes: int | None = None) -> "ChildReader":
+# Descriptors the process reader needs beyond the thread's: two pipes in the parent, and in the child
+# polars' runtime (epoll, eventfds) and the data file. Measured: forward of a CSV ran with the
+# process at `prlimit --nofile=12` (the thread from 9); below, polars panicked in one process or the
+# other, or wait4 could not import its `resource` module. So few are rare enough to read in a thread.
+SPARE_FDS = 16
+
+
+def _fds_to_spare() -> bool:
+    """Whether RLIMIT_NOFILE leaves SPARE_FDS descriptors free beyond those open now."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft == resource.RLIM_INFINITY or soft - len(os.listdir("/proc/self/fd")) >= SPARE_FDS
+
+
+def read_in_child(produce, files, ring_bytes: int | None = None, instead=None, rewind=None) -> "ChildReader":
     """Start a child that iterates `produce()` and hands each item over; iterate the result.
 
     `files`: the open tables whose `bytes_read` the parent should keep up to date (progress).
+    `instead()`, if given: what to iterate when the child fails before its first item with an error
+    that is not the user's (it could not start polars' threads, or open a file: a process or file
+    limit), provided the files can be read again from where they were (see _Offsets): `rewind`, every
+    open file the child may read (`files` and, say, a targets file; default `files`).
     OSError: the child could not be started (the caller reads in a thread instead)."""
     import mmap
+    import resource  # noqa: F401  os.wait4 imports it to give the child's rusage: near a file limit, too late
     import signal
 
+    offsets = _Offsets(files if rewind is None else rewind) if instead is not None else None
     ring = mmap.mmap(-1, ring_bytes or RING_BYTES)  # MAP_SHARED | MAP_ANONYMOUS: the child's writes are seen here
     notes_r, notes_w = os.pipe()
     frees_r, frees_w = os.pipe()
@@ -120,6 +141,7 @@ def read_in_child(produce, files, ring_bytes: int | None = None) -> "ChildReader
             try:
                 os.close(notes_r)
                 os.close(frees_w)
+                _quiet_stderr()
                 _reset_signals()
                 _die_with(parent)
                 signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
@@ -130,7 +152,30 @@ def read_in_child(produce, files, ring_bytes: int | None = None) -> "ChildReader
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # (the child never gets here)
     os.close(notes_w)
     os.close(frees_r)
-    return ChildReader(pid, ring, notes_r, frees_w, files)
+    return ChildReader(pid, ring, notes_r, frees_w, files, instead if offsets is not None and offsets.ok else None, offsets)
+
+
+class _Offsets:
+    """Where each file's descriptor was when the child was forked: the child reads through the same
+    open files, so their offsets move in both processes. Put back, the parent can read them again
+    from the start of the data (its buffers were left where they were). Not for a pipe (ok False)."""
+
+    def __init__(self, files) -> None:
+        self.at: list = []
+        self.ok = True
+        for f in files:
+            stream = getattr(f, "stream", None)
+            if stream is None:
+                continue  # a table file: polars (or its bytes in memory) read it, not a shared descriptor
+            try:
+                fd = stream.fileno()
+                self.at.append((fd, os.lseek(fd, 0, os.SEEK_CUR)))
+            except (OSError, ValueError, AttributeError):
+                self.ok = False
+
+    def restore(self) -> None:
+        for fd, at in self.at:
+            os.lseek(fd, at, os.SEEK_SET)
 
 
 def _die_with(parent: int) -> None:
@@ -145,6 +190,21 @@ def _die_with(parent: int) -> None:
         pass
     if os.getppid() != parent:  # it died before prctl took effect
         os._exit(0)
+
+
+def _quiet_stderr() -> None:
+    """The child's standard error to /dev/null: it says everything through its pipe (an error with
+    its traceback, shown by --debug), but polars' threads print their Rust panics there, with a
+    backtrace each under RUST_BACKTRACE: thousands of lines when a process limit refuses them
+    threads. NNCLI_DEBUG=1 keeps it."""
+    if os.environ.get("NNCLI_DEBUG", "") not in ("", "0"):
+        return
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    os.dup2(null, 2)
+    os.close(null)
 
 
 def _reset_signals() -> None:
@@ -196,6 +256,7 @@ def _child(produce, files, ring, notes: int, frees: int) -> None:  # pragma: no 
     space = _Ring(len(ring), frees)
     view = memoryview(ring)
     csvread.starved = space.starved
+    sent = False
     try:
         try:
             for item in produce():
@@ -216,6 +277,7 @@ def _child(produce, files, ring, notes: int, frees: int) -> None:  # pragma: no 
                         at += size
                     note = ("item", meta, regions, _progress(files))
                 _send(notes, note)
+                sent = True
         except (BrokenPipeError, _ParentGone):
             return  # the parent has gone
         except BaseException as e:
@@ -229,7 +291,7 @@ def _child(produce, files, ring, notes: int, frees: int) -> None:  # pragma: no 
             pickle.loads(blob)
         except Exception:
             blob = pickle.dumps(RuntimeError(f"{type(error).__name__}: {error}"))
-        _send(notes, ("error", blob, error_text))
+        _send(notes, ("error", blob, error_text, sent))
     except BrokenPipeError:
         return
 
@@ -331,8 +393,11 @@ def _progress(files) -> list:
 class ChildReader:
     """The child's items, in order: iterate it; close() stops the child (at any point) and reaps it."""
 
-    def __init__(self, pid: int, ring, notes: int, frees: int, files) -> None:
+    def __init__(self, pid: int, ring, notes: int, frees: int, files, instead=None, offsets=None) -> None:
         self.pid, self._ring, self._notes, self._frees, self._files = pid, ring, notes, frees, files
+        self._instead, self._offsets, self._given = instead, offsets, False
+        self._status = None  # the child's wait status, once reaped
+        self._other = None  # what instead() gave, once the child failed at its start
         self._view = memoryview(ring)
         self._started = time.perf_counter()
         self._items = self._receive_all()
@@ -348,12 +413,24 @@ class ChildReader:
         from nncli import timing
         from nncli.timing import phase
 
+        failed_to_start = False
         try:
             while True:
                 with phase("wait for data"):
                     note = self._receive()
                 if note is None:
-                    raise RuntimeError("the reader process ended without a word (killed?)")
+                    self._reap(kill=False)
+                    signaled = self._status is not None and os.WIFSIGNALED(self._status)
+                    if not self._given and self._instead is not None and (not signaled or os.WTERMSIG(self._status) in _OWN_SIGNALS):
+                        failed_to_start = True  # an import refused (a file limit), polars aborted: before a word
+                        break
+                    if signaled:
+                        # kill -9, the OOM killer: the user's or the system's doing, not a bug
+                        from nncli.errors import NncliError
+
+                        names = ", ".join(getattr(f, "name", "?") for f in self._files) or None
+                        raise NncliError(f"the reader process was killed (signal {os.WTERMSIG(self._status)})", names)
+                    raise RuntimeError("the reader process ended without a word")
                 kind = note[0]
                 if kind == "item":
                     _, meta, regions, progress = note
@@ -366,6 +443,7 @@ class ChildReader:
                         self._acknowledge()
                         item = pickle.loads(meta, buffers=buffers)
                     self._set_progress(progress)
+                    self._given = True
                     yield item
                 elif kind == "done":
                     _, phases, progress = note
@@ -374,12 +452,25 @@ class ChildReader:
                     self._reap(kill=False)
                     return
                 else:
-                    _, blob, text = note
+                    _, blob, text, sent = note
                     self._reap(kill=False)
                     error = pickle.loads(blob)
                     if not _is_users(error):
+                        if not sent and not self._given and self._instead is not None:
+                            failed_to_start = True  # threads or files refused it: read here instead
+                            break
                         error.add_note(f"in nncli's reader process:\n{text}")
                     raise error
+        finally:
+            if not failed_to_start:
+                self.close()
+        # The child failed before its first item: the files back where they were at the fork, and
+        # the items read here (in a thread) from the start.
+        self._close_child()
+        self._offsets.restore()
+        self._other = self._instead()
+        try:
+            yield from self._other
         finally:
             self.close()
 
@@ -436,7 +527,7 @@ class ChildReader:
             except ProcessLookupError:
                 pass
         try:
-            _, _, usage = os.wait4(self.pid, 0)
+            _, self._status, usage = os.wait4(self.pid, 0)
         except ChildProcessError:
             pass
         else:
@@ -449,6 +540,15 @@ class ChildReader:
         if self._closed:
             return
         self._closed = True
+        if self._other is not None and hasattr(self._other, "close"):
+            self._other.close()
+        self._close_child()
+        if not self._items.gi_running:  # closed from outside: the generator's finally has nothing left to do
+            self._items.close()
+
+    def _close_child(self) -> None:
+        if self._view is None:
+            return
         self._reap(kill=True)
         for fd in (self._notes, self._frees):
             try:
@@ -456,9 +556,13 @@ class ChildReader:
             except OSError:
                 pass
         self._view.release()
+        self._view = None
         self._ring.close()
-        if not self._items.gi_running:  # closed from outside: the generator's finally has nothing left to do
-            self._items.close()
+
+
+# Signals a process raises on itself (a Rust panic that aborts, a crash in native code): at the child's
+# start, a reason to read in a thread instead. Any other (SIGKILL, SIGTERM) came from outside.
+_OWN_SIGNALS = (6, 4, 7, 8, 11, 31)  # SIGABRT, SIGILL, SIGBUS, SIGFPE, SIGSEGV, SIGSYS (Linux numbers)
 
 
 def _aligned_copy(data):

@@ -20,7 +20,7 @@ th, td { padding: 0.25em 0.7em; border-bottom: 1px solid #ddd; text-align: right
 th { background: #f4f4f4; } td.name, th.name { text-align: left; font-family: ui-monospace, monospace; }
 .caption { color: #666; }
 svg rect.bar { fill: #4a78b5; } svg rect.zero { fill: #d8893b; } svg line.axis { stroke: #999; stroke-width: 1; }
-svg text { font: 10px ui-monospace, monospace; fill: #555; }
+svg text { font: 10px ui-monospace, monospace; fill: #555; } svg text.value { fill: #b03a2e; font-weight: bold; }
 .flag-vanishing { color: #b03a2e; font-weight: bold; } .flag-exploding { color: #b03a2e; font-weight: bold; }
 svg line.threshold { stroke: #b03a2e; stroke-dasharray: 3 3; }
 """
@@ -80,24 +80,38 @@ def histogram_svg(hist, width: int = 260, height: int = 60) -> str:
 
 
 def norms_svg(params, vanishing: float, exploding: float, width: int = 420, bar: int = 16) -> str:
-    """Gradient norms on a log scale, one bar per parameter, with the two thresholds drawn."""
-    logs = [math.log10(p.grad_norm) for p in params if p.grad_norm > 0]
-    lo = math.floor(min(logs + [math.log10(vanishing)])) - 1
-    hi = math.ceil(max(logs + [math.log10(exploding)])) + 1
+    """Gradient norms on a log scale, one bar per parameter, with the two thresholds drawn.
+
+    The scale spans the finite, positive norms and thresholds. A norm of 0 (or a threshold of 0,
+    `--vanishing 0`) sits at the left end, an infinite one at the right end, NaN draws no bar; each
+    of those is written out as text beside its bar, since its length says nothing. (An infinite norm
+    made math.ceil raise OverflowError, a zero threshold math.log10 a domain error.)"""
+    drawable = [v for v in [*(float(p.grad_norm) for p in params), float(vanishing), float(exploding)] if 0 < v < math.inf]
+    logs = [math.log10(v) for v in drawable] or [0.0]
+    lo = math.floor(min(logs)) - 1
+    hi = math.ceil(max(logs)) + 1
     label = 80
     span = width - label - 10
 
     def x(value: float) -> float:
-        v = math.log10(value) if value > 0 else lo
-        return label + span * (v - lo) / (hi - lo)
+        value = float(value)
+        if math.isnan(value) or value <= 0:
+            return label
+        if value == math.inf:
+            return label + span
+        return label + span * (math.log10(value) - lo) / (hi - lo)
 
     height = bar * len(params) + 20
     parts = [f'<svg class="norms" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">']
     for i, p in enumerate(params):
         y = i * bar + 2
+        end = x(p.grad_norm)
         parts.append(f'<text x="0" y="{y + bar - 5}">{html.escape(p.name)}</text>')
-        parts.append(f'<rect class="bar" x="{label}" y="{y}" width="{max(x(p.grad_norm) - label, 0.5):.2f}" height="{bar - 4}"'
+        parts.append(f'<rect class="bar" x="{label}" y="{y}" width="{max(end - label, 0.5):.2f}" height="{bar - 4}"'
                      + _attrs(parameter=p.name, grad_norm=number(p.grad_norm)) + f"><title>{html.escape(p.name)}: {shown(p.grad_norm)}</title></rect>")
+        if not 0 < float(p.grad_norm) < math.inf:  # a clamped bar: its value in words
+            at, anchor = (end - 3, "end") if end > label + span / 2 else (end + 3, "start")
+            parts.append(f'<text class="value" x="{at:.2f}" y="{y + bar - 5}" text-anchor="{anchor}">{html.escape(shown(p.grad_norm))}</text>')
     bottom = bar * len(params) + 4
     for name, value in (("vanishing", vanishing), ("exploding", exploding)):
         parts.append(f'<line class="threshold" x1="{x(value):.2f}" y1="0" x2="{x(value):.2f}" y2="{bottom}"' + _attrs(threshold=name, value=number(value)) + "></line>")

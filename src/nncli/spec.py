@@ -241,7 +241,8 @@ def load_spec(path: str, max_layers: int = DEFAULT_MAX_LAYERS) -> Spec:
         raise NncliError(f"cannot read the spec: {e.strerror}", path) from None
     loader = None
     try:
-        loader = _loader()(text.decode("utf-8-sig"))
+        source = text.decode("utf-8-sig")
+        loader = _loader()(source)
         doc = loader.get_single_data()
     except UnicodeDecodeError:
         raise NncliError("the spec is not UTF-8 text", path) from None
@@ -260,7 +261,18 @@ def load_spec(path: str, max_layers: int = DEFAULT_MAX_LAYERS) -> Spec:
     finally:
         if loader is not None:
             loader.dispose()
+    if doc is None:
+        _refuse_empty(source, path)
     return parse_spec(doc, path, max_layers)
+
+
+def _refuse_empty(source: str, path: str) -> None:
+    """A file with no YAML in it (empty, blank, only comments) is an empty file to the user, not `None`."""
+    lines = [line.strip() for line in source.splitlines() if line.strip() not in ("", "---", "...")]  # document markers hold nothing
+    if not lines:
+        raise NncliError("the spec file is empty; a spec is a mapping with a `layers` list", path)
+    if all(line.startswith("#") for line in lines):
+        raise NncliError("the spec file holds only comments; a spec is a mapping with a `layers` list", path)
 
 
 def parse_spec(doc: Any, path: str, max_layers: int = DEFAULT_MAX_LAYERS) -> Spec:
@@ -488,6 +500,20 @@ def input_width(spec: Spec, inputs: int | None = None) -> int | None:
         kind = LAYERS[layer.type]
         if kind.size_arg:
             return _bind(layer, kind, spec.path).get(kind.size_arg)
+        if kind.out_arg:
+            return None
+    return None
+
+
+def unsized_first_layer(spec: Spec) -> LayerSpec | None:
+    """The layer whose size argument only the input width can fill (input_width found none): a
+    weights file's tensors can (nncli.model.weights_width)."""
+    if spec.inputs is not None:
+        return None
+    for layer in spec.layers:
+        kind = LAYERS[layer.type]
+        if kind.size_arg:
+            return None if kind.size_arg in _bind(layer, kind, spec.path) else layer
         if kind.out_arg:
             return None
     return None

@@ -35,7 +35,7 @@ def export(
     model: dict = None,
 ) -> None:
     """Write the model in eval mode as ONNX (.onnx) or torch.export (.pt2), the batch dimension dynamic."""
-    from nncli.export import export as export_model, format_of, require_onnx, verification_text
+    from nncli.export import export as export_model, format_of, quiet_onnxruntime, require_onnx, verification_text
 
     fmt = format_of(output, "-o")
     if opset is not None and fmt != "onnx":
@@ -44,6 +44,7 @@ def export(
     check_outputs({"-o": output}, [spec, model["weights"]], force)
     if fmt == "onnx":
         require_onnx()  # before the model is built: the one line that says what to install
+        quiet_onnxruntime()
     result = export_model(m, output, opset=opset, verify=verify)
     if result.verification is not None:
         note(f"verified: {verification_text(result)}")

@@ -31,7 +31,7 @@ Schedule = Annotated[Optional[str], typer.Option("--lr-schedule", metavar="SCHED
 Warmup = Annotated[int, typer.Option("--warmup", metavar="N", help="Epochs of linear warm-up (lr x (e+1)/(N+1)) before the schedule.", min=0)]
 ClipNorm = Annotated[Optional[float], typer.Option("--clip-grad-norm", metavar="X", help="torch.nn.utils.clip_grad_norm_ before each step; the largest pre-clip norm joins the history.", callback=finite_non_negative)]
 ClipValue = Annotated[Optional[float], typer.Option("--clip-grad-value", metavar="X", help="torch.nn.utils.clip_grad_value_ before each step.", callback=finite_non_negative)]
-ClassWeights = Annotated[Optional[str], typer.Option("--class-weights", metavar="W", help="balanced (scikit-learn's n / (classes x count)) or w0,w1,...: the loss's weight= (pos_weight= w1/w0 for BCEWithLogitsLoss).")]
+ClassWeights = Annotated[Optional[str], typer.Option("--class-weights", metavar="W", help="balanced (scikit-learn's n / (classes x count)) or w0,w1,...: the loss's weight= (for BCELoss and BCEWithLogitsLoss per sample: each row's class weight).")]
 Stratify = Annotated[bool, typer.Option("--stratify", help="With --val-split: hold out the fraction of each class (seeded per class; see the README).")]
 LogDir = Annotated[Optional[str], typer.Option("--log-dir", metavar="DIR", help="Write TensorBoard event files (losses, metrics, lr, gradient norms per epoch); needs the tensorboard extra.")]
 MLflow = Annotated[bool, typer.Option("--mlflow", help="Log the run to MLflow: parameters, every number of the history per epoch, the weights as an artifact; where MLflow would (MLFLOW_TRACKING_URI, else ./mlflow.db); needs the mlflow extra.")]
@@ -75,6 +75,9 @@ def train(spec: Spec, data: Data, epochs: Epochs, lr: LearningRate, save_weights
         raise UsageError("--resume and --weights both name starting weights; give one")
     from_checkpoint = bool(resume) and is_checkpoint(resume)
     if resume and not from_checkpoint:
+        from nncli.model import read_weights
+
+        read_weights(resume)  # neither a checkpoint nor weights (truncated, a device): its one error, before saying which it is
         model["weights"] = resume
     if save_weights:
         check_weights_path(save_weights)

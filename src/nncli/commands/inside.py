@@ -24,7 +24,7 @@ TraceLayer = Annotated[Optional[int], typer.Option("--layer", metavar="I", help=
 InspectMode = Annotated[str, typer.Option("--mode", metavar="MODE", help="eval or train (train: Dropout drops and BatchNorm uses the batch's statistics).")]
 Grad = Annotated[bool, typer.Option("--grad", help="Also each value's gradient of the loss over the traced rows (needs --target): the backward pass.")]
 StatsBatch = Annotated[Optional[int], typer.Option("--batch-size", "-b", metavar="N", min=1, help=(
-    "Rows per batch (default: 16384); memory stays that of one batch. Train-mode BatchNorm and Dropout see every row in one batch."))]
+    "Rows per batch (default: 16384); memory stays that of one batch. Train-mode BatchNorm and Dropout (p > 0) see every row in one batch."))]
 StatsLr = Annotated[float, typer.Option("--lr", metavar="LR", help="The SGD learning rate for the update/weight ratio: lr × ‖grad‖ / ‖weight‖.", callback=finite_non_negative)]
 Vanishing = Annotated[float, typer.Option("--vanishing", metavar="X", help="Flag a parameter whose gradient norm is below this as vanishing.", callback=finite_non_negative)]
 Exploding = Annotated[float, typer.Option("--exploding", metavar="X", help="Flag a parameter whose gradient norm is above this as exploding.", callback=finite_non_negative)]

@@ -80,6 +80,10 @@ def init(spec: Spec, output: WeightsFile, seed: Seed = None, inputs: Inputs = No
     m.save(output, what="-o")
     count = sum(p.numel() for p in m.module.parameters())
     note(f"wrote {count:,} parameters ({len(m.module.state_dict())} tensors, {m.caption}) to {output}")
+    if m.spec.preprocess:  # written without them, silently: forward and evaluate then refused the file
+        kind = next(iter(m.spec.preprocess))
+        note(f"the spec's `preprocess: {kind}` statistics are unset in {output} until nncli train fits them on the training "
+             "rows (train --weights starts from these weights and saves them)")
 
 
 def shape_text(shape: list) -> str:

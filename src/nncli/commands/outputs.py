@@ -42,12 +42,16 @@ def forward(
     from nncli.engines import scoring
 
     paths = expand_paths(data)
+    if spec.lower().endswith(".pt2"):  # torch.export.load would run what the file holds (SECURITY.md)
+        raise NncliError("forward scores .onnx files and specs, not .pt2: loading a .pt2 runs code it holds; "
+                         "export .onnx, or load it with torch.export.load in Python if you trust it", spec)
     if spec.lower().endswith(".onnx"):  # an exported model, scored by onnxruntime: forward's columns, no torch
         from nncli.errors import UsageError
-        from nncli.export import OnnxModel
+        from nncli.export import OnnxModel, quiet_onnxruntime
 
         if model["weights"] or model["seed"] is not None or model["dtype"] != "float32" or engine:
             raise UsageError("an .onnx model carries its weights and dtype: --weights, --seed, --dtype and --engine are for specs")
+        quiet_onnxruntime()
         loaded = OnnxModel(spec, threads=runtime["threads"])
     else:
         loaded = load_model(spec, model, runtime)
@@ -96,13 +100,16 @@ def _forward_into_folder(m, paths, folder, output, spec, model, read, target, id
         outputs.append(os.path.join(folder, stem + EXTENSIONS[fmt]))
     if len(set(outputs)) != len(outputs):
         raise NncliError("two inputs have the same name, so their outputs would collide; give -o FILE to join them", folder)
-    os.makedirs(folder, exist_ok=True)
-    options = [output_options({**output, "fmt": fmt, "output": out}, inputs=[spec, paths, model["weights"]]) for out in outputs]
-    for oopts in options:
-        oopts.check()  # every output before any work
-    idle_threads_sleep()
-    for path, oopts in zip(paths, options):
-        _forward_to(m, [path], oopts, read_options(read, {"target": target}, id_column), threshold, batch_size, True, class_indices, source_column)
+    from nncli.output import created_folders
+
+    with created_folders(folder):  # a failed run removes the folders it made (while empty)
+        options = [output_options({**output, "fmt": fmt, "output": out}, inputs=[spec, paths, model["weights"]]) for out in outputs]
+        for oopts in options:
+            oopts.check()  # every output before any work
+        idle_threads_sleep()
+        for path, oopts in zip(paths, options):
+            _forward_to(m, [path], oopts, read_options(read, {"target": target}, id_column), threshold, batch_size, True, class_indices,
+                        source_column)
 
 
 @with_options(OUTPUT)

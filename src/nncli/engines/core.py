@@ -7,7 +7,7 @@ the `nn.Sequential` on the meta device (no initialisation, the random generator 
 assigns those tensors, once per process (`rebuild` keeps it by a token); it never re-seeds.
 
 A partition is scored exactly as `nncli forward` scores the same rows: nncli's own readers,
-batches of `--batch-size` rows (a short remainder joins the last full batch), row-major float64
+batches of `--batch-size` rows (the last one shorter, as DataLoader makes them), row-major float64
 cast to the model's dtype, and nncli's ForwardRun. Partitions therefore match nncli's batches:
 
 * several files: a partition is a file, read by the worker (the single process reads each file in
@@ -298,6 +298,11 @@ class TableOptions:
     id_column: str | None = None
     threshold: float = 0.5
     batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        from nncli.forward import check_threshold
+
+        self.threshold = check_threshold(self.threshold)  # on the driver, before a task is sent
 
 
 def feature_columns(columns: list, options: TableOptions) -> list[str]:

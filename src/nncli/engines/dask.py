@@ -29,9 +29,9 @@ MAX_WORKERS_PER_CPU = 4
 
 
 def _listed(value) -> list:
-    if value is None:
-        return []
-    return [value] if isinstance(value, (str, int)) else list(value)
+    from nncli.columns import column_list  # "a,b" is two columns, as everywhere in nncli
+
+    return column_list(value)
 
 
 def cores() -> int:

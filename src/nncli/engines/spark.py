@@ -25,9 +25,9 @@ from nncli.engines.core import TableOptions, empty_output, prepared, score_panda
 
 
 def _listed(value) -> list:
-    if value is None:
-        return []
-    return [value] if isinstance(value, (str, int)) else list(value)
+    from nncli.columns import column_list  # "a,b" is two columns, as everywhere in nncli
+
+    return column_list(value)
 
 
 def score_batches(weights, head, options: TableOptions, meta, batches):
