@@ -23,6 +23,7 @@ import torch
 import nncli
 from nncli.engines import core
 from nncli.engines import dask as nd
+from nncli.errors import NncliError
 from tests.helpers import assert_error, load_json, parse_csv, write
 
 pytestmark = pytest.mark.filterwarnings("ignore:The inplace keyword")  # dask's own read_parquet, on pandas 3
@@ -375,6 +376,75 @@ def test_an_unreachable_scheduler_is_one_line_at_once(nncli, folder):
     result = nncli("loss", folder / "spec.yaml", folder / "a.csv", "-t", "label", *FEATURE_ARGS, "--engine", "dask", "--scheduler", f"tcp://127.0.0.1:{port}")
     assert_error(result, 1, "cannot reach the dask scheduler", f"tcp://127.0.0.1:{port}")
     assert time.monotonic() - start < 9  # refused at once, not after dask's 10 s of retries
+
+
+def test_a_scheduler_that_never_answers_is_one_line_in_seconds(nncli, folder):
+    """A port that accepts and says nothing (another service, an HTTP port) held dask's Client for ever."""
+    import threading
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+        held = []
+        threading.Thread(target=lambda: held.append(s.accept()), daemon=True).start()
+        start = time.monotonic()
+        result = nncli("loss", folder / "spec.yaml", folder / "a.csv", "-t", "label", *FEATURE_ARGS, "--engine", "dask", "--scheduler", address)
+        assert_error(result, 1, f"no dask scheduler answered there within {nd.HANDSHAKE_SECONDS} s", address)
+        assert time.monotonic() - start < 30  # a guard against the hang, not a timing
+        for conn, _ in held:
+            conn.close()
+
+
+def test_a_scheme_nncli_cannot_use_is_one_line(nncli, folder):
+    result = nncli("loss", folder / "spec.yaml", folder / "a.csv", "-t", "label", *FEATURE_ARGS, "--engine", "dask", "--scheduler", "ucx://127.0.0.1:1")
+    assert_error(result, 1, "over tcp:// or tls://, not ucx://", "ucx://127.0.0.1:1")
+
+
+def test_workers_are_capped_before_any_starts(nncli, folder):
+    """--workers 99999999999 started processes until the system ran out."""
+    for n in (nd.MAX_WORKERS_PER_CPU * nd.cores() + 1, 99999999999):
+        result = nncli("loss", folder / "spec.yaml", folder / "a.csv", "-t", "label", *FEATURE_ARGS, "--engine", "dask", "--workers", n)
+        assert_error(result, 1, f"{n} workers on {nd.cores()} CPU", "--workers")
+
+
+def test_relative_paths_reach_workers_in_another_folder(nncli, folder, client, address, monkeypatch):
+    """The workers run in a folder of their own: relative DATA paths were looked up there (`no such file`)."""
+    monkeypatch.chdir(folder)
+    assert str(folder) not in client.run(os.getcwd).values()
+    args = ["evaluate", "spec.yaml", "a.csv", "b.parquet", "-t", "label", *FEATURE_ARGS, "-b", BATCH, "-f", "json"]
+    single, engine = same(nncli, *args, engine_args=["--scheduler", address])
+    assert engine.stdout == single.stdout
+
+
+def test_a_task_the_cluster_forgot_is_one_line(client):
+    """A worker killed mid-run (no nanny) took the rows and the model it held: the task came back as
+    `internal error: FutureCancelledError ... already forgotten`."""
+    pool = nd.DaskPool(client, owned=False)
+    future = client.submit(time.sleep, 2, pure=False)
+    client.cancel([future], reason="already forgotten")
+    with pytest.raises(NncliError, match="lost a worker or its scheduler"):
+        pool.result(future)
+
+
+def test_a_cluster_without_workers_is_one_line(nncli, folder):
+    """Its workers gone (killed), the cluster answered with dask's bare `error: No valid workers found`."""
+    with distributed.LocalCluster(n_workers=0, processes=False, protocol="tcp://", dashboard_address=None, silence_logs=logging.CRITICAL) as empty:
+        result = nncli("loss", folder / "spec.yaml", folder / "a.csv", folder / "b.parquet", "-t", "label", *FEATURE_ARGS,
+                       "--engine", "dask", "--scheduler", empty.scheduler_address)
+        assert_error(result, 1, "the dask cluster has no workers to score on", empty.scheduler_address)
+
+
+def test_a_local_cluster_that_cannot_start_is_one_line(nncli, folder, monkeypatch):
+    """--workers 200 under a process limit: the spawn fails (EAGAIN) inside dask; one line, not its traceback."""
+    import errno
+
+    def refused(*args, **kwargs):
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(distributed, "LocalCluster", refused)
+    result = nncli("loss", folder / "spec.yaml", folder / "a.csv", "-t", "label", *FEATURE_ARGS, "--engine", "dask", "--workers", "2")
+    assert_error(result, 1, "cannot start a local dask cluster of 2 workers: Resource temporarily unavailable", "--workers")
 
 
 def test_train_mode_batchnorm_stays_in_one_process(nncli, tmp_path, address):

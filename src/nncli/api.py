@@ -916,7 +916,11 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
             x = _inputs(built, raw)
             if val_split is not None:
                 x_val = _inputs(built, raw_val)
-            batches_for_epoch = in_memory_batches(x, y, batch_size, shuffle, *_rank_world())
+            rank, world = _rank_world()
+            if world > len(x):  # a rank without a row of its own would train on repeats only
+                raise NncliError(f"{len(x)} training row{'s' if len(x) > 1 else ''} for {world} processes: each needs a row of its own "
+                                 f"(use at most {len(x)})", "train")
+            batches_for_epoch = in_memory_batches(x, y, batch_size, shuffle, rank, world)
         if val is not None:
             val_read = Read(read.target, None, read.features, read.id_column, read.delimiter, read.header, read.decimal_comma,
                             input_format=given_format)
@@ -936,7 +940,10 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
                 device=built.device, dtype=torch_dtype(built.dtype))
         loss_fn = choice.function("mean", weights)
         validate = (lambda: evaluate_in_memory(built.module, choice, width, x_val, y_val, loss_fn, weights)) if (val_split or val is not None) else None
-        steps = 1 if stream else -(-len(x) // batch_size)
+        steps = 1
+        if not stream:  # a rank's steps per epoch (OneCycleLR's length): its ceil(n / world) rows, as DistributedSampler shares them
+            per_rank = -(-len(x) // _rank_world()[1])
+            steps = -(-per_rank // batch_size)
         if start is not None:
             check_resume(start, options, resume, steps)
         save = (lambda state: _write_checkpoint(checkpoint, state, built)) if checkpoint else None

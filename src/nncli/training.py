@@ -516,20 +516,34 @@ def is_checkpoint(path: str) -> bool:
 
 def in_memory_batches(x, y, batch_size: int, shuffle: bool, rank: int = 0, world: int = 1):
     """The hand-written loop's batches: a fresh torch.randperm each epoch (or file order). Data-parallel,
-    every rank draws the same permutation (the same seed) and takes its share, order[rank::world]."""
+    every rank draws the same permutation (the same seed) and takes its share of it as
+    DistributedSampler does (see shard)."""
     import torch
 
     def batches(epoch: int):
         n = len(x)
         order = torch.randperm(n) if shuffle else torch.arange(n)
         if world > 1:
-            order = order[rank::world]
+            order = order[shard(n, rank, world)]
             n = len(order)
         for i in range(0, n, batch_size):
             idx = order[i : i + batch_size]
             yield x[idx], y[idx]
 
     return batches
+
+
+def shard(n: int, rank: int, world: int):
+    """The positions of rank's rows: torch's DistributedSampler(drop_last=False) rule. The order is
+    padded by repeating its first rows to ceil(n / world) x world, then each rank takes every world-th
+    from its own. Every rank has the same number of rows, so the same number of steps: with
+    order[rank::world] 65 rows gave ranks 33 and 32 rows, 2 batches of 32 against 1, and the second
+    backward's all-reduce waited for ever."""
+    import torch
+
+    per_rank = -(-n // world)
+    padded = torch.arange(n).repeat(-(-per_rank * world // n))[: per_rank * world]
+    return padded[rank::world]
 
 
 def evaluate_in_memory(module, choice, width: int, x, y, loss_fn=None, class_weights=None,

@@ -27,10 +27,10 @@ Engine = Annotated[Optional[str], typer.Option("--engine", metavar="NAME", help=
     "Score on a cluster: dask (pip install 'nncli-torch[dask]'): partitions (the files, or whole batches of one file) "
     "go to the workers; the output is the same bits, in input order. Default: this process."))]
 Workers = Annotated[Optional[int], typer.Option("--workers", metavar="N", min=1, help=(
-    "With --engine dask: start a local cluster of N worker processes, one thread each (default: one per core)."))]
+    "With --engine dask: start a local cluster of N worker processes, one thread each (default: one per core; at most 4 per core)."))]
 Scheduler = Annotated[Optional[str], typer.Option("--scheduler", metavar="ADDRESS", help=(
     "With --engine dask: use the running cluster at ADDRESS (tcp://host:8786) instead of starting one; its "
-    "workers need nncli installed and DATA at the same paths."))]
+    "workers need nncli installed and DATA at the same absolute paths (relative ones are resolved here)."))]
 
 
 def require(engine: str) -> None:
@@ -69,6 +69,7 @@ def scoring(model, engine: str | None, workers: int | None = None, scheduler: st
 
     if scheduler is None:
         _quiet_resource_tracker()
+    dask_engine.check_workers(workers)  # before a cluster starts in the background
     scorer = dask_engine.Scorer(model, workers=workers, scheduler=scheduler, plan=plan)
     try:
         yield scorer

@@ -132,6 +132,18 @@ class FilePart:
     read: Any  # api.Read
 
 
+def _file_part(path: str, read) -> FilePart:
+    """A file as it travels: its path and --targets' absolute, since a worker runs in a folder of its
+    own (a relative path was looked up there: `no such file`); messages still name them as given."""
+    import dataclasses
+    import os
+
+    targets = read.targets_file
+    if targets and targets != "-":
+        read = dataclasses.replace(read, targets_file=os.path.abspath(targets), targets_label=read.targets_label or targets)
+    return FilePart(os.path.abspath(path), dataclasses.replace(read, label=read.label or path))
+
+
 @dataclass
 class RowsPart:
     """Whole batches of one file, read by the driver (nncli's batches, first_row counted in the file)."""
@@ -589,7 +601,7 @@ class Scorer(Forwards):
         if self._by_file(paths):
             source.close()
             key = (id(model), head, threshold, rows, source_column, repr(read))
-            results = self._file_results(paths, key, lambda path: (forward_part, (model, head, FilePart(path, read), threshold, rows, source_column), None), window)
+            results = self._file_results(paths, key, lambda path: (forward_part, (model, head, _file_part(path, read), threshold, rows, source_column), None), window)
             return EngineRun(built, head, source, results, True, progress, [_size(p) for p in paths])
         tasks = ((_forward_rows, (model, head, threshold, rows, source_column), part) for part in _row_parts(source, rows, max(rows, PART_ROWS)))
         return EngineRun(built, head, source, _ordered(self.pool, tasks, window), False, progress)
@@ -646,7 +658,7 @@ class Scorer(Forwards):
         by_file = self._by_file(paths)
         if by_file:
             source.close()
-            tasks = ((signal_part, args + (FilePart(p, read),) + options, None) for p in paths)
+            tasks = ((signal_part, args + (_file_part(p, read),) + options, None) for p in paths)
         else:
             parts = _row_parts(source, rows, max(rows, PART_ROWS), source.target_names)
             tasks = ((_signal_rows, args + options, part) for part in parts)

@@ -24,6 +24,8 @@ from nncli.engines.core import TableOptions, empty_output, prepared, score_panda
 from nncli.errors import NncliError
 
 CONNECT_SECONDS = 10
+HANDSHAKE_SECONDS = 5
+MAX_WORKERS_PER_CPU = 4
 
 
 def _listed(value) -> list:
@@ -48,7 +50,10 @@ class DaskPool(core.Pool):
         self.warming: list = []  # futures of the warm-up tasks, held so that dask does not drop them
 
     def ship(self, shipped):
-        return self.client.scatter(shipped, broadcast=True, hash=False)
+        try:
+            return self.client.scatter(shipped, broadcast=True, hash=False)
+        except TimeoutError:  # dask's "No valid workers found", after its own wait: said in nncli's words
+            raise NncliError("the dask cluster has no workers to score on", self.client.scheduler.address) from None
 
     def submit(self, fn, *args, data=None):
         if data is not None:
@@ -58,11 +63,18 @@ class DaskPool(core.Pool):
 
     def result(self, future):
         from distributed import KilledWorker
+        from distributed.client import FutureCancelledError
+        from distributed.comm.core import CommClosedError
 
         try:
             return future.result()
         except KilledWorker:
             raise NncliError("a dask worker died while scoring a partition (out of memory? try a smaller --batch-size)", "--engine dask") from None
+        except (FutureCancelledError, CommClosedError):
+            # a worker killed mid-run without a nanny took the model or the rows it held: dask forgets the
+            # task ("cancelled for reason: already forgotten"); a scheduler gone closes the connection
+            raise NncliError("the dask cluster lost a worker or its scheduler while scoring (a worker killed?): run again",
+                             "--engine dask") from None
 
     def cancel(self, futures: list) -> None:
         with contextlib.suppress(Exception):
@@ -92,14 +104,21 @@ def start(workers: int | None = None, scheduler: str | None = None, default: boo
         try:
             _reachable(scheduler)
             return Client(scheduler, timeout=CONNECT_SECONDS, set_as_default=default), None
-        except (OSError, TimeoutError, ValueError) as e:
+        except NncliError:
+            raise
+        except Exception as e:  # noqa: BLE001  dask's own, for an address it cannot use (ucx:// without its package ...): one line
             text = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).splitlines()[0] if str(e) else type(e).__name__)
             raise NncliError(f"cannot reach the dask scheduler: {text}", scheduler) from None
+    check_workers(workers)
     # One thread per process: torch's kernels are then those of one core, and processes do not
     # share the GIL. No dashboard (it needs bokeh, and a port); nothing in the log short of a crash
     # (closing logs a heartbeat "error" now and then: nncli's standard error carries only nncli's lines).
-    cluster = LocalCluster(n_workers=workers or cores(), threads_per_worker=1, processes=True, dashboard_address=None,
-                           silence_logs=logging.CRITICAL)
+    try:
+        cluster = LocalCluster(n_workers=workers or cores(), threads_per_worker=1, processes=True, dashboard_address=None,
+                               silence_logs=logging.CRITICAL)
+    except Exception as e:  # noqa: BLE001  a process limit, no memory for another worker: what failed, not dask's traceback
+        text = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise NncliError(f"cannot start a local dask cluster of {workers or cores()} workers: {text}", "--workers") from None
     try:
         return Client(cluster, set_as_default=default), cluster
     except BaseException:
@@ -107,21 +126,40 @@ def start(workers: int | None = None, scheduler: str | None = None, default: boo
         raise
 
 
+def check_workers(workers: int | None) -> None:
+    """At most MAX_WORKERS_PER_CPU workers per CPU: each is a process with torch in it, and
+    `--workers 99999999999` started processes until the system ran out."""
+    limit = MAX_WORKERS_PER_CPU * cores()
+    if workers is not None and workers > limit:
+        raise NncliError(f"{workers} workers on {cores()} CPUs: give at most {limit} ({MAX_WORKERS_PER_CPU} per CPU)", "--workers")
+
+
 def _reachable(address: str) -> None:
-    """A tcp:// scheduler that refuses connections says so at once (dask would retry for its whole timeout)."""
+    """A tcp:// scheduler that refuses connections says so at once (dask would retry for its whole
+    timeout), and one that accepts but never speaks (another service, an HTTP port) within
+    HANDSHAKE_SECONDS: dask's Client waited on it for ever, its timeout notwithstanding."""
     import socket
     from urllib.parse import urlsplit
 
-    if not address.startswith("tcp://"):
+    scheme = address.split("://", 1)[0] if "://" in address else "tcp"
+    if scheme not in ("tcp", "tls", "inproc"):  # inproc: a cluster in the library caller's own process
+        raise NncliError(f"nncli reaches a dask scheduler over tcp:// or tls://, not {scheme}://", address)
+    if scheme != "tcp":
         return
     try:
-        parts = urlsplit(address)
+        parts = urlsplit(address if "://" in address else f"tcp://{address}")
         host, port = parts.hostname, parts.port
     except ValueError:
         return  # dask names what is wrong with the address
     if host and port:
-        with socket.create_connection((host, port), timeout=CONNECT_SECONDS):
-            pass
+        with socket.create_connection((host, port), timeout=CONNECT_SECONDS) as s:
+            s.settimeout(HANDSHAKE_SECONDS)
+            try:
+                first = s.recv(1)  # a dask scheduler speaks first: its side of the handshake
+            except TimeoutError:
+                first = None
+            if not first:
+                raise NncliError(f"no dask scheduler answered there within {HANDSHAKE_SECONDS} s (another service? an HTTP port?)", address)
 
 
 @contextlib.contextmanager
