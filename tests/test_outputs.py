@@ -115,6 +115,22 @@ def test_a_full_standard_output_is_named_in_the_error(args):
     assert done.stderr.decode().splitlines() == ["error: No space left on device (<stdout>)"]
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("fmt", ["parquet", "arrow"])
+@pytest.mark.parametrize("through_link", [False, True], ids=["device", "link"])
+def test_a_full_disk_under_parquet_and_arrow_is_named_like_csv(tmp_path, fmt, through_link):
+    """polars' own writers raised ComputeError (parquet: "internal error") or an OSError without the
+    path (arrow): the same one line as CSV gives, the path the user gave named."""
+    target = "/dev/full"
+    if through_link:
+        target = str(tmp_path / f"out.{fmt}")
+        os.symlink("/dev/full", target)
+    done = subprocess.run([*NNCLI, "forward", str(CONFIGS / "three-class.yaml"), str(DATA / "table-5x6.csv"), "-t", "label",
+                           "-o", target, "-f", fmt], capture_output=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.decode().splitlines() == [f"error: No space left on device ({target})"]
+
+
 def _reader(fifo, into: list):
     def read():
         with open(fifo, "rb") as f:
