@@ -68,11 +68,17 @@ def note(message: str) -> None:
     """A line for people on standard error, never mixed into the data on standard output."""
     import sys
 
-    from nncli.render import console, encodable
+    from nncli.render import encodable
 
-    if sys.stderr is None:
+    if sys.stderr is None:  # closed (2>&-): nowhere to show it, and no reason to fail the run
         return
-    console(stderr=True).print(encodable(message, getattr(sys.stderr, "encoding", None)), markup=False, highlight=False, soft_wrap=True)
+    # Written as plain text, not through rich: rich ends the process (SystemExit 1) when the stream's
+    # reader is gone. A line that cannot be shown (full, closed pipe) is lost; the run goes on.
+    try:
+        sys.stderr.write(encodable(message, getattr(sys.stderr, "encoding", None)) + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def warn(message: str) -> None:
