@@ -19,6 +19,7 @@ class OutputOptions:
     force: bool = False
     quiet: bool = False
     inputs: list = field(default_factory=list)  # paths this command reads, never to be overwritten
+    together: object = None  # an output.Together: -o is renamed into place only when the whole run succeeds
 
     @property
     def resolved_format(self) -> str:
@@ -35,7 +36,7 @@ class OutputOptions:
         from nncli.render import output_compression
 
         compression = output_compression(self.output)
-        with output_stream(self.output, "-o") as f:
+        with output_stream(self.output, "-o", self.together) as f:
             if not compression:
                 yield f
                 return
