@@ -69,6 +69,8 @@ def note(message: str) -> None:
     """A line for people on standard error, never mixed into the data on standard output."""
     import sys
 
+    from rich.control import strip_control_codes
+
     from nncli.render import encodable
 
     if sys.stderr is None:  # closed (2>&-): nowhere to show it, and no reason to fail the run
@@ -76,7 +78,8 @@ def note(message: str) -> None:
     # Written as plain text, not through rich: rich ends the process (SystemExit 1) when the stream's
     # reader is gone. A line that cannot be shown (full, closed pipe) is lost; the run goes on.
     try:
-        sys.stderr.write(encodable(message, getattr(sys.stderr, "encoding", None)) + "\n")
+        text = strip_control_codes(message)  # BEL, CR and the like, as rich's print dropped them
+        sys.stderr.write(encodable(text, getattr(sys.stderr, "encoding", None)) + "\n")
         sys.stderr.flush()
     except (OSError, ValueError):
         pass
