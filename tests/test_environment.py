@@ -46,6 +46,46 @@ def test_closed_standard_output(tmp_path):
     assert error.returncode == 1 and error.stderr.count("\n") == 1 and "Traceback" not in error.stderr
 
 
+def _nan_data(tmp_path):
+    """table-5x6.csv with a nan cell: forward warns (about the data, then the output) and still writes."""
+    lines = (DATA / "table-5x6.csv").read_text().splitlines()
+    lines[2] = "nan," + lines[2].split(",", 1)[1]
+    return write(tmp_path, "nan.csv", "\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("redirect", ["2>&-", ">&- 2>&-", "2>/dev/full"])
+def test_a_warning_that_cannot_be_shown_does_not_fail_the_run(tmp_path, redirect):
+    """Closed (2>&-) or full standard error: the warning is lost, the file is written, exit 0."""
+    data = _nan_data(tmp_path)
+    shown = tmp_path / "shown.csv"
+    ok = shell(f"{sys.executable} -m nncli forward {THREE[0]} {data} -t label -o {shown}")
+    assert ok.returncode == 0 and ok.stderr.count("warning:") == 2, ok.stderr
+    out = tmp_path / "o.csv"
+    result = shell(f"{sys.executable} -m nncli forward {THREE[0]} {data} -t label -o {out} {redirect}")
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes() == shown.read_bytes()
+
+
+def test_closed_standard_output_and_error_without_a_warning(tmp_path):
+    out = tmp_path / "o.csv"
+    result = shell(f"{sys.executable} -m nncli forward {CONFIGS / 'regression.yaml'} {DATA / 'table-5x6.csv'} -t label -o {out} >&- 2>&-")
+    assert result.returncode == 0 and len(out.read_text().splitlines()) == 6
+
+
+def test_a_warning_to_a_standard_error_whose_reader_is_gone_does_not_fail_the_run(tmp_path):
+    """2>&1 | head -0: writing the warning meets a closed pipe (rich ended the process on it, exit 1)."""
+    data = _nan_data(tmp_path)
+    out = tmp_path / "o.csv"
+    read, written = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([*NNCLI, "forward", THREE[0], str(data), "-t", "label", "-o", str(out)], stderr=written, timeout=120)
+    finally:
+        os.close(written)
+    assert done.returncode == 0
+    assert len(out.read_text().splitlines()) == 6
+
+
 # -- user text, encodings, widths ---------------------------------------------------------------------
 
 

@@ -354,8 +354,10 @@ def _endless_loop_onnx(path):
     return path
 
 
-def test_a_signal_stops_an_onnx_model_that_never_returns(tmp_path):
-    """Python's handlers cannot run inside session.run: it runs in a worker thread while the main thread waits."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["TERM", "INT", "HUP"])
+def test_a_signal_stops_an_onnx_model_that_never_returns(tmp_path, signum):
+    """Python's handlers cannot run inside session.run: it runs in a worker thread while the main thread waits.
+    Ctrl-C (INT) as TERM and HUP: exit 128 + N at once, the temporary output removed."""
     model = _endless_loop_onnx(tmp_path / "loop.onnx")
     data = write(tmp_path, "ab.csv", "a,b\n1,2\n")
     out = tmp_path / "out.csv"
@@ -366,16 +368,44 @@ def test_a_signal_stops_an_onnx_model_that_never_returns(tmp_path):
         assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else "timeout"
         time.sleep(0.05)
     time.sleep(1)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     sent = time.monotonic()
     try:
         _, err = proc.communicate(timeout=10)
     finally:
         proc.kill()
-    assert proc.returncode == 143, err
+    assert proc.returncode == 128 + signum, err
     assert time.monotonic() - sent < 5
     assert b"Traceback" not in err
     assert sorted(os.listdir(tmp_path)) == ["ab.csv", "loop.onnx"]
+
+
+def test_ctrl_c_stops_an_onnx_forward_waiting_for_its_data(tmp_path):
+    """The rows come from a FIFO whose writer stays silent: the main thread waited for the reader
+    thread's batch in an untimed queue.get, which polars' SA_RESTART SIGINT handler kept asleep."""
+    model = _endless_loop_onnx(tmp_path / "loop.onnx")
+    fifo = tmp_path / "rows.csv"
+    os.mkfifo(fifo)
+    out = tmp_path / "out.csv"
+    proc = subprocess.Popen([sys.executable, "-m", "nncli", "forward", str(model), str(fifo), "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    writer = os.open(fifo, os.O_WRONLY)  # waits for nncli to open it
+    try:
+        os.write(writer, b"a,b\n1,2\n")  # a header and a row, then nothing: the batch is never complete
+        deadline = time.monotonic() + 60
+        while not any(name.endswith(".tmp") for name in os.listdir(tmp_path)):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else "timeout"
+            time.sleep(0.05)
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        _, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+        os.close(writer)
+    assert proc.returncode == 130, err
+    assert time.monotonic() - sent < 5
+    assert sorted(os.listdir(tmp_path)) == ["loop.onnx", "rows.csv"]
 
 
 def test_an_exception_from_a_signal_handler_stops_onnxruntime_in_the_library(tmp_path):

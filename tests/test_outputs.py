@@ -115,6 +115,22 @@ def test_a_full_standard_output_is_named_in_the_error(args):
     assert done.stderr.decode().splitlines() == ["error: No space left on device (<stdout>)"]
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("fmt", ["parquet", "arrow"])
+@pytest.mark.parametrize("through_link", [False, True], ids=["device", "link"])
+def test_a_full_disk_under_parquet_and_arrow_is_named_like_csv(tmp_path, fmt, through_link):
+    """polars' own writers raised ComputeError (parquet: "internal error") or an OSError without the
+    path (arrow): the same one line as CSV gives, the path the user gave named."""
+    target = "/dev/full"
+    if through_link:
+        target = str(tmp_path / f"out.{fmt}")
+        os.symlink("/dev/full", target)
+    done = subprocess.run([*NNCLI, "forward", str(CONFIGS / "three-class.yaml"), str(DATA / "table-5x6.csv"), "-t", "label",
+                           "-o", target, "-f", fmt], capture_output=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.decode().splitlines() == [f"error: No space left on device ({target})"]
+
+
 def _reader(fifo, into: list):
     def read():
         with open(fifo, "rb") as f:
@@ -789,6 +805,65 @@ def test_a_failed_run_removes_the_folders_it_made_for_its_outputs(tmp_path, nncl
     result = nncli("forward", spec, DATA / "table-5x6.csv", "-t", "label", "-o", f"{tmp_path}/new/a/")
     assert result.exit_code == 0, result.stderr
     assert os.listdir(tmp_path / "new" / "a") == ["table-5x6.csv"]
+
+
+def _many(tmp_path):
+    """many/a.csv good, many/b.csv failing on its last row: a.csv's output is finished before b fails."""
+    many = tmp_path / "many"
+    many.mkdir()
+    good = (DATA / "table-5x6.csv").read_text()
+    (many / "a.csv").write_text(good)
+    (many / "b.csv").write_text("".join(good.splitlines(keepends=True)[:5]) + "1,2,x,4,5,6,7\n")
+    return many
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+@pytest.mark.parametrize("folder", ["new2/", "new6/x/y/"])
+def test_a_failed_run_over_several_inputs_leaves_none_of_its_outputs(tmp_path, nncli, fmt, folder):
+    """-o FOLDER/ over a.csv then a failing b.csv: a.csv's finished output was kept (and the folders
+    with it). The outputs commit together: none appears, no folder stays, no temporary file."""
+    many = _many(tmp_path)
+    assert_error(nncli("forward", CONFIGS / "three-class.yaml", f"{many}/*.csv", "-t", "label", "-o", f"{tmp_path}/{folder}", "-f", fmt),
+                 1, "is not a number", "b.csv")
+    assert sorted(os.listdir(tmp_path)) == ["many"]
+
+
+def test_a_failed_run_over_several_inputs_keeps_the_users_files(tmp_path, nncli):
+    many = _many(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a.csv").write_text("precious\n")
+    assert_error(nncli("forward", CONFIGS / "three-class.yaml", f"{many}/*.csv", "-t", "label", "-o", f"{tmp_path}/out/"), 1, "b.csv")
+    assert os.listdir(tmp_path / "out") == ["a.csv"] and (tmp_path / "out" / "a.csv").read_text() == "precious\n"
+    # once b.csv is fixed, both are written
+    (many / "b.csv").write_text((DATA / "table-5x6.csv").read_text())
+    result = nncli("forward", CONFIGS / "three-class.yaml", f"{many}/*.csv", "-t", "label", "-o", f"{tmp_path}/out/")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(os.listdir(tmp_path / "out")) == ["a.csv", "b.csv"]
+    assert (tmp_path / "out" / "a.csv").read_text() == (tmp_path / "out" / "b.csv").read_text() != "precious\n"
+
+
+def test_a_signal_during_a_run_over_several_inputs_leaves_none_of_its_outputs(tmp_path):
+    """a.csv written in full (its temporary file waits), then b.csv a FIFO nobody writes: SIGTERM
+    removes a.csv's temporary file and the folders the run made."""
+    many = tmp_path / "many"
+    many.mkdir()
+    (many / "a.csv").write_text((DATA / "table-5x6.csv").read_text())
+    os.mkfifo(many / "b.csv")
+    out = tmp_path / "new" / "x"
+    proc = subprocess.Popen([*NNCLI, "forward", str(CONFIGS / "three-class.yaml"), str(many / "a.csv"), str(many / "b.csv"), "-t", "label",
+                             "-o", f"{out}/"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out.is_dir() and any(n.startswith(".a.csv.") or n == "a.csv" for n in os.listdir(out))):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else "timeout"
+            time.sleep(0.05)
+        time.sleep(1.5)  # five rows: a.csv is finished long before, and the run waits on the FIFO
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert sorted(os.listdir(tmp_path)) == ["many"]
 
 
 def test_created_folders_removes_only_its_own_empty_folders(tmp_path):

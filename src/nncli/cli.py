@@ -378,6 +378,28 @@ class _ClosedStream:
         return False
 
 
+def _hold_descriptor_2() -> None:
+    """Standard error closed (`2>&-`): /dev/null on descriptor 2, sys.stderr left None (nothing is shown).
+
+    Left free, descriptor 2 went to the next file opened (the data file, a pipe to the reader
+    process): the reader's own redirection of 2 to /dev/null then closed that under it (a failed
+    run, exit 1), and anything a library writes to 2 (onnxruntime, polars' panics) would land in it."""
+    try:
+        os.fstat(2)
+        return  # open after all (sys.stderr None for another reason)
+    except OSError:
+        pass
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    if null != 2:
+        os.dup2(null, 2)  # inheritable, as a standard stream is
+        os.close(null)
+    else:
+        os.set_inheritable(2, True)
+
+
 def _report_timings() -> None:
     """NNCLI_TIMINGS=1: one line on standard error, `nncli timings: {"parse": ..., "wall": ...}` (JSON)."""
     from nncli import timing
@@ -400,6 +422,8 @@ def main() -> None:
         sys.argv = [a for i, a in enumerate(sys.argv) if a != "--debug" or i == 0]
     else:
         warnings.simplefilter("ignore")  # torch's own UserWarnings, at import too: nncli's stderr carries only nncli's lines
+    if sys.stderr is None:
+        _hold_descriptor_2()
     if sys.stdout is None:
         sys.stdout = _ClosedStream("output")
     if sys.stdin is None:

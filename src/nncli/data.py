@@ -494,7 +494,7 @@ def prefetched(items, depth: int = 2):
         try:
             while True:
                 with phase("wait for data"):
-                    item, error = slots.get()
+                    item, error = _get(slots)
                 if error is not None:
                     raise error
                 if item is done:
@@ -505,6 +505,18 @@ def prefetched(items, depth: int = 2):
 
     threading.Thread(target=produce, name="nncli-reader", daemon=True).start()  # starts reading now
     return Prefetched(consume(), stop)
+
+
+def _get(slots):
+    """The next entry, waited for in short steps: an untimed wait never woke for Ctrl-C once polars
+    (imported above) had installed its SIGINT handler, which has SA_RESTART (as export.run_session)."""
+    import queue
+
+    while True:
+        try:
+            return slots.get(timeout=0.05)
+        except queue.Empty:
+            continue
 
 
 class Prefetched:

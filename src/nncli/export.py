@@ -822,6 +822,10 @@ def run_session(session, names, feeds, where: str | None = None):
     options.log_severity_level = 4  # onnxruntime's own coloured log lines stay off nncli's standard error
     result: dict = {}
     done = threading.Event()  # not Thread.join: Python 3.11's join, once interrupted, marks the thread ended
+    # Waited for in short steps, never in one untimed wait: polars installs its own SIGINT handler
+    # with SA_RESTART (on import), so the kernel resumed an untimed wait after Ctrl-C and Python's
+    # handler, which runs only when this thread wakes, never ran (TERM and HUP, still Python's, did).
+    # A timed wait returns at its timeout whatever the signal's flags; 20 wake-ups a second cost nothing.
 
     def work():
         try:
@@ -833,7 +837,8 @@ def run_session(session, names, feeds, where: str | None = None):
 
     threading.Thread(target=work, name="nncli-onnxruntime", daemon=True).start()
     try:
-        done.wait()
+        while not done.wait(0.05):
+            pass
     except BaseException:
         options.terminate = True
         done.wait()

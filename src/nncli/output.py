@@ -13,6 +13,11 @@
 - Everything that can be known about a path is checked by `check_output` before a command does
   any work, without opening it (a FIFO's open blocks until a reader comes). Every refusal is an
   NncliError: exit code 1, the option and the path named.
+- The outputs of one run that writes several files (`forward -o FOLDER/` over several inputs)
+  commit together (`Together`): each finished one stays its temporary file until the whole run
+  has succeeded, then all are renamed. A failure or a signal before that removes every temporary
+  file (and the folders the run made, while empty): no output of a failed run appears, and no
+  file the user had is replaced. Only a rename itself failing midway can leave some renamed.
 - Temporary files are named `.{name}.nncli-{pid}-{random}.tmp`, so that a later run can tell the
   ones whose writer was killed (SIGKILL, a power cut) and `remove_stale_temp_files` can sweep them.
 """
@@ -447,16 +452,61 @@ def remove_stale_temp_files(folder: str) -> list[str]:
 # -- writing ----------------------------------------------------------------------------------------
 
 
+class Together:
+    """The files one run writes, renamed over their targets only once the whole run has succeeded
+    (the rule, module docstring). Used as `with Together() as together:`, each file written with
+    output_file(..., together=together): a file written in full waits as its temporary file (still
+    removed by a signal); the block ending without an error renames them all, with one raising
+    removes them all."""
+
+    def __init__(self) -> None:
+        self._waiting: list[tuple[str, str, str, str]] = []  # (temporary, target, path given, option)
+
+    def __enter__(self) -> "Together":
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            self._commit()
+        else:
+            self._discard()
+
+    def add(self, tmp: str, target: str, given: str, option: str) -> None:
+        self._waiting.append((tmp, target, given, option))
+
+    def _commit(self) -> None:
+        try:
+            while self._waiting:
+                tmp, target, given, option = self._waiting[0]
+                try:
+                    os.replace(tmp, target)
+                except OSError as e:
+                    raise NncliError(f"{option}: cannot replace the file: {e.strerror}", given) from None
+                self._waiting.pop(0)
+                _unfinished.discard(tmp)
+                _sync_folder(os.path.dirname(target))
+        finally:
+            self._discard()
+
+    def _discard(self) -> None:
+        for tmp, *_ in self._waiting:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            _unfinished.discard(tmp)
+        self._waiting.clear()
+
+
 @contextlib.contextmanager
-def output_file(path: str, option: str = "the output") -> Iterator[BinaryIO]:
-    """Write `path` by the rule (module docstring): atomically replaced, or written through."""
+def output_file(path: str, option: str = "the output", together: Together | None = None) -> Iterator[BinaryIO]:
+    """Write `path` by the rule (module docstring): atomically replaced, or written through.
+    With `together`, a replaced file is renamed only when that run's block succeeds."""
     p = plan(path, option)
     with _named_write_errors(path):
         if p.kind == "through":
             with _written_through(p, option) as f:
                 yield f
         else:
-            with _replaced(p.target, path, option) as f:
+            with _replaced(p.target, path, option, together) as f:
                 yield f
 
 
@@ -504,8 +554,9 @@ def _written_through(p: Plan, option: str) -> Iterator[BinaryIO]:
 
 
 @contextlib.contextmanager
-def _replaced(target: str, given: str, option: str) -> Iterator[BinaryIO]:
-    """A temporary file beside `target`, renamed over it only once fully written and synced.
+def _replaced(target: str, given: str, option: str, together: Together | None = None) -> Iterator[BinaryIO]:
+    """A temporary file beside `target`, renamed over it only once fully written and synced (with
+    `together`: handed to it, renamed when the whole run has succeeded).
 
     If anything goes wrong (an error, Ctrl-C, SIGTERM) the temporary file is removed and an existing
     file at `target` is left exactly as it was."""
@@ -520,6 +571,9 @@ def _replaced(target: str, given: str, option: str) -> Iterator[BinaryIO]:
             f.flush()
             _finish_mode(f.fileno(), target, existed)
             os.fsync(f.fileno())
+        if together is not None:
+            together.add(tmp, target, given, option)  # stays in _unfinished: a signal still removes it
+            return
         try:
             os.replace(tmp, target)
         except OSError as e:
@@ -527,9 +581,9 @@ def _replaced(target: str, given: str, option: str) -> Iterator[BinaryIO]:
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise
-    finally:
         _unfinished.discard(tmp)
+        raise
+    _unfinished.discard(tmp)
     _sync_folder(os.path.dirname(target))
 
 
@@ -593,12 +647,12 @@ def _sync_folder(folder: str) -> None:
 
 
 @contextlib.contextmanager
-def output_stream(path: str | None, option: str = "-o") -> Iterator[BinaryIO]:
+def output_stream(path: str | None, option: str = "-o", together: Together | None = None) -> Iterator[BinaryIO]:
     """Standard output (binary), or the file -o names, written by the rule above."""
     if path is None or path == "-":
         with _named_write_errors("<stdout>"):
             yield sys.stdout.buffer
             sys.stdout.buffer.flush()
     else:
-        with output_file(path, option) as f:
+        with output_file(path, option, together) as f:
             yield f

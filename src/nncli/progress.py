@@ -9,9 +9,18 @@ from typing import Iterable, Iterator
 DELAY_SECONDS = 0.5
 
 
+def stderr_is_terminal() -> bool:
+    """Whether standard error is a terminal; closed (`2>&-`: sys.stderr is None) it is not, and the
+    run goes on without a bar rather than failing on it."""
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (OSError, ValueError):
+        return False
+
+
 def tracked(batches: Iterable, source, quiet: bool) -> Iterator:
     """Pass batches through, showing rows, bytes and rows/s once the work has taken DELAY_SECONDS."""
-    if quiet or not sys.stderr.isatty():
+    if quiet or not stderr_is_terminal():
         yield from batches
         return
     start = time.monotonic()
@@ -56,7 +65,7 @@ class EpochBar:
 
     def __init__(self, epochs: int, quiet: bool) -> None:
         self.bar = None
-        if quiet or not sys.stderr.isatty():
+        if quiet or not stderr_is_terminal():
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

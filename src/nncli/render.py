@@ -230,12 +230,18 @@ class RowWriter:
         """Parquet or Arrow IPC: typed columns (float32 stays float32), one file."""
         import polars as pl
 
+        import io
+
         frames = [self._polars(f) for f in self._held]
         table = pl.concat(frames) if frames else pl.DataFrame()
+        # Made in memory, then written by Python: polars writing to the stream itself reports a full
+        # disk as its ComputeError (parquet) or an OSError without errno (arrow), never naming the file.
+        buffer = io.BytesIO()
         if self.fmt == "parquet":
-            table.write_parquet(self.stream)
+            table.write_parquet(buffer)
         else:
-            table.write_ipc(self.stream)
+            table.write_ipc(buffer)
+        self.stream.write(buffer.getbuffer())
 
     def _hold(self, frame: Frame) -> None:
         """Keep every frame, or with an edge only the first and last `edge` rows: memory stays bounded."""

@@ -19,6 +19,7 @@ class OutputOptions:
     force: bool = False
     quiet: bool = False
     inputs: list = field(default_factory=list)  # paths this command reads, never to be overwritten
+    together: object = None  # an output.Together: -o is renamed into place only when the whole run succeeds
 
     @property
     def resolved_format(self) -> str:
@@ -35,7 +36,7 @@ class OutputOptions:
         from nncli.render import output_compression
 
         compression = output_compression(self.output)
-        with output_stream(self.output, "-o") as f:
+        with output_stream(self.output, "-o", self.together) as f:
             if not compression:
                 yield f
                 return
@@ -68,11 +69,20 @@ def note(message: str) -> None:
     """A line for people on standard error, never mixed into the data on standard output."""
     import sys
 
-    from nncli.render import console, encodable
+    from rich.control import strip_control_codes
 
-    if sys.stderr is None:
+    from nncli.render import encodable
+
+    if sys.stderr is None:  # closed (2>&-): nowhere to show it, and no reason to fail the run
         return
-    console(stderr=True).print(encodable(message, getattr(sys.stderr, "encoding", None)), markup=False, highlight=False, soft_wrap=True)
+    # Written as plain text, not through rich: rich ends the process (SystemExit 1) when the stream's
+    # reader is gone. A line that cannot be shown (full, closed pipe) is lost; the run goes on.
+    try:
+        text = strip_control_codes(message)  # BEL, CR and the like, as rich's print dropped them
+        sys.stderr.write(encodable(text, getattr(sys.stderr, "encoding", None)) + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def warn(message: str) -> None:

@@ -85,7 +85,8 @@ EXTENSIONS = {"csv": ".csv", "tsv": ".tsv", "json": ".json", "jsonl": ".jsonl", 
 
 
 def _forward_into_folder(m, paths, folder, output, spec, model, read, target, id_column, threshold, batch_size, class_indices, source_column):
-    """-o FOLDER/: one output per input file, named by its stem (data/a.csv.gz -> FOLDER/a.csv), each written atomically."""
+    """-o FOLDER/: one output per input file, named by its stem (data/a.csv.gz -> FOLDER/a.csv), all
+    renamed into place together once every one is written: a failed run leaves none (output.py's rule)."""
     from nncli.tables import COMPRESSIONS
 
     fmt = output["fmt"] or "csv"
@@ -100,12 +101,14 @@ def _forward_into_folder(m, paths, folder, output, spec, model, read, target, id
         outputs.append(os.path.join(folder, stem + EXTENSIONS[fmt]))
     if len(set(outputs)) != len(outputs):
         raise NncliError("two inputs have the same name, so their outputs would collide; give -o FILE to join them", folder)
-    from nncli.output import created_folders
+    from nncli.output import Together, created_folders
 
-    with created_folders(folder):  # a failed run removes the folders it made (while empty)
+    # a failed run removes the folders it made (while empty), after Together removed its files
+    with created_folders(folder), Together() as together:
         options = [output_options({**output, "fmt": fmt, "output": out}, inputs=[spec, paths, model["weights"]]) for out in outputs]
         for oopts in options:
             oopts.check()  # every output before any work
+            oopts.together = together
         idle_threads_sleep()
         for path, oopts in zip(paths, options):
             _forward_to(m, [path], oopts, read_options(read, {"target": target}, id_column), threshold, batch_size, True, class_indices,
