@@ -262,6 +262,8 @@ class Model(Forwards):
             raise NncliError(f"the weights were trained on the classes {built.classes}, the spec names {self.spec.classes}", self.weights)
         if built.classes is None:
             built.classes = self.spec.classes
+        elif self.spec.classes is None:
+            _check_saved_classes(built, width, spec_loss(self.spec.loss, self.spec.path), self.weights)
         self.built = built
         return self.built
 
@@ -1244,6 +1246,16 @@ def _restore(built, start: dict, path: str, width: int) -> None:
     if start.get("preprocess") is not None:
         p = start["preprocess"]
         built.preprocess = Preprocess(p["kind"], p["columns"], p["shift"], p["scale"])
+
+
+def _check_saved_classes(built, width: int, loss: str | None, where: str | None) -> None:
+    """Classes saved with the weights name each output of a one-class-per-row head: a count that
+    differs (a hand-edited header) was silently dropped, and forward named the columns by index."""
+    head = head_of(built.layers, width, loss)
+    if head.is_classifier and not head.multi_label and len(built.classes) != max(head.width, 2):
+        key = "nncli.classes" if str(where).lower().endswith(".safetensors") else "classes"
+        raise NncliError(f"the metadata {key!r} names {len(built.classes)} classes; the model has "
+                         f"{head.width} output{'s' if head.width != 1 else ''}", where)
 
 
 def _learn_classes(built, data, read: Read, choice, width: int) -> None:

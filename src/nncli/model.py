@@ -287,9 +287,8 @@ def _extras(state: dict, path: str, suffix: str) -> dict:
         if "nncli.preprocess" in state and not hasattr(state["nncli.preprocess"], "shape"):
             meta["nncli.preprocess"] = json.dumps(state.pop("nncli.preprocess"))
     if classes is not None:
-        if not isinstance(classes, list) or not all(isinstance(c, (str, int)) for c in classes):
-            raise NncliError("`classes` must be a list of labels", path)
-        extras["classes"] = [str(c) for c in classes]
+        key = "nncli.classes" if suffix == ".safetensors" else "classes"
+        extras["classes"] = checked_classes(classes, key, path)
     shift, scale = state.pop(EXTRA_PREFIX + "preprocess.shift", None), state.pop(EXTRA_PREFIX + "preprocess.scale", None)
     if shift is not None and scale is not None:
         info = parsed("nncli.preprocess", {})
@@ -298,6 +297,20 @@ def _extras(state: dict, path: str, suffix: str) -> dict:
             raise NncliError("the metadata 'nncli.preprocess' and its statistics are not what nncli writes (kind, columns, shift, scale)", path)
         extras["preprocess"] = Preprocess(info.get("kind", "standardize"), list(info.get("columns", [])), shift.double(), scale.double())
     return extras
+
+
+def checked_classes(classes, key: str, path: str) -> list[str]:
+    """Class labels saved in a file (weights or ONNX metadata), as a spec's `classes` are checked:
+    a label named twice made forward drop one output column and shift the others under the wrong names."""
+    if not isinstance(classes, list) or not all(isinstance(c, (str, int)) and not isinstance(c, bool) for c in classes):
+        raise NncliError(f"the metadata {key!r} must be a list of labels", path)
+    labels = [str(c) for c in classes]
+    seen: set = set()
+    for label in labels:
+        if label in seen:
+            raise NncliError(f"the metadata {key!r} names the class {label!r} twice", path)
+        seen.add(label)
+    return labels
 
 
 def load_weights(module, path: str) -> dict:
