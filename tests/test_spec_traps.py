@@ -7,6 +7,7 @@ Each test is a regression test: it failed (or ran for minutes, or took gigabytes
 from __future__ import annotations
 
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 import torch
 from torch import nn
 
+import nncli as lib
 from nncli import model as model_module
 from nncli import spec as spec_module
 from nncli.errors import NncliError
@@ -418,6 +420,18 @@ def test_odd_yaml_values_are_one_error_line(nncli, tmp_path, text, fragment):
     result = nncli("params", spec)
     assert_error(result, 1, fragment.format(spec=spec) if "{spec}" in fragment else fragment)
     assert "internal error" not in result.stderr and len(result.stderr) < 400
+
+
+@pytest.mark.parametrize("text", ["layers:\n", "layers: null\n", "name: x\nlayers: ~\nloss: MSELoss\n"])
+def test_a_bare_layers_key_is_refused_not_the_identity_model(nncli, tmp_path, text):
+    """`layers:` with nothing after it was read as `layers: []`: forward gave the data back unchanged."""
+    spec = write(tmp_path, "spec.yaml", text)
+    message = "`layers` is empty: it must be a list of layers (`layers: []` for the identity model)"
+    for command in (["params", spec], ["forward", spec, write(tmp_path, "d.csv", "a\n1\n")]):
+        assert_error(nncli(*command), 1, f"error: {message} ({spec})")
+    with pytest.raises(NncliError, match=re.escape(message)):
+        lib.load({"layers": None})
+    assert nncli("forward", write(tmp_path, "id.yaml", "layers: []\n"), tmp_path / "d.csv").stdout.splitlines() == ["output", "1.0"]
 
 
 @pytest.mark.parametrize("text, message", [

@@ -289,8 +289,8 @@ def parse_spec(doc: Any, path: str, max_layers: int = DEFAULT_MAX_LAYERS) -> Spe
     if "layers" not in doc:
         raise fail("the spec has no `layers` list")
     layers_doc = doc["layers"]
-    if layers_doc is None:
-        layers_doc = []
+    if layers_doc is None:  # a bare `layers:` is more likely a list lost than the identity model asked for
+        raise fail("`layers` is empty: it must be a list of layers (`layers: []` for the identity model)")
     if not isinstance(layers_doc, list):
         raise fail(f"`layers` must be a list, got {_describe(layers_doc)}")
     if len(layers_doc) > max_layers:  # before a single layer is parsed, let alone built
