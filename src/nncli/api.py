@@ -323,7 +323,9 @@ class Model(Forwards):
         layer = unsized_first_layer(self.spec)
         if layer is None or not self.weights:
             return None, width_from
-        width = weights_width(self.weights, layer.index, layer.type)
+        from nncli.layers import LAYERS
+
+        width = weights_width(self.weights, layer.index, layer.type, LAYERS[layer.type].size_arg)
         return (width, self.weights) if width is not None else (None, width_from)
 
     @property
