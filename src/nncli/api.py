@@ -219,7 +219,8 @@ class Model(Forwards):
                  inputs: int | None = None, max_params: int = DEFAULT_MAX_PARAMS, device: str = "cpu", threads: int | None = None) -> None:
         if dtype not in ("float32", "float64"):
             raise UsageError(f"dtype must be float32 or float64, got {dtype!r}")
-        _check_arguments(inputs=inputs, max_params=max_params, threads=threads, required=("max_params",))
+        _check_arguments(inputs=inputs, max_params=max_params, threads=threads, weights=weights, required=("max_params",))
+        weights = None if weights is None else os.fspath(weights)  # a pathlib.Path too: messages and suffixes take text
         self.spec, self.seed, self.weights, self.dtype = spec, seed, weights, dtype
         self.inputs, self.max_params, self.device_name, self.threads = inputs, max_params, device, threads
         self.built = None  # nncli.model.Model once built
@@ -729,13 +730,15 @@ COUNT = (lambda v: _integer(v, 1), "an integer at or above 1")
 COUNT_OR_ZERO = (lambda v: _integer(v, 0), "an integer at or above 0")
 RATE = (lambda v: _finite(v) and v >= 0, "a finite number at or above 0")
 NUMBER = (lambda v: _finite(v), "a finite number")
+PATH = (lambda v: isinstance(v, (str, os.PathLike)) and os.fspath(v) != "", "a path (text or an os.PathLike)")
+SPEC = (lambda v: isinstance(v, dict) or PATH[0](v), "a path to a YAML spec (text or an os.PathLike) or a spec as a dict")
 
 # every numeric argument of load, Model, train, evaluate and Model's methods: one rule each
 ARGUMENTS = {
     "batch_size": COUNT, "epochs": COUNT, "patience": COUNT, "inputs": COUNT, "threads": COUNT, "max_layers": COUNT,
     "warmup": COUNT_OR_ZERO, "max_params": COUNT_OR_ZERO,
     "lr": RATE, "momentum": RATE, "weight_decay": RATE, "clip_grad_norm": RATE, "clip_grad_value": RATE, "val_split": RATE,
-    "threshold": NUMBER,
+    "threshold": NUMBER, "weights": PATH, "spec": SPEC,
 }
 
 
@@ -828,7 +831,7 @@ def load(spec, *, seed: int | None = None, weights: str | None = None, dtype: st
     """A model from a spec file (YAML) or a spec as a dict; built, seeded as the CLI seeds it, on first use."""
     from nncli.spec import DEFAULT_MAX_LAYERS, load_spec, parse_spec
 
-    _check_arguments(max_layers=max_layers)
+    _check_arguments(max_layers=max_layers, spec=spec, required=("spec",))
     limit = DEFAULT_MAX_LAYERS if max_layers is None else max_layers
     parsed = parse_spec(spec, "<dict>", max_layers=limit) if isinstance(spec, dict) else load_spec(os.fspath(spec), max_layers=limit)
     return Model(parsed, seed=seed, weights=weights, dtype=dtype, inputs=inputs, max_params=max_params, device=device, threads=threads)
