@@ -210,3 +210,16 @@ def test_a_model_file_given_as_spec_says_what_it_is(nncli, tmp_path, command, na
     args = {"params": [], "export": ["-o", tmp_path / "o.onnx"], "init": ["-o", tmp_path / "o.pt"],
             "train": [DATA / "two-points.csv", "-t", "b", "-e", "1", "--lr", "0.1"]}.get(command, [DATA / "two-points.csv", "-t", "b"])
     assert_error(nncli(command, path, *args), 1, f"error: {fragment}", f"({path})")
+
+
+@pytest.mark.parametrize("command", ["params", "init", "export"])
+def test_inputs_that_disagree_with_the_spec_are_refused_by_every_command(nncli, tmp_path, command):
+    """params refused `--inputs 6` on a spec of `inputs: 4`; init and export built a 6-input model."""
+    import nncli as lib
+
+    spec = write(tmp_path, "s.yaml", "inputs: 4\nlayers:\n  - Linear: {out_features: 3}\n")
+    out = {"params": [], "init": ["-o", tmp_path / "w.pt"], "export": ["-o", tmp_path / "m.pt2"]}[command]
+    assert_error(nncli(command, spec, "--inputs", "6", *out), 2, "--inputs 6 disagrees with the spec's inputs: 4")
+    assert not (tmp_path / "w.pt").exists() and not (tmp_path / "m.pt2").exists()
+    with pytest.raises(lib.UsageError, match="--inputs 6 disagrees"):
+        lib.load(spec, inputs=6).module

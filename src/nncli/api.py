@@ -249,6 +249,7 @@ class Model(Forwards):
         from nncli.runtime import make_model
         from nncli.spec import input_width
 
+        self._check_inputs()
         given = self.inputs or self.spec.inputs
         if width is not None and given is not None and given != width:
             raise NncliError(f"the model expects {given} features; {width_from} has {width}", self.spec.path)
@@ -308,12 +309,16 @@ class Model(Forwards):
         so a model of 10^16 parameters is counted in a moment."""
         from nncli.spec import input_width, resolve
 
-        if self.inputs and self.spec.inputs and self.inputs != self.spec.inputs:
-            raise UsageError(f"--inputs {self.inputs} disagrees with the spec's inputs: {self.spec.inputs}")
+        self._check_inputs()
         width, width_from = input_width(self.spec, self.inputs), "--inputs" if self.inputs else "the spec's inputs"
         if width is None:
             width, width_from = self._weights_width(width_from)
         return width, resolve(self.spec, width, width_from)
+
+    def _check_inputs(self) -> None:
+        """--inputs and the spec's `inputs` agree (params refused a disagreement; init and export built --inputs' width)."""
+        if self.inputs and self.spec.inputs and self.inputs != self.spec.inputs:
+            raise UsageError(f"--inputs {self.inputs} disagrees with the spec's inputs: {self.spec.inputs}")
 
     def _weights_width(self, width_from: str) -> tuple[int | None, str]:
         """A spec that leaves the first in_features (num_features, normalized_shape) out, with weights:
