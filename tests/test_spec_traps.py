@@ -26,7 +26,7 @@ from nncli import spec as spec_module
 from nncli.errors import NncliError
 from nncli.model import build
 from nncli.spec import DEFAULT_MAX_LAYERS, MAX_INLINE_VALUES, load_spec, parse_spec, resolve
-from tests.helpers import assert_error, load_json, read_table, write
+from tests.helpers import DATA, assert_error, load_json, read_table, write
 
 
 def _limit_memory():
@@ -432,6 +432,19 @@ def test_a_bare_layers_key_is_refused_not_the_identity_model(nncli, tmp_path, te
     with pytest.raises(NncliError, match=re.escape(message)):
         lib.load({"layers": None})
     assert nncli("forward", write(tmp_path, "id.yaml", "layers: []\n"), tmp_path / "d.csv").stdout.splitlines() == ["output", "1.0"]
+
+
+@pytest.mark.parametrize("classes, outputs, ok", [("[a, b]", 3, False), ("[a, b, c, d]", 3, False), ("[a, b, c]", 3, True), ("[a, b]", 1, True)])
+def test_spec_classes_must_name_each_output(nncli, tmp_path, classes, outputs, ok):
+    """`classes: [a, b]` on 3 softmax outputs was dropped silently (prob_0, prob_1, prob_2)."""
+    head = "loss: CrossEntropyLoss\n" if outputs > 1 else "loss: BCEWithLogitsLoss\n"
+    spec = write(tmp_path, "s.yaml", f"layers:\n  - Linear: {{in_features: 2, out_features: {outputs}}}\n{head}classes: {classes}\n")
+    result = nncli("forward", spec, DATA / "two-points.csv")
+    if ok:
+        assert result.exit_code == 0 and result.stdout.splitlines()[0].startswith("prob_"), result.stderr
+    else:
+        count = classes.count(",") + 1
+        assert_error(result, 1, f"error: `classes` names {count} classes; the model has {outputs} outputs ({spec})")
 
 
 @pytest.mark.parametrize("text, message", [

@@ -264,8 +264,11 @@ class Model(Forwards):
             raise NncliError(f"the weights were trained on the classes {built.classes}, the spec names {self.spec.classes}", self.weights)
         if built.classes is None:
             built.classes = self.spec.classes
+            if built.classes is not None:
+                _check_class_count(built, width, spec_loss(self.spec.loss, self.spec.path), "`classes`", self.spec.path)
         elif self.spec.classes is None:
-            _check_saved_classes(built, width, spec_loss(self.spec.loss, self.spec.path), self.weights)
+            key = "'nncli.classes'" if str(self.weights).lower().endswith(".safetensors") else "'classes'"
+            _check_class_count(built, width, spec_loss(self.spec.loss, self.spec.path), f"the metadata {key}", self.weights)
         self.built = built
         return self.built
 
@@ -1258,13 +1261,12 @@ def _restore(built, start: dict, path: str, width: int) -> None:
         built.preprocess = Preprocess(p["kind"], p["columns"], p["shift"], p["scale"])
 
 
-def _check_saved_classes(built, width: int, loss: str | None, where: str | None) -> None:
-    """Classes saved with the weights name each output of a one-class-per-row head: a count that
-    differs (a hand-edited header) was silently dropped, and forward named the columns by index."""
+def _check_class_count(built, width: int, loss: str | None, what: str, where: str | None) -> None:
+    """Classes (the spec's, or saved with the weights) name each output of a one-class-per-row head:
+    a count that differs was silently dropped, and forward named the columns by index."""
     head = head_of(built.layers, width, loss)
     if head.is_classifier and not head.multi_label and len(built.classes) != max(head.width, 2):
-        key = "nncli.classes" if str(where).lower().endswith(".safetensors") else "classes"
-        raise NncliError(f"the metadata {key!r} names {len(built.classes)} classes; the model has "
+        raise NncliError(f"{what} names {len(built.classes)} classes; the model has "
                          f"{head.width} output{'s' if head.width != 1 else ''}", where)
 
 
