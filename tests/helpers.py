@@ -72,6 +72,9 @@ def assert_error(result, code: int, *fragments: str) -> None:
     assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
     lines = [l for l in result.stderr.splitlines() if l.strip()]
     assert lines and lines[0].startswith("error: "), result.stderr
+    if code == 2:  # a usage error: and where to look, `Try 'nncli CMD --help'`
+        assert len(lines) == 2 and lines[1].startswith("Try 'nncli") and lines[1].endswith(" --help'"), result.stderr
+        lines = lines[:1]
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     for fragment in fragments:

@@ -126,6 +126,27 @@ def test_click_usage_errors_are_one_error_line_and_a_try_line(tmp_path, args, me
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--features", "a,,b"], "error: --features 'a,,b': an empty column name"),
+    (["--features", '"a'], "error: --features '\"a': unexpected end of data"),
+    (["-t", "y,y"], "error: --target: column"),
+    (["--features", "a,b,c,d,a"], "error: --features: column 0 ('a') is named twice"),
+    (["-f", "xml"], "error: --format must be one of"),
+    (["--delimiter", "ab"], "error: the delimiter must be one character"),
+])
+def test_nncli_s_own_usage_errors_have_the_try_line_too(tmp_path, args, message):
+    """Only Click's usage errors had `Try 'nncli CMD --help'`; those nncli raises (UsageError) had
+    the error line alone. Every exit 2 now gets both, from cli.py."""
+    (tmp_path / "reg.yaml").write_text("layers:\n  - Linear: {out_features: 1}\n")
+    (tmp_path / "reg.csv").write_text("a,b,c,d,y\n1,2,3,4,5\n")
+    target = [] if args[0] == "-t" else ["-t", "y"]
+    result = subprocess.run([shutil.which("nncli"), "forward", "reg.yaml", "reg.csv", *target, *args], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(message) and lines[1] == "Try 'nncli forward --help'", result.stderr
+    assert result.stdout == ""
+
+
 # -- column lists: --features a,b,c -----------------------------------------------------------------
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

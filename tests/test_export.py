@@ -609,6 +609,50 @@ def test_onnx_metadata_that_lies_about_the_output_width_is_refused(nncli, tmp_pa
     assert OnnxModel(tmp_path / "m.onnx").head.width == 3
 
 
+def _with_metadata(source, path, key: str, value: str):
+    """An exported .onnx with one metadata entry set by hand."""
+    import onnx
+
+    proto = onnx.load(str(source))
+    entries = {p.key: p for p in proto.metadata_props}
+    if key in entries:
+        entries[key].value = value
+    else:
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
+    return path
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("classes", '["a", "a", "b"]', "the metadata 'classes' names the class 'a' twice"),
+    ("classes", '["a", "b"]', "the metadata 'classes' names 2 classes; the model has 3 outputs"),
+    ("classes", '"abc"', "the metadata 'classes' must be a list of labels"),
+    ("head", '{"kind": "softmax", "width": 3.5, "link": null}', "the metadata 'head' has width 3.5"),
+    ("head", '{"kind": "softmax", "width": "3", "link": null}', "the metadata 'head' has width \"3\""),
+    ("head", "[]", "the metadata 'head' must be an object"),
+    ("head", "true", "the metadata 'head' must be an object"),
+    ("head", '{"kind": "softmax", "width": true, "link": null}', "the metadata 'head' has width true"),
+    ("head", '{"kind": "weird", "width": 3, "link": null}', "the metadata 'head' has kind \"weird\""),
+    ("head", '{"kind": "softmax", "width": 3, "link": "tanh"}', "the metadata 'head' has link \"tanh\""),
+    ("head", '{"kind": "sigmoid"}', "the metadata 'head' has width null"),
+    ("head", '{"kind": "logsoftmax", "width": 3, "link": null}', "the metadata 'head' (logsoftmax) does not fit the graph's output 'prob'"),
+    ("head", '{"kind": "plain", "width": 3, "link": "softmax"}', "the metadata 'head' (plain, link softmax) does not fit the graph's output 'prob'"),
+])
+def test_onnx_metadata_that_does_not_fit_is_refused(nncli, tmp_path, key, value, fragment):
+    """nncli's own metadata is read strictly: a duplicate class dropped an output column (prob_a,prob_b
+    from 3 outputs), and a head that did not parse (width 3.5, "3", true, []) was silently read as plain."""
+    _onnxruntime()
+    from nncli.export import OnnxModel, export_onnx
+
+    export_onnx(lib.load(CONFIGS / "three-class.yaml"), tmp_path / "m.onnx")
+    bad = _with_metadata(tmp_path / "m.onnx", tmp_path / "bad.onnx", key, value)
+    with pytest.raises(NncliError, match="^" + __import__("re").escape(fragment)):
+        OnnxModel(bad)
+    assert_error(nncli("forward", bad, DATA / "table-5x6.csv", "-t", "label"), 1, fragment, f"({bad})")
+    good = _with_metadata(tmp_path / "m.onnx", tmp_path / "good.onnx", "classes", '["x", "y", "z"]')
+    assert OnnxModel(good).forward(DATA / "table-5x6.csv", target="label").columns[:3] == ["prob_x", "prob_y", "prob_z"]
+
+
 def _graph_onnx(path, nodes, output_shape):
     """A hand-made ONNX model: input `features` [N, 2] float, output `output` declared as output_shape."""
     import onnx

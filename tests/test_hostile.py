@@ -548,3 +548,24 @@ def test_resume_on_a_file_that_is_neither_gives_one_message(nncli, tmp_path, nam
     result = nncli("train", spec, path, "-t", "y", "--lr", "0.1", "--epochs", 2, "--resume", target)
     assert_error(result, 1, str(target))
     assert "training starts from them" not in result.stderr
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+@pytest.mark.parametrize("classes, fragment", [(["a", "a", "b"], "names the class 'a' twice"),
+                                               (["a", "b"], "names 2 classes; the model has 3 outputs")])
+def test_saved_classes_that_do_not_name_each_output_once_are_refused(nncli, tmp_path, suffix, classes, fragment):
+    """A label named twice dropped an output column (prob_a,prob_b from 3 outputs, shifted); a count
+    that differs from the outputs was ignored. Both are refused, as a spec's `classes` is."""
+    import json
+
+    from safetensors.torch import save_file
+
+    w = tmp_path / f"w{suffix}"
+    state = {"0.weight": torch.ones(3, 2), "0.bias": torch.zeros(3)}
+    if suffix == ".safetensors":
+        save_file(state, str(w), metadata={"nncli.classes": json.dumps(classes)})
+    else:
+        torch.save({**state, "classes": classes}, w)
+    spec = write(tmp_path, "s.yaml", "layers:\n  - Linear: {in_features: 2, out_features: 3}\nloss: CrossEntropyLoss\n")
+    key = "'nncli.classes'" if suffix == ".safetensors" else "'classes'"
+    assert_error(nncli("forward", spec, DATA / "two-points.csv", "--weights", w), 1, f"the metadata {key} {fragment}", str(w))

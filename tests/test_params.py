@@ -159,3 +159,67 @@ def test_params_and_export_take_the_input_width_from_the_weights(nncli, tmp_path
         assert torch.equal(exported(x), model(x))
     # without the weights, the spec alone still cannot say
     assert_error(nncli("params", spec), 1, "can't be inferred")
+
+
+def _weights(path, state: dict):
+    from safetensors.torch import save_file
+
+    save_file(state, str(path)) if str(path).endswith(".safetensors") else torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_params_refuses_weights_that_do_not_fit_as_export_and_values_do(nncli, tmp_path, suffix):
+    """params counted the spec and --inputs without a look at -w: a 6-input model from weights of 5,
+    and int64 weights, which --values and export refuse. One rule now, naming the file and tensor."""
+    spec = write(tmp_path, "inf.yaml", "layers:\n  - Linear: {out_features: 3}\n")
+    w5 = _weights(tmp_path / f"w5{suffix}", {"0.weight": torch.ones(3, 5), "0.bias": torch.zeros(3)})
+    wrong = "key '0.weight' has shape [3, 5], the model needs [3, 6]"
+    assert_error(nncli("params", spec, "-w", w5, "--inputs", "6"), 1, f"error: {wrong} ({w5})")
+    assert_error(nncli("export", spec, "-w", w5, "--inputs", "6", "-o", tmp_path / "m.pt2"), 1, f"error: {wrong} ({w5})")
+    assert load_json(nncli("params", spec, "-w", w5, "-f", "json"))["inputs"] == 5
+    ints = _weights(tmp_path / f"wint{suffix}", {"0.weight": torch.ones(3, 5, dtype=torch.int64), "0.bias": torch.zeros(3, dtype=torch.int64)})
+    for extra in ([], ["--values"]):
+        result = nncli("params", spec, "-w", ints, *extra)
+        assert_error(result, 1, "has dtype torch.int64, the model needs torch.float32", f"({ints})")
+        assert "'0.weight'" in result.stderr or "'0.bias'" in result.stderr
+    extra = _weights(tmp_path / f"extra{suffix}", {"0.weight": torch.ones(3, 5), "0.bias": torch.zeros(3), "1.weight": torch.ones(1)})
+    assert_error(nncli("params", spec, "-w", extra), 1, f"error: unexpected key '1.weight' (the model has 0.weight, 0.bias) ({extra})")
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+@pytest.mark.parametrize("weight, found", [(torch.ones(3, 0), "key '0.weight' has shape [3, 0]"), (torch.ones(3), "key '0.weight' has shape [3]"),
+                                           (None, "the file has no key '0.weight'")])
+def test_a_width_the_weights_cannot_give_names_the_weights_file(nncli, tmp_path, suffix, weight, found):
+    spec = write(tmp_path, "inf.yaml", "layers:\n  - Linear: {out_features: 3}\n")
+    state = {"0.bias": torch.zeros(3)} if weight is None else {"0.weight": weight, "0.bias": torch.zeros(3)}
+    w = _weights(tmp_path / f"w{suffix}", state)
+    message = f"error: layers[0] (Linear): in_features can't be inferred from the weights ({found}): give it in the spec, or the number of input features (--inputs) ({w})"
+    for command in ("params", "export"):
+        assert_error(nncli(command, spec, "-w", w, *(["-o", tmp_path / "m.pt2"] if command == "export" else [])), 1, message)
+
+
+@pytest.mark.parametrize("command", ["params", "evaluate", "loss", "train", "export", "init"])
+@pytest.mark.parametrize("name, fragment", [("m.onnx", "an exported ONNX model, not a spec: only forward scores .onnx files"),
+                                            ("m.pt2", "an exported torch.export program, not a spec"),
+                                            ("w.safetensors", "a weights file, not a spec: give the YAML spec, and this file with --weights")])
+def test_a_model_file_given_as_spec_says_what_it_is(nncli, tmp_path, command, name, fragment):
+    """`nncli params iris.onnx` said "the spec is not UTF-8 text"."""
+    path = tmp_path / name
+    path.write_bytes(b"\x08\x07\x12\x07pytorch\xff\xfe")
+    args = {"params": [], "export": ["-o", tmp_path / "o.onnx"], "init": ["-o", tmp_path / "o.pt"],
+            "train": [DATA / "two-points.csv", "-t", "b", "-e", "1", "--lr", "0.1"]}.get(command, [DATA / "two-points.csv", "-t", "b"])
+    assert_error(nncli(command, path, *args), 1, f"error: {fragment}", f"({path})")
+
+
+@pytest.mark.parametrize("command", ["params", "init", "export"])
+def test_inputs_that_disagree_with_the_spec_are_refused_by_every_command(nncli, tmp_path, command):
+    """params refused `--inputs 6` on a spec of `inputs: 4`; init and export built a 6-input model."""
+    import nncli as lib
+
+    spec = write(tmp_path, "s.yaml", "inputs: 4\nlayers:\n  - Linear: {out_features: 3}\n")
+    out = {"params": [], "init": ["-o", tmp_path / "w.pt"], "export": ["-o", tmp_path / "m.pt2"]}[command]
+    assert_error(nncli(command, spec, "--inputs", "6", *out), 2, "--inputs 6 disagrees with the spec's inputs: 4")
+    assert not (tmp_path / "w.pt").exists() and not (tmp_path / "m.pt2").exists()
+    with pytest.raises(lib.UsageError, match="--inputs 6 disagrees"):
+        lib.load(spec, inputs=6).module

@@ -7,6 +7,7 @@ Each test is a regression test: it failed (or ran for minutes, or took gigabytes
 from __future__ import annotations
 
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -19,12 +20,13 @@ import pytest
 import torch
 from torch import nn
 
+import nncli as lib
 from nncli import model as model_module
 from nncli import spec as spec_module
 from nncli.errors import NncliError
 from nncli.model import build
 from nncli.spec import DEFAULT_MAX_LAYERS, MAX_INLINE_VALUES, load_spec, parse_spec, resolve
-from tests.helpers import assert_error, load_json, read_table, write
+from tests.helpers import DATA, assert_error, load_json, read_table, write
 
 
 def _limit_memory():
@@ -418,6 +420,31 @@ def test_odd_yaml_values_are_one_error_line(nncli, tmp_path, text, fragment):
     result = nncli("params", spec)
     assert_error(result, 1, fragment.format(spec=spec) if "{spec}" in fragment else fragment)
     assert "internal error" not in result.stderr and len(result.stderr) < 400
+
+
+@pytest.mark.parametrize("text", ["layers:\n", "layers: null\n", "name: x\nlayers: ~\nloss: MSELoss\n"])
+def test_a_bare_layers_key_is_refused_not_the_identity_model(nncli, tmp_path, text):
+    """`layers:` with nothing after it was read as `layers: []`: forward gave the data back unchanged."""
+    spec = write(tmp_path, "spec.yaml", text)
+    message = "`layers` is empty: it must be a list of layers (`layers: []` for the identity model)"
+    for command in (["params", spec], ["forward", spec, write(tmp_path, "d.csv", "a\n1\n")]):
+        assert_error(nncli(*command), 1, f"error: {message} ({spec})")
+    with pytest.raises(NncliError, match=re.escape(message)):
+        lib.load({"layers": None})
+    assert nncli("forward", write(tmp_path, "id.yaml", "layers: []\n"), tmp_path / "d.csv").stdout.splitlines() == ["output", "1.0"]
+
+
+@pytest.mark.parametrize("classes, outputs, ok", [("[a, b]", 3, False), ("[a, b, c, d]", 3, False), ("[a, b, c]", 3, True), ("[a, b]", 1, True)])
+def test_spec_classes_must_name_each_output(nncli, tmp_path, classes, outputs, ok):
+    """`classes: [a, b]` on 3 softmax outputs was dropped silently (prob_0, prob_1, prob_2)."""
+    head = "loss: CrossEntropyLoss\n" if outputs > 1 else "loss: BCEWithLogitsLoss\n"
+    spec = write(tmp_path, "s.yaml", f"layers:\n  - Linear: {{in_features: 2, out_features: {outputs}}}\n{head}classes: {classes}\n")
+    result = nncli("forward", spec, DATA / "two-points.csv")
+    if ok:
+        assert result.exit_code == 0 and result.stdout.splitlines()[0].startswith("prob_"), result.stderr
+    else:
+        count = classes.count(",") + 1
+        assert_error(result, 1, f"error: `classes` names {count} classes; the model has {outputs} outputs ({spec})")
 
 
 @pytest.mark.parametrize("text, message", [

@@ -264,7 +264,7 @@ def test_a_targets_file_on_standard_input_is_read_whole_every_time(tmp_path):
         assert from_stdin.stdout == from_file.stdout
     both = subprocess.run([nncli_script, "train", str(spec), "-", "--targets", "-", "--epochs", "1", "--lr", "0.1"],
                           input=features.read_bytes(), capture_output=True, timeout=120)
-    assert both.returncode == 2 and both.stderr.decode().strip() == "error: DATA and --targets can't both be standard input"
+    assert both.returncode == 2 and both.stderr.decode().splitlines() == ["error: DATA and --targets can't both be standard input", "Try 'nncli train --help'"]
 
 
 def test_the_library_leaves_the_callers_read_as_it_was(tmp_path, monkeypatch):

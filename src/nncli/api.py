@@ -219,7 +219,8 @@ class Model(Forwards):
                  inputs: int | None = None, max_params: int = DEFAULT_MAX_PARAMS, device: str = "cpu", threads: int | None = None) -> None:
         if dtype not in ("float32", "float64"):
             raise UsageError(f"dtype must be float32 or float64, got {dtype!r}")
-        _check_arguments(inputs=inputs, max_params=max_params, threads=threads, required=("max_params",))
+        _check_arguments(inputs=inputs, max_params=max_params, threads=threads, weights=weights, required=("max_params",))
+        weights = None if weights is None else os.fspath(weights)  # a pathlib.Path too: messages and suffixes take text
         self.spec, self.seed, self.weights, self.dtype = spec, seed, weights, dtype
         self.inputs, self.max_params, self.device_name, self.threads = inputs, max_params, device, threads
         self.built = None  # nncli.model.Model once built
@@ -248,6 +249,7 @@ class Model(Forwards):
         from nncli.runtime import make_model
         from nncli.spec import input_width
 
+        self._check_inputs()
         given = self.inputs or self.spec.inputs
         if width is not None and given is not None and given != width:
             raise NncliError(f"the model expects {given} features; {width_from} has {width}", self.spec.path)
@@ -262,6 +264,11 @@ class Model(Forwards):
             raise NncliError(f"the weights were trained on the classes {built.classes}, the spec names {self.spec.classes}", self.weights)
         if built.classes is None:
             built.classes = self.spec.classes
+            if built.classes is not None:
+                _check_class_count(built, width, spec_loss(self.spec.loss, self.spec.path), "`classes`", self.spec.path)
+        elif self.spec.classes is None:
+            key = "'nncli.classes'" if str(self.weights).lower().endswith(".safetensors") else "'classes'"
+            _check_class_count(built, width, spec_loss(self.spec.loss, self.spec.path), f"the metadata {key}", self.weights)
         self.built = built
         return self.built
 
@@ -305,12 +312,16 @@ class Model(Forwards):
         so a model of 10^16 parameters is counted in a moment."""
         from nncli.spec import input_width, resolve
 
-        if self.inputs and self.spec.inputs and self.inputs != self.spec.inputs:
-            raise UsageError(f"--inputs {self.inputs} disagrees with the spec's inputs: {self.spec.inputs}")
+        self._check_inputs()
         width, width_from = input_width(self.spec, self.inputs), "--inputs" if self.inputs else "the spec's inputs"
         if width is None:
             width, width_from = self._weights_width(width_from)
         return width, resolve(self.spec, width, width_from)
+
+    def _check_inputs(self) -> None:
+        """--inputs and the spec's `inputs` agree (params refused a disagreement; init and export built --inputs' width)."""
+        if self.inputs and self.spec.inputs and self.inputs != self.spec.inputs:
+            raise UsageError(f"--inputs {self.inputs} disagrees with the spec's inputs: {self.spec.inputs}")
 
     def _weights_width(self, width_from: str) -> tuple[int | None, str]:
         """A spec that leaves the first in_features (num_features, normalized_shape) out, with weights:
@@ -321,7 +332,9 @@ class Model(Forwards):
         layer = unsized_first_layer(self.spec)
         if layer is None or not self.weights:
             return None, width_from
-        width = weights_width(self.weights, layer.index, layer.type)
+        from nncli.layers import LAYERS
+
+        width = weights_width(self.weights, layer.index, layer.type, LAYERS[layer.type].size_arg)
         return (width, self.weights) if width is not None else (None, width_from)
 
     @property
@@ -725,13 +738,15 @@ COUNT = (lambda v: _integer(v, 1), "an integer at or above 1")
 COUNT_OR_ZERO = (lambda v: _integer(v, 0), "an integer at or above 0")
 RATE = (lambda v: _finite(v) and v >= 0, "a finite number at or above 0")
 NUMBER = (lambda v: _finite(v), "a finite number")
+PATH = (lambda v: isinstance(v, (str, os.PathLike)) and os.fspath(v) != "", "a path (text or an os.PathLike)")
+SPEC = (lambda v: isinstance(v, dict) or PATH[0](v), "a path to a YAML spec (text or an os.PathLike) or a spec as a dict")
 
 # every numeric argument of load, Model, train, evaluate and Model's methods: one rule each
 ARGUMENTS = {
     "batch_size": COUNT, "epochs": COUNT, "patience": COUNT, "inputs": COUNT, "threads": COUNT, "max_layers": COUNT,
     "warmup": COUNT_OR_ZERO, "max_params": COUNT_OR_ZERO,
     "lr": RATE, "momentum": RATE, "weight_decay": RATE, "clip_grad_norm": RATE, "clip_grad_value": RATE, "val_split": RATE,
-    "threshold": NUMBER,
+    "threshold": NUMBER, "weights": PATH, "spec": SPEC,
 }
 
 
@@ -824,7 +839,7 @@ def load(spec, *, seed: int | None = None, weights: str | None = None, dtype: st
     """A model from a spec file (YAML) or a spec as a dict; built, seeded as the CLI seeds it, on first use."""
     from nncli.spec import DEFAULT_MAX_LAYERS, load_spec, parse_spec
 
-    _check_arguments(max_layers=max_layers)
+    _check_arguments(max_layers=max_layers, spec=spec, required=("spec",))
     limit = DEFAULT_MAX_LAYERS if max_layers is None else max_layers
     parsed = parse_spec(spec, "<dict>", max_layers=limit) if isinstance(spec, dict) else load_spec(os.fspath(spec), max_layers=limit)
     return Model(parsed, seed=seed, weights=weights, dtype=dtype, inputs=inputs, max_params=max_params, device=device, threads=threads)
@@ -1251,6 +1266,15 @@ def _restore(built, start: dict, path: str, width: int) -> None:
     if start.get("preprocess") is not None:
         p = start["preprocess"]
         built.preprocess = Preprocess(p["kind"], p["columns"], p["shift"], p["scale"])
+
+
+def _check_class_count(built, width: int, loss: str | None, what: str, where: str | None) -> None:
+    """Classes (the spec's, or saved with the weights) name each output of a one-class-per-row head:
+    a count that differs was silently dropped, and forward named the columns by index."""
+    head = head_of(built.layers, width, loss)
+    if head.is_classifier and not head.multi_label and len(built.classes) != max(head.width, 2):
+        raise NncliError(f"{what} names {len(built.classes)} classes; the model has "
+                         f"{head.width} output{'s' if head.width != 1 else ''}", where)
 
 
 def _learn_classes(built, data, read: Read, choice, width: int) -> None:

@@ -145,13 +145,29 @@ def _abort() -> type:
 def _usage_error(e) -> None:
     """`error: <message>` and `Try 'nncli CMD --help'`, exit 2 (e.exit_code)."""
     _say_error(e.format_message(), e.exit_code)
-    if e.ctx is not None and sys.stderr is not None:
+    _try_help(e.ctx)
+    sys.exit(e.exit_code)
+
+
+def _try_help(ctx) -> None:
+    """The line under every usage error (Click's and nncli's own UsageError alike): where to look."""
+    if ctx is not None and sys.stderr is not None:
         try:
-            sys.stderr.write(f"Try '{e.ctx.command_path} --help'\n")
+            sys.stderr.write(f"Try '{ctx.command_path} --help'\n")
             sys.stderr.flush()
         except (OSError, ValueError):
             pass
-    sys.exit(e.exit_code)
+
+
+def _current_context():
+    """The running command's Click context (Typer's vendored Click, or the installed one), or None."""
+    import importlib
+
+    click = _click_exceptions().__name__.rsplit(".", 1)[0]
+    try:
+        return importlib.import_module(f"{click}.globals").get_current_context(silent=True)
+    except (ImportError, AttributeError):
+        return None
 
 
 def _say_error(message: str, code: int) -> None:
@@ -270,7 +286,9 @@ def handled(fn):
         except UsageError as e:
             if debug:
                 raise
-            _error(e.message, 2)
+            _say_error(e.message, 2)
+            _try_help(_current_context())
+            raise typer.Exit(2)
         except NncliError as e:
             if debug:
                 raise

@@ -735,8 +735,15 @@ class OnnxModel(Forwards):
         width = inputs[0].shape[1]
         self.width = width if isinstance(width, int) else _int(self.metadata.get("inputs"))
         self.head = self._head(outputs[0].shape)
-        classes = self.metadata.get("classes")
-        self.classes = [str(c) for c in classes] if isinstance(classes, list) else None
+        self.classes = None
+        if "classes" in self.metadata:
+            from nncli.model import checked_classes
+
+            self.classes = checked_classes(self.metadata["classes"], "classes", self.path)
+            h = self.head
+            if h.is_classifier and not h.multi_label and len(self.classes) != max(h.width, 2):  # forward.head_of's rule
+                raise NncliError(f"the metadata 'classes' names {len(self.classes)} classes; the model has "
+                                 f"{h.width} output{'s' if h.width != 1 else ''}", self.path)
         name = self.metadata.get("spec") or os.path.splitext(os.path.basename(self.path))[0]
         self.built = OnnxBuilt(f"{name} ({os.path.basename(self.path)}, onnxruntime, {self.dtype})", self.dtype)
 
@@ -751,13 +758,15 @@ class OnnxModel(Forwards):
 
             probe = np.zeros((1, self.width or 1), dtype=self.dtype)
             width = int(np.asarray(run_session(self.session, [self.output], {self.input: probe}, self.path)[0]).reshape(1, -1).shape[1])
-        given = self.metadata.get("head")
-        if isinstance(given, dict) and given.get("kind") in ("sigmoid", "softmax", "logsoftmax", "plain") and isinstance(given.get("width"), int):
-            if given["width"] != width:
-                raise NncliError(f"the file's nncli metadata gives the output {given['width']:,} columns; its graph gives {width:,}", self.path)
-            link = given.get("link") if given.get("link") in ("softmax", "sigmoid") else None
-            return Head(given["kind"], given["width"], link)
-        return Head("plain", width)
+        if "head" not in self.metadata:
+            return Head("plain", width)  # not a file nncli exported: plain outputs
+        given = _metadata_head(self.metadata["head"], self.path)
+        if given.width != width:
+            raise NncliError(f"the file's nncli metadata gives the output {given.width:,} columns; its graph gives {width:,}", self.path)
+        if output_name(given) != self.output:  # nncli names the graph's output by its head
+            raise NncliError(f"the metadata 'head' ({given.kind}{', link ' + given.link if given.link else ''}) does not fit "
+                             f"the graph's output {self.output!r}", self.path)
+        return given
 
     @property
     def caption(self) -> str:
@@ -803,6 +812,30 @@ class OnnxModel(Forwards):
             return np.zeros((0, self.head.width), dtype=self.dtype)
         out = np.asarray(run_session(self.session, [self.output], {self.input: x}, self.path)[0])
         return out.reshape(len(x), -1)
+
+
+HEAD_KINDS = ("sigmoid", "softmax", "logsoftmax", "plain")
+
+
+def _metadata_head(value, path: str) -> Head:
+    """The `head` nncli wrote ({"kind", "width", "link"}), checked strictly: a value that did not fit
+    (width 3.5, "3", true, a missing width) was ignored and the outputs shown as plain columns."""
+    def refuse(why: str):
+        return NncliError(f"the metadata 'head' {why}", path)
+
+    def shown(v) -> str:  # as the file writes it (JSON), cut short
+        return json.dumps(v)[:60] if isinstance(v, (dict, list, str, int, float, bool, type(None))) else repr(v)[:60]
+
+    if not isinstance(value, dict):
+        raise refuse(f"must be an object {{kind, width, link}}, got {shown(value)}")
+    kind, width, link = value.get("kind"), value.get("width"), value.get("link")
+    if kind not in HEAD_KINDS:
+        raise refuse(f"has kind {shown(kind)}; nncli writes {', '.join(HEAD_KINDS)}")
+    if type(width) is not int or width < 1:
+        raise refuse(f"has width {shown(width)}; it must be a positive integer")
+    if link not in (None, "softmax", "sigmoid") or link is not None and kind != "plain":
+        raise refuse(f"has link {shown(link)}; nncli writes none, or softmax or sigmoid for a plain head")
+    return Head(kind, width, link)
 
 
 def run_session(session, names, feeds, where: str | None = None):

@@ -229,22 +229,78 @@ WIDTH_TENSORS = {"Linear": (("weight", 1),), "BatchNorm1d": (("weight", 0), ("ru
                  "LayerNorm": (("weight", 0), ("bias", 0))}
 
 
-def weights_width(path: str, index: int, layer_type: str) -> int | None:
+def weights_width(path: str, index: int, layer_type: str, size_arg: str = "in_features") -> int:
     """The input width a weights file fixes for a spec that leaves it out: layer `index`'s tensor
     along its input axis (Linear's weight [out, in]; BatchNorm1d's and LayerNorm's [features]).
     Only shapes are read: a .safetensors header without torch (nothing is built or copied); a .pt or
-    .pth as read_weights reads it. None when the file has no such tensor: the spec's own error stands."""
-    shapes = _header_shapes(path) if path.lower().endswith(".safetensors") else None
-    if shapes is None:  # a .pt, or a header read_weights must name the trouble with
-        shapes = {k: list(v.shape) for k, v in read_state(path).items()}
-    for name, axis in WIDTH_TENSORS.get(layer_type, ()):
-        shape = shapes.get(f"{index}.{name}")
+    .pth as read_weights reads it. A file without such a tensor, or with one of no usable width
+    ([3, 0], 1-D), is named: the spec's own message sent the user to the spec alone."""
+    shapes = {k: v[0] for k, v in weights_layout(path).items()}
+    candidates = [(f"{index}.{name}", axis) for name, axis in WIDTH_TENSORS.get(layer_type, ())]
+    for key, axis in candidates:
+        shape = shapes.get(key)
         if isinstance(shape, list) and len(shape) > axis and type(shape[axis]) is int and shape[axis] > 0:
             return shape[axis]
-    return None
+    key = next((k for k, _ in candidates if k in shapes), candidates[0][0] if candidates else f"{index}.weight")
+    found = f"key {_key(key)} has shape {shapes[key]}" if key in shapes else f"the file has no key {_key(key)}"
+    raise NncliError(f"layers[{index}] ({layer_type}): {size_arg} can't be inferred from the weights ({found}): "
+                     "give it in the spec, or the number of input features (--inputs)", path)
 
 
-def _header_shapes(path: str) -> dict | None:
+# safetensors' dtype names, as torch names them (what check_state's messages say)
+SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn",
+                      "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U64": "uint64",
+                      "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool"}
+
+
+def weights_layout(path: str) -> dict:
+    """Each tensor's (shape, dtype name, is floating point) in a weights file, without its values
+    where the format allows: a .safetensors header read without torch; a .pt or .pth (and a header
+    that is not what safetensors writes) as read_weights reads it, which names any trouble."""
+    header = _header(path) if path.lower().endswith(".safetensors") else None
+    if header is not None:
+        layout = {}
+        for key, entry in header.items():
+            if key == "__metadata__" or key.startswith(EXTRA_PREFIX):  # beside the state_dict (_extras)
+                continue
+            shape, dtype = entry.get("shape") if isinstance(entry, dict) else None, entry.get("dtype") if isinstance(entry, dict) else None
+            if not (isinstance(shape, list) and all(type(n) is int and n >= 0 for n in shape) and dtype in SAFETENSORS_DTYPES):
+                break  # read_weights names what is wrong
+            name = SAFETENSORS_DTYPES[dtype]
+            layout[key] = (shape, f"torch.{name}", name.startswith(("float", "bfloat")))
+        else:
+            return layout
+    return {k: (list(v.shape), str(v.dtype), v.is_floating_point()) for k, v in read_state(path).items()}
+
+
+def check_layout(path: str, layers: list[ResolvedLayer], dtype: str) -> None:
+    """That a weights file fits the model the layers describe, as load_weights checks it (every
+    missing, unexpected or misshapen key, and a non-float tensor where the model has a float one)
+    but from the file's shapes alone: params counts a model without building it."""
+    own = {}
+    for layer in layers:
+        for name, shape in {**layer.shapes, **layer.buffers}.items():
+            integer = name == "num_batches_tracked"
+            own[f"{layer.index}.{name}"] = (list(shape), "torch.int64" if integer else f"torch.{dtype}", not integer)
+    _check_keys(own, weights_layout(path), path)
+
+
+def _check_keys(own: dict, state: dict, where: str, what: str = "") -> None:
+    """The one rule for a state_dict against a model, both given as {key: (shape, dtype name, is float)}."""
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise NncliError(f"{what}missing key {_key(missing[0])} (the model has {', '.join(own) or 'no parameters'})", where)
+    unexpected = [k for k in state if k not in own]
+    if unexpected:
+        raise NncliError(f"{what}unexpected key {_key(unexpected[0])} (the model has {', '.join(own) or 'no parameters'})", where)
+    for key, (shape, dtype, is_float) in state.items():
+        if list(shape) != list(own[key][0]):
+            raise NncliError(f"{what}key {key!r} has shape {list(shape)}, the model needs {list(own[key][0])}", where)
+        if is_float != own[key][2]:
+            raise NncliError(f"{what}key {key!r} has dtype {dtype}, the model needs {own[key][1]}", where)
+
+
+def _header(path: str) -> dict | None:
     import json
 
     try:
@@ -253,8 +309,8 @@ def _header_shapes(path: str) -> dict | None:
             if not 0 < size <= MAX_HEADER_BYTES:
                 return None
             header = json.loads(f.read(size))
-        return {k: v.get("shape") for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
-    except (OSError, ValueError, AttributeError):
+        return header if isinstance(header, dict) else None
+    except (OSError, ValueError):
         return None
 
 
@@ -287,9 +343,8 @@ def _extras(state: dict, path: str, suffix: str) -> dict:
         if "nncli.preprocess" in state and not hasattr(state["nncli.preprocess"], "shape"):
             meta["nncli.preprocess"] = json.dumps(state.pop("nncli.preprocess"))
     if classes is not None:
-        if not isinstance(classes, list) or not all(isinstance(c, (str, int)) for c in classes):
-            raise NncliError("`classes` must be a list of labels", path)
-        extras["classes"] = [str(c) for c in classes]
+        key = "nncli.classes" if suffix == ".safetensors" else "classes"
+        extras["classes"] = checked_classes(classes, key, path)
     shift, scale = state.pop(EXTRA_PREFIX + "preprocess.shift", None), state.pop(EXTRA_PREFIX + "preprocess.scale", None)
     if shift is not None and scale is not None:
         info = parsed("nncli.preprocess", {})
@@ -298,6 +353,20 @@ def _extras(state: dict, path: str, suffix: str) -> dict:
             raise NncliError("the metadata 'nncli.preprocess' and its statistics are not what nncli writes (kind, columns, shift, scale)", path)
         extras["preprocess"] = Preprocess(info.get("kind", "standardize"), list(info.get("columns", [])), shift.double(), scale.double())
     return extras
+
+
+def checked_classes(classes, key: str, path: str) -> list[str]:
+    """Class labels saved in a file (weights or ONNX metadata), as a spec's `classes` are checked:
+    a label named twice made forward drop one output column and shift the others under the wrong names."""
+    if not isinstance(classes, list) or not all(isinstance(c, (str, int)) and not isinstance(c, bool) for c in classes):
+        raise NncliError(f"the metadata {key!r} must be a list of labels", path)
+    labels = [str(c) for c in classes]
+    seen: set = set()
+    for label in labels:
+        if label in seen:
+            raise NncliError(f"the metadata {key!r} names the class {label!r} twice", path)
+        seen.add(label)
+    return labels
 
 
 def load_weights(module, path: str) -> dict:
@@ -317,17 +386,8 @@ def check_state(module, state: dict, where: str, what: str = "") -> dict:
     """That a state_dict fits the module: every missing, unexpected or misshapen key named (`what`
     says whose keys, e.g. "the checkpoint's 'model': "). Returns the module's own state_dict."""
     own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    if missing:
-        raise NncliError(f"{what}missing key {_key(missing[0])} (the model has {', '.join(own) or 'no parameters'})", where)
-    unexpected = [k for k in state if k not in own]
-    if unexpected:
-        raise NncliError(f"{what}unexpected key {_key(unexpected[0])} (the model has {', '.join(own) or 'no parameters'})", where)
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(own[key].shape):
-            raise NncliError(f"{what}key {key!r} has shape {list(value.shape)}, the model needs {list(own[key].shape)}", where)
-        if value.is_floating_point() != own[key].is_floating_point():
-            raise NncliError(f"{what}key {key!r} has dtype {value.dtype}, the model needs {own[key].dtype}", where)
+    layout = lambda t: (list(t.shape), str(t.dtype), t.is_floating_point())  # noqa: E731
+    _check_keys({k: layout(v) for k, v in own.items()}, {k: layout(v) for k, v in state.items()}, where, what)
     return own
 
 

@@ -227,6 +227,25 @@ def _loader():
     return SpecLoader
 
 
+# Files users give as SPEC by mistake, by suffix, when they are not YAML: "the spec is not UTF-8 text"
+# told them nothing. (A YAML spec may have any name: one called s.safetensors still reads.)
+NOT_SPECS = {
+    ".onnx": "an exported ONNX model, not a spec: only forward scores .onnx files (nncli forward MODEL.onnx DATA; "
+             "nncli.export.OnnxModel in Python); the other commands take the YAML spec and its --weights",
+    ".pt2": "an exported torch.export program, not a spec: nncli loads none (loading one runs code it holds); "
+            "give the YAML spec and its --weights",
+    ".safetensors": "a weights file, not a spec: give the YAML spec, and this file with --weights",
+    ".pt": "a weights file, not a spec: give the YAML spec, and this file with --weights",
+    ".pth": "a weights file, not a spec: give the YAML spec, and this file with --weights",
+}
+
+
+def _not_a_model_file(path: str) -> None:
+    what = NOT_SPECS.get(os.path.splitext(path)[1].lower())
+    if what is not None:
+        raise NncliError(what, path)
+
+
 def load_spec(path: str, max_layers: int = DEFAULT_MAX_LAYERS) -> Spec:
     """Read and validate a spec file (safe YAML only; sizes, aliases and layers bounded)."""
     import yaml
@@ -245,8 +264,10 @@ def load_spec(path: str, max_layers: int = DEFAULT_MAX_LAYERS) -> Spec:
         loader = _loader()(source)
         doc = loader.get_single_data()
     except UnicodeDecodeError:
+        _not_a_model_file(path)
         raise NncliError("the spec is not UTF-8 text", path) from None
     except yaml.YAMLError as e:
+        _not_a_model_file(path)
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else path
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
@@ -263,6 +284,8 @@ def load_spec(path: str, max_layers: int = DEFAULT_MAX_LAYERS) -> Spec:
             loader.dispose()
     if doc is None:
         _refuse_empty(source, path)
+    if not isinstance(doc, dict):
+        _not_a_model_file(path)
     return parse_spec(doc, path, max_layers)
 
 
@@ -289,8 +312,8 @@ def parse_spec(doc: Any, path: str, max_layers: int = DEFAULT_MAX_LAYERS) -> Spe
     if "layers" not in doc:
         raise fail("the spec has no `layers` list")
     layers_doc = doc["layers"]
-    if layers_doc is None:
-        layers_doc = []
+    if layers_doc is None:  # a bare `layers:` is more likely a list lost than the identity model asked for
+        raise fail("`layers` is empty: it must be a list of layers (`layers: []` for the identity model)")
     if not isinstance(layers_doc, list):
         raise fail(f"`layers` must be a list, got {_describe(layers_doc)}")
     if len(layers_doc) > max_layers:  # before a single layer is parsed, let alone built

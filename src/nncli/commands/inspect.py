@@ -44,6 +44,10 @@ def params(spec: Spec, inputs: Inputs = None, values: Values = False, max_params
     oopts = output_options(output, inputs=[spec, model["weights"]])
     oopts.check()
     summary = inside.summary(m, batch_size=batch_size, optimizer=optimizer, momentum=momentum)
+    if m.weights:  # the counts are the spec's: the weights must fit it, as when they are loaded (--values, export)
+        from nncli.model import check_layout
+
+        check_layout(m.weights, m.resolved()[1], m.dtype)
     layers = summary.layers
     total = summary.total_params
     itemsize = summary.itemsize
