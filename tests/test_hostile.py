@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -518,3 +519,46 @@ def test_resume_on_a_file_that_is_neither_gives_one_message(nncli, tmp_path, nam
     result = nncli("train", spec, path, "-t", "y", "--lr", "0.1", "--epochs", 2, "--resume", target)
     assert_error(result, 1, str(target))
     assert "training starts from them" not in result.stderr
+
+
+SIGMOID_SPEC = "layers:\n  - Linear: [2, 3]\n  - ReLU\n  - Linear: [3, 1]\n  - Sigmoid\n"  # BCELoss by default
+
+
+@pytest.mark.parametrize("rows", ["nan,1,1\n2,nan,0\n", "1e38,3e38,1\n-3e38,inf,0\n"])
+@pytest.mark.parametrize("command", [["loss"], ["grads"], ["evaluate"], ["step", "--lr", "0.1"], ["gradcheck"],
+                                     ["trace", "--grad"], ["stats"]])
+def test_nan_outputs_under_bceloss_give_a_nan_loss_as_cross_entropy_does(nncli, tmp_path, command, rows):
+    # torch's BCELoss raises on a NaN probability where CrossEntropyLoss returns nan: nncli gives both the nan
+    spec = write(tmp_path, "s.yaml", SIGMOID_SPEC)
+    data = write(tmp_path, "d.csv", "a,b,y\n" + rows)
+    result = nncli(command[0], spec, data, "-t", "y", *command[1:], "-f", "json")
+    assert result.exit_code == (1 if command == ["gradcheck"] else 0), result.stderr  # nan gradients fail the check
+    assert "internal error" not in result.stderr and json.loads(result.stdout)
+    if command == ["loss"]:
+        assert load_json(result)["loss"] is None and "warning: the loss is nan" in result.stderr
+
+
+def test_train_with_bceloss_that_diverges_to_nan_says_the_loss_became_nan(nncli, tmp_path):
+    spec = write(tmp_path, "s.yaml", SIGMOID_SPEC)
+    data = write(tmp_path, "d.csv", "a,b,y\n1e30,2e30,1\n2e30,-1e30,0\n3,3,1\n-1e30,-2,0\n")
+    assert_error(nncli("train", spec, data, "-t", "y", "--lr", "1e30", "--epochs", "5", "--seed", "0"), 1, "the loss became nan")
+    nan = write(tmp_path, "nan.csv", "a,b,y\nnan,1,1\n2,nan,0\n")  # NaN in the data: refused before training, as ever
+    assert_error(nncli("train", spec, nan, "-t", "y", "--lr", "0.1", "--epochs", "1"), 1, "row 0, column 'a'")
+
+
+def test_bceloss_outside_0_and_1_without_nan_is_one_line(nncli, tmp_path):
+    spec = write(tmp_path, "s.yaml", "layers:\n  - Linear: [2, 1]\nloss: BCELoss\n")
+    data = write(tmp_path, "d.csv", "a,b,y\n100,2,1\n-50,1,0\n")
+    result = nncli("loss", spec, data, "-t", "y", "--seed", "0")
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("error: BCELoss takes probabilities between 0 and 1")  # after the head's warning
+
+
+def test_bceloss_without_nan_is_torch_s_own():
+    from nncli.losses import LossChoice
+
+    p, y = torch.tensor([[0.2], [0.9], [1.0]]), torch.tensor([[0.0], [1.0], [1.0]])
+    for reduction in ("mean", "sum", "none"):
+        assert torch.equal(LossChoice("BCELoss", "the head").function(reduction)(p, y), torch.nn.BCELoss(reduction=reduction)(p, y))
+    got = LossChoice("BCELoss", "the head").function("none")(torch.tensor([[0.2], [float("nan")]]), torch.tensor([[0.0], [1.0]]))
+    assert torch.equal(got[0], torch.nn.BCELoss(reduction="none")(torch.tensor([[0.2]]), torch.tensor([[0.0]]))[0]) and got[1].isnan()
