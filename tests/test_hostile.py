@@ -562,3 +562,14 @@ def test_bceloss_without_nan_is_torch_s_own():
         assert torch.equal(LossChoice("BCELoss", "the head").function(reduction)(p, y), torch.nn.BCELoss(reduction=reduction)(p, y))
     got = LossChoice("BCELoss", "the head").function("none")(torch.tensor([[0.2], [float("nan")]]), torch.tensor([[0.0], [1.0]]))
     assert torch.equal(got[0], torch.nn.BCELoss(reduction="none")(torch.tensor([[0.2]]), torch.tensor([[0.0]]))[0]) and got[1].isnan()
+
+
+@pytest.mark.parametrize("other", ["DATA", "--targets"])
+def test_val_and_another_input_from_standard_input_is_a_usage_error(nncli, tmp_path, other):
+    # the second reader found the stream drained and said "the file is empty (no rows) (<stdin>)"
+    spec = write(tmp_path, "s.yaml", SIGMOID_SPEC)
+    table = write(tmp_path, "d.csv", "a,b,y\n1,2,1\n2,1,0\n")
+    given = [table, "--targets", "-"] if other == "--targets" else ["-", "-t", "y"]
+    result = nncli("train", spec, *given, "--lr", "0.1", "--epochs", "1", "--val", "-",
+                   input=table.read_text())
+    assert_error(result, 2, f"--val and {other} can't both be standard input")
