@@ -248,7 +248,8 @@ class CsvFile:
             self._pending, self._carry = _cr_to_lf(self._pending, self._eof)
 
     def _first_row(self):
-        """The first non-blank line (decoded) and its line number."""
+        """The first non-blank line (decoded) and its line number; a quoted newline (`"a\nb",y`, which
+        Python's csv reads as one name) does not end it: the row ends at a newline outside quotes."""
         pos = 0  # blank lines before it are stepped over, not cut off one by one (a copy each)
         while True:
             cut = self._pending.find(b"\n", pos)
@@ -260,17 +261,32 @@ class CsvFile:
                 searched = len(self._pending)
                 self._pending += self._read()
                 cut = self._pending.find(b"\n", searched)
+            while cut >= 0 and self._pending.count(b'"', pos, cut) % 2:  # inside a quoted cell: on to the next one
+                if cut - pos > MAX_LINE_BYTES:
+                    raise NncliError(f"line {self._line + 1} is longer than {MAX_LINE_BYTES >> 20} MiB", self.name)
+                following = self._pending.find(b"\n", cut + 1)
+                while following < 0 and not self._eof:
+                    if len(self._pending) - pos > MAX_LINE_BYTES:
+                        raise NncliError(f"line {self._line + 1} is longer than {MAX_LINE_BYTES >> 20} MiB", self.name)
+                    searched = len(self._pending)
+                    self._pending += self._read()
+                    following = self._pending.find(b"\n", searched)
+                if following < 0:
+                    cut = len(self._pending) - 1  # the quote never closes: the rest is the row, and _split names it
+                    break
+                cut = following
             if cut < 0:
                 cut = len(self._pending) - 1
                 if cut < pos:
                     self._pending = b""
                     return None
             raw, pos = self._pending[pos : cut + 1], cut + 1
-            self._line += 1
-            text = _decode(raw, self.name, self._line)
+            first_line = self._line + 1
+            self._line += max(1, raw.count(b"\n") + (not raw.endswith(b"\n")))
+            text = _decode(raw, self.name, first_line)
             if text.strip():
                 self._pending = self._pending[pos:]
-                return self._line, text
+                return first_line, text
 
     def _peek_row(self) -> list[str] | None:
         """The cells of the next non-blank line, left unread; None if there is none, or it is odd."""
