@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from nncli.errors import NncliError
-from tests.helpers import CONFIGS, DATA, assert_error, load_json, write
+from tests.helpers import CONFIGS, DATA, assert_error, load_json, parse_csv, write
 
 
 class Payload:
@@ -573,3 +573,27 @@ def test_val_and_another_input_from_standard_input_is_a_usage_error(nncli, tmp_p
     result = nncli("train", spec, *given, "--lr", "0.1", "--epochs", "1", "--val", "-",
                    input=table.read_text())
     assert_error(result, 2, f"--val and {other} can't both be standard input")
+
+
+def test_control_characters_in_column_names_and_cells_do_not_reach_the_terminal(nncli, tmp_path):
+    """Table headers showed `grad_ESC[2Jesc` raw (a terminal clears itself); notes named files raw.
+    CSV and JSON keep the names exactly: there they are data."""
+    spec = write(tmp_path, "s.yaml", "layers:\n  - Linear: {out_features: 1}\n")
+    names = ["[bold red]x[/]", "\x1b[2Jesc", "\x07bell"]
+    data = tmp_path / "ctl.csv"
+    data.write_text('"[bold red]x[/]",\x1b[2Jesc,\x07bell,y\n1,2,3,1\n')
+    shown = [n.replace("\x1b", "\\x1b").replace("\x07", "\\x07") for n in names]
+    result = nncli("grads", spec, data, "-t", "y", "--inputs", "-f", "table")
+    assert result.exit_code == 0 and "\x1b" not in result.stdout and "\x07" not in result.stdout
+    assert all(f"grad_{n}" in result.stdout for n in shown), result.stdout
+    for args in (["-t", "nosuch"], ["-t", "y", "--features", "\x1b[2Jesc,nosuch"]):
+        result = nncli("forward", spec, data, *args)
+        assert result.exit_code in (1, 2) and "\x1b" not in result.stderr and "\x07" not in result.stderr
+    ids = write(tmp_path, "ids.csv", "i,a,b,c\n\x1b[2Jid,1,2,3\n")
+    result = nncli("forward", spec, ids, "--id-column", "i", "-f", "table")
+    assert result.exit_code == 0 and "\x1b" not in result.stdout and "\\x1b[2Jid" in result.stdout
+    weights = tmp_path / "w\x1b[2J.safetensors"
+    result = nncli("init", spec, "--inputs", "3", "-o", weights)
+    assert result.exit_code == 0 and "\x1b" not in result.stderr and weights.exists(), result.stderr
+    result = nncli("grads", spec, data, "-t", "y", "--inputs", "-f", "csv")
+    assert parse_csv(result.stdout)[0].keys() >= {f"grad_{n}" for n in names}  # CSV keeps them exactly

@@ -68,11 +68,13 @@ def note(message: str) -> None:
     """A line for people on standard error, never mixed into the data on standard output."""
     import sys
 
+    from nncli.errors import printable
     from nncli.render import console, encodable
 
     if sys.stderr is None:
         return
-    console(stderr=True).print(encodable(message, getattr(sys.stderr, "encoding", None)), markup=False, highlight=False, soft_wrap=True)
+    # printable: a file or column name in it must not act on the terminal (ESC[2J, BEL), as in error lines
+    console(stderr=True).print(encodable(printable(message), getattr(sys.stderr, "encoding", None)), markup=False, highlight=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:
@@ -90,7 +92,9 @@ def emit(oopts: OutputOptions, inputs: list, report: Report) -> None:
 def caption(text: str):
     from rich.text import Text
 
-    return Text(text, style="dim")
+    from nncli.errors import printable
+
+    return Text(printable(text), style="dim")  # it may name the user's spec, file or columns
 
 
 def rows_text(n: int) -> str:
