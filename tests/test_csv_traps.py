@@ -244,6 +244,8 @@ def test_a_quoted_newline_in_a_header_name_is_read_as_python_s_csv_reads_it(nncl
         np.testing.assert_array_equal(outputs(nncli("forward", HAND, given, "--id-column", "0", input=stdin)), hand_model([[1, 2], [0.5, 0.25]]))
     path.write_bytes((text + "9,x,4\n").encode())  # lines are still counted as lines
     assert_error(nncli("forward", HAND, path, "--id-column", "0"), 1, "column 1 ('a\\nb'): 'x' is not a number (", "nl.csv:7)")
+    path.write_bytes(b'"a,b\n' + b"1,2\n" * 1000)  # a stray quote in the header is still named, not read to the end
+    assert_error(nncli("forward", HAND, path), 1, "an opening quote on line 1 is never closed (", "nl.csv)")
 
 
 # -- 5. a stray quote in a large file --------------------------------------------------------------

@@ -261,20 +261,15 @@ class CsvFile:
                 searched = len(self._pending)
                 self._pending += self._read()
                 cut = self._pending.find(b"\n", searched)
-            while cut >= 0 and self._pending.count(b'"', pos, cut) % 2:  # inside a quoted cell: on to the next one
-                if cut - pos > MAX_LINE_BYTES:
-                    raise NncliError(f"line {self._line + 1} is longer than {MAX_LINE_BYTES >> 20} MiB", self.name)
-                following = self._pending.find(b"\n", cut + 1)
-                while following < 0 and not self._eof:
-                    if len(self._pending) - pos > MAX_LINE_BYTES:
-                        raise NncliError(f"line {self._line + 1} is longer than {MAX_LINE_BYTES >> 20} MiB", self.name)
-                    searched = len(self._pending)
-                    self._pending += self._read()
-                    following = self._pending.find(b"\n", searched)
-                if following < 0:
-                    cut = len(self._pending) - 1  # the quote never closes: the rest is the row, and _split names it
-                    break
-                cut = following
+            quotes = self._pending.count(b'"', pos, cut) if cut >= 0 else 0
+            while quotes % 2:  # inside a quoted cell: the row goes on past this newline (each byte looked at once)
+                close = self._wait_for(b'"', cut, pos)  # the quote that may close it
+                following = -1 if close < 0 else self._wait_for(b"\n", close, pos)
+                end = len(self._pending) if following < 0 else following
+                quotes += self._pending.count(b'"', cut, end)
+                if following < 0 and quotes % 2:
+                    raise self._unclosed_quote(self._pending[pos:], self._line + 1)
+                cut = end - 1 if following < 0 else following
             if cut < 0:
                 cut = len(self._pending) - 1
                 if cut < pos:
@@ -287,6 +282,20 @@ class CsvFile:
             if text.strip():
                 self._pending = self._pending[pos:]
                 return first_line, text
+
+    def _wait_for(self, byte: bytes, start: int, pos: int) -> int:
+        """Where `byte` is in the pending bytes from `start`, reading on as needed; -1 at the end. A
+        row (from `pos`) longer than MAX_LINE_BYTES is a quote never closed: the header row, quoted."""
+        found, searched = self._pending.find(byte, start), start
+        while found < 0 and not self._eof:
+            if len(self._pending) - pos > MAX_LINE_BYTES:
+                raise self._unclosed_quote(self._pending[pos:], self._line + 1, f" (no closing quote within {MAX_LINE_BYTES >> 20} MiB)")
+            searched = len(self._pending)
+            self._pending += self._read()
+            found = self._pending.find(byte, searched)
+        if found - pos > MAX_LINE_BYTES:
+            raise self._unclosed_quote(self._pending[pos:found], self._line + 1, f" (no closing quote within {MAX_LINE_BYTES >> 20} MiB)")
+        return found
 
     def _peek_row(self) -> list[str] | None:
         """The cells of the next non-blank line, left unread; None if there is none, or it is odd."""
