@@ -26,7 +26,7 @@ from nncli import csvread
 from nncli.csvread import parse_number
 from nncli.data import DataOptions, Dataset
 from nncli.errors import NncliError, UsageError
-from tests.helpers import CONFIGS, assert_error, write
+from tests.helpers import CONFIGS, assert_error, parse_csv, write
 
 HAND = CONFIGS / "hand-checkable.yaml"  # Linear(2, 1), weight [[0.5, -0.5]], bias [0.1]
 
@@ -227,6 +227,25 @@ def test_errors_in_a_cr_file_name_the_right_line(nncli, tmp_path):
 
 def test_cr_files_from_standard_input(nncli):
     np.testing.assert_array_equal(outputs(nncli("forward", HAND, "-", input="a,b\r1,2\r0.5,0.25\r")), hand_model([[1, 2], [0.5, 0.25]]))
+
+
+@pytest.mark.parametrize("block", [csvread.BLOCK_BYTES, 3, 16])
+def test_a_quoted_newline_in_a_header_name_is_read_as_python_s_csv_reads_it(nncli, tmp_path, monkeypatch, block):
+    """`"a\nb",c`: the header was cut at the quoted newline and refused (`unexpected end of data`)."""
+    monkeypatch.setattr(csvread, "BLOCK_BYTES", block)
+    text = '"i\nd","a\nb","c\r\nd"\n7,1,2\n8,0.5,0.25\n'
+    names = next(csv.reader(io.StringIO(text, newline="")))
+    path = tmp_path / "nl.csv"
+    path.write_bytes(text.encode())
+    for given, stdin in ((path, None), ("-", text)):
+        result = nncli("forward", HAND, given, "--id-column", "0", "-f", "csv", input=stdin)
+        assert result.exit_code == 0, result.stderr
+        assert [r[names[0]] for r in parse_csv(result.stdout)] == ["7", "8"]  # the name, newline and all, as Python's csv reads it
+        np.testing.assert_array_equal(outputs(nncli("forward", HAND, given, "--id-column", "0", input=stdin)), hand_model([[1, 2], [0.5, 0.25]]))
+    path.write_bytes((text + "9,x,4\n").encode())  # lines are still counted as lines
+    assert_error(nncli("forward", HAND, path, "--id-column", "0"), 1, "column 1 ('a\\nb'): 'x' is not a number (", "nl.csv:7)")
+    path.write_bytes(b'"a,b\n' + b"1,2\n" * 1000)  # a stray quote in the header is still named, not read to the end
+    assert_error(nncli("forward", HAND, path), 1, "an opening quote on line 1 is never closed (", "nl.csv)")
 
 
 # -- 5. a stray quote in a large file --------------------------------------------------------------

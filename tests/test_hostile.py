@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from nncli.errors import NncliError
-from tests.helpers import CONFIGS, DATA, assert_error, load_json, write
+from tests.helpers import CONFIGS, DATA, assert_error, load_json, parse_csv, write
 
 
 class Payload:
@@ -569,3 +570,79 @@ def test_saved_classes_that_do_not_name_each_output_once_are_refused(nncli, tmp_
     spec = write(tmp_path, "s.yaml", "layers:\n  - Linear: {in_features: 2, out_features: 3}\nloss: CrossEntropyLoss\n")
     key = "'nncli.classes'" if suffix == ".safetensors" else "'classes'"
     assert_error(nncli("forward", spec, DATA / "two-points.csv", "--weights", w), 1, f"the metadata {key} {fragment}", str(w))
+SIGMOID_SPEC = "layers:\n  - Linear: [2, 3]\n  - ReLU\n  - Linear: [3, 1]\n  - Sigmoid\n"  # BCELoss by default
+
+
+@pytest.mark.parametrize("rows", ["nan,1,1\n2,nan,0\n", "1e38,3e38,1\n-3e38,inf,0\n"])
+@pytest.mark.parametrize("command", [["loss"], ["grads"], ["evaluate"], ["step", "--lr", "0.1"], ["gradcheck"],
+                                     ["trace", "--grad"], ["stats"]])
+def test_nan_outputs_under_bceloss_give_a_nan_loss_as_cross_entropy_does(nncli, tmp_path, command, rows):
+    # torch's BCELoss raises on a NaN probability where CrossEntropyLoss returns nan: nncli gives both the nan
+    spec = write(tmp_path, "s.yaml", SIGMOID_SPEC)
+    data = write(tmp_path, "d.csv", "a,b,y\n" + rows)
+    result = nncli(command[0], spec, data, "-t", "y", *command[1:], "-f", "json")
+    assert result.exit_code == (1 if command == ["gradcheck"] else 0), result.stderr  # nan gradients fail the check
+    assert "internal error" not in result.stderr and json.loads(result.stdout)
+    if command == ["loss"]:
+        assert load_json(result)["loss"] is None and "warning: the loss is nan" in result.stderr
+
+
+def test_train_with_bceloss_that_diverges_to_nan_says_the_loss_became_nan(nncli, tmp_path):
+    spec = write(tmp_path, "s.yaml", SIGMOID_SPEC)
+    data = write(tmp_path, "d.csv", "a,b,y\n1e30,2e30,1\n2e30,-1e30,0\n3,3,1\n-1e30,-2,0\n")
+    assert_error(nncli("train", spec, data, "-t", "y", "--lr", "1e30", "--epochs", "5", "--seed", "0"), 1, "the loss became nan")
+    nan = write(tmp_path, "nan.csv", "a,b,y\nnan,1,1\n2,nan,0\n")  # NaN in the data: refused before training, as ever
+    assert_error(nncli("train", spec, nan, "-t", "y", "--lr", "0.1", "--epochs", "1"), 1, "row 0, column 'a'")
+
+
+def test_bceloss_outside_0_and_1_without_nan_is_one_line(nncli, tmp_path):
+    spec = write(tmp_path, "s.yaml", "layers:\n  - Linear: [2, 1]\nloss: BCELoss\n")
+    data = write(tmp_path, "d.csv", "a,b,y\n100,2,1\n-50,1,0\n")
+    result = nncli("loss", spec, data, "-t", "y", "--seed", "0")
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("error: BCELoss takes probabilities between 0 and 1")  # after the head's warning
+
+
+def test_bceloss_without_nan_is_torch_s_own():
+    from nncli.losses import LossChoice
+
+    p, y = torch.tensor([[0.2], [0.9], [1.0]]), torch.tensor([[0.0], [1.0], [1.0]])
+    for reduction in ("mean", "sum", "none"):
+        assert torch.equal(LossChoice("BCELoss", "the head").function(reduction)(p, y), torch.nn.BCELoss(reduction=reduction)(p, y))
+    got = LossChoice("BCELoss", "the head").function("none")(torch.tensor([[0.2], [float("nan")]]), torch.tensor([[0.0], [1.0]]))
+    assert torch.equal(got[0], torch.nn.BCELoss(reduction="none")(torch.tensor([[0.2]]), torch.tensor([[0.0]]))[0]) and got[1].isnan()
+
+
+@pytest.mark.parametrize("other", ["DATA", "--targets"])
+def test_val_and_another_input_from_standard_input_is_a_usage_error(nncli, tmp_path, other):
+    # the second reader found the stream drained and said "the file is empty (no rows) (<stdin>)"
+    spec = write(tmp_path, "s.yaml", SIGMOID_SPEC)
+    table = write(tmp_path, "d.csv", "a,b,y\n1,2,1\n2,1,0\n")
+    given = [table, "--targets", "-"] if other == "--targets" else ["-", "-t", "y"]
+    result = nncli("train", spec, *given, "--lr", "0.1", "--epochs", "1", "--val", "-",
+                   input=table.read_text())
+    assert_error(result, 2, f"--val and {other} can't both be standard input")
+
+
+def test_control_characters_in_column_names_and_cells_do_not_reach_the_terminal(nncli, tmp_path):
+    """Table headers showed `grad_ESC[2Jesc` raw (a terminal clears itself); notes named files raw.
+    CSV and JSON keep the names exactly: there they are data."""
+    spec = write(tmp_path, "s.yaml", "layers:\n  - Linear: {out_features: 1}\n")
+    names = ["[bold red]x[/]", "\x1b[2Jesc", "\x07bell"]
+    data = tmp_path / "ctl.csv"
+    data.write_text('"[bold red]x[/]",\x1b[2Jesc,\x07bell,y\n1,2,3,1\n')
+    shown = [n.replace("\x1b", "\\x1b").replace("\x07", "\\x07") for n in names]
+    result = nncli("grads", spec, data, "-t", "y", "--inputs", "-f", "table")
+    assert result.exit_code == 0 and "\x1b" not in result.stdout and "\x07" not in result.stdout
+    assert all(f"grad_{n}" in result.stdout for n in shown), result.stdout
+    for args in (["-t", "nosuch"], ["-t", "y", "--features", "\x1b[2Jesc,nosuch"]):
+        result = nncli("forward", spec, data, *args)
+        assert result.exit_code in (1, 2) and "\x1b" not in result.stderr and "\x07" not in result.stderr
+    ids = write(tmp_path, "ids.csv", "i,a,b,c\n\x1b[2Jid,1,2,3\n")
+    result = nncli("forward", spec, ids, "--id-column", "i", "-f", "table")
+    assert result.exit_code == 0 and "\x1b" not in result.stdout and "\\x1b[2Jid" in result.stdout
+    weights = tmp_path / "w\x1b[2J.safetensors"
+    result = nncli("init", spec, "--inputs", "3", "-o", weights)
+    assert result.exit_code == 0 and "\x1b" not in result.stderr and weights.exists(), result.stderr
+    result = nncli("grads", spec, data, "-t", "y", "--inputs", "-f", "csv")
+    assert parse_csv(result.stdout)[0].keys() >= {f"grad_{n}" for n in names}  # CSV keeps them exactly

@@ -715,3 +715,21 @@ def test_the_installed_script(tmp_path):
     run = subprocess.run([str(nncli_script), "trace", str(CONFIGS / "net-16-8-4-2.yaml"), str(DATA / "row-16.csv"), "--rows", "1-"],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and run.stderr.startswith("error: --rows '1-'") and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("text, overflowed", [("a,b\n1e308,1e308\n-1e308,1e308\n", "the mean and std of its values overflow"),
+                                              ("a,b\n1e308,-1e308\n-1e308,1e308\n", "the std of its values overflows")])
+def test_stats_that_overflow_float64_are_torch_s_inf_with_a_warning(nncli, tmp_path, text, overflowed):
+    """`nonfinite: 0` with mean and std null and HTML `data-std="nan"`, silently: std was inf * 0."""
+    spec = write(tmp_path, "s.yaml", "layers:\n  - Linear: {out_features: 1}\n")
+    data = write(tmp_path, "big.csv", text)
+    html = tmp_path / "r.html"
+    result = nncli("stats", spec, data, "--dtype", "float64", "-f", "json", "--html", html)
+    assert result.exit_code == 0, result.stderr
+    x = torch.tensor([[float(c) for c in line.split(",")] for line in text.splitlines()[1:]], dtype=torch.float64)
+    mean, std = x.mean().item(), x.std(unbiased=False).item()
+    shown = load_json(result)["layers"][0]
+    assert shown["nonfinite"] == 0 and not math.isfinite(std)
+    assert shown["mean"] == (mean if math.isfinite(mean) else None) and shown["std"] is None
+    assert f"warning: input (2): {overflowed} float64" in result.stderr and "RuntimeWarning" not in result.stderr
+    assert 'data-std="inf"' in html.read_text() and 'data-std="nan"' not in html.read_text()

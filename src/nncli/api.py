@@ -721,6 +721,10 @@ def _train(mode: str | None) -> bool:
 # -- the façade's arguments, checked once where they come in ------------------------------------------
 
 
+def _is_stdin(value) -> bool:
+    return isinstance(value, str) and value == "-"
+
+
 def _integer(value, low: int) -> bool:
     import numbers
 
@@ -870,6 +874,9 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
     read = read or Read(target=target, **more)
     if val_split is not None and val is not None:
         raise UsageError("give --val-split or --val, not both")
+    if _is_stdin(val) and (_is_stdin(read.targets_file) or any(_is_stdin(d) for d in (data if isinstance(data, (list, tuple)) else [data]))):
+        # one stream can't be read twice: the second reader found it empty ("the file is empty")
+        raise UsageError(f"--val and {'--targets' if _is_stdin(read.targets_file) else 'DATA'} can't both be standard input")
     if patience is not None and val_split is None and val is None:
         raise UsageError("--patience watches the validation loss: give --val-split F or --val FILE too")
     shuffle = (not stream) if shuffle is None else shuffle

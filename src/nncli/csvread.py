@@ -248,7 +248,8 @@ class CsvFile:
             self._pending, self._carry = _cr_to_lf(self._pending, self._eof)
 
     def _first_row(self):
-        """The first non-blank line (decoded) and its line number."""
+        """The first non-blank line (decoded) and its line number; a quoted newline (`"a\nb",y`, which
+        Python's csv reads as one name) does not end it: the row ends at a newline outside quotes."""
         pos = 0  # blank lines before it are stepped over, not cut off one by one (a copy each)
         while True:
             cut = self._pending.find(b"\n", pos)
@@ -260,17 +261,41 @@ class CsvFile:
                 searched = len(self._pending)
                 self._pending += self._read()
                 cut = self._pending.find(b"\n", searched)
+            quotes = self._pending.count(b'"', pos, cut) if cut >= 0 else 0
+            while quotes % 2:  # inside a quoted cell: the row goes on past this newline (each byte looked at once)
+                close = self._wait_for(b'"', cut, pos)  # the quote that may close it
+                following = -1 if close < 0 else self._wait_for(b"\n", close, pos)
+                end = len(self._pending) if following < 0 else following
+                quotes += self._pending.count(b'"', cut, end)
+                if following < 0 and quotes % 2:
+                    raise self._unclosed_quote(self._pending[pos:], self._line + 1)
+                cut = end - 1 if following < 0 else following
             if cut < 0:
                 cut = len(self._pending) - 1
                 if cut < pos:
                     self._pending = b""
                     return None
             raw, pos = self._pending[pos : cut + 1], cut + 1
-            self._line += 1
-            text = _decode(raw, self.name, self._line)
+            first_line = self._line + 1
+            self._line += max(1, raw.count(b"\n") + (not raw.endswith(b"\n")))
+            text = _decode(raw, self.name, first_line)
             if text.strip():
                 self._pending = self._pending[pos:]
-                return self._line, text
+                return first_line, text
+
+    def _wait_for(self, byte: bytes, start: int, pos: int) -> int:
+        """Where `byte` is in the pending bytes from `start`, reading on as needed; -1 at the end. A
+        row (from `pos`) longer than MAX_LINE_BYTES is a quote never closed: the header row, quoted."""
+        found, searched = self._pending.find(byte, start), start
+        while found < 0 and not self._eof:
+            if len(self._pending) - pos > MAX_LINE_BYTES:
+                raise self._unclosed_quote(self._pending[pos:], self._line + 1, f" (no closing quote within {MAX_LINE_BYTES >> 20} MiB)")
+            searched = len(self._pending)
+            self._pending += self._read()
+            found = self._pending.find(byte, searched)
+        if found - pos > MAX_LINE_BYTES:
+            raise self._unclosed_quote(self._pending[pos:found], self._line + 1, f" (no closing quote within {MAX_LINE_BYTES >> 20} MiB)")
+        return found
 
     def _peek_row(self) -> list[str] | None:
         """The cells of the next non-blank line, left unread; None if there is none, or it is odd."""

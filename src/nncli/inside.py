@@ -315,12 +315,16 @@ class _Moments:
         n_b = finite.size
         if n_b == 0:
             return
-        mean_b = float(finite.mean())
-        m2_b = float(((finite - mean_b) ** 2).sum())
+        import numpy as np
+
+        with np.errstate(over="ignore", invalid="ignore"):  # values near 1e308 overflow, as torch's do: stats() warns
+            mean_b = float(finite.mean())
+            m2_b = float(((finite - mean_b) ** 2).sum())
         n = self.n + n_b
         delta = mean_b - self.mean
         self.mean += delta * n_b / n
-        self.m2 += m2_b + delta * delta * self.n * n_b / n
+        # the first batch is its own m2 (delta * delta * 0 was inf * 0 = nan when delta overflowed)
+        self.m2 = self.m2 + m2_b + delta * delta * self.n * n_b / n if self.n else m2_b
         self.n = n
         self.lo, self.hi = min(self.lo, float(finite.min())), max(self.hi, float(finite.max()))
 
@@ -506,6 +510,11 @@ def stats(model, data, *, target=None, loss: str | None = None, mode: str = "eva
     if odd is not None:
         warnings.warn(f"{odd.label} holds {odd.nonfinite:,} NaN or infinite value{'s' if odd.nonfinite != 1 else ''}: mean, std, min, max "
                       "and the histograms count the finite ones", NncliWarning, stacklevel=2)
+    for s in result.layers:  # finite values whose mean or variance overflows float64 (torch's .mean() and .std() give inf too)
+        over = [name for name in ("mean", "std") if getattr(s, name) is not None and not math.isfinite(getattr(s, name))]
+        if over:
+            warnings.warn(f"{s.label}: the {' and '.join(over)} of its values overflow{'s' if len(over) == 1 else ''} float64 "
+                          f"(values up to {max(abs(s.min), abs(s.max)):g}): shown as inf, null in JSON", NncliWarning, stacklevel=2)
     return result
 
 

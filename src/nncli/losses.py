@@ -72,6 +72,11 @@ class LossChoice:
         BCEWithLogitsLoss, as per-sample weights: `weight=` built per batch from each target's class
         weight (class 1 where the target is at least 0.5), w[y], as scikit-learn weights each sample.
         (pos_weight = w1/w0 alone would be that loss divided by w0: other gradients.)"""
+        if self.type.takes == PROBS:  # BCELoss refuses NaN where every other loss returns nan
+            return probabilities_checked(self._function(reduction, class_weights), self.name, reduction)
+        return self._function(reduction, class_weights)
+
+    def _function(self, reduction: str, class_weights):
         from torch import nn
 
         extra = {}
@@ -91,6 +96,31 @@ class LossChoice:
         if not self.log_input:
             return fn
         return lambda outputs, targets: fn(outputs.log(), targets)
+
+
+def probabilities_checked(fn, name: str, reduction: str):
+    """`fn` (BCELoss) made to treat a NaN output as every other loss does: torch's BCELoss raises
+    'all elements of input should be between 0 and 1' on a NaN (from NaN or overflowing data, or a
+    diverged model) where CrossEntropyLoss returns nan. Here that output's term is nan (so the loss,
+    its gradients and train's "the loss became nan" follow); any other output outside [0, 1] (a model
+    not ending in Sigmoid) is the user's error. Outputs without NaN go to torch untouched: the same bits."""
+    import torch
+
+    def loss(outputs, targets):
+        bad = torch.isnan(outputs)
+        if not bool(bad.any()):
+            low, high = outputs.detach().aminmax() if outputs.numel() else (0, 1)
+            if low < 0 or high > 1:
+                shown = float(low if low < 0 else high)
+                raise NncliError(f"{name} takes probabilities between 0 and 1, and the model gave {shown:g} (end the model in "
+                                 "Sigmoid, or use BCEWithLogitsLoss on raw outputs)", "the model's outputs")
+            return fn(outputs, targets)
+        value = fn(torch.where(bad, 0.5, outputs), targets)
+        if reduction == "none":
+            return torch.where(bad, outputs, value)
+        return value + outputs[bad].sum()  # nan, and its gradient reaches the NaN outputs
+
+    return loss
 
 
 def loss_name(given: str, where: str) -> str:

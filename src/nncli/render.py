@@ -264,7 +264,9 @@ class RowWriter:
             note = f"{self.count - 2 * self.edge:,} rows left out between the first and last {self.edge} (--all shows every row)"
         items = [frame_table(frames, self.precision, self.keys)] if frames else []
         captions = [c for c in (note, self.caption) if c]
-        show(self.stream, items + [Text(c, style="dim") for c in captions])
+        from nncli.errors import printable
+
+        show(self.stream, items + [Text(printable(c), style="dim") for c in captions])  # the spec's name is the user's text
 
 
 def write_onehot(stream: BinaryIO, fmt: str, labels, classes: int) -> None:
@@ -435,9 +437,13 @@ class FoldingTable:
         row apart; justify: per column (default: right, for numbers)."""
         from rich.text import Text
 
-        self.names, self.title, self.keys, self.uniform, self.total = list(names), title, keys, uniform, total
+        from nncli.errors import printable
+
+        # Column names, class labels and id cells are the user's text: a terminal must not act on their
+        # control characters (ESC[2J clears it); they are shown as a repr shows them (`\x1b[2J`).
+        self.names, self.title, self.keys, self.uniform, self.total = [printable(n) for n in names], printable(title), keys, uniform, total
         self.justify = justify or ["right"] * len(names)
-        self.columns = [[c if isinstance(c, Text) else Text(str(c)) for c in col] for col in columns]
+        self.columns = [[c if isinstance(c, Text) else Text(printable(str(c))) for c in col] for col in columns]
 
     def __rich_console__(self, console, options):
         from rich.cells import cell_len
@@ -490,9 +496,11 @@ def key_value_table(pairs: dict):
     """A two-column table of named results (the loss, its function, the row count)."""
     from rich.table import Table
 
+    from nncli.errors import printable
+
     table = Table(show_header=False)
     table.add_column(style="bold", no_wrap=True)
     table.add_column(justify="right", no_wrap=True)
     for key, value in pairs.items():
-        table.add_row(escape(key), escape(value))
+        table.add_row(escape(printable(key)), escape(printable(value)))
     return table

@@ -69,17 +69,16 @@ def note(message: str) -> None:
     """A line for people on standard error, never mixed into the data on standard output."""
     import sys
 
-    from rich.control import strip_control_codes
-
+    from nncli.errors import printable
     from nncli.render import encodable
 
     if sys.stderr is None:  # closed (2>&-): nowhere to show it, and no reason to fail the run
         return
     # Written as plain text, not through rich: rich ends the process (SystemExit 1) when the stream's
     # reader is gone. A line that cannot be shown (full, closed pipe) is lost; the run goes on.
+    # printable: a file or column name in it must not act on the terminal (ESC[2J, BEL), as in error lines.
     try:
-        text = strip_control_codes(message)  # BEL, CR and the like, as rich's print dropped them
-        sys.stderr.write(encodable(text, getattr(sys.stderr, "encoding", None)) + "\n")
+        sys.stderr.write(encodable(printable(message), getattr(sys.stderr, "encoding", None)) + "\n")
         sys.stderr.flush()
     except (OSError, ValueError):
         pass
@@ -87,7 +86,6 @@ def note(message: str) -> None:
 
 def warn(message: str) -> None:
     note(f"warning: {message}")
-
 
 
 def emit(oopts: OutputOptions, inputs: list, report: Report) -> None:
@@ -100,7 +98,9 @@ def emit(oopts: OutputOptions, inputs: list, report: Report) -> None:
 def caption(text: str):
     from rich.text import Text
 
-    return Text(text, style="dim")
+    from nncli.errors import printable
+
+    return Text(printable(text), style="dim")  # it may name the user's spec, file or columns
 
 
 def rows_text(n: int) -> str:

@@ -334,6 +334,7 @@ def _evaluate_long(doc: dict) -> Frame:
 def _confusion_table(matrix: list[list[int]], classes: list | None = None):
     from rich.text import Text
 
+    from nncli.errors import printable
     from nncli.render import FoldingTable
 
     def cell(v: int, diagonal: bool) -> Text:
@@ -341,6 +342,6 @@ def _confusion_table(matrix: list[list[int]], classes: list | None = None):
 
     labels = classes or [str(c) for c in range(len(matrix))]
     names = [""] + list(labels)
-    columns = [[Text(str(c), style="bold") for c in labels]]
+    columns = [[Text(printable(str(c)), style="bold") for c in labels]]  # text labels are the user's data
     columns += [[cell(row[p], p == t) for t, row in enumerate(matrix)] for p in range(len(matrix))]
     return FoldingTable(names, columns, title="confusion matrix: true class ↓, predicted →", keys=1)
