@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 import warnings
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 

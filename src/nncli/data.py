@@ -392,7 +392,7 @@ def _rebatch(blocks, rows: int | None, exact: bool = True):
     from collections import deque
 
     pending: deque = deque()  # [values, texts, offset] of blocks not yet wholly batched
-    held, ready = 0, None
+    held = 0
 
     def take(n: int):
         nonlocal held

@@ -784,7 +784,7 @@ class OnnxModel(Forwards):
     def forward_frames(self, data, *, threshold: float = 0.5, batch_size: int | None = None, read=None,
                        progress: Callable | None = None, class_names: bool = True, source_column: str | None = None) -> "OnnxRun":
         """forward, batch by batch, as api.Model.forward_frames: an OnnxRun whose `frames()` yields (names, columns)."""
-        from nncli.api import FiniteCheck, Read, _target_hint, open_data
+        from nncli.api import Read, _target_hint, open_data
         from nncli.data import DEFAULT_BATCH_ROWS, prefetched
         from nncli.frames import is_table
 

@@ -40,7 +40,6 @@ LOSSES: dict[str, LossType] = {
     )
 }
 ALIASES = {t.alias: t.name for t in LOSSES.values()}
-REDUCTIONS = ("mean", "sum", "none")
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,7 @@ Full = Annotated[bool, typer.Option("--full", help="Show every element of large 
 
 from nncli.model import DEFAULT_MAX_PARAMS  # noqa: E402  (no torch at import)
 
-DEFAULT_MAX_LAYERS = 10_000
+from nncli.spec import DEFAULT_MAX_LAYERS  # noqa: E402  (one home: the spec parser that enforces it)
 DTYPES = ("float32", "float64")
 MODES = ("train", "eval")
 

@@ -34,7 +34,7 @@ import sys
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Iterator
 
-from nncli.errors import NncliError, UsageError
+from nncli.errors import NncliError
 
 _MAX_LINKS = 40  # as the kernel's ELOOP limit
 _TEMP_HEX = 8  # hex digits of a temporary name's random part (secrets.token_hex(4))
@@ -242,17 +242,6 @@ def _exists_not_regular(path: str) -> bool:
         return False
 
 
-def check_not_input(path: str, inputs: list[str | None], force: bool, option: str) -> None:
-    """Refuse to write over one of the command's own inputs, unless --force.
-
-    Kept for the callers that do not yet call `check_output` (which makes the same refusal as an
-    NncliError, exit 1, like every other file refusal); this one stays a UsageError (exit 2) until
-    they move over."""
-    for given in inputs:
-        if given and same_file(path, given) and not force:
-            raise UsageError(f"{option} {path} is one of this command's inputs; add --force to replace it")
-
-
 # -- unfinished and stale temporary files -----------------------------------------------------------
 
 
@@ -262,8 +251,8 @@ _unfinished: set[str] = set()  # temporary files being written, for a signal han
 def abandon_writes() -> None:
     """Remove every temporary file still being written (on Ctrl-C or SIGTERM): targets stay as they were.
 
-    Also removes the spooled copy of standard input (data.spooled registers it with
-    removed_on_signal), then runs what called_on_signal registered, for at most 2 s in all."""
+    Also removes the spooled copy of standard input (data.spooled makes it with
+    scratch_file), then runs what called_on_signal registered, for at most 2 s in all."""
     for tmp in list(_unfinished):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -296,16 +285,6 @@ def called_on_signal(callback) -> Iterator[None]:
         yield
     finally:
         _on_signal.remove(callback)
-
-
-@contextlib.contextmanager
-def removed_on_signal(path: str) -> Iterator[None]:
-    """Mark a temporary file for removal should Ctrl-C or SIGTERM end the process while it exists."""
-    _unfinished.add(path)
-    try:
-        yield
-    finally:
-        _unfinished.discard(path)
 
 
 @contextlib.contextmanager
@@ -521,9 +500,6 @@ def _named_write_errors(where: str) -> Iterator[None]:
         if e.filename is None and e.errno is not None and e.errno != errno.EPIPE:
             e.filename = where
         raise
-
-
-atomic_file = output_file  # the name commands.py knows; no longer only atomic (devices, FIFOs)
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable
+from typing import BinaryIO, Callable
 
 from nncli.texts import jsonable, number_texts  # noqa: F401  (re-exported: one home, in texts.py)
 

@@ -24,7 +24,6 @@ class ModelOptions:
     device: str = "cpu"
     threads: int | None = None
     inputs: int | None = None
-    max_layers: int | None = None
 
 
 # Set by the CLI, a short-lived process: the ~10^6 objects torch's import made are frozen (moved
