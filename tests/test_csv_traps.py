@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+import os
 import random
 import shutil
 import subprocess
@@ -409,3 +410,42 @@ def test_without_the_option_a_decimal_comma_gets_a_hint(nncli, tmp_path):
     result = nncli("forward", HAND, path)
     assert_error(result, 1, "'1,5,3' is not a number")
     assert "--decimal-comma" not in result.stderr
+
+
+def test_a_csv_cut_short_while_it_is_read_is_an_error_not_fewer_rows(tmp_path, monkeypatch):
+    """A writer truncating the file (a log rotated) between two reads: the rows after the cut are
+    gone, and the reader says so instead of ending early with fewer rows, as NDJSON's reader does."""
+    from nncli import csvread
+    from nncli.errors import NncliError
+
+    monkeypatch.setattr(csvread, "BLOCK_BYTES", 4096)
+    path = tmp_path / "cut.csv"
+    path.write_text("a,b\n" + "".join(f"{i},{i + 0.5}\n" for i in range(20_000)))
+    whole = path.stat().st_size
+    table = csvread.CsvFile(str(path))
+    blocks = table.read([0, 1])
+    rows = len(next(blocks).values)
+    assert 0 < rows < 20_000
+    os.truncate(path, whole // 3)
+    with pytest.raises(NncliError, match=rf"the file was cut short while it was read \([\d,]+ of {whole:,} bytes\)"):
+        for block in blocks:
+            rows += len(block.values)
+    table.close()
+
+
+def test_a_file_whose_size_stays_or_grows_reads_to_its_end(tmp_path, monkeypatch):
+    """Only a file that shrank is cut short: one that grows while read (a log still written) is read
+    to where it ends, with no error."""
+    from nncli import csvread
+
+    monkeypatch.setattr(csvread, "BLOCK_BYTES", 4096)
+    path = tmp_path / "grows.csv"
+    path.write_text("a,b\n" + "".join(f"{i},{i}\n" for i in range(5_000)))
+    table = csvread.CsvFile(str(path))
+    blocks = table.read([0, 1])
+    rows = len(next(blocks).values)
+    with open(path, "a") as f:
+        f.write("".join(f"{i},{i}\n" for i in range(5_000, 6_000)))
+    rows += sum(len(b.values) for b in blocks)
+    table.close()
+    assert rows == 6_000

@@ -198,12 +198,26 @@ class CsvFile:
                 raise NncliError(f"cannot decompress: {e}", self.name) from None
             if not chunk:
                 self._eof = True
+                self._check_not_cut_short()
             self.bytes_read += len(chunk)
             if not self._cr:
                 return chunk
             chunk, self._carry = _cr_to_lf(self._carry + chunk, self._eof)
             if chunk or self._eof:  # a read of a lone CR waits for the next byte
                 return chunk
+
+    def _check_not_cut_short(self) -> None:
+        """At the end of a regular file: if it is now shorter than when it was opened and than what
+        was read (a writer truncated it, a log was rotated), the rows are not all there: an error,
+        not fewer rows. A size that stays (sysfs says 4096 for any file) or grows is no such sign."""
+        if not self._regular or self.total_bytes is None or self.bytes_read >= self.total_bytes:
+            return
+        try:
+            now = os.fstat(self.stream.fileno()).st_size
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            return
+        if now < self.total_bytes:
+            raise NncliError(f"the file was cut short while it was read ({self.bytes_read:,} of {self.total_bytes:,} bytes)", self.name)
 
     def _more_ready(self) -> bool:
         """Whether a read would return at once (always, for a file; for a pipe, if data is waiting)."""
