@@ -221,6 +221,19 @@ def _children(pid: int) -> list[int]:
             pass
     return found
 
+def _reader_children_once_fed(proc) -> list[int]:
+    """Write 20,000 rows into nncli's standard input (left open) and wait for its reader process."""
+    header = ",".join([f"x{j}" for j in range(6)] + ["id", "label"]) + "\n"
+    proc.stdin.write((header + "0.5,1,2,3,4,5,r0,cat\n" * 20_000).encode())
+    proc.stdin.flush()
+    deadline, children = time.monotonic() + 60, []
+    while not children and time.monotonic() < deadline:
+        children = _children(proc.pid)
+        time.sleep(0.05)
+    assert children, "no reader process started"
+    return children
+
+
 
 def _gone(pid: int, within: float = 10.0) -> bool:
     deadline = time.monotonic() + within
@@ -244,14 +257,7 @@ def test_no_reader_is_left_behind(tmp_path, spec, how):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "NNCLI_READER": "process"},
                             start_new_session=True)
     try:
-        header = ",".join([f"x{j}" for j in range(6)] + ["id", "label"]) + "\n"
-        proc.stdin.write((header + "0.5,1,2,3,4,5,r0,cat\n" * 20_000).encode())
-        proc.stdin.flush()
-        deadline, children = time.monotonic() + 60, []
-        while not children and time.monotonic() < deadline:
-            children = _children(proc.pid)
-            time.sleep(0.05)
-        assert children, "no reader process started"
+        children = _reader_children_once_fed(proc)
         time.sleep(0.5)
         nice = lambda pid: int(open(f"/proc/{pid}/stat").read().rsplit(") ", 1)[1].split()[16])  # noqa: E731
         assert nice(children[0]) == min(19, nice(proc.pid) + 10)  # the main process comes first
@@ -494,14 +500,7 @@ def test_a_reader_killed_by_a_signal_is_one_error_line(tmp_path, spec):
     proc = subprocess.Popen([NNCLI, "forward", str(spec), "-", "-t", "label", "--id-column", "id", "-o", str(out)], stdin=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "NNCLI_READER": "process", "NNCLI_TIMINGS": "0"})
     try:
-        header = ",".join([f"x{j}" for j in range(6)] + ["id", "label"]) + "\n"
-        proc.stdin.write((header + "0.5,1,2,3,4,5,r0,cat\n" * 20_000).encode())
-        proc.stdin.flush()
-        deadline, children = time.monotonic() + 60, []
-        while not children and time.monotonic() < deadline:
-            children = _children(proc.pid)
-            time.sleep(0.05)
-        assert children, "no reader process started"
+        children = _reader_children_once_fed(proc)
         os.kill(children[0], signal.SIGKILL)
         code = proc.wait(timeout=60)
         assert (code, proc.stderr.read().decode()) == (1, "error: the reader process was killed (signal 9) (<stdin>)\n")
