@@ -231,7 +231,7 @@ def test_floats_are_the_shortest_text_of_their_dtype(nncli, tmp_path):
 
 
 def test_precision_zero_rounds_to_whole_numbers():
-    from nncli.render import fmt
+    from nncli.views.render import fmt
 
     assert fmt(-0.2, 0) == "-0" and fmt(0.7, 0) == "1" and fmt(0.00001, 4) == "1.0000e-05"
 

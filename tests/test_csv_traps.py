@@ -23,9 +23,9 @@ import pytest
 import torch
 from torch import nn
 
-from nncli import csvread
-from nncli.csvread import parse_number
-from nncli.data import DataOptions, Dataset
+from nncli.io import csvread
+from nncli.io.csvread import parse_number
+from nncli.io.reading import DataOptions, Dataset
 from nncli.errors import NncliError, UsageError
 from tests.helpers import CONFIGS, assert_error, parse_csv, write
 
@@ -187,7 +187,7 @@ def test_closed_standard_input_in_the_library(tmp_path, monkeypatch):
     """The same, below the CLI edge: sys.stdin is None, as Python leaves it when fd 0 is closed."""
     import contextlib
 
-    from nncli.data import spooled
+    from nncli.io.reading import spooled
 
     monkeypatch.setattr(sys, "stdin", None)
     data = Dataset(DataOptions(str(write(tmp_path, "d.csv", "a,b\n1,2\n"))))
@@ -415,7 +415,7 @@ def test_without_the_option_a_decimal_comma_gets_a_hint(nncli, tmp_path):
 def test_a_csv_cut_short_while_it_is_read_is_an_error_not_fewer_rows(tmp_path, monkeypatch):
     """A writer truncating the file (a log rotated) between two reads: the rows after the cut are
     gone, and the reader says so instead of ending early with fewer rows, as NDJSON's reader does."""
-    from nncli import csvread
+    from nncli.io import csvread
     from nncli.errors import NncliError
 
     monkeypatch.setattr(csvread, "BLOCK_BYTES", 4096)
@@ -436,7 +436,7 @@ def test_a_csv_cut_short_while_it_is_read_is_an_error_not_fewer_rows(tmp_path, m
 def test_a_file_whose_size_stays_or_grows_reads_to_its_end(tmp_path, monkeypatch):
     """Only a file that shrank is cut short: one that grows while read (a log still written) is read
     to where it ends, with no error."""
-    from nncli import csvread
+    from nncli.io import csvread
 
     monkeypatch.setattr(csvread, "BLOCK_BYTES", 4096)
     path = tmp_path / "grows.csv"

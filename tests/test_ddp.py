@@ -136,7 +136,7 @@ def test_odd_row_counts_give_every_rank_the_same_steps(tmp_path, rows, batch, sh
 def test_each_rank_takes_its_share_as_distributed_sampler(n, world):
     from torch.utils.data import DistributedSampler
 
-    from nncli.training import shard
+    from nncli.core.training import shard
 
     for rank in range(world):
         assert shard(n, rank, world).tolist() == list(DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=False))
@@ -260,7 +260,7 @@ class Limited(real):
         started.append(self)
 subprocess.Popen = Limited
 sys.argv = ["nncli", "train", {str(spec)!r}, {str(path)!r}, "-t", "y", "--epochs", "1000000", "--lr", "0.01", "--nproc", "2"]
-from nncli.cli import main
+from nncli.cli.app import main
 try:
     main()
 finally:
@@ -302,7 +302,7 @@ class OnlyRank0(real):
         return Never() if kwargs["env"]["RANK"] != "0" else real(*args, **kwargs)
 subprocess.Popen = OnlyRank0
 sys.argv = ["nncli", "train", {str(spec)!r}, {str(path)!r}, "-t", "y", "--epochs", "1", "--lr", "0.1", "--nproc", "2"]
-from nncli.cli import main
+from nncli.cli.app import main
 main()
 """
     launcher = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -340,7 +340,7 @@ class FailingRank1(real):
         super().__init__(args, **kwargs)
 subprocess.Popen = FailingRank1
 sys.argv = ["nncli", "train", {str(spec)!r}, {str(path)!r}, "-t", "y", "--epochs", "1", "--lr", "0.1", "--nproc", "2"]
-from nncli.cli import main
+from nncli.cli.app import main
 main()
 """
     start = time.monotonic()

@@ -1,4 +1,4 @@
-"""Scoring on a cluster (--engine dask, nncli.engines): the same bits as the single-process command.
+"""Scoring on a cluster (--engine dask, nncli.lib.engines): the same bits as the single-process command.
 
 One local Dask cluster of 2 worker processes serves the module (the CLI reaches it with
 --scheduler); one test starts its own with --workers 2 in a real subprocess. Every expected value is
@@ -21,8 +21,8 @@ import pytest
 import torch
 
 import nncli
-from nncli.engines import core
-from nncli.engines import dask as nd
+from nncli.lib.engines import core
+from nncli.lib.engines import dask as nd
 from nncli.errors import NncliError
 from tests.helpers import assert_error, load_json, parse_csv, write
 
@@ -316,14 +316,14 @@ def test_partitions_in_order_with_a_progress_bar(folder, small_parts):
             yield part
 
     scorer = core.Scorer(m, core.InProcess)
-    run = scorer.forward_frames(files(folder), read=nncli.api.Read(features=FEATURES), batch_size=1000, progress=progress)
+    run = scorer.forward_frames(files(folder), read=nncli.lib.api.Read(features=FEATURES), batch_size=1000, progress=progress)
     got = pl.concat([pl.DataFrame(dict(zip(names, columns))) for names, columns in run.frames()])
     assert got.equals(m.forward(files(folder), features=FEATURES, batch_size=1000))
     sizes = [os.path.getsize(f) for f in files(folder)]
     # as the single process's bar: no total, since a compressed file's size is not its data's
     assert seen == [(3000, sizes[0], None), (2500, sum(sizes[:2]), None), (2800, sum(sizes), None)]
     seen.clear()
-    report = scorer.compute_loss(str(folder / "big.csv"), read=nncli.api.Read(target="label", features=FEATURES), batch_size=1000,
+    report = scorer.compute_loss(str(folder / "big.csv"), read=nncli.lib.api.Read(target="label", features=FEATURES), batch_size=1000,
                                  progress=progress)
     assert [rows for rows, _, _ in seen] == [3000] * 6 + [2500]
     assert report.value == m.loss(str(folder / "big.csv"), target="label", features=FEATURES, batch_size=1000)
@@ -455,7 +455,7 @@ def test_train_mode_batchnorm_stays_in_one_process(nncli, tmp_path, address):
 
 
 def test_the_default_install_never_imports_an_engine(folder):
-    code = ("import sys; from nncli.cli import app\n"
+    code = ("import sys; from nncli.cli.app import app\n"
             f"try: app(['forward', {str(folder / 'spec.yaml')!r}, {str(folder / 'a.csv')!r}, *{FEATURE_ARGS!r}, '-o', '/dev/null'])\n"
             "except SystemExit: pass\n"
             "assert 'torch' in sys.modules\n"
@@ -481,8 +481,8 @@ def test_a_local_cluster_from_the_command_line(folder, tmp_path):
 
 def test_ray_and_spark_map_functions_score_as_model_forward(folder):
     """The functions Ray's actors and Spark's mapInPandas call, run here on pandas batches (no Ray or Spark needed)."""
-    from nncli.engines import ray as nray
-    from nncli.engines import spark as nspark
+    from nncli.lib.engines import ray as nray
+    from nncli.lib.engines import spark as nspark
 
     m = nncli.load(folder / "spec.yaml", dtype="float64")
     batches = [table(700, 21).to_pandas(), table(1300, 22).to_pandas()]
@@ -508,7 +508,7 @@ def test_ray_forward(folder):
         m = nncli.load(folder / "spec.yaml")
         frame = table(3000, 8).to_pandas()
         ds = ray.data.from_pandas(frame)
-        got = nncli.engines.ray.forward(m, ds, target=["label", "y0", "y1"], id_column="id", batch_size=1000).to_pandas()
+        got = nncli.lib.engines.ray.forward(m, ds, target=["label", "y0", "y1"], id_column="id", batch_size=1000).to_pandas()
         got = got.set_index("id").loc[frame["id"]].reset_index()
         expected = pl.concat([m.forward(frame.iloc[i:i + 1000], target=["label", "y0", "y1"], id_column="id") for i in range(0, 3000, 1000)]).to_pandas()
         np.testing.assert_array_equal(got[["prob_cat", "prob_dog", "prob_eel"]].to_numpy(), expected[["prob_cat", "prob_dog", "prob_eel"]].to_numpy())
@@ -524,7 +524,7 @@ def test_spark_forward(folder):
     try:
         m = nncli.load(folder / "spec.yaml")
         frame = table(3000, 8).to_pandas()
-        got = nncli.engines.spark.forward(m, spark.createDataFrame(frame), target=["label", "y0", "y1"], id_column="id").toPandas()
+        got = nncli.lib.engines.spark.forward(m, spark.createDataFrame(frame), target=["label", "y0", "y1"], id_column="id").toPandas()
         got = got.set_index("id").loc[frame["id"]].reset_index()
         expected = pl.concat([m.forward(frame.iloc[i:i + 1000], target=["label", "y0", "y1"], id_column="id") for i in range(0, 3000, 1000)]).to_pandas()
         np.testing.assert_array_equal(got[["prob_cat", "prob_dog", "prob_eel"]].to_numpy(), expected[["prob_cat", "prob_dog", "prob_eel"]].to_numpy())

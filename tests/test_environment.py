@@ -227,11 +227,11 @@ def test_the_console_script_catches_signals_before_it_imports_any_module_of_nncl
         import sys, _signal
         class Watch:
             def find_spec(self, name, path=None, target=None):
-                if name.startswith("nncli.") and name != "nncli.entry":
+                if name.startswith("nncli.") and name != "nncli.cli.entry":
                     print(name, getattr(_signal.getsignal(_signal.SIGINT), "__name__", None))
                 return None
         sys.meta_path.insert(0, Watch())
-        import nncli.entry
+        import nncli.cli.entry
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     loaded = [line.split() for line in out if line]
@@ -240,11 +240,11 @@ def test_the_console_script_catches_signals_before_it_imports_any_module_of_nncl
 
 
 def test_a_signal_during_the_import_of_the_output_module_leaves_quietly(monkeypatch):
-    """CI caught this once: a Ctrl-C landed while nncli.output was being imported, and the handler's own
-    `from nncli.output import ...` raised "partially initialized module". The handler imports nothing."""
+    """CI caught this once: a Ctrl-C landed while nncli.io.output was being imported, and the handler's own
+    `from nncli.io.output import ...` raised "partially initialized module". The handler imports nothing."""
     import types
 
-    from nncli import cli
+    from nncli.cli import app as cli
 
     class Left(Exception):
         pass
@@ -252,8 +252,8 @@ def test_a_signal_during_the_import_of_the_output_module_leaves_quietly(monkeypa
     def leave(code):
         raise Left(code)
 
-    half_made = types.ModuleType("nncli.output")  # what sys.modules holds mid-import: no functions yet
-    monkeypatch.setitem(sys.modules, "nncli.output", half_made)
+    half_made = types.ModuleType("nncli.io.output")  # what sys.modules holds mid-import: no functions yet
+    monkeypatch.setitem(sys.modules, "nncli.io.output", half_made)
     monkeypatch.setattr(cli.os, "_exit", leave)
     with pytest.raises(Left) as left:
         cli._interrupted(signal.SIGINT, None)
@@ -301,12 +301,12 @@ def test_onehot_reads_standard_input_in_blocks(tmp_path, nncli):
 def test_every_extra_a_message_names_is_defined_in_pyproject():
     """`.zst` files said `pip install 'nncli-torch[zstd]'`, and pyproject defined no zstd extra: pip
     warns and installs nothing. Every `nncli-torch[NAME]` in the sources and docs must be an extra;
-    `nncli-torch[{engine}]` stands for every engine nncli.engines can require."""
+    `nncli-torch[{engine}]` stands for every engine nncli.lib.engines can require."""
     import re
     import tomllib
     from pathlib import Path
 
-    from nncli.engines import EXTRAS
+    from nncli.lib.engines import EXTRAS
 
     root = Path(__file__).resolve().parents[1]
     extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]

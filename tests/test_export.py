@@ -272,7 +272,7 @@ def test_standardisation_is_in_the_onnx_graph(tmp_path):
     ort = _onnxruntime()
     import onnx
 
-    from nncli.export import export_onnx
+    from nncli.lib.export import export_onnx
 
     path = tmp_path / "std.onnx"
     exported = export_onnx(lib.load(CONFIGS / "three-class.yaml"), path, preprocess=(MEAN, STD),
@@ -291,7 +291,7 @@ def test_standardisation_is_in_the_onnx_graph(tmp_path):
 
 
 def test_standardisation_in_pt2_is_exact(tmp_path):
-    from nncli.export import export_pt2, read_metadata
+    from nncli.lib.export import export_pt2, read_metadata
 
     path = tmp_path / "std.pt2"
     export_pt2(lib.load(CONFIGS / "three-class.yaml"), path, preprocess=(MEAN, STD), metadata={"classes": ["a", "b", "c"]}, verify=True)
@@ -306,7 +306,7 @@ def test_standardisation_in_pt2_is_exact(tmp_path):
 
 def test_onnx_model_scores_raw_features_with_standardisation(tmp_path):
     _onnxruntime()
-    from nncli.export import OnnxModel, export_onnx
+    from nncli.lib.export import OnnxModel, export_onnx
 
     path = tmp_path / "std.onnx"
     export_onnx(lib.load(CONFIGS / "three-class.yaml"), path, preprocess=(MEAN, STD))
@@ -324,7 +324,7 @@ def test_trained_preprocessing_and_classes_travel_into_the_export(nncli, tmp_pat
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from nncli.export import OnnxModel, read_metadata
+    from nncli.lib.export import OnnxModel, read_metadata
 
     spec = write(tmp_path, "std.yaml", "name: iris-std\nseed: 0\ninputs: 4\nlayers:\n  - Linear: {out_features: 8}\n  - ReLU\n"
                                        "  - Linear: {out_features: 3}\nloss: CrossEntropyLoss\npreprocess: {standardize: true}\n")
@@ -369,7 +369,7 @@ def test_trained_preprocessing_and_classes_travel_into_the_export(nncli, tmp_pat
     ([0.0] * 5 + [float("nan")], [1.0] * 6, "preprocess mean[5] is nan; it must be finite"),
 ])
 def test_bad_preprocess_is_one_error(tmp_path, mean, std, fragment):
-    from nncli.export import export_pt2
+    from nncli.lib.export import export_pt2
 
     with pytest.raises(NncliError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
         export_pt2(lib.load(CONFIGS / "three-class.yaml"), tmp_path / "x.pt2", preprocess=(mean, std))
@@ -384,7 +384,7 @@ def test_verify_catches_a_tampered_onnx_file():
     import onnx
     from onnx import numpy_helper
 
-    from nncli.export import build_export, check, verification_text
+    from nncli.lib.export import build_export, check, verification_text
 
     exported = build_export(lib.load(CONFIGS / "three-class.yaml"), "onnx")
     assert check(exported).ok
@@ -401,7 +401,7 @@ def test_verify_catches_a_tampered_onnx_file():
 
 def test_failed_verification_writes_nothing(nncli, tmp_path, monkeypatch):
     """A model that does not match PyTorch is not written, and an existing file stays as it was."""
-    import nncli.export as export_module
+    import nncli.lib.export as export_module
 
     monkeypatch.setattr(export_module, "_difference", lambda got, expected: 0.5)
     path = tmp_path / "m.pt2"
@@ -477,7 +477,7 @@ def test_float64_onnx_is_verified_or_refused_naming_the_layer(nncli, tmp_path, l
 @pytest.mark.parametrize("name", ["three-class", "binary-classifier", "iris", "iris-standardized", "regression", "net-16-8-4-2"])
 def test_onnx_model_gives_forwards_columns_and_pytorchs_values(nncli, tmp_path, weights, name):
     _onnxruntime()
-    from nncli.export import OnnxModel
+    from nncli.lib.export import OnnxModel
 
     path = tmp_path / f"{name}.onnx"
     assert nncli(*_export_args(name, path, weights)).exit_code == 0
@@ -503,7 +503,7 @@ def test_onnx_model_gives_forwards_columns_and_pytorchs_values(nncli, tmp_path, 
 def test_onnx_model_over_many_batches_equals_pytorch(tmp_path):
     """Batching as api does (25,000 rows in blocks of about 4,096); the link (softmax of logits) and the classes."""
     _onnxruntime()
-    from nncli.export import OnnxModel, export_onnx
+    from nncli.lib.export import OnnxModel, export_onnx
 
     export_onnx(lib.load(CONFIGS / "net-16-8-4-2.yaml"), tmp_path / "m.onnx")
     x = _rows(25_000, 16, seed=4, dtype=torch.float64)
@@ -528,7 +528,7 @@ def test_onnx_model_over_many_batches_equals_pytorch(tmp_path):
 def test_onnx_model_takes_forwards_options_as_the_library_does(tmp_path):
     """Several files with a source column, class indices instead of labels: the same names and columns as api.Model."""
     _onnxruntime()
-    from nncli.export import OnnxModel, export_onnx
+    from nncli.lib.export import OnnxModel, export_onnx
 
     export_onnx(lib.load(CONFIGS / "iris.yaml", inputs=4), tmp_path / "iris.onnx")
     files = [str(DATA / "iris-test.csv"), str(DATA / "iris-train.csv")]
@@ -550,7 +550,7 @@ def test_onnx_model_reads_a_foreign_onnx_file(tmp_path):
     import logging
     import warnings
 
-    from nncli.export import OnnxModel
+    from nncli.lib.export import OnnxModel
 
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     torch.manual_seed(1)
@@ -569,7 +569,7 @@ def test_onnx_model_reads_a_foreign_onnx_file(tmp_path):
 
 def test_onnx_model_errors_are_one_line(tmp_path):
     _onnxruntime()
-    from nncli.export import OnnxModel, export_onnx
+    from nncli.lib.export import OnnxModel, export_onnx
 
     with pytest.raises(NncliError, match="no such file"):
         OnnxModel(tmp_path / "missing.onnx")
@@ -596,7 +596,7 @@ def test_onnx_metadata_that_lies_about_the_output_width_is_refused(nncli, tmp_pa
     """A 5 KB file whose metadata said 10**8 columns made forward build 10**8 column names (11 GB):
     the metadata's width is checked against the graph's declared output before anything runs."""
     _onnxruntime()
-    from nncli.export import OnnxModel, export_onnx
+    from nncli.lib.export import OnnxModel, export_onnx
 
     export_onnx(lib.load(CONFIGS / "three-class.yaml"), tmp_path / "m.onnx")
     huge = _with_head_width(tmp_path / "m.onnx", tmp_path / "huge.onnx", 100_000_000)
@@ -642,7 +642,7 @@ def test_onnx_metadata_that_does_not_fit_is_refused(nncli, tmp_path, key, value,
     """nncli's own metadata is read strictly: a duplicate class dropped an output column (prob_a,prob_b
     from 3 outputs), and a head that did not parse (width 3.5, "3", true, []) was silently read as plain."""
     _onnxruntime()
-    from nncli.export import OnnxModel, export_onnx
+    from nncli.lib.export import OnnxModel, export_onnx
 
     export_onnx(lib.load(CONFIGS / "three-class.yaml"), tmp_path / "m.onnx")
     bad = _with_metadata(tmp_path / "m.onnx", tmp_path / "bad.onnx", key, value)
@@ -675,7 +675,7 @@ def test_onnxruntime_allocation_failure_is_one_line_and_its_logger_prints_nothin
     _onnxruntime()
     from onnx import TensorProto, helper
 
-    from nncli.export import OnnxModel
+    from nncli.lib.export import OnnxModel
 
     data = write(tmp_path, "ab.csv", "a,b\n1,2\n")
     huge = _graph_onnx(tmp_path / "huge.onnx", [
@@ -731,7 +731,7 @@ def test_pt2_export_and_onnx_scoring_without_the_extra(nncli, tmp_path, monkeypa
         monkeypatch.setitem(sys.modules, name, None)  # `import onnx` now raises ImportError
     result = nncli("export", CONFIGS / "three-class.yaml", "-o", tmp_path / "m.pt2")
     assert result.exit_code == 0, result.stderr
-    from nncli.export import OnnxModel
+    from nncli.lib.export import OnnxModel
 
     with pytest.raises(NncliError, match=r"scoring an ONNX model needs the onnx extra: pip install 'nncli-torch\[onnx\]'"):
         OnnxModel(tmp_path / "m.onnx")
@@ -794,7 +794,7 @@ def test_export_a_real_process_prints_only_nnclis_lines(tmp_path):
 
 
 def test_importing_the_command_and_the_library_does_not_import_torch():
-    code = ("import sys, nncli.export, nncli.commands.export\n"
+    code = ("import sys, nncli.lib.export, nncli.cli.commands.export\n"
             "assert not {'torch', 'onnx', 'onnxruntime'} & set(sys.modules), 'imported too early'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

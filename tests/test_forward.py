@@ -325,7 +325,7 @@ def test_usage_errors_exit_2(nncli):
 
 
 def test_debug_shows_the_traceback(runner, tmp_path):
-    from nncli.cli import app
+    from nncli.cli.app import app
     from nncli.errors import NncliError
 
     result = runner.invoke(app, ["--debug", "forward", str(tmp_path / "nope.yaml"), str(DATA / "two-points.csv")])
@@ -342,7 +342,7 @@ def test_version_and_help(nncli):
 def test_every_command_and_option_has_help_text():
     import typer.main
 
-    from nncli.cli import app
+    from nncli.cli.app import app
 
     group = typer.main.get_command(app)
     for name, command in group.commands.items():

@@ -17,9 +17,9 @@ from safetensors.torch import save as st_save
 from torch import nn
 from typer.testing import CliRunner
 
-from nncli.cli import app
-from nncli.csvread import parse_number
-from nncli.layers import LAYERS
+from nncli.cli.app import app
+from nncli.io.csvread import parse_number
+from nncli.core.layers import LAYERS
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 RUNNER = CliRunner()

@@ -83,7 +83,7 @@ def test_float64_stays_float64(nncli, tmp_path):
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(nncli, tmp_path, monkeypatch):
-    from nncli import render
+    from nncli.views import render
 
     out = tmp_path / "out.csv"
     out.write_text("precious\n")
@@ -99,7 +99,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(nncli, tmp_path, mo
 
 
 def test_a_failed_weights_write_leaves_the_old_file(nncli, tmp_path, monkeypatch):
-    from nncli import model
+    from nncli.core import model
 
     w = tmp_path / "w.safetensors"
     w.write_bytes(b"old weights")
@@ -169,7 +169,8 @@ def test_quoted_cells_are_read_exactly(nncli, tmp_path):
 # it was at the start (a writer still at work, a log rotated). Deterministic, unlike a race with `truncate`.
 _TRUNCATE_AFTER_FIRST_BATCH = """
 import os, sys
-from nncli import cli, tables
+from nncli.cli import app as cli
+from nncli.io import tables
 read = tables.TableFile.read
 def truncating(self, *args, **kwargs):
     for i, block in enumerate(read(self, *args, **kwargs)):
@@ -302,7 +303,7 @@ def _pt2_with(tmp_path, member: str, payload: bytes):
     import zipfile
 
     import nncli
-    from nncli.export import export_pt2
+    from nncli.lib.export import export_pt2
 
     good, evil = tmp_path / "good.pt2", tmp_path / "evil.pt2"
     export_pt2(nncli.load(CONFIGS / "three-class.yaml"), good)
@@ -319,7 +320,7 @@ def test_a_pt2_whose_sample_inputs_run_code_is_never_unpickled(nncli, tmp_path):
     forward refuses .pt2 input."""
     import io
 
-    from nncli import export
+    from nncli.lib import export
 
     marker = tmp_path / "pwned"
     buffer = io.BytesIO()
@@ -417,7 +418,7 @@ def test_an_exception_from_a_signal_handler_stops_onnxruntime_in_the_library(tmp
     code = f"""
 import signal, threading, time
 import numpy as np
-from nncli.export import OnnxModel
+from nncli.lib.export import OnnxModel
 
 model = OnnxModel({str(model)!r})
 
@@ -443,7 +444,7 @@ def test_a_pt2_whose_weights_are_pickles_is_refused_before_torch_reads_it(tmp_pa
     import json
     import zipfile
 
-    from nncli import export
+    from nncli.lib import export
 
     marker = tmp_path / "pwned"
     config = json.dumps({"config": {"0.weight": {"path_name": "weight_0", "is_param": True, "use_pickle": True, "tensor_meta": None}}})
@@ -604,7 +605,7 @@ def test_bceloss_outside_0_and_1_without_nan_is_one_line(nncli, tmp_path):
 
 
 def test_bceloss_without_nan_is_torch_s_own():
-    from nncli.losses import LossChoice
+    from nncli.core.losses import LossChoice
 
     p, y = torch.tensor([[0.2], [0.9], [1.0]]), torch.tensor([[0.0], [1.0], [1.0]])
     for reduction in ("mean", "sum", "none"):

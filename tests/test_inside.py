@@ -20,7 +20,7 @@ from torch import nn
 
 from tests.helpers import CONFIGS, DATA, EXAMPLE_DATA, REFERENCE, assert_error, load_json, parse_csv, read_table, reference_model, write
 
-from nncli import inside
+from nncli.lib import inside
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -460,7 +460,7 @@ def test_stats_html_with_vanishing_0_and_a_zero_gradient(nncli, tmp_path):
     assert {p["parameter"]: p["grad_norm"] for p in doc["parameters"]} == _page_norms(page)
     text = page.read_text(encoding="utf-8")
     assert 'data-threshold="vanishing" data-value="0.0"' in text and 'data-threshold="exploding" data-value="0.0"' in text
-    from nncli.report_html import norms_svg
+    from nncli.views.report_html import norms_svg
     from types import SimpleNamespace
 
     svg = norms_svg([SimpleNamespace(name="w", grad_norm=0.0), SimpleNamespace(name="b", grad_norm=2.5)], 0.0, math.inf)

@@ -1,4 +1,4 @@
-"""One rule for every file nncli writes (src/nncli/output.py).
+"""One rule for every file nncli writes (src/nncli/io/output.py).
 
 Regular files are replaced atomically, symbolic links are followed, devices, FIFOs and
 /dev/stdout are written through as a shell's `>` does, permissions are a shell's, every refusal
@@ -19,9 +19,9 @@ import time
 
 import pytest
 
-from nncli import output
+from nncli.io import output
 from nncli.errors import NncliError, UsageError
-from nncli.output import (
+from nncli.io.output import (
     abandon_writes, check_distinct_outputs, check_output, output_file, plan, remove_stale_temp_files,
     stale_temp_files,
 )
@@ -508,7 +508,7 @@ def test_distinct_outputs_pass(tmp_path):
 @pytest.fixture
 def no_work(monkeypatch):
     """Any command that reaches its data has started work: fail loudly if it does."""
-    from nncli import api
+    from nncli.lib import api
 
     def started(*args, **kwargs):
         raise AssertionError("work started before the output was checked")
@@ -734,7 +734,7 @@ def test_a_signal_removes_the_spooled_standard_input(tmp_path, sig, code):
 
 
 def test_a_scratch_file_is_private_registered_and_removed(tmp_path):
-    from nncli.output import scratch_file
+    from nncli.io.output import scratch_file
 
     with scratch_file(str(tmp_path)) as (f, path):
         f.write(b"a\n1\n")
@@ -867,7 +867,7 @@ def test_a_signal_during_a_run_over_several_inputs_leaves_none_of_its_outputs(tm
 
 
 def test_created_folders_removes_only_its_own_empty_folders(tmp_path):
-    from nncli.output import created_folders
+    from nncli.io.output import created_folders
 
     with pytest.raises(RuntimeError):
         with created_folders(str(tmp_path / "a" / "b" / "c")):

@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nncli import timing
-from nncli.csvread import count_byte
-from nncli.data import batches_ahead, features
+from nncli.io.csvread import count_byte
+from nncli.io.reading import batches_ahead, features
 from tests.helpers import CONFIGS, DATA
 
 NNCLI = os.path.join(os.path.dirname(sys.executable), "nncli")
@@ -76,7 +76,7 @@ def test_count_byte_on_a_large_block():
 @pytest.mark.parametrize("dtype", [None, "float32"])
 def test_one_batch_of_every_row_equals_the_batches_joined(tmp_path, dtype):
     """train's whole-file load converts block by block: the same rows, ids and targets as batches."""
-    from nncli.data import DataOptions, Dataset
+    from nncli.io.reading import DataOptions, Dataset
 
     rng = np.random.default_rng(3)
     path = tmp_path / "t.csv"
@@ -101,7 +101,7 @@ def test_fixed_decimals_write_the_texts_printf_gives(precision):
 
     import polars as pl
 
-    from nncli.texts import fixed_decimals
+    from nncli.io.texts import fixed_decimals
 
     rng = np.random.default_rng(precision)
     values = (rng.standard_normal(50_000) * 10.0 ** rng.integers(-7, 7, 50_000)).astype(np.float32)
@@ -119,7 +119,7 @@ def test_fixed_decimals_write_the_texts_printf_gives(precision):
 
 
 def test_fixed_decimals_leave_what_they_cannot_promise_to_polars():
-    from nncli.texts import fixed_decimals
+    from nncli.io.texts import fixed_decimals
 
     f32 = np.float32
     assert fixed_decimals(np.array([0.5, -0.0], f32), 4) is None  # a decimal has no -0
@@ -191,7 +191,7 @@ def test_fixed_decimals_refuse_a_polars_that_gives_other_decimals(monkeypatch):
     """polars before ~1.33 returned the quotient with 4 more decimals: -0.46480000 for 4."""
     import polars as pl
 
-    from nncli.texts import fixed_decimals
+    from nncli.io.texts import fixed_decimals
 
     real = pl.Series.__truediv__
     monkeypatch.setattr(pl.Series, "__truediv__", lambda self, other: real(self, other).cast(pl.Decimal(38, self.dtype.scale + 4)))
@@ -204,7 +204,7 @@ def test_fixed_decimals_refuse_a_polars_that_gives_other_decimals(monkeypatch):
 def _reader_running_at_build(monkeypatch):
     """[True] when reading started before the model's first build. (Whether the reader thread is
     still alive at the build is a race: it may have read a 5-row file already.)"""
-    from nncli import api
+    from nncli.lib import api
 
     seen, started = [], []
     build, prefetched = api.Model.build, api.prefetched
@@ -236,7 +236,7 @@ def test_a_build_that_fails_after_reading_began_lets_the_reader_go(monkeypatch, 
     import time
 
     import nncli
-    from nncli import data
+    from nncli.io import reading as data
 
     monkeypatch.setattr(data, "READ_AHEAD_BYTES", 1)  # two batches fill the queue
     path = tmp_path / "d.csv"
@@ -265,7 +265,7 @@ def test_train_does_not_read_the_file_in_the_background_for_nothing(nncli, monke
     """train opens DATA to size the model and then loads it whole: a reader thread started for
     nothing (rows=False passed as an int) parsed the file while torch imported. Now the one whole
     load starts before the build instead (numeric targets: known without the model)."""
-    from nncli.data import Dataset
+    from nncli.io.reading import Dataset
 
     asked = []
     original = Dataset.batches
@@ -287,7 +287,7 @@ def test_train_with_text_labels_and_no_classes_learns_them_after_the_build(nncli
 
 
 def test_the_classes_in_a_weights_header_are_read_without_torch(nncli, tmp_path):
-    from nncli.model import UNKNOWN, read_weights, saved_classes
+    from nncli.core.model import UNKNOWN, read_weights, saved_classes
 
     weights = tmp_path / "w.safetensors"
     result = nncli("train", CONFIGS / "iris.yaml", DATA / "iris-train.csv", "-t", "species", "--epochs", "1", "--lr", "0.1",
@@ -318,7 +318,7 @@ def test_loss_with_text_labels_and_saved_classes_equals_torch(nncli, tmp_path):
 
     from safetensors.torch import load_file
 
-    from nncli.model import read_weights
+    from nncli.core.model import read_weights
     import polars as pl
 
     state, extras = read_weights(str(weights))
@@ -351,7 +351,7 @@ def test_building_a_model_leaves_the_garbage_collector_as_it_was():
     assert gc.isenabled()
     gc.disable()
     try:
-        from nncli.runtime import set_threads
+        from nncli.core.runtime import set_threads
 
         set_threads(None)
         assert not gc.isenabled()
@@ -367,23 +367,23 @@ def _python(code: str) -> str:
 
 
 def test_help_lists_every_command_without_importing_any():
-    out = _python("import sys\nfrom typer.testing import CliRunner\nfrom nncli.cli import app, COMMANDS\n"
+    out = _python("import sys\nfrom typer.testing import CliRunner\nfrom nncli.cli.app import app, COMMANDS\n"
                   "r = CliRunner().invoke(app, ['--help'])\n"
-                  "print(sorted(m for m in sys.modules if m.startswith('nncli.commands.') and m != 'nncli.commands.__init__'))\n"
+                  "print(sorted(m for m in sys.modules if m.startswith('nncli.cli.commands.') and m != 'nncli.cli.commands.__init__'))\n"
                   "print('torch' in sys.modules)\nprint(r.output)")
     loaded, torch_loaded, text = out.split("\n", 2)
     assert loaded == "[]" and torch_loaded == "False"
-    from nncli.cli import COMMANDS
+    from nncli.cli.app import COMMANDS
 
     for name, (_, _, short) in COMMANDS.items():
         assert f"{name}" in text and short in text
 
 
 def test_a_command_loads_its_own_module_only():
-    out = _python("import sys\nfrom typer.testing import CliRunner\nfrom nncli.cli import app\n"
+    out = _python("import sys\nfrom typer.testing import CliRunner\nfrom nncli.cli.app import app\n"
                   "r = CliRunner().invoke(app, ['forward', '--help'])\n"
-                  "print(sorted(m for m in sys.modules if m.startswith('nncli.commands.')))")
-    assert eval(out) == ["nncli.commands.common", "nncli.commands.outputs"]
+                  "print(sorted(m for m in sys.modules if m.startswith('nncli.cli.commands.')))")
+    assert eval(out) == ["nncli.cli.commands.common", "nncli.cli.commands.outputs"]
 
 
 def test_the_command_table_names_each_function_once_with_its_docstring():
@@ -393,12 +393,12 @@ def test_the_command_table_names_each_function_once_with_its_docstring():
 
     import typer.main
 
-    from nncli.cli import COMMANDS, LONG_HELP, app
+    from nncli.cli.app import COMMANDS, LONG_HELP, app
 
     group = typer.main.get_command(app)
     for name, (module, function, short) in COMMANDS.items():
         command = group.commands[name]
-        callback = getattr(importlib.import_module(f"nncli.commands.{module}"), function)
+        callback = getattr(importlib.import_module(f"nncli.cli.commands.{module}"), function)
         assert command.short_help == short and len(short) <= 60
         assert command.help == (LONG_HELP.get(name) or inspect.getdoc(callback))
     assert group.get_command(None, "no-such-command") is None

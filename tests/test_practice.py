@@ -121,7 +121,7 @@ def test_balanced_class_weights_are_scikit_learns(nncli, tmp_path):
 
 
 def test_stratified_split_keeps_class_proportions_reproducibly(nncli, tmp_path):
-    from nncli.training import stratified_split
+    from nncli.core.training import stratified_split
 
     path, x, y = table(tmp_path, rows=100)
     keep, held = stratified_split(y, 0.2, 5)

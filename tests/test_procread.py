@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from nncli import procread
+from nncli.io import readers as procread
 from tests.helpers import CONFIGS, DATA
 
 NNCLI = os.path.join(os.path.dirname(sys.executable), "nncli")
@@ -144,7 +144,7 @@ def test_an_error_comes_after_the_rows_before_it_exactly_as_from_the_thread(tmp_
 def test_a_bug_in_the_child_is_an_internal_error_with_its_traceback_under_debug(tmp_path):
     script = textwrap.dedent("""
         import sys
-        from nncli import procread
+        from nncli.io import readers as procread
         def produce():
             yield 1
             raise ZeroDivisionError("deep in the reader")
@@ -163,7 +163,7 @@ def test_items_larger_than_half_the_ring_go_through_the_pipe(tmp_path):
     """A batch bigger than the ring can hold at once (-b 10^6 on a wide table) still arrives whole."""
     script = textwrap.dedent("""
         import numpy as np, pickle, sys
-        from nncli import procread
+        from nncli.io import readers as procread
         def produce():
             for k in range(3):
                 yield {"k": k, "big": np.full((600, 1000), k, np.float64), "small": np.arange(10) + k, "none": None}
@@ -181,7 +181,7 @@ def test_more_than_a_pipe_of_small_batches(tmp_path):
     must read the acknowledgements anyway (the pipe holds 65,536 of them: `-b 1` hung there)."""
     script = textwrap.dedent("""
         import numpy as np
-        from nncli import procread
+        from nncli.io import readers as procread
         def produce():
             for k in range(70_000):
                 yield np.full(3, k, np.float32)
@@ -196,9 +196,9 @@ def test_progress_follows_the_child(tmp_path):
     data = tmp_path / "d.csv"
     _table(data, 20_000)
     script = textwrap.dedent(f"""
-        from nncli.api import reading_files
-        from nncli.data import DataOptions, Dataset
-        from nncli import procread
+        from nncli.lib.api import reading_files
+        from nncli.io.reading import DataOptions, Dataset
+        from nncli.io import readers as procread
         source = Dataset(DataOptions({str(data)!r}, targets=["label"], id_column="id"), want_targets=False)
         files = reading_files(source)
         seen = []
@@ -348,7 +348,7 @@ def test_a_refused_fork_reads_in_a_thread(tmp_path, spec):
         def refuse():
             raise OSError(11, "Resource temporarily unavailable")
         os.fork = refuse
-        from nncli.cli import main
+        from nncli.cli.app import main
         sys.argv = ["nncli", "forward", {str(spec)!r}, {str(data)!r}, "-t", "label", "--id-column", "id", "-f", "csv"]
         main()
     """)
@@ -426,7 +426,7 @@ def test_a_second_parser_gives_the_same_blocks_in_the_same_order(monkeypatch, tm
     """The reader process parses two blocks at once while the parent waits (csvread.starved): the
     rows come in file order all the same, and a bad cell is still named with its line."""
     import nncli
-    from nncli import csvread
+    from nncli.io import csvread
 
     data = tmp_path / "d.csv"
     _table(data, 20_000)
@@ -480,7 +480,8 @@ def test_a_child_that_cannot_start_hands_its_rows_to_a_thread(tmp_path, spec, fa
     _table(data, 20_000)
     script = textwrap.dedent(f"""
         import os, sys
-        from nncli import cli, timing
+        from nncli import timing
+        from nncli.cli import app as cli
         def refused():  # the child's first step; the main process never takes it
             {failure}
         timing.restart = refused
@@ -564,7 +565,8 @@ def test_a_child_that_fails_after_reading_puts_data_and_targets_back(tmp_path, s
     args = ["loss", str(spec), str(data), "--targets", str(targets), "-b", "999", "-f", "json"]
     script = textwrap.dedent(f"""
         import sys
-        from nncli import cli, csvread, procread
+        from nncli.cli import app as cli
+        from nncli.io import csvread, readers as procread
         def refused(n):  # the child, about to hand over its first batch (parsed: both files read)
             raise RuntimeError("can't start new thread")
         procread._aligned = refused

@@ -21,11 +21,11 @@ import torch
 from torch import nn
 
 import nncli as lib
-from nncli import model as model_module
-from nncli import spec as spec_module
+from nncli.core import model as model_module
+from nncli.core import spec as spec_module
 from nncli.errors import NncliError
-from nncli.model import build
-from nncli.spec import DEFAULT_MAX_LAYERS, MAX_INLINE_VALUES, load_spec, parse_spec, resolve
+from nncli.core.model import build
+from nncli.core.spec import DEFAULT_MAX_LAYERS, MAX_INLINE_VALUES, load_spec, parse_spec, resolve
 from tests.helpers import DATA, assert_error, load_json, read_table, write
 
 

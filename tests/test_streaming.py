@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from nncli import csvread
+from nncli.io import csvread
 from tests.helpers import CONFIGS, assert_error, column, load_json, parse_csv, read_table, write
 
 SPEC = "seed: 4\nlayers:\n  - Linear: {out_features: 6}\n  - ReLU\n  - Linear: {out_features: 3}\n  - Softmax\n"
@@ -125,7 +125,7 @@ def test_standard_input_bigger_than_a_block_streams(tmp_path):
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["forward", "--help"], ["forward"], ["nonsense"]])
 def test_start_up_imports_neither_torch_nor_polars(args):
     code = (
-        "import sys\nfrom nncli.cli import app\n"
+        "import sys\nfrom nncli.cli.app import app\n"
         f"sys.argv = ['nncli'] + {args!r}\n"
         "try:\n    app()\nexcept SystemExit:\n    pass\n"
         "print(sorted(m for m in ('torch', 'polars', 'numpy') if m in sys.modules))\n"
@@ -153,7 +153,7 @@ def test_devices_and_threads(nncli, tmp_path):
 
 
 def test_progress_bar_only_on_a_terminal(monkeypatch):
-    from nncli import progress
+    from nncli.views import progress
 
     class Source:
         name, bytes_read, total_bytes = "x.csv", 10, 100

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from nncli.data import _rebatch
+from nncli.io.reading import _rebatch
 from nncli.errors import NncliError
-from nncli.frames import batch_bounds
-from nncli.render import FoldingTable
-from nncli.spec import parse_spec, resolve
+from nncli.io.frames import batch_bounds
+from nncli.views.render import FoldingTable
+from nncli.core.spec import parse_spec, resolve
 
 
 def test_the_resolver_infers_sizes_and_checks_widths():
