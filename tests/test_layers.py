@@ -31,8 +31,10 @@ def test_the_linter_sees_an_import_that_crosses_a_layer(tmp_path, capsys, monkey
     contracts above are checked against the real import graph, not an empty one."""
     monkeypatch.chdir(ROOT)
     config = tmp_path / "broken.toml"
-    config.write_text('[tool.importlinter]\nroot_package = "nncli"\n\n[[tool.importlinter.contracts]]\n'
-                      'name = "upside down"\ntype = "layers"\nlayers = ["nncli.lib", "nncli.cli"]\n')
+    config.write_text(
+        '[tool.importlinter]\nroot_package = "nncli"\n\n[[tool.importlinter.contracts]]\n'
+        'name = "upside down"\ntype = "layers"\nlayers = ["nncli.lib", "nncli.cli"]\n'
+    )
     code, report = lint(config, capsys)
     assert code == 1 and "nncli.cli.commands" in report, report
 
@@ -62,6 +64,7 @@ def test_no_private_name_crosses_a_package():
 
 def test_the_private_name_check_finds_one(tmp_path):
     (tmp_path / "nncli" / "cli").mkdir(parents=True)
-    (tmp_path / "nncli" / "cli" / "probe.py").write_text("from nncli.core.model import _probe, __version__\n"
-                                                         "from nncli.cli.app import _same_package\n")
+    (tmp_path / "nncli" / "cli" / "probe.py").write_text(
+        "from nncli.core.model import _probe, __version__\nfrom nncli.cli.app import _same_package\n"
+    )
     assert private_imports(tmp_path / "nncli") == ["nncli.cli.probe:1 imports nncli.core.model._probe"]

@@ -87,7 +87,9 @@ def test_the_readme_has_sessions_for_every_command() -> None:
 
 def test_every_readme_command_prints_what_the_readme_shows(tmp_path: Path) -> None:
     (tmp_path / "examples").symlink_to(ROOT / "examples")
-    env = dict(os.environ, COLUMNS="80", NO_COLOR="1", PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    env = dict(
+        os.environ, COLUMNS="80", NO_COLOR="1", PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
+    )
     env.pop("FORCE_COLOR", None)
     for cmd, lines in readme_sessions():  # in order: evaluate reads the weights that train wrote
         expected = _trimmed(lines)

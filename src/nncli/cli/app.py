@@ -18,10 +18,10 @@ import warnings
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from nncli import __version__
 from nncli.errors import NncliError, NncliWarning, UsageError
-from typer.core import TyperGroup
 
 # -- commands: each lives in its family's module (options, call into the library, rendering) -----------
 
@@ -131,7 +131,7 @@ def _click_exceptions():
     exceptions are not the installed click's; typer.core names whichever one is in use."""
     import typer.core
 
-    click = getattr(typer.core, "_click", None) or getattr(typer.core, "click")
+    click = getattr(typer.core, "_click", None) or typer.core.click
     return click.exceptions
 
 
@@ -239,7 +239,18 @@ def _interrupted(signum, frame):
     os._exit(128 + signum)
 
 
-TERMINATING = ("SIGINT", "SIGTERM", "SIGHUP", "SIGALRM", "SIGUSR1", "SIGUSR2", "SIGXCPU", "SIGXFSZ", "SIGVTALRM", "SIGPROF")  # as entry.py
+TERMINATING = (
+    "SIGINT",
+    "SIGTERM",
+    "SIGHUP",
+    "SIGALRM",
+    "SIGUSR1",
+    "SIGUSR2",
+    "SIGXCPU",
+    "SIGXFSZ",
+    "SIGVTALRM",
+    "SIGPROF",
+)  # as entry.py
 
 
 def install_signal_handlers() -> None:
@@ -267,8 +278,8 @@ def handled(fn):
 
         timing.add("start-up", time.perf_counter() - timing.START)
         gc.enable()  # off since entry.py: start-up's imports make no garbage
-        from nncli.io import readers as procread
         from nncli.core import runtime
+        from nncli.io import readers as procread
 
         runtime.FREEZE_AFTER_IMPORT = True
         procread.SHARE_NUMPY = True
@@ -310,9 +321,14 @@ def handled(fn):
         except Exception as e:  # a bug or an input nncli failed to foresee: still one line, no traceback
             if debug:
                 raise
-            if isinstance(e, RuntimeError) and ("alloc" in str(e).lower() and "memory" in str(e).lower() or "DefaultCPUAllocator" in str(e)):
+            if isinstance(e, RuntimeError) and (
+                "alloc" in str(e).lower() and "memory" in str(e).lower() or "DefaultCPUAllocator" in str(e)
+            ):
                 _error("out of memory while computing (try a smaller --batch-size or model)", 1)
-            _error(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (please report it; --debug shows the traceback)", 1)
+            _error(
+                f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (please report it; --debug shows the traceback)",
+                1,
+            )
         finally:
             for s, handler in previous.items():
                 if handler is not None:
@@ -360,13 +376,13 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_callback(
-    version: Annotated[bool, typer.Option("--version", "-V", help="Show the version and exit.", callback=_version, is_eager=True)] = False,
+    version: Annotated[
+        bool, typer.Option("--version", "-V", help="Show the version and exit.", callback=_version, is_eager=True)
+    ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks (also NNCLI_DEBUG=1).")] = False,
 ) -> None:
     """The everyday PyTorch routine as shell commands: forward, loss, gradients, a step."""
     _debug["on"] = debug or _debug.get("argv", False)
-
-
 
 
 class _ClosedStream:
@@ -436,11 +452,13 @@ def _report_timings() -> None:
 def main() -> None:
     """The console script: run the app, flush, and leave without the interpreter's slow teardown."""
     install_signal_handlers()
-    if "--debug" in sys.argv[1:sys.argv.index("--") if "--" in sys.argv else None]:
+    if "--debug" in sys.argv[1 : sys.argv.index("--") if "--" in sys.argv else None]:
         _debug["argv"] = True  # --debug anywhere on the line, as every internal error message suggests
         sys.argv = [a for i, a in enumerate(sys.argv) if a != "--debug" or i == 0]
     else:
-        warnings.simplefilter("ignore")  # torch's own UserWarnings, at import too: nncli's stderr carries only nncli's lines
+        warnings.simplefilter(
+            "ignore"
+        )  # torch's own UserWarnings, at import too: nncli's stderr carries only nncli's lines
     if sys.stderr is None:
         _hold_descriptor_2()
     if sys.stdout is None:

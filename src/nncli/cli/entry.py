@@ -19,7 +19,18 @@ def _leave(signum, frame):  # pragma: no cover - exercised by a subprocess test
 
 
 def _catch_terminating_signals() -> None:
-    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGALRM", "SIGUSR1", "SIGUSR2", "SIGXCPU", "SIGXFSZ", "SIGVTALRM", "SIGPROF"):
+    for name in (
+        "SIGINT",
+        "SIGTERM",
+        "SIGHUP",
+        "SIGALRM",
+        "SIGUSR1",
+        "SIGUSR2",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+    ):
         number = getattr(_signal, name, None)
         if number is not None and (name == "SIGINT" or _signal.getsignal(number) != _signal.SIG_IGN):
             _signal.signal(number, _leave)

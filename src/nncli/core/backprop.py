@@ -11,9 +11,9 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-from nncli.errors import NncliError
 from nncli.core.forward import Head, preprocessed, to_tensor
 from nncli.core.losses import element_count, make_targets
+from nncli.errors import NncliError
 
 BATCH_DEPENDENT = ("BatchNorm1d", "Dropout")  # in train mode their output depends on the whole batch
 
@@ -36,8 +36,14 @@ def run_module(module, x):
         text = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "alloc" in text.lower():
             raise  # out of memory: the CLI's edge says so
-        hint = " (BatchNorm1d in train mode needs at least 2 rows a batch: add rows, or --mode eval)" if "more than 1 value per channel" in text else ""
-        raise NncliError(f"the model cannot run on this batch of {len(x)} row{'s' if len(x) != 1 else ''}: {text}{hint}", "DATA") from None
+        hint = (
+            " (BatchNorm1d in train mode needs at least 2 rows a batch: add rows, or --mode eval)"
+            if "more than 1 value per channel" in text
+            else ""
+        )
+        raise NncliError(
+            f"the model cannot run on this batch of {len(x)} row{'s' if len(x) != 1 else ''}: {text}{hint}", "DATA"
+        ) from None
 
 
 def batch_dependent(layer) -> bool:
@@ -56,8 +62,20 @@ def needs_one_batch(model, train: bool) -> bool:
     return train and any(batch_dependent(layer) for layer in model.layers)
 
 
-def compute_loss(model, head: Head, batches, choice, *, reduction: str = "mean", train: bool = False, backward: bool = False,
-                 inputs: bool = False, target_names, source: str, observe=None) -> LossResult:
+def compute_loss(
+    model,
+    head: Head,
+    batches,
+    choice,
+    *,
+    reduction: str = "mean",
+    train: bool = False,
+    backward: bool = False,
+    inputs: bool = False,
+    target_names,
+    source: str,
+    observe=None,
+) -> LossResult:
     """Forward (and backward) over every batch; gradients land in the parameters' .grad.
 
     With `inputs`, each batch's rows require grad and their gradients are returned, as

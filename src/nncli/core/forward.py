@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from nncli.constants import ALIGNMENT
 from nncli.core.spec import ResolvedLayer
@@ -115,7 +115,6 @@ def to_tensor(values, dtype, device):
     if tensor.dtype == dtype and tensor.data_ptr() % ALIGNMENT:
         tensor = tensor.clone(memory_format=torch.contiguous_format)
     return tensor.to(device=device, dtype=dtype)
-
 
 
 def preprocessed(built, x):

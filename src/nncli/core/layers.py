@@ -8,8 +8,9 @@ Only names in LAYERS ever reach torch.nn.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 INT, FLOAT, BOOL = "int", "float", "bool"
 
@@ -134,7 +135,9 @@ LAYERS: dict[str, LayerType] = {
         ),
         LayerType("Identity"),
         LayerType("ReLU", (INPLACE,)),
-        LayerType("LeakyReLU", (Arg("negative_slope", FLOAT, 0.01), INPLACE), check=lambda kw: _float32(kw, "negative_slope")),
+        LayerType(
+            "LeakyReLU", (Arg("negative_slope", FLOAT, 0.01), INPLACE), check=lambda kw: _float32(kw, "negative_slope")
+        ),
         LayerType("ELU", (Arg("alpha", FLOAT, 1.0), INPLACE), check=lambda kw: _float32(kw, "alpha")),
         LayerType("GELU", (Arg("approximate", ("none", "tanh"), "none"),)),
         LayerType("SELU", (INPLACE,)),

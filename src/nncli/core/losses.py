@@ -11,8 +11,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from nncli.errors import NncliError, UsageError
 from nncli.core.forward import Head
+from nncli.errors import NncliError, UsageError
 
 CLASS, BINARY, REGRESSION = "class", "binary", "regression"
 LOGITS, LOG_PROBS, PROBS, VALUES = "logits", "log-probabilities", "probabilities", "values"
@@ -90,7 +90,9 @@ class LossChoice:
 
                 return weighted
             else:
-                raise UsageError(f"--class-weights goes with CrossEntropyLoss, NLLLoss, BCELoss or BCEWithLogitsLoss, not {self.name}")
+                raise UsageError(
+                    f"--class-weights goes with CrossEntropyLoss, NLLLoss, BCELoss or BCEWithLogitsLoss, not {self.name}"
+                )
         fn = getattr(nn, self.name)(reduction=reduction, **extra)  # an allowlisted name only
         if not self.log_input:
             return fn
@@ -111,8 +113,11 @@ def probabilities_checked(fn, name: str, reduction: str):
             low, high = outputs.detach().aminmax() if outputs.numel() else (0, 1)
             if low < 0 or high > 1:
                 shown = float(low if low < 0 else high)
-                raise NncliError(f"{name} takes probabilities between 0 and 1, and the model gave {shown:g} (end the model in "
-                                 "Sigmoid, or use BCEWithLogitsLoss on raw outputs)", "the model's outputs")
+                raise NncliError(
+                    f"{name} takes probabilities between 0 and 1, and the model gave {shown:g} (end the model in "
+                    "Sigmoid, or use BCEWithLogitsLoss on raw outputs)",
+                    "the model's outputs",
+                )
             return fn(outputs, targets)
         value = fn(torch.where(bad, 0.5, outputs), targets)
         if reduction == "none":
@@ -173,7 +178,9 @@ def loss_warnings(choice: LossChoice, head: Head) -> list[str]:
             "--loss and the spec's loss out: nncli then takes NLLLoss of the log of the probabilities)"
         ]
     if takes == PROBS and kind not in ("sigmoid", "softmax"):
-        return [f"{choice.name} takes probabilities, and this model does not end in Sigmoid (use BCEWithLogitsLoss on raw outputs)"]
+        return [
+            f"{choice.name} takes probabilities, and this model does not end in Sigmoid (use BCEWithLogitsLoss on raw outputs)"
+        ]
     return []
 
 
@@ -182,7 +189,9 @@ def element_count(choice: LossChoice, outputs) -> int:
     return outputs.shape[0] if choice.family == CLASS else outputs.numel()
 
 
-def make_targets(choice: LossChoice, y, width: int, first_row: int, target_names: list[str], dtype, device, source: str):
+def make_targets(
+    choice: LossChoice, y, width: int, first_row: int, target_names: list[str], dtype, device, source: str
+):
     """Target columns (float64 numpy) -> what the torch loss takes, with each bad row named."""
     import numpy as np
     import torch
@@ -200,7 +209,8 @@ def make_targets(choice: LossChoice, y, width: int, first_row: int, target_names
             if len(wrong):
                 r = wrong[0][0]
                 raise NncliError(
-                    f"row {first_row + r}: {labels[r]:g} is not a class index (an integer from 0 to {width - 1})", source
+                    f"row {first_row + r}: {labels[r]:g} is not a class index (an integer from 0 to {width - 1})",
+                    source,
                 )
             return torch.from_numpy(labels.astype(np.int64)).to(device)
         if cols != width:
@@ -209,7 +219,9 @@ def make_targets(choice: LossChoice, y, width: int, first_row: int, target_names
                 source,
             )
     elif cols != width:
-        raise NncliError(f"{name} takes {width} target column{'s' if width != 1 else ''} (one per output); got {cols}", source)
+        raise NncliError(
+            f"{name} takes {width} target column{'s' if width != 1 else ''} (one per output); got {cols}", source
+        )
     if choice.family == BINARY:
         wrong = np.argwhere((y < 0) | (y > 1))
         if len(wrong):
@@ -218,5 +230,10 @@ def make_targets(choice: LossChoice, y, width: int, first_row: int, target_names
     targets = torch.from_numpy(y).to(device=device, dtype=dtype)
     if not bool(torch.isfinite(targets).all()):  # 1e200 fits float64 but not float32
         r, c = np.argwhere(~np.isfinite(targets.cpu().numpy()))[0]
-        raise NncliError(f"row {first_row + r}: the target {target_names[c]!r} is {y[r, c]:g}, too large for {dtype}".replace("torch.", ""), source)
+        raise NncliError(
+            f"row {first_row + r}: the target {target_names[c]!r} is {y[r, c]:g}, too large for {dtype}".replace(
+                "torch.", ""
+            ),
+            source,
+        )
     return targets

@@ -69,7 +69,9 @@ class Confusion:
         per_class = []
         for c in range(self.classes):
             precision, recall, f1 = _f1(float(m[c, c]), float(m[:, c].sum()), float(m[c, :].sum()))
-            per_class.append({"class": c, "precision": precision, "recall": recall, "f1": f1, "support": int(m[c, :].sum())})
+            per_class.append(
+                {"class": c, "precision": precision, "recall": recall, "f1": f1, "support": int(m[c, :].sum())}
+            )
         support = [r["support"] for r in per_class]
         out = {"accuracy": float(m.trace()) / total if total else 0.0}
         for name in ("precision", "recall", "f1"):  # scikit-learn's average="macro" and average="weighted"
@@ -160,10 +162,20 @@ class MultiLabel:
         for label, (tp, fp, fn, tn) in enumerate(self.counts.tolist()):
             precision, recall, f1 = _f1(tp, tp + fp, tp + fn)
             total = tp + fp + fn + tn
-            per_label.append({"label": label, "accuracy": (tp + tn) / total if total else 0.0, "precision": precision,
-                              "recall": recall, "f1": f1, "support": tp + fn})
+            per_label.append(
+                {
+                    "label": label,
+                    "accuracy": (tp + tn) / total if total else 0.0,
+                    "precision": precision,
+                    "recall": recall,
+                    "f1": f1,
+                    "support": tp + fn,
+                }
+            )
         return {
-            "accuracy": self.exact / self.rows if self.rows else 0.0,  # every label right: scikit-learn's accuracy_score
+            "accuracy": self.exact / self.rows
+            if self.rows
+            else 0.0,  # every label right: scikit-learn's accuracy_score
             "per_label": per_label,
         }
 

@@ -13,8 +13,8 @@ import re
 import warnings
 from dataclasses import dataclass
 
-from nncli.errors import NncliError
 from nncli.core.spec import ResolvedLayer, Spec, _short, total_params
+from nncli.errors import NncliError
 
 DEFAULT_MAX_PARAMS = 10**9
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
@@ -32,7 +32,7 @@ class Model:
     dtype: str
     device: str = "cpu"
     classes: list | None = None  # class labels in index order (the spec's, or saved with the weights)
-    preprocess: "Preprocess | None" = None  # feature statistics fitted by train, saved with the weights
+    preprocess: Preprocess | None = None  # feature statistics fitted by train, saved with the weights
 
     @property
     def caption(self) -> str:
@@ -73,14 +73,14 @@ def check_size(layers: list[ResolvedLayer], max_params: int, where: str) -> None
     """Refuse a model too large to allocate, before allocating it."""
     count = model_size(layers)
     if count > max_params:
-        raise NncliError(
-            f"the model has {count:,} parameters, more than --max-params {max_params:,} allows", where
-        )
+        raise NncliError(f"the model has {count:,} parameters, more than --max-params {max_params:,} allows", where)
 
 
 def _is_out_of_memory(e: BaseException) -> bool:
     text = str(e)
-    return isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and ("alloc" in text or "DefaultCPUAllocator" in text))
+    return isinstance(e, MemoryError) or (
+        isinstance(e, RuntimeError) and ("alloc" in text or "DefaultCPUAllocator" in text)
+    )
 
 
 def build(
@@ -112,9 +112,13 @@ def build(
     except (RuntimeError, MemoryError) as e:
         if not _is_out_of_memory(e):
             raise
-        raise NncliError(f"out of memory allocating the model ({model_size(layers):,} parameters, {dtype})", spec.path) from None
+        raise NncliError(
+            f"out of memory allocating the model ({model_size(layers):,} parameters, {dtype})", spec.path
+        ) from None
     extras = load_weights(module, weights) if weights else {}
-    return Model(module, layers, spec, seed, weights, dtype, classes=extras.get("classes"), preprocess=extras.get("preprocess"))
+    return Model(
+        module, layers, spec, seed, weights, dtype, classes=extras.get("classes"), preprocess=extras.get("preprocess")
+    )
 
 
 def build_kwargs(layer: ResolvedLayer) -> dict:
@@ -187,14 +191,18 @@ def read_weights(path: str) -> tuple[dict, dict]:
     if isinstance(state, dict):
         state = dict(state)
         extras = _extras(state, path, suffix)
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
         raise NncliError("not a state_dict (a mapping of names to tensors)", path)
     for key, value in state.items():
         if value.is_meta:
             raise NncliError(f"key {_key(key)} is a meta tensor: it has a shape but no values", path)
         if value.layout != torch.strided or value.is_nested:
             layout = "nested" if value.is_nested else str(value.layout).replace("torch.", "")
-            raise NncliError(f"key {_key(key)} is a {layout} tensor; nncli loads dense tensors only (save t.to_dense())", path)
+            raise NncliError(
+                f"key {_key(key)} is a {layout} tensor; nncli loads dense tensors only (save t.to_dense())", path
+            )
     return state, extras
 
 
@@ -225,8 +233,11 @@ UNKNOWN = object()
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
 
 # The tensor of each sized layer that holds the input width, and along which axis.
-WIDTH_TENSORS = {"Linear": (("weight", 1),), "BatchNorm1d": (("weight", 0), ("running_mean", 0), ("running_var", 0)),
-                 "LayerNorm": (("weight", 0), ("bias", 0))}
+WIDTH_TENSORS = {
+    "Linear": (("weight", 1),),
+    "BatchNorm1d": (("weight", 0), ("running_mean", 0), ("running_var", 0)),
+    "LayerNorm": (("weight", 0), ("bias", 0)),
+}
 
 
 def weights_width(path: str, index: int, layer_type: str, size_arg: str = "in_features") -> int:
@@ -243,14 +254,31 @@ def weights_width(path: str, index: int, layer_type: str, size_arg: str = "in_fe
             return shape[axis]
     key = next((k for k, _ in candidates if k in shapes), candidates[0][0] if candidates else f"{index}.weight")
     found = f"key {_key(key)} has shape {shapes[key]}" if key in shapes else f"the file has no key {_key(key)}"
-    raise NncliError(f"layers[{index}] ({layer_type}): {size_arg} can't be inferred from the weights ({found}): "
-                     "give it in the spec, or the number of input features (--inputs)", path)
+    raise NncliError(
+        f"layers[{index}] ({layer_type}): {size_arg} can't be inferred from the weights ({found}): "
+        "give it in the spec, or the number of input features (--inputs)",
+        path,
+    )
 
 
 # safetensors' dtype names, as torch names them (what check_state's messages say)
-SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn",
-                      "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U64": "uint64",
-                      "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool"}
+SAFETENSORS_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U64": "uint64",
+    "U32": "uint32",
+    "U16": "uint16",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
 
 
 def weights_layout(path: str) -> dict:
@@ -263,8 +291,15 @@ def weights_layout(path: str) -> dict:
         for key, entry in header.items():
             if key == "__metadata__" or key.startswith(EXTRA_PREFIX):  # beside the state_dict (_extras)
                 continue
-            shape, dtype = entry.get("shape") if isinstance(entry, dict) else None, entry.get("dtype") if isinstance(entry, dict) else None
-            if not (isinstance(shape, list) and all(type(n) is int and n >= 0 for n in shape) and dtype in SAFETENSORS_DTYPES):
+            shape, dtype = (
+                entry.get("shape") if isinstance(entry, dict) else None,
+                entry.get("dtype") if isinstance(entry, dict) else None,
+            )
+            if not (
+                isinstance(shape, list)
+                and all(type(n) is int and n >= 0 for n in shape)
+                and dtype in SAFETENSORS_DTYPES
+            ):
                 break  # read_weights names what is wrong
             name = SAFETENSORS_DTYPES[dtype]
             layout[key] = (shape, f"torch.{name}", name.startswith(("float", "bfloat")))
@@ -289,10 +324,14 @@ def _check_keys(own: dict, state: dict, where: str, what: str = "") -> None:
     """The one rule for a state_dict against a model, both given as {key: (shape, dtype name, is float)}."""
     missing = [k for k in own if k not in state]
     if missing:
-        raise NncliError(f"{what}missing key {_key(missing[0])} (the model has {', '.join(own) or 'no parameters'})", where)
+        raise NncliError(
+            f"{what}missing key {_key(missing[0])} (the model has {', '.join(own) or 'no parameters'})", where
+        )
     unexpected = [k for k in state if k not in own]
     if unexpected:
-        raise NncliError(f"{what}unexpected key {_key(unexpected[0])} (the model has {', '.join(own) or 'no parameters'})", where)
+        raise NncliError(
+            f"{what}unexpected key {_key(unexpected[0])} (the model has {', '.join(own) or 'no parameters'})", where
+        )
     for key, (shape, dtype, is_float) in state.items():
         if list(shape) != list(own[key][0]):
             raise NncliError(f"{what}key {key!r} has shape {list(shape)}, the model needs {list(own[key][0])}", where)
@@ -345,13 +384,26 @@ def _extras(state: dict, path: str, suffix: str) -> dict:
     if classes is not None:
         key = "nncli.classes" if suffix == ".safetensors" else "classes"
         extras["classes"] = checked_classes(classes, key, path)
-    shift, scale = state.pop(EXTRA_PREFIX + "preprocess.shift", None), state.pop(EXTRA_PREFIX + "preprocess.scale", None)
+    shift, scale = (
+        state.pop(EXTRA_PREFIX + "preprocess.shift", None),
+        state.pop(EXTRA_PREFIX + "preprocess.scale", None),
+    )
     if shift is not None and scale is not None:
         info = parsed("nncli.preprocess", {})
-        if not (isinstance(info, dict) and info.get("kind", "standardize") in ("standardize", "minmax")
-                and isinstance(info.get("columns", []), list) and shift.dim() == 1 and shift.shape == scale.shape):
-            raise NncliError("the metadata 'nncli.preprocess' and its statistics are not what nncli writes (kind, columns, shift, scale)", path)
-        extras["preprocess"] = Preprocess(info.get("kind", "standardize"), list(info.get("columns", [])), shift.double(), scale.double())
+        if not (
+            isinstance(info, dict)
+            and info.get("kind", "standardize") in ("standardize", "minmax")
+            and isinstance(info.get("columns", []), list)
+            and shift.dim() == 1
+            and shift.shape == scale.shape
+        ):
+            raise NncliError(
+                "the metadata 'nncli.preprocess' and its statistics are not what nncli writes (kind, columns, shift, scale)",
+                path,
+            )
+        extras["preprocess"] = Preprocess(
+            info.get("kind", "standardize"), list(info.get("columns", [])), shift.double(), scale.double()
+        )
     return extras
 
 
@@ -396,7 +448,9 @@ def state_for_saving(module) -> dict:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
 
 
-def write_weights(state: dict, stream, suffix: str, classes: list | None = None, preprocess: Preprocess | None = None) -> None:
+def write_weights(
+    state: dict, stream, suffix: str, classes: list | None = None, preprocess: Preprocess | None = None
+) -> None:
     """Serialise a state_dict (and the classes and preprocessing that go with it) to an open binary
     stream, in the format the suffix names: safetensors metadata and `nncli.preprocess.*` tensors, or
     `classes` and `nncli.*` keys in a .pt. PyTorch's load_state_dict(strict=False) ignores both."""

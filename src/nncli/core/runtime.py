@@ -7,9 +7,9 @@ import os
 import sys
 from dataclasses import dataclass
 
-from nncli.errors import NncliError, UsageError
 from nncli.core.model import DEFAULT_MAX_PARAMS, Model, build
 from nncli.core.spec import Spec, resolve
+from nncli.errors import NncliError, UsageError
 
 DEVICES = ("cpu", "cuda", "mps", "auto")
 
@@ -104,6 +104,10 @@ def join_process_group(device: str) -> int:
             dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
         except dist.DistNetworkError as e:  # rank 0 listens on MASTER_PORT; the others connect to it
             where = f"MASTER_ADDR {os.environ.get('MASTER_ADDR')}, MASTER_PORT {os.environ.get('MASTER_PORT')}"
-            text = "the port is in use" if "EADDRINUSE" in str(e) else f"cannot join the process group: {str(e).splitlines()[0]}"
+            text = (
+                "the port is in use"
+                if "EADDRINUSE" in str(e)
+                else f"cannot join the process group: {str(e).splitlines()[0]}"
+            )
             raise NncliError(text, where) from None
     return dist.get_rank()

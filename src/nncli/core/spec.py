@@ -15,8 +15,8 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any
 
-from nncli.errors import NncliError
 from nncli.core.layers import BOOL, FLOAT, INT, LAYERS, POSITIONAL_LIMIT, LayerType
+from nncli.errors import NncliError
 
 MAX_SPEC_BYTES = 64 * 1024 * 1024  # read at most this plus one byte, from a file, a pipe or a device
 DEFAULT_MAX_LAYERS = 10_000  # --max-layers: 500,000 aliases of one layer are a 1.5 MB spec and a 1.8 GB model
@@ -151,7 +151,9 @@ def _loader():
             super().__init__(stream)
             self.nncli_sizes = {}  # id(node) -> values it expands to (capped): each node is sized once
             self.nncli_extra = 0  # values the aliases so far add
-            self.nncli_open = set()  # anchors of the nodes being composed (anchors are unique): an alias to one is recursive
+            self.nncli_open = (
+                set()
+            )  # anchors of the nodes being composed (anchors are unique): an alias to one is recursive
 
         def compose_node(self, parent, index):
             if self.check_event(AliasEvent):
@@ -205,13 +207,17 @@ def _loader():
             if isinstance(node, MappingNode):
                 self.flatten_mapping(node)
                 seen = set()
-                for key_node in node.nncli_written:  # merged keys may repeat (a later key overrides): written ones may not
+                for (
+                    key_node
+                ) in node.nncli_written:  # merged keys may repeat (a later key overrides): written ones may not
                     key = self.construct_object(key_node, deep=deep)
                     try:
                         hash(key)
                     except TypeError:  # PyYAML's own words for it
                         context = "while constructing a mapping"
-                        raise ConstructorError(context, node.start_mark, "found unhashable key", key_node.start_mark) from None
+                        raise ConstructorError(
+                            context, node.start_mark, "found unhashable key", key_node.start_mark
+                        ) from None
                     if key in seen:
                         raise plain(ConstructorError(None, None, f"duplicate key {_short(key)}", key_node.start_mark))
                     seen.add(key)
@@ -231,9 +237,9 @@ def _loader():
 # told them nothing. (A YAML spec may have any name: one called s.safetensors still reads.)
 NOT_SPECS = {
     ".onnx": "an exported ONNX model, not a spec: only forward scores .onnx files (nncli forward MODEL.onnx DATA; "
-             "nncli.lib.export.OnnxModel in Python); the other commands take the YAML spec and its --weights",
+    "nncli.lib.export.OnnxModel in Python); the other commands take the YAML spec and its --weights",
     ".pt2": "an exported torch.export program, not a spec: nncli loads none (loading one runs code it holds); "
-            "give the YAML spec and its --weights",
+    "give the YAML spec and its --weights",
     ".safetensors": "a weights file, not a spec: give the YAML spec, and this file with --weights",
     ".pt": "a weights file, not a spec: give the YAML spec, and this file with --weights",
     ".pth": "a weights file, not a spec: give the YAML spec, and this file with --weights",
@@ -291,7 +297,9 @@ def load_spec(path: str, max_layers: int = DEFAULT_MAX_LAYERS) -> Spec:
 
 def _refuse_empty(source: str, path: str) -> None:
     """A file with no YAML in it (empty, blank, only comments) is an empty file to the user, not `None`."""
-    lines = [line.strip() for line in source.splitlines() if line.strip() not in ("", "---", "...")]  # document markers hold nothing
+    lines = [
+        line.strip() for line in source.splitlines() if line.strip() not in ("", "---", "...")
+    ]  # document markers hold nothing
     if not lines:
         raise NncliError("the spec file is empty; a spec is a mapping with a `layers` list", path)
     if all(line.startswith("#") for line in lines):
@@ -331,8 +339,16 @@ def parse_spec(doc: Any, path: str, max_layers: int = DEFAULT_MAX_LAYERS) -> Spe
     if inputs is not None and not (_is_int(inputs) and 0 < inputs < MAX_INT):
         raise fail(f"`inputs` must be a positive integer below 2**63, got {_describe(inputs)}")
     layers = [_parse_layer(i, entry, path) for i, entry in enumerate(layers_doc)]
-    return Spec(path, layers, None if name is None else str(name), seed, loss, inputs,
-                _parse_classes(doc.get("classes"), fail), _parse_preprocess(doc.get("preprocess"), fail))
+    return Spec(
+        path,
+        layers,
+        None if name is None else str(name),
+        seed,
+        loss,
+        inputs,
+        _parse_classes(doc.get("classes"), fail),
+        _parse_preprocess(doc.get("preprocess"), fail),
+    )
 
 
 def _parse_classes(classes: Any, fail) -> list[str] | None:
@@ -341,7 +357,11 @@ def _parse_classes(classes: Any, fail) -> list[str] | None:
         return None
     if not isinstance(classes, list) or len(classes) < 2 or len(classes) > MAX_CLASSES:
         raise fail(f"`classes` must be a list of at least 2 labels, got {_describe(classes)}")
-    bad = [c for c in classes if not isinstance(c, (str, int)) or isinstance(c, bool) or (isinstance(c, int) and abs(c) >= MAX_INT)]
+    bad = [
+        c
+        for c in classes
+        if not isinstance(c, (str, int)) or isinstance(c, bool) or (isinstance(c, int) and abs(c) >= MAX_INT)
+    ]
     if bad:
         raise fail(f"`classes` must hold text or integer labels, got {_describe(bad[0])}")
     labels = [str(c) for c in classes]
@@ -358,11 +378,17 @@ def _parse_preprocess(preprocess: Any, fail) -> dict | None:
     if preprocess is None:
         return None
     if not isinstance(preprocess, dict) or len(preprocess) != 1 or next(iter(preprocess)) not in PREPROCESS_KINDS:
-        raise fail(f"`preprocess` must be {{standardize: true}}, {{minmax: true}} or either with a list of columns, got {_describe(preprocess)}")
+        raise fail(
+            f"`preprocess` must be {{standardize: true}}, {{minmax: true}} or either with a list of columns, got {_describe(preprocess)}"
+        )
     kind, columns = next(iter(preprocess.items()))
     if columns is True:
         return {kind: True}
-    if not isinstance(columns, list) or not columns or not all(isinstance(c, (str, int)) and not isinstance(c, bool) for c in columns):
+    if (
+        not isinstance(columns, list)
+        or not columns
+        or not all(isinstance(c, (str, int)) and not isinstance(c, bool) for c in columns)
+    ):
         raise fail(f"`preprocess: {kind}` takes true or a list of column names, got {_describe(columns)}")
     return {kind: [str(c) for c in columns]}
 
@@ -392,7 +418,8 @@ def _parse_layer(index: int, entry: Any, path: str) -> LayerSpec:
         if len(types) != 1:
             raise NncliError(
                 f"{where}: a layer is one type name, optionally with `weight:` and `bias:`; got keys "
-                + ", ".join(_short(k) for k in list(entry)[:5]) + (", ..." if len(entry) > 5 else ""),
+                + ", ".join(_short(k) for k in list(entry)[:5])
+                + (", ..." if len(entry) > 5 else ""),
                 path,
             )
         kind = types[0]
@@ -425,7 +452,9 @@ def _bind(layer: LayerSpec, kind: LayerType, path: str) -> dict:
     names = [a.name for a in kind.args]
     limit = POSITIONAL_LIMIT.get(kind.name, len(names))
     if len(layer.args) > limit:
-        raise fail(f"takes at most {limit} positional arguments ({', '.join(names[:limit]) or 'none'}), got {len(layer.args)}")
+        raise fail(
+            f"takes at most {limit} positional arguments ({', '.join(names[:limit]) or 'none'}), got {len(layer.args)}"
+        )
     bound = dict(zip(names, layer.args))
     for key, value in layer.kwargs.items():
         if key not in names:
@@ -508,7 +537,9 @@ def resolve(spec: Spec, n_inputs: int | None, inputs_from: str = "the input") ->
         out = kind.out_width(kwargs, in_width) if in_width is not None or kind.out_arg else None
         shapes = kind.shapes(kwargs)
         _check_inline(layer, shapes, spec.path)
-        resolved.append(ResolvedLayer(layer.index, layer.type, kwargs, in_width, out, shapes, kind.buffers(kwargs), layer))
+        resolved.append(
+            ResolvedLayer(layer.index, layer.type, kwargs, in_width, out, shapes, kind.buffers(kwargs), layer)
+        )
         width, source = out, layer.label
     return resolved
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
-from nncli.errors import NncliError, UsageError
 from nncli.core.metrics import actual, is_classifier, predicted
+from nncli.errors import NncliError, UsageError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -76,7 +76,9 @@ def make_scheduler(opts: TrainOptions, optimizer, steps_per_epoch: int):
         (max_lr,) = numbers(1, (float,))
         main = S.OneCycleLR(optimizer, max_lr=max_lr, epochs=opts.epochs, steps_per_epoch=steps_per_epoch)
     else:
-        raise UsageError(f"--lr-schedule must be step:SIZE:GAMMA, cosine, plateau:PATIENCE:FACTOR or onecycle:MAX_LR, got {opts.schedule!r}")
+        raise UsageError(
+            f"--lr-schedule must be step:SIZE:GAMMA, cosine, plateau:PATIENCE:FACTOR or onecycle:MAX_LR, got {opts.schedule!r}"
+        )
     if opts.warmup and name in ("plateau", "onecycle"):
         raise UsageError(f"--warmup goes with step, cosine or no schedule; {name} sets the lr itself")
     if opts.warmup:
@@ -115,7 +117,9 @@ def class_weights(spec: str, labels, classes: int, family: str):
     if spec == "balanced":
         counts = torch.bincount(labels.long().flatten(), minlength=classes).double()
         if (counts == 0).any():
-            raise NncliError(f"--class-weights balanced: class {int(torch.nonzero(counts == 0)[0])} has no rows", "DATA")
+            raise NncliError(
+                f"--class-weights balanced: class {int(torch.nonzero(counts == 0)[0])} has no rows", "DATA"
+            )
         return len(labels) / (classes * counts)
     try:
         values = [float(v) for v in spec.split(",")]
@@ -228,7 +232,10 @@ def fit(
     best, best_state, best_epoch, waited, first = None, None, None, 0, 1
     if start is not None:
         _load_states(optimizer, scheduler, start, params, start_where)
-        history = [Epoch(**{k: (_scalar(v, dtype) if k in ("train_loss", "val_loss") else v) for k, v in e.items()}) for e in start["history"]]
+        history = [
+            Epoch(**{k: (_scalar(v, dtype) if k in ("train_loss", "val_loss") else v) for k, v in e.items()})
+            for e in start["history"]
+        ]
         best, best_state, best_epoch, waited = start["best"], start["best_state"], start["best_epoch"], start["waited"]
         first = start["epoch"] + 1
         torch.set_rng_state(start["rng"])  # the next epoch's shuffle and Dropout masks, as if never stopped
@@ -250,7 +257,9 @@ def fit(
             if opts.clip_grad_norm is not None:
                 top_norm = torch.maximum(top_norm, torch.nn.utils.clip_grad_norm_(params, opts.clip_grad_norm).double())
             elif opts.clip_grad_value is not None:
-                top_norm = torch.maximum(top_norm, torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]).double())
+                top_norm = torch.maximum(
+                    top_norm, torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]).double()
+                )
                 torch.nn.utils.clip_grad_value_(params, opts.clip_grad_value)
             optimizer.step()
             if per_batch:
@@ -260,7 +269,9 @@ def fit(
             if classifier:
                 correct += (predicted(choice, outputs.detach()) == actual(choice, y)).sum()
         if distributed:  # the epoch's numbers over every rank's share
-            sums = torch.stack([total, torch.tensor(float(rows), dtype=torch.float64), correct.double(), (first_bad >= 0).double()])
+            sums = torch.stack(
+                [total, torch.tensor(float(rows), dtype=torch.float64), correct.double(), (first_bad >= 0).double()]
+            )
             torch.distributed.all_reduce(sums)
             total, rows, correct = sums[0], int(sums[1]), sums[2].long()
             if float(sums[3]) > 0 and int(first_bad) < 0:
@@ -279,7 +290,9 @@ def fit(
             record.grad_norm = float(top_norm)
         history.append(record)
         if scheduler is not None and not per_batch:
-            scheduler.step(float(record.val_loss if record.val_loss is not None else record.train_loss)) if plateau else scheduler.step()
+            scheduler.step(
+                float(record.val_loss if record.val_loss is not None else record.train_loss)
+            ) if plateau else scheduler.step()
         stop = False
         if opts.patience is not None and validate is not None:
             score = record.val_accuracy if higher else record.val_loss
@@ -289,12 +302,34 @@ def fit(
                 waited += 1
                 stop = waited >= opts.patience
         if checkpoint is not None:
-            plan = {"schedule": opts.schedule, "warmup": opts.warmup, "epochs": opts.epochs, "steps_per_epoch": steps_per_epoch}
-            checkpoint({"nncli_checkpoint": 1, "epoch": epoch, "plan": plan, "model": module.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict() if scheduler is not None else None, "rng": torch.get_rng_state(),
-                        "best": None if best is None else float(best), "best_state": best_state, "best_epoch": best_epoch,
-                        "waited": waited, "history": [{k: (float(v) if isinstance(v, float) or hasattr(v, "dtype") else v)
-                                                       for k, v in e.as_dict().items()} for e in history]})
+            plan = {
+                "schedule": opts.schedule,
+                "warmup": opts.warmup,
+                "epochs": opts.epochs,
+                "steps_per_epoch": steps_per_epoch,
+            }
+            checkpoint(
+                {
+                    "nncli_checkpoint": 1,
+                    "epoch": epoch,
+                    "plan": plan,
+                    "model": module.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "rng": torch.get_rng_state(),
+                    "best": None if best is None else float(best),
+                    "best_state": best_state,
+                    "best_epoch": best_epoch,
+                    "waited": waited,
+                    "history": [
+                        {
+                            k: (float(v) if isinstance(v, float) or hasattr(v, "dtype") else v)
+                            for k, v in e.as_dict().items()
+                        }
+                        for e in history
+                    ],
+                }
+            )
         on_epoch(record)
         if stop:
             break
@@ -309,17 +344,26 @@ def _load_states(optimizer, scheduler, start: dict, params: list, where: str) ->
     try:
         optimizer.load_state_dict(start["optimizer"])
     except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
-        raise NncliError(f"the checkpoint's 'optimizer' does not fit this model: {str(e).splitlines()[0] if str(e) else type(e).__name__}", where) from None
+        raise NncliError(
+            f"the checkpoint's 'optimizer' does not fit this model: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+            where,
+        ) from None
     for p in params:  # torch checks the groups' sizes, not what each parameter's state holds
         for name, value in optimizer.state.get(p, {}).items():
             if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
-                raise NncliError(f"the checkpoint's 'optimizer' holds a {name} of shape {list(value.shape)} for a parameter "
-                                 f"of shape {list(p.shape)}", where)
+                raise NncliError(
+                    f"the checkpoint's 'optimizer' holds a {name} of shape {list(value.shape)} for a parameter "
+                    f"of shape {list(p.shape)}",
+                    where,
+                )
     if scheduler is not None and start.get("scheduler") is not None:
         try:
             scheduler.load_state_dict(start["scheduler"])
         except (ValueError, KeyError, TypeError, RuntimeError, IndexError, AttributeError) as e:
-            raise NncliError(f"the checkpoint's 'scheduler' does not fit this run's schedule: {str(e).splitlines()[0] if str(e) else type(e).__name__}", where) from None
+            raise NncliError(
+                f"the checkpoint's 'scheduler' does not fit this run's schedule: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                where,
+            ) from None
 
 
 def _distributed() -> bool:
@@ -331,8 +375,17 @@ def _distributed() -> bool:
 
 # scheduler state that records progress (or follows from --lr, which the optimizer's state sets):
 # everything else in a scheduler's state_dict is its configuration, which a resumed run must share
-_PROGRESS = {"base_lrs", "last_epoch", "_step_count", "_is_initial", "_get_lr_called_within_step", "_last_lr", "best",
-             "cooldown_counter", "num_bad_epochs"}
+_PROGRESS = {
+    "base_lrs",
+    "last_epoch",
+    "_step_count",
+    "_is_initial",
+    "_get_lr_called_within_step",
+    "_last_lr",
+    "best",
+    "cooldown_counter",
+    "num_bad_epochs",
+}
 _EPOCH_KEYS = {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "grad_norm"}
 
 
@@ -349,7 +402,9 @@ def check_checkpoint(state: dict, where: str) -> None:
         raise NncliError(f"the checkpoint's {key!r} {what}", where)
 
     def tensors(key: str, value) -> None:
-        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()):
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()
+        ):
             bad(key, "is not a state_dict (a mapping of names to tensors)")
 
     for key in ("model", "optimizer", "rng", "epoch", "history"):
@@ -359,24 +414,40 @@ def check_checkpoint(state: dict, where: str) -> None:
     if state.get("best_state") is not None:
         tensors("best_state", state["best_state"])
     opt = state["optimizer"]
-    if not (isinstance(opt, dict) and isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list)
-            and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in opt["param_groups"])):
+    if not (
+        isinstance(opt, dict)
+        and isinstance(opt.get("state"), dict)
+        and isinstance(opt.get("param_groups"), list)
+        and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in opt["param_groups"])
+    ):
         bad("optimizer", "is not an optimizer's state_dict")
     for group in opt["param_groups"]:
         for k, v in group.items():
-            if k in ("lr", "momentum", "dampening", "weight_decay", "eps") and not (_number(v) and math.isfinite(v) and v >= 0):
+            if k in ("lr", "momentum", "dampening", "weight_decay", "eps") and not (
+                _number(v) and math.isfinite(v) and v >= 0
+            ):
                 bad("optimizer", f"holds {k} = {_short(v)}, not a number at or above 0")
-            if k == "betas" and not (isinstance(v, (tuple, list)) and len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v)):
+            if k == "betas" and not (
+                isinstance(v, (tuple, list)) and len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v)
+            ):
                 bad("optimizer", f"holds betas = {_short(v)}, not two numbers from 0 to 1")
     for per_parameter in opt["state"].values():
-        if not (isinstance(per_parameter, dict) and all(isinstance(v, torch.Tensor) or _number(v) for v in per_parameter.values())):
+        if not (
+            isinstance(per_parameter, dict)
+            and all(isinstance(v, torch.Tensor) or _number(v) for v in per_parameter.values())
+        ):
             bad("optimizer", "holds a parameter's state that is not tensors and numbers")
     if state.get("scheduler") is not None and not _scheduler_state(state["scheduler"]):
         bad("scheduler", "is not a scheduler's state_dict")
     plan = state.get("plan")
-    if plan is not None and not (isinstance(plan, dict) and isinstance(plan.get("schedule"), (str, type(None)))
-                                 and all(isinstance(plan.get(k), int) and not isinstance(plan.get(k), bool) and plan[k] >= 0
-                                         for k in ("warmup", "epochs", "steps_per_epoch"))):
+    if plan is not None and not (
+        isinstance(plan, dict)
+        and isinstance(plan.get("schedule"), (str, type(None)))
+        and all(
+            isinstance(plan.get(k), int) and not isinstance(plan.get(k), bool) and plan[k] >= 0
+            for k in ("warmup", "epochs", "steps_per_epoch")
+        )
+    ):
         bad("plan", "is not the schedule and length nncli records (schedule, warmup, epochs, steps_per_epoch)")
     rng = state["rng"]
     if not (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8 and rng.shape == torch.get_rng_state().shape):
@@ -387,8 +458,13 @@ def check_checkpoint(state: dict, where: str) -> None:
     if not isinstance(history, list) or len(history) != epoch:
         bad("history", f"is not a list of {epoch} epochs (the checkpoint's epoch)")
     for n, record in enumerate(history, 1):
-        if not (isinstance(record, dict) and record.get("epoch") == n and set(record) <= _EPOCH_KEYS and "train_loss" in record
-                and all(_number(v) for k, v in record.items() if k != "epoch")):
+        if not (
+            isinstance(record, dict)
+            and record.get("epoch") == n
+            and set(record) <= _EPOCH_KEYS
+            and "train_loss" in record
+            and all(_number(v) for k, v in record.items() if k != "epoch")
+        ):
             bad("history", f"entry {n} is not epoch {n}'s record")
     if state.get("best") is not None and not _number(state["best"]):
         bad("best", f"is {_short(state['best'])}, not a number")
@@ -397,22 +473,42 @@ def check_checkpoint(state: dict, where: str) -> None:
         if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= epoch):
             bad(key, f"is {_short(value)}, not a count of epochs from 0 to {epoch}")
     classes = state.get("classes")
-    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes) and len(set(classes)) == len(classes)):
+    if classes is not None and not (
+        isinstance(classes, list) and all(isinstance(c, str) for c in classes) and len(set(classes)) == len(classes)
+    ):
         bad("classes", f"is {_short(classes)}, not a list of distinct labels")
     p = state.get("preprocess")
-    if p is not None and not (isinstance(p, dict) and p.get("kind") in ("standardize", "minmax") and isinstance(p.get("columns"), list)
-                              and all(isinstance(c, str) for c in p["columns"])
-                              and all(isinstance(p.get(k), torch.Tensor) and p[k].dim() == 1 and p[k].is_floating_point() for k in ("shift", "scale"))
-                              and p["shift"].shape == p["scale"].shape):
+    if p is not None and not (
+        isinstance(p, dict)
+        and p.get("kind") in ("standardize", "minmax")
+        and isinstance(p.get("columns"), list)
+        and all(isinstance(c, str) for c in p["columns"])
+        and all(
+            isinstance(p.get(k), torch.Tensor) and p[k].dim() == 1 and p[k].is_floating_point()
+            for k in ("shift", "scale")
+        )
+        and p["shift"].shape == p["scale"].shape
+    ):
         bad("preprocess", "is not the preprocessing statistics nncli writes (kind, columns, shift, scale)")
-    if p is not None and not (bool(torch.isfinite(p["shift"]).all()) and bool((torch.isfinite(p["scale"]) & (p["scale"] > 0)).all())):
+    if p is not None and not (
+        bool(torch.isfinite(p["shift"]).all()) and bool((torch.isfinite(p["scale"]) & (p["scale"] > 0)).all())
+    ):
         bad("preprocess", "holds a shift that is not finite or a scale that is not above 0")
 
 
 def _scheduler_state(value, key: str = "") -> bool:
     """Plain data all the way down (numbers, text, lists, dicts), its counters integers: what
     torch's schedulers write and read back."""
-    if key in ("last_epoch", "_step_count", "num_bad_epochs", "cooldown_counter", "total_steps", "T_max", "step_size", "patience"):
+    if key in (
+        "last_epoch",
+        "_step_count",
+        "num_bad_epochs",
+        "cooldown_counter",
+        "total_steps",
+        "T_max",
+        "step_size",
+        "patience",
+    ):
         return isinstance(value, int) and not isinstance(value, bool)
     if key in ("_last_lr", "base_lrs", "min_lrs"):
         return isinstance(value, list) and all(_number(v) for v in value)
@@ -450,27 +546,47 @@ def check_resume(start: dict, opts: TrainOptions, where: str, steps_per_epoch: i
     import torch
 
     if start["epoch"] >= opts.epochs:
-        raise NncliError(f"the checkpoint is at epoch {start['epoch']} already: --epochs {opts.epochs} leaves nothing to train "
-                         f"(--epochs is the total, counting the epochs done)", where)
+        raise NncliError(
+            f"the checkpoint is at epoch {start['epoch']} already: --epochs {opts.epochs} leaves nothing to train "
+            f"(--epochs is the total, counting the epochs done)",
+            where,
+        )
     saved = optimizer_kind(start["optimizer"])
     if saved != opts.optimizer:
-        raise NncliError(f"the checkpoint was trained with --optimizer {saved}, this run asks for {opts.optimizer}: resume with "
-                         f"--optimizer {saved}", where)
+        raise NncliError(
+            f"the checkpoint was trained with --optimizer {saved}, this run asks for {opts.optimizer}: resume with "
+            f"--optimizer {saved}",
+            where,
+        )
     plan = start.get("plan")
     if isinstance(plan, dict):
+
         def named(schedule, warmup):
             text = f"--lr-schedule {schedule}" if schedule else "no --lr-schedule"
             return text + (f" --warmup {warmup}" if warmup else "")
 
         was, now = named(plan.get("schedule"), plan.get("warmup")), named(opts.schedule, opts.warmup)
         if was != now:
-            raise NncliError(f"the checkpoint was trained with {was}, this run asks for {now}: resume with the same schedule", where)
+            raise NncliError(
+                f"the checkpoint was trained with {was}, this run asks for {now}: resume with the same schedule", where
+            )
         if _length_dependent(opts) and plan.get("epochs") != opts.epochs:
-            raise NncliError(f"the checkpoint's {opts.schedule} schedule was planned for --epochs {plan.get('epochs')} and its learning "
-                             f"rates follow from that length: it resumes to --epochs {plan.get('epochs')} only, not {opts.epochs}", where)
-        if steps_per_epoch is not None and opts.schedule and opts.schedule.startswith("onecycle") and plan.get("steps_per_epoch") != steps_per_epoch:
-            raise NncliError(f"the checkpoint's {opts.schedule} schedule was planned for {plan.get('steps_per_epoch')} batches per "
-                             f"epoch; DATA and --batch-size now give {steps_per_epoch}: resume with the same data and --batch-size", where)
+            raise NncliError(
+                f"the checkpoint's {opts.schedule} schedule was planned for --epochs {plan.get('epochs')} and its learning "
+                f"rates follow from that length: it resumes to --epochs {plan.get('epochs')} only, not {opts.epochs}",
+                where,
+            )
+        if (
+            steps_per_epoch is not None
+            and opts.schedule
+            and opts.schedule.startswith("onecycle")
+            and plan.get("steps_per_epoch") != steps_per_epoch
+        ):
+            raise NncliError(
+                f"the checkpoint's {opts.schedule} schedule was planned for {plan.get('steps_per_epoch')} batches per "
+                f"epoch; DATA and --batch-size now give {steps_per_epoch}: resume with the same data and --batch-size",
+                where,
+            )
     if steps_per_epoch is None:
         return
     saved_schedule = start.get("scheduler")
@@ -478,16 +594,22 @@ def check_resume(start: dict, opts: TrainOptions, where: str, steps_per_epoch: i
         per_batch = (opts.schedule or "").startswith("onecycle")  # epoch, or per batch for OneCycleLR)
         expected = start["epoch"] * (steps_per_epoch if per_batch else 1)
         if saved_schedule.get("last_epoch") != expected:
-            raise NncliError(f"the checkpoint's 'scheduler' has taken {saved_schedule.get('last_epoch')} steps; epoch {start['epoch']} "
-                             f"takes {expected}", where)
+            raise NncliError(
+                f"the checkpoint's 'scheduler' has taken {saved_schedule.get('last_epoch')} steps; epoch {start['epoch']} "
+                f"takes {expected}",
+                where,
+            )
     # older checkpoints record no plan: the scheduler's own configuration tells where it is unambiguous
     probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=opts.lr)
     scheduler = make_scheduler(opts, probe, steps_per_epoch)
     ours = None if scheduler is None else _configuration(scheduler.state_dict())
     theirs = None if start.get("scheduler") is None else _configuration(start["scheduler"])
     if ours != theirs:
-        raise NncliError("the checkpoint's learning-rate schedule is not this run's (another --lr-schedule, --warmup, or a "
-                         "length it was planned for): resume with the options it was trained with", where)
+        raise NncliError(
+            "the checkpoint's learning-rate schedule is not this run's (another --lr-schedule, --warmup, or a "
+            "length it was planned for): resume with the options it was trained with",
+            where,
+        )
 
 
 def _configuration(state):
@@ -546,8 +668,9 @@ def shard(n: int, rank: int, world: int):
     return padded[rank::world]
 
 
-def evaluate_in_memory(module, choice, width: int, x, y, loss_fn=None, class_weights=None,
-                       batch_size: int | None = None) -> tuple[float, float | None]:
+def evaluate_in_memory(
+    module, choice, width: int, x, y, loss_fn=None, class_weights=None, batch_size: int | None = None
+) -> tuple[float, float | None]:
     """Validation loss (and accuracy) in eval mode, batched as `nncli evaluate` batches the same rows
     (DataLoader's batches of 16,384 by default), so that val_loss is evaluate's loss: rows that fit one
     batch are loss_fn(model(x), y); more are the per-batch sums added in order, divided once (by the
@@ -592,5 +715,7 @@ class Diverged(NncliError):
 
     def __init__(self, epoch: int, batch: int | None, value: float, history: list) -> None:
         where = f"epoch {epoch}, batch {batch}" if batch is not None else f"epoch {epoch}, validation"
-        super().__init__(f"the loss became {value} at {where}: training diverged (try a smaller --lr); nothing was saved", "train")
+        super().__init__(
+            f"the loss became {value} at {where}: training diverged (try a smaller --lr); nothing was saved", "train"
+        )
         self.history = history

@@ -139,11 +139,15 @@ class CsvFile:
         if delimiter:
             self.delimiter = _delimiter(delimiter)
             if self.decimal_comma and self.delimiter == ",":
-                raise UsageError("with --decimal-comma the delimiter can't be a comma (it is the decimal point)", "--delimiter")
+                raise UsageError(
+                    "with --decimal-comma the delimiter can't be a comma (it is the decimal point)", "--delimiter"
+                )
         else:
             self.delimiter = _detect_delimiter(raw_line, self.decimal_comma)
         cells = _split(raw_line, self.delimiter, self.name, line_no)
-        self.has_header = header if header is not None else any(parse_number(c, self.decimal_comma) is None for c in cells)
+        self.has_header = (
+            header if header is not None else any(parse_number(c, self.decimal_comma) is None for c in cells)
+        )
         self.ncols = len(cells)
         # name -> its 0-based column, and the names given to several columns: one dict lookup per name
         self.index: dict[str, int] = {}
@@ -191,9 +195,17 @@ class CsvFile:
             try:
                 chunk = self.stream.read1(BLOCK_BYTES)
             except (OSError, EOFError) as e:  # EIO (/proc/self/mem, a failing disk), a corrupt or cut .gz
-                raise NncliError(f"cannot read: {e.strerror or e}" if isinstance(e, OSError) else f"cannot read: {e}", self.name) from None
+                raise NncliError(
+                    f"cannot read: {e.strerror or e}" if isinstance(e, OSError) else f"cannot read: {e}", self.name
+                ) from None
             except Exception as e:  # the decompressors' own errors (LZMAError, ZstdError): a corrupt file, not a bug
-                if type(e).__module__.lstrip("_").split(".")[0] not in ("lzma", "bz2", "zstandard", "zstd", "compression"):
+                if type(e).__module__.lstrip("_").split(".")[0] not in (
+                    "lzma",
+                    "bz2",
+                    "zstandard",
+                    "zstd",
+                    "compression",
+                ):
                     raise
                 raise NncliError(f"cannot decompress: {e}", self.name) from None
             if not chunk:
@@ -217,7 +229,10 @@ class CsvFile:
         except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
             return
         if now < self.total_bytes:
-            raise NncliError(f"the file was cut short while it was read ({self.bytes_read:,} of {self.total_bytes:,} bytes)", self.name)
+            raise NncliError(
+                f"the file was cut short while it was read ({self.bytes_read:,} of {self.total_bytes:,} bytes)",
+                self.name,
+            )
 
     def _more_ready(self) -> bool:
         """Whether a read would return at once (always, for a file; for a pipe, if data is waiting)."""
@@ -303,12 +318,16 @@ class CsvFile:
         found, searched = self._pending.find(byte, start), start
         while found < 0 and not self._eof:
             if len(self._pending) - pos > MAX_LINE_BYTES:
-                raise self._unclosed_quote(self._pending[pos:], self._line + 1, f" (no closing quote within {MAX_LINE_BYTES >> 20} MiB)")
+                raise self._unclosed_quote(
+                    self._pending[pos:], self._line + 1, f" (no closing quote within {MAX_LINE_BYTES >> 20} MiB)"
+                )
             searched = len(self._pending)
             self._pending += self._read()
             found = self._pending.find(byte, searched)
         if found - pos > MAX_LINE_BYTES:
-            raise self._unclosed_quote(self._pending[pos:found], self._line + 1, f" (no closing quote within {MAX_LINE_BYTES >> 20} MiB)")
+            raise self._unclosed_quote(
+                self._pending[pos:found], self._line + 1, f" (no closing quote within {MAX_LINE_BYTES >> 20} MiB)"
+            )
         return found
 
     def _peek_row(self) -> list[str] | None:
@@ -371,7 +390,9 @@ class CsvFile:
     def _runaway(self, quotes: int) -> NncliError:
         """The error for more than MAX_LINE_BYTES without a line end: a stray quote, or a line that long."""
         if quotes % 2:
-            return self._unclosed_quote(self._pending, self._line + 1, f" (no closing quote within {MAX_LINE_BYTES >> 20} MiB)")
+            return self._unclosed_quote(
+                self._pending, self._line + 1, f" (no closing quote within {MAX_LINE_BYTES >> 20} MiB)"
+            )
         return NncliError(
             f"a line (or a quoted field) from line {self._line + 1} on is longer than {MAX_LINE_BYTES >> 20} MiB",
             self.name,
@@ -408,7 +429,9 @@ class CsvFile:
 
         def fast(block: bytes, lines: int):
             with phase("parse"):
-                return _fast_parse(block, lines, self.ncols, self.delimiter, numeric, text, decimal_comma=self.decimal_comma)
+                return _fast_parse(
+                    block, lines, self.ncols, self.delimiter, numeric, text, decimal_comma=self.decimal_comma
+                )
 
         # Blocks are cut here and parsed by polars in a helper thread, up to PARSE_AHEAD blocks ahead:
         # cutting the next block (Python, holding the GIL) overlaps parsing this one (native, without it).
@@ -447,7 +470,10 @@ class CsvFile:
                     yield Block(values, texts, rows)
                     rows += len(values)
             if rows == 0:
-                raise NncliError("the file has a header but no data rows" if self.has_header else "the file is empty (no rows)", self.name)
+                raise NncliError(
+                    "the file has a header but no data rows" if self.has_header else "the file is empty (no rows)",
+                    self.name,
+                )
         except Exception:
             self.close()
             raise
@@ -542,7 +568,7 @@ def _decode(raw: bytes, name: str, line_no: int) -> str:
 def _delimiter(given: str) -> str:
     """The delimiter the user asked for; `\\t` and `tab` spell a tab, as a shell makes typing one hard."""
     value = {"\\t": "\t", "tab": "\t"}.get(given, given)
-    if len(value) != 1 or value in "\r\n\"":
+    if len(value) != 1 or value in '\r\n"':
         raise UsageError(f"the delimiter must be one character (not a quote or newline), got {given!r}", "--delimiter")
     return value
 
@@ -604,7 +630,9 @@ def _fast_parse(
             has_nulls = any(selected.null_count().row(0))
         elif numeric:
             # an id may be a number too: its text column is cast (strictly: a refusal goes to the exact parser)
-            selected = frame.select([_as_number(names[i], decimal_comma) if i in is_text else names[i] for i in numeric])
+            selected = frame.select(
+                [_as_number(names[i], decimal_comma) if i in is_text else names[i] for i in numeric]
+            )
             has_nulls = any(selected.null_count().row(0))
         else:
             selected, has_nulls = None, False
@@ -619,7 +647,16 @@ def _fast_parse(
             kept = b"".join(line for line in block.splitlines(keepends=True) if line.strip())  # blank lines
             if not kept:
                 return _empty(numeric, text)
-            return _fast_parse(kept, kept.count(b"\n") + (not kept.endswith(b"\n")), ncols, delimiter, numeric, text, False, decimal_comma)
+            return _fast_parse(
+                kept,
+                kept.count(b"\n") + (not kept.endswith(b"\n")),
+                ncols,
+                delimiter,
+                numeric,
+                text,
+                False,
+                decimal_comma,
+            )
         return None
     # row-major, as torch.tensor(rows) is; one conversion for all columns, not one per column
     values = selected.to_numpy(order="c", writable=True) if numeric else np.empty((rows, 0), dtype=np.float64)

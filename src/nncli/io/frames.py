@@ -8,11 +8,11 @@ kernels: `df.to_numpy()` of pandas often is one).
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from nncli.constants import DEFAULT_BATCH_ROWS
-from nncli.io.reading import Batch
 from nncli.errors import NncliError, UsageError
+from nncli.io.reading import Batch
 
 
 def is_table(data) -> bool:
@@ -71,8 +71,11 @@ def _from_pandas(frame):
                 pl.from_pandas(frame[[name]])
             except Exception:
                 kinds = sorted({type(v).__name__ for v in frame[name]})
-                raise NncliError(f"column {str(name)!r} holds values of several types ({', '.join(kinds)}); "
-                                 "give it one type (numbers, or text)", "data") from None
+                raise NncliError(
+                    f"column {str(name)!r} holds values of several types ({', '.join(kinds)}); "
+                    "give it one type (numbers, or text)",
+                    "data",
+                ) from None
         raise NncliError(f"polars can't read the pandas DataFrame: {str(e).splitlines()[0][:200]}", "data") from None
 
 
@@ -106,8 +109,14 @@ class FrameData:
     name = "data"
     bytes_read = total_bytes = None
 
-    def __init__(self, data, targets: list[str] = (), features: list[str] = (), id_column: str | None = None,
-                 want_targets: bool = False) -> None:
+    def __init__(
+        self,
+        data,
+        targets: list[str] = (),
+        features: list[str] = (),
+        id_column: str | None = None,
+        want_targets: bool = False,
+    ) -> None:
         import numpy as np
 
         frame = as_polars(data)
@@ -158,7 +167,9 @@ class FrameData:
         if np.isnan(values).any() and any(frame.get_column(c).null_count() for c in columns):
             bad = next(c for c in columns if frame.get_column(c).null_count())
             raise NncliError(f"column {bad!r} has an empty (null) cell", self.name)
-        return np.require(values, np.float64, ["C_CONTIGUOUS", "WRITEABLE"])  # copies only a read-only or column-major array
+        return np.require(
+            values, np.float64, ["C_CONTIGUOUS", "WRITEABLE"]
+        )  # copies only a read-only or column-major array
 
     def _texts(self, column: str) -> list[str]:
         import polars as pl
@@ -201,13 +212,19 @@ class FrameData:
     def id_name(self) -> str | None:
         return self.id_col
 
-    def batches(self, rows: int | None = DEFAULT_BATCH_ROWS, exact: bool = True, dtype: str | None = None) -> Iterator[Batch]:
+    def batches(
+        self, rows: int | None = DEFAULT_BATCH_ROWS, exact: bool = True, dtype: str | None = None
+    ) -> Iterator[Batch]:
         from nncli.io.reading import features
 
         y = self._target_values()
         for start, stop in batch_bounds(len(self.x), rows, exact):
-            yield Batch(features(self.x[start:stop], self.x.shape[1], dtype), None if y is None else y[start:stop],
-                        None if self.ids is None else self.ids[start:stop], start)
+            yield Batch(
+                features(self.x[start:stop], self.x.shape[1], dtype),
+                None if y is None else y[start:stop],
+                None if self.ids is None else self.ids[start:stop],
+                start,
+            )
 
     def close(self) -> None:
         pass

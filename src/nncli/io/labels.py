@@ -4,8 +4,8 @@ encoded as class indices, every unknown label named with its row."""
 
 from __future__ import annotations
 
-from nncli.io.csvread import parse_number
 from nncli.errors import NncliError
+from nncli.io.csvread import parse_number
 
 
 def learn_classes(texts: list[str]) -> list[str] | None:
@@ -27,6 +27,9 @@ def encode(texts: list[str], classes: list[str], first_row: int, target: str, so
         i = index.get(text.strip())
         if i is None:
             shown = ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "")
-            raise NncliError(f"row {first_row + r}: the target {target!r} is {text!r}, not one of the model's classes ({shown})", source)
+            raise NncliError(
+                f"row {first_row + r}: the target {target!r} is {text!r}, not one of the model's classes ({shown})",
+                source,
+            )
         out[r, 0] = i
     return out

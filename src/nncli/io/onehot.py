@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from nncli.io.csvread import parse_number
 from nncli.errors import NncliError
+from nncli.io.csvread import parse_number
 
 MAX_ONEHOT_CELLS = 10**10  # about 20 GB of CSV: streamed, but a typo like `onehot 1000000000000` is caught
 
@@ -51,7 +51,9 @@ def read_labels(blocks, where: str):
                 if number is None or not number.is_integer():
                     raise NncliError(f"label {seen + i}: {text!r} is not an integer", where) from None
                 if number < 0:
-                    raise NncliError(f"label {seen + i}: {text} is negative; one-hot labels are class indices from 0", where) from None
+                    raise NncliError(
+                        f"label {seen + i}: {text} is negative; one-hot labels are class indices from 0", where
+                    ) from None
                 if number >= 2**62:
                     raise NncliError(f"label {seen + i}: {text} is too large for a class index", where) from None
                 numbers[i] = int(number)

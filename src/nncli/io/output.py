@@ -31,8 +31,9 @@ import re
 import secrets
 import stat
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO
 
 from nncli.errors import NncliError
 
@@ -41,7 +42,9 @@ _TEMP_HEX = 8  # hex digits of a temporary name's random part (secrets.token_hex
 # Exactly what temp_name writes: a process id in ASCII digits without a leading zero (\d would take
 # Unicode digits, and int() reads them), and _TEMP_HEX lower-case hex digits. `nncli clean` removes
 # what this matches, so it matches nothing nncli did not write.
-_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.nncli-(?P<pid>[1-9][0-9]{0,9})-(?P<rand>[0-9a-f]{%d})\.tmp" % _TEMP_HEX, re.DOTALL)
+_TEMP_NAME = re.compile(
+    r"\.(?P<name>.+)\.nncli-(?P<pid>[1-9][0-9]{0,9})-(?P<rand>[0-9a-f]{%d})\.tmp" % _TEMP_HEX, re.DOTALL
+)
 _TEMP_STEM_BYTES = 200  # NAME_MAX is 255: the temporary name adds '.', '.nncli-PID-RANDOM.tmp'
 # Paths that name an open file descriptor rather than a file: the user means "this open file"
 # (`-o /dev/stdout > out.csv`, `-o /dev/fd/3 3>>log`), so they are always written through.
@@ -134,11 +137,16 @@ def plan(path: str, option: str = "the output") -> Plan:
     target = os.path.realpath(path)
     folder = os.path.dirname(target)
     if not _access(target, os.W_OK):
-        raise NncliError(f"{option}: {'read-only file system' if _read_only_fs(target) else 'permission denied'}", where)
+        raise NncliError(
+            f"{option}: {'read-only file system' if _read_only_fs(target) else 'permission denied'}", where
+        )
     if not _access(folder, os.W_OK | os.X_OK):
         reason = "read-only file system" if _read_only_fs(folder) else "permission denied"
-        raise NncliError(f"{option}: {reason}: the file is replaced through a temporary file beside it, "
-                         f"and its folder {folder} is not writable (redirect standard output instead)", where)
+        raise NncliError(
+            f"{option}: {reason}: the file is replaced through a temporary file beside it, "
+            f"and its folder {folder} is not writable (redirect standard output instead)",
+            where,
+        )
     _check_sticky(folder, st, option, where)
     return Plan("replace", target)
 
@@ -195,7 +203,9 @@ def _check_sticky(folder: str, st: os.stat_result, option: str, where: str) -> N
     with contextlib.suppress(OSError):
         fst = os.stat(folder)
         if fst.st_mode & stat.S_ISVTX and euid not in (0, st.st_uid, fst.st_uid):
-            raise NncliError(f"{option}: permission denied: {folder} is sticky and the file belongs to another user", where)
+            raise NncliError(
+                f"{option}: permission denied: {folder} is sticky and the file belongs to another user", where
+            )
 
 
 # -- the checks a command makes before any work -----------------------------------------------------
@@ -230,7 +240,7 @@ def check_distinct_outputs(outputs: dict[str, str | None]) -> None:
     exist). Devices and FIFOs named twice pass: both writes go through (`... -o /dev/null` twice)."""
     given = [(o, p) for o, p in outputs.items() if p and p != "-"]
     for i, (opt_a, a) in enumerate(given):
-        for opt_b, b in given[i + 1:]:
+        for opt_b, b in given[i + 1 :]:
             if same_file(a, b) and not (_exists_not_regular(a) and _exists_not_regular(b)):
                 raise NncliError(f"{opt_a} and {opt_b} name the same file", b)
 
@@ -441,7 +451,7 @@ class Together:
     def __init__(self) -> None:
         self._waiting: list[tuple[str, str, str, str]] = []  # (temporary, target, path given, option)
 
-    def __enter__(self) -> "Together":
+    def __enter__(self) -> Together:
         return self
 
     def __exit__(self, kind, value, traceback) -> None:

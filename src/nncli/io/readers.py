@@ -110,7 +110,7 @@ def _fds_to_spare() -> bool:
     return soft == resource.RLIM_INFINITY or soft - len(os.listdir("/proc/self/fd")) >= SPARE_FDS
 
 
-def read_in_child(produce, files, ring_bytes: int | None = None, instead=None, rewind=None) -> "ChildReader":
+def read_in_child(produce, files, ring_bytes: int | None = None, instead=None, rewind=None) -> ChildReader:
     """Start a child that iterates `produce()` and hands each item over; iterate the result.
 
     `files`: the open tables whose `bytes_read` the parent should keep up to date (progress).
@@ -152,7 +152,9 @@ def read_in_child(produce, files, ring_bytes: int | None = None, instead=None, r
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # (the child never gets here)
     os.close(notes_w)
     os.close(frees_r)
-    return ChildReader(pid, ring, notes_r, frees_w, files, instead if offsets is not None and offsets.ok else None, offsets)
+    return ChildReader(
+        pid, ring, notes_r, frees_w, files, instead if offsets is not None and offsets.ok else None, offsets
+    )
 
 
 class _Offsets:
@@ -421,7 +423,11 @@ class ChildReader:
                 if note is None:
                     self._reap(kill=False)
                     signaled = self._status is not None and os.WIFSIGNALED(self._status)
-                    if not self._given and self._instead is not None and (not signaled or os.WTERMSIG(self._status) in _OWN_SIGNALS):
+                    if (
+                        not self._given
+                        and self._instead is not None
+                        and (not signaled or os.WTERMSIG(self._status) in _OWN_SIGNALS)
+                    ):
                         failed_to_start = True  # an import refused (a file limit), polars aborted: before a word
                         break
                     if signaled:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
-from nncli.io.csvread import CsvFile, display_name
 from nncli.constants import ALIGNMENT, DEFAULT_BATCH_ROWS
 from nncli.errors import NncliError, UsageError
+from nncli.io.csvread import CsvFile, display_name
 
 _INDEX = re.compile(r"^[+-]?[0-9]+$")  # ASCII digits: \d would take `٣` as 3
 
@@ -78,11 +78,18 @@ class Many:
     def __init__(self, sources: list) -> None:
         first = sources[0]
         for other in sources[1:]:
-            if other.feature_names != first.feature_names or other.target_names != first.target_names or other.id_name != first.id_name:
+            if (
+                other.feature_names != first.feature_names
+                or other.target_names != first.target_names
+                or other.id_name != first.id_name
+            ):
                 for s in sources:
                     s.close()
-                raise NncliError(f"the columns differ from {first.name}'s (features {', '.join(first.feature_names[:8])}"
-                                 f"{', ...' if len(first.feature_names) > 8 else ''})", other.name)
+                raise NncliError(
+                    f"the columns differ from {first.name}'s (features {', '.join(first.feature_names[:8])}"
+                    f"{', ...' if len(first.feature_names) > 8 else ''})",
+                    other.name,
+                )
         self.sources = sources
         self.name = f"{first.name} and {len(sources) - 1} more"
         self.feature_names, self.target_names, self.id_name = first.feature_names, first.target_names, first.id_name
@@ -111,7 +118,9 @@ class Many:
         for s in self.sources:
             s.classes = value
 
-    def batches(self, rows: int | None = DEFAULT_BATCH_ROWS, exact: bool = True, dtype: str | None = None) -> Iterator[Batch]:
+    def batches(
+        self, rows: int | None = DEFAULT_BATCH_ROWS, exact: bool = True, dtype: str | None = None
+    ) -> Iterator[Batch]:
         done = 0
         for s in self.sources:
             for batch in s.batches(rows, exact, dtype):
@@ -146,13 +155,18 @@ def column_index(token: str, csv: CsvFile, option: str) -> int:
     token = token.strip()
     if csv.names and token in csv.index:
         if token in csv.duplicates:
-            raise NncliError(f"{option} {token!r}: {_not_unique(token, csv.duplicates[token])}: name it by 0-based index", csv.name)
+            raise NncliError(
+                f"{option} {token!r}: {_not_unique(token, csv.duplicates[token])}: name it by 0-based index", csv.name
+            )
         return csv.index[token]
     if _INDEX.match(token):
         i = int(token) if len(token) <= 20 else csv.ncols  # int() of 10^4 digits raises; no file is that wide
         if -csv.ncols <= i < csv.ncols:
             return i % csv.ncols
-        raise NncliError(f"{option} {token}: there is no column {token}; {csv.name} has {csv.ncols} columns (0 to {csv.ncols - 1})", csv.name)
+        raise NncliError(
+            f"{option} {token}: there is no column {token}; {csv.name} has {csv.ncols} columns (0 to {csv.ncols - 1})",
+            csv.name,
+        )
     if not csv.names:
         raise NncliError(f"{option} {token!r}: the file has no header; name columns by 0-based index", csv.name)
     import difflib
@@ -244,7 +258,9 @@ class Dataset:
     def total_bytes(self) -> int | None:
         return self.csv.total_bytes
 
-    def batches(self, rows: int | None = DEFAULT_BATCH_ROWS, exact: bool = True, dtype: str | None = None) -> Iterator[Batch]:
+    def batches(
+        self, rows: int | None = DEFAULT_BATCH_ROWS, exact: bool = True, dtype: str | None = None
+    ) -> Iterator[Batch]:
         """Batches of `rows` rows, the last one shorter (DataLoader's drop_last=False); None: one batch.
 
         `dtype` ("float32", "float64"): the features come in the model's dtype, rounded from float64
@@ -257,7 +273,9 @@ class Dataset:
         labelled = self.classes is not None  # one target column of text labels, encoded with the classes
         targets = self.target_cols if self.want_targets else []
         numeric = self.feature_cols + ([] if in_targets_file or labelled else targets)
-        text = ([self.id_col] if self.id_col is not None else []) + (targets if labelled and not in_targets_file else [])
+        text = ([self.id_col] if self.id_col is not None else []) + (
+            targets if labelled and not in_targets_file else []
+        )
         nf = len(self.feature_cols)
         if rows is None and not in_targets_file:
             yield self._whole(self.csv.read(numeric, text), nf, bool(targets), labelled, dtype)
@@ -268,7 +286,11 @@ class Dataset:
         main = timed("convert", _rebatch(blocks, rows, exact))
         other = None
         if in_targets_file:
-            other = _rebatch(self.targets_csv.read([] if labelled else self.target_cols, self.target_cols if labelled else []), rows, exact)
+            other = _rebatch(
+                self.targets_csv.read([] if labelled else self.target_cols, self.target_cols if labelled else []),
+                rows,
+                exact,
+            )
         done = 0
         for values, texts in main:
             if other is not None:
@@ -279,7 +301,11 @@ class Dataset:
                 y = self._encode(target_values[1][0], done) if labelled else target_values[0]
             else:
                 # a copy, not a view: a view would keep the whole parsed block alive while the batch waits
-                y = (self._encode(texts[-1], done) if labelled else np.ascontiguousarray(values[:, nf:])) if targets else None
+                y = (
+                    (self._encode(texts[-1], done) if labelled else np.ascontiguousarray(values[:, nf:]))
+                    if targets
+                    else None
+                )
             with phase("convert"):
                 x = features(values, nf, dtype)
             yield Batch(x, y, texts[0] if self.id_col is not None else None, done, self.name)
@@ -300,7 +326,9 @@ class Dataset:
             with phase("convert"):
                 xs.append(features(block.values, nf, dtype))
                 if targets:
-                    ys.append(self._encode(block.texts[-1], done) if labelled else np.ascontiguousarray(block.values[:, nf:]))
+                    ys.append(
+                        self._encode(block.texts[-1], done) if labelled else np.ascontiguousarray(block.values[:, nf:])
+                    )
                 if self.id_col is not None:
                     ids.extend(block.texts[0])
                 done += len(block.values)

@@ -75,7 +75,11 @@ class TableFile:
             return pl.scan_parquet(source)
         if self.fmt == "arrow":
             return pl.scan_ipc(source) if isinstance(source, str) else pl.read_ipc(source).lazy()
-        return pl.scan_ndjson(source, infer_schema_length=10000) if isinstance(source, str) else pl.read_ndjson(source).lazy()
+        return (
+            pl.scan_ndjson(source, infer_schema_length=10000)
+            if isinstance(source, str)
+            else pl.read_ndjson(source).lazy()
+        )
 
     def _scan_lines(self, pl):
         """The schema of an NDJSON file, inferred from its first NDJSON_INFER_ROWS lines as
@@ -105,7 +109,10 @@ class TableFile:
                 if block.strip():
                     yield pl.read_ndjson(block, schema=self._lines).select(columns)
             if self.bytes_read < expected:
-                raise NncliError(f"the file was cut short while it was read ({self.bytes_read + len(block)} of {expected} bytes)", self.name)
+                raise NncliError(
+                    f"the file was cut short while it was read ({self.bytes_read + len(block)} of {expected} bytes)",
+                    self.name,
+                )
 
     def column_label(self, index: int) -> str:
         return f"column {index} ({self.names[index]!r})"
@@ -126,7 +133,9 @@ class TableFile:
             if self._lines is not None:
                 batches = self._line_frames([self.names[i] for i in wanted])
             else:
-                batches = self._frame.select([pl.col(self.names[i]) for i in wanted]).collect_batches(chunk_size=BATCH_ROWS)
+                batches = self._frame.select([pl.col(self.names[i]) for i in wanted]).collect_batches(
+                    chunk_size=BATCH_ROWS
+                )
             for frame in batches:
                 values = np.empty((frame.height, len(numeric)), dtype=np.float64)  # row-major, as the CSV reader's
                 for j, i in enumerate(numeric):
@@ -154,8 +163,10 @@ class TableFile:
             for r, cell in enumerate(series.to_list()):
                 value = None if cell is None else parse_number(cell)
                 if value is None:
-                    raise NncliError(f"{self.column_label(i)}: {'the cell is empty' if not cell else repr(cell) + ' is not a number'}",
-                                     f"{self.name}, row {first_row + r}")
+                    raise NncliError(
+                        f"{self.column_label(i)}: {'the cell is empty' if not cell else repr(cell) + ' is not a number'}",
+                        f"{self.name}, row {first_row + r}",
+                    )
                 out[r] = value
             return out
         if series.null_count():
@@ -168,7 +179,7 @@ class TableFile:
 
 
 def _kind(path: str) -> str | None:
-    """"file" (a regular file), "pipe" (a FIFO or socket), or None (anything else, or no such path)."""
+    """ "file" (a regular file), "pipe" (a FIFO or socket), or None (anything else, or no such path)."""
     import stat
 
     try:
@@ -247,13 +258,26 @@ def _read_all(path: str, compression: str | None, name: str) -> bytes:
             if not compression:
                 expected = os.fstat(f.fileno()).st_size
                 if len(data) < expected:
-                    raise NncliError(f"the file was cut short while it was read ({len(data)} of {expected} bytes)", name)
+                    raise NncliError(
+                        f"the file was cut short while it was read ({len(data)} of {expected} bytes)", name
+                    )
             return data
     return decompress(raw, compression) if compression else raw
 
 
-SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet",
-                  ".arrow": "arrow", ".feather": "arrow", ".ipc": "arrow", ".ndjson": "ndjson", ".jsonl": "ndjson"}
+SUFFIX_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".txt": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".arrow": "arrow",
+    ".feather": "arrow",
+    ".ipc": "arrow",
+    ".ndjson": "ndjson",
+    ".jsonl": "ndjson",
+}
 COMPRESSIONS = {".gz": "gz", ".bz2": "bz2", ".xz": "xz", ".zst": "zst"}
 INPUT_FORMATS = ("csv", "tsv", "parquet", "arrow", "ndjson")
 
@@ -264,7 +288,9 @@ def detect_format(path: str, forced: str | None = None) -> tuple[str, str | None
     if forced:
         base, _, compression = forced.lower().partition(".")
         if base not in INPUT_FORMATS or (compression and "." + compression not in COMPRESSIONS):
-            raise UsageError(f"--input-format must be one of {', '.join(INPUT_FORMATS)}, optionally with .gz, .bz2, .xz or .zst; got {forced!r}")
+            raise UsageError(
+                f"--input-format must be one of {', '.join(INPUT_FORMATS)}, optionally with .gz, .bz2, .xz or .zst; got {forced!r}"
+            )
         return base, compression or None
     if path == "-":
         return "csv", None
@@ -344,7 +370,12 @@ def decompress(raw: bytes, compression: str) -> bytes:
     import lzma
 
     try:
-        return {"gz": gzip.decompress, "bz2": bz2.decompress, "xz": lzma.decompress, "zst": lambda b: _zstd().decompress(b)}[compression](raw)
+        return {
+            "gz": gzip.decompress,
+            "bz2": bz2.decompress,
+            "xz": lzma.decompress,
+            "zst": lambda b: _zstd().decompress(b),
+        }[compression](raw)
     except (OSError, EOFError, lzma.LZMAError, ValueError) as e:
         raise NncliError(f"cannot decompress ({compression}): {e}", "<stdin>") from None
 

@@ -22,18 +22,19 @@ import functools
 import os
 import threading
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
-from nncli.core.backprop import needs_one_batch
 from nncli.constants import DEFAULT_BATCH_ROWS
-from nncli.io.reading import DataOptions, Dataset, batches_ahead, is_pipe, prefetched, spooled
-from nncli.errors import NncliError, NncliWarning, UsageError
+from nncli.core.backprop import needs_one_batch
 from nncli.core.forward import Head, head_of
-from nncli.io.frames import FrameData, is_table
 from nncli.core.losses import LossChoice, choose_loss, loss_warnings, spec_loss
 from nncli.core.model import DEFAULT_MAX_PARAMS
 from nncli.core.spec import Spec
+from nncli.errors import NncliError, NncliWarning, UsageError
+from nncli.io.frames import FrameData, is_table
+from nncli.io.reading import DataOptions, Dataset, batches_ahead, is_pipe, prefetched, spooled
 
 
 def _listed(value, name: str = "target") -> list[str]:
@@ -90,8 +91,16 @@ def open_data(data, read: Read, want_targets: bool = False):
         sources = []
         try:
             for path in paths:
-                options = DataOptions(path, read.delimiter, read.header, _listed(read.features, "features"), _listed(read.target),
-                                      read.targets_file, read.id_column, read.label)
+                options = DataOptions(
+                    path,
+                    read.delimiter,
+                    read.header,
+                    _listed(read.features, "features"),
+                    _listed(read.target),
+                    read.targets_file,
+                    read.id_column,
+                    read.label,
+                )
                 options.decimal_comma = read.decimal_comma
                 options.input_format = read.input_format
                 options.targets_label = read.targets_label
@@ -175,22 +184,43 @@ class Forwards:
     """`forward(data)` as a polars DataFrame, for anything with `forward_frames` (Model, OnnxModel, a
     cluster's Scorer): one definition of the columns and values of `nncli forward -f csv`."""
 
-    def forward(self, data, *, target=None, features=None, id_column=None, threshold: float = 0.5, batch_size: int | None = None,
-                delimiter=None, header=None, decimal_comma: bool = False):
+    def forward(
+        self,
+        data,
+        *,
+        target=None,
+        features=None,
+        id_column=None,
+        threshold: float = 0.5,
+        batch_size: int | None = None,
+        delimiter=None,
+        header=None,
+        decimal_comma: bool = False,
+    ):
         """The model in eval mode over every row: a polars DataFrame with the columns and values of `nncli forward -f csv`."""
         import polars as pl
 
         _check_arguments(data=data, threshold=threshold, batch_size=batch_size, required=("threshold",))
-        run = self.forward_frames(data, threshold=threshold, batch_size=batch_size,
-                                  read=Read(target, None, features, id_column, delimiter, header, decimal_comma))
+        run = self.forward_frames(
+            data,
+            threshold=threshold,
+            batch_size=batch_size,
+            read=Read(target, None, features, id_column, delimiter, header, decimal_comma),
+        )
         parts = [pl.DataFrame({n: c for n, c in zip(names, columns)}) for names, columns in run.frames()]
         return pl.concat(parts) if parts else pl.DataFrame()
 
 
 def finite_checks(source, head) -> list:
     """forward's warnings, once each: NaN or inf in the data, or in the model's output."""
-    data_check, output_check = FiniteCheck(f"the data ({source.name})", source.feature_names), FiniteCheck("the model's output", head.output_names())
-    return [lambda batch, outputs: data_check(batch.x, batch.first_row), lambda batch, outputs: output_check(outputs, batch.first_row)]
+    data_check, output_check = (
+        FiniteCheck(f"the data ({source.name})", source.feature_names),
+        FiniteCheck("the model's output", head.output_names()),
+    )
+    return [
+        lambda batch, outputs: data_check(batch.x, batch.first_row),
+        lambda batch, outputs: output_check(outputs, batch.first_row),
+    ]
 
 
 def _serialized(fn):
@@ -216,11 +246,23 @@ class Model(Forwards):
     A Model may be shared by threads; calls that change it are serialized (see _serialized). forward,
     evaluate and an eval-mode loss only read it, and run side by side."""
 
-    def __init__(self, spec: Spec, *, seed: int | None = None, weights: str | None = None, dtype: str = "float32",
-                 inputs: int | None = None, max_params: int = DEFAULT_MAX_PARAMS, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(
+        self,
+        spec: Spec,
+        *,
+        seed: int | None = None,
+        weights: str | None = None,
+        dtype: str = "float32",
+        inputs: int | None = None,
+        max_params: int = DEFAULT_MAX_PARAMS,
+        device: str = "cpu",
+        threads: int | None = None,
+    ) -> None:
         if dtype not in ("float32", "float64"):
             raise UsageError(f"dtype must be float32 or float64, got {dtype!r}")
-        _check_arguments(inputs=inputs, max_params=max_params, threads=threads, weights=weights, required=("max_params",))
+        _check_arguments(
+            inputs=inputs, max_params=max_params, threads=threads, weights=weights, required=("max_params",)
+        )
         weights = None if weights is None else os.fspath(weights)  # a pathlib.Path too: messages and suffixes take text
         self.spec, self.seed, self.weights, self.dtype = spec, seed, weights, dtype
         self.inputs, self.max_params, self.device_name, self.threads = inputs, max_params, device, threads
@@ -262,14 +304,19 @@ class Model(Forwards):
         with _BUILDING:
             built, _ = make_model(self._options(), self.spec, width, width_from)
         if built.classes is not None and self.spec.classes is not None and built.classes != self.spec.classes:
-            raise NncliError(f"the weights were trained on the classes {built.classes}, the spec names {self.spec.classes}", self.weights)
+            raise NncliError(
+                f"the weights were trained on the classes {built.classes}, the spec names {self.spec.classes}",
+                self.weights,
+            )
         if built.classes is None:
             built.classes = self.spec.classes
             if built.classes is not None:
                 _check_class_count(built, width, spec_loss(self.spec.loss, self.spec.path), "`classes`", self.spec.path)
         elif self.spec.classes is None:
             key = "'nncli.classes'" if str(self.weights).lower().endswith(".safetensors") else "'classes'"
-            _check_class_count(built, width, spec_loss(self.spec.loss, self.spec.path), f"the metadata {key}", self.weights)
+            _check_class_count(
+                built, width, spec_loss(self.spec.loss, self.spec.path), f"the metadata {key}", self.weights
+            )
         self.built = built
         return self.built
 
@@ -296,17 +343,30 @@ class Model(Forwards):
         if self.spec.preprocess and self.built.preprocess is None:
             kind = next(iter(self.spec.preprocess))
             if self.weights:  # e.g. written by init, which has no rows to fit them on
-                raise NncliError(f"these weights carry no statistics for the spec's `preprocess: {kind}` (nncli init writes none): "
-                                 "train the model (nncli train fits them and saves them with the weights), then pass those weights",
-                                 self.weights)
-            raise NncliError(f"the spec asks for `preprocess: {kind}` and its statistics are unset: train the model "
-                             "(nncli train saves them with the weights), then pass those weights", self.spec.path)
+                raise NncliError(
+                    f"these weights carry no statistics for the spec's `preprocess: {kind}` (nncli init writes none): "
+                    "train the model (nncli train fits them and saves them with the weights), then pass those weights",
+                    self.weights,
+                )
+            raise NncliError(
+                f"the spec asks for `preprocess: {kind}` and its statistics are unset: train the model "
+                "(nncli train saves them with the weights), then pass those weights",
+                self.spec.path,
+            )
 
     def _options(self):
         from nncli.core.runtime import ModelOptions
 
-        return ModelOptions(self.spec.path, seed=self.seed, weights=self.weights, dtype=self.dtype, max_params=self.max_params,
-                            device=self.device_name, threads=self.threads, inputs=self.inputs)
+        return ModelOptions(
+            self.spec.path,
+            seed=self.seed,
+            weights=self.weights,
+            dtype=self.dtype,
+            max_params=self.max_params,
+            device=self.device_name,
+            threads=self.threads,
+            inputs=self.inputs,
+        )
 
     def resolved(self):
         """(input width, layers with every argument known) from the spec alone: nothing is allocated,
@@ -349,7 +409,9 @@ class Model(Forwards):
 
     def head(self, width: int | None = None) -> Head:
         built = self.build(width)
-        return head_of(built.layers, width if width is not None else self._width, spec_loss(self.spec.loss, self.spec.path))
+        return head_of(
+            built.layers, width if width is not None else self._width, spec_loss(self.spec.loss, self.spec.path)
+        )
 
     @_serialized
     def save(self, path: str, *, what: str = "the weights file") -> None:
@@ -382,16 +444,26 @@ class Model(Forwards):
                 if procread.SHARE_NUMPY:
                     procread.share_numpy()
                 # a --targets file is read by the child too: put back with DATA if the child fails at its start
-                targets = [t for s in getattr(source, "sources", [source]) if (t := getattr(s, "targets_csv", None)) is not None]
+                targets = [
+                    t
+                    for s in getattr(source, "sources", [source])
+                    if (t := getattr(s, "targets_csv", None)) is not None
+                ]
                 try:
-                    return procread.read_in_child(lambda: source.batches(wanted, dtype=self.dtype), reading_files(source),
-                                                 instead=lambda: in_thread(wanted), rewind=reading_files(source) + targets)
+                    return procread.read_in_child(
+                        lambda: source.batches(wanted, dtype=self.dtype),
+                        reading_files(source),
+                        instead=lambda: in_thread(wanted),
+                        rewind=reading_files(source) + targets,
+                    )
                 except OSError:  # fork or the shared memory refused (a process limit): a thread reads
                     pass
             return in_thread(wanted)
 
         def in_thread(wanted):
-            return prefetched(source.batches(wanted, dtype=self.dtype), depth=batches_ahead(wanted, source.n_features, self.dtype))
+            return prefetched(
+                source.batches(wanted, dtype=self.dtype), depth=batches_ahead(wanted, source.n_features, self.dtype)
+            )
 
         planned = {}
         if plan is not None and not is_table(data):
@@ -428,14 +500,30 @@ class Model(Forwards):
 
     # -- forward ----------------------------------------------------------------------------------
 
-    def forward_frames(self, data, *, threshold: float = 0.5, batch_size: int | None = None, read: Read | None = None,
-                       progress: Callable | None = None, class_names: bool = True, source_column: str | None = None) -> "ForwardRun":
+    def forward_frames(
+        self,
+        data,
+        *,
+        threshold: float = 0.5,
+        batch_size: int | None = None,
+        read: Read | None = None,
+        progress: Callable | None = None,
+        class_names: bool = True,
+        source_column: str | None = None,
+    ) -> ForwardRun:
         """forward, batch by batch: a ForwardRun whose `frames()` yields (names, columns) per batch.
         With class labels (and `class_names`), probabilities are `prob_<label>` and `class` the label."""
         read = read or Read()
         built, source, batches = self._open(data, read, want_targets=False, rows=batch_size or DEFAULT_BATCH_ROWS)
-        head = head_of(built.layers, source.n_features, spec_loss(self.spec.loss, self.spec.path), built.classes if class_names else None)
-        run = ForwardRun(built, head, source, progress(batches, source) if progress else batches, threshold, source_column)
+        head = head_of(
+            built.layers,
+            source.n_features,
+            spec_loss(self.spec.loss, self.spec.path),
+            built.classes if class_names else None,
+        )
+        run = ForwardRun(
+            built, head, source, progress(batches, source) if progress else batches, threshold, source_column
+        )
         run.checks = finite_checks(source, head)
         return run
 
@@ -448,8 +536,13 @@ class Model(Forwards):
 
         frame = FrameData(batch)
         built = self.build(frame.n_features, "the batch")
-        run = ForwardRun(built, head_of(built.layers, frame.n_features, spec_loss(self.spec.loss, self.spec.path), built.classes), frame,
-                         frame.batches(None), threshold)
+        run = ForwardRun(
+            built,
+            head_of(built.layers, frame.n_features, spec_loss(self.spec.loss, self.spec.path), built.classes),
+            frame,
+            frame.batches(None),
+            threshold,
+        )
         names, columns = next(iter(run.frames()))
         module = type(batch).__module__.split(".")[0]
         if module == "numpy":
@@ -461,8 +554,20 @@ class Model(Forwards):
 
     # -- the training signal ----------------------------------------------------------------------
 
-    def _signal(self, data, read: Read, loss: str | None, reduction: str, train: bool, backward: bool, inputs: bool,
-                batch_size: int | None, progress, observer=None, keep: bool = True):
+    def _signal(
+        self,
+        data,
+        read: Read,
+        loss: str | None,
+        reduction: str,
+        train: bool,
+        backward: bool,
+        inputs: bool,
+        batch_size: int | None,
+        progress,
+        observer=None,
+        keep: bool = True,
+    ):
         """Open DATA, build, pick the loss, run forward (and backward) over the batches.
         `observer(choice, head)`, if given, returns a function that sees every batch's outputs and targets.
         With `keep` (all but step), the module is left as it was: a train-mode pass updates BatchNorm's
@@ -488,19 +593,39 @@ class Model(Forwards):
                 return None  # one batch of every row: nothing to overlap
             return (batch_size or DEFAULT_BATCH_ROWS) if self._labels_before_build(source, loss) else None
 
-        built, source, batches = self._open(data, read, want_targets=True, rows=lambda b: rows_per_batch(b, train, batch_size),
-                                            prepare=prepare, plan=plan)
+        built, source, batches = self._open(
+            data,
+            read,
+            want_targets=True,
+            rows=lambda b: rows_per_batch(b, train, batch_size),
+            prepare=prepare,
+            plan=plan,
+        )
         if backward and not inputs and not any(p.requires_grad for p in built.module.parameters()):
             source.close()
-            raise NncliError("the model has no parameters, so there are no parameter gradients (add --inputs for the gradient "
-                             "of the loss with respect to each input)", self.spec.path)
+            raise NncliError(
+                "the model has no parameters, so there are no parameter gradients (add --inputs for the gradient "
+                "of the loss with respect to each input)",
+                self.spec.path,
+            )
         head, choice = picked["head"], picked["choice"]
         if progress:
             batches = progress(batches, source)
         kept = _module_state(built.module) if keep else None
         try:
-            result = compute_loss(built, head, batches, choice, reduction=reduction, train=train, backward=backward, inputs=inputs,
-                                  target_names=source.target_names, source=source.name, observe=observer(choice, head) if observer else None)
+            result = compute_loss(
+                built,
+                head,
+                batches,
+                choice,
+                reduction=reduction,
+                train=train,
+                backward=backward,
+                inputs=inputs,
+                target_names=source.target_names,
+                source=source.name,
+                observe=observer(choice, head) if observer else None,
+            )
         except NncliError as e:
             source.close()
             raise _with_label_hint(e, source, choice) from None
@@ -509,8 +634,14 @@ class Model(Forwards):
                 _restore_module_state(built.module, kept)
         source.close()
         if result.loss is not None and not bool(result.loss.isfinite()):
-            warnings.warn(f"the loss is {float(result.loss)} (a NaN or inf in the data, or outputs outside the loss's domain)", NncliWarning, stacklevel=3)
-        report = LossReport(result.loss, result.loss_fn, choice.source, reduction, result.rows, feature_names=source.feature_names)
+            warnings.warn(
+                f"the loss is {float(result.loss)} (a NaN or inf in the data, or outputs outside the loss's domain)",
+                NncliWarning,
+                stacklevel=3,
+            )
+        report = LossReport(
+            result.loss, result.loss_fn, choice.source, reduction, result.rows, feature_names=source.feature_names
+        )
         if reduction == "none":
             import numpy as np
 
@@ -550,21 +681,53 @@ class Model(Forwards):
             warnings.warn(message, NncliWarning, stacklevel=4)
         return choice
 
-    def compute_loss(self, data, *, target=None, loss: str | None = None, reduction: str = "mean", mode: str = "eval",
-                     batch_size: int | None = None, read: Read | None = None, progress=None) -> LossReport:
+    def compute_loss(
+        self,
+        data,
+        *,
+        target=None,
+        loss: str | None = None,
+        reduction: str = "mean",
+        mode: str = "eval",
+        batch_size: int | None = None,
+        read: Read | None = None,
+        progress=None,
+    ) -> LossReport:
         read = read or Read(target=target)
         train = _train(mode)
         with self._lock if train else contextlib.nullcontext():  # train mode moves BatchNorm's running statistics
             return self._signal(data, read, loss, reduction, train, False, False, batch_size, progress)[0]
 
-    def loss(self, data, *, target=None, loss: str | None = None, reduction: str = "mean", mode: str = "eval",
-             batch_size: int | None = None, **read) -> float:
+    def loss(
+        self,
+        data,
+        *,
+        target=None,
+        loss: str | None = None,
+        reduction: str = "mean",
+        mode: str = "eval",
+        batch_size: int | None = None,
+        **read,
+    ) -> float:
         """The loss of the outputs against the targets (eval mode by default), as `nncli loss` gives it."""
-        return self.compute_loss(data, loss=loss, reduction=reduction, mode=mode, batch_size=batch_size, read=Read(target=target, **read)).value
+        return self.compute_loss(
+            data, loss=loss, reduction=reduction, mode=mode, batch_size=batch_size, read=Read(target=target, **read)
+        ).value
 
     @_serialized
-    def compute_grads(self, data, *, target=None, loss: str | None = None, reduction: str = "mean", mode: str = "train",
-                      batch_size: int | None = None, inputs: bool = False, read: Read | None = None, progress=None) -> LossReport:
+    def compute_grads(
+        self,
+        data,
+        *,
+        target=None,
+        loss: str | None = None,
+        reduction: str = "mean",
+        mode: str = "train",
+        batch_size: int | None = None,
+        inputs: bool = False,
+        read: Read | None = None,
+        progress=None,
+    ) -> LossReport:
         from nncli.core.backprop import gradients
 
         read = read or Read(target=target)
@@ -573,19 +736,39 @@ class Model(Forwards):
             report.gradients = gradients(self.built.module)
         return report
 
-    def grads(self, data, *, target=None, loss: str | None = None, mode: str = "train", batch_size: int | None = None, **read) -> dict:
+    def grads(
+        self, data, *, target=None, loss: str | None = None, mode: str = "train", batch_size: int | None = None, **read
+    ) -> dict:
         """Every parameter's gradient of the loss (train mode by default), keyed as the state_dict.
         The module is left as it was (BatchNorm's running statistics, the train/eval flag)."""
-        return self.compute_grads(data, loss=loss, mode=mode, batch_size=batch_size, read=Read(target=target, **read)).gradients
+        return self.compute_grads(
+            data, loss=loss, mode=mode, batch_size=batch_size, read=Read(target=target, **read)
+        ).gradients
 
-    def input_grads(self, data, *, target=None, loss: str | None = None, mode: str = "train", batch_size: int | None = None, **read):
+    def input_grads(
+        self, data, *, target=None, loss: str | None = None, mode: str = "train", batch_size: int | None = None, **read
+    ):
         """d loss / d input for every row (a tensor shaped like the features), for any model."""
-        report = self.compute_grads(data, loss=loss, mode=mode, batch_size=batch_size, inputs=True, read=Read(target=target, **read))
+        report = self.compute_grads(
+            data, loss=loss, mode=mode, batch_size=batch_size, inputs=True, read=Read(target=target, **read)
+        )
         return report.input_gradients
 
     @_serialized
-    def step(self, data, *, target=None, lr: float, loss: str | None = None, reduction: str = "mean", mode: str = "train",
-             batch_size: int | None = None, read: Read | None = None, progress=None, **more) -> StepResult:
+    def step(
+        self,
+        data,
+        *,
+        target=None,
+        lr: float,
+        loss: str | None = None,
+        reduction: str = "mean",
+        mode: str = "train",
+        batch_size: int | None = None,
+        read: Read | None = None,
+        progress=None,
+        **more,
+    ) -> StepResult:
         """One plain gradient-descent step, p <- p - lr * p.grad, on the model's parameters in place;
         the loss after it is measured without moving any buffer (BatchNorm's running statistics stay
         as the one hand-written step left them)."""
@@ -599,13 +782,23 @@ class Model(Forwards):
         with contextlib.ExitStack() as stack:
             if not is_table(data):
                 data, read = _spooled_path(data, read, stack)  # read twice: before and after the update
-            before, choice, head = self._signal(data, read, loss, reduction, train, True, False, batch_size, progress, keep=False)
+            before, choice, head = self._signal(
+                data, read, loss, reduction, train, True, False, batch_size, progress, keep=False
+            )
             changes = sgd_step(self.built.module, lr)
             buffers = {k: v.detach().clone() for k, v in self.built.module.named_buffers()}
             again = open_data(data, read, want_targets=True)
             use_labels(self.built, again, choice)
-            result = compute_loss(self.built, head, again.batches(rows_per_batch(self.built, train, batch_size)), choice,
-                                  reduction=reduction, train=train, target_names=again.target_names, source=again.name)
+            result = compute_loss(
+                self.built,
+                head,
+                again.batches(rows_per_batch(self.built, train, batch_size)),
+                choice,
+                reduction=reduction,
+                train=train,
+                target_names=again.target_names,
+                source=again.name,
+            )
             again.close()
             with torch.no_grad():
                 for k, v in self.built.module.named_buffers():
@@ -620,7 +813,13 @@ class ForwardRun:
     def __init__(self, built, head: Head, source, batches, threshold: float, source_column: str | None = None) -> None:
         from nncli.core.forward import check_threshold
 
-        self.built, self.head, self.source, self.batches, self.threshold = built, head, source, batches, check_threshold(threshold)
+        self.built, self.head, self.source, self.batches, self.threshold = (
+            built,
+            head,
+            source,
+            batches,
+            check_threshold(threshold),
+        )
         self.source_column = source_column  # a first column naming each row's file
         self.names = ([source_column] if source_column else []) + ([source.id_name] if source.id_name else [])
         self.names += head.output_names() + head.class_names()
@@ -631,13 +830,17 @@ class ForwardRun:
         from nncli.timing import phase
 
         try:
-            for batch, outputs, classes in forward_batches(self.built, self.head, self.batches, self.built.device, self.threshold):
+            for batch, outputs, classes in forward_batches(
+                self.built, self.head, self.batches, self.built.device, self.threshold
+            ):
                 with phase("check"):
                     for check in self.checks:
                         check(batch, outputs)
                 with phase("forward"):
                     labels = classes.cpu().numpy() if classes is not None else None
-                    columns = row_columns(batch, outputs.detach().cpu().numpy(), labels, self.head, self.source, self.source_column)
+                    columns = row_columns(
+                        batch, outputs.detach().cpu().numpy(), labels, self.head, self.source, self.source_column
+                    )
                 yield self.names, columns
         finally:
             self.source.close()
@@ -659,7 +862,11 @@ class FiniteCheck:
         if bad.any():
             r, c = np.argwhere(bad)[0]
             self.warned = True
-            warnings.warn(f"{self.what} holds {values[r, c]} at row {first_row + r}, column {self.names[c]!r}", NncliWarning, stacklevel=2)
+            warnings.warn(
+                f"{self.what} holds {values[r, c]} at row {first_row + r}, column {self.names[c]!r}",
+                NncliWarning,
+                stacklevel=2,
+            )
 
 
 def _module_state(module) -> tuple:
@@ -683,7 +890,12 @@ def use_labels(built, source, choice) -> None:
     """Read one target column of a classifier as text labels, encoded with the model's classes."""
     from nncli.core.losses import BINARY, CLASS
 
-    if built.classes is not None and choice.family in (CLASS, BINARY) and len(source.target_names) == 1 and hasattr(source, "classes"):
+    if (
+        built.classes is not None
+        and choice.family in (CLASS, BINARY)
+        and len(source.target_names) == 1
+        and hasattr(source, "classes")
+    ):
         source.classes = built.classes
 
 
@@ -691,8 +903,14 @@ def _with_label_hint(error: NncliError, source, choice) -> NncliError:
     """A target column of words read as numbers: say where the classes come from."""
     from nncli.core.losses import BINARY, CLASS
 
-    if choice.family in (CLASS, BINARY) and "is not a number" in error.what and any(repr(n) in error.what for n in source.target_names):
-        error.what += " (text class labels need the classes: `classes: [...]` in the spec, or weights trained on these labels)"
+    if (
+        choice.family in (CLASS, BINARY)
+        and "is not a number" in error.what
+        and any(repr(n) in error.what for n in source.target_names)
+    ):
+        error.what += (
+            " (text class labels need the classes: `classes: [...]` in the spec, or weights trained on these labels)"
+        )
         error.args = (error.message,)
     return error
 
@@ -744,14 +962,30 @@ COUNT_OR_ZERO = (lambda v: _integer(v, 0), "an integer at or above 0")
 RATE = (lambda v: _finite(v) and v >= 0, "a finite number at or above 0")
 NUMBER = (lambda v: _finite(v), "a finite number")
 PATH = (lambda v: isinstance(v, (str, os.PathLike)) and os.fspath(v) != "", "a path (text or an os.PathLike)")
-SPEC = (lambda v: isinstance(v, dict) or PATH[0](v), "a path to a YAML spec (text or an os.PathLike) or a spec as a dict")
+SPEC = (
+    lambda v: isinstance(v, dict) or PATH[0](v),
+    "a path to a YAML spec (text or an os.PathLike) or a spec as a dict",
+)
 
 # every numeric argument of load, Model, train, evaluate and Model's methods: one rule each
 ARGUMENTS = {
-    "batch_size": COUNT, "epochs": COUNT, "patience": COUNT, "inputs": COUNT, "threads": COUNT, "max_layers": COUNT,
-    "warmup": COUNT_OR_ZERO, "max_params": COUNT_OR_ZERO,
-    "lr": RATE, "momentum": RATE, "weight_decay": RATE, "clip_grad_norm": RATE, "clip_grad_value": RATE, "val_split": RATE,
-    "threshold": NUMBER, "weights": PATH, "spec": SPEC,
+    "batch_size": COUNT,
+    "epochs": COUNT,
+    "patience": COUNT,
+    "inputs": COUNT,
+    "threads": COUNT,
+    "max_layers": COUNT,
+    "warmup": COUNT_OR_ZERO,
+    "max_params": COUNT_OR_ZERO,
+    "lr": RATE,
+    "momentum": RATE,
+    "weight_decay": RATE,
+    "clip_grad_norm": RATE,
+    "clip_grad_value": RATE,
+    "val_split": RATE,
+    "threshold": NUMBER,
+    "weights": PATH,
+    "spec": SPEC,
 }
 
 
@@ -777,8 +1011,10 @@ def _check_data(data, name: str = "data") -> None:
         return
     rows = (isinstance(data, (list, tuple)) and paths) or isinstance(data, dict) or hasattr(data, "__next__")
     hint = "; rows go in a numpy array or a DataFrame" if rows else ""
-    raise UsageError(f"{name} must be a path (or a list of paths) or a table: polars, pandas or pyarrow, or a 2-D numpy array; "
-                     f"got {_shown(data)}{hint}")
+    raise UsageError(
+        f"{name} must be a path (or a list of paths) or a table: polars, pandas or pyarrow, or a 2-D numpy array; "
+        f"got {_shown(data)}{hint}"
+    )
 
 
 def _shown(value) -> str:
@@ -839,60 +1075,155 @@ def _target_hint(error: NncliError, read: Read) -> str:
     return ""
 
 
-def load(spec, *, seed: int | None = None, weights: str | None = None, dtype: str = "float32", inputs: int | None = None,
-         max_params: int = DEFAULT_MAX_PARAMS, max_layers: int | None = None, device: str = "cpu", threads: int | None = None) -> Model:
+def load(
+    spec,
+    *,
+    seed: int | None = None,
+    weights: str | None = None,
+    dtype: str = "float32",
+    inputs: int | None = None,
+    max_params: int = DEFAULT_MAX_PARAMS,
+    max_layers: int | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
+) -> Model:
     """A model from a spec file (YAML) or a spec as a dict; built, seeded as the CLI seeds it, on first use."""
     from nncli.core.spec import DEFAULT_MAX_LAYERS, load_spec, parse_spec
 
     _check_arguments(max_layers=max_layers, spec=spec, required=("spec",))
     limit = DEFAULT_MAX_LAYERS if max_layers is None else max_layers
-    parsed = parse_spec(spec, "<dict>", max_layers=limit) if isinstance(spec, dict) else load_spec(os.fspath(spec), max_layers=limit)
-    return Model(parsed, seed=seed, weights=weights, dtype=dtype, inputs=inputs, max_params=max_params, device=device, threads=threads)
+    parsed = (
+        parse_spec(spec, "<dict>", max_layers=limit)
+        if isinstance(spec, dict)
+        else load_spec(os.fspath(spec), max_layers=limit)
+    )
+    return Model(
+        parsed,
+        seed=seed,
+        weights=weights,
+        dtype=dtype,
+        inputs=inputs,
+        max_params=max_params,
+        device=device,
+        threads=threads,
+    )
 
 
 @_serialized
-def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer: str = "sgd", momentum: float | None = None,
-          weight_decay: float | None = None, batch_size: int = 32, shuffle: bool | None = None, val_split: float | None = None,
-          val=None, patience: int | None = None, stream: bool = False, loss: str | None = None, read: Read | None = None,
-          on_epoch: Callable | None = None, lr_schedule: str | None = None, warmup: int = 0, clip_grad_norm: float | None = None,
-          clip_grad_value: float | None = None, class_weights: str | None = None, stratify: bool = False, metric: str = "val_loss",
-          checkpoint: str | None = None, resume: str | None = None, log_dir: str | None = None, allow_local_batchnorm: bool = False,
-          mlflow: bool | dict = False, **more) -> History:
+def train(
+    model: Model,
+    data,
+    *,
+    target=None,
+    epochs: int,
+    lr: float,
+    optimizer: str = "sgd",
+    momentum: float | None = None,
+    weight_decay: float | None = None,
+    batch_size: int = 32,
+    shuffle: bool | None = None,
+    val_split: float | None = None,
+    val=None,
+    patience: int | None = None,
+    stream: bool = False,
+    loss: str | None = None,
+    read: Read | None = None,
+    on_epoch: Callable | None = None,
+    lr_schedule: str | None = None,
+    warmup: int = 0,
+    clip_grad_norm: float | None = None,
+    clip_grad_value: float | None = None,
+    class_weights: str | None = None,
+    stratify: bool = False,
+    metric: str = "val_loss",
+    checkpoint: str | None = None,
+    resume: str | None = None,
+    log_dir: str | None = None,
+    allow_local_batchnorm: bool = False,
+    mlflow: bool | dict = False,
+    **more,
+) -> History:
     """Fit the model in place: the hand-written loop (see training.py), so the same seed gives the same weights.
 
     `val` is a path or a table of validation rows with DATA's columns; `on_epoch(record)` sees each epoch.
     `checkpoint` is written (atomically) after every epoch with all it takes to continue bit for bit;
     `resume` continues from such a checkpoint, so 2 epochs + resume to 4 equals 4 epochs.
     `mlflow=True` (or a dict of `experiment`, `run_name`, `artifact`) logs the run to MLflow: see _mlflow."""
-    from nncli.core.training import METRICS, TrainOptions, check_resume, class_weights as weights_of, evaluate_in_memory, fit, in_memory_batches
-    from nncli.core.training import stratified_split, validation_split
+    from nncli.core.training import (
+        METRICS,
+        TrainOptions,
+        check_resume,
+        evaluate_in_memory,
+        fit,
+        in_memory_batches,
+        stratified_split,
+        validation_split,
+    )
+    from nncli.core.training import (
+        class_weights as weights_of,
+    )
 
     if not isinstance(model, Model):
         raise UsageError(f"train takes a Model (nncli.load(SPEC)), got {_shown(model)}")
-    _check_arguments(data=data, val=val, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size,
-                     val_split=val_split, patience=patience, warmup=warmup, clip_grad_norm=clip_grad_norm,
-                     clip_grad_value=clip_grad_value, required=("epochs", "lr", "batch_size"))
+    _check_arguments(
+        data=data,
+        val=val,
+        epochs=epochs,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        batch_size=batch_size,
+        val_split=val_split,
+        patience=patience,
+        warmup=warmup,
+        clip_grad_norm=clip_grad_norm,
+        clip_grad_value=clip_grad_value,
+        required=("epochs", "lr", "batch_size"),
+    )
     read = read or Read(target=target, **more)
     if val_split is not None and val is not None:
         raise UsageError("give --val-split or --val, not both")
-    if _is_stdin(val) and (_is_stdin(read.targets_file) or any(_is_stdin(d) for d in (data if isinstance(data, (list, tuple)) else [data]))):
+    if _is_stdin(val) and (
+        _is_stdin(read.targets_file) or any(_is_stdin(d) for d in (data if isinstance(data, (list, tuple)) else [data]))
+    ):
         # one stream can't be read twice: the second reader found it empty ("the file is empty")
-        raise UsageError(f"--val and {'--targets' if _is_stdin(read.targets_file) else 'DATA'} can't both be standard input")
+        raise UsageError(
+            f"--val and {'--targets' if _is_stdin(read.targets_file) else 'DATA'} can't both be standard input"
+        )
     if patience is not None and val_split is None and val is None:
         raise UsageError("--patience watches the validation loss: give --val-split F or --val FILE too")
     shuffle = (not stream) if shuffle is None else shuffle
-    if stream and lr_schedule and lr_schedule.split(":")[0] == "onecycle":  # OneCycleLR steps per batch, counted up front
-        raise UsageError("--lr-schedule onecycle needs the number of batches per epoch, which --stream does not know before reading")
+    if (
+        stream and lr_schedule and lr_schedule.split(":")[0] == "onecycle"
+    ):  # OneCycleLR steps per batch, counted up front
+        raise UsageError(
+            "--lr-schedule onecycle needs the number of batches per epoch, which --stream does not know before reading"
+        )
     if stream and (shuffle or val_split is not None):
-        raise UsageError("--stream reads DATA in file order: it takes neither --shuffle nor --val-split (use --val FILE)")
+        raise UsageError(
+            "--stream reads DATA in file order: it takes neither --shuffle nor --val-split (use --val FILE)"
+        )
     if metric not in METRICS:
         raise UsageError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
     if clip_grad_norm is not None and clip_grad_value is not None:
         raise UsageError("give --clip-grad-norm or --clip-grad-value, not both")
     if stratify and val_split is None:
         raise UsageError("--stratify goes with --val-split F")
-    options = TrainOptions(epochs, lr, optimizer, momentum, weight_decay, batch_size, shuffle, patience, lr_schedule, warmup or 0,
-                           clip_grad_norm, clip_grad_value, metric)
+    options = TrainOptions(
+        epochs,
+        lr,
+        optimizer,
+        momentum,
+        weight_decay,
+        batch_size,
+        shuffle,
+        patience,
+        lr_schedule,
+        warmup or 0,
+        clip_grad_norm,
+        clip_grad_value,
+        metric,
+    )
     if log_dir is not None:
         _check_log_dir(log_dir)
     start = _read_checkpoint(resume) if resume else None
@@ -917,8 +1248,11 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
             _restore(built, start, resume, source.n_features)
             needed = {"class": width, "binary": 2}.get(choice.family)
             if start.get("classes") is not None and needed is not None and len(start["classes"]) != needed:
-                raise NncliError(f"the checkpoint's 'classes' names {len(start['classes'])} classes; the model "
-                                 f"{'has ' + str(width) + ' outputs' if choice.family == 'class' else 'is binary (2 classes)'}", resume)
+                raise NncliError(
+                    f"the checkpoint's 'classes' names {len(start['classes'])} classes; the model "
+                    f"{'has ' + str(width) + ' outputs' if choice.family == 'class' else 'is binary (2 classes)'}",
+                    resume,
+                )
         _learn_classes(built, data, read, choice, width)
         if stream:
             _fit_preprocess(model, built, lambda: _raw_batches(built, data, read, choice), source.feature_names)
@@ -932,21 +1266,41 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
         else:
             raw, y = _load_raw(built, data, read, choice, width, early)
             if val_split is not None:
-                keep, held = (stratified_split(y if y.dim() == 1 else y.argmax(dim=1) if y.shape[1] > 1 else (y[:, 0] >= 0.5).long(),
-                                               val_split, built.seed) if stratify else validation_split(len(raw), val_split, built.seed))
+                keep, held = (
+                    stratified_split(
+                        y if y.dim() == 1 else y.argmax(dim=1) if y.shape[1] > 1 else (y[:, 0] >= 0.5).long(),
+                        val_split,
+                        built.seed,
+                    )
+                    if stratify
+                    else validation_split(len(raw), val_split, built.seed)
+                )
                 raw, y, raw_val, y_val = raw[keep.numpy()], y[keep], raw[held.numpy()], y[held]
-            _fit_preprocess(model, built, lambda: [raw], source.feature_names)  # the training rows only, never the validation rows
+            _fit_preprocess(
+                model, built, lambda: [raw], source.feature_names
+            )  # the training rows only, never the validation rows
             x = _inputs(built, raw)
             if val_split is not None:
                 x_val = _inputs(built, raw_val)
             rank, world = _rank_world()
             if world > len(x):  # a rank without a row of its own would train on repeats only
-                raise NncliError(f"{len(x)} training row{'s' if len(x) > 1 else ''} for {world} processes: each needs a row of its own "
-                                 f"(use at most {len(x)})", "train")
+                raise NncliError(
+                    f"{len(x)} training row{'s' if len(x) > 1 else ''} for {world} processes: each needs a row of its own "
+                    f"(use at most {len(x)})",
+                    "train",
+                )
             batches_for_epoch = in_memory_batches(x, y, batch_size, shuffle, rank, world)
         if val is not None:
-            val_read = Read(read.target, None, read.features, read.id_column, read.delimiter, read.header, read.decimal_comma,
-                            input_format=given_format)
+            val_read = Read(
+                read.target,
+                None,
+                read.features,
+                read.id_column,
+                read.delimiter,
+                read.header,
+                read.decimal_comma,
+                input_format=given_format,
+            )
             val_data = val
             if not is_table(val):
                 val_data, val_read = _spooled_path(val, val_read, stack)
@@ -960,9 +1314,14 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
             from nncli.core.model import torch_dtype
 
             weights = weights_of(class_weights, labels, width if choice.family == "class" else 2, choice.family).to(
-                device=built.device, dtype=torch_dtype(built.dtype))
+                device=built.device, dtype=torch_dtype(built.dtype)
+            )
         loss_fn = choice.function("mean", weights)
-        validate = (lambda: evaluate_in_memory(built.module, choice, width, x_val, y_val, loss_fn, weights)) if (val_split or val is not None) else None
+        validate = (
+            (lambda: evaluate_in_memory(built.module, choice, width, x_val, y_val, loss_fn, weights))
+            if (val_split or val is not None)
+            else None
+        )
         steps = 1
         if not stream:  # a rank's steps per epoch (OneCycleLR's length): its ceil(n / world) rows, as DistributedSampler shares them
             per_rank = -(-len(x) // _rank_world()[1])
@@ -974,24 +1333,61 @@ def train(model: Model, data, *, target=None, epochs: int, lr: float, optimizer:
             on_epoch = _tensorboard(log_dir, built.module, on_epoch, stack)
         if mlflow:
             o = options
-            params = {"spec": model.spec.path, "weights": model.weights, "data": given, "val": val,
-                      "target": ",".join(map(str, _listed(read.target))) or None, "seed": built.seed, "dtype": built.dtype,
-                      "device": built.device, "loss": choice.label, "loss_from": choice.source, "optimizer": o.optimizer, "lr": o.lr, "momentum": o.momentum, "weight_decay": o.weight_decay,
-                      "batch_size": o.batch_size, "epochs": o.epochs, "shuffle": o.shuffle, "val_split": val_split,
-                      "stratify": stratify or None, "patience": o.patience, "metric": o.metric if o.patience is not None else None,
-                      "lr_schedule": o.schedule, "warmup": o.warmup or None, "clip_grad_norm": o.clip_grad_norm,
-                      "clip_grad_value": o.clip_grad_value, "class_weights": class_weights, "stream": stream or None, "resume": resume}
+            params = {
+                "spec": model.spec.path,
+                "weights": model.weights,
+                "data": given,
+                "val": val,
+                "target": ",".join(map(str, _listed(read.target))) or None,
+                "seed": built.seed,
+                "dtype": built.dtype,
+                "device": built.device,
+                "loss": choice.label,
+                "loss_from": choice.source,
+                "optimizer": o.optimizer,
+                "lr": o.lr,
+                "momentum": o.momentum,
+                "weight_decay": o.weight_decay,
+                "batch_size": o.batch_size,
+                "epochs": o.epochs,
+                "shuffle": o.shuffle,
+                "val_split": val_split,
+                "stratify": stratify or None,
+                "patience": o.patience,
+                "metric": o.metric if o.patience is not None else None,
+                "lr_schedule": o.schedule,
+                "warmup": o.warmup or None,
+                "clip_grad_norm": o.clip_grad_norm,
+                "clip_grad_value": o.clip_grad_value,
+                "class_weights": class_weights,
+                "stream": stream or None,
+                "resume": resume,
+            }
             on_epoch, log_weights = _mlflow(mlflow, model, params, on_epoch, stack)
         from nncli.timing import phase
 
         with phase("train"):
-            epochs_done, best, best_epoch = fit(built.module, choice, width, batches_for_epoch, options, validate, on_epoch or (lambda r: None),
-                                                loss_fn=loss_fn, steps_per_epoch=steps, start=start, checkpoint=save, start_where=resume)
+            epochs_done, best, best_epoch = fit(
+                built.module,
+                choice,
+                width,
+                batches_for_epoch,
+                options,
+                validate,
+                on_epoch or (lambda r: None),
+                loss_fn=loss_fn,
+                steps_per_epoch=steps,
+                start=start,
+                checkpoint=save,
+                start_where=resume,
+            )
         if best is not None:
             built.module.load_state_dict(best)
         if mlflow:
             log_weights()  # the weights train returns (the best epoch's with --patience), while the run is open
-    return History(epochs_done, choice.label, choice.source, best_epoch, best is not None and len(epochs_done) < epochs, options)
+    return History(
+        epochs_done, choice.label, choice.source, best_epoch, best is not None and len(epochs_done) < epochs, options
+    )
 
 
 def _check_log_dir(log_dir: str) -> None:
@@ -1083,7 +1479,7 @@ def _check_sqlite_store(uri: str) -> None:
     import tempfile
     from urllib.parse import unquote
 
-    path = unquote(uri.split("?", 1)[0][len("sqlite:///"):]) if uri.lower().startswith("sqlite:///") else ""
+    path = unquote(uri.split("?", 1)[0][len("sqlite:///") :]) if uri.lower().startswith("sqlite:///") else ""
     if not path or path == ":memory:":
         return
     if os.path.exists(path):
@@ -1093,7 +1489,9 @@ def _check_sqlite_store(uri: str) -> None:
             with open(path, "rb") as f:
                 head = f.read(16)
         except OSError as e:
-            raise NncliError(f"MLflow: cannot read the tracking database {path}: {e.strerror or e}", "--mlflow") from None
+            raise NncliError(
+                f"MLflow: cannot read the tracking database {path}: {e.strerror or e}", "--mlflow"
+            ) from None
         if head and head != b"SQLite format 3\x00":  # an empty file is a new database to sqlite
             raise NncliError(f"MLflow: the tracking database {path} is not an SQLite database", "--mlflow")
         return
@@ -1142,21 +1540,34 @@ def _mlflow(settings, model, params: dict, on_epoch, stack):
         try:
             return call(*args, **kwargs)
         except MlflowException as e:  # where: not the tracking URI, which may hold a database password
-            raise NncliError(f"MLflow: {_without_password((e.message.strip().splitlines() or ['?'])[0])}", "--mlflow") from None
+            raise NncliError(
+                f"MLflow: {_without_password((e.message.strip().splitlines() or ['?'])[0])}", "--mlflow"
+            ) from None
         except ImportError as e:  # a database URI whose driver is not installed (psycopg, pymysql, ...)
-            raise NncliError(f"MLflow: the tracking URI needs a module that is not installed: {e.name or e}", "--mlflow") from None
-        except Exception as e:  # the database's own errors (a disk full mid-run, a locked file) that MLflow lets through
+            raise NncliError(
+                f"MLflow: the tracking URI needs a module that is not installed: {e.name or e}", "--mlflow"
+            ) from None
+        except (
+            Exception
+        ) as e:  # the database's own errors (a disk full mid-run, a locked file) that MLflow lets through
             if not type(e).__module__.startswith("sqlalchemy"):
                 raise
             text = getattr(e, "orig", None) or e
-            raise NncliError(f"MLflow: the tracking database: {_without_password(str(text).strip().splitlines()[0] if str(text).strip() else type(e).__name__)}", "--mlflow") from None
+            raise NncliError(
+                f"MLflow: the tracking database: {_without_password(str(text).strip().splitlines()[0] if str(text).strip() else type(e).__name__)}",
+                "--mlflow",
+            ) from None
 
     experiment_id = None
     if settings.get("experiment"):
         found = guarded(mlflow.get_experiment_by_name, settings["experiment"])
         experiment_id = found.experiment_id if found else guarded(mlflow.create_experiment, settings["experiment"])
-    run_id = guarded(mlflow.start_run, experiment_id=experiment_id, run_name=settings.get("run_name"),
-                     nested=mlflow.active_run() is not None).info.run_id
+    run_id = guarded(
+        mlflow.start_run,
+        experiment_id=experiment_id,
+        run_name=settings.get("run_name"),
+        nested=mlflow.active_run() is not None,
+    ).info.run_id
 
     def ended(kind, error, trace) -> bool:
         status = "FINISHED" if kind is None else "KILLED" if issubclass(kind, KeyboardInterrupt) else "FAILED"
@@ -1177,7 +1588,9 @@ def _mlflow(settings, model, params: dict, on_epoch, stack):
     # the CLI leaves at once on Ctrl-C (nothing unwinds): the run is told it was killed from there
     stack.enter_context(called_on_signal(lambda: mlflow.MlflowClient().set_terminated(run_id, "KILLED")))
 
-    def files(value):  # DATA and val as given (nothing for a table in memory); a long list shortened, under MLflow's limit
+    def files(
+        value,
+    ):  # DATA and val as given (nothing for a table in memory); a long list shortened, under MLflow's limit
         if value is None or is_table(value):
             return None
         names = [os.fspath(v) for v in value] if isinstance(value, (list, tuple)) else [os.fspath(value)]
@@ -1227,8 +1640,10 @@ def _check_data_parallel(built, stream: bool, allow_local_batchnorm: bool) -> No
     if stream:
         raise UsageError("--stream with several processes is not supported: each rank shares rows in memory")
     if any(l.type == "BatchNorm1d" for l in built.layers) and built.device == "cpu" and not allow_local_batchnorm:
-        raise UsageError("BatchNorm1d with several processes on CPU normalises each rank's share on its own (SyncBatchNorm "
-                         "needs CUDA): add --allow-local-batchnorm to accept that")
+        raise UsageError(
+            "BatchNorm1d with several processes on CPU normalises each rank's share on its own (SyncBatchNorm "
+            "needs CUDA): add --allow-local-batchnorm to accept that"
+        )
 
 
 def _write_checkpoint(path: str, state: dict, built) -> None:
@@ -1251,7 +1666,9 @@ def _read_checkpoint(path: str) -> dict:
     from nncli.core.training import check_checkpoint, is_checkpoint
 
     if not is_checkpoint(path):
-        raise NncliError("not a training checkpoint (nncli train --checkpoint writes one); plain weights go to --weights", path)
+        raise NncliError(
+            "not a training checkpoint (nncli train --checkpoint writes one); plain weights go to --weights", path
+        )
     state = torch.load(path, map_location="cpu", weights_only=True)
     check_checkpoint(state, path)
     return state
@@ -1267,7 +1684,10 @@ def _restore(built, start: dict, path: str, width: int) -> None:
         check_state(built.module, start["best_state"], path, "the checkpoint's 'best_state': ")
     p = start.get("preprocess")
     if p is not None and (len(p["shift"]) != width or len(p["columns"]) > width):
-        raise NncliError(f"the checkpoint's 'preprocess' holds statistics of {len(p['shift'])} features; the model takes {width}", path)
+        raise NncliError(
+            f"the checkpoint's 'preprocess' holds statistics of {len(p['shift'])} features; the model takes {width}",
+            path,
+        )
     built.module.load_state_dict(start["model"])
     if start.get("classes") is not None:
         built.classes = start["classes"]
@@ -1281,15 +1701,18 @@ def _check_class_count(built, width: int, loss: str | None, what: str, where: st
     a count that differs was silently dropped, and forward named the columns by index."""
     head = head_of(built.layers, width, loss)
     if head.is_classifier and not head.multi_label and len(built.classes) != max(head.width, 2):
-        raise NncliError(f"{what} names {len(built.classes)} classes; the model has "
-                         f"{head.width} output{'s' if head.width != 1 else ''}", where)
+        raise NncliError(
+            f"{what} names {len(built.classes)} classes; the model has "
+            f"{head.width} output{'s' if head.width != 1 else ''}",
+            where,
+        )
 
 
 def _learn_classes(built, data, read: Read, choice, width: int) -> None:
     """Text labels in a classifier's one target column: the classes, sorted as LabelEncoder sorts them
     (unless the spec or the weights name them), checked against the model's outputs."""
-    from nncli.io.labels import learn_classes
     from nncli.core.losses import BINARY, CLASS
+    from nncli.io.labels import learn_classes
 
     if choice.family not in (CLASS, BINARY):
         return
@@ -1306,8 +1729,11 @@ def _learn_classes(built, data, read: Read, choice, width: int) -> None:
     if built.classes is not None:
         needed = 2 if choice.family == BINARY else width
         if len(built.classes) != needed:
-            raise NncliError(f"the targets have {len(built.classes)} classes ({', '.join(built.classes[:10])}), but the model "
-                             f"{'has ' + str(width) + ' outputs' if choice.family == CLASS else 'is binary (2 classes)'}", source.name)
+            raise NncliError(
+                f"the targets have {len(built.classes)} classes ({', '.join(built.classes[:10])}), but the model "
+                f"{'has ' + str(width) + ' outputs' if choice.family == CLASS else 'is binary (2 classes)'}",
+                source.name,
+            )
 
 
 def _numeric_targets(data, read: Read) -> bool:
@@ -1342,8 +1768,11 @@ def _finite_features(x, first_row: int, source) -> None:
     bad = ~np.isfinite(x)
     if bad.any():
         r, c = np.argwhere(bad)[0]
-        raise NncliError(f"the data holds {x[r, c]} at row {first_row + r}, column {source.feature_names[c]!r}: train needs "
-                         "every feature to be a number (drop or fill that row)", source.name)
+        raise NncliError(
+            f"the data holds {x[r, c]} at row {first_row + r}, column {source.feature_names[c]!r}: train needs "
+            "every feature to be a number (drop or fill that row)",
+            source.name,
+        )
 
 
 def _fit_preprocess(model, built, batches, feature_names) -> None:
@@ -1363,7 +1792,10 @@ def _fit_preprocess(model, built, batches, feature_names) -> None:
         index = {n: i for i, n in enumerate(names)}
         for c in columns:
             if c not in index:
-                raise NncliError(f"`preprocess: {kind}` names {c!r}, which is not a feature (features: {', '.join(names[:20])})", model.spec.path)
+                raise NncliError(
+                    f"`preprocess: {kind}` names {c!r}, which is not a feature (features: {', '.join(names[:20])})",
+                    model.spec.path,
+                )
             chosen.append(index[c])
     n, total, squares, low, high = 0, None, None, None, None
     for x in batches():
@@ -1402,7 +1834,9 @@ def _tensors(built, batch, choice, width: int, source):
     _finite_features(batch.x, batch.first_row, source)
 
     dtype = torch_dtype(built.dtype)
-    return _inputs(built, batch.x), make_targets(choice, batch.y, width, batch.first_row, source.target_names, dtype, built.device, source.name)
+    return _inputs(built, batch.x), make_targets(
+        choice, batch.y, width, batch.first_row, source.target_names, dtype, built.device, source.name
+    )
 
 
 def _early_load(model, data, read: Read, loss: str | None, stack):
@@ -1410,7 +1844,9 @@ def _early_load(model, data, read: Read, loss: str | None, stack):
     torch's import) where the targets' reading is known without the model: the classes from the spec
     or the weights' header, or targets that read as numbers. (source, batches), or None."""
     source = open_data(data, read, want_targets=True)
-    if not model._labels_before_build(source, loss) or (getattr(source, "classes", None) is None and not _numeric_targets(data, read)):
+    if not model._labels_before_build(source, loss) or (
+        getattr(source, "classes", None) is None and not _numeric_targets(data, read)
+    ):
         source.close()
         return None
     stack.callback(source.close)
@@ -1454,16 +1890,45 @@ def _load_raw(built, data, read: Read, choice, width: int, early=None):
         raise _with_label_hint(e, source, choice) from None
     source.close()
     _finite_features(batch.x, batch.first_row, source)
-    y = make_targets(choice, batch.y, width, batch.first_row, source.target_names, torch_dtype(built.dtype), built.device, source.name)
+    y = make_targets(
+        choice,
+        batch.y,
+        width,
+        batch.first_row,
+        source.target_names,
+        torch_dtype(built.dtype),
+        built.device,
+        source.name,
+    )
     return batch.x, y
 
 
-def evaluate(model: Model, data, *, target=None, loss: str | None = None, threshold: float = 0.5, batch_size: int | None = None,
-             read: Read | None = None, progress=None, **more) -> dict:
+def evaluate(
+    model: Model,
+    data,
+    *,
+    target=None,
+    loss: str | None = None,
+    threshold: float = 0.5,
+    batch_size: int | None = None,
+    read: Read | None = None,
+    progress=None,
+    **more,
+) -> dict:
     """The loss (eval mode) and the metrics that fit the loss, in one streaming pass: what `nncli evaluate -f json` prints."""
     import numpy as np
 
-    from nncli.core.metrics import Confusion, MultiLabel, Regression, Scores, actual, class_count, kind_of, predicted, probabilities
+    from nncli.core.metrics import (
+        Confusion,
+        MultiLabel,
+        Regression,
+        Scores,
+        actual,
+        class_count,
+        kind_of,
+        predicted,
+        probabilities,
+    )
     from nncli.io.texts import jsonable
 
     if not hasattr(model, "_signal"):
@@ -1478,8 +1943,11 @@ def evaluate(model: Model, data, *, target=None, loss: str | None = None, thresh
 
     def observer(choice, head):
         kind = kind_of(choice, head.width)
-        state["metrics"] = metrics = {"classes": lambda: Confusion(class_count(choice, head.width)),
-                                      "labels": lambda: MultiLabel(head.width), "regression": Regression}[kind]()
+        state["metrics"] = metrics = {
+            "classes": lambda: Confusion(class_count(choice, head.width)),
+            "labels": lambda: MultiLabel(head.width),
+            "regression": Regression,
+        }[kind]()
         if kind == "regression":
             return metrics.add
         if kind == "labels":
@@ -1497,11 +1965,21 @@ def evaluate(model: Model, data, *, target=None, loss: str | None = None, thresh
     metrics = state["metrics"].report(model.dtype)
     if "scores" in state:
         head_keys = {k: v for k, v in metrics.items() if k not in ("per_class", "confusion_matrix")}
-        metrics = {**head_keys, **state["scores"].report(), "per_class": metrics["per_class"], "confusion_matrix": metrics["confusion_matrix"]}
+        metrics = {
+            **head_keys,
+            **state["scores"].report(),
+            "per_class": metrics["per_class"],
+            "confusion_matrix": metrics["confusion_matrix"],
+        }
     classes = model.built.classes
     if classes is not None and "per_class" in metrics and len(classes) == len(metrics["per_class"]):
         metrics["per_class"] = [{**r, "class": classes[r["class"]]} for r in metrics["per_class"]]
         metrics["classes"] = list(classes)  # the confusion matrix's rows and columns, in order
-    doc = {"loss": jsonable(report.tensor), "loss_fn": report.loss_fn, "loss_from": report.loss_from, "rows": report.rows,
-           **{k: (jsonable(v) if isinstance(v, (float, np.floating)) else v) for k, v in metrics.items()}}
+    doc = {
+        "loss": jsonable(report.tensor),
+        "loss_fn": report.loss_fn,
+        "loss_from": report.loss_from,
+        "rows": report.rows,
+        **{k: (jsonable(v) if isinstance(v, (float, np.floating)) else v) for k, v in metrics.items()},
+    }
     return doc

@@ -27,13 +27,14 @@ import io
 import json
 import os
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
-from nncli.lib.api import Forwards, finite_checks, row_columns
-from nncli.errors import NncliError, UsageError
 from nncli.core.forward import Head, check_threshold, head_of
 from nncli.core.losses import spec_loss
+from nncli.errors import NncliError, UsageError
+from nncli.lib.api import Forwards, finite_checks, row_columns
 
 EXTRA = "pip install 'nncli-torch[onnx]'"
 SUFFIXES = {".onnx": "onnx", ".pt2": "pt2"}
@@ -51,10 +52,22 @@ ONNX_MAX_BYTES = 2**31 - 2**24  # protobuf's 2 GiB limit on one message, less ro
 # onnxruntime's message names an ONNX operator; these are the nncli layers that export to it (for
 # operators that a graph transformation introduces, such as Erf from Gelu, no node carries the name).
 OPERATOR_LAYERS = {
-    "LeakyRelu": ("LeakyReLU",), "Elu": ("ELU",), "Erf": ("GELU",), "Gelu": ("GELU",), "Selu": ("SELU",),
-    "Softplus": ("Softplus",), "Relu": ("ReLU",), "Tanh": ("Tanh",), "Sigmoid": ("Sigmoid", "SiLU"),
-    "Softmax": ("Softmax",), "LogSoftmax": ("LogSoftmax",), "Clip": ("Hardtanh",), "Gemm": ("Linear",),
-    "MatMul": ("Linear",), "BatchNormalization": ("BatchNorm1d",), "LayerNormalization": ("LayerNorm",),
+    "LeakyRelu": ("LeakyReLU",),
+    "Elu": ("ELU",),
+    "Erf": ("GELU",),
+    "Gelu": ("GELU",),
+    "Selu": ("SELU",),
+    "Softplus": ("Softplus",),
+    "Relu": ("ReLU",),
+    "Tanh": ("Tanh",),
+    "Sigmoid": ("Sigmoid", "SiLU"),
+    "Softmax": ("Softmax",),
+    "LogSoftmax": ("LogSoftmax",),
+    "Clip": ("Hardtanh",),
+    "Gemm": ("Linear",),
+    "MatMul": ("Linear",),
+    "BatchNormalization": ("BatchNorm1d",),
+    "LayerNormalization": ("LayerNorm",),
 }
 
 
@@ -62,7 +75,10 @@ def format_of(path: str, option: str = "-o") -> str:
     """'onnx' or 'pt2', from the file's suffix; anything else is refused."""
     suffix = os.path.splitext(os.fspath(path))[1].lower()
     if suffix not in SUFFIXES:
-        raise NncliError(f"{option}: unknown model format {suffix or '(no suffix)'!r}; use .onnx (ONNX) or .pt2 (torch.export)", os.fspath(path))
+        raise NncliError(
+            f"{option}: unknown model format {suffix or '(no suffix)'!r}; use .onnx (ONNX) or .pt2 (torch.export)",
+            os.fspath(path),
+        )
     return SUFFIXES[suffix]
 
 
@@ -130,27 +146,45 @@ class Exported:
     metadata: dict  # as stored (ONNX: each value a string, JSON for lists and dicts)
     caption: str
     opset: int | None = None
-    preprocess: "Standardisation | None" = None  # in the graph
+    preprocess: Standardisation | None = None  # in the graph
     verification: Verification | None = None
     module: Any = None  # the torch module the file was made from (preprocessing included)
     built: Any = None  # nncli.core.model.Model
     threads: int | None = None  # onnxruntime's threads for verification (None: every core)
 
 
-def export(model, path, *, opset: int | None = None, metadata: dict | None = None, preprocess: tuple | None = None,
-           verify: bool = False, option: str = "-o") -> Exported:
+def export(
+    model,
+    path,
+    *,
+    opset: int | None = None,
+    metadata: dict | None = None,
+    preprocess: tuple | None = None,
+    verify: bool = False,
+    option: str = "-o",
+) -> Exported:
     """Export `model` (an nncli.lib.api.Model) to `path` (.onnx or .pt2, by suffix), optionally verified
     first: a model that fails verification is not written (NncliError). Returns what was written."""
     fmt = format_of(path, option)
     if fmt == "onnx":
-        return export_onnx(model, path, opset=opset, metadata=metadata, preprocess=preprocess, verify=verify, option=option)
+        return export_onnx(
+            model, path, opset=opset, metadata=metadata, preprocess=preprocess, verify=verify, option=option
+        )
     if opset is not None:
         raise UsageError("--opset is for ONNX (.onnx) files")
     return export_pt2(model, path, metadata=metadata, preprocess=preprocess, verify=verify, option=option)
 
 
-def export_onnx(model, path, *, opset: int | None = None, metadata: dict | None = None, preprocess: tuple | None = None,
-                verify: bool = False, option: str = "-o") -> Exported:
+def export_onnx(
+    model,
+    path,
+    *,
+    opset: int | None = None,
+    metadata: dict | None = None,
+    preprocess: tuple | None = None,
+    verify: bool = False,
+    option: str = "-o",
+) -> Exported:
     """The model as ONNX (torch's dynamo exporter), batch dimension dynamic, metadata in metadata_props."""
     _check_path(path, option)
     require_onnx()
@@ -158,8 +192,15 @@ def export_onnx(model, path, *, opset: int | None = None, metadata: dict | None 
     return _finish(exported, path, verify, option)
 
 
-def export_pt2(model, path, *, metadata: dict | None = None, preprocess: tuple | None = None, verify: bool = False,
-               option: str = "-o") -> Exported:
+def export_pt2(
+    model,
+    path,
+    *,
+    metadata: dict | None = None,
+    preprocess: tuple | None = None,
+    verify: bool = False,
+    option: str = "-o",
+) -> Exported:
     """The model as a torch.export ExportedProgram (.pt2), batch dimension dynamic, metadata in `nncli.json`."""
     _check_path(path, option)
     exported = build_export(model, "pt2", metadata=metadata, preprocess=preprocess, where=os.fspath(path))
@@ -189,8 +230,15 @@ def write(exported: Exported, path, option: str = "-o") -> None:
         f.write(exported.data)
 
 
-def build_export(model, fmt: str, *, opset: int | None = None, metadata: dict | None = None, preprocess: tuple | None = None,
-                 where: str | None = None) -> Exported:
+def build_export(
+    model,
+    fmt: str,
+    *,
+    opset: int | None = None,
+    metadata: dict | None = None,
+    preprocess: tuple | None = None,
+    where: str | None = None,
+) -> Exported:
     """Export to bytes in memory (nothing is written): 'onnx' or 'pt2'."""
     if fmt not in ("onnx", "pt2"):
         raise UsageError(f"format must be onnx or pt2, got {fmt!r}")
@@ -203,12 +251,16 @@ def build_export(model, fmt: str, *, opset: int | None = None, metadata: dict | 
         raise UsageError(f"export traces the model on the cpu; load it with device='cpu' (it is on {built.device})")
     width = built.layers[0].in_width if built.layers else getattr(model, "_width", None)
     if width is None:
-        raise NncliError("the number of input features is unknown (the spec fixes none): give --inputs N", model.spec.path)
+        raise NncliError(
+            "the number of input features is unknown (the spec fixes none): give --inputs N", model.spec.path
+        )
     if preprocess is None and hasattr(model, "_check_preprocess"):
         model._check_preprocess()  # a spec that asks for preprocessing has its statistics (saved by train)
     given = dict(metadata or {})
     classes = given.get("classes", getattr(built, "classes", None))
-    head = head_of(built.layers, width, spec_loss(model.spec.loss, model.spec.path), list(classes) if classes is not None else None)
+    head = head_of(
+        built.layers, width, spec_loss(model.spec.loss, model.spec.path), list(classes) if classes is not None else None
+    )
     name = output_name(head)
     pre = _preprocess(preprocess if preprocess is not None else getattr(built, "preprocess", None), width)
     store = _metadata(model, built, width, head, name, pre, classes, given)
@@ -218,7 +270,22 @@ def build_export(model, fmt: str, *, opset: int | None = None, metadata: dict | 
         _load_check(data, built, model.threads, where)
     else:
         data, got_opset = _pt2_bytes(module, built, width, store), None
-    return Exported(fmt, data, built.dtype, width, head, name, store, built.caption, got_opset, pre, None, module, built, model.threads)
+    return Exported(
+        fmt,
+        data,
+        built.dtype,
+        width,
+        head,
+        name,
+        store,
+        built.caption,
+        got_opset,
+        pre,
+        None,
+        module,
+        built,
+        model.threads,
+    )
 
 
 @dataclass
@@ -242,7 +309,11 @@ def _preprocess(preprocess, width: int) -> Standardisation | None:
     if preprocess is None:
         return None
     if hasattr(preprocess, "shift") and hasattr(preprocess, "scale"):
-        pairs, kind, columns = (("shift", preprocess.shift), ("scale", preprocess.scale)), preprocess.kind, list(preprocess.columns)
+        pairs, kind, columns = (
+            (("shift", preprocess.shift), ("scale", preprocess.scale)),
+            preprocess.kind,
+            list(preprocess.columns),
+        )
     else:
         try:
             mean, std = preprocess
@@ -261,7 +332,9 @@ def _preprocess(preprocess, width: int) -> Standardisation | None:
         divisor = label in ("std", "scale")
         bad = next((i for i, v in enumerate(items) if not math.isfinite(v) or (divisor and v <= 0)), None)
         if bad is not None:
-            raise NncliError(f"preprocess {label}[{bad}] is {items[bad]}; it must be {'finite and above 0' if divisor else 'finite'}")
+            raise NncliError(
+                f"preprocess {label}[{bad}] is {items[bad]}; it must be {'finite and above 0' if divisor else 'finite'}"
+            )
         values.append(items)
     return Standardisation(values[0], values[1], kind, columns)
 
@@ -274,7 +347,9 @@ def _flat(values) -> list:
     return list(values)
 
 
-def _metadata(model, built, width: int, head: Head, name: str, pre: Standardisation | None, classes, given: dict) -> dict:
+def _metadata(
+    model, built, width: int, head: Head, name: str, pre: Standardisation | None, classes, given: dict
+) -> dict:
     """nncli's version, the spec, the head, forward's column names, the classes and the preprocessing
     when there are any; then the caller's entries, which win (but for `preprocess`, which must
     describe the graph). Strings, as ONNX's metadata_props hold them (JSON for the rest)."""
@@ -310,7 +385,9 @@ def read_metadata(path) -> dict:
     """The metadata an exported file carries, JSON values decoded (ONNX: metadata_props; .pt2: nncli.json)."""
     fmt = format_of(path, "the model file")
     if not os.path.isfile(os.fspath(path)):
-        raise NncliError("no such file" if not os.path.exists(os.fspath(path)) else "not a regular file", os.fspath(path))
+        raise NncliError(
+            "no such file" if not os.path.exists(os.fspath(path)) else "not a regular file", os.fspath(path)
+        )
     if fmt == "onnx":
         require_onnx("reading ONNX metadata", ("onnx",))
         import onnx
@@ -362,7 +439,9 @@ def _pt2_metadata(path: str) -> dict:
         except KeyError:
             return {}  # a .pt2 nncli did not write
         if info.file_size > PT2_MAX_METADATA:
-            raise NncliError(f"{PT2_METADATA} takes {info.file_size:,} bytes; nncli writes at most {PT2_MAX_METADATA:,}", path)
+            raise NncliError(
+                f"{PT2_METADATA} takes {info.file_size:,} bytes; nncli writes at most {PT2_MAX_METADATA:,}", path
+            )
         try:
             raw = json.loads(archive.read(info).decode("utf-8"))
         except Exception as e:  # noqa: BLE001  zlib, CRC, UTF-8 and JSON errors alike: the entry is damaged
@@ -384,19 +463,31 @@ def load_pt2(source, where: str | None = None):
     archive, top = _pt2_archive(io.BytesIO(data), where)
     with archive:
         for info in archive.infolist():
-            name = info.filename[len(top):]
+            name = info.filename[len(top) :]
             if name.startswith("data/aotinductor/"):
-                raise NncliError(f"refused: {info.filename} is compiled code (AOTInductor); nncli loads only torch.export programs", where)
+                raise NncliError(
+                    f"refused: {info.filename} is compiled code (AOTInductor); nncli loads only torch.export programs",
+                    where,
+                )
             if name.endswith("_config.json") and name.startswith(("data/weights/", "data/constants/")):
                 _check_payloads(archive, info, where)
-            elif name.endswith(PT2_PICKLED) or name.startswith("data/constants/") and not name.startswith("data/constants/tensor_"):
+            elif (
+                name.endswith(PT2_PICKLED)
+                or name.startswith("data/constants/")
+                and not name.startswith("data/constants/tensor_")
+            ):
                 try:
                     torch.load(io.BytesIO(archive.read(info)), weights_only=True)
                 except Exception as e:  # noqa: BLE001  the unpickler's refusal, or a damaged member
-                    found = re.search(r"GLOBAL\s+([A-Za-z_][\w.]*)", str(e))  # what it holds, never torch's unsafe way round
+                    found = re.search(
+                        r"GLOBAL\s+([A-Za-z_][\w.]*)", str(e)
+                    )  # what it holds, never torch's unsafe way round
                     what = f" ({found.group(1)})" if found else ""
-                    raise NncliError(f"refused: {info.filename} holds Python objects other than tensors{what}; "
-                                     "nncli never unpickles them", where) from None
+                    raise NncliError(
+                        f"refused: {info.filename} holds Python objects other than tensors{what}; "
+                        "nncli never unpickles them",
+                        where,
+                    ) from None
     try:
         with _quiet():
             return torch.export.load(io.BytesIO(data))
@@ -416,7 +507,10 @@ def _check_payloads(archive, info, where) -> None:
     constants = "/data/constants/" in "/" + info.filename
     for fqn, path_name, pickled in entries:
         if pickled is not False or constants and not str(path_name).startswith("tensor_"):
-            raise NncliError(f"refused: {fqn} in {info.filename} is stored as a pickle or an object; nncli loads plain tensors only", where)
+            raise NncliError(
+                f"refused: {fqn} in {info.filename} is stored as a pickle or an object; nncli loads plain tensors only",
+                where,
+            )
 
 
 def _read_all(path: str) -> bytes:
@@ -446,6 +540,7 @@ def _exportable(built, pre: Standardisation | None):
     from nncli.core.model import torch_dtype
 
     if "class" not in _EXPORTABLE:
+
         class Exportable(nn.Sequential):
             def forward(self, features):  # the argument's name is the graph input's name
                 if self.standardise:
@@ -511,25 +606,41 @@ def _dynamic_batch():
     return ({0: torch.export.Dim("batch")},)
 
 
-def _onnx_bytes(module, built, width: int, name: str, opset: int | None, store: dict, where: str | None) -> tuple[bytes, int]:
+def _onnx_bytes(
+    module, built, width: int, name: str, opset: int | None, store: dict, where: str | None
+) -> tuple[bytes, int]:
     import torch
 
     size = sum(t.numel() * t.element_size() for t in module.state_dict().values())
     if size > ONNX_MAX_BYTES:
-        raise NncliError(f"the model's tensors take {size / 2**30:.1f} GiB; an ONNX file holds at most 2 GiB "
-                         "in one piece: export .pt2 instead", where)
+        raise NncliError(
+            f"the model's tensors take {size / 2**30:.1f} GiB; an ONNX file holds at most 2 GiB "
+            "in one piece: export .pt2 instead",
+            where,
+        )
     with _eval_mode(module), _quiet():
         try:
-            program = torch.onnx.export(module, (_example(built, width),), dynamo=True, input_names=[INPUT_NAME],
-                                        output_names=[name], dynamic_shapes=_dynamic_batch(), opset_version=opset,
-                                        verbose=False, external_data=False)
+            program = torch.onnx.export(
+                module,
+                (_example(built, width),),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=[name],
+                dynamic_shapes=_dynamic_batch(),
+                opset_version=opset,
+                verbose=False,
+                external_data=False,
+            )
             proto = program.model_proto
         except Exception as e:  # noqa: BLE001  the exporter's many error types: one line, the first of its message
             raise NncliError(f"the ONNX exporter failed: {_first_line(e)}", where) from None
     got = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is not None and got != opset:
-        raise NncliError(f"--opset {opset}: the exporter cannot write this model in ONNX opset {opset} (it gave opset {got}); "
-                         "try 18 or later, or leave --opset out", where)
+        raise NncliError(
+            f"--opset {opset}: the exporter cannot write this model in ONNX opset {opset} (it gave opset {got}); "
+            "try 18 or later, or leave --opset out",
+            where,
+        )
     proto.doc_string = f"{built.caption}, exported by nncli {store['nncli_version']}"
     for key, value in store.items():
         entry = proto.metadata_props.add()
@@ -543,7 +654,9 @@ def _pt2_bytes(module, built, width: int, store: dict) -> bytes:
     with _eval_mode(module), _quiet():
         program = torch.export.export(module, (_example(built, width),), dynamic_shapes=_dynamic_batch())
         buffer = io.BytesIO()
-        torch.export.save(program, buffer, extra_files={PT2_METADATA: json.dumps({k: _decoded(v) for k, v in store.items()})})
+        torch.export.save(
+            program, buffer, extra_files={PT2_METADATA: json.dumps({k: _decoded(v) for k, v in store.items()})}
+        )
     return buffer.getvalue()
 
 
@@ -556,7 +669,9 @@ def _session(data, threads: int | None = None, spinning: bool = True):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 4  # fatal only: its errors become nncli's one line, its warnings are about its own graph rewrites
+    options.log_severity_level = (
+        4  # fatal only: its errors become nncli's one line, its warnings are about its own graph rewrites
+    )
     if threads is not None:
         options.intra_op_num_threads = threads
     if not spinning:
@@ -588,13 +703,18 @@ def _load_check(data: bytes, built, threads: int | None, where: str | None) -> N
         missing = re.search(r"Could not find an implementation for (\w+)\((\d+)\)", text)
         if missing:
             op = missing[1]
-            layers = [f"{layer.index} ({layer.type})" for layer in built.layers if layer.type in OPERATOR_LAYERS.get(op, ())]
+            layers = [
+                f"{layer.index} ({layer.type})" for layer in built.layers if layer.type in OPERATOR_LAYERS.get(op, ())
+            ]
             if len(layers) == 1:
                 needs = f", which layer {layers[0]} needs"
             else:
                 needs = f", which layers {', '.join(layers[:-1])} and {layers[-1]} need" if layers else ""
-            raise NncliError(f"onnxruntime {ort.__version__} has no {built.dtype} kernel for the ONNX operator {op}{needs}: "
-                             f"export float32 ONNX, or {built.dtype} as .pt2 (torch.export)", where) from None
+            raise NncliError(
+                f"onnxruntime {ort.__version__} has no {built.dtype} kernel for the ONNX operator {op}{needs}: "
+                f"export float32 ONNX, or {built.dtype} as .pt2 (torch.export)",
+                where,
+            ) from None
         raise NncliError(f"onnxruntime cannot load the exported model: {_first_line(e)}", where) from None
 
 
@@ -627,6 +747,7 @@ def check(exported: Exported, rows: tuple = VERIFY_ROWS, seed: int = VERIFY_SEED
         def run(x):
             with torch.no_grad():
                 return loaded(x).numpy()
+
     generator = torch.Generator().manual_seed(seed)
     module = exported.built.module
     with _eval_mode(module), torch.no_grad():
@@ -647,7 +768,10 @@ def check(exported: Exported, rows: tuple = VERIFY_ROWS, seed: int = VERIFY_SEED
 
 def _batch_sizes(exported: Exported, rows: tuple) -> list[int]:
     """BatchNorm1d without running statistics normalises by the batch's own: PyTorch refuses one row."""
-    batch_stats = any(layer.type == "BatchNorm1d" and not layer.kwargs.get("track_running_stats", True) for layer in exported.built.layers)
+    batch_stats = any(
+        layer.type == "BatchNorm1d" and not layer.kwargs.get("track_running_stats", True)
+        for layer in exported.built.layers
+    )
     return [max(n, 2) if batch_stats else n for n in rows]
 
 
@@ -742,8 +866,11 @@ class OnnxModel(Forwards):
             self.classes = checked_classes(self.metadata["classes"], "classes", self.path)
             h = self.head
             if h.is_classifier and not h.multi_label and len(self.classes) != max(h.width, 2):  # forward.head_of's rule
-                raise NncliError(f"the metadata 'classes' names {len(self.classes)} classes; the model has "
-                                 f"{h.width} output{'s' if h.width != 1 else ''}", self.path)
+                raise NncliError(
+                    f"the metadata 'classes' names {len(self.classes)} classes; the model has "
+                    f"{h.width} output{'s' if h.width != 1 else ''}",
+                    self.path,
+                )
         name = self.metadata.get("spec") or os.path.splitext(os.path.basename(self.path))[0]
         self.built = OnnxBuilt(f"{name} ({os.path.basename(self.path)}, onnxruntime, {self.dtype})", self.dtype)
 
@@ -757,15 +884,25 @@ class OnnxModel(Forwards):
             import numpy as np
 
             probe = np.zeros((1, self.width or 1), dtype=self.dtype)
-            width = int(np.asarray(run_session(self.session, [self.output], {self.input: probe}, self.path)[0]).reshape(1, -1).shape[1])
+            width = int(
+                np.asarray(run_session(self.session, [self.output], {self.input: probe}, self.path)[0])
+                .reshape(1, -1)
+                .shape[1]
+            )
         if "head" not in self.metadata:
             return Head("plain", width)  # not a file nncli exported: plain outputs
         given = _metadata_head(self.metadata["head"], self.path)
         if given.width != width:
-            raise NncliError(f"the file's nncli metadata gives the output {given.width:,} columns; its graph gives {width:,}", self.path)
+            raise NncliError(
+                f"the file's nncli metadata gives the output {given.width:,} columns; its graph gives {width:,}",
+                self.path,
+            )
         if output_name(given) != self.output:  # nncli names the graph's output by its head
-            raise NncliError(f"the metadata 'head' ({given.kind}{', link ' + given.link if given.link else ''}) does not fit "
-                             f"the graph's output {self.output!r}", self.path)
+            raise NncliError(
+                f"the metadata 'head' ({given.kind}{', link ' + given.link if given.link else ''}) does not fit "
+                f"the graph's output {self.output!r}",
+                self.path,
+            )
         return given
 
     @property
@@ -781,19 +918,30 @@ class OnnxModel(Forwards):
             return Head(h.kind, h.width, h.link, tuple(self.classes))
         return h
 
-    def forward_frames(self, data, *, threshold: float = 0.5, batch_size: int | None = None, read=None,
-                       progress: Callable | None = None, class_names: bool = True, source_column: str | None = None) -> "OnnxRun":
+    def forward_frames(
+        self,
+        data,
+        *,
+        threshold: float = 0.5,
+        batch_size: int | None = None,
+        read=None,
+        progress: Callable | None = None,
+        class_names: bool = True,
+        source_column: str | None = None,
+    ) -> OnnxRun:
         """forward, batch by batch, as api.Model.forward_frames: an OnnxRun whose `frames()` yields (names, columns)."""
-        from nncli.lib.api import Read, _target_hint, open_data
         from nncli.constants import DEFAULT_BATCH_ROWS
-        from nncli.io.reading import prefetched
         from nncli.io.frames import is_table
+        from nncli.io.reading import prefetched
+        from nncli.lib.api import Read, _target_hint, open_data
 
         read = read or Read()
         source = open_data(data, read, want_targets=False)
         if self.width is not None and source.n_features != self.width:
             source.close()
-            error = NncliError(f"the model expects {self.width} features; {source.name} has {source.n_features}", self.path)
+            error = NncliError(
+                f"the model expects {self.width} features; {source.name} has {source.n_features}", self.path
+            )
             error.what += _target_hint(error, read)
             error.args = (error.message,)
             raise error
@@ -821,6 +969,7 @@ HEAD_KINDS = ("sigmoid", "softmax", "logsoftmax", "plain")
 def _metadata_head(value, path: str) -> Head:
     """The `head` nncli wrote ({"kind", "width", "link"}), checked strictly: a value that did not fit
     (width 3.5, "3", true, a missing width) was ignored and the outputs shown as plain columns."""
+
     def refuse(why: str):
         return NncliError(f"the metadata 'head' {why}", path)
 
@@ -906,7 +1055,9 @@ def _int(value) -> int | None:
 class OnnxRun:
     """An open forward pass through onnxruntime: `frames()` yields (names, columns) per batch, as api.ForwardRun."""
 
-    def __init__(self, model: OnnxModel, head: Head, source, batches, threshold: float, source_column: str | None = None) -> None:
+    def __init__(
+        self, model: OnnxModel, head: Head, source, batches, threshold: float, source_column: str | None = None
+    ) -> None:
         self.model, self.built, self.head, self.source = model, model.built, head, source
         self.batches, self.threshold, self.source_column = batches, check_threshold(threshold), source_column
         self.names = ([source_column] if source_column else []) + ([source.id_name] if source.id_name else [])

@@ -96,7 +96,9 @@ def hist_exponent(lo: float, hi: float) -> int:
     e = floor
     half = hi / 2 - lo / 2  # half the span: hi - lo itself may overflow
     if half > 0:
-        e = max(floor, math.ceil(math.log2(half / HIST_BINS)))  # a lower bound: any finer bins number more than HIST_BINS
+        e = max(
+            floor, math.ceil(math.log2(half / HIST_BINS))
+        )  # a lower bound: any finer bins number more than HIST_BINS
     while _bins_needed(lo, hi, e) > HIST_BINS:
         e += 1
     return e
@@ -121,7 +123,9 @@ class HistogramBuilder:
         h = self.hist
         if h.counts is not None and e != h.exponent:
             shift = min(e - h.exponent, 63)
-            old = np.right_shift(np.arange(h.start, h.start + len(h.counts), dtype=np.int64), shift)  # floor(k / 2**shift)
+            old = np.right_shift(
+                np.arange(h.start, h.start + len(h.counts), dtype=np.int64), shift
+            )  # floor(k / 2**shift)
             start = int(old[0])
             h.counts = np.bincount(old - start, weights=h.counts, minlength=int(old[-1]) - start + 1).astype(np.int64)
             h.start = start
@@ -131,7 +135,7 @@ class HistogramBuilder:
         stop = int(k.max()) + 1 if h.counts is None else max(h.start + len(h.counts), int(k.max()) + 1)
         counts = np.zeros(stop - start, dtype=np.int64)
         if h.counts is not None:
-            counts[h.start - start:h.start - start + len(h.counts)] = h.counts
+            counts[h.start - start : h.start - start + len(h.counts)] = h.counts
         counts += np.bincount(k - start, minlength=stop - start)
         h.counts, h.start = counts, start
 
@@ -223,23 +227,36 @@ def _pick_rows(batches, ranges: list, name: str):
         for start, stop in ranges:
             lo, hi = max(start, first), min(stop, first + n)
             if lo < hi:
-                xs.append(batch.x[lo - first:hi - first])
-                ys.append(None if batch.y is None else batch.y[lo - first:hi - first])
+                xs.append(batch.x[lo - first : hi - first])
+                ys.append(None if batch.y is None else batch.y[lo - first : hi - first])
                 got.extend(range(lo, hi))
         if seen >= last:
             break
     wanted = sum(stop - start for start, stop in ranges)
     if len(got) < wanted:
         missing = next(max(start, seen) for start, stop in ranges if stop > seen)
-        raise NncliError(f"--rows: there is no row {missing}; the data has {seen:,} row{'s' if seen != 1 else ''}"
-                         + (f" (0 to {seen - 1})" if seen else ""), name)
+        raise NncliError(
+            f"--rows: there is no row {missing}; the data has {seen:,} row{'s' if seen != 1 else ''}"
+            + (f" (0 to {seen - 1})" if seen else ""),
+            name,
+        )
     x = np.ascontiguousarray(np.concatenate(xs))
     y = None if not ys or ys[0] is None else np.concatenate(ys)
     return x, y, got
 
 
-def trace(model, data, *, rows=None, mode: str = "eval", grad: bool = False, target=None, loss: str | None = None, read=None,
-          **more) -> TraceResult:
+def trace(
+    model,
+    data,
+    *,
+    rows=None,
+    mode: str = "eval",
+    grad: bool = False,
+    target=None,
+    loss: str | None = None,
+    read=None,
+    **more,
+) -> TraceResult:
     """Run the chosen rows (default: the first) through the layers one by one, keeping every output.
 
     The rows form one batch, `x = X[rows]`, and `for layer in model: x = layer(x)` is all that
@@ -248,11 +265,11 @@ def trace(model, data, *, rows=None, mode: str = "eval", grad: bool = False, tar
     output's gradient kept (`retain_grad()`), the input's too."""
     import torch
 
-    from nncli.lib.api import _train
     from nncli.core.backprop import run_module
     from nncli.core.forward import head_of, to_tensor
     from nncli.core.losses import make_targets
     from nncli.core.model import torch_dtype
+    from nncli.lib.api import _train
 
     train = _train(mode)
     ranges = parse_rows(rows)
@@ -275,7 +292,7 @@ def trace(model, data, *, rows=None, mode: str = "eval", grad: bool = False, tar
         head = head_of(built.layers, source.n_features)
         choice = model.choose_loss(loss, head)
         for i, r in enumerate(picked):  # each target checked with its own row number in messages
-            make_targets(choice, y_rows[i:i + 1], head.width, r, source.target_names, dtype, device, source.name)
+            make_targets(choice, y_rows[i : i + 1], head.width, r, source.target_names, dtype, device, source.name)
         targets = make_targets(choice, y_rows, head.width, picked[0], source.target_names, dtype, device, source.name)
     x = to_tensor(x_rows, dtype, device)
     stages = [Stage(None, "input", f"input ({x.shape[1]})", x)]
@@ -412,9 +429,20 @@ class _StageAccumulator:
     def result(self) -> LayerStats:
         m = self.moments
         some = m.n > 0
-        stats = LayerStats(self.index, self.type, self.label, self.units or 0, self.rows, m.n, m.nonfinite,
-                           m.mean if some else None, math.sqrt(max(m.m2, 0.0) / m.n) if some else None,
-                           m.lo if some else None, m.hi if some else None, self.hist.hist)
+        stats = LayerStats(
+            self.index,
+            self.type,
+            self.label,
+            self.units or 0,
+            self.rows,
+            m.n,
+            m.nonfinite,
+            m.mean if some else None,
+            math.sqrt(max(m.m2, 0.0) / m.n) if some else None,
+            m.lo if some else None,
+            m.hi if some else None,
+            self.hist.hist,
+        )
         if self.zero is not None and self.rows:
             stats.zero_per_unit = self.zero / self.rows
             stats.zero_fraction = float(self.zero.sum()) / (self.rows * self.units)
@@ -436,19 +464,31 @@ def _float64():
     return torch.float64
 
 
-def stats(model, data, *, target=None, loss: str | None = None, mode: str = "eval", batch_size: int | None = None,
-          lr: float = DEFAULT_LR, vanishing: float = VANISHING, exploding: float = EXPLODING, read=None, progress=None,
-          **more) -> StatsResult:
+def stats(
+    model,
+    data,
+    *,
+    target=None,
+    loss: str | None = None,
+    mode: str = "eval",
+    batch_size: int | None = None,
+    lr: float = DEFAULT_LR,
+    vanishing: float = VANISHING,
+    exploding: float = EXPLODING,
+    read=None,
+    progress=None,
+    **more,
+) -> StatsResult:
     """Every layer's activations over every row, batch by batch (memory bounded by a batch): mean,
     std, min, max, a histogram, dead and saturated units. With a target, each parameter's gradient
     of the loss (the one `nncli grads` computes in the same mode and batches), its norm, the ratio
     of an SGD step's update (lr × ‖grad‖) to the weight's norm, and vanishing/exploding flags."""
     import torch
 
-    from nncli.lib.api import _check_rate, _train, rows_per_batch
     from nncli.core.backprop import compute_loss, gradients, run_module
     from nncli.core.forward import head_of, to_tensor
     from nncli.core.model import torch_dtype
+    from nncli.lib.api import _check_rate, _train, rows_per_batch
 
     train = _train(mode)
     _check_rate(lr, "lr")
@@ -456,7 +496,9 @@ def stats(model, data, *, target=None, loss: str | None = None, mode: str = "eva
         _check_rate(value, name)
     read = _read(read, target, more)
     want = bool(read.target or read.targets_file)
-    built, source, batches = model._open(data, read, want_targets=want, rows=lambda b: rows_per_batch(b, train, batch_size))
+    built, source, batches = model._open(
+        data, read, want_targets=want, rows=lambda b: rows_per_batch(b, train, batch_size)
+    )
     module = built.module
     if progress:
         batches = progress(batches, source)
@@ -479,9 +521,23 @@ def stats(model, data, *, target=None, loss: str | None = None, mode: str = "eva
             head = head_of(built.layers, source.n_features)
             choice = model.choose_loss(loss, head)
             backward = any(p.requires_grad for p in module.parameters())  # no parameters: the loss, and no gradients
-            outcome = compute_loss(built, head, batches, choice, reduction="mean", train=train, backward=backward,
-                                   target_names=source.target_names, source=source.name)
-            result.loss, result.loss_fn, result.loss_from, result.rows = outcome.loss, outcome.loss_fn, choice.source, outcome.rows
+            outcome = compute_loss(
+                built,
+                head,
+                batches,
+                choice,
+                reduction="mean",
+                train=train,
+                backward=backward,
+                target_names=source.target_names,
+                source=source.name,
+            )
+            result.loss, result.loss_fn, result.loss_from, result.rows = (
+                outcome.loss,
+                outcome.loss_fn,
+                choice.source,
+                outcome.rows,
+            )
             grads = gradients(module)
             result.params = []
             for name, p in module.named_parameters():
@@ -491,8 +547,18 @@ def stats(model, data, *, target=None, loss: str | None = None, mode: str = "eva
                 g_norm, w_norm = float(g.norm()), float(w.norm())
                 flag = "vanishing" if g_norm < vanishing else ("exploding" if g_norm > exploding else None)
                 index = int(name.split(".")[0])
-                result.params.append(ParamGrad(name, index, built.layers[index].type, list(p.shape), g_norm, w_norm,
-                                               lr * g_norm / w_norm if w_norm > 0 else None, flag))
+                result.params.append(
+                    ParamGrad(
+                        name,
+                        index,
+                        built.layers[index].type,
+                        list(p.shape),
+                        g_norm,
+                        w_norm,
+                        lr * g_norm / w_norm if w_norm > 0 else None,
+                        flag,
+                    )
+                )
         else:
             dtype, device = torch_dtype(built.dtype), built.device
             module.train(train)
@@ -508,13 +574,25 @@ def stats(model, data, *, target=None, loss: str | None = None, mode: str = "eva
     result.layers = [a.result() for a in accumulators]
     odd = next((s for s in result.layers if s.nonfinite), None)
     if odd is not None:
-        warnings.warn(f"{odd.label} holds {odd.nonfinite:,} NaN or infinite value{'s' if odd.nonfinite != 1 else ''}: mean, std, min, max "
-                      "and the histograms count the finite ones", NncliWarning, stacklevel=2)
-    for s in result.layers:  # finite values whose mean or variance overflows float64 (torch's .mean() and .std() give inf too)
-        over = [name for name in ("mean", "std") if getattr(s, name) is not None and not math.isfinite(getattr(s, name))]
+        warnings.warn(
+            f"{odd.label} holds {odd.nonfinite:,} NaN or infinite value{'s' if odd.nonfinite != 1 else ''}: mean, std, min, max "
+            "and the histograms count the finite ones",
+            NncliWarning,
+            stacklevel=2,
+        )
+    for s in (
+        result.layers
+    ):  # finite values whose mean or variance overflows float64 (torch's .mean() and .std() give inf too)
+        over = [
+            name for name in ("mean", "std") if getattr(s, name) is not None and not math.isfinite(getattr(s, name))
+        ]
         if over:
-            warnings.warn(f"{s.label}: the {' and '.join(over)} of its values overflow{'s' if len(over) == 1 else ''} float64 "
-                          f"(values up to {max(abs(s.min), abs(s.max)):g}): shown as inf, null in JSON", NncliWarning, stacklevel=2)
+            warnings.warn(
+                f"{s.label}: the {' and '.join(over)} of its values overflow{'s' if len(over) == 1 else ''} float64 "
+                f"(values up to {max(abs(s.min), abs(s.max)):g}): shown as inf, null in JSON",
+                NncliWarning,
+                stacklevel=2,
+            )
     return result
 
 
@@ -594,8 +672,20 @@ def _sample(total: int, k: int, seed: int):
     return sorted(chosen)
 
 
-def gradcheck(model, data, *, target=None, loss: str | None = None, eps: float = EPS, atol: float = ATOL, rtol: float = RTOL,
-              max_checks: int | None = None, mode: str = "eval", read=None, **more) -> GradcheckResult:
+def gradcheck(
+    model,
+    data,
+    *,
+    target=None,
+    loss: str | None = None,
+    eps: float = EPS,
+    atol: float = ATOL,
+    rtol: float = RTOL,
+    max_checks: int | None = None,
+    mode: str = "eval",
+    read=None,
+    **more,
+) -> GradcheckResult:
     """Autograd's gradient of the loss (mean over every row of DATA) beside central differences,
     (f(p + eps) − f(p − eps)) / (2·eps), perturbing one value at a time in place as
     torch.autograd.gradcheck does; a value passes where |a − n| ≤ atol + rtol·|n|, its rule.
@@ -603,18 +693,25 @@ def gradcheck(model, data, *, target=None, loss: str | None = None, eps: float =
     import numpy as np
     import torch
 
-    from nncli.lib.api import _train
     from nncli.core.backprop import run_module
     from nncli.core.forward import head_of, to_tensor
     from nncli.core.losses import make_targets
     from nncli.core.model import torch_dtype
+    from nncli.lib.api import _train
 
     if model.dtype != "float64":
-        raise UsageError("gradcheck needs a float64 model (finite differences in float32 are noise): load it with dtype='float64'")
+        raise UsageError(
+            "gradcheck needs a float64 model (finite differences in float32 are noise): load it with dtype='float64'"
+        )
     for name, value in (("eps", eps), ("atol", atol), ("rtol", rtol)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0) or (name == "eps" and value == 0):
-            raise UsageError(f"--{name} must be a finite number above 0, got {value}" if name == "eps" else
-                             f"--{name} must be a finite number at or above 0, got {value}")
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0) or (
+            name == "eps" and value == 0
+        ):
+            raise UsageError(
+                f"--{name} must be a finite number above 0, got {value}"
+                if name == "eps"
+                else f"--{name} must be a finite number at or above 0, got {value}"
+            )
     if max_checks is not None and max_checks < 1:
         raise UsageError(f"--max-checks must be at least 1, got {max_checks}")
     train = _train(mode)
@@ -633,20 +730,26 @@ def gradcheck(model, data, *, target=None, loss: str | None = None, eps: float =
     if train:
         dropout = [layer for layer in built.layers if layer.type == "Dropout" and layer.kwargs["p"] > 0]
         if dropout:
-            raise UsageError(f"layers[{dropout[0].index}] (Dropout) draws a new mask at every call in train mode, so finite "
-                             "differences measure noise: use --mode eval")
+            raise UsageError(
+                f"layers[{dropout[0].index}] (Dropout) draws a new mask at every call in train mode, so finite "
+                "differences measure noise: use --mode eval"
+            )
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     total = sum(p.numel() for _, p in named)
     if total == 0:
         raise NncliError("the model has no parameters to check", model.spec.path)
     if max_checks is None and total > MAX_CHECKS:
-        raise UsageError(f"the model has {total:,} parameters and gradcheck runs the model twice for each; give --max-checks N "
-                         f"to check N of them, drawn at random with the seed (at most {MAX_CHECKS:,} are checked without it)")
+        raise UsageError(
+            f"the model has {total:,} parameters and gradcheck runs the model twice for each; give --max-checks N "
+            f"to check N of them, drawn at random with the seed (at most {MAX_CHECKS:,} are checked without it)"
+        )
     dtype, device = torch_dtype(built.dtype), built.device
     head = head_of(built.layers, source.n_features)
     choice = model.choose_loss(loss, head)
     x = to_tensor(batch.x, dtype, device)
-    targets = make_targets(choice, batch.y, head.width, batch.first_row, source.target_names, dtype, device, source.name)
+    targets = make_targets(
+        choice, batch.y, head.width, batch.first_row, source.target_names, dtype, device, source.name
+    )
     fn = choice.function("mean")
     module.train(train)
 
@@ -685,10 +788,32 @@ def gradcheck(model, data, *, target=None, loss: str | None = None, eps: float =
                 entry[i] = orig
                 numerical[j] = float((b - a) / (2 * eps))
             index = int(name.split(".")[0])
-            checks.append(ParamCheck(name, index, built.layers[index].type, list(p.shape), n, flat,
-                                     grad[torch.from_numpy(flat).to(grad.device)].double().cpu().numpy(), numerical))
-    return GradcheckResult(checks, eps, atol, rtol, total, sum(len(c.indices) for c in checks), sampled, value.detach(),
-                           choice.label, choice.source, len(batch), mode)
+            checks.append(
+                ParamCheck(
+                    name,
+                    index,
+                    built.layers[index].type,
+                    list(p.shape),
+                    n,
+                    flat,
+                    grad[torch.from_numpy(flat).to(grad.device)].double().cpu().numpy(),
+                    numerical,
+                )
+            )
+    return GradcheckResult(
+        checks,
+        eps,
+        atol,
+        rtol,
+        total,
+        sum(len(c.indices) for c in checks),
+        sampled,
+        value.detach(),
+        choice.label,
+        choice.source,
+        len(batch),
+        mode,
+    )
 
 
 # -- summary ---------------------------------------------------------------------------------------
@@ -786,7 +911,9 @@ def _inferred(layer) -> dict:
     return {} if given else {name: layer.kwargs[name]}
 
 
-def summary(model, *, batch_size: int = DEFAULT_SUMMARY_BATCH, optimizer: str = "sgd", momentum: float | None = None) -> Summary:
+def summary(
+    model, *, batch_size: int = DEFAULT_SUMMARY_BATCH, optimizer: str = "sgd", momentum: float | None = None
+) -> Summary:
     """Counts, mult-adds and memory from the spec alone: nothing is allocated, so a spec of 10^16
     parameters is summarised in a moment."""
     if optimizer not in OPTIMIZERS:
@@ -805,12 +932,45 @@ def summary(model, *, batch_size: int = DEFAULT_SUMMARY_BATCH, optimizer: str = 
         written = layer.spec.written
         args = ", ".join([f"{k}={v} (inferred)" for k, v in inferred.items()] + ([written] if written else []))
         buffers = sum(math.prod(s) for s in layer.buffers.values())
-        buffer_bytes = sum(math.prod(s) * (8 if name == "num_batches_tracked" else itemsize) for name, s in layer.buffers.items())
+        buffer_bytes = sum(
+            math.prod(s) * (8 if name == "num_batches_tracked" else itemsize) for name, s in layer.buffers.items()
+        )
         mult_adds = layer.kwargs["in_features"] * layer.kwargs["out_features"] if layer.type == "Linear" else 0
-        rows.append(LayerSummary(layer.index, layer.type, args, inferred, layer.out_width, layer.num_params, layer.num_params,
-                                 buffers, buffer_bytes, mult_adds))
+        rows.append(
+            LayerSummary(
+                layer.index,
+                layer.type,
+                args,
+                inferred,
+                layer.out_width,
+                layer.num_params,
+                layer.num_params,
+                buffers,
+                buffer_bytes,
+                mult_adds,
+            )
+        )
     return Summary(model.spec.display_name, model.dtype, width, rows, batch_size, optimizer, momentum)
 
 
-__all__ = ["trace", "stats", "gradcheck", "summary", "histogram", "Histogram", "TraceResult", "StatsResult", "GradcheckResult",
-           "Summary", "parse_rows", "layer_label", "VANISHING", "EXPLODING", "SATURATION", "EPS", "ATOL", "RTOL", "MAX_CHECKS"]
+__all__ = [
+    "trace",
+    "stats",
+    "gradcheck",
+    "summary",
+    "histogram",
+    "Histogram",
+    "TraceResult",
+    "StatsResult",
+    "GradcheckResult",
+    "Summary",
+    "parse_rows",
+    "layer_label",
+    "VANISHING",
+    "EXPLODING",
+    "SATURATION",
+    "EPS",
+    "ATOL",
+    "RTOL",
+    "MAX_CHECKS",
+]

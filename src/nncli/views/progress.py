@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 DELAY_SECONDS = 0.5
 
@@ -72,8 +72,13 @@ class EpochBar:
         from nncli.views.render import console
 
         self.bar = Progress(
-            TextColumn("epoch"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[losses]}"),
-            TimeElapsedColumn(), console=console(stderr=True), transient=True,
+            TextColumn("epoch"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TextColumn("{task.fields[losses]}"),
+            TimeElapsedColumn(),
+            console=console(stderr=True),
+            transient=True,
         )
         self.task = self.bar.add_task("train", total=epochs, losses="")
         self.bar.start()

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 from nncli.io.texts import jsonable, number_texts  # noqa: F401  (re-exported: one home, in texts.py)
 
@@ -19,8 +20,20 @@ FORMATS = ("table", "csv", "tsv", "json", "jsonl", "parquet", "arrow")
 BINARY_FORMATS = ("parquet", "arrow")
 TABLE_PRECISION = 4
 WIDE = 256  # columns beyond which CSV is written without polars
-_SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
-                   ".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow", ".feather": "arrow", ".ipc": "arrow", ".txt": "table"}
+_SUFFIX_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".json": "json",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".arrow": "arrow",
+    ".feather": "arrow",
+    ".ipc": "arrow",
+    ".txt": "table",
+}
 COMPRESSED = {".gz": "gz", ".bz2": "bz2", ".xz": "xz", ".zst": "zst"}
 
 
@@ -49,8 +62,10 @@ def resolve_format(fmt: str | None, output: str | None) -> str:
             from nncli.errors import UsageError
 
             known = ", ".join(sorted(k for k in _SUFFIX_FORMATS))
-            raise UsageError(f"-o {output}: unknown output format {suffix!r}; use a suffix ({known}, "
-                             "optionally + .gz, .bz2, .xz, .zst) or --format")
+            raise UsageError(
+                f"-o {output}: unknown output format {suffix!r}; use a suffix ({known}, "
+                "optionally + .gz, .bz2, .xz, .zst) or --format"
+            )
         return _SUFFIX_FORMATS[suffix]
     return "table" if sys.stdout.isatty() else "csv"
 
@@ -72,8 +87,22 @@ def _columns() -> int:
     return int(value) if value.isdigit() and int(value) > 0 else 120
 
 
-_ASCII = str.maketrans({"↓": "v", "→": "->", "●": "*", "○": "o", "┤": "|", "└": "+", "─": "-", "…": "...", "–": "-",
-                        "·": "|", "²": "2", "←": "<-"})
+_ASCII = str.maketrans(
+    {
+        "↓": "v",
+        "→": "->",
+        "●": "*",
+        "○": "o",
+        "┤": "|",
+        "└": "+",
+        "─": "-",
+        "…": "...",
+        "–": "-",
+        "·": "|",
+        "²": "2",
+        "←": "<-",
+    }
+)
 
 
 def encodable(text: str, encoding: str | None) -> str:
@@ -136,8 +165,15 @@ class Frame:
 class RowWriter:
     """Writes frames one after another, so output streams as it is produced."""
 
-    def __init__(self, fmt: str, stream: BinaryIO, precision: int | None = None, caption: str = "", keys: int = 0,
-                 show_all: bool = False) -> None:
+    def __init__(
+        self,
+        fmt: str,
+        stream: BinaryIO,
+        precision: int | None = None,
+        caption: str = "",
+        keys: int = 0,
+        show_all: bool = False,
+    ) -> None:
         self.fmt, self.stream, self.precision, self.caption, self.keys = fmt, stream, precision, caption, keys
         self.count = 0
         self._held: list[Frame] = []
@@ -197,8 +233,12 @@ class RowWriter:
 
         with phase("format"):
             text = io.BytesIO()
-            self._polars(frame).write_csv(text, include_header=self.count == 0, separator="\t" if self.fmt == "tsv" else ",",
-                                          float_precision=self.precision)
+            self._polars(frame).write_csv(
+                text,
+                include_header=self.count == 0,
+                separator="\t" if self.fmt == "tsv" else ",",
+                float_precision=self.precision,
+            )
         with phase("write"):
             self.stream.write(text.getbuffer())
 
@@ -211,7 +251,11 @@ class RowWriter:
         writer = csv.writer(text, delimiter="\t" if self.fmt == "tsv" else ",", lineterminator="\n")
         if self.count == 0:
             writer.writerow(frame.names)
-        writer.writerows(zip(*[number_texts(col, self.precision).tolist() if hasattr(col, "dtype") else col for col in frame.columns]))
+        writer.writerows(
+            zip(
+                *[number_texts(col, self.precision).tolist() if hasattr(col, "dtype") else col for col in frame.columns]
+            )
+        )
         self.stream.write(text.getvalue().encode())
 
     def _write_json(self, frame: Frame) -> None:
@@ -228,9 +272,9 @@ class RowWriter:
 
     def _write_binary(self) -> None:
         """Parquet or Arrow IPC: typed columns (float32 stays float32), one file."""
-        import polars as pl
-
         import io
+
+        import polars as pl
 
         frames = [self._polars(f) for f in self._held]
         table = pl.concat(frames) if frames else pl.DataFrame()
@@ -266,7 +310,9 @@ class RowWriter:
         captions = [c for c in (note, self.caption) if c]
         from nncli.errors import printable
 
-        show(self.stream, items + [Text(printable(c), style="dim") for c in captions])  # the spec's name is the user's text
+        show(
+            self.stream, items + [Text(printable(c), style="dim") for c in captions]
+        )  # the spec's name is the user's text
 
 
 def write_onehot(stream: BinaryIO, fmt: str, labels, classes: int) -> None:
@@ -281,6 +327,7 @@ def write_onehot(stream: BinaryIO, fmt: str, labels, classes: int) -> None:
             yield texts(start, min(start + piece, classes), hot)
 
     if sep is not None:
+
         def header(start, stop, _):
             return (sep if start else b"") + sep.join(b"class_%d" % i for i in range(start, stop))
 
@@ -297,7 +344,7 @@ def write_onehot(stream: BinaryIO, fmt: str, labels, classes: int) -> None:
         if classes <= 4096:  # narrow rows: each class's line made once, lines joined a block at a time
             lines = [row(0, classes, c) + b"\n" for c in range(classes)]
             for start in range(0, len(labels), 65536):
-                stream.write(b"".join([lines[c] for c in labels[start:start + 65536].tolist()]))
+                stream.write(b"".join([lines[c] for c in labels[start : start + 65536].tolist()]))
             stream.flush()
             return
         for hot in labels.tolist():
@@ -415,7 +462,7 @@ def show(stream, items: list) -> None:
             wrapper.detach()  # the file stays open for its owner (an atomic write still to be renamed)
 
 
-def frame_table(frames: Frame | list[Frame], precision: int | None, keys: int = 0) -> "FoldingTable":
+def frame_table(frames: Frame | list[Frame], precision: int | None, keys: int = 0) -> FoldingTable:
     """The rows of one or more frames with the same columns, as a table that folds to fit; the first
     `keys` columns (an id) lead every piece."""
     frames = [frames] if isinstance(frames, Frame) else frames
@@ -431,8 +478,16 @@ class FoldingTable:
     of consecutive columns, each led by the key columns that say which row a cell is in (the row
     number, if there are none). Rich alone would squeeze every column down to `…`."""
 
-    def __init__(self, names: list[str], columns: list[list], title: str = "", keys: int = 0, uniform: bool = False,
-                 total: bool = False, justify: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        names: list[str],
+        columns: list[list],
+        title: str = "",
+        keys: int = 0,
+        uniform: bool = False,
+        total: bool = False,
+        justify: list[str] | None = None,
+    ) -> None:
         """uniform: every value column as wide as the widest (a matrix); total: a line sets the last
         row apart; justify: per column (default: right, for numbers)."""
         from rich.text import Text
@@ -441,7 +496,13 @@ class FoldingTable:
 
         # Column names, class labels and id cells are the user's text: a terminal must not act on their
         # control characters (ESC[2J clears it); they are shown as a repr shows them (`\x1b[2J`).
-        self.names, self.title, self.keys, self.uniform, self.total = [printable(n) for n in names], printable(title), keys, uniform, total
+        self.names, self.title, self.keys, self.uniform, self.total = (
+            [printable(n) for n in names],
+            printable(title),
+            keys,
+            uniform,
+            total,
+        )
         self.justify = justify or ["right"] * len(names)
         self.columns = [[c if isinstance(c, Text) else Text(printable(str(c))) for c in col] for col in columns]
 
@@ -471,19 +532,26 @@ class FoldingTable:
             used += widths[i] + 3
         pieces.append(piece)
         for piece in pieces:
-            span = (f"columns {names[piece[0]]}–{names[piece[-1]]}" if len(piece) > 1 else f"column {names[piece[0]]}") if piece else ""
+            span = (
+                (f"columns {names[piece[0]]}–{names[piece[-1]]}" if len(piece) > 1 else f"column {names[piece[0]]}")
+                if piece
+                else ""
+            )
             title = " · ".join(t for t in (self.title, span) if t)
             yield self._table(names, columns, widths, justify, list(range(keys)) + piece, title, options.max_width)
 
     def _table(self, names, columns, widths, justify, shown, title, max_width):
         from rich.cells import cell_len
         from rich.table import Table
-
         from rich.text import Text
 
         # Headers and titles hold user text (column names, spec names): Text, never markup, so `[/]` is shown as written.
-        table = Table(title=Text(title) if title else None, title_justify="left", header_style="bold",
-                      min_width=min(cell_len(title), max_width) if title else None)
+        table = Table(
+            title=Text(title) if title else None,
+            title_justify="left",
+            header_style="bold",
+            min_width=min(cell_len(title), max_width) if title else None,
+        )
         for i in shown:
             table.add_column(Text(names[i]), justify=justify[i], no_wrap=True, min_width=widths[i])
         rows = list(zip(*[columns[i] for i in shown]))

@@ -94,12 +94,12 @@ def long_rows(named: dict[str, dict], value_names: list[str], precision: int | N
     return Frame(["parameter", "index"] + value_names, [params, indices] + arrays)
 
 
-def summary_rows(named: dict, precision) -> tuple[list[dict], "Frame"]:
+def summary_rows(named: dict, precision) -> tuple[list[dict], Frame]:
     """Per tensor: shape, norm, min, max, mean |x| (computed in float64), as records and as a frame."""
     import numpy as np
 
-    from nncli.views.render import Frame
     from nncli.io.texts import jsonable
+    from nncli.views.render import Frame
 
     records, names = [], ["parameter", "shape", "norm", "min", "max", "mean_abs"]
     for name, tensor in named.items():
@@ -109,22 +109,27 @@ def summary_rows(named: dict, precision) -> tuple[list[dict], "Frame"]:
         records.append({"parameter": name, "shape": list(tensor.shape), **dict(zip(names[2:], stats))})
     columns = [[r["parameter"] for r in records], [shape_text(r["shape"]) for r in records]]
     columns += [np.array([np.nan if r[k] is None else r[k] for r in records], dtype=np.float64) for k in names[2:]]
-    return [{k: (jsonable(np.float64(v), precision) if isinstance(v, float) else v) for k, v in r.items()} for r in records], Frame(names, columns)
+    return [
+        {k: (jsonable(np.float64(v), precision) if isinstance(v, float) else v) for k, v in r.items()} for r in records
+    ], Frame(names, columns)
 
 
 def shape_text(shape: list) -> str:
     return "[" + ", ".join(str(s) for s in shape) + "]"
 
 
-def summary_long(parts: dict, order: list[str]) -> "Frame":
+def summary_long(parts: dict, order: list[str]) -> Frame:
     """step --summary as tidy rows: parameter, part (before, grad, after), shape, norm, min, max, mean_abs."""
     import numpy as np
 
     from nncli.views.render import Frame
 
     names = ["parameter", "part", "shape", "norm", "min", "max", "mean_abs"]
-    rows = [(name, part, shape_text(parts[part][name]["shape"])) + tuple(parts[part][name][k] for k in names[3:])
-            for name in order for part in parts]
+    rows = [
+        (name, part, shape_text(parts[part][name]["shape"])) + tuple(parts[part][name][k] for k in names[3:])
+        for name in order
+        for part in parts
+    ]
     columns = [list(c) for c in zip(*rows)] if rows else [[] for _ in names]
     for i in range(3, 7):
         columns[i] = np.array([np.nan if v is None else v for v in columns[i]], dtype=np.float64)

@@ -3,22 +3,50 @@ against PyTorch before it is written."""
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from nncli.cli.commands.common import check_outputs, note
-from nncli.errors import UsageError
 from nncli.cli.options import (
-    MODEL, DEFAULT_MAX_LAYERS, DEFAULT_MAX_PARAMS, Force, Inputs, MaxLayers, MaxParams, Spec, Threads, load_model, with_options,
+    DEFAULT_MAX_LAYERS,
+    DEFAULT_MAX_PARAMS,
+    MODEL,
+    Force,
+    Inputs,
+    MaxLayers,
+    MaxParams,
+    Spec,
+    Threads,
+    load_model,
+    with_options,
 )
+from nncli.errors import UsageError
 
-ModelFile = Annotated[str, typer.Option("--output", "-o", metavar="FILE", show_default=False,
-                                        help="The file to write: .onnx (ONNX, for onnxruntime) or .pt2 (torch.export), atomically.")]
-Opset = Annotated[Optional[int], typer.Option("--opset", metavar="N", min=1, help="The ONNX opset (default: the exporter's, 20 with torch 2.13).")]
-Verify = Annotated[bool, typer.Option("--verify", help=(
-    "Before writing, run the exported model on seeded random rows (batches of 1 and 1,000) and compare with PyTorch: "
-    "exit 1, writing nothing, above 1e-5 (float32) or 1e-7 (float64) for ONNX, or any difference for .pt2."))]
+ModelFile = Annotated[
+    str,
+    typer.Option(
+        "--output",
+        "-o",
+        metavar="FILE",
+        show_default=False,
+        help="The file to write: .onnx (ONNX, for onnxruntime) or .pt2 (torch.export), atomically.",
+    ),
+]
+Opset = Annotated[
+    int | None,
+    typer.Option("--opset", metavar="N", min=1, help="The ONNX opset (default: the exporter's, 20 with torch 2.13)."),
+]
+Verify = Annotated[
+    bool,
+    typer.Option(
+        "--verify",
+        help=(
+            "Before writing, run the exported model on seeded random rows (batches of 1 and 1,000) and compare with PyTorch: "
+            "exit 1, writing nothing, above 1e-5 (float32) or 1e-7 (float64) for ONNX, or any difference for .pt2."
+        ),
+    ),
+]
 
 
 @with_options(MODEL)
@@ -35,7 +63,8 @@ def export(
     model: dict = None,
 ) -> None:
     """Write the model in eval mode as ONNX (.onnx) or torch.export (.pt2), the batch dimension dynamic."""
-    from nncli.lib.export import export as export_model, format_of, quiet_onnxruntime, require_onnx, verification_text
+    from nncli.lib.export import export as export_model
+    from nncli.lib.export import format_of, quiet_onnxruntime, require_onnx, verification_text
 
     fmt = format_of(output, "-o")
     if opset is not None and fmt != "onnx":
@@ -50,5 +79,7 @@ def export(
         note(f"verified: {verification_text(result)}")
     kind = f"ONNX opset {result.opset}" if fmt == "onnx" else "torch.export"
     standardised = ", standardised in the graph" if result.preprocess is not None else ""
-    note(f"wrote {output} ({kind}): {result.metadata['input']} [N, {result.width}] -> {result.output} [N, {result.head.width}]"
-         f"{standardised}; {result.caption}")
+    note(
+        f"wrote {output} ({kind}): {result.metadata['input']} [N, {result.width}] -> {result.output} [N, {result.head.width}]"
+        f"{standardised}; {result.caption}"
+    )

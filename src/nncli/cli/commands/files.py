@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -10,7 +10,12 @@ DryRun = Annotated[bool, typer.Option("--dry-run", "-n", help="List what would b
 
 
 def clean(
-    folders: Annotated[Optional[list[str]], typer.Argument(metavar="FOLDER", help="Folders to sweep (default: . and the temporary folder).", show_default=False)] = None,
+    folders: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="FOLDER", help="Folders to sweep (default: . and the temporary folder).", show_default=False
+        ),
+    ] = None,
     dry_run: DryRun = False,
 ) -> None:
     """Remove nncli's temporary files left by a killed run (SIGKILL, a crash): `.NAME.nncli-PID-XXXXXXXX.tmp` that are

@@ -5,36 +5,156 @@ then renders what it returns."""
 from __future__ import annotations
 
 import math
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from nncli.cli.commands.common import caption, emit, idle_threads_sleep, rows_text
 from nncli.cli.options import (
-    MODEL, MODES, OUTPUT, READ, RUNTIME, TARGETS, Data, Full, Loss, Seed, Spec, Weights, choice, finite_non_negative, load_model,
-    output_options, read_options, with_options,
+    MODEL,
+    MODES,
+    OUTPUT,
+    READ,
+    RUNTIME,
+    TARGETS,
+    Data,
+    Full,
+    Loss,
+    Seed,
+    Spec,
+    Weights,
+    choice,
+    finite_non_negative,
+    load_model,
+    output_options,
+    read_options,
+    with_options,
 )
-from nncli.lib.inside import ATOL, DEFAULT_LR, EPS, EXPLODING, RTOL, VANISHING  # the library's defaults (no torch at import)
+from nncli.lib.inside import (
+    ATOL,
+    DEFAULT_LR,
+    EPS,
+    EXPLODING,
+    RTOL,
+    VANISHING,
+)  # the library's defaults (no torch at import)
 from nncli.views.render import Frame, Report, RowWriter, fmt
+
 SPARK = "▁▂▃▄▅▆▇█"
 SPARK_WIDTH = 16
 
-Rows = Annotated[str, typer.Option("--rows", "-r", metavar="ROWS", help="0-based data rows to trace, as in 0,3,5-9 (they run as one batch, in file order).")]
-TraceLayer = Annotated[Optional[int], typer.Option("--layer", metavar="I", help="Show only layer I's input and output (0-based; negative from the end).")]
-InspectMode = Annotated[str, typer.Option("--mode", metavar="MODE", help="eval or train (train: Dropout drops and BatchNorm uses the batch's statistics).")]
-Grad = Annotated[bool, typer.Option("--grad", help="Also each value's gradient of the loss over the traced rows (needs --target): the backward pass.")]
-StatsBatch = Annotated[Optional[int], typer.Option("--batch-size", "-b", metavar="N", min=1, help=(
-    "Rows per batch (default: 16384); memory stays that of one batch. Train-mode BatchNorm and Dropout (p > 0) see every row in one batch."))]
-StatsLr = Annotated[float, typer.Option("--lr", metavar="LR", help="The SGD learning rate for the update/weight ratio: lr × ‖grad‖ / ‖weight‖.", callback=finite_non_negative)]
-Vanishing = Annotated[float, typer.Option("--vanishing", metavar="X", help="Flag a parameter whose gradient norm is below this as vanishing.", callback=finite_non_negative)]
-Exploding = Annotated[float, typer.Option("--exploding", metavar="X", help="Flag a parameter whose gradient norm is above this as exploding.", callback=finite_non_negative)]
-Html = Annotated[Optional[str], typer.Option("--html", metavar="FILE", help="Also write a self-contained HTML page (inline CSS and SVG, nothing fetched): histograms and gradient norms.")]
-Eps = Annotated[float, typer.Option("--eps", metavar="EPS", help="The finite-difference step: (f(p + eps) - f(p - eps)) / (2 eps), in float64.")]
-Atol = Annotated[float, typer.Option("--atol", metavar="X", help="Absolute tolerance (torch.autograd.gradcheck's default).", callback=finite_non_negative)]
-Rtol = Annotated[float, typer.Option("--rtol", metavar="X", help="Relative tolerance (torch.autograd.gradcheck's default).", callback=finite_non_negative)]
-MaxChecks = Annotated[Optional[int], typer.Option("--max-checks", metavar="N", min=1, help=(
-    "Check N parameter values drawn at random with the seed (needed above 10,000 parameters; each check runs the model twice)."))]
-CheckLayer = Annotated[Optional[int], typer.Option("--layer", metavar="I", help="Show only layer I's parameters (all are checked; 0-based).")]
+Rows = Annotated[
+    str,
+    typer.Option(
+        "--rows",
+        "-r",
+        metavar="ROWS",
+        help="0-based data rows to trace, as in 0,3,5-9 (they run as one batch, in file order).",
+    ),
+]
+TraceLayer = Annotated[
+    int | None,
+    typer.Option("--layer", metavar="I", help="Show only layer I's input and output (0-based; negative from the end)."),
+]
+InspectMode = Annotated[
+    str,
+    typer.Option(
+        "--mode", metavar="MODE", help="eval or train (train: Dropout drops and BatchNorm uses the batch's statistics)."
+    ),
+]
+Grad = Annotated[
+    bool,
+    typer.Option(
+        "--grad",
+        help="Also each value's gradient of the loss over the traced rows (needs --target): the backward pass.",
+    ),
+]
+StatsBatch = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size",
+        "-b",
+        metavar="N",
+        min=1,
+        help=(
+            "Rows per batch (default: 16384); memory stays that of one batch. Train-mode BatchNorm and Dropout (p > 0) see every row in one batch."
+        ),
+    ),
+]
+StatsLr = Annotated[
+    float,
+    typer.Option(
+        "--lr",
+        metavar="LR",
+        help="The SGD learning rate for the update/weight ratio: lr × ‖grad‖ / ‖weight‖.",
+        callback=finite_non_negative,
+    ),
+]
+Vanishing = Annotated[
+    float,
+    typer.Option(
+        "--vanishing",
+        metavar="X",
+        help="Flag a parameter whose gradient norm is below this as vanishing.",
+        callback=finite_non_negative,
+    ),
+]
+Exploding = Annotated[
+    float,
+    typer.Option(
+        "--exploding",
+        metavar="X",
+        help="Flag a parameter whose gradient norm is above this as exploding.",
+        callback=finite_non_negative,
+    ),
+]
+Html = Annotated[
+    str | None,
+    typer.Option(
+        "--html",
+        metavar="FILE",
+        help="Also write a self-contained HTML page (inline CSS and SVG, nothing fetched): histograms and gradient norms.",
+    ),
+]
+Eps = Annotated[
+    float,
+    typer.Option(
+        "--eps", metavar="EPS", help="The finite-difference step: (f(p + eps) - f(p - eps)) / (2 eps), in float64."
+    ),
+]
+Atol = Annotated[
+    float,
+    typer.Option(
+        "--atol",
+        metavar="X",
+        help="Absolute tolerance (torch.autograd.gradcheck's default).",
+        callback=finite_non_negative,
+    ),
+]
+Rtol = Annotated[
+    float,
+    typer.Option(
+        "--rtol",
+        metavar="X",
+        help="Relative tolerance (torch.autograd.gradcheck's default).",
+        callback=finite_non_negative,
+    ),
+]
+MaxChecks = Annotated[
+    int | None,
+    typer.Option(
+        "--max-checks",
+        metavar="N",
+        min=1,
+        help=(
+            "Check N parameter values drawn at random with the seed (needed above 10,000 parameters; each check runs the model twice)."
+        ),
+    ),
+]
+CheckLayer = Annotated[
+    int | None,
+    typer.Option("--layer", metavar="I", help="Show only layer I's parameters (all are checked; 0-based)."),
+]
 
 
 # -- shared rendering ------------------------------------------------------------------------------
@@ -47,7 +167,7 @@ def sparkline(hist, width: int = SPARK_WIDTH) -> str:
         return ""
     counts = [int(c) for c in hist.counts]
     group = math.ceil(len(counts) / width)
-    cells = [sum(counts[i:i + group]) for i in range(0, len(counts), group)]
+    cells = [sum(counts[i : i + group]) for i in range(0, len(counts), group)]
     top = max(cells)
     return "".join(" " if c == 0 else SPARK[min(len(SPARK) - 1, math.ceil(c / top * len(SPARK)) - 1)] for c in cells)
 
@@ -78,7 +198,11 @@ def _layer_index(layer: int | None, count: int) -> int | None:
     if layer is None:
         return None
     if not -count <= layer < count:
-        raise UsageError(f"--layer {layer}: the model has layers 0 to {count - 1}" if count else f"--layer {layer}: the model has no layers")
+        raise UsageError(
+            f"--layer {layer}: the model has layers 0 to {count - 1}"
+            if count
+            else f"--layer {layer}: the model has no layers"
+        )
     return layer % count
 
 
@@ -86,9 +210,21 @@ def _layer_index(layer: int | None, count: int) -> int | None:
 
 
 @with_options(TARGETS, MODEL, READ, OUTPUT, RUNTIME)
-def trace(spec: Spec, data: Data, rows: Rows = "0", layer: TraceLayer = None, mode: InspectMode = "eval", grad: Grad = False,
-          loss: Loss = None, full: Full = False, targets: dict = None, model: dict = None, read: dict = None, output: dict = None,
-          runtime: dict = None) -> None:
+def trace(
+    spec: Spec,
+    data: Data,
+    rows: Rows = "0",
+    layer: TraceLayer = None,
+    mode: InspectMode = "eval",
+    grad: Grad = False,
+    loss: Loss = None,
+    full: Full = False,
+    targets: dict = None,
+    model: dict = None,
+    read: dict = None,
+    output: dict = None,
+    runtime: dict = None,
+) -> None:
     """Each layer's input and output for chosen rows, layer by layer, as running the layers one by one gives them.
 
     Tidy rows (CSV, JSON): row, layer, type, index, value (and grad); layer is empty for the
@@ -102,7 +238,7 @@ def trace(spec: Spec, data: Data, rows: Rows = "0", layer: TraceLayer = None, mo
     inside.parse_rows(rows)  # a bad --rows is refused before any work
     result = inside.trace(m, data, rows=rows, mode=mode, grad=grad, loss=loss, read=read_options(read, targets))
     chosen = _layer_index(layer, len(result.layers))
-    stages = result.stages if chosen is None else result.stages[chosen:chosen + 2]
+    stages = result.stages if chosen is None else result.stages[chosen : chosen + 2]
     frame = _trace_frame(result, stages, grad)
     p = oopts.precision
     text = f"{m.caption}; {mode} mode; {rows_text(len(result.rows))} ({_rows_label(result.rows)}) as one batch"
@@ -111,11 +247,15 @@ def trace(spec: Spec, data: Data, rows: Rows = "0", layer: TraceLayer = None, mo
 
     def tables():
         items = []
-        for part in (["values", "grad"] if grad else ["values"]):
+        for part in ["values", "grad"] if grad else ["values"]:
             for n, r in enumerate(result.rows):
                 title = f"row {r}" + (": d loss / d value" if part == "grad" else "")
                 items.append(_trace_table(title, stages, part, n, p, full))
-            items.append(_stages_table("distribution over the traced rows" + (" (gradients)" if part == "grad" else ""), stages, part, p))
+            items.append(
+                _stages_table(
+                    "distribution over the traced rows" + (" (gradients)" if part == "grad" else ""), stages, part, p
+                )
+            )
         return items + [caption(text)]
 
     _emit(oopts, frame, tables)
@@ -201,9 +341,22 @@ def _stages_table(title: str, stages, part: str, precision):
 
 
 @with_options(TARGETS, MODEL, READ, OUTPUT, RUNTIME)
-def stats(spec: Spec, data: Data, mode: InspectMode = "eval", loss: Loss = None, batch_size: StatsBatch = None, lr: StatsLr = DEFAULT_LR,
-          vanishing: Vanishing = VANISHING, exploding: Exploding = EXPLODING, html: Html = None, targets: dict = None, model: dict = None,
-          read: dict = None, output: dict = None, runtime: dict = None) -> None:
+def stats(
+    spec: Spec,
+    data: Data,
+    mode: InspectMode = "eval",
+    loss: Loss = None,
+    batch_size: StatsBatch = None,
+    lr: StatsLr = DEFAULT_LR,
+    vanishing: Vanishing = VANISHING,
+    exploding: Exploding = EXPLODING,
+    html: Html = None,
+    targets: dict = None,
+    model: dict = None,
+    read: dict = None,
+    output: dict = None,
+    runtime: dict = None,
+) -> None:
     """Layer health over every row, batch by batch: each layer's activations (mean, std, min, max,
     distribution), dead ReLU units, saturated Sigmoid/Tanh units; with --target, each parameter's
     gradient norm, lr × ‖grad‖ / ‖weight‖ and vanishing (norm < 1e-7) or exploding (norm > 1e3) flags.
@@ -223,8 +376,18 @@ def stats(spec: Spec, data: Data, mode: InspectMode = "eval", loss: Loss = None,
     oopts = output_options(output, inputs=[spec, data, targets["targets"], model["weights"]])
     oopts.check(extra={"--html": html})
     idle_threads_sleep()  # reads while it computes
-    result = inside.stats(m, data, loss=loss, mode=mode, batch_size=batch_size, lr=lr, vanishing=vanishing, exploding=exploding,
-                          read=read_options(read, targets), progress=lambda batches, source: tracked(batches, source, oopts.quiet))
+    result = inside.stats(
+        m,
+        data,
+        loss=loss,
+        mode=mode,
+        batch_size=batch_size,
+        lr=lr,
+        vanishing=vanishing,
+        exploding=exploding,
+        read=read_options(read, targets),
+        progress=lambda batches, source: tracked(batches, source, oopts.quiet),
+    )
     p = oopts.precision
     text = f"{m.caption}; {mode} mode; {rows_text(result.rows)} in {result.batches:,} batch{'es' if result.batches != 1 else ''}"
     if result.params is not None:
@@ -245,7 +408,10 @@ def stats(spec: Spec, data: Data, mode: InspectMode = "eval", loss: Loss = None,
             items.append(units)
         if result.params:
             items.append(_gradients_table(result, p))
-            text_ = text + f"; update/weight = lr × ‖grad‖ / ‖weight‖ with lr {lr:g}; flags: vanishing below {vanishing:g}, exploding above {exploding:g}"
+            text_ = (
+                text
+                + f"; update/weight = lr × ‖grad‖ / ‖weight‖ with lr {lr:g}; flags: vanishing below {vanishing:g}, exploding above {exploding:g}"
+            )
         else:
             text_ = text
         return items + [caption(text_ + (f"; HTML report: {html}" if html else ""))]
@@ -270,28 +436,74 @@ def _stats_doc(result, p) -> dict:
     layers = []
     for s in result.layers:
         h = s.histogram
-        layers.append({
-            "layer": s.index, "type": s.type, "label": s.label, "units": s.units, "rows": s.rows, "count": s.count, "nonfinite": s.nonfinite,
-            "mean": _jsonable(s.mean, p), "std": _jsonable(s.std, p), "min": _jsonable(s.min, p, result.dtype),
-            "max": _jsonable(s.max, p, result.dtype),
-            "zero_fraction": _jsonable(s.zero_fraction, p), "dead_units": s.dead_units,
-            "zero_fraction_per_unit": None if s.zero_per_unit is None else jsonable(s.zero_per_unit, p),
-            "saturated_fraction": _jsonable(s.saturated_fraction, p), "saturated_units": s.saturated_units,
-            "saturated_fraction_per_unit": None if s.saturated_per_unit is None else jsonable(s.saturated_per_unit, p),
-            "histogram": {"bin_width": h.width if h.counts is not None else None, "first_edge": float(h.edges[0]) if h.counts is not None else None,
-                          "counts": [] if h.counts is None else [int(c) for c in h.counts]},
-        })
+        layers.append(
+            {
+                "layer": s.index,
+                "type": s.type,
+                "label": s.label,
+                "units": s.units,
+                "rows": s.rows,
+                "count": s.count,
+                "nonfinite": s.nonfinite,
+                "mean": _jsonable(s.mean, p),
+                "std": _jsonable(s.std, p),
+                "min": _jsonable(s.min, p, result.dtype),
+                "max": _jsonable(s.max, p, result.dtype),
+                "zero_fraction": _jsonable(s.zero_fraction, p),
+                "dead_units": s.dead_units,
+                "zero_fraction_per_unit": None if s.zero_per_unit is None else jsonable(s.zero_per_unit, p),
+                "saturated_fraction": _jsonable(s.saturated_fraction, p),
+                "saturated_units": s.saturated_units,
+                "saturated_fraction_per_unit": None
+                if s.saturated_per_unit is None
+                else jsonable(s.saturated_per_unit, p),
+                "histogram": {
+                    "bin_width": h.width if h.counts is not None else None,
+                    "first_edge": float(h.edges[0]) if h.counts is not None else None,
+                    "counts": [] if h.counts is None else [int(c) for c in h.counts],
+                },
+            }
+        )
     doc = {"rows": result.rows, "batches": result.batches, "mode": result.mode, "layers": layers}
     if result.params is not None:
-        doc.update({"loss": jsonable(result.loss, p), "loss_fn": result.loss_fn, "loss_from": result.loss_from, "lr": result.lr,
-                    "thresholds": {"vanishing": result.vanishing, "exploding": result.exploding},
-                    "parameters": [{"parameter": g.name, "layer": g.layer, "type": g.type, "shape": g.shape, "grad_norm": _jsonable(g.grad_norm, p),
-                                    "weight_norm": _jsonable(g.weight_norm, p), "update_ratio": _jsonable(g.update_ratio, p), "flag": g.flag}
-                                   for g in result.params]})
+        doc.update(
+            {
+                "loss": jsonable(result.loss, p),
+                "loss_fn": result.loss_fn,
+                "loss_from": result.loss_from,
+                "lr": result.lr,
+                "thresholds": {"vanishing": result.vanishing, "exploding": result.exploding},
+                "parameters": [
+                    {
+                        "parameter": g.name,
+                        "layer": g.layer,
+                        "type": g.type,
+                        "shape": g.shape,
+                        "grad_norm": _jsonable(g.grad_norm, p),
+                        "weight_norm": _jsonable(g.weight_norm, p),
+                        "update_ratio": _jsonable(g.update_ratio, p),
+                        "flag": g.flag,
+                    }
+                    for g in result.params
+                ],
+            }
+        )
     return doc
 
 
-STAT_NAMES = ("rows", "count", "nonfinite", "mean", "std", "min", "max", "zero_fraction", "dead_units", "saturated_fraction", "saturated_units")
+STAT_NAMES = (
+    "rows",
+    "count",
+    "nonfinite",
+    "mean",
+    "std",
+    "min",
+    "max",
+    "zero_fraction",
+    "dead_units",
+    "saturated_fraction",
+    "saturated_units",
+)
 
 
 def _stats_frame(result) -> Frame:
@@ -301,7 +513,14 @@ def _stats_frame(result) -> Frame:
     layer, kind, param, stat, unit, value = [], [], [], [], [], []
 
     def add(l, t, pname, s, u, v):
-        layer.append(l), kind.append(t), param.append(pname), stat.append(s), unit.append(u), value.append(np.nan if v is None else float(v))
+        (
+            layer.append(l),
+            kind.append(t),
+            param.append(pname),
+            stat.append(s),
+            unit.append(u),
+            value.append(np.nan if v is None else float(v)),
+        )
 
     for s in result.layers:
         for name in STAT_NAMES:
@@ -319,7 +538,10 @@ def _stats_frame(result) -> Frame:
             add(g.layer, g.type, g.name, name, None, getattr(g, name))
         add(g.layer, g.type, g.name, "vanishing", None, 1.0 if g.flag == "vanishing" else 0.0)
         add(g.layer, g.type, g.name, "exploding", None, 1.0 if g.flag == "exploding" else 0.0)
-    return Frame(["layer", "type", "parameter", "statistic", "unit", "value"], [layer, kind, param, stat, unit, np.array(value, dtype=np.float64)])
+    return Frame(
+        ["layer", "type", "parameter", "statistic", "unit", "value"],
+        [layer, kind, param, stat, unit, np.array(value, dtype=np.float64)],
+    )
 
 
 def _activations_table(result, p):
@@ -328,10 +550,22 @@ def _activations_table(result, p):
     names = ["layer", "mean", "std", "min", "max", "distribution"]
     columns = [[] for _ in names]
     for s in result.layers:
-        for column, cell in zip(columns, [s.label, _number(s.mean, p), _number(s.std, p), _number(s.min, p), _number(s.max, p), sparkline(s.histogram)]):
+        for column, cell in zip(
+            columns,
+            [
+                s.label,
+                _number(s.mean, p),
+                _number(s.std, p),
+                _number(s.min, p),
+                _number(s.max, p),
+                sparkline(s.histogram),
+            ],
+        ):
             column.append(cell)
     title = f"activations over {rows_text(result.rows)}"
-    return FoldingTable(names, columns, title=title, keys=1, justify=["left", "right", "right", "right", "right", "left"])
+    return FoldingTable(
+        names, columns, title=title, keys=1, justify=["left", "right", "right", "right", "right", "left"]
+    )
 
 
 def _units_table(result):
@@ -343,8 +577,13 @@ def _units_table(result):
     names = ["layer", "zero", "dead units", "saturated", "saturated units"]
     columns = [[] for _ in names]
     for s in chosen:
-        cells = [s.label, _percent(s.zero_fraction), "-" if s.dead_units is None else f"{s.dead_units} of {s.units}",
-                 _percent(s.saturated_fraction), "-" if s.saturated_units is None else f"{s.saturated_units} of {s.units}"]
+        cells = [
+            s.label,
+            _percent(s.zero_fraction),
+            "-" if s.dead_units is None else f"{s.dead_units} of {s.units}",
+            _percent(s.saturated_fraction),
+            "-" if s.saturated_units is None else f"{s.saturated_units} of {s.units}",
+        ]
         for column, cell in zip(columns, cells):
             column.append(cell)
     return FoldingTable(names, columns, title="dead and saturated units", keys=1, justify=["left"] + ["right"] * 4)
@@ -356,20 +595,43 @@ def _gradients_table(result, p):
     names = ["parameter", "shape", "grad norm", "weight norm", "update/weight", "flag"]
     columns = [[] for _ in names]
     for g in result.params:
-        cells = [g.name, "[" + ", ".join(str(s) for s in g.shape) + "]", _number(g.grad_norm, p), _number(g.weight_norm, p),
-                 _number(g.update_ratio, p), g.flag or ""]
+        cells = [
+            g.name,
+            "[" + ", ".join(str(s) for s in g.shape) + "]",
+            _number(g.grad_norm, p),
+            _number(g.weight_norm, p),
+            _number(g.update_ratio, p),
+            g.flag or "",
+        ]
         for column, cell in zip(columns, cells):
             column.append(cell)
-    return FoldingTable(names, columns, title="gradients", keys=1, justify=["left", "left", "right", "right", "right", "left"])
+    return FoldingTable(
+        names, columns, title="gradients", keys=1, justify=["left", "left", "right", "right", "right", "left"]
+    )
 
 
 # -- gradcheck -------------------------------------------------------------------------------------
 
 
 @with_options(TARGETS, READ, OUTPUT, RUNTIME)
-def gradcheck(spec: Spec, data: Data, eps: Eps = EPS, atol: Atol = ATOL, rtol: Rtol = RTOL, max_checks: MaxChecks = None,
-              mode: InspectMode = "eval", loss: Loss = None, layer: CheckLayer = None, full: Full = False, seed: Seed = None,
-              weights: Weights = None, targets: dict = None, read: dict = None, output: dict = None, runtime: dict = None) -> None:
+def gradcheck(
+    spec: Spec,
+    data: Data,
+    eps: Eps = EPS,
+    atol: Atol = ATOL,
+    rtol: Rtol = RTOL,
+    max_checks: MaxChecks = None,
+    mode: InspectMode = "eval",
+    loss: Loss = None,
+    layer: CheckLayer = None,
+    full: Full = False,
+    seed: Seed = None,
+    weights: Weights = None,
+    targets: dict = None,
+    read: dict = None,
+    output: dict = None,
+    runtime: dict = None,
+) -> None:
     """Autograd's gradient of the loss beside central finite differences, in float64, parameter by parameter.
 
     A value passes where |autograd - numerical| <= atol + rtol * |numerical|, torch.autograd.gradcheck's
@@ -385,8 +647,17 @@ def gradcheck(spec: Spec, data: Data, eps: Eps = EPS, atol: Atol = ATOL, rtol: R
     m = load_model(spec, {"seed": seed, "weights": weights, "dtype": "float64"}, runtime)
     oopts = output_options(output, inputs=[spec, data, targets["targets"], weights])
     oopts.check()
-    result = inside.gradcheck(m, data, loss=loss, eps=eps, atol=atol, rtol=rtol, max_checks=max_checks, mode=mode,
-                              read=read_options(read, targets))
+    result = inside.gradcheck(
+        m,
+        data,
+        loss=loss,
+        eps=eps,
+        atol=atol,
+        rtol=rtol,
+        max_checks=max_checks,
+        mode=mode,
+        read=read_options(read, targets),
+    )
     checks = result.params
     if layer is not None:
         index = _layer_index(layer, len(m.built.layers))
@@ -394,12 +665,20 @@ def gradcheck(spec: Spec, data: Data, eps: Eps = EPS, atol: Atol = ATOL, rtol: R
         if not checks:
             from nncli.errors import UsageError
 
-            raise UsageError(f"--layer {layer}: layers[{index}] ({m.built.layers[index].type}) has no parameters checked")
+            raise UsageError(
+                f"--layer {layer}: layers[{index}] ({m.built.layers[index].type}) has no parameters checked"
+            )
     p = oopts.precision
     verdict = "passed" if result.passed else "FAILED"
-    sample = f"{result.checked:,} of {result.total:,} values drawn at random (seed {m.built.seed})" if result.sampled else f"all {result.total:,} values"
-    text = (f"gradcheck {verdict}: {sample}, {result.failures:,} outside atol {atol:g} + rtol {rtol:g} × |numerical|; central differences with "
-            f"eps {eps:g}; {m.caption}; {mode} mode; {result.loss_fn} over {rows_text(result.rows)}")
+    sample = (
+        f"{result.checked:,} of {result.total:,} values drawn at random (seed {m.built.seed})"
+        if result.sampled
+        else f"all {result.total:,} values"
+    )
+    text = (
+        f"gradcheck {verdict}: {sample}, {result.failures:,} outside atol {atol:g} + rtol {rtol:g} × |numerical|; central differences with "
+        f"eps {eps:g}; {m.caption}; {mode} mode; {result.loss_fn} over {rows_text(result.rows)}"
+    )
     doc = _check_doc(result, checks, p)
 
     def tables():
@@ -437,21 +716,58 @@ def _check_doc(result, checks, p) -> dict:
     for c in checks:
         rel, ab, ok = c.rel_error, c.abs_error, c.within(result.atol, result.rtol)
         worst = _worst(c)
-        parameters.append({
-            "parameter": c.name, "layer": c.layer, "type": c.type, "shape": c.shape, "checked": int(len(c.indices)), "numel": c.numel,
-            "passed": bool(ok.all()), "max_abs_error": _jsonable(float(ab.max()), p), "max_rel_error": _jsonable(float(rel.max()), p),
-            "worst_index": _index_text(int(c.indices[worst]), c.shape),
-            "elements": [{"index": _index_text(int(i), c.shape), "autograd": a, "numerical": n, "abs_error": e, "rel_error": r, "passed": bool(k)}
-                         for i, a, n, e, r, k in zip(c.indices.tolist(), jsonable(c.autograd, p), jsonable(c.numerical, p), jsonable(ab, p),
-                                                     jsonable(rel, p), ok.tolist())],
-        })
+        parameters.append(
+            {
+                "parameter": c.name,
+                "layer": c.layer,
+                "type": c.type,
+                "shape": c.shape,
+                "checked": int(len(c.indices)),
+                "numel": c.numel,
+                "passed": bool(ok.all()),
+                "max_abs_error": _jsonable(float(ab.max()), p),
+                "max_rel_error": _jsonable(float(rel.max()), p),
+                "worst_index": _index_text(int(c.indices[worst]), c.shape),
+                "elements": [
+                    {
+                        "index": _index_text(int(i), c.shape),
+                        "autograd": a,
+                        "numerical": n,
+                        "abs_error": e,
+                        "rel_error": r,
+                        "passed": bool(k),
+                    }
+                    for i, a, n, e, r, k in zip(
+                        c.indices.tolist(),
+                        jsonable(c.autograd, p),
+                        jsonable(c.numerical, p),
+                        jsonable(ab, p),
+                        jsonable(rel, p),
+                        ok.tolist(),
+                    )
+                ],
+            }
+        )
     rel_all = [float(c.rel_error.max()) for c in checks]
     abs_all = [float(c.abs_error.max()) for c in checks]
-    return {"passed": result.passed, "checked": result.checked, "total": result.total, "sampled": result.sampled, "failures": result.failures,
-            "eps": result.eps, "atol": result.atol, "rtol": result.rtol, "mode": result.mode,
-            "max_rel_error": _jsonable(max(rel_all), p) if rel_all else None, "max_abs_error": _jsonable(max(abs_all), p) if abs_all else None,
-            "loss": jsonable(result.loss, p), "loss_fn": result.loss_fn, "loss_from": result.loss_from, "rows": result.rows,
-            "parameters": parameters}
+    return {
+        "passed": result.passed,
+        "checked": result.checked,
+        "total": result.total,
+        "sampled": result.sampled,
+        "failures": result.failures,
+        "eps": result.eps,
+        "atol": result.atol,
+        "rtol": result.rtol,
+        "mode": result.mode,
+        "max_rel_error": _jsonable(max(rel_all), p) if rel_all else None,
+        "max_abs_error": _jsonable(max(abs_all), p) if abs_all else None,
+        "loss": jsonable(result.loss, p),
+        "loss_fn": result.loss_fn,
+        "loss_from": result.loss_from,
+        "rows": result.rows,
+        "parameters": parameters,
+    }
 
 
 def _check_frame(checks, result) -> Frame:
@@ -492,8 +808,14 @@ def _check_table(c, result, p, full: bool):
         if j is None:
             cells = [Text(ELLIPSIS)] * len(names)
         else:
-            cells = [Text(_index_text(int(c.indices[j]), c.shape), style="dim"), fmt(float(c.autograd[j]), p), fmt(float(c.numerical[j]), p),
-                     fmt(float(ab[j]), p), fmt(float(rel[j]), p), Text("yes" if ok[j] else "NO", style="" if ok[j] else "bold red")]
+            cells = [
+                Text(_index_text(int(c.indices[j]), c.shape), style="dim"),
+                fmt(float(c.autograd[j]), p),
+                fmt(float(c.numerical[j]), p),
+                fmt(float(ab[j]), p),
+                fmt(float(rel[j]), p),
+                Text("yes" if ok[j] else "NO", style="" if ok[j] else "bold red"),
+            ]
         for column, cell in zip(columns, cells):
             column.append(cell)
     title = f"{c.name} {c.shape} {c.type}: {n:,} of {c.numel:,} checked"
@@ -508,8 +830,16 @@ def _check_summary(checks, result, p):
     for c in checks:
         worst = _worst(c)
         ok = c.within(result.atol, result.rtol)
-        cells = [c.name, f"{len(c.indices):,}", fmt(float(c.abs_error.max()), p), fmt(float(c.rel_error.max()), p),
-                 _index_text(int(c.indices[worst]), c.shape), "pass" if ok.all() else f"FAIL ({int((~ok).sum()):,})"]
+        cells = [
+            c.name,
+            f"{len(c.indices):,}",
+            fmt(float(c.abs_error.max()), p),
+            fmt(float(c.rel_error.max()), p),
+            _index_text(int(c.indices[worst]), c.shape),
+            "pass" if ok.all() else f"FAIL ({int((~ok).sum()):,})",
+        ]
         for column, cell in zip(columns, cells):
             column.append(cell)
-    return FoldingTable(names, columns, title="gradcheck", keys=1, justify=["left", "right", "right", "right", "left", "left"])
+    return FoldingTable(
+        names, columns, title="gradcheck", keys=1, justify=["left", "right", "right", "right", "left", "left"]
+    )

@@ -23,14 +23,39 @@ from nncli.errors import NncliError, UsageError
 ENGINES = ("dask",)
 EXTRAS = {"dask": ("dask", "distributed"), "ray": ("ray",), "spark": ("pyspark",)}
 
-Engine = Annotated[Optional[str], typer.Option("--engine", metavar="NAME", help=(
-    "Score on a cluster: dask (pip install 'nncli-torch[dask]'): partitions (the files, or whole batches of one file) "
-    "go to the workers; the output is the same bits, in input order. Default: this process."))]
-Workers = Annotated[Optional[int], typer.Option("--workers", metavar="N", min=1, help=(
-    "With --engine dask: start a local cluster of N worker processes, one thread each (default: one per core; at most 4 per core)."))]
-Scheduler = Annotated[Optional[str], typer.Option("--scheduler", metavar="ADDRESS", help=(
-    "With --engine dask: use the running cluster at ADDRESS (tcp://host:8786) instead of starting one; its "
-    "workers need nncli installed and DATA at the same absolute paths (relative ones are resolved here)."))]
+Engine = Annotated[
+    str | None,
+    typer.Option(
+        "--engine",
+        metavar="NAME",
+        help=(
+            "Score on a cluster: dask (pip install 'nncli-torch[dask]'): partitions (the files, or whole batches of one file) "
+            "go to the workers; the output is the same bits, in input order. Default: this process."
+        ),
+    ),
+]
+Workers = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        metavar="N",
+        min=1,
+        help=(
+            "With --engine dask: start a local cluster of N worker processes, one thread each (default: one per core; at most 4 per core)."
+        ),
+    ),
+]
+Scheduler = Annotated[
+    str | None,
+    typer.Option(
+        "--scheduler",
+        metavar="ADDRESS",
+        help=(
+            "With --engine dask: use the running cluster at ADDRESS (tcp://host:8786) instead of starting one; its "
+            "workers need nncli installed and DATA at the same absolute paths (relative ones are resolved here)."
+        ),
+    ),
+]
 
 
 def require(engine: str) -> None:
@@ -41,7 +66,9 @@ def require(engine: str) -> None:
         try:
             importlib.import_module(module)
         except ImportError:
-            raise NncliError(f"{module} is not installed: pip install 'nncli-torch[{engine}]'", f"--engine {engine}") from None
+            raise NncliError(
+                f"{module} is not installed: pip install 'nncli-torch[{engine}]'", f"--engine {engine}"
+            ) from None
 
 
 def check(engine: str | None, workers: int | None, scheduler: str | None) -> None:
@@ -51,13 +78,17 @@ def check(engine: str | None, workers: int | None, scheduler: str | None) -> Non
             raise UsageError(f"{'--workers' if workers is not None else '--scheduler'} goes with --engine dask")
         return
     if engine not in ENGINES:
-        raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r} (Ray and Spark: see nncli.lib.engines.ray, nncli.lib.engines.spark)")
+        raise UsageError(
+            f"--engine must be one of {', '.join(ENGINES)}, got {engine!r} (Ray and Spark: see nncli.lib.engines.ray, nncli.lib.engines.spark)"
+        )
     if workers is not None and scheduler is not None:
         raise UsageError("--workers starts a local cluster and --scheduler uses a running one: give one of them")
 
 
 @contextlib.contextmanager
-def scoring(model, engine: str | None, workers: int | None = None, scheduler: str | None = None, plan: list | None = None):
+def scoring(
+    model, engine: str | None, workers: int | None = None, scheduler: str | None = None, plan: list | None = None
+):
     """The model itself, or with an engine a stand-in that scores on the cluster (started on first
     use, closed on the way out). `plan`: every DATA path of the command, so files can go out ahead."""
     check(engine, workers, scheduler)

@@ -30,12 +30,13 @@ import collections
 import threading
 import uuid
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
-from nncli.lib.api import Forwards
 from nncli.constants import DEFAULT_BATCH_ROWS
 from nncli.errors import NncliError, NncliWarning, UsageError
+from nncli.lib.api import Forwards
 
 PART_ROWS = 65536  # one file's partitions hold whole batches, at least this many rows (4 default batches)
 KEPT_MODELS = 4  # models a worker process keeps built (by token), for a long-lived cluster
@@ -68,10 +69,29 @@ def ship(model) -> Shipped:
         raise UsageError("build the model first (model.build(width))")
     state = {k: v.detach().cpu().numpy().copy() for k, v in built.module.state_dict().items()}
     pre = built.preprocess
-    preprocess = None if pre is None else (pre.kind, list(pre.columns), pre.shift.detach().cpu().double().numpy().copy(),
-                                           pre.scale.detach().cpu().double().numpy().copy())
-    return Shipped(uuid.uuid4().hex, built.spec, list(built.layers), built.dtype, built.seed, built.weights, state,
-                   None if built.classes is None else list(built.classes), preprocess, model.device_name, model.threads)
+    preprocess = (
+        None
+        if pre is None
+        else (
+            pre.kind,
+            list(pre.columns),
+            pre.shift.detach().cpu().double().numpy().copy(),
+            pre.scale.detach().cpu().double().numpy().copy(),
+        )
+    )
+    return Shipped(
+        uuid.uuid4().hex,
+        built.spec,
+        list(built.layers),
+        built.dtype,
+        built.seed,
+        built.weights,
+        state,
+        None if built.classes is None else list(built.classes),
+        preprocess,
+        model.device_name,
+        model.threads,
+    )
 
 
 _BUILT: collections.OrderedDict = collections.OrderedDict()
@@ -105,7 +125,9 @@ def _rebuild(shipped: Shipped):
     # On the meta device the layers allocate nothing and draw no random numbers; the shipped tensors
     # are then assigned as they are, so the worker's weights are the driver's, bit for bit.
     with torch.device("meta"):
-        module = nn.Sequential(*(getattr(nn, layer.type)(**build_kwargs(layer)) for layer in shipped.layers))  # allowlisted names
+        module = nn.Sequential(
+            *(getattr(nn, layer.type)(**build_kwargs(layer)) for layer in shipped.layers)
+        )  # allowlisted names
     if shipped.dtype == "float64":
         module = module.double()
     module.load_state_dict({k: torch.from_numpy(np.array(v, copy=True)) for k, v in shipped.state.items()}, assign=True)
@@ -117,8 +139,20 @@ def _rebuild(shipped: Shipped):
     preprocess = None
     if shipped.preprocess is not None:
         kind, columns, shift, scale = shipped.preprocess
-        preprocess = Preprocess(kind, columns, torch.from_numpy(np.array(shift, copy=True)), torch.from_numpy(np.array(scale, copy=True)))
-    return Built(module, shipped.layers, shipped.spec, shipped.seed, shipped.weights, shipped.dtype, device, shipped.classes, preprocess)
+        preprocess = Preprocess(
+            kind, columns, torch.from_numpy(np.array(shift, copy=True)), torch.from_numpy(np.array(scale, copy=True))
+        )
+    return Built(
+        module,
+        shipped.layers,
+        shipped.spec,
+        shipped.seed,
+        shipped.weights,
+        shipped.dtype,
+        device,
+        shipped.classes,
+        preprocess,
+    )
 
 
 # -- partitions, on a worker -----------------------------------------------------------------------
@@ -140,7 +174,9 @@ def _file_part(path: str, read) -> FilePart:
 
     targets = read.targets_file
     if targets and targets != "-":
-        read = dataclasses.replace(read, targets_file=os.path.abspath(targets), targets_label=read.targets_label or targets)
+        read = dataclasses.replace(
+            read, targets_file=os.path.abspath(targets), targets_label=read.targets_label or targets
+        )
     return FilePart(os.path.abspath(path), dataclasses.replace(read, label=read.label or path))
 
 
@@ -207,17 +243,24 @@ class Scored:
         return self.rows
 
 
-def forward_part(shipped: Shipped, head, part, threshold: float, batch_size: int | None, source_column: str | None) -> Scored:
+def forward_part(
+    shipped: Shipped, head, part, threshold: float, batch_size: int | None, source_column: str | None
+) -> Scored:
     """Run on a worker: the model in eval mode over one partition, in nncli's batches."""
     from nncli.lib.api import ForwardRun
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the driver has issued the data's warnings once; torch's own never reach the user
+        warnings.simplefilter(
+            "ignore"
+        )  # the driver has issued the data's warnings once; torch's own never reach the user
         built = rebuild(shipped)
         source, batches = _opened(part, False, batch_size or DEFAULT_BATCH_ROWS)
         run = ForwardRun(built, head, source, batches, threshold, source_column)
         data_bad, output_bad = _FirstBad(), _FirstBad()
-        run.checks = [lambda batch, outputs: data_bad(batch.x, batch.first_row), lambda batch, outputs: output_bad(outputs, batch.first_row)]
+        run.checks = [
+            lambda batch, outputs: data_bad(batch.x, batch.first_row),
+            lambda batch, outputs: output_bad(outputs, batch.first_row),
+        ]
         frames, rows = [], 0
         for names, columns in run.frames():
             frames.append((names, columns))
@@ -235,23 +278,27 @@ class Signal:
     sums: list = field(default_factory=list)  # each batch's loss, reduction 'sum', a 0-d tensor in the model's dtype
     mean: Any = None  # the loss with reduction 'mean' when the partition is one batch (the whole data may be)
     per_row: list = field(default_factory=list)  # reduction 'none': numpy arrays per batch
-    observed: list = field(default_factory=list)  # (outputs, targets) per batch, for the driver's observer (evaluate's metrics)
+    observed: list = field(
+        default_factory=list
+    )  # (outputs, targets) per batch, for the driver's observer (evaluate's metrics)
 
     def __len__(self) -> int:
         return self.rows
 
 
-def signal_part(shipped: Shipped, head, choice, part, reduction: str, train: bool, batch_size: int | None, observe: bool) -> Signal:
+def signal_part(
+    shipped: Shipped, head, choice, part, reduction: str, train: bool, batch_size: int | None, observe: bool
+) -> Signal:
     """Run on a worker: each batch's loss as the single process computes it (outputs, targets, the
     loss function with reduction 'sum', or 'none'); with `observe`, each batch's outputs and targets
     too, for the driver's observer (evaluate's metrics, which the driver adds up in batch order)."""
     import torch
 
-    from nncli.lib.api import _with_label_hint
     from nncli.core.backprop import run_module
     from nncli.core.forward import preprocessed, to_tensor
     from nncli.core.losses import element_count, make_targets
     from nncli.core.model import torch_dtype
+    from nncli.lib.api import _with_label_hint
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -265,7 +312,9 @@ def signal_part(shipped: Shipped, head, choice, part, reduction: str, train: boo
             with torch.no_grad():
                 for batch in batches:
                     outputs = run_module(module, preprocessed(built, to_tensor(batch.x, dtype, device)))
-                    targets = make_targets(choice, batch.y, head.width, batch.first_row, source.target_names, dtype, device, source.name)
+                    targets = make_targets(
+                        choice, batch.y, head.width, batch.first_row, source.target_names, dtype, device, source.name
+                    )
                     value = fn(outputs, targets)
                     if observe:
                         out.observed.append((outputs.detach().cpu(), targets.cpu()))
@@ -324,7 +373,9 @@ def prepared(model, columns: list, options: TableOptions, class_names: bool, whe
     width = len(feature_columns(columns, options))
     built = model.build(width, where)
     model._check_preprocess()
-    head = head_of(built.layers, width, spec_loss(model.spec.loss, model.spec.path), built.classes if class_names else None)
+    head = head_of(
+        built.layers, width, spec_loss(model.spec.loss, model.spec.path), built.classes if class_names else None
+    )
     return ship(model), head
 
 
@@ -334,8 +385,8 @@ def score_table(batch, shipped: Shipped, head, options: TableOptions):
     column-major and changes last bits), nncli's batches within the batch, nncli's ForwardRun."""
     import polars as pl
 
-    from nncli.lib.api import ForwardRun
     from nncli.io.frames import FrameData
+    from nncli.lib.api import ForwardRun
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -559,15 +610,20 @@ class Scorer(Forwards):
         or a step in place between two calls: every in-place change bumps a tensor's version counter)."""
         built = self.model.built
         tensors = [*built.module.parameters(), *built.module.buffers()]
-        fingerprint = (id(built), tuple((id(t), t._version) for t in tensors), id(built.preprocess), tuple(built.classes or ()))
+        fingerprint = (
+            id(built),
+            tuple((id(t), t._version) for t in tensors),
+            id(built.preprocess),
+            tuple(built.classes or ()),
+        )
         if self._shipped is None or self._shipped[0] != fingerprint:
             self._shipped = (fingerprint, self.pool.ship(ship(self.model)))
         return self._shipped[1]
 
     def _open(self, data, read, want_targets: bool):
         """Open DATA here (its columns, its warnings, its errors, as the single process gives them) and build the model."""
-        from nncli.lib.api import open_data
         from nncli.io.reading import expand_paths
+        from nncli.lib.api import open_data
 
         paths = expand_paths(data)
         source = open_data(paths, read, want_targets)
@@ -584,26 +640,51 @@ class Scorer(Forwards):
 
     # -- forward --------------------------------------------------------------------------------
 
-    def forward_frames(self, data, *, threshold: float = 0.5, batch_size: int | None = None, read=None, progress=None,
-                       class_names: bool = True, source_column: str | None = None) -> EngineRun:
-        from nncli.lib.api import Read
+    def forward_frames(
+        self,
+        data,
+        *,
+        threshold: float = 0.5,
+        batch_size: int | None = None,
+        read=None,
+        progress=None,
+        class_names: bool = True,
+        source_column: str | None = None,
+    ) -> EngineRun:
         from nncli.core.forward import head_of
         from nncli.core.losses import spec_loss
+        from nncli.lib.api import Read
 
         read = read or Read()
         self._begin()
         paths, source, built = self._open(data, read, False)
-        head = head_of(built.layers, source.n_features, spec_loss(self.model.spec.loss, self.model.spec.path),
-                       built.classes if class_names else None)
+        head = head_of(
+            built.layers,
+            source.n_features,
+            spec_loss(self.model.spec.loss, self.model.spec.path),
+            built.classes if class_names else None,
+        )
         rows = batch_size or DEFAULT_BATCH_ROWS
         window = 2 * max(self.pool.workers, 1)
         model = self._handle()
         if self._by_file(paths):
             source.close()
             key = (id(model), head, threshold, rows, source_column, repr(read))
-            results = self._file_results(paths, key, lambda path: (forward_part, (model, head, _file_part(path, read), threshold, rows, source_column), None), window)
+            results = self._file_results(
+                paths,
+                key,
+                lambda path: (
+                    forward_part,
+                    (model, head, _file_part(path, read), threshold, rows, source_column),
+                    None,
+                ),
+                window,
+            )
             return EngineRun(built, head, source, results, True, progress, [_size(p) for p in paths])
-        tasks = ((_forward_rows, (model, head, threshold, rows, source_column), part) for part in _row_parts(source, rows, max(rows, PART_ROWS)))
+        tasks = (
+            (_forward_rows, (model, head, threshold, rows, source_column), part)
+            for part in _row_parts(source, rows, max(rows, PART_ROWS))
+        )
         return EngineRun(built, head, source, _ordered(self.pool, tasks, window), False, progress)
 
     def _file_results(self, paths: list, key, task, window: int) -> Iterator:
@@ -625,15 +706,26 @@ class Scorer(Forwards):
 
     # -- loss and evaluate ----------------------------------------------------------------------
 
-    def _signal(self, data, read, loss, reduction: str, train: bool, backward: bool, inputs: bool, batch_size, progress,
-                observer=None):
+    def _signal(
+        self,
+        data,
+        read,
+        loss,
+        reduction: str,
+        train: bool,
+        backward: bool,
+        inputs: bool,
+        batch_size,
+        progress,
+        observer=None,
+    ):
         """Model._signal's contract on the cluster: (LossReport, choice, head), `observer(choice, head)`
         seeing every batch's outputs and targets in order. Forward and the loss run on the workers;
         each batch's loss sum comes back in the model's dtype and is added here in batch order, then
         divided by the number of terms: the single process's arithmetic, so the same bits."""
-        from nncli.lib.api import LossReport, use_labels
         from nncli.core.backprop import needs_one_batch
         from nncli.core.forward import head_of
+        from nncli.lib.api import LossReport, use_labels
 
         if reduction not in ("mean", "sum", "none"):
             raise UsageError(f"reduction must be mean, sum or none, got {reduction!r}")
@@ -645,8 +737,10 @@ class Scorer(Forwards):
             head = head_of(built.layers, source.n_features)
             choice = self.model.choose_loss(loss, head)
             if needs_one_batch(built, train):
-                raise UsageError("train-mode BatchNorm1d and Dropout see every row in one batch, which one process computes: "
-                                 "run without --engine, or with --mode eval")
+                raise UsageError(
+                    "train-mode BatchNorm1d and Dropout see every row in one batch, which one process computes: "
+                    "run without --engine, or with --mode eval"
+                )
             use_labels(built, source, choice)
         except BaseException:
             source.close()
@@ -685,9 +779,19 @@ class Scorer(Forwards):
             elif reduction == "mean":
                 total = total / terms
             if not bool(total.isfinite()):
-                warnings.warn(f"the loss is {float(total)} (a NaN or inf in the data, or outputs outside the loss's domain)", NncliWarning, stacklevel=3)
-        report = LossReport(None if reduction == "none" else total, choice.label, choice.source, reduction, count,
-                            feature_names=source.feature_names)
+                warnings.warn(
+                    f"the loss is {float(total)} (a NaN or inf in the data, or outputs outside the loss's domain)",
+                    NncliWarning,
+                    stacklevel=3,
+                )
+        report = LossReport(
+            None if reduction == "none" else total,
+            choice.label,
+            choice.source,
+            reduction,
+            count,
+            feature_names=source.feature_names,
+        )
         if reduction == "none":
             import numpy as np
 
@@ -697,20 +801,41 @@ class Scorer(Forwards):
     def choose_loss(self, given, head):
         return self.model.choose_loss(given, head)
 
-    def compute_loss(self, data, *, target=None, loss: str | None = None, reduction: str = "mean", mode: str = "eval",
-                     batch_size: int | None = None, read=None, progress=None):
+    def compute_loss(
+        self,
+        data,
+        *,
+        target=None,
+        loss: str | None = None,
+        reduction: str = "mean",
+        mode: str = "eval",
+        batch_size: int | None = None,
+        read=None,
+        progress=None,
+    ):
         """Model.compute_loss on the cluster: the same LossReport, the same bits."""
         from nncli.lib.api import Read, _train
 
         read = read or Read(target=target)
         return self._signal(data, read, loss, reduction, _train(mode), False, False, batch_size, progress)[0]
 
-    def loss(self, data, *, target=None, loss: str | None = None, reduction: str = "mean", mode: str = "eval",
-             batch_size: int | None = None, **read) -> float:
+    def loss(
+        self,
+        data,
+        *,
+        target=None,
+        loss: str | None = None,
+        reduction: str = "mean",
+        mode: str = "eval",
+        batch_size: int | None = None,
+        **read,
+    ) -> float:
         """Model.loss on the cluster."""
         from nncli.lib.api import Read
 
-        return self.compute_loss(data, loss=loss, reduction=reduction, mode=mode, batch_size=batch_size, read=Read(target=target, **read)).value
+        return self.compute_loss(
+            data, loss=loss, reduction=reduction, mode=mode, batch_size=batch_size, read=Read(target=target, **read)
+        ).value
 
     def evaluate(self, data, **options) -> dict:
         """nncli.evaluate on the cluster (nncli.evaluate(scorer, ...) is the same call): the same document, the same bits."""

@@ -19,9 +19,9 @@ import contextlib
 import logging
 import os
 
+from nncli.errors import NncliError
 from nncli.lib.engines import core
 from nncli.lib.engines.core import TableOptions, empty_output, prepared, score_pandas
-from nncli.errors import NncliError
 
 CONNECT_SECONDS = 10
 HANDSHAKE_SECONDS = 5
@@ -69,12 +69,17 @@ class DaskPool(core.Pool):
         try:
             return future.result()
         except KilledWorker:
-            raise NncliError("a dask worker died while scoring a partition (out of memory? try a smaller --batch-size)", "--engine dask") from None
+            raise NncliError(
+                "a dask worker died while scoring a partition (out of memory? try a smaller --batch-size)",
+                "--engine dask",
+            ) from None
         except (FutureCancelledError, CommClosedError):
             # a worker killed mid-run without a nanny took the model or the rows it held: dask forgets the
             # task ("cancelled for reason: already forgotten"); a scheduler gone closes the connection
-            raise NncliError("the dask cluster lost a worker or its scheduler while scoring (a worker killed?): run again",
-                             "--engine dask") from None
+            raise NncliError(
+                "the dask cluster lost a worker or its scheduler while scoring (a worker killed?): run again",
+                "--engine dask",
+            ) from None
 
     def cancel(self, futures: list) -> None:
         with contextlib.suppress(Exception):
@@ -107,18 +112,33 @@ def start(workers: int | None = None, scheduler: str | None = None, default: boo
         except NncliError:
             raise
         except Exception as e:  # noqa: BLE001  dask's own, for an address it cannot use (ucx:// without its package ...): one line
-            text = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).splitlines()[0] if str(e) else type(e).__name__)
+            text = (
+                e.strerror
+                if isinstance(e, OSError) and e.strerror
+                else (str(e).splitlines()[0] if str(e) else type(e).__name__)
+            )
             raise NncliError(f"cannot reach the dask scheduler: {text}", scheduler) from None
     check_workers(workers)
     # One thread per process: torch's kernels are then those of one core, and processes do not
     # share the GIL. No dashboard (it needs bokeh, and a port); nothing in the log short of a crash
     # (closing logs a heartbeat "error" now and then: nncli's standard error carries only nncli's lines).
     try:
-        cluster = LocalCluster(n_workers=workers or cores(), threads_per_worker=1, processes=True, dashboard_address=None,
-                               silence_logs=logging.CRITICAL)
+        cluster = LocalCluster(
+            n_workers=workers or cores(),
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.CRITICAL,
+        )
     except Exception as e:  # noqa: BLE001  a process limit, no memory for another worker: what failed, not dask's traceback
-        text = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).splitlines()[0] if str(e) else type(e).__name__)
-        raise NncliError(f"cannot start a local dask cluster of {workers or cores()} workers: {text}", "--workers") from None
+        text = (
+            e.strerror
+            if isinstance(e, OSError) and e.strerror
+            else (str(e).splitlines()[0] if str(e) else type(e).__name__)
+        )
+        raise NncliError(
+            f"cannot start a local dask cluster of {workers or cores()} workers: {text}", "--workers"
+        ) from None
     try:
         return Client(cluster, set_as_default=default), cluster
     except BaseException:
@@ -131,7 +151,9 @@ def check_workers(workers: int | None) -> None:
     `--workers 99999999999` started processes until the system ran out."""
     limit = MAX_WORKERS_PER_CPU * cores()
     if workers is not None and workers > limit:
-        raise NncliError(f"{workers} workers on {cores()} CPUs: give at most {limit} ({MAX_WORKERS_PER_CPU} per CPU)", "--workers")
+        raise NncliError(
+            f"{workers} workers on {cores()} CPUs: give at most {limit} ({MAX_WORKERS_PER_CPU} per CPU)", "--workers"
+        )
 
 
 def _reachable(address: str) -> None:
@@ -159,7 +181,10 @@ def _reachable(address: str) -> None:
             except TimeoutError:
                 first = None
             if not first:
-                raise NncliError(f"no dask scheduler answered there within {HANDSHAKE_SECONDS} s (another service? an HTTP port?)", address)
+                raise NncliError(
+                    f"no dask scheduler answered there within {HANDSHAKE_SECONDS} s (another service? an HTTP port?)",
+                    address,
+                )
 
 
 @contextlib.contextmanager
@@ -194,7 +219,9 @@ class _Starting:
         import threading
 
         if self.thread is None:
-            self.thread = threading.Thread(target=self._start, args=(self.workers, self.scheduler), name="nncli-dask-start", daemon=True)
+            self.thread = threading.Thread(
+                target=self._start, args=(self.workers, self.scheduler), name="nncli-dask-start", daemon=True
+            )
             self.thread.start()
 
     def _start(self, workers, scheduler) -> None:
@@ -203,8 +230,10 @@ class _Starting:
             self.result = DaskPool(client, local)
             if local is not None:
                 # worker processes import torch now, not when the first partition arrives
-                self.result.warming = [client.submit(_warm, pure=False, workers=[w], allow_other_workers=False)
-                                       for w in client.scheduler_info()["workers"]]
+                self.result.warming = [
+                    client.submit(_warm, pure=False, workers=[w], allow_other_workers=False)
+                    for w in client.scheduler_info()["workers"]
+                ]
         except BaseException as e:  # raised in the main thread, by __call__
             self.error = e
 
@@ -227,7 +256,9 @@ class Scorer(core.Scorer):
     in the background (a local one of `workers` processes, or the running one at `scheduler`) and
     closed by `close()`."""
 
-    def __init__(self, model, *, client=None, workers: int | None = None, scheduler: str | None = None, plan: list | None = None) -> None:
+    def __init__(
+        self, model, *, client=None, workers: int | None = None, scheduler: str | None = None, plan: list | None = None
+    ) -> None:
         self._starting = None
         if client is not None:
             super().__init__(model, lambda: DaskPool(client, owned=False), plan)
@@ -242,8 +273,17 @@ class Scorer(core.Scorer):
             self._starting = None
 
 
-def forward(model, ddf, *, target=None, features=None, id_column=None, threshold: float = 0.5, batch_size: int | None = None,
-            class_names: bool = True):
+def forward(
+    model,
+    ddf,
+    *,
+    target=None,
+    features=None,
+    id_column=None,
+    threshold: float = 0.5,
+    batch_size: int | None = None,
+    class_names: bool = True,
+):
     """forward over a dask DataFrame, lazily: a dask DataFrame with forward's columns (and each
     partition's index). Each partition is scored as `model.forward(partition)` scores it, bit for bit:
     nncli's batches of `batch_size` rows within it, the values made row-major float64, then the

@@ -44,8 +44,19 @@ class Scorer:
         return score_pandas(batch, self.shipped, self.head, self.options, self.meta)
 
 
-def forward(model, dataset, *, target=None, features=None, id_column=None, threshold: float = 0.5, batch_size: int | None = None,
-            class_names: bool = True, num_cpus: float = 0.5, concurrency: int = 2):
+def forward(
+    model,
+    dataset,
+    *,
+    target=None,
+    features=None,
+    id_column=None,
+    threshold: float = 0.5,
+    batch_size: int | None = None,
+    class_names: bool = True,
+    num_cpus: float = 0.5,
+    concurrency: int = 2,
+):
     """forward over a Ray Dataset (lazily): a Dataset with forward's columns, each batch of
     `batch_size` rows scored as `model.forward(batch)` scores it, bit for bit."""
     from nncli.lib.engines import require
@@ -57,8 +68,14 @@ def forward(model, dataset, *, target=None, features=None, id_column=None, thres
     columns = list(dataset.schema().names)
     shipped, head = prepared(model, columns, options, class_names, "the Ray dataset")
     meta = empty_output(shipped, head, options, columns)
-    return dataset.map_batches(Scorer, fn_constructor_args=(ray.put(shipped), head, options, meta), batch_format="pandas",
-                               batch_size=batch_size or DEFAULT_BATCH_ROWS, num_cpus=num_cpus, concurrency=concurrency)
+    return dataset.map_batches(
+        Scorer,
+        fn_constructor_args=(ray.put(shipped), head, options, meta),
+        batch_format="pandas",
+        batch_size=batch_size or DEFAULT_BATCH_ROWS,
+        num_cpus=num_cpus,
+        concurrency=concurrency,
+    )
 
 
 __all__ = ["Scorer", "forward"]

@@ -55,8 +55,17 @@ def schema_fields(meta) -> list[tuple[str, str]]:
     return fields
 
 
-def forward(model, df, *, target=None, features=None, id_column=None, threshold: float = 0.5, batch_size: int | None = None,
-            class_names: bool = True):
+def forward(
+    model,
+    df,
+    *,
+    target=None,
+    features=None,
+    id_column=None,
+    threshold: float = 0.5,
+    batch_size: int | None = None,
+    class_names: bool = True,
+):
     """forward over a Spark DataFrame (lazily): a DataFrame with forward's columns."""
     from nncli.lib.engines import require
 
@@ -67,7 +76,13 @@ def forward(model, df, *, target=None, features=None, id_column=None, threshold:
     columns = list(df.columns)
     shipped, head = prepared(model, columns, options, class_names, "the Spark DataFrame")
     meta = empty_output(shipped, head, options, columns)
-    kinds = {"boolean": T.BooleanType(), "float": T.FloatType(), "double": T.DoubleType(), "bigint": T.LongType(), "string": T.StringType()}
+    kinds = {
+        "boolean": T.BooleanType(),
+        "float": T.FloatType(),
+        "double": T.DoubleType(),
+        "bigint": T.LongType(),
+        "string": T.StringType(),
+    }
     schema = T.StructType([T.StructField(name, kinds[kind]) for name, kind in schema_fields(meta)])
     try:
         weights = df.sparkSession.sparkContext.broadcast(shipped)
