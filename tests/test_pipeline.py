@@ -239,7 +239,7 @@ def test_fixed_decimals_refuse_a_polars_that_gives_other_decimals(monkeypatch):
 def _reader_running_at_build(monkeypatch):
     """[True] when reading started before the model's first build. (Whether the reader thread is
     still alive at the build is a race: it may have read a 5-row file already.)"""
-    from nncli.lib import api
+    from nncli.lib import model as api
 
     seen, started = [], []
     build, prefetched = api.Model.build, api.prefetched

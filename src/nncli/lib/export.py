@@ -34,7 +34,7 @@ from typing import Any
 from nncli.core.forward import Head, check_threshold, head_of
 from nncli.core.losses import spec_loss
 from nncli.errors import NncliError, UsageError
-from nncli.lib.api import Forwards, finite_checks, row_columns
+from nncli.lib.model import Forwards, finite_checks, row_columns
 
 EXTRA = "pip install 'nncli-torch[onnx]'"
 SUFFIXES = {".onnx": "onnx", ".pt2": "pt2"}
@@ -933,7 +933,7 @@ class OnnxModel(Forwards):
         from nncli.constants import DEFAULT_BATCH_ROWS
         from nncli.io.frames import is_table
         from nncli.io.reading import prefetched
-        from nncli.lib.api import Read, _target_hint, open_data
+        from nncli.lib.model import Read, _target_hint, open_data
 
         read = read or Read()
         source = open_data(data, read, want_targets=False)

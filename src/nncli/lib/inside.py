@@ -49,7 +49,7 @@ def layer_label(layer) -> str:
 
 
 def _read(read, target, more: dict):
-    from nncli.lib.api import Read
+    from nncli.lib.model import Read
 
     return read or Read(target=target, **more)
 
@@ -269,7 +269,7 @@ def trace(
     from nncli.core.forward import head_of, to_tensor
     from nncli.core.losses import make_targets
     from nncli.core.model import torch_dtype
-    from nncli.lib.api import _train
+    from nncli.lib.model import _train
 
     train = _train(mode)
     ranges = parse_rows(rows)
@@ -488,7 +488,7 @@ def stats(
     from nncli.core.backprop import compute_loss, gradients, run_module
     from nncli.core.forward import head_of, to_tensor
     from nncli.core.model import torch_dtype
-    from nncli.lib.api import _check_rate, _train, rows_per_batch
+    from nncli.lib.model import _check_rate, _train, rows_per_batch
 
     train = _train(mode)
     _check_rate(lr, "lr")
@@ -697,7 +697,7 @@ def gradcheck(
     from nncli.core.forward import head_of, to_tensor
     from nncli.core.losses import make_targets
     from nncli.core.model import torch_dtype
-    from nncli.lib.api import _train
+    from nncli.lib.model import _train
 
     if model.dtype != "float64":
         raise UsageError(

@@ -36,7 +36,7 @@ from typing import Any
 
 from nncli.constants import DEFAULT_BATCH_ROWS
 from nncli.errors import NncliError, NncliWarning, UsageError
-from nncli.lib.api import Forwards
+from nncli.lib.model import Forwards
 
 PART_ROWS = 65536  # one file's partitions hold whole batches, at least this many rows (4 default batches)
 KEPT_MODELS = 4  # models a worker process keeps built (by token), for a long-lived cluster
@@ -204,7 +204,7 @@ def _opened(part, want_targets: bool, rows, built=None, choice=None):
     """(source, batches) of a partition: nncli's reader and batching for a file, the driver's batches as they came."""
     if isinstance(part, RowsPart):
         return _Rows(part), iter(part.batches)
-    from nncli.lib.api import open_data, use_labels
+    from nncli.lib.model import open_data, use_labels
 
     source = open_data(part.path, part.read, want_targets)
     if choice is not None:
@@ -247,7 +247,7 @@ def forward_part(
     shipped: Shipped, head, part, threshold: float, batch_size: int | None, source_column: str | None
 ) -> Scored:
     """Run on a worker: the model in eval mode over one partition, in nncli's batches."""
-    from nncli.lib.api import ForwardRun
+    from nncli.lib.model import ForwardRun
 
     with warnings.catch_warnings():
         warnings.simplefilter(
@@ -298,7 +298,7 @@ def signal_part(
     from nncli.core.forward import preprocessed, to_tensor
     from nncli.core.losses import element_count, make_targets
     from nncli.core.model import torch_dtype
-    from nncli.lib.api import _with_label_hint
+    from nncli.lib.model import _with_label_hint
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -386,7 +386,7 @@ def score_table(batch, shipped: Shipped, head, options: TableOptions):
     import polars as pl
 
     from nncli.io.frames import FrameData
-    from nncli.lib.api import ForwardRun
+    from nncli.lib.model import ForwardRun
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -517,7 +517,7 @@ class EngineRun:
     """An open forward pass on a cluster, with ForwardRun's interface: `built`, `head`, `source`, `frames()`."""
 
     def __init__(self, built, head, source, results: Iterator, offsets: bool, progress=None, sizes=None) -> None:
-        from nncli.lib.api import FiniteCheck
+        from nncli.lib.model import FiniteCheck
 
         self.built, self.head, self.source = built, head, source
         self._results, self._offsets, self._progress, self._sizes = results, offsets, progress, sizes
@@ -623,7 +623,7 @@ class Scorer(Forwards):
     def _open(self, data, read, want_targets: bool):
         """Open DATA here (its columns, its warnings, its errors, as the single process gives them) and build the model."""
         from nncli.io.reading import expand_paths
-        from nncli.lib.api import open_data
+        from nncli.lib.model import open_data
 
         paths = expand_paths(data)
         source = open_data(paths, read, want_targets)
@@ -653,7 +653,7 @@ class Scorer(Forwards):
     ) -> EngineRun:
         from nncli.core.forward import head_of
         from nncli.core.losses import spec_loss
-        from nncli.lib.api import Read
+        from nncli.lib.model import Read
 
         read = read or Read()
         self._begin()
@@ -725,7 +725,7 @@ class Scorer(Forwards):
         divided by the number of terms: the single process's arithmetic, so the same bits."""
         from nncli.core.backprop import needs_one_batch
         from nncli.core.forward import head_of
-        from nncli.lib.api import LossReport, use_labels
+        from nncli.lib.model import LossReport, use_labels
 
         if reduction not in ("mean", "sum", "none"):
             raise UsageError(f"reduction must be mean, sum or none, got {reduction!r}")
@@ -814,7 +814,7 @@ class Scorer(Forwards):
         progress=None,
     ):
         """Model.compute_loss on the cluster: the same LossReport, the same bits."""
-        from nncli.lib.api import Read, _train
+        from nncli.lib.model import Read, _train
 
         read = read or Read(target=target)
         return self._signal(data, read, loss, reduction, _train(mode), False, False, batch_size, progress)[0]
@@ -831,7 +831,7 @@ class Scorer(Forwards):
         **read,
     ) -> float:
         """Model.loss on the cluster."""
-        from nncli.lib.api import Read
+        from nncli.lib.model import Read
 
         return self.compute_loss(
             data, loss=loss, reduction=reduction, mode=mode, batch_size=batch_size, read=Read(target=target, **read)
@@ -839,7 +839,7 @@ class Scorer(Forwards):
 
     def evaluate(self, data, **options) -> dict:
         """nncli.evaluate on the cluster (nncli.evaluate(scorer, ...) is the same call): the same document, the same bits."""
-        from nncli.lib.api import evaluate
+        from nncli.lib.model import evaluate
 
         return evaluate(self, data, **options)
 
