@@ -34,7 +34,7 @@ from typing import Any
 from nncli.core.forward import Head, check_threshold, head_of
 from nncli.core.losses import spec_loss
 from nncli.errors import NncliError, UsageError
-from nncli.lib.model import Forwards, finite_checks, row_columns
+from nncli.lib.forwards import Forwards, finite_checks, row_columns
 
 EXTRA = "pip install 'nncli-torch[onnx]'"
 SUFFIXES = {".onnx": "onnx", ".pt2": "pt2"}
@@ -249,13 +249,13 @@ def build_export(
     built = model.build()
     if getattr(built, "device", "cpu") != "cpu":
         raise UsageError(f"export traces the model on the cpu; load it with device='cpu' (it is on {built.device})")
-    width = built.layers[0].in_width if built.layers else getattr(model, "_width", None)
+    width = built.layers[0].in_width if built.layers else getattr(model, "width", None)
     if width is None:
         raise NncliError(
             "the number of input features is unknown (the spec fixes none): give --inputs N", model.spec.path
         )
-    if preprocess is None and hasattr(model, "_check_preprocess"):
-        model._check_preprocess()  # a spec that asks for preprocessing has its statistics (saved by train)
+    if preprocess is None and hasattr(model, "check_preprocess"):
+        model.check_preprocess()  # a spec that asks for preprocessing has its statistics (saved by train)
     given = dict(metadata or {})
     classes = given.get("classes", getattr(built, "classes", None))
     head = head_of(
@@ -933,7 +933,7 @@ class OnnxModel(Forwards):
         from nncli.constants import DEFAULT_BATCH_ROWS
         from nncli.io.frames import is_table
         from nncli.io.reading import prefetched
-        from nncli.lib.model import Read, _target_hint, open_data
+        from nncli.lib.session import Read, open_data, target_hint
 
         read = read or Read()
         source = open_data(data, read, want_targets=False)
@@ -942,7 +942,7 @@ class OnnxModel(Forwards):
             error = NncliError(
                 f"the model expects {self.width} features; {source.name} has {source.n_features}", self.path
             )
-            error.what += _target_hint(error, read)
+            error.what += target_hint(error, read)
             error.args = (error.message,)
             raise error
         rows = batch_size or DEFAULT_BATCH_ROWS

@@ -49,7 +49,7 @@ def layer_label(layer) -> str:
 
 
 def _read(read, target, more: dict):
-    from nncli.lib.model import Read
+    from nncli.lib.session import Read
 
     return read or Read(target=target, **more)
 
@@ -269,13 +269,14 @@ def trace(
     from nncli.core.forward import head_of, to_tensor
     from nncli.core.losses import make_targets
     from nncli.core.model import torch_dtype
-    from nncli.lib.model import _train
+    from nncli.lib.checks import train_mode
+    from nncli.lib.session import open_built
 
-    train = _train(mode)
+    train = train_mode(mode)
     ranges = parse_rows(rows)
     read = _read(read, target, more)
     # Small reading batches: the rows are picked as they stream past, and reading stops soon after the last.
-    built, source, batches = model._open(data, read, want_targets=grad, rows=TRACE_READ_ROWS)
+    built, source, batches = open_built(model, data, read, want_targets=grad, rows=TRACE_READ_ROWS)
     try:
         x_rows, y_rows, picked = _pick_rows(batches, ranges, source.name)
     finally:
@@ -488,16 +489,17 @@ def stats(
     from nncli.core.backprop import compute_loss, gradients, run_module
     from nncli.core.forward import head_of, to_tensor
     from nncli.core.model import torch_dtype
-    from nncli.lib.model import _check_rate, _train, rows_per_batch
+    from nncli.lib.checks import check_rate, train_mode
+    from nncli.lib.session import open_built, rows_per_batch
 
-    train = _train(mode)
-    _check_rate(lr, "lr")
+    train = train_mode(mode)
+    check_rate(lr, "lr")
     for name, value in (("vanishing", vanishing), ("exploding", exploding)):
-        _check_rate(value, name)
+        check_rate(value, name)
     read = _read(read, target, more)
     want = bool(read.target or read.targets_file)
-    built, source, batches = model._open(
-        data, read, want_targets=want, rows=lambda b: rows_per_batch(b, train, batch_size)
+    built, source, batches = open_built(
+        model, data, read, want_targets=want, rows_for=lambda b: rows_per_batch(b, train, batch_size)
     )
     module = built.module
     if progress:
@@ -697,7 +699,8 @@ def gradcheck(
     from nncli.core.forward import head_of, to_tensor
     from nncli.core.losses import make_targets
     from nncli.core.model import torch_dtype
-    from nncli.lib.model import _train
+    from nncli.lib.checks import train_mode
+    from nncli.lib.session import open_built
 
     if model.dtype != "float64":
         raise UsageError(
@@ -714,9 +717,9 @@ def gradcheck(
             )
     if max_checks is not None and max_checks < 1:
         raise UsageError(f"--max-checks must be at least 1, got {max_checks}")
-    train = _train(mode)
+    train = train_mode(mode)
     read = _read(read, target, more)
-    built, source, batches = model._open(data, read, want_targets=True, rows=None)
+    built, source, batches = open_built(model, data, read, want_targets=True, rows=None)
     try:
         batch = next(iter(batches), None)
     finally:

@@ -36,7 +36,7 @@ from typing import Any
 
 from nncli.constants import DEFAULT_BATCH_ROWS
 from nncli.errors import NncliError, NncliWarning, UsageError
-from nncli.lib.model import Forwards
+from nncli.lib.forwards import Forwards
 
 PART_ROWS = 65536  # one file's partitions hold whole batches, at least this many rows (4 default batches)
 KEPT_MODELS = 4  # models a worker process keeps built (by token), for a long-lived cluster
@@ -204,7 +204,7 @@ def _opened(part, want_targets: bool, rows, built=None, choice=None):
     """(source, batches) of a partition: nncli's reader and batching for a file, the driver's batches as they came."""
     if isinstance(part, RowsPart):
         return _Rows(part), iter(part.batches)
-    from nncli.lib.model import open_data, use_labels
+    from nncli.lib.session import open_data, use_labels
 
     source = open_data(part.path, part.read, want_targets)
     if choice is not None:
@@ -247,7 +247,7 @@ def forward_part(
     shipped: Shipped, head, part, threshold: float, batch_size: int | None, source_column: str | None
 ) -> Scored:
     """Run on a worker: the model in eval mode over one partition, in nncli's batches."""
-    from nncli.lib.model import ForwardRun
+    from nncli.lib.forwards import ForwardRun
 
     with warnings.catch_warnings():
         warnings.simplefilter(
@@ -298,7 +298,7 @@ def signal_part(
     from nncli.core.forward import preprocessed, to_tensor
     from nncli.core.losses import element_count, make_targets
     from nncli.core.model import torch_dtype
-    from nncli.lib.model import _with_label_hint
+    from nncli.lib.session import with_label_hint
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -329,7 +329,7 @@ def signal_part(
                 if reduction == "mean" and out.batches == 1:
                     out.mean = choice.function("mean")(*last).cpu()
         except NncliError as e:
-            raise _with_label_hint(e, source, choice) from None
+            raise with_label_hint(e, source, choice) from None
         finally:
             source.close()
     return out
@@ -372,7 +372,7 @@ def prepared(model, columns: list, options: TableOptions, class_names: bool, whe
 
     width = len(feature_columns(columns, options))
     built = model.build(width, where)
-    model._check_preprocess()
+    model.check_preprocess()
     head = head_of(
         built.layers, width, spec_loss(model.spec.loss, model.spec.path), built.classes if class_names else None
     )
@@ -386,7 +386,7 @@ def score_table(batch, shipped: Shipped, head, options: TableOptions):
     import polars as pl
 
     from nncli.io.frames import FrameData
-    from nncli.lib.model import ForwardRun
+    from nncli.lib.forwards import ForwardRun
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -517,7 +517,7 @@ class EngineRun:
     """An open forward pass on a cluster, with ForwardRun's interface: `built`, `head`, `source`, `frames()`."""
 
     def __init__(self, built, head, source, results: Iterator, offsets: bool, progress=None, sizes=None) -> None:
-        from nncli.lib.model import FiniteCheck
+        from nncli.lib.forwards import FiniteCheck
 
         self.built, self.head, self.source = built, head, source
         self._results, self._offsets, self._progress, self._sizes = results, offsets, progress, sizes
@@ -623,13 +623,13 @@ class Scorer(Forwards):
     def _open(self, data, read, want_targets: bool):
         """Open DATA here (its columns, its warnings, its errors, as the single process gives them) and build the model."""
         from nncli.io.reading import expand_paths
-        from nncli.lib.model import open_data
+        from nncli.lib.session import open_data
 
         paths = expand_paths(data)
         source = open_data(paths, read, want_targets)
         built = self.model.build_for(source, read)
         try:
-            self.model._check_preprocess()
+            self.model.check_preprocess()
         except NncliError:
             source.close()
             raise
@@ -653,7 +653,7 @@ class Scorer(Forwards):
     ) -> EngineRun:
         from nncli.core.forward import head_of
         from nncli.core.losses import spec_loss
-        from nncli.lib.model import Read
+        from nncli.lib.session import Read
 
         read = read or Read()
         self._begin()
@@ -706,7 +706,7 @@ class Scorer(Forwards):
 
     # -- loss and evaluate ----------------------------------------------------------------------
 
-    def _signal(
+    def signal(
         self,
         data,
         read,
@@ -719,13 +719,14 @@ class Scorer(Forwards):
         progress,
         observer=None,
     ):
-        """Model._signal's contract on the cluster: (LossReport, choice, head), `observer(choice, head)`
+        """Model.signal's contract on the cluster: (LossReport, choice, head), `observer(choice, head)`
         seeing every batch's outputs and targets in order. Forward and the loss run on the workers;
         each batch's loss sum comes back in the model's dtype and is added here in batch order, then
         divided by the number of terms: the single process's arithmetic, so the same bits."""
         from nncli.core.backprop import needs_one_batch
         from nncli.core.forward import head_of
-        from nncli.lib.model import LossReport, use_labels
+        from nncli.lib.results import LossReport
+        from nncli.lib.session import use_labels
 
         if reduction not in ("mean", "sum", "none"):
             raise UsageError(f"reduction must be mean, sum or none, got {reduction!r}")
@@ -814,10 +815,11 @@ class Scorer(Forwards):
         progress=None,
     ):
         """Model.compute_loss on the cluster: the same LossReport, the same bits."""
-        from nncli.lib.model import Read, _train
+        from nncli.lib.checks import train_mode
+        from nncli.lib.session import Read
 
         read = read or Read(target=target)
-        return self._signal(data, read, loss, reduction, _train(mode), False, False, batch_size, progress)[0]
+        return self.signal(data, read, loss, reduction, train_mode(mode), False, False, batch_size, progress)[0]
 
     def loss(
         self,
@@ -831,7 +833,7 @@ class Scorer(Forwards):
         **read,
     ) -> float:
         """Model.loss on the cluster."""
-        from nncli.lib.model import Read
+        from nncli.lib.session import Read
 
         return self.compute_loss(
             data, loss=loss, reduction=reduction, mode=mode, batch_size=batch_size, read=Read(target=target, **read)
@@ -839,7 +841,7 @@ class Scorer(Forwards):
 
     def evaluate(self, data, **options) -> dict:
         """nncli.evaluate on the cluster (nncli.evaluate(scorer, ...) is the same call): the same document, the same bits."""
-        from nncli.lib.model import evaluate
+        from nncli.lib.evaluate import evaluate
 
         return evaluate(self, data, **options)
 

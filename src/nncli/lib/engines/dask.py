@@ -100,7 +100,7 @@ def start(workers: int | None = None, scheduler: str | None = None, default: boo
     """(client, cluster): a client of the running cluster at `scheduler`, or a local cluster of
     `workers` processes (default one per core) with one thread each, as the CLI starts it. With
     `default`, the client is dask's scheduler until it closes (the CLI's never is)."""
-    from nncli.lib.engines import require
+    from nncli.lib.engines.extras import require
 
     require("dask")
     from distributed import Client, LocalCluster

@@ -59,7 +59,7 @@ def forward(
 ):
     """forward over a Ray Dataset (lazily): a Dataset with forward's columns, each batch of
     `batch_size` rows scored as `model.forward(batch)` scores it, bit for bit."""
-    from nncli.lib.engines import require
+    from nncli.lib.engines.extras import require
 
     require("ray")
     import ray

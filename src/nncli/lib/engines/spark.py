@@ -67,7 +67,7 @@ def forward(
     class_names: bool = True,
 ):
     """forward over a Spark DataFrame (lazily): a DataFrame with forward's columns."""
-    from nncli.lib.engines import require
+    from nncli.lib.engines.extras import require
 
     require("spark")
     from pyspark.sql import types as T
