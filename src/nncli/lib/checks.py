@@ -24,14 +24,10 @@ def listed(value, name: str = "target") -> list[str]:
     return [str(v) for v in items]
 
 
-
 def train_mode(mode: str | None) -> bool:
     if mode not in ("train", "eval"):
         raise UsageError(f"mode must be train or eval, got {mode!r}")
     return mode == "train"
-
-
-# -- the façade's arguments, checked once where they come in ------------------------------------------
 
 
 def is_stdin(value) -> bool:
@@ -128,4 +124,3 @@ def check_rate(value, name: str) -> None:
     """A rate of any name (inside's thresholds too), None meaning not given."""
     if value is not None:
         check_rule(value, name, RATE)
-

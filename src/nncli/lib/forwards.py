@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 from nncli.core.forward import Head
 from nncli.errors import NncliWarning
@@ -75,24 +76,29 @@ class ForwardRun:
         self.checks: list = []  # callables(batch, outputs) run on every batch (the CLI's NaN warnings)
 
     def frames(self) -> Iterator[tuple[list[str], list]]:
-        from nncli.core.forward import forward_batches
         from nncli.timing import phase
 
         try:
-            for batch, outputs, classes in forward_batches(
-                self.built, self.head, self.batches, self.built.device, self.threshold
-            ):
+            for batch, outputs, classes in self.outputs():
                 with phase("check"):
                     for check in self.checks:
                         check(batch, outputs)
                 with phase("forward"):
-                    labels = classes.cpu().numpy() if classes is not None else None
-                    columns = row_columns(
-                        batch, outputs.detach().cpu().numpy(), labels, self.head, self.source, self.source_column
-                    )
+                    values, labels = self.as_numpy(outputs, classes)
+                    columns = row_columns(batch, values, labels, self.head, self.source, self.source_column)
                 yield self.names, columns
         finally:
             self.source.close()
+
+    def outputs(self) -> Iterator[tuple[Any, Any, Any]]:
+        """(batch, the outputs forward shows, the predicted classes or None) per batch: PyTorch's here,
+        onnxruntime's in onnx_model.OnnxRun; the rest of the pass is this class's."""
+        from nncli.core.forward import forward_batches
+
+        return forward_batches(self.built, self.head, self.batches, self.built.device, self.threshold)
+
+    def as_numpy(self, outputs, classes) -> tuple[Any, Any]:
+        return outputs.detach().cpu().numpy(), (classes.cpu().numpy() if classes is not None else None)
 
 
 class FiniteCheck:

@@ -21,7 +21,7 @@ import os
 
 from nncli.errors import NncliError
 from nncli.lib.engines import core
-from nncli.lib.engines.core import TableOptions, empty_output, prepared, score_pandas
+from nncli.lib.engines.tables import TableOptions, empty_output, prepared, score_pandas
 
 CONNECT_SECONDS = 10
 HANDSHAKE_SECONDS = 5

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 
-from nncli.lib.engines.core import TableOptions, empty_output, prepared, score_pandas
+from nncli.lib.engines.tables import TableOptions, empty_output, prepared, score_pandas
 
 
 def _listed(value) -> list:
