@@ -20,7 +20,9 @@ def listed(value, name: str = "target") -> list[str]:
         return [str(value)]
     items = list(value) if isinstance(value, Iterable) and not isinstance(value, (bytes, dict)) else None
     if items is None or not all(isinstance(v, (str, numbers.Integral)) and not isinstance(v, bool) for v in items):
-        raise UsageError(f"{name} must be a column (a name or a 0-based index) or a list of them, got {described(value)}")
+        raise UsageError(
+            f"{name} must be a column (a name or a 0-based index) or a list of them, got {described(value)}"
+        )
     return [str(v) for v in items]
 
 
@@ -37,7 +39,7 @@ def is_stdin(value) -> bool:
 def _integer(value, low: int) -> bool:
     import numbers
 
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= low
 
 
 def _finite(value) -> bool:

@@ -20,7 +20,8 @@ def evaluate(
     progress=None,
     **more,
 ) -> dict:
-    """The loss (eval mode) and the metrics that fit the loss, in one streaming pass: what `nncli evaluate -f json` prints."""
+    """The loss (eval mode) and the metrics that fit the loss, in one streaming pass: what
+    `nncli evaluate -f json` prints."""
     import numpy as np
 
     from nncli.core.metrics import (

@@ -39,6 +39,7 @@ from nncli.lib.export_format import (  # noqa: F401  (re-exported: the CLI and c
     Exported,
     Standardisation,
     Verification,
+    check_opset,
     decoded,
     first_line,
     format_of,
@@ -94,8 +95,7 @@ def export(
         return export_onnx(
             model, path, opset=opset, metadata=metadata, preprocess=preprocess, verify=verify, option=option
         )
-    if opset is not None:
-        raise UsageError("--opset is for ONNX (.onnx) files")
+    check_opset(opset, fmt)
     return export_pt2(model, path, metadata=metadata, preprocess=preprocess, verify=verify, option=option)
 
 
@@ -166,10 +166,7 @@ def build_export(
     """Export to bytes in memory (nothing is written): 'onnx' or 'pt2'."""
     if fmt not in ("onnx", "pt2"):
         raise UsageError(f"format must be onnx or pt2, got {fmt!r}")
-    if opset is not None and fmt != "onnx":
-        raise UsageError("--opset is for ONNX (.onnx) files")
-    if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int) or opset < 1):
-        raise UsageError(f"--opset must be a positive integer, got {opset!r}")
+    check_opset(opset, fmt)
     built = model.build()
     if getattr(built, "device", "cpu") != "cpu":
         raise UsageError(f"export traces the model on the cpu; load it with device='cpu' (it is on {built.device})")
@@ -213,7 +210,8 @@ def build_export(
 
 
 def _preprocess(preprocess, width: int) -> Standardisation | None:
-    """A Preprocess, or (mean, std): `width` finite floats each, the scale above 0 (a scalar stands for every feature)."""
+    """A Preprocess, or (mean, std): `width` finite floats each, the scale above 0 (a scalar stands for
+    every feature)."""
     import math
 
     if preprocess is None:
@@ -338,7 +336,7 @@ def _dynamic_batch():
 
 def _onnx_bytes(
     module, built, width: int, name: str, opset: int | None, store: dict, where: str | None
-) -> tuple[bytes, int]:
+) -> tuple[bytes, int | None]:
     import torch
 
     size = sum(t.numel() * t.element_size() for t in module.state_dict().values())
@@ -361,6 +359,8 @@ def _onnx_bytes(
                 verbose=False,
                 external_data=False,
             )
+            if program is None:  # torch types it optional: with dynamo=True it is always given
+                raise NncliError("the ONNX exporter gave no program", where)
             proto = program.model_proto
         except Exception as e:  # noqa: BLE001  the exporter's many error types: one line, the first of its message
             raise NncliError(f"the ONNX exporter failed: {first_line(e)}", where) from None

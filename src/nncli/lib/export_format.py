@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nncli.core.forward import Head
-from nncli.errors import NncliError
+from nncli.errors import NncliError, UsageError
 
 EXTRA = "pip install 'nncli-torch[onnx]'"
 
@@ -36,6 +36,14 @@ def format_of(path: str, option: str = "-o") -> str:
             os.fspath(path),
         )
     return SUFFIXES[suffix]
+
+
+def check_opset(opset, fmt: str) -> None:
+    """--opset: for ONNX files only, a positive integer (one rule for export and build_export)."""
+    if opset is not None and fmt != "onnx":
+        raise UsageError("--opset is for ONNX (.onnx) files")
+    if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int) or opset < 1):
+        raise UsageError(f"--opset must be a positive integer, got {opset!r}")
 
 
 def require_onnx(what: str = "ONNX export", modules: tuple = ("onnx", "onnxscript", "onnxruntime")) -> None:

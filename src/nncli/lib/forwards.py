@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 from nncli.core.forward import Head
 from nncli.errors import NncliWarning
@@ -13,12 +13,30 @@ from nncli.lib.checks import check_arguments
 from nncli.lib.session import Read
 
 
+class Predictor(Protocol):
+    """A model forward runs over DATA: Model, export.OnnxModel and engines.core.Scorer. `forward_frames`
+    gives a run whose `frames()` yields (names, columns) per batch; `Forwards.forward` builds the polars
+    DataFrame from it, for any Predictor."""
+
+    def forward_frames(
+        self,
+        data,
+        *,
+        threshold: float = 0.5,
+        batch_size: int | None = None,
+        read: Read | None = None,
+        progress: Callable | None = None,
+        class_names: bool = True,
+        source_column: str | None = None,
+    ) -> Any: ...
+
+
 class Forwards:
     """`forward(data)` as a polars DataFrame, for anything with `forward_frames` (Model, OnnxModel, a
     cluster's Scorer): one definition of the columns and values of `nncli forward -f csv`."""
 
     def forward(
-        self,
+        self: Predictor,
         data,
         *,
         target=None,
@@ -30,7 +48,8 @@ class Forwards:
         header=None,
         decimal_comma: bool = False,
     ):
-        """The model in eval mode over every row: a polars DataFrame with the columns and values of `nncli forward -f csv`."""
+        """The model in eval mode over every row: a polars DataFrame with the columns and values of
+        `nncli forward -f csv`."""
         import polars as pl
 
         check_arguments(data=data, threshold=threshold, batch_size=batch_size, required=("threshold",))
@@ -54,7 +73,6 @@ def finite_checks(source, head) -> list:
         lambda batch, outputs: data_check(batch.x, batch.first_row),
         lambda batch, outputs: output_check(outputs, batch.first_row),
     ]
-
 
 
 class ForwardRun:
@@ -124,7 +142,6 @@ class FiniteCheck:
             )
 
 
-
 def row_columns(batch, values, labels, head: Head, source, source_column: str | None) -> list:
     """forward's columns for one batch: the file (with --source-column), the id, the outputs, then the
     class (its label where the model has class names) or the classes of several sigmoid outputs."""
@@ -139,5 +156,3 @@ def row_columns(batch, values, labels, head: Head, source, source_column: str | 
         else:
             columns += [labels[:, i] for i in range(labels.shape[1])]
     return columns
-
-

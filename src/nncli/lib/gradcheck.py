@@ -9,6 +9,7 @@ from typing import Any
 
 from nncli.errors import NncliError, UsageError
 from nncli.lib.inside_common import ATOL, EPS, MAX_CHECKS, RTOL, read_of
+from nncli.lib.results import shortest
 
 
 @dataclass
@@ -61,6 +62,70 @@ class GradcheckResult:
     rows: int
     mode: str
 
+    def to_dict(self, precision: int | None = None, checks: list | None = None) -> dict:
+        """What `nncli gradcheck -f json` prints (`checks`: the parameters shown, every one by default)."""
+        from nncli.io.texts import jsonable
+
+        result, p = self, precision
+        checks = self.params if checks is None else checks
+
+        parameters = []
+        for c in checks:
+            rel, ab, ok = c.rel_error, c.abs_error, c.within(result.atol, result.rtol)
+            worst = _worst(c.rel_error)
+            parameters.append(
+                {
+                    "parameter": c.name,
+                    "layer": c.layer,
+                    "type": c.type,
+                    "shape": c.shape,
+                    "checked": int(len(c.indices)),
+                    "numel": c.numel,
+                    "passed": bool(ok.all()),
+                    "max_abs_error": shortest(float(ab.max()), p),
+                    "max_rel_error": shortest(float(rel.max()), p),
+                    "worst_index": _index_text(int(c.indices[worst]), c.shape),
+                    "elements": [
+                        {
+                            "index": _index_text(int(i), c.shape),
+                            "autograd": a,
+                            "numerical": n,
+                            "abs_error": e,
+                            "rel_error": r,
+                            "passed": bool(k),
+                        }
+                        for i, a, n, e, r, k in zip(
+                            c.indices.tolist(),
+                            jsonable(c.autograd, p),
+                            jsonable(c.numerical, p),
+                            jsonable(ab, p),
+                            jsonable(rel, p),
+                            ok.tolist(),
+                        )
+                    ],
+                }
+            )
+        rel_all = [float(c.rel_error.max()) for c in checks]
+        abs_all = [float(c.abs_error.max()) for c in checks]
+        return {
+            "passed": result.passed,
+            "checked": result.checked,
+            "total": result.total,
+            "sampled": result.sampled,
+            "failures": result.failures,
+            "eps": result.eps,
+            "atol": result.atol,
+            "rtol": result.rtol,
+            "mode": result.mode,
+            "max_rel_error": shortest(max(rel_all), p) if rel_all else None,
+            "max_abs_error": shortest(max(abs_all), p) if abs_all else None,
+            "loss": jsonable(result.loss, p),
+            "loss_fn": result.loss_fn,
+            "loss_from": result.loss_from,
+            "rows": result.rows,
+            "parameters": parameters,
+        }
+
     @property
     def passed(self) -> bool:
         return all(bool(p.within(self.atol, self.rtol).all()) for p in self.params)
@@ -68,6 +133,21 @@ class GradcheckResult:
     @property
     def failures(self) -> int:
         return sum(int((~p.within(self.atol, self.rtol)).sum()) for p in self.params)
+
+
+def _index_text(flat: int, shape: list) -> str:
+    """A flat (row-major) index as `row:column` (or `i` in a vector), as grads writes indices."""
+    parts = []
+    for size in reversed(shape):
+        parts.append(flat % size)
+        flat //= size
+    return ":".join(str(i) for i in reversed(parts)) if shape else ""
+
+
+def _worst(rel):
+    import numpy as np
+
+    return int(np.argmax(rel)) if len(rel) else None
 
 
 def _sample(total: int, k: int, seed: int):
@@ -82,6 +162,25 @@ def _sample(total: int, k: int, seed: int):
     while len(chosen) < k:
         chosen.update(torch.randint(total, (k - len(chosen),), generator=g).tolist())
     return sorted(chosen)
+
+
+def _check_arguments(model, eps, atol, rtol, max_checks) -> None:
+    """gradcheck's own arguments, before DATA is read."""
+    if model.dtype != "float64":
+        raise UsageError(
+            "gradcheck needs a float64 model (finite differences in float32 are noise): load it with dtype='float64'"
+        )
+    for name, value in (("eps", eps), ("atol", atol), ("rtol", rtol)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0) or (
+            name == "eps" and value == 0
+        ):
+            raise UsageError(
+                f"--{name} must be a finite number above 0, got {value}"
+                if name == "eps"
+                else f"--{name} must be a finite number at or above 0, got {value}"
+            )
+    if max_checks is not None and max_checks < 1:
+        raise UsageError(f"--max-checks must be at least 1, got {max_checks}")
 
 
 def gradcheck(
@@ -112,21 +211,7 @@ def gradcheck(
     from nncli.lib.checks import train_mode
     from nncli.lib.session import open_built
 
-    if model.dtype != "float64":
-        raise UsageError(
-            "gradcheck needs a float64 model (finite differences in float32 are noise): load it with dtype='float64'"
-        )
-    for name, value in (("eps", eps), ("atol", atol), ("rtol", rtol)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0) or (
-            name == "eps" and value == 0
-        ):
-            raise UsageError(
-                f"--{name} must be a finite number above 0, got {value}"
-                if name == "eps"
-                else f"--{name} must be a finite number at or above 0, got {value}"
-            )
-    if max_checks is not None and max_checks < 1:
-        raise UsageError(f"--max-checks must be at least 1, got {max_checks}")
+    _check_arguments(model, eps, atol, rtol, max_checks)
     train = train_mode(mode)
     read = read_of(read, target, more)
     built, source, batches = open_built(model, data, read, want_targets=True, rows=None)
@@ -173,7 +258,7 @@ def gradcheck(
     value = f()
     value.backward()
     sampled = max_checks is not None and max_checks < total
-    picks = _sample(total, max_checks, built.seed) if sampled else None
+    picks = _sample(total, max_checks, built.seed) if sampled and max_checks is not None else None
     checks, offset, cursor = [], 0, 0
     with torch.no_grad():
         for name, p in named:

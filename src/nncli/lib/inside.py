@@ -8,7 +8,8 @@ torch is imported only inside the functions that need it.
     m = nncli.load("examples/configs/net-16-8-4-2.yaml")
     t = inside.trace(m, "examples/data/row-16.csv", target="label", grad=True)
     s = inside.stats(m, "examples/data/row-16.csv", target="label", batch_size=1024)
-    g = inside.gradcheck(nncli.load("examples/configs/net-16-8-4-2.yaml", dtype="float64"), "examples/data/row-16.csv", target="label")
+    m64 = nncli.load("examples/configs/net-16-8-4-2.yaml", dtype="float64")
+    g = inside.gradcheck(m64, "examples/data/row-16.csv", target="label")
     inside.summary(m, batch_size=32, optimizer="adam")
 """
 
@@ -63,6 +64,40 @@ class Summary:
     batch_size: int
     optimizer: str
     momentum: float | None
+
+    def to_dict(self) -> dict:
+        """What `nncli params -f json` prints (without --values)."""
+        layers = [
+            {
+                "index": l.index,
+                "type": l.type,
+                "args": l.args,
+                "output_shape": [None, l.out_width],
+                "params": l.params,
+                "trainable": l.params > 0,
+                "buffers": l.buffers,
+                "mult_adds": l.mult_adds,
+                "inferred": l.inferred,
+            }
+            for l in self.layers
+        ]
+        return {
+            "name": self.name,
+            "inputs": self.inputs,
+            "layers": layers,
+            "total_params": self.total_params,
+            "param_bytes": self.total_params * self.itemsize,
+            "trainable_params": self.trainable_params,
+            "non_trainable_params": self.non_trainable_params,
+            "buffers": self.buffers,
+            "mult_adds_per_row": self.mult_adds_per_row,
+            "mult_adds_batch": self.mult_adds_batch,
+            "batch_size": self.batch_size,
+            "dtype": self.dtype,
+            "optimizer": self.optimizer,
+            "momentum": self.momentum,
+            "memory_bytes": self.memory,
+        }
 
     @property
     def itemsize(self) -> int:

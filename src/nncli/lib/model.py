@@ -25,7 +25,7 @@ from nncli.core.spec import Spec
 from nncli.errors import NncliError, UsageError
 from nncli.io.frames import FrameData
 from nncli.lib.checks import check_arguments
-from nncli.lib.forwards import ForwardRun, Forwards, finite_checks
+from nncli.lib.forwards import ForwardRun, Forwards, Predictor, finite_checks
 from nncli.lib.results import LossReport
 from nncli.lib.session import (
     Read,
@@ -35,30 +35,14 @@ from nncli.lib.session import (
 from nncli.lib.signals import Signals, serialized
 
 
-class Predictor(Protocol):
-    """A model forward runs over DATA: Model, export.OnnxModel and engines.core.Scorer. `forward_frames`
-    gives (names, columns) per batch (`frames()`), `forward` (from Forwards) the polars DataFrame."""
-
-    def forward_frames(
-        self,
-        data,
-        *,
-        threshold: float = 0.5,
-        batch_size: int | None = None,
-        read: Read | None = None,
-        progress: Callable | None = None,
-        class_names: bool = True,
-        source_column: str | None = None,
-    ) -> Any: ...
-
-    def forward(self, data, **options) -> Any: ...
-
-
 class Scoring(Predictor, Protocol):
     """A Predictor with the loss pass evaluate runs (Model, engines.core.Scorer; not an .onnx file)."""
 
-    dtype: str
-    built: Any
+    @property
+    def dtype(self) -> str: ...
+
+    @property
+    def built(self) -> Any: ...
 
     def signal(
         self,
@@ -219,7 +203,8 @@ class Model(Forwards, Signals):
         return width, resolve(self.spec, width, width_from)
 
     def _check_inputs(self) -> None:
-        """--inputs and the spec's `inputs` agree (params refused a disagreement; init and export built --inputs' width)."""
+        """--inputs and the spec's `inputs` agree (params refused a disagreement; init and export built
+        --inputs' width)."""
         if self.inputs and self.spec.inputs and self.inputs != self.spec.inputs:
             raise UsageError(f"--inputs {self.inputs} disagrees with the spec's inputs: {self.spec.inputs}")
 
@@ -234,7 +219,9 @@ class Model(Forwards, Signals):
             return None, width_from
         from nncli.core.layers import LAYERS
 
-        width = weights_width(self.weights, layer.index, layer.type, LAYERS[layer.type].size_arg)
+        size_arg = LAYERS[layer.type].size_arg
+        assert size_arg is not None  # unsized_first_layer finds only layers whose size is an argument
+        width = weights_width(self.weights, layer.index, layer.type, size_arg)
         return (width, self.weights) if width is not None else (None, width_from)
 
     @property
@@ -248,9 +235,9 @@ class Model(Forwards, Signals):
 
     def head(self, width: int | None = None) -> Head:
         built = self.build(width)
-        return head_of(
-            built.layers, width if width is not None else self.width, spec_loss(self.spec.loss, self.spec.path)
-        )
+        given = width if width is not None else self.width
+        # None where the spec's first layer gives the width itself (head_of then reads the layers)
+        return head_of(built.layers, given, spec_loss(self.spec.loss, self.spec.path))  # type: ignore[arg-type]
 
     @serialized
     def save(self, path: str, *, what: str = "the weights file") -> None:
@@ -267,8 +254,6 @@ class Model(Forwards, Signals):
 
     # -- opening data -----------------------------------------------------------------------------
 
-
-
     def forward_frames(
         self,
         data,
@@ -283,9 +268,7 @@ class Model(Forwards, Signals):
         """forward, batch by batch: a ForwardRun whose `frames()` yields (names, columns) per batch.
         With class labels (and `class_names`), probabilities are `prob_<label>` and `class` the label."""
         read = read or Read()
-        built, source, batches = open_built(
-            self, data, read, want_targets=False, rows=batch_size or DEFAULT_BATCH_ROWS
-        )
+        built, source, batches = open_built(self, data, read, want_targets=False, rows=batch_size or DEFAULT_BATCH_ROWS)
         head = head_of(
             built.layers,
             source.n_features,
@@ -323,6 +306,7 @@ class Model(Forwards, Signals):
         out = pl.DataFrame({n: c for n, c in zip(names, columns)})
         return {"polars": lambda: out, "pandas": out.to_pandas, "pyarrow": out.to_arrow}[module]()
 
+
 def load(
     spec,
     *,
@@ -357,16 +341,13 @@ def load(
     )
 
 
-
-def _check_class_count(built, width: int, loss: str | None, what: str, where: str | None) -> None:
+def _check_class_count(built, width: int | None, loss: str | None, what: str, where: str | None) -> None:
     """Classes (the spec's, or saved with the weights) name each output of a one-class-per-row head:
     a count that differs was silently dropped, and forward named the columns by index."""
-    head = head_of(built.layers, width, loss)
+    head = head_of(built.layers, width, loss)  # type: ignore[arg-type]  # None: the layers give the width
     if head.is_classifier and not head.multi_label and len(built.classes) != max(head.width, 2):
         raise NncliError(
             f"{what} names {len(built.classes)} classes; the model has "
             f"{head.width} output{'s' if head.width != 1 else ''}",
             where,
         )
-
-

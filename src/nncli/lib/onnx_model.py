@@ -297,7 +297,8 @@ class OnnxRun(ForwardRun):
 
 
 def shown(head: Head, outputs):
-    """core.forward.shown_outputs in numpy (an OnnxModel needs no torch): the link's probabilities, else the outputs as they are."""
+    """core.forward.shown_outputs in numpy (an OnnxModel needs no torch): the link's probabilities, else
+    the outputs as they are."""
     import numpy as np
 
     with np.errstate(over="ignore", invalid="ignore"):

@@ -15,7 +15,7 @@ from nncli.core.forward import head_of
 from nncli.core.losses import choose_loss
 from nncli.errors import NncliError, NncliWarning, UsageError
 from nncli.io.frames import FrameData, is_table
-from nncli.io.reading import DataOptions, Dataset, batches_ahead, is_pipe, prefetched, spooled
+from nncli.io.reading import DataOptions, Dataset, Many, batches_ahead, is_pipe, prefetched, spooled
 from nncli.lib.checks import listed
 
 
@@ -46,12 +46,13 @@ class Read:
 
 def open_data(data, read: Read, want_targets: bool = False):
     """A path (or "-") -> a streaming Dataset; a table in memory -> FrameData. Warnings are issued."""
+    source: FrameData | Dataset | Many
     if is_table(data):
         if read.targets_file:
             raise UsageError("targets_file is for CSV files; pass the targets as a column of the table")
         source = FrameData(data, listed(read.target), listed(read.features, "features"), read.id_column, want_targets)
     else:
-        from nncli.io.reading import Many, expand_paths
+        from nncli.io.reading import expand_paths
 
         paths = expand_paths(data)
         if len(paths) > 1 and read.targets_file:
@@ -93,7 +94,6 @@ def rows_per_batch(built, train: bool, batch_size: int | None) -> int | None:
     every row in one batch where train-mode BatchNorm or Dropout needs the whole batch. Data that fits
     one batch is computed exactly as PyTorch computes it on the whole tensor."""
     return None if needs_one_batch(built, train) else (batch_size or DEFAULT_BATCH_ROWS)
-
 
 
 def use_labels(built, source, choice) -> None:
@@ -179,30 +179,9 @@ class Opened(NamedTuple):
     batches: Any  # its batches (being read), or None where `read_rows` was False
 
 
-def open_built(
-    model,
-    data,
-    read: Read,
-    *,
-    want_targets: bool,
-    rows: int | None = None,
-    rows_for: Callable[[Any], int | None] | None = None,
-    read_rows: bool = True,
-    prepare: Callable[[Any, Any], None] | None = None,
-    plan: Callable[[Any], int | None] | None = None,
-    training: bool = False,
-) -> Opened:
-    """Open DATA first (its width fixes inferred sizes), start reading it, then build the model
-    (a Model: its `dtype`, `build_for` and `check_preprocess` are used).
-
-    Batches hold `rows` rows (None: every row in one batch), or as many as `rows_for(built)` says once
-    the model is built. With `rows` known, reading starts in the background before the model is built,
-    so parsing overlaps torch's import. `read_rows=False` opens DATA to size the model and reads nothing
-    (train). `plan(source)`, if given, may set the source up without the model and return the rows per
-    batch to start reading at once. `prepare(built, source)` runs after the build (it may set labels).
-    `training`: the preprocessing statistics are about to be fitted, so none are required yet."""
-    source = open_data(data, read, want_targets)
-    dtype = model.dtype
+def _reader(source, dtype: str) -> Callable[[int | None], Any]:
+    """read_ahead(rows): the source's batches being read in the background: in a child process where
+    fork is there (parsing on its own core while torch imports, see io/readers), else in a thread."""
 
     def read_ahead(wanted):
         from nncli.io import readers as procread
@@ -227,6 +206,35 @@ def open_built(
 
     def in_thread(wanted):
         return prefetched(source.batches(wanted, dtype=dtype), depth=batches_ahead(wanted, source.n_features, dtype))
+
+    return read_ahead
+
+
+def open_built(
+    model,
+    data,
+    read: Read,
+    *,
+    want_targets: bool,
+    rows: int | None = None,
+    rows_for: Callable[[Any], int | None] | None = None,
+    read_rows: bool = True,
+    prepare: Callable[[Any, Any], None] | None = None,
+    plan: Callable[[Any], int | None] | None = None,
+    training: bool = False,
+) -> Opened:
+    """Open DATA first (its width fixes inferred sizes), start reading it, then build the model
+    (a Model: its `dtype`, `build_for` and `check_preprocess` are used).
+
+    Batches hold `rows` rows (None: every row in one batch), or as many as `rows_for(built)` says once
+    the model is built. With `rows` known, reading starts in the background before the model is built,
+    so parsing overlaps torch's import. `read_rows=False` opens DATA to size the model and reads nothing
+    (train). `plan(source)`, if given, may set the source up without the model and return the rows per
+    batch to start reading at once. `prepare(built, source)` runs after the build (it may set labels).
+    `training`: the preprocessing statistics are about to be fitted, so none are required yet."""
+    source = open_data(data, read, want_targets)
+    dtype = model.dtype
+    read_ahead = _reader(source, dtype)
 
     ahead = rows if read_rows and rows_for is None and rows is not None else None
     planned: dict = {}

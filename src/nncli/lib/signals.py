@@ -40,11 +40,11 @@ def serialized(fn):
 
     @functools.wraps(fn)
     def locked(model, *args, **kwargs):
-        with model._lock if isinstance(model, Signals) else contextlib.nullcontext():  # train refuses a non-Model itself
+        # (train refuses a non-Model itself)
+        with model._lock if isinstance(model, Signals) else contextlib.nullcontext():
             return fn(model, *args, **kwargs)
 
     return locked
-
 
 
 class Signals:
@@ -141,9 +141,10 @@ class Signals:
             if kept is not None:
                 _restore_module_state(built.module, kept)
         source.close()
-        if result.loss is not None and not bool(result.loss.isfinite()):
+        total: Any = result.loss  # a 0-d tensor, or None with reduction 'none'
+        if total is not None and not bool(total.isfinite()):
             warnings.warn(
-                f"the loss is {float(result.loss)} (a NaN or inf in the data, or outputs outside the loss's domain)",
+                f"the loss is {float(total)} (a NaN or inf in the data, or outputs outside the loss's domain)",
                 NncliWarning,
                 stacklevel=3,
             )
@@ -159,7 +160,6 @@ class Signals:
 
             report.input_gradients = torch.cat([g.detach() for g in result.input_grads])
         return report, choice, head
-
 
     def choose_loss(self, given: str | None, head: Head) -> LossChoice:
         """The loss (given, else the spec's, else the head's), its mismatches with the head warned once."""
@@ -292,7 +292,6 @@ class Signals:
                     v.copy_(buffers[k])
         after = LossReport(result.loss, result.loss_fn, choice.source, reduction, result.rows)
         return StepResult(before, after, lr, changes)
-
 
 
 def _module_state(module) -> tuple:

@@ -20,6 +20,7 @@ from nncli.lib.inside_common import (
     layer_label,
     read_of,
 )
+from nncli.lib.results import shortest
 
 
 class _Moments:
@@ -98,6 +99,69 @@ class StatsResult:
     vanishing: float = VANISHING
     exploding: float = EXPLODING
     dtype: str = "float32"  # the model's: min and max are values of it (the other statistics are float64)
+
+    def to_dict(self, precision: int | None = None) -> dict:
+        """What `nncli stats -f json` prints."""
+        from nncli.io.texts import jsonable
+
+        result, p = self, precision
+
+        layers = []
+        for s in result.layers:
+            h = s.histogram
+            layers.append(
+                {
+                    "layer": s.index,
+                    "type": s.type,
+                    "label": s.label,
+                    "units": s.units,
+                    "rows": s.rows,
+                    "count": s.count,
+                    "nonfinite": s.nonfinite,
+                    "mean": shortest(s.mean, p),
+                    "std": shortest(s.std, p),
+                    "min": shortest(s.min, p, result.dtype),
+                    "max": shortest(s.max, p, result.dtype),
+                    "zero_fraction": shortest(s.zero_fraction, p),
+                    "dead_units": s.dead_units,
+                    "zero_fraction_per_unit": None if s.zero_per_unit is None else jsonable(s.zero_per_unit, p),
+                    "saturated_fraction": shortest(s.saturated_fraction, p),
+                    "saturated_units": s.saturated_units,
+                    "saturated_fraction_per_unit": None
+                    if s.saturated_per_unit is None
+                    else jsonable(s.saturated_per_unit, p),
+                    "histogram": {
+                        "bin_width": h.width if h.counts is not None else None,
+                        "first_edge": float(h.edges[0]) if h.counts is not None else None,
+                        "counts": [] if h.counts is None else [int(c) for c in h.counts],
+                    },
+                }
+            )
+        doc = {"rows": result.rows, "batches": result.batches, "mode": result.mode, "layers": layers}
+        if result.params is not None:
+            doc.update(
+                {
+                    "loss": jsonable(result.loss, p),
+                    "loss_fn": result.loss_fn,
+                    "loss_from": result.loss_from,
+                    "lr": result.lr,
+                    "thresholds": {"vanishing": result.vanishing, "exploding": result.exploding},
+                    "parameters": [
+                        {
+                            "parameter": g.name,
+                            "layer": g.layer,
+                            "type": g.type,
+                            "shape": g.shape,
+                            "grad_norm": shortest(g.grad_norm, p),
+                            "weight_norm": shortest(g.weight_norm, p),
+                            "update_ratio": shortest(g.update_ratio, p),
+                            "flag": g.flag,
+                        }
+                        for g in result.params
+                    ],
+                }
+            )
+        return doc
 
 
 class _StageAccumulator:
@@ -278,7 +342,8 @@ def stats(
     odd = next((s for s in result.layers if s.nonfinite), None)
     if odd is not None:
         warnings.warn(
-            f"{odd.label} holds {odd.nonfinite:,} NaN or infinite value{'s' if odd.nonfinite != 1 else ''}: mean, std, min, max "
+            f"{odd.label} holds {odd.nonfinite:,} NaN or infinite value{'s' if odd.nonfinite != 1 else ''}: "
+            "mean, std, min, max "
             "and the histograms count the finite ones",
             NncliWarning,
             stacklevel=2,

@@ -75,7 +75,9 @@ def _pick_rows(batches, ranges: list, name: str):
     """The chosen rows' features and targets from a stream of batches, read no further than the last one."""
     import numpy as np
 
-    xs, ys, got = [], [], []
+    xs: list = []
+    ys: list = []
+    got: list = []
     last = ranges[-1][1]
     seen = 0
     for batch in batches:
@@ -98,7 +100,7 @@ def _pick_rows(batches, ranges: list, name: str):
             name,
         )
     x = np.ascontiguousarray(np.concatenate(xs))
-    y = None if not ys or ys[0] is None else np.concatenate(ys)
+    y: Any = None if not ys or ys[0] is None else np.concatenate(ys)
     return x, y, got
 
 
@@ -145,7 +147,7 @@ def trace(
     module = built.module
     module.train(train)
     module.zero_grad(set_to_none=True)
-    choice = None
+    choice: Any = None  # the LossChoice, with grad
     if grad:
         head = head_of(built.layers, source.n_features)
         choice = model.choose_loss(loss, head)

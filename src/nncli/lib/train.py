@@ -68,19 +68,7 @@ def train(
     `checkpoint` is written (atomically) after every epoch with all it takes to continue bit for bit;
     `resume` continues from such a checkpoint, so 2 epochs + resume to 4 equals 4 epochs.
     `mlflow=True` (or a dict of `experiment`, `run_name`, `artifact`) logs the run to MLflow: see _mlflow."""
-    from nncli.core.training import (
-        METRICS,
-        TrainOptions,
-        check_resume,
-        evaluate_in_memory,
-        fit,
-        in_memory_batches,
-        stratified_split,
-        validation_split,
-    )
-    from nncli.core.training import (
-        class_weights as weights_of,
-    )
+    from nncli.core.training import TrainOptions, check_resume, evaluate_in_memory, fit, in_memory_batches
 
     if not isinstance(model, Model):
         raise UsageError(f"train takes a Model (nncli.load(SPEC)), got {described(model)}")
@@ -100,34 +88,21 @@ def train(
         required=("epochs", "lr", "batch_size"),
     )
     read = read or Read(target=target, **more)
-    if val_split is not None and val is not None:
-        raise UsageError("give --val-split or --val, not both")
-    if is_stdin(val) and (
-        is_stdin(read.targets_file) or any(is_stdin(d) for d in (data if isinstance(data, (list, tuple)) else [data]))
-    ):
-        # one stream can't be read twice: the second reader found it empty ("the file is empty")
-        raise UsageError(
-            f"--val and {'--targets' if is_stdin(read.targets_file) else 'DATA'} can't both be standard input"
-        )
-    if patience is not None and val_split is None and val is None:
-        raise UsageError("--patience watches the validation loss: give --val-split F or --val FILE too")
     shuffle = (not stream) if shuffle is None else shuffle
-    if (
-        stream and lr_schedule and lr_schedule.split(":")[0] == "onecycle"
-    ):  # OneCycleLR steps per batch, counted up front
-        raise UsageError(
-            "--lr-schedule onecycle needs the number of batches per epoch, which --stream does not know before reading"
-        )
-    if stream and (shuffle or val_split is not None):
-        raise UsageError(
-            "--stream reads DATA in file order: it takes neither --shuffle nor --val-split (use --val FILE)"
-        )
-    if metric not in METRICS:
-        raise UsageError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
-    if clip_grad_norm is not None and clip_grad_value is not None:
-        raise UsageError("give --clip-grad-norm or --clip-grad-value, not both")
-    if stratify and val_split is None:
-        raise UsageError("--stratify goes with --val-split F")
+    _check_combinations(
+        data,
+        val,
+        read,
+        val_split=val_split,
+        patience=patience,
+        stream=stream,
+        shuffle=shuffle,
+        lr_schedule=lr_schedule,
+        metric=metric,
+        clip_grad_norm=clip_grad_norm,
+        clip_grad_value=clip_grad_value,
+        stratify=stratify,
+    )
     options = TrainOptions(
         epochs,
         lr,
@@ -143,15 +118,9 @@ def train(
         clip_grad_value,
         metric,
     )
-    if log_dir is not None:
-        check_log_dir(log_dir)
-    start = read_checkpoint(resume) if resume else None
-    if start is not None:
-        check_resume(start, options, resume)  # what the data does not decide fails before it is read
-    if mlflow:
-        mlflow_settings(mlflow)  # a missing package or a bad setting fails before the data is read
-        mlflow_preflight()  # ... and so does a store MLflow cannot use
-        given = data  # as given: DATA becomes a spooled copy below
+    start = _before_reading(options, log_dir, resume, mlflow)
+    where = resume or "--resume"  # the checkpoint in messages (resume is given wherever start is)
+    given = data  # as given: DATA becomes a spooled copy below
     given_format = read.input_format  # --val's too; DATA's copy below may get the format of DATA's name
     with contextlib.ExitStack() as stack:
         if not is_table(data):
@@ -164,15 +133,10 @@ def train(
         width = head.width
         _check_data_parallel(built, stream, allow_local_batchnorm)
         if start is not None:
-            restore_checkpoint(built, start, resume, source.n_features)
-            needed = {"class": width, "binary": 2}.get(choice.family)
-            if start.get("classes") is not None and needed is not None and len(start["classes"]) != needed:
-                raise NncliError(
-                    f"the checkpoint's 'classes' names {len(start['classes'])} classes; the model "
-                    f"{'has ' + str(width) + ' outputs' if choice.family == 'class' else 'is binary (2 classes)'}",
-                    resume,
-                )
+            restore_checkpoint(built, start, where, source.n_features)
+            _check_checkpoint_classes(start, choice, width, resume)
         fit_classes(built, data, read, choice, width)
+        x, y, x_val, y_val = None, None, None, None
         if stream:
             fit_preprocess(model, built, lambda: raw_batches(built, data, read, choice), source.feature_names)
 
@@ -183,58 +147,14 @@ def train(
                     yield batch_tensors(built, batch, choice, width, again)
                 again.close()
         else:
-            raw, y = load_rows(built, data, read, choice, width, early)
-            if val_split is not None:
-                keep, held = (
-                    stratified_split(
-                        y if y.dim() == 1 else y.argmax(dim=1) if y.shape[1] > 1 else (y[:, 0] >= 0.5).long(),
-                        val_split,
-                        built.seed,
-                    )
-                    if stratify
-                    else validation_split(len(raw), val_split, built.seed)
-                )
-                raw, y, raw_val, y_val = raw[keep.numpy()], y[keep], raw[held.numpy()], y[held]
-            fit_preprocess(
-                model, built, lambda: [raw], source.feature_names
-            )  # the training rows only, never the validation rows
-            x = model_inputs(built, raw)
-            if val_split is not None:
-                x_val = model_inputs(built, raw_val)
+            x, y, x_val, y_val = _rows_in_memory(
+                model, built, data, read, choice, width, early, val_split, stratify, source.feature_names
+            )
             rank, world = _rank_world()
-            if world > len(x):  # a rank without a row of its own would train on repeats only
-                raise NncliError(
-                    f"{len(x)} training row{'s' if len(x) > 1 else ''} for {world} processes: each needs a row of its own "
-                    f"(use at most {len(x)})",
-                    "train",
-                )
             batches_for_epoch = in_memory_batches(x, y, batch_size, shuffle, rank, world)
         if val is not None:
-            val_read = Read(
-                read.target,
-                None,
-                read.features,
-                read.id_column,
-                read.delimiter,
-                read.header,
-                read.decimal_comma,
-                input_format=given_format,
-            )
-            val_data = val
-            if not is_table(val):
-                val_data, val_read = spooled_path(val, val_read, stack)
-            raw_val, y_val = load_rows(built, val_data, val_read, choice, width)
-            x_val = model_inputs(built, raw_val)
-        weights = None
-        if class_weights:
-            if stream:
-                raise UsageError("--class-weights counts the classes of the rows in memory: not with --stream")
-            labels = y if y.dim() == 1 else (y.argmax(dim=1) if y.shape[1] > 1 else (y[:, 0] >= 0.5).long())
-            from nncli.core.model import torch_dtype
-
-            weights = weights_of(class_weights, labels, width if choice.family == "class" else 2, choice.family).to(
-                device=built.device, dtype=torch_dtype(built.dtype)
-            )
+            x_val, y_val = _validation_rows(val, read, given_format, built, choice, width, stack)
+        weights = _class_weights(class_weights, stream, y, width, choice, built) if class_weights else None
         loss_fn = choice.function("mean", weights)
         validate = (
             (lambda: evaluate_in_memory(built.module, choice, width, x_val, y_val, loss_fn, weights))
@@ -242,46 +162,19 @@ def train(
             else None
         )
         steps = 1
-        if not stream:  # a rank's steps per epoch (OneCycleLR's length): its ceil(n / world) rows, as DistributedSampler shares them
+        # a rank's steps per epoch (OneCycleLR's length): its ceil(n / world) rows, as DistributedSampler shares them
+        if x is not None:
             per_rank = -(-len(x) // _rank_world()[1])
             steps = -(-per_rank // batch_size)
         if start is not None:
-            check_resume(start, options, resume, steps)
+            check_resume(start, options, where, steps)
         save = (lambda state: write_checkpoint(checkpoint, state, built)) if checkpoint else None
         if log_dir is not None:
             on_epoch = tensorboard_logger(log_dir, built.module, on_epoch, stack)
         if mlflow:
-            o = options
-            params = {
-                "spec": model.spec.path,
-                "weights": model.weights,
-                "data": given,
-                "val": val,
-                "target": ",".join(map(str, listed(read.target))) or None,
-                "seed": built.seed,
-                "dtype": built.dtype,
-                "device": built.device,
-                "loss": choice.label,
-                "loss_from": choice.source,
-                "optimizer": o.optimizer,
-                "lr": o.lr,
-                "momentum": o.momentum,
-                "weight_decay": o.weight_decay,
-                "batch_size": o.batch_size,
-                "epochs": o.epochs,
-                "shuffle": o.shuffle,
-                "val_split": val_split,
-                "stratify": stratify or None,
-                "patience": o.patience,
-                "metric": o.metric if o.patience is not None else None,
-                "lr_schedule": o.schedule,
-                "warmup": o.warmup or None,
-                "clip_grad_norm": o.clip_grad_norm,
-                "clip_grad_value": o.clip_grad_value,
-                "class_weights": class_weights,
-                "stream": stream or None,
-                "resume": resume,
-            }
+            run = {"data": given, "val": val, "val_split": val_split, "stratify": stratify}
+            run.update(class_weights=class_weights, stream=stream, resume=resume)
+            params = _mlflow_params(model, built, choice, options, read, run)
             on_epoch, log_weights = mlflow_run(mlflow, model, params, on_epoch, stack)
         from nncli.timing import phase
 
@@ -298,7 +191,7 @@ def train(
                 steps_per_epoch=steps,
                 start=start,
                 checkpoint=save,
-                start_where=resume,
+                start_where=where,
             )
         if best is not None:
             built.module.load_state_dict(best)
@@ -308,6 +201,175 @@ def train(
         epochs_done, choice.label, choice.source, best_epoch, best is not None and len(epochs_done) < epochs, options
     )
 
+
+def _before_reading(options, log_dir, resume, mlflow):
+    """What fails before DATA is read: the log folder, the checkpoint to resume from (what the data
+    does not decide), MLflow (a missing package, a bad setting, a store it cannot use). The checkpoint."""
+    from nncli.core.training import check_resume
+
+    if log_dir is not None:
+        check_log_dir(log_dir)
+    start = read_checkpoint(resume) if resume else None
+    if start is not None:
+        check_resume(start, options, resume)
+    if mlflow:
+        mlflow_settings(mlflow)
+        mlflow_preflight()
+    return start
+
+
+def _check_combinations(
+    data,
+    val,
+    read: Read,
+    *,
+    val_split,
+    patience,
+    stream: bool,
+    shuffle: bool,
+    lr_schedule,
+    metric: str,
+    clip_grad_norm,
+    clip_grad_value,
+    stratify: bool,
+) -> None:
+    """train's options that do not go together, each a UsageError before anything is read."""
+    from nncli.core.training import METRICS
+
+    if val_split is not None and val is not None:
+        raise UsageError("give --val-split or --val, not both")
+    if is_stdin(val) and (
+        is_stdin(read.targets_file) or any(is_stdin(d) for d in (data if isinstance(data, (list, tuple)) else [data]))
+    ):
+        # one stream can't be read twice: the second reader found it empty ("the file is empty")
+        raise UsageError(
+            f"--val and {'--targets' if is_stdin(read.targets_file) else 'DATA'} can't both be standard input"
+        )
+    if patience is not None and val_split is None and val is None:
+        raise UsageError("--patience watches the validation loss: give --val-split F or --val FILE too")
+    if (
+        stream and lr_schedule and lr_schedule.split(":")[0] == "onecycle"
+    ):  # OneCycleLR steps per batch, counted up front
+        raise UsageError(
+            "--lr-schedule onecycle needs the number of batches per epoch, which --stream does not know before reading"
+        )
+    if stream and (shuffle or val_split is not None):
+        raise UsageError(
+            "--stream reads DATA in file order: it takes neither --shuffle nor --val-split (use --val FILE)"
+        )
+    if metric not in METRICS:
+        raise UsageError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    if clip_grad_norm is not None and clip_grad_value is not None:
+        raise UsageError("give --clip-grad-norm or --clip-grad-value, not both")
+    if stratify and val_split is None:
+        raise UsageError("--stratify goes with --val-split F")
+
+
+def _check_checkpoint_classes(start: dict, choice, width: int, resume) -> None:
+    needed = {"class": width, "binary": 2}.get(choice.family)
+    if start.get("classes") is not None and needed is not None and len(start["classes"]) != needed:
+        raise NncliError(
+            f"the checkpoint's 'classes' names {len(start['classes'])} classes; the model "
+            f"{'has ' + str(width) + ' outputs' if choice.family == 'class' else 'is binary (2 classes)'}",
+            resume,
+        )
+
+
+def _labels(y):
+    """Class indices from the targets as the loss takes them (indices, one-hot rows, or one probability)."""
+    return y if y.dim() == 1 else (y.argmax(dim=1) if y.shape[1] > 1 else (y[:, 0] >= 0.5).long())
+
+
+def _rows_in_memory(model, built, data, read: Read, choice, width: int, early, val_split, stratify, feature_names):
+    """Every row loaded, the validation rows held out (--val-split), the preprocessing fitted on the
+    training rows only: (x, y, x_val, y_val), x_val and y_val None without --val-split."""
+    from nncli.core.training import stratified_split, validation_split
+
+    raw, y = load_rows(built, data, read, choice, width, early)
+    raw_val = y_val = None
+    if val_split is not None:
+        keep, held = (
+            stratified_split(_labels(y), val_split, built.seed)
+            if stratify
+            else validation_split(len(raw), val_split, built.seed)
+        )
+        raw, y, raw_val, y_val = raw[keep.numpy()], y[keep], raw[held.numpy()], y[held]
+    fit_preprocess(model, built, lambda: [raw], feature_names)  # the training rows only, never the validation rows
+    x = model_inputs(built, raw)
+    x_val = model_inputs(built, raw_val) if val_split is not None else None
+    world = _rank_world()[1]
+    if world > len(x):  # a rank without a row of its own would train on repeats only
+        raise NncliError(
+            f"{len(x)} training row{'s' if len(x) > 1 else ''} for {world} processes: "
+            "each needs a row of its own "
+            f"(use at most {len(x)})",
+            "train",
+        )
+    return x, y, x_val, y_val
+
+
+def _validation_rows(val, read: Read, given_format, built, choice, width: int, stack):
+    """--val's rows, read with DATA's columns and options (its own format: the one its name says)."""
+    val_read = Read(
+        read.target,
+        None,
+        read.features,
+        read.id_column,
+        read.delimiter,
+        read.header,
+        read.decimal_comma,
+        input_format=given_format,
+    )
+    val_data = val
+    if not is_table(val):
+        val_data, val_read = spooled_path(val, val_read, stack)
+    raw_val, y_val = load_rows(built, val_data, val_read, choice, width)
+    return model_inputs(built, raw_val), y_val
+
+
+def _class_weights(class_weights: str, stream: bool, y, width: int, choice, built):
+    from nncli.core.model import torch_dtype
+    from nncli.core.training import class_weights as weights_of
+
+    if stream:
+        raise UsageError("--class-weights counts the classes of the rows in memory: not with --stream")
+    return weights_of(class_weights, _labels(y), width if choice.family == "class" else 2, choice.family).to(
+        device=built.device, dtype=torch_dtype(built.dtype)
+    )
+
+
+def _mlflow_params(model, built, choice, o, read: Read, run: dict) -> dict:
+    """The run's parameters as MLflow logs them (None: not given, left out)."""
+    return {
+        "spec": model.spec.path,
+        "weights": model.weights,
+        "data": run["data"],
+        "val": run["val"],
+        "target": ",".join(map(str, listed(read.target))) or None,
+        "seed": built.seed,
+        "dtype": built.dtype,
+        "device": built.device,
+        "loss": choice.label,
+        "loss_from": choice.source,
+        "optimizer": o.optimizer,
+        "lr": o.lr,
+        "momentum": o.momentum,
+        "weight_decay": o.weight_decay,
+        "batch_size": o.batch_size,
+        "epochs": o.epochs,
+        "shuffle": o.shuffle,
+        "val_split": run["val_split"],
+        "stratify": run["stratify"] or None,
+        "patience": o.patience,
+        "metric": o.metric if o.patience is not None else None,
+        "lr_schedule": o.schedule,
+        "warmup": o.warmup or None,
+        "clip_grad_norm": o.clip_grad_norm,
+        "clip_grad_value": o.clip_grad_value,
+        "class_weights": run["class_weights"],
+        "stream": run["stream"] or None,
+        "resume": run["resume"],
+    }
 
 
 def _rank_world() -> tuple[int, int]:
@@ -330,5 +392,3 @@ def _check_data_parallel(built, stream: bool, allow_local_batchnorm: bool) -> No
             "BatchNorm1d with several processes on CPU normalises each rank's share on its own (SyncBatchNorm "
             "needs CUDA): add --allow-local-batchnorm to accept that"
         )
-
-

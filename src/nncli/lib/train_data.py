@@ -3,6 +3,8 @@ spec's preprocessing fitted on them."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from nncli.constants import DEFAULT_BATCH_ROWS
 from nncli.errors import NncliError
 from nncli.io.reading import prefetched
@@ -98,7 +100,11 @@ def fit_preprocess(model, built, batches, feature_names) -> None:
                     model.spec.path,
                 )
             chosen.append(index[c])
-    n, total, squares, low, high = 0, None, None, None, None
+    n = 0
+    total: Any = None  # numpy arrays of one value per feature, from the first batch on
+    squares: Any = None
+    low: Any = None
+    high: Any = None
     for x in batches():
         x = np.asarray(x, dtype=np.float64)
         n += len(x)
@@ -202,5 +208,3 @@ def load_rows(built, data, read: Read, choice, width: int, early=None):
         source.name,
     )
     return batch.x, y
-
-

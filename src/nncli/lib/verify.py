@@ -112,15 +112,23 @@ def number(value: float) -> str:
 def verification_text(exported: Exported) -> str:
     """One line: the runtime, the rows, the largest difference and the tolerance."""
     v = exported.verification
+    if v is None:
+        raise ValueError("verification_text: the export was not verified (export(..., verify=True))")
     rows = " and ".join(f"{c.rows:,}" for c in v.checks)
     if v.tolerance == 0:
         bound = "must be exactly 0"
     else:
         bound = f"{exported.dtype} tolerance {number(v.tolerance)}"
     if v.ok:
-        return f"{v.runtime} against PyTorch on {rows} seeded random rows: largest difference {number(v.difference)} ({bound})"
+        return (
+            f"{v.runtime} against PyTorch on {rows} seeded random rows: "
+            f"largest difference {number(v.difference)} ({bound})"
+        )
     worst = v.worst
-    text = f"{v.runtime} against PyTorch on {worst.rows:,} seeded random rows: largest difference {number(worst.difference)}"
+    text = (
+        f"{v.runtime} against PyTorch on {worst.rows:,} seeded random rows: "
+        f"largest difference {number(worst.difference)}"
+    )
     if v.tolerance == 0:
         return text + "; torch.export must reproduce PyTorch exactly"
     return text + f", above the {bound}" + (f" times the largest output, {worst.scale:.4g}" if worst.scale > 1 else "")

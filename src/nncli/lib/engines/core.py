@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import collections
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from nncli.constants import DEFAULT_BATCH_ROWS
 from nncli.errors import NncliError, NncliWarning, UsageError
@@ -187,7 +188,9 @@ class Scorer(Forwards):
     the one being written ahead of time, so `-o FOLDER/` (one call per file) keeps every worker busy."""
 
     def __init__(self, model, pool_factory, plan: list | None = None) -> None:
-        self.model, self._factory, self._pool, self._shipped = model, pool_factory, None, None
+        self.model, self._factory = model, pool_factory
+        self._pool: Pool | None = None
+        self._shipped: tuple | None = None
         self.plan = list(plan) if plan else None
         self._ahead: dict = {}  # (path, key) -> future, files submitted ahead of their call
 
@@ -250,7 +253,8 @@ class Scorer(Forwards):
         return self._shipped[1]
 
     def _open(self, data, read, want_targets: bool):
-        """Open DATA here (its columns, its warnings, its errors, as the single process gives them) and build the model."""
+        """Open DATA here (its columns, its warnings, its errors, as the single process gives them) and build
+        the model."""
         from nncli.io.reading import expand_paths
         from nncli.lib.session import open_data
 
@@ -346,7 +350,7 @@ class Scorer(Forwards):
         inputs: bool,
         batch_size,
         progress,
-        observer=None,
+        observer: Callable | None = None,
     ):
         """Model.signal's contract on the cluster: (LossReport, choice, head), `observer(choice, head)`
         seeing every batch's outputs and targets in order. Forward and the loss run on the workers;
@@ -380,6 +384,7 @@ class Scorer(Forwards):
         model, window = self._handle(), 2 * max(self.pool.workers, 1)
         args, options = (model, head, choice), (reduction, train, rows, observe is not None)
         by_file = self._by_file(paths)
+        tasks: Iterator[tuple]
         if by_file:
             source.close()
             tasks = ((signal_part, args + (file_part(p, read),) + options, None) for p in paths)
@@ -388,13 +393,15 @@ class Scorer(Forwards):
             tasks = ((signal_rows, args + options, part) for part in parts)
         results = _ordered(self.pool, tasks, window)
         shown = _tracked(results, progress, source, [_size(p) for p in paths] if by_file else None)
-        total, terms, count, batches, per_row, mean = None, 0, 0, 0, [], None
+        total: Any = None  # the loss sums' total, a 0-d tensor in the model's dtype
+        terms, count, batches, per_row, mean = 0, 0, 0, [], None
         try:
             for part in shown:
                 for value in part.sums:  # in batch order, in the model's dtype: the single process's additions
                     total = value if total is None else total + value
-                for outputs, targets in part.observed:
-                    observe(outputs, targets)
+                if observe is not None:  # part.observed is empty without one
+                    for outputs, targets in part.observed:
+                        observe(outputs, targets)
                 terms += part.terms
                 count += part.rows
                 batches += part.batches
@@ -469,7 +476,8 @@ class Scorer(Forwards):
         ).value
 
     def evaluate(self, data, **options) -> dict:
-        """nncli.evaluate on the cluster (nncli.evaluate(scorer, ...) is the same call): the same document, the same bits."""
+        """nncli.evaluate on the cluster (nncli.evaluate(scorer, ...) is the same call): the same document,
+        the same bits."""
         from nncli.lib.evaluate import evaluate
 
         return evaluate(self, data, **options)

@@ -38,7 +38,8 @@ def score_batches(weights, head, options: TableOptions, meta, batches):
 
 
 def schema_fields(meta) -> list[tuple[str, str]]:
-    """(column, Spark SQL type) of forward's output: float32 -> float, float64 -> double, integers -> bigint, text -> string."""
+    """(column, Spark SQL type) of forward's output: float32 -> float, float64 -> double, integers -> bigint,
+    text -> string."""
     import pandas as pd
 
     fields = []

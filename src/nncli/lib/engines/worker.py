@@ -187,7 +187,7 @@ class _FirstBad:
     """The first NaN or inf of a partition: (row in the partition's file, column, value)."""
 
     def __init__(self) -> None:
-        self.found = None
+        self.found: tuple[int, int, float] | None = None  # (row, column, value) of the first
 
     def __call__(self, values, first_row: int) -> None:
         import numpy as np
@@ -278,7 +278,8 @@ def signal_part(
         dtype, device, module = torch_dtype(built.dtype), built.device, built.module
         module.train(train)
         fn = choice.function("none" if reduction == "none" else "sum")
-        out, last = Signal(), None
+        out = Signal()
+        last: tuple = ()  # the last batch (outputs, targets): its mean is the loss of a one-batch pass
         try:
             with torch.no_grad():
                 for batch in batches:

@@ -53,5 +53,3 @@ def restore_checkpoint(built, start: dict, path: str, width: int) -> None:
     if start.get("preprocess") is not None:
         p = start["preprocess"]
         built.preprocess = Preprocess(p["kind"], p["columns"], p["shift"], p["scale"])
-
-

@@ -93,6 +93,31 @@ def _check_server_answers(uri: str) -> None:
         raise NncliError(f"MLflow: the tracking server {host}:{port} does not answer ({reason})", "--mlflow") from None
 
 
+def guarded(call, *args, **kwargs):
+    """call(...), MLflow's own errors (a store it refuses, a server not there) as one line."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return call(*args, **kwargs)
+    except MlflowException as e:  # where: not the tracking URI, which may hold a database password
+        raise NncliError(
+            f"MLflow: {_without_password((e.message.strip().splitlines() or ['?'])[0])}", "--mlflow"
+        ) from None
+    except ImportError as e:  # a database URI whose driver is not installed (psycopg, pymysql, ...)
+        raise NncliError(
+            f"MLflow: the tracking URI needs a module that is not installed: {e.name or e}", "--mlflow"
+        ) from None
+    except Exception as e:  # the database's own errors (a disk full mid-run, a locked file) that MLflow lets through
+        if not type(e).__module__.startswith("sqlalchemy"):
+            raise
+        text = str(getattr(e, "orig", None) or e).strip()
+        first = text.splitlines()[0] if text else type(e).__name__
+        raise NncliError(
+            f"MLflow: the tracking database: {_without_password(first)}",
+            "--mlflow",
+        ) from None
+
+
 def mlflow_run(settings, model, params: dict, on_epoch, stack):
     """A run where MLflow itself would put it: MLFLOW_TRACKING_URI, else MLflow's default store; the
     experiment named, else MLFLOW_EXPERIMENT_NAME/_ID or mlflow.set_experiment's, else Default; a
@@ -101,31 +126,8 @@ def mlflow_run(settings, model, params: dict, on_epoch, stack):
     `log_weights()`, written as Model.save writes them). The run ends FINISHED, KILLED on
     KeyboardInterrupt, FAILED on any other error."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     settings = mlflow_settings(settings)
-
-    def guarded(call, *args, **kwargs):  # MLflow's own errors (a store it refuses, a server not there) as one line
-        try:
-            return call(*args, **kwargs)
-        except MlflowException as e:  # where: not the tracking URI, which may hold a database password
-            raise NncliError(
-                f"MLflow: {_without_password((e.message.strip().splitlines() or ['?'])[0])}", "--mlflow"
-            ) from None
-        except ImportError as e:  # a database URI whose driver is not installed (psycopg, pymysql, ...)
-            raise NncliError(
-                f"MLflow: the tracking URI needs a module that is not installed: {e.name or e}", "--mlflow"
-            ) from None
-        except (
-            Exception
-        ) as e:  # the database's own errors (a disk full mid-run, a locked file) that MLflow lets through
-            if not type(e).__module__.startswith("sqlalchemy"):
-                raise
-            text = getattr(e, "orig", None) or e
-            raise NncliError(
-                f"MLflow: the tracking database: {_without_password(str(text).strip().splitlines()[0] if str(text).strip() else type(e).__name__)}",
-                "--mlflow",
-            ) from None
 
     experiment_id = None
     if settings.get("experiment"):
@@ -191,5 +193,3 @@ def _without_password(text: str) -> str:
     import re
 
     return re.sub(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@", r"\1***@", text)
-
-

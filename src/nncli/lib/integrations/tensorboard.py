@@ -54,5 +54,3 @@ def tensorboard_logger(log_dir: str, module, on_epoch, stack):
             on_epoch(record)
 
     return logged
-
-
