@@ -288,11 +288,11 @@ def test_the_console_script_catches_signals_before_it_imports_any_module_of_nncl
         import sys, _signal
         class Watch:
             def find_spec(self, name, path=None, target=None):
-                if name.startswith("nncli.") and name != "nncli.cli.entry":
+                if name.startswith("nncli.") and name != "nncli.entry":
                     print(name, getattr(_signal.getsignal(_signal.SIGINT), "__name__", None))
                 return None
         sys.meta_path.insert(0, Watch())
-        import nncli.cli.entry
+        import nncli.entry
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     loaded = [line.split() for line in out if line]
