@@ -32,7 +32,7 @@ Warmup = Annotated[int, typer.Option("--warmup", metavar="N", help="Epochs of li
 ClipNorm = Annotated[Optional[float], typer.Option("--clip-grad-norm", metavar="X", help="torch.nn.utils.clip_grad_norm_ before each step; the largest pre-clip norm joins the history.", callback=finite_non_negative)]
 ClipValue = Annotated[Optional[float], typer.Option("--clip-grad-value", metavar="X", help="torch.nn.utils.clip_grad_value_ before each step.", callback=finite_non_negative)]
 ClassWeights = Annotated[Optional[str], typer.Option("--class-weights", metavar="W", help="balanced (scikit-learn's n / (classes x count)) or w0,w1,...: the loss's weight= (for BCELoss and BCEWithLogitsLoss per sample: each row's class weight).")]
-Stratify = Annotated[bool, typer.Option("--stratify", help="With --val-split: hold out the fraction of each class (seeded per class; see the README).")]
+Stratify = Annotated[bool, typer.Option("--stratify", help="With --val-split: hold out the fraction of each class (seeded per class; see docs/commands.md).")]
 LogDir = Annotated[Optional[str], typer.Option("--log-dir", metavar="DIR", help="Write TensorBoard event files (losses, metrics, lr, gradient norms per epoch); needs the tensorboard extra.")]
 MLflow = Annotated[bool, typer.Option("--mlflow", help="Log the run to MLflow: parameters, every number of the history per epoch, the weights as an artifact; where MLflow would (MLFLOW_TRACKING_URI, else ./mlflow.db); needs the mlflow extra.")]
 MLflowExperiment = Annotated[Optional[str], typer.Option("--mlflow-experiment", metavar="NAME", help="The MLflow experiment (created if new; default: MLFLOW_EXPERIMENT_NAME, else Default); implies --mlflow.")]
