@@ -235,3 +235,15 @@ def _trimmed(lines: list[str]) -> list[str]:
     while lines and not lines[-1].strip():
         lines = lines[:-1]
     return lines
+
+
+def test_the_readme_test_command_is_the_one_ci_runs() -> None:
+    """"Develop and test" promises exactly what `.ci/run` runs: the same pytest command, the same extras."""
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8").split("## Develop and test", 1)[1].split("\n## ", 1)[0]
+    shown = [line.strip() for line in readme.splitlines()]
+    def pytest_lines(lines: list[str]) -> list[str]:
+        return [line for line in lines if line.startswith("python -m pytest")]
+
+    assert pytest_lines(ci) == pytest_lines(shown) != []
+    assert all(extras in readme for extras in re.findall(r"-e '(\.\[[^\]]*\])'", "\n".join(ci)))
