@@ -44,25 +44,29 @@ def run(x):
         return model(torch.from_numpy(x).float()).numpy()
 """
 SCRIPTS = {
-    "numpy loadtxt + savetxt": MODEL + """
+    "numpy loadtxt + savetxt": MODEL
+    + """
 import numpy as np, sys
 x = np.loadtxt(sys.argv[1], delimiter=",", skiprows=1, usecols=range(32), dtype=np.float64)
 np.savetxt(sys.argv[2], run(x), delimiter=",", header="prob_0,prob_1,prob_2", comments="", fmt="%.8g")
 """,
-    "pandas read_csv + to_csv (pyarrow engine)": MODEL + """
+    "pandas read_csv + to_csv (pyarrow engine)": MODEL
+    + """
 import pandas as pd, sys
 df = pd.read_csv(sys.argv[1], engine="pyarrow")
 p = run(df.iloc[:, :32].to_numpy())
 pd.DataFrame(p, columns=["prob_0", "prob_1", "prob_2"]).to_csv(sys.argv[2], index=False)
 """,
-    "pyarrow read_csv + write_csv": MODEL + """
+    "pyarrow read_csv + write_csv": MODEL
+    + """
 import pyarrow as pa, pyarrow.csv as pc, numpy as np, sys
 t = pc.read_csv(sys.argv[1])
 x = np.column_stack([t.column(i).to_numpy() for i in range(32)])
 p = run(x)
 pc.write_csv(pa.table({f"prob_{i}": p[:, i] for i in range(3)}), sys.argv[2])
 """,
-    "pyarrow open_csv + CSVWriter, streaming": MODEL + """
+    "pyarrow open_csv + CSVWriter, streaming": MODEL
+    + """
 import pyarrow as pa, pyarrow.csv as pc, numpy as np, sys
 reader = pc.open_csv(sys.argv[1], read_options=pc.ReadOptions(block_size=1 << 20))
 writer = None
@@ -74,13 +78,15 @@ for batch in reader:
     writer.write_batch(out)
 writer.close()
 """,
-    "polars read_csv + write_csv": MODEL + """
+    "polars read_csv + write_csv": MODEL
+    + """
 import polars as pl, sys
 df = pl.read_csv(sys.argv[1])
 p = run(df[:, :32].to_numpy())
 pl.DataFrame({f"prob_{i}": p[:, i] for i in range(3)}).write_csv(sys.argv[2])
 """,
-    "polars scan_csv + map_batches + sink_csv, streaming": MODEL + """
+    "polars scan_csv + map_batches + sink_csv, streaming": MODEL
+    + """
 import polars as pl, sys
 cols = [f"x{i}" for i in range(32)]
 def f(df):
@@ -149,8 +155,10 @@ def formats(nncli: str, spec: Path, data: Path, work: Path, args) -> None:
             shutil.copyfileobj(src, dst, 1 << 20)
     if not parquet.exists():
         pl.scan_csv(data).sink_parquet(parquet)
-    commands = {f"nncli forward, {p.name}": [nncli, "forward", str(spec), str(p), "-t", "label", "-o", str(work / "f.csv")]
-                for p in (data, gz, parquet)}
+    commands = {
+        f"nncli forward, {p.name}": [nncli, "forward", str(spec), str(p), "-t", "label", "-o", str(work / "f.csv")]
+        for p in (data, gz, parquet)
+    }
     results = run_alternating(commands, args.repeat)
     table("forward by input format", list(results.items()), args.rows)
 
@@ -248,8 +256,12 @@ def median_run(runs: list[Run]) -> Run:
         values = [r.timings.get(name) for r in runs if name in r.timings]
         if isinstance(values[0], dict):
             phases[name] = {k: statistics.median(v[k] for v in values) for k in values[0]}
-    return Run(statistics.median(r.wall for r in runs), statistics.median(r.cpu for r in runs),
-               statistics.median(r.rss for r in runs), phases)
+    return Run(
+        statistics.median(r.wall for r in runs),
+        statistics.median(r.cpu for r in runs),
+        statistics.median(r.rss for r in runs),
+        phases,
+    )
 
 
 def table(title: str, rows: list[tuple[str, Run]], n_rows: int | None) -> None:
@@ -270,10 +282,12 @@ def phases(title: str, run: Run) -> None:
     print("|---|---:|---:|")
     for name, t in run.timings.items():
         print(f"| {name} | {t['wall']:.2f} | {t['cpu']:.2f} |")
-    print("\nPhases overlap: the reader process parses (parse, convert: its own threads' figures) while the"
-          "\nmain process imports torch and computes, so their sum exceeds the wall time. 'reader process' is"
-          "\nthat process's lifetime and its whole CPU time; helper threads of polars and torch count only in"
-          "\nthe CPU column of the table above.")
+    print(
+        "\nPhases overlap: the reader process parses (parse, convert: its own threads' figures) while the"
+        "\nmain process imports torch and computes, so their sum exceeds the wall time. 'reader process' is"
+        "\nthat process's lifetime and its whole CPU time; helper threads of polars and torch count only in"
+        "\nthe CPU column of the table above."
+    )
 
 
 def ratio(label: str, a: Run, b: Run) -> None:
@@ -283,17 +297,28 @@ def ratio(label: str, a: Run, b: Run) -> None:
 def console_script() -> str:
     """The nncli installed beside this Python (a version manager's shim would add its own start-up)."""
     beside = Path(sys.executable).with_name("nncli")
-    return str(beside) if beside.exists() else (shutil.which("nncli") or sys.exit("nncli is not installed: pip install -e '.[bench]'"))
+    return (
+        str(beside)
+        if beside.exists()
+        else (shutil.which("nncli") or sys.exit("nncli is not installed: pip install -e '.[bench]'"))
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="3 runs each, only the fastest script, 1 run of the 3M-row check (under 2 minutes)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="3 runs each, only the fastest script, 1 run of the 3M-row check (under 2 minutes)",
+    )
     parser.add_argument("--no-3m", action="store_true", help="skip the 3M-row memory check")
-    parser.add_argument("--only", default="forward,signal,startup,train,formats,memory",
-                        help="sections to run, comma-separated: forward, signal, startup, train, formats, memory")
+    parser.add_argument(
+        "--only",
+        default="forward,signal,startup,train,formats,memory",
+        help="sections to run, comma-separated: forward, signal, startup, train, formats, memory",
+    )
     args = parser.parse_args()
     only = set(args.only.split(","))
     if args.quick:
@@ -321,23 +346,50 @@ def main() -> None:
             commands[name] = [sys.executable, str(script), str(data), str(work / f"{script.stem}.csv")]
             if name == fastest:
                 commands[name + ", 4 decimals"] = commands[name] + ["4"]
-        print(f"{args.rows:,} rows x 32 columns ({data.stat().st_size / 2**20:.0f} MiB), {args.repeat} runs each, alternating")
+        print(
+            f"{args.rows:,} rows x 32 columns ({data.stat().st_size / 2**20:.0f} MiB), {args.repeat} runs each, alternating"
+        )
         if "forward" in only:
             results = run_alternating(commands, args.repeat)
             rows = sorted(results.items(), key=lambda r: r[1].wall)
             table(f"forward, {args.rows:,} rows, probabilities as CSV", rows, args.rows)
             print()
             ratio(f"nncli forward / {fastest}", results["nncli forward"], results[fastest])
-            ratio(f"nncli forward --precision 4 / the same script, 4 decimals", results["nncli forward --precision 4"],
-                  results[fastest + ", 4 decimals"])
+            ratio(
+                "nncli forward --precision 4 / the same script, 4 decimals",
+                results["nncli forward --precision 4"],
+                results[fastest + ", 4 decimals"],
+            )
             phases("where nncli forward's time goes (medians)", results["nncli forward"])
         if "formats" in only:
             formats(nncli, spec, data, work, args)
 
         signal = {
             "nncli forward": forward,
-            "nncli loss": [nncli, "loss", str(spec), str(data), "-t", "label", "--loss", "nll", "-o", str(work / "loss.json")],
-            "nncli grads": [nncli, "grads", str(spec), str(data), "-t", "label", "--loss", "nll", "-o", str(work / "grads.json")],
+            "nncli loss": [
+                nncli,
+                "loss",
+                str(spec),
+                str(data),
+                "-t",
+                "label",
+                "--loss",
+                "nll",
+                "-o",
+                str(work / "loss.json"),
+            ],
+            "nncli grads": [
+                nncli,
+                "grads",
+                str(spec),
+                str(data),
+                "-t",
+                "label",
+                "--loss",
+                "nll",
+                "-o",
+                str(work / "grads.json"),
+            ],
         }
         if "signal" in only:
             results = run_alternating(signal, args.repeat)
@@ -350,13 +402,24 @@ def main() -> None:
         startup = {
             "nncli --help": [nncli, "--help"],
             'python -c "import torch"': [sys.executable, "-c", "import torch"],
-            "nncli forward (5 rows)": [nncli, "forward", str(small / "configs/binary-classifier.yaml"), str(small / "data/table-5x6.csv"), "-t", "label"],
+            "nncli forward (5 rows)": [
+                nncli,
+                "forward",
+                str(small / "configs/binary-classifier.yaml"),
+                str(small / "data/table-5x6.csv"),
+                "-t",
+                "label",
+            ],
         }
         if "startup" in only:
             results = run_alternating(startup, max(args.repeat, 5))
             table("start-up", list(results.items()), None)
             print()
-            ratio("nncli forward (5 rows) / import torch", results["nncli forward (5 rows)"], results['python -c "import torch"'])
+            ratio(
+                "nncli forward (5 rows) / import torch",
+                results["nncli forward (5 rows)"],
+                results['python -c "import torch"'],
+            )
             print(f"nncli --help: {results['nncli --help'].wall * 1000:.0f} ms")
 
         train_spec = DATA / "train.yaml"
@@ -364,8 +427,24 @@ def main() -> None:
         script = work / "train_by_hand.py"
         script.write_text(TRAIN_SCRIPT)
         training = {
-            "nncli train (1 epoch, batch 1024, sgd)": [nncli, "train", str(train_spec), str(data), "-t", "label", "--epochs", "1",
-                                                       "-b", "1024", "--lr", "0.01", "--save-weights", str(work / "t.pt"), "-o", str(work / "h.json")],
+            "nncli train (1 epoch, batch 1024, sgd)": [
+                nncli,
+                "train",
+                str(train_spec),
+                str(data),
+                "-t",
+                "label",
+                "--epochs",
+                "1",
+                "-b",
+                "1024",
+                "--lr",
+                "0.01",
+                "--save-weights",
+                str(work / "t.pt"),
+                "-o",
+                str(work / "h.json"),
+            ],
             "hand-written loop (polars + torch)": [sys.executable, str(script), str(data), str(work / "t2.pt")],
         }
         if "train" in only:
@@ -382,7 +461,16 @@ def main() -> None:
                 generate(big, 3 * args.rows)
             memory = {
                 f"nncli forward, {args.rows:,} rows": forward,
-                f"nncli forward, {3 * args.rows:,} rows": [nncli, "forward", str(spec), str(big), "-t", "label", "-o", str(work / "big.csv")],
+                f"nncli forward, {3 * args.rows:,} rows": [
+                    nncli,
+                    "forward",
+                    str(spec),
+                    str(big),
+                    "-t",
+                    "label",
+                    "-o",
+                    str(work / "big.csv"),
+                ],
             }
             results = run_alternating(memory, 1 if args.quick else 3)
             table("peak memory against file size", list(results.items()), None)

@@ -50,22 +50,34 @@ def main() -> None:
         base = [nncli, "forward", str(spec), *files, "-t", "label", "-f", "csv"]
         commands = {"nncli forward (one process)": base + ["-o", f"{work}/single/"]}
         for n in args.workers:
-            commands[f"nncli forward --engine dask --workers {n}"] = base + ["-o", f"{work}/dask{n}/", "--engine", "dask", "--workers", str(n)]
+            commands[f"nncli forward --engine dask --workers {n}"] = base + [
+                "-o",
+                f"{work}/dask{n}/",
+                "--engine",
+                "dask",
+                "--workers",
+                str(n),
+            ]
         results: dict[str, list[float]] = {name: [] for name in commands}
         for _ in range(args.repeat):
             for name, cmd in commands.items():
                 results[name].append(measure(cmd).wall)
         total = args.files * args.rows
-        print(f"\nforward, {args.files} files x {args.rows:,} rows x 32 columns (CSV), probabilities as CSV, -o FOLDER/")
+        print(
+            f"\nforward, {args.files} files x {args.rows:,} rows x 32 columns (CSV), probabilities as CSV, -o FOLDER/"
+        )
         print(machine())
-        print(f"\n| command | median wall (s) | rows/s | runs (s) |")
+        print("\n| command | median wall (s) | rows/s | runs (s) |")
         print("|---|---:|---:|---|")
         single = statistics.median(results["nncli forward (one process)"])
         for name, walls in results.items():
             median = statistics.median(walls)
             print(f"| {name} | {median:.2f} | {total / median:,.0f} | {', '.join(f'{w:.2f}' for w in walls)} |")
         for n in args.workers:
-            same = all(filecmp.cmp(work / "single" / Path(f).name, work / f"dask{n}" / Path(f).name, shallow=False) for f in files)
+            same = all(
+                filecmp.cmp(work / "single" / Path(f).name, work / f"dask{n}" / Path(f).name, shallow=False)
+                for f in files
+            )
             speed = single / statistics.median(results[f"nncli forward --engine dask --workers {n}"])
             print(f"\n--workers {n}: {speed:.2f}x the one process; outputs byte for byte equal: {same}")
     finally:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from nncli.cli import app
+from nncli.cli.app import app
 from tests.helpers import *  # noqa: F401,F403  (older imports of tests.conftest keep working)
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,14 @@ REFERENCE = {
         nn.Linear(11, 8), nn.ReLU(), nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2), nn.ReLU(), nn.Linear(2, 1)
     ),
     "four-class": lambda: nn.Sequential(
-        nn.Linear(11, 20), nn.ReLU(), nn.Linear(20, 12), nn.ReLU(), nn.Linear(12, 6), nn.ReLU(), nn.Linear(6, 4), nn.Softmax(dim=1)
+        nn.Linear(11, 20),
+        nn.ReLU(),
+        nn.Linear(20, 12),
+        nn.ReLU(),
+        nn.Linear(12, 6),
+        nn.ReLU(),
+        nn.Linear(6, 4),
+        nn.Softmax(dim=1),
     ),
     "net-16-8-4-2": lambda: nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2)),
     "net-16-8-2": lambda: nn.Sequential(nn.Linear(16, 8), nn.Sigmoid(), nn.Linear(8, 2)),

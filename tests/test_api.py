@@ -3,7 +3,6 @@ spec, the API's values equal the CLI's bit for bit (and both equal PyTorch, by t
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import warnings
@@ -16,7 +15,17 @@ import torch
 from safetensors.torch import load_file
 
 import nncli as lib
-from tests.helpers import CONFIGS, DATA, EXAMPLE_DATA, REFERENCE, load_json, parse_csv, read_table, reference_model, write
+from tests.helpers import (
+    CONFIGS,
+    DATA,
+    EXAMPLE_DATA,
+    REFERENCE,
+    load_json,
+    parse_csv,
+    read_table,
+    reference_model,
+    write,
+)
 
 NAMES = sorted(REFERENCE)
 
@@ -50,7 +59,9 @@ TARGETED = [n for n in NAMES if EXAMPLE_DATA[n][1]]
 def test_loss_grads_step_evaluate_api_equal_cli(nncli, tmp_path, name):
     spec, data, drop = _args(name)
     t = ["-t", drop[0]]
-    assert np.float32(nncli_load(spec).loss(data, target=drop[0])) == np.float32(load_json(nncli("loss", spec, data, *t, "-f", "json"))["loss"])
+    assert np.float32(nncli_load(spec).loss(data, target=drop[0])) == np.float32(
+        load_json(nncli("loss", spec, data, *t, "-f", "json"))["loss"]
+    )
     grads = nncli_load(spec).grads(data, target=drop[0])
     cli = load_json(nncli("grads", spec, data, *t, "-f", "json"))["gradients"]
     for k, g in grads.items():
@@ -62,7 +73,9 @@ def test_loss_grads_step_evaluate_api_equal_cli(nncli, tmp_path, name):
     a, b = load_file(tmp_path / "api.safetensors"), load_file(tmp_path / "cli.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert np.float32(result.loss_after) < np.float32(result.loss_before) or np.isfinite(result.loss_after)
-    assert lib.evaluate(nncli_load(spec), data, target=drop[0]) == load_json(nncli("evaluate", spec, data, *t, "-f", "json"))
+    assert lib.evaluate(nncli_load(spec), data, target=drop[0]) == load_json(
+        nncli("evaluate", spec, data, *t, "-f", "json")
+    )
 
 
 def test_train_api_equals_cli(nncli, tmp_path):
@@ -70,10 +83,34 @@ def test_train_api_equals_cli(nncli, tmp_path):
     m = nncli_load(spec)
     history = lib.train(m, data, target="species", epochs=2, lr=0.05, optimizer="adam", batch_size=16, val_split=0.2)
     m.save(tmp_path / "api.safetensors")
-    doc = load_json(nncli("train", spec, data, "-t", "species", "--epochs", "2", "--lr", "0.05", "--optimizer", "adam", "--batch-size", "16",
-                          "--val-split", "0.2", "--save-weights", tmp_path / "cli.safetensors", "-f", "json"))
+    doc = load_json(
+        nncli(
+            "train",
+            spec,
+            data,
+            "-t",
+            "species",
+            "--epochs",
+            "2",
+            "--lr",
+            "0.05",
+            "--optimizer",
+            "adam",
+            "--batch-size",
+            "16",
+            "--val-split",
+            "0.2",
+            "--save-weights",
+            tmp_path / "cli.safetensors",
+            "-f",
+            "json",
+        )
+    )
+
     def same(a: dict, b: dict) -> bool:  # losses are float32: equal as float32; epochs and accuracies exactly
-        return a.keys() == b.keys() and all((np.float32(a[k]) == np.float32(b[k])) if "loss" in k else a[k] == b[k] for k in a)
+        return a.keys() == b.keys() and all(
+            (np.float32(a[k]) == np.float32(b[k])) if "loss" in k else a[k] == b[k] for k in a
+        )
 
     assert len(history.epochs) == len(doc["history"]) == 2
     assert all(same(a, b) for a, b in zip(history.as_dicts(), doc["history"]))
@@ -106,7 +143,9 @@ def test_a_spec_as_a_dict_and_every_kind_of_table():
     assert type(out).__module__.startswith("pyarrow")
     # a column-major pandas frame still gives the CSV's bits: nncli makes the array row-major
     frame = m.forward(pandas_frame)
-    np.testing.assert_array_equal(np.stack([frame.get_column(f"prob_{i}").to_numpy() for i in range(3)], axis=1), expected)
+    np.testing.assert_array_equal(
+        np.stack([frame.get_column(f"prob_{i}").to_numpy() for i in range(3)], axis=1), expected
+    )
 
 
 def test_errors_and_warnings_are_python_ones():
@@ -121,8 +160,10 @@ def test_errors_and_warnings_are_python_ones():
 
 
 def test_import_is_cheap_and_the_library_never_prints():
-    code = ("import sys, nncli; assert 'torch' not in sys.modules; m = nncli.load('examples/configs/three-class.yaml');"
-            " assert 'torch' not in sys.modules; m.loss('examples/data/table-5x6.csv', target='label')")
+    code = (
+        "import sys, nncli; assert 'torch' not in sys.modules; m = nncli.load('examples/configs/three-class.yaml');"
+        " assert 'torch' not in sys.modules; m.loss('examples/data/table-5x6.csv', target='label')"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=CONFIGS.parent.parent)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "" and result.stderr == ""
@@ -153,8 +194,13 @@ def test_the_readme_library_example_runs(block):
     """The Python examples of the README and docs/, run as a user would from the repository root."""
     from pathlib import Path
 
-    result = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", block],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -194,7 +240,11 @@ def test_predict_batch_names_the_classes_as_forward_does():
     g = torch.Generator().manual_seed(9)
     x = torch.randn(25, 4, generator=g, dtype=torch.float64)
     frame = pl.DataFrame({f"x{i}": x[:, i].numpy() for i in range(4)})
-    spec = {"seed": 1, "layers": [{"Linear": {"out_features": 3}}, "Softmax"], "classes": ["setosa", "versicolor", "virginica"]}
+    spec = {
+        "seed": 1,
+        "layers": [{"Linear": {"out_features": 3}}, "Softmax"],
+        "classes": ["setosa", "versicolor", "virginica"],
+    }
     m = lib.load(spec)
     expected = m.forward(frame)
     assert expected.columns == ["prob_setosa", "prob_versicolor", "prob_virginica", "class"]
@@ -207,6 +257,8 @@ def test_predict_batch_names_the_classes_as_forward_does():
         probs = hand(torch.tensor(x.tolist(), dtype=torch.float32))
     np.testing.assert_array_equal(m.predict_batch(x.numpy()), probs.numpy())
     assert got["class"].to_list() == [spec["classes"][i] for i in probs.argmax(dim=1).tolist()]
+
+
 def test_text_labels_in_tables_in_memory_read_as_the_cli_reads_them(nncli, tmp_path):
     """A pandas or polars frame with a column of class words: the spec's classes (or, for train, the
     labels sorted as LabelEncoder sorts them) as the CLI takes them from the same file, equal to torch."""
@@ -215,11 +267,27 @@ def test_text_labels_in_tables_in_memory_read_as_the_cli_reads_them(nncli, tmp_p
     reference = lib.load(spec, inputs=4)  # the module the spec seeds, as torch built it
     classes, m = reference.classes, reference.module.eval()
     with torch.no_grad():
-        expected = torch.nn.CrossEntropyLoss()(m(read_table(data, ["species"])), torch.tensor([classes.index(s) for s in species]))
+        expected = torch.nn.CrossEntropyLoss()(
+            m(read_table(data, ["species"])), torch.tensor([classes.index(s) for s in species])
+        )
     cli_loss = load_json(nncli("loss", spec, data, "-t", "species", "-f", "json"))["loss"]
     cli_evaluate = load_json(nncli("evaluate", spec, data, "-t", "species", "-f", "json"))
-    unnamed = write(tmp_path, "learned.yaml", "\n".join(l for l in spec.read_text().splitlines() if not l.startswith("classes")))
-    nncli("train", unnamed, data, "-t", "species", "--epochs", "1", "--lr", "0.1", "--save-weights", tmp_path / "cli.safetensors")
+    unnamed = write(
+        tmp_path, "learned.yaml", "\n".join(l for l in spec.read_text().splitlines() if not l.startswith("classes"))
+    )
+    nncli(
+        "train",
+        unnamed,
+        data,
+        "-t",
+        "species",
+        "--epochs",
+        "1",
+        "--lr",
+        "0.1",
+        "--save-weights",
+        tmp_path / "cli.safetensors",
+    )
     cli_weights = load_file(tmp_path / "cli.safetensors")
     for frame in (pd.read_csv(data), pl.read_csv(data)):
         loss = lib.load(spec).loss(frame, target="species")
@@ -233,8 +301,15 @@ def test_text_labels_in_tables_in_memory_read_as_the_cli_reads_them(nncli, tmp_p
 
 
 def test_a_label_outside_the_classes_is_named_with_its_row():
-    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "b": [1.0, 0.0, 1.0, 0.0], "c": [0.0] * 4, "d": [1.0] * 4,
-                          "species": ["setosa", "virginica", "daisy", "setosa"]})
+    frame = pd.DataFrame(
+        {
+            "a": [1.0, 2.0, 3.0, 4.0],
+            "b": [1.0, 0.0, 1.0, 0.0],
+            "c": [0.0] * 4,
+            "d": [1.0] * 4,
+            "species": ["setosa", "virginica", "daisy", "setosa"],
+        }
+    )
     with pytest.raises(lib.NncliError, match=r"row 2: the target 'species' is 'daisy', not one of the model's classes"):
         lib.load(CONFIGS / "iris.yaml").loss(frame, target="species")
 
@@ -278,47 +353,102 @@ def _train(**kw):
     return lambda: lib.train(lib.load(_SPEC), _TABLE, **{"target": "y", "epochs": 1, "lr": 0.1, **kw})
 
 
-@pytest.mark.parametrize("call, error, fragment", [
-    (_forward([[1.0, 2.0]]), lib.UsageError, "data must be a path (or a list of paths) or a table"),
-    (_forward({"a": [1.0], "b": [2.0]}), lib.UsageError, "got {'a': [1.0], 'b': [2.0]} (a dict)"),
-    (_forward(3), lib.UsageError, "data must be a path"),
-    (_forward(None), lib.UsageError, "got None"),
-    (_forward(b"a,b\n1,2\n"), lib.UsageError, "(a bytes)"),
-    (_forward(iter([[1.0, 2.0]])), lib.UsageError, "rows go in a numpy array or a DataFrame"),
-    (_forward(_TABLE, target="y", batch_size=-1), lib.UsageError, "batch_size must be an integer at or above 1, got -1"),
-    (_loss(batch_size=0), lib.UsageError, "batch_size must be an integer at or above 1, got 0"),
-    (_loss(batch_size=1.5), lib.UsageError, "batch_size must be an integer at or above 1, got 1.5"),
-    (lambda: lib.load(_SPEC).step(_TABLE, target="y", lr=0.1, batch_size=0), lib.UsageError, "batch_size must be an integer"),
-    (lambda: lib.evaluate(lib.load(_SPEC), _TABLE, target="y", batch_size=-3), lib.UsageError, "batch_size must be an integer"),
-    (_train(batch_size=0), lib.UsageError, "batch_size must be an integer at or above 1, got 0"),
-    (_train(epochs=1.5), lib.UsageError, "epochs must be an integer at or above 1, got 1.5"),
-    (_train(epochs="2"), lib.UsageError, "epochs must be an integer at or above 1, got '2'"),
-    (_train(patience=-1, val_split=0.5), lib.UsageError, "patience must be an integer at or above 1"),
-    (_train(warmup=-1), lib.UsageError, "warmup must be an integer at or above 0"),
-    (_train(lr="0.1"), lib.UsageError, "lr must be a finite number at or above 0, got '0.1'"),
-    (lambda: lib.train("spec.yaml", _TABLE, target="y", epochs=1, lr=0.1), lib.UsageError, "train takes a Model"),
-    (_forward(_TABLE, target="y", threshold="x"), lib.UsageError, "threshold must be a finite number"),
-    (_loss(target=[["y"]]), lib.UsageError, "target must be a column (a name or a 0-based index) or a list of them"),
-    (lambda: lib.load(_SPEC, inputs=0), lib.UsageError, "inputs must be an integer at or above 1, got 0"),
-    (lambda: lib.load(_SPEC, inputs=-1), lib.UsageError, "inputs must be an integer at or above 1, got -1"),
-    (_loss(batch_size=True), lib.UsageError, "batch_size must be an integer at or above 1, got True"),
-    (_loss(batch_size="7"), lib.UsageError, "batch_size must be an integer at or above 1, got '7'"),
-    (_loss(batch_size=7.5), lib.UsageError, "batch_size must be an integer at or above 1, got 7.5"),
-    (_loss(target=3.5), lib.UsageError, "target must be a column (a name or a 0-based index) or a list of them, got 3.5"),
-    (lambda: lib.load(_SPEC, weights=123), lib.UsageError, "weights must be a path (text or an os.PathLike), got 123"),
-    (lambda: lib.load(_SPEC, weights=""), lib.UsageError, "weights must be a path (text or an os.PathLike), got ''"),
-    (lambda: lib.load([]), lib.UsageError, "spec must be a path to a YAML spec (text or an os.PathLike) or a spec as a dict, got [] (a list)"),
-    (lambda: lib.load(None), lib.UsageError, "spec must be a path to a YAML spec (text or an os.PathLike) or a spec as a dict, got None"),
-    (lambda: lib.load(5), lib.UsageError, "spec must be a path to a YAML spec (text or an os.PathLike) or a spec as a dict, got 5"),
-    (_loss(pd.DataFrame({"a": [1, "x"], "b": [1.0, 2.0], "y": [1.0, 0.0]})), lib.NncliError, "column 'a' holds values of several types (int, str)"),
-    (_forward(pd.DataFrame([[1.0, 2.0]], columns=["a", "a"])), lib.NncliError, "column name 'a' is not unique (columns 0 and 1)"),
-    (_loss(features=["a", "a"]), lib.UsageError, "features: column 'a' is named twice"),
-    (_loss(features=["a", "y"]), lib.UsageError, "column 'y' can't be both a feature and a target"),
-    (_forward(np.array([["2020-01-01", "2020-01-02"]], dtype="datetime64[Y]")), lib.NncliError, "a numpy array of datetime64[Y] holds no numbers"),
-    (_forward(np.array([[1, "x"]], dtype=object)), lib.NncliError, "a numpy array of object holds no numbers"),
-    (_forward(pd.Series([1.0, 2.0])), lib.NncliError, "a pandas Series is not a table of rows"),
-    (_forward(np.ma.array([[1.0, 2.0]], mask=[[0, 1]])), lib.NncliError, "the masked array has masked cells"),
-])
+@pytest.mark.parametrize(
+    "call, error, fragment",
+    [
+        (_forward([[1.0, 2.0]]), lib.UsageError, "data must be a path (or a list of paths) or a table"),
+        (_forward({"a": [1.0], "b": [2.0]}), lib.UsageError, "got {'a': [1.0], 'b': [2.0]} (a dict)"),
+        (_forward(3), lib.UsageError, "data must be a path"),
+        (_forward(None), lib.UsageError, "got None"),
+        (_forward(b"a,b\n1,2\n"), lib.UsageError, "(a bytes)"),
+        (_forward(iter([[1.0, 2.0]])), lib.UsageError, "rows go in a numpy array or a DataFrame"),
+        (
+            _forward(_TABLE, target="y", batch_size=-1),
+            lib.UsageError,
+            "batch_size must be an integer at or above 1, got -1",
+        ),
+        (_loss(batch_size=0), lib.UsageError, "batch_size must be an integer at or above 1, got 0"),
+        (_loss(batch_size=1.5), lib.UsageError, "batch_size must be an integer at or above 1, got 1.5"),
+        (
+            lambda: lib.load(_SPEC).step(_TABLE, target="y", lr=0.1, batch_size=0),
+            lib.UsageError,
+            "batch_size must be an integer",
+        ),
+        (
+            lambda: lib.evaluate(lib.load(_SPEC), _TABLE, target="y", batch_size=-3),
+            lib.UsageError,
+            "batch_size must be an integer",
+        ),
+        (_train(batch_size=0), lib.UsageError, "batch_size must be an integer at or above 1, got 0"),
+        (_train(epochs=1.5), lib.UsageError, "epochs must be an integer at or above 1, got 1.5"),
+        (_train(epochs="2"), lib.UsageError, "epochs must be an integer at or above 1, got '2'"),
+        (_train(patience=-1, val_split=0.5), lib.UsageError, "patience must be an integer at or above 1"),
+        (_train(warmup=-1), lib.UsageError, "warmup must be an integer at or above 0"),
+        (_train(lr="0.1"), lib.UsageError, "lr must be a finite number at or above 0, got '0.1'"),
+        (lambda: lib.train("spec.yaml", _TABLE, target="y", epochs=1, lr=0.1), lib.UsageError, "train takes a Model"),
+        (_forward(_TABLE, target="y", threshold="x"), lib.UsageError, "threshold must be a finite number"),
+        (
+            _loss(target=[["y"]]),
+            lib.UsageError,
+            "target must be a column (a name or a 0-based index) or a list of them",
+        ),
+        (lambda: lib.load(_SPEC, inputs=0), lib.UsageError, "inputs must be an integer at or above 1, got 0"),
+        (lambda: lib.load(_SPEC, inputs=-1), lib.UsageError, "inputs must be an integer at or above 1, got -1"),
+        (_loss(batch_size=True), lib.UsageError, "batch_size must be an integer at or above 1, got True"),
+        (_loss(batch_size="7"), lib.UsageError, "batch_size must be an integer at or above 1, got '7'"),
+        (_loss(batch_size=7.5), lib.UsageError, "batch_size must be an integer at or above 1, got 7.5"),
+        (
+            _loss(target=3.5),
+            lib.UsageError,
+            "target must be a column (a name or a 0-based index) or a list of them, got 3.5",
+        ),
+        (
+            lambda: lib.load(_SPEC, weights=123),
+            lib.UsageError,
+            "weights must be a path (text or an os.PathLike), got 123",
+        ),
+        (
+            lambda: lib.load(_SPEC, weights=""),
+            lib.UsageError,
+            "weights must be a path (text or an os.PathLike), got ''",
+        ),
+        (
+            lambda: lib.load([]),
+            lib.UsageError,
+            "spec must be a path to a YAML spec (text or an os.PathLike) or a spec as a dict, got [] (a list)",
+        ),
+        (
+            lambda: lib.load(None),
+            lib.UsageError,
+            "spec must be a path to a YAML spec (text or an os.PathLike) or a spec as a dict, got None",
+        ),
+        (
+            lambda: lib.load(5),
+            lib.UsageError,
+            "spec must be a path to a YAML spec (text or an os.PathLike) or a spec as a dict, got 5",
+        ),
+        (
+            _loss(pd.DataFrame({"a": [1, "x"], "b": [1.0, 2.0], "y": [1.0, 0.0]})),
+            lib.NncliError,
+            "column 'a' holds values of several types (int, str)",
+        ),
+        (
+            _forward(pd.DataFrame([[1.0, 2.0]], columns=["a", "a"])),
+            lib.NncliError,
+            "column name 'a' is not unique (columns 0 and 1)",
+        ),
+        (_loss(features=["a", "a"]), lib.UsageError, "features: column 'a' is named twice"),
+        (_loss(features=["a", "y"]), lib.UsageError, "column 'y' can't be both a feature and a target"),
+        (
+            _forward(np.array([["2020-01-01", "2020-01-02"]], dtype="datetime64[Y]")),
+            lib.NncliError,
+            "a numpy array of datetime64[Y] holds no numbers",
+        ),
+        (_forward(np.array([[1, "x"]], dtype=object)), lib.NncliError, "a numpy array of object holds no numbers"),
+        (_forward(pd.Series([1.0, 2.0])), lib.NncliError, "a pandas Series is not a table of rows"),
+        (_forward(np.ma.array([[1.0, 2.0]], mask=[[0, 1]])), lib.NncliError, "the masked array has masked cells"),
+    ],
+)
 def test_bad_arguments_are_one_clear_error(call, error, fragment):
     with pytest.raises(error) as caught:
         call()

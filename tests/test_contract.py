@@ -32,7 +32,9 @@ def table(tmp_path, n=40, features=3, classes=3, seed=0, name="t.csv"):
     return path, x, label, r
 
 
-SPEC = "seed: 5\nlayers:\n  - Linear: {out_features: 4}\n  - ReLU\n  - Linear: {out_features: 3}\nloss: CrossEntropyLoss\n"
+SPEC = (
+    "seed: 5\nlayers:\n  - Linear: {out_features: 4}\n  - ReLU\n  - Linear: {out_features: 3}\nloss: CrossEntropyLoss\n"
+)
 
 
 def seeded(seed=5, features=3):
@@ -56,7 +58,13 @@ def test_one_loss_for_loss_grads_step_and_evaluate_over_several_batches(nncli, t
             expected = nn.CrossEntropyLoss()(model.eval()(xs), label)
         else:  # as nncli states it: DataLoader's batches (16, 16 and a short 8), sums per batch, one division
             edges = [0, 16, 32, 40]
-            expected = sum(nn.CrossEntropyLoss(reduction="sum")(model.eval()(xs[a:b]), label[a:b]) for a, b in zip(edges, edges[1:])) / 40
+            expected = (
+                sum(
+                    nn.CrossEntropyLoss(reduction="sum")(model.eval()(xs[a:b]), label[a:b])
+                    for a, b in zip(edges, edges[1:])
+                )
+                / 40
+            )
         got = {
             "loss": load_json(nncli("loss", *common, "-b", batch))["loss"],
             "grads": load_json(nncli("grads", *common, "-b", batch, "--summary"))["loss"],
@@ -81,7 +89,9 @@ def test_train_takes_data_from_standard_input(nncli, tmp_path):
     data = DATA / "iris-train.csv"
     args = ["--target", "species", "--epochs", "2", "--lr", "0.05", "--val-split", "0.2", "-f", "json"]
     from_file = load_json(nncli("train", spec, data, *args, "--save-weights", tmp_path / "a.safetensors"))
-    from_pipe = load_json(nncli("train", spec, "-", *args, "--save-weights", tmp_path / "b.safetensors", input=data.read_text()))
+    from_pipe = load_json(
+        nncli("train", spec, "-", *args, "--save-weights", tmp_path / "b.safetensors", input=data.read_text())
+    )
     assert from_file["history"] == from_pipe["history"]
     a, b = load_file(tmp_path / "a.safetensors"), load_file(tmp_path / "b.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -92,7 +102,9 @@ def test_a_model_without_parameters(nncli, tmp_path):
     data = DATA / "scores-label.csv"
     assert_error(nncli("grads", identity, data, "-t", "label"), 1, "no parameters", "--inputs")
     assert_error(nncli("step", identity, data, "-t", "label", "--lr", "0.1"), 1, "no parameters")
-    assert_error(nncli("train", identity, data, "-t", "label", "--epochs", "1", "--lr", "0.1"), 1, "no parameters to train")
+    assert_error(
+        nncli("train", identity, data, "-t", "label", "--epochs", "1", "--lr", "0.1"), 1, "no parameters to train"
+    )
     # d loss / d input, as x.requires_grad_() and backward() give it
     rows = parse_csv(nncli("grads", identity, data, "-t", "label", "--inputs", "--dtype", "float64").stdout)
     x = read_table(data, ["label"], torch.float64).requires_grad_()
@@ -105,7 +117,9 @@ def test_grads_inputs_through_a_network_over_several_batches(nncli, tmp_path):
     path, x, label, _ = table(tmp_path, n=20)
     spec = write(tmp_path, "s.yaml", SPEC)
     feats = ["--features", "f0", "--features", "f1", "--features", "f2"]
-    rows = parse_csv(nncli("grads", spec, path, "-t", "label", *feats, "--inputs", "--dtype", "float64", "-b", "20").stdout)
+    rows = parse_csv(
+        nncli("grads", spec, path, "-t", "label", *feats, "--inputs", "--dtype", "float64", "-b", "20").stdout
+    )
     model = seeded().double()
     xs = x.clone().requires_grad_()
     nn.CrossEntropyLoss()(model(xs), label).backward()
@@ -115,10 +129,34 @@ def test_grads_inputs_through_a_network_over_several_batches(nncli, tmp_path):
 
 def test_step_saves_exactly_one_hand_written_step_with_batchnorm(nncli, tmp_path):
     path, x, label, _ = table(tmp_path, n=12)
-    spec = write(tmp_path, "bn.yaml", "seed: 2\nlayers:\n  - BatchNorm1d\n  - Linear: {out_features: 3}\nloss: CrossEntropyLoss\n")
+    spec = write(
+        tmp_path,
+        "bn.yaml",
+        "seed: 2\nlayers:\n  - BatchNorm1d\n  - Linear: {out_features: 3}\nloss: CrossEntropyLoss\n",
+    )
     out = tmp_path / "w.safetensors"
-    doc = load_json(nncli("step", spec, path, "-t", "label", "--features", "f0", "--features", "f1", "--features", "f2",
-                          "--lr", "0.5", "--save-weights", out, "--summary", "-f", "json"))
+    doc = load_json(
+        nncli(
+            "step",
+            spec,
+            path,
+            "-t",
+            "label",
+            "--features",
+            "f0",
+            "--features",
+            "f1",
+            "--features",
+            "f2",
+            "--lr",
+            "0.5",
+            "--save-weights",
+            out,
+            "--summary",
+            "-f",
+            "json",
+        )
+    )
     torch.manual_seed(2)
     model = nn.Sequential(nn.BatchNorm1d(3), nn.Linear(3, 3))
     xs = x.float()
@@ -147,8 +185,18 @@ def test_table_format_into_a_file(nncli, tmp_path, command):
         "step": [spec, data, "-t", "label", "--lr", "0.1"],
         "params": [spec],
         "evaluate": [CONFIGS / "iris.yaml", DATA / "iris-test.csv", "-t", "species"],
-        "train": [CONFIGS / "iris.yaml", DATA / "iris-test.csv", "-t", "species", "--epochs", "2", "--lr", "0.1",
-                  "--save-weights", tmp_path / "w.safetensors"],
+        "train": [
+            CONFIGS / "iris.yaml",
+            DATA / "iris-test.csv",
+            "-t",
+            "species",
+            "--epochs",
+            "2",
+            "--lr",
+            "0.1",
+            "--save-weights",
+            tmp_path / "w.safetensors",
+        ],
         "onehot": ["1", "0"],
     }[command]
     result = nncli(command, *args, "-f", "table", "-o", out)
@@ -187,7 +235,9 @@ def test_summary_in_every_format(nncli):
     step = load_json(nncli("step", *args[1:], "--lr", "0.1", "-f", "json"))
     assert step["parameters"]["0.weight"]["grad"]["norm"] == expected["0.weight"]
     rows = parse_csv(nncli("step", *args[1:], "--lr", "0.1", "-f", "csv").stdout)
-    assert {(r["parameter"], r["part"]) for r in rows} == {(k, p) for k in expected for p in ("before", "grad", "after")}
+    assert {(r["parameter"], r["part"]) for r in rows} == {
+        (k, p) for k in expected for p in ("before", "grad", "after")
+    }
 
 
 def test_evaluate_is_tidy_in_csv_with_the_loss_and_accuracy_first(nncli):
@@ -214,12 +264,29 @@ def test_the_same_keys_in_every_format(nncli):
 
 
 def test_floats_are_the_shortest_text_of_their_dtype(nncli, tmp_path):
-    doc = load_json(nncli("train", CONFIGS / "iris.yaml", DATA / "iris-test.csv", "-t", "species", "--epochs", "2", "--lr", "0.1",
-                          "--val-split", "0.2", "-f", "json"))
+    doc = load_json(
+        nncli(
+            "train",
+            CONFIGS / "iris.yaml",
+            DATA / "iris-test.csv",
+            "-t",
+            "species",
+            "--epochs",
+            "2",
+            "--lr",
+            "0.1",
+            "--val-split",
+            "0.2",
+            "-f",
+            "json",
+        )
+    )
     for epoch in doc["history"]:
         for key in ("train_loss", "val_loss"):
             value = epoch[key]
-            assert np.float32(value) == np.float32(repr(value)) and float(str(np.float32(value))) == value, value  # float32 digits
+            assert np.float32(value) == np.float32(repr(value)) and float(str(np.float32(value))) == value, (
+                value
+            )  # float32 digits
     spec = write(tmp_path, "r.yaml", "seed: 1\nlayers:\n  - Linear: {out_features: 1}\n")
     data = write(tmp_path, "d.csv", "a,b,y\n100,200,3\n300,100,2\n7,-5,40\n")
     doc = load_json(nncli("evaluate", spec, data, "-t", "y", "-f", "json"))
@@ -231,14 +298,16 @@ def test_floats_are_the_shortest_text_of_their_dtype(nncli, tmp_path):
 
 
 def test_precision_zero_rounds_to_whole_numbers():
-    from nncli.render import fmt
+    from nncli.views.render import fmt
 
     assert fmt(-0.2, 0) == "-0" and fmt(0.7, 0) == "1" and fmt(0.00001, 4) == "1.0000e-05"
 
 
 def test_narrow_terminals_fold_never_squeeze(nncli, monkeypatch):
     monkeypatch.setenv("COLUMNS", "55")
-    text = nncli("grads", CONFIGS / "net-16-8-4-2.yaml", DATA / "row-16.csv", "-t", "label", "--summary", "-f", "table").stdout
+    text = nncli(
+        "grads", CONFIGS / "net-16-8-4-2.yaml", DATA / "row-16.csv", "-t", "label", "--summary", "-f", "table"
+    ).stdout
     assert "…" not in text and "mean |x|" in text
     assert max(len(line) for line in text.splitlines() if "┃" in line or "│" in line) <= 55
 
@@ -278,15 +347,24 @@ def test_forward_on_a_terminal_shows_the_first_and_last_rows(tmp_path):
     assert len(text.splitlines()) < 40
     everything = _on_a_terminal(["forward", str(spec), str(path), *map(str, feats), "--all"])
     assert "left out" not in everything and len(everything.splitlines()) > 200
-    piped = subprocess.run(NNCLI + ["forward", str(spec), str(path), *feats, "-f", "table"], capture_output=True, text=True)
+    piped = subprocess.run(
+        NNCLI + ["forward", str(spec), str(path), *feats, "-f", "table"], capture_output=True, text=True
+    )
     assert "left out" not in piped.stdout and len(piped.stdout.splitlines()) > 200
 
 
 def test_debug_anywhere_on_the_line(tmp_path):
-    result = subprocess.run(NNCLI + ["forward", str(CONFIGS / "three-class.yaml"), str(tmp_path / "missing.csv"), "--debug"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        NNCLI + ["forward", str(CONFIGS / "three-class.yaml"), str(tmp_path / "missing.csv"), "--debug"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1 and "Traceback" in result.stderr and "NncliError" in result.stderr
-    quiet = subprocess.run(NNCLI + ["forward", str(CONFIGS / "three-class.yaml"), str(tmp_path / "missing.csv")], capture_output=True, text=True)
+    quiet = subprocess.run(
+        NNCLI + ["forward", str(CONFIGS / "three-class.yaml"), str(tmp_path / "missing.csv")],
+        capture_output=True,
+        text=True,
+    )
     assert quiet.returncode == 1 and quiet.stderr.startswith("error: ") and "Traceback" not in quiet.stderr
 
 
@@ -295,8 +373,21 @@ def test_debug_anywhere_on_the_line(tmp_path):
 
 def test_the_same_path_for_two_outputs_is_refused_before_training(nncli, tmp_path):
     w = tmp_path / "w.safetensors"
-    result = nncli("train", CONFIGS / "iris.yaml", DATA / "iris-test.csv", "-t", "species", "--epochs", "1", "--lr", "0.1",
-                   "--save-weights", w, "-o", w)
+    result = nncli(
+        "train",
+        CONFIGS / "iris.yaml",
+        DATA / "iris-test.csv",
+        "-t",
+        "species",
+        "--epochs",
+        "1",
+        "--lr",
+        "0.1",
+        "--save-weights",
+        w,
+        "-o",
+        w,
+    )
     assert result.exit_code == 1 and str(w) in result.stderr
     assert not w.exists()
 
@@ -305,7 +396,21 @@ def test_an_output_that_is_an_input_is_refused_before_weights_are_written(nncli,
     data = tmp_path / "d.csv"
     data.write_text((DATA / "iris-test.csv").read_text())
     w = tmp_path / "w.safetensors"
-    result = nncli("train", CONFIGS / "iris.yaml", data, "-t", "species", "--epochs", "1", "--lr", "0.1", "--save-weights", w, "-o", data)
+    result = nncli(
+        "train",
+        CONFIGS / "iris.yaml",
+        data,
+        "-t",
+        "species",
+        "--epochs",
+        "1",
+        "--lr",
+        "0.1",
+        "--save-weights",
+        w,
+        "-o",
+        data,
+    )
     assert_error(result, 1, "--force", str(data))
     assert not w.exists()
 
@@ -316,7 +421,9 @@ def test_an_output_that_is_an_input_is_refused_before_weights_are_written(nncli,
 def test_a_logits_model_trained_with_cross_entropy_gets_probabilities(nncli, tmp_path):
     path, x, label, _ = table(tmp_path, n=10)
     spec = write(tmp_path, "s.yaml", SPEC)
-    rows = parse_csv(nncli("forward", spec, path, "--features", "f0", "--features", "f1", "--features", "f2", "-f", "csv").stdout)
+    rows = parse_csv(
+        nncli("forward", spec, path, "--features", "f0", "--features", "f1", "--features", "f2", "-f", "csv").stdout
+    )
     with torch.no_grad():
         probs = seeded().eval()(x.float()).softmax(dim=1)
     got = np.array([[np.float32(r[f"prob_{i}"]) for i in range(3)] for r in rows])
@@ -327,7 +434,11 @@ def test_a_logits_model_trained_with_cross_entropy_gets_probabilities(nncli, tmp
 def test_bce_with_logits_gets_sigmoid_probabilities(nncli, tmp_path):
     path, x, label, _ = table(tmp_path, n=10)
     spec = write(tmp_path, "s.yaml", "seed: 3\nlayers:\n  - Linear: {out_features: 1}\nloss: BCEWithLogitsLoss\n")
-    rows = parse_csv(nncli("forward", spec, path, "--features", "f0", "--features", "f1", "--features", "f2", "--threshold", "0.4").stdout)
+    rows = parse_csv(
+        nncli(
+            "forward", spec, path, "--features", "f0", "--features", "f1", "--features", "f2", "--threshold", "0.4"
+        ).stdout
+    )
     torch.manual_seed(3)
     with torch.no_grad():
         probs = nn.Linear(3, 1).eval()(x.float()).sigmoid()[:, 0]
@@ -390,4 +501,6 @@ def test_patience_needs_validation_data_and_json_says_the_best_epoch(nncli, tmp_
 
 
 def test_forgetting_the_target_is_suggested(nncli):
-    assert_error(nncli("forward", CONFIGS / "three-class.yaml", DATA / "table-5x6.csv"), 1, "expects 6 features", "--target")
+    assert_error(
+        nncli("forward", CONFIGS / "three-class.yaml", DATA / "table-5x6.csv"), 1, "expects 6 features", "--target"
+    )

@@ -23,10 +23,10 @@ import pytest
 import torch
 from torch import nn
 
-from nncli import csvread
-from nncli.csvread import parse_number
-from nncli.data import DataOptions, Dataset
 from nncli.errors import NncliError, UsageError
+from nncli.io import csvread
+from nncli.io.csvread import parse_number
+from nncli.io.reading import DataOptions, Dataset
 from tests.helpers import CONFIGS, assert_error, parse_csv, write
 
 HAND = CONFIGS / "hand-checkable.yaml"  # Linear(2, 1), weight [[0.5, -0.5]], bias [0.1]
@@ -74,20 +74,29 @@ def test_a_hundred_thousand_columns_are_read_in_linear_time(tmp_path):
     start = time.monotonic()
 
     out = tmp_path / "out.csv"
-    done = subprocess.run([nncli, "forward", spec, path, "--features", f"c{n // 2}", "-o", out],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [nncli, "forward", spec, path, "--features", f"c{n // 2}", "-o", out],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr  # a feature named in a header of 10^5 names
     assert np.float32(out.read_text().splitlines()[1]) == np.float32(features[n // 2])
 
-    done = subprocess.run([nncli, "forward", spec, path, "--target", str(n - 1), "-o", out],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [nncli, "forward", spec, path, "--target", str(n - 1), "-o", out], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     header, row = list(csv.reader(io.StringIO(out.read_text())))
     assert header == [f"output_{i}" for i in range(n - 1)]
     np.testing.assert_array_equal(np.array(row, dtype=np.float32), np.array(features, dtype=np.float32))
 
-    done = subprocess.run([nncli, "loss", spec, path, "--target", "-1", "--loss", "cross_entropy", "--dtype", "float64", "-f", "json"],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [nncli, "loss", spec, path, "--target", "-1", "--loss", "cross_entropy", "--dtype", "float64", "-f", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     expected = nn.CrossEntropyLoss()(torch.tensor([features], dtype=torch.float64), torch.tensor([label])).item()
     assert json.loads(done.stdout)["loss"] == pytest.approx(expected, rel=1e-12)  # summation order may differ
@@ -146,7 +155,10 @@ def test_batches_of_one_row_with_ids_cost_what_they_cost_without(tmp_path):
 
 # Not a regression test: the rewritten regrouping keeps every rule of the old one (DataLoader's
 # batches, a short last one, with or without the old `exact`).
-@pytest.mark.parametrize("rows, exact, sizes", [(3, False, [3, 3, 3, 1]), (3, True, [3, 3, 3, 1]), (None, False, [10]), (5, False, [5, 5]), (20, False, [10])])
+@pytest.mark.parametrize(
+    "rows, exact, sizes",
+    [(3, False, [3, 3, 3, 1]), (3, True, [3, 3, 3, 1]), (None, False, [10]), (5, False, [5, 5]), (20, False, [10])],
+)
 def test_regrouping_keeps_rows_ids_and_batch_sizes(tmp_path, monkeypatch, rows, exact, sizes):
     """Blocks of about two rows regrouped into batches: every row once, in order, with its id."""
     path = tmp_path / "d.csv"
@@ -169,7 +181,9 @@ def test_closed_standard_input(tmp_path):
     data = write(tmp_path, "d.csv", "a,b\n1,2\n0.5,0.25\n")
     out = tmp_path / "out.csv"
     nncli = shutil.which("nncli")
-    done = subprocess.run(["sh", "-c", f'"{nncli}" forward "{HAND}" "{data}" -o "{out}" <&-'], capture_output=True, text=True)
+    done = subprocess.run(
+        ["sh", "-c", f'"{nncli}" forward "{HAND}" "{data}" -o "{out}" <&-'], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     assert "error" not in done.stderr
     got = np.array([np.float32(r["output"]) for r in csv.DictReader(io.StringIO(out.read_text()))])
@@ -177,8 +191,11 @@ def test_closed_standard_input(tmp_path):
 
     for command in ("forward", "train"):  # train copies standard input to a file first
         extra = "-t b --epochs 1 --lr 0.1" if command == "train" else ""
-        done = subprocess.run(["sh", "-c", f'"{nncli}" {command} "{HAND}" - {extra} -o "{tmp_path}/out-{command}.csv" <&-'],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            ["sh", "-c", f'"{nncli}" {command} "{HAND}" - {extra} -o "{tmp_path}/out-{command}.csv" <&-'],
+            capture_output=True,
+            text=True,
+        )
         assert done.returncode == 1, (command, done.stderr)
         assert done.stderr.strip().splitlines() == ["error: standard input is closed (<stdin>)"], (command, done.stderr)
 
@@ -187,13 +204,16 @@ def test_closed_standard_input_in_the_library(tmp_path, monkeypatch):
     """The same, below the CLI edge: sys.stdin is None, as Python leaves it when fd 0 is closed."""
     import contextlib
 
-    from nncli.data import spooled
+    from nncli.io.reading import spooled
 
     monkeypatch.setattr(sys, "stdin", None)
     data = Dataset(DataOptions(str(write(tmp_path, "d.csv", "a,b\n1,2\n"))))
     x, _, _ = all_values(data)  # closes the file: `stream is not sys.stdin.buffer` raised here
     np.testing.assert_array_equal(x, [[1, 2]])
-    for opts, want_targets in ((DataOptions("-"), False), (DataOptions(str(tmp_path / "d.csv"), targets_file="-"), True)):
+    for opts, want_targets in (
+        (DataOptions("-"), False),
+        (DataOptions(str(tmp_path / "d.csv"), targets_file="-"), True),
+    ):
         with pytest.raises(NncliError) as raised:
             Dataset(opts, want_targets)
         assert raised.value.message == "standard input is closed (<stdin>)"
@@ -227,7 +247,9 @@ def test_errors_in_a_cr_file_name_the_right_line(nncli, tmp_path):
 
 
 def test_cr_files_from_standard_input(nncli):
-    np.testing.assert_array_equal(outputs(nncli("forward", HAND, "-", input="a,b\r1,2\r0.5,0.25\r")), hand_model([[1, 2], [0.5, 0.25]]))
+    np.testing.assert_array_equal(
+        outputs(nncli("forward", HAND, "-", input="a,b\r1,2\r0.5,0.25\r")), hand_model([[1, 2], [0.5, 0.25]])
+    )
 
 
 @pytest.mark.parametrize("block", [csvread.BLOCK_BYTES, 3, 16])
@@ -241,10 +263,17 @@ def test_a_quoted_newline_in_a_header_name_is_read_as_python_s_csv_reads_it(nncl
     for given, stdin in ((path, None), ("-", text)):
         result = nncli("forward", HAND, given, "--id-column", "0", "-f", "csv", input=stdin)
         assert result.exit_code == 0, result.stderr
-        assert [r[names[0]] for r in parse_csv(result.stdout)] == ["7", "8"]  # the name, newline and all, as Python's csv reads it
-        np.testing.assert_array_equal(outputs(nncli("forward", HAND, given, "--id-column", "0", input=stdin)), hand_model([[1, 2], [0.5, 0.25]]))
+        assert [r[names[0]] for r in parse_csv(result.stdout)] == [
+            "7",
+            "8",
+        ]  # the name, newline and all, as Python's csv reads it
+        np.testing.assert_array_equal(
+            outputs(nncli("forward", HAND, given, "--id-column", "0", input=stdin)), hand_model([[1, 2], [0.5, 0.25]])
+        )
     path.write_bytes((text + "9,x,4\n").encode())  # lines are still counted as lines
-    assert_error(nncli("forward", HAND, path, "--id-column", "0"), 1, "column 1 ('a\\nb'): 'x' is not a number (", "nl.csv:7)")
+    assert_error(
+        nncli("forward", HAND, path, "--id-column", "0"), 1, "column 1 ('a\\nb'): 'x' is not a number (", "nl.csv:7)"
+    )
     path.write_bytes(b'"a,b\n' + b"1,2\n" * 1000)  # a stray quote in the header is still named, not read to the end
     assert_error(nncli("forward", HAND, path), 1, "an opening quote on line 1 is never closed (", "nl.csv)")
 
@@ -261,13 +290,17 @@ def test_a_lone_quote_in_a_large_file_is_named_with_its_line(nncli, tmp_path):
     assert_error(nncli("forward", HAND, path), 1, "an opening quote on line 3 is never closed", "quote.csv")
 
 
-@pytest.mark.parametrize("block", [1 << 12, csvread.BLOCK_BYTES])  # lines that run over the limit, or the whole file at once
+@pytest.mark.parametrize(
+    "block", [1 << 12, csvread.BLOCK_BYTES]
+)  # lines that run over the limit, or the whole file at once
 def test_a_lone_quote_after_closed_ones_is_the_one_named(nncli, tmp_path, monkeypatch, block):
     monkeypatch.setattr(csvread, "MAX_LINE_BYTES", 1 << 16)
     monkeypatch.setattr(csvread, "BLOCK_BYTES", block)
     path = tmp_path / "quote.csv"
     path.write_bytes(b'id,a,b\n"x""y",1,2\n\n"z",3,"4"\n5,5,6\n"w,7,8\n' + b"q,1,2\n" * (1 << 15))
-    assert_error(nncli("forward", HAND, path, "--id-column", "id"), 1, "an opening quote on line 6 is never closed", "quote.csv")
+    assert_error(
+        nncli("forward", HAND, path, "--id-column", "id"), 1, "an opening quote on line 6 is never closed", "quote.csv"
+    )
     if block > 1 << 16:
         return  # a file read whole at once has no line to wait for: the limit is on what must be held
     long_line = tmp_path / "long.csv"
@@ -308,16 +341,19 @@ def test_a_header_of_numbers_is_read_as_data_with_a_warning(tmp_path):
     np.testing.assert_array_equal(x, [[0, 1, 2], [0.5, 1.5, 2], [3, 4, 5]])  # still data
 
 
-@pytest.mark.parametrize("text, header", [
-    ("0,1,2\n3,4,5\n", None),  # the next row holds integers too: it may be data
-    ("0,1,1\n0.5,1.5,2\n", None),  # two equal cells: not names
-    ("0,1.5,2\n0.5,1.5,2\n", None),  # not all integers
-    ("-1,1\n0.5,1.5\n", None),  # a sign: a number, not a name
-    ("7\n0.5\n", None),  # one column
-    ("0,1,2\n", None),  # no next row
-    ("0,1,2\n0.5,1.5,2\n", False),  # --no-header: the user said so
-    ("a,b\n0.5,1.5\n", None),  # a real header
-])
+@pytest.mark.parametrize(
+    "text, header",
+    [
+        ("0,1,2\n3,4,5\n", None),  # the next row holds integers too: it may be data
+        ("0,1,1\n0.5,1.5,2\n", None),  # two equal cells: not names
+        ("0,1.5,2\n0.5,1.5,2\n", None),  # not all integers
+        ("-1,1\n0.5,1.5\n", None),  # a sign: a number, not a name
+        ("7\n0.5\n", None),  # one column
+        ("0,1,2\n", None),  # no next row
+        ("0,1,2\n0.5,1.5,2\n", False),  # --no-header: the user said so
+        ("a,b\n0.5,1.5\n", None),  # a real header
+    ],
+)
 def test_no_warning_when_the_first_row_is_not_a_header_of_numbers(tmp_path, text, header):
     data = Dataset(DataOptions(str(write(tmp_path, "d.csv", text)), header=header))
     assert data.warnings == []
@@ -325,7 +361,9 @@ def test_no_warning_when_the_first_row_is_not_a_header_of_numbers(tmp_path, text
 
 
 def test_a_header_of_numbers_can_be_read_as_names(tmp_path):
-    data = Dataset(DataOptions(str(write(tmp_path, "d.csv", "0,1,2\n0.5,1.5,2\n")), header=True, targets=["2"]), want_targets=True)
+    data = Dataset(
+        DataOptions(str(write(tmp_path, "d.csv", "0,1,2\n0.5,1.5,2\n")), header=True, targets=["2"]), want_targets=True
+    )
     assert data.warnings == [] and data.feature_names == ["0", "1"] and data.target_names == ["2"]
     data.close()
 
@@ -337,10 +375,14 @@ def test_a_header_of_numbers_can_be_read_as_names(tmp_path):
 def test_a_duplicate_name_used_by_name_is_an_error(nncli, tmp_path, option):
     path = write(tmp_path, "f.csv", "a,b,a,c\n1,2,3,4\n")
     assert_error(
-        nncli("forward", HAND, path, option, "a"), 1,
-        "column name 'a' is not unique (columns 0 and 2): name it by 0-based index (", "f.csv)",
+        nncli("forward", HAND, path, option, "a"),
+        1,
+        "column name 'a' is not unique (columns 0 and 2): name it by 0-based index (",
+        "f.csv)",
     )
-    given = {"--target": {"targets": ["a"]}, "--id-column": {"id_column": "a"}, "--features": {"features": ["a"]}}[option]
+    given = {"--target": {"targets": ["a"]}, "--id-column": {"id_column": "a"}, "--features": {"features": ["a"]}}[
+        option
+    ]
     with pytest.raises(NncliError, match=r"column name 'a' is not unique \(columns 0 and 2\)"):
         Dataset(DataOptions(str(path), **given))
 
@@ -356,7 +398,9 @@ def test_a_duplicate_name_named_by_index_works_and_unused_ones_warn(nncli, tmp_p
     x, _, _ = all_values(data)
     np.testing.assert_array_equal(x, [[3, 6]])
     targets = write(tmp_path, "t.csv", "y,y\n0,1\n")
-    data = Dataset(DataOptions(str(write(tmp_path, "d.csv", "a,b\n1,2\n")), targets_file=str(targets)), want_targets=True)
+    data = Dataset(
+        DataOptions(str(write(tmp_path, "d.csv", "a,b\n1,2\n")), targets_file=str(targets)), want_targets=True
+    )
     assert data.warnings == [f"column name 'y' is not unique (columns 0 and 1) ({targets})"]
     data.close()
 
@@ -366,7 +410,10 @@ def test_a_duplicate_name_named_by_index_works_and_unused_ones_warn(nncli, tmp_p
 
 def test_decimal_commas_are_read_with_the_option(tmp_path, monkeypatch):
     rng = random.Random(11)
-    rows = [(round(rng.uniform(-100, 100), rng.randint(0, 6)), rng.randint(-5, 5), round(rng.uniform(0, 1), 3)) for _ in range(3000)]
+    rows = [
+        (round(rng.uniform(-100, 100), rng.randint(0, 6)), rng.randint(-5, 5), round(rng.uniform(0, 1), 3))
+        for _ in range(3000)
+    ]
     cells = [[repr(v).replace(".", ",").removesuffix(",0") for v in row] for row in rows]
     for delimiter in (";", "\t"):
         path = tmp_path / "dc.csv"
@@ -379,13 +426,18 @@ def test_decimal_commas_are_read_with_the_option(tmp_path, monkeypatch):
         assert ids == [c[2] for c in cells]
         # an id that is also a target (polars casts its text), and the exact parser (quoted cells)
         quoted = tmp_path / "q.csv"
-        quoted.write_text(delimiter.join(["x", "y", "id"]) + "\n" + "".join(
-            delimiter.join([f'"{c[0]}"' if i % 7 == 0 else c[0], *c[1:]]) + "\n" for i, c in enumerate(cells)))
+        quoted.write_text(
+            delimiter.join(["x", "y", "id"])
+            + "\n"
+            + "".join(delimiter.join([f'"{c[0]}"' if i % 7 == 0 else c[0], *c[1:]]) + "\n" for i, c in enumerate(cells))
+        )
         for source in (path, quoted):
             with monkeypatch.context() as m:
                 if source == path:  # prove that polars' decimal_comma read the plain file
                     m.setattr(csvread.CsvFile, "_exact_parse", lambda *a: pytest.fail("the exact parser was used"))
-                data = Dataset(DataOptions(str(source), decimal_comma=True, targets=["id"], id_column="id"), want_targets=True)
+                data = Dataset(
+                    DataOptions(str(source), decimal_comma=True, targets=["id"], id_column="id"), want_targets=True
+                )
                 x2, y2, ids2 = all_values(data, 1000)
             np.testing.assert_array_equal(x2, np.array(expected)[:, :2])
             np.testing.assert_array_equal(y2, [[r[2]] for r in expected])
@@ -405,7 +457,12 @@ def test_decimal_comma_refuses_points_and_comma_delimiters(tmp_path):
 
 def test_without_the_option_a_decimal_comma_gets_a_hint(nncli, tmp_path):
     path = write(tmp_path, "dc.csv", "x;y\n1,5;2\n")
-    assert_error(nncli("forward", HAND, path), 1, "column 0 ('x'): '1,5' is not a number (add --decimal-comma if commas are decimal separators)", "dc.csv:2")
+    assert_error(
+        nncli("forward", HAND, path),
+        1,
+        "column 0 ('x'): '1,5' is not a number (add --decimal-comma if commas are decimal separators)",
+        "dc.csv:2",
+    )
     path = write(tmp_path, "other.csv", "x;y\n1,5,3;2\n")
     result = nncli("forward", HAND, path)
     assert_error(result, 1, "'1,5,3' is not a number")
@@ -415,8 +472,8 @@ def test_without_the_option_a_decimal_comma_gets_a_hint(nncli, tmp_path):
 def test_a_csv_cut_short_while_it_is_read_is_an_error_not_fewer_rows(tmp_path, monkeypatch):
     """A writer truncating the file (a log rotated) between two reads: the rows after the cut are
     gone, and the reader says so instead of ending early with fewer rows, as NDJSON's reader does."""
-    from nncli import csvread
     from nncli.errors import NncliError
+    from nncli.io import csvread
 
     monkeypatch.setattr(csvread, "BLOCK_BYTES", 4096)
     path = tmp_path / "cut.csv"
@@ -436,7 +493,7 @@ def test_a_csv_cut_short_while_it_is_read_is_an_error_not_fewer_rows(tmp_path, m
 def test_a_file_whose_size_stays_or_grows_reads_to_its_end(tmp_path, monkeypatch):
     """Only a file that shrank is cut short: one that grows while read (a log still written) is read
     to where it ends, with no error."""
-    from nncli import csvread
+    from nncli.io import csvread
 
     monkeypatch.setattr(csvread, "BLOCK_BYTES", 4096)
     path = tmp_path / "grows.csv"

@@ -73,12 +73,42 @@ def test_two_processes_equal_the_hand_written_ddp_script(tmp_path):
     spec = write(tmp_path, "s.yaml", NO_DROPOUT)
     script = write(tmp_path, "ddp.py", SCRIPT)
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
-    procs = [subprocess.Popen([sys.executable, str(script), str(path), str(tmp_path / "hand.pt")], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)})
-             for r in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(path), str(tmp_path / "hand.pt")],
+            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+        )
+        for r in range(2)
+    ]
     assert all(p.wait(timeout=120) == 0 for p in procs)
     out = tmp_path / "nncli.safetensors"
-    run = subprocess.run(NNCLI + ["train", str(spec), str(path), "-t", "y", "--epochs", "3", "--lr", "0.1", "--momentum", "0.9", "-b", "8",
-                                  "--nproc", "2", "--save-weights", str(out), "-f", "json"], capture_output=True, text=True, timeout=180)
+    run = subprocess.run(
+        NNCLI
+        + [
+            "train",
+            str(spec),
+            str(path),
+            "-t",
+            "y",
+            "--epochs",
+            "3",
+            "--lr",
+            "0.1",
+            "--momentum",
+            "0.9",
+            "-b",
+            "8",
+            "--nproc",
+            "2",
+            "--save-weights",
+            str(out),
+            "-f",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert run.returncode == 0, run.stderr
     hand, ours = torch.load(tmp_path / "hand.pt", weights_only=True), load_file(str(out))
     for k in hand:
@@ -90,8 +120,27 @@ def test_a_failing_rank_stops_all_with_one_line(tmp_path):
     path, x, y = table(tmp_path)
     bad = write(tmp_path, "bad.csv", path.read_text() + "1,2,3,4,7\n")  # a class index the model does not have
     spec = write(tmp_path, "s.yaml", NO_DROPOUT)
-    run = subprocess.run(NNCLI + ["train", str(spec), str(bad), "-t", "y", "--epochs", "1", "--lr", "0.1", "--nproc", "2",
-                                  "--save-weights", str(tmp_path / "w.safetensors")], capture_output=True, text=True, timeout=180)
+    run = subprocess.run(
+        NNCLI
+        + [
+            "train",
+            str(spec),
+            str(bad),
+            "-t",
+            "y",
+            "--epochs",
+            "1",
+            "--lr",
+            "0.1",
+            "--nproc",
+            "2",
+            "--save-weights",
+            str(tmp_path / "w.safetensors"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert run.returncode == 1 and run.stderr.count("\n") == 1 and run.stderr.startswith("error: rank ")
     assert "not a class index" in run.stderr and not (tmp_path / "w.safetensors").exists()
 
@@ -99,8 +148,12 @@ def test_a_failing_rank_stops_all_with_one_line(tmp_path):
 def test_batchnorm_needs_consent_on_cpu(tmp_path):
     path, x, y = table(tmp_path)
     spec = write(tmp_path, "bn.yaml", "seed: 1\nlayers:\n  - BatchNorm1d\n  - Linear: {out_features: 3}\n")
-    run = subprocess.run(NNCLI + ["train", str(spec), str(path), "-t", "y", "--epochs", "1", "--lr", "0.1", "--nproc", "2"],
-                         capture_output=True, text=True, timeout=180)
+    run = subprocess.run(
+        NNCLI + ["train", str(spec), str(path), "-t", "y", "--epochs", "1", "--lr", "0.1", "--nproc", "2"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert run.returncode == 1 and "--allow-local-batchnorm" in run.stderr
 
 
@@ -108,14 +161,47 @@ def _hand_and_ours(tmp_path, path, batch, shuffle, epochs=3, max_lr=None):
     spec = write(tmp_path, "s.yaml", NO_DROPOUT)
     script = write(tmp_path, "ddp.py", SCRIPT)
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
-    hand_args = [str(path), str(tmp_path / "hand.pt"), str(batch), "1" if shuffle else "0"] + ([str(max_lr)] if max_lr else [])
-    procs = [subprocess.Popen([sys.executable, str(script), *hand_args], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(2)]
+    hand_args = [str(path), str(tmp_path / "hand.pt"), str(batch), "1" if shuffle else "0"] + (
+        [str(max_lr)] if max_lr else []
+    )
+    procs = [
+        subprocess.Popen([sys.executable, str(script), *hand_args], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)})
+        for r in range(2)
+    ]
     assert all(p.wait(timeout=120) == 0 for p in procs)
     out = tmp_path / "nncli.safetensors"
-    run = subprocess.run(NNCLI + ["train", str(spec), str(path), "-t", "y", "--epochs", str(epochs), "--lr", "0.1", "--momentum", "0.9",
-                                  "-b", str(batch), "--shuffle" if shuffle else "--no-shuffle", "--nproc", "2", "--save-weights", str(out),
-                                  "-f", "json", "-o", "-", *(["--lr-schedule", f"onecycle:{max_lr}"] if max_lr else [])],
-                         check=False, capture_output=True, text=True, timeout=120)  # `-o -` is not DATA: allowed
+    run = subprocess.run(
+        NNCLI
+        + [
+            "train",
+            str(spec),
+            str(path),
+            "-t",
+            "y",
+            "--epochs",
+            str(epochs),
+            "--lr",
+            "0.1",
+            "--momentum",
+            "0.9",
+            "-b",
+            str(batch),
+            "--shuffle" if shuffle else "--no-shuffle",
+            "--nproc",
+            "2",
+            "--save-weights",
+            str(out),
+            "-f",
+            "json",
+            "-o",
+            "-",
+            *(["--lr-schedule", f"onecycle:{max_lr}"] if max_lr else []),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # `-o -` is not DATA: allowed
     return run, torch.load(tmp_path / "hand.pt", weights_only=True), out
 
 
@@ -136,10 +222,12 @@ def test_odd_row_counts_give_every_rank_the_same_steps(tmp_path, rows, batch, sh
 def test_each_rank_takes_its_share_as_distributed_sampler(n, world):
     from torch.utils.data import DistributedSampler
 
-    from nncli.training import shard
+    from nncli.core.training import shard
 
     for rank in range(world):
-        assert shard(n, rank, world).tolist() == list(DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=False))
+        assert shard(n, rank, world).tolist() == list(
+            DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=False)
+        )
 
 
 def _children(pid: int) -> list[int]:
@@ -174,9 +262,29 @@ def test_ranks_die_with_the_launcher(tmp_path, signum):
 
     path, _, _ = table(tmp_path)
     spec = write(tmp_path, "s.yaml", NO_DROPOUT)
-    launcher = subprocess.Popen(NNCLI + ["train", str(spec), str(path), "-t", "y", "--epochs", "1000000", "--lr", "0.01", "-b", "1",
-                                         "--nproc", "2", "--checkpoint", str(tmp_path / "c.pt"), "-q"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    launcher = subprocess.Popen(
+        NNCLI
+        + [
+            "train",
+            str(spec),
+            str(path),
+            "-t",
+            "y",
+            "--epochs",
+            "1000000",
+            "--lr",
+            "0.01",
+            "-b",
+            "1",
+            "--nproc",
+            "2",
+            "--checkpoint",
+            str(tmp_path / "c.pt"),
+            "-q",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 90
     while not (tmp_path / "c.pt").exists():  # both ranks are training
         assert time.monotonic() < deadline and launcher.poll() is None
@@ -197,8 +305,13 @@ def test_no_more_processes_than_cpus(tmp_path):
     spec = write(tmp_path, "s.yaml", NO_DROPOUT)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     for n in (cpus + 1, 99999999999):
-        run = subprocess.run(NNCLI + ["train", str(spec), str(path), "-t", "y", "--epochs", "1", "--lr", "0.1", "--nproc", str(n)],
-                             check=False, capture_output=True, text=True, timeout=60)
+        run = subprocess.run(
+            NNCLI + ["train", str(spec), str(path), "-t", "y", "--epochs", "1", "--lr", "0.1", "--nproc", str(n)],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert_error(_result(run), 1, f"{n} processes on {cpus} CPU", "--nproc")
 
 
@@ -210,19 +323,52 @@ def test_standard_input_or_a_pipe_is_refused_at_once(tmp_path):
     fifo = tmp_path / "f.csv"
     os.mkfifo(fifo)
     for data, where in ((fifo, "DATA"), ("-", "DATA")):
-        run = subprocess.run(NNCLI + ["train", str(spec), str(data), "-t", "y", "--epochs", "1", "--lr", "0.1", "--nproc", "2"],
-                             check=False, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-        assert_error(_result(run), 1, "every process of --nproc reads it: give a file, not standard input or a pipe", where)
-    run = subprocess.run(NNCLI + ["train", str(spec), str(path), "-t", "y", "--epochs", "1", "--lr", "0.1", "--nproc", "2", "--val", str(fifo)],
-                         check=False, capture_output=True, text=True, timeout=60)
+        run = subprocess.run(
+            NNCLI + ["train", str(spec), str(data), "-t", "y", "--epochs", "1", "--lr", "0.1", "--nproc", "2"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+        assert_error(
+            _result(run), 1, "every process of --nproc reads it: give a file, not standard input or a pipe", where
+        )
+    run = subprocess.run(
+        NNCLI
+        + [
+            "train",
+            str(spec),
+            str(path),
+            "-t",
+            "y",
+            "--epochs",
+            "1",
+            "--lr",
+            "0.1",
+            "--nproc",
+            "2",
+            "--val",
+            str(fifo),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert_error(_result(run), 1, "give a file, not standard input or a pipe", "--val")
 
 
 def test_fewer_rows_than_processes_is_one_line(tmp_path):
     path = write(tmp_path, "one.csv", "a,b,c,d,y\n1,2,3,4,0\n")
     spec = write(tmp_path, "s.yaml", NO_DROPOUT)
-    run = subprocess.run(NNCLI + ["train", str(spec), str(path), "-t", "y", "--epochs", "1", "--lr", "0.1", "--nproc", "2"],
-                         check=False, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        NNCLI + ["train", str(spec), str(path), "-t", "y", "--epochs", "1", "--lr", "0.1", "--nproc", "2"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 1 and run.stderr.count("\n") == 1, run.stderr
     assert run.stderr.startswith("error: rank ") and "1 training row for 2 processes" in run.stderr
 
@@ -235,10 +381,24 @@ def test_a_master_port_in_use_is_one_line(tmp_path):
         busy.listen()
         port = busy.getsockname()[1]
         args = NNCLI + ["train", str(spec), str(path), "-t", "y", "--epochs", "1", "--lr", "0.1"]
-        run = subprocess.run(args + ["--nproc", "2"], env={**os.environ, "MASTER_PORT": str(port)}, check=False, capture_output=True, text=True, timeout=60)
+        run = subprocess.run(
+            args + ["--nproc", "2"],
+            env={**os.environ, "MASTER_PORT": str(port)},
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert_error(_result(run), 1, f"port {port} is in use", "MASTER_PORT")
         # one rank as torchrun starts it: rank 0 cannot listen
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
+        env = {
+            **os.environ,
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "WORLD_SIZE": "2",
+            "RANK": "0",
+            "LOCAL_RANK": "0",
+        }
         run = subprocess.run(args, env=env, check=False, capture_output=True, text=True, timeout=60)
         assert_error(_result(run), 1, "the port is in use", f"MASTER_ADDR 127.0.0.1, MASTER_PORT {port}")
 
@@ -260,7 +420,7 @@ class Limited(real):
         started.append(self)
 subprocess.Popen = Limited
 sys.argv = ["nncli", "train", {str(spec)!r}, {str(path)!r}, "-t", "y", "--epochs", "1000000", "--lr", "0.01", "--nproc", "2"]
-from nncli.cli import main
+from nncli.cli.app import main
 try:
     main()
 finally:
@@ -302,7 +462,7 @@ class OnlyRank0(real):
         return Never() if kwargs["env"]["RANK"] != "0" else real(*args, **kwargs)
 subprocess.Popen = OnlyRank0
 sys.argv = ["nncli", "train", {str(spec)!r}, {str(path)!r}, "-t", "y", "--epochs", "1", "--lr", "0.1", "--nproc", "2"]
-from nncli.cli import main
+from nncli.cli.app import main
 main()
 """
     launcher = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -340,7 +500,7 @@ class FailingRank1(real):
         super().__init__(args, **kwargs)
 subprocess.Popen = FailingRank1
 sys.argv = ["nncli", "train", {str(spec)!r}, {str(path)!r}, "-t", "y", "--epochs", "1", "--lr", "0.1", "--nproc", "2"]
-from nncli.cli import main
+from nncli.cli.app import main
 main()
 """
     start = time.monotonic()

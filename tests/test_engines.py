@@ -1,4 +1,4 @@
-"""Scoring on a cluster (--engine dask, nncli.engines): the same bits as the single-process command.
+"""Scoring on a cluster (--engine dask, nncli.lib.engines): the same bits as the single-process command.
 
 One local Dask cluster of 2 worker processes serves the module (the CLI reaches it with
 --scheduler); one test starts its own with --workers 2 in a real subprocess. Every expected value is
@@ -21,9 +21,9 @@ import pytest
 import torch
 
 import nncli
-from nncli.engines import core
-from nncli.engines import dask as nd
 from nncli.errors import NncliError
+from nncli.lib.engines import core
+from nncli.lib.engines import dask as nd
 from tests.helpers import assert_error, load_json, parse_csv, write
 
 pytestmark = pytest.mark.filterwarnings("ignore:The inplace keyword")  # dask's own read_parquet, on pandas 3
@@ -49,7 +49,14 @@ def table(rows: int, seed: int) -> pl.DataFrame:
     g = np.random.default_rng(seed)
     x = g.normal(size=(rows, 8)) * np.array([1, 10, 0.1, 1, 100, 1, 1, 3])
     columns = {"id": [f"r{seed}-{i}" for i in range(rows)], **{n: x[:, i] for i, n in enumerate(FEATURES)}}
-    return pl.DataFrame({**columns, "label": g.choice(["cat", "dog", "eel"], rows), "y0": g.normal(size=rows), "y1": g.normal(size=rows)})
+    return pl.DataFrame(
+        {
+            **columns,
+            "label": g.choice(["cat", "dog", "eel"], rows),
+            "y0": g.normal(size=rows),
+            "y1": g.normal(size=rows),
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +74,9 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client():
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                       silence_logs=logging.CRITICAL)
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.CRITICAL
+    )
     c = distributed.Client(cluster, set_as_default=False)
     yield c
     c.close()
@@ -114,8 +122,27 @@ def same(nncli, *args, engine_args=()):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_forward_on_many_files_is_bit_equal_to_the_single_process(nncli, folder, address, dtype):
-    args = ["forward", folder / "spec.yaml", *files(folder), "-t", "label", "-t", "y0", "-t", "y1", "--id-column", "id",
-            "--source-column", "file", "-b", BATCH, "--dtype", dtype, "-f", "csv"]
+    args = [
+        "forward",
+        folder / "spec.yaml",
+        *files(folder),
+        "-t",
+        "label",
+        "-t",
+        "y0",
+        "-t",
+        "y1",
+        "--id-column",
+        "id",
+        "--source-column",
+        "file",
+        "-b",
+        BATCH,
+        "--dtype",
+        dtype,
+        "-f",
+        "csv",
+    ]
     single, engine = same(nncli, *args, engine_args=["--scheduler", address])
     assert engine.stdout == single.stdout
     assert engine.stdout.count("\n") == 1 + 3000 + 2500 + 2800
@@ -123,22 +150,79 @@ def test_forward_on_many_files_is_bit_equal_to_the_single_process(nncli, folder,
 
 
 def test_forward_on_one_file_scores_whole_batches_on_the_workers(nncli, folder, address, small_parts):
-    args = ["forward", folder / "spec.yaml", folder / "big.csv", "-t", "label", "-t", "y0", "-t", "y1", "--id-column", "id", "-b", BATCH, "-f", "jsonl"]
+    args = [
+        "forward",
+        folder / "spec.yaml",
+        folder / "big.csv",
+        "-t",
+        "label",
+        "-t",
+        "y0",
+        "-t",
+        "y1",
+        "--id-column",
+        "id",
+        "-b",
+        BATCH,
+        "-f",
+        "jsonl",
+    ]
     single, engine = same(nncli, *args, engine_args=["--scheduler", address])
     assert engine.stdout == single.stdout
     # partitions of whole batches: 20 of 1000 rows and a short last one of 500, as DataLoader cuts them
     assert small_parts == [3000] * 6 + [2500]
     # standard input is one file too
     text = (folder / "big.csv").read_text()
-    piped = nncli("forward", folder / "spec.yaml", "-", "-t", "label", "-t", "y0", "-t", "y1", "--id-column", "id", "-b", BATCH, "-f", "jsonl",
-                  "--engine", "dask", "--scheduler", address, input=text)
+    piped = nncli(
+        "forward",
+        folder / "spec.yaml",
+        "-",
+        "-t",
+        "label",
+        "-t",
+        "y0",
+        "-t",
+        "y1",
+        "--id-column",
+        "id",
+        "-b",
+        BATCH,
+        "-f",
+        "jsonl",
+        "--engine",
+        "dask",
+        "--scheduler",
+        address,
+        input=text,
+    )
     assert piped.stdout == single.stdout
 
 
 def test_forward_equals_pytorch_written_here(nncli, folder, address):
     """The engine's probabilities are softmax(model(x)) of the row-major float32 rows, per batch of 1000."""
-    result = nncli("forward", folder / "spec.yaml", *files(folder), "-t", "label", "-t", "y0", "-t", "y1", "--id-column", "id",
-                   "-b", BATCH, "-f", "parquet", "-o", folder / "out.parquet", "--engine", "dask", "--scheduler", address)
+    result = nncli(
+        "forward",
+        folder / "spec.yaml",
+        *files(folder),
+        "-t",
+        "label",
+        "-t",
+        "y0",
+        "-t",
+        "y1",
+        "--id-column",
+        "id",
+        "-b",
+        BATCH,
+        "-f",
+        "parquet",
+        "-o",
+        folder / "out.parquet",
+        "--engine",
+        "dask",
+        "--scheduler",
+        address,
+    )
     assert result.exit_code == 0, result.stderr
     got = pl.read_parquet(folder / "out.parquet")
     torch.manual_seed(3)
@@ -175,16 +259,46 @@ def test_forward_into_a_folder_writes_each_file_as_the_single_process(nncli, fol
 @pytest.mark.parametrize("which", ["files", "one file"])
 def test_loss_is_bit_equal_to_the_single_process(nncli, folder, address, small_parts, reduction, which):
     data = files(folder) if which == "files" else [folder / "big.csv"]
-    single, engine = same(nncli, "loss", folder / "spec.yaml", *data, "-t", "label", *FEATURE_ARGS, "-b", BATCH, "--reduction", reduction,
-                          "-f", "json", engine_args=["--scheduler", address])
+    single, engine = same(
+        nncli,
+        "loss",
+        folder / "spec.yaml",
+        *data,
+        "-t",
+        "label",
+        *FEATURE_ARGS,
+        "-b",
+        BATCH,
+        "--reduction",
+        reduction,
+        "-f",
+        "json",
+        engine_args=["--scheduler", address],
+    )
     assert engine.stdout == single.stdout
     assert load_json(engine)["rows"] == (8300 if which == "files" else 20500)
 
 
 def test_loss_adds_the_batch_sums_as_pytorch_does(nncli, folder, address):
     """Each batch's CrossEntropyLoss(reduction='sum') in float32, added in batch order in float32, over the row count."""
-    doc = load_json(nncli("loss", folder / "spec.yaml", *files(folder), "-t", "label", *FEATURE_ARGS, "-b", BATCH, "-f", "json",
-                          "--engine", "dask", "--scheduler", address))
+    doc = load_json(
+        nncli(
+            "loss",
+            folder / "spec.yaml",
+            *files(folder),
+            "-t",
+            "label",
+            *FEATURE_ARGS,
+            "-b",
+            BATCH,
+            "-f",
+            "json",
+            "--engine",
+            "dask",
+            "--scheduler",
+            address,
+        )
+    )
     torch.manual_seed(3)
     module = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)).eval()
     fn = torch.nn.CrossEntropyLoss(reduction="sum")
@@ -200,14 +314,28 @@ def test_loss_adds_the_batch_sums_as_pytorch_does(nncli, folder, address):
                 value = fn(module(torch.from_numpy(x[a:b]).float()), y[a:b])
                 total = value if total is None else total + value
         n += len(x)
-    assert np.float32(doc["loss"]) == (total / n).numpy()  # the shortest text of a float32 reads back as the same float32
+    assert (
+        np.float32(doc["loss"]) == (total / n).numpy()
+    )  # the shortest text of a float32 reads back as the same float32
 
 
 @pytest.mark.parametrize("which", ["files", "one file"])
 def test_evaluate_is_bit_equal_to_the_single_process(nncli, folder, address, small_parts, which):
     data = files(folder) if which == "files" else [folder / "big.csv"]
-    single, engine = same(nncli, "evaluate", folder / "spec.yaml", *data, "-t", "label", *FEATURE_ARGS, "-b", BATCH, "-f", "json",
-                          engine_args=["--scheduler", address])
+    single, engine = same(
+        nncli,
+        "evaluate",
+        folder / "spec.yaml",
+        *data,
+        "-t",
+        "label",
+        *FEATURE_ARGS,
+        "-b",
+        BATCH,
+        "-f",
+        "json",
+        engine_args=["--scheduler", address],
+    )
     assert engine.stdout == single.stdout
     assert json.loads(engine.stdout)["classes"] == ["cat", "dog", "eel"]
 
@@ -216,8 +344,22 @@ def test_evaluate_is_bit_equal_to_the_single_process(nncli, folder, address, sma
 def test_regression_metrics_are_bit_equal(nncli, folder, address, small_parts, which):
     """MSE, MAE and R² add float64 sums batch after batch: the engine adds them in the same order."""
     data = files(folder) if which == "files" else [folder / "big.csv"]
-    single, engine = same(nncli, "evaluate", folder / "regression.yaml", *data, "-t", "y0", "-t", "y1", *FEATURE_ARGS, "-b", BATCH,
-                          "-f", "json", engine_args=["--scheduler", address])
+    single, engine = same(
+        nncli,
+        "evaluate",
+        folder / "regression.yaml",
+        *data,
+        "-t",
+        "y0",
+        "-t",
+        "y1",
+        *FEATURE_ARGS,
+        "-b",
+        BATCH,
+        "-f",
+        "json",
+        engine_args=["--scheduler", address],
+    )
     assert engine.stdout == single.stdout
     assert set(json.loads(engine.stdout)) >= {"mse", "mae", "r2"}
 
@@ -236,12 +378,19 @@ def test_dask_dataframe_forward_is_each_partition_as_model_forward(folder, clien
         out = nd.forward(m, ddf, target=["label", "y0", "y1"], id_column="id", batch_size=200)
         got = out.compute(scheduler=client)
         parts = dask.compute(*ddf.to_delayed(), scheduler="sync")
-        expected = pl.concat([m.forward(p, target=["label", "y0", "y1"], id_column="id", batch_size=200) for p in parts]).to_pandas()
+        expected = pl.concat(
+            [m.forward(p, target=["label", "y0", "y1"], id_column="id", batch_size=200) for p in parts]
+        ).to_pandas()
         assert list(got.columns) == ["id", "prob_cat", "prob_dog", "prob_eel", "class"]
         assert got.dtypes.to_dict() == out._meta.dtypes.to_dict()
-        np.testing.assert_array_equal(got[["prob_cat", "prob_dog", "prob_eel"]].to_numpy(), expected[["prob_cat", "prob_dog", "prob_eel"]].to_numpy())
+        np.testing.assert_array_equal(
+            got[["prob_cat", "prob_dog", "prob_eel"]].to_numpy(),
+            expected[["prob_cat", "prob_dog", "prob_eel"]].to_numpy(),
+        )
         assert got["class"].tolist() == expected["class"].tolist() and got["id"].tolist() == expected["id"].tolist()
-        assert got.index.tolist() == dd.concat([ddf]).compute(scheduler="sync").index.tolist()  # each partition keeps its index
+        assert (
+            got.index.tolist() == dd.concat([ddf]).compute(scheduler="sync").index.tolist()
+        )  # each partition keeps its index
 
 
 def test_a_column_major_pandas_partition_is_scored_row_major(client):
@@ -254,13 +403,21 @@ def test_a_column_major_pandas_partition_is_scored_row_major(client):
     x = np.asfortranarray(g.normal(size=(3000, 8)) * 7)
     frame = pd.DataFrame(x, columns=FEATURES)
     assert frame.to_numpy().flags.f_contiguous  # the trap is real here
-    m = nncli.load({"seed": 3, "layers": [{"Linear": {"out_features": 16}}, "ReLU", {"Linear": {"out_features": 3}}], "loss": "CrossEntropyLoss"})
+    m = nncli.load(
+        {
+            "seed": 3,
+            "layers": [{"Linear": {"out_features": 16}}, "ReLU", {"Linear": {"out_features": 3}}],
+            "loss": "CrossEntropyLoss",
+        }
+    )
     ddf = dd.from_pandas(frame, npartitions=2)
     got = nd.forward(m, ddf, batch_size=5000).compute(scheduler=client)
     module = m.module.eval()
     with torch.no_grad():
-        rows = [module(torch.from_numpy(np.ascontiguousarray(p.to_numpy(np.float64))).float()).softmax(dim=1).numpy()
-                for p in dask.compute(*ddf.to_delayed(), scheduler="sync")]
+        rows = [
+            module(torch.from_numpy(np.ascontiguousarray(p.to_numpy(np.float64))).float()).softmax(dim=1).numpy()
+            for p in dask.compute(*ddf.to_delayed(), scheduler="sync")
+        ]
     np.testing.assert_array_equal(got[["prob_0", "prob_1", "prob_2"]].to_numpy(), np.concatenate(rows))
 
 
@@ -268,12 +425,16 @@ def test_the_scorer_gives_what_the_library_gives(folder, client):
     m = nncli.load(folder / "spec.yaml")
     scorer = nd.Scorer(m, client=client)
     try:
-        assert json.dumps(scorer.evaluate(files(folder), target="label", features=FEATURES, batch_size=700)) == \
-            json.dumps(nncli.evaluate(m, files(folder), target="label", features=FEATURES, batch_size=700))
-        assert json.dumps(nncli.evaluate(scorer, files(folder), target="label", features=FEATURES)) == \
-            json.dumps(nncli.evaluate(m, files(folder), target="label", features=FEATURES))
+        assert json.dumps(
+            scorer.evaluate(files(folder), target="label", features=FEATURES, batch_size=700)
+        ) == json.dumps(nncli.evaluate(m, files(folder), target="label", features=FEATURES, batch_size=700))
+        assert json.dumps(nncli.evaluate(scorer, files(folder), target="label", features=FEATURES)) == json.dumps(
+            nncli.evaluate(m, files(folder), target="label", features=FEATURES)
+        )
         big = str(folder / "big.csv")
-        assert scorer.loss(big, target="label", features=FEATURES, batch_size=3000) == m.loss(big, target="label", features=FEATURES, batch_size=3000)
+        assert scorer.loss(big, target="label", features=FEATURES, batch_size=3000) == m.loss(
+            big, target="label", features=FEATURES, batch_size=3000
+        )
     finally:
         scorer.close()
     assert not client.status == "closed"  # a client the caller gave stays open
@@ -316,15 +477,21 @@ def test_partitions_in_order_with_a_progress_bar(folder, small_parts):
             yield part
 
     scorer = core.Scorer(m, core.InProcess)
-    run = scorer.forward_frames(files(folder), read=nncli.api.Read(features=FEATURES), batch_size=1000, progress=progress)
+    run = scorer.forward_frames(
+        files(folder), read=nncli.lib.api.Read(features=FEATURES), batch_size=1000, progress=progress
+    )
     got = pl.concat([pl.DataFrame(dict(zip(names, columns))) for names, columns in run.frames()])
     assert got.equals(m.forward(files(folder), features=FEATURES, batch_size=1000))
     sizes = [os.path.getsize(f) for f in files(folder)]
     # as the single process's bar: no total, since a compressed file's size is not its data's
     assert seen == [(3000, sizes[0], None), (2500, sum(sizes[:2]), None), (2800, sum(sizes), None)]
     seen.clear()
-    report = scorer.compute_loss(str(folder / "big.csv"), read=nncli.api.Read(target="label", features=FEATURES), batch_size=1000,
-                                 progress=progress)
+    report = scorer.compute_loss(
+        str(folder / "big.csv"),
+        read=nncli.lib.api.Read(target="label", features=FEATURES),
+        batch_size=1000,
+        progress=progress,
+    )
     assert [rows for rows, _, _ in seen] == [3000] * 6 + [2500]
     assert report.value == m.loss(str(folder / "big.csv"), target="label", features=FEATURES, batch_size=1000)
 
@@ -354,15 +521,22 @@ def test_without_dask_the_engine_says_what_to_install(nncli, folder, monkeypatch
     result = nncli("forward", folder / "spec.yaml", folder / "a.csv", "-t", "label", *FEATURE_ARGS, "--engine", "dask")
     assert_error(result, 1, "distributed is not installed: pip install 'nncli-torch[dask]'", "--engine dask")
     monkeypatch.setitem(sys.modules, "dask", None)
-    assert_error(nncli("loss", folder / "spec.yaml", folder / "a.csv", "-t", "label", *FEATURE_ARGS, "--engine", "dask"), 1, "dask is not installed")
+    assert_error(
+        nncli("loss", folder / "spec.yaml", folder / "a.csv", "-t", "label", *FEATURE_ARGS, "--engine", "dask"),
+        1,
+        "dask is not installed",
+    )
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--workers", "2"], "--workers goes with --engine dask"),
-    (["--scheduler", "tcp://x:1"], "--scheduler goes with --engine dask"),
-    (["--engine", "spark"], "--engine must be one of dask"),
-    (["--engine", "dask", "--workers", "2", "--scheduler", "tcp://x:1"], "give one of them"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--workers", "2"], "--workers goes with --engine dask"),
+        (["--scheduler", "tcp://x:1"], "--scheduler goes with --engine dask"),
+        (["--engine", "spark"], "--engine must be one of dask"),
+        (["--engine", "dask", "--workers", "2", "--scheduler", "tcp://x:1"], "give one of them"),
+    ],
+)
 def test_engine_usage_errors(nncli, folder, args, fragment):
     for command in ("forward", "loss", "evaluate"):
         assert_error(nncli(command, folder / "spec.yaml", folder / "a.csv", "-t", "label", *args), 2, fragment)
@@ -373,7 +547,18 @@ def test_an_unreachable_scheduler_is_one_line_at_once(nncli, folder):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once closed
     start = time.monotonic()
-    result = nncli("loss", folder / "spec.yaml", folder / "a.csv", "-t", "label", *FEATURE_ARGS, "--engine", "dask", "--scheduler", f"tcp://127.0.0.1:{port}")
+    result = nncli(
+        "loss",
+        folder / "spec.yaml",
+        folder / "a.csv",
+        "-t",
+        "label",
+        *FEATURE_ARGS,
+        "--engine",
+        "dask",
+        "--scheduler",
+        f"tcp://127.0.0.1:{port}",
+    )
     assert_error(result, 1, "cannot reach the dask scheduler", f"tcp://127.0.0.1:{port}")
     assert time.monotonic() - start < 9  # refused at once, not after dask's 10 s of retries
 
@@ -389,7 +574,18 @@ def test_a_scheduler_that_never_answers_is_one_line_in_seconds(nncli, folder):
         held = []
         threading.Thread(target=lambda: held.append(s.accept()), daemon=True).start()
         start = time.monotonic()
-        result = nncli("loss", folder / "spec.yaml", folder / "a.csv", "-t", "label", *FEATURE_ARGS, "--engine", "dask", "--scheduler", address)
+        result = nncli(
+            "loss",
+            folder / "spec.yaml",
+            folder / "a.csv",
+            "-t",
+            "label",
+            *FEATURE_ARGS,
+            "--engine",
+            "dask",
+            "--scheduler",
+            address,
+        )
         assert_error(result, 1, f"no dask scheduler answered there within {nd.HANDSHAKE_SECONDS} s", address)
         assert time.monotonic() - start < 30  # a guard against the hang, not a timing
         for conn, _ in held:
@@ -397,14 +593,36 @@ def test_a_scheduler_that_never_answers_is_one_line_in_seconds(nncli, folder):
 
 
 def test_a_scheme_nncli_cannot_use_is_one_line(nncli, folder):
-    result = nncli("loss", folder / "spec.yaml", folder / "a.csv", "-t", "label", *FEATURE_ARGS, "--engine", "dask", "--scheduler", "ucx://127.0.0.1:1")
+    result = nncli(
+        "loss",
+        folder / "spec.yaml",
+        folder / "a.csv",
+        "-t",
+        "label",
+        *FEATURE_ARGS,
+        "--engine",
+        "dask",
+        "--scheduler",
+        "ucx://127.0.0.1:1",
+    )
     assert_error(result, 1, "over tcp:// or tls://, not ucx://", "ucx://127.0.0.1:1")
 
 
 def test_workers_are_capped_before_any_starts(nncli, folder):
     """--workers 99999999999 started processes until the system ran out."""
     for n in (nd.MAX_WORKERS_PER_CPU * nd.cores() + 1, 99999999999):
-        result = nncli("loss", folder / "spec.yaml", folder / "a.csv", "-t", "label", *FEATURE_ARGS, "--engine", "dask", "--workers", n)
+        result = nncli(
+            "loss",
+            folder / "spec.yaml",
+            folder / "a.csv",
+            "-t",
+            "label",
+            *FEATURE_ARGS,
+            "--engine",
+            "dask",
+            "--workers",
+            n,
+        )
         assert_error(result, 1, f"{n} workers on {nd.cores()} CPU", "--workers")
 
 
@@ -429,9 +647,22 @@ def test_a_task_the_cluster_forgot_is_one_line(client):
 
 def test_a_cluster_without_workers_is_one_line(nncli, folder):
     """Its workers gone (killed), the cluster answered with dask's bare `error: No valid workers found`."""
-    with distributed.LocalCluster(n_workers=0, processes=False, protocol="tcp://", dashboard_address=None, silence_logs=logging.CRITICAL) as empty:
-        result = nncli("loss", folder / "spec.yaml", folder / "a.csv", folder / "b.parquet", "-t", "label", *FEATURE_ARGS,
-                       "--engine", "dask", "--scheduler", empty.scheduler_address)
+    with distributed.LocalCluster(
+        n_workers=0, processes=False, protocol="tcp://", dashboard_address=None, silence_logs=logging.CRITICAL
+    ) as empty:
+        result = nncli(
+            "loss",
+            folder / "spec.yaml",
+            folder / "a.csv",
+            folder / "b.parquet",
+            "-t",
+            "label",
+            *FEATURE_ARGS,
+            "--engine",
+            "dask",
+            "--scheduler",
+            empty.scheduler_address,
+        )
         assert_error(result, 1, "the dask cluster has no workers to score on", empty.scheduler_address)
 
 
@@ -443,30 +674,61 @@ def test_a_local_cluster_that_cannot_start_is_one_line(nncli, folder, monkeypatc
         raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
 
     monkeypatch.setattr(distributed, "LocalCluster", refused)
-    result = nncli("loss", folder / "spec.yaml", folder / "a.csv", "-t", "label", *FEATURE_ARGS, "--engine", "dask", "--workers", "2")
-    assert_error(result, 1, "cannot start a local dask cluster of 2 workers: Resource temporarily unavailable", "--workers")
+    result = nncli(
+        "loss",
+        folder / "spec.yaml",
+        folder / "a.csv",
+        "-t",
+        "label",
+        *FEATURE_ARGS,
+        "--engine",
+        "dask",
+        "--workers",
+        "2",
+    )
+    assert_error(
+        result, 1, "cannot start a local dask cluster of 2 workers: Resource temporarily unavailable", "--workers"
+    )
 
 
 def test_train_mode_batchnorm_stays_in_one_process(nncli, tmp_path, address):
-    spec = write(tmp_path, "bn.yaml", "layers:\n  - BatchNorm1d\n  - Linear: {out_features: 3}\nloss: CrossEntropyLoss\n")
+    spec = write(
+        tmp_path, "bn.yaml", "layers:\n  - BatchNorm1d\n  - Linear: {out_features: 3}\nloss: CrossEntropyLoss\n"
+    )
     write(tmp_path, "d.csv", table(20, 1).select([*FEATURES, pl.lit(1).alias("k")]).write_csv())
-    result = nncli("loss", spec, tmp_path / "d.csv", "-t", "k", "--mode", "train", "--engine", "dask", "--scheduler", address)
+    result = nncli(
+        "loss", spec, tmp_path / "d.csv", "-t", "k", "--mode", "train", "--engine", "dask", "--scheduler", address
+    )
     assert_error(result, 2, "see every row in one batch")
 
 
 def test_the_default_install_never_imports_an_engine(folder):
-    code = ("import sys; from nncli.cli import app\n"
-            f"try: app(['forward', {str(folder / 'spec.yaml')!r}, {str(folder / 'a.csv')!r}, *{FEATURE_ARGS!r}, '-o', '/dev/null'])\n"
-            "except SystemExit: pass\n"
-            "assert 'torch' in sys.modules\n"
-            "assert not {'dask', 'distributed', 'ray', 'pyspark'} & set(sys.modules), 'an engine was imported'")
+    code = (
+        "import sys; from nncli.cli.app import app\n"
+        f"try: app(['forward', {str(folder / 'spec.yaml')!r}, {str(folder / 'a.csv')!r}, *{FEATURE_ARGS!r}, '-o', '/dev/null'])\n"
+        "except SystemExit: pass\n"
+        "assert 'torch' in sys.modules\n"
+        "assert not {'dask', 'distributed', 'ray', 'pyspark'} & set(sys.modules), 'an engine was imported'"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
 
 def test_a_local_cluster_from_the_command_line(folder, tmp_path):
     """A real `nncli` process starts 2 worker processes, scores, closes them: the same bytes, nothing on standard error."""
-    common = [sys.executable, "-m", "nncli", "forward", str(folder / "spec.yaml"), *files(folder), *FEATURE_ARGS, "-b", BATCH, "-f", "csv"]
+    common = [
+        sys.executable,
+        "-m",
+        "nncli",
+        "forward",
+        str(folder / "spec.yaml"),
+        *files(folder),
+        *FEATURE_ARGS,
+        "-b",
+        BATCH,
+        "-f",
+        "csv",
+    ]
     single = subprocess.run(common, capture_output=True, timeout=120)
     start = time.monotonic()
     engine = subprocess.run(common + ["--engine", "dask", "--workers", "2"], capture_output=True, timeout=120)
@@ -481,8 +743,8 @@ def test_a_local_cluster_from_the_command_line(folder, tmp_path):
 
 def test_ray_and_spark_map_functions_score_as_model_forward(folder):
     """The functions Ray's actors and Spark's mapInPandas call, run here on pandas batches (no Ray or Spark needed)."""
-    from nncli.engines import ray as nray
-    from nncli.engines import spark as nspark
+    from nncli.lib.engines import ray as nray
+    from nncli.lib.engines import spark as nspark
 
     m = nncli.load(folder / "spec.yaml", dtype="float64")
     batches = [table(700, 21).to_pandas(), table(1300, 22).to_pandas()]
@@ -495,10 +757,18 @@ def test_ray_and_spark_map_functions_score_as_model_forward(folder):
         expected = m.forward(batch, target=["label", "y0", "y1"], id_column="id", batch_size=500).to_pandas()
         for got in (scorer(batch), out):
             assert list(got.columns) == list(expected.columns)
-            np.testing.assert_array_equal(got[["prob_cat", "prob_dog", "prob_eel"]].to_numpy(), expected[["prob_cat", "prob_dog", "prob_eel"]].to_numpy())
+            np.testing.assert_array_equal(
+                got[["prob_cat", "prob_dog", "prob_eel"]].to_numpy(),
+                expected[["prob_cat", "prob_dog", "prob_eel"]].to_numpy(),
+            )
             assert got["class"].tolist() == expected["class"].tolist()
-    assert nspark.schema_fields(meta) == [("id", "string"), ("prob_cat", "double"), ("prob_dog", "double"), ("prob_eel", "double"),
-                                          ("class", "string")]
+    assert nspark.schema_fields(meta) == [
+        ("id", "string"),
+        ("prob_cat", "double"),
+        ("prob_dog", "double"),
+        ("prob_eel", "double"),
+        ("class", "string"),
+    ]
 
 
 def test_ray_forward(folder):
@@ -508,10 +778,20 @@ def test_ray_forward(folder):
         m = nncli.load(folder / "spec.yaml")
         frame = table(3000, 8).to_pandas()
         ds = ray.data.from_pandas(frame)
-        got = nncli.engines.ray.forward(m, ds, target=["label", "y0", "y1"], id_column="id", batch_size=1000).to_pandas()
+        got = nncli.lib.engines.ray.forward(
+            m, ds, target=["label", "y0", "y1"], id_column="id", batch_size=1000
+        ).to_pandas()
         got = got.set_index("id").loc[frame["id"]].reset_index()
-        expected = pl.concat([m.forward(frame.iloc[i:i + 1000], target=["label", "y0", "y1"], id_column="id") for i in range(0, 3000, 1000)]).to_pandas()
-        np.testing.assert_array_equal(got[["prob_cat", "prob_dog", "prob_eel"]].to_numpy(), expected[["prob_cat", "prob_dog", "prob_eel"]].to_numpy())
+        expected = pl.concat(
+            [
+                m.forward(frame.iloc[i : i + 1000], target=["label", "y0", "y1"], id_column="id")
+                for i in range(0, 3000, 1000)
+            ]
+        ).to_pandas()
+        np.testing.assert_array_equal(
+            got[["prob_cat", "prob_dog", "prob_eel"]].to_numpy(),
+            expected[["prob_cat", "prob_dog", "prob_eel"]].to_numpy(),
+        )
     finally:
         ray.shutdown()
 
@@ -520,14 +800,28 @@ def test_spark_forward(folder):
     pytest.importorskip("pyspark")
     from pyspark.sql import SparkSession
 
-    spark = SparkSession.builder.master("local[2]").config("spark.sql.execution.arrow.maxRecordsPerBatch", "1000").getOrCreate()
+    spark = (
+        SparkSession.builder.master("local[2]")
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "1000")
+        .getOrCreate()
+    )
     try:
         m = nncli.load(folder / "spec.yaml")
         frame = table(3000, 8).to_pandas()
-        got = nncli.engines.spark.forward(m, spark.createDataFrame(frame), target=["label", "y0", "y1"], id_column="id").toPandas()
+        got = nncli.lib.engines.spark.forward(
+            m, spark.createDataFrame(frame), target=["label", "y0", "y1"], id_column="id"
+        ).toPandas()
         got = got.set_index("id").loc[frame["id"]].reset_index()
-        expected = pl.concat([m.forward(frame.iloc[i:i + 1000], target=["label", "y0", "y1"], id_column="id") for i in range(0, 3000, 1000)]).to_pandas()
-        np.testing.assert_array_equal(got[["prob_cat", "prob_dog", "prob_eel"]].to_numpy(), expected[["prob_cat", "prob_dog", "prob_eel"]].to_numpy())
+        expected = pl.concat(
+            [
+                m.forward(frame.iloc[i : i + 1000], target=["label", "y0", "y1"], id_column="id")
+                for i in range(0, 3000, 1000)
+            ]
+        ).to_pandas()
+        np.testing.assert_array_equal(
+            got[["prob_cat", "prob_dog", "prob_eel"]].to_numpy(),
+            expected[["prob_cat", "prob_dog", "prob_eel"]].to_numpy(),
+        )
     finally:
         spark.stop()
 
@@ -537,7 +831,9 @@ def test_binary_text_labels_name_the_probability_on_the_cluster_too(nncli, tmp_p
     from tests.test_forward import binary_with_labels
 
     spec, data, prob, labels = binary_with_labels(tmp_path)
-    single, engine = same(nncli, "forward", spec, data, "-t", "label", "-f", "csv", engine_args=["--scheduler", address])
+    single, engine = same(
+        nncli, "forward", spec, data, "-t", "label", "-f", "csv", engine_args=["--scheduler", address]
+    )
     assert engine.stdout == single.stdout
     rows = parse_csv(engine.stdout)
     assert list(rows[0]) == ["prob_pos", "class"] and [r["class"] for r in rows] == labels

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.helpers import CONFIGS, DATA, assert_error, load_json, write
+from tests.helpers import CONFIGS, DATA, assert_error, write
 
 NNCLI = [sys.executable, "-m", "nncli"]
 THREE = [str(CONFIGS / "three-class.yaml"), str(DATA / "table-5x6.csv"), "-t", "label"]
@@ -68,7 +68,9 @@ def test_a_warning_that_cannot_be_shown_does_not_fail_the_run(tmp_path, redirect
 
 def test_closed_standard_output_and_error_without_a_warning(tmp_path):
     out = tmp_path / "o.csv"
-    result = shell(f"{sys.executable} -m nncli forward {CONFIGS / 'regression.yaml'} {DATA / 'table-5x6.csv'} -t label -o {out} >&- 2>&-")
+    result = shell(
+        f"{sys.executable} -m nncli forward {CONFIGS / 'regression.yaml'} {DATA / 'table-5x6.csv'} -t label -o {out} >&- 2>&-"
+    )
     assert result.returncode == 0 and len(out.read_text().splitlines()) == 6
 
 
@@ -79,7 +81,9 @@ def test_a_warning_to_a_standard_error_whose_reader_is_gone_does_not_fail_the_ru
     read, written = os.pipe()
     os.close(read)
     try:
-        done = subprocess.run([*NNCLI, "forward", THREE[0], str(data), "-t", "label", "-o", str(out)], stderr=written, timeout=120)
+        done = subprocess.run(
+            [*NNCLI, "forward", THREE[0], str(data), "-t", "label", "-o", str(out)], stderr=written, timeout=120
+        )
     finally:
         os.close(written)
     assert done.returncode == 0
@@ -92,7 +96,11 @@ def test_a_warning_to_a_standard_error_whose_reader_is_gone_does_not_fail_the_ru
 def test_markup_in_user_text_is_printed_as_written(nncli, tmp_path):
     data = write(tmp_path, "d.csv", "[/],[bold red]x\n1,2\n")
     spec = write(tmp_path, "s.yaml", 'name: "[/bold]"\nlayers:\n  - Linear: {out_features: 1}\n')
-    for args in (["forward", spec, data, "--id-column", "[/]"], ["params", spec, "--inputs", "2"], ["grads", spec, data, "-t", "[/]"]):
+    for args in (
+        ["forward", spec, data, "--id-column", "[/]"],
+        ["params", spec, "--inputs", "2"],
+        ["grads", spec, data, "-t", "[/]"],
+    ):
         result = nncli(*args, "-f", "table")
         assert result.exit_code == 0, result.stderr
     assert "[/bold]" in nncli("params", spec, "--inputs", "2", "-f", "table").stdout
@@ -101,9 +109,23 @@ def test_markup_in_user_text_is_printed_as_written(nncli, tmp_path):
 
 @pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
 def test_tables_fall_back_to_ascii(encoding):
-    for command in (["evaluate", str(CONFIGS / "iris.yaml"), str(DATA / "iris-test.csv"), "-t", "species"],
-                    ["train", str(CONFIGS / "iris.yaml"), str(DATA / "iris-test.csv"), "-t", "species", "--epochs", "3", "--lr", "0.1"]):
-        result = subprocess.run(NNCLI + command + ["-f", "table"], capture_output=True, env={**os.environ, "PYTHONIOENCODING": encoding})
+    for command in (
+        ["evaluate", str(CONFIGS / "iris.yaml"), str(DATA / "iris-test.csv"), "-t", "species"],
+        [
+            "train",
+            str(CONFIGS / "iris.yaml"),
+            str(DATA / "iris-test.csv"),
+            "-t",
+            "species",
+            "--epochs",
+            "3",
+            "--lr",
+            "0.1",
+        ],
+    ):
+        result = subprocess.run(
+            NNCLI + command + ["-f", "table"], capture_output=True, env={**os.environ, "PYTHONIOENCODING": encoding}
+        )
         assert result.returncode == 0, result.stderr
         result.stdout.decode(encoding)
         assert b"Traceback" not in result.stderr
@@ -124,18 +146,31 @@ def test_torch_warnings_stay_off_nncli_stderr(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3), torch.nn.Softmax(dim=1))
     torch.save(model.state_dict(), w, _use_new_zipfile_serialization=False)
-    result = subprocess.run(NNCLI + ["forward", *THREE, "--weights", str(w)], capture_output=True, text=True,
-                            env={**os.environ, "PYTHONWARNINGS": "always"})
+    result = subprocess.run(
+        NNCLI + ["forward", *THREE, "--weights", str(w)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "always"},
+    )
     assert result.returncode == 0 and result.stderr == "", result.stderr
 
 
 # -- the user's mistakes ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("option, value", [
-    ("--lr", "-1"), ("--lr", "nan"), ("--lr", "inf"), ("--momentum", "-1"), ("--weight-decay", "-1"), ("--weight-decay", "nan"),
-    ("--seed", "99999999999999999999999"), ("--val-split", "nan"),
-])
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--lr", "-1"),
+        ("--lr", "nan"),
+        ("--lr", "inf"),
+        ("--momentum", "-1"),
+        ("--weight-decay", "-1"),
+        ("--weight-decay", "nan"),
+        ("--seed", "99999999999999999999999"),
+        ("--val-split", "nan"),
+    ],
+)
 def test_bad_numbers_are_usage_errors(nncli, option, value):
     args = ["train", CONFIGS / "iris.yaml", DATA / "iris-test.csv", "-t", "species", "--epochs", "1"]
     args += [] if option == "--lr" else ["--lr", "0.1"]
@@ -150,7 +185,9 @@ def test_step_lr_inf_is_a_usage_error(nncli):
 def test_batchnorm_on_one_row_in_grads_and_step(nncli, tmp_path):
     spec = write(tmp_path, "bn.yaml", "layers:\n  - BatchNorm1d\n  - Linear: {out_features: 2}\n")
     for command in (["grads"], ["step", "--lr", "0.1"]):
-        assert_error(nncli(command[0], spec, DATA / "row-16.csv", "-t", "label", *command[1:]), 1, "BatchNorm1d", "2 rows")
+        assert_error(
+            nncli(command[0], spec, DATA / "row-16.csv", "-t", "label", *command[1:]), 1, "BatchNorm1d", "2 rows"
+        )
 
 
 # -- training that diverges ---------------------------------------------------------------------------
@@ -160,8 +197,21 @@ def test_batchnorm_on_one_row_in_grads_and_step(nncli, tmp_path):
 def test_a_diverging_run_stops_and_writes_nothing(nncli, tmp_path, fmt):
     w = tmp_path / "w.safetensors"
     w.write_bytes(b"previous")
-    result = nncli("train", CONFIGS / "iris.yaml", DATA / "iris-train.csv", "-t", "species", "--epochs", "3", "--lr", "1e10",
-                   "--save-weights", w, "-f", fmt)
+    result = nncli(
+        "train",
+        CONFIGS / "iris.yaml",
+        DATA / "iris-train.csv",
+        "-t",
+        "species",
+        "--epochs",
+        "3",
+        "--lr",
+        "1e10",
+        "--save-weights",
+        w,
+        "-f",
+        fmt,
+    )
     assert_error(result, 1, "diverged", "epoch 1, batch")
     assert w.read_bytes() == b"previous"
 
@@ -173,8 +223,12 @@ def test_a_diverging_run_stops_and_writes_nothing(nncli, tmp_path, fmt):
 def test_every_terminating_signal_cleans_up(tmp_path, sig):
     out = tmp_path / "out.csv"
     out.write_text("precious\n")
-    proc = subprocess.Popen(NNCLI + ["forward", str(CONFIGS / "hand-checkable.yaml"), "-", "-o", str(out), "-b", "1"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        NNCLI + ["forward", str(CONFIGS / "hand-checkable.yaml"), "-", "-o", str(out), "-b", "1"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     proc.stdin.write(b"a,b\n" + b"1,2\n" * 50_000)
     proc.stdin.flush()
     deadline = time.monotonic() + 30
@@ -190,13 +244,20 @@ def test_every_terminating_signal_cleans_up(tmp_path, sig):
 def test_sighup_removes_the_stdin_spool(tmp_path):
     spool_dir = tmp_path / "tmp"
     spool_dir.mkdir()
-    proc = subprocess.Popen(NNCLI + ["step", str(CONFIGS / "hand-checkable.yaml"), "-", "-t", "b", "--lr", "0.1"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "TMPDIR": str(spool_dir)})
+    proc = subprocess.Popen(
+        NNCLI + ["step", str(CONFIGS / "hand-checkable.yaml"), "-", "-t", "b", "--lr", "0.1"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "TMPDIR": str(spool_dir)},
+    )
     proc.stdin.write(b"a,b\n" + b"1,0.5\n" * 1000)
     proc.stdin.flush()  # stdin stays open: nncli keeps spooling
     deadline = time.monotonic() + 30
     while not os.listdir(spool_dir):
-        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else "no spool"
+        assert time.monotonic() < deadline and proc.poll() is None, (
+            proc.stderr.read() if proc.poll() is not None else "no spool"
+        )
         time.sleep(0.05)
     proc.send_signal(signal.SIGHUP)
     proc.communicate(timeout=30)
@@ -227,11 +288,11 @@ def test_the_console_script_catches_signals_before_it_imports_any_module_of_nncl
         import sys, _signal
         class Watch:
             def find_spec(self, name, path=None, target=None):
-                if name.startswith("nncli.") and name != "nncli.entry":
+                if name.startswith("nncli.") and name != "nncli.cli.entry":
                     print(name, getattr(_signal.getsignal(_signal.SIGINT), "__name__", None))
                 return None
         sys.meta_path.insert(0, Watch())
-        import nncli.entry
+        import nncli.cli.entry
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     loaded = [line.split() for line in out if line]
@@ -240,11 +301,11 @@ def test_the_console_script_catches_signals_before_it_imports_any_module_of_nncl
 
 
 def test_a_signal_during_the_import_of_the_output_module_leaves_quietly(monkeypatch):
-    """CI caught this once: a Ctrl-C landed while nncli.output was being imported, and the handler's own
-    `from nncli.output import ...` raised "partially initialized module". The handler imports nothing."""
+    """CI caught this once: a Ctrl-C landed while nncli.io.output was being imported, and the handler's own
+    `from nncli.io.output import ...` raised "partially initialized module". The handler imports nothing."""
     import types
 
-    from nncli import cli
+    from nncli.cli import app as cli
 
     class Left(Exception):
         pass
@@ -252,8 +313,8 @@ def test_a_signal_during_the_import_of_the_output_module_leaves_quietly(monkeypa
     def leave(code):
         raise Left(code)
 
-    half_made = types.ModuleType("nncli.output")  # what sys.modules holds mid-import: no functions yet
-    monkeypatch.setitem(sys.modules, "nncli.output", half_made)
+    half_made = types.ModuleType("nncli.io.output")  # what sys.modules holds mid-import: no functions yet
+    monkeypatch.setitem(sys.modules, "nncli.io.output", half_made)
     monkeypatch.setattr(cli.os, "_exit", leave)
     with pytest.raises(Left) as left:
         cli._interrupted(signal.SIGINT, None)
@@ -290,7 +351,9 @@ def test_onehot_reads_standard_input_in_blocks(tmp_path, nncli):
     path = tmp_path / "labels.txt"
     path.write_text("\n".join(map(str, labels.tolist())) + "\n")
     assert _peak_rss_mib(["onehot", "-", "-f", "csv"], path) < 600  # 20 MB of labels used 1.4 GB before
-    text = subprocess.run(NNCLI + ["onehot", "-", "-f", "csv"], stdin=open(path), capture_output=True, text=True).stdout.splitlines()
+    text = subprocess.run(
+        NNCLI + ["onehot", "-", "-f", "csv"], stdin=open(path), capture_output=True, text=True
+    ).stdout.splitlines()
     expected = torch.nn.functional.one_hot(labels[:1000], 7).tolist()
     assert [[int(v) for v in line.split(",")] for line in text[1:1001]] == expected and len(text) == 2_000_001
 
@@ -301,13 +364,13 @@ def test_onehot_reads_standard_input_in_blocks(tmp_path, nncli):
 def test_every_extra_a_message_names_is_defined_in_pyproject():
     """`.zst` files said `pip install 'nncli-torch[zstd]'`, and pyproject defined no zstd extra: pip
     warns and installs nothing. Every `nncli-torch[NAME]` in the sources, README.md, SECURITY.md and
-    docs/*.md must be an extra;
-    `nncli-torch[{engine}]` stands for every engine nncli.engines can require."""
+    docs/*.md must be an extra; `nncli-torch[{engine}]` stands for every engine nncli.lib.engines can
+    require."""
     import re
     import tomllib
     from pathlib import Path
 
-    from nncli.engines import EXTRAS
+    from nncli.lib.engines import EXTRAS
 
     root = Path(__file__).resolve().parents[1]
     extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]

@@ -76,11 +76,27 @@ SPECS = {
     "scores": (lambda weights: nn.Sequential(), 4),
 }
 TRAINED = {"iris-standardized": ("iris-train.csv", "species")}  # specs whose preprocessing needs statistics from train
-OUTPUT_NAMES = {"binary-classifier": "prob", "three-class": "prob", "sigmoid-8": "prob", "four-class": "prob", "regression": "output",
-                "regression-4layer": "output", "net-16-8-2": "output", "net-16-8-4-2": "logits", "iris": "logits",
-                "iris-standardized": "logits", "hand-checkable": "output", "scores": "logits"}
-FORWARD_DATA = {**EXAMPLE_DATA, "iris": ("iris-test.csv", ["species"]), "iris-standardized": ("iris-test.csv", ["species"]),
-                "hand-checkable": ("two-points.csv", []), "scores": ("scores-label.csv", ["label"])}
+OUTPUT_NAMES = {
+    "binary-classifier": "prob",
+    "three-class": "prob",
+    "sigmoid-8": "prob",
+    "four-class": "prob",
+    "regression": "output",
+    "regression-4layer": "output",
+    "net-16-8-2": "output",
+    "net-16-8-4-2": "logits",
+    "iris": "logits",
+    "iris-standardized": "logits",
+    "hand-checkable": "output",
+    "scores": "logits",
+}
+FORWARD_DATA = {
+    **EXAMPLE_DATA,
+    "iris": ("iris-test.csv", ["species"]),
+    "iris-standardized": ("iris-test.csv", ["species"]),
+    "hand-checkable": ("two-points.csv", []),
+    "scores": ("scores-label.csv", ["label"]),
+}
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +135,11 @@ def _close(got, want, tolerance: float) -> None:
 
 def _export_args(name: str, path, weights: dict | None = None) -> list:
     inputs = SPECS[name][1]
-    return ["export", CONFIGS / f"{name}.yaml", "-o", path, "--verify"] + (["--inputs", inputs] if inputs else []) + _weights(name, weights)
+    return (
+        ["export", CONFIGS / f"{name}.yaml", "-o", path, "--verify"]
+        + (["--inputs", inputs] if inputs else [])
+        + _weights(name, weights)
+    )
 
 
 def _weights(name: str, weights: dict | None) -> list:
@@ -128,8 +148,15 @@ def _weights(name: str, weights: dict | None) -> list:
 
 def _forward_columns(nncli, name: str, weights: dict | None = None) -> list[str]:
     data_file, drop = FORWARD_DATA[name]
-    result = nncli("forward", CONFIGS / f"{name}.yaml", DATA / data_file, *sum((["-t", d] for d in drop), []), "-f", "csv",
-                   *_weights(name, weights))
+    result = nncli(
+        "forward",
+        CONFIGS / f"{name}.yaml",
+        DATA / data_file,
+        *sum((["-t", d] for d in drop), []),
+        "-f",
+        "csv",
+        *_weights(name, weights),
+    )
     assert result.exit_code == 0, result.stderr
     return list(parse_csv(result.stdout)[0])
 
@@ -146,7 +173,9 @@ def test_onnx_export_of_every_example_equals_pytorch(nncli, tmp_path, weights, n
     result = nncli(*_export_args(name, path, weights))
     assert result.exit_code == 0, result.stderr
     lines = result.stderr.splitlines()
-    assert len(lines) == 2 and lines[0].startswith("verified: onnxruntime against PyTorch on 1 and 1,000 seeded random rows"), lines
+    assert len(lines) == 2 and lines[0].startswith(
+        "verified: onnxruntime against PyTorch on 1 and 1,000 seeded random rows"
+    ), lines
     assert lines[1].startswith(f"wrote {path} (ONNX opset ")
     reference = SPECS[name][0](weights.get(name)).eval()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -161,7 +190,12 @@ def test_onnx_export_of_every_example_equals_pytorch(nncli, tmp_path, weights, n
         _close(session.run(None, {"features": x.numpy()})[0], want, F32_TOLERANCE)
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert meta["nncli_version"] == nncli_version()
-    assert meta["spec"] == name and meta["dtype"] == "float32" and meta["inputs"] == str(width) and meta["output"] == out.name
+    assert (
+        meta["spec"] == name
+        and meta["dtype"] == "float32"
+        and meta["inputs"] == str(width)
+        and meta["output"] == out.name
+    )
     assert json.loads(meta["columns"]) == _forward_columns(nncli, name, weights)
     head = json.loads(meta["head"])
     assert head["width"] == out.shape[1]
@@ -178,8 +212,10 @@ def test_pt2_export_of_every_example_reproduces_pytorch_exactly(nncli, tmp_path,
     path = tmp_path / f"{name}.pt2"
     result = nncli(*_export_args(name, path, weights))
     assert result.exit_code == 0, result.stderr
-    assert result.stderr.splitlines()[0] == ("verified: torch.export against PyTorch on 1 and 1,000 seeded random rows: "
-                                             "largest difference 0 (must be exactly 0)")
+    assert result.stderr.splitlines()[0] == (
+        "verified: torch.export against PyTorch on 1 and 1,000 seeded random rows: "
+        "largest difference 0 (must be exactly 0)"
+    )
     extra = {"nncli.json": ""}
     program = torch.export.load(str(path), extra_files=extra)
     module = program.module()
@@ -204,7 +240,10 @@ def nncli_version() -> str:
 def test_every_allowed_layer_exports_and_verifies(nncli, tmp_path):
     """All 17 layer types in one float32 model, in both formats."""
     _onnxruntime()
-    spec = write(tmp_path, "all.yaml", """name: all-layers
+    spec = write(
+        tmp_path,
+        "all.yaml",
+        """name: all-layers
 seed: 3
 inputs: 5
 layers:
@@ -227,7 +266,8 @@ layers:
   - Softmax
   - Linear: {out_features: 3}
   - LogSoftmax
-""")
+""",
+    )
     for suffix in (".onnx", ".pt2"):
         result = nncli("export", spec, "-o", tmp_path / f"all{suffix}", "--verify")
         assert result.exit_code == 0, result.stderr
@@ -236,7 +276,11 @@ layers:
 
 def test_batchnorm_without_running_statistics_is_verified_on_two_rows(nncli, tmp_path):
     """In eval mode it normalises by the batch's own statistics, which PyTorch refuses for one row."""
-    spec = write(tmp_path, "bn.yaml", "inputs: 3\nlayers:\n  - BatchNorm1d: {track_running_stats: false}\n  - Linear: {out_features: 2}\n")
+    spec = write(
+        tmp_path,
+        "bn.yaml",
+        "inputs: 3\nlayers:\n  - BatchNorm1d: {track_running_stats: false}\n  - Linear: {out_features: 2}\n",
+    )
     result = nncli("export", spec, "-o", tmp_path / "bn.pt2", "--verify")
     assert result.exit_code == 0, result.stderr
     assert "on 2 and 1,000 seeded random rows" in result.stderr
@@ -272,45 +316,71 @@ def test_standardisation_is_in_the_onnx_graph(tmp_path):
     ort = _onnxruntime()
     import onnx
 
-    from nncli.export import export_onnx
+    from nncli.lib.export import export_onnx
 
     path = tmp_path / "std.onnx"
-    exported = export_onnx(lib.load(CONFIGS / "three-class.yaml"), path, preprocess=(MEAN, STD),
-                           metadata={"classes": ["setosa", "versicolor", "virginica"]}, verify=True)
+    exported = export_onnx(
+        lib.load(CONFIGS / "three-class.yaml"),
+        path,
+        preprocess=(MEAN, STD),
+        metadata={"classes": ["setosa", "versicolor", "virginica"]},
+        verify=True,
+    )
     assert exported.verification.ok
     proto = onnx.load(str(path))
     ops = [node.op_type for node in proto.graph.node]
     assert ops.index("Sub") < ops.index("Div") < ops.index("Gemm")  # (x - mean) / std, then the model
     meta = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(meta["classes"]) == ["setosa", "versicolor", "virginica"]
-    assert json.loads(meta["preprocess"]) == {"kind": "standardize", "columns": [], "shift": MEAN, "scale": STD, "in_graph": True}
+    assert json.loads(meta["preprocess"]) == {
+        "kind": "standardize",
+        "columns": [],
+        "shift": MEAN,
+        "scale": STD,
+        "in_graph": True,
+    }
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for n in (1, 1000):
         raw = _rows(n, 6, seed=n) * torch.tensor(STD) + torch.tensor(MEAN)  # features on their own scales
-        _close(session.run(None, {"features": raw.numpy()})[0], _three_class_reference_on_raw(raw).numpy(), F32_TOLERANCE)
+        _close(
+            session.run(None, {"features": raw.numpy()})[0], _three_class_reference_on_raw(raw).numpy(), F32_TOLERANCE
+        )
 
 
 def test_standardisation_in_pt2_is_exact(tmp_path):
-    from nncli.export import export_pt2, read_metadata
+    from nncli.lib.export import export_pt2, read_metadata
 
     path = tmp_path / "std.pt2"
-    export_pt2(lib.load(CONFIGS / "three-class.yaml"), path, preprocess=(MEAN, STD), metadata={"classes": ["a", "b", "c"]}, verify=True)
+    export_pt2(
+        lib.load(CONFIGS / "three-class.yaml"),
+        path,
+        preprocess=(MEAN, STD),
+        metadata={"classes": ["a", "b", "c"]},
+        verify=True,
+    )
     module = torch.export.load(str(path)).module()
     raw = _rows(1000, 6, seed=5) * torch.tensor(STD) + torch.tensor(MEAN)
     with torch.no_grad():
         assert torch.equal(module(raw), _three_class_reference_on_raw(raw))
     meta = read_metadata(path)
-    assert meta["classes"] == ["a", "b", "c"] and meta["preprocess"]["shift"] == MEAN and meta["preprocess"]["scale"] == STD
+    assert (
+        meta["classes"] == ["a", "b", "c"]
+        and meta["preprocess"]["shift"] == MEAN
+        and meta["preprocess"]["scale"] == STD
+    )
     assert meta["columns"] == ["prob_a", "prob_b", "prob_c", "class"]
 
 
 def test_onnx_model_scores_raw_features_with_standardisation(tmp_path):
     _onnxruntime()
-    from nncli.export import OnnxModel, export_onnx
+    from nncli.lib.export import OnnxModel, export_onnx
 
     path = tmp_path / "std.onnx"
     export_onnx(lib.load(CONFIGS / "three-class.yaml"), path, preprocess=(MEAN, STD))
-    raw = (_rows(300, 6, seed=2, dtype=torch.float64) * torch.tensor(STD, dtype=torch.float64) + torch.tensor(MEAN, dtype=torch.float64)).numpy()
+    raw = (
+        _rows(300, 6, seed=2, dtype=torch.float64) * torch.tensor(STD, dtype=torch.float64)
+        + torch.tensor(MEAN, dtype=torch.float64)
+    ).numpy()
     frame = OnnxModel(path).forward(raw)
     want = _three_class_reference_on_raw(torch.from_numpy(raw).float()).numpy()
     _close(np.stack([frame[f"prob_{i}"].to_numpy() for i in range(3)], axis=1), want, F32_TOLERANCE)
@@ -324,12 +394,30 @@ def test_trained_preprocessing_and_classes_travel_into_the_export(nncli, tmp_pat
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from nncli.export import OnnxModel, read_metadata
+    from nncli.lib.export import OnnxModel, read_metadata
 
-    spec = write(tmp_path, "std.yaml", "name: iris-std\nseed: 0\ninputs: 4\nlayers:\n  - Linear: {out_features: 8}\n  - ReLU\n"
-                                       "  - Linear: {out_features: 3}\nloss: CrossEntropyLoss\npreprocess: {standardize: true}\n")
+    spec = write(
+        tmp_path,
+        "std.yaml",
+        "name: iris-std\nseed: 0\ninputs: 4\nlayers:\n  - Linear: {out_features: 8}\n  - ReLU\n"
+        "  - Linear: {out_features: 3}\nloss: CrossEntropyLoss\npreprocess: {standardize: true}\n",
+    )
     weights = tmp_path / "w.safetensors"
-    trained = nncli("train", spec, DATA / "iris-train.csv", "-t", "species", "--epochs", 2, "--lr", 0.05, "--save-weights", weights, "-f", "json")
+    trained = nncli(
+        "train",
+        spec,
+        DATA / "iris-train.csv",
+        "-t",
+        "species",
+        "--epochs",
+        2,
+        "--lr",
+        0.05,
+        "--save-weights",
+        weights,
+        "-f",
+        "json",
+    )
     assert trained.exit_code == 0, trained.stderr
     assert_error(nncli("export", spec, "-o", tmp_path / "untrained.onnx"), 1, "statistics are unset")
     for suffix in (".onnx", ".pt2"):
@@ -349,7 +437,11 @@ def test_trained_preprocessing_and_classes_travel_into_the_export(nncli, tmp_pat
         assert torch.equal(torch.export.load(str(tmp_path / "m.pt2")).module()(raw), want)
     for path in (tmp_path / "m.onnx", tmp_path / "m.pt2"):
         meta = read_metadata(path)
-        assert meta["classes"] == classes and meta["preprocess"]["shift"] == shift.tolist() and meta["preprocess"]["scale"] == scale.tolist()
+        assert (
+            meta["classes"] == classes
+            and meta["preprocess"]["shift"] == shift.tolist()
+            and meta["preprocess"]["scale"] == scale.tolist()
+        )
         assert meta["columns"] == [f"prob_{c}" for c in classes] + ["class"]
     cli = parse_csv(nncli("forward", spec, DATA / "iris-test.csv", "-t", "species", "-w", weights, "-f", "csv").stdout)
     frame = OnnxModel(tmp_path / "m.onnx").forward(DATA / "iris-test.csv", target="species")
@@ -363,13 +455,16 @@ def test_trained_preprocessing_and_classes_travel_into_the_export(nncli, tmp_pat
     assert decided.sum() > 25
 
 
-@pytest.mark.parametrize("mean, std, fragment", [
-    ([0.0] * 5, [1.0] * 6, "preprocess mean has 5 values; the model takes 6 features"),
-    ([0.0] * 6, [1.0] * 5 + [0.0], "preprocess std[5] is 0.0; it must be finite and above 0"),
-    ([0.0] * 5 + [float("nan")], [1.0] * 6, "preprocess mean[5] is nan; it must be finite"),
-])
+@pytest.mark.parametrize(
+    "mean, std, fragment",
+    [
+        ([0.0] * 5, [1.0] * 6, "preprocess mean has 5 values; the model takes 6 features"),
+        ([0.0] * 6, [1.0] * 5 + [0.0], "preprocess std[5] is 0.0; it must be finite and above 0"),
+        ([0.0] * 5 + [float("nan")], [1.0] * 6, "preprocess mean[5] is nan; it must be finite"),
+    ],
+)
 def test_bad_preprocess_is_one_error(tmp_path, mean, std, fragment):
-    from nncli.export import export_pt2
+    from nncli.lib.export import export_pt2
 
     with pytest.raises(NncliError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
         export_pt2(lib.load(CONFIGS / "three-class.yaml"), tmp_path / "x.pt2", preprocess=(mean, std))
@@ -384,7 +479,7 @@ def test_verify_catches_a_tampered_onnx_file():
     import onnx
     from onnx import numpy_helper
 
-    from nncli.export import build_export, check, verification_text
+    from nncli.lib.export import build_export, check, verification_text
 
     exported = build_export(lib.load(CONFIGS / "three-class.yaml"), "onnx")
     assert check(exported).ok
@@ -401,13 +496,18 @@ def test_verify_catches_a_tampered_onnx_file():
 
 def test_failed_verification_writes_nothing(nncli, tmp_path, monkeypatch):
     """A model that does not match PyTorch is not written, and an existing file stays as it was."""
-    import nncli.export as export_module
+    import nncli.lib.export as export_module
 
     monkeypatch.setattr(export_module, "_difference", lambda got, expected: 0.5)
     path = tmp_path / "m.pt2"
     path.write_bytes(b"old")
     result = nncli("export", CONFIGS / "three-class.yaml", "-o", path, "--verify")
-    assert_error(result, 1, "not written: torch.export against PyTorch on", "largest difference 0.5; torch.export must reproduce PyTorch exactly")
+    assert_error(
+        result,
+        1,
+        "not written: torch.export against PyTorch on",
+        "largest difference 0.5; torch.export must reproduce PyTorch exactly",
+    )
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt2"]
 
@@ -441,8 +541,13 @@ def _runs_in_float64(layer: nn.Module) -> bool:
     model = nn.Sequential(nn.Linear(3, 4), layer).double().eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, (torch.zeros(2, 3, dtype=torch.float64),), dynamo=True, verbose=False,
-                                    dynamic_shapes=({0: torch.export.Dim("batch")},))
+        program = torch.onnx.export(
+            model,
+            (torch.zeros(2, 3, dtype=torch.float64),),
+            dynamo=True,
+            verbose=False,
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+        )
     buffer = io.BytesIO(program.model_proto.SerializeToString())
     try:
         ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
@@ -452,11 +557,14 @@ def _runs_in_float64(layer: nn.Module) -> bool:
     return True
 
 
-@pytest.mark.parametrize("layer, torch_layer", [
-    ("LeakyReLU", nn.LeakyReLU()),  # no float64 LeakyRelu kernel in onnxruntime 1.32
-    ("GELU", nn.GELU()),  # nor Erf, which onnxruntime makes of Gelu
-    ("LayerNorm", nn.LayerNorm(4)),  # runs, within the float64 tolerance (eps is a float32 attribute)
-])
+@pytest.mark.parametrize(
+    "layer, torch_layer",
+    [
+        ("LeakyReLU", nn.LeakyReLU()),  # no float64 LeakyRelu kernel in onnxruntime 1.32
+        ("GELU", nn.GELU()),  # nor Erf, which onnxruntime makes of Gelu
+        ("LayerNorm", nn.LayerNorm(4)),  # runs, within the float64 tolerance (eps is a float32 attribute)
+    ],
+)
 def test_float64_onnx_is_verified_or_refused_naming_the_layer(nncli, tmp_path, layer, torch_layer):
     spec = write(tmp_path, "m.yaml", f"inputs: 3\nlayers:\n  - Linear: {{out_features: 4}}\n  - {layer}\n")
     path = tmp_path / "m.onnx"
@@ -465,8 +573,14 @@ def test_float64_onnx_is_verified_or_refused_naming_the_layer(nncli, tmp_path, l
         assert result.exit_code == 0, result.stderr
         assert "verified: onnxruntime" in result.stderr
     else:
-        assert_error(result, 1, "has no float64 kernel for the ONNX operator", f"which layer 1 ({layer}) needs",
-                     "export float32 ONNX, or float64 as .pt2 (torch.export)", str(path))
+        assert_error(
+            result,
+            1,
+            "has no float64 kernel for the ONNX operator",
+            f"which layer 1 ({layer}) needs",
+            "export float32 ONNX, or float64 as .pt2 (torch.export)",
+            str(path),
+        )
         assert not path.exists()
         assert nncli("export", spec, "-o", tmp_path / "m.pt2", "--dtype", "float64", "--verify").exit_code == 0
 
@@ -474,16 +588,27 @@ def test_float64_onnx_is_verified_or_refused_naming_the_layer(nncli, tmp_path, l
 # -- the onnxruntime scorer --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["three-class", "binary-classifier", "iris", "iris-standardized", "regression", "net-16-8-4-2"])
+@pytest.mark.parametrize(
+    "name", ["three-class", "binary-classifier", "iris", "iris-standardized", "regression", "net-16-8-4-2"]
+)
 def test_onnx_model_gives_forwards_columns_and_pytorchs_values(nncli, tmp_path, weights, name):
     _onnxruntime()
-    from nncli.export import OnnxModel
+    from nncli.lib.export import OnnxModel
 
     path = tmp_path / f"{name}.onnx"
     assert nncli(*_export_args(name, path, weights)).exit_code == 0
     data_file, drop = FORWARD_DATA[name]
-    cli = parse_csv(nncli("forward", CONFIGS / f"{name}.yaml", DATA / data_file, *sum((["-t", d] for d in drop), []), "-f", "csv",
-                          *_weights(name, weights)).stdout)
+    cli = parse_csv(
+        nncli(
+            "forward",
+            CONFIGS / f"{name}.yaml",
+            DATA / data_file,
+            *sum((["-t", d] for d in drop), []),
+            "-f",
+            "csv",
+            *_weights(name, weights),
+        ).stdout
+    )
     frame = OnnxModel(path).forward(DATA / data_file, target=drop or None)
     assert frame.columns == list(cli[0])
     values = [c for c in frame.columns if not c.startswith("class")]
@@ -496,21 +621,27 @@ def test_onnx_model_gives_forwards_columns_and_pytorchs_values(nncli, tmp_path, 
     else:
         top2 = np.sort(shown, axis=1)[:, -2:]
         decided = top2[:, 1] - top2[:, 0] > 1e-5
-    for column in frame.columns[len(values):]:
-        assert np.array([str(v) for v in frame[column].to_list()])[decided].tolist() == np.array([r[column] for r in cli])[decided].tolist()
+    for column in frame.columns[len(values) :]:
+        assert (
+            np.array([str(v) for v in frame[column].to_list()])[decided].tolist()
+            == np.array([r[column] for r in cli])[decided].tolist()
+        )
 
 
 def test_onnx_model_over_many_batches_equals_pytorch(tmp_path):
     """Batching as api does (25,000 rows in blocks of about 4,096); the link (softmax of logits) and the classes."""
     _onnxruntime()
-    from nncli.export import OnnxModel, export_onnx
+    from nncli.lib.export import OnnxModel, export_onnx
 
     export_onnx(lib.load(CONFIGS / "net-16-8-4-2.yaml"), tmp_path / "m.onnx")
     x = _rows(25_000, 16, seed=4, dtype=torch.float64)
-    lines = ["id," + ",".join(f"f{i}" for i in range(16))] + [f"r{i}," + ",".join(repr(v) for v in row) for i, row in enumerate(x.tolist())]
+    lines = ["id," + ",".join(f"f{i}" for i in range(16))] + [
+        f"r{i}," + ",".join(repr(v) for v in row) for i, row in enumerate(x.tolist())
+    ]
     (tmp_path / "d.csv").write_text("\n".join(lines) + "\n")
-    run = OnnxModel(tmp_path / "m.onnx").forward_frames(str(tmp_path / "d.csv"), batch_size=4096,
-                                                       read=lib.Read(id_column="id"))
+    run = OnnxModel(tmp_path / "m.onnx").forward_frames(
+        str(tmp_path / "d.csv"), batch_size=4096, read=lib.Read(id_column="id")
+    )
     assert run.source.id_name == "id" and run.built.caption == "net-16-8-4-2 (m.onnx, onnxruntime, float32)"
     frames = list(run.frames())
     assert len(frames) > 1 and frames[0][0] == ["id", "prob_0", "prob_1", "class"]
@@ -528,7 +659,7 @@ def test_onnx_model_over_many_batches_equals_pytorch(tmp_path):
 def test_onnx_model_takes_forwards_options_as_the_library_does(tmp_path):
     """Several files with a source column, class indices instead of labels: the same names and columns as api.Model."""
     _onnxruntime()
-    from nncli.export import OnnxModel, export_onnx
+    from nncli.lib.export import OnnxModel, export_onnx
 
     export_onnx(lib.load(CONFIGS / "iris.yaml", inputs=4), tmp_path / "iris.onnx")
     files = [str(DATA / "iris-test.csv"), str(DATA / "iris-train.csv")]
@@ -550,15 +681,21 @@ def test_onnx_model_reads_a_foreign_onnx_file(tmp_path):
     import logging
     import warnings
 
-    from nncli.export import OnnxModel
+    from nncli.lib.export import OnnxModel
 
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(3, 2), nn.Tanh()).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(2, 3),), str(tmp_path / "f.onnx"), dynamo=True, verbose=False,
-                          dynamic_shapes=({0: torch.export.Dim("n")},))
+        torch.onnx.export(
+            model,
+            (torch.zeros(2, 3),),
+            str(tmp_path / "f.onnx"),
+            dynamo=True,
+            verbose=False,
+            dynamic_shapes=({0: torch.export.Dim("n")},),
+        )
     x = _rows(50, 3, seed=3, dtype=torch.float64).numpy()
     frame = OnnxModel(tmp_path / "f.onnx").forward(x)
     assert frame.columns == ["output_0", "output_1"]
@@ -569,7 +706,7 @@ def test_onnx_model_reads_a_foreign_onnx_file(tmp_path):
 
 def test_onnx_model_errors_are_one_line(tmp_path):
     _onnxruntime()
-    from nncli.export import OnnxModel, export_onnx
+    from nncli.lib.export import OnnxModel, export_onnx
 
     with pytest.raises(NncliError, match="no such file"):
         OnnxModel(tmp_path / "missing.onnx")
@@ -577,7 +714,9 @@ def test_onnx_model_errors_are_one_line(tmp_path):
     with pytest.raises(NncliError, match="onnxruntime cannot load this model"):
         OnnxModel(tmp_path / "bad.onnx")
     export_onnx(lib.load(CONFIGS / "three-class.yaml"), tmp_path / "m.onnx")
-    with pytest.raises(NncliError, match=r"the model expects 6 features; .*table-5x6.csv has 7 \(is a target column among them"):
+    with pytest.raises(
+        NncliError, match=r"the model expects 6 features; .*table-5x6.csv has 7 \(is a target column among them"
+    ):
         OnnxModel(tmp_path / "m.onnx").forward(DATA / "table-5x6.csv")
 
 
@@ -596,7 +735,7 @@ def test_onnx_metadata_that_lies_about_the_output_width_is_refused(nncli, tmp_pa
     """A 5 KB file whose metadata said 10**8 columns made forward build 10**8 column names (11 GB):
     the metadata's width is checked against the graph's declared output before anything runs."""
     _onnxruntime()
-    from nncli.export import OnnxModel, export_onnx
+    from nncli.lib.export import OnnxModel, export_onnx
 
     export_onnx(lib.load(CONFIGS / "three-class.yaml"), tmp_path / "m.onnx")
     huge = _with_head_width(tmp_path / "m.onnx", tmp_path / "huge.onnx", 100_000_000)
@@ -604,8 +743,11 @@ def test_onnx_metadata_that_lies_about_the_output_width_is_refused(nncli, tmp_pa
     with pytest.raises(NncliError, match="nncli metadata gives the output 100,000,000 columns; its graph gives 3"):
         OnnxModel(huge)
     five = _with_head_width(tmp_path / "m.onnx", tmp_path / "five.onnx", 5)
-    assert_error(nncli("forward", five, DATA / "table-5x6.csv", "-t", "label"), 1,
-                 f"the file's nncli metadata gives the output 5 columns; its graph gives 3 ({five})")
+    assert_error(
+        nncli("forward", five, DATA / "table-5x6.csv", "-t", "label"),
+        1,
+        f"the file's nncli metadata gives the output 5 columns; its graph gives 3 ({five})",
+    )
     assert OnnxModel(tmp_path / "m.onnx").head.width == 3
 
 
@@ -623,26 +765,37 @@ def _with_metadata(source, path, key: str, value: str):
     return path
 
 
-@pytest.mark.parametrize("key, value, fragment", [
-    ("classes", '["a", "a", "b"]', "the metadata 'classes' names the class 'a' twice"),
-    ("classes", '["a", "b"]', "the metadata 'classes' names 2 classes; the model has 3 outputs"),
-    ("classes", '"abc"', "the metadata 'classes' must be a list of labels"),
-    ("head", '{"kind": "softmax", "width": 3.5, "link": null}', "the metadata 'head' has width 3.5"),
-    ("head", '{"kind": "softmax", "width": "3", "link": null}', "the metadata 'head' has width \"3\""),
-    ("head", "[]", "the metadata 'head' must be an object"),
-    ("head", "true", "the metadata 'head' must be an object"),
-    ("head", '{"kind": "softmax", "width": true, "link": null}', "the metadata 'head' has width true"),
-    ("head", '{"kind": "weird", "width": 3, "link": null}', "the metadata 'head' has kind \"weird\""),
-    ("head", '{"kind": "softmax", "width": 3, "link": "tanh"}', "the metadata 'head' has link \"tanh\""),
-    ("head", '{"kind": "sigmoid"}', "the metadata 'head' has width null"),
-    ("head", '{"kind": "logsoftmax", "width": 3, "link": null}', "the metadata 'head' (logsoftmax) does not fit the graph's output 'prob'"),
-    ("head", '{"kind": "plain", "width": 3, "link": "softmax"}', "the metadata 'head' (plain, link softmax) does not fit the graph's output 'prob'"),
-])
+@pytest.mark.parametrize(
+    "key, value, fragment",
+    [
+        ("classes", '["a", "a", "b"]', "the metadata 'classes' names the class 'a' twice"),
+        ("classes", '["a", "b"]', "the metadata 'classes' names 2 classes; the model has 3 outputs"),
+        ("classes", '"abc"', "the metadata 'classes' must be a list of labels"),
+        ("head", '{"kind": "softmax", "width": 3.5, "link": null}', "the metadata 'head' has width 3.5"),
+        ("head", '{"kind": "softmax", "width": "3", "link": null}', "the metadata 'head' has width \"3\""),
+        ("head", "[]", "the metadata 'head' must be an object"),
+        ("head", "true", "the metadata 'head' must be an object"),
+        ("head", '{"kind": "softmax", "width": true, "link": null}', "the metadata 'head' has width true"),
+        ("head", '{"kind": "weird", "width": 3, "link": null}', "the metadata 'head' has kind \"weird\""),
+        ("head", '{"kind": "softmax", "width": 3, "link": "tanh"}', "the metadata 'head' has link \"tanh\""),
+        ("head", '{"kind": "sigmoid"}', "the metadata 'head' has width null"),
+        (
+            "head",
+            '{"kind": "logsoftmax", "width": 3, "link": null}',
+            "the metadata 'head' (logsoftmax) does not fit the graph's output 'prob'",
+        ),
+        (
+            "head",
+            '{"kind": "plain", "width": 3, "link": "softmax"}',
+            "the metadata 'head' (plain, link softmax) does not fit the graph's output 'prob'",
+        ),
+    ],
+)
 def test_onnx_metadata_that_does_not_fit_is_refused(nncli, tmp_path, key, value, fragment):
     """nncli's own metadata is read strictly: a duplicate class dropped an output column (prob_a,prob_b
     from 3 outputs), and a head that did not parse (width 3.5, "3", true, []) was silently read as plain."""
     _onnxruntime()
-    from nncli.export import OnnxModel, export_onnx
+    from nncli.lib.export import OnnxModel, export_onnx
 
     export_onnx(lib.load(CONFIGS / "three-class.yaml"), tmp_path / "m.onnx")
     bad = _with_metadata(tmp_path / "m.onnx", tmp_path / "bad.onnx", key, value)
@@ -658,16 +811,26 @@ def _graph_onnx(path, nodes, output_shape):
     import onnx
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 2])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, output_shape)])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, output_shape)],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
 
 
 def _forward_process(model, data):
     """nncli forward as a real process: onnxruntime's own log lines go to file descriptor 2, past CliRunner."""
-    return subprocess.run([sys.executable, "-m", "nncli", "forward", str(model), str(data)], capture_output=True, text=True,
-                          env=dict(os.environ, NO_COLOR="1"), timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "nncli", "forward", str(model), str(data)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, NO_COLOR="1"),
+        timeout=120,
+        check=False,
+    )
 
 
 def test_onnxruntime_allocation_failure_is_one_line_and_its_logger_prints_nothing(tmp_path):
@@ -675,25 +838,40 @@ def test_onnxruntime_allocation_failure_is_one_line_and_its_logger_prints_nothin
     _onnxruntime()
     from onnx import TensorProto, helper
 
-    from nncli.export import OnnxModel
+    from nncli.lib.export import OnnxModel
 
     data = write(tmp_path, "ab.csv", "a,b\n1,2\n")
-    huge = _graph_onnx(tmp_path / "huge.onnx", [
-        helper.make_node("Constant", [], ["shape"], value=helper.make_tensor("s", TensorProto.INT64, [2], [2_000_000, 2_000_000])),
-        helper.make_node("ConstantOfShape", ["shape"], ["big"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0])),
-        helper.make_node("ReduceSum", ["big"], ["total"], keepdims=1),
-        helper.make_node("Add", ["features", "total"], ["output"])], ["N", 2])
-    message = f"out of memory: onnxruntime cannot allocate {4 * 10**12 * 4:,} bytes for its ConstantOfShape node ({huge})"
+    huge = _graph_onnx(
+        tmp_path / "huge.onnx",
+        [
+            helper.make_node(
+                "Constant", [], ["shape"], value=helper.make_tensor("s", TensorProto.INT64, [2], [2_000_000, 2_000_000])
+            ),
+            helper.make_node(
+                "ConstantOfShape", ["shape"], ["big"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0])
+            ),
+            helper.make_node("ReduceSum", ["big"], ["total"], keepdims=1),
+            helper.make_node("Add", ["features", "total"], ["output"]),
+        ],
+        ["N", 2],
+    )
+    message = (
+        f"out of memory: onnxruntime cannot allocate {4 * 10**12 * 4:,} bytes for its ConstantOfShape node ({huge})"
+    )
     run = _forward_process(huge, data)
     assert (run.returncode, run.stdout, run.stderr) == (1, "", f"error: {message}\n")
     with pytest.raises(NncliError) as caught:
         OnnxModel(huge).forward(data)
     assert caught.value.message == message
     # a declared output shape onnxruntime's inference contradicts: its default logger warned in colour
-    declared = _graph_onnx(tmp_path / "declared.onnx", [helper.make_node("Identity", ["features"], ["output"])], ["N", 100])
+    declared = _graph_onnx(
+        tmp_path / "declared.onnx", [helper.make_node("Identity", ["features"], ["output"])], ["N", 100]
+    )
     run = _forward_process(declared, data)
     assert (run.returncode, run.stderr) == (0, ""), run.stderr
-    assert [{k: float(v) for k, v in row.items()} for row in parse_csv(run.stdout)] == [{"output_0": 1.0, "output_1": 2.0}]
+    assert [{k: float(v) for k, v in row.items()} for row in parse_csv(run.stdout)] == [
+        {"output_0": 1.0, "output_1": 2.0}
+    ]
 
 
 # -- without the onnx extra ---------------------------------------------------------------------------
@@ -731,22 +909,27 @@ def test_pt2_export_and_onnx_scoring_without_the_extra(nncli, tmp_path, monkeypa
         monkeypatch.setitem(sys.modules, name, None)  # `import onnx` now raises ImportError
     result = nncli("export", CONFIGS / "three-class.yaml", "-o", tmp_path / "m.pt2")
     assert result.exit_code == 0, result.stderr
-    from nncli.export import OnnxModel
+    from nncli.lib.export import OnnxModel
 
-    with pytest.raises(NncliError, match=r"scoring an ONNX model needs the onnx extra: pip install 'nncli-torch\[onnx\]'"):
+    with pytest.raises(
+        NncliError, match=r"scoring an ONNX model needs the onnx extra: pip install 'nncli-torch\[onnx\]'"
+    ):
         OnnxModel(tmp_path / "m.onnx")
 
 
 # -- the command's rules -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args, code, fragments", [
-    (["-o", "{tmp}/m.txt"], 1, ["-o: unknown model format '.txt'; use .onnx (ONNX) or .pt2 (torch.export)"]),
-    (["-o", "{tmp}/m"], 1, ["unknown model format '(no suffix)'"]),
-    (["-o", "{tmp}/m.pt2", "--opset", "18"], 2, ["--opset is for ONNX (.onnx) files"]),
-    (["-o", "{tmp}/no/such/folder/m.onnx"], 1, ["-o: the folder", "does not exist"]),
-    (["-o", "{tmp}/m.onnx", "--dtype", "float16"], 2, ["--dtype must be one of float32, float64"]),
-])
+@pytest.mark.parametrize(
+    "args, code, fragments",
+    [
+        (["-o", "{tmp}/m.txt"], 1, ["-o: unknown model format '.txt'; use .onnx (ONNX) or .pt2 (torch.export)"]),
+        (["-o", "{tmp}/m"], 1, ["unknown model format '(no suffix)'"]),
+        (["-o", "{tmp}/m.pt2", "--opset", "18"], 2, ["--opset is for ONNX (.onnx) files"]),
+        (["-o", "{tmp}/no/such/folder/m.onnx"], 1, ["-o: the folder", "does not exist"]),
+        (["-o", "{tmp}/m.onnx", "--dtype", "float16"], 2, ["--dtype must be one of float32, float64"]),
+    ],
+)
 def test_bad_arguments_are_one_error_line(nncli, tmp_path, args, code, fragments):
     result = nncli("export", CONFIGS / "three-class.yaml", *[a.format(tmp=tmp_path) for a in args])
     assert_error(result, code, *fragments)
@@ -785,8 +968,22 @@ def test_export_a_real_process_prints_only_nnclis_lines(tmp_path):
     """The exporters' own log lines (torchvision notices) stay off standard error."""
     _onnxruntime()
     env = dict(os.environ, COLUMNS="80", NO_COLOR="1")
-    run = subprocess.run([str(Path(sys.executable).parent / "nncli"), "export", str(CONFIGS / "iris.yaml"), "--inputs", "4",
-                          "-o", str(tmp_path / "iris.onnx"), "--verify"], capture_output=True, text=True, env=env, timeout=300)
+    run = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "nncli"),
+            "export",
+            str(CONFIGS / "iris.yaml"),
+            "--inputs",
+            "4",
+            "-o",
+            str(tmp_path / "iris.onnx"),
+            "--verify",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout == ""
     lines = run.stderr.splitlines()
@@ -794,7 +991,9 @@ def test_export_a_real_process_prints_only_nnclis_lines(tmp_path):
 
 
 def test_importing_the_command_and_the_library_does_not_import_torch():
-    code = ("import sys, nncli.export, nncli.commands.export\n"
-            "assert not {'torch', 'onnx', 'onnxruntime'} & set(sys.modules), 'imported too early'")
+    code = (
+        "import sys, nncli.lib.export, nncli.cli.commands.export\n"
+        "assert not {'torch', 'onnx', 'onnxruntime'} & set(sys.modules), 'imported too early'"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -10,9 +10,17 @@ import torch
 from safetensors.torch import save_file
 
 from tests.helpers import (
-    CONFIGS, DATA, EXAMPLE_DATA, REFERENCE, assert_error, column, parse_csv, read_table, reference_model, write,
+    CONFIGS,
+    DATA,
+    EXAMPLE_DATA,
+    REFERENCE,
+    assert_error,
+    column,
+    parse_csv,
+    read_table,
+    reference_model,
+    write,
 )
-
 
 # Examples whose spec names a loss that takes logits: forward shows probabilities, as skorch does.
 LINK = {"net-16-8-4-2": lambda out: out.softmax(dim=1)}
@@ -32,7 +40,9 @@ def test_every_example_spec_declares_its_link_here():
     for name in REFERENCE:
         loss = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text()).get("loss")
         last = REFERENCE[name]()[-1]
-        logits = loss in ("CrossEntropyLoss", "BCEWithLogitsLoss") and not isinstance(last, (torch.nn.Softmax, torch.nn.Sigmoid))
+        logits = loss in ("CrossEntropyLoss", "BCEWithLogitsLoss") and not isinstance(
+            last, (torch.nn.Softmax, torch.nn.Sigmoid)
+        )
         assert logits == (name in LINK), name
 
 
@@ -54,7 +64,15 @@ def test_every_example_matches_pytorch_exactly(nncli, name):
 def test_sigmoid_head_names_prob_and_class_with_threshold(nncli):
     expected = expected_outputs("binary-classifier")[:, 0]
     for threshold in (0.5, 0.65):
-        result = nncli("forward", CONFIGS / "binary-classifier.yaml", DATA / "table-5x6.csv", "-t", "label", "--threshold", threshold)
+        result = nncli(
+            "forward",
+            CONFIGS / "binary-classifier.yaml",
+            DATA / "table-5x6.csv",
+            "-t",
+            "label",
+            "--threshold",
+            threshold,
+        )
         rows = parse_csv(result.stdout)
         assert list(rows[0]) == ["prob", "class"]
         assert [int(r["class"]) for r in rows] == (expected >= threshold).long().tolist()
@@ -65,8 +83,14 @@ def binary_with_labels(tmp_path):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(12, 3, generator=g, dtype=torch.float64)
     labels = ["pos" if v > 0 else "neg" for v in x[:, 0].tolist()]
-    data = write(tmp_path, "bin.csv", "a,b,c,label\n" + "".join(",".join(repr(v) for v in r) + f",{l}\n" for r, l in zip(x.tolist(), labels)))
-    spec = write(tmp_path, "bin.yaml", "seed: 2\nlayers:\n  - Linear: {out_features: 1}\n  - Sigmoid\nclasses: [neg, pos]\n")
+    data = write(
+        tmp_path,
+        "bin.csv",
+        "a,b,c,label\n" + "".join(",".join(repr(v) for v in r) + f",{l}\n" for r, l in zip(x.tolist(), labels)),
+    )
+    spec = write(
+        tmp_path, "bin.yaml", "seed: 2\nlayers:\n  - Linear: {out_features: 1}\n  - Sigmoid\nclasses: [neg, pos]\n"
+    )
     torch.manual_seed(2)
     model = torch.nn.Sequential(torch.nn.Linear(3, 1), torch.nn.Sigmoid()).eval()
     with torch.no_grad():
@@ -115,9 +139,29 @@ def test_logsoftmax_and_multilabel_heads(nncli, tmp_path):
 
 @pytest.mark.parametrize("fmt", ["csv", "tsv", "json", "jsonl", "table"])
 def test_every_format_carries_the_same_numbers(nncli, fmt):
-    result = nncli("forward", CONFIGS / "three-class.yaml", DATA / "table-5x6.csv", "-t", "label", "--id-column", "label",
-                   "--features", "0", "--features", "1", "--features", "2", "--features", "3", "--features", "4", "--features", "5",
-                   "-f", fmt)
+    result = nncli(
+        "forward",
+        CONFIGS / "three-class.yaml",
+        DATA / "table-5x6.csv",
+        "-t",
+        "label",
+        "--id-column",
+        "label",
+        "--features",
+        "0",
+        "--features",
+        "1",
+        "--features",
+        "2",
+        "--features",
+        "3",
+        "--features",
+        "4",
+        "--features",
+        "5",
+        "-f",
+        fmt,
+    )
     assert result.exit_code == 0, result.stderr
     expected = expected_outputs("three-class").numpy()
     if fmt in ("csv", "tsv"):
@@ -141,7 +185,9 @@ def test_every_format_carries_the_same_numbers(nncli, fmt):
 
 
 def test_precision_fixes_the_decimals(nncli):
-    result = nncli("forward", CONFIGS / "binary-classifier.yaml", DATA / "table-5x6.csv", "-t", "label", "--precision", "3")
+    result = nncli(
+        "forward", CONFIGS / "binary-classifier.yaml", DATA / "table-5x6.csv", "-t", "label", "--precision", "3"
+    )
     rows = parse_csv(result.stdout)
     expected = expected_outputs("binary-classifier")[:, 0].tolist()
     assert [r["prob"] for r in rows] == [f"{v:.3f}" for v in expected]
@@ -153,7 +199,9 @@ def test_standard_input_and_no_header(nncli, tmp_path):
     for args, stdin in ((["-", "-t", "label"], text), (["-"], without_header)):
         result = nncli("forward", CONFIGS / "binary-classifier.yaml", *args, input=stdin)
         assert result.exit_code == 0, result.stderr
-        np.testing.assert_array_equal(column(parse_csv(result.stdout), "prob"), expected_outputs("binary-classifier")[:, 0].numpy())
+        np.testing.assert_array_equal(
+            column(parse_csv(result.stdout), "prob"), expected_outputs("binary-classifier")[:, 0].numpy()
+        )
 
 
 def test_delimiters_bom_crlf_and_blank_lines_are_read_alike(nncli, tmp_path):
@@ -205,10 +253,16 @@ def test_weights_file_in_both_formats(nncli, tmp_path, suffix):
 
 
 def test_in_features_inferred_from_the_data_matches_an_explicit_model(nncli, tmp_path):
-    spec = write(tmp_path, "s.yaml", "seed: 7\nlayers:\n  - Linear: {out_features: 5}\n  - Tanh\n  - Linear: {out_features: 2}\n  - LayerNorm\n  - BatchNorm1d\n")
+    spec = write(
+        tmp_path,
+        "s.yaml",
+        "seed: 7\nlayers:\n  - Linear: {out_features: 5}\n  - Tanh\n  - Linear: {out_features: 2}\n  - LayerNorm\n  - BatchNorm1d\n",
+    )
     result = nncli("forward", spec, DATA / "table-5x6.csv", "-t", "label")
     torch.manual_seed(7)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2), torch.nn.LayerNorm(2), torch.nn.BatchNorm1d(2)).eval()
+    model = torch.nn.Sequential(
+        torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2), torch.nn.LayerNorm(2), torch.nn.BatchNorm1d(2)
+    ).eval()
     with torch.no_grad():
         expected = model(read_table(DATA / "table-5x6.csv", ["label"])).numpy()
     np.testing.assert_array_equal(column(parse_csv(result.stdout), "output_1"), expected[:, 1])
@@ -267,10 +321,16 @@ def test_output_refuses_to_clobber_an_input(nncli, tmp_path):
     "spec_text, fragments",
     [
         ("layers:\n  - Linearr: [6, 4]\n", ["unknown layer type 'Linearr'", "did you mean Linear?", "layers[0]"]),
-        ("layers:\n  - Linear: [6, 4]\n  - Linear: {out_features: four}\n", ["layers[1] (Linear)", "out_features must be a positive integer, got 'four'"]),
+        (
+            "layers:\n  - Linear: [6, 4]\n  - Linear: {out_features: four}\n",
+            ["layers[1] (Linear)", "out_features must be a positive integer, got 'four'"],
+        ),
         ("layers:\n  - Linear: [4]\n", ["layers[0] (Linear)", "out_features is missing"]),
         ("layers:\n  - Linear: [6, 0]\n", ["out_features must be a positive integer, got 0"]),
-        ("layers:\n  - Linear: [6, 4]\n  - Linear: [5, 1]\n", ["layers[1] (Linear): in_features is 5, but layers[0] (Linear) gives 4"]),
+        (
+            "layers:\n  - Linear: [6, 4]\n  - Linear: [5, 1]\n",
+            ["layers[1] (Linear): in_features is 5, but layers[0] (Linear) gives 4"],
+        ),
         ("layers:\n  - Linear: [6, 1]\n    weight: [[1, 2, 3]]\n", ["weight has shape [1, 3], expected [1, 6]"]),
         ("layers:\n  - Linear: [6, 1]\n    bias: [[1], [2]]\n", ["bias has shape [2, 1], expected [1]"]),
         ("layers: !!python/object/apply:os.system ['true']\n", ["invalid YAML"]),
@@ -308,24 +368,52 @@ def test_missing_files_and_bad_weights(nncli, tmp_path):
     assert_error(nncli("forward", tmp_path / "nope.yaml", DATA / "two-points.csv"), 1, "no such file", "nope.yaml")
     assert_error(nncli("forward", CONFIGS / "hand-checkable.yaml", tmp_path / "nope.csv"), 1, "no such file")
     torch.save({"0.weight": torch.zeros(1, 2)}, tmp_path / "w.pt")
-    assert_error(nncli("forward", CONFIGS / "hand-checkable.yaml", DATA / "two-points.csv", "--weights", tmp_path / "w.pt"), 1, "missing key '0.bias'")
+    assert_error(
+        nncli("forward", CONFIGS / "hand-checkable.yaml", DATA / "two-points.csv", "--weights", tmp_path / "w.pt"),
+        1,
+        "missing key '0.bias'",
+    )
     torch.save({"0.weight": torch.zeros(1, 3), "0.bias": torch.zeros(1)}, tmp_path / "w.pt")
-    assert_error(nncli("forward", CONFIGS / "hand-checkable.yaml", DATA / "two-points.csv", "--weights", tmp_path / "w.pt"), 1, "'0.weight' has shape [1, 3]")
+    assert_error(
+        nncli("forward", CONFIGS / "hand-checkable.yaml", DATA / "two-points.csv", "--weights", tmp_path / "w.pt"),
+        1,
+        "'0.weight' has shape [1, 3]",
+    )
     torch.save({"0.weight": torch.zeros(1, 2), "0.bias": torch.zeros(1), "1.bias": torch.zeros(1)}, tmp_path / "w.pt")
-    assert_error(nncli("forward", CONFIGS / "hand-checkable.yaml", DATA / "two-points.csv", "--weights", tmp_path / "w.pt"), 1, "unexpected key '1.bias'")
+    assert_error(
+        nncli("forward", CONFIGS / "hand-checkable.yaml", DATA / "two-points.csv", "--weights", tmp_path / "w.pt"),
+        1,
+        "unexpected key '1.bias'",
+    )
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
-    assert_error(nncli("forward", CONFIGS / "hand-checkable.yaml", DATA / "two-points.csv", "--weights", tmp_path / "junk.safetensors"), 1, "cannot read weights")
+    assert_error(
+        nncli(
+            "forward",
+            CONFIGS / "hand-checkable.yaml",
+            DATA / "two-points.csv",
+            "--weights",
+            tmp_path / "junk.safetensors",
+        ),
+        1,
+        "cannot read weights",
+    )
 
 
 def test_usage_errors_exit_2(nncli):
     assert nncli("forward", CONFIGS / "hand-checkable.yaml").exit_code == 2
     assert_error(nncli("forward", CONFIGS / "hand-checkable.yaml", DATA / "two-points.csv", "-f", "xml"), 2, "--format")
-    assert_error(nncli("forward", CONFIGS / "hand-checkable.yaml", DATA / "two-points.csv", "--dtype", "float16"), 2, "--dtype")
-    assert_error(nncli("forward", CONFIGS / "hand-checkable.yaml", DATA / "two-points.csv", "--features", "zz"), 1, "no such column")
+    assert_error(
+        nncli("forward", CONFIGS / "hand-checkable.yaml", DATA / "two-points.csv", "--dtype", "float16"), 2, "--dtype"
+    )
+    assert_error(
+        nncli("forward", CONFIGS / "hand-checkable.yaml", DATA / "two-points.csv", "--features", "zz"),
+        1,
+        "no such column",
+    )
 
 
 def test_debug_shows_the_traceback(runner, tmp_path):
-    from nncli.cli import app
+    from nncli.cli.app import app
     from nncli.errors import NncliError
 
     result = runner.invoke(app, ["--debug", "forward", str(tmp_path / "nope.yaml"), str(DATA / "two-points.csv")])
@@ -342,7 +430,7 @@ def test_version_and_help(nncli):
 def test_every_command_and_option_has_help_text():
     import typer.main
 
-    from nncli.cli import app
+    from nncli.cli.app import app
 
     group = typer.main.get_command(app)
     for name, command in group.commands.items():

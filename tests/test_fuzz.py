@@ -17,18 +17,22 @@ from safetensors.torch import save as st_save
 from torch import nn
 from typer.testing import CliRunner
 
-from nncli.cli import app
-from nncli.csvread import parse_number
-from nncli.layers import LAYERS
+from nncli.cli.app import app
+from nncli.core.layers import LAYERS
+from nncli.io.csvread import parse_number
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 RUNNER = CliRunner()
 ENV = {"COLUMNS": "200", "NO_COLOR": "1", "NNCLI_DEBUG": ""}
 
 
 def invoke(args, input=None):
     result = RUNNER.invoke(app, [str(a) for a in args], input=input, env=ENV)
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
     assert "Traceback" not in result.stdout + result.stderr
     assert result.exit_code in (0, 1, 2), (result.exit_code, result.stderr)
     if result.exit_code == 1:
@@ -43,12 +47,40 @@ def invoke(args, input=None):
 # -- specs -----------------------------------------------------------------------------------------
 
 scalars = st.one_of(
-    st.integers(-5, 12), st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True),
-    st.booleans(), st.none(), st.text(max_size=8), st.sampled_from(["none", "tanh", "four", "1e3"]),
+    st.integers(-5, 12),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=8),
+    st.sampled_from(["none", "tanh", "four", "1e3"]),
 )
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=12)
-layer_names = st.one_of(st.sampled_from(sorted(LAYERS)), st.sampled_from(["Linearr", "Conv2d", "__import__", "os.system", "linear"]), st.text(max_size=10))
-arg_names = st.sampled_from(["in_features", "out_features", "bias", "p", "dim", "num_features", "normalized_shape", "eps", "inplace", "weight", "device", "x"])
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=12,
+)
+layer_names = st.one_of(
+    st.sampled_from(sorted(LAYERS)),
+    st.sampled_from(["Linearr", "Conv2d", "__import__", "os.system", "linear"]),
+    st.text(max_size=10),
+)
+arg_names = st.sampled_from(
+    [
+        "in_features",
+        "out_features",
+        "bias",
+        "p",
+        "dim",
+        "num_features",
+        "normalized_shape",
+        "eps",
+        "inplace",
+        "weight",
+        "device",
+        "x",
+    ]
+)
 layer = st.one_of(
     layer_names,
     st.builds(lambda n, a: {n: a}, layer_names, st.lists(scalars, max_size=4)),
@@ -58,7 +90,13 @@ layer = st.one_of(
 )
 specs = st.fixed_dictionaries(
     {"layers": st.one_of(st.lists(layer, max_size=5), values)},
-    optional={"seed": scalars, "name": scalars, "loss": st.one_of(st.sampled_from(["mse", "BCELoss", "nope"]), scalars), "inputs": scalars, "junk": values},
+    optional={
+        "seed": scalars,
+        "name": scalars,
+        "loss": st.one_of(st.sampled_from(["mse", "BCELoss", "nope"]), scalars),
+        "inputs": scalars,
+        "junk": values,
+    },
 )
 
 
@@ -71,7 +109,7 @@ def test_any_spec_gives_output_or_one_error_line(tmp_path_factory, spec, mutate)
     if mutate:
         at, junk = mutate
         at %= len(text) + 1
-        text = text[:at] + junk + text[at + len(junk):]
+        text = text[:at] + junk + text[at + len(junk) :]
     (folder / "s.yaml").write_bytes(text)
     (folder / "d.csv").write_text("a,b,c,d,e,f\n1,2,3,4,5,6\n-1,0.5,2,0,1,3\n")
     result = invoke(["forward", folder / "s.yaml", folder / "d.csv", "-f", "csv"])
@@ -80,9 +118,11 @@ def test_any_spec_gives_output_or_one_error_line(tmp_path_factory, spec, mutate)
         assert len(rows) == 3
 
 
-ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi")
-) + "layers: *i\n"
+ALIAS_BOMB = (
+    "a: &a [x, x, x, x, x, x, x, x, x]\n"
+    + "".join(f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    + "layers: *i\n"
+)
 
 
 def test_yaml_alias_bomb_is_refused_fast(tmp_path):
@@ -102,13 +142,17 @@ number_cells = st.one_of(
     st.integers(-1000, 1000).map(str),
     st.sampled_from(["1e3", "-2.5E-3", ".5", "5.", "+7", " 3 "]),
 )
-odd_cells = st.sampled_from(["", "nan", "inf", "-inf", "abc", '"1"', '"a,b"', "1_000", "0x10", "é", "１", "\x00", "1;2", "\t"])
+odd_cells = st.sampled_from(
+    ["", "nan", "inf", "-inf", "abc", '"1"', '"a,b"', "1_000", "0x10", "é", "１", "\x00", "1;2", "\t"]
+)
 cells = st.one_of(number_cells, number_cells, number_cells, odd_cells)
 
 
 def reference_rows(text: str, delimiter: str):
     """What a careful user's own reader makes of the text: (has_header, rows) or None if invalid."""
-    lines = [l for l in csv.reader(io.StringIO(text), delimiter=delimiter) if l and not (len(l) == 1 and not l[0].strip())]
+    lines = [
+        l for l in csv.reader(io.StringIO(text), delimiter=delimiter) if l and not (len(l) == 1 and not l[0].strip())
+    ]
     if not lines:
         return None
     header = any(parse_number(c) is None for c in lines[0])
@@ -124,7 +168,10 @@ def reference_rows(text: str, delimiter: str):
 @FUZZ
 @given(
     rows=st.lists(st.lists(cells, min_size=2, max_size=2), min_size=0, max_size=6),
-    header=st.booleans(), delimiter=st.sampled_from([",", ";", "\t"]), bom=st.booleans(), crlf=st.booleans(),
+    header=st.booleans(),
+    delimiter=st.sampled_from([",", ";", "\t"]),
+    bom=st.booleans(),
+    crlf=st.booleans(),
     garbage=st.one_of(st.none(), st.binary(min_size=1, max_size=20)),
 )
 def test_any_csv_gives_correct_output_or_one_error_line(tmp_path_factory, rows, header, delimiter, bom, crlf, garbage):
@@ -188,7 +235,11 @@ def test_any_target_column_gives_the_loss_or_one_error_line(tmp_path_factory, co
 
 @FUZZ
 @given(
-    args=st.lists(st.one_of(labels, st.integers(-2, 3000).map(str), st.sampled_from([str(10**12), str(2**70)])), min_size=1, max_size=5),
+    args=st.lists(
+        st.one_of(labels, st.integers(-2, 3000).map(str), st.sampled_from([str(10**12), str(2**70)])),
+        min_size=1,
+        max_size=5,
+    ),
     n=st.one_of(st.none(), st.integers(1, 6)),
 )
 def test_any_onehot_labels(args, n):
@@ -203,7 +254,9 @@ tensors = st.builds(
     st.lists(st.integers(0, 3), max_size=3).map(tuple),
     st.sampled_from([torch.float32, torch.float64, torch.int64, torch.bool, torch.float16]),
 )
-states = st.dictionaries(st.sampled_from(["0.weight", "0.bias", "1.weight", "weight", "", "0.weight.x"]), tensors, max_size=4)
+states = st.dictionaries(
+    st.sampled_from(["0.weight", "0.bias", "1.weight", "weight", "", "0.weight.x"]), tensors, max_size=4
+)
 
 
 @FUZZ

@@ -18,10 +18,19 @@ import pytest
 import torch
 from torch import nn
 
-from tests.helpers import CONFIGS, DATA, EXAMPLE_DATA, REFERENCE, assert_error, load_json, parse_csv, read_table, reference_model, write
-
-from nncli import inside
-
+from nncli.lib import inside
+from tests.helpers import (
+    CONFIGS,
+    DATA,
+    EXAMPLE_DATA,
+    REFERENCE,
+    assert_error,
+    load_json,
+    parse_csv,
+    read_table,
+    reference_model,
+    write,
+)
 
 # -- helpers ---------------------------------------------------------------------------------------
 
@@ -52,8 +61,16 @@ def stage_values(records: list[dict], key: str = "value", dtype=np.float32) -> d
     return {k: np.array([v for _, v in sorted(items)], dtype=dtype) for k, items in grouped.items()}
 
 
-def random_csv(tmp_path: Path, rows: int, features: int, classes: int = 3, seed: int = 0, scale: float = 1.0, name: str = "d.csv",
-               labels: int = 0) -> Path:
+def random_csv(
+    tmp_path: Path,
+    rows: int,
+    features: int,
+    classes: int = 3,
+    seed: int = 0,
+    scale: float = 1.0,
+    name: str = "d.csv",
+    labels: int = 0,
+) -> Path:
     """Seeded normal features; a class `label` column, or with labels=K, K columns y0.. of 0/1 labels."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(rows, features)) * scale
@@ -84,8 +101,16 @@ loss: BCELoss
 
 def stats_reference(dtype=torch.float32) -> nn.Module:
     torch.manual_seed(3)
-    model = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 10), nn.Tanh(), nn.Linear(10, 8), nn.LeakyReLU(0.1),
-                          nn.Linear(8, 3), nn.Sigmoid())
+    model = nn.Sequential(
+        nn.Linear(6, 12),
+        nn.ReLU(),
+        nn.Linear(12, 10),
+        nn.Tanh(),
+        nn.Linear(10, 8),
+        nn.LeakyReLU(0.1),
+        nn.Linear(8, 3),
+        nn.Sigmoid(),
+    )
     return model.double() if dtype == torch.float64 else model
 
 
@@ -139,13 +164,24 @@ def test_trace_grad_in_float64_and_the_table(nncli):
     for i, out in enumerate(outs):
         np.testing.assert_array_equal(grads[(0, None if i == 0 else i - 1)], out.grad[0].numpy())
     table = nncli("trace", spec, data, "-t", "label", "--grad", "-f", "table").stdout
-    for label in ("0 Linear (16→8)", "1 ReLU", "4 Linear (4→2)", "input (16)", "row 0: d loss / d value", "CrossEntropyLoss = 0.7230"):
+    for label in (
+        "0 Linear (16→8)",
+        "1 ReLU",
+        "4 Linear (4→2)",
+        "input (16)",
+        "row 0: d loss / d value",
+        "CrossEntropyLoss = 0.7230",
+    ):
         assert label in table, label
     assert re.search("[▁▂▃▄▅▆▇█]", table)  # each layer's distribution as a sparkline
 
 
 def test_trace_in_train_mode_shows_dropout_and_batchnorm_at_work(nncli, tmp_path):
-    spec = write(tmp_path, "bn.yaml", "seed: 5\nlayers:\n  - BatchNorm1d\n  - Linear: {out_features: 4}\n  - Dropout: 0.5\n  - Tanh\n")
+    spec = write(
+        tmp_path,
+        "bn.yaml",
+        "seed: 5\nlayers:\n  - BatchNorm1d\n  - Linear: {out_features: 4}\n  - Dropout: 0.5\n  - Tanh\n",
+    )
     data = DATA / "table-5x6.csv"
     train = stage_values(trace_records(nncli, spec, data, "-t", "label", "--rows", "0-4", "--mode", "train"))
     evaluated = stage_values(trace_records(nncli, spec, data, "-t", "label", "--rows", "0-4"))
@@ -171,14 +207,20 @@ def test_trace_one_layer_and_its_input(nncli):
 
 def test_trace_bad_input_is_one_error_line(nncli, tmp_path):
     spec, data = CONFIGS / "three-class.yaml", DATA / "table-5x6.csv"
-    assert_error(nncli("trace", spec, data, "-t", "label", "--rows", "2,9"), 1, "--rows: there is no row 9; the data has 5 rows (0 to 4)")
+    assert_error(
+        nncli("trace", spec, data, "-t", "label", "--rows", "2,9"),
+        1,
+        "--rows: there is no row 9; the data has 5 rows (0 to 4)",
+    )
     assert_error(nncli("trace", spec, data, "-t", "label", "--rows", "x"), 2, "--rows 'x'")
     assert_error(nncli("trace", spec, data, "-t", "label", "--rows", "4-2"), 2, "a range runs from its first row")
     assert_error(nncli("trace", spec, data, "--grad"), 2, "this command needs targets")
     assert_error(nncli("trace", spec, data, "-t", "label", "--layer", "9"), 2, "--layer 9: the model has layers 0 to 3")
     assert_error(nncli("trace", spec, data, "-t", "label", "--mode", "test"), 2, "--mode must be one of train, eval")
     bn = write(tmp_path, "bn.yaml", "layers:\n  - BatchNorm1d\n")
-    assert_error(nncli("trace", bn, data, "-t", "label", "--mode", "train"), 1, "BatchNorm1d in train mode needs at least 2 rows")
+    assert_error(
+        nncli("trace", bn, data, "-t", "label", "--mode", "train"), 1, "BatchNorm1d in train mode needs at least 2 rows"
+    )
 
 
 def test_trace_reads_no_further_than_the_last_row(tmp_path):
@@ -205,7 +247,15 @@ def direct_stats(model: nn.Module, x: torch.Tensor) -> list[dict]:
     for i, out in enumerate(outs):
         v = out.double().numpy()
         kind = "input" if i == 0 else type(model[i - 1]).__name__
-        d = {"type": kind, "mean": v.mean(), "std": v.std(), "min": v.min(), "max": v.max(), "count": v.size, "values": v}
+        d = {
+            "type": kind,
+            "mean": v.mean(),
+            "std": v.std(),
+            "min": v.min(),
+            "max": v.max(),
+            "count": v.size,
+            "values": v,
+        }
         if kind in ("ReLU", "LeakyReLU"):
             inactive = outs[i - 1].double().numpy() <= 0
             d["zero_fraction"] = inactive.mean()
@@ -242,7 +292,9 @@ def test_stats_equal_a_direct_computation_over_the_whole_data(nncli, tmp_path, b
     args = ["stats", spec, data, *TARGETS, "--dtype", "float64", "-f", "json"] + (["-b", batch] if batch else [])
     doc = load_json(nncli(*args))
     expected = direct_stats(stats_reference(torch.float64), read_table(data, LABELS, torch.float64))
-    assert doc["rows"] == 200 and doc["batches"] == (1 if batch is None else -(-200 // int(batch)))  # DataLoader's: a short last batch
+    assert doc["rows"] == 200 and doc["batches"] == (
+        1 if batch is None else -(-200 // int(batch))
+    )  # DataLoader's: a short last batch
     assert [l["type"] for l in doc["layers"]] == [e["type"] for e in expected]
     for got, want in zip(doc["layers"], expected):
         for key in ("mean", "std", "min", "max"):
@@ -273,7 +325,9 @@ def test_stats_streamed_equals_one_batch_in_float32(nncli, tmp_path):
     assert many["batches"] == -(-300 // 16) and one["batches"] == 1  # DataLoader's: 18 of 16 and a last one of 12
     expected = direct_stats(stats_reference(), read_table(data, LABELS))
     for a, b, want in zip(one["layers"], many["layers"], expected):
-        assert np.float32(a["min"]) == want["min"] and np.float32(a["max"]) == want["max"]  # one batch: PyTorch's values, bit for bit
+        assert (
+            np.float32(a["min"]) == want["min"] and np.float32(a["max"]) == want["max"]
+        )  # one batch: PyTorch's values, bit for bit
         assert str(np.float32(a["min"])) == json.dumps(a["min"])  # printed shortest for float32, as everywhere
         for key in ("mean", "std"):
             assert a[key] == pytest.approx(want[key], rel=1e-12)
@@ -307,11 +361,17 @@ def test_stats_flags_vanishing_and_exploding_gradients(nncli, tmp_path):
     """Zero first-layer weights behind a zero second layer: no gradient reaches layer 0 (vanishing);
     huge weights on an MSE regression: gradients in the millions (exploding)."""
     data = write(tmp_path, "d.csv", "a,b,y\n1,2,0.5\n-1,3,0.1\n2,-2,0.3\n")
-    vanish = write(tmp_path, "v.yaml", "layers:\n  - Linear: [2, 2]\n  - Linear: [2, 1]\n    weight: [[0.0, 0.0]]\n    bias: [0.0]\n")
+    vanish = write(
+        tmp_path,
+        "v.yaml",
+        "layers:\n  - Linear: [2, 2]\n  - Linear: [2, 1]\n    weight: [[0.0, 0.0]]\n    bias: [0.0]\n",
+    )
     doc = load_json(nncli("stats", vanish, data, "-t", "y", "-f", "json"))
     flags = {p["parameter"]: p["flag"] for p in doc["parameters"]}
     assert flags["0.weight"] == "vanishing" and flags["0.bias"] == "vanishing" and flags["1.weight"] is None
-    explode = write(tmp_path, "e.yaml", "layers:\n  - Linear: [2, 1]\n    weight: [[3000.0, 3000.0]]\n    bias: [0.0]\n")
+    explode = write(
+        tmp_path, "e.yaml", "layers:\n  - Linear: [2, 1]\n    weight: [[3000.0, 3000.0]]\n    bias: [0.0]\n"
+    )
     doc = load_json(nncli("stats", explode, data, "-t", "y", "-f", "json"))
     model = nn.Linear(2, 1)
     with torch.no_grad():
@@ -333,12 +393,30 @@ def test_stats_formats_tidy_rows_and_a_table(nncli, tmp_path):
     assert list(rows[0]) == ["layer", "type", "parameter", "statistic", "unit", "value"]
     relu = [r for r in rows if r["layer"] == "1" and r["statistic"] == "zero_fraction"]
     assert relu[0]["unit"] == "" and len(relu) == 1 + 8  # the layer's fraction, then one per unit
-    assert {r["statistic"] for r in rows if r["parameter"] == "4.bias"} == {"grad_norm", "weight_norm", "update_ratio", "vanishing", "exploding"}
+    assert {r["statistic"] for r in rows if r["parameter"] == "4.bias"} == {
+        "grad_norm",
+        "weight_norm",
+        "update_ratio",
+        "vanishing",
+        "exploding",
+    }
     table = nncli("stats", spec, data, "-t", "label", "-f", "table").stdout
-    for text in ("activations over 1 row", "dead and saturated units", "gradients", "0 Linear (16→8)", "4 of 8", "update/weight"):
+    for text in (
+        "activations over 1 row",
+        "dead and saturated units",
+        "gradients",
+        "0 Linear (16→8)",
+        "4 of 8",
+        "update/weight",
+    ):
         assert text in table, text
     assert re.search("[▁▂▃▄▅▆▇█]", table)
-    jsonl = [json.loads(line) for line in nncli("stats", CONFIGS / "regression-4layer.yaml", DATA / "row-11.csv", "-f", "jsonl").stdout.splitlines()]
+    jsonl = [
+        json.loads(line)
+        for line in nncli(
+            "stats", CONFIGS / "regression-4layer.yaml", DATA / "row-11.csv", "-f", "jsonl"
+        ).stdout.splitlines()
+    ]
     assert jsonl[0]["statistic"] == "rows" and not any(r["parameter"] for r in jsonl)  # no target: no gradients
 
 
@@ -421,15 +499,24 @@ def test_stats_html_in_a_headless_browser(nncli, tmp_path):
 
 
 def _page_norms(page: Path) -> dict[str, float]:
-    return {name: float(value) for name, value in re.findall(r'<tr class="parameter" data-parameter="([^"]+)".*?data-grad-norm="([^"]*)"',
-                                                             page.read_text(encoding="utf-8"))}
+    return {
+        name: float(value)
+        for name, value in re.findall(
+            r'<tr class="parameter" data-parameter="([^"]+)".*?data-grad-norm="([^"]*)"',
+            page.read_text(encoding="utf-8"),
+        )
+    }
 
 
 def test_stats_html_with_infinite_and_nan_gradient_norms(nncli, tmp_path):
     """Weights of 1e15 overflow the loss: gradient norms inf and nan. `--html` said `internal error:
     OverflowError: cannot convert float infinity to integer`; without --html it worked."""
-    spec = write(tmp_path, "s.yaml", "seed: 1\nlayers:\n  - Linear: [2, 2]\n    weight: [[1.0e+15, 1.0e+15], [1.0e+15, -1.0e+15]]\n"
-                                      "  - ReLU\n  - Linear: [2, 1]\n    weight: [[1.0e+15, 1.0e+15]]\nloss: MSELoss\n")
+    spec = write(
+        tmp_path,
+        "s.yaml",
+        "seed: 1\nlayers:\n  - Linear: [2, 2]\n    weight: [[1.0e+15, 1.0e+15], [1.0e+15, -1.0e+15]]\n"
+        "  - ReLU\n  - Linear: [2, 1]\n    weight: [[1.0e+15, 1.0e+15]]\nloss: MSELoss\n",
+    )
     data = write(tmp_path, "d.csv", "a,b,y\n1e10,2e10,1\n-1,3,0\n")
     page = tmp_path / "report.html"
     result = nncli("stats", spec, data, "-t", "y", "--html", page, "-f", "json")
@@ -447,25 +534,34 @@ def test_stats_html_with_infinite_and_nan_gradient_norms(nncli, tmp_path):
     for name in want:
         assert str(got[name]) == str(want[name]), name  # inf is inf, nan is nan
     text = page.read_text(encoding="utf-8")
-    svg = text[text.index('<svg class="norms"'):]
+    svg = text[text.index('<svg class="norms"') :]
     assert re.findall(r'<text class="value"[^>]*>([^<]*)</text>', svg) == [str(v) for v in want.values()]  # written out
 
 
 def test_stats_html_with_vanishing_0_and_a_zero_gradient(nncli, tmp_path):
     """`--vanishing 0` said `internal error: ValueError: math domain error` with --html."""
-    spec = write(tmp_path, "s.yaml", "seed: 4\nlayers:\n  - Linear: [3, 2]\n  - ReLU\n  - Linear: [2, 1]\nloss: MSELoss\n")
+    spec = write(
+        tmp_path, "s.yaml", "seed: 4\nlayers:\n  - Linear: [3, 2]\n  - ReLU\n  - Linear: [2, 1]\nloss: MSELoss\n"
+    )
     data = write(tmp_path, "d.csv", "a,b,c,y\n1,2,3,0.5\n-1,0.5,2,1\n0,1,-2,0\n")
     page = tmp_path / "report.html"
-    doc = load_json(nncli("stats", spec, data, "-t", "y", "--vanishing", "0", "--exploding", "0", "--html", page, "-f", "json"))
+    doc = load_json(
+        nncli("stats", spec, data, "-t", "y", "--vanishing", "0", "--exploding", "0", "--html", page, "-f", "json")
+    )
     assert {p["parameter"]: p["grad_norm"] for p in doc["parameters"]} == _page_norms(page)
     text = page.read_text(encoding="utf-8")
-    assert 'data-threshold="vanishing" data-value="0.0"' in text and 'data-threshold="exploding" data-value="0.0"' in text
-    from nncli.report_html import norms_svg
+    assert (
+        'data-threshold="vanishing" data-value="0.0"' in text and 'data-threshold="exploding" data-value="0.0"' in text
+    )
     from types import SimpleNamespace
+
+    from nncli.views.report_html import norms_svg
 
     svg = norms_svg([SimpleNamespace(name="w", grad_norm=0.0), SimpleNamespace(name="b", grad_norm=2.5)], 0.0, math.inf)
     assert re.findall(r'<text class="value"[^>]*>([^<]*)</text>', svg) == ["0.0000"]  # the zero, clamped left, in words
-    assert 'width="0.50"' in svg and ">1e-1<" in svg and ">1e2<" in svg  # the scale spans the finite, positive values: 2.5
+    assert (
+        'width="0.50"' in svg and ">1e-1<" in svg and ">1e2<" in svg
+    )  # the scale spans the finite, positive values: 2.5
 
 
 # -- gradcheck -------------------------------------------------------------------------------------
@@ -492,7 +588,9 @@ def torch_gradcheck(model: nn.Module, x, y, loss_fn, **kwargs) -> bool:
 @pytest.mark.parametrize("case", sorted(GRADCHECK_CASES))
 def test_gradcheck_agrees_with_torch_autograd_gradcheck(nncli, case):
     spec, data, drop, loss_fn = GRADCHECK_CASES[case]
-    doc = load_json(nncli("gradcheck", CONFIGS / spec, DATA / data, *[a for t in drop for a in ("-t", t)], "-f", "json"))
+    doc = load_json(
+        nncli("gradcheck", CONFIGS / spec, DATA / data, *[a for t in drop for a in ("-t", t)], "-f", "json")
+    )
     model = reference_model(case, dtype=torch.float64).eval()
     x = read_table(DATA / data, drop, torch.float64)
     y = read_table(DATA / data, [c for c in parse_csv((DATA / data).read_text())[0] if c not in drop], torch.float64)
@@ -512,7 +610,19 @@ def test_gradcheck_agrees_with_torch_autograd_gradcheck(nncli, case):
 
 def test_gradcheck_central_differences_as_torch_computes_them(nncli):
     """Each numerical value is (f(p + eps) - f(p - eps)) / (2 eps), p perturbed in place, in float64."""
-    doc = load_json(nncli("gradcheck", CONFIGS / "regression.yaml", DATA / "table-5x6.csv", "-t", "label", "--eps", "1e-4", "-f", "json"))
+    doc = load_json(
+        nncli(
+            "gradcheck",
+            CONFIGS / "regression.yaml",
+            DATA / "table-5x6.csv",
+            "-t",
+            "label",
+            "--eps",
+            "1e-4",
+            "-f",
+            "json",
+        )
+    )
     model = reference_model("regression", dtype=torch.float64).eval()
     x = read_table(DATA / "table-5x6.csv", ["label"], torch.float64)
     y = read_table(DATA / "table-5x6.csv", [f"x{i}" for i in range(6)], torch.float64)
@@ -531,8 +641,12 @@ def test_gradcheck_central_differences_as_torch_computes_them(nncli):
 
 def test_gradcheck_fails_where_torch_fails_at_a_kink(nncli, tmp_path):
     """A ReLU exactly at 0: autograd takes the derivative 0, the central difference sees 1/2."""
-    spec = write(tmp_path, "k.yaml", "layers:\n  - Linear: [1, 1]\n    weight: [[1.0]]\n    bias: [0.0]\n  - ReLU\n"
-                                     "  - Linear: [1, 1]\n    weight: [[2.0]]\n    bias: [0.5]\n")
+    spec = write(
+        tmp_path,
+        "k.yaml",
+        "layers:\n  - Linear: [1, 1]\n    weight: [[1.0]]\n    bias: [0.0]\n  - ReLU\n"
+        "  - Linear: [1, 1]\n    weight: [[2.0]]\n    bias: [0.5]\n",
+    )
     data = write(tmp_path, "k.csv", "x,y\n0,1\n")
     result = nncli("gradcheck", spec, data, "-t", "y", "-f", "json")
     assert result.exit_code == 1  # a failed check, as diff and cmp say so
@@ -565,8 +679,12 @@ def test_gradcheck_refuses_what_it_cannot_check(nncli, tmp_path):
     data = DATA / "table-5x6.csv"
     dropout = write(tmp_path, "d.yaml", "layers:\n  - Linear: [6, 3]\n  - Dropout: 0.2\n")
     assert_error(nncli("gradcheck", dropout, data, "-t", "label", "--mode", "train"), 2, "Dropout", "--mode eval")
-    assert load_json(nncli("gradcheck", dropout, data, "-t", "label", "-f", "json"))["passed"] is True  # eval mode: no mask
-    assert_error(nncli("gradcheck", CONFIGS / "scores.yaml", DATA / "scores-label.csv", "-t", "label"), 1, "no parameters")
+    assert (
+        load_json(nncli("gradcheck", dropout, data, "-t", "label", "-f", "json"))["passed"] is True
+    )  # eval mode: no mask
+    assert_error(
+        nncli("gradcheck", CONFIGS / "scores.yaml", DATA / "scores-label.csv", "-t", "label"), 1, "no parameters"
+    )
     assert_error(nncli("gradcheck", CONFIGS / "three-class.yaml", data), 2, "needs targets")
     assert_error(nncli("gradcheck", CONFIGS / "three-class.yaml", data, "-t", "label", "--eps", "0"), 2, "--eps")
 
@@ -606,7 +724,7 @@ def test_summary_figures_equal_direct_sums(nncli, tmp_path, name, dtype, optimiz
     batch = 13
     doc = load_json(nncli("params", spec, "-b", str(batch), "--dtype", dtype, "--optimizer", *optimizer, "-f", "json"))
     torch.manual_seed(0)
-    model = (norms_model() if name == "norms" else REFERENCE[name]())
+    model = norms_model() if name == "norms" else REFERENCE[name]()
     model = model.double() if dtype == "float64" else model
     params = list(model.parameters())
     assert doc["total_params"] == sum(p.numel() for p in params)
@@ -623,21 +741,27 @@ def test_summary_figures_equal_direct_sums(nncli, tmp_path, name, dtype, optimiz
     # memory, from the tensors themselves: a real batch through the model, a real optimizer step
     x = torch.randn(batch, doc["inputs"], dtype=params[0].dtype)
     outs = layer_by_layer(model, x, train=True)
-    opt = {"sgd": lambda: torch.optim.SGD(params, lr=0.1, momentum=0.9 if len(optimizer) > 1 else 0),
-           "adam": lambda: torch.optim.Adam(params), "adamw": lambda: torch.optim.AdamW(params)}[optimizer[0]]()
+    opt = {
+        "sgd": lambda: torch.optim.SGD(params, lr=0.1, momentum=0.9 if len(optimizer) > 1 else 0),
+        "adam": lambda: torch.optim.Adam(params),
+        "adamw": lambda: torch.optim.AdamW(params),
+    }[optimizer[0]]()
     outs[-1].sum().backward()
     opt.step()
     state = sum(v.numel() * v.element_size() for s in opt.state.values() for k, v in s.items() if k != "step")
     nbytes = lambda ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
-    assert doc["memory_bytes"] == {
-        "input": nbytes([x]),
-        "activations": 2 * nbytes(outs[1:]),  # every layer's output and its gradient
-        "parameters": nbytes(params),
-        "buffers": nbytes(model.buffers()),
-        "gradients": nbytes(p.grad for p in params),
-        "optimizer_state": state,
-        "total": nbytes([x]) + 2 * nbytes(outs[1:]) + 2 * nbytes(params) + nbytes(model.buffers()) + state,
-    }
+    assert (
+        doc["memory_bytes"]
+        == {
+            "input": nbytes([x]),
+            "activations": 2 * nbytes(outs[1:]),  # every layer's output and its gradient
+            "parameters": nbytes(params),
+            "buffers": nbytes(model.buffers()),
+            "gradients": nbytes(p.grad for p in params),
+            "optimizer_state": state,
+            "total": nbytes([x]) + 2 * nbytes(outs[1:]) + 2 * nbytes(params) + nbytes(model.buffers()) + state,
+        }
+    )
     assert doc["param_bytes"] == nbytes(params)
 
 
@@ -647,8 +771,16 @@ def test_summary_marks_inferred_sizes_and_shows_totals(nncli, tmp_path):
     assert doc["layers"][1]["inferred"] == {"in_features": 4} and doc["layers"][0]["inferred"] == {}
     spec = write(tmp_path, "s.yaml", SUMMARY_SPECS["norms"])
     table = nncli("summary", spec, "--optimizer", "adam", "-f", "table").stdout
-    for text in ("num_features=5 (inferred)", "normalized_shape=7 (inferred)", "non-trainable params", "buffer values",
-                 "mult-adds per batch of 32", "optimizer state (adam)", "estimated total size", "activations (forward + backward)"):
+    for text in (
+        "num_features=5 (inferred)",
+        "normalized_shape=7 (inferred)",
+        "non-trainable params",
+        "buffer values",
+        "mult-adds per batch of 32",
+        "optimizer state (adam)",
+        "estimated total size",
+        "activations (forward + backward)",
+    ):
         assert text in table, text
     rows = parse_csv(nncli("params", spec).stdout)
     assert list(rows[0]) == ["index", "type", "args", "output_shape", "params", "trainable", "buffers", "mult_adds"]
@@ -675,7 +807,11 @@ def test_histograms_merge_batch_by_batch_into_the_one_of_all_values(seed):
     for part in np.array_split(values, 17):
         builder.add(part)
     whole = inside.histogram(values)
-    assert (builder.hist.exponent, builder.hist.start, builder.hist.counts.tolist()) == (whole.exponent, whole.start, whole.counts.tolist())
+    assert (builder.hist.exponent, builder.hist.start, builder.hist.counts.tolist()) == (
+        whole.exponent,
+        whole.start,
+        whole.counts.tolist(),
+    )
     width, first, counts = direct_histogram(values)
     assert (whole.width, whole.start, whole.counts.tolist()) == (width, first, counts)
     assert len(counts) <= inside.HIST_BINS and whole.total == len(values)
@@ -694,10 +830,16 @@ def test_the_library_returns_tensors_without_printing(capsys):
 
     m = nncli.load(str(CONFIGS / "net-16-8-4-2.yaml"))
     t = inside.trace(m, str(DATA / "row-16.csv"), target="label", grad=True)
-    assert [s.label for s in t.stages][:3] == ["input (16)", "0 Linear (16→8)", "1 ReLU"] and t.loss_fn == "CrossEntropyLoss"
+    assert [s.label for s in t.stages][:3] == [
+        "input (16)",
+        "0 Linear (16→8)",
+        "1 ReLU",
+    ] and t.loss_fn == "CrossEntropyLoss"
     s = inside.stats(m, str(DATA / "row-16.csv"), target="label")
     assert s.params[0].name == "0.weight" and s.rows == 1
-    g = inside.gradcheck(nncli.load(str(CONFIGS / "net-16-8-4-2.yaml"), dtype="float64"), str(DATA / "row-16.csv"), target="label")
+    g = inside.gradcheck(
+        nncli.load(str(CONFIGS / "net-16-8-4-2.yaml"), dtype="float64"), str(DATA / "row-16.csv"), target="label"
+    )
     assert g.passed and g.checked == 182
     with pytest.raises(nncli.UsageError, match="float64"):
         inside.gradcheck(m, str(DATA / "row-16.csv"), target="label")
@@ -708,17 +850,39 @@ def test_the_library_returns_tensors_without_printing(capsys):
 def test_the_installed_script(tmp_path):
     """As a user runs it: a pipe gets CSV, and a bad --rows is one line and exit 2."""
     nncli_script = Path(sys.executable).parent / "nncli"
-    run = subprocess.run([str(nncli_script), "trace", str(CONFIGS / "net-16-8-4-2.yaml"), str(DATA / "row-16.csv"), "-t", "label", "--layer", "4"],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [
+            str(nncli_script),
+            "trace",
+            str(CONFIGS / "net-16-8-4-2.yaml"),
+            str(DATA / "row-16.csv"),
+            "-t",
+            "label",
+            "--layer",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines()[0] == "row,layer,type,index,value" and len(run.stdout.splitlines()) == 1 + 4 + 2
-    run = subprocess.run([str(nncli_script), "trace", str(CONFIGS / "net-16-8-4-2.yaml"), str(DATA / "row-16.csv"), "--rows", "1-"],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [str(nncli_script), "trace", str(CONFIGS / "net-16-8-4-2.yaml"), str(DATA / "row-16.csv"), "--rows", "1-"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 2 and run.stderr.startswith("error: --rows '1-'") and "Traceback" not in run.stderr
 
 
-@pytest.mark.parametrize("text, overflowed", [("a,b\n1e308,1e308\n-1e308,1e308\n", "the mean and std of its values overflow"),
-                                              ("a,b\n1e308,-1e308\n-1e308,1e308\n", "the std of its values overflows")])
+@pytest.mark.parametrize(
+    "text, overflowed",
+    [
+        ("a,b\n1e308,1e308\n-1e308,1e308\n", "the mean and std of its values overflow"),
+        ("a,b\n1e308,-1e308\n-1e308,1e308\n", "the std of its values overflows"),
+    ],
+)
 def test_stats_that_overflow_float64_are_torch_s_inf_with_a_warning(nncli, tmp_path, text, overflowed):
     """`nonfinite: 0` with mean and std null and HTML `data-std="nan"`, silently: std was inf * 0."""
     spec = write(tmp_path, "s.yaml", "layers:\n  - Linear: {out_features: 1}\n")

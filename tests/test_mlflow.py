@@ -30,7 +30,13 @@ LOSSES = ("train_loss", "val_loss")  # in the model's dtype (float32): the JSON 
 @pytest.fixture(autouse=True)
 def _no_telemetry(monkeypatch):
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")  # offline, and tests report nothing anywhere
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID", "MLFLOW_ALLOW_FILE_STORE"):
+    for name in (
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_EXPERIMENT_NAME",
+        "MLFLOW_EXPERIMENT_ID",
+        "MLFLOW_RUN_ID",
+        "MLFLOW_ALLOW_FILE_STORE",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -95,7 +101,9 @@ class Recorded(nn.Module):
 
     def per_epoch(self, rows: int, batches: int) -> list:
         chunks = [self.seen[i : i + batches] for i in range(0, len(self.seen), batches)]
-        return [np.float32(sum(loss * n for loss, n in chunk) / rows) for chunk in chunks]  # the mean over the epoch's rows
+        return [
+            np.float32(sum(loss * n for loss, n in chunk) / rows) for chunk in chunks
+        ]  # the mean over the epoch's rows
 
 
 def _same_as_history(store, run, history: list[dict]) -> None:
@@ -114,21 +122,67 @@ def test_params_metrics_and_weights_read_back(nncli, store, tmp_path):
     path, x, y = table(tmp_path)
     spec = write(tmp_path, "s.yaml", SPEC)
     out, printed = tmp_path / "w.safetensors", tmp_path / "history.json"
-    result = nncli("train", spec, path, "-t", "y", "--epochs", 4, "--lr", 0.1, "-b", 16, "--momentum", 0.9, "--lr-schedule", "step:2:0.5",
-                   "--clip-grad-norm", 0.5, "--save-weights", out, "--mlflow", "-f", "json", "-o", printed)
+    result = nncli(
+        "train",
+        spec,
+        path,
+        "-t",
+        "y",
+        "--epochs",
+        4,
+        "--lr",
+        0.1,
+        "-b",
+        16,
+        "--momentum",
+        0.9,
+        "--lr-schedule",
+        "step:2:0.5",
+        "--clip-grad-norm",
+        0.5,
+        "--save-weights",
+        out,
+        "--mlflow",
+        "-f",
+        "json",
+        "-o",
+        printed,
+    )
     assert result.exit_code == 0, result.stderr
     doc = json.loads(printed.read_text())
     (run,) = store.runs()
     assert run.info.status == "FINISHED" and run.info.experiment_id == store.experiment
-    assert run.data.params == {"spec": str(spec), "data": str(path), "target": "y", "seed": "5", "dtype": "float32", "device": "cpu",
-                               "loss": doc["loss_fn"], "loss_from": doc["loss_from"], "optimizer": "sgd", "lr": "0.1", "momentum": "0.9",
-                               "batch_size": "16", "epochs": "4", "shuffle": "True", "lr_schedule": "step:2:0.5", "clip_grad_norm": "0.5"}
+    assert run.data.params == {
+        "spec": str(spec),
+        "data": str(path),
+        "target": "y",
+        "seed": "5",
+        "dtype": "float32",
+        "device": "cpu",
+        "loss": doc["loss_fn"],
+        "loss_from": doc["loss_from"],
+        "optimizer": "sgd",
+        "lr": "0.1",
+        "momentum": "0.9",
+        "batch_size": "16",
+        "epochs": "4",
+        "shuffle": "True",
+        "lr_schedule": "step:2:0.5",
+        "clip_grad_norm": "0.5",
+    }
     _same_as_history(store, run, doc["history"])
 
     loss = Recorded()
-    expected, lrs, norms = hand_written(x, y, 4, 16, lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
-                                        schedule=lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5), clip_norm=0.5,
-                                        loss_fn=loss)
+    expected, lrs, norms = hand_written(
+        x,
+        y,
+        4,
+        16,
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+        schedule=lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5),
+        clip_norm=0.5,
+        loss_fn=loss,
+    )
     assert [np.float32(v) for v in store.metric(run, "train_loss")] == loss.per_epoch(len(x), -(-len(x) // 16))
     assert store.metric(run, "lr") == lrs and store.metric(run, "grad_norm") == norms
     _same(load_file(str(out)), expected)
@@ -141,18 +195,49 @@ def test_a_real_process_with_an_experiment_a_validation_split_and_pt_weights(sto
     spec = write(tmp_path, "s.yaml", SPEC)
     sweep = store.client.create_experiment("sweep", artifact_location=(tmp_path / "sweep-artifacts").as_uri())
     out = tmp_path / "best.pt"
-    done = subprocess.run([shutil.which("nncli"), "train", str(spec), str(path), "-t", "y", "--epochs", "6", "--lr", "0.3",
-                           "--val-split", "0.2", "--patience", "2", "--save-weights", str(out), "--mlflow-experiment", "sweep", "-f", "json"],
-                          capture_output=True, text=True, timeout=180, cwd=store.cwd)
+    done = subprocess.run(
+        [
+            shutil.which("nncli"),
+            "train",
+            str(spec),
+            str(path),
+            "-t",
+            "y",
+            "--epochs",
+            "6",
+            "--lr",
+            "0.3",
+            "--val-split",
+            "0.2",
+            "--patience",
+            "2",
+            "--save-weights",
+            str(out),
+            "--mlflow-experiment",
+            "sweep",
+            "-f",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=store.cwd,
+    )
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
     assert store.runs() == []  # --mlflow-experiment (which implies --mlflow) over MLFLOW_EXPERIMENT_NAME
     (run,) = store.runs("sweep")
     assert run.info.experiment_id == sweep and run.info.status == "FINISHED"
-    assert {k: run.data.params[k] for k in ("val_split", "patience", "metric", "lr")} == {"val_split": "0.2", "patience": "2",
-                                                                                         "metric": "val_loss", "lr": "0.3"}
+    assert {k: run.data.params[k] for k in ("val_split", "patience", "metric", "lr")} == {
+        "val_split": "0.2",
+        "patience": "2",
+        "metric": "val_loss",
+        "lr": "0.3",
+    }
     _same_as_history(store, run, doc["history"])
-    assert store.artifact(run, "best.pt") == out.read_bytes()  # named and written as --save-weights: the best epoch's weights
+    assert (
+        store.artifact(run, "best.pt") == out.read_bytes()
+    )  # named and written as --save-weights: the best epoch's weights
     assert list(store.cwd.iterdir()) == []
 
 
@@ -180,8 +265,29 @@ def test_a_new_database_adds_no_lines_of_mlflows_own_to_stderr(tmp_path):
     here = tmp_path / "fresh"
     here.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"MLFLOW_DISABLE_TELEMETRY": "true"}
-    done = subprocess.run([shutil.which("nncli"), "train", str(spec), str(path), "-t", "y", "--epochs", "1", "--lr", "0.1", "--mlflow",
-                           "-q", "-o", os.devnull], capture_output=True, text=True, timeout=180, cwd=here, env=env)
+    done = subprocess.run(
+        [
+            shutil.which("nncli"),
+            "train",
+            str(spec),
+            str(path),
+            "-t",
+            "y",
+            "--epochs",
+            "1",
+            "--lr",
+            "0.1",
+            "--mlflow",
+            "-q",
+            "-o",
+            os.devnull,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=here,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     assert (here / "mlflow.db").is_file()
     assert [line for line in done.stderr.splitlines() if not line.startswith("no --save-weights")] == []
@@ -192,9 +298,27 @@ def test_mlflow_errors_name_no_password_and_no_missing_driver_is_internal(tmp_pa
     spec = write(tmp_path, "s.yaml", SPEC)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"MLFLOW_DISABLE_TELEMETRY": "true"}
     for uri in ("postgresql://user:s3cret@127.0.0.1:9/db", "http://user:s3cret@127.0.0.1:9"):
-        done = subprocess.run([shutil.which("nncli"), "train", str(spec), str(path), "-t", "y", "--epochs", "1", "--lr", "0.1", "--mlflow"],
-                              capture_output=True, text=True, timeout=180, cwd=tmp_path,
-                              env=env | {"MLFLOW_TRACKING_URI": uri, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"})
+        done = subprocess.run(
+            [
+                shutil.which("nncli"),
+                "train",
+                str(spec),
+                str(path),
+                "-t",
+                "y",
+                "--epochs",
+                "1",
+                "--lr",
+                "0.1",
+                "--mlflow",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            cwd=tmp_path,
+            env=env
+            | {"MLFLOW_TRACKING_URI": uri, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"},
+        )
         assert done.returncode == 1, done.stderr
         assert "s3cret" not in done.stderr and "internal error" not in done.stderr, done.stderr
         assert done.stderr.startswith("error: MLflow: ") and len(done.stderr.strip().splitlines()) == 1, done.stderr
@@ -209,7 +333,7 @@ def test_a_diverging_run_ends_failed(nncli, store, tmp_path):
 
 
 def test_an_interrupted_run_ends_killed_and_keeps_its_epochs(store, tmp_path):
-    from nncli import api
+    from nncli.lib import api
 
     path, _, _ = table(tmp_path)
     spec = write(tmp_path, "s.yaml", SPEC)
@@ -233,10 +357,31 @@ def test_ctrl_c_in_the_cli_ends_the_run_killed(store, tmp_path):
 
     path, _, _ = table(tmp_path, rows=200)
     spec = write(tmp_path, "s.yaml", SPEC)
-    proc = subprocess.Popen([shutil.which("nncli"), "train", str(spec), str(path), "-t", "y", "--epochs", "100000", "--lr", "0.01",
-                             "-b", "4", "--mlflow", "-q"], cwd=store.cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            shutil.which("nncli"),
+            "train",
+            str(spec),
+            str(path),
+            "-t",
+            "y",
+            "--epochs",
+            "100000",
+            "--lr",
+            "0.01",
+            "-b",
+            "4",
+            "--mlflow",
+            "-q",
+        ],
+        cwd=store.cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (store.runs() and store.client.get_metric_history(store.runs()[0].info.run_id, "train_loss")):
+    while time.monotonic() < deadline and not (
+        store.runs() and store.client.get_metric_history(store.runs()[0].info.run_id, "train_loss")
+    ):
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130, proc.stderr.read()
@@ -245,7 +390,7 @@ def test_ctrl_c_in_the_cli_ends_the_run_killed(store, tmp_path):
 
 
 def test_inside_a_callers_run_the_library_logs_a_child_run(store, tmp_path):
-    from nncli import api
+    from nncli.lib import api
 
     path, _, _ = table(tmp_path)
     spec = write(tmp_path, "s.yaml", SPEC)
@@ -260,7 +405,9 @@ def test_inside_a_callers_run_the_library_logs_a_child_run(store, tmp_path):
 def test_a_new_experiment_is_created(nncli, store, tmp_path):
     path, _, _ = table(tmp_path)
     spec = write(tmp_path, "s.yaml", SPEC)
-    assert nncli("train", spec, path, "-t", "y", "--epochs", 1, "--lr", 0.1, "--mlflow-experiment", "fresh").exit_code == 0
+    assert (
+        nncli("train", spec, path, "-t", "y", "--epochs", 1, "--lr", 0.1, "--mlflow-experiment", "fresh").exit_code == 0
+    )
     (run,) = store.runs("fresh")
     assert run.info.status == "FINISHED"
 
@@ -287,15 +434,39 @@ def test_missing_mlflow_is_one_usage_line(nncli, tmp_path, monkeypatch):
     spec = write(tmp_path, "s.yaml", SPEC)
     monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` now raises ImportError
     for flag in (["--mlflow"], ["--mlflow-experiment", "x"]):
-        assert_error(nncli("train", spec, path, "-t", "y", "--epochs", 1, "--lr", 0.1, *flag), 2,
-                     "--mlflow needs MLflow: pip install 'nncli-torch[mlflow]'")
+        assert_error(
+            nncli("train", spec, path, "-t", "y", "--epochs", 1, "--lr", 0.1, *flag),
+            2,
+            "--mlflow needs MLflow: pip install 'nncli-torch[mlflow]'",
+        )
 
 
 def test_only_rank_0_of_several_processes_logs(store, tmp_path):
     path, _, _ = table(tmp_path)
     spec = write(tmp_path, "s.yaml", SPEC.replace("  - Dropout: 0.2\n", ""))
-    done = subprocess.run([shutil.which("nncli"), "train", str(spec), str(path), "-t", "y", "--epochs", "2", "--lr", "0.1",
-                           "--nproc", "2", "--mlflow", "-f", "json"], capture_output=True, text=True, timeout=180, cwd=store.cwd)
+    done = subprocess.run(
+        [
+            shutil.which("nncli"),
+            "train",
+            str(spec),
+            str(path),
+            "-t",
+            "y",
+            "--epochs",
+            "2",
+            "--lr",
+            "0.1",
+            "--nproc",
+            "2",
+            "--mlflow",
+            "-f",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=store.cwd,
+    )
     assert done.returncode == 0, done.stderr
     (run,) = store.runs()
     _same_as_history(store, run, json.loads(done.stdout)["history"])
@@ -309,13 +480,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("uri, message", [
-    ("sqlite:////proc/self/mem", "cannot read the tracking database /proc/self/mem"),
-    ("sqlite:///notadb.csv", "notadb.csv is not an SQLite database"),
-    ("sqlite:////dev/full", "/dev/full is not a regular file"),
-    ("sqlite:///missing/folder/m.db", "cannot create the tracking database missing/folder/m.db"),
-    ("http://user:s3cret@127.0.0.1:PORT", "does not answer"),
-])
+@pytest.mark.parametrize(
+    "uri, message",
+    [
+        ("sqlite:////proc/self/mem", "cannot read the tracking database /proc/self/mem"),
+        ("sqlite:///notadb.csv", "notadb.csv is not an SQLite database"),
+        ("sqlite:////dev/full", "/dev/full is not a regular file"),
+        ("sqlite:///missing/folder/m.db", "cannot create the tracking database missing/folder/m.db"),
+        ("http://user:s3cret@127.0.0.1:PORT", "does not answer"),
+    ],
+)
 def test_a_store_mlflow_cannot_use_fails_at_once_in_one_line(nncli, tmp_path, monkeypatch, uri, message):
     import time
 
@@ -326,10 +500,14 @@ def test_a_store_mlflow_cannot_use_fails_at_once_in_one_line(nncli, tmp_path, mo
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri.replace("PORT", str(_free_port())))
     before = dict(os.environ)
     started = time.monotonic()
-    result = nncli("train", spec, path, "-t", "y", "--epochs", 1, "--lr", 0.1, "--mlflow", "--save-weights", tmp_path / "w.pt")
+    result = nncli(
+        "train", spec, path, "-t", "y", "--epochs", 1, "--lr", 0.1, "--mlflow", "--save-weights", tmp_path / "w.pt"
+    )
     assert time.monotonic() - started < 60  # MLflow's own retries took 256 s
     assert_error(result, 1, message, "(--mlflow)")
     assert result.stderr.startswith("error: MLflow: ")
     assert "s3cret" not in result.stderr and "internal error" not in result.stderr
     assert not (tmp_path / "w.pt").exists() and (tmp_path / "notadb.csv").read_text() == "a,b\n1,2\n"
-    assert {k: v for k, v in os.environ.items() if k != "MLFLOW_LOGGING_LEVEL"} == {k: v for k, v in before.items() if k != "MLFLOW_LOGGING_LEVEL"}
+    assert {k: v for k, v in os.environ.items() if k != "MLFLOW_LOGGING_LEVEL"} == {
+        k: v for k, v in before.items() if k != "MLFLOW_LOGGING_LEVEL"
+    }

@@ -1,4 +1,4 @@
-"""One rule for every file nncli writes (src/nncli/output.py).
+"""One rule for every file nncli writes (src/nncli/io/output.py).
 
 Regular files are replaced atomically, symbolic links are followed, devices, FIFOs and
 /dev/stdout are written through as a shell's `>` does, permissions are a shell's, every refusal
@@ -19,10 +19,15 @@ import time
 
 import pytest
 
-from nncli import output
 from nncli.errors import NncliError, UsageError
-from nncli.output import (
-    abandon_writes, check_distinct_outputs, check_output, output_file, plan, remove_stale_temp_files,
+from nncli.io import output
+from nncli.io.output import (
+    abandon_writes,
+    check_distinct_outputs,
+    check_output,
+    output_file,
+    plan,
+    remove_stale_temp_files,
     stale_temp_files,
 )
 from tests.helpers import CONFIGS, DATA, assert_error
@@ -106,7 +111,10 @@ def test_a_write_error_through_a_device_is_one_error_line(tmp_path, nncli):
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
-@pytest.mark.parametrize("args", [["onehot", "0", "1"], ["forward", str(CONFIGS / "three-class.yaml"), str(DATA / "table-5x6.csv"), "-t", "label"]])
+@pytest.mark.parametrize(
+    "args",
+    [["onehot", "0", "1"], ["forward", str(CONFIGS / "three-class.yaml"), str(DATA / "table-5x6.csv"), "-t", "label"]],
+)
 def test_a_full_standard_output_is_named_in_the_error(args):
     """`> /dev/full`: the shell's redirection, nncli's standard output. The error line says where."""
     with open("/dev/full", "wb") as full:
@@ -125,8 +133,22 @@ def test_a_full_disk_under_parquet_and_arrow_is_named_like_csv(tmp_path, fmt, th
     if through_link:
         target = str(tmp_path / f"out.{fmt}")
         os.symlink("/dev/full", target)
-    done = subprocess.run([*NNCLI, "forward", str(CONFIGS / "three-class.yaml"), str(DATA / "table-5x6.csv"), "-t", "label",
-                           "-o", target, "-f", fmt], capture_output=True, timeout=120)
+    done = subprocess.run(
+        [
+            *NNCLI,
+            "forward",
+            str(CONFIGS / "three-class.yaml"),
+            str(DATA / "table-5x6.csv"),
+            "-t",
+            "label",
+            "-o",
+            target,
+            "-f",
+            fmt,
+        ],
+        capture_output=True,
+        timeout=120,
+    )
     assert done.returncode == 1
     assert done.stderr.decode().splitlines() == [f"error: No space left on device ({target})"]
 
@@ -181,7 +203,9 @@ def test_a_fifo_through_the_cli_reaches_its_reader(tmp_path):
 
 def test_dev_stdout_prints_the_output_in_a_real_process(tmp_path):
     assert os.path.islink("/dev/stdout")
-    proc = subprocess.run([*NNCLI, "onehot", "-", "-o", "/dev/stdout"], input=b"0\n1\n", capture_output=True, timeout=60)
+    proc = subprocess.run(
+        [*NNCLI, "onehot", "-", "-o", "/dev/stdout"], input=b"0\n1\n", capture_output=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == b"class_0,class_1\n1,0\n0,1\n"
     assert os.path.islink("/dev/stdout")
@@ -192,7 +216,9 @@ def test_dev_stdout_appended_to_a_file_keeps_what_was_there(tmp_path):
     log = tmp_path / "log"
     log.write_bytes(b"earlier\n")
     with open(log, "ab") as out:
-        proc = subprocess.run([*NNCLI, "onehot", "-", "-o", "/dev/stdout"], input=b"0\n", stdout=out, stderr=subprocess.PIPE, timeout=60)
+        proc = subprocess.run(
+            [*NNCLI, "onehot", "-", "-o", "/dev/stdout"], input=b"0\n", stdout=out, stderr=subprocess.PIPE, timeout=60
+        )
     assert proc.returncode == 0, proc.stderr
     assert log.read_bytes() == b"earlier\nclass_0\n1\n"
     assert os.listdir(tmp_path) == ["log"]
@@ -201,7 +227,9 @@ def test_dev_stdout_appended_to_a_file_keeps_what_was_there(tmp_path):
 def test_dev_fd_n_writes_to_that_descriptor(tmp_path):
     r, w = os.pipe()
     try:
-        proc = subprocess.Popen([*NNCLI, "onehot", "-", "-o", f"/dev/fd/{w}"], stdin=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(w,))
+        proc = subprocess.Popen(
+            [*NNCLI, "onehot", "-", "-o", f"/dev/fd/{w}"], stdin=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(w,)
+        )
         os.close(w)
         proc.stdin.write(b"1\n0\n")
         proc.stdin.close()
@@ -297,7 +325,9 @@ def test_a_new_file_gets_the_mode_a_shell_gives(tmp_path, umask, mask):
     assert stat.S_IMODE(os.stat(tmp_path / "new.csv").st_mode) == stat.S_IMODE(os.stat(tmp_path / "shell.csv").st_mode)
 
 
-@pytest.mark.parametrize("mode, kept", [(0o640, 0o640), (0o600, 0o600), (0o755, 0o755), (0o4755, 0o755), (0o2775, 0o775), (0o6777, 0o777)])
+@pytest.mark.parametrize(
+    "mode, kept", [(0o640, 0o640), (0o600, 0o600), (0o755, 0o755), (0o4755, 0o755), (0o2775, 0o775), (0o6777, 0o777)]
+)
 def test_an_existing_file_keeps_its_mode_without_setuid_and_setgid(tmp_path, umask, mode, kept):
     umask(0o077)  # must not matter for an existing file
     path = tmp_path / "out.bin"
@@ -419,8 +449,16 @@ def test_as_another_user_refusals_match_the_shell():
             if os.path.exists(path):
                 shutil.copy2(path, probe)
                 os.chown(probe, nobody, nobody)
-            shell = subprocess.run(["sh", "-c", ': > "$1"', "sh", probe if os.path.exists(path) else path],
-                                   capture_output=True, user=nobody, group=nobody, extra_groups=[]).returncode == 0
+            shell = (
+                subprocess.run(
+                    ["sh", "-c", ': > "$1"', "sh", probe if os.path.exists(path) else path],
+                    capture_output=True,
+                    user=nobody,
+                    group=nobody,
+                    extra_groups=[],
+                ).returncode
+                == 0
+            )
             assert (verdicts[path] == "ok") == shell, (path, verdicts[path], shell)
             if not shell:
                 assert "permission denied" in verdicts[path] and f"({path})" in verdicts[path]
@@ -455,7 +493,15 @@ def test_a_file_used_as_a_folder_is_refused(tmp_path):
     refusal(tmp_path / "file.csv" / "out.csv", "not a folder")
 
 
-@pytest.mark.parametrize("path, fragment", [("", "empty"), ("{tmp}/", "names a folder"), ("{tmp}", "names a folder"), ("{tmp}/nope/out.csv", "does not exist")])
+@pytest.mark.parametrize(
+    "path, fragment",
+    [
+        ("", "empty"),
+        ("{tmp}/", "names a folder"),
+        ("{tmp}", "names a folder"),
+        ("{tmp}/nope/out.csv", "does not exist"),
+    ],
+)
 def test_cli_refusals_exit_1_and_name_the_path(nncli, tmp_path, path, fragment):
     path = path.format(tmp=tmp_path)
     result = nncli("onehot", "-", "-o", path, input="0\n1\n")
@@ -473,7 +519,14 @@ def test_an_input_is_refused_without_force_and_allowed_with_it(tmp_path):
     (tmp_path / "link.csv").symlink_to("data.csv")
     os.link(data, tmp_path / "hard.csv")
     for path in (data, tmp_path / "link.csv", tmp_path / "hard.csv", f"{tmp_path}/./data.csv"):
-        e = refusal(path, "--save-weights", "one of this command's inputs", "--force", inputs=[None, str(data)], option="--save-weights")
+        e = refusal(
+            path,
+            "--save-weights",
+            "one of this command's inputs",
+            "--force",
+            inputs=[None, str(data)],
+            option="--save-weights",
+        )
         assert e.where == str(path)
         check_output(str(path), [str(data)], True, "--save-weights")
     check_output(str(tmp_path / "other.csv"), [str(data), None, "-"], False)
@@ -505,10 +558,11 @@ def test_distinct_outputs_pass(tmp_path):
 
 # The wiring in the commands (commands.common.check_outputs): each check runs before any work.
 
+
 @pytest.fixture
 def no_work(monkeypatch):
     """Any command that reaches its data has started work: fail loudly if it does."""
-    from nncli import api
+    from nncli.lib import api
 
     def started(*args, **kwargs):
         raise AssertionError("work started before the output was checked")
@@ -518,19 +572,48 @@ def no_work(monkeypatch):
 
 def test_forward_refuses_a_bad_output_before_any_work(nncli, tmp_path, no_work):
     out = tmp_path / "nope" / "out.csv"
-    assert_error(nncli("forward", CONFIGS / "hand-checkable.yaml", DATA / "two-points.csv", "-o", out), 1, "does not exist", str(out))
+    assert_error(
+        nncli("forward", CONFIGS / "hand-checkable.yaml", DATA / "two-points.csv", "-o", out),
+        1,
+        "does not exist",
+        str(out),
+    )
 
 
 def test_train_refuses_a_dangling_save_weights_before_any_work(nncli, tmp_path, no_work):
     link = tmp_path / "w.safetensors"
     link.symlink_to("missing/w.safetensors")
-    result = nncli("train", CONFIGS / "net-16-8-4-2.yaml", DATA / "row-16.csv", "-t", "label", "--epochs", "1", "--lr", "0.1", "--save-weights", link)
+    result = nncli(
+        "train",
+        CONFIGS / "net-16-8-4-2.yaml",
+        DATA / "row-16.csv",
+        "-t",
+        "label",
+        "--epochs",
+        "1",
+        "--lr",
+        "0.1",
+        "--save-weights",
+        link,
+    )
     assert_error(result, 1, "dangling symbolic link", str(link))
 
 
 def test_step_refuses_one_file_for_two_outputs_before_any_work(nncli, tmp_path, no_work):
     w = tmp_path / "w.safetensors"
-    result = nncli("step", CONFIGS / "net-16-8-4-2.yaml", DATA / "row-16.csv", "-t", "label", "--lr", "0.1", "--save-weights", w, "-o", w)
+    result = nncli(
+        "step",
+        CONFIGS / "net-16-8-4-2.yaml",
+        DATA / "row-16.csv",
+        "-t",
+        "label",
+        "--lr",
+        "0.1",
+        "--save-weights",
+        w,
+        "-o",
+        w,
+    )
     assert_error(result, 1, "name the same file", str(w))
     assert not w.exists()
 
@@ -540,7 +623,19 @@ def test_an_input_refusal_exits_1_like_every_file_refusal(nncli, tmp_path):
     import torch
 
     torch.save({}, w)
-    result = nncli("step", CONFIGS / "net-16-8-4-2.yaml", DATA / "row-16.csv", "-t", "label", "--lr", "0.1", "--weights", w, "--save-weights", w)
+    result = nncli(
+        "step",
+        CONFIGS / "net-16-8-4-2.yaml",
+        DATA / "row-16.csv",
+        "-t",
+        "label",
+        "--lr",
+        "0.1",
+        "--weights",
+        w,
+        "--save-weights",
+        w,
+    )
     assert_error(result, 1, "--force", str(w))
 
 
@@ -584,7 +679,7 @@ def test_stale_temporary_files_are_found_and_removed(tmp_path):
     except ProcessLookupError:
         pass
     stale = [tmp_path / f".out.csv.nncli-{dead}-0123abcd.tmp", tmp_path / f".w.safetensors.nncli-{dead}-ffff0000.tmp"]
-    live = [tmp_path / f".out.csv.nncli-{os.getpid()}-0123abcd.tmp", tmp_path / f".out.csv.nncli-1-0123abcd.tmp"]
+    live = [tmp_path / f".out.csv.nncli-{os.getpid()}-0123abcd.tmp", tmp_path / ".out.csv.nncli-1-0123abcd.tmp"]
     others = [tmp_path / "out.csv", tmp_path / ".out.csv.k2j4h5l6.tmp", tmp_path / f"out.csv.nncli-{dead}-0123abcd.tmp"]
     for p in stale + live + others:
         p.write_bytes(b"x")
@@ -603,9 +698,17 @@ def test_only_names_nncli_writes_are_swept(tmp_path):
     with open("/proc/sys/kernel/pid_max") as f:
         pid_max = int(f.read())
     ours = tmp_path / f".o.csv.nncli-{dead}-0123abcd.tmp"
-    not_ours = [f".o.nncli-{2**70}-0123abcd.tmp", f".o.nncli-{pid_max}-0123abcd.tmp", ".o.nncli-٣٤٥-0123abcd.tmp",
-                f".o.nncli-{dead}-00.tmp", f".o.nncli-{dead}-0123abcd0.tmp", f".o.nncli-{dead}-0123ABCD.tmp",
-                f".o.nncli-0{dead}-0123abcd.tmp", f".o.nncli-{dead}-0123abcd.tmp.tmp", f".o.nncli-{dead}-٠١٢٣abcd.tmp"]
+    not_ours = [
+        f".o.nncli-{2**70}-0123abcd.tmp",
+        f".o.nncli-{pid_max}-0123abcd.tmp",
+        ".o.nncli-٣٤٥-0123abcd.tmp",
+        f".o.nncli-{dead}-00.tmp",
+        f".o.nncli-{dead}-0123abcd0.tmp",
+        f".o.nncli-{dead}-0123ABCD.tmp",
+        f".o.nncli-0{dead}-0123abcd.tmp",
+        f".o.nncli-{dead}-0123abcd.tmp.tmp",
+        f".o.nncli-{dead}-٠١٢٣abcd.tmp",
+    ]
     for name in [ours.name, *not_ours]:
         (tmp_path / name).write_bytes(b"x")
     if _pid_reused(dead):
@@ -647,7 +750,11 @@ def test_clean_escapes_the_names_it_prints(tmp_path):
     """A name holding a newline forged a second `removed` line; an escape sequence reached the terminal."""
     dead = _dead_pid()
     forged = "x\nremoved thesis.tex\n.x"  # (a name holds no slash)
-    names = [f".{forged}.nncli-{dead}-0123abcd.tmp", f".b\x1b]0;PWNED\x07.nncli-{dead}-0123abcd.tmp", f".c\\n.nncli-{dead}-0123abcd.tmp"]
+    names = [
+        f".{forged}.nncli-{dead}-0123abcd.tmp",
+        f".b\x1b]0;PWNED\x07.nncli-{dead}-0123abcd.tmp",
+        f".c\\n.nncli-{dead}-0123abcd.tmp",
+    ]
     for name in names:
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / os.fsdecode(b".d\xff.nncli-%d-0123abcd.tmp" % dead)).write_bytes(b"x")  # not UTF-8
@@ -657,9 +764,15 @@ def test_clean_escapes_the_names_it_prints(tmp_path):
         result = subprocess.run([*NNCLI, "clean", *flag, str(tmp_path)], capture_output=True)
         assert result.returncode == 0, result.stderr
         lines = result.stderr.decode("utf-8").splitlines()
-        assert lines == [f"{verb} {tmp_path}/" + n for n in (
-            f".b\\x1b]0;PWNED\\x07.nncli-{dead}-0123abcd.tmp", f".c\\\\n.nncli-{dead}-0123abcd.tmp",
-            f".d\\xff.nncli-{dead}-0123abcd.tmp", f".x\\x0aremoved thesis.tex\\x0a.x.nncli-{dead}-0123abcd.tmp")], lines
+        assert lines == [
+            f"{verb} {tmp_path}/" + n
+            for n in (
+                f".b\\x1b]0;PWNED\\x07.nncli-{dead}-0123abcd.tmp",
+                f".c\\\\n.nncli-{dead}-0123abcd.tmp",
+                f".d\\xff.nncli-{dead}-0123abcd.tmp",
+                f".x\\x0aremoved thesis.tex\\x0a.x.nncli-{dead}-0123abcd.tmp",
+            )
+        ], lines
     assert os.listdir(tmp_path) == []
 
 
@@ -671,7 +784,9 @@ def test_a_missing_folder_is_one_error():
 def _start_streaming(out):
     proc = subprocess.Popen(
         [*NNCLI, "forward", str(CONFIGS / "hand-checkable.yaml"), "-", "-o", str(out), "-b", "1"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     proc.stdin.write(b"a,b\n" + b"1,2\n" * 50_000)
     proc.stdin.flush()
@@ -718,13 +833,18 @@ def test_a_signal_removes_the_spooled_standard_input(tmp_path, sig, code):
     spool_dir.mkdir()
     proc = subprocess.Popen(
         [*NNCLI, "step", str(CONFIGS / "net-16-8-4-2.yaml"), "-", "-t", "label", "--lr", "0.1"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "TMPDIR": str(spool_dir)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "TMPDIR": str(spool_dir)},
     )
     proc.stdin.write((DATA / "row-16.csv").read_bytes())  # and keep standard input open: still spooling
     proc.stdin.flush()
     deadline = time.monotonic() + 30
     while not os.listdir(spool_dir):
-        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else "no spool"
+        assert time.monotonic() < deadline and proc.poll() is None, (
+            proc.stderr.read() if proc.poll() is not None else "no spool"
+        )
         time.sleep(0.05)
     time.sleep(0.2)  # let it register the spool and block reading
     proc.send_signal(sig)
@@ -734,7 +854,7 @@ def test_a_signal_removes_the_spooled_standard_input(tmp_path, sig, code):
 
 
 def test_a_scratch_file_is_private_registered_and_removed(tmp_path):
-    from nncli.output import scratch_file
+    from nncli.io.output import scratch_file
 
     with scratch_file(str(tmp_path)) as (f, path):
         f.write(b"a\n1\n")
@@ -764,7 +884,7 @@ def test_concurrent_writers_leave_one_whole_file_and_no_temporary(tmp_path):
             with output_file(str(out)) as f:
                 barrier.wait(timeout=20)
                 for k in range(0, len(body), 4096):
-                    f.write(body[k:k + 4096])
+                    f.write(body[k : k + 4096])
         except BaseException as e:  # reported below
             errors.append(e)
 
@@ -799,7 +919,9 @@ def test_a_failed_run_removes_the_folders_it_made_for_its_outputs(tmp_path, nncl
     assert sorted(os.listdir(tmp_path)) == ["bad.csv"]
     # a folder the user made stays, even empty; only the one nncli made inside it goes
     (tmp_path / "mine").mkdir()
-    assert_error(nncli("forward", spec, bad, "-t", "label", "-o", f"{tmp_path}/mine/../mine/made/"), 1, "is not a number")
+    assert_error(
+        nncli("forward", spec, bad, "-t", "label", "-o", f"{tmp_path}/mine/../mine/made/"), 1, "is not a number"
+    )
     assert sorted(os.listdir(tmp_path)) == ["bad.csv", "mine"] and os.listdir(tmp_path / "mine") == []
     # a run that works keeps the folders it made, with its output
     result = nncli("forward", spec, DATA / "table-5x6.csv", "-t", "label", "-o", f"{tmp_path}/new/a/")
@@ -823,8 +945,22 @@ def test_a_failed_run_over_several_inputs_leaves_none_of_its_outputs(tmp_path, n
     """-o FOLDER/ over a.csv then a failing b.csv: a.csv's finished output was kept (and the folders
     with it). The outputs commit together: none appears, no folder stays, no temporary file."""
     many = _many(tmp_path)
-    assert_error(nncli("forward", CONFIGS / "three-class.yaml", f"{many}/*.csv", "-t", "label", "-o", f"{tmp_path}/{folder}", "-f", fmt),
-                 1, "is not a number", "b.csv")
+    assert_error(
+        nncli(
+            "forward",
+            CONFIGS / "three-class.yaml",
+            f"{many}/*.csv",
+            "-t",
+            "label",
+            "-o",
+            f"{tmp_path}/{folder}",
+            "-f",
+            fmt,
+        ),
+        1,
+        "is not a number",
+        "b.csv",
+    )
     assert sorted(os.listdir(tmp_path)) == ["many"]
 
 
@@ -832,7 +968,11 @@ def test_a_failed_run_over_several_inputs_keeps_the_users_files(tmp_path, nncli)
     many = _many(tmp_path)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "a.csv").write_text("precious\n")
-    assert_error(nncli("forward", CONFIGS / "three-class.yaml", f"{many}/*.csv", "-t", "label", "-o", f"{tmp_path}/out/"), 1, "b.csv")
+    assert_error(
+        nncli("forward", CONFIGS / "three-class.yaml", f"{many}/*.csv", "-t", "label", "-o", f"{tmp_path}/out/"),
+        1,
+        "b.csv",
+    )
     assert os.listdir(tmp_path / "out") == ["a.csv"] and (tmp_path / "out" / "a.csv").read_text() == "precious\n"
     # once b.csv is fixed, both are written
     (many / "b.csv").write_text((DATA / "table-5x6.csv").read_text())
@@ -850,12 +990,27 @@ def test_a_signal_during_a_run_over_several_inputs_leaves_none_of_its_outputs(tm
     (many / "a.csv").write_text((DATA / "table-5x6.csv").read_text())
     os.mkfifo(many / "b.csv")
     out = tmp_path / "new" / "x"
-    proc = subprocess.Popen([*NNCLI, "forward", str(CONFIGS / "three-class.yaml"), str(many / "a.csv"), str(many / "b.csv"), "-t", "label",
-                             "-o", f"{out}/"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            *NNCLI,
+            "forward",
+            str(CONFIGS / "three-class.yaml"),
+            str(many / "a.csv"),
+            str(many / "b.csv"),
+            "-t",
+            "label",
+            "-o",
+            f"{out}/",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 60
         while not (out.is_dir() and any(n.startswith(".a.csv.") or n == "a.csv" for n in os.listdir(out))):
-            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else "timeout"
+            assert time.monotonic() < deadline and proc.poll() is None, (
+                proc.stderr.read() if proc.poll() is not None else "timeout"
+            )
             time.sleep(0.05)
         time.sleep(1.5)  # five rows: a.csv is finished long before, and the run waits on the FIFO
         proc.send_signal(signal.SIGTERM)
@@ -867,7 +1022,7 @@ def test_a_signal_during_a_run_over_several_inputs_leaves_none_of_its_outputs(tm
 
 
 def test_created_folders_removes_only_its_own_empty_folders(tmp_path):
-    from nncli.output import created_folders
+    from nncli.io.output import created_folders
 
     with pytest.raises(RuntimeError):
         with created_folders(str(tmp_path / "a" / "b" / "c")):

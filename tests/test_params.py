@@ -27,11 +27,24 @@ def test_the_seed_network_values(nncli):
     doc = load_json(nncli("params", CONFIGS / "net-16-8-2.yaml", "--values", "-f", "json"))
     assert doc["total_params"] == 154
     assert [r["output_shape"] for r in doc["layers"]] == [[None, 8], [None, 8], [None, 2]]
-    assert doc["layers"][0] == {"index": 0, "type": "Linear", "args": "16, 8", "output_shape": [None, 8], "params": 136, "trainable": True,
-                                "buffers": 0, "mult_adds": 16 * 8, "inferred": {}}  # issue #18 added buffers, mult_adds, inferred
+    assert doc["layers"][0] == {
+        "index": 0,
+        "type": "Linear",
+        "args": "16, 8",
+        "output_shape": [None, 8],
+        "params": 136,
+        "trainable": True,
+        "buffers": 0,
+        "mult_adds": 16 * 8,
+        "inferred": {},
+    }  # issue #18 added buffers, mult_adds, inferred
     model = reference_model("net-16-8-2")
-    np.testing.assert_array_equal(np.array(doc["parameters"]["0.weight"], dtype=np.float32), model[0].weight.detach().numpy())
-    np.testing.assert_array_equal(np.array(doc["parameters"]["2.bias"], dtype=np.float32), model[2].bias.detach().numpy())
+    np.testing.assert_array_equal(
+        np.array(doc["parameters"]["0.weight"], dtype=np.float32), model[0].weight.detach().numpy()
+    )
+    np.testing.assert_array_equal(
+        np.array(doc["parameters"]["2.bias"], dtype=np.float32), model[2].bias.detach().numpy()
+    )
 
 
 def test_table_and_summary_alias(nncli):
@@ -44,7 +57,9 @@ def test_table_and_summary_alias(nncli):
 
 
 def test_inputs_needed_only_where_the_first_layer_leaves_it_out(nncli, tmp_path):
-    spec = write(tmp_path, "s.yaml", "layers:\n  - Linear: {out_features: 8}\n  - ReLU\n  - Linear: {out_features: 2}\n")
+    spec = write(
+        tmp_path, "s.yaml", "layers:\n  - Linear: {out_features: 8}\n  - ReLU\n  - Linear: {out_features: 2}\n"
+    )
     assert_error(nncli("params", spec), 1, "in_features can't be inferred")
     doc = load_json(nncli("params", spec, "--inputs", "16", "-f", "json"))
     assert doc["total_params"] == 16 * 8 + 8 + 8 * 2 + 2
@@ -60,9 +75,17 @@ def test_huge_spec_is_counted_not_allocated(nncli, tmp_path):
 
 def test_too_large_a_model_is_refused_before_allocation(nncli, tmp_path):
     spec = write(tmp_path, "big.yaml", "layers:\n  - Linear: [2, 1000000000000]\n")
-    for args in (["forward", spec, DATA / "two-points.csv"], ["params", spec, "--values"], ["init", spec, "-o", tmp_path / "w.pt"]):
+    for args in (
+        ["forward", spec, DATA / "two-points.csv"],
+        ["params", spec, "--values"],
+        ["init", spec, "-o", tmp_path / "w.pt"],
+    ):
         assert_error(nncli(*args), 1, "more than --max-params")
-    assert_error(nncli("forward", CONFIGS / "net-16-8-2.yaml", DATA / "row-16.csv", "-t", "label", "--max-params", "100"), 1, "154 parameters")
+    assert_error(
+        nncli("forward", CONFIGS / "net-16-8-2.yaml", DATA / "row-16.csv", "-t", "label", "--max-params", "100"),
+        1,
+        "154 parameters",
+    )
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
@@ -78,7 +101,9 @@ def test_init_writes_the_seeded_state_dict(nncli, tmp_path, suffix):
         assert torch.equal(state[k], expected[k])
     # loads back everywhere with --weights
     doc = load_json(nncli("params", CONFIGS / "net-16-8-2.yaml", "--values", "--weights", out, "-f", "json"))
-    np.testing.assert_array_equal(np.array(doc["parameters"]["2.weight"], dtype=np.float32), expected["2.weight"].numpy())
+    np.testing.assert_array_equal(
+        np.array(doc["parameters"]["2.weight"], dtype=np.float32), expected["2.weight"].numpy()
+    )
 
 
 def test_init_follows_the_one_rule_for_files(nncli, tmp_path):
@@ -115,10 +140,16 @@ def test_tables_off_a_terminal_end_lines_without_padding(nncli):
 
 def test_a_caption_is_one_line_and_a_wide_params_table_folds(nncli, monkeypatch, tmp_path):
     monkeypatch.setenv("COLUMNS", "30")
-    out = nncli("forward", CONFIGS / "binary-classifier.yaml", DATA / "table-5x6.csv", "-t", "label", "-f", "table").stdout
+    out = nncli(
+        "forward", CONFIGS / "binary-classifier.yaml", DATA / "table-5x6.csv", "-t", "label", "-f", "table"
+    ).stdout
     assert "binary-classifier (seed 42, float32)" in out.splitlines()  # the terminal, if any, wraps it
     monkeypatch.setenv("COLUMNS", "72")
-    spec = write(tmp_path, "long.yaml", "layers:\n  - Linear: {in_features: 6, out_features: 1234, bias: false}\n  - LeakyReLU: {negative_slope: 0.125, inplace: false}\n")
+    spec = write(
+        tmp_path,
+        "long.yaml",
+        "layers:\n  - Linear: {in_features: 6, out_features: 1234, bias: false}\n  - LeakyReLU: {negative_slope: 0.125, inplace: false}\n",
+    )
     out = nncli("params", spec, "-f", "table").stdout
     assert all(len(line) <= 72 for line in out.splitlines())
     assert "7,404" in out and "[N, 1234]" in out and "negative_slope=0.125, inplace=False" in out  # nothing is cut
@@ -176,39 +207,67 @@ def test_params_refuses_weights_that_do_not_fit_as_export_and_values_do(nncli, t
     w5 = _weights(tmp_path / f"w5{suffix}", {"0.weight": torch.ones(3, 5), "0.bias": torch.zeros(3)})
     wrong = "key '0.weight' has shape [3, 5], the model needs [3, 6]"
     assert_error(nncli("params", spec, "-w", w5, "--inputs", "6"), 1, f"error: {wrong} ({w5})")
-    assert_error(nncli("export", spec, "-w", w5, "--inputs", "6", "-o", tmp_path / "m.pt2"), 1, f"error: {wrong} ({w5})")
+    assert_error(
+        nncli("export", spec, "-w", w5, "--inputs", "6", "-o", tmp_path / "m.pt2"), 1, f"error: {wrong} ({w5})"
+    )
     assert load_json(nncli("params", spec, "-w", w5, "-f", "json"))["inputs"] == 5
-    ints = _weights(tmp_path / f"wint{suffix}", {"0.weight": torch.ones(3, 5, dtype=torch.int64), "0.bias": torch.zeros(3, dtype=torch.int64)})
+    ints = _weights(
+        tmp_path / f"wint{suffix}",
+        {"0.weight": torch.ones(3, 5, dtype=torch.int64), "0.bias": torch.zeros(3, dtype=torch.int64)},
+    )
     for extra in ([], ["--values"]):
         result = nncli("params", spec, "-w", ints, *extra)
         assert_error(result, 1, "has dtype torch.int64, the model needs torch.float32", f"({ints})")
         assert "'0.weight'" in result.stderr or "'0.bias'" in result.stderr
-    extra = _weights(tmp_path / f"extra{suffix}", {"0.weight": torch.ones(3, 5), "0.bias": torch.zeros(3), "1.weight": torch.ones(1)})
-    assert_error(nncli("params", spec, "-w", extra), 1, f"error: unexpected key '1.weight' (the model has 0.weight, 0.bias) ({extra})")
+    extra = _weights(
+        tmp_path / f"extra{suffix}", {"0.weight": torch.ones(3, 5), "0.bias": torch.zeros(3), "1.weight": torch.ones(1)}
+    )
+    assert_error(
+        nncli("params", spec, "-w", extra),
+        1,
+        f"error: unexpected key '1.weight' (the model has 0.weight, 0.bias) ({extra})",
+    )
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
-@pytest.mark.parametrize("weight, found", [(torch.ones(3, 0), "key '0.weight' has shape [3, 0]"), (torch.ones(3), "key '0.weight' has shape [3]"),
-                                           (None, "the file has no key '0.weight'")])
+@pytest.mark.parametrize(
+    "weight, found",
+    [
+        (torch.ones(3, 0), "key '0.weight' has shape [3, 0]"),
+        (torch.ones(3), "key '0.weight' has shape [3]"),
+        (None, "the file has no key '0.weight'"),
+    ],
+)
 def test_a_width_the_weights_cannot_give_names_the_weights_file(nncli, tmp_path, suffix, weight, found):
     spec = write(tmp_path, "inf.yaml", "layers:\n  - Linear: {out_features: 3}\n")
     state = {"0.bias": torch.zeros(3)} if weight is None else {"0.weight": weight, "0.bias": torch.zeros(3)}
     w = _weights(tmp_path / f"w{suffix}", state)
     message = f"error: layers[0] (Linear): in_features can't be inferred from the weights ({found}): give it in the spec, or the number of input features (--inputs) ({w})"
     for command in ("params", "export"):
-        assert_error(nncli(command, spec, "-w", w, *(["-o", tmp_path / "m.pt2"] if command == "export" else [])), 1, message)
+        assert_error(
+            nncli(command, spec, "-w", w, *(["-o", tmp_path / "m.pt2"] if command == "export" else [])), 1, message
+        )
 
 
 @pytest.mark.parametrize("command", ["params", "evaluate", "loss", "train", "export", "init"])
-@pytest.mark.parametrize("name, fragment", [("m.onnx", "an exported ONNX model, not a spec: only forward scores .onnx files"),
-                                            ("m.pt2", "an exported torch.export program, not a spec"),
-                                            ("w.safetensors", "a weights file, not a spec: give the YAML spec, and this file with --weights")])
+@pytest.mark.parametrize(
+    "name, fragment",
+    [
+        ("m.onnx", "an exported ONNX model, not a spec: only forward scores .onnx files"),
+        ("m.pt2", "an exported torch.export program, not a spec"),
+        ("w.safetensors", "a weights file, not a spec: give the YAML spec, and this file with --weights"),
+    ],
+)
 def test_a_model_file_given_as_spec_says_what_it_is(nncli, tmp_path, command, name, fragment):
     """`nncli params iris.onnx` said "the spec is not UTF-8 text"."""
     path = tmp_path / name
     path.write_bytes(b"\x08\x07\x12\x07pytorch\xff\xfe")
-    args = {"params": [], "export": ["-o", tmp_path / "o.onnx"], "init": ["-o", tmp_path / "o.pt"],
-            "train": [DATA / "two-points.csv", "-t", "b", "-e", "1", "--lr", "0.1"]}.get(command, [DATA / "two-points.csv", "-t", "b"])
+    args = {
+        "params": [],
+        "export": ["-o", tmp_path / "o.onnx"],
+        "init": ["-o", tmp_path / "o.pt"],
+        "train": [DATA / "two-points.csv", "-t", "b", "-e", "1", "--lr", "0.1"],
+    }.get(command, [DATA / "two-points.csv", "-t", "b"])
     assert_error(nncli(command, path, *args), 1, f"error: {fragment}", f"({path})")
 
 

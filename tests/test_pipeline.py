@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nncli import timing
-from nncli.csvread import count_byte
-from nncli.data import batches_ahead, features
+from nncli.io.csvread import count_byte
+from nncli.io.reading import batches_ahead, features
 from tests.helpers import CONFIGS, DATA
 
 NNCLI = os.path.join(os.path.dirname(sys.executable), "nncli")
@@ -32,9 +32,13 @@ NNCLI = os.path.join(os.path.dirname(sys.executable), "nncli")
 def test_features_round_to_float32_exactly_as_torch_does():
     f32 = np.finfo(np.float32)
     tie = float(np.float32(1.0)) + 2.0**-24  # halfway between two float32 neighbours: ties to even
-    cells = np.array([[0.1, tie, -tie, 1e39, -1e39, float(f32.max) * 1.0000001],
-                      [5e-324, 1e-45, 7e-46, float("nan"), float("inf"), -0.0],
-                      [1 / 3, 2 / 3, 3.4028235677973366e38, 1.17549435e-38, 123456789.123, -1e-300]])
+    cells = np.array(
+        [
+            [0.1, tie, -tie, 1e39, -1e39, float(f32.max) * 1.0000001],
+            [5e-324, 1e-45, 7e-46, float("nan"), float("inf"), -0.0],
+            [1 / 3, 2 / 3, 3.4028235677973366e38, 1.17549435e-38, 123456789.123, -1e-300],
+        ]
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # numpy's overflow warning would reach the user's terminal
         ours = features(cells, 6, "float32")
@@ -59,7 +63,12 @@ def test_read_ahead_is_a_budget_in_bytes():
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=200_000), st.sampled_from([b'"', b"\n", b",", b"\t"]), st.integers(0, 200_000), st.integers(0, 200_000))
+@given(
+    st.binary(max_size=200_000),
+    st.sampled_from([b'"', b"\n", b",", b"\t"]),
+    st.integers(0, 200_000),
+    st.integers(0, 200_000),
+)
 def test_count_byte_equals_bytes_count(data, byte, a, b):
     start, end = min(a, b, len(data)), min(max(a, b), len(data))
     assert count_byte(data, byte, start, end) == data.count(byte, start, end)
@@ -67,7 +76,7 @@ def test_count_byte_equals_bytes_count(data, byte, a, b):
 
 
 def test_count_byte_on_a_large_block():
-    block = (b"1.5,2.5,\"x\"\n" * 100_000) + b"3,4"
+    block = (b'1.5,2.5,"x"\n' * 100_000) + b"3,4"
     for byte in (b'"', b"\n", b","):
         assert count_byte(block, byte) == block.count(byte)
         assert count_byte(block, byte, 7, len(block) - 5) == block.count(byte, 7, len(block) - 5)
@@ -76,11 +85,14 @@ def test_count_byte_on_a_large_block():
 @pytest.mark.parametrize("dtype", [None, "float32"])
 def test_one_batch_of_every_row_equals_the_batches_joined(tmp_path, dtype):
     """train's whole-file load converts block by block: the same rows, ids and targets as batches."""
-    from nncli.data import DataOptions, Dataset
+    from nncli.io.reading import DataOptions, Dataset
 
     rng = np.random.default_rng(3)
     path = tmp_path / "t.csv"
-    rows = [f"r{i},{','.join(f'{v:.17g}' for v in rng.standard_normal(5))},{['cat', 'dog', 'emu'][i % 3]}" for i in range(50_000)]
+    rows = [
+        f"r{i},{','.join(f'{v:.17g}' for v in rng.standard_normal(5))},{['cat', 'dog', 'emu'][i % 3]}"
+        for i in range(50_000)
+    ]
     path.write_text("id,a,b,c,d,e,label\n" + "\n".join(rows) + "\n")
 
     def open_():
@@ -101,13 +113,17 @@ def test_fixed_decimals_write_the_texts_printf_gives(precision):
 
     import polars as pl
 
-    from nncli.texts import fixed_decimals
+    from nncli.io.texts import fixed_decimals
 
     rng = np.random.default_rng(precision)
     values = (rng.standard_normal(50_000) * 10.0 ** rng.integers(-7, 7, 50_000)).astype(np.float32)
-    ties = np.array([0.5, 1.5, 2.5, -2.5, 0.03125, 0.09375, -0.03125, 1.03125, 0.0, 1.0, 0.99995, 123456.78, 2.0**-20], np.float32)
+    ties = np.array(
+        [0.5, 1.5, 2.5, -2.5, 0.03125, 0.09375, -0.03125, 1.03125, 0.0, 1.0, 0.99995, 123456.78, 2.0**-20], np.float32
+    )
     values = np.concatenate([values, ties])
-    values = values[~((values < 0) & (np.rint(values.astype(np.float64) * 10.0**precision) == 0))]  # -0.000: the slow way's
+    values = values[
+        ~((values < 0) & (np.rint(values.astype(np.float64) * 10.0**precision) == 0))
+    ]  # -0.000: the slow way's
     texts = fixed_decimals(values, precision)
     buffer = io.BytesIO()
     pl.DataFrame({"v": texts}).write_csv(buffer, include_header=False)
@@ -119,7 +135,7 @@ def test_fixed_decimals_write_the_texts_printf_gives(precision):
 
 
 def test_fixed_decimals_leave_what_they_cannot_promise_to_polars():
-    from nncli.texts import fixed_decimals
+    from nncli.io.texts import fixed_decimals
 
     f32 = np.float32
     assert fixed_decimals(np.array([0.5, -0.0], f32), 4) is None  # a decimal has no -0
@@ -137,7 +153,7 @@ def test_forward_with_precision_writes_what_polars_writes(nncli, tmp_path):
 
     import polars as pl
 
-    from tests.helpers import read_table, reference_model
+    from tests.helpers import read_table
 
     spec = tmp_path / "r.yaml"
     spec.write_text("seed: 42\nlayers:\n  - Linear: [6, 4]\n  - ReLU\n  - Linear: [4, 1]\n")
@@ -160,8 +176,12 @@ def test_a_slow_pipe_still_streams(tmp_path):
     rows = "".join(",".join(f"{(i * 7 + j) % 1000 / 7:.6f}" for j in range(8)) + "\n" for i in range(1000))
     spec = tmp_path / "s.yaml"
     spec.write_text("seed: 1\nlayers:\n  - Linear: [8, 2]\n")
-    proc = subprocess.Popen([NNCLI, "forward", str(spec), "-", "-f", "csv", "-b", "100"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [NNCLI, "forward", str(spec), "-", "-f", "csv", "-b", "100"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         proc.stdin.write((",".join(f"x{j}" for j in range(8)) + "\n" + rows).encode())
         proc.stdin.flush()
@@ -175,13 +195,26 @@ def test_a_slow_pipe_still_streams(tmp_path):
 
 def test_timings_never_change_the_exit_status(tmp_path):
     args = [NNCLI, "--version"]
-    closed = subprocess.run(args, stderr=subprocess.DEVNULL if False else None, capture_output=False, stdout=subprocess.DEVNULL,
-                            env={**os.environ, "NNCLI_TIMINGS": "1"}, timeout=60, pass_fds=(), close_fds=True,
-                            preexec_fn=lambda: os.close(2))
+    closed = subprocess.run(
+        args,
+        stderr=subprocess.DEVNULL if False else None,
+        capture_output=False,
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "NNCLI_TIMINGS": "1"},
+        timeout=60,
+        pass_fds=(),
+        close_fds=True,
+        preexec_fn=lambda: os.close(2),
+    )
     assert closed.returncode == 0
     with open("/dev/full", "w") as full:
-        done = subprocess.run([NNCLI, "forward", str(CONFIGS / "three-class.yaml"), str(DATA / "table-5x6.csv"), "-t", "label"],
-                              stdout=subprocess.DEVNULL, stderr=full, env={**os.environ, "NNCLI_TIMINGS": "1"}, timeout=120)
+        done = subprocess.run(
+            [NNCLI, "forward", str(CONFIGS / "three-class.yaml"), str(DATA / "table-5x6.csv"), "-t", "label"],
+            stdout=subprocess.DEVNULL,
+            stderr=full,
+            env={**os.environ, "NNCLI_TIMINGS": "1"},
+            timeout=120,
+        )
     assert done.returncode == 0
     off = subprocess.run(args, capture_output=True, env={**os.environ, "NNCLI_TIMINGS": "0"}, timeout=60)
     assert b"timings" not in off.stderr
@@ -191,10 +224,12 @@ def test_fixed_decimals_refuse_a_polars_that_gives_other_decimals(monkeypatch):
     """polars before ~1.33 returned the quotient with 4 more decimals: -0.46480000 for 4."""
     import polars as pl
 
-    from nncli.texts import fixed_decimals
+    from nncli.io.texts import fixed_decimals
 
     real = pl.Series.__truediv__
-    monkeypatch.setattr(pl.Series, "__truediv__", lambda self, other: real(self, other).cast(pl.Decimal(38, self.dtype.scale + 4)))
+    monkeypatch.setattr(
+        pl.Series, "__truediv__", lambda self, other: real(self, other).cast(pl.Decimal(38, self.dtype.scale + 4))
+    )
     assert fixed_decimals(np.array([0.5, 1.25], np.float32), 4) is None
 
 
@@ -204,7 +239,7 @@ def test_fixed_decimals_refuse_a_polars_that_gives_other_decimals(monkeypatch):
 def _reader_running_at_build(monkeypatch):
     """[True] when reading started before the model's first build. (Whether the reader thread is
     still alive at the build is a race: it may have read a 5-row file already.)"""
-    from nncli import api
+    from nncli.lib import api
 
     seen, started = [], []
     build, prefetched = api.Model.build, api.prefetched
@@ -236,7 +271,7 @@ def test_a_build_that_fails_after_reading_began_lets_the_reader_go(monkeypatch, 
     import time
 
     import nncli
-    from nncli import data
+    from nncli.io import reading as data
 
     monkeypatch.setattr(data, "READ_AHEAD_BYTES", 1)  # two batches fill the queue
     path = tmp_path / "d.csv"
@@ -265,13 +300,27 @@ def test_train_does_not_read_the_file_in_the_background_for_nothing(nncli, monke
     """train opens DATA to size the model and then loads it whole: a reader thread started for
     nothing (rows=False passed as an int) parsed the file while torch imported. Now the one whole
     load starts before the build instead (numeric targets: known without the model)."""
-    from nncli.data import Dataset
+    from nncli.io.reading import Dataset
 
     asked = []
     original = Dataset.batches
-    monkeypatch.setattr(Dataset, "batches", lambda self, rows=16384, *a, **k: asked.append(rows) or original(self, rows, *a, **k))
+    monkeypatch.setattr(
+        Dataset, "batches", lambda self, rows=16384, *a, **k: asked.append(rows) or original(self, rows, *a, **k)
+    )
     seen = _reader_running_at_build(monkeypatch)
-    result = nncli("train", CONFIGS / "three-class.yaml", DATA / "table-5x6.csv", "-t", "label", "--epochs", "1", "--lr", "0.1", "-f", "json")
+    result = nncli(
+        "train",
+        CONFIGS / "three-class.yaml",
+        DATA / "table-5x6.csv",
+        "-t",
+        "label",
+        "--epochs",
+        "1",
+        "--lr",
+        "0.1",
+        "-f",
+        "json",
+    )
     assert result.exit_code == 0, result.stderr
     assert False not in asked and None in asked
     assert seen and seen[0], "the whole-file load should be parsing while torch is imported"
@@ -279,19 +328,36 @@ def test_train_does_not_read_the_file_in_the_background_for_nothing(nncli, monke
 
 def test_train_with_text_labels_and_no_classes_learns_them_after_the_build(nncli, monkeypatch, tmp_path):
     spec = tmp_path / "iris.yaml"
-    spec.write_text("\n".join(line for line in (CONFIGS / "iris.yaml").read_text().splitlines() if not line.startswith("classes")))
+    spec.write_text(
+        "\n".join(line for line in (CONFIGS / "iris.yaml").read_text().splitlines() if not line.startswith("classes"))
+    )
     seen = _reader_running_at_build(monkeypatch)
-    result = nncli("train", spec, DATA / "iris-train.csv", "-t", "species", "--epochs", "1", "--lr", "0.1", "-f", "json")
+    result = nncli(
+        "train", spec, DATA / "iris-train.csv", "-t", "species", "--epochs", "1", "--lr", "0.1", "-f", "json"
+    )
     assert result.exit_code == 0, result.stderr
     assert seen and seen[0] is False
 
 
 def test_the_classes_in_a_weights_header_are_read_without_torch(nncli, tmp_path):
-    from nncli.model import UNKNOWN, read_weights, saved_classes
+    from nncli.core.model import UNKNOWN, read_weights, saved_classes
 
     weights = tmp_path / "w.safetensors"
-    result = nncli("train", CONFIGS / "iris.yaml", DATA / "iris-train.csv", "-t", "species", "--epochs", "1", "--lr", "0.1",
-                   "--save-weights", weights, "-f", "json")
+    result = nncli(
+        "train",
+        CONFIGS / "iris.yaml",
+        DATA / "iris-train.csv",
+        "-t",
+        "species",
+        "--epochs",
+        "1",
+        "--lr",
+        "0.1",
+        "--save-weights",
+        weights,
+        "-f",
+        "json",
+    )
     assert result.exit_code == 0, result.stderr
     assert saved_classes(str(weights)) == read_weights(str(weights))[1]["classes"]
     pt = tmp_path / "w.pt"
@@ -310,16 +376,31 @@ def test_loss_with_text_labels_and_saved_classes_equals_torch(nncli, tmp_path):
     from tests.helpers import load_json
 
     weights = tmp_path / "w.safetensors"
-    nncli("train", CONFIGS / "iris.yaml", DATA / "iris-train.csv", "-t", "species", "--epochs", "2", "--lr", "0.1",
-          "--save-weights", weights, "-f", "json")
+    nncli(
+        "train",
+        CONFIGS / "iris.yaml",
+        DATA / "iris-train.csv",
+        "-t",
+        "species",
+        "--epochs",
+        "2",
+        "--lr",
+        "0.1",
+        "--save-weights",
+        weights,
+        "-f",
+        "json",
+    )
     spec = tmp_path / "noclasses.yaml"
-    spec.write_text("\n".join(line for line in (CONFIGS / "iris.yaml").read_text().splitlines() if not line.startswith("classes")))
+    spec.write_text(
+        "\n".join(line for line in (CONFIGS / "iris.yaml").read_text().splitlines() if not line.startswith("classes"))
+    )
     got = load_json(nncli("loss", spec, DATA / "iris-train.csv", "-t", "species", "--weights", weights, "-f", "json"))
 
+    import polars as pl
     from safetensors.torch import load_file
 
-    from nncli.model import read_weights
-    import polars as pl
+    from nncli.core.model import read_weights
 
     state, extras = read_weights(str(weights))
     frame = pl.read_csv(DATA / "iris-train.csv")
@@ -335,7 +416,9 @@ def test_loss_with_text_labels_and_saved_classes_equals_torch(nncli, tmp_path):
     if loss_name == "CrossEntropyLoss":
         value = torch.nn.functional.cross_entropy(expected, y)
     else:
-        value = torch.nn.functional.nll_loss(expected.log() if module[-1].__class__.__name__ == "Softmax" else expected, y)
+        value = torch.nn.functional.nll_loss(
+            expected.log() if module[-1].__class__.__name__ == "Softmax" else expected, y
+        )
     assert got["loss"] == pytest.approx(float(value), rel=1e-6)
     assert load_file(str(weights)).keys() == state.keys()
 
@@ -351,7 +434,7 @@ def test_building_a_model_leaves_the_garbage_collector_as_it_was():
     assert gc.isenabled()
     gc.disable()
     try:
-        from nncli.runtime import set_threads
+        from nncli.core.runtime import set_threads
 
         set_threads(None)
         assert not gc.isenabled()
@@ -367,38 +450,41 @@ def _python(code: str) -> str:
 
 
 def test_help_lists_every_command_without_importing_any():
-    out = _python("import sys\nfrom typer.testing import CliRunner\nfrom nncli.cli import app, COMMANDS\n"
-                  "r = CliRunner().invoke(app, ['--help'])\n"
-                  "print(sorted(m for m in sys.modules if m.startswith('nncli.commands.') and m != 'nncli.commands.__init__'))\n"
-                  "print('torch' in sys.modules)\nprint(r.output)")
+    out = _python(
+        "import sys\nfrom typer.testing import CliRunner\nfrom nncli.cli.app import app, COMMANDS\n"
+        "r = CliRunner().invoke(app, ['--help'])\n"
+        "print(sorted(m for m in sys.modules if m.startswith('nncli.cli.commands.') and m != 'nncli.cli.commands.__init__'))\n"
+        "print('torch' in sys.modules)\nprint(r.output)"
+    )
     loaded, torch_loaded, text = out.split("\n", 2)
     assert loaded == "[]" and torch_loaded == "False"
-    from nncli.cli import COMMANDS
+    from nncli.cli.app import COMMANDS
 
     for name, (_, _, short) in COMMANDS.items():
         assert f"{name}" in text and short in text
 
 
 def test_a_command_loads_its_own_module_only():
-    out = _python("import sys\nfrom typer.testing import CliRunner\nfrom nncli.cli import app\n"
-                  "r = CliRunner().invoke(app, ['forward', '--help'])\n"
-                  "print(sorted(m for m in sys.modules if m.startswith('nncli.commands.')))")
-    assert eval(out) == ["nncli.commands.common", "nncli.commands.outputs"]
+    out = _python(
+        "import sys\nfrom typer.testing import CliRunner\nfrom nncli.cli.app import app\n"
+        "r = CliRunner().invoke(app, ['forward', '--help'])\n"
+        "print(sorted(m for m in sys.modules if m.startswith('nncli.cli.commands.')))"
+    )
+    assert eval(out) == ["nncli.cli.commands.common", "nncli.cli.commands.outputs"]
 
 
 def test_the_command_table_names_each_function_once_with_its_docstring():
     import importlib
-
     import inspect
 
     import typer.main
 
-    from nncli.cli import COMMANDS, LONG_HELP, app
+    from nncli.cli.app import COMMANDS, LONG_HELP, app
 
     group = typer.main.get_command(app)
     for name, (module, function, short) in COMMANDS.items():
         command = group.commands[name]
-        callback = getattr(importlib.import_module(f"nncli.commands.{module}"), function)
+        callback = getattr(importlib.import_module(f"nncli.cli.commands.{module}"), function)
         assert command.short_help == short and len(short) <= 60
         assert command.help == (LONG_HELP.get(name) or inspect.getdoc(callback))
     assert group.get_command(None, "no-such-command") is None
@@ -438,7 +524,16 @@ def test_timings_are_off_by_default(monkeypatch):
 
 
 def test_nncli_timings_prints_one_json_line_and_changes_no_output(tmp_path):
-    args = [NNCLI, "forward", str(CONFIGS / "three-class.yaml"), str(DATA / "table-5x6.csv"), "-t", "label", "-f", "csv"]
+    args = [
+        NNCLI,
+        "forward",
+        str(CONFIGS / "three-class.yaml"),
+        str(DATA / "table-5x6.csv"),
+        "-t",
+        "label",
+        "-f",
+        "csv",
+    ]
     plain = subprocess.run(args, capture_output=True, timeout=120)
     timed = subprocess.run(args, capture_output=True, timeout=120, env={**os.environ, "NNCLI_TIMINGS": "1"})
     assert plain.returncode == timed.returncode == 0

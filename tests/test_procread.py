@@ -20,11 +20,12 @@ import numpy as np
 import pytest
 import torch
 
-from nncli import procread
-from tests.helpers import CONFIGS, DATA
+from nncli.io import readers as procread
 
 NNCLI = os.path.join(os.path.dirname(sys.executable), "nncli")
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the reader process is Linux's (fork, /proc)")
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the reader process is Linux's (fork, /proc)"
+)
 
 
 def _run(args, reader: str, **kwargs):
@@ -51,7 +52,9 @@ def _timings(stderr: bytes) -> dict:
 @pytest.fixture
 def spec(tmp_path):
     path = tmp_path / "spec.yaml"
-    path.write_text("seed: 3\nclasses: [cat, dog, eel]\nloss: CrossEntropyLoss\nlayers:\n  - Linear: [6, 5]\n  - Tanh\n  - Linear: [5, 3]\n")
+    path.write_text(
+        "seed: 3\nclasses: [cat, dog, eel]\nloss: CrossEntropyLoss\nlayers:\n  - Linear: [6, 5]\n  - Tanh\n  - Linear: [5, 3]\n"
+    )
     return path
 
 
@@ -71,7 +74,9 @@ def test_forward_through_the_process_equals_pytorch_and_the_thread(tmp_path, spe
     torch.manual_seed(3)
     model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
     with torch.no_grad():
-        expected = torch.cat([torch.softmax(model(torch.tensor(x[i:i + 999]).float()), 1) for i in range(0, len(x), 999)])
+        expected = torch.cat(
+            [torch.softmax(model(torch.tensor(x[i : i + 999]).float()), 1) for i in range(0, len(x), 999)]
+        )
     got = out.select([c for c in out.columns if c.startswith("prob_")]).to_numpy()
     assert np.abs(got - expected.double().numpy()).max() < 1e-6  # the CSV's text, against float64 digits
     assert out["id"].to_list() == [f"r{i}" for i in range(len(x))]
@@ -92,8 +97,12 @@ def test_each_batch_equals_torch_tensor_of_its_rows_bit_for_bit(tmp_path, spec, 
     model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
     starts = list(range(0, len(x), rows))  # DataLoader's batches: the last one shorter
     with torch.no_grad():
-        expected = torch.cat([torch.softmax(model(torch.tensor(x[a:b], dtype=torch.float32)), 1)
-                              for a, b in zip(starts, starts[1:] + [len(x)])]).numpy()
+        expected = torch.cat(
+            [
+                torch.softmax(model(torch.tensor(x[a:b], dtype=torch.float32)), 1)
+                for a, b in zip(starts, starts[1:] + [len(x)])
+            ]
+        ).numpy()
     assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))
 
 
@@ -101,7 +110,18 @@ def test_loss_and_grads_with_text_labels_equal_the_thread(tmp_path, spec):
     data = tmp_path / "d.csv"
     _table(data, 40_000)
     for command in ("loss", "grads"):
-        args = [command, spec, data, "-t", "label", *[a for j in range(6) for a in ("--features", f"x{j}")], "-f", "json", "-b", "4096"]
+        args = [
+            command,
+            spec,
+            data,
+            "-t",
+            "label",
+            *[a for j in range(6) for a in ("--features", f"x{j}")],
+            "-f",
+            "json",
+            "-b",
+            "4096",
+        ]
         child, thread = _run(args, "process"), _run(args, "thread")
         assert child.returncode == 0, child.stderr
         assert "reader process" in _timings(child.stderr)
@@ -112,7 +132,9 @@ def test_standard_input_and_several_files(tmp_path, spec):
     data = tmp_path / "d.csv"
     _table(data, 30_000)
     whole = _run(["forward", spec, data, "-t", "label", "--id-column", "id", "-f", "csv"], "thread").stdout
-    piped = _run(["forward", spec, "-", "-t", "label", "--id-column", "id", "-f", "csv"], "process", input=data.read_bytes())
+    piped = _run(
+        ["forward", spec, "-", "-t", "label", "--id-column", "id", "-f", "csv"], "process", input=data.read_bytes()
+    )
     assert piped.returncode == 0 and piped.stdout == whole
     lines = data.read_text().splitlines(keepends=True)
     (tmp_path / "part-a.csv").write_text("".join(lines[:12_001]))
@@ -144,7 +166,7 @@ def test_an_error_comes_after_the_rows_before_it_exactly_as_from_the_thread(tmp_
 def test_a_bug_in_the_child_is_an_internal_error_with_its_traceback_under_debug(tmp_path):
     script = textwrap.dedent("""
         import sys
-        from nncli import procread
+        from nncli.io import readers as procread
         def produce():
             yield 1
             raise ZeroDivisionError("deep in the reader")
@@ -163,7 +185,7 @@ def test_items_larger_than_half_the_ring_go_through_the_pipe(tmp_path):
     """A batch bigger than the ring can hold at once (-b 10^6 on a wide table) still arrives whole."""
     script = textwrap.dedent("""
         import numpy as np, pickle, sys
-        from nncli import procread
+        from nncli.io import readers as procread
         def produce():
             for k in range(3):
                 yield {"k": k, "big": np.full((600, 1000), k, np.float64), "small": np.arange(10) + k, "none": None}
@@ -181,7 +203,7 @@ def test_more_than_a_pipe_of_small_batches(tmp_path):
     must read the acknowledgements anyway (the pipe holds 65,536 of them: `-b 1` hung there)."""
     script = textwrap.dedent("""
         import numpy as np
-        from nncli import procread
+        from nncli.io import readers as procread
         def produce():
             for k in range(70_000):
                 yield np.full(3, k, np.float32)
@@ -196,9 +218,9 @@ def test_progress_follows_the_child(tmp_path):
     data = tmp_path / "d.csv"
     _table(data, 20_000)
     script = textwrap.dedent(f"""
-        from nncli.api import reading_files
-        from nncli.data import DataOptions, Dataset
-        from nncli import procread
+        from nncli.lib.api import reading_files
+        from nncli.io.reading import DataOptions, Dataset
+        from nncli.io import readers as procread
         source = Dataset(DataOptions({str(data)!r}, targets=["label"], id_column="id"), want_targets=False)
         files = reading_files(source)
         seen = []
@@ -221,6 +243,7 @@ def _children(pid: int) -> list[int]:
             pass
     return found
 
+
 def _reader_children_once_fed(proc) -> list[int]:
     """Write 20,000 rows into nncli's standard input (left open) and wait for its reader process."""
     header = ",".join([f"x{j}" for j in range(6)] + ["id", "label"]) + "\n"
@@ -232,7 +255,6 @@ def _reader_children_once_fed(proc) -> list[int]:
         time.sleep(0.05)
     assert children, "no reader process started"
     return children
-
 
 
 def _gone(pid: int, within: float = 10.0) -> bool:
@@ -253,9 +275,14 @@ def test_no_reader_is_left_behind(tmp_path, spec, how):
     """nncli reading a pipe that stays open is stopped: its reader process goes with it, and no
     unfinished output file stays."""
     out = tmp_path / "out.csv"
-    proc = subprocess.Popen([NNCLI, "forward", str(spec), "-", "-t", "label", "--id-column", "id", "-o", str(out)], stdin=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "NNCLI_READER": "process"},
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [NNCLI, "forward", str(spec), "-", "-t", "label", "--id-column", "id", "-o", str(out)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "NNCLI_READER": "process"},
+        start_new_session=True,
+    )
     try:
         children = _reader_children_once_fed(proc)
         time.sleep(0.5)
@@ -313,7 +340,9 @@ def test_the_library_reads_in_a_thread_where_it_cannot_fork(tmp_path, spec):
     data = tmp_path / "d.csv"
     _table(data, 3000)
     frame = nncli.load(spec).forward(data, target="label", id_column="id")
-    cli = pl.read_csv(io.BytesIO(_run(["forward", spec, data, "-t", "label", "--id-column", "id", "-f", "csv"], "process").stdout))
+    cli = pl.read_csv(
+        io.BytesIO(_run(["forward", spec, data, "-t", "label", "--id-column", "id", "-f", "csv"], "process").stdout)
+    )
     assert frame.columns == cli.columns and frame["id"].to_list() == cli["id"].to_list()
     for name in ("prob_cat", "prob_dog", "prob_eel"):
         assert [f"{v:.8g}" for v in frame[name].to_list()] == [f"{v:.8g}" for v in cli[name].cast(pl.Float32).to_list()]
@@ -333,9 +362,9 @@ def test_released_pages_are_only_those_wholly_inside_the_region():
     start, end = 100, 5 * mmap.PAGESIZE + 17
     procread.ChildReader._release(Reader(), [(start, 50), (2000, end - 2000)])
     data = bytes(ring)
-    assert data[:mmap.PAGESIZE] == b"\x07" * mmap.PAGESIZE  # holds bytes 0..99 of another region
-    assert data[5 * mmap.PAGESIZE:] == b"\x07" * (3 * mmap.PAGESIZE)  # holds the bytes after `end`
-    assert data[mmap.PAGESIZE:5 * mmap.PAGESIZE] == bytes(4 * mmap.PAGESIZE)  # given back: reads as zeros
+    assert data[: mmap.PAGESIZE] == b"\x07" * mmap.PAGESIZE  # holds bytes 0..99 of another region
+    assert data[5 * mmap.PAGESIZE :] == b"\x07" * (3 * mmap.PAGESIZE)  # holds the bytes after `end`
+    assert data[mmap.PAGESIZE : 5 * mmap.PAGESIZE] == bytes(4 * mmap.PAGESIZE)  # given back: reads as zeros
     ring.close()
 
 
@@ -348,13 +377,16 @@ def test_a_refused_fork_reads_in_a_thread(tmp_path, spec):
         def refuse():
             raise OSError(11, "Resource temporarily unavailable")
         os.fork = refuse
-        from nncli.cli import main
+        from nncli.cli.app import main
         sys.argv = ["nncli", "forward", {str(spec)!r}, {str(data)!r}, "-t", "label", "--id-column", "id", "-f", "csv"]
         main()
     """)
     refused = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
     assert refused.returncode == 0, refused.stderr
-    assert refused.stdout == _run(["forward", spec, data, "-t", "label", "--id-column", "id", "-f", "csv"], "process").stdout
+    assert (
+        refused.stdout
+        == _run(["forward", spec, data, "-t", "label", "--id-column", "id", "-f", "csv"], "process").stdout
+    )
 
 
 class _Frees:
@@ -426,7 +458,7 @@ def test_a_second_parser_gives_the_same_blocks_in_the_same_order(monkeypatch, tm
     """The reader process parses two blocks at once while the parent waits (csvread.starved): the
     rows come in file order all the same, and a bad cell is still named with its line."""
     import nncli
-    from nncli import csvread
+    from nncli.io import csvread
 
     data = tmp_path / "d.csv"
     _table(data, 20_000)
@@ -458,7 +490,9 @@ def _forward_args(spec, data):
     return ["forward", str(spec), str(data), "-t", "label", "--id-column", "id", "-f", "csv"]
 
 
-@pytest.mark.skipif(not os.path.exists("/usr/bin/prlimit") and not os.path.exists("/bin/prlimit"), reason="needs prlimit (util-linux)")
+@pytest.mark.skipif(
+    not os.path.exists("/usr/bin/prlimit") and not os.path.exists("/bin/prlimit"), reason="needs prlimit (util-linux)"
+)
 @pytest.mark.parametrize("nofile", [9, 10, 11])
 def test_under_a_low_file_limit_the_reader_still_reads(tmp_path, spec, nofile):
     """`prlimit --nofile=9..11`: polars panicked in one process or the other (hundreds of lines), or
@@ -466,7 +500,9 @@ def test_under_a_low_file_limit_the_reader_still_reads(tmp_path, spec, nofile):
     data = tmp_path / "d.csv"
     _table(data, 20_000)
     env = {k: v for k, v in os.environ.items() if k not in ("NNCLI_READER", "NNCLI_TIMINGS")}
-    limited = subprocess.run(["prlimit", f"--nofile={nofile}", NNCLI, *_forward_args(spec, data)], capture_output=True, env=env, timeout=180)
+    limited = subprocess.run(
+        ["prlimit", f"--nofile={nofile}", NNCLI, *_forward_args(spec, data)], capture_output=True, env=env, timeout=180
+    )
     assert limited.returncode == 0 and limited.stderr == b"", limited.stderr[-3000:]
     assert limited.stdout == _run(_forward_args(spec, data), "thread").stdout
 
@@ -480,7 +516,8 @@ def test_a_child_that_cannot_start_hands_its_rows_to_a_thread(tmp_path, spec, fa
     _table(data, 20_000)
     script = textwrap.dedent(f"""
         import os, sys
-        from nncli import cli, timing
+        from nncli import timing
+        from nncli.cli import app as cli
         def refused():  # the child's first step; the main process never takes it
             {failure}
         timing.restart = refused
@@ -497,8 +534,13 @@ def test_a_reader_killed_by_a_signal_is_one_error_line(tmp_path, spec):
     """kill -9 of the reader process (by hand, by the OOM killer) is not nncli's bug: one error line
     naming the data, exit 1, no output file; it said "internal error ... please report it"."""
     out = tmp_path / "out.csv"
-    proc = subprocess.Popen([NNCLI, "forward", str(spec), "-", "-t", "label", "--id-column", "id", "-o", str(out)], stdin=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "NNCLI_READER": "process", "NNCLI_TIMINGS": "0"})
+    proc = subprocess.Popen(
+        [NNCLI, "forward", str(spec), "-", "-t", "label", "--id-column", "id", "-o", str(out)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "NNCLI_READER": "process", "NNCLI_TIMINGS": "0"},
+    )
     try:
         children = _reader_children_once_fed(proc)
         os.kill(children[0], signal.SIGKILL)
@@ -518,7 +560,9 @@ def _unprivileged_python() -> list[str] | None:
         return None
     command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable]
     try:
-        probe = subprocess.run([*command, "-c", "import torch, polars, typer, nncli"], capture_output=True, timeout=120, cwd="/tmp")
+        probe = subprocess.run(
+            [*command, "-c", "import torch, polars, typer, nncli"], capture_output=True, timeout=120, cwd="/tmp"
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return command if probe.returncode == 0 else None
@@ -541,13 +585,22 @@ def test_under_a_low_process_limit_the_reader_still_reads(tmp_path, spec):
         shutil.copy(spec, copy)
         shutil.copy(data, os.path.join(folder, "d.csv"))
         env = {k: v for k, v in os.environ.items() if k not in ("NNCLI_READER", "NNCLI_TIMINGS")}
-        limited = subprocess.run(["prlimit", "--nproc=20", *command, "-m", "nncli", *_forward_args(copy, os.path.join(folder, "d.csv"))],
-                                 capture_output=True, env=env, cwd=folder, timeout=300)
+        limited = subprocess.run(
+            ["prlimit", "--nproc=20", *command, "-m", "nncli", *_forward_args(copy, os.path.join(folder, "d.csv"))],
+            capture_output=True,
+            env=env,
+            cwd=folder,
+            timeout=300,
+        )
         assert len(limited.stderr.splitlines()) <= 1, limited.stderr[-3000:]
         if limited.returncode == 0:
             assert limited.stdout == _run(_forward_args(spec, data), "thread").stdout
         else:
-            assert limited.returncode == 1 and limited.stderr.startswith(b"error: ") and b"internal error" not in limited.stderr
+            assert (
+                limited.returncode == 1
+                and limited.stderr.startswith(b"error: ")
+                and b"internal error" not in limited.stderr
+            )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -559,12 +612,15 @@ def test_a_child_that_fails_after_reading_puts_data_and_targets_back(tmp_path, s
     rng = np.random.default_rng(1)
     x = rng.standard_normal((20_000, 6))
     data, targets = tmp_path / "d.csv", tmp_path / "t.csv"
-    data.write_text(",".join(f"x{j}" for j in range(6)) + "\n" + "".join(",".join(f"{v:.7g}" for v in row) + "\n" for row in x))
+    data.write_text(
+        ",".join(f"x{j}" for j in range(6)) + "\n" + "".join(",".join(f"{v:.7g}" for v in row) + "\n" for row in x)
+    )
     targets.write_text("label\n" + "".join(["cat\n", "dog\n", "eel\n"][i % 3] for i in range(len(x))))
     args = ["loss", str(spec), str(data), "--targets", str(targets), "-b", "999", "-f", "json"]
     script = textwrap.dedent(f"""
         import sys
-        from nncli import cli, csvread, procread
+        from nncli.cli import app as cli
+        from nncli.io import csvread, readers as procread
         def refused(n):  # the child, about to hand over its first batch (parsed: both files read)
             raise RuntimeError("can't start new thread")
         procread._aligned = refused
@@ -581,5 +637,7 @@ def test_a_child_that_fails_after_reading_puts_data_and_targets_back(tmp_path, s
     model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
     labels = torch.tensor([i % 3 for i in range(len(x))])
     with torch.no_grad():
-        expected = torch.nn.functional.cross_entropy(model(torch.tensor([[float(f"{v:.7g}") for v in row] for row in x]).float()), labels)
+        expected = torch.nn.functional.cross_entropy(
+            model(torch.tensor([[float(f"{v:.7g}") for v in row] for row in x]).float()), labels
+        )
     assert abs(loss["loss"] - expected.item()) < 1e-5 * max(1.0, abs(expected.item())), (loss, expected)

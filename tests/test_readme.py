@@ -101,8 +101,13 @@ def test_numbers_match_only_within_what_a_cpu_can_change() -> None:
 
 def _commands() -> set[str]:
     """Every command `nncli --help` lists."""
-    help_text = subprocess.run([sys.executable, "-m", "nncli", "--help"], capture_output=True, text=True,
-                               env=dict(os.environ, COLUMNS="200"), check=True).stdout
+    help_text = subprocess.run(
+        [sys.executable, "-m", "nncli", "--help"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, COLUMNS="200"),
+        check=True,
+    ).stdout
     listed = help_text.split("Commands:", 1)[1]
     return {line.split()[0] for line in listed.splitlines() if line.startswith("  ") and line.split()}
 
@@ -238,10 +243,11 @@ def _trimmed(lines: list[str]) -> list[str]:
 
 
 def test_the_readme_test_command_is_the_one_ci_runs() -> None:
-    """"Develop and test" promises exactly what `.ci/run` runs: the same pytest command, the same extras."""
+    """ "Develop and test" promises exactly what `.ci/run` runs: the same pytest command, the same extras."""
     ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()]
     readme = (ROOT / "README.md").read_text(encoding="utf-8").split("## Develop and test", 1)[1].split("\n## ", 1)[0]
     shown = [line.strip() for line in readme.splitlines()]
+
     def pytest_lines(lines: list[str]) -> list[str]:
         return [line for line in lines if line.startswith("python -m pytest")]
 

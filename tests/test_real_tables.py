@@ -22,7 +22,9 @@ from torch import nn
 from tests.helpers import CONFIGS, DATA, assert_error, load_json, parse_csv, write
 
 NNCLI = [sys.executable, "-m", "nncli"]
-SPEC = "seed: 7\nlayers:\n  - Linear: {out_features: 5}\n  - Tanh\n  - Linear: {out_features: 3}\nloss: CrossEntropyLoss\n"
+SPEC = (
+    "seed: 7\nlayers:\n  - Linear: {out_features: 5}\n  - Tanh\n  - Linear: {out_features: 3}\nloss: CrossEntropyLoss\n"
+)
 
 
 def model_for(features=4, seed=7, dtype=torch.float32):
@@ -34,15 +36,31 @@ def model_for(features=4, seed=7, dtype=torch.float32):
 @pytest.fixture
 def frame():
     g = np.random.default_rng(3)
-    return pl.DataFrame({"a": g.normal(size=50), "b": g.normal(size=50) * 100, "c": g.normal(size=50), "d": g.normal(size=50),
-                         "label": g.integers(0, 3, 50)})
+    return pl.DataFrame(
+        {
+            "a": g.normal(size=50),
+            "b": g.normal(size=50) * 100,
+            "c": g.normal(size=50),
+            "d": g.normal(size=50),
+            "label": g.integers(0, 3, 50),
+        }
+    )
 
 
 def write_all_formats(df: pl.DataFrame, folder) -> dict:
     csv = df.write_csv()
-    files = {"csv": folder / "t.csv", "tsv": folder / "t.tsv", "parquet": folder / "t.parquet", "arrow": folder / "t.arrow",
-             "ndjson": folder / "t.ndjson", "csv.gz": folder / "t.csv.gz", "csv.bz2": folder / "t.csv.bz2",
-             "csv.xz": folder / "t.csv.xz", "ndjson.gz": folder / "t.ndjson.gz", "feather": folder / "t.feather"}
+    files = {
+        "csv": folder / "t.csv",
+        "tsv": folder / "t.tsv",
+        "parquet": folder / "t.parquet",
+        "arrow": folder / "t.arrow",
+        "ndjson": folder / "t.ndjson",
+        "csv.gz": folder / "t.csv.gz",
+        "csv.bz2": folder / "t.csv.bz2",
+        "csv.xz": folder / "t.csv.xz",
+        "ndjson.gz": folder / "t.ndjson.gz",
+        "feather": folder / "t.feather",
+    }
     files["csv"].write_text(csv)
     df.write_csv(files["tsv"], separator="\t")
     df.write_parquet(files["parquet"])
@@ -70,26 +88,44 @@ def test_every_input_format_gives_the_same_numbers_as_pytorch(nncli, tmp_path, f
         rows = parse_csv(nncli("forward", spec, path, "-t", "label").stdout)
         got = np.array([[np.float32(r[f"prob_{i}"]) for i in range(3)] for r in rows])
         np.testing.assert_array_equal(got, expected, err_msg=name)
-        assert np.float32(load_json(nncli("loss", spec, path, "-t", "label", "-f", "json"))["loss"]) == np.float32(loss.item()), name
+        assert np.float32(load_json(nncli("loss", spec, path, "-t", "label", "-f", "json"))["loss"]) == np.float32(
+            loss.item()
+        ), name
         grads = load_json(nncli("grads", spec, path, "-t", "label", "-f", "json"))["gradients"]
-        np.testing.assert_array_equal(np.array(grads["0.weight"], dtype=np.float32), model[0].weight.grad.numpy(), err_msg=name)
+        np.testing.assert_array_equal(
+            np.array(grads["0.weight"], dtype=np.float32), model[0].weight.grad.numpy(), err_msg=name
+        )
 
 
 def test_standard_input_takes_any_format_when_named(tmp_path, frame):
     spec = write(tmp_path, "s.yaml", SPEC)
     files = write_all_formats(frame, tmp_path)
-    plain = subprocess.run(NNCLI + ["forward", str(spec), str(files["csv"]), "-t", "label"], capture_output=True, text=True).stdout
+    plain = subprocess.run(
+        NNCLI + ["forward", str(spec), str(files["csv"]), "-t", "label"], capture_output=True, text=True
+    ).stdout
     for fmt in ("parquet", "arrow", "ndjson", "csv.gz", "ndjson.gz"):
-        got = subprocess.run(NNCLI + ["forward", str(spec), "-", "-t", "label", "--input-format", fmt], stdin=open(files[fmt], "rb"),
-                             capture_output=True, text=True)
+        got = subprocess.run(
+            NNCLI + ["forward", str(spec), "-", "-t", "label", "--input-format", fmt],
+            stdin=open(files[fmt], "rb"),
+            capture_output=True,
+            text=True,
+        )
         assert got.returncode == 0 and got.stdout == plain, (fmt, got.stderr)
 
 
-@pytest.mark.parametrize("suffix, read", [
-    (".parquet", pl.read_parquet), (".arrow", pl.read_ipc), (".ndjson", pl.read_ndjson), (".jsonl", pl.read_ndjson),
-    (".csv.gz", lambda p: pl.read_csv(gzip.decompress(open(p, "rb").read()))), (".tsv", lambda p: pl.read_csv(p, separator="\t")),
-    (".csv.xz", lambda p: pl.read_csv(lzma.decompress(open(p, "rb").read()))), (".json", lambda p: pl.DataFrame(json.load(open(p)))),
-])
+@pytest.mark.parametrize(
+    "suffix, read",
+    [
+        (".parquet", pl.read_parquet),
+        (".arrow", pl.read_ipc),
+        (".ndjson", pl.read_ndjson),
+        (".jsonl", pl.read_ndjson),
+        (".csv.gz", lambda p: pl.read_csv(gzip.decompress(open(p, "rb").read()))),
+        (".tsv", lambda p: pl.read_csv(p, separator="\t")),
+        (".csv.xz", lambda p: pl.read_csv(lzma.decompress(open(p, "rb").read()))),
+        (".json", lambda p: pl.DataFrame(json.load(open(p)))),
+    ],
+)
 def test_output_files_by_suffix(nncli, tmp_path, frame, suffix, read):
     spec = write(tmp_path, "s.yaml", SPEC)
     files = write_all_formats(frame, tmp_path)
@@ -99,24 +135,46 @@ def test_output_files_by_suffix(nncli, tmp_path, frame, suffix, read):
     got = read(str(out))
     assert got.columns == reference.columns
     for column in reference.columns[:3]:
-        np.testing.assert_array_equal(got.get_column(column).cast(pl.Float32).to_numpy(), reference.get_column(column).cast(pl.Float32).to_numpy())
+        np.testing.assert_array_equal(
+            got.get_column(column).cast(pl.Float32).to_numpy(), reference.get_column(column).cast(pl.Float32).to_numpy()
+        )
     if suffix in (".parquet", ".arrow"):
         assert got.schema["prob_0"] == pl.Float32 and got.schema["class"] == pl.Int64  # typed, not text
 
 
 def test_an_unknown_output_suffix_is_refused_before_any_work(nncli, tmp_path):
-    result = nncli("forward", CONFIGS / "three-class.yaml", DATA / "table-5x6.csv", "-t", "label", "-o", tmp_path / "p.xlsx")
+    result = nncli(
+        "forward", CONFIGS / "three-class.yaml", DATA / "table-5x6.csv", "-t", "label", "-o", tmp_path / "p.xlsx"
+    )
     assert_error(result, 2, "unknown output format '.xlsx'")
     assert not (tmp_path / "p.xlsx").exists()
-    assert nncli("forward", CONFIGS / "three-class.yaml", DATA / "table-5x6.csv", "-t", "label", "-o", tmp_path / "p.xlsx", "-f", "csv").exit_code == 0
+    assert (
+        nncli(
+            "forward",
+            CONFIGS / "three-class.yaml",
+            DATA / "table-5x6.csv",
+            "-t",
+            "label",
+            "-o",
+            tmp_path / "p.xlsx",
+            "-f",
+            "csv",
+        ).exit_code
+        == 0
+    )
 
 
 def test_parquet_to_a_terminal_is_refused():
     import pty
 
     leader, follower = pty.openpty()
-    proc = subprocess.run(NNCLI + ["forward", str(CONFIGS / "three-class.yaml"), str(DATA / "table-5x6.csv"), "-t", "label", "-f", "parquet"],
-                          stdout=follower, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(
+        NNCLI
+        + ["forward", str(CONFIGS / "three-class.yaml"), str(DATA / "table-5x6.csv"), "-t", "label", "-f", "parquet"],
+        stdout=follower,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     os.close(follower)
     os.close(leader)
     assert proc.returncode == 2 and "binary" in proc.stderr
@@ -139,7 +197,12 @@ def test_train_learns_sorted_classes_saves_them_and_forward_names_them(nncli, tm
     spec = write(tmp_path, "s.yaml", SPEC)
     for suffix in (".safetensors", ".pt"):
         w = tmp_path / f"w{suffix}"
-        assert nncli("train", spec, path, "-t", "kind", "--epochs", "3", "--lr", "0.1", "--save-weights", w, "-f", "json").exit_code == 0
+        assert (
+            nncli(
+                "train", spec, path, "-t", "kind", "--epochs", "3", "--lr", "0.1", "--save-weights", w, "-f", "json"
+            ).exit_code
+            == 0
+        )
         if suffix == ".safetensors":
             with safe_open(w, "pt") as f:
                 assert json.loads(f.metadata()["nncli.classes"]) == ["cat", "dog", "emu"]
@@ -151,8 +214,24 @@ def test_train_learns_sorted_classes_saves_them_and_forward_names_them(nncli, tm
         indices = parse_csv(nncli("forward", spec, path, "-t", "kind", "--weights", w, "--class-indices").stdout)
         assert [["cat", "dog", "emu"][int(r["class"])] for r in indices] == [r["class"] for r in rows]
     # the same training with the labels as indices in sorted order gives the same weights
-    numeric = write(tmp_path, "n.csv", path.read_text().replace(",cat\n", ",0\n").replace(",dog\n", ",1\n").replace(",emu\n", ",2\n"))
-    nncli("train", spec, numeric, "-t", "kind", "--epochs", "3", "--lr", "0.1", "--save-weights", tmp_path / "n.safetensors")
+    numeric = write(
+        tmp_path,
+        "n.csv",
+        path.read_text().replace(",cat\n", ",0\n").replace(",dog\n", ",1\n").replace(",emu\n", ",2\n"),
+    )
+    nncli(
+        "train",
+        spec,
+        numeric,
+        "-t",
+        "kind",
+        "--epochs",
+        "3",
+        "--lr",
+        "0.1",
+        "--save-weights",
+        tmp_path / "n.safetensors",
+    )
     from safetensors.torch import load_file
 
     a, b = load_file(tmp_path / "w.safetensors"), load_file(tmp_path / "n.safetensors")
@@ -166,7 +245,9 @@ def test_the_spec_names_classes_for_an_untrained_model(nncli, tmp_path):
     labels = torch.tensor([order[("cat", "dog", "emu")[k]] for k in y])
     model = model_for()
     expected = nn.CrossEntropyLoss()(model(torch.from_numpy(x).float()), labels)
-    assert np.float32(load_json(nncli("loss", spec, path, "-t", "kind", "-f", "json"))["loss"]) == np.float32(expected.item())
+    assert np.float32(load_json(nncli("loss", spec, path, "-t", "kind", "-f", "json"))["loss"]) == np.float32(
+        expected.item()
+    )
     doc = load_json(nncli("evaluate", spec, path, "-t", "kind", "-f", "json"))
     assert doc["classes"] == ["emu", "dog", "cat"] and [r["class"] for r in doc["per_class"]] == ["emu", "dog", "cat"]
     unknown = write(tmp_path, "u.csv", path.read_text() + "0,0,0,0,yak\n")
@@ -175,29 +256,57 @@ def test_the_spec_names_classes_for_an_untrained_model(nncli, tmp_path):
 
 def test_text_labels_without_classes_say_where_classes_come_from(nncli, tmp_path):
     path, _, _ = words(tmp_path)
-    assert_error(nncli("loss", write(tmp_path, "s.yaml", SPEC), path, "-t", "kind"), 1, "is not a number", "text class labels need the classes")
+    assert_error(
+        nncli("loss", write(tmp_path, "s.yaml", SPEC), path, "-t", "kind"),
+        1,
+        "is not a number",
+        "text class labels need the classes",
+    )
 
 
 def test_binary_text_labels(nncli, tmp_path):
     g = np.random.default_rng(5)
     x = g.normal(size=(40, 4))
     y = g.integers(0, 2, 40)
-    lines = ["a,b,c,d,diagnosis"] + [",".join(repr(float(v)) for v in row) + "," + ("malignant" if k else "benign") for row, k in zip(x, y)]
+    lines = ["a,b,c,d,diagnosis"] + [
+        ",".join(repr(float(v)) for v in row) + "," + ("malignant" if k else "benign") for row, k in zip(x, y)
+    ]
     path = write(tmp_path, "b.csv", "\n".join(lines) + "\n")
-    spec = write(tmp_path, "b.yaml", "seed: 2\nlayers:\n  - Linear: {out_features: 1}\n  - Sigmoid\nclasses: [benign, malignant]\n")
+    spec = write(
+        tmp_path,
+        "b.yaml",
+        "seed: 2\nlayers:\n  - Linear: {out_features: 1}\n  - Sigmoid\nclasses: [benign, malignant]\n",
+    )
     torch.manual_seed(2)
     model = nn.Sequential(nn.Linear(4, 1), nn.Sigmoid())
     expected = nn.BCELoss()(model(torch.from_numpy(x).float()), torch.from_numpy(y).float().unsqueeze(1))
-    assert np.float32(load_json(nncli("loss", spec, path, "-t", "diagnosis", "-f", "json"))["loss"]) == np.float32(expected.item())
+    assert np.float32(load_json(nncli("loss", spec, path, "-t", "diagnosis", "-f", "json"))["loss"]) == np.float32(
+        expected.item()
+    )
     rows = parse_csv(nncli("forward", spec, path, "-t", "diagnosis").stdout)
     assert {r["class"] for r in rows} <= {"benign", "malignant"}
 
 
 def test_the_iris_example_trains_on_species_words(nncli, tmp_path):
     w = tmp_path / "iris.safetensors"
-    nncli("train", CONFIGS / "iris.yaml", DATA / "iris-train.csv", "-t", "species", "--epochs", "5", "--lr", "0.01", "--optimizer", "adam",
-          "--save-weights", w)
-    rows = parse_csv(nncli("forward", CONFIGS / "iris.yaml", DATA / "iris-test.csv", "-t", "species", "--weights", w).stdout)
+    nncli(
+        "train",
+        CONFIGS / "iris.yaml",
+        DATA / "iris-train.csv",
+        "-t",
+        "species",
+        "--epochs",
+        "5",
+        "--lr",
+        "0.01",
+        "--optimizer",
+        "adam",
+        "--save-weights",
+        w,
+    )
+    rows = parse_csv(
+        nncli("forward", CONFIGS / "iris.yaml", DATA / "iris-test.csv", "-t", "species", "--weights", w).stdout
+    )
     assert list(rows[0]) == ["prob_setosa", "prob_versicolor", "prob_virginica", "class"]
 
 
@@ -210,7 +319,25 @@ def test_standardize_is_fitted_on_the_training_rows_and_applied_everywhere(nncli
     spec = write(tmp_path, "s.yaml", SPEC + "preprocess: {standardize: true}\n")
     w = tmp_path / "w.safetensors"
     assert_error(nncli("forward", spec, path, "-t", "label"), 1, "statistics are unset")
-    doc = load_json(nncli("train", spec, path, "-t", "label", "--epochs", "2", "--lr", "0.1", "--val-split", "0.2", "--save-weights", w, "-f", "json"))
+    doc = load_json(
+        nncli(
+            "train",
+            spec,
+            path,
+            "-t",
+            "label",
+            "--epochs",
+            "2",
+            "--lr",
+            "0.1",
+            "--val-split",
+            "0.2",
+            "--save-weights",
+            w,
+            "-f",
+            "json",
+        )
+    )
     assert doc["epochs"] == 2
     x = np.ascontiguousarray(frame.select(["a", "b", "c", "d"]).to_numpy())
     n = len(x)
@@ -227,7 +354,9 @@ def test_standardize_is_fitted_on_the_training_rows_and_applied_everywhere(nncli
     model.load_state_dict({k: v for k, v in load_file(w).items() if not k.startswith("nncli.")})
     with torch.no_grad():
         xt = torch.from_numpy(x).float()
-        expected = model.eval()((xt - shift.float()) / scale.float()).softmax(dim=1).numpy()  # written by hand, in float32
+        expected = (
+            model.eval()((xt - shift.float()) / scale.float()).softmax(dim=1).numpy()
+        )  # written by hand, in float32
     rows = parse_csv(nncli("forward", spec, path, "-t", "label", "--weights", w).stdout)
     np.testing.assert_array_equal(np.array([[np.float32(r[f"prob_{i}"]) for i in range(3)] for r in rows]), expected)
 
@@ -256,8 +385,13 @@ def test_many_files_in_sorted_order_one_output_each_or_joined(nncli, tmp_path, f
     parts.mkdir()
     for i, name in enumerate(["b.parquet", "a.parquet", "c.parquet"]):
         frame.slice(i * 20, 20).write_parquet(parts / name)
-    joined = parse_csv(nncli("forward", spec, str(parts / "*.parquet"), "-t", "label", "--source-column", "file").stdout)
-    each = {name: parse_csv(nncli("forward", spec, parts / name, "-t", "label").stdout) for name in ("a.parquet", "b.parquet", "c.parquet")}
+    joined = parse_csv(
+        nncli("forward", spec, str(parts / "*.parquet"), "-t", "label", "--source-column", "file").stdout
+    )
+    each = {
+        name: parse_csv(nncli("forward", spec, parts / name, "-t", "label").stdout)
+        for name in ("a.parquet", "b.parquet", "c.parquet")
+    }
     assert [r["file"].rsplit("/", 1)[1] for r in joined] == ["a.parquet"] * 20 + ["b.parquet"] * 20 + ["c.parquet"] * 10
     assert [r["prob_0"] for r in joined] == [r["prob_0"] for n in sorted(each) for r in each[n]]
     out = tmp_path / "out"
@@ -279,5 +413,7 @@ def test_files_whose_columns_differ_are_named(nncli, tmp_path, frame):
     spec = write(tmp_path, "s.yaml", SPEC)
     frame.write_csv(tmp_path / "a.csv")
     frame.rename({"d": "e"}).write_csv(tmp_path / "b.csv")
-    assert_error(nncli("forward", spec, tmp_path / "a.csv", tmp_path / "b.csv", "-t", "label"), 1, "columns differ", "b.csv")
+    assert_error(
+        nncli("forward", spec, tmp_path / "a.csv", tmp_path / "b.csv", "-t", "label"), 1, "columns differ", "b.csv"
+    )
     assert_error(nncli("forward", spec, str(tmp_path / "*.nothing"), "-t", "label"), 1, "no file matches")

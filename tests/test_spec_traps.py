@@ -21,11 +21,11 @@ import torch
 from torch import nn
 
 import nncli as lib
-from nncli import model as model_module
-from nncli import spec as spec_module
+from nncli.core import model as model_module
+from nncli.core import spec as spec_module
+from nncli.core.model import build
+from nncli.core.spec import DEFAULT_MAX_LAYERS, MAX_INLINE_VALUES, load_spec, parse_spec, resolve
 from nncli.errors import NncliError
-from nncli.model import build
-from nncli.spec import DEFAULT_MAX_LAYERS, MAX_INLINE_VALUES, load_spec, parse_spec, resolve
 from tests.helpers import DATA, assert_error, load_json, read_table, write
 
 
@@ -50,7 +50,10 @@ def test_devices_and_pipes_are_read_no_further_than_64_mib(source):
     # os.path.getsize is 0 for both: nncli used to read until memory ran out
     proc = subprocess.run(
         ["bash", "-c", f"{sys.executable} -m nncli params {source}"],
-        capture_output=True, text=True, timeout=120, preexec_fn=_limit_memory,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_limit_memory,
     )
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.startswith("error: the spec is larger than 64 MiB (/dev/"), proc.stderr
@@ -86,7 +89,9 @@ def test_half_a_million_aliased_layers_are_refused_before_anything_is_built(nncl
     # 2 MB of YAML; it used to build a 500,000-layer model (33 s, 1.8 GB)
     spec = write(tmp_path, "spec.yaml", "inputs: 2\nlayers: [&a ReLU" + ", *a" * 499_999 + "]\n")
     start = time.monotonic()
-    assert_error(nncli("params", spec), 1, f"the spec has 500,000 layers, more than --max-layers 10,000 allows ({spec})")
+    assert_error(
+        nncli("params", spec), 1, f"the spec has 500,000 layers, more than --max-layers 10,000 allows ({spec})"
+    )
     assert time.monotonic() - start < 120  # a guard against the old minutes, not a benchmark
 
 
@@ -105,7 +110,9 @@ def test_max_layers_is_a_parameter_of_load_spec_and_parse_spec(tmp_path):
     "text",
     [
         pytest.param("inputs: 2\nlayers:\n  - GELU: {approximate: LAUGHS}\n", id="layer-argument"),
-        pytest.param("inputs: 2\nlayers:\n  - Linear:\n      in_features: 2\n      out_features: LAUGHS\n", id="size-argument"),
+        pytest.param(
+            "inputs: 2\nlayers:\n  - Linear:\n      in_features: 2\n      out_features: LAUGHS\n", id="size-argument"
+        ),
         pytest.param("inputs: 9\nlayers:\n  - Linear: [9, 9]\n    weight: LAUGHS\n", id="inline-weight"),
         pytest.param("name: LAUGHS\nlayers: []\n", id="name"),
         pytest.param("layers: LAUGHS\n", id="layers"),
@@ -115,7 +122,9 @@ def test_max_layers_is_a_parameter_of_load_spec_and_parse_spec(tmp_path):
 def test_billion_laughs_are_refused_wherever_they_are(nncli, tmp_path, text):
     spec = write(tmp_path, "spec.yaml", text.replace("LAUGHS", laughs()))  # 9**9 values in ~450 bytes
     start = time.monotonic()
-    assert_error(nncli("params", spec, "--values"), 1, "the YAML aliases expand to more than 1,000,000 values", f"{spec}:")
+    assert_error(
+        nncli("params", spec, "--values"), 1, "the YAML aliases expand to more than 1,000,000 values", f"{spec}:"
+    )
     assert time.monotonic() - start < 20
 
 
@@ -130,15 +139,19 @@ def test_yaml_merge_keys_cannot_multiply_a_mapping(nncli, tmp_path):
 
 
 def test_aliases_within_the_budget_still_work(nncli, tmp_path):
-    spec = write(tmp_path, "spec.yaml", (
-        "inputs: 6\n"
-        "layers:\n"
-        "  - &hidden {Linear: {out_features: 6}}\n"
-        "  - &act ReLU\n"
-        "  - *hidden\n"
-        "  - *act\n"
-        "  - Linear: {<<: &two {out_features: 2}, bias: false}\n"
-    ))
+    spec = write(
+        tmp_path,
+        "spec.yaml",
+        (
+            "inputs: 6\n"
+            "layers:\n"
+            "  - &hidden {Linear: {out_features: 6}}\n"
+            "  - &act ReLU\n"
+            "  - *hidden\n"
+            "  - *act\n"
+            "  - Linear: {<<: &two {out_features: 2}, bias: false}\n"
+        ),
+    )
     doc = load_json(nncli("params", spec, "-f", "json"))
     reference = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 2, bias=False))
     assert doc["total_params"] == sum(p.numel() for p in reference.parameters())
@@ -154,7 +167,13 @@ def test_a_recursive_alias_is_refused(nncli, tmp_path):
 
 def test_a_25_kb_spec_of_aliases_never_becomes_a_5000x5000_weight(nncli, tmp_path):
     row = "&r [" + ", ".join(["0"] * 5000) + "]"
-    text = "layers:\n  - Linear: [5000, 5000]\n    bias: false\n    weight: [" + row + ", " + ", ".join(["*r"] * 4999) + "]\n"
+    text = (
+        "layers:\n  - Linear: [5000, 5000]\n    bias: false\n    weight: ["
+        + row
+        + ", "
+        + ", ".join(["*r"] * 4999)
+        + "]\n"
+    )
     spec = write(tmp_path, "spec.yaml", text)
     assert os.path.getsize(spec) < 40_000
     start = time.monotonic()
@@ -171,17 +190,25 @@ def test_inline_size_is_checked_against_the_shape_before_the_value_is_walked(nnc
 
     monkeypatch.setattr(spec_module, "_shape_of", never)
     assert_error(
-        nncli("params", spec), 1,
-        "layers[0] (Linear): weight has 1,001,000 values, more than the 1,000,000 inline weights may hold", "--weights file",
+        nncli("params", spec),
+        1,
+        "layers[0] (Linear): weight has 1,001,000 values, more than the 1,000,000 inline weights may hold",
+        "--weights file",
     )
 
 
 def test_small_inline_weights_built_from_aliases_keep_working(nncli, tmp_path):
-    spec = write(tmp_path, "spec.yaml", "layers:\n  - Linear: [2, 3]\n    weight: [&r [0.5, -0.25], *r, *r]\n    bias: [0.1, 0.2, 0.3]\n")
+    spec = write(
+        tmp_path,
+        "spec.yaml",
+        "layers:\n  - Linear: [2, 3]\n    weight: [&r [0.5, -0.25], *r, *r]\n    bias: [0.1, 0.2, 0.3]\n",
+    )
     doc = load_json(nncli("params", spec, "--values", "-f", "json"))
     expected = torch.tensor([[0.5, -0.25]] * 3, dtype=torch.float32)
     np.testing.assert_array_equal(np.array(doc["parameters"]["0.weight"], dtype=np.float32), expected.numpy())
-    np.testing.assert_array_equal(np.array(doc["parameters"]["0.bias"], dtype=np.float32), torch.tensor([0.1, 0.2, 0.3]).numpy())
+    np.testing.assert_array_equal(
+        np.array(doc["parameters"]["0.bias"], dtype=np.float32), torch.tensor([0.1, 0.2, 0.3]).numpy()
+    )
 
 
 # -- 4. duplicate keys --------------------------------------------------------------------------------
@@ -191,8 +218,14 @@ def test_small_inline_weights_built_from_aliases_keep_working(nncli, tmp_path):
     "text, message",
     [
         ("inputs: 2\nlayers:\n  - ReLU\nname: x\n\n\n\nlayers: []\n", "duplicate key 'layers' ({spec}:8)"),
-        ("layers:\n  - Linear: {in_features: 2, out_features: 3, out_features: 4}\n", "duplicate key 'out_features' ({spec}:2)"),
-        ("layers:\n  - Linear: [2, 1]\n    weight: [[1, 2]]\n    weight: [[3, 4]]\n", "duplicate key 'weight' ({spec}:4)"),
+        (
+            "layers:\n  - Linear: {in_features: 2, out_features: 3, out_features: 4}\n",
+            "duplicate key 'out_features' ({spec}:2)",
+        ),
+        (
+            "layers:\n  - Linear: [2, 1]\n    weight: [[1, 2]]\n    weight: [[3, 4]]\n",
+            "duplicate key 'weight' ({spec}:4)",
+        ),
         ("seed: 1\nseed: 2\nlayers: []\n", "duplicate key 'seed' ({spec}:2)"),
     ],
 )
@@ -202,7 +235,9 @@ def test_duplicate_keys_are_refused_naming_the_line(nncli, tmp_path, text, messa
 
 
 def test_a_merged_key_may_be_overridden_but_not_written_twice(nncli, tmp_path):
-    spec = write(tmp_path, "spec.yaml", "inputs: 2\nlayers:\n  - Linear: {<<: &d {out_features: 5, bias: false}, bias: true}\n")
+    spec = write(
+        tmp_path, "spec.yaml", "inputs: 2\nlayers:\n  - Linear: {<<: &d {out_features: 5, bias: false}, bias: true}\n"
+    )
     doc = load_json(nncli("params", spec, "-f", "json"))
     assert doc["total_params"] == sum(p.numel() for p in nn.Linear(2, 5, bias=True).parameters())
 
@@ -223,13 +258,33 @@ def _torch_fails(name: str, kwargs: dict) -> bool:
 
 
 BAD_VALUES = [
-    ("Hardtanh: [1.0, -1.0]", "Hardtanh", {"min_val": 1.0, "max_val": -1.0}, "layers[0] (Hardtanh): min_val must be less than max_val, got 1.0 and -1.0 ({spec})"),
+    (
+        "Hardtanh: [1.0, -1.0]",
+        "Hardtanh",
+        {"min_val": 1.0, "max_val": -1.0},
+        "layers[0] (Hardtanh): min_val must be less than max_val, got 1.0 and -1.0 ({spec})",
+    ),
     ("Hardtanh: [0.5, 0.5]", "Hardtanh", {"min_val": 0.5, "max_val": 0.5}, "min_val must be less than max_val"),
     ("Hardtanh: {min_val: -1.0e+39}", "Hardtanh", {"min_val": -1e39}, "min_val must be within the float32 range"),
-    ("BatchNorm1d: {eps: -1}", "BatchNorm1d", {"num_features": 3, "eps": -1.0}, "layers[0] (BatchNorm1d): eps must be positive, got -1.0"),
+    (
+        "BatchNorm1d: {eps: -1}",
+        "BatchNorm1d",
+        {"num_features": 3, "eps": -1.0},
+        "layers[0] (BatchNorm1d): eps must be positive, got -1.0",
+    ),
     ("BatchNorm1d: {eps: 0}", "BatchNorm1d", {"num_features": 3, "eps": 0.0}, "eps must be positive, got 0.0"),
-    ("LayerNorm: {eps: -1}", "LayerNorm", {"normalized_shape": 3, "eps": -1.0}, "layers[0] (LayerNorm): eps must be positive, got -1.0"),
-    ("LeakyReLU: {negative_slope: 1.0e+39}", "LeakyReLU", {"negative_slope": 1e39}, "negative_slope must be within the float32 range"),
+    (
+        "LayerNorm: {eps: -1}",
+        "LayerNorm",
+        {"normalized_shape": 3, "eps": -1.0},
+        "layers[0] (LayerNorm): eps must be positive, got -1.0",
+    ),
+    (
+        "LeakyReLU: {negative_slope: 1.0e+39}",
+        "LeakyReLU",
+        {"negative_slope": 1e39},
+        "negative_slope must be within the float32 range",
+    ),
     ("ELU: {alpha: 1.0e+39}", "ELU", {"alpha": 1e39}, "alpha must be within the float32 range"),
     ("Softplus: {beta: 0}", "Softplus", {"beta": 0.0}, "beta must not be 0"),
     ("Softplus: {threshold: 1.0e+39}", "Softplus", {"threshold": 1e39}, "threshold must be within the float32 range"),
@@ -246,12 +301,25 @@ def test_values_torch_refuses_are_spec_errors_naming_the_layer(nncli, tmp_path, 
 @pytest.mark.parametrize("momentum", ["2.0", "-0.5"])
 def test_batchnorm_momentum_must_be_a_fraction(nncli, tmp_path, momentum):
     spec = write(tmp_path, "spec.yaml", f"inputs: 3\nlayers:\n  - BatchNorm1d: {{momentum: {momentum}}}\n")
-    assert_error(nncli("params", spec), 1, f"layers[0] (BatchNorm1d): momentum must be between 0 and 1 (or null for a cumulative average), got {float(momentum)}")
+    assert_error(
+        nncli("params", spec),
+        1,
+        f"layers[0] (BatchNorm1d): momentum must be between 0 and 1 (or null for a cumulative average), got {float(momentum)}",
+    )
 
 
 @pytest.mark.parametrize(
-    "layer", ["BatchNorm1d: {momentum: null}", "BatchNorm1d: {momentum: 0, eps: 1.0e-12}", "BatchNorm1d: {momentum: 1}",
-              "Hardtanh: [-2, 2]", "LeakyReLU: -1", "ELU: {alpha: 0}", "Softplus: {beta: -1}", "LayerNorm: {eps: 1.0e-3}"],
+    "layer",
+    [
+        "BatchNorm1d: {momentum: null}",
+        "BatchNorm1d: {momentum: 0, eps: 1.0e-12}",
+        "BatchNorm1d: {momentum: 1}",
+        "Hardtanh: [-2, 2]",
+        "LeakyReLU: -1",
+        "ELU: {alpha: 0}",
+        "Softplus: {beta: -1}",
+        "LayerNorm: {eps: 1.0e-3}",
+    ],
 )
 def test_edge_values_torch_accepts_still_work(nncli, tmp_path, layer):
     spec = write(tmp_path, "spec.yaml", f"inputs: 3\nlayers:\n  - {layer}\n")
@@ -271,7 +339,9 @@ def test_edge_values_torch_accepts_still_work(nncli, tmp_path, layer):
     ],
 )
 def test_inplace_layers_are_built_out_of_place_and_grads_work(nncli, tmp_path, middle, reference):
-    spec = write(tmp_path, "spec.yaml", "seed: 7\nlayers:\n  - Linear: [3, 4]\n" + middle + "  - Linear: {out_features: 1}\n")
+    spec = write(
+        tmp_path, "spec.yaml", "seed: 7\nlayers:\n  - Linear: [3, 4]\n" + middle + "  - Linear: {out_features: 1}\n"
+    )
     data = write(tmp_path, "d.csv", "a,b,c,y\n0.5,-1.25,2.0,0.75\n-0.3,0.8,-1.5,-0.2\n1.7,0.1,-0.4,1.1\n")
     doc = load_json(nncli("grads", spec, data, "-t", "y", "--loss", "mse", "-f", "json"))
     torch.manual_seed(7)
@@ -311,8 +381,12 @@ def test_a_pickle_of_other_objects_is_refused_in_nncli_words(nncli, tmp_path, li
     path = tmp_path / "w.pt"
     torch.save({"0.weight": NotATensor(), "0.bias": torch.zeros(1)}, path)
     result = nncli("params", linear_spec, "--values", "--weights", path)
-    assert_error(result, 1, "the file holds Python objects other than tensors (tests.test_spec_traps.NotATensor)",
-                 "nncli loads only tensors and never runs code in a weights file")
+    assert_error(
+        result,
+        1,
+        "the file holds Python objects other than tensors (tests.test_spec_traps.NotATensor)",
+        "nncli loads only tensors and never runs code in a weights file",
+    )
     assert "weights_only=False" not in result.stderr and "\x1b" not in result.stderr
 
 
@@ -338,7 +412,10 @@ def test_a_torchscript_archive_asks_for_a_state_dict(nncli, tmp_path, linear_spe
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda: torch.tensor([[1.0, 0.0]]).to_sparse(), "key '0.weight' is a sparse_coo tensor; nncli loads dense tensors only"),
+        (
+            lambda: torch.tensor([[1.0, 0.0]]).to_sparse(),
+            "key '0.weight' is a sparse_coo tensor; nncli loads dense tensors only",
+        ),
         (lambda: torch.tensor([[1.0, 0.0]]).to_sparse_csr(), "key '0.weight' is a sparse_csr tensor"),
         (lambda: torch.empty(1, 2, device="meta"), "key '0.weight' is a meta tensor: it has a shape but no values"),
     ],
@@ -353,10 +430,15 @@ def test_sparse_and_meta_tensors_are_one_clear_error(nncli, tmp_path, linear_spe
     assert_error(result, 1, message, str(path))
 
 
-@pytest.mark.parametrize("error", [
-    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: you tried to allocate 24000000 bytes."),
-    MemoryError(),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: you tried to allocate 24000000 bytes."
+        ),
+        MemoryError(),
+    ],
+)
 def test_out_of_memory_while_building_is_one_error_line(nncli, tmp_path, monkeypatch, error):
     spec = write(tmp_path, "spec.yaml", "layers:\n  - Linear: [2000, 3000]\n")
     count = sum(p.numel() for p in nn.Linear(2000, 3000, device="meta").parameters())
@@ -365,7 +447,11 @@ def test_out_of_memory_while_building_is_one_error_line(nncli, tmp_path, monkeyp
         raise error
 
     monkeypatch.setattr(nn.Linear, "reset_parameters", no_memory)
-    assert_error(nncli("params", spec, "--values"), 1, f"out of memory allocating the model ({count:,} parameters, float32) ({spec})")
+    assert_error(
+        nncli("params", spec, "--values"),
+        1,
+        f"out of memory allocating the model ({count:,} parameters, float32) ({spec})",
+    )
 
 
 def test_other_runtime_errors_while_building_are_not_called_out_of_memory(tmp_path, monkeypatch):
@@ -405,14 +491,26 @@ def test_build_takes_the_largest_seed_like_torch(tmp_path):
         ("name: 2001-13-01\nlayers: []\n", "invalid YAML: cannot read a value: month must be in 1..12"),
         ("name: !!int xx\nlayers: []\n", "invalid YAML: cannot read a value"),
         ("seed: " + "1" * 5000 + "\nlayers: []\n", "an integer of more than 4300 digits"),
-        ("seed: 0x" + "f" * 5000 + "\nlayers: []\n", "`seed` must be an integer from 0 to 2**64-1, got a 20,000-bit integer"),
-        ("inputs: 2\nlayers:\n  - Linear: {out_features: 0x" + "f" * 5000 + "}\n", "out_features must be below 2**63 in size"),
+        (
+            "seed: 0x" + "f" * 5000 + "\nlayers: []\n",
+            "`seed` must be an integer from 0 to 2**64-1, got a 20,000-bit integer",
+        ),
+        (
+            "inputs: 2\nlayers:\n  - Linear: {out_features: 0x" + "f" * 5000 + "}\n",
+            "out_features must be below 2**63 in size",
+        ),
         ("inputs: 2\nlayers:\n  - Dropout: 1" + "0" * 400 + "\n", "p must be a number"),
         ("layers:\n  - Linear: [1, 1]\n    weight: [[1" + "0" * 400 + "]]\n", "too large for a float"),
         ("inputs: 0x" + "f" * 5000 + "\nlayers: []\n", "`inputs` must be a positive integer below 2**63"),
         ("a: &x 1\nb: &x 2\nlayers: []\n", "duplicate anchor"),
-        ('layers: []\nname: "\\U00110000"\n', "invalid YAML: chr() arg not in range(0x110000) ({spec}:2)"),  # found by test_fuzz
-        ("layers:\n  - {ReLU: null, " + ", ".join(f"k{i}: 1" for i in range(10_000)) + "}\n", "got keys 'ReLU', 'k0', 'k1', 'k2', 'k3', ..."),
+        (
+            'layers: []\nname: "\\U00110000"\n',
+            "invalid YAML: chr() arg not in range(0x110000) ({spec}:2)",
+        ),  # found by test_fuzz
+        (
+            "layers:\n  - {ReLU: null, " + ", ".join(f"k{i}: 1" for i in range(10_000)) + "}\n",
+            "got keys 'ReLU', 'k0', 'k1', 'k2', 'k3', ...",
+        ),
     ],
 )
 def test_odd_yaml_values_are_one_error_line(nncli, tmp_path, text, fragment):
@@ -431,14 +529,24 @@ def test_a_bare_layers_key_is_refused_not_the_identity_model(nncli, tmp_path, te
         assert_error(nncli(*command), 1, f"error: {message} ({spec})")
     with pytest.raises(NncliError, match=re.escape(message)):
         lib.load({"layers": None})
-    assert nncli("forward", write(tmp_path, "id.yaml", "layers: []\n"), tmp_path / "d.csv").stdout.splitlines() == ["output", "1.0"]
+    assert nncli("forward", write(tmp_path, "id.yaml", "layers: []\n"), tmp_path / "d.csv").stdout.splitlines() == [
+        "output",
+        "1.0",
+    ]
 
 
-@pytest.mark.parametrize("classes, outputs, ok", [("[a, b]", 3, False), ("[a, b, c, d]", 3, False), ("[a, b, c]", 3, True), ("[a, b]", 1, True)])
+@pytest.mark.parametrize(
+    "classes, outputs, ok",
+    [("[a, b]", 3, False), ("[a, b, c, d]", 3, False), ("[a, b, c]", 3, True), ("[a, b]", 1, True)],
+)
 def test_spec_classes_must_name_each_output(nncli, tmp_path, classes, outputs, ok):
     """`classes: [a, b]` on 3 softmax outputs was dropped silently (prob_0, prob_1, prob_2)."""
     head = "loss: CrossEntropyLoss\n" if outputs > 1 else "loss: BCEWithLogitsLoss\n"
-    spec = write(tmp_path, "s.yaml", f"layers:\n  - Linear: {{in_features: 2, out_features: {outputs}}}\n{head}classes: {classes}\n")
+    spec = write(
+        tmp_path,
+        "s.yaml",
+        f"layers:\n  - Linear: {{in_features: 2, out_features: {outputs}}}\n{head}classes: {classes}\n",
+    )
     result = nncli("forward", spec, DATA / "two-points.csv")
     if ok:
         assert result.exit_code == 0 and result.stdout.splitlines()[0].startswith("prob_"), result.stderr
@@ -447,13 +555,16 @@ def test_spec_classes_must_name_each_output(nncli, tmp_path, classes, outputs, o
         assert_error(result, 1, f"error: `classes` names {count} classes; the model has {outputs} outputs ({spec})")
 
 
-@pytest.mark.parametrize("text, message", [
-    ("", "the spec file is empty"),
-    ("\n   \n\n", "the spec file is empty"),
-    ("\ufeff", "the spec file is empty"),
-    ("---\n...\n", "the spec file is empty"),
-    ("# layers: to come\n\n# more\n", "the spec file holds only comments"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "the spec file is empty"),
+        ("\n   \n\n", "the spec file is empty"),
+        ("\ufeff", "the spec file is empty"),
+        ("---\n...\n", "the spec file is empty"),
+        ("# layers: to come\n\n# more\n", "the spec file holds only comments"),
+    ],
+)
 def test_an_empty_spec_file_is_called_empty_not_none(nncli, tmp_path, text, message):
     """It said `a spec is a mapping with a layers list, got None`: None is Python's word, not the user's."""
     spec = tmp_path / "spec.yaml"

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from nncli import csvread
+from nncli.io import csvread
 from tests.helpers import CONFIGS, assert_error, column, load_json, parse_csv, read_table, write
 
 SPEC = "seed: 4\nlayers:\n  - Linear: {out_features: 6}\n  - ReLU\n  - Linear: {out_features: 3}\n  - Softmax\n"
@@ -21,7 +21,9 @@ def make_data(tmp_path, rows=500, seed=1):
     x = torch.randn(rows, 5, generator=g, dtype=torch.float64)
     y = torch.randint(0, 3, (rows,), generator=g)
     path = tmp_path / "d.csv"
-    path.write_text("a,b,c,d,e,y\n" + "".join(",".join(repr(v) for v in r) + f",{int(c)}\n" for r, c in zip(x.tolist(), y.tolist())))
+    path.write_text(
+        "a,b,c,d,e,y\n" + "".join(",".join(repr(v) for v in r) + f",{int(c)}\n" for r, c in zip(x.tolist(), y.tolist()))
+    )
     return path
 
 
@@ -61,12 +63,16 @@ def test_loss_and_grads_in_chunks_equal_one_batch(nncli, tmp_path, batch_size):
     doc = load_json(nncli("grads", spec, path, "-t", "y", "-b", batch_size, "-f", "json"))
     assert doc["loss"] == pytest.approx(loss.item(), rel=1e-6)
     for name, p in model.named_parameters():
-        np.testing.assert_allclose(np.array(doc["gradients"][name], dtype=np.float32), p.grad.numpy(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(
+            np.array(doc["gradients"][name], dtype=np.float32), p.grad.numpy(), rtol=1e-5, atol=1e-7
+        )
 
 
 def test_train_mode_batchnorm_and_dropout_are_never_split(nncli, tmp_path):
     path = make_data(tmp_path, rows=50)
-    spec = write(tmp_path, "s.yaml", "seed: 2\nlayers:\n  - BatchNorm1d\n  - Linear: {out_features: 3}\n  - Dropout: 0.3\n")
+    spec = write(
+        tmp_path, "s.yaml", "seed: 2\nlayers:\n  - BatchNorm1d\n  - Linear: {out_features: 3}\n  - Dropout: 0.3\n"
+    )
     doc = load_json(nncli("grads", spec, path, "-t", "y", "-b", 7, "-f", "json"))
     torch.manual_seed(2)
     model = nn.Sequential(nn.BatchNorm1d(5), nn.Linear(5, 3), nn.Dropout(0.3)).train()
@@ -74,7 +80,9 @@ def test_train_mode_batchnorm_and_dropout_are_never_split(nncli, tmp_path):
     loss = nn.CrossEntropyLoss()(model(x), y)
     loss.backward()
     assert np.float32(doc["loss"]) == loss.detach().numpy()
-    np.testing.assert_array_equal(np.array(doc["gradients"]["1.weight"], dtype=np.float32), model[1].weight.grad.numpy())
+    np.testing.assert_array_equal(
+        np.array(doc["gradients"]["1.weight"], dtype=np.float32), model[1].weight.grad.numpy()
+    )
 
 
 def test_tiny_blocks_read_the_same_rows(nncli, tmp_path, monkeypatch):
@@ -112,8 +120,12 @@ def test_standard_input_bigger_than_a_block_streams(tmp_path):
     x = torch.randn(60_000, 8, generator=g, dtype=torch.float64)
     text = "".join(",".join(repr(v) for v in r) + "\n" for r in x.tolist())
     assert len(text) > csvread.BLOCK_BYTES
-    result = subprocess.run([sys.executable, "-m", "nncli", "forward", str(CONFIGS / "sigmoid-8.yaml"), "-", "-f", "csv"],
-                            input=text.encode(), capture_output=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "nncli", "forward", str(CONFIGS / "sigmoid-8.yaml"), "-", "-f", "csv"],
+        input=text.encode(),
+        capture_output=True,
+        check=True,
+    )
     got = np.array([np.float32(line.split(",")[0]) for line in result.stdout.decode().splitlines()[1:]])
     torch.manual_seed(42)
     model = nn.Sequential(nn.Linear(8, 1), nn.Sigmoid()).eval()
@@ -125,7 +137,7 @@ def test_standard_input_bigger_than_a_block_streams(tmp_path):
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["forward", "--help"], ["forward"], ["nonsense"]])
 def test_start_up_imports_neither_torch_nor_polars(args):
     code = (
-        "import sys\nfrom nncli.cli import app\n"
+        "import sys\nfrom nncli.cli.app import app\n"
         f"sys.argv = ['nncli'] + {args!r}\n"
         "try:\n    app()\nexcept SystemExit:\n    pass\n"
         "print(sorted(m for m in ('torch', 'polars', 'numpy') if m in sys.modules))\n"
@@ -153,7 +165,7 @@ def test_devices_and_threads(nncli, tmp_path):
 
 
 def test_progress_bar_only_on_a_terminal(monkeypatch):
-    from nncli import progress
+    from nncli.views import progress
 
     class Source:
         name, bytes_read, total_bytes = "x.csv", 10, 100
@@ -170,7 +182,6 @@ def test_progress_bar_only_on_a_terminal(monkeypatch):
     started.clear()
     assert list(progress.tracked(iter(items), Source(), quiet=True)) == items
     assert started == []
-
 
 
 def _fed(fifo, data: bytes):
@@ -204,8 +215,24 @@ def test_commands_that_read_twice_copy_a_named_pipe_once(tmp_path):
             os.mkfifo(fifo)
             writer = _fed(fifo, content)
         weights = tmp_path / f"{name}.safetensors"
-        runs[name] = subprocess.run([nncli_script, "train", str(spec), str(source), "-t", "y", "--epochs", "2", "--lr", "0.1",
-                                     "--save-weights", str(weights)], capture_output=True, timeout=120)
+        runs[name] = subprocess.run(
+            [
+                nncli_script,
+                "train",
+                str(spec),
+                str(source),
+                "-t",
+                "y",
+                "--epochs",
+                "2",
+                "--lr",
+                "0.1",
+                "--save-weights",
+                str(weights),
+            ],
+            capture_output=True,
+            timeout=120,
+        )
         assert runs[name].returncode == 0, runs[name].stderr
         runs[name] = (runs[name].stdout, weights.read_bytes())
         if content is not None:
@@ -235,8 +262,22 @@ def test_an_error_in_a_copied_pipe_names_the_pipe(tmp_path):
     fifo = tmp_path / "pipe.csv"
     os.mkfifo(fifo)
     _fed(fifo, b"a,b,c,d,e,y\n1,2,3,4,oops,0\n")
-    done = subprocess.run([os.path.join(os.path.dirname(sys.executable), "nncli"), "train", str(spec), str(fifo), "-t", "y",
-                           "--epochs", "1", "--lr", "0.1"], capture_output=True, timeout=120)
+    done = subprocess.run(
+        [
+            os.path.join(os.path.dirname(sys.executable), "nncli"),
+            "train",
+            str(spec),
+            str(fifo),
+            "-t",
+            "y",
+            "--epochs",
+            "1",
+            "--lr",
+            "0.1",
+        ],
+        capture_output=True,
+        timeout=120,
+    )
     assert done.returncode == 1
     line = done.stderr.decode().strip()
     assert line.startswith("error: ") and f"({fifo}:2)" in line, line
@@ -258,13 +299,22 @@ def test_a_targets_file_on_standard_input_is_read_whole_every_time(tmp_path):
     for command in (["train", "--epochs", "2", "--lr", "0.1"], ["step", "--lr", "0.1"]):
         args = [nncli_script, command[0], str(spec), str(features), *command[1:]]
         from_file = subprocess.run(args + ["--targets", str(targets)], capture_output=True, timeout=120)
-        from_stdin = subprocess.run(args + ["--targets", "-"], input=targets.read_bytes(), capture_output=True, timeout=120)
+        from_stdin = subprocess.run(
+            args + ["--targets", "-"], input=targets.read_bytes(), capture_output=True, timeout=120
+        )
         assert from_file.returncode == 0, from_file.stderr
         assert from_stdin.returncode == 0, from_stdin.stderr
         assert from_stdin.stdout == from_file.stdout
-    both = subprocess.run([nncli_script, "train", str(spec), "-", "--targets", "-", "--epochs", "1", "--lr", "0.1"],
-                          input=features.read_bytes(), capture_output=True, timeout=120)
-    assert both.returncode == 2 and both.stderr.decode().splitlines() == ["error: DATA and --targets can't both be standard input", "Try 'nncli train --help'"]
+    both = subprocess.run(
+        [nncli_script, "train", str(spec), "-", "--targets", "-", "--epochs", "1", "--lr", "0.1"],
+        input=features.read_bytes(),
+        capture_output=True,
+        timeout=120,
+    )
+    assert both.returncode == 2 and both.stderr.decode().splitlines() == [
+        "error: DATA and --targets can't both be standard input",
+        "Try 'nncli train --help'",
+    ]
 
 
 def test_the_library_leaves_the_callers_read_as_it_was(tmp_path, monkeypatch):
@@ -342,7 +392,24 @@ def test_every_command_batches_as_a_dataloader_does(nncli, tmp_path, rows, batch
 
     # train --stream: one optimizer step per DataLoader batch, file order
     out = tmp_path / "w.safetensors"
-    nncli("train", spec, path, "-t", "y", "-b", batch_size, "--lr", "0.1", "--epochs", "2", "--stream", "--save-weights", out, "-f", "json")
+    nncli(
+        "train",
+        spec,
+        path,
+        "-t",
+        "y",
+        "-b",
+        batch_size,
+        "--lr",
+        "0.1",
+        "--epochs",
+        "2",
+        "--stream",
+        "--save-weights",
+        out,
+        "-f",
+        "json",
+    )
     model, _, _ = reference(path)
     model = model[:3].train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

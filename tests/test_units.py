@@ -6,20 +6,29 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from nncli.data import _rebatch
+from nncli.core.spec import parse_spec, resolve
 from nncli.errors import NncliError
-from nncli.frames import batch_bounds
-from nncli.render import FoldingTable
-from nncli.spec import parse_spec, resolve
+from nncli.io.frames import batch_bounds
+from nncli.io.reading import _rebatch
+from nncli.views.render import FoldingTable
 
 
 def test_the_resolver_infers_sizes_and_checks_widths():
-    spec = parse_spec({"layers": [{"Linear": {"out_features": 4}}, "ReLU", "BatchNorm1d", {"LayerNorm": None}, {"Linear": [4, 2]}]}, "s.yaml")
+    spec = parse_spec(
+        {"layers": [{"Linear": {"out_features": 4}}, "ReLU", "BatchNorm1d", {"LayerNorm": None}, {"Linear": [4, 2]}]},
+        "s.yaml",
+    )
     layers = resolve(spec, 6)
     assert [(l.in_width, l.out_width) for l in layers] == [(6, 4), (4, 4), (4, 4), (4, 4), (4, 2)]
-    assert layers[0].kwargs["in_features"] == 6 and layers[2].kwargs["num_features"] == 4 and layers[3].kwargs["normalized_shape"] == 4
+    assert (
+        layers[0].kwargs["in_features"] == 6
+        and layers[2].kwargs["num_features"] == 4
+        and layers[3].kwargs["normalized_shape"] == 4
+    )
     assert [l.num_params for l in layers] == [28, 0, 8, 8, 10]
-    with pytest.raises(NncliError, match=r"layers\[1\] \(Linear\): in_features is 5, but layers\[0\] \(Linear\) gives 4"):
+    with pytest.raises(
+        NncliError, match=r"layers\[1\] \(Linear\): in_features is 5, but layers\[0\] \(Linear\) gives 4"
+    ):
         resolve(parse_spec({"layers": [{"Linear": [6, 4]}, {"Linear": [5, 2]}]}, "s.yaml"), 6)
     with pytest.raises(NncliError, match="can't be inferred"):
         resolve(parse_spec({"layers": [{"Linear": {"out_features": 2}}]}, "s.yaml"), None)
@@ -32,7 +41,10 @@ class _Block:
 
 @pytest.mark.parametrize("rows", [1, 3, 4, 10, 11, 12, None])
 def test_rebatching_keeps_every_row_in_order(rows):
-    blocks = [_Block(np.arange(n * 2, dtype=float).reshape(n, 2) + 100 * i, [[f"{i}:{j}" for j in range(n)]]) for i, n in enumerate([3, 1, 5, 2])]
+    blocks = [
+        _Block(np.arange(n * 2, dtype=float).reshape(n, 2) + 100 * i, [[f"{i}:{j}" for j in range(n)]])
+        for i, n in enumerate([3, 1, 5, 2])
+    ]
     groups = list(_rebatch(iter(blocks), rows))
     values = np.concatenate([g[0] for g in groups])
     ids = [t for g in groups for t in g[1][0]]

@@ -5,7 +5,7 @@
     m.forward("data.csv", target="label")          # a polars DataFrame
     nncli.train(m, "train.csv", target="label", epochs=5, lr=0.1)
 
-`import nncli` is cheap: the library (nncli.api) and torch load on first use.
+`import nncli` is cheap: the library (nncli.lib.api) and torch load on first use.
 """
 
 __version__ = "0.1.0"
@@ -17,7 +17,7 @@ __all__ = list(_API + _ERRORS)
 
 def __getattr__(name: str):
     if name in _API:
-        from nncli import api
+        from nncli.lib import api
 
         return getattr(api, name)
     if name in _ERRORS:

@@ -126,6 +126,9 @@ def report() -> dict:
         seconds = {name: {"wall": round(w, 4), "cpu": round(c, 4)} for name, (w, c) in _seconds.items()}
     ordered = {name: seconds.pop(name) for name in PHASES if name in seconds}
     ordered.update(sorted(seconds.items()))
-    ordered.update(wall=round(time.perf_counter() - START, 4), user=round(usage.ru_utime + reaped.ru_utime, 4),
-                   system=round(usage.ru_stime + reaped.ru_stime, 4))
+    ordered.update(
+        wall=round(time.perf_counter() - START, 4),
+        user=round(usage.ru_utime + reaped.ru_utime, 4),
+        system=round(usage.ru_stime + reaped.ru_stime, 4),
+    )
     return ordered

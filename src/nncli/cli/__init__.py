@@ -1,0 +1,1 @@
+"""The command line: the edge (app), typed options, one module per command family."""

@@ -1,0 +1,1 @@
+"""The torch side: spec, layers, losses, model, the computation. Never imports io."""

@@ -1,0 +1,1 @@
+"""Bytes <-> arrays: reading DATA, writing files. Never imports core (torch side)."""

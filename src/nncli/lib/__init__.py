@@ -1,0 +1,1 @@
+"""The public library: Model, train, evaluate, inside, export, engines; returns result objects."""

@@ -1,0 +1,131 @@
+"""Scoring past one machine: forward, loss and evaluate on a Dask cluster (the CLI's `--engine dask`),
+and map functions for a dask DataFrame, a Ray Dataset or a Spark DataFrame.
+
+    nncli forward spec.yaml 'data/*.parquet' --engine dask --workers 4 -o out/
+    nncli.lib.engines.dask.forward(model, ddf)        # a dask DataFrame of forward's columns
+    nncli.lib.engines.ray.forward(model, dataset)     # Ray Data map_batches
+    nncli.lib.engines.spark.forward(model, df)        # Spark mapInPandas
+
+No engine is imported until one is asked for: the default install stays light, and a missing engine
+is one error naming what to install. `core.py` holds what they share (the model as it travels, a
+partition scored on a worker, the driver that reads and reduces); each engine module adapts it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Annotated, Optional
+
+import typer
+
+from nncli.errors import NncliError, UsageError
+
+ENGINES = ("dask",)
+EXTRAS = {"dask": ("dask", "distributed"), "ray": ("ray",), "spark": ("pyspark",)}
+
+Engine = Annotated[
+    str | None,
+    typer.Option(
+        "--engine",
+        metavar="NAME",
+        help=(
+            "Score on a cluster: dask (pip install 'nncli-torch[dask]'): partitions (the files, or whole batches of one file) "
+            "go to the workers; the output is the same bits, in input order. Default: this process."
+        ),
+    ),
+]
+Workers = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        metavar="N",
+        min=1,
+        help=(
+            "With --engine dask: start a local cluster of N worker processes, one thread each (default: one per core; at most 4 per core)."
+        ),
+    ),
+]
+Scheduler = Annotated[
+    str | None,
+    typer.Option(
+        "--scheduler",
+        metavar="ADDRESS",
+        help=(
+            "With --engine dask: use the running cluster at ADDRESS (tcp://host:8786) instead of starting one; its "
+            "workers need nncli installed and DATA at the same absolute paths (relative ones are resolved here)."
+        ),
+    ),
+]
+
+
+def require(engine: str) -> None:
+    """Import the engine's packages, or say in one line what to install."""
+    import importlib
+
+    for module in EXTRAS[engine]:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise NncliError(
+                f"{module} is not installed: pip install 'nncli-torch[{engine}]'", f"--engine {engine}"
+            ) from None
+
+
+def check(engine: str | None, workers: int | None, scheduler: str | None) -> None:
+    """The engine options make sense together (usage errors, before any work)."""
+    if engine is None:
+        if workers is not None or scheduler is not None:
+            raise UsageError(f"{'--workers' if workers is not None else '--scheduler'} goes with --engine dask")
+        return
+    if engine not in ENGINES:
+        raise UsageError(
+            f"--engine must be one of {', '.join(ENGINES)}, got {engine!r} (Ray and Spark: see nncli.lib.engines.ray, nncli.lib.engines.spark)"
+        )
+    if workers is not None and scheduler is not None:
+        raise UsageError("--workers starts a local cluster and --scheduler uses a running one: give one of them")
+
+
+@contextlib.contextmanager
+def scoring(
+    model, engine: str | None, workers: int | None = None, scheduler: str | None = None, plan: list | None = None
+):
+    """The model itself, or with an engine a stand-in that scores on the cluster (started on first
+    use, closed on the way out). `plan`: every DATA path of the command, so files can go out ahead."""
+    check(engine, workers, scheduler)
+    if engine is None:
+        yield model
+        return
+    require(engine)
+    from nncli.lib.engines import dask as dask_engine
+
+    if scheduler is None:
+        _quiet_resource_tracker()
+    dask_engine.check_workers(workers)  # before a cluster starts in the background
+    scorer = dask_engine.Scorer(model, workers=workers, scheduler=scheduler, plan=plan)
+    try:
+        yield scorer
+    finally:
+        scorer.close()
+
+
+def _quiet_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker with its warnings off, for the command line.
+
+    A local cluster's worker queues hold named semaphores. After Ctrl-C nncli leaves at once
+    (os._exit, see cli.py), and the tracker, which outlives it, unlinks them and warns "There appear
+    to be 12 leaked semaphore objects" on the terminal after nncli has gone. It still cleans up; it
+    just says nothing. The tracker is started with this interpreter's -W options (sys.warnoptions),
+    so one more, for that moment only, is all it takes."""
+    import sys
+    from multiprocessing import resource_tracker
+
+    sys.warnoptions.append("ignore")
+    try:
+        resource_tracker.ensure_running()
+    except Exception:  # noqa: S110  no tracker here (an unusual platform): the cluster starts one as it would
+        pass
+    finally:
+        sys.warnoptions.remove("ignore")
+
+
+__all__ = ["ENGINES", "Engine", "Scheduler", "Workers", "check", "require", "scoring"]

@@ -1,0 +1,1 @@
+"""Results -> Report (doc, frame, tables): tables, texts, plots, progress, pages."""
