@@ -363,8 +363,9 @@ def test_onehot_reads_standard_input_in_blocks(tmp_path, nncli):
 
 def test_every_extra_a_message_names_is_defined_in_pyproject():
     """`.zst` files said `pip install 'nncli-torch[zstd]'`, and pyproject defined no zstd extra: pip
-    warns and installs nothing. Every `nncli-torch[NAME]` in the sources and docs must be an extra;
-    `nncli-torch[{engine}]` stands for every engine nncli.lib.engines can require."""
+    warns and installs nothing. Every `nncli-torch[NAME]` in the sources, README.md, SECURITY.md and
+    docs/*.md must be an extra; `nncli-torch[{engine}]` stands for every engine nncli.lib.engines can
+    require."""
     import re
     import tomllib
     from pathlib import Path
@@ -373,7 +374,8 @@ def test_every_extra_a_message_names_is_defined_in_pyproject():
 
     root = Path(__file__).resolve().parents[1]
     extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    files = [*sorted((root / "src" / "nncli").rglob("*.py")), root / "README.md", root / "SECURITY.md"]
+    docs = [root / "README.md", root / "SECURITY.md", *sorted((root / "docs").glob("*.md"))]
+    files = [*sorted((root / "src" / "nncli").rglob("*.py")), *docs]
     named = {}
     for path in files:
         for name in re.findall(r"nncli-torch\[([^\]]*)\]", path.read_text(encoding="utf-8")):
