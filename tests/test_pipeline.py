@@ -239,7 +239,7 @@ def test_fixed_decimals_refuse_a_polars_that_gives_other_decimals(monkeypatch):
 def _reader_running_at_build(monkeypatch):
     """[True] when reading started before the model's first build. (Whether the reader thread is
     still alive at the build is a race: it may have read a 5-row file already.)"""
-    from nncli.lib import model, session
+    from nncli.lib import model, session, train_data
 
     seen, started = [], []
     build, prefetched = model.Model.build, session.prefetched
@@ -253,7 +253,8 @@ def _reader_running_at_build(monkeypatch):
         return prefetched(*args, **kwargs)
 
     monkeypatch.setattr(model.Model, "build", spy)
-    monkeypatch.setattr(session, "prefetched", reading)
+    monkeypatch.setattr(session, "prefetched", reading)  # forward, loss, grads: session.open_built
+    monkeypatch.setattr(train_data, "prefetched", reading)  # train's early load
     return seen
 
 
