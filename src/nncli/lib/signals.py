@@ -47,6 +47,23 @@ def serialized(fn):
     return locked
 
 
+def check_reduction(reduction: str) -> None:
+    """Model.signal's and the engines' Scorer.signal's one rule for `reduction`."""
+    if reduction not in ("mean", "sum", "none"):
+        raise UsageError(f"reduction must be mean, sum or none, got {reduction!r}")
+
+
+def warn_if_not_finite(total) -> None:
+    """The loss pass's warning, shared by Model.signal and the engines' Scorer.signal (stacklevel: the
+    frame that called loss, grads or evaluate, as when each warned itself)."""
+    if not bool(total.isfinite()):
+        warnings.warn(
+            f"the loss is {float(total)} (a NaN or inf in the data, or outputs outside the loss's domain)",
+            NncliWarning,
+            stacklevel=4,
+        )
+
+
 class Signals:
     """loss, grads, input_grads, step (and their compute_* forms giving the whole LossReport) for a
     Model: what it needs of the Model is declared below."""
@@ -82,8 +99,7 @@ class Signals:
         from nncli.core.backprop import compute_loss
 
         check_arguments(data=data, batch_size=batch_size)
-        if reduction not in ("mean", "sum", "none"):
-            raise UsageError(f"reduction must be mean, sum or none, got {reduction!r}")
+        check_reduction(reduction)
         if backward and reduction == "none":
             raise UsageError("reduction none gives no single loss to differentiate; use mean or sum")
         picked = {}
@@ -142,12 +158,8 @@ class Signals:
                 _restore_module_state(built.module, kept)
         source.close()
         total: Any = result.loss  # a 0-d tensor, or None with reduction 'none'
-        if total is not None and not bool(total.isfinite()):
-            warnings.warn(
-                f"the loss is {float(total)} (a NaN or inf in the data, or outputs outside the loss's domain)",
-                NncliWarning,
-                stacklevel=3,
-            )
+        if total is not None:
+            warn_if_not_finite(total)
         report = LossReport(
             result.loss, result.loss_fn, choice.source, reduction, result.rows, feature_names=source.feature_names
         )

@@ -27,12 +27,11 @@ Nothing here imports an engine: an engine gives a `Pool` (ship, submit, result, 
 from __future__ import annotations
 
 import collections
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from nncli.constants import DEFAULT_BATCH_ROWS
-from nncli.errors import NncliError, NncliWarning, UsageError
+from nncli.errors import NncliError, UsageError
 from nncli.lib.engines.tables import TableOptions, empty_output, prepared, score_pandas, score_table  # noqa: F401
 from nncli.lib.engines.worker import (  # noqa: F401  (tests and callers use core.*)
     RowsPart,
@@ -47,6 +46,7 @@ from nncli.lib.engines.worker import (  # noqa: F401  (tests and callers use cor
     signal_rows,
 )
 from nncli.lib.forwards import Forwards
+from nncli.lib.signals import check_reduction, warn_if_not_finite
 
 PART_ROWS = 65536  # one file's partitions hold whole batches, at least this many rows (4 default batches)
 
@@ -361,8 +361,7 @@ class Scorer(Forwards):
         from nncli.lib.results import LossReport
         from nncli.lib.session import use_labels
 
-        if reduction not in ("mean", "sum", "none"):
-            raise UsageError(f"reduction must be mean, sum or none, got {reduction!r}")
+        check_reduction(reduction)
         if backward or inputs:
             raise UsageError("an engine computes forward, loss and evaluate; gradients and steps run in one process")
         self._begin()
@@ -415,12 +414,7 @@ class Scorer(Forwards):
                 total = mean  # all rows in one batch: loss_fn(model(x), y) with reduction 'mean', as the single process
             elif reduction == "mean":
                 total = total / terms
-            if not bool(total.isfinite()):
-                warnings.warn(
-                    f"the loss is {float(total)} (a NaN or inf in the data, or outputs outside the loss's domain)",
-                    NncliWarning,
-                    stacklevel=3,
-                )
+            warn_if_not_finite(total)
         report = LossReport(
             None if reduction == "none" else total,
             choice.label,
