@@ -186,7 +186,8 @@ class OneHot:
             raise state.fail(NAME, "categories", "one list per column", where)
         categories = tuple(_saved_categories(c, missing, where) for c in d["categories"])
         infrequent = tuple(_saved_indices(r, len(c), where) for r, c in zip(d["infrequent"], categories))
-        fills = tuple(_saved_fill(f, c, missing, where) for f, c in zip(d["fills"], categories))
+        fill_value = state.text(d["fill_value"], NAME, "fill_value", where)
+        fills = tuple(_saved_fill(f, c, missing, fill_value, where) for f, c in zip(d["fills"], categories))
         min_frequency, max_categories = d["min_frequency"], d["max_categories"]
         try:
             _check_options("ignore", min_frequency, max_categories, missing, None, where)
@@ -199,7 +200,7 @@ class OneHot:
             handle_unknown=state.choice(d["handle_unknown"], UNKNOWN, NAME, "handle_unknown", where),
             missing=missing,
             fills=fills,
-            fill_value=state.text(d["fill_value"], NAME, "fill_value", where),
+            fill_value=fill_value,
             min_frequency=min_frequency,
             max_categories=max_categories,
         )
@@ -286,7 +287,7 @@ def _saved_indices(value: Any, size: int, where: str) -> tuple[int, ...]:
     return picks
 
 
-def _saved_fill(value: Any, categories: tuple[Cell, ...], missing: str, where: str) -> Cell:
+def _saved_fill(value: Any, categories: tuple[Cell, ...], missing: str, fill_value: str, where: str) -> Cell:
     if value is None:
         if missing in FILLS and categories:
             raise state.fail(NAME, "fills", "a fill for each column that has categories", where)
@@ -294,6 +295,8 @@ def _saved_fill(value: Any, categories: tuple[Cell, ...], missing: str, where: s
     if missing not in FILLS:
         raise state.fail(NAME, "fills", "null unless missing is most_frequent or constant", where)
     fill = state.text(value, NAME, "fills", where)
-    if fill not in categories:
+    if missing == "constant" and fill != fill_value:
+        raise state.fail(NAME, "fills", "the fill_value", where)
+    if missing == "most_frequent" and fill not in categories:
         raise state.fail(NAME, "fills", "one of the column's categories", where)
     return fill

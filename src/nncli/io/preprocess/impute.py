@@ -66,10 +66,10 @@ class Imputer:
         mask = np.isnan(x)
         seen = [not mask[:, j].all() for j in range(mask.shape[1])]
         stats = _statistics(x, mask, strategy, float(fill))
+        # a column with no value: dropped (None), or with keep_empty_features filled as scikit-learn fills it
+        empty = (float(fill) if strategy == "constant" else 0.0) if keep_empty_features else None
         filled = tuple(
-            state.finite(float(s), f"the {strategy} of column {printable(c)!r}", source)
-            if ok
-            else (float(fill) if strategy == "constant" else 0.0) if keep_empty_features else None
+            state.finite(float(s), f"the {strategy} of column {printable(c)!r}", source) if ok else empty
             for s, ok, c in zip(stats, seen, columns)
         )
         return cls(
