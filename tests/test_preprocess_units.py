@@ -268,6 +268,9 @@ def test_the_schema_encodes_as_column_transformer_by_name(impute, missing):
     assert equal(ours.encode(typed).values, expected)
     again = Schema.from_json(ours.to_json(), "w.safetensors")
     assert again == ours and equal(again.encode(new_raw).values, expected)
+    # the readers' form of a block (a float64 matrix and the text columns) gives the same rows
+    parts = Schema.fit_parts(ours.features, numbers_of(raw), texts_of(raw), impute, dict(onehot, missing=missing))
+    assert parts == ours and equal(parts.encode_parts(numbers_of(new_raw), texts_of(new_raw)).values, expected)
 
 
 def test_the_schema_on_iris_with_blanked_cells():
@@ -330,6 +333,12 @@ def test_schema_errors_name_the_column_and_the_row():
         schema.match([*twice.columns, "bill"])
     with pytest.raises(NncliError, match=r"column 'island' holds Float64 numbers; it was a category column"):
         schema.encode(raw.with_columns(pl.lit(1.5).alias("island")))
+    with pytest.raises(NncliError, match=r"impute takes strategy, .*; not columns"):
+        Schema.fit(raw, NUMBERS, CATEGORIES, impute=dict(strategy="mean", columns=["bill"]))
+    with pytest.raises(NncliError, match=r"the target 'mass' is also a feature"):
+        Schema.fit(
+            raw, NUMBERS, CATEGORIES, impute=dict(), onehot=dict(missing="category"), target=Target("mass", "number")
+        )
 
 
 # -- saved state from a hostile file --------------------------------------------------------------

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import polars as pl
 
 from nncli.errors import NncliError, printable
 from nncli.io.preprocess import state
@@ -57,7 +58,7 @@ class OneHot:
     @classmethod
     def fit(
         cls,
-        cells: Sequence[Sequence[Cell]],
+        cells: Sequence[Sequence[Cell] | pl.Series],
         columns: Sequence[str],
         handle_unknown: str = "ignore",
         min_frequency: int | float | None = None,
@@ -72,7 +73,8 @@ class OneHot:
         all_categories: list[tuple[Cell, ...]] = []
         all_infrequent: list[tuple[int, ...]] = []
         fills: list[Cell] = []
-        for column, values in zip(columns, cells):
+        for column, given in zip(columns, cells):
+            values = given.to_list() if isinstance(given, pl.Series) else given
             fill = _fill(values, missing, fill_text) if missing in FILLS else None
             if missing in FILLS and fill is None:  # no value to fill with: SimpleImputer drops the column
                 all_categories.append(())
@@ -127,41 +129,58 @@ class OneHot:
         return names
 
     def transform(
-        self, cells: Sequence[Sequence[Cell]], first_row: int = 0, source: str | None = None
+        self,
+        cells: Sequence[Sequence[Cell] | pl.Series],
+        first_row: int = 0,
+        source: str | None = None,
+        out: np.ndarray | None = None,
     ) -> tuple[np.ndarray, tuple[int, ...]]:
-        """A block: `cells[j]` is column j's cells (None where missing) -> ((rows, width) float64,
-        the count of rows with an unknown category, per column)."""
-        rows = len(cells[0]) if cells else 0
-        out = np.zeros((rows, self.width), dtype=np.float64)
-        unknown = []
-        start = 0
-        for j, (column, values) in enumerate(zip(self.columns, cells)):
+        """A block: `cells[j]` is column j's cells (a list, or a String series; None/null where
+        missing) -> ((rows, width) float64, the count of rows with an unknown category, per
+        column). `out`, when given, is the (rows, width) array written (a view into a wider one)."""
+        rows = len(cells[0]) if len(cells) else 0
+        if out is None:
+            out = np.zeros((rows, self.width), dtype=np.float64)
+        else:
+            out[...] = 0.0
+        unknown, start = [], 0
+        for j, (values, width) in enumerate(zip(cells, self.widths())):
             if len(values) != rows:
                 raise ValueError("columns of different lengths")
-            if self.missing in FILLS and self.fills[j] is None:
+            if self.missing in FILLS and self.fills[j] is None:  # dropped in training: no output, nothing unknown
                 unknown.append(0)
                 continue
-            if self.missing == "error":
-                _refuse_missing(values, column, first_row, source)
-            fill = self.fills[j]
-            index = dict(zip(self.categories[j], self._outputs(j)))
-            codes = np.fromiter(
-                (index.get(fill if v is None and fill is not None else v, -1) for v in values), np.int64, rows
-            )
-            lost = codes < 0
-            if lost.any() and self.handle_unknown == "error":
-                r = int(lost.argmax())
-                cell = values[r]
-                raise NncliError(
-                    f"column {printable(column)!r}: {'a missing cell' if cell is None else shown(cell)} is not a "
-                    "category seen in training (handle_unknown: error)",
-                    row_where(source, first_row + r),
-                )
-            known = np.flatnonzero(~lost)
+            codes = self._codes(j, values, first_row, source)
+            known = np.flatnonzero(codes >= 0)
             out[known, start + codes[known]] = 1.0
-            unknown.append(int(lost.sum()))
-            start += self.widths()[j]
+            unknown.append(rows - known.size)
+            start += width
         return out, tuple(unknown)
+
+    def _codes(self, j: int, values: Sequence[Cell] | pl.Series, first_row: int, source: str | None) -> np.ndarray:
+        """Column j's cells -> each one's output column within the column's block, -1 if unknown."""
+        column, fill = self.columns[j], self.fills[j]
+        series = values if isinstance(values, pl.Series) else pl.Series(column, values, dtype=pl.String)
+        nulls = series.is_null()
+        if self.missing == "error" and nulls.any():
+            _refuse_missing([None], column, first_row + int(nulls.arg_max() or 0), source)
+        if fill is not None:
+            series, nulls = series.fill_null(fill), nulls & False
+        outputs = dict(zip(self.categories[j], self._outputs(j)))
+        null_code = outputs.pop(None, -1)
+        codes = series.replace_strict(
+            list(outputs), list(outputs.values()), default=-1, return_dtype=pl.Int64
+        ).to_numpy()
+        codes = np.where(nulls.to_numpy(), null_code, codes)
+        if self.handle_unknown == "error" and (codes < 0).any():
+            r = int(np.argmax(codes < 0))
+            cell = series[r]
+            raise NncliError(
+                f"column {printable(column)!r}: {'a missing cell' if cell is None else shown(cell)} is not a "
+                "category seen in training (handle_unknown: error)",
+                row_where(source, first_row + r),
+            )
+        return codes
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -96,18 +96,24 @@ class Imputer:
     def width(self) -> int:
         return len(self.kept) + len(self.indicator)
 
-    def transform(self, values: np.ndarray, first_row: int = 0, source: str | None = None) -> np.ndarray:
-        """A block of rows (rows, len(columns)) float64, NaN where missing -> (rows, width) float64."""
+    def transform(
+        self, values: np.ndarray, first_row: int = 0, source: str | None = None, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """A block of rows (rows, len(columns)) float64, NaN where missing -> (rows, width) float64.
+        `out`, when given, is the (rows, width) array written (a view into a wider one)."""
         x = np.asarray(values, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != len(self.columns):
             raise ValueError(f"values of shape {x.shape} for {len(self.columns)} columns")
         _refuse_infinite(x, self.columns, first_row, source)
-        mask = np.isnan(x)
-        kept = list(self.kept)
-        out = np.empty((x.shape[0], self.width), dtype=np.float64)
-        fills = np.array([self.statistics[i] for i in kept], dtype=np.float64)
-        out[:, : len(kept)] = np.where(mask[:, kept], fills, x[:, kept])
-        out[:, len(kept) :] = mask[:, list(self.indicator)]
+        if out is None:
+            out = np.empty((x.shape[0], self.width), dtype=np.float64)
+        kept = self.kept
+        for k, i in enumerate(kept):  # column by column: each one read once, its gaps filled
+            column = out[:, k]
+            column[...] = x[:, i]
+            column[np.isnan(column)] = self.statistics[i]
+        for k, i in enumerate(self.indicator, start=len(kept)):
+            out[:, k] = np.isnan(x[:, i])
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -34,12 +34,14 @@ from nncli.errors import NncliError, printable
 from nncli.io.preprocess import state
 from nncli.io.preprocess.categories import OneHot
 from nncli.io.preprocess.impute import Imputer
-from nncli.io.preprocess.missing import column_numbers, column_texts, is_missing, row_where
+from nncli.io.preprocess.missing import column_numbers, is_missing, row_where, text_series
 from nncli.io.preprocess.target import TargetScaler
 
 VERSION = 1
 KINDS = ("number", "category")
 NAME = "input schema"
+IMPUTE_KEYWORDS = ("strategy", "fill_value", "add_indicator", "keep_empty_features")
+ONEHOT_KEYWORDS = ("handle_unknown", "min_frequency", "max_categories", "missing", "fill_value")
 MAX_JSON = 64 << 20  # characters of a saved schema: a million categories of 60 characters
 
 
@@ -133,27 +135,52 @@ class Schema:
         target: Target | None = None,
         source: str | None = None,
     ) -> Schema:
-        """Fit on the training rows. The features are `numbers` then `categories` as the table
-        orders them; `impute` holds SimpleImputer's keywords (strategy, fill_value,
-        add_indicator, keep_empty_features), `onehot` OneHot.fit's (handle_unknown,
-        min_frequency, max_categories, missing, fill_value)."""
+        """Fit on the training rows. The features are `numbers` and `categories` in the table's
+        order; `impute` holds SimpleImputer's keywords (strategy, fill_value, add_indicator,
+        keep_empty_features), `onehot` OneHot.fit's (handle_unknown, min_frequency,
+        max_categories, missing, fill_value)."""
         chosen = set(numbers) | set(categories)
         if len(chosen) != len(numbers) + len(categories):
             raise NncliError("a column is named twice among the features", source)
         _require(frame.columns, list(chosen), source)
-        features = tuple(
-            Feature(name, "number" if name in set(numbers) else "category") for name in frame.columns if name in chosen
+        kinds = {**{n: "number" for n in numbers}, **{c: "category" for c in categories}}
+        schema = cls(tuple(Feature(n, kinds[n]) for n in frame.columns if n in chosen), target=target)
+        return cls.fit_parts(
+            schema.features,
+            schema._numbers(frame, 0, source),
+            schema._texts(frame, source),
+            impute,
+            onehot,
+            target,
+            source,
         )
-        schema = cls(features, target=target)
-        x = schema._numbers(frame, 0, source)
+
+    @classmethod
+    def fit_parts(
+        cls,
+        features: Sequence[Feature],
+        numbers: np.ndarray,
+        texts: Sequence[Sequence[str | None] | pl.Series],
+        impute: dict[str, Any] | None = None,
+        onehot: dict[str, Any] | None = None,
+        target: Target | None = None,
+        source: str | None = None,
+    ) -> Schema:
+        """Fit on the training rows given as the readers give a block: the number features as a
+        (rows, n) float64 matrix (NaN where missing) and the category features' cells (None where
+        missing), each in the order of `features`."""
+        _check_keywords(impute, IMPUTE_KEYWORDS, "impute", source)
+        _check_keywords(onehot, ONEHOT_KEYWORDS, "onehot", source)
+        schema = cls(tuple(features), target=target)
+        if target is not None and target.name in {f.name for f in features}:
+            raise NncliError(f"the target {printable(target.name)!r} is also a feature", source)
         imputer = None
         if impute is not None and schema.numbers:
-            imputer = Imputer.fit(x, schema.numbers, **impute, source=source)
+            imputer = Imputer.fit(numbers, schema.numbers, **impute, source=source)
         else:
-            _refuse_missing(x, schema.numbers, 0, source)
-        texts = [column_texts(frame.get_column(c), c, source) for c in schema.categories]
+            _refuse_missing(numbers, schema.numbers, 0, source)
         encoder = OneHot.fit(texts, schema.categories, **(onehot or {}), source=source) if texts else None
-        return cls(features, imputer, encoder, target)
+        return cls(schema.features, imputer, encoder, target)
 
     def match(self, columns: Sequence[str], source: str | None = None) -> Matched:
         """The features' places among a table's columns, by name; the columns left over."""
@@ -165,18 +192,28 @@ class Schema:
     def encode(self, block: pl.DataFrame, first_row: int = 0, source: str | None = None) -> Encoded:
         """A block of rows (its columns in any order, extra ones ignored) -> the model's matrix."""
         self.match(block.columns, source)
-        x = self._numbers(block, first_row, source)
+        return self.encode_parts(self._numbers(block, first_row, source), self._texts(block, source), first_row, source)
+
+    def encode_parts(
+        self,
+        numbers: np.ndarray,
+        texts: Sequence[Sequence[str | None] | pl.Series],
+        first_row: int = 0,
+        source: str | None = None,
+    ) -> Encoded:
+        """A block given as the readers give one (see fit_parts) -> the model's matrix."""
+        x = np.asarray(numbers, dtype=np.float64)
+        out = np.empty((x.shape[0], self.width), dtype=np.float64)  # one row-major matrix, written in place
+        numbers_width = self.imputer.width if self.imputer is not None else x.shape[1]
         if self.imputer is not None:
-            x = self.imputer.transform(x, first_row, source)
+            self.imputer.transform(x, first_row, source, out=out[:, :numbers_width])
         else:
             _refuse_missing(x, self.numbers, first_row, source)
-        parts, unknown = [x], {}
-        if self.onehot is not None:
-            texts = [column_texts(block.get_column(c), c, source) for c in self.categories]
-            hot, counts = self.onehot.transform(texts, first_row, source)
-            parts.append(hot)
-            unknown = {c: n for c, n in zip(self.categories, counts) if n}
-        return Encoded(np.hstack(parts) if len(parts) > 1 else x, unknown)
+            out[:, :numbers_width] = x
+        if self.onehot is None:
+            return Encoded(out, {})
+        _, counts = self.onehot.transform(texts, first_row, source, out=out[:, numbers_width:])
+        return Encoded(out, {c: n for c, n in zip(self.categories, counts) if n})
 
     def targets(self, block: pl.DataFrame, first_row: int = 0, source: str | None = None) -> np.ndarray:
         """The target column of a block as the loss takes it, float64 (rows,): scaled numbers, or
@@ -198,6 +235,9 @@ class Schema:
                 raise NncliError(f"the target {printable(name)!r} {what}", row_where(source, first_row + r))
             out[r] = i
         return out
+
+    def _texts(self, block: pl.DataFrame, source: str | None) -> list[pl.Series]:
+        return [text_series(block.get_column(c), c, source) for c in self.categories]
 
     def _numbers(self, block: pl.DataFrame, first_row: int, source: str | None) -> np.ndarray:
         """The number features as an F-ordered float64 matrix (column after column, as scikit-learn
@@ -264,6 +304,12 @@ def _saved_features(value: Any, where: str) -> tuple[Feature, ...]:
     if len({f.name for f in features}) != len(features):
         raise state.fail(NAME, "features", "no repeated names", where)
     return tuple(features)
+
+
+def _check_keywords(given: dict[str, Any] | None, known: tuple[str, ...], name: str, source: str | None) -> None:
+    odd = sorted(set(given or {}) - set(known))
+    if odd:
+        raise NncliError(f"{name} takes {', '.join(known)}; not {', '.join(map(str, odd))}", source)
 
 
 def _refuse_constant(name: str) -> Any:
