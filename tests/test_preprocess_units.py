@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nncli.errors import NncliError
 from nncli.io.preprocess.categories import OneHot
@@ -103,6 +105,10 @@ def test_the_missing_spellings_are_one_documented_list():
     assert column_texts(pl.Series("c", [3, None, 10]), "c") == ["3", None, "10"]
     with pytest.raises(NncliError, match=r"column 'x' \(a number column\): 'Torgersen' is not a number \(f, row 12\)"):
         column_numbers(pl.Series("x", ["1", "Torgersen"]), "x", first_row=11, source="f")
+    assert column_numbers(pl.Series("x", [" 2.5", "\t3 ", "1e3", "-0"]), "x").tolist() == [2.5, 3.0, 1000.0, 0.0]
+    for text in ("NAN", "-nan", "inf", "1e400"):  # parsed, but not a number a transform takes
+        with pytest.raises(NncliError, match=r"is not a finite number \(row 1\)"):
+            column_numbers(pl.Series("x", ["1", text]), "x")
     with pytest.raises(NncliError, match=r"column 'x' \(a number column\): inf is not a finite number \(row 1\)"):
         column_numbers(pl.Series("x", [1.0, float("inf")]), "x")
     with pytest.raises(NncliError, match=r"column 'c' holds Float64 numbers; it was a category column"):
@@ -148,6 +154,27 @@ def test_the_imputer_refuses_infinity_naming_its_row():
         Imputer.fit(np.array([[1.0], [2.0]]), ["a"]).transform(x, first_row=40, source="d.csv")
 
 
+cells = st.one_of(st.just(np.nan), st.sampled_from([0.0, -0.0, 1.5, -2.0, 3.0]), st.floats(-1e6, 1e6))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    columns=st.lists(st.lists(cells, min_size=1, max_size=40), min_size=1, max_size=4),
+    strategy=st.sampled_from(["mean", "median", "most_frequent", "constant"]),
+    keep_empty=st.booleans(),
+)
+def test_the_imputer_equals_simple_imputer_on_any_small_table(columns, strategy, keep_empty):
+    rows = min(map(len, columns))
+    x = np.asfortranarray(np.array([c[:rows] for c in columns], dtype=np.float64).T)
+    options = dict(strategy=strategy, add_indicator=True, keep_empty_features=keep_empty)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = SimpleImputer(**options).fit(x)
+        expected = theirs.transform(x[::-1])
+    ours = Imputer.fit(x, [f"c{j}" for j in range(x.shape[1])], **options)
+    assert equal(ours.transform(x[::-1]), expected)
+
+
 # -- one-hot categories --------------------------------------------------------------------------
 
 
@@ -191,6 +218,23 @@ def test_a_column_without_any_value_is_dropped_when_filled_and_its_own_category_
         theirs = encoder if missing == "category" else make_pipeline(SimpleImputer(strategy=missing), encoder)
         assert equal(ours.transform(cells)[0], theirs.fit_transform(frame))
         assert ours.widths() == ([3, 1] if missing == "category" else [2, 0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    column=st.lists(st.sampled_from(["a", "b", "B", "é", "a ", None]), min_size=1, max_size=60),
+    min_frequency=st.one_of(st.none(), st.integers(1, 8), st.floats(0.01, 0.99)),
+    max_categories=st.one_of(st.none(), st.integers(1, 6)),
+)
+def test_one_hot_equals_one_hot_encoder_on_any_small_column(column, min_frequency, max_categories):
+    options = dict(min_frequency=min_frequency, max_categories=max_categories)
+    frame = np.array([[np.nan if v is None else v] for v in column], dtype=object)
+    theirs = OneHotEncoder(sparse_output=False, handle_unknown="ignore", **options).fit(frame)
+    ours = OneHot.fit([column], ["c"], missing="category", **options)
+    later = ["a", "z", None, "B", "é"]
+    expected = theirs.transform(np.array([[np.nan if v is None else v] for v in later], dtype=object))
+    assert equal(ours.transform([later])[0], expected)
+    assert ours.names == list(theirs.get_feature_names_out(["c"]))
 
 
 def test_one_hot_errors_name_the_row_and_the_column():
