@@ -167,8 +167,10 @@ class Schema:
         source: str | None = None,
     ) -> Schema:
         """Fit on the training rows given as the readers give a block: the number features as a
-        (rows, n) float64 matrix (NaN where missing) and the category features' cells (None where
-        missing), each in the order of `features`."""
+        (rows, n) float64 matrix (NaN where missing) and the category features' cells, each in
+        the order of `features`. A category cell is missing only as None (or null): a reader's
+        text goes through `missing.column_texts` / `text_series` first, which make `""`, `NA`,
+        `?` ... None."""
         _check_keywords(impute, IMPUTE_KEYWORDS, "impute", source)
         _check_keywords(onehot, ONEHOT_KEYWORDS, "onehot", source)
         schema = cls(tuple(features), target=target)
