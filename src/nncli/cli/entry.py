@@ -13,24 +13,15 @@ this module; a library caller's signals are never touched.
 import _signal  # the C module, built into the interpreter: `signal` would first import enum (~2 ms)
 import os
 
+from nncli.cli.signals import TERMINATING  # a tuple, nothing imported
+
 
 def _leave(signum, frame):  # pragma: no cover - exercised by a subprocess test
     os._exit(128 + signum)
 
 
 def _catch_terminating_signals() -> None:
-    for name in (
-        "SIGINT",
-        "SIGTERM",
-        "SIGHUP",
-        "SIGALRM",
-        "SIGUSR1",
-        "SIGUSR2",
-        "SIGXCPU",
-        "SIGXFSZ",
-        "SIGVTALRM",
-        "SIGPROF",
-    ):
+    for name in TERMINATING:
         number = getattr(_signal, name, None)
         if number is not None and (name == "SIGINT" or _signal.getsignal(number) != _signal.SIG_IGN):
             _signal.signal(number, _leave)

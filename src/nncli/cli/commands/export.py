@@ -42,7 +42,8 @@ Verify = Annotated[
     typer.Option(
         "--verify",
         help=(
-            "Before writing, run the exported model on seeded random rows (batches of 1 and 1,000) and compare with PyTorch: "
+            "Before writing, run the exported model on seeded random rows (batches of 1 and 1,000) and compare with "
+            "PyTorch: "
             "exit 1, writing nothing, above 1e-5 (float32) or 1e-7 (float64) for ONNX, or any difference for .pt2."
         ),
     ),
@@ -80,6 +81,7 @@ def export(
     kind = f"ONNX opset {result.opset}" if fmt == "onnx" else "torch.export"
     standardised = ", standardised in the graph" if result.preprocess is not None else ""
     note(
-        f"wrote {output} ({kind}): {result.metadata['input']} [N, {result.width}] -> {result.output} [N, {result.head.width}]"
+        f"wrote {output} ({kind}): {result.metadata['input']} [N, {result.width}] -> {result.output} [N, "
+        f"{result.head.width}]"
         f"{standardised}; {result.caption}"
     )
