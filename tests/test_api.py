@@ -169,13 +169,31 @@ def test_import_is_cheap_and_the_library_never_prints():
     assert result.stdout == "" and result.stderr == ""
 
 
-def test_the_readme_library_example_runs(tmp_path):
-    """The README's Python example, run as a user would from the repository root."""
+def _library_examples():
+    """Each ```python block of README.md and docs/*.md that starts with `import nncli`."""
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = re.search(r"```python\n(import nncli\n.*?)```", readme, re.S).group(1)
+    root = Path(__file__).resolve().parents[1]
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        text = page.read_text(encoding="utf-8")
+        for found in re.finditer(r"```python\n(import nncli\n.*?)```", text, re.S):
+            line = text.count("\n", 0, found.start()) + 1
+            yield pytest.param(found.group(1), id=f"{page.relative_to(root).as_posix()}:{line}")
+
+
+LIBRARY_EXAMPLES = list(_library_examples())
+
+
+def test_the_readme_and_the_python_page_have_library_examples():
+    assert {p.id.split(":")[0] for p in LIBRARY_EXAMPLES} >= {"README.md", "docs/python.md"}
+
+
+@pytest.mark.parametrize("block", LIBRARY_EXAMPLES)
+def test_the_readme_library_example_runs(block):
+    """The Python examples of the README and docs/, run as a user would from the repository root."""
+    from pathlib import Path
+
     result = subprocess.run(
         [sys.executable, "-c", block],
         capture_output=True,

@@ -21,7 +21,7 @@ import typer
 from typer.core import TyperGroup
 
 from nncli import __version__
-from nncli.cli.signals import TERMINATING
+from nncli.entry import TERMINATING  # one list, where the first handlers need it
 from nncli.errors import NncliError, NncliWarning, UsageError
 
 # -- commands: each lives in its family's module (options, call into the library, rendering) -----------

@@ -126,7 +126,8 @@ ClassWeights = Annotated[
 Stratify = Annotated[
     bool,
     typer.Option(
-        "--stratify", help="With --val-split: hold out the fraction of each class (seeded per class; see the README)."
+        "--stratify",
+        help="With --val-split: hold out the fraction of each class (seeded per class; see docs/commands.md).",
     ),
 ]
 LogDir = Annotated[
