@@ -43,8 +43,7 @@ def evaluate(
     output: OutputGroup = None,
     runtime: RuntimeGroup = None,
 ) -> None:
-    """The loss and the metrics that fit the loss: accuracy, per-class F1 and a confusion matrix; per-label scores; "
-    "or MSE, MAE and R²."""
+    """The loss and the metrics that fit the loss: accuracy, per-class F1 and a confusion matrix; per-label scores; or MSE, MAE and R²."""  # noqa: E501  (one line: Typer shows it as written)
     from nncli.lib import api
     from nncli.lib.engines import scoring
     from nncli.views.fit import evaluate_report

@@ -16,6 +16,8 @@ from nncli.cli.options import (
     Inputs,
     MaxLayers,
     MaxParams,
+    ModelGroup,
+    RuntimeGroup,
     Spec,
     Threads,
     load_model,
@@ -61,7 +63,7 @@ def export(
     threads: Threads = None,
     max_params: MaxParams = DEFAULT_MAX_PARAMS,
     max_layers: MaxLayers = DEFAULT_MAX_LAYERS,
-    model: dict = None,
+    model: ModelGroup = None,
 ) -> None:
     """Write the model in eval mode as ONNX (.onnx) or torch.export (.pt2), the batch dimension dynamic."""
     from nncli.lib.export import export as export_model
@@ -70,8 +72,9 @@ def export(
     fmt = format_of(output, "-o")
     if opset is not None and fmt != "onnx":
         raise UsageError("--opset is for ONNX (.onnx) files")
-    m = load_model(spec, model, {"threads": threads, "max_params": max_params, "max_layers": max_layers}, inputs)
-    check_outputs({"-o": output}, [spec, model["weights"]], force)
+    runtime = RuntimeGroup(threads=threads, max_params=max_params, max_layers=max_layers)
+    m = load_model(spec, model, runtime, inputs)
+    check_outputs({"-o": output}, [spec, model.weights], force)
     if fmt == "onnx":
         require_onnx()  # before the model is built: the one line that says what to install
         quiet_onnxruntime()
