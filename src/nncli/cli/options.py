@@ -441,8 +441,7 @@ def load_model(spec: str, model: ModelGroup | None = None, runtime: RuntimeGroup
 def output_target(output: OutputGroup, inputs: list | None = None, extra: dict | None = None):
     """The one OutputTarget of a command, checked before any work: -o (and the command's other
     outputs, `extra`) is no input (without --force), named once, writable; the format is known."""
-    from nncli.cli.commands.common import check_outputs
-    from nncli.views.target import OutputTarget
+    from nncli.views.target import OutputTarget, check_outputs
 
     flat = [p for i in (inputs or []) for p in (i if isinstance(i, (list, tuple)) else [i])]
     check_outputs({"-o": output.output, **(extra or {})}, [i for i in flat if i], output.force)

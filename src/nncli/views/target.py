@@ -72,6 +72,17 @@ def resolve_format(fmt: str | None, output: str | None) -> OutputFormat:
     return OutputFormat.table if sys.stdout.isatty() else OutputFormat.csv
 
 
+def check_outputs(outputs: dict, inputs: list, force: bool) -> None:
+    """Every output path checked before any work: none is an input (without --force), none is named
+    twice, each can be written (output.check_output says what that takes)."""
+    from nncli.io.output import check_distinct_outputs, check_output
+
+    named = {k: v for k, v in outputs.items() if v and v != "-"}
+    check_distinct_outputs(named)
+    for option, path in named.items():
+        check_output(path, inputs, force, option)
+
+
 @dataclass(frozen=True)
 class OutputTarget:
     """One command's output, resolved once: where, in which format, compressed how, and how shown."""

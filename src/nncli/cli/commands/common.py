@@ -1,5 +1,5 @@
-"""What every command does the same way at the edge: output checks, notes and warnings for people
-on standard error, and reports written to their resolved output target."""
+"""What every command does the same way at the edge: notes and warnings for people on standard
+error, the progress hook, and reports written to their resolved output target."""
 
 from __future__ import annotations
 
@@ -7,17 +7,6 @@ import os
 
 from nncli.views.render import Report, write_report
 from nncli.views.target import OutputTarget
-
-
-def check_outputs(outputs: dict, inputs: list, force: bool) -> None:
-    """Every output path checked before any work: none is an input (without --force), none is named
-    twice, each can be written (output.check_output says what that takes)."""
-    from nncli.io.output import check_distinct_outputs, check_output
-
-    named = {k: v for k, v in outputs.items() if v and v != "-"}
-    check_distinct_outputs(named)
-    for option, path in named.items():
-        check_output(path, inputs, force, option)
 
 
 def idle_threads_sleep() -> None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from nncli.cli.commands.common import check_outputs, note
+from nncli.cli.commands.common import note
 from nncli.cli.options import (
     DEFAULT_MAX_LAYERS,
     DEFAULT_MAX_PARAMS,
@@ -24,6 +24,7 @@ from nncli.cli.options import (
     with_options,
 )
 from nncli.errors import UsageError
+from nncli.views.target import check_outputs
 
 ModelFile = Annotated[
     str,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from nncli.cli.commands.common import check_outputs, emit, note
+from nncli.cli.commands.common import emit, note
 from nncli.cli.options import (
     DEFAULT_MAX_PARAMS,
     MODEL,
@@ -121,6 +121,7 @@ def init(
 ) -> None:
     """Write the seeded initial weights, to load back anywhere with --weights."""
     from nncli.core.model import check_weights_path
+    from nncli.views.target import check_outputs
 
     check_weights_path(output)
     m = load_model(spec, ModelGroup(seed, None, dtype), runtime, inputs)
