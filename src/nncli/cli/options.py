@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from nncli.errors import UsageError
-from nncli.views.render import FORMATS, OutputFormat  # noqa: F401  (the one list of formats)
+from nncli.views.render import OutputFormat  # the one list of formats
 
 
 def finite_non_negative(value: float | None) -> float | None:
@@ -267,16 +267,14 @@ class RunMode(StrEnum):
     eval = "eval"
 
 
-DTYPES = tuple(FloatType)
-MODES = tuple(RunMode)
-
-
 def choice(value, allowed: type[StrEnum] | tuple, option: str):
     """The value as its enum member (None stays None), else a usage error naming the choices."""
     names = tuple(allowed)
     if value is not None and value not in names:
         raise UsageError(f"{option} must be one of {', '.join(names)}, got {value!r}")
-    return None if value is None or not isinstance(allowed, type) else allowed(value)
+    if value is None or not isinstance(allowed, type):
+        return value
+    return allowed(value)
 
 
 # -- the groups: each a frozen dataclass, built once at the edge from its options ---------------------
