@@ -300,6 +300,18 @@ def test_the_console_script_catches_signals_before_it_imports_any_module_of_nncl
     assert all(handler == "_leave" for _, handler in loaded), loaded
 
 
+def test_importing_the_app_takes_the_signal_list_from_entry_and_leaves_the_callers_handlers_alone():
+    """TERMINATING has one home, entry.py (its handlers need it before any nncli module loads), and
+    cli/app.py takes it from there: that import must not put entry's quick-exit handlers into a
+    library caller's or a test's process."""
+    code = (
+        "import signal, nncli.cli.app as a, nncli.entry as e\n"
+        "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler, a.TERMINATING is e.TERMINATING)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "True"]
+
+
 def test_a_signal_during_the_import_of_the_output_module_leaves_quietly(monkeypatch):
     """CI caught this once: a Ctrl-C landed while nncli.io.output was being imported, and the handler's own
     `from nncli.io.output import ...` raised "partially initialized module". The handler imports nothing."""

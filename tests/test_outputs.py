@@ -556,7 +556,7 @@ def test_distinct_outputs_pass(tmp_path):
     check_distinct_outputs({"--save-weights": "/dev/null", "-o": "/dev/null"})  # both go through: nothing lost
 
 
-# The wiring in the commands (commands.common.check_outputs): each check runs before any work.
+# The wiring in the commands (views.target.check_outputs): each check runs before any work.
 
 
 @pytest.fixture
