@@ -509,3 +509,74 @@ def test_forward_in_another_thread_does_not_wait_for_a_train():
 
     lib.train(m, _TABLE, target="y", epochs=1, lr=0.1, on_epoch=on_epoch)
     assert seen == [4, False]
+
+
+# -- result.to_dict() is the CLI's JSON --------------------------------------------------------------
+
+
+def _cli_json(tmp_path, *args) -> dict:
+    """The command's JSON as a user gets it: `python -m nncli ... -o out.json` in a fresh process."""
+    import json
+
+    out = tmp_path / "cli.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "nncli", *map(str, args), "-o", str(out)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(out.read_text())
+
+
+def _as_written(doc: dict) -> dict:
+    """A result's to_dict() through the CLI's own JSON writer, so both sides are compared as text reads back."""
+    import json
+
+    from nncli.views.render import dump_json
+
+    return json.loads(dump_json(doc))
+
+
+SPEC, TABLE = CONFIGS / "three-class.yaml", DATA / "table-5x6.csv"
+
+
+def test_loss_report_to_dict_is_the_cli_json(tmp_path):
+    report = lib.load(SPEC).compute_loss(TABLE, target="label")
+    assert _as_written(report.to_dict()) == _cli_json(tmp_path, "loss", SPEC, TABLE, "-t", "label")
+
+
+def test_grads_report_to_dict_is_the_cli_json(tmp_path):
+    report = lib.load(SPEC).compute_grads(TABLE, target="label")
+    assert _as_written(report.to_dict()) == _cli_json(tmp_path, "grads", SPEC, TABLE, "-t", "label")
+
+
+def test_step_result_to_dict_is_the_cli_json(tmp_path):
+    result = lib.load(SPEC).step(TABLE, target="label", lr=0.1)
+    assert _as_written(result.to_dict()) == _cli_json(tmp_path, "step", SPEC, TABLE, "-t", "label", "--lr", "0.1")
+
+
+def test_history_to_dict_is_the_cli_json(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", lib.NncliWarning)
+        history = lib.train(lib.load(SPEC), TABLE, target="label", epochs=3, lr=0.1, batch_size=2)
+    cli = _cli_json(tmp_path, "train", SPEC, TABLE, "-t", "label", "--epochs", "3", "--lr", "0.1", "--batch-size", "2")
+    assert _as_written(history.to_dict()) == cli
+
+
+def test_stats_result_to_dict_is_the_cli_json(tmp_path):
+    from nncli.lib import inside
+
+    result = inside.stats(lib.load(SPEC), TABLE, target="label")
+    assert _as_written(result.to_dict()) == _cli_json(tmp_path, "stats", SPEC, TABLE, "-t", "label")
+
+
+def test_gradcheck_result_to_dict_is_the_cli_json(tmp_path):
+    from nncli.lib import inside
+
+    result = inside.gradcheck(lib.load(SPEC, dtype="float64"), TABLE, target="label")
+    assert _as_written(result.to_dict()) == _cli_json(tmp_path, "gradcheck", SPEC, TABLE, "-t", "label")
+
+
+def test_summary_to_dict_is_the_cli_json(tmp_path):
+    from nncli.lib import inside
+
+    summary = inside.summary(lib.load(SPEC), batch_size=32, optimizer="sgd")
+    assert _as_written(summary.to_dict()) == _cli_json(tmp_path, "params", SPEC)

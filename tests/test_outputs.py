@@ -562,7 +562,7 @@ def test_distinct_outputs_pass(tmp_path):
 @pytest.fixture
 def no_work(monkeypatch):
     """Any command that reaches its data has started work: fail loudly if it does."""
-    from nncli.lib import api
+    from nncli.lib import session as api
 
     def started(*args, **kwargs):
         raise AssertionError("work started before the output was checked")

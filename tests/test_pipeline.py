@@ -239,10 +239,10 @@ def test_fixed_decimals_refuse_a_polars_that_gives_other_decimals(monkeypatch):
 def _reader_running_at_build(monkeypatch):
     """[True] when reading started before the model's first build. (Whether the reader thread is
     still alive at the build is a race: it may have read a 5-row file already.)"""
-    from nncli.lib import api
+    from nncli.lib import model, session, train_data
 
     seen, started = [], []
-    build, prefetched = api.Model.build, api.prefetched
+    build, prefetched = model.Model.build, session.prefetched
 
     def spy(self, *args, **kwargs):
         seen.append(bool(started))
@@ -252,8 +252,9 @@ def _reader_running_at_build(monkeypatch):
         started.append(True)
         return prefetched(*args, **kwargs)
 
-    monkeypatch.setattr(api.Model, "build", spy)
-    monkeypatch.setattr(api, "prefetched", reading)
+    monkeypatch.setattr(model.Model, "build", spy)
+    monkeypatch.setattr(session, "prefetched", reading)  # forward, loss, grads: session.open_built
+    monkeypatch.setattr(train_data, "prefetched", reading)  # train's early load
     return seen
 
 
