@@ -17,9 +17,10 @@ import os
 import re
 import stat
 import sys
-from dataclasses import dataclass
 
 from nncli.errors import NncliError, UsageError
+from nncli.io.cells import Block, number_problem, parse_number
+from nncli.io.compression import decompressing, open_compressed
 
 BLOCK_BYTES = 4 << 20
 MAX_LINE_BYTES = 32 << 20
@@ -36,57 +37,13 @@ WIDE_COLUMNS = 1024
 WIDE_ROWS = 64
 
 
-# A cell that is a number once its comma is a decimal point: worth a hint in the error message.
-_DECIMAL_COMMA = re.compile(r"^\s*[+-]?[0-9]+,[0-9]+\s*$")
 # A cell that may be a column name made of digits (`0`, `2024`): see CsvFile._warn_numeric_header.
 _DIGITS = re.compile(r"^\s*[0-9]+\s*$")
 _INTEGER = re.compile(r"^\s*[+-]?[0-9]+\s*$")
 
 
-def parse_number(cell: str, decimal_comma: bool = False) -> float | None:
-    """The number a cell holds, or None: Python's float() grammar in ASCII, without digit separators.
-
-    float() also takes Unicode digits (`٣`, `１`) and Unicode spaces; a CSV holding those is not
-    what a numeric column means, and polars refuses them too, so both parsers agree.
-    With `decimal_comma`, `,` is the decimal point and a `.` is refused: `1.234` could be a
-    thousands separator, and reading it as 1.234 would be silently wrong.
-    """
-    if "_" in cell or not cell.isascii():
-        return None
-    if decimal_comma:
-        if "." in cell:
-            return None
-        cell = cell.replace(",", ".")
-    try:
-        return float(cell)
-    except ValueError:
-        return None
-
-
-def number_problem(cell: str, decimal_comma: bool = False) -> str:
-    """Why a cell is not a number, for `<column>: <problem>` messages."""
-    if not cell.strip():
-        return "the cell is empty"
-    shown = cell if len(cell) <= 40 else cell[:37] + "..."
-    problem = f"{shown!r} is not a number"
-    if decimal_comma and "." in cell:
-        return problem + " (with --decimal-comma, '.' is not a decimal point; thousands separators are not read)"
-    if not decimal_comma and _DECIMAL_COMMA.match(cell):
-        return problem + " (add --decimal-comma if commas are decimal separators)"
-    return problem
-
-
 def display_name(path: str) -> str:
     return "<stdin>" if path == "-" else path
-
-
-@dataclass
-class Block:
-    """Parsed rows of one block: selected numeric columns, text columns, and the row count before it."""
-
-    values: object  # numpy float64 array (rows, len(numeric))
-    texts: list  # one list of strings per text column
-    first_row: int
 
 
 class CsvFile:
@@ -546,14 +503,10 @@ def _open(path: str, compression: str | None = None):
         if sys.stdin is None:  # fd 0 was closed when Python started (`nncli ... <&-`)
             raise NncliError("standard input is closed", "<stdin>")
         if compression:
-            from nncli.io.tables import decompressing
-
             return decompressing(sys.stdin.buffer, compression)
         return sys.stdin.buffer
     if os.path.isdir(path):
         raise NncliError("is a directory, not a CSV file", path)
-    from nncli.io.tables import open_compressed
-
     return open_compressed(path, compression)  # plain or compressed, its errors named as one line
 
 

@@ -382,7 +382,7 @@ def _converted(blocks, n: int, dtype: str):
     """Each block's values in the model's dtype as it is parsed, so that rows waiting to be batched
     take half the memory (float32) and no float64 batch is joined: the same numbers, converted
     element by element either way."""
-    from nncli.io.csvread import Block
+    from nncli.io.cells import Block
     from nncli.timing import phase
 
     for block in blocks:

@@ -40,7 +40,7 @@ class OutputOptions:
             if not compression:
                 yield f
                 return
-            from nncli.io.tables import compressing
+            from nncli.io.compression import compressing
 
             with compressing(f, compression) as packed:
                 yield packed
