@@ -317,6 +317,7 @@ def choice(value: str | None, allowed: tuple, option: str) -> str | None:
 
 def load_model(spec: str, model: dict | None = None, runtime: dict | None = None, inputs: int | None = None):
     """The library's Model for the command's options (the spec is read and checked now)."""
+    from nncli.cli.app import run_context
     from nncli.core.spec import load_spec
     from nncli.lib.api import Model
 
@@ -332,6 +333,7 @@ def load_model(spec: str, model: dict | None = None, runtime: dict | None = None
         max_params=values.get("max_params", DEFAULT_MAX_PARAMS),
         device=values.get("device", "cpu"),
         threads=values.get("threads"),
+        context=run_context(),
     )
 
 

@@ -33,8 +33,9 @@ from nncli.core.losses import LossChoice, choose_loss, loss_warnings, spec_loss
 from nncli.core.model import DEFAULT_MAX_PARAMS
 from nncli.core.spec import Spec
 from nncli.errors import NncliError, NncliWarning, UsageError
+from nncli.io.context import LIBRARY, RunContext
 from nncli.io.frames import FrameData, is_table
-from nncli.io.reading import DataOptions, Dataset, batches_ahead, is_pipe, prefetched, spooled
+from nncli.io.reading import Dataset, ReadOptions, batches_ahead, is_pipe, prefetched, spooled
 
 
 def _listed(value, name: str = "target") -> list[str]:
@@ -75,6 +76,22 @@ class Read:
         if isinstance(self.target, str):
             self.target = split_columns(self.target, "target")
 
+    def options(self, path: str) -> ReadOptions:
+        """How io reads DATA file `path` with these options."""
+        return ReadOptions(
+            path,
+            delimiter=self.delimiter,
+            header=self.header,
+            features=_listed(self.features, "features"),
+            targets=_listed(self.target),
+            targets_file=self.targets_file,
+            id_column=self.id_column,
+            label=self.label,
+            targets_label=self.targets_label,
+            decimal_comma=self.decimal_comma,
+            input_format=self.input_format,
+        )
+
 
 def open_data(data, read: Read, want_targets: bool = False):
     """A path (or "-") -> a streaming Dataset; a table in memory -> FrameData. Warnings are issued."""
@@ -91,20 +108,7 @@ def open_data(data, read: Read, want_targets: bool = False):
         sources = []
         try:
             for path in paths:
-                options = DataOptions(
-                    path,
-                    read.delimiter,
-                    read.header,
-                    _listed(read.features, "features"),
-                    _listed(read.target),
-                    read.targets_file,
-                    read.id_column,
-                    read.label,
-                )
-                options.decimal_comma = read.decimal_comma
-                options.input_format = read.input_format
-                options.targets_label = read.targets_label
-                sources.append(Dataset(options, want_targets))
+                sources.append(Dataset(read.options(path), want_targets))
         except BaseException:
             for s in sources:
                 s.close()
@@ -257,6 +261,7 @@ class Model(Forwards):
         max_params: int = DEFAULT_MAX_PARAMS,
         device: str = "cpu",
         threads: int | None = None,
+        context: RunContext = LIBRARY,
     ) -> None:
         if dtype not in ("float32", "float64"):
             raise UsageError(f"dtype must be float32 or float64, got {dtype!r}")
@@ -266,6 +271,7 @@ class Model(Forwards):
         weights = None if weights is None else os.fspath(weights)  # a pathlib.Path too: messages and suffixes take text
         self.spec, self.seed, self.weights, self.dtype = spec, seed, weights, dtype
         self.inputs, self.max_params, self.device_name, self.threads = inputs, max_params, device, threads
+        self.context = context  # what the process allows (the CLI's own, or a library caller's: the defaults)
         self.built = None  # nncli.core.model.Model once built
         self._lock = threading.RLock()
 
@@ -366,6 +372,7 @@ class Model(Forwards):
             device=self.device_name,
             threads=self.threads,
             inputs=self.inputs,
+            freeze_after_import=self.context.freeze_after_import,
         )
 
     def resolved(self):
@@ -438,31 +445,18 @@ class Model(Forwards):
         source = open_data(data, read, want_targets)
 
         def read_ahead(wanted):
-            from nncli.io import readers as procread
+            from nncli.io.readers import start_reading
 
-            if procread.can_fork():  # parsing on its own core while torch imports (see procread)
-                if procread.SHARE_NUMPY:
-                    procread.share_numpy()
-                # a --targets file is read by the child too: put back with DATA if the child fails at its start
-                targets = [
-                    t
-                    for s in getattr(source, "sources", [source])
-                    if (t := getattr(s, "targets_csv", None)) is not None
-                ]
-                try:
-                    return procread.read_in_child(
-                        lambda: source.batches(wanted, dtype=self.dtype),
-                        reading_files(source),
-                        instead=lambda: in_thread(wanted),
-                        rewind=reading_files(source) + targets,
-                    )
-                except OSError:  # fork or the shared memory refused (a process limit): a thread reads
-                    pass
-            return in_thread(wanted)
-
-        def in_thread(wanted):
-            return prefetched(
-                source.batches(wanted, dtype=self.dtype), depth=batches_ahead(wanted, source.n_features, self.dtype)
+            # a --targets file is read by the child too: put back with DATA if the child fails at its start
+            targets = [
+                t for s in getattr(source, "sources", [source]) if (t := getattr(s, "targets_csv", None)) is not None
+            ]
+            return start_reading(
+                lambda: source.batches(wanted, dtype=self.dtype),
+                reading_files(source),
+                depth=batches_ahead(wanted, source.n_features, self.dtype),
+                context=self.context,
+                rewind=reading_files(source) + targets,
             )
 
         planned = {}
@@ -1051,11 +1045,11 @@ def _spooled_path(data, read: Read, stack):
     if read.targets_file is not None and (read.targets_file == "-" or is_pipe(read.targets_file)):
         if path == "-" and read.targets_file == "-":
             raise UsageError("DATA and --targets can't both be standard input")
-        copy = spooled(DataOptions(read.targets_file), stack)
+        copy = spooled(ReadOptions(read.targets_file), stack)
         read = dataclasses.replace(read, targets_file=copy.path, targets_label=copy.label)
     if path != "-" and not is_pipe(path):
         return data, read
-    copy = spooled(DataOptions(path, label=read.label), stack)
+    copy = spooled(ReadOptions(path, label=read.label), stack)
     read = dataclasses.replace(read, label=copy.label)
     if path != "-" and read.input_format is None:
         from nncli.io.tables import detect_format
