@@ -13,6 +13,7 @@ import contextlib
 import io
 import os
 import sys
+from collections.abc import Sequence
 
 from nncli.errors import NncliError, UsageError
 from nncli.io.cells import Block, parse_number
@@ -65,7 +66,7 @@ class TableFile:
         a short file is one error line. An Arrow file is read whole (its footer says where every
         batch is); NDJSON by blocks of lines (see NDJSON_BLOCK_BYTES). Parquet is left to polars,
         which reads it with read calls already (truncated: "failed to fill whole buffer")."""
-        source = self.path
+        source: str | io.BytesIO = self.path
         kind = _kind(self.path)
         if self.fmt == "ndjson" and kind == "file" and not compression:
             return self._scan_lines(pl)
@@ -119,7 +120,7 @@ class TableFile:
     def column_label(self, index: int) -> str:
         return f"column {index} ({self.names[index]!r})"
 
-    def read(self, numeric: list[int], text: list[int] = ()):
+    def read(self, numeric: list[int], text: Sequence[int] = ()):
         """Blocks of float64 values (numeric columns, row-major) and strings (text columns)."""
         import numpy as np
         import polars as pl
@@ -284,6 +285,7 @@ INPUT_FORMATS = ("csv", "tsv", "parquet", "arrow", "ndjson")
 def detect_format(path: str, forced: str | None = None) -> tuple[str, str | None]:
     """(format, compression) from --input-format (`csv`, `ndjson.gz`, ...) or the file's suffixes;
     anything unrecognised is read as CSV, as before."""
+    compression: str | None
     if forced:
         base, _, compression = forced.lower().partition(".")
         if base not in INPUT_FORMATS or (compression and "." + compression not in COMPRESSIONS):
