@@ -269,6 +269,7 @@ def install_signal_handlers() -> None:
             pass
 
 
+@functools.cache
 def run_context():
     """The one RunContext of a CLI run: nncli's own short-lived process, whose numpy may be shared with
     the reader process and whose objects from torch's import may be frozen (see nncli.io.context).
