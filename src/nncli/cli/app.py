@@ -256,6 +256,17 @@ def install_signal_handlers() -> None:
             pass
 
 
+@functools.cache
+def run_context():
+    """The one RunContext of a CLI run: nncli's own short-lived process, whose numpy may be shared with
+    the reader process and whose objects from torch's import may be frozen (see nncli.io.context).
+    Handed to the library with each Model (options.load_model); no module-level switch is flipped, so
+    a library call after a command in the same process keeps the library's defaults."""
+    from nncli.io.context import RunContext
+
+    return RunContext(share_numpy=True, freeze_after_import=True)
+
+
 def handled(fn):
     """Run a command: errors become one `error:` line (exit 1, or 2 for usage), pipes close quietly."""
 
@@ -265,11 +276,6 @@ def handled(fn):
 
         timing.add("start-up", time.perf_counter() - timing.START)
         gc.enable()  # off since entry.py: start-up's imports make no garbage
-        from nncli.core import runtime
-        from nncli.io import readers as procread
-
-        runtime.FREEZE_AFTER_IMPORT = True
-        procread.SHARE_NUMPY = True
         debug = _debug["on"] or os.environ.get("NNCLI_DEBUG", "") not in ("", "0")
         signals = [getattr(signal, n) for n in TERMINATING if hasattr(signal, n)] if _in_main_thread() else []
         previous = {s: signal.getsignal(s) for s in signals}

@@ -419,6 +419,7 @@ def with_options(*groups: Group):
 
 def load_model(spec: str, model: ModelGroup | None = None, runtime: RuntimeGroup | None = None, inputs=None):
     """The library's Model for the command's options (the spec is read and checked now)."""
+    from nncli.cli.app import run_context
     from nncli.core.spec import load_spec
     from nncli.lib.api import Model
 
@@ -433,6 +434,7 @@ def load_model(spec: str, model: ModelGroup | None = None, runtime: RuntimeGroup
         max_params=runtime.max_params,
         device=runtime.device,
         threads=runtime.threads,
+        context=run_context(),
     )
 
 

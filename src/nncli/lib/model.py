@@ -23,6 +23,7 @@ from nncli.core.losses import spec_loss
 from nncli.core.model import DEFAULT_MAX_PARAMS
 from nncli.core.spec import Spec
 from nncli.errors import NncliError, UsageError
+from nncli.io.context import LIBRARY, RunContext
 from nncli.io.frames import FrameData
 from nncli.lib.checks import check_arguments
 from nncli.lib.forwards import ForwardRun, Forwards, Predictor, finite_checks
@@ -79,6 +80,7 @@ class Model(Forwards, Signals):
         max_params: int = DEFAULT_MAX_PARAMS,
         device: str = "cpu",
         threads: int | None = None,
+        context: RunContext = LIBRARY,
     ) -> None:
         if dtype not in ("float32", "float64"):
             raise UsageError(f"dtype must be float32 or float64, got {dtype!r}")
@@ -88,6 +90,7 @@ class Model(Forwards, Signals):
         weights = None if weights is None else os.fspath(weights)  # a pathlib.Path too: messages and suffixes take text
         self.spec, self.seed, self.weights, self.dtype = spec, seed, weights, dtype
         self.inputs, self.max_params, self.device_name, self.threads = inputs, max_params, device, threads
+        self.context = context  # what the process allows (the CLI's own, or a library caller's: the defaults)
         self.built: Any = None  # nncli.core.model.Model once built
         self.width: int | None = None  # the input width it was built for (None: not built, or unknown)
         self._lock = threading.RLock()
@@ -189,6 +192,7 @@ class Model(Forwards, Signals):
             device=self.device_name,
             threads=self.threads,
             inputs=self.inputs,
+            freeze_after_import=self.context.freeze_after_import,
         )
 
     def resolved(self):

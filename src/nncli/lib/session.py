@@ -14,8 +14,9 @@ from nncli.core.backprop import needs_one_batch
 from nncli.core.forward import head_of
 from nncli.core.losses import choose_loss
 from nncli.errors import NncliError, NncliWarning, UsageError
+from nncli.io.context import LIBRARY, RunContext
 from nncli.io.frames import FrameData, is_table
-from nncli.io.reading import DataOptions, Dataset, Many, batches_ahead, is_pipe, prefetched, spooled
+from nncli.io.reading import Dataset, Many, ReadOptions, batches_ahead, is_pipe, spooled
 from nncli.lib.checks import listed
 
 
@@ -43,6 +44,22 @@ class Read:
         if isinstance(self.target, str):
             self.target = split_columns(self.target, "target")
 
+    def options(self, path: str) -> ReadOptions:
+        """How io reads DATA file `path` with these options."""
+        return ReadOptions(
+            path,
+            delimiter=self.delimiter,
+            header=self.header,
+            features=listed(self.features, "features"),
+            targets=listed(self.target),
+            targets_file=self.targets_file,
+            id_column=self.id_column,
+            label=self.label,
+            targets_label=self.targets_label,
+            decimal_comma=self.decimal_comma,
+            input_format=self.input_format,
+        )
+
 
 def open_data(data, read: Read, want_targets: bool = False):
     """A path (or "-") -> a streaming Dataset; a table in memory -> FrameData. Warnings are issued."""
@@ -60,20 +77,7 @@ def open_data(data, read: Read, want_targets: bool = False):
         sources = []
         try:
             for path in paths:
-                options = DataOptions(
-                    path,
-                    read.delimiter,
-                    read.header,
-                    listed(read.features, "features"),
-                    listed(read.target),
-                    read.targets_file,
-                    read.id_column,
-                    read.label,
-                )
-                options.decimal_comma = read.decimal_comma
-                options.input_format = read.input_format
-                options.targets_label = read.targets_label
-                sources.append(Dataset(options, want_targets))
+                sources.append(Dataset(read.options(path), want_targets))
         except BaseException:
             for s in sources:
                 s.close()
@@ -140,11 +144,11 @@ def spooled_path(data, read: Read, stack):
     if read.targets_file is not None and (read.targets_file == "-" or is_pipe(read.targets_file)):
         if path == "-" and read.targets_file == "-":
             raise UsageError("DATA and --targets can't both be standard input")
-        copy = spooled(DataOptions(read.targets_file), stack)
+        copy = spooled(ReadOptions(read.targets_file), stack)
         read = dataclasses.replace(read, targets_file=copy.path, targets_label=copy.label)
     if path != "-" and not is_pipe(path):
         return data, read
-    copy = spooled(DataOptions(path, label=read.label), stack)
+    copy = spooled(ReadOptions(path, label=read.label), stack)
     read = dataclasses.replace(read, label=copy.label)
     if path != "-" and read.input_format is None:
         from nncli.io.tables import detect_format
@@ -179,33 +183,24 @@ class Opened(NamedTuple):
     batches: Any  # its batches (being read), or None where `read_rows` was False
 
 
-def _reader(source, dtype: str) -> Callable[[int | None], Any]:
+def _reader(source, dtype: str, context: RunContext = LIBRARY) -> Callable[[int | None], Any]:
     """read_ahead(rows): the source's batches being read in the background: in a child process where
-    fork is there (parsing on its own core while torch imports, see io/readers), else in a thread."""
+    fork is there (parsing on its own core while torch imports), else in a thread (io.readers.start_reading)."""
 
     def read_ahead(wanted):
-        from nncli.io import readers as procread
+        from nncli.io.readers import start_reading
 
-        if procread.can_fork():  # parsing on its own core while torch imports (see procread)
-            if procread.SHARE_NUMPY:
-                procread.share_numpy()
-            # a --targets file is read by the child too: put back with DATA if the child fails at its start
-            targets = [
-                t for s in getattr(source, "sources", [source]) if (t := getattr(s, "targets_csv", None)) is not None
-            ]
-            try:
-                return procread.read_in_child(
-                    lambda: source.batches(wanted, dtype=dtype),
-                    reading_files(source),
-                    instead=lambda: in_thread(wanted),
-                    rewind=reading_files(source) + targets,
-                )
-            except OSError:  # fork or the shared memory refused (a process limit): a thread reads
-                pass
-        return in_thread(wanted)
-
-    def in_thread(wanted):
-        return prefetched(source.batches(wanted, dtype=dtype), depth=batches_ahead(wanted, source.n_features, dtype))
+        # a --targets file is read by the child too: put back with DATA if the child fails at its start
+        targets = [
+            t for s in getattr(source, "sources", [source]) if (t := getattr(s, "targets_csv", None)) is not None
+        ]
+        return start_reading(
+            lambda: source.batches(wanted, dtype=dtype),
+            reading_files(source),
+            depth=batches_ahead(wanted, source.n_features, dtype),
+            context=context,
+            rewind=reading_files(source) + targets,
+        )
 
     return read_ahead
 
@@ -234,7 +229,7 @@ def open_built(
     `training`: the preprocessing statistics are about to be fitted, so none are required yet."""
     source = open_data(data, read, want_targets)
     dtype = model.dtype
-    read_ahead = _reader(source, dtype)
+    read_ahead = _reader(source, dtype, getattr(model, "context", LIBRARY))
 
     ahead = rows if read_rows and rows_for is None and rows is not None else None
     planned: dict = {}

@@ -108,7 +108,7 @@ class OutputTarget:
             if not self.compression:
                 yield f
                 return
-            from nncli.io.tables import compressing
+            from nncli.io.compression import compressing
 
             with compressing(f, self.compression) as packed:
                 yield packed
