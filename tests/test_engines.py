@@ -478,7 +478,7 @@ def test_partitions_in_order_with_a_progress_bar(folder, small_parts):
 
     scorer = core.Scorer(m, core.InProcess)
     run = scorer.forward_frames(
-        files(folder), read=nncli.lib.api.Read(features=FEATURES), batch_size=1000, progress=progress
+        files(folder), read=nncli.Read(features=FEATURES), batch_size=1000, progress=progress
     )
     got = pl.concat([pl.DataFrame(dict(zip(names, columns))) for names, columns in run.frames()])
     assert got.equals(m.forward(files(folder), features=FEATURES, batch_size=1000))
@@ -488,7 +488,7 @@ def test_partitions_in_order_with_a_progress_bar(folder, small_parts):
     seen.clear()
     report = scorer.compute_loss(
         str(folder / "big.csv"),
-        read=nncli.lib.api.Read(target="label", features=FEATURES),
+        read=nncli.Read(target="label", features=FEATURES),
         batch_size=1000,
         progress=progress,
     )

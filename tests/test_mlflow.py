@@ -333,7 +333,7 @@ def test_a_diverging_run_ends_failed(nncli, store, tmp_path):
 
 
 def test_an_interrupted_run_ends_killed_and_keeps_its_epochs(store, tmp_path):
-    from nncli.lib import api
+    import nncli as api
 
     path, _, _ = table(tmp_path)
     spec = write(tmp_path, "s.yaml", SPEC)
@@ -390,7 +390,7 @@ def test_ctrl_c_in_the_cli_ends_the_run_killed(store, tmp_path):
 
 
 def test_inside_a_callers_run_the_library_logs_a_child_run(store, tmp_path):
-    from nncli.lib import api
+    import nncli as api
 
     path, _, _ = table(tmp_path)
     spec = write(tmp_path, "s.yaml", SPEC)

@@ -218,7 +218,7 @@ def test_progress_follows_the_child(tmp_path):
     data = tmp_path / "d.csv"
     _table(data, 20_000)
     script = textwrap.dedent(f"""
-        from nncli.lib.api import reading_files
+        from nncli.lib.session import reading_files
         from nncli.io.reading import ReadOptions, Dataset
         from nncli.io import readers as procread
         source = Dataset(ReadOptions({str(data)!r}, targets=["label"], id_column="id"), want_targets=False)

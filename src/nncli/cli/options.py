@@ -421,7 +421,7 @@ def load_model(spec: str, model: ModelGroup | None = None, runtime: RuntimeGroup
     """The library's Model for the command's options (the spec is read and checked now)."""
     from nncli.cli.app import run_context
     from nncli.core.spec import load_spec
-    from nncli.lib.api import Model
+    from nncli.lib.model import Model
 
     model, runtime = model or ModelGroup(), runtime or RuntimeGroup()
     parsed = load_spec(spec, max_layers=runtime.max_layers or DEFAULT_MAX_LAYERS)
@@ -451,7 +451,7 @@ def output_target(output: OutputGroup, inputs: list | None = None, extra: dict |
 def read_options(read: ReadGroup, targets: TargetsGroup | None = None, id_column: str | None = None):
     """How the library is to read DATA, from the READ and TARGETS groups."""
     from nncli.io.columns import split_each
-    from nncli.lib.api import Read
+    from nncli.lib.session import Read
 
     targets = targets or TargetsGroup()
     target, features = split_each(targets.target, "--target"), split_each(read.features, "--features")

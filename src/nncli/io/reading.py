@@ -28,7 +28,7 @@ _INDEX = re.compile(r"^[+-]?[0-9]+$")  # ASCII digits: \d would take `٣` as 3
 @dataclass
 class ReadOptions:
     """How to read one DATA file: the one home of the reading options (the CLI's READ group and the
-    library's `Read` become one of these, see lib.api.Read.options). Built by keyword, `path` aside."""
+    library's `Read` become one of these, see lib.session.Read.options). Built by keyword, `path` aside."""
 
     path: str
     _: KW_ONLY

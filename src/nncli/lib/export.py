@@ -88,7 +88,7 @@ def export(
     verify: bool = False,
     option: str = "-o",
 ) -> Exported:
-    """Export `model` (an nncli.lib.api.Model) to `path` (.onnx or .pt2, by suffix), optionally verified
+    """Export `model` (an nncli.Model) to `path` (.onnx or .pt2, by suffix), optionally verified
     first: a model that fails verification is not written (NncliError). Returns what was written."""
     fmt = format_of(path, option)
     if fmt == "onnx":

@@ -44,16 +44,20 @@ class LossReport:
         """The loss as a Python float, or a numpy array of per-row losses with reduction 'none'."""
         return self.per_row if self.tensor is None else float(self.tensor)
 
-    def to_dict(self, precision: int | None = None) -> dict:
-        """What `nncli loss -f json` prints (and `nncli grads -f json`, with the gradients, or the input
-        gradients with --inputs): numbers shortest for the model's dtype, or to `precision` digits."""
-        doc = {
+    def loss_dict(self, precision: int | None = None) -> dict:
+        """The fields every loss-bearing document shares (loss, grads, step), the same keys in every format."""
+        return {
             "loss": _tensor(self.tensor if self.tensor is not None else self.per_row, precision),
             "loss_fn": self.loss_fn,
             "loss_from": self.loss_from,
             "reduction": self.reduction,
             "rows": self.rows,
         }
+
+    def to_dict(self, precision: int | None = None) -> dict:
+        """What `nncli loss -f json` prints (and `nncli grads -f json`, with the gradients, or the input
+        gradients with --inputs): numbers shortest for the model's dtype, or to `precision` digits."""
+        doc = self.loss_dict(precision)
         if self.input_gradients is not None:
             doc["input_gradients"] = _tensor(self.input_gradients.cpu().numpy(), precision)
         elif self.gradients:

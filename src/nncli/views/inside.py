@@ -11,6 +11,21 @@ SPARK = "▁▂▃▄▅▆▇█"
 SPARK_WIDTH = 16
 
 
+STAT_NAMES = (
+    "rows",
+    "count",
+    "nonfinite",
+    "mean",
+    "std",
+    "min",
+    "max",
+    "zero_fraction",
+    "dead_units",
+    "saturated_fraction",
+    "saturated_units",
+)
+
+
 def sparkline(hist, width: int = SPARK_WIDTH) -> str:
     """A histogram as one line of block characters: adjacent bins summed into at most `width` cells,
     an empty cell blank, the fullest █."""
@@ -119,93 +134,6 @@ def _stages_table(title: str, stages, part: str, precision):
         columns[2].append(sparkline(hist))
         columns[3].append(_number(float(finite.max()) if finite.size else None, precision))
     return FoldingTable(names, columns, title=title, keys=1, justify=["left", "right", "left", "right"])
-
-
-def _jsonable(value, precision, dtype: str = "float64"):
-    """A float printed shortest for its dtype: the model's for values it computed (min, max), float64 for statistics."""
-    import numpy as np
-
-    from nncli.io.texts import jsonable
-
-    if value is None:
-        return None
-    return jsonable(np.asarray(value, dtype=dtype), precision)
-
-
-def _stats_doc(result, p) -> dict:
-    from nncli.io.texts import jsonable
-
-    layers = []
-    for s in result.layers:
-        h = s.histogram
-        layers.append(
-            {
-                "layer": s.index,
-                "type": s.type,
-                "label": s.label,
-                "units": s.units,
-                "rows": s.rows,
-                "count": s.count,
-                "nonfinite": s.nonfinite,
-                "mean": _jsonable(s.mean, p),
-                "std": _jsonable(s.std, p),
-                "min": _jsonable(s.min, p, result.dtype),
-                "max": _jsonable(s.max, p, result.dtype),
-                "zero_fraction": _jsonable(s.zero_fraction, p),
-                "dead_units": s.dead_units,
-                "zero_fraction_per_unit": None if s.zero_per_unit is None else jsonable(s.zero_per_unit, p),
-                "saturated_fraction": _jsonable(s.saturated_fraction, p),
-                "saturated_units": s.saturated_units,
-                "saturated_fraction_per_unit": None
-                if s.saturated_per_unit is None
-                else jsonable(s.saturated_per_unit, p),
-                "histogram": {
-                    "bin_width": h.width if h.counts is not None else None,
-                    "first_edge": float(h.edges[0]) if h.counts is not None else None,
-                    "counts": [] if h.counts is None else [int(c) for c in h.counts],
-                },
-            }
-        )
-    doc = {"rows": result.rows, "batches": result.batches, "mode": result.mode, "layers": layers}
-    if result.params is not None:
-        doc.update(
-            {
-                "loss": jsonable(result.loss, p),
-                "loss_fn": result.loss_fn,
-                "loss_from": result.loss_from,
-                "lr": result.lr,
-                "thresholds": {"vanishing": result.vanishing, "exploding": result.exploding},
-                "parameters": [
-                    {
-                        "parameter": g.name,
-                        "layer": g.layer,
-                        "type": g.type,
-                        "shape": g.shape,
-                        "grad_norm": _jsonable(g.grad_norm, p),
-                        "weight_norm": _jsonable(g.weight_norm, p),
-                        "update_ratio": _jsonable(g.update_ratio, p),
-                        "flag": g.flag,
-                    }
-                    for g in result.params
-                ],
-            }
-        )
-    return doc
-
-
-STAT_NAMES = (
-    "rows",
-    "count",
-    "nonfinite",
-    "mean",
-    "std",
-    "min",
-    "max",
-    "zero_fraction",
-    "dead_units",
-    "saturated_fraction",
-    "saturated_units",
-)
 
 
 def _stats_frame(result) -> Frame:
@@ -328,67 +256,6 @@ def _worst(c):
     return int(np.argmax(rel)) if len(rel) else None
 
 
-def _check_doc(result, checks, p) -> dict:
-    from nncli.io.texts import jsonable
-
-    parameters = []
-    for c in checks:
-        rel, ab, ok = c.rel_error, c.abs_error, c.within(result.atol, result.rtol)
-        worst = _worst(c)
-        parameters.append(
-            {
-                "parameter": c.name,
-                "layer": c.layer,
-                "type": c.type,
-                "shape": c.shape,
-                "checked": int(len(c.indices)),
-                "numel": c.numel,
-                "passed": bool(ok.all()),
-                "max_abs_error": _jsonable(float(ab.max()), p),
-                "max_rel_error": _jsonable(float(rel.max()), p),
-                "worst_index": _index_text(int(c.indices[worst]), c.shape),
-                "elements": [
-                    {
-                        "index": _index_text(int(i), c.shape),
-                        "autograd": a,
-                        "numerical": n,
-                        "abs_error": e,
-                        "rel_error": r,
-                        "passed": bool(k),
-                    }
-                    for i, a, n, e, r, k in zip(
-                        c.indices.tolist(),
-                        jsonable(c.autograd, p),
-                        jsonable(c.numerical, p),
-                        jsonable(ab, p),
-                        jsonable(rel, p),
-                        ok.tolist(),
-                    )
-                ],
-            }
-        )
-    rel_all = [float(c.rel_error.max()) for c in checks]
-    abs_all = [float(c.abs_error.max()) for c in checks]
-    return {
-        "passed": result.passed,
-        "checked": result.checked,
-        "total": result.total,
-        "sampled": result.sampled,
-        "failures": result.failures,
-        "eps": result.eps,
-        "atol": result.atol,
-        "rtol": result.rtol,
-        "mode": result.mode,
-        "max_rel_error": _jsonable(max(rel_all), p) if rel_all else None,
-        "max_abs_error": _jsonable(max(abs_all), p) if abs_all else None,
-        "loss": jsonable(result.loss, p),
-        "loss_fn": result.loss_fn,
-        "loss_from": result.loss_from,
-        "rows": result.rows,
-        "parameters": parameters,
-    }
-
-
 def _check_frame(checks, result) -> Frame:
     import numpy as np
 
@@ -500,7 +367,7 @@ def stats_report(result, text: str, precision, lr: float, vanishing: float, expl
             )
         return items + [caption(text_ + (f"; HTML report: {html}" if html else ""))]
 
-    return Report(_stats_doc(result, p), _stats_frame(result), tables)
+    return Report(result.to_dict(p), _stats_frame(result), tables)
 
 
 def gradcheck_report(result, checks, text: str, precision, full: bool) -> Report:
@@ -508,4 +375,4 @@ def gradcheck_report(result, checks, text: str, precision, full: bool) -> Report
         items = [_check_table(c, result, precision, full) for c in checks]
         return items + [_check_summary(checks, result, precision), caption(text)]
 
-    return Report(_check_doc(result, checks, precision), _check_frame(checks, result), tables)
+    return Report(result.to_dict(precision, checks), _check_frame(checks, result), tables)

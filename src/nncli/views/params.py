@@ -10,42 +10,13 @@ from nncli.views.tensors import long_rows, tensor_tables
 ROW_KEYS = ("index", "type", "args", "output_shape", "params", "trainable", "buffers", "mult_adds")
 
 
-def params_report(summary, name: str, dtype: str, values: dict | None, built, fmt: str, p, full: bool) -> Report:
+def params_report(summary, values: dict | None, built, fmt: str, p, full: bool) -> Report:
     """`values`: the parameters to show (--values, --layer), or None for the counts alone."""
-    rows = [
-        {
-            "index": l.index,
-            "type": l.type,
-            "args": l.args,
-            "output_shape": [None, l.out_width],
-            "params": l.params,
-            "trainable": l.params > 0,
-            "buffers": l.buffers,
-            "mult_adds": l.mult_adds,
-            "inferred": l.inferred,
-        }
-        for l in summary.layers
-    ]
-    doc = {
-        "name": name,
-        "inputs": summary.inputs,
-        "layers": rows,
-        "total_params": summary.total_params,
-        "param_bytes": summary.total_params * summary.itemsize,
-        "trainable_params": summary.trainable_params,
-        "non_trainable_params": summary.non_trainable_params,
-        "buffers": summary.buffers,
-        "mult_adds_per_row": summary.mult_adds_per_row,
-        "mult_adds_batch": summary.mult_adds_batch,
-        "batch_size": summary.batch_size,
-        "dtype": dtype,
-        "optimizer": summary.optimizer,
-        "momentum": summary.momentum,
-        "memory_bytes": summary.memory,
-    }
+    doc = summary.to_dict()  # the library's result is the JSON document: one home for its fields
+    rows = doc["layers"]
     columns = [[r[k] if k != "output_shape" else output_shape_text(r[k]) for r in rows] for k in ROW_KEYS]
     frame = Frame(list(ROW_KEYS), columns)
-    tables = [_params_table(name, rows, summary), _totals_table(summary)]
+    tables = [_params_table(summary.name, rows, summary), _totals_table(summary)]
     if values is not None:
         doc["parameters"] = {k: jsonable(v, p) for k, v in values.items()}
         tables += tensor_tables(built, values, p, full)

@@ -17,17 +17,6 @@ from nncli.views.tensors import (
 PARTS = ("before", "grad", "after")
 
 
-def loss_fields(report, precision) -> dict:
-    """The fields every loss-bearing record shares, with the same keys in every format."""
-    return {
-        "loss": jsonable(report.tensor, precision) if report.tensor is not None else None,
-        "loss_fn": report.loss_fn,
-        "loss_from": report.loss_from,
-        "reduction": report.reduction,
-        "rows": report.rows,
-    }
-
-
 def scalar(tensor):
     """A 0-d tensor as a one-element array, so CSV prints it shortest for its dtype."""
     return tensor.detach().cpu().numpy().reshape(1)
@@ -36,10 +25,9 @@ def scalar(tensor):
 def loss_report(report, model_caption: str, p) -> Report:
     import numpy as np  # after reading began: numpy's BLAS threads would keep the reader from forking (procread)
 
-    doc = loss_fields(report, p)
+    doc = report.to_dict(p)
     if report.tensor is None:
         values = report.per_row
-        doc["loss"] = jsonable(values, p)
         values = values.reshape(len(values), -1)
         names = ["loss"] if values.shape[1] == 1 else [f"loss_{i}" for i in range(values.shape[1])]
         frame = Frame(["row"] + names, [np.arange(len(values))] + [values[:, i] for i in range(values.shape[1])])
@@ -55,17 +43,16 @@ def input_grads_report(report, model_caption: str, p) -> Report:
     """grads --inputs: d loss / d x, a row per input row."""
     import numpy as np
 
-    doc = loss_fields(report, p)
+    doc = report.to_dict(p)  # with input_gradients
     text = f"{model_caption}; {report.loss_fn} = {fmt(float(report.tensor), p)} over {rows_text(report.rows)}"
     values = report.input_gradients.cpu().numpy()
     names = [f"grad_{n}" for n in report.feature_names]
-    doc["input_gradients"] = jsonable(values, p)
     frame = Frame(["row"] + names, [np.arange(len(values))] + [values[:, i] for i in range(values.shape[1])])
     return Report(doc, frame, [frame_table(frame, p), caption(text + "; d loss / d input per row")])
 
 
 def grads_report(report, named: dict, built, model_caption: str, p, summary: bool, full: bool) -> Report:
-    doc = loss_fields(report, p)
+    doc = report.loss_dict(p)
     text = f"{model_caption}; {report.loss_fn} = {fmt(float(report.tensor), p)} over {rows_text(report.rows)}"
     if summary:
         doc["gradients"], frame = summary_rows(named, p)

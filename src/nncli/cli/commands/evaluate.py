@@ -1,4 +1,4 @@
-"""evaluate: the loss and the metrics that fit it (nncli.lib.api.evaluate, views/fit.py)."""
+"""evaluate: the loss and the metrics that fit it (nncli.lib.evaluate, views/fit.py)."""
 
 from __future__ import annotations
 
@@ -44,15 +44,15 @@ def evaluate(
     runtime: RuntimeGroup = None,
 ) -> None:
     """The loss and the metrics that fit the loss: accuracy, per-class F1 and a confusion matrix; per-label scores; or MSE, MAE and R²."""  # noqa: E501  (one line: Typer shows it as written)
-    from nncli.lib import api
     from nncli.lib.engines import scoring
+    from nncli.lib.evaluate import evaluate as evaluate_model
     from nncli.views.fit import evaluate_report
 
     m = load_model(spec, model, runtime)
     target = output_target(output, inputs=[spec, data, targets.targets, model.weights])
     idle_threads_sleep()  # reads while it computes
     with scoring(m, engine, workers, scheduler) as scorer:  # the model itself, or its stand-in on a cluster
-        doc = api.evaluate(
+        doc = evaluate_model(
             scorer,
             data,
             loss=loss,

@@ -105,8 +105,7 @@ def params(
     if (values and not tensors.summary) or tensors.layer is not None:
         built = m.build()
         named = only_layer(dict(built.module.named_parameters()), built, tensors.layer)
-    name, p = m.spec.display_name, target.precision
-    emit(target, params_report(summary, name, m.dtype, named, built, target.format, p, tensors.full))
+    emit(target, params_report(summary, named, built, target.format, target.precision, tensors.full))
 
 
 @with_options(RUNTIME)

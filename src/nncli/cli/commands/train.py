@@ -1,4 +1,4 @@
-"""train: the hand-written PyTorch loop over DATA (nncli.lib.api.train, views/fit.py). Its own
+"""train: the hand-written PyTorch loop over DATA (nncli.lib.train, views/fit.py). Its own
 options are TrainOptions (cli/train_options.py); --nproc's launcher is cli/launch.py."""
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def train(
     from nncli.core.model import check_weights_path
     from nncli.core.training import is_checkpoint
     from nncli.errors import UsageError
-    from nncli.lib import api
+    from nncli.lib.train import train as train_model
     from nncli.views.fit import train_report
     from nncli.views.progress import EpochBar
 
@@ -103,7 +103,7 @@ def train(
         logging_to = {"experiment": fit.mlflow_experiment, "artifact": artifact}
     bar = EpochBar(epochs, target.quiet)
     try:
-        history = api.train(
+        history = train_model(
             m,
             data,
             epochs=epochs,

@@ -204,8 +204,8 @@ def _warm() -> None:
     import polars  # noqa: F401
     import torch  # noqa: F401
 
-    import nncli.lib.api  # noqa: F401
     import nncli.lib.engines.core  # noqa: F401
+    import nncli.lib.model  # noqa: F401
 
 
 class _Starting:
