@@ -28,8 +28,8 @@ BLOCK_BYTES = 4 << 20
 MAX_LINE_BYTES = 32 << 20
 PARSE_AHEAD = 1  # blocks being parsed while the next is cut (two: +25 MiB peak memory, no faster)
 DELIMITERS = (",", "\t", ";")
-# A block this wide with fewer rows goes straight to the exact parser (polars took 20 s for one
-# row of 10^6 columns, the csv module 0.3 s).
+# A block this wide with fewer rows goes straight to the exact parser: polars is slow on very wide,
+# short blocks (benchmarks/results.md, "the reader's sizes").
 WIDE_COLUMNS = 1024
 WIDE_ROWS = 64
 

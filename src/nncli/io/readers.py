@@ -50,21 +50,16 @@ from nncli.io.context import LIBRARY, RunContext
 from nncli.io.reading import ThreadReader, prefetched
 
 # Shared memory for batches the child has parsed ahead of the parent: what it parses while torch
-# imports (~1 s, ~500,000 rows of 32 float32 features on one core) waits here. The child cuts
-# 2 MiB blocks where a reader thread cuts 4 MiB (csvread.BLOCK_BYTES): polars takes ~10x a block's
-# size while it parses one (54 MiB over the base for 4 MiB blocks, 35 for 2, 26 for 1) but parses
-# small blocks slower (2.88, 3.08, 3.22 ns a byte). Measured on 2 cores, 1M x 32, peak memory of
-# both processes (sampled PSS): ring 64 MiB + 4 MiB blocks 452 MiB; 64 + 1: 414; 48 + 1: 389;
-# 40 + 2: 388, and against 48 + 1 in 8 alternating runs 2.21 s against 2.24 s, CPU 3.27 s
-# against 3.43 s.
+# imports waits here. The child cuts smaller blocks than a reader thread (csvread.BLOCK_BYTES):
+# polars holds several times a block's size while it parses one, so smaller blocks keep the peak
+# of both processes lower, at a small cost in parsing speed. The sizes below are the measured
+# balance of peak memory against wall time (benchmarks/results.md, "the reader's sizes").
 RING_BYTES = 40 << 20
 CHILD_BLOCK_BYTES = 2 << 20
 # Below this share of the ring in use, the parent (done importing torch) takes rows as fast as
-# they come: the child parses a second block at once (csvread.Pace.starved). Measured on 2 cores, 1M x 32,
-# 4 alternating runs: one block at a time 2.13 s, two always 1.93 s but +10 MiB at the peak (the
-# ring full), two while starved 1.94-2.06 s and no more memory at the peak (25%, 50%, 75%: level).
-# The main process had waited ~0.45 s for rows after the import; now ~0.35 s. A ring of 48 MiB
-# would save ~0.06 s more for ~8 MiB more at the peak (393-398 MiB): too near 400.
+# they come: the child parses a second block at once (csvread.Pace.starved). Parsing two blocks
+# always is as fast but fills the ring (more memory at the peak); two only while starved is not
+# slower and costs nothing at the peak (benchmarks/results.md, "the reader's sizes").
 STARVED = 0.5
 _ALIGN = 64
 _LENGTH = struct.Struct("<Q")

@@ -29,8 +29,8 @@ def fixed_decimals(values, precision: int):
 
     Why it is exact: a float32 times 10^p (p <= 8) is exact in a float64, so rounding that to an
     integer (half to even, np.rint) is rounding the value itself, as printf does. Why: polars writes
-    fixed decimals of floats 4x slower than shortest texts (0.75 s against 0.18 s for 1M rows x 3),
-    which made `--precision 4` the slowest step of forward; decimals it writes as fast as integers."""
+    fixed decimals of floats several times slower than shortest texts, which made `--precision 4` the
+    slowest step of forward; integers it writes fast (benchmarks/results.md, "the reader's sizes")."""
     import numpy as np
     import polars as pl
 
