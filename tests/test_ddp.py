@@ -41,7 +41,8 @@ steps = -(-len(share) // batch)
 sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, epochs=3, steps_per_epoch=steps) if max_lr else None
 for epoch in range(3):
     model.train()
-    order = (torch.randperm(len(x)) if shuffle else torch.arange(len(x)))[share]   # every rank: the same permutation, its own share
+    # every rank: the same permutation, its own share
+    order = (torch.randperm(len(x)) if shuffle else torch.arange(len(x)))[share]
     for i in range(0, len(order), batch):
         idx = order[i:i + batch]
         opt.zero_grad()
@@ -419,7 +420,8 @@ class Limited(real):
         super().__init__(*args, **kwargs)
         started.append(self)
 subprocess.Popen = Limited
-sys.argv = ["nncli", "train", {str(spec)!r}, {str(path)!r}, "-t", "y", "--epochs", "1000000", "--lr", "0.01", "--nproc", "2"]
+sys.argv = ["nncli", "train", {str(spec)!r}, {str(path)!r}, "-t", "y",
+            "--epochs", "1000000", "--lr", "0.01", "--nproc", "2"]
 from nncli.cli.app import main
 try:
     main()
@@ -496,7 +498,8 @@ real = subprocess.Popen
 class FailingRank1(real):
     def __init__(self, args, **kwargs):
         if kwargs["env"]["RANK"] != "0":
-            args = [sys.executable, "-c", "import sys, time; time.sleep(8); sys.stderr.write('error: boom (here)\\\\n'); sys.exit(1)"]
+            code = "import sys, time; time.sleep(8); sys.stderr.write('error: boom (here)\\\\n'); sys.exit(1)"
+            args = [sys.executable, "-c", code]
         super().__init__(args, **kwargs)
 subprocess.Popen = FailingRank1
 sys.argv = ["nncli", "train", {str(spec)!r}, {str(path)!r}, "-t", "y", "--epochs", "1", "--lr", "0.1", "--nproc", "2"]

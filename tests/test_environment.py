@@ -69,7 +69,8 @@ def test_a_warning_that_cannot_be_shown_does_not_fail_the_run(tmp_path, redirect
 def test_closed_standard_output_and_error_without_a_warning(tmp_path):
     out = tmp_path / "o.csv"
     result = shell(
-        f"{sys.executable} -m nncli forward {CONFIGS / 'regression.yaml'} {DATA / 'table-5x6.csv'} -t label -o {out} >&- 2>&-"
+        f"{sys.executable} -m nncli forward {CONFIGS / 'regression.yaml'} {DATA / 'table-5x6.csv'}"
+        f" -t label -o {out} >&- 2>&-"
     )
     assert result.returncode == 0 and len(out.read_text().splitlines()) == 6
 
@@ -332,7 +333,8 @@ def _peak_rss_mib(args: list, stdin_path=None) -> float:
     """Run nncli in a fresh wrapper process and return the child's peak resident memory."""
     code = (
         "import resource, subprocess, sys\n"
-        f"subprocess.run({NNCLI + args!r}, stdout=subprocess.DEVNULL, stdin=open({str(stdin_path)!r}) if {stdin_path is not None} else None, check=True)\n"
+        f"subprocess.run({NNCLI + args!r}, stdout=subprocess.DEVNULL,"
+        f" stdin=open({str(stdin_path)!r}) if {stdin_path is not None} else None, check=True)\n"
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

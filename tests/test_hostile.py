@@ -533,7 +533,8 @@ except TimeoutError:
 
 
 def test_a_pt2_whose_weights_are_pickles_is_refused_before_torch_reads_it(tmp_path):
-    """torch.export.load unpickles "use_pickle" weights with weights_only=False: load_pt2 refuses them from the config."""
+    """torch.export.load unpickles "use_pickle" weights with weights_only=False: load_pt2 refuses them from the
+    config."""
     import io
     import json
     import zipfile

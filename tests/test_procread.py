@@ -53,7 +53,8 @@ def _timings(stderr: bytes) -> dict:
 def spec(tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_text(
-        "seed: 3\nclasses: [cat, dog, eel]\nloss: CrossEntropyLoss\nlayers:\n  - Linear: [6, 5]\n  - Tanh\n  - Linear: [5, 3]\n"
+        "seed: 3\nclasses: [cat, dog, eel]\nloss: CrossEntropyLoss\n"
+        "layers:\n  - Linear: [6, 5]\n  - Tanh\n  - Linear: [5, 3]\n"
     )
     return path
 
@@ -191,7 +192,8 @@ def test_items_larger_than_half_the_ring_go_through_the_pipe(tmp_path):
                 yield {"k": k, "big": np.full((600, 1000), k, np.float64), "small": np.arange(10) + k, "none": None}
         reader = procread.read_in_child(produce, [], ring_bytes=4 << 20)  # 4.8 MB items, 4 MiB ring
         items = list(reader)
-        print(all(i["k"] == k and (i["big"] == k).all() and i["big"].shape == (600, 1000) and list(i["small"]) == list(range(k, k + 10))
+        print(all(i["k"] == k and (i["big"] == k).all() and i["big"].shape == (600, 1000)
+                  and list(i["small"]) == list(range(k, k + 10))
                   and i["none"] is None and i["big"].flags.writeable for k, i in enumerate(items)), len(items))
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)

@@ -304,7 +304,8 @@ def test_batchnorm_momentum_must_be_a_fraction(nncli, tmp_path, momentum):
     assert_error(
         nncli("params", spec),
         1,
-        f"layers[0] (BatchNorm1d): momentum must be between 0 and 1 (or null for a cumulative average), got {float(momentum)}",
+        "layers[0] (BatchNorm1d): momentum must be between 0 and 1 (or null for a cumulative average), "
+        f"got {float(momentum)}",
     )
 
 
@@ -434,7 +435,8 @@ def test_sparse_and_meta_tensors_are_one_clear_error(nncli, tmp_path, linear_spe
     "error",
     [
         RuntimeError(
-            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: you tried to allocate 24000000 bytes."
+            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: "
+            "you tried to allocate 24000000 bytes."
         ),
         MemoryError(),
     ],
