@@ -169,6 +169,7 @@ def test_import_is_cheap_and_the_library_never_prints():
     assert result.stdout == "" and result.stderr == ""
 
 
+@pytest.mark.slow
 def test_the_readme_library_example_runs(tmp_path):
     """The README's Python example, run as a user would from the repository root."""
     import re

@@ -69,6 +69,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_equal_the_hand_written_ddp_script(tmp_path):
     path, x, y = table(tmp_path)
     spec = write(tmp_path, "s.yaml", NO_DROPOUT)
@@ -117,6 +118,7 @@ def test_two_processes_equal_the_hand_written_ddp_script(tmp_path):
     assert run.stdout.count('"epoch"') == 3  # rank 0 alone printed the history
 
 
+@pytest.mark.slow
 def test_a_failing_rank_stops_all_with_one_line(tmp_path):
     path, x, y = table(tmp_path)
     bad = write(tmp_path, "bad.csv", path.read_text() + "1,2,3,4,7\n")  # a class index the model does not have
@@ -146,6 +148,7 @@ def test_a_failing_rank_stops_all_with_one_line(tmp_path):
     assert "not a class index" in run.stderr and not (tmp_path / "w.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_batchnorm_needs_consent_on_cpu(tmp_path):
     path, x, y = table(tmp_path)
     spec = write(tmp_path, "bn.yaml", "seed: 1\nlayers:\n  - BatchNorm1d\n  - Linear: {out_features: 3}\n")
@@ -206,6 +209,7 @@ def _hand_and_ours(tmp_path, path, batch, shuffle, epochs=3, max_lr=None):
     return run, torch.load(tmp_path / "hand.pt", weights_only=True), out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rows, batch, shuffle", [(65, 32, True), (5, 2, True), (7, 3, False)])
 def test_odd_row_counts_give_every_rank_the_same_steps(tmp_path, rows, batch, shuffle):
     """65 rows, -b 32: order[rank::2] gave 33 and 32 rows, 2 steps against 1, and the ranks waited for
@@ -253,6 +257,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
 @pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT", "SIGHUP", "SIGKILL"])
 def test_ranks_die_with_the_launcher(tmp_path, signum):
@@ -300,6 +305,7 @@ def test_ranks_die_with_the_launcher(tmp_path, signum):
     assert not [r for r in ranks if _alive(r)]
 
 
+@pytest.mark.slow
 def test_no_more_processes_than_cpus(tmp_path):
     """--nproc 99999999999 started processes until the system ran out."""
     path, _, _ = table(tmp_path)
@@ -316,6 +322,7 @@ def test_no_more_processes_than_cpus(tmp_path):
         assert_error(_result(run), 1, f"{n} processes on {cpus} CPU", "--nproc")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
 def test_standard_input_or_a_pipe_is_refused_at_once(tmp_path):
     """Every rank opens DATA: a FIFO was read by one rank and the others waited for ever."""
@@ -360,6 +367,7 @@ def test_standard_input_or_a_pipe_is_refused_at_once(tmp_path):
     assert_error(_result(run), 1, "give a file, not standard input or a pipe", "--val")
 
 
+@pytest.mark.slow
 def test_fewer_rows_than_processes_is_one_line(tmp_path):
     path = write(tmp_path, "one.csv", "a,b,c,d,y\n1,2,3,4,0\n")
     spec = write(tmp_path, "s.yaml", NO_DROPOUT)
@@ -374,6 +382,7 @@ def test_fewer_rows_than_processes_is_one_line(tmp_path):
     assert run.stderr.startswith("error: rank ") and "1 training row for 2 processes" in run.stderr
 
 
+@pytest.mark.slow
 def test_a_master_port_in_use_is_one_line(tmp_path):
     path, _, _ = table(tmp_path)
     spec = write(tmp_path, "s.yaml", NO_DROPOUT)
@@ -404,6 +413,7 @@ def test_a_master_port_in_use_is_one_line(tmp_path):
         assert_error(_result(run), 1, "the port is in use", f"MASTER_ADDR 127.0.0.1, MASTER_PORT {port}")
 
 
+@pytest.mark.slow
 def test_a_rank_that_cannot_start_stops_those_started(tmp_path):
     """Under a process limit the spawn of a rank failed and the ranks already started ran on as orphans.
     Here the second spawn fails as fork does under RLIMIT_NPROC (which root does not feel)."""
@@ -434,6 +444,7 @@ finally:
     assert returncode != "None" and not _alive(int(pid))  # rank 0 was stopped and waited for
 
 
+@pytest.mark.slow
 def test_one_cycle_counts_the_steps_of_a_rank(tmp_path):
     """OneCycleLR's length was every row's batches, twice what a rank of two takes: the cycle stopped halfway."""
     path, _, _ = table(tmp_path)
@@ -444,6 +455,7 @@ def test_one_cycle_counts_the_steps_of_a_rank(tmp_path):
         assert torch.equal(ours[k], hand[k]), k
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
 def test_a_rank_waiting_for_the_others_dies_with_the_launcher(tmp_path):
     """Rank 0 waits in torch's rendezvous (C++, no Python signal handler runs there) for a rank that
@@ -485,6 +497,7 @@ main()
     assert not alive
 
 
+@pytest.mark.slow
 def test_a_failed_rank_while_another_waits_in_the_rendezvous_ends(tmp_path):
     """Rank 1 fails (after 8 s) while rank 0 waits for it in torch's rendezvous, where SIGTERM is not acted
     on: the launcher waited on rank 0 for the store's 30 minutes. It now kills it after 10 s."""

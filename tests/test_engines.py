@@ -26,7 +26,10 @@ from nncli.lib.engines import core
 from nncli.lib.engines import dask as nd
 from tests.helpers import assert_error, load_json, parse_csv, write
 
-pytestmark = pytest.mark.filterwarnings("ignore:The inplace keyword")  # dask's own read_parquet, on pandas 3
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:The inplace keyword"),  # dask's own read_parquet, on pandas 3
+]
 
 distributed = pytest.importorskip("distributed")
 dd = pytest.importorskip("dask.dataframe")

@@ -341,11 +341,13 @@ def _peak_rss_mib(args: list, stdin_path=None) -> float:
     return int(out.split()[-1]) / 1024
 
 
+@pytest.mark.slow
 def test_onehot_streams_whatever_the_width():
     """10^7 classes took 42 s and 4.6 GB before it streamed; now a row at a time, in pieces."""
     assert _peak_rss_mib(["onehot", "0", "--num-classes", "10000000", "-f", "csv"]) < 600
 
 
+@pytest.mark.slow
 def test_onehot_reads_standard_input_in_blocks(tmp_path, nncli):
     import torch
 

@@ -164,6 +164,7 @@ def _forward_columns(nncli, name: str, weights: dict | None = None) -> list[str]
 # -- every example, both formats ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_onnx_export_of_every_example_equals_pytorch(nncli, tmp_path, weights, name):
     ort = _onnxruntime()

@@ -797,6 +797,7 @@ def _start_streaming(out):
     return proc
 
 
+@pytest.mark.slow
 def test_a_killed_writer_leaves_a_temporary_file_a_later_run_can_sweep(tmp_path):
     out = tmp_path / "out.csv"
     out.write_text("precious\n")

@@ -524,6 +524,7 @@ def test_timings_are_off_by_default(monkeypatch):
     assert list(timing.timed("x", iter([1, 2]))) == [1, 2]
 
 
+@pytest.mark.slow
 def test_nncli_timings_prints_one_json_line_and_changes_no_output(tmp_path):
     args = [
         NNCLI,

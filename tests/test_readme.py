@@ -85,6 +85,7 @@ def test_the_readme_has_sessions_for_every_command() -> None:
     assert {"forward", "loss", "onehot", "grads", "step", "params", "init", "train", "evaluate"} <= shown
 
 
+@pytest.mark.slow
 def test_every_readme_command_prints_what_the_readme_shows(tmp_path: Path) -> None:
     (tmp_path / "examples").symlink_to(ROOT / "examples")
     env = dict(

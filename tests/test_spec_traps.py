@@ -85,6 +85,7 @@ def test_the_limit_is_a_module_constant_and_holds_for_a_fifo(nncli, tmp_path, mo
 # -- 2. layers and alias expansion are counted ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_half_a_million_aliased_layers_are_refused_before_anything_is_built(nncli, tmp_path):
     # 2 MB of YAML; it used to build a 500,000-layer model (33 s, 1.8 GB)
     spec = write(tmp_path, "spec.yaml", "inputs: 2\nlayers: [&a ReLU" + ", *a" * 499_999 + "]\n")
