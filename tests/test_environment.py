@@ -108,6 +108,7 @@ def test_markup_in_user_text_is_printed_as_written(nncli, tmp_path):
     assert "[/]" in nncli("forward", spec, data, "--id-column", "[/]", "-f", "table").stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
 def test_tables_fall_back_to_ascii(encoding):
     for command in (

@@ -238,6 +238,7 @@ def nncli_version() -> str:
     return __version__
 
 
+@pytest.mark.slow
 def test_every_allowed_layer_exports_and_verifies(nncli, tmp_path):
     """All 17 layer types in one float32 model, in both formats."""
     _onnxruntime()
@@ -965,6 +966,7 @@ def test_unknown_width_and_unbuildable_opset_are_one_error_line(nncli, tmp_path)
     assert result.exit_code == 0 and "(ONNX opset 18)" in result.stderr
 
 
+@pytest.mark.slow
 def test_export_a_real_process_prints_only_nnclis_lines(tmp_path):
     """The exporters' own log lines (torchvision notices) stay off standard error."""
     _onnxruntime()

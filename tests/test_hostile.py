@@ -317,6 +317,7 @@ def test_an_error_while_reading_names_the_file(nncli, tmp_path, make, what):
     assert result.stderr.rstrip("\n").endswith(f" ({data})"), result.stderr
 
 
+@pytest.mark.slow
 def test_control_characters_in_a_file_name_do_not_reach_the_terminal(tmp_path):
     """A name holding ESC ] 0 ; ... BEL retitled the terminal the error was printed on (and could
     clear it, or move the cursor over earlier lines): it is shown escaped, as a cell is."""
@@ -336,6 +337,7 @@ def test_control_characters_in_a_file_name_do_not_reach_the_terminal(tmp_path):
     ), proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["ndjson", "arrow"])
 def test_ndjson_and_arrow_from_a_pipe_give_the_file_s_rows(tmp_path, fmt):
     """`<(...)`: polars refused a pipe by name ("No such device", "Illegal seek"); it is read whole,

@@ -114,6 +114,7 @@ def test_errors_in_later_blocks_name_the_right_line(nncli, tmp_path, monkeypatch
     assert_error(nncli("forward", spec, path, "-t", "y"), 1, "d.csv:251", "column 2 ('c'): 'oops' is not a number")
 
 
+@pytest.mark.slow
 def test_standard_input_bigger_than_a_block_streams(tmp_path):
     """A real process reading more than one 4 MiB block from a pipe."""
     g = torch.Generator().manual_seed(9)
