@@ -767,6 +767,7 @@ def _with_metadata(source, path, key: str, value: str):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "key, value, fragment",
     [
