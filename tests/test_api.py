@@ -297,6 +297,7 @@ def test_a_label_outside_the_classes_is_named_with_its_row():
         lib.load(CONFIGS / "iris.yaml").loss(frame, target="species")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_tables_in_memory_raise_no_torch_warning(dtype):
     """polars hands out read-only views of one column's memory; torch.from_numpy warns on those, once

@@ -53,6 +53,7 @@ def _nan_data(tmp_path):
     return write(tmp_path, "nan.csv", "\n".join(lines) + "\n")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("redirect", ["2>&-", ">&- 2>&-", "2>/dev/full"])
 def test_a_warning_that_cannot_be_shown_does_not_fail_the_run(tmp_path, redirect):
     """Closed (2>&-) or full standard error: the warning is lost, the file is written, exit 0."""

@@ -559,6 +559,7 @@ def _runs_in_float64(layer: nn.Module) -> bool:
     return True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "layer, torch_layer",
     [

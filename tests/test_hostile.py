@@ -230,6 +230,7 @@ _NO_PREFETCH = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["arrow", "ndjson", "parquet"])
 def test_data_truncated_while_it_is_read_is_one_error_line_or_the_right_result(tmp_path, fmt):
     """polars mapped Arrow and NDJSON files into memory: a file truncated under it killed nncli with
