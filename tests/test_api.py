@@ -169,14 +169,32 @@ def test_import_is_cheap_and_the_library_never_prints():
     assert result.stdout == "" and result.stderr == ""
 
 
-@pytest.mark.slow
-def test_the_readme_library_example_runs(tmp_path):
-    """The README's Python example, run as a user would from the repository root."""
+def _library_examples():
+    """Each ```python block of README.md and docs/*.md that starts with `import nncli`."""
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = re.search(r"```python\n(import nncli\n.*?)```", readme, re.S).group(1)
+    root = Path(__file__).resolve().parents[1]
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        text = page.read_text(encoding="utf-8")
+        for found in re.finditer(r"```python\n(import nncli\n.*?)```", text, re.S):
+            line = text.count("\n", 0, found.start()) + 1
+            yield pytest.param(found.group(1), id=f"{page.relative_to(root).as_posix()}:{line}")
+
+
+LIBRARY_EXAMPLES = list(_library_examples())
+
+
+def test_the_readme_and_the_python_page_have_library_examples():
+    assert {p.id.split(":")[0] for p in LIBRARY_EXAMPLES} >= {"README.md", "docs/python.md"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("block", LIBRARY_EXAMPLES)
+def test_the_readme_library_example_runs(block):
+    """The Python examples of the README and docs/, run as a user would from the repository root."""
+    from pathlib import Path
+
     result = subprocess.run(
         [sys.executable, "-c", block],
         capture_output=True,
@@ -493,3 +511,74 @@ def test_forward_in_another_thread_does_not_wait_for_a_train():
 
     lib.train(m, _TABLE, target="y", epochs=1, lr=0.1, on_epoch=on_epoch)
     assert seen == [4, False]
+
+
+# -- result.to_dict() is the CLI's JSON --------------------------------------------------------------
+
+
+def _cli_json(tmp_path, *args) -> dict:
+    """The command's JSON as a user gets it: `python -m nncli ... -o out.json` in a fresh process."""
+    import json
+
+    out = tmp_path / "cli.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "nncli", *map(str, args), "-o", str(out)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(out.read_text())
+
+
+def _as_written(doc: dict) -> dict:
+    """A result's to_dict() through the CLI's own JSON writer, so both sides are compared as text reads back."""
+    import json
+
+    from nncli.views.render import dump_json
+
+    return json.loads(dump_json(doc))
+
+
+SPEC, TABLE = CONFIGS / "three-class.yaml", DATA / "table-5x6.csv"
+
+
+def test_loss_report_to_dict_is_the_cli_json(tmp_path):
+    report = lib.load(SPEC).compute_loss(TABLE, target="label")
+    assert _as_written(report.to_dict()) == _cli_json(tmp_path, "loss", SPEC, TABLE, "-t", "label")
+
+
+def test_grads_report_to_dict_is_the_cli_json(tmp_path):
+    report = lib.load(SPEC).compute_grads(TABLE, target="label")
+    assert _as_written(report.to_dict()) == _cli_json(tmp_path, "grads", SPEC, TABLE, "-t", "label")
+
+
+def test_step_result_to_dict_is_the_cli_json(tmp_path):
+    result = lib.load(SPEC).step(TABLE, target="label", lr=0.1)
+    assert _as_written(result.to_dict()) == _cli_json(tmp_path, "step", SPEC, TABLE, "-t", "label", "--lr", "0.1")
+
+
+def test_history_to_dict_is_the_cli_json(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", lib.NncliWarning)
+        history = lib.train(lib.load(SPEC), TABLE, target="label", epochs=3, lr=0.1, batch_size=2)
+    cli = _cli_json(tmp_path, "train", SPEC, TABLE, "-t", "label", "--epochs", "3", "--lr", "0.1", "--batch-size", "2")
+    assert _as_written(history.to_dict()) == cli
+
+
+def test_stats_result_to_dict_is_the_cli_json(tmp_path):
+    from nncli.lib import inside
+
+    result = inside.stats(lib.load(SPEC), TABLE, target="label")
+    assert _as_written(result.to_dict()) == _cli_json(tmp_path, "stats", SPEC, TABLE, "-t", "label")
+
+
+def test_gradcheck_result_to_dict_is_the_cli_json(tmp_path):
+    from nncli.lib import inside
+
+    result = inside.gradcheck(lib.load(SPEC, dtype="float64"), TABLE, target="label")
+    assert _as_written(result.to_dict()) == _cli_json(tmp_path, "gradcheck", SPEC, TABLE, "-t", "label")
+
+
+def test_summary_to_dict_is_the_cli_json(tmp_path):
+    from nncli.lib import inside
+
+    summary = inside.summary(lib.load(SPEC), batch_size=32, optimizer="sgd")
+    assert _as_written(summary.to_dict()) == _cli_json(tmp_path, "params", SPEC)

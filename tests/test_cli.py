@@ -331,3 +331,72 @@ def test_thresholds_0_and_1_and_between_give_pytorchs_classes(nncli, value):
     result = nncli("forward", BINARY, TABLE, "-t", "label", "--threshold", value, "-f", "csv")
     assert result.exit_code == 0, result.stderr
     assert [int(r["class"]) for r in csv.DictReader(result.stdout.splitlines())] == want
+
+
+# -- option groups and the output target, as the commands receive them ---------------------------------
+
+
+def test_option_groups_arrive_as_frozen_dataclasses_their_choices_as_enums():
+    """with_options hands a command one frozen dataclass per group, built once at the edge; --format
+    and --dtype are enum members by then, and a value outside the set is nncli's usage error."""
+    import dataclasses
+
+    from nncli.cli.options import MODEL, OUTPUT, FloatType, ModelGroup, OutputGroup, with_options
+    from nncli.errors import UsageError
+    from nncli.views.render import OutputFormat
+
+    seen = {}
+
+    @with_options(MODEL, OUTPUT)
+    def command(model=None, output=None) -> None:
+        seen.update(model=model, output=output)
+
+    options = dict(seed=3, weights=None, dtype="float64", fmt="json", output=None, precision=2, force=False)
+    command(**options, quiet=True)
+    assert seen["model"] == ModelGroup(3, None, FloatType.float64) and seen["model"].dtype is FloatType.float64
+    assert seen["output"].fmt is OutputFormat.json and seen["output"].precision == 2 and seen["output"].quiet
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        seen["model"].seed = 4
+    with pytest.raises(UsageError, match=r"^--format must be one of table, csv, tsv, json, jsonl, parquet, arrow"):
+        OutputGroup(fmt="xml")
+    with pytest.raises(UsageError, match=r"^--dtype must be one of float32, float64, got 'float16'"):
+        ModelGroup(dtype="float16")
+
+
+@pytest.mark.parametrize(
+    "path, fmt, expected",
+    [
+        ("out.csv.gz", None, ("csv", "gz")),
+        ("out.JSONL.zst", None, ("jsonl", "zst")),
+        ("out.pq", None, ("parquet", None)),
+        ("out.txt.xz", "json", ("json", "xz")),  # --format wins over the suffix; the compression stays
+        ("/dev/stdout", None, ("csv", None)),  # no suffix: CSV, as in a pipe
+        ("-", "tsv", ("tsv", None)),
+    ],
+)
+def test_the_output_target_is_resolved_once_path_format_compression(path, fmt, expected):
+    from nncli.views.target import OutputTarget
+
+    target = OutputTarget.resolve(path, fmt, precision=3)
+    assert (target.format, target.compression) == expected and target.path == path and target.precision == 3
+
+
+def test_an_unknown_output_suffix_is_a_usage_error_when_the_target_is_resolved():
+    from nncli.errors import UsageError
+    from nncli.views.target import OutputTarget
+
+    with pytest.raises(UsageError, match=r"^-o out\.weird: unknown output format '\.weird'"):
+        OutputTarget.resolve("out.weird", None)
+
+
+def test_no_command_module_imports_another():
+    """Each command is parse -> one library call -> one view -> emit; what two share lives in
+    commands/common.py, options.py or views/, never in another command's module."""
+    folder = Path(__file__).parent.parent / "src" / "nncli" / "cli" / "commands"
+    shared = {"nncli.cli.commands.common", "nncli.cli.commands"}
+    for path in folder.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        others = {m for m in imported if m.startswith("nncli.cli.commands") and m not in shared}
+        assert not others, (path.name, others)
+        assert len(path.read_text().splitlines()) <= 200, path.name

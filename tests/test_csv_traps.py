@@ -26,7 +26,7 @@ from torch import nn
 from nncli.errors import NncliError, UsageError
 from nncli.io import csvread
 from nncli.io.csvread import parse_number
-from nncli.io.reading import DataOptions, Dataset
+from nncli.io.reading import Dataset, ReadOptions
 from tests.helpers import CONFIGS, assert_error, parse_csv, write
 
 HAND = CONFIGS / "hand-checkable.yaml"  # Linear(2, 1), weight [[0.5, -0.5]], bias [0.1]
@@ -112,7 +112,7 @@ def test_many_named_features_in_a_wide_header(tmp_path):
     path.write_text(",".join(names) + "\n" + ",".join(str(i % 10) for i in range(n)) + "\n")
     chosen = names[::-2]  # every other column, last first
     start = time.monotonic()
-    data = Dataset(DataOptions(str(path), features=chosen))
+    data = Dataset(ReadOptions(str(path), features=chosen))
     assert data.feature_cols == [int(c[1:]) for c in chosen]
     x, _, _ = all_values(data)
     np.testing.assert_array_equal(x[0], [int(c[1:]) % 10 for c in chosen])
@@ -133,7 +133,7 @@ def test_batches_of_one_row_with_ids_cost_what_they_cost_without(tmp_path):
 
     def read(id_column):
         start = time.monotonic()
-        data = Dataset(DataOptions(str(path), features=["a", "b"], id_column=id_column))
+        data = Dataset(ReadOptions(str(path), features=["a", "b"], id_column=id_column))
         count, ids, first, last = 0, [], None, None
         for batch in data.batches(1):
             assert len(batch) == 1 and batch.first_row == count
@@ -165,7 +165,7 @@ def test_regrouping_keeps_rows_ids_and_batch_sizes(tmp_path, monkeypatch, rows, 
     path = tmp_path / "d.csv"
     path.write_text("id,a,b\n" + "".join(f"r{i},{i},{-i / 4}\n" for i in range(10)))
     monkeypatch.setattr(csvread, "BLOCK_BYTES", 16)
-    data = Dataset(DataOptions(str(path), id_column="id"))
+    data = Dataset(ReadOptions(str(path), id_column="id"))
     batches = list(data.batches(rows, exact=exact))
     data.close()
     assert [len(b) for b in batches] == sizes
@@ -208,18 +208,18 @@ def test_closed_standard_input_in_the_library(tmp_path, monkeypatch):
     from nncli.io.reading import spooled
 
     monkeypatch.setattr(sys, "stdin", None)
-    data = Dataset(DataOptions(str(write(tmp_path, "d.csv", "a,b\n1,2\n"))))
+    data = Dataset(ReadOptions(str(write(tmp_path, "d.csv", "a,b\n1,2\n"))))
     x, _, _ = all_values(data)  # closes the file: `stream is not sys.stdin.buffer` raised here
     np.testing.assert_array_equal(x, [[1, 2]])
     for opts, want_targets in (
-        (DataOptions("-"), False),
-        (DataOptions(str(tmp_path / "d.csv"), targets_file="-"), True),
+        (ReadOptions("-"), False),
+        (ReadOptions(str(tmp_path / "d.csv"), targets_file="-"), True),
     ):
         with pytest.raises(NncliError) as raised:
             Dataset(opts, want_targets)
         assert raised.value.message == "standard input is closed (<stdin>)"
     with contextlib.ExitStack() as stack, pytest.raises(NncliError, match=r"standard input is closed"):
-        spooled(DataOptions("-"), stack)
+        spooled(ReadOptions("-"), stack)
 
 
 # -- 4. CR line endings ----------------------------------------------------------------------------
@@ -334,7 +334,7 @@ def test_a_column_index_in_unicode_digits_is_not_an_index(nncli, tmp_path):
 
 def test_a_header_of_numbers_is_read_as_data_with_a_warning(tmp_path):
     path = write(tmp_path, "d.csv", "\n0,1,2\n0.5,1.5,2\n3,4,5\n")
-    data = Dataset(DataOptions(str(path)))
+    data = Dataset(ReadOptions(str(path)))
     assert data.warnings == [
         f"line 2 looks like a header of numbers; it was read as data (add --header to read it as column names) ({path})"
     ]
@@ -356,14 +356,14 @@ def test_a_header_of_numbers_is_read_as_data_with_a_warning(tmp_path):
     ],
 )
 def test_no_warning_when_the_first_row_is_not_a_header_of_numbers(tmp_path, text, header):
-    data = Dataset(DataOptions(str(write(tmp_path, "d.csv", text)), header=header))
+    data = Dataset(ReadOptions(str(write(tmp_path, "d.csv", text)), header=header))
     assert data.warnings == []
     data.close()
 
 
 def test_a_header_of_numbers_can_be_read_as_names(tmp_path):
     data = Dataset(
-        DataOptions(str(write(tmp_path, "d.csv", "0,1,2\n0.5,1.5,2\n")), header=True, targets=["2"]), want_targets=True
+        ReadOptions(str(write(tmp_path, "d.csv", "0,1,2\n0.5,1.5,2\n")), header=True, targets=["2"]), want_targets=True
     )
     assert data.warnings == [] and data.feature_names == ["0", "1"] and data.target_names == ["2"]
     data.close()
@@ -385,12 +385,12 @@ def test_a_duplicate_name_used_by_name_is_an_error(nncli, tmp_path, option):
         option
     ]
     with pytest.raises(NncliError, match=r"column name 'a' is not unique \(columns 0 and 2\)"):
-        Dataset(DataOptions(str(path), **given))
+        Dataset(ReadOptions(str(path), **given))
 
 
 def test_a_duplicate_name_named_by_index_works_and_unused_ones_warn(nncli, tmp_path):
     path = write(tmp_path, "f.csv", "a,b,a,b,b,c\n1,2,3,4,5,6\n")
-    data = Dataset(DataOptions(str(path), features=["2", "c"]))
+    data = Dataset(ReadOptions(str(path), features=["2", "c"]))
     assert data.feature_cols == [2, 5]
     assert data.warnings == [
         f"column name 'a' is not unique (columns 0 and 2) ({path})",
@@ -400,7 +400,7 @@ def test_a_duplicate_name_named_by_index_works_and_unused_ones_warn(nncli, tmp_p
     np.testing.assert_array_equal(x, [[3, 6]])
     targets = write(tmp_path, "t.csv", "y,y\n0,1\n")
     data = Dataset(
-        DataOptions(str(write(tmp_path, "d.csv", "a,b\n1,2\n")), targets_file=str(targets)), want_targets=True
+        ReadOptions(str(write(tmp_path, "d.csv", "a,b\n1,2\n")), targets_file=str(targets)), want_targets=True
     )
     assert data.warnings == [f"column name 'y' is not unique (columns 0 and 1) ({targets})"]
     data.close()
@@ -420,7 +420,7 @@ def test_decimal_commas_are_read_with_the_option(tmp_path, monkeypatch):
         path = tmp_path / "dc.csv"
         path.write_text(delimiter.join(["x", "y", "id"]) + "\n" + "".join(delimiter.join(c) + "\n" for c in cells))
         expected = [[float(c.replace(",", ".")) for c in row] for row in cells]  # Python's floats
-        data = Dataset(DataOptions(str(path), decimal_comma=True, targets=["y"], id_column="id"), want_targets=True)
+        data = Dataset(ReadOptions(str(path), decimal_comma=True, targets=["y"], id_column="id"), want_targets=True)
         x, y, ids = all_values(data, 1000)
         np.testing.assert_array_equal(x, [[r[0]] for r in expected])
         np.testing.assert_array_equal(y, [[r[1]] for r in expected])
@@ -437,7 +437,7 @@ def test_decimal_commas_are_read_with_the_option(tmp_path, monkeypatch):
                 if source == path:  # prove that polars' decimal_comma read the plain file
                     m.setattr(csvread.CsvFile, "_exact_parse", lambda *a: pytest.fail("the exact parser was used"))
                 data = Dataset(
-                    DataOptions(str(source), decimal_comma=True, targets=["id"], id_column="id"), want_targets=True
+                    ReadOptions(str(source), decimal_comma=True, targets=["id"], id_column="id"), want_targets=True
                 )
                 x2, y2, ids2 = all_values(data, 1000)
             np.testing.assert_array_equal(x2, np.array(expected)[:, :2])
@@ -448,10 +448,10 @@ def test_decimal_commas_are_read_with_the_option(tmp_path, monkeypatch):
 def test_decimal_comma_refuses_points_and_comma_delimiters(tmp_path):
     path = write(tmp_path, "dc.csv", "x;y\n1,5;2\n1.500;3\n")
     with pytest.raises(NncliError, match=r"'1.500' is not a number \(with --decimal-comma, '.' is not a decimal point"):
-        all_values(Dataset(DataOptions(str(path), decimal_comma=True)))
+        all_values(Dataset(ReadOptions(str(path), decimal_comma=True)))
     with pytest.raises(UsageError, match="delimiter can't be a comma"):
-        Dataset(DataOptions(str(path), decimal_comma=True, delimiter=","))
-    data = Dataset(DataOptions(str(write(tmp_path, "one.csv", "x\n1,5\n-,5\n")), decimal_comma=True))
+        Dataset(ReadOptions(str(path), decimal_comma=True, delimiter=","))
+    data = Dataset(ReadOptions(str(write(tmp_path, "one.csv", "x\n1,5\n-,5\n")), decimal_comma=True))
     x, _, _ = all_values(data)
     np.testing.assert_array_equal(x, [[1.5], [-0.5]])
 

@@ -291,16 +291,28 @@ def test_the_console_script_catches_signals_before_it_imports_any_module_of_nncl
         import sys, _signal
         class Watch:
             def find_spec(self, name, path=None, target=None):
-                if name.startswith("nncli.") and name != "nncli.cli.entry":
+                if name.startswith("nncli.") and name != "nncli.entry":
                     print(name, getattr(_signal.getsignal(_signal.SIGINT), "__name__", None))
                 return None
         sys.meta_path.insert(0, Watch())
-        import nncli.cli.entry
+        import nncli.entry
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     loaded = [line.split() for line in out if line]
     assert ["nncli.timing", "_leave"] in loaded, loaded
     assert all(handler == "_leave" for _, handler in loaded), loaded
+
+
+def test_importing_the_app_takes_the_signal_list_from_entry_and_leaves_the_callers_handlers_alone():
+    """TERMINATING has one home, entry.py (its handlers need it before any nncli module loads), and
+    cli/app.py takes it from there: that import must not put entry's quick-exit handlers into a
+    library caller's or a test's process."""
+    code = (
+        "import signal, nncli.cli.app as a, nncli.entry as e\n"
+        "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler, a.TERMINATING is e.TERMINATING)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "True"]
 
 
 def test_a_signal_during_the_import_of_the_output_module_leaves_quietly(monkeypatch):
@@ -369,8 +381,9 @@ def test_onehot_reads_standard_input_in_blocks(tmp_path, nncli):
 
 def test_every_extra_a_message_names_is_defined_in_pyproject():
     """`.zst` files said `pip install 'nncli-torch[zstd]'`, and pyproject defined no zstd extra: pip
-    warns and installs nothing. Every `nncli-torch[NAME]` in the sources and docs must be an extra;
-    `nncli-torch[{engine}]` stands for every engine nncli.lib.engines can require."""
+    warns and installs nothing. Every `nncli-torch[NAME]` in the sources, README.md, SECURITY.md and
+    docs/*.md must be an extra; `nncli-torch[{engine}]` stands for every engine nncli.lib.engines can
+    require."""
     import re
     import tomllib
     from pathlib import Path
@@ -379,7 +392,8 @@ def test_every_extra_a_message_names_is_defined_in_pyproject():
 
     root = Path(__file__).resolve().parents[1]
     extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    files = [*sorted((root / "src" / "nncli").rglob("*.py")), root / "README.md", root / "SECURITY.md"]
+    docs = [root / "README.md", root / "SECURITY.md", *sorted((root / "docs").glob("*.md"))]
+    files = [*sorted((root / "src" / "nncli").rglob("*.py")), *docs]
     named = {}
     for path in files:
         for name in re.findall(r"nncli-torch\[([^\]]*)\]", path.read_text(encoding="utf-8")):

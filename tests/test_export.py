@@ -498,7 +498,7 @@ def test_verify_catches_a_tampered_onnx_file():
 
 def test_failed_verification_writes_nothing(nncli, tmp_path, monkeypatch):
     """A model that does not match PyTorch is not written, and an existing file stays as it was."""
-    import nncli.lib.export as export_module
+    import nncli.lib.verify as export_module  # check() and its _difference live in verify
 
     monkeypatch.setattr(export_module, "_difference", lambda got, expected: 0.5)
     path = tmp_path / "m.pt2"

@@ -556,13 +556,13 @@ def test_distinct_outputs_pass(tmp_path):
     check_distinct_outputs({"--save-weights": "/dev/null", "-o": "/dev/null"})  # both go through: nothing lost
 
 
-# The wiring in the commands (commands.common.check_outputs): each check runs before any work.
+# The wiring in the commands (views.target.check_outputs): each check runs before any work.
 
 
 @pytest.fixture
 def no_work(monkeypatch):
     """Any command that reaches its data has started work: fail loudly if it does."""
-    from nncli.lib import api
+    from nncli.lib import session as api
 
     def started(*args, **kwargs):
         raise AssertionError("work started before the output was checked")

@@ -85,7 +85,7 @@ def test_count_byte_on_a_large_block():
 @pytest.mark.parametrize("dtype", [None, "float32"])
 def test_one_batch_of_every_row_equals_the_batches_joined(tmp_path, dtype):
     """train's whole-file load converts block by block: the same rows, ids and targets as batches."""
-    from nncli.io.reading import DataOptions, Dataset
+    from nncli.io.reading import Dataset, ReadOptions
 
     rng = np.random.default_rng(3)
     path = tmp_path / "t.csv"
@@ -96,7 +96,7 @@ def test_one_batch_of_every_row_equals_the_batches_joined(tmp_path, dtype):
     path.write_text("id,a,b,c,d,e,label\n" + "\n".join(rows) + "\n")
 
     def open_():
-        ds = Dataset(DataOptions(str(path), targets=["label"], id_column="id"), want_targets=True)
+        ds = Dataset(ReadOptions(str(path), targets=["label"], id_column="id"), want_targets=True)
         ds.classes = ["cat", "dog", "emu"]
         return ds
 
@@ -239,10 +239,11 @@ def test_fixed_decimals_refuse_a_polars_that_gives_other_decimals(monkeypatch):
 def _reader_running_at_build(monkeypatch):
     """[True] when reading started before the model's first build. (Whether the reader thread is
     still alive at the build is a race: it may have read a 5-row file already.)"""
-    from nncli.lib import api
+    from nncli.io import readers
+    from nncli.lib import model, train_data
 
     seen, started = [], []
-    build, prefetched = api.Model.build, api.prefetched
+    build, prefetched = model.Model.build, readers.prefetched
 
     def spy(self, *args, **kwargs):
         seen.append(bool(started))
@@ -252,8 +253,9 @@ def _reader_running_at_build(monkeypatch):
         started.append(True)
         return prefetched(*args, **kwargs)
 
-    monkeypatch.setattr(api.Model, "build", spy)
-    monkeypatch.setattr(api, "prefetched", reading)
+    monkeypatch.setattr(model.Model, "build", spy)
+    monkeypatch.setattr(readers, "prefetched", reading)  # forward, loss, grads: readers.start_reading's thread
+    monkeypatch.setattr(train_data, "prefetched", reading)  # train's early load
     return seen
 
 

@@ -227,9 +227,9 @@ def test_progress_follows_the_child(tmp_path):
     _table(data, 20_000)
     script = textwrap.dedent(f"""
         from nncli.lib.api import reading_files
-        from nncli.io.reading import DataOptions, Dataset
+        from nncli.io.reading import ReadOptions, Dataset
         from nncli.io import readers as procread
-        source = Dataset(DataOptions({str(data)!r}, targets=["label"], id_column="id"), want_targets=False)
+        source = Dataset(ReadOptions({str(data)!r}, targets=["label"], id_column="id"), want_targets=False)
         files = reading_files(source)
         seen = []
         reader = procread.read_in_child(lambda: source.batches(1000), files)
@@ -337,6 +337,38 @@ def test_a_process_with_threads_reads_in_a_thread(monkeypatch):
     assert not procread.can_fork()
 
 
+def test_a_library_call_after_a_command_in_the_same_process_keeps_the_library_defaults(tmp_path, spec):
+    """What the CLI allows itself in its own process (numpy shared with the reader process, torch's
+    objects frozen after its import: io.context.RunContext) goes down with the CLI's Models; it used
+    to be module-level switches that a library call made later in the same process inherited."""
+    data = tmp_path / "d.csv"
+    _table(data, 100)
+    script = textwrap.dedent(f"""
+        import gc
+        import sys
+
+        import nncli
+        from nncli.cli import app as cli
+        from nncli.io import readers
+
+        shared = []
+        readers.share_numpy = lambda: shared.append(1)
+        sys.argv = ["nncli", "forward", {str(spec)!r}, {str(tmp_path / "missing.csv")!r}]
+        try:
+            cli.main()
+        except SystemExit:
+            pass
+        assert "torch" not in sys.modules  # the command failed before its model was built
+        nncli.load({str(spec)!r}).forward({str(data)!r}, target="label", id_column="id")
+        print(gc.get_freeze_count(), len(shared))
+    """)
+    env = {**os.environ, "NNCLI_READER": "process", "NNCLI_TIMINGS": "0"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, env=env, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert b"error: " in done.stderr  # the command ran, as a user's would, to its error
+    assert done.stdout.split() == [b"0", b"0"]  # nothing frozen, numpy not imported for a reader process
+
+
 def test_the_library_reads_in_a_thread_where_it_cannot_fork(tmp_path, spec):
     """In pytest's process (threads of its own), forward reads in a thread and gives the CLI's values."""
     import io
@@ -368,7 +400,7 @@ def test_released_pages_are_only_those_wholly_inside_the_region():
         _ring = ring
 
     start, end = 100, 5 * mmap.PAGESIZE + 17
-    procread.ChildReader._release(Reader(), [(start, 50), (2000, end - 2000)])
+    procread.ProcessReader._release(Reader(), [(start, 50), (2000, end - 2000)])
     data = bytes(ring)
     assert data[: mmap.PAGESIZE] == b"\x07" * mmap.PAGESIZE  # holds bytes 0..99 of another region
     assert data[5 * mmap.PAGESIZE :] == b"\x07" * (3 * mmap.PAGESIZE)  # holds the bytes after `end`
@@ -464,7 +496,7 @@ def test_an_empty_ring_is_starved_only_once_the_parent_takes_rows():
 
 @pytest.mark.parametrize("starved", [lambda: True, lambda: random.random() < 0.5])
 def test_a_second_parser_gives_the_same_blocks_in_the_same_order(monkeypatch, tmp_path, spec, starved):
-    """The reader process parses two blocks at once while the parent waits (csvread.starved): the
+    """The reader process parses two blocks at once while the parent waits (csvread.Pace.starved): the
     rows come in file order all the same, and a bad cell is still named with its line."""
     import nncli
     from nncli.io import csvread
@@ -482,7 +514,7 @@ def test_a_second_parser_gives_the_same_blocks_in_the_same_order(monkeypatch, tm
         return fast_parse(*args, **kwargs)
 
     monkeypatch.setattr(csvread, "_fast_parse", recorded)
-    monkeypatch.setattr(csvread, "starved", starved)
+    monkeypatch.setattr(csvread.CsvFile, "pace", csvread.Pace(starved=starved))  # as the reader process sets it
     random.seed(1)
     paired = nncli.load(spec).forward(data, target="label", id_column="id", batch_size=777)
     assert parsers == {"nncli-parser", "nncli-parser-2"}

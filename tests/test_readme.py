@@ -1,12 +1,16 @@
-"""The README shows each command with its real output: run every `$ nncli …` line as a user would
-(a shell, the installed script, from a folder holding the repository's examples) and compare.
+"""The README and the pages in docs/ show each command with its real output: run every `$ nncli …`
+line as a user would (a shell, the installed script, from a folder holding the repository's
+examples) and compare.
 
-A line holding only `…` in the README stands for rows left out there. The numbers themselves are
+A line holding only `…` in a session stands for rows left out there. The numbers themselves are
 proven bit for bit against PyTorch, computed on the same machine, by the other tests; this one
-keeps the README's copies honest without depending on the CPU: a float32 result's last digit
+keeps the docs' copies honest without depending on the CPU: a float32 result's last digit
 differs between AVX2, AVX-512 and NEON kernels, so numbers match when they agree to a relative
-1e-5 or to one unit of the last digit the README shows (a table's 4th decimal). Everything else
+1e-5 or to one unit of the last digit the page shows (a table's 4th decimal). Everything else
 on the line must match exactly.
+
+Each page's sessions run in order in a folder of the page's own (evaluate reads the weights that
+train wrote); a session run alone first runs the page's sessions before it.
 """
 
 from __future__ import annotations
@@ -20,20 +24,35 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def readme_sessions() -> list[tuple[str, list[str]]]:
-    """(command, expected output lines) for each `$ ` line inside the README's code blocks."""
-    sessions, fence, output = [], False, None
-    for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines():
+class Session:
+    """One `$ ` line of a page's code block and the output shown under it."""
+
+    def __init__(self, page: Path, line: int, command: str) -> None:
+        self.page, self.line, self.command, self.output = page, line, command, []
+
+    @property
+    def name(self) -> str:
+        return f"{self.page.relative_to(ROOT).as_posix()}:{self.line}"
+
+
+def sessions(page: Path) -> list[Session]:
+    """Each `$ ` line inside the page's code blocks, with the lines that follow it."""
+    found, fence, current = [], False, None
+    for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
         if line.startswith("```"):
-            fence, output = not fence, None
+            fence, current = not fence, None
         elif fence and line.startswith("$ "):
-            output = []
-            sessions.append((line[2:], output))
-        elif output is not None:
-            output.append(line)
-    return sessions
+            current = Session(page, number, line[2:])
+            found.append(current)
+        elif current is not None:
+            current.output.append(line)
+    return found
+
+
+ALL = [(page, i) for page in PAGES for i in range(len(sessions(page)))]
 
 
 NUMBER = re.compile(r"(?<![\w.])-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
@@ -80,28 +99,158 @@ def test_numbers_match_only_within_what_a_cpu_can_change() -> None:
     assert not same_line("prob_0", "prob_1")
 
 
-def test_the_readme_has_sessions_for_every_command() -> None:
-    shown = {cmd.split()[1] for cmd, _ in readme_sessions()}
-    assert {"forward", "loss", "onehot", "grads", "step", "params", "init", "train", "evaluate"} <= shown
+def _commands() -> set[str]:
+    """Every command `nncli --help` lists."""
+    help_text = subprocess.run(
+        [sys.executable, "-m", "nncli", "--help"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, COLUMNS="200"),
+        check=True,
+    ).stdout
+    listed = help_text.split("Commands:", 1)[1]
+    return {line.split()[0] for line in listed.splitlines() if line.startswith("  ") and line.split()}
+
+
+def _shown(page: Path) -> set[str]:
+    return {m.group(1) for s in sessions(page) for m in re.finditer(r"(?:^|[|;&]\s*)nncli (\w+)", s.command)}
+
+
+# summary is params under torchinfo's name; clean's output names a process that is gone, a number no
+# page can show: both are shown as commands without output
+UNSHOWN = {"summary", "clean"}
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/commands.md"])
+def test_the_readme_and_the_commands_page_have_sessions_for_every_command(page: str) -> None:
+    commands = _commands()
+    assert {"forward", "loss", "onehot", "grads", "step", "params", "init", "train", "evaluate", "clean"} <= commands
+    missing = commands - UNSHOWN - _shown(ROOT / page)
+    assert not missing, f"{page} shows no `$ nncli CMD` session for {sorted(missing)}"
+    text = (ROOT / page).read_text(encoding="utf-8")
+    assert all(f"nncli {name}" in text or name == "summary" for name in commands)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """Each page's folder (holding `examples/`) and how many of its sessions have run there."""
+    made: dict[Path, list] = {}
+
+    def folder(page: Path) -> list:
+        if page not in made:
+            where = tmp_path_factory.mktemp(page.stem)
+            (where / "examples").symlink_to(ROOT / "examples")
+            made[page] = [where, 0]
+        return made[page]
+
+    return folder
+
+
+def _run(command: str, cwd: Path) -> subprocess.CompletedProcess:
+    path = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
+    env = dict(os.environ, COLUMNS="80", NO_COLOR="1", PATH=path)
+    env.pop("FORCE_COLOR", None)
+    return subprocess.run(command, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.slow
-def test_every_readme_command_prints_what_the_readme_shows(tmp_path: Path) -> None:
-    (tmp_path / "examples").symlink_to(ROOT / "examples")
-    env = dict(
-        os.environ, COLUMNS="80", NO_COLOR="1", PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
-    )
-    env.pop("FORCE_COLOR", None)
-    for cmd, lines in readme_sessions():  # in order: evaluate reads the weights that train wrote
-        expected = _trimmed(lines)
-        run = subprocess.run(cmd, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-        got = (run.stdout + run.stderr).rstrip("\n").splitlines()
-        assert "Traceback" not in run.stderr, cmd
-        if not matches(expected, got):
-            pytest.fail(f"README: {cmd}\n--- README ---\n" + "\n".join(expected) + "\n--- real ---\n" + "\n".join(got))
+@pytest.mark.parametrize(("page", "index"), ALL, ids=[sessions(page)[i].name for page, i in ALL])
+def test_every_documented_command_prints_what_the_page_shows(folders, page: Path, index: int) -> None:
+    state = folders(page)
+    found = sessions(page)
+    while state[1] < index:  # the page's earlier sessions first, as a reader runs them (train before evaluate)
+        _run(found[state[1]].command, state[0])
+        state[1] += 1
+    session = found[index]
+    expected = _trimmed(session.output)
+    run = _run(session.command, state[0])
+    state[1] = index + 1
+    got = (run.stdout + run.stderr).rstrip("\n").splitlines()
+    assert "Traceback" not in run.stderr, session.name
+    if not matches(expected, got):
+        shown, real = "\n".join(expected), "\n".join(got)
+        pytest.fail(f"{session.name}: {session.command}\n--- the page ---\n{shown}\n--- real ---\n{real}")
+
+
+def test_a_session_that_differs_from_its_page_fails(tmp_path: Path) -> None:
+    """The comparison can fail: a shown output with one number changed, or one line too many, does not match."""
+    session = next(s for s in sessions(ROOT / "README.md") if s.command.startswith("nncli onehot"))
+    run = _run(session.command, tmp_path)
+    got = run.stdout.rstrip("\n").splitlines()
+    assert matches(_trimmed(session.output), got)
+    assert not matches([*session.output[:1], "0,0,0,1", *session.output[2:]], got)
+    assert not matches(_trimmed(session.output) + ["0,0,0,1"], got)
+
+
+# -- links -------------------------------------------------------------------------------------------
+
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's anchors for a page's headings: lower case, punctuation dropped, spaces as hyphens."""
+    seen: dict[str, int] = {}
+    anchors, fence = set(), False
+    for line in page.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            fence = not fence
+        elif not fence and re.match(r"#{1,6} ", line):
+            slug = re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+            count = seen.get(slug, 0)
+            seen[slug] = count + 1
+            anchors.add(slug if count == 0 else f"{slug}-{count}")
+    return anchors
+
+
+def _links(page: Path) -> list[str]:
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+    return LINK.findall(re.sub(r"`[^`\n]*`", "", text))
+
+
+LINKED = [*PAGES, ROOT / "SECURITY.md", *sorted((ROOT / "benchmarks").glob("*.md"))]
+
+
+def test_anchors_are_the_ones_github_makes() -> None:
+    assert "train-evaluate" in _anchors(ROOT / "docs" / "commands.md")
+    assert "forward-outputs-probabilities-classes" in _anchors(ROOT / "docs" / "commands.md")
+    assert "where-nncli-forwards-time-goes" in _anchors(ROOT / "benchmarks" / "results.md")
+
+
+@pytest.mark.parametrize("page", LINKED, ids=[p.relative_to(ROOT).as_posix() for p in LINKED])
+def test_every_relative_link_leads_to_a_file_and_heading(page: Path) -> None:
+    broken = []
+    for link in _links(page):
+        if re.match(r"[a-z]+:", link):
+            continue  # https:, mailto:: not checked here
+        path, _, anchor = link.partition("#")
+        target = (page.parent / path).resolve() if path else page
+        if not target.exists():
+            broken.append(f"{link}: no such file")
+        elif anchor and target.suffix == ".md" and anchor not in _anchors(target):
+            broken.append(f"{link}: no heading #{anchor} in {target.relative_to(ROOT)}")
+    assert not broken, f"{page.relative_to(ROOT)}: {broken}"
+
+
+def test_the_readme_stays_short() -> None:
+    """The README is what nncli is, install, a quick start, one example per command and links; the
+    reference lives in docs/."""
+    assert len((ROOT / "README.md").read_text(encoding="utf-8").splitlines()) <= 300
 
 
 def _trimmed(lines: list[str]) -> list[str]:
     while lines and not lines[-1].strip():
         lines = lines[:-1]
     return lines
+
+
+def test_the_readme_test_command_is_the_one_ci_runs() -> None:
+    """ "Develop and test" promises exactly what `.ci/run` runs: the same pytest command, the same extras."""
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8").split("## Develop and test", 1)[1].split("\n## ", 1)[0]
+    shown = [line.strip() for line in readme.splitlines()]
+
+    def pytest_lines(lines: list[str]) -> list[str]:
+        return [line for line in lines if line.startswith("python -m pytest")]
+
+    assert pytest_lines(ci) == pytest_lines(shown) != []
+    assert all(extras in readme for extras in re.findall(r"-e '(\.\[[^\]]*\])'", "\n".join(ci)))

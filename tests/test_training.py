@@ -339,7 +339,8 @@ def test_evaluate_binary_and_regression(nncli, tmp_path):
 
 @pytest.mark.slow
 def test_iris_trains_to_held_out_accuracy(nncli, tmp_path):
-    """The README's example: BatchNorm1d standardises the features; ≥ 0.95 on the 30 held-out flowers."""
+    """The iris example of README.md and docs/commands.md: BatchNorm1d standardises the features; ≥ 0.95
+    on the 30 held-out flowers."""
     weights = tmp_path / "iris.safetensors"
     result = nncli(
         "train",
@@ -384,7 +385,7 @@ def test_iris_trains_to_held_out_accuracy(nncli, tmp_path):
 
 
 def _batched_mean(model, x, y, loss_fn_sum, rows, batch):
-    """The README's hand loop: DataLoader's batches, each batch's sum added in order, divided once."""
+    """docs/exactness.md's rule: DataLoader's batches, each batch's sum added in order, divided once."""
     from torch.utils.data import DataLoader, TensorDataset
 
     with torch.no_grad():
@@ -459,7 +460,7 @@ def test_evaluate_mse_is_the_mse_loss(nncli, tmp_path):
 
 
 def test_step_save_weights_keeps_the_running_statistics_of_its_one_forward_pass(nncli, tmp_path):
-    """The README's hand-written step with BatchNorm1d: running statistics moved once (the step's forward
+    """docs/commands.md's hand-written step with BatchNorm1d: running statistics moved once (the step's forward
     pass, every row in one batch whatever -b), loss_after from a second train-mode pass that moves nothing."""
     path, x, y = table(tmp_path, rows=30)
     spec = write(

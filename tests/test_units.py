@@ -71,3 +71,87 @@ def test_the_folding_table_folds_whole_columns_and_repeats_the_keys():
     wide = Console(width=400, record=True, force_terminal=False, color_system=None)
     wide.print(FoldingTable(names, columns, keys=1))
     assert wide.export_text().count("┃ id") == 1
+
+
+# -- io: batching, the output plan, the reader process's ring --------------------------------------
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, 7, 64])
+def test_rebatching_gives_dataloaders_batches_whatever_the_blocks(rows):
+    """Blocks of any sizes (empty ones, ones larger than a batch) regroup into the batches
+    DataLoader(batch_size=rows, drop_last=False) makes of the same rows: N rows each, a short last one."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    sizes = [0, 9, 1, 0, 3, 17, 2]
+    x = np.arange(sum(sizes) * 3, dtype=np.float64).reshape(-1, 3)
+    cuts = np.cumsum([0, *sizes])
+    blocks = [_Block(x[a:b], [[str(i) for i in range(a, b)]]) for a, b in zip(cuts[:-1], cuts[1:])]
+    got = list(_rebatch(iter(blocks), rows))
+    expected = list(DataLoader(torch.from_numpy(x), batch_size=rows, drop_last=False))
+    assert [len(v) for v, _ in got] == [len(b) for b in expected]
+    for (values, texts), batch in zip(got, expected):
+        assert np.array_equal(values, batch.numpy())
+        assert texts[0] == [str(int(v) // 3) for v in values[:, 0]]
+
+
+def test_rebatching_no_rows_gives_no_batch():
+    assert list(_rebatch(iter([_Block(np.zeros((0, 2)), [[]])]), 4)) == []
+
+
+def test_the_output_plan_replaces_files_and_writes_through_devices(tmp_path):
+    """plan() decides without opening: a new or existing regular file is replaced (atomically, at its
+    real path), a device written through; a folder, a missing folder, a dangling link, an empty name
+    are refused, naming the option."""
+    import os
+
+    from nncli.io.output import Plan, plan
+
+    new = tmp_path / "new.csv"
+    assert plan(str(new)) == Plan("replace", os.path.realpath(new))
+    assert not new.exists()  # nothing was created
+    old = tmp_path / "old.csv"
+    old.write_text("kept")
+    link = tmp_path / "link.csv"
+    link.symlink_to(old)
+    assert plan(str(link)) == Plan("replace", os.path.realpath(old))  # the link stays, its file is replaced
+    assert old.read_text() == "kept"
+    assert plan("/dev/null").kind == "through"
+    for path, message in [
+        (str(tmp_path), "names a folder"),
+        (str(tmp_path / "no" / "x.csv"), "does not exist"),
+        ("", "is empty"),
+        ("a\0b", "NUL"),
+    ]:
+        with pytest.raises(NncliError, match=f"-o.*{message}"):
+            plan(path, "-o")
+    dangling = tmp_path / "dangling.csv"
+    dangling.symlink_to(tmp_path / "gone.csv")
+    with pytest.raises(NncliError, match="dangling symbolic link"):
+        plan(str(dangling), "-o")
+
+
+def test_the_rings_fit_takes_free_space_first_in_first_out():
+    """_Ring._fit: where n bytes go, or None while the oldest unacknowledged region is in the way. Free
+    space is after the newest region, then from 0 up to (strictly before) the oldest one."""
+    import os
+
+    from nncli.io.readers import _Ring
+
+    read, write = os.pipe()
+    try:
+        ring = _Ring(100, read)
+        assert ring._fit(60) == 0  # empty: from the start
+        ring._take(0, 60)
+        assert ring._fit(40) == 60 and ring._fit(41) is None  # after it, up to the end
+        ring._take(60, 30)
+        assert ring._fit(10) == 90
+        ring.live.popleft()  # [0, 60) acknowledged: live is [60, 90)
+        assert ring._fit(11) == 0  # does not fit in [90, 100): wraps to 0
+        assert ring._fit(60) is None  # head == tail would read as an empty ring
+        assert ring._fit(59) == 0
+        ring._take(0, 50)  # live wraps: [60, 90) then [0, 50); free is [50, 60)
+        assert ring._fit(9) == 50 and ring._fit(10) is None
+    finally:
+        os.close(read)
+        os.close(write)

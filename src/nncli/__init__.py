@@ -5,21 +5,32 @@
     m.forward("data.csv", target="label")          # a polars DataFrame
     nncli.train(m, "train.csv", target="label", epochs=5, lr=0.1)
 
-`import nncli` is cheap: the library (nncli.lib.api) and torch load on first use.
+`import nncli` is cheap: the library (nncli.lib) and torch load on first use.
 """
 
 __version__ = "0.1.0"
 
-_API = ("load", "train", "evaluate", "Model", "StepResult", "History", "LossReport", "Read")
+# each public name, and the module of nncli.lib it lives in (imported on first use)
+_API = {
+    "load": "model",
+    "Model": "model",
+    "Predictor": "model",
+    "train": "train",
+    "evaluate": "evaluate",
+    "StepResult": "results",
+    "History": "results",
+    "LossReport": "results",
+    "Read": "session",
+}
 _ERRORS = ("NncliError", "NncliWarning", "UsageError")
-__all__ = list(_API + _ERRORS)
+__all__ = [*_API, *_ERRORS]
 
 
 def __getattr__(name: str):
     if name in _API:
-        from nncli.lib import api
+        import importlib
 
-        return getattr(api, name)
+        return getattr(importlib.import_module(f"nncli.lib.{_API[name]}"), name)
     if name in _ERRORS:
         from nncli import errors
 

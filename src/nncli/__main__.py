@@ -1,5 +1,5 @@
 """`python -m nncli` runs the same entry point as the `nncli` script."""
 
-from nncli.cli.entry import main
+from nncli.entry import main
 
 main()

@@ -21,6 +21,7 @@ import typer
 from typer.core import TyperGroup
 
 from nncli import __version__
+from nncli.entry import TERMINATING  # one list, where the first handlers need it
 from nncli.errors import NncliError, NncliWarning, UsageError
 
 # -- commands: each lives in its family's module (options, call into the library, rendering) -----------
@@ -30,7 +31,7 @@ from nncli.errors import NncliError, NncliWarning, UsageError
 # command start without the others' imports. The full help is the function's docstring.
 COMMANDS = {
     "forward": ("outputs", "forward", "The model's outputs for every row: probabilities, classes."),
-    "onehot": ("outputs", "onehot", "One-hot rows of class indices, as F.one_hot gives them."),
+    "onehot": ("onehot", "onehot", "One-hot rows of class indices, as F.one_hot gives them."),
     "loss": ("signal", "loss", "The loss of the outputs against the targets."),
     "grads": ("signal", "grads", "Every parameter's gradient of the loss."),
     "step": ("signal", "step", "One gradient-descent step: the loss before and after."),
@@ -38,12 +39,12 @@ COMMANDS = {
     "summary": ("inspect", "params", "The same as params (torchinfo's name for it)."),
     "init": ("inspect", "init", "Write the seeded initial weights."),
     "export": ("export", "export", "Write the model as ONNX or a torch.export program."),
-    "train": ("fit", "train", "Fit the model: the standard PyTorch loop."),
-    "evaluate": ("fit", "evaluate", "The loss and the metrics that fit it."),
+    "train": ("train", "train", "Fit the model: the standard PyTorch loop."),
+    "evaluate": ("evaluate", "evaluate", "The loss and the metrics that fit it."),
     "clean": ("files", "clean", "Remove temporary files a killed run left behind."),
-    "trace": ("inside", "trace", "Each layer's input and output for chosen rows."),
-    "stats": ("inside", "stats", "Layer health over every row: activations, gradients."),
-    "gradcheck": ("inside", "gradcheck", "Autograd's gradients against finite differences."),
+    "trace": ("trace", "trace", "Each layer's input and output for chosen rows."),
+    "stats": ("stats", "stats", "Layer health over every row: activations, gradients."),
+    "gradcheck": ("gradcheck", "gradcheck", "Autograd's gradients against finite differences."),
 }
 LONG_HELP = {"summary": "The same as params: the model layer by layer, like torchinfo's summary."}
 
@@ -239,20 +240,6 @@ def _interrupted(signum, frame):
     os._exit(128 + signum)
 
 
-TERMINATING = (
-    "SIGINT",
-    "SIGTERM",
-    "SIGHUP",
-    "SIGALRM",
-    "SIGUSR1",
-    "SIGUSR2",
-    "SIGXCPU",
-    "SIGXFSZ",
-    "SIGVTALRM",
-    "SIGPROF",
-)  # as entry.py
-
-
 def install_signal_handlers() -> None:
     """Every catchable terminating signal cleans up; installed first thing, so an early Ctrl-C is quiet too."""
     if not _in_main_thread():
@@ -269,6 +256,17 @@ def install_signal_handlers() -> None:
             pass
 
 
+@functools.cache
+def run_context():
+    """The one RunContext of a CLI run: nncli's own short-lived process, whose numpy may be shared with
+    the reader process and whose objects from torch's import may be frozen (see nncli.io.context).
+    Handed to the library with each Model (options.load_model); no module-level switch is flipped, so
+    a library call after a command in the same process keeps the library's defaults."""
+    from nncli.io.context import RunContext
+
+    return RunContext(share_numpy=True, freeze_after_import=True)
+
+
 def handled(fn):
     """Run a command: errors become one `error:` line (exit 1, or 2 for usage), pipes close quietly."""
 
@@ -278,11 +276,6 @@ def handled(fn):
 
         timing.add("start-up", time.perf_counter() - timing.START)
         gc.enable()  # off since entry.py: start-up's imports make no garbage
-        from nncli.core import runtime
-        from nncli.io import readers as procread
-
-        runtime.FREEZE_AFTER_IMPORT = True
-        procread.SHARE_NUMPY = True
         debug = _debug["on"] or os.environ.get("NNCLI_DEBUG", "") not in ("", "0")
         signals = [getattr(signal, n) for n in TERMINATING if hasattr(signal, n)] if _in_main_thread() else []
         previous = {s: signal.getsignal(s) for s in signals}
@@ -295,46 +288,45 @@ def handled(fn):
                 return fn(*args, **kwargs)
         except typer.Exit:
             raise
-        except UsageError as e:
-            if debug:
-                raise
-            _say_error(e.message, 2)
-            _try_help(_current_context())
-            raise typer.Exit(2)
-        except NncliError as e:
-            if debug:
-                raise
-            _error(e.message, 1)
         except KeyboardInterrupt:
-            raise typer.Exit(130)
-        except OSError as e:
-            if not _is_broken_pipe(e):
-                if debug:
-                    raise
-                _error(f"{e.strerror or e} ({e.filename})" if e.filename else f"{e.strerror or e}", 1)
-            _silence_stdout()
-            raise typer.Exit(0)
-        except MemoryError:
-            if debug:
+            raise typer.Exit(130) from None
+        except Exception as e:
+            if debug and not (isinstance(e, OSError) and _is_broken_pipe(e)):  # a closed pipe stays quiet
                 raise
-            _error("out of memory (try a smaller --batch-size or model)", 1)
-        except Exception as e:  # a bug or an input nncli failed to foresee: still one line, no traceback
-            if debug:
-                raise
-            if isinstance(e, RuntimeError) and (
-                "alloc" in str(e).lower() and "memory" in str(e).lower() or "DefaultCPUAllocator" in str(e)
-            ):
-                _error("out of memory while computing (try a smaller --batch-size or model)", 1)
-            _error(
-                f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (please report it; --debug shows the traceback)",
-                1,
-            )
+            _leave_with(e)
         finally:
             for s, handler in previous.items():
                 if handler is not None:
                     signal.signal(s, handler)
 
     return wrapper
+
+
+def _leave_with(e: Exception) -> None:
+    """What a command raised, as one `error:` line and its exit code (typer.Exit, always raised)."""
+    if isinstance(e, UsageError):
+        _say_error(e.message, 2)
+        _try_help(_current_context())
+        raise typer.Exit(2)
+    if isinstance(e, NncliError):
+        _error(e.message, 1)
+    if isinstance(e, OSError):
+        if not _is_broken_pipe(e):
+            _error(f"{e.strerror or e} ({e.filename})" if e.filename else f"{e.strerror or e}", 1)
+        _silence_stdout()
+        raise typer.Exit(0)
+    if isinstance(e, MemoryError):
+        _error("out of memory (try a smaller --batch-size or model)", 1)
+    # a bug or an input nncli failed to foresee: still one line, no traceback
+    if isinstance(e, RuntimeError) and (
+        "alloc" in str(e).lower() and "memory" in str(e).lower() or "DefaultCPUAllocator" in str(e)
+    ):
+        _error("out of memory while computing (try a smaller --batch-size or model)", 1)
+    _error(
+        f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (please report it; "
+        "--debug shows the traceback)",
+        1,
+    )
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -1,8 +1,10 @@
 """Every command-line option, defined once, and the groups of them that commands share.
 
 A command declares only what is its own; `with_options(MODEL, READ, OUTPUT)` adds each group's
-options to its signature (Typer reads the signature) and hands the command one dict per group,
-the way sqlite-utils decorates its commands with shared option sets.
+options to its signature (Typer reads the signature) and hands the command one object per group,
+the way sqlite-utils decorates its commands with shared option sets. Each group arrives as a frozen
+dataclass (ModelGroup, ReadGroup, OutputGroup, ...) built once at the edge, a value from a fixed set
+(--format, --dtype, trace's --mode) already its enum member, as torchinfo checks its arguments once.
 """
 
 from __future__ import annotations
@@ -10,12 +12,13 @@ from __future__ import annotations
 import functools
 import inspect
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
 
 from nncli.errors import UsageError
-from nncli.views.render import FORMATS  # noqa: F401  (the one list of formats)
+from nncli.views.render import OutputFormat  # the one list of formats
 
 
 def finite_non_negative(value: float | None) -> float | None:
@@ -49,7 +52,8 @@ Data = Annotated[
         metavar="DATA...",
         show_default=False,
         help=(
-            "One or more data files (CSV, TSV, Parquet, Arrow, NDJSON; .gz, .bz2, .xz, .zst compressed), or a quoted glob "
+            "One or more data files (CSV, TSV, Parquet, Arrow, NDJSON; .gz, .bz2, .xz, .zst compressed), or a "
+            "quoted glob "
             "('data/*.parquet'), read in sorted order; - for standard input."
         ),
     ),
@@ -133,7 +137,10 @@ InputFormat = Annotated[
     typer.Option(
         "--input-format",
         metavar="FORMAT",
-        help="csv, tsv, parquet, arrow or ndjson, optionally .gz, .bz2, .xz or .zst (default: from DATA's suffix; needed for standard input in another format than CSV).",
+        help=(
+            "csv, tsv, parquet, arrow or ndjson, optionally .gz, .bz2, .xz or .zst (default: from DATA's suffix; "
+            "needed for standard input in another format than CSV)."
+        ),
     ),
 ]
 DecimalComma = Annotated[
@@ -158,7 +165,10 @@ Features = Annotated[
     typer.Option(
         "--features",
         metavar="COL",
-        help="Feature columns, by name or 0-based index: a,b,c or repeated (a name with a comma in double quotes; default: all other columns).",
+        help=(
+            "Feature columns, by name or 0-based index: a,b,c or repeated (a name with a comma in double quotes; "
+            "default: all other columns)."
+        ),
     ),
 ]
 Target = Annotated[
@@ -212,7 +222,10 @@ Loss = Annotated[
         "--loss",
         "-l",
         metavar="NAME",
-        help="A torch.nn loss (CrossEntropyLoss, BCELoss, MSELoss, ...) or alias (cross_entropy, bce, mse, ...); default: the spec's, else implied by the head.",
+        help=(
+            "A torch.nn loss (CrossEntropyLoss, BCELoss, MSELoss, ...) or alias (cross_entropy, bce, mse, ...); "
+            "default: the spec's, else implied by the head."
+        ),
     ),
 ]
 Reduction = Annotated[
@@ -225,6 +238,12 @@ Mode = Annotated[
 Layer = Annotated[
     int | None, typer.Option("--layer", metavar="I", help="Show only this layer's parameters (0-based index).")
 ]
+InspectMode = Annotated[
+    str,
+    typer.Option(
+        "--mode", metavar="MODE", help="eval or train (train: Dropout drops and BatchNorm uses the batch's statistics)."
+    ),
+]
 Summary = Annotated[bool, typer.Option("--summary", help="Show only the summary table (norms, min, max).")]
 Full = Annotated[
     bool, typer.Option("--full", help="Show every element of large tensors (default: elided like torch's print).")
@@ -233,21 +252,107 @@ Full = Annotated[
 from nncli.core.model import DEFAULT_MAX_PARAMS  # noqa: E402  (no torch at import)
 from nncli.core.spec import DEFAULT_MAX_LAYERS  # noqa: E402  (one home: the spec parser that enforces it)
 
-DTYPES = ("float32", "float64")
-MODES = ("train", "eval")
+
+class FloatType(StrEnum):
+    """--dtype: the model's and the data's floats."""
+
+    float32 = "float32"
+    float64 = "float64"
+
+
+class RunMode(StrEnum):
+    """--mode of trace, stats and gradcheck: what model.train() or model.eval() sets."""
+
+    train = "train"
+    eval = "eval"
+
+
+def choice(value, allowed: type[StrEnum] | tuple, option: str):
+    """The value as its enum member (None stays None), else a usage error naming the choices."""
+    names = tuple(allowed)
+    if value is not None and value not in names:
+        raise UsageError(f"{option} must be one of {', '.join(names)}, got {value!r}")
+    if value is None or not isinstance(allowed, type):
+        return value
+    return allowed(value)
+
+
+# -- the groups: each a frozen dataclass, built once at the edge from its options ---------------------
+
+
+@dataclass(frozen=True)
+class ModelGroup:
+    seed: int | None = None
+    weights: str | None = None
+    dtype: FloatType = FloatType.float32
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", choice(self.dtype, FloatType, "--dtype"))
+
+
+@dataclass(frozen=True)
+class RuntimeGroup:
+    device: str = "cpu"
+    threads: int | None = None
+    max_params: int = DEFAULT_MAX_PARAMS
+    max_layers: int = DEFAULT_MAX_LAYERS
+
+
+@dataclass(frozen=True)
+class ReadGroup:
+    features: list[str] | None = None
+    delimiter: str | None = None
+    header: bool | None = None
+    decimal_comma: bool = False
+    input_format: str | None = None
+
+
+@dataclass(frozen=True)
+class TargetsGroup:
+    target: list[str] | None = None
+    targets: str | None = None  # a file of targets
+
+
+@dataclass(frozen=True)
+class SignalGroup:
+    loss: str | None = None
+    reduction: str = "mean"  # mean, sum or none: the library checks it (its message names the choices)
+    mode: str | None = None  # train or eval: the library checks it, as reduction
+    batch_size: int | None = None
+
+
+@dataclass(frozen=True)
+class TensorsGroup:
+    layer: int | None = None
+    summary: bool = False
+    full: bool = False
+
+
+@dataclass(frozen=True)
+class OutputGroup:
+    fmt: OutputFormat | None = None
+    output: str | None = None
+    precision: int | None = None
+    force: bool = False
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fmt", choice(self.fmt, OutputFormat, "--format"))
 
 
 @dataclass(frozen=True)
 class Group:
-    """Options several commands share: (name, type, default) each, handed over as one dict `name`."""
+    """Options several commands share: (name, type, default) each, handed over as one `kind` named `name`."""
 
     name: str
+    kind: type
     options: tuple[tuple[str, Any, Any], ...]
 
 
-MODEL = Group("model", (("seed", Seed, None), ("weights", Weights, None), ("dtype", Dtype, "float32")))
+MODEL = Group("model", ModelGroup, (("seed", Seed, None), ("weights", Weights, None), ("dtype", Dtype, "float32")))
 RUNTIME = Group(
     "runtime",
+    RuntimeGroup,
     (
         ("device", Device, "cpu"),
         ("threads", Threads, None),
@@ -257,6 +362,7 @@ RUNTIME = Group(
 )
 READ = Group(
     "read",
+    ReadGroup,
     (
         ("features", Features, None),
         ("delimiter", Delimiter, None),
@@ -265,14 +371,16 @@ READ = Group(
         ("input_format", InputFormat, None),
     ),
 )
-TARGETS = Group("targets", (("target", Target, None), ("targets", TargetsFile, None)))
+TARGETS = Group("targets", TargetsGroup, (("target", Target, None), ("targets", TargetsFile, None)))
 SIGNAL = Group(
     "signal",
+    SignalGroup,
     (("loss", Loss, None), ("reduction", Reduction, "mean"), ("mode", Mode, None), ("batch_size", BatchSize, None)),
 )
-TENSORS = Group("tensors", (("layer", Layer, None), ("summary", Summary, False), ("full", Full, False)))
+TENSORS = Group("tensors", TensorsGroup, (("layer", Layer, None), ("summary", Summary, False), ("full", Full, False)))
 OUTPUT = Group(
     "output",
+    OutputGroup,
     (
         ("fmt", Format, None),
         ("output", Output, None),
@@ -284,7 +392,7 @@ OUTPUT = Group(
 
 
 def with_options(*groups: Group):
-    """Add the groups' options to a command's signature; the command receives one dict per group."""
+    """Add the groups' options to a command's signature; the command receives one dataclass per group."""
 
     def decorate(fn):
         signature = inspect.signature(fn, eval_str=True)  # the command's own annotations, resolved
@@ -298,7 +406,7 @@ def with_options(*groups: Group):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             for group in groups:
-                kwargs[group.name] = {name: kwargs.pop(name) for name, _, _ in group.options}
+                kwargs[group.name] = group.kind(**{name: kwargs.pop(name) for name, _, _ in group.options})
             return fn(*args, **kwargs)
 
         wrapper.__signature__ = signature.replace(parameters=own + added)
@@ -309,61 +417,51 @@ def with_options(*groups: Group):
     return decorate
 
 
-def choice(value: str | None, allowed: tuple, option: str) -> str | None:
-    if value is not None and value not in allowed:
-        raise UsageError(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
-    return value
-
-
-def load_model(spec: str, model: dict | None = None, runtime: dict | None = None, inputs: int | None = None):
+def load_model(spec: str, model: ModelGroup | None = None, runtime: RuntimeGroup | None = None, inputs=None):
     """The library's Model for the command's options (the spec is read and checked now)."""
+    from nncli.cli.app import run_context
     from nncli.core.spec import load_spec
     from nncli.lib.api import Model
 
-    values = {**(model or {}), **(runtime or {})}
-    choice(values.get("dtype"), DTYPES, "--dtype")
-    parsed = load_spec(spec, max_layers=values.get("max_layers") or DEFAULT_MAX_LAYERS)
+    model, runtime = model or ModelGroup(), runtime or RuntimeGroup()
+    parsed = load_spec(spec, max_layers=runtime.max_layers or DEFAULT_MAX_LAYERS)
     return Model(
         parsed,
-        seed=values.get("seed"),
-        weights=values.get("weights"),
-        dtype=values.get("dtype") or "float32",
+        seed=model.seed,
+        weights=model.weights,
+        dtype=str(model.dtype),
         inputs=inputs,
-        max_params=values.get("max_params", DEFAULT_MAX_PARAMS),
-        device=values.get("device", "cpu"),
-        threads=values.get("threads"),
+        max_params=runtime.max_params,
+        device=runtime.device,
+        threads=runtime.threads,
+        context=run_context(),
     )
 
 
-def output_options(output: dict, inputs: list | None = None):
-    from nncli.cli.commands.common import OutputOptions
+def output_target(output: OutputGroup, inputs: list | None = None, extra: dict | None = None):
+    """The one OutputTarget of a command, checked before any work: -o (and the command's other
+    outputs, `extra`) is no input (without --force), named once, writable; the format is known."""
+    from nncli.views.target import OutputTarget, check_outputs
 
-    choice(output.get("fmt"), FORMATS, "--format")
     flat = [p for i in (inputs or []) for p in (i if isinstance(i, (list, tuple)) else [i])]
-    return OutputOptions(
-        output["fmt"],
-        output["output"],
-        output.get("precision"),
-        output["force"],
-        output.get("quiet", False),
-        [i for i in flat if i],
-    )
+    check_outputs({"-o": output.output, **(extra or {})}, [i for i in flat if i], output.force)
+    return OutputTarget.resolve(output.output, output.fmt, output.precision, output.quiet)
 
 
-def read_options(read: dict, targets: dict | None = None, id_column: str | None = None):
+def read_options(read: ReadGroup, targets: TargetsGroup | None = None, id_column: str | None = None):
     """How the library is to read DATA, from the READ and TARGETS groups."""
     from nncli.io.columns import split_each
     from nncli.lib.api import Read
 
-    targets = targets or {}
-    target, features = split_each(targets.get("target"), "--target"), split_each(read["features"], "--features")
+    targets = targets or TargetsGroup()
+    target, features = split_each(targets.target, "--target"), split_each(read.features, "--features")
     return Read(
         target or None,
-        targets.get("targets"),
+        targets.targets,
         features or None,
         id_column,
-        read["delimiter"],
-        read["header"],
-        bool(read.get("decimal_comma")),
-        input_format=read.get("input_format"),
+        read.delimiter,
+        read.header,
+        bool(read.decimal_comma),
+        input_format=read.input_format,
     )

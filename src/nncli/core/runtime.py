@@ -24,18 +24,18 @@ class ModelOptions:
     device: str = "cpu"
     threads: int | None = None
     inputs: int | None = None
-
-
-# Set by the CLI, a short-lived process: the ~10^6 objects torch's import made are frozen (moved
-# out of the collector's sight for good, gc.freeze) rather than traversed again by its next passes,
-# ~0.08 s of the main thread's time while it computes. A library caller's objects are not frozen.
-FREEZE_AFTER_IMPORT = False
+    # The CLI's own short-lived process (io.context.RunContext): the ~10^6 objects torch's import made
+    # are frozen (moved out of the collector's sight for good, gc.freeze) rather than traversed again
+    # by its next passes, ~0.08 s of the main thread's time while it computes. A library caller's
+    # objects are not frozen.
+    freeze_after_import: bool = False
 
 
 @contextlib.contextmanager
-def _collector_paused():
+def _collector_paused(freeze_after_import: bool = False):
     """Python's cyclic garbage collector off for a moment: torch's import creates ~10^6 objects and
-    no garbage, and the collector's passes over them cost ~0.15 s of its ~1.1 s. The state is put back."""
+    no garbage, and the collector's passes over them cost ~0.15 s of its ~1.1 s. The state is put back
+    (and with `freeze_after_import`, what the import made is frozen)."""
     import gc
 
     was_on = gc.isenabled()
@@ -44,13 +44,13 @@ def _collector_paused():
     try:
         yield
     finally:
-        if FREEZE_AFTER_IMPORT and first:
+        if freeze_after_import and first:
             gc.freeze()
         if was_on:
             gc.enable()
 
 
-def set_threads(threads: int | None) -> None:
+def set_threads(threads: int | None, freeze_after_import: bool = False) -> None:
     """Threads for polars (read when it is first imported) and torch; the default uses every core."""
     if threads is not None:
         if threads < 1:
@@ -58,7 +58,7 @@ def set_threads(threads: int | None) -> None:
         os.environ["POLARS_MAX_THREADS"] = str(threads)
     from nncli.timing import phase
 
-    with phase("import torch"), _collector_paused():
+    with phase("import torch"), _collector_paused(freeze_after_import):
         import torch
 
     if threads is not None:
@@ -83,7 +83,7 @@ def pick_device(name: str) -> str:
 
 def make_model(opts: ModelOptions, spec: Spec, n_inputs: int | None, inputs_from: str) -> tuple[Model, str]:
     """Resolve the spec against the input width, build the seeded model, move it to the device."""
-    set_threads(opts.threads)
+    set_threads(opts.threads, opts.freeze_after_import)
     device = pick_device(opts.device)
     layers = resolve(spec, n_inputs, inputs_from)
     model = build(spec, layers, opts.seed, opts.dtype, opts.weights, opts.max_params)

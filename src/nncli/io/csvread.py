@@ -17,18 +17,16 @@ import os
 import re
 import stat
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from nncli.errors import NncliError, UsageError
+from nncli.io.cells import Block, number_problem, parse_number
+from nncli.io.compression import decompressing, open_compressed
 
 BLOCK_BYTES = 4 << 20
 MAX_LINE_BYTES = 32 << 20
 PARSE_AHEAD = 1  # blocks being parsed while the next is cut (two: +25 MiB peak memory, no faster)
-# Set by the reader process (procread): whether whoever takes the rows is waiting for them. Then a
-# second block is parsed at the same time, in a second thread: polars keeps ~1.4 of 2 cores busy
-# on one 2 MiB block, and the main process, done importing torch, leaves the rest idle. Only then:
-# two blocks being parsed take ~10 MiB more, and while the rows pile up unread they buy nothing.
-starved = None
 DELIMITERS = (",", "\t", ";")
 # A block this wide with fewer rows goes straight to the exact parser (polars took 20 s for one
 # row of 10^6 columns, the csv module 0.3 s).
@@ -36,57 +34,26 @@ WIDE_COLUMNS = 1024
 WIDE_ROWS = 64
 
 
-# A cell that is a number once its comma is a decimal point: worth a hint in the error message.
-_DECIMAL_COMMA = re.compile(r"^\s*[+-]?[0-9]+,[0-9]+\s*$")
 # A cell that may be a column name made of digits (`0`, `2024`): see CsvFile._warn_numeric_header.
 _DIGITS = re.compile(r"^\s*[0-9]+\s*$")
 _INTEGER = re.compile(r"^\s*[+-]?[0-9]+\s*$")
-
-
-def parse_number(cell: str, decimal_comma: bool = False) -> float | None:
-    """The number a cell holds, or None: Python's float() grammar in ASCII, without digit separators.
-
-    float() also takes Unicode digits (`٣`, `１`) and Unicode spaces; a CSV holding those is not
-    what a numeric column means, and polars refuses them too, so both parsers agree.
-    With `decimal_comma`, `,` is the decimal point and a `.` is refused: `1.234` could be a
-    thousands separator, and reading it as 1.234 would be silently wrong.
-    """
-    if "_" in cell or not cell.isascii():
-        return None
-    if decimal_comma:
-        if "." in cell:
-            return None
-        cell = cell.replace(",", ".")
-    try:
-        return float(cell)
-    except ValueError:
-        return None
-
-
-def number_problem(cell: str, decimal_comma: bool = False) -> str:
-    """Why a cell is not a number, for `<column>: <problem>` messages."""
-    if not cell.strip():
-        return "the cell is empty"
-    shown = cell if len(cell) <= 40 else cell[:37] + "..."
-    problem = f"{shown!r} is not a number"
-    if decimal_comma and "." in cell:
-        return problem + " (with --decimal-comma, '.' is not a decimal point; thousands separators are not read)"
-    if not decimal_comma and _DECIMAL_COMMA.match(cell):
-        return problem + " (add --decimal-comma if commas are decimal separators)"
-    return problem
 
 
 def display_name(path: str) -> str:
     return "<stdin>" if path == "-" else path
 
 
-@dataclass
-class Block:
-    """Parsed rows of one block: selected numeric columns, text columns, and the row count before it."""
+@dataclass(frozen=True)
+class Pace:
+    """How a CsvFile cuts its blocks and when it parses two at once. A thread reads with the defaults;
+    the reader process gives its own copy of each open file one of its own (readers._child)."""
 
-    values: object  # numpy float64 array (rows, len(numeric))
-    texts: list  # one list of strings per text column
-    first_row: int
+    block_bytes: int | None = None  # None: BLOCK_BYTES
+    # Whether whoever takes the rows is waiting for them (the reader process's ring). Then a second
+    # block is parsed at the same time, in a second thread: polars keeps ~1.4 of 2 cores busy on one
+    # 2 MiB block, and the main process, done importing torch, leaves the rest idle. Only then: two
+    # blocks being parsed take ~10 MiB more, and while the rows pile up unread they buy nothing.
+    starved: Callable[[], bool] | None = None
 
 
 class CsvFile:
@@ -95,6 +62,8 @@ class CsvFile:
     `warnings` collects what the reader noticed but did not refuse (a header of numbers read as
     data): library code never prints, the CLI shows them.
     """
+
+    pace = Pace()
 
     def __init__(
         self,
@@ -116,7 +85,7 @@ class CsvFile:
         except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
             status = None
         self.total_bytes = status.st_size if status and path != "-" and not compression else None
-        self._regular = bool(status) and stat.S_ISREG(status.st_mode)  # always more to read at once: no select()
+        self._regular = status is not None and stat.S_ISREG(status.st_mode)  # always more to read at once: no select()
         self.bytes_read = 0
         self._pending = b""
         self._line = 0  # lines consumed so far
@@ -145,6 +114,7 @@ class CsvFile:
         else:
             self.delimiter = _detect_delimiter(raw_line, self.decimal_comma)
         cells = _split(raw_line, self.delimiter, self.name, line_no)
+        self.names: list[str] | None
         self.has_header = (
             header if header is not None else any(parse_number(c, self.decimal_comma) is None for c in cells)
         )
@@ -193,7 +163,7 @@ class CsvFile:
         """The next bytes there are now (a slow pipe still streams); bare CRs as LF in a CR file."""
         while True:
             try:
-                chunk = self.stream.read1(BLOCK_BYTES)
+                chunk = self.stream.read1(self.pace.block_bytes or BLOCK_BYTES)
             except (OSError, EOFError) as e:  # EIO (/proc/self/mem, a failing disk), a corrupt or cut .gz
                 raise NncliError(
                     f"cannot read: {e.strerror or e}" if isinstance(e, OSError) else f"cannot read: {e}", self.name
@@ -356,9 +326,10 @@ class CsvFile:
 
     def blocks(self):
         """Yield (first line number, bytes, line count) of whole lines, a block at a time; quoted fields stay whole."""
+        block_bytes = self.pace.block_bytes or BLOCK_BYTES
         while True:
             first = True
-            while not self._eof and len(self._pending) < BLOCK_BYTES and (first or self._more_ready()):
+            while not self._eof and len(self._pending) < block_bytes and (first or self._more_ready()):
                 self._pending += self._read()
                 first = False
             if not self._pending:
@@ -416,7 +387,7 @@ class CsvFile:
     def column_label(self, index: int) -> str:
         return f"column {index} ({self.names[index]!r})" if self.names else f"column {index}"
 
-    def read(self, numeric: list[int], text: list[int] = ()):
+    def read(self, numeric: list[int], text: Sequence[int] = ()):
         """Yield a Block per block of input: float64 values of the numeric columns, strings of the text ones.
 
         A file that cannot be read is closed before the error goes up: callers that stop on it
@@ -436,7 +407,8 @@ class CsvFile:
         # Blocks are cut here and parsed by polars in a helper thread, up to PARSE_AHEAD blocks ahead:
         # cutting the next block (Python, holding the GIL) overlaps parsing this one (native, without it).
         parser = ThreadPoolExecutor(1, thread_name_prefix="nncli-parser")
-        helper, helping = None, None  # the second parser (see `starved`), and its block's future
+        helper, helping = None, None  # the second parser (see Pace.starved), and its block's future
+        starved = self.pace.starved
         rows = 0
         try:
             pending: deque = deque()
@@ -482,7 +454,7 @@ class CsvFile:
             if helper is not None:
                 helper.shutdown(wait=False, cancel_futures=True)
 
-    def _exact_parse(self, block: bytes, line_no: int, numeric: list[int], text: list[int]):
+    def _exact_parse(self, block: bytes, line_no: int, numeric: list[int], text: Sequence[int]):
         import numpy as np
 
         content = _decode(block, self.name, line_no)
@@ -546,14 +518,10 @@ def _open(path: str, compression: str | None = None):
         if sys.stdin is None:  # fd 0 was closed when Python started (`nncli ... <&-`)
             raise NncliError("standard input is closed", "<stdin>")
         if compression:
-            from nncli.io.tables import decompressing
-
             return decompressing(sys.stdin.buffer, compression)
         return sys.stdin.buffer
     if os.path.isdir(path):
         raise NncliError("is a directory, not a CSV file", path)
-    from nncli.io.tables import open_compressed
-
     return open_compressed(path, compression)  # plain or compressed, its errors named as one line
 
 
@@ -577,7 +545,7 @@ def _detect_delimiter(line: str, decimal_comma: bool = False) -> str:
     """The most frequent of comma, tab and semicolon in the first row; with decimal commas, tab or semicolon."""
     candidates = [d for d in DELIMITERS if not (decimal_comma and d == ",")]
     counts = {d: line.count(d) for d in candidates}
-    best = max(counts, key=counts.get)
+    best = max(counts, key=counts.__getitem__)
     return best if counts[best] else ("," if not decimal_comma else ";")
 
 
@@ -595,7 +563,7 @@ def _fast_parse(
     ncols: int,
     delimiter: str,
     numeric: list[int],
-    text: list[int],
+    text: Sequence[int],
     retry: bool = True,
     decimal_comma: bool = False,
 ):
@@ -659,7 +627,10 @@ def _fast_parse(
             )
         return None
     # row-major, as torch.tensor(rows) is; one conversion for all columns, not one per column
-    values = selected.to_numpy(order="c", writable=True) if numeric else np.empty((rows, 0), dtype=np.float64)
+    if numeric and selected is not None:  # (numeric columns are always selected)
+        values = selected.to_numpy(order="c", writable=True)
+    else:
+        values = np.empty((rows, 0), dtype=np.float64)
     texts = [frame.get_column(names[i]).fill_null("").to_list() for i in text]
     return values, texts
 

@@ -8,7 +8,7 @@ kernels: `df.to_numpy()` of pandas often is one).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from nncli.constants import DEFAULT_BATCH_ROWS
 from nncli.errors import NncliError, UsageError
@@ -112,8 +112,8 @@ class FrameData:
     def __init__(
         self,
         data,
-        targets: list[str] = (),
-        features: list[str] = (),
+        targets: Sequence[str] = (),
+        features: Sequence[str] = (),
         id_column: str | None = None,
         want_targets: bool = False,
     ) -> None:
@@ -174,6 +174,8 @@ class FrameData:
     def _texts(self, column: str) -> list[str]:
         import polars as pl
 
+        if self._targets is None:  # opened without its targets (want_targets False): a caller's bug
+            raise AssertionError("the table's targets were not kept")
         values = self._targets.get_column(column)
         if values.null_count():
             raise NncliError(f"column {column!r} has an empty (null) cell", self.name)

@@ -9,7 +9,8 @@ MAX_ONEHOT_CELLS = 10**10  # about 20 GB of CSV: streamed, but a typo like `oneh
 
 
 def stdin_blocks():
-    """Labels from standard input, a block of whole tokens (bytes) at a time: 20 MB of labels never sit in a Python list of str."""
+    """Labels from standard input, a block of whole tokens (bytes) at a time: 20 MB of labels never sit in
+    a Python list of str."""
     import sys
 
     stream = sys.stdin.buffer if sys.stdin is not None else None

@@ -43,7 +43,7 @@ _TEMP_HEX = 8  # hex digits of a temporary name's random part (secrets.token_hex
 # Unicode digits, and int() reads them), and _TEMP_HEX lower-case hex digits. `nncli clean` removes
 # what this matches, so it matches nothing nncli did not write.
 _TEMP_NAME = re.compile(
-    r"\.(?P<name>.+)\.nncli-(?P<pid>[1-9][0-9]{0,9})-(?P<rand>[0-9a-f]{%d})\.tmp" % _TEMP_HEX, re.DOTALL
+    rf"\.(?P<name>.+)\.nncli-(?P<pid>[1-9][0-9]{{0,9}})-(?P<rand>[0-9a-f]{{{_TEMP_HEX}}})\.tmp", re.DOTALL
 )
 _TEMP_STEM_BYTES = 200  # NAME_MAX is 255: the temporary name adds '.', '.nncli-PID-RANDOM.tmp'
 # Paths that name an open file descriptor rather than a file: the user means "this open file"

@@ -21,7 +21,7 @@ How:
 - The child runs at lower priority (nice 10): the main process, importing torch and then
   computing, is the critical path; the reader takes every cycle it leaves.
 - Once the parent takes rows faster than they come (the ring less than half full), the child
-  parses two blocks at once (csvread.starved); before that (torch importing), one.
+  parses two blocks at once (csvread.Pace.starved); before that (torch importing), one.
 - The child writes each batch's arrays into a ring of shared memory (RING_BYTES: the read-ahead)
   and sends a short pickled note through a pipe: where the arrays are, and the bytes read. The
   parent copies the arrays out (a batch may live as long as the caller likes) and acknowledges
@@ -31,6 +31,9 @@ How:
   code), it leaves when a pipe to the parent closes (the parent has gone), and it always ends in
   os._exit (no atexit, no flushing of the parent's buffers). The parent reaps it, so its CPU time
   is in the parent's rusage (and in wait4's figures for the whole run).
+
+Which reader reads is chosen in one place, start_reading: a ProcessReader where the process may
+fork, else a ThreadReader (reading.prefetched); both are iterated, and closed, the same way.
 """
 
 from __future__ import annotations
@@ -40,6 +43,11 @@ import pickle
 import struct
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
+
+from nncli.io import csvread
+from nncli.io.context import LIBRARY, RunContext
+from nncli.io.reading import ThreadReader, prefetched
 
 # Shared memory for batches the child has parsed ahead of the parent: what it parses while torch
 # imports (~1 s, ~500,000 rows of 32 float32 features on one core) waits here. The child cuts
@@ -52,7 +60,7 @@ import time
 RING_BYTES = 40 << 20
 CHILD_BLOCK_BYTES = 2 << 20
 # Below this share of the ring in use, the parent (done importing torch) takes rows as fast as
-# they come: the child parses a second block at once (csvread.starved). Measured on 2 cores, 1M x 32,
+# they come: the child parses a second block at once (csvread.Pace.starved). Measured on 2 cores, 1M x 32,
 # 4 alternating runs: one block at a time 2.13 s, two always 1.93 s but +10 MiB at the peak (the
 # ring full), two while starved 1.94-2.06 s and no more memory at the peak (25%, 50%, 75%: level).
 # The main process had waited ~0.45 s for rows after the import; now ~0.35 s. A ring of 48 MiB
@@ -62,11 +70,30 @@ _ALIGN = 64
 _LENGTH = struct.Struct("<Q")
 
 
-# Set by the CLI (its own process, not a library caller's): numpy is imported before the fork,
-# without BLAS threads, so both processes share its pages (~13 MiB) and neither imports it twice.
-# nncli multiplies with torch, never with numpy, and the idle BLAS threads spin for ~0.1 s of CPU
-# after numpy's import (measured); the variable is put back at once, for any process nncli starts.
-SHARE_NUMPY = False
+def start_reading(
+    produce: Callable[[], Iterable],
+    files: list,
+    depth: int,
+    context: RunContext = LIBRARY,
+    rewind: list | None = None,
+) -> ThreadReader | ProcessReader:
+    """The one place the reader is chosen: `produce()`'s items, read ahead of the caller (up to
+    `depth` items in a thread, RING_BYTES in a child process). A child where the process may fork
+    (can_fork), and a thread where it may not, where the fork is refused, or where the child fails at
+    its start (see read_in_child). `files`: the open tables whose progress is followed; `rewind`: every
+    open file the child may read, those and others (a targets file)."""
+
+    def in_thread() -> ThreadReader:
+        return prefetched(produce(), depth=depth)
+
+    if can_fork():  # parsing on its own core while torch imports
+        if context.share_numpy:
+            share_numpy()
+        try:
+            return read_in_child(produce, files, instead=in_thread, rewind=rewind)
+        except OSError:  # fork or the shared memory refused (a process limit): a thread reads
+            pass
+    return in_thread()
 
 
 def share_numpy() -> None:
@@ -110,7 +137,13 @@ def _fds_to_spare() -> bool:
     return soft == resource.RLIM_INFINITY or soft - len(os.listdir("/proc/self/fd")) >= SPARE_FDS
 
 
-def read_in_child(produce, files, ring_bytes: int | None = None, instead=None, rewind=None) -> ChildReader:
+def read_in_child(
+    produce: Callable[[], Iterable],
+    files: list,
+    ring_bytes: int | None = None,
+    instead: Callable[[], Iterator] | None = None,
+    rewind: list | None = None,
+) -> ProcessReader:
     """Start a child that iterates `produce()` and hands each item over; iterate the result.
 
     `files`: the open tables whose `bytes_read` the parent should keep up to date (progress).
@@ -123,7 +156,8 @@ def read_in_child(produce, files, ring_bytes: int | None = None, instead=None, r
     import resource  # noqa: F401  os.wait4 imports it to give the child's rusage: near a file limit, too late
     import signal
 
-    offsets = _Offsets(files if rewind is None else rewind) if instead is not None else None
+    opened = files if rewind is None else rewind
+    offsets = _Offsets(opened) if instead is not None else None
     ring = mmap.mmap(-1, ring_bytes or RING_BYTES)  # MAP_SHARED | MAP_ANONYMOUS: the child's writes are seen here
     notes_r, notes_w = os.pipe()
     frees_r, frees_w = os.pipe()
@@ -145,14 +179,14 @@ def read_in_child(produce, files, ring_bytes: int | None = None, instead=None, r
                 _reset_signals()
                 _die_with(parent)
                 signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-                _child(produce, files, ring, notes_w, frees_r)
+                _child(produce, files, opened, ring, notes_w, frees_r)
             finally:
                 os._exit(0)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # (the child never gets here)
     os.close(notes_w)
     os.close(frees_r)
-    return ChildReader(
+    return ProcessReader(
         pid, ring, notes_r, frees_w, files, instead if offsets is not None and offsets.ok else None, offsets
     )
 
@@ -224,7 +258,7 @@ def _reset_signals() -> None:
 # -- the child --------------------------------------------------------------------------------------
 
 
-def _child(produce, files, ring, notes: int, frees: int) -> None:  # pragma: no cover - runs in the child
+def _child(produce, files, opened, ring, notes: int, frees: int) -> None:  # pragma: no cover - runs in the child
     import gc
     import traceback
 
@@ -241,9 +275,6 @@ def _child(produce, files, ring, notes: int, frees: int) -> None:  # pragma: no 
         pass
     # numpy's BLAS threads spin for ~0.1 s of CPU after its import, and the reader never multiplies.
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
-    from nncli.io import csvread
-
-    csvread.BLOCK_BYTES = CHILD_BLOCK_BYTES
     # polars installs a SIGINT handler of its own when imported (sigaction, SA_RESTART): imported
     # here, then SIGINT back to the default, so that a Ctrl-C ends the reader at once
     import signal
@@ -257,12 +288,16 @@ def _child(produce, files, ring, notes: int, frees: int) -> None:  # pragma: no 
     gc.disable()
     space = _Ring(len(ring), frees)
     view = memoryview(ring)
-    csvread.starved = space.starved
+    # the child's own copies of the open CSV files: smaller blocks, and a second parser while the parent waits
+    for f in opened:
+        if isinstance(f, csvread.CsvFile):
+            f.pace = csvread.Pace(CHILD_BLOCK_BYTES, space.starved)
     sent = False
     try:
         try:
             for item in produce():
                 buffers: list = []
+                note: tuple
                 meta = pickle.dumps(item, protocol=5, buffer_callback=buffers.append)
                 raws = [b.raw() for b in buffers]
                 sizes = [_aligned(r.nbytes) for r in raws]
@@ -376,9 +411,9 @@ class _Ring:
 
 def _send(fd: int, note) -> None:
     data = pickle.dumps(note, protocol=5)
-    data = memoryview(_LENGTH.pack(len(data)) + data)
-    while data:
-        data = data[os.write(fd, data) :]
+    left = memoryview(_LENGTH.pack(len(data)) + data)
+    while left:
+        left = left[os.write(fd, left) :]
 
 
 def _aligned(n: int) -> int:
@@ -392,15 +427,16 @@ def _progress(files) -> list:
 # -- the parent -------------------------------------------------------------------------------------
 
 
-class ChildReader:
+class ProcessReader:
     """The child's items, in order: iterate it; close() stops the child (at any point) and reaps it."""
 
     def __init__(self, pid: int, ring, notes: int, frees: int, files, instead=None, offsets=None) -> None:
-        self.pid, self._ring, self._notes, self._frees, self._files = pid, ring, notes, frees, files
+        self.pid: int | None = pid  # None once reaped
+        self._ring, self._notes, self._frees, self._files = ring, notes, frees, files
         self._instead, self._offsets, self._given = instead, offsets, False
-        self._status = None  # the child's wait status, once reaped
-        self._other = None  # what instead() gave, once the child failed at its start
-        self._view = memoryview(ring)
+        self._status: int | None = None  # the child's wait status, once reaped
+        self._other: Iterator | None = None  # what instead() gave, once the child failed at its start
+        self._view: memoryview | None = memoryview(ring)
         self._started = time.perf_counter()
         self._items = self._receive_all()
         self._closed = False

@@ -12,20 +12,26 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from nncli.constants import ALIGNMENT, DEFAULT_BATCH_ROWS
 from nncli.errors import NncliError, UsageError
 from nncli.io.csvread import CsvFile, display_name
 
+if TYPE_CHECKING:
+    from nncli.io.tables import TableFile
+
 _INDEX = re.compile(r"^[+-]?[0-9]+$")  # ASCII digits: \d would take `٣` as 3
 
 
 @dataclass
-class DataOptions:
-    """What the user said about DATA on the command line."""
+class ReadOptions:
+    """How to read one DATA file: the one home of the reading options (the CLI's READ group and the
+    library's `Read` become one of these, see lib.api.Read.options). Built by keyword, `path` aside."""
 
     path: str
+    _: KW_ONLY
     delimiter: str | None = None
     header: bool | None = None
     features: list[str] = field(default_factory=list)
@@ -40,8 +46,8 @@ class DataOptions:
 
 @dataclass
 class Batch:
-    x: object  # numpy float64 (rows, features)
-    y: object | None  # numpy float64 (rows, targets) or None
+    x: Any  # numpy float64 (rows, features)
+    y: Any | None  # numpy float64 (rows, targets) or None
     ids: list[str] | None
     first_row: int  # 0-based index of the batch's first data row
     source: str | None = None  # the file it came from, when DATA is several files
@@ -135,7 +141,7 @@ class Many:
             s.close()
 
 
-def open_table(path: str, opts: DataOptions, label: str | None, forced: bool = True):
+def open_table(path: str, opts: ReadOptions, label: str | None, forced: bool = True):
     """A CSV (TSV, compressed) or a typed table file (Parquet, Arrow, NDJSON), by suffix or --input-format."""
     from nncli.io.tables import TABLE_FORMATS, TableFile, detect_format
 
@@ -180,7 +186,7 @@ def column_index(token: str, csv: CsvFile, option: str) -> int:
 class Dataset:
     """An open DATA file with its columns assigned to features, targets and an id."""
 
-    def __init__(self, opts: DataOptions, want_targets: bool = False) -> None:
+    def __init__(self, opts: ReadOptions, want_targets: bool = False) -> None:
         if opts.targets_file and opts.targets:
             raise UsageError("give target columns with --target or a file with --targets, not both")
         if opts.path == "-" and opts.targets_file == "-":
@@ -192,14 +198,14 @@ class Dataset:
         self.classes: list[str] | None = None  # set (with one target column) to read text labels as class indices
         self.want_targets = want_targets  # forward names targets only to leave them out of the features
         self._warnings: list[str] = []
-        self.targets_csv = None
+        self.targets_csv: CsvFile | TableFile | None = None
         try:
             self._assign_columns(opts, want_targets)
         except BaseException:
             self.close()
             raise
 
-    def _assign_columns(self, opts: DataOptions, want_targets: bool) -> None:
+    def _assign_columns(self, opts: ReadOptions, want_targets: bool) -> None:
         csv = self.csv
         self.target_cols = _unique([column_index(t, csv, "--target") for t in opts.targets], csv, "--target")
         self.id_col = column_index(opts.id_column, csv, "--id-column") if opts.id_column else None
@@ -218,7 +224,7 @@ class Dataset:
             self.target_cols = list(range(self.targets_csv.ncols))
             self._warn_duplicates(self.targets_csv, set())
 
-    def _warn_duplicates(self, csv: CsvFile, used: set[str]) -> None:
+    def _warn_duplicates(self, csv: CsvFile | TableFile, used: set[str]) -> None:
         """Names given to several columns, that no option names (those that one does are errors)."""
         for name, positions in csv.duplicates.items():
             if name not in used:
@@ -233,7 +239,7 @@ class Dataset:
     def n_features(self) -> int:
         return len(self.feature_cols)
 
-    def names(self, cols: list[int], csv: CsvFile) -> list[str]:
+    def names(self, cols: list[int], csv: CsvFile | TableFile) -> list[str]:
         return [csv.names[c] if csv.names else str(c) for c in cols]
 
     @property
@@ -269,7 +275,8 @@ class Dataset:
 
         from nncli.timing import phase, timed
 
-        in_targets_file = self.targets_csv is not None
+        targets_csv = self.targets_csv
+        in_targets_file = targets_csv is not None
         labelled = self.classes is not None  # one target column of text labels, encoded with the classes
         targets = self.target_cols if self.want_targets else []
         numeric = self.feature_cols + ([] if in_targets_file or labelled else targets)
@@ -285,9 +292,10 @@ class Dataset:
             blocks = _converted(blocks, nf, dtype)  # no numeric targets: the features only, in dtype, from the start
         main = timed("convert", _rebatch(blocks, rows, exact))
         other = None
-        if in_targets_file:
+        targets_name = targets_csv.name if targets_csv is not None else None
+        if targets_csv is not None:
             other = _rebatch(
-                self.targets_csv.read([] if labelled else self.target_cols, self.target_cols if labelled else []),
+                targets_csv.read([] if labelled else self.target_cols, self.target_cols if labelled else []),
                 rows,
                 exact,
             )
@@ -297,7 +305,7 @@ class Dataset:
                 target_values = next(other, None)
                 if target_values is None or len(target_values[0]) != len(values):
                     got = done + (0 if target_values is None else len(target_values[0]))
-                    raise NncliError(f"{self.name} has more rows than the targets file ({got})", self.targets_csv.name)
+                    raise NncliError(f"{self.name} has more rows than the targets file ({got})", targets_name)
                 y = self._encode(target_values[1][0], done) if labelled else target_values[0]
             else:
                 # a copy, not a view: a view would keep the whole parsed block alive while the batch waits
@@ -311,7 +319,7 @@ class Dataset:
             yield Batch(x, y, texts[0] if self.id_col is not None else None, done, self.name)
             done += len(values)
         if other is not None and next(other, None) is not None:
-            raise NncliError(f"the targets file has more rows than {self.name} ({done})", self.targets_csv.name)
+            raise NncliError(f"the targets file has more rows than {self.name} ({done})", targets_name)
 
     def _whole(self, blocks, nf: int, targets: bool, labelled: bool, dtype: str | None) -> Batch:
         """Every row as one batch (train's load): each block's features are converted as it comes and
@@ -340,6 +348,8 @@ class Dataset:
     def _encode(self, labels: list[str], first_row: int):
         from nncli.io.labels import encode
 
+        if self.classes is None:  # only labelled reading encodes (batches' `labelled`)
+            raise AssertionError("labels encoded without classes")
         return encode(labels, self.classes, first_row, self.target_names[0], self.name)
 
     def target_texts(self) -> list[str]:
@@ -382,7 +392,7 @@ def _converted(blocks, n: int, dtype: str):
     """Each block's values in the model's dtype as it is parsed, so that rows waiting to be batched
     take half the memory (float32) and no float64 batch is joined: the same numbers, converted
     element by element either way."""
-    from nncli.io.csvread import Block
+    from nncli.io.cells import Block
     from nncli.timing import phase
 
     for block in blocks:
@@ -530,7 +540,7 @@ def prefetched(items, depth: int = 2):
             stop.set()
 
     threading.Thread(target=produce, name="nncli-reader", daemon=True).start()  # starts reading now
-    return Prefetched(consume(), stop)
+    return ThreadReader(consume(), stop)
 
 
 def _get(slots):
@@ -545,9 +555,10 @@ def _get(slots):
             continue
 
 
-class Prefetched:
-    """prefetched()'s batches: iterate them; close() lets the reader thread go even if iteration
-    never started (a build that fails after reading began), with what it had parsed."""
+class ThreadReader:
+    """prefetched()'s batches (the reader thread; readers.ProcessReader is the other): iterate them;
+    close() lets the reader thread go even if iteration never started (a build that fails after
+    reading began), with what it had parsed."""
 
     def __init__(self, batches, stop) -> None:
         self._batches, self._stop = batches, stop
@@ -575,7 +586,7 @@ def is_pipe(path: str) -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
-def spooled(opts: DataOptions, stack) -> DataOptions:
+def spooled(opts: ReadOptions, stack) -> ReadOptions:
     """DATA that can be read twice: standard input, or a pipe given by name (a FIFO, `<(...)`), is
     copied to a temporary file (removed on exit). A second open of a FIFO whose writer has finished
     would wait for another writer for ever."""
@@ -605,4 +616,4 @@ def spooled(opts: DataOptions, stack) -> DataOptions:
     return dataclasses.replace(opts, path=path, label=label)
 
 
-__all__ = ["Batch", "DataOptions", "Dataset", "column_index", "display_name"]
+__all__ = ["Batch", "ReadOptions", "Dataset", "column_index", "display_name"]

@@ -13,8 +13,11 @@ import contextlib
 import io
 import os
 import sys
+from collections.abc import Sequence
 
 from nncli.errors import NncliError, UsageError
+from nncli.io.cells import Block, parse_number
+from nncli.io.compression import decompress, open_compressed
 
 BATCH_ROWS = 65536
 TABLE_FORMATS = ("parquet", "arrow", "ndjson")
@@ -63,7 +66,7 @@ class TableFile:
         a short file is one error line. An Arrow file is read whole (its footer says where every
         batch is); NDJSON by blocks of lines (see NDJSON_BLOCK_BYTES). Parquet is left to polars,
         which reads it with read calls already (truncated: "failed to fill whole buffer")."""
-        source = self.path
+        source: str | io.BytesIO = self.path
         kind = _kind(self.path)
         if self.fmt == "ndjson" and kind == "file" and not compression:
             return self._scan_lines(pl)
@@ -117,12 +120,10 @@ class TableFile:
     def column_label(self, index: int) -> str:
         return f"column {index} ({self.names[index]!r})"
 
-    def read(self, numeric: list[int], text: list[int] = ()):
+    def read(self, numeric: list[int], text: Sequence[int] = ()):
         """Blocks of float64 values (numeric columns, row-major) and strings (text columns)."""
         import numpy as np
         import polars as pl
-
-        from nncli.io.csvread import Block
 
         for i in numeric:
             if not (self.types[i].is_numeric() or self.types[i] == pl.Boolean or self.types[i] == pl.String):
@@ -157,14 +158,13 @@ class TableFile:
         import polars as pl
 
         if series.dtype == pl.String:
-            from nncli.io.csvread import parse_number
-
             out = np.empty(len(series), dtype=np.float64)
             for r, cell in enumerate(series.to_list()):
                 value = None if cell is None else parse_number(cell)
                 if value is None:
+                    problem = "the cell is empty" if not cell else repr(cell) + " is not a number"
                     raise NncliError(
-                        f"{self.column_label(i)}: {'the cell is empty' if not cell else repr(cell) + ' is not a number'}",
+                        f"{self.column_label(i)}: {problem}",
                         f"{self.name}, row {first_row + r}",
                     )
                 out[r] = value
@@ -285,11 +285,13 @@ INPUT_FORMATS = ("csv", "tsv", "parquet", "arrow", "ndjson")
 def detect_format(path: str, forced: str | None = None) -> tuple[str, str | None]:
     """(format, compression) from --input-format (`csv`, `ndjson.gz`, ...) or the file's suffixes;
     anything unrecognised is read as CSV, as before."""
+    compression: str | None
     if forced:
         base, _, compression = forced.lower().partition(".")
         if base not in INPUT_FORMATS or (compression and "." + compression not in COMPRESSIONS):
             raise UsageError(
-                f"--input-format must be one of {', '.join(INPUT_FORMATS)}, optionally with .gz, .bz2, .xz or .zst; got {forced!r}"
+                f"--input-format must be one of {', '.join(INPUT_FORMATS)}, "
+                f"optionally with .gz, .bz2, .xz or .zst; got {forced!r}"
             )
         return base, compression or None
     if path == "-":
@@ -302,104 +304,3 @@ def detect_format(path: str, forced: str | None = None) -> tuple[str, str | None
     if compression and fmt in ("parquet", "arrow"):
         return fmt, compression  # read whole, decompressed in memory (they compress inside already)
     return fmt, compression
-
-
-def compressing(stream, compression: str):
-    """A binary stream that compresses into `stream` (closing it finishes the compressed data, not `stream`)."""
-    if compression == "gz":
-        import gzip
-
-        return gzip.GzipFile(fileobj=stream, mode="wb", mtime=0)  # mtime 0: the same output, the same bytes
-    if compression == "bz2":
-        import bz2
-
-        return bz2.BZ2File(stream, "wb")
-    if compression == "xz":
-        import lzma
-
-        return lzma.LZMAFile(stream, "wb")
-    return _zstd().open(stream, "wb")
-
-
-def decompressing(stream, compression: str):
-    """A binary stream read through a decompressor (standard input of a .gz, say)."""
-    if compression == "gz":
-        import gzip
-
-        return gzip.GzipFile(fileobj=stream, mode="rb")
-    if compression == "bz2":
-        import bz2
-
-        return bz2.BZ2File(stream, "rb")
-    if compression == "xz":
-        import lzma
-
-        return lzma.LZMAFile(stream, "rb")
-    return _zstd().open(stream, "rb")
-
-
-def open_compressed(path: str, compression: str | None):
-    """A binary stream of the decompressed content of `path` (read as it goes)."""
-    try:
-        if compression == "gz":
-            import gzip
-
-            return gzip.open(path, "rb")
-        if compression == "bz2":
-            import bz2
-
-            return bz2.open(path, "rb")
-        if compression == "xz":
-            import lzma
-
-            return lzma.open(path, "rb")
-        if compression == "zst":
-            return _zstd().open(path, "rb")
-        return open(path, "rb")
-    except FileNotFoundError:
-        raise NncliError("no such file", path) from None
-    except IsADirectoryError:
-        raise NncliError("is a directory", path) from None
-    except OSError as e:
-        raise NncliError(f"cannot read: {e.strerror}", path) from None
-
-
-def decompress(raw: bytes, compression: str) -> bytes:
-    import bz2
-    import gzip
-    import lzma
-
-    try:
-        return {
-            "gz": gzip.decompress,
-            "bz2": bz2.decompress,
-            "xz": lzma.decompress,
-            "zst": lambda b: _zstd().decompress(b),
-        }[compression](raw)
-    except (OSError, EOFError, lzma.LZMAError, ValueError) as e:
-        raise NncliError(f"cannot decompress ({compression}): {e}", "<stdin>") from None
-
-
-def _zstd():
-    """Zstandard: the standard library's (Python 3.14+), else the zstandard package."""
-    try:
-        from compression import zstd  # type: ignore[import-not-found]
-
-        return zstd
-    except ImportError:
-        pass
-    try:
-        import zstandard
-    except ImportError:
-        raise UsageError(".zst files need the zstandard package: pip install 'nncli-torch[zstd]'") from None
-
-    class _Shim:
-        @staticmethod
-        def open(path, mode="rb"):
-            return zstandard.open(path, mode)
-
-        @staticmethod
-        def decompress(data: bytes) -> bytes:
-            return zstandard.ZstdDecompressor().decompressobj().decompress(data)
-
-    return _Shim

@@ -12,62 +12,28 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import BinaryIO
 
 from nncli.io.texts import jsonable, number_texts  # noqa: F401  (re-exported: one home, in texts.py)
 
-FORMATS = ("table", "csv", "tsv", "json", "jsonl", "parquet", "arrow")
-BINARY_FORMATS = ("parquet", "arrow")
+
+class OutputFormat(StrEnum):
+    """What --format accepts (and an -o suffix resolves to): a str, so writers compare it as text."""
+
+    table = "table"
+    csv = "csv"
+    tsv = "tsv"
+    json = "json"
+    jsonl = "jsonl"
+    parquet = "parquet"
+    arrow = "arrow"
+
+
+FORMATS = tuple(OutputFormat)
+BINARY_FORMATS = (OutputFormat.parquet, OutputFormat.arrow)
 TABLE_PRECISION = 4
 WIDE = 256  # columns beyond which CSV is written without polars
-_SUFFIX_FORMATS = {
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".tab": "tsv",
-    ".json": "json",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".arrow": "arrow",
-    ".feather": "arrow",
-    ".ipc": "arrow",
-    ".txt": "table",
-}
-COMPRESSED = {".gz": "gz", ".bz2": "bz2", ".xz": "xz", ".zst": "zst"}
-
-
-def output_compression(output: str | None) -> str | None:
-    """gz, bz2, xz or zst when the -o file's name ends so."""
-    if not output or output == "-":
-        return None
-    return COMPRESSED.get(os.path.splitext(output)[1].lower())
-
-
-def resolve_format(fmt: str | None, output: str | None) -> str:
-    """--format, else the -o file's suffix, else a table on a terminal and CSV anywhere else."""
-    if fmt:
-        if fmt in BINARY_FORMATS and (not output or output == "-") and sys.stdout.isatty():
-            from nncli.errors import UsageError
-
-            raise UsageError(f"--format {fmt} is binary: send it to a file (-o x.{fmt}) or a pipe, not a terminal")
-        return fmt
-    if output and output != "-":
-        stem, suffix = os.path.splitext(output.lower())
-        if suffix in COMPRESSED:
-            stem, suffix = os.path.splitext(stem)
-        if not suffix:
-            return "csv"  # no suffix (/dev/stdout, a FIFO, a plain name): CSV, as in a pipe
-        if suffix not in _SUFFIX_FORMATS:
-            from nncli.errors import UsageError
-
-            known = ", ".join(sorted(k for k in _SUFFIX_FORMATS))
-            raise UsageError(
-                f"-o {output}: unknown output format {suffix!r}; use a suffix ({known}, "
-                "optionally + .gz, .bz2, .xz, .zst) or --format"
-            )
-        return _SUFFIX_FORMATS[suffix]
-    return "table" if sys.stdout.isatty() else "csv"
 
 
 def console(stream=None, stderr: bool = False):
@@ -305,7 +271,8 @@ class RowWriter:
             head = _rows_of(self._held, 0, self.edge)
             tail = _rows_of(frames, -self.edge, None)  # held + tail end with the last rows, contiguous
             frames = [head, Frame(head.names, [["…"] for _ in head.names]), tail]
-            note = f"{self.count - 2 * self.edge:,} rows left out between the first and last {self.edge} (--all shows every row)"
+            left = self.count - 2 * self.edge
+            note = f"{left:,} rows left out between the first and last {self.edge} (--all shows every row)"
         items = [frame_table(frames, self.precision, self.keys)] if frames else []
         captions = [c for c in (note, self.caption) if c]
         from nncli.errors import printable
@@ -318,42 +285,49 @@ class RowWriter:
 def write_onehot(stream: BinaryIO, fmt: str, labels, classes: int) -> None:
     """One-hot rows written one at a time from pieces of at most a mebibyte: memory stays bounded
     however many classes there are (10^7 classes are 20 MB a row)."""
-    piece = 1 << 19  # cells per write
     sep = {"csv": b",", "tsv": b"\t"}.get(fmt)
-
-    def cells(hot: int | None, texts):
-        """Yield the row's pieces: `texts(start, stop, hot)` renders cells start..stop-1."""
-        for start in range(0, classes, piece):
-            yield texts(start, min(start + piece, classes), hot)
-
     if sep is not None:
+        _onehot_delimited(stream, sep, labels, classes)
+    else:
+        _onehot_json(stream, fmt, labels, classes)
+    stream.flush()
 
-        def header(start, stop, _):
-            return (sep if start else b"") + sep.join(b"class_%d" % i for i in range(start, stop))
 
-        def row(start, stop, hot):
-            n = stop - start
-            cells_ = [b"0"] * n
-            if hot is not None and start <= hot < stop:
-                cells_[hot - start] = b"1"
-            return (sep if start else b"") + sep.join(cells_)
+ONEHOT_PIECE = 1 << 19  # cells per write
 
-        for part in cells(None, header):
+
+def _pieces(classes: int, hot: int | None, texts):
+    """Yield the row's pieces: `texts(start, stop, hot)` renders cells start..stop-1."""
+    for start in range(0, classes, ONEHOT_PIECE):
+        yield texts(start, min(start + ONEHOT_PIECE, classes), hot)
+
+
+def _onehot_delimited(stream: BinaryIO, sep: bytes, labels, classes: int) -> None:
+    def header(start, stop, _):
+        return (sep if start else b"") + sep.join(b"class_%d" % i for i in range(start, stop))
+
+    def row(start, stop, hot):
+        n = stop - start
+        cells_ = [b"0"] * n
+        if hot is not None and start <= hot < stop:
+            cells_[hot - start] = b"1"
+        return (sep if start else b"") + sep.join(cells_)
+
+    for part in _pieces(classes, None, header):
+        stream.write(part)
+    stream.write(b"\n")
+    if classes <= 4096:  # narrow rows: each class's line made once, lines joined a block at a time
+        lines = [row(0, classes, c) + b"\n" for c in range(classes)]
+        for start in range(0, len(labels), 65536):
+            stream.write(b"".join([lines[c] for c in labels[start : start + 65536].tolist()]))
+        return
+    for hot in labels.tolist():
+        for part in _pieces(classes, hot, row):
             stream.write(part)
         stream.write(b"\n")
-        if classes <= 4096:  # narrow rows: each class's line made once, lines joined a block at a time
-            lines = [row(0, classes, c) + b"\n" for c in range(classes)]
-            for start in range(0, len(labels), 65536):
-                stream.write(b"".join([lines[c] for c in labels[start : start + 65536].tolist()]))
-            stream.flush()
-            return
-        for hot in labels.tolist():
-            for part in cells(hot, row):
-                stream.write(part)
-            stream.write(b"\n")
-        stream.flush()
-        return
 
+
+def _onehot_json(stream: BinaryIO, fmt: str, labels, classes: int) -> None:
     def record(start, stop, hot):
         body = b",".join(b'"class_%d":%d' % (i, 1 if i == hot else 0) for i in range(start, stop))
         return (b"," if start else b"{") + body + (b"}" if stop == classes else b"")
@@ -363,13 +337,12 @@ def write_onehot(stream: BinaryIO, fmt: str, labels, classes: int) -> None:
     for n, hot in enumerate(labels.tolist()):
         if fmt == "json" and n:
             stream.write(b",\n")
-        for part in cells(hot, record):
+        for part in _pieces(classes, hot, record):
             stream.write(part)
         if fmt == "jsonl":
             stream.write(b"\n")
     if fmt == "json" and len(labels):
         stream.write(b"\n]\n")
-    stream.flush()
 
 
 def _height(frame: Frame) -> int:
@@ -411,7 +384,7 @@ def escape(text: str) -> str:
 class Report:
     """One result in every shape a format needs: a JSON document, long-form rows, and Rich renderables."""
 
-    doc: dict | list
+    doc: dict | list | None  # None: JSON is the frame's records
     frame: Frame
     tables: list | Callable[[], list] = field(default_factory=list)  # a callable: built only for a table
 
@@ -421,7 +394,11 @@ def write_report(report: Report, fmt: str, stream: BinaryIO, precision: int | No
         from nncli.errors import UsageError
 
         raise UsageError(f"this command's result has no {fmt} form; use csv, json or jsonl")
-    if fmt == "json":
+    if fmt == "json" and report.doc is None:  # rows without a document: a JSON list of records, as forward's
+        writer = RowWriter("json", stream, precision)
+        writer.write(report.frame)
+        writer.close()
+    elif fmt == "json":
         stream.write(dump_json(report.doc).encode() + b"\n")
     elif fmt == "table":
         show(stream, report.tables() if callable(report.tables) else report.tables)
@@ -545,7 +522,8 @@ class FoldingTable:
         from rich.table import Table
         from rich.text import Text
 
-        # Headers and titles hold user text (column names, spec names): Text, never markup, so `[/]` is shown as written.
+        # Headers and titles hold user text (column names, spec names): Text, never markup, so `[/]` is
+        # shown as written.
         table = Table(
             title=Text(title) if title else None,
             title_justify="left",
@@ -572,3 +550,16 @@ def key_value_table(pairs: dict):
     for key, value in pairs.items():
         table.add_row(escape(printable(key)), escape(printable(value)))
     return table
+
+
+def caption(text: str):
+    """The dim line under a command's tables."""
+    from rich.text import Text
+
+    from nncli.errors import printable
+
+    return Text(printable(text), style="dim")  # it may name the user's spec, file or columns
+
+
+def rows_text(n: int) -> str:
+    return f"{n:,} row" + ("" if n == 1 else "s")

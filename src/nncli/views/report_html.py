@@ -77,7 +77,8 @@ def histogram_svg(hist, width: int = 260, height: int = 60) -> str:
         for i, c in enumerate(counts):
             h = 0 if c == 0 else max(1.0, height * c / top)
             parts.append(
-                f'<rect class="bar" x="{i * step:.2f}" y="{height - h:.2f}" width="{max(step - 1, 0.5):.2f}" height="{h:.2f}"'
+                f'<rect class="bar" x="{i * step:.2f}" y="{height - h:.2f}" width="{max(step - 1, 0.5):.2f}" '
+                f'height="{h:.2f}"'
                 + _attrs(lo=number(edges[i]), hi=number(edges[i + 1]), count=c)
                 + f"><title>[{shown(edges[i])}, {shown(edges[i + 1])}): {c:,}</title></rect>"
             )
@@ -126,7 +127,8 @@ def norms_svg(params, vanishing: float, exploding: float, width: int = 420, bar:
         if not 0 < float(p.grad_norm) < math.inf:  # a clamped bar: its value in words
             at, anchor = (end - 3, "end") if end > label + span / 2 else (end + 3, "start")
             parts.append(
-                f'<text class="value" x="{at:.2f}" y="{y + bar - 5}" text-anchor="{anchor}">{html.escape(shown(p.grad_norm))}</text>'
+                f'<text class="value" x="{at:.2f}" y="{y + bar - 5}" '
+                f'text-anchor="{anchor}">{html.escape(shown(p.grad_norm))}</text>'
             )
     bottom = bar * len(params) + 4
     for name, value in (("vanishing", vanishing), ("exploding", exploding)):
@@ -136,7 +138,8 @@ def norms_svg(params, vanishing: float, exploding: float, width: int = 420, bar:
             + "></line>"
         )
     parts.append(
-        f'<text x="{label}" y="{height - 2}">1e{lo}</text><text x="{width - 10}" y="{height - 2}" text-anchor="end">1e{hi}</text>'
+        f'<text x="{label}" y="{height - 2}">1e{lo}</text><text x="{width - 10}" y="{height - 2}" '
+        f'text-anchor="end">1e{hi}</text>'
     )
     parts.append("</svg>")
     return "".join(parts)
@@ -177,8 +180,10 @@ def stats_page(result, title: str, caption: str) -> str:
     body = [
         f"<h1>{html.escape(title)}</h1>",
         f'<p class="caption">{html.escape(caption)}</p>',
-        f"<h2>Activations over {result.rows:,} row{'s' if result.rows != 1 else ''} ({html.escape(result.mode)} mode)</h2>",
-        '<table class="activations"><thead><tr><th class="name">layer</th><th>mean</th><th>std</th><th>min</th><th>max</th>'
+        f"<h2>Activations over {result.rows:,} row{'s' if result.rows != 1 else ''} ({html.escape(result.mode)} "
+        "mode)</h2>",
+        '<table class="activations"><thead><tr><th '
+        'class="name">layer</th><th>mean</th><th>std</th><th>min</th><th>max</th>'
         "<th>dead / saturated</th><th>histogram</th></tr></thead><tbody>",
         *rows,
         "</tbody></table>",
@@ -198,16 +203,22 @@ def stats_page(result, title: str, caption: str) -> str:
             )
             flag = f'<span class="flag-{p.flag}">{p.flag}</span>' if p.flag else ""
             grad_rows.append(
-                f'<tr class="parameter"{attrs}><td class="name">{html.escape(p.name)}</td><td>{html.escape(str(p.shape))}</td>'
-                f"<td>{shown(p.grad_norm)}</td><td>{shown(p.weight_norm)}</td><td>{shown(p.update_ratio)}</td><td>{flag}</td></tr>"
+                f'<tr class="parameter"{attrs}><td '
+                f'class="name">{html.escape(p.name)}</td><td>{html.escape(str(p.shape))}</td>'
+                f"<td>{shown(p.grad_norm)}</td><td>{shown(p.weight_norm)}</td><td>{shown(p.update_ratio)}</td>"
+                f"<td>{flag}</td></tr>"
             )
         body += [
             f"<h2>Gradients of {html.escape(result.loss_fn or '')} = {shown(result.loss)}</h2>",
             '<p class="caption"'
             + _attrs(lr=number(result.lr), vanishing=number(result.vanishing), exploding=number(result.exploding))
-            + f">update/weight: lr × ‖grad‖ / ‖weight‖ with lr {result.lr:g}; vanishing: norm below {result.vanishing:g}; "
-            f"exploding: norm above {result.exploding:g}</p>",
-            '<table class="gradients"><thead><tr><th class="name">parameter</th><th>shape</th><th>grad norm</th><th>weight norm</th>'
+            + (
+                f">update/weight: lr × ‖grad‖ / ‖weight‖ with lr {result.lr:g}; vanishing: norm below "
+                f"{result.vanishing:g}; "
+                f"exploding: norm above {result.exploding:g}</p>"
+            ),
+            '<table class="gradients"><thead><tr><th class="name">parameter</th><th>shape</th><th>grad '
+            "norm</th><th>weight norm</th>"
             "<th>update/weight</th><th>flag</th></tr></thead><tbody>",
             *grad_rows,
             "</tbody></table>",

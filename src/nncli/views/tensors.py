@@ -7,7 +7,7 @@ Values are coloured by sign and emphasised by magnitude; NO_COLOR or a pipe give
 
 from __future__ import annotations
 
-from nncli.views.render import fmt
+from nncli.views.render import Frame, fmt
 
 THRESHOLD = 1000  # torch.set_printoptions defaults
 EDGE = 3
@@ -134,3 +134,30 @@ def summary_long(parts: dict, order: list[str]) -> Frame:
     for i in range(3, 7):
         columns[i] = np.array([np.nan if v is None else v for v in columns[i]], dtype=np.float64)
     return Frame(names, columns)
+
+
+def only_layer(named: dict, built, layer: int | None) -> dict:
+    """The tensors of one layer (--layer I, negative from the end), or all of them."""
+    from nncli.errors import UsageError
+
+    if layer is None:
+        return named
+    count = len(built.layers)
+    if not -count <= layer < count:
+        raise UsageError(f"--layer {layer}: the model has layers 0 to {count - 1}")
+    index = layer % count
+    chosen = {k: v for k, v in named.items() if k.split(".")[0] == str(index)}
+    if not chosen:
+        raise UsageError(f"--layer {layer}: layers[{index}] ({built.layers[index].type}) has no parameters")
+    return chosen
+
+
+def layer_type(built, name: str) -> str:
+    return built.layers[int(name.split(".")[0])].type
+
+
+def tensor_tables(built, named: dict, precision, full: bool) -> list:
+    return [
+        tensor_table(f"{name} {list(tensor.shape)} {layer_type(built, name)}", tensor, precision, full)
+        for name, tensor in named.items()
+    ]

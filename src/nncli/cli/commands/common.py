@@ -1,60 +1,12 @@
-"""What every command does the same way at the edge: output options and checks, notes and warnings
-for people on standard error, and reports written in the chosen format."""
+"""What every command does the same way at the edge: notes and warnings for people on standard
+error, the progress hook, and reports written to their resolved output target."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-from dataclasses import dataclass, field
 
-from nncli.io.output import output_stream
-from nncli.views.render import Report, resolve_format, write_report
-
-
-@dataclass
-class OutputOptions:
-    format: str | None = None
-    output: str | None = None
-    precision: int | None = None
-    force: bool = False
-    quiet: bool = False
-    inputs: list = field(default_factory=list)  # paths this command reads, never to be overwritten
-    together: object = None  # an output.Together: -o is renamed into place only when the whole run succeeds
-
-    @property
-    def resolved_format(self) -> str:
-        return resolve_format(self.format, self.output)
-
-    def check(self, extra: dict | None = None) -> None:
-        """Check -o (and the command's other outputs) and the output format before any work is done."""
-        check_outputs({"-o": self.output, **(extra or {})}, self.inputs, self.force)
-        self.resolved_format  # noqa: B018  (an unknown -o suffix, or parquet to a terminal, is refused now)
-
-    @contextlib.contextmanager
-    def stream(self):
-        """Standard output or -o, compressed when -o ends in .gz, .bz2, .xz or .zst."""
-        from nncli.views.render import output_compression
-
-        compression = output_compression(self.output)
-        with output_stream(self.output, "-o", self.together) as f:
-            if not compression:
-                yield f
-                return
-            from nncli.io.tables import compressing
-
-            with compressing(f, compression) as packed:
-                yield packed
-
-
-def check_outputs(outputs: dict, inputs: list, force: bool) -> None:
-    """Every output path checked before any work: none is an input (without --force), none is named
-    twice, each can be written (output.check_output says what that takes)."""
-    from nncli.io.output import check_distinct_outputs, check_output
-
-    named = {k: v for k, v in outputs.items() if v and v != "-"}
-    check_distinct_outputs(named)
-    for option, path in named.items():
-        check_output(path, inputs, force, option)
+from nncli.views.render import Report, write_report
+from nncli.views.target import OutputTarget
 
 
 def idle_threads_sleep() -> None:
@@ -63,6 +15,13 @@ def idle_threads_sleep() -> None:
     2.99 s -> 2.49 s). Timing only, never a result; a user's OMP_WAIT_POLICY wins. Not for train,
     whose many small steps pay for the wake-ups (one epoch: 5.2 s -> 5.8 s)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def progress(target: OutputTarget):
+    """The library's progress hook: a bar on standard error for batches read, unless --quiet."""
+    from nncli.views.progress import tracked
+
+    return lambda batches, source: tracked(batches, source, target.quiet)
 
 
 def note(message: str) -> None:
@@ -88,20 +47,7 @@ def warn(message: str) -> None:
     note(f"warning: {message}")
 
 
-def emit(oopts: OutputOptions, inputs: list, report: Report) -> None:
+def emit(target: OutputTarget, report: Report) -> None:
     """Write a whole result in the chosen format, to standard output or -o."""
-    oopts.inputs = inputs
-    with oopts.stream() as out:
-        write_report(report, oopts.resolved_format, out, oopts.precision)
-
-
-def caption(text: str):
-    from rich.text import Text
-
-    from nncli.errors import printable
-
-    return Text(printable(text), style="dim")  # it may name the user's spec, file or columns
-
-
-def rows_text(n: int) -> str:
-    return f"{n:,} row" + ("" if n == 1 else "s")
+    with target.stream() as out:
+        write_report(report, target.format, out, target.precision)

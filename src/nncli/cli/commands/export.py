@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from nncli.cli.commands.common import check_outputs, note
+from nncli.cli.commands.common import note
 from nncli.cli.options import (
     DEFAULT_MAX_LAYERS,
     DEFAULT_MAX_PARAMS,
@@ -16,12 +16,15 @@ from nncli.cli.options import (
     Inputs,
     MaxLayers,
     MaxParams,
+    ModelGroup,
+    RuntimeGroup,
     Spec,
     Threads,
     load_model,
     with_options,
 )
 from nncli.errors import UsageError
+from nncli.views.target import check_outputs
 
 ModelFile = Annotated[
     str,
@@ -42,7 +45,8 @@ Verify = Annotated[
     typer.Option(
         "--verify",
         help=(
-            "Before writing, run the exported model on seeded random rows (batches of 1 and 1,000) and compare with PyTorch: "
+            "Before writing, run the exported model on seeded random rows (batches of 1 and 1,000) and compare with "
+            "PyTorch: "
             "exit 1, writing nothing, above 1e-5 (float32) or 1e-7 (float64) for ONNX, or any difference for .pt2."
         ),
     ),
@@ -60,7 +64,7 @@ def export(
     threads: Threads = None,
     max_params: MaxParams = DEFAULT_MAX_PARAMS,
     max_layers: MaxLayers = DEFAULT_MAX_LAYERS,
-    model: dict = None,
+    model: ModelGroup = None,
 ) -> None:
     """Write the model in eval mode as ONNX (.onnx) or torch.export (.pt2), the batch dimension dynamic."""
     from nncli.lib.export import export as export_model
@@ -69,8 +73,9 @@ def export(
     fmt = format_of(output, "-o")
     if opset is not None and fmt != "onnx":
         raise UsageError("--opset is for ONNX (.onnx) files")
-    m = load_model(spec, model, {"threads": threads, "max_params": max_params, "max_layers": max_layers}, inputs)
-    check_outputs({"-o": output}, [spec, model["weights"]], force)
+    runtime = RuntimeGroup(threads=threads, max_params=max_params, max_layers=max_layers)
+    m = load_model(spec, model, runtime, inputs)
+    check_outputs({"-o": output}, [spec, model.weights], force)
     if fmt == "onnx":
         require_onnx()  # before the model is built: the one line that says what to install
         quiet_onnxruntime()
@@ -80,6 +85,7 @@ def export(
     kind = f"ONNX opset {result.opset}" if fmt == "onnx" else "torch.export"
     standardised = ", standardised in the graph" if result.preprocess is not None else ""
     note(
-        f"wrote {output} ({kind}): {result.metadata['input']} [N, {result.width}] -> {result.output} [N, {result.head.width}]"
+        f"wrote {output} ({kind}): {result.metadata['input']} [N, {result.width}] -> {result.output} [N, "
+        f"{result.head.width}]"
         f"{standardised}; {result.caption}"
     )

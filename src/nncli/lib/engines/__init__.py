@@ -14,14 +14,11 @@ partition scored on a worker, the driver that reads and reduces); each engine mo
 from __future__ import annotations
 
 import contextlib
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from nncli.errors import NncliError, UsageError
-
-ENGINES = ("dask",)
-EXTRAS = {"dask": ("dask", "distributed"), "ray": ("ray",), "spark": ("pyspark",)}
+from nncli.lib.engines.extras import ENGINES, EXTRAS, check, require
 
 Engine = Annotated[
     str | None,
@@ -29,8 +26,8 @@ Engine = Annotated[
         "--engine",
         metavar="NAME",
         help=(
-            "Score on a cluster: dask (pip install 'nncli-torch[dask]'): partitions (the files, or whole batches of one file) "
-            "go to the workers; the output is the same bits, in input order. Default: this process."
+            "Score on a cluster: dask (pip install 'nncli-torch[dask]'): partitions (the files, or whole batches of "
+            "one file) go to the workers; the output is the same bits, in input order. Default: this process."
         ),
     ),
 ]
@@ -41,7 +38,8 @@ Workers = Annotated[
         metavar="N",
         min=1,
         help=(
-            "With --engine dask: start a local cluster of N worker processes, one thread each (default: one per core; at most 4 per core)."
+            "With --engine dask: start a local cluster of N worker processes, one thread each (default: one per core; "
+            "at most 4 per core)."
         ),
     ),
 ]
@@ -56,33 +54,6 @@ Scheduler = Annotated[
         ),
     ),
 ]
-
-
-def require(engine: str) -> None:
-    """Import the engine's packages, or say in one line what to install."""
-    import importlib
-
-    for module in EXTRAS[engine]:
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            raise NncliError(
-                f"{module} is not installed: pip install 'nncli-torch[{engine}]'", f"--engine {engine}"
-            ) from None
-
-
-def check(engine: str | None, workers: int | None, scheduler: str | None) -> None:
-    """The engine options make sense together (usage errors, before any work)."""
-    if engine is None:
-        if workers is not None or scheduler is not None:
-            raise UsageError(f"{'--workers' if workers is not None else '--scheduler'} goes with --engine dask")
-        return
-    if engine not in ENGINES:
-        raise UsageError(
-            f"--engine must be one of {', '.join(ENGINES)}, got {engine!r} (Ray and Spark: see nncli.lib.engines.ray, nncli.lib.engines.spark)"
-        )
-    if workers is not None and scheduler is not None:
-        raise UsageError("--workers starts a local cluster and --scheduler uses a running one: give one of them")
 
 
 @contextlib.contextmanager
@@ -128,4 +99,4 @@ def _quiet_resource_tracker() -> None:
         sys.warnoptions.remove("ignore")
 
 
-__all__ = ["ENGINES", "Engine", "Scheduler", "Workers", "check", "require", "scoring"]
+__all__ = ["ENGINES", "EXTRAS", "Engine", "Scheduler", "Workers", "check", "require", "scoring"]

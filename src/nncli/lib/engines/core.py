@@ -27,398 +27,28 @@ Nothing here imports an engine: an engine gives a `Pool` (ship, submit, result, 
 from __future__ import annotations
 
 import collections
-import threading
-import uuid
-import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from nncli.constants import DEFAULT_BATCH_ROWS
-from nncli.errors import NncliError, NncliWarning, UsageError
-from nncli.lib.api import Forwards
+from nncli.errors import NncliError, UsageError
+from nncli.lib.engines.tables import TableOptions, empty_output, prepared, score_pandas, score_table  # noqa: F401
+from nncli.lib.engines.worker import (  # noqa: F401  (tests and callers use core.*)
+    RowsPart,
+    Shipped,
+    _rebuild,
+    file_part,
+    forward_part,
+    forward_rows,
+    rebuild,
+    ship,
+    signal_part,
+    signal_rows,
+)
+from nncli.lib.forwards import Forwards
+from nncli.lib.signals import check_reduction, warn_if_not_finite
 
 PART_ROWS = 65536  # one file's partitions hold whole batches, at least this many rows (4 default batches)
-KEPT_MODELS = 4  # models a worker process keeps built (by token), for a long-lived cluster
-
-
-# -- the model as it travels -----------------------------------------------------------------------
-
-
-@dataclass
-class Shipped:
-    """Everything a worker needs to rebuild the model: weights, not a seed."""
-
-    token: str
-    spec: Any  # nncli.core.spec.Spec
-    layers: list  # nncli.core.spec.ResolvedLayer, every argument known
-    dtype: str
-    seed: int
-    weights: str | None
-    state: dict  # state_dict as numpy arrays, in the model's dtype
-    classes: list | None = None
-    preprocess: tuple | None = None  # (kind, columns, shift, scale) with float64 numpy arrays
-    device: str = "cpu"
-    threads: int | None = None
-
-
-def ship(model) -> Shipped:
-    """An api.Model, already built, as weights ready to travel."""
-    built = model.built
-    if built is None:
-        raise UsageError("build the model first (model.build(width))")
-    state = {k: v.detach().cpu().numpy().copy() for k, v in built.module.state_dict().items()}
-    pre = built.preprocess
-    preprocess = (
-        None
-        if pre is None
-        else (
-            pre.kind,
-            list(pre.columns),
-            pre.shift.detach().cpu().double().numpy().copy(),
-            pre.scale.detach().cpu().double().numpy().copy(),
-        )
-    )
-    return Shipped(
-        uuid.uuid4().hex,
-        built.spec,
-        list(built.layers),
-        built.dtype,
-        built.seed,
-        built.weights,
-        state,
-        None if built.classes is None else list(built.classes),
-        preprocess,
-        model.device_name,
-        model.threads,
-    )
-
-
-_BUILT: collections.OrderedDict = collections.OrderedDict()
-_LOCK = threading.Lock()
-
-
-def rebuild(shipped: Shipped):
-    """The nncli.core.model.Model a worker scores with, built once per process and kept by token."""
-    with _LOCK:
-        built = _BUILT.get(shipped.token)
-        if built is None:
-            built = _BUILT[shipped.token] = _rebuild(shipped)
-            while len(_BUILT) > KEPT_MODELS:
-                _BUILT.popitem(last=False)
-        else:
-            _BUILT.move_to_end(shipped.token)
-        return built
-
-
-def _rebuild(shipped: Shipped):
-    import numpy as np
-    import torch
-    from torch import nn
-
-    from nncli.core.model import Model as Built
-    from nncli.core.model import Preprocess, build_kwargs
-    from nncli.core.runtime import pick_device
-
-    if shipped.threads is not None:
-        torch.set_num_threads(shipped.threads)
-    # On the meta device the layers allocate nothing and draw no random numbers; the shipped tensors
-    # are then assigned as they are, so the worker's weights are the driver's, bit for bit.
-    with torch.device("meta"):
-        module = nn.Sequential(
-            *(getattr(nn, layer.type)(**build_kwargs(layer)) for layer in shipped.layers)
-        )  # allowlisted names
-    if shipped.dtype == "float64":
-        module = module.double()
-    module.load_state_dict({k: torch.from_numpy(np.array(v, copy=True)) for k, v in shipped.state.items()}, assign=True)
-    left = [name for name, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
-    if left:
-        raise NncliError(f"the shipped weights lack {left[0]!r}", shipped.spec.path)
-    device = pick_device(shipped.device)
-    module.to(device)
-    preprocess = None
-    if shipped.preprocess is not None:
-        kind, columns, shift, scale = shipped.preprocess
-        preprocess = Preprocess(
-            kind, columns, torch.from_numpy(np.array(shift, copy=True)), torch.from_numpy(np.array(scale, copy=True))
-        )
-    return Built(
-        module,
-        shipped.layers,
-        shipped.spec,
-        shipped.seed,
-        shipped.weights,
-        shipped.dtype,
-        device,
-        shipped.classes,
-        preprocess,
-    )
-
-
-# -- partitions, on a worker -----------------------------------------------------------------------
-
-
-@dataclass
-class FilePart:
-    """A whole file, read by the worker with nncli's reader."""
-
-    path: str
-    read: Any  # api.Read
-
-
-def _file_part(path: str, read) -> FilePart:
-    """A file as it travels: its path and --targets' absolute, since a worker runs in a folder of its
-    own (a relative path was looked up there: `no such file`); messages still name them as given."""
-    import dataclasses
-    import os
-
-    targets = read.targets_file
-    if targets and targets != "-":
-        read = dataclasses.replace(
-            read, targets_file=os.path.abspath(targets), targets_label=read.targets_label or targets
-        )
-    return FilePart(os.path.abspath(path), dataclasses.replace(read, label=read.label or path))
-
-
-@dataclass
-class RowsPart:
-    """Whole batches of one file, read by the driver (nncli's batches, first_row counted in the file)."""
-
-    batches: list  # nncli.io.reading.Batch
-    name: str
-    id_name: str | None
-    target_names: list = field(default_factory=list)
-
-
-class _Rows:
-    """A RowsPart as the source ForwardRun and the loss loop read."""
-
-    def __init__(self, part: RowsPart) -> None:
-        self.name, self.id_name, self.target_names = part.name, part.id_name, part.target_names
-
-    def close(self) -> None:
-        pass
-
-
-def _opened(part, want_targets: bool, rows, built=None, choice=None):
-    """(source, batches) of a partition: nncli's reader and batching for a file, the driver's batches as they came."""
-    if isinstance(part, RowsPart):
-        return _Rows(part), iter(part.batches)
-    from nncli.lib.api import open_data, use_labels
-
-    source = open_data(part.path, part.read, want_targets)
-    if choice is not None:
-        use_labels(built, source, choice)
-    return source, source.batches(rows)
-
-
-class _FirstBad:
-    """The first NaN or inf of a partition: (row in the partition's file, column, value)."""
-
-    def __init__(self) -> None:
-        self.found = None
-
-    def __call__(self, values, first_row: int) -> None:
-        import numpy as np
-
-        if self.found is not None:
-            return
-        values = values.detach().cpu().numpy() if hasattr(values, "detach") else values
-        bad = ~np.isfinite(values)
-        if bad.any():
-            r, c = np.argwhere(bad)[0]
-            self.found = (first_row + int(r), int(c), float(values[r, c]))
-
-
-@dataclass
-class Scored:
-    """forward on one partition: (names, columns) per batch, as ForwardRun.frames gives them."""
-
-    frames: list
-    rows: int
-    bad_data: tuple | None = None
-    bad_output: tuple | None = None
-
-    def __len__(self) -> int:
-        return self.rows
-
-
-def forward_part(
-    shipped: Shipped, head, part, threshold: float, batch_size: int | None, source_column: str | None
-) -> Scored:
-    """Run on a worker: the model in eval mode over one partition, in nncli's batches."""
-    from nncli.lib.api import ForwardRun
-
-    with warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore"
-        )  # the driver has issued the data's warnings once; torch's own never reach the user
-        built = rebuild(shipped)
-        source, batches = _opened(part, False, batch_size or DEFAULT_BATCH_ROWS)
-        run = ForwardRun(built, head, source, batches, threshold, source_column)
-        data_bad, output_bad = _FirstBad(), _FirstBad()
-        run.checks = [
-            lambda batch, outputs: data_bad(batch.x, batch.first_row),
-            lambda batch, outputs: output_bad(outputs, batch.first_row),
-        ]
-        frames, rows = [], 0
-        for names, columns in run.frames():
-            frames.append((names, columns))
-            rows += len(columns[0]) if columns else 0
-    return Scored(frames, rows, data_bad.found, output_bad.found)
-
-
-@dataclass
-class Signal:
-    """loss (and evaluate's counts) on one partition, batch by batch, for the driver to add in order."""
-
-    rows: int = 0
-    batches: int = 0
-    terms: int = 0
-    sums: list = field(default_factory=list)  # each batch's loss, reduction 'sum', a 0-d tensor in the model's dtype
-    mean: Any = None  # the loss with reduction 'mean' when the partition is one batch (the whole data may be)
-    per_row: list = field(default_factory=list)  # reduction 'none': numpy arrays per batch
-    observed: list = field(
-        default_factory=list
-    )  # (outputs, targets) per batch, for the driver's observer (evaluate's metrics)
-
-    def __len__(self) -> int:
-        return self.rows
-
-
-def signal_part(
-    shipped: Shipped, head, choice, part, reduction: str, train: bool, batch_size: int | None, observe: bool
-) -> Signal:
-    """Run on a worker: each batch's loss as the single process computes it (outputs, targets, the
-    loss function with reduction 'sum', or 'none'); with `observe`, each batch's outputs and targets
-    too, for the driver's observer (evaluate's metrics, which the driver adds up in batch order)."""
-    import torch
-
-    from nncli.core.backprop import run_module
-    from nncli.core.forward import preprocessed, to_tensor
-    from nncli.core.losses import element_count, make_targets
-    from nncli.core.model import torch_dtype
-    from nncli.lib.api import _with_label_hint
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        built = rebuild(shipped)
-        source, batches = _opened(part, True, batch_size or DEFAULT_BATCH_ROWS, built, choice)
-        dtype, device, module = torch_dtype(built.dtype), built.device, built.module
-        module.train(train)
-        fn = choice.function("none" if reduction == "none" else "sum")
-        out, last = Signal(), None
-        try:
-            with torch.no_grad():
-                for batch in batches:
-                    outputs = run_module(module, preprocessed(built, to_tensor(batch.x, dtype, device)))
-                    targets = make_targets(
-                        choice, batch.y, head.width, batch.first_row, source.target_names, dtype, device, source.name
-                    )
-                    value = fn(outputs, targets)
-                    if observe:
-                        out.observed.append((outputs.detach().cpu(), targets.cpu()))
-                    out.rows += len(batch)
-                    out.batches += 1
-                    if reduction == "none":
-                        out.per_row.append(value.cpu().numpy())
-                        continue
-                    out.sums.append(value.cpu())
-                    out.terms += element_count(choice, outputs)
-                    last = (outputs, targets)
-                if reduction == "mean" and out.batches == 1:
-                    out.mean = choice.function("mean")(*last).cpu()
-        except NncliError as e:
-            raise _with_label_hint(e, source, choice) from None
-        finally:
-            source.close()
-    return out
-
-
-# -- tables in memory (dask, Ray and Spark map functions) ------------------------------------------
-
-
-@dataclass
-class TableOptions:
-    """How a map function reads its batches: columns as FrameData takes them, and forward's options."""
-
-    features: list = field(default_factory=list)
-    targets: list = field(default_factory=list)
-    id_column: str | None = None
-    threshold: float = 0.5
-    batch_size: int | None = None
-
-    def __post_init__(self) -> None:
-        from nncli.core.forward import check_threshold
-
-        self.threshold = check_threshold(self.threshold)  # on the driver, before a task is sent
-
-
-def feature_columns(columns: list, options: TableOptions) -> list[str]:
-    """The feature columns FrameData would take from a table with these columns."""
-    names = [str(c) for c in columns]
-    taken = {str(t) for t in options.targets} | ({str(options.id_column)} if options.id_column is not None else set())
-    chosen = [str(f) for f in options.features] if options.features else [n for n in names if n not in taken]
-    missing = [c for c in chosen + sorted(taken) if c not in names]
-    if missing:
-        raise NncliError(f"{missing[0]!r}: no such column (columns: {', '.join(names[:20])})", "data")
-    return chosen
-
-
-def prepared(model, columns: list, options: TableOptions, class_names: bool, where: str):
-    """Build the model for a table's feature columns; (shipped, head) for the map function."""
-    from nncli.core.forward import head_of
-    from nncli.core.losses import spec_loss
-
-    width = len(feature_columns(columns, options))
-    built = model.build(width, where)
-    model._check_preprocess()
-    head = head_of(
-        built.layers, width, spec_loss(model.spec.loss, model.spec.path), built.classes if class_names else None
-    )
-    return ship(model), head
-
-
-def score_table(batch, shipped: Shipped, head, options: TableOptions):
-    """A pandas (or polars, pyarrow) batch -> a polars DataFrame of forward's columns: nncli's FrameData
-    (row-major float64, then the model's dtype: never `.to_numpy()` of a pandas frame, which is often
-    column-major and changes last bits), nncli's batches within the batch, nncli's ForwardRun."""
-    import polars as pl
-
-    from nncli.io.frames import FrameData
-    from nncli.lib.api import ForwardRun
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        built = rebuild(shipped)
-        frame = FrameData(batch, list(options.targets), list(options.features), options.id_column)
-        run = ForwardRun(built, head, frame, frame.batches(options.batch_size or DEFAULT_BATCH_ROWS), options.threshold)
-        parts = [pl.DataFrame({n: c for n, c in zip(names, columns)}) for names, columns in run.frames()]
-    return pl.concat(parts)
-
-
-def score_pandas(batch, shipped: Shipped, head, options: TableOptions, meta=None):
-    """score_table for a pandas batch, as pandas with the batch's index (an empty batch gives `meta`)."""
-    if len(batch) == 0 and meta is not None:
-        out = meta.iloc[:0].copy()
-        out.index = batch.index[:0]
-        return out
-    out = score_table(batch, shipped, head, options).to_pandas()
-    out.index = batch.index
-    return out
-
-
-def empty_output(shipped: Shipped, head, options: TableOptions, columns: list, dtypes: dict | None = None):
-    """The output's columns and dtypes (an empty pandas frame): one row of zeros scored here."""
-    import numpy as np
-    import pandas as pd
-
-    row = {}
-    for c in columns:
-        dtype = (dtypes or {}).get(c)
-        numeric = dtype is None or pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)
-        row[str(c)] = np.zeros(1) if numeric else np.array(["0"], dtype=object)
-    return score_pandas(pd.DataFrame(row), shipped, head, options).iloc[:0]
 
 
 # -- the driver ------------------------------------------------------------------------------------
@@ -517,7 +147,7 @@ class EngineRun:
     """An open forward pass on a cluster, with ForwardRun's interface: `built`, `head`, `source`, `frames()`."""
 
     def __init__(self, built, head, source, results: Iterator, offsets: bool, progress=None, sizes=None) -> None:
-        from nncli.lib.api import FiniteCheck
+        from nncli.lib.forwards import FiniteCheck
 
         self.built, self.head, self.source = built, head, source
         self._results, self._offsets, self._progress, self._sizes = results, offsets, progress, sizes
@@ -558,7 +188,9 @@ class Scorer(Forwards):
     the one being written ahead of time, so `-o FOLDER/` (one call per file) keeps every worker busy."""
 
     def __init__(self, model, pool_factory, plan: list | None = None) -> None:
-        self.model, self._factory, self._pool, self._shipped = model, pool_factory, None, None
+        self.model, self._factory = model, pool_factory
+        self._pool: Pool | None = None
+        self._shipped: tuple | None = None
         self.plan = list(plan) if plan else None
         self._ahead: dict = {}  # (path, key) -> future, files submitted ahead of their call
 
@@ -621,15 +253,16 @@ class Scorer(Forwards):
         return self._shipped[1]
 
     def _open(self, data, read, want_targets: bool):
-        """Open DATA here (its columns, its warnings, its errors, as the single process gives them) and build the model."""
+        """Open DATA here (its columns, its warnings, its errors, as the single process gives them) and build
+        the model."""
         from nncli.io.reading import expand_paths
-        from nncli.lib.api import open_data
+        from nncli.lib.session import open_data
 
         paths = expand_paths(data)
         source = open_data(paths, read, want_targets)
         built = self.model.build_for(source, read)
         try:
-            self.model._check_preprocess()
+            self.model.check_preprocess()
         except NncliError:
             source.close()
             raise
@@ -653,7 +286,7 @@ class Scorer(Forwards):
     ) -> EngineRun:
         from nncli.core.forward import head_of
         from nncli.core.losses import spec_loss
-        from nncli.lib.api import Read
+        from nncli.lib.session import Read
 
         read = read or Read()
         self._begin()
@@ -675,14 +308,14 @@ class Scorer(Forwards):
                 key,
                 lambda path: (
                     forward_part,
-                    (model, head, _file_part(path, read), threshold, rows, source_column),
+                    (model, head, file_part(path, read), threshold, rows, source_column),
                     None,
                 ),
                 window,
             )
             return EngineRun(built, head, source, results, True, progress, [_size(p) for p in paths])
         tasks = (
-            (_forward_rows, (model, head, threshold, rows, source_column), part)
+            (forward_rows, (model, head, threshold, rows, source_column), part)
             for part in _row_parts(source, rows, max(rows, PART_ROWS))
         )
         return EngineRun(built, head, source, _ordered(self.pool, tasks, window), False, progress)
@@ -706,7 +339,7 @@ class Scorer(Forwards):
 
     # -- loss and evaluate ----------------------------------------------------------------------
 
-    def _signal(
+    def signal(
         self,
         data,
         read,
@@ -717,18 +350,18 @@ class Scorer(Forwards):
         inputs: bool,
         batch_size,
         progress,
-        observer=None,
+        observer: Callable | None = None,
     ):
-        """Model._signal's contract on the cluster: (LossReport, choice, head), `observer(choice, head)`
+        """Model.signal's contract on the cluster: (LossReport, choice, head), `observer(choice, head)`
         seeing every batch's outputs and targets in order. Forward and the loss run on the workers;
         each batch's loss sum comes back in the model's dtype and is added here in batch order, then
         divided by the number of terms: the single process's arithmetic, so the same bits."""
         from nncli.core.backprop import needs_one_batch
         from nncli.core.forward import head_of
-        from nncli.lib.api import LossReport, use_labels
+        from nncli.lib.results import LossReport
+        from nncli.lib.session import use_labels
 
-        if reduction not in ("mean", "sum", "none"):
-            raise UsageError(f"reduction must be mean, sum or none, got {reduction!r}")
+        check_reduction(reduction)
         if backward or inputs:
             raise UsageError("an engine computes forward, loss and evaluate; gradients and steps run in one process")
         self._begin()
@@ -750,21 +383,24 @@ class Scorer(Forwards):
         model, window = self._handle(), 2 * max(self.pool.workers, 1)
         args, options = (model, head, choice), (reduction, train, rows, observe is not None)
         by_file = self._by_file(paths)
+        tasks: Iterator[tuple]
         if by_file:
             source.close()
-            tasks = ((signal_part, args + (_file_part(p, read),) + options, None) for p in paths)
+            tasks = ((signal_part, args + (file_part(p, read),) + options, None) for p in paths)
         else:
             parts = _row_parts(source, rows, max(rows, PART_ROWS), source.target_names)
-            tasks = ((_signal_rows, args + options, part) for part in parts)
+            tasks = ((signal_rows, args + options, part) for part in parts)
         results = _ordered(self.pool, tasks, window)
         shown = _tracked(results, progress, source, [_size(p) for p in paths] if by_file else None)
-        total, terms, count, batches, per_row, mean = None, 0, 0, 0, [], None
+        total: Any = None  # the loss sums' total, a 0-d tensor in the model's dtype
+        terms, count, batches, per_row, mean = 0, 0, 0, [], None
         try:
             for part in shown:
                 for value in part.sums:  # in batch order, in the model's dtype: the single process's additions
                     total = value if total is None else total + value
-                for outputs, targets in part.observed:
-                    observe(outputs, targets)
+                if observe is not None:  # part.observed is empty without one
+                    for outputs, targets in part.observed:
+                        observe(outputs, targets)
                 terms += part.terms
                 count += part.rows
                 batches += part.batches
@@ -778,12 +414,7 @@ class Scorer(Forwards):
                 total = mean  # all rows in one batch: loss_fn(model(x), y) with reduction 'mean', as the single process
             elif reduction == "mean":
                 total = total / terms
-            if not bool(total.isfinite()):
-                warnings.warn(
-                    f"the loss is {float(total)} (a NaN or inf in the data, or outputs outside the loss's domain)",
-                    NncliWarning,
-                    stacklevel=3,
-                )
+            warn_if_not_finite(total)
         report = LossReport(
             None if reduction == "none" else total,
             choice.label,
@@ -814,10 +445,11 @@ class Scorer(Forwards):
         progress=None,
     ):
         """Model.compute_loss on the cluster: the same LossReport, the same bits."""
-        from nncli.lib.api import Read, _train
+        from nncli.lib.checks import train_mode
+        from nncli.lib.session import Read
 
         read = read or Read(target=target)
-        return self._signal(data, read, loss, reduction, _train(mode), False, False, batch_size, progress)[0]
+        return self.signal(data, read, loss, reduction, train_mode(mode), False, False, batch_size, progress)[0]
 
     def loss(
         self,
@@ -831,15 +463,16 @@ class Scorer(Forwards):
         **read,
     ) -> float:
         """Model.loss on the cluster."""
-        from nncli.lib.api import Read
+        from nncli.lib.session import Read
 
         return self.compute_loss(
             data, loss=loss, reduction=reduction, mode=mode, batch_size=batch_size, read=Read(target=target, **read)
         ).value
 
     def evaluate(self, data, **options) -> dict:
-        """nncli.evaluate on the cluster (nncli.evaluate(scorer, ...) is the same call): the same document, the same bits."""
-        from nncli.lib.api import evaluate
+        """nncli.evaluate on the cluster (nncli.evaluate(scorer, ...) is the same call): the same document,
+        the same bits."""
+        from nncli.lib.evaluate import evaluate
 
         return evaluate(self, data, **options)
 
@@ -866,16 +499,6 @@ def _tracked(results, progress, source, sizes):
             yield result
 
     return progress(counted(), shown)
-
-
-def _forward_rows(shipped, head, threshold, rows, source_column, part):
-    """forward_part with the partition last (sent straight to a worker as data)."""
-    return forward_part(shipped, head, part, threshold, rows, source_column)
-
-
-def _signal_rows(shipped, head, choice, reduction, train, rows, observe, part):
-    """signal_part with the partition last (sent straight to a worker as data)."""
-    return signal_part(shipped, head, choice, part, reduction, train, rows, observe)
 
 
 def _size(path: str) -> int | None:

@@ -18,10 +18,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 
 from nncli.errors import NncliError
 from nncli.lib.engines import core
-from nncli.lib.engines.core import TableOptions, empty_output, prepared, score_pandas
+from nncli.lib.engines.tables import TableOptions, empty_output, prepared, score_pandas
 
 CONNECT_SECONDS = 10
 HANDSHAKE_SECONDS = 5
@@ -100,7 +101,7 @@ def start(workers: int | None = None, scheduler: str | None = None, default: boo
     """(client, cluster): a client of the running cluster at `scheduler`, or a local cluster of
     `workers` processes (default one per core) with one thread each, as the CLI starts it. With
     `default`, the client is dask's scheduler until it closes (the CLI's never is)."""
-    from nncli.lib.engines import require
+    from nncli.lib.engines.extras import require
 
     require("dask")
     from distributed import Client, LocalCluster
@@ -212,12 +213,12 @@ class _Starting:
 
     def __init__(self, workers: int | None, scheduler: str | None) -> None:
         self.workers, self.scheduler = workers, scheduler
-        self.result, self.error, self.thread = None, None, None
+        self.result: DaskPool | None = None
+        self.error: BaseException | None = None
+        self.thread: threading.Thread | None = None
 
     def begin(self) -> None:
         """Start now (the driver goes on opening DATA and importing torch meanwhile)."""
-        import threading
-
         if self.thread is None:
             self.thread = threading.Thread(
                 target=self._start, args=(self.workers, self.scheduler), name="nncli-dask-start", daemon=True
@@ -239,9 +240,11 @@ class _Starting:
 
     def __call__(self) -> DaskPool:
         self.begin()
+        assert self.thread is not None  # begin() made it
         self.thread.join()
         if self.error is not None:
             raise self.error
+        assert self.result is not None  # _start set it, or the error
         return self.result
 
     def close(self) -> None:

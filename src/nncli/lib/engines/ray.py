@@ -21,7 +21,7 @@ column-major, and 60% of outputs then differ by one ulp). Needs `pip install 'nn
 from __future__ import annotations
 
 from nncli.constants import DEFAULT_BATCH_ROWS
-from nncli.lib.engines.core import TableOptions, empty_output, prepared, score_pandas
+from nncli.lib.engines.tables import TableOptions, empty_output, prepared, score_pandas
 
 
 def _listed(value) -> list:
@@ -59,7 +59,7 @@ def forward(
 ):
     """forward over a Ray Dataset (lazily): a Dataset with forward's columns, each batch of
     `batch_size` rows scored as `model.forward(batch)` scores it, bit for bit."""
-    from nncli.lib.engines import require
+    from nncli.lib.engines.extras import require
 
     require("ray")
     import ray

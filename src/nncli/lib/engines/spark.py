@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 
-from nncli.lib.engines.core import TableOptions, empty_output, prepared, score_pandas
+from nncli.lib.engines.tables import TableOptions, empty_output, prepared, score_pandas
 
 
 def _listed(value) -> list:
@@ -38,7 +38,8 @@ def score_batches(weights, head, options: TableOptions, meta, batches):
 
 
 def schema_fields(meta) -> list[tuple[str, str]]:
-    """(column, Spark SQL type) of forward's output: float32 -> float, float64 -> double, integers -> bigint, text -> string."""
+    """(column, Spark SQL type) of forward's output: float32 -> float, float64 -> double, integers -> bigint,
+    text -> string."""
     import pandas as pd
 
     fields = []
@@ -67,7 +68,7 @@ def forward(
     class_names: bool = True,
 ):
     """forward over a Spark DataFrame (lazily): a DataFrame with forward's columns."""
-    from nncli.lib.engines import require
+    from nncli.lib.engines.extras import require
 
     require("spark")
     from pyspark.sql import types as T

@@ -12,31 +12,40 @@ this module; a library caller's signals are never touched.
 
 import _signal  # the C module, built into the interpreter: `signal` would first import enum (~2 ms)
 import os
+import sys  # built in: already loaded, nothing imported
 
 
 def _leave(signum, frame):  # pragma: no cover - exercised by a subprocess test
     os._exit(128 + signum)
 
 
+# The one list of terminating signals: cli/app.py's handlers (which also remove unfinished files) take
+# it from here. Here because nothing of nncli may be imported before these handlers are in.
+TERMINATING = (
+    "SIGINT",
+    "SIGTERM",
+    "SIGHUP",
+    "SIGALRM",
+    "SIGUSR1",
+    "SIGUSR2",
+    "SIGXCPU",
+    "SIGXFSZ",
+    "SIGVTALRM",
+    "SIGPROF",
+)
+
+
 def _catch_terminating_signals() -> None:
-    for name in (
-        "SIGINT",
-        "SIGTERM",
-        "SIGHUP",
-        "SIGALRM",
-        "SIGUSR1",
-        "SIGUSR2",
-        "SIGXCPU",
-        "SIGXFSZ",
-        "SIGVTALRM",
-        "SIGPROF",
-    ):
+    for name in TERMINATING:
         number = getattr(_signal, name, None)
         if number is not None and (name == "SIGINT" or _signal.getsignal(number) != _signal.SIG_IGN):
             _signal.signal(number, _leave)
 
 
-_catch_terminating_signals()
+# cli/app.py imports this module for the list alone (a library caller or a test that imports it
+# keeps its own handlers); the console script and `python -m nncli` import it first.
+if "nncli.cli.app" not in sys.modules:
+    _catch_terminating_signals()
 
 import gc  # noqa: E402  (after the handlers, on purpose)
 

@@ -1,163 +1,14 @@
-"""Seeing inside the network: trace (each layer's values for chosen rows), stats (layer health over
-all rows, streamed) and gradcheck (autograd beside finite differences). Each calls nncli.lib.inside,
-then renders what it returns."""
+"""trace, stats and gradcheck's results as tables for people, tidy rows and JSON documents: one
+Report each (nncli.lib.inside computes them)."""
 
 from __future__ import annotations
 
 import math
-from typing import Annotated
 
-import typer
-
-from nncli.cli.commands.common import caption, emit, idle_threads_sleep, rows_text
-from nncli.cli.options import (
-    MODEL,
-    MODES,
-    OUTPUT,
-    READ,
-    RUNTIME,
-    TARGETS,
-    Data,
-    Full,
-    Loss,
-    Seed,
-    Spec,
-    Weights,
-    choice,
-    finite_non_negative,
-    load_model,
-    output_options,
-    read_options,
-    with_options,
-)
-from nncli.lib.inside import (
-    ATOL,
-    DEFAULT_LR,
-    EPS,
-    EXPLODING,
-    RTOL,
-    VANISHING,
-)  # the library's defaults (no torch at import)
-from nncli.views.render import Frame, Report, RowWriter, fmt
+from nncli.views.render import Frame, Report, caption, fmt, rows_text
 
 SPARK = "▁▂▃▄▅▆▇█"
 SPARK_WIDTH = 16
-
-Rows = Annotated[
-    str,
-    typer.Option(
-        "--rows",
-        "-r",
-        metavar="ROWS",
-        help="0-based data rows to trace, as in 0,3,5-9 (they run as one batch, in file order).",
-    ),
-]
-TraceLayer = Annotated[
-    int | None,
-    typer.Option("--layer", metavar="I", help="Show only layer I's input and output (0-based; negative from the end)."),
-]
-InspectMode = Annotated[
-    str,
-    typer.Option(
-        "--mode", metavar="MODE", help="eval or train (train: Dropout drops and BatchNorm uses the batch's statistics)."
-    ),
-]
-Grad = Annotated[
-    bool,
-    typer.Option(
-        "--grad",
-        help="Also each value's gradient of the loss over the traced rows (needs --target): the backward pass.",
-    ),
-]
-StatsBatch = Annotated[
-    int | None,
-    typer.Option(
-        "--batch-size",
-        "-b",
-        metavar="N",
-        min=1,
-        help=(
-            "Rows per batch (default: 16384); memory stays that of one batch. Train-mode BatchNorm and Dropout (p > 0) see every row in one batch."
-        ),
-    ),
-]
-StatsLr = Annotated[
-    float,
-    typer.Option(
-        "--lr",
-        metavar="LR",
-        help="The SGD learning rate for the update/weight ratio: lr × ‖grad‖ / ‖weight‖.",
-        callback=finite_non_negative,
-    ),
-]
-Vanishing = Annotated[
-    float,
-    typer.Option(
-        "--vanishing",
-        metavar="X",
-        help="Flag a parameter whose gradient norm is below this as vanishing.",
-        callback=finite_non_negative,
-    ),
-]
-Exploding = Annotated[
-    float,
-    typer.Option(
-        "--exploding",
-        metavar="X",
-        help="Flag a parameter whose gradient norm is above this as exploding.",
-        callback=finite_non_negative,
-    ),
-]
-Html = Annotated[
-    str | None,
-    typer.Option(
-        "--html",
-        metavar="FILE",
-        help="Also write a self-contained HTML page (inline CSS and SVG, nothing fetched): histograms and gradient norms.",
-    ),
-]
-Eps = Annotated[
-    float,
-    typer.Option(
-        "--eps", metavar="EPS", help="The finite-difference step: (f(p + eps) - f(p - eps)) / (2 eps), in float64."
-    ),
-]
-Atol = Annotated[
-    float,
-    typer.Option(
-        "--atol",
-        metavar="X",
-        help="Absolute tolerance (torch.autograd.gradcheck's default).",
-        callback=finite_non_negative,
-    ),
-]
-Rtol = Annotated[
-    float,
-    typer.Option(
-        "--rtol",
-        metavar="X",
-        help="Relative tolerance (torch.autograd.gradcheck's default).",
-        callback=finite_non_negative,
-    ),
-]
-MaxChecks = Annotated[
-    int | None,
-    typer.Option(
-        "--max-checks",
-        metavar="N",
-        min=1,
-        help=(
-            "Check N parameter values drawn at random with the seed (needed above 10,000 parameters; each check runs the model twice)."
-        ),
-    ),
-]
-CheckLayer = Annotated[
-    int | None,
-    typer.Option("--layer", metavar="I", help="Show only layer I's parameters (all are checked; 0-based)."),
-]
-
-
-# -- shared rendering ------------------------------------------------------------------------------
 
 
 def sparkline(hist, width: int = SPARK_WIDTH) -> str:
@@ -180,19 +31,7 @@ def _number(value, precision) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt(float(value), precision)
 
 
-def _emit(oopts, frame: Frame, tables, doc=None) -> None:
-    """A document (doc) goes out as JSON as it is; rows without one as a JSON list of records, as forward's."""
-    fmt_ = oopts.resolved_format
-    if fmt_ == "json" and doc is None:
-        with oopts.stream() as out:
-            writer = RowWriter("json", out, oopts.precision)
-            writer.write(frame)
-            writer.close()
-        return
-    emit(oopts, oopts.inputs, Report(doc, frame, tables))
-
-
-def _layer_index(layer: int | None, count: int) -> int | None:
+def layer_index(layer: int | None, count: int) -> int | None:
     from nncli.errors import UsageError
 
     if layer is None:
@@ -206,62 +45,7 @@ def _layer_index(layer: int | None, count: int) -> int | None:
     return layer % count
 
 
-# -- trace -----------------------------------------------------------------------------------------
-
-
-@with_options(TARGETS, MODEL, READ, OUTPUT, RUNTIME)
-def trace(
-    spec: Spec,
-    data: Data,
-    rows: Rows = "0",
-    layer: TraceLayer = None,
-    mode: InspectMode = "eval",
-    grad: Grad = False,
-    loss: Loss = None,
-    full: Full = False,
-    targets: dict = None,
-    model: dict = None,
-    read: dict = None,
-    output: dict = None,
-    runtime: dict = None,
-) -> None:
-    """Each layer's input and output for chosen rows, layer by layer, as running the layers one by one gives them.
-
-    Tidy rows (CSV, JSON): row, layer, type, index, value (and grad); layer is empty for the
-    network's input, and layer i's input is layer i-1's output. Eval mode unless --mode train."""
-    from nncli.lib import inside
-
-    choice(mode, MODES, "--mode")
-    m = load_model(spec, model, runtime)
-    oopts = output_options(output, inputs=[spec, data, targets["targets"], model["weights"]])
-    oopts.check()
-    inside.parse_rows(rows)  # a bad --rows is refused before any work
-    result = inside.trace(m, data, rows=rows, mode=mode, grad=grad, loss=loss, read=read_options(read, targets))
-    chosen = _layer_index(layer, len(result.layers))
-    stages = result.stages if chosen is None else result.stages[chosen : chosen + 2]
-    frame = _trace_frame(result, stages, grad)
-    p = oopts.precision
-    text = f"{m.caption}; {mode} mode; {rows_text(len(result.rows))} ({_rows_label(result.rows)}) as one batch"
-    if grad:
-        text += f"; {result.loss_fn} = {fmt(float(result.loss), p)} over them (mean)"
-
-    def tables():
-        items = []
-        for part in ["values", "grad"] if grad else ["values"]:
-            for n, r in enumerate(result.rows):
-                title = f"row {r}" + (": d loss / d value" if part == "grad" else "")
-                items.append(_trace_table(title, stages, part, n, p, full))
-            items.append(
-                _stages_table(
-                    "distribution over the traced rows" + (" (gradients)" if part == "grad" else ""), stages, part, p
-                )
-            )
-        return items + [caption(text)]
-
-    _emit(oopts, frame, tables)
-
-
-def _rows_label(rows: list) -> str:
+def rows_label(rows: list) -> str:
     """`0`, `0, 3`, `5-9`: the traced rows, ranges shortened."""
     parts, start = [], None
     for i, r in enumerate(rows):
@@ -335,88 +119,6 @@ def _stages_table(title: str, stages, part: str, precision):
         columns[2].append(sparkline(hist))
         columns[3].append(_number(float(finite.max()) if finite.size else None, precision))
     return FoldingTable(names, columns, title=title, keys=1, justify=["left", "right", "left", "right"])
-
-
-# -- stats -----------------------------------------------------------------------------------------
-
-
-@with_options(TARGETS, MODEL, READ, OUTPUT, RUNTIME)
-def stats(
-    spec: Spec,
-    data: Data,
-    mode: InspectMode = "eval",
-    loss: Loss = None,
-    batch_size: StatsBatch = None,
-    lr: StatsLr = DEFAULT_LR,
-    vanishing: Vanishing = VANISHING,
-    exploding: Exploding = EXPLODING,
-    html: Html = None,
-    targets: dict = None,
-    model: dict = None,
-    read: dict = None,
-    output: dict = None,
-    runtime: dict = None,
-) -> None:
-    """Layer health over every row, batch by batch: each layer's activations (mean, std, min, max,
-    distribution), dead ReLU units, saturated Sigmoid/Tanh units; with --target, each parameter's
-    gradient norm, lr × ‖grad‖ / ‖weight‖ and vanishing (norm < 1e-7) or exploding (norm > 1e3) flags.
-
-    dead: a ReLU output that is 0, a LeakyReLU one on its negative slope (input ≤ 0); a unit is dead
-    when it is so for every row. saturated: a Sigmoid output ≤ 0.01 or ≥ 0.99, a Tanh one ≤ -0.99
-    or ≥ 0.99. std is the population standard deviation (ddof=0), combined across batches in float64."""
-    from nncli.lib import inside
-    from nncli.views.progress import tracked
-
-    choice(mode, MODES, "--mode")
-    if html == "-":
-        from nncli.errors import UsageError
-
-        raise UsageError("--html takes a file name (standard output carries the statistics)")
-    m = load_model(spec, model, runtime)
-    oopts = output_options(output, inputs=[spec, data, targets["targets"], model["weights"]])
-    oopts.check(extra={"--html": html})
-    idle_threads_sleep()  # reads while it computes
-    result = inside.stats(
-        m,
-        data,
-        loss=loss,
-        mode=mode,
-        batch_size=batch_size,
-        lr=lr,
-        vanishing=vanishing,
-        exploding=exploding,
-        read=read_options(read, targets),
-        progress=lambda batches, source: tracked(batches, source, oopts.quiet),
-    )
-    p = oopts.precision
-    text = f"{m.caption}; {mode} mode; {rows_text(result.rows)} in {result.batches:,} batch{'es' if result.batches != 1 else ''}"
-    if result.params is not None:
-        text += f"; {result.loss_fn} = {fmt(float(result.loss), p)}"
-    if html:
-        from nncli.io.output import output_file
-        from nncli.views.report_html import stats_page
-
-        page = stats_page(result, f"nncli stats: {m.spec.display_name}", text)
-        with output_file(html, "--html") as f:
-            f.write(page.encode("utf-8"))
-    doc = _stats_doc(result, p)
-
-    def tables():
-        items = [_activations_table(result, p)]
-        units = _units_table(result)
-        if units is not None:
-            items.append(units)
-        if result.params:
-            items.append(_gradients_table(result, p))
-            text_ = (
-                text
-                + f"; update/weight = lr × ‖grad‖ / ‖weight‖ with lr {lr:g}; flags: vanishing below {vanishing:g}, exploding above {exploding:g}"
-            )
-        else:
-            text_ = text
-        return items + [caption(text_ + (f"; HTML report: {html}" if html else ""))]
-
-    _emit(oopts, _stats_frame(result), tables, doc)
 
 
 def _jsonable(value, precision, dtype: str = "float64"):
@@ -610,89 +312,6 @@ def _gradients_table(result, p):
     )
 
 
-# -- gradcheck -------------------------------------------------------------------------------------
-
-
-@with_options(TARGETS, READ, OUTPUT, RUNTIME)
-def gradcheck(
-    spec: Spec,
-    data: Data,
-    eps: Eps = EPS,
-    atol: Atol = ATOL,
-    rtol: Rtol = RTOL,
-    max_checks: MaxChecks = None,
-    mode: InspectMode = "eval",
-    loss: Loss = None,
-    layer: CheckLayer = None,
-    full: Full = False,
-    seed: Seed = None,
-    weights: Weights = None,
-    targets: dict = None,
-    read: dict = None,
-    output: dict = None,
-    runtime: dict = None,
-) -> None:
-    """Autograd's gradient of the loss beside central finite differences, in float64, parameter by parameter.
-
-    A value passes where |autograd - numerical| <= atol + rtol * |numerical|, torch.autograd.gradcheck's
-    rule and defaults (eps 1e-6, atol 1e-5, rtol 1e-3). The model is built in float64 (as --dtype
-    float64 builds it) and DATA held in memory. Exit status 1 when any value fails."""
-    from nncli.lib import inside
-
-    choice(mode, MODES, "--mode")
-    if not (math.isfinite(eps) and eps > 0):
-        from nncli.errors import UsageError
-
-        raise UsageError(f"--eps must be a finite number above 0, got {eps}")
-    m = load_model(spec, {"seed": seed, "weights": weights, "dtype": "float64"}, runtime)
-    oopts = output_options(output, inputs=[spec, data, targets["targets"], weights])
-    oopts.check()
-    result = inside.gradcheck(
-        m,
-        data,
-        loss=loss,
-        eps=eps,
-        atol=atol,
-        rtol=rtol,
-        max_checks=max_checks,
-        mode=mode,
-        read=read_options(read, targets),
-    )
-    checks = result.params
-    if layer is not None:
-        index = _layer_index(layer, len(m.built.layers))
-        checks = [c for c in checks if c.layer == index]
-        if not checks:
-            from nncli.errors import UsageError
-
-            raise UsageError(
-                f"--layer {layer}: layers[{index}] ({m.built.layers[index].type}) has no parameters checked"
-            )
-    p = oopts.precision
-    verdict = "passed" if result.passed else "FAILED"
-    sample = (
-        f"{result.checked:,} of {result.total:,} values drawn at random (seed {m.built.seed})"
-        if result.sampled
-        else f"all {result.total:,} values"
-    )
-    text = (
-        f"gradcheck {verdict}: {sample}, {result.failures:,} outside atol {atol:g} + rtol {rtol:g} × |numerical|; central differences with "
-        f"eps {eps:g}; {m.caption}; {mode} mode; {result.loss_fn} over {rows_text(result.rows)}"
-    )
-    doc = _check_doc(result, checks, p)
-
-    def tables():
-        items = []
-        for c in checks:
-            items.append(_check_table(c, result, p, full))
-        items.append(_check_summary(checks, result, p))
-        return items + [caption(text)]
-
-    _emit(oopts, _check_frame(checks, result), tables, doc)
-    if not result.passed:
-        raise typer.Exit(1)
-
-
 def _index_text(flat: int, shape: list) -> str:
     """A flat (row-major) index as `row:column` (or `i` in a vector), as grads writes indices."""
     parts = []
@@ -843,3 +462,50 @@ def _check_summary(checks, result, p):
     return FoldingTable(
         names, columns, title="gradcheck", keys=1, justify=["left", "right", "right", "right", "left", "left"]
     )
+
+
+# -- the three reports -----------------------------------------------------------------------------
+
+
+def trace_report(result, stages, grad: bool, text: str, precision, full: bool) -> Report:
+    """Each traced row's values (and gradients) stage by stage; JSON is the tidy rows' records."""
+
+    def tables():
+        items = []
+        for part in ["values", "grad"] if grad else ["values"]:
+            for n, r in enumerate(result.rows):
+                title = f"row {r}" + (": d loss / d value" if part == "grad" else "")
+                items.append(_trace_table(title, stages, part, n, precision, full))
+            title = "distribution over the traced rows" + (" (gradients)" if part == "grad" else "")
+            items.append(_stages_table(title, stages, part, precision))
+        return items + [caption(text)]
+
+    return Report(None, _trace_frame(result, stages, grad), tables)
+
+
+def stats_report(result, text: str, precision, lr: float, vanishing: float, exploding: float, html) -> Report:
+    p = precision
+
+    def tables():
+        items = [_activations_table(result, p)]
+        units = _units_table(result)
+        if units is not None:
+            items.append(units)
+        text_ = text
+        if result.params:
+            items.append(_gradients_table(result, p))
+            text_ += (
+                f"; update/weight = lr × ‖grad‖ / ‖weight‖ with lr {lr:g}; "
+                f"flags: vanishing below {vanishing:g}, exploding above {exploding:g}"
+            )
+        return items + [caption(text_ + (f"; HTML report: {html}" if html else ""))]
+
+    return Report(_stats_doc(result, p), _stats_frame(result), tables)
+
+
+def gradcheck_report(result, checks, text: str, precision, full: bool) -> Report:
+    def tables():
+        items = [_check_table(c, result, precision, full) for c in checks]
+        return items + [_check_summary(checks, result, precision), caption(text)]
+
+    return Report(_check_doc(result, checks, precision), _check_frame(checks, result), tables)

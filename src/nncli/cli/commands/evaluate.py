@@ -1,0 +1,64 @@
+"""evaluate: the loss and the metrics that fit it (nncli.lib.api.evaluate, views/fit.py)."""
+
+from __future__ import annotations
+
+from nncli.cli.commands.common import emit, idle_threads_sleep, progress
+from nncli.cli.options import (
+    MODEL,
+    OUTPUT,
+    READ,
+    RUNTIME,
+    TARGETS,
+    BatchSize,
+    Data,
+    Loss,
+    ModelGroup,
+    OutputGroup,
+    ReadGroup,
+    RuntimeGroup,
+    Spec,
+    TargetsGroup,
+    Threshold,
+    load_model,
+    output_target,
+    read_options,
+    with_options,
+)
+from nncli.lib.engines import Engine, Scheduler, Workers
+
+
+@with_options(TARGETS, MODEL, READ, OUTPUT, RUNTIME)
+def evaluate(
+    spec: Spec,
+    data: Data,
+    loss: Loss = None,
+    batch_size: BatchSize = None,
+    threshold: Threshold = 0.5,
+    engine: Engine = None,
+    workers: Workers = None,
+    scheduler: Scheduler = None,
+    targets: TargetsGroup = None,
+    model: ModelGroup = None,
+    read: ReadGroup = None,
+    output: OutputGroup = None,
+    runtime: RuntimeGroup = None,
+) -> None:
+    """The loss and the metrics that fit the loss: accuracy, per-class F1 and a confusion matrix; per-label scores; or MSE, MAE and R²."""  # noqa: E501  (one line: Typer shows it as written)
+    from nncli.lib import api
+    from nncli.lib.engines import scoring
+    from nncli.views.fit import evaluate_report
+
+    m = load_model(spec, model, runtime)
+    target = output_target(output, inputs=[spec, data, targets.targets, model.weights])
+    idle_threads_sleep()  # reads while it computes
+    with scoring(m, engine, workers, scheduler) as scorer:  # the model itself, or its stand-in on a cluster
+        doc = api.evaluate(
+            scorer,
+            data,
+            loss=loss,
+            threshold=threshold,
+            batch_size=batch_size,
+            read=read_options(read, targets),
+            progress=progress(target),
+        )
+    emit(target, evaluate_report(doc, m.caption, target.precision))

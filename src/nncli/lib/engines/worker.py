@@ -1,0 +1,317 @@
+"""The worker's side of every engine: the model as it travels (`Shipped`: weights, layers, dtype,
+classes, preprocessing), built once per worker process on the meta device and never re-seeded, and
+a partition (a file, or whole batches of one file) scored exactly as `nncli forward` scores its rows."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from nncli.constants import DEFAULT_BATCH_ROWS
+from nncli.errors import NncliError, UsageError
+
+KEPT_MODELS = 4  # models a worker process keeps built (by token), for a long-lived cluster
+
+
+@dataclass
+class Shipped:
+    """Everything a worker needs to rebuild the model: weights, not a seed."""
+
+    token: str
+    spec: Any  # nncli.core.spec.Spec
+    layers: list  # nncli.core.spec.ResolvedLayer, every argument known
+    dtype: str
+    seed: int
+    weights: str | None
+    state: dict  # state_dict as numpy arrays, in the model's dtype
+    classes: list | None = None
+    preprocess: tuple | None = None  # (kind, columns, shift, scale) with float64 numpy arrays
+    device: str = "cpu"
+    threads: int | None = None
+
+
+def ship(model) -> Shipped:
+    """An api.Model, already built, as weights ready to travel."""
+    built = model.built
+    if built is None:
+        raise UsageError("build the model first (model.build(width))")
+    state = {k: v.detach().cpu().numpy().copy() for k, v in built.module.state_dict().items()}
+    pre = built.preprocess
+    preprocess = (
+        None
+        if pre is None
+        else (
+            pre.kind,
+            list(pre.columns),
+            pre.shift.detach().cpu().double().numpy().copy(),
+            pre.scale.detach().cpu().double().numpy().copy(),
+        )
+    )
+    return Shipped(
+        uuid.uuid4().hex,
+        built.spec,
+        list(built.layers),
+        built.dtype,
+        built.seed,
+        built.weights,
+        state,
+        None if built.classes is None else list(built.classes),
+        preprocess,
+        model.device_name,
+        model.threads,
+    )
+
+
+_BUILT: collections.OrderedDict = collections.OrderedDict()
+
+
+_LOCK = threading.Lock()
+
+
+def rebuild(shipped: Shipped):
+    """The nncli.core.model.Model a worker scores with, built once per process and kept by token."""
+    with _LOCK:
+        built = _BUILT.get(shipped.token)
+        if built is None:
+            built = _BUILT[shipped.token] = _rebuild(shipped)
+            while len(_BUILT) > KEPT_MODELS:
+                _BUILT.popitem(last=False)
+        else:
+            _BUILT.move_to_end(shipped.token)
+        return built
+
+
+def _rebuild(shipped: Shipped):
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from nncli.core.model import Model as Built
+    from nncli.core.model import Preprocess, build_kwargs
+    from nncli.core.runtime import pick_device
+
+    if shipped.threads is not None:
+        torch.set_num_threads(shipped.threads)
+    # On the meta device the layers allocate nothing and draw no random numbers; the shipped tensors
+    # are then assigned as they are, so the worker's weights are the driver's, bit for bit.
+    with torch.device("meta"):
+        module = nn.Sequential(
+            *(getattr(nn, layer.type)(**build_kwargs(layer)) for layer in shipped.layers)
+        )  # allowlisted names
+    if shipped.dtype == "float64":
+        module = module.double()
+    module.load_state_dict({k: torch.from_numpy(np.array(v, copy=True)) for k, v in shipped.state.items()}, assign=True)
+    left = [name for name, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if left:
+        raise NncliError(f"the shipped weights lack {left[0]!r}", shipped.spec.path)
+    device = pick_device(shipped.device)
+    module.to(device)
+    preprocess = None
+    if shipped.preprocess is not None:
+        kind, columns, shift, scale = shipped.preprocess
+        preprocess = Preprocess(
+            kind, columns, torch.from_numpy(np.array(shift, copy=True)), torch.from_numpy(np.array(scale, copy=True))
+        )
+    return Built(
+        module,
+        shipped.layers,
+        shipped.spec,
+        shipped.seed,
+        shipped.weights,
+        shipped.dtype,
+        device,
+        shipped.classes,
+        preprocess,
+    )
+
+
+@dataclass
+class FilePart:
+    """A whole file, read by the worker with nncli's reader."""
+
+    path: str
+    read: Any  # api.Read
+
+
+def file_part(path: str, read) -> FilePart:
+    """A file as it travels: its path and --targets' absolute, since a worker runs in a folder of its
+    own (a relative path was looked up there: `no such file`); messages still name them as given."""
+    import dataclasses
+    import os
+
+    targets = read.targets_file
+    if targets and targets != "-":
+        read = dataclasses.replace(
+            read, targets_file=os.path.abspath(targets), targets_label=read.targets_label or targets
+        )
+    return FilePart(os.path.abspath(path), dataclasses.replace(read, label=read.label or path))
+
+
+@dataclass
+class RowsPart:
+    """Whole batches of one file, read by the driver (nncli's batches, first_row counted in the file)."""
+
+    batches: list  # nncli.io.reading.Batch
+    name: str
+    id_name: str | None
+    target_names: list = field(default_factory=list)
+
+
+class _Rows:
+    """A RowsPart as the source ForwardRun and the loss loop read."""
+
+    def __init__(self, part: RowsPart) -> None:
+        self.name, self.id_name, self.target_names = part.name, part.id_name, part.target_names
+
+    def close(self) -> None:
+        pass
+
+
+def _opened(part, want_targets: bool, rows, built=None, choice=None):
+    """(source, batches) of a partition: nncli's reader and batching for a file, the driver's batches as they came."""
+    if isinstance(part, RowsPart):
+        return _Rows(part), iter(part.batches)
+    from nncli.lib.session import open_data, use_labels
+
+    source = open_data(part.path, part.read, want_targets)
+    if choice is not None:
+        use_labels(built, source, choice)
+    return source, source.batches(rows)
+
+
+class _FirstBad:
+    """The first NaN or inf of a partition: (row in the partition's file, column, value)."""
+
+    def __init__(self) -> None:
+        self.found: tuple[int, int, float] | None = None  # (row, column, value) of the first
+
+    def __call__(self, values, first_row: int) -> None:
+        import numpy as np
+
+        if self.found is not None:
+            return
+        values = values.detach().cpu().numpy() if hasattr(values, "detach") else values
+        bad = ~np.isfinite(values)
+        if bad.any():
+            r, c = np.argwhere(bad)[0]
+            self.found = (first_row + int(r), int(c), float(values[r, c]))
+
+
+@dataclass
+class Scored:
+    """forward on one partition: (names, columns) per batch, as ForwardRun.frames gives them."""
+
+    frames: list
+    rows: int
+    bad_data: tuple | None = None
+    bad_output: tuple | None = None
+
+    def __len__(self) -> int:
+        return self.rows
+
+
+def forward_part(
+    shipped: Shipped, head, part, threshold: float, batch_size: int | None, source_column: str | None
+) -> Scored:
+    """Run on a worker: the model in eval mode over one partition, in nncli's batches."""
+    from nncli.lib.forwards import ForwardRun
+
+    with warnings.catch_warnings():
+        warnings.simplefilter(
+            "ignore"
+        )  # the driver has issued the data's warnings once; torch's own never reach the user
+        built = rebuild(shipped)
+        source, batches = _opened(part, False, batch_size or DEFAULT_BATCH_ROWS)
+        run = ForwardRun(built, head, source, batches, threshold, source_column)
+        data_bad, output_bad = _FirstBad(), _FirstBad()
+        run.checks = [
+            lambda batch, outputs: data_bad(batch.x, batch.first_row),
+            lambda batch, outputs: output_bad(outputs, batch.first_row),
+        ]
+        frames, rows = [], 0
+        for names, columns in run.frames():
+            frames.append((names, columns))
+            rows += len(columns[0]) if columns else 0
+    return Scored(frames, rows, data_bad.found, output_bad.found)
+
+
+@dataclass
+class Signal:
+    """loss (and evaluate's counts) on one partition, batch by batch, for the driver to add in order."""
+
+    rows: int = 0
+    batches: int = 0
+    terms: int = 0
+    sums: list = field(default_factory=list)  # each batch's loss, reduction 'sum', a 0-d tensor in the model's dtype
+    mean: Any = None  # the loss with reduction 'mean' when the partition is one batch (the whole data may be)
+    per_row: list = field(default_factory=list)  # reduction 'none': numpy arrays per batch
+    observed: list = field(
+        default_factory=list
+    )  # (outputs, targets) per batch, for the driver's observer (evaluate's metrics)
+
+    def __len__(self) -> int:
+        return self.rows
+
+
+def signal_part(
+    shipped: Shipped, head, choice, part, reduction: str, train: bool, batch_size: int | None, observe: bool
+) -> Signal:
+    """Run on a worker: each batch's loss as the single process computes it (outputs, targets, the
+    loss function with reduction 'sum', or 'none'); with `observe`, each batch's outputs and targets
+    too, for the driver's observer (evaluate's metrics, which the driver adds up in batch order)."""
+    import torch
+
+    from nncli.core.backprop import run_module
+    from nncli.core.forward import preprocessed, to_tensor
+    from nncli.core.losses import element_count, make_targets
+    from nncli.core.model import torch_dtype
+    from nncli.lib.session import with_label_hint
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        built = rebuild(shipped)
+        source, batches = _opened(part, True, batch_size or DEFAULT_BATCH_ROWS, built, choice)
+        dtype, device, module = torch_dtype(built.dtype), built.device, built.module
+        module.train(train)
+        fn = choice.function("none" if reduction == "none" else "sum")
+        out = Signal()
+        last: tuple = ()  # the last batch (outputs, targets): its mean is the loss of a one-batch pass
+        try:
+            with torch.no_grad():
+                for batch in batches:
+                    outputs = run_module(module, preprocessed(built, to_tensor(batch.x, dtype, device)))
+                    targets = make_targets(
+                        choice, batch.y, head.width, batch.first_row, source.target_names, dtype, device, source.name
+                    )
+                    value = fn(outputs, targets)
+                    if observe:
+                        out.observed.append((outputs.detach().cpu(), targets.cpu()))
+                    out.rows += len(batch)
+                    out.batches += 1
+                    if reduction == "none":
+                        out.per_row.append(value.cpu().numpy())
+                        continue
+                    out.sums.append(value.cpu())
+                    out.terms += element_count(choice, outputs)
+                    last = (outputs, targets)
+                if reduction == "mean" and out.batches == 1:
+                    out.mean = choice.function("mean")(*last).cpu()
+        except NncliError as e:
+            raise with_label_hint(e, source, choice) from None
+        finally:
+            source.close()
+    return out
+
+
+def forward_rows(shipped, head, threshold, rows, source_column, part):
+    """forward_part with the partition last (sent straight to a worker as data)."""
+    return forward_part(shipped, head, part, threshold, rows, source_column)
+
+
+def signal_rows(shipped, head, choice, reduction, train, rows, observe, part):
+    """signal_part with the partition last (sent straight to a worker as data)."""
+    return signal_part(shipped, head, choice, part, reduction, train, rows, observe)

@@ -1,0 +1,91 @@
+"""evaluate: the loss (eval mode) and the metrics that fit it, in one streaming pass."""
+
+from __future__ import annotations
+
+from nncli.errors import UsageError
+from nncli.lib.checks import check_arguments, described
+from nncli.lib.model import Scoring
+from nncli.lib.session import Read
+
+
+def evaluate(
+    model: Scoring,
+    data,
+    *,
+    target=None,
+    loss: str | None = None,
+    threshold: float = 0.5,
+    batch_size: int | None = None,
+    read: Read | None = None,
+    progress=None,
+    **more,
+) -> dict:
+    """The loss (eval mode) and the metrics that fit the loss, in one streaming pass: what
+    `nncli evaluate -f json` prints."""
+    import numpy as np
+
+    from nncli.core.metrics import (
+        Confusion,
+        MultiLabel,
+        Regression,
+        Scores,
+        actual,
+        class_count,
+        kind_of,
+        predicted,
+        probabilities,
+    )
+    from nncli.io.texts import jsonable
+
+    if not hasattr(model, "signal"):
+        raise UsageError(f"evaluate takes a Model (nncli.load(SPEC)), got {described(model)}")
+    check_arguments(data=data, threshold=threshold, batch_size=batch_size, required=("threshold",))
+    read = read or Read(target=target, **more)
+    state: dict = {}
+
+    from nncli.core.forward import check_threshold
+
+    check_threshold(threshold)  # before any work
+
+    def observer(choice, head):
+        kind = kind_of(choice, head.width)
+        state["metrics"] = metrics = {
+            "classes": lambda: Confusion(class_count(choice, head.width)),
+            "labels": lambda: MultiLabel(head.width),
+            "regression": Regression,
+        }[kind]()
+        if kind == "regression":
+            return metrics.add
+        if kind == "labels":
+            return lambda outputs, targets: metrics.add(actual(choice, targets), predicted(choice, outputs, threshold))
+        state["scores"] = scores = Scores()
+
+        def observe(outputs, targets):
+            truth = actual(choice, targets)
+            metrics.add(truth, predicted(choice, outputs, threshold))
+            scores.add(truth, probabilities(choice, outputs))
+
+        return observe
+
+    report, _, _ = model.signal(data, read, loss, "mean", False, False, False, batch_size, progress, observer)
+    metrics = state["metrics"].report(model.dtype)
+    if "scores" in state:
+        head_keys = {k: v for k, v in metrics.items() if k not in ("per_class", "confusion_matrix")}
+        metrics = {
+            **head_keys,
+            **state["scores"].report(),
+            "per_class": metrics["per_class"],
+            "confusion_matrix": metrics["confusion_matrix"],
+        }
+    classes = model.built.classes
+    if classes is not None and "per_class" in metrics and len(classes) == len(metrics["per_class"]):
+        metrics["per_class"] = [{**r, "class": classes[r["class"]]} for r in metrics["per_class"]]
+        metrics["classes"] = list(classes)  # the confusion matrix's rows and columns, in order
+    doc = {
+        "loss": jsonable(report.tensor),
+        "loss_fn": report.loss_fn,
+        "loss_from": report.loss_from,
+        "rows": report.rows,
+        **{k: (jsonable(v) if isinstance(v, (float, np.floating)) else v) for k, v in metrics.items()},
+    }
+    return doc

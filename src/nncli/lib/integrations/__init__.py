@@ -1,0 +1,1 @@
+"""What train logs to and saves beside the weights: TensorBoard, MLflow, checkpoints."""

@@ -1,0 +1,134 @@
+"""export's --verify: seeded random rows through the exported file and through PyTorch, the largest
+difference against a tolerance stated per dtype, and the one line that reports it."""
+
+from __future__ import annotations
+
+import contextlib
+
+from nncli.lib.export_format import INPUT_NAME, Check, Exported, Verification, load_pt2
+from nncli.lib.onnx_model import ort_session
+
+# The largest difference from PyTorch that --verify accepts, times the size of the largest output
+# when that is above 1. Measured with torch 2.13 and onnxruntime 1.32 over every layer type: float32
+# differs by up to 3.7e-7. float64 by up to 7e-9, not float64's 1e-16: ONNX keeps LayerNorm's eps
+# as a float32 attribute and onnxruntime's float64 tanh-GELU works with float32 constants.
+# torch.export runs PyTorch's own kernels: exactly 0.
+TOLERANCE = {"float32": 1e-5, "float64": 1e-7}
+
+
+VERIFY_ROWS = (1, 1000)
+
+
+VERIFY_SEED = 0
+
+
+@contextlib.contextmanager
+def eval_mode(module):
+    """Export and verify in eval mode; the caller's module gets its mode back."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def check(exported: Exported, rows: tuple = VERIFY_ROWS, seed: int = VERIFY_SEED) -> Verification:
+    """Seeded random rows (standard normal after the standardisation) at each batch size in `rows`,
+    through the exported file (onnxruntime for .onnx, torch.export.load for .pt2) and through
+    PyTorch: `model((x - mean) / std)` in eval mode, or `model(x)`."""
+    import numpy as np
+    import torch
+
+    from nncli.core.model import torch_dtype
+
+    dtype = torch_dtype(exported.dtype)
+    if exported.format == "onnx":
+        session = ort_session(exported.data, exported.threads)
+        run = lambda x: session.run(None, {INPUT_NAME: x.numpy()})[0]  # noqa: E731
+        verification = Verification("onnxruntime", TOLERANCE[exported.dtype])
+    else:
+        loaded = load_pt2(exported.data).module()
+        verification = Verification("torch.export", 0.0)
+
+        def run(x):
+            with torch.no_grad():
+                return loaded(x).numpy()
+
+    generator = torch.Generator().manual_seed(seed)
+    module = exported.built.module
+    with eval_mode(module), torch.no_grad():
+        for n in _batch_sizes(exported, rows):
+            z = torch.randn(n, exported.width, generator=generator, dtype=torch.float64).to(dtype)
+            if exported.preprocess is not None:
+                shift = torch.tensor(exported.preprocess.shift, dtype=torch.float64).to(dtype)
+                scale = torch.tensor(exported.preprocess.scale, dtype=torch.float64).to(dtype)
+                x = z * scale + shift  # raw features on their own scales
+                expected = module((x - shift) / scale).numpy()
+            else:
+                x = z
+                expected = module(x).numpy()
+            got = np.asarray(run(x))
+            verification.checks.append(Check(n, _difference(got, expected), _scale(expected)))
+    return verification
+
+
+def _batch_sizes(exported: Exported, rows: tuple) -> list[int]:
+    """BatchNorm1d without running statistics normalises by the batch's own: PyTorch refuses one row."""
+    batch_stats = any(
+        layer.type == "BatchNorm1d" and not layer.kwargs.get("track_running_stats", True)
+        for layer in exported.built.layers
+    )
+    return [max(n, 2) if batch_stats else n for n in rows]
+
+
+def _difference(got, expected) -> float:
+    import numpy as np
+
+    if got.shape != expected.shape:
+        return float("inf")
+    a, b = got.astype(np.float64), expected.astype(np.float64)
+    both_nan = np.isnan(a) & np.isnan(b)
+    same = (a == b) | both_nan  # equal infinities included
+    if same.all():
+        return 0.0
+    diff = np.abs(a - b)[~same]
+    return float("inf") if np.isnan(diff).any() else float(diff.max())
+
+
+def _scale(expected) -> float:
+    import numpy as np
+
+    finite = np.abs(expected[np.isfinite(expected)])
+    return max(1.0, float(finite.max())) if finite.size else 1.0
+
+
+def number(value: float) -> str:
+    """A difference or tolerance, short: 0, 2.4e-07, 1e-05."""
+    return "0" if value == 0 else f"{value:.2g}"
+
+
+def verification_text(exported: Exported) -> str:
+    """One line: the runtime, the rows, the largest difference and the tolerance."""
+    v = exported.verification
+    if v is None:
+        raise ValueError("verification_text: the export was not verified (export(..., verify=True))")
+    rows = " and ".join(f"{c.rows:,}" for c in v.checks)
+    if v.tolerance == 0:
+        bound = "must be exactly 0"
+    else:
+        bound = f"{exported.dtype} tolerance {number(v.tolerance)}"
+    if v.ok:
+        return (
+            f"{v.runtime} against PyTorch on {rows} seeded random rows: "
+            f"largest difference {number(v.difference)} ({bound})"
+        )
+    worst = v.worst
+    text = (
+        f"{v.runtime} against PyTorch on {worst.rows:,} seeded random rows: "
+        f"largest difference {number(worst.difference)}"
+    )
+    if v.tolerance == 0:
+        return text + "; torch.export must reproduce PyTorch exactly"
+    return text + f", above the {bound}" + (f" times the largest output, {worst.scale:.4g}" if worst.scale > 1 else "")

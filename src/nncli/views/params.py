@@ -1,0 +1,123 @@
+"""params (summary)'s result, torchinfo's summary as nncli shows it: a table of layers, the totals
+and the memory one training step takes, and the same as a JSON document and tidy rows."""
+
+from __future__ import annotations
+
+from nncli.io.texts import jsonable
+from nncli.views.render import Frame, Report, caption
+from nncli.views.tensors import long_rows, tensor_tables
+
+ROW_KEYS = ("index", "type", "args", "output_shape", "params", "trainable", "buffers", "mult_adds")
+
+
+def params_report(summary, name: str, dtype: str, values: dict | None, built, fmt: str, p, full: bool) -> Report:
+    """`values`: the parameters to show (--values, --layer), or None for the counts alone."""
+    rows = [
+        {
+            "index": l.index,
+            "type": l.type,
+            "args": l.args,
+            "output_shape": [None, l.out_width],
+            "params": l.params,
+            "trainable": l.params > 0,
+            "buffers": l.buffers,
+            "mult_adds": l.mult_adds,
+            "inferred": l.inferred,
+        }
+        for l in summary.layers
+    ]
+    doc = {
+        "name": name,
+        "inputs": summary.inputs,
+        "layers": rows,
+        "total_params": summary.total_params,
+        "param_bytes": summary.total_params * summary.itemsize,
+        "trainable_params": summary.trainable_params,
+        "non_trainable_params": summary.non_trainable_params,
+        "buffers": summary.buffers,
+        "mult_adds_per_row": summary.mult_adds_per_row,
+        "mult_adds_batch": summary.mult_adds_batch,
+        "batch_size": summary.batch_size,
+        "dtype": dtype,
+        "optimizer": summary.optimizer,
+        "momentum": summary.momentum,
+        "memory_bytes": summary.memory,
+    }
+    columns = [[r[k] if k != "output_shape" else output_shape_text(r[k]) for r in rows] for k in ROW_KEYS]
+    frame = Frame(list(ROW_KEYS), columns)
+    tables = [_params_table(name, rows, summary), _totals_table(summary)]
+    if values is not None:
+        doc["parameters"] = {k: jsonable(v, p) for k, v in values.items()}
+        tables += tensor_tables(built, values, p, full)
+        tables.append(caption(built.caption))
+        if fmt in ("csv", "tsv", "jsonl"):
+            frame = long_rows({k: {"value": v} for k, v in values.items()}, ["value"], p)
+    return Report(doc, frame, tables)
+
+
+def output_shape_text(shape: list) -> str:
+    return "[" + ", ".join(("N" if i == 0 else "?") if s is None else str(s) for i, s in enumerate(shape)) + "]"
+
+
+def _params_table(title: str, rows: list[dict], summary):
+    from nncli.views.render import FoldingTable
+
+    names = ["#", "layer", "arguments", "output shape", "params", "buffers", "mult-adds"]
+    cells = [
+        [
+            str(r["index"]),
+            r["type"],
+            r["args"],
+            output_shape_text(r["output_shape"]),
+            f"{r['params']:,}",
+            f"{r['buffers']:,}",
+            f"{r['mult_adds']:,}",
+        ]
+        for r in rows
+    ]
+    cells.append(
+        ["", "total", "", "", f"{summary.total_params:,}", f"{summary.buffers:,}", f"{summary.mult_adds_per_row:,}"]
+    )
+    return FoldingTable(
+        names,
+        [list(c) for c in zip(*cells)],
+        title=title,
+        keys=2,
+        total=True,
+        justify=["right", "left", "left", "left", "right", "right", "right"],
+    )
+
+
+def _totals_table(summary):
+    """Counts and the memory of one training step on a batch, torchinfo's "Estimated Total Size"."""
+    from nncli.views.render import key_value_table
+
+    memory = summary.memory
+    size = lambda n: "?" if n is None else _bytes(n)  # noqa: E731
+    momentum = ", momentum" if summary.optimizer == "sgd" and summary.momentum else ""
+    state = f"optimizer state ({summary.optimizer}{momentum})"
+    return key_value_table(
+        {
+            "trainable params": f"{summary.trainable_params:,}",
+            "non-trainable params": f"{summary.non_trainable_params:,}",
+            "buffer values": f"{summary.buffers:,}",
+            "mult-adds per row": f"{summary.mult_adds_per_row:,}",
+            f"mult-adds per batch of {summary.batch_size:,}": f"{summary.mult_adds_batch:,}",
+            f"input, batch of {summary.batch_size:,}": size(memory["input"]),
+            "activations (forward + backward)": size(memory["activations"]),
+            f"parameters ({summary.dtype})": size(memory["parameters"]),
+            "buffers": size(memory["buffers"]),
+            "gradients": size(memory["gradients"]),
+            state: size(memory["optimizer_state"]),
+            "estimated total size": size(memory["total"]),
+        }
+    )
+
+
+def _bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if size < 1024 or unit == "EiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
