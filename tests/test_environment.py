@@ -222,6 +222,7 @@ def test_a_diverging_run_stops_and_writes_nothing(nncli, tmp_path, fmt):
 # -- signals ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGALRM, signal.SIGUSR1, signal.SIGXCPU])
 def test_every_terminating_signal_cleans_up(tmp_path, sig):
     out = tmp_path / "out.csv"
@@ -244,6 +245,7 @@ def test_every_terminating_signal_cleans_up(tmp_path, sig):
     assert out.read_text() == "precious\n" and os.listdir(tmp_path) == ["out.csv"]
 
 
+@pytest.mark.slow
 def test_sighup_removes_the_stdin_spool(tmp_path):
     spool_dir = tmp_path / "tmp"
     spool_dir.mkdir()
@@ -268,6 +270,7 @@ def test_sighup_removes_the_stdin_spool(tmp_path):
     assert os.listdir(spool_dir) == []
 
 
+@pytest.mark.slow
 def test_ctrl_c_at_start_up_is_quiet():
     """From nncli's first line on (entry.py), before typer, rich or torch are imported. The
     interpreter's own start (importing `site`) comes before any of nncli's code and is out of reach,

@@ -166,6 +166,7 @@ def _start_streaming(tmp_path, out):
     return proc
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_mid_write_keeps_the_old_file(tmp_path, sig, code):
     out = tmp_path / "out.csv"
@@ -441,6 +442,7 @@ def _endless_loop_onnx(path):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["TERM", "INT", "HUP"])
 def test_a_signal_stops_an_onnx_model_that_never_returns(tmp_path, signum):
     """Python's handlers cannot run inside session.run: it runs in a worker thread while the main thread waits.

@@ -278,6 +278,7 @@ def _gone(pid: int, within: float = 10.0) -> bool:
     return False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGINT to the group", "SIGTERM to nncli", "SIGKILL to nncli"])
 def test_no_reader_is_left_behind(tmp_path, spec, how):
     """nncli reading a pipe that stays open is stopped: its reader process goes with it, and no
@@ -573,6 +574,7 @@ def test_a_child_that_cannot_start_hands_its_rows_to_a_thread(tmp_path, spec, fa
     assert refused.stdout == _run(_forward_args(spec, data), "thread").stdout
 
 
+@pytest.mark.slow
 def test_a_reader_killed_by_a_signal_is_one_error_line(tmp_path, spec):
     """kill -9 of the reader process (by hand, by the OOM killer) is not nncli's bug: one error line
     naming the data, exit 1, no output file; it said "internal error ... please report it"."""
