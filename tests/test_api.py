@@ -189,6 +189,7 @@ def test_the_readme_and_the_python_page_have_library_examples():
     assert {p.id.split(":")[0] for p in LIBRARY_EXAMPLES} >= {"README.md", "docs/python.md"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block", LIBRARY_EXAMPLES)
 def test_the_readme_library_example_runs(block):
     """The Python examples of the README and docs/, run as a user would from the repository root."""
@@ -314,6 +315,7 @@ def test_a_label_outside_the_classes_is_named_with_its_row():
         lib.load(CONFIGS / "iris.yaml").loss(frame, target="species")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_tables_in_memory_raise_no_torch_warning(dtype):
     """polars hands out read-only views of one column's memory; torch.from_numpy warns on those, once

@@ -338,6 +338,7 @@ def _on_a_terminal(args: list, rows: int = 24) -> str:
     return b"".join(chunks).decode().replace("\r\n", "\n")
 
 
+@pytest.mark.slow
 def test_forward_on_a_terminal_shows_the_first_and_last_rows(tmp_path):
     path, *_ = table(tmp_path, n=200)
     spec = write(tmp_path, "s.yaml", SPEC)

@@ -60,6 +60,7 @@ def all_values(data: Dataset, rows=None):
 # -- 1. 10^5 columns: every per-column step is a dict or set lookup ---------------------------------
 
 
+@pytest.mark.slow
 def test_a_hundred_thousand_columns_are_read_in_linear_time(tmp_path):
     """Two lines of 10^5 columns took 75 s per command (`i in numeric` over a list, per column);
     10^6 columns took hours. Real processes, so that a regression is cut off by the guard."""

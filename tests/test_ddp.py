@@ -41,7 +41,8 @@ steps = -(-len(share) // batch)
 sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, epochs=3, steps_per_epoch=steps) if max_lr else None
 for epoch in range(3):
     model.train()
-    order = (torch.randperm(len(x)) if shuffle else torch.arange(len(x)))[share]   # every rank: the same permutation, its own share
+    # every rank: the same permutation, its own share
+    order = (torch.randperm(len(x)) if shuffle else torch.arange(len(x)))[share]
     for i in range(0, len(order), batch):
         idx = order[i:i + batch]
         opt.zero_grad()
@@ -68,6 +69,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_equal_the_hand_written_ddp_script(tmp_path):
     path, x, y = table(tmp_path)
     spec = write(tmp_path, "s.yaml", NO_DROPOUT)
@@ -116,6 +118,7 @@ def test_two_processes_equal_the_hand_written_ddp_script(tmp_path):
     assert run.stdout.count('"epoch"') == 3  # rank 0 alone printed the history
 
 
+@pytest.mark.slow
 def test_a_failing_rank_stops_all_with_one_line(tmp_path):
     path, x, y = table(tmp_path)
     bad = write(tmp_path, "bad.csv", path.read_text() + "1,2,3,4,7\n")  # a class index the model does not have
@@ -145,6 +148,7 @@ def test_a_failing_rank_stops_all_with_one_line(tmp_path):
     assert "not a class index" in run.stderr and not (tmp_path / "w.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_batchnorm_needs_consent_on_cpu(tmp_path):
     path, x, y = table(tmp_path)
     spec = write(tmp_path, "bn.yaml", "seed: 1\nlayers:\n  - BatchNorm1d\n  - Linear: {out_features: 3}\n")
@@ -205,6 +209,7 @@ def _hand_and_ours(tmp_path, path, batch, shuffle, epochs=3, max_lr=None):
     return run, torch.load(tmp_path / "hand.pt", weights_only=True), out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rows, batch, shuffle", [(65, 32, True), (5, 2, True), (7, 3, False)])
 def test_odd_row_counts_give_every_rank_the_same_steps(tmp_path, rows, batch, shuffle):
     """65 rows, -b 32: order[rank::2] gave 33 and 32 rows, 2 steps against 1, and the ranks waited for
@@ -252,6 +257,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
 @pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT", "SIGHUP", "SIGKILL"])
 def test_ranks_die_with_the_launcher(tmp_path, signum):
@@ -299,6 +305,7 @@ def test_ranks_die_with_the_launcher(tmp_path, signum):
     assert not [r for r in ranks if _alive(r)]
 
 
+@pytest.mark.slow
 def test_no_more_processes_than_cpus(tmp_path):
     """--nproc 99999999999 started processes until the system ran out."""
     path, _, _ = table(tmp_path)
@@ -315,6 +322,7 @@ def test_no_more_processes_than_cpus(tmp_path):
         assert_error(_result(run), 1, f"{n} processes on {cpus} CPU", "--nproc")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
 def test_standard_input_or_a_pipe_is_refused_at_once(tmp_path):
     """Every rank opens DATA: a FIFO was read by one rank and the others waited for ever."""
@@ -359,6 +367,7 @@ def test_standard_input_or_a_pipe_is_refused_at_once(tmp_path):
     assert_error(_result(run), 1, "give a file, not standard input or a pipe", "--val")
 
 
+@pytest.mark.slow
 def test_fewer_rows_than_processes_is_one_line(tmp_path):
     path = write(tmp_path, "one.csv", "a,b,c,d,y\n1,2,3,4,0\n")
     spec = write(tmp_path, "s.yaml", NO_DROPOUT)
@@ -373,6 +382,7 @@ def test_fewer_rows_than_processes_is_one_line(tmp_path):
     assert run.stderr.startswith("error: rank ") and "1 training row for 2 processes" in run.stderr
 
 
+@pytest.mark.slow
 def test_a_master_port_in_use_is_one_line(tmp_path):
     path, _, _ = table(tmp_path)
     spec = write(tmp_path, "s.yaml", NO_DROPOUT)
@@ -403,6 +413,7 @@ def test_a_master_port_in_use_is_one_line(tmp_path):
         assert_error(_result(run), 1, "the port is in use", f"MASTER_ADDR 127.0.0.1, MASTER_PORT {port}")
 
 
+@pytest.mark.slow
 def test_a_rank_that_cannot_start_stops_those_started(tmp_path):
     """Under a process limit the spawn of a rank failed and the ranks already started ran on as orphans.
     Here the second spawn fails as fork does under RLIMIT_NPROC (which root does not feel)."""
@@ -419,7 +430,8 @@ class Limited(real):
         super().__init__(*args, **kwargs)
         started.append(self)
 subprocess.Popen = Limited
-sys.argv = ["nncli", "train", {str(spec)!r}, {str(path)!r}, "-t", "y", "--epochs", "1000000", "--lr", "0.01", "--nproc", "2"]
+sys.argv = ["nncli", "train", {str(spec)!r}, {str(path)!r}, "-t", "y",
+            "--epochs", "1000000", "--lr", "0.01", "--nproc", "2"]
 from nncli.cli.app import main
 try:
     main()
@@ -432,6 +444,7 @@ finally:
     assert returncode != "None" and not _alive(int(pid))  # rank 0 was stopped and waited for
 
 
+@pytest.mark.slow
 def test_one_cycle_counts_the_steps_of_a_rank(tmp_path):
     """OneCycleLR's length was every row's batches, twice what a rank of two takes: the cycle stopped halfway."""
     path, _, _ = table(tmp_path)
@@ -442,6 +455,7 @@ def test_one_cycle_counts_the_steps_of_a_rank(tmp_path):
         assert torch.equal(ours[k], hand[k]), k
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
 def test_a_rank_waiting_for_the_others_dies_with_the_launcher(tmp_path):
     """Rank 0 waits in torch's rendezvous (C++, no Python signal handler runs there) for a rank that
@@ -483,6 +497,7 @@ main()
     assert not alive
 
 
+@pytest.mark.slow
 def test_a_failed_rank_while_another_waits_in_the_rendezvous_ends(tmp_path):
     """Rank 1 fails (after 8 s) while rank 0 waits for it in torch's rendezvous, where SIGTERM is not acted
     on: the launcher waited on rank 0 for the store's 30 minutes. It now kills it after 10 s."""
@@ -496,7 +511,8 @@ real = subprocess.Popen
 class FailingRank1(real):
     def __init__(self, args, **kwargs):
         if kwargs["env"]["RANK"] != "0":
-            args = [sys.executable, "-c", "import sys, time; time.sleep(8); sys.stderr.write('error: boom (here)\\\\n'); sys.exit(1)"]
+            code = "import sys, time; time.sleep(8); sys.stderr.write('error: boom (here)\\\\n'); sys.exit(1)"
+            args = [sys.executable, "-c", code]
         super().__init__(args, **kwargs)
 subprocess.Popen = FailingRank1
 sys.argv = ["nncli", "train", {str(spec)!r}, {str(path)!r}, "-t", "y", "--epochs", "1", "--lr", "0.1", "--nproc", "2"]

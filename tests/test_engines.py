@@ -26,7 +26,10 @@ from nncli.lib.engines import core
 from nncli.lib.engines import dask as nd
 from tests.helpers import assert_error, load_json, parse_csv, write
 
-pytestmark = pytest.mark.filterwarnings("ignore:The inplace keyword")  # dask's own read_parquet, on pandas 3
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:The inplace keyword"),  # dask's own read_parquet, on pandas 3
+]
 
 distributed = pytest.importorskip("distributed")
 dd = pytest.importorskip("dask.dataframe")
@@ -61,7 +64,8 @@ def table(rows: int, seed: int) -> pl.DataFrame:
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    """Three files in three formats, one file of 20,500 rows (20 batches of 1000 and a short last one of 500), two specs."""
+    """Three files in three formats, one file of 20,500 rows (20 batches of 1000 and a short last one of 500),
+    two specs."""
     base = tmp_path_factory.mktemp("engines")
     table(3000, 1).write_csv(base / "a.csv")
     table(2500, 2).write_parquet(base / "b.parquet")
@@ -280,7 +284,8 @@ def test_loss_is_bit_equal_to_the_single_process(nncli, folder, address, small_p
 
 
 def test_loss_adds_the_batch_sums_as_pytorch_does(nncli, folder, address):
-    """Each batch's CrossEntropyLoss(reduction='sum') in float32, added in batch order in float32, over the row count."""
+    """Each batch's CrossEntropyLoss(reduction='sum') in float32, added in batch order in float32, over the row
+    count."""
     doc = load_json(
         nncli(
             "loss",
@@ -705,7 +710,8 @@ def test_train_mode_batchnorm_stays_in_one_process(nncli, tmp_path, address):
 def test_the_default_install_never_imports_an_engine(folder):
     code = (
         "import sys; from nncli.cli.app import app\n"
-        f"try: app(['forward', {str(folder / 'spec.yaml')!r}, {str(folder / 'a.csv')!r}, *{FEATURE_ARGS!r}, '-o', '/dev/null'])\n"
+        f"try: app(['forward', {str(folder / 'spec.yaml')!r}, {str(folder / 'a.csv')!r}, *{FEATURE_ARGS!r},"
+        " '-o', '/dev/null'])\n"
         "except SystemExit: pass\n"
         "assert 'torch' in sys.modules\n"
         "assert not {'dask', 'distributed', 'ray', 'pyspark'} & set(sys.modules), 'an engine was imported'"
@@ -715,7 +721,8 @@ def test_the_default_install_never_imports_an_engine(folder):
 
 
 def test_a_local_cluster_from_the_command_line(folder, tmp_path):
-    """A real `nncli` process starts 2 worker processes, scores, closes them: the same bytes, nothing on standard error."""
+    """A real `nncli` process starts 2 worker processes, scores, closes them: the same bytes, nothing on standard
+    error."""
     common = [
         sys.executable,
         "-m",

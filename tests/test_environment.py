@@ -53,6 +53,7 @@ def _nan_data(tmp_path):
     return write(tmp_path, "nan.csv", "\n".join(lines) + "\n")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("redirect", ["2>&-", ">&- 2>&-", "2>/dev/full"])
 def test_a_warning_that_cannot_be_shown_does_not_fail_the_run(tmp_path, redirect):
     """Closed (2>&-) or full standard error: the warning is lost, the file is written, exit 0."""
@@ -69,7 +70,8 @@ def test_a_warning_that_cannot_be_shown_does_not_fail_the_run(tmp_path, redirect
 def test_closed_standard_output_and_error_without_a_warning(tmp_path):
     out = tmp_path / "o.csv"
     result = shell(
-        f"{sys.executable} -m nncli forward {CONFIGS / 'regression.yaml'} {DATA / 'table-5x6.csv'} -t label -o {out} >&- 2>&-"
+        f"{sys.executable} -m nncli forward {CONFIGS / 'regression.yaml'} {DATA / 'table-5x6.csv'}"
+        f" -t label -o {out} >&- 2>&-"
     )
     assert result.returncode == 0 and len(out.read_text().splitlines()) == 6
 
@@ -107,6 +109,7 @@ def test_markup_in_user_text_is_printed_as_written(nncli, tmp_path):
     assert "[/]" in nncli("forward", spec, data, "--id-column", "[/]", "-f", "table").stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
 def test_tables_fall_back_to_ascii(encoding):
     for command in (
@@ -219,6 +222,7 @@ def test_a_diverging_run_stops_and_writes_nothing(nncli, tmp_path, fmt):
 # -- signals ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGALRM, signal.SIGUSR1, signal.SIGXCPU])
 def test_every_terminating_signal_cleans_up(tmp_path, sig):
     out = tmp_path / "out.csv"
@@ -241,6 +245,7 @@ def test_every_terminating_signal_cleans_up(tmp_path, sig):
     assert out.read_text() == "precious\n" and os.listdir(tmp_path) == ["out.csv"]
 
 
+@pytest.mark.slow
 def test_sighup_removes_the_stdin_spool(tmp_path):
     spool_dir = tmp_path / "tmp"
     spool_dir.mkdir()
@@ -265,6 +270,7 @@ def test_sighup_removes_the_stdin_spool(tmp_path):
     assert os.listdir(spool_dir) == []
 
 
+@pytest.mark.slow
 def test_ctrl_c_at_start_up_is_quiet():
     """From nncli's first line on (entry.py), before typer, rich or torch are imported. The
     interpreter's own start (importing `site`) comes before any of nncli's code and is out of reach,
@@ -344,18 +350,21 @@ def _peak_rss_mib(args: list, stdin_path=None) -> float:
     """Run nncli in a fresh wrapper process and return the child's peak resident memory."""
     code = (
         "import resource, subprocess, sys\n"
-        f"subprocess.run({NNCLI + args!r}, stdout=subprocess.DEVNULL, stdin=open({str(stdin_path)!r}) if {stdin_path is not None} else None, check=True)\n"
+        f"subprocess.run({NNCLI + args!r}, stdout=subprocess.DEVNULL,"
+        f" stdin=open({str(stdin_path)!r}) if {stdin_path is not None} else None, check=True)\n"
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return int(out.split()[-1]) / 1024
 
 
+@pytest.mark.slow
 def test_onehot_streams_whatever_the_width():
     """10^7 classes took 42 s and 4.6 GB before it streamed; now a row at a time, in pieces."""
     assert _peak_rss_mib(["onehot", "0", "--num-classes", "10000000", "-f", "csv"]) < 600
 
 
+@pytest.mark.slow
 def test_onehot_reads_standard_input_in_blocks(tmp_path, nncli):
     import torch
 

@@ -164,6 +164,7 @@ def _forward_columns(nncli, name: str, weights: dict | None = None) -> list[str]
 # -- every example, both formats ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_onnx_export_of_every_example_equals_pytorch(nncli, tmp_path, weights, name):
     ort = _onnxruntime()
@@ -237,6 +238,7 @@ def nncli_version() -> str:
     return __version__
 
 
+@pytest.mark.slow
 def test_every_allowed_layer_exports_and_verifies(nncli, tmp_path):
     """All 17 layer types in one float32 model, in both formats."""
     _onnxruntime()
@@ -557,6 +559,7 @@ def _runs_in_float64(layer: nn.Module) -> bool:
     return True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "layer, torch_layer",
     [
@@ -765,6 +768,7 @@ def _with_metadata(source, path, key: str, value: str):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "key, value, fragment",
     [
@@ -964,6 +968,7 @@ def test_unknown_width_and_unbuildable_opset_are_one_error_line(nncli, tmp_path)
     assert result.exit_code == 0 and "(ONNX opset 18)" in result.stderr
 
 
+@pytest.mark.slow
 def test_export_a_real_process_prints_only_nnclis_lines(tmp_path):
     """The exporters' own log lines (torchvision notices) stay off standard error."""
     _onnxruntime()

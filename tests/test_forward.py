@@ -256,7 +256,8 @@ def test_in_features_inferred_from_the_data_matches_an_explicit_model(nncli, tmp
     spec = write(
         tmp_path,
         "s.yaml",
-        "seed: 7\nlayers:\n  - Linear: {out_features: 5}\n  - Tanh\n  - Linear: {out_features: 2}\n  - LayerNorm\n  - BatchNorm1d\n",
+        "seed: 7\nlayers:\n  - Linear: {out_features: 5}\n  - Tanh\n  - Linear: {out_features: 2}\n"
+        "  - LayerNorm\n  - BatchNorm1d\n",
     )
     result = nncli("forward", spec, DATA / "table-5x6.csv", "-t", "label")
     torch.manual_seed(7)

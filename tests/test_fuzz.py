@@ -9,6 +9,7 @@ import io
 import math
 
 import numpy as np
+import pytest
 import torch
 import yaml
 from hypothesis import HealthCheck, example, given, settings
@@ -100,6 +101,7 @@ specs = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.slow
 @FUZZ
 @given(spec=specs, mutate=st.one_of(st.none(), st.tuples(st.integers(0, 10_000), st.binary(max_size=4))))
 @example(spec={"layers": [{"Linear": [6, 4]}, {"Linear": {"out_features": 1}}, "Sigmoid"]}, mutate=None)
@@ -165,6 +167,7 @@ def reference_rows(text: str, delimiter: str):
     return values
 
 
+@pytest.mark.slow
 @FUZZ
 @given(
     rows=st.lists(st.lists(cells, min_size=2, max_size=2), min_size=0, max_size=6),
@@ -209,6 +212,7 @@ def test_any_csv_gives_correct_output_or_one_error_line(tmp_path_factory, rows, 
 labels = st.one_of(st.integers(-3, 5).map(str), st.sampled_from(["1.0", "1.5", "nan", "", "1e12", "x", "2.0000000001"]))
 
 
+@pytest.mark.slow
 @FUZZ
 @given(column=st.lists(labels, min_size=1, max_size=6), target=st.sampled_from(["y", "2", "-1", "0", "7", "zz", "-9"]))
 def test_any_target_column_gives_the_loss_or_one_error_line(tmp_path_factory, column, target):
@@ -233,6 +237,7 @@ def test_any_target_column_gives_the_loss_or_one_error_line(tmp_path_factory, co
         assert np.float32(json.loads(result.stdout)["loss"]) == want.numpy()
 
 
+@pytest.mark.slow
 @FUZZ
 @given(
     args=st.lists(
@@ -259,6 +264,7 @@ states = st.dictionaries(
 )
 
 
+@pytest.mark.slow
 @FUZZ
 @given(state=states, suffix=st.sampled_from([".safetensors", ".pt"]), cut=st.one_of(st.none(), st.integers(0, 400)))
 @example(state={"0.weight": torch.zeros(1, 2), "0.bias": torch.zeros(1)}, suffix=".pt", cut=None)

@@ -166,6 +166,7 @@ def _start_streaming(tmp_path, out):
     return proc
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_mid_write_keeps_the_old_file(tmp_path, sig, code):
     out = tmp_path / "out.csv"
@@ -230,6 +231,7 @@ _NO_PREFETCH = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["arrow", "ndjson", "parquet"])
 def test_data_truncated_while_it_is_read_is_one_error_line_or_the_right_result(tmp_path, fmt):
     """polars mapped Arrow and NDJSON files into memory: a file truncated under it killed nncli with
@@ -317,6 +319,7 @@ def test_an_error_while_reading_names_the_file(nncli, tmp_path, make, what):
     assert result.stderr.rstrip("\n").endswith(f" ({data})"), result.stderr
 
 
+@pytest.mark.slow
 def test_control_characters_in_a_file_name_do_not_reach_the_terminal(tmp_path):
     """A name holding ESC ] 0 ; ... BEL retitled the terminal the error was printed on (and could
     clear it, or move the cursor over earlier lines): it is shown escaped, as a cell is."""
@@ -336,6 +339,7 @@ def test_control_characters_in_a_file_name_do_not_reach_the_terminal(tmp_path):
     ), proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["ndjson", "arrow"])
 def test_ndjson_and_arrow_from_a_pipe_give_the_file_s_rows(tmp_path, fmt):
     """`<(...)`: polars refused a pipe by name ("No such device", "Illegal seek"); it is read whole,
@@ -438,6 +442,7 @@ def _endless_loop_onnx(path):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["TERM", "INT", "HUP"])
 def test_a_signal_stops_an_onnx_model_that_never_returns(tmp_path, signum):
     """Python's handlers cannot run inside session.run: it runs in a worker thread while the main thread waits.
@@ -533,7 +538,8 @@ except TimeoutError:
 
 
 def test_a_pt2_whose_weights_are_pickles_is_refused_before_torch_reads_it(tmp_path):
-    """torch.export.load unpickles "use_pickle" weights with weights_only=False: load_pt2 refuses them from the config."""
+    """torch.export.load unpickles "use_pickle" weights with weights_only=False: load_pt2 refuses them from the
+    config."""
     import io
     import json
     import zipfile

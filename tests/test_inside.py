@@ -317,7 +317,8 @@ def test_stats_equal_a_direct_computation_over_the_whole_data(nncli, tmp_path, b
 
 
 def test_stats_streamed_equals_one_batch_in_float32(nncli, tmp_path):
-    """Batch by batch: the same histograms and counts, moments equal to rounding (float32 matmuls differ by batch shape)."""
+    """Batch by batch: the same histograms and counts, moments equal to rounding (float32 matmuls differ by batch
+    shape)."""
     spec = write(tmp_path, "s.yaml", STATS_SPEC)
     data = random_csv(tmp_path, 300, 6, labels=3)
     one = load_json(nncli("stats", spec, data, *TARGETS, "-f", "json"))
@@ -600,7 +601,7 @@ def test_gradcheck_agrees_with_torch_autograd_gradcheck(nncli, case):
     assert doc["checked"] == doc["total"] == sum(p.numel() for p in model.parameters()) and not doc["sampled"]
     loss = loss_fn()(model(x), y)
     loss.backward()
-    for entry, (name, p) in zip(doc["parameters"], model.named_parameters()):
+    for entry, (_name, p) in zip(doc["parameters"], model.named_parameters()):
         autograd = np.array([e["autograd"] for e in entry["elements"]])
         np.testing.assert_array_equal(autograd, p.grad.reshape(-1).numpy())  # autograd's own gradient, bit for bit
         numerical = np.array([e["numerical"] for e in entry["elements"]])
@@ -707,7 +708,8 @@ def test_gradcheck_table_and_csv(nncli):
 SUMMARY_SPECS = {
     "net-16-8-4-2": CONFIGS / "net-16-8-4-2.yaml",
     "binary-classifier": CONFIGS / "binary-classifier.yaml",
-    "norms": "inputs: 5\nlayers:\n  - BatchNorm1d\n  - Linear: {out_features: 7}\n  - LayerNorm\n  - ReLU\n  - Linear: {out_features: 3, bias: false}\n",
+    "norms": "inputs: 5\nlayers:\n  - BatchNorm1d\n  - Linear: {out_features: 7}\n  - LayerNorm\n  - ReLU\n"
+    "  - Linear: {out_features: 3, bias: false}\n",
 }
 
 

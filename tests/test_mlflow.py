@@ -22,7 +22,10 @@ from tests.test_practice import _same, hand_written
 from tests.test_training import SPEC, table
 
 # MLflow's own sqlalchemy call, not nncli's: kept out of the test summary
-pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated:DeprecationWarning")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated:DeprecationWarning"),
+]
 
 LOSSES = ("train_loss", "val_loss")  # in the model's dtype (float32): the JSON prints the shortest float32 text
 

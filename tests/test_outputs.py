@@ -797,6 +797,7 @@ def _start_streaming(out):
     return proc
 
 
+@pytest.mark.slow
 def test_a_killed_writer_leaves_a_temporary_file_a_later_run_can_sweep(tmp_path):
     out = tmp_path / "out.csv"
     out.write_text("precious\n")
@@ -827,6 +828,7 @@ def test_abandon_writes_removes_the_unfinished_temporary_file(tmp_path):
     assert output._unfinished == set()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_removes_the_spooled_standard_input(tmp_path, sig, code):
     spool_dir = tmp_path / "spool"
@@ -982,6 +984,7 @@ def test_a_failed_run_over_several_inputs_keeps_the_users_files(tmp_path, nncli)
     assert (tmp_path / "out" / "a.csv").read_text() == (tmp_path / "out" / "b.csv").read_text() != "precious\n"
 
 
+@pytest.mark.slow
 def test_a_signal_during_a_run_over_several_inputs_leaves_none_of_its_outputs(tmp_path):
     """a.csv written in full (its temporary file waits), then b.csv a FIFO nobody writes: SIGTERM
     removes a.csv's temporary file and the folders the run made."""

@@ -432,7 +432,7 @@ def test_building_a_model_leaves_the_garbage_collector_as_it_was():
     import nncli
 
     assert gc.isenabled()
-    nncli.load(CONFIGS / "three-class.yaml").module
+    _ = nncli.load(CONFIGS / "three-class.yaml").module  # builds
     assert gc.isenabled()
     gc.disable()
     try:
@@ -455,7 +455,8 @@ def test_help_lists_every_command_without_importing_any():
     out = _python(
         "import sys\nfrom typer.testing import CliRunner\nfrom nncli.cli.app import app, COMMANDS\n"
         "r = CliRunner().invoke(app, ['--help'])\n"
-        "print(sorted(m for m in sys.modules if m.startswith('nncli.cli.commands.') and m != 'nncli.cli.commands.__init__'))\n"
+        "print(sorted(m for m in sys.modules\n"
+        "             if m.startswith('nncli.cli.commands.') and m != 'nncli.cli.commands.__init__'))\n"
         "print('torch' in sys.modules)\nprint(r.output)"
     )
     loaded, torch_loaded, text = out.split("\n", 2)
@@ -525,6 +526,7 @@ def test_timings_are_off_by_default(monkeypatch):
     assert list(timing.timed("x", iter([1, 2]))) == [1, 2]
 
 
+@pytest.mark.slow
 def test_nncli_timings_prints_one_json_line_and_changes_no_output(tmp_path):
     args = [
         NNCLI,

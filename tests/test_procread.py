@@ -53,11 +53,13 @@ def _timings(stderr: bytes) -> dict:
 def spec(tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_text(
-        "seed: 3\nclasses: [cat, dog, eel]\nloss: CrossEntropyLoss\nlayers:\n  - Linear: [6, 5]\n  - Tanh\n  - Linear: [5, 3]\n"
+        "seed: 3\nclasses: [cat, dog, eel]\nloss: CrossEntropyLoss\n"
+        "layers:\n  - Linear: [6, 5]\n  - Tanh\n  - Linear: [5, 3]\n"
     )
     return path
 
 
+@pytest.mark.slow
 def test_forward_through_the_process_equals_pytorch_and_the_thread(tmp_path, spec):
     data = tmp_path / "d.csv"
     x = _table(data, 50_000)
@@ -82,6 +84,7 @@ def test_forward_through_the_process_equals_pytorch_and_the_thread(tmp_path, spe
     assert out["id"].to_list() == [f"r{i}" for i in range(len(x))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reader", ["process", "thread"])
 @pytest.mark.parametrize("rows", [999, 37])
 def test_each_batch_equals_torch_tensor_of_its_rows_bit_for_bit(tmp_path, spec, reader, rows):
@@ -106,6 +109,7 @@ def test_each_batch_equals_torch_tensor_of_its_rows_bit_for_bit(tmp_path, spec, 
     assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))
 
 
+@pytest.mark.slow
 def test_loss_and_grads_with_text_labels_equal_the_thread(tmp_path, spec):
     data = tmp_path / "d.csv"
     _table(data, 40_000)
@@ -128,6 +132,7 @@ def test_loss_and_grads_with_text_labels_equal_the_thread(tmp_path, spec):
         assert child.stdout == thread.stdout
 
 
+@pytest.mark.slow
 def test_standard_input_and_several_files(tmp_path, spec):
     data = tmp_path / "d.csv"
     _table(data, 30_000)
@@ -145,6 +150,7 @@ def test_standard_input_and_several_files(tmp_path, spec):
     assert many.stdout == _run(args, "thread").stdout and len(many.stdout.splitlines()) == 30_001
 
 
+@pytest.mark.slow
 def test_an_error_comes_after_the_rows_before_it_exactly_as_from_the_thread(tmp_path, spec):
     data = tmp_path / "d.csv"
     _table(data, 60_000)
@@ -191,13 +197,15 @@ def test_items_larger_than_half_the_ring_go_through_the_pipe(tmp_path):
                 yield {"k": k, "big": np.full((600, 1000), k, np.float64), "small": np.arange(10) + k, "none": None}
         reader = procread.read_in_child(produce, [], ring_bytes=4 << 20)  # 4.8 MB items, 4 MiB ring
         items = list(reader)
-        print(all(i["k"] == k and (i["big"] == k).all() and i["big"].shape == (600, 1000) and list(i["small"]) == list(range(k, k + 10))
+        print(all(i["k"] == k and (i["big"] == k).all() and i["big"].shape == (600, 1000)
+                  and list(i["small"]) == list(range(k, k + 10))
                   and i["none"] is None and i["big"].flags.writeable for k, i in enumerate(items)), len(items))
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "True 3", out.stderr
 
 
+@pytest.mark.slow
 def test_more_than_a_pipe_of_small_batches(tmp_path):
     """One acknowledgement a batch: 70,000 batches of a few bytes never fill the ring, and the child
     must read the acknowledgements anyway (the pipe holds 65,536 of them: `-b 1` hung there)."""
@@ -270,6 +278,7 @@ def _gone(pid: int, within: float = 10.0) -> bool:
     return False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGINT to the group", "SIGTERM to nncli", "SIGKILL to nncli"])
 def test_no_reader_is_left_behind(tmp_path, spec, how):
     """nncli reading a pipe that stays open is stopped: its reader process goes with it, and no
@@ -400,6 +409,7 @@ def test_released_pages_are_only_those_wholly_inside_the_region():
     ring.close()
 
 
+@pytest.mark.slow
 def test_a_refused_fork_reads_in_a_thread(tmp_path, spec):
     """fork() can fail (a process limit: EAGAIN): nncli reads in a thread instead, same numbers."""
     data = tmp_path / "d.csv"
@@ -522,6 +532,7 @@ def _forward_args(spec, data):
     return ["forward", str(spec), str(data), "-t", "label", "--id-column", "id", "-f", "csv"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not os.path.exists("/usr/bin/prlimit") and not os.path.exists("/bin/prlimit"), reason="needs prlimit (util-linux)"
 )
@@ -539,6 +550,7 @@ def test_under_a_low_file_limit_the_reader_still_reads(tmp_path, spec, nofile):
     assert limited.stdout == _run(_forward_args(spec, data), "thread").stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("failure", ['raise RuntimeError("can\'t start new thread")', "os.abort()"])
 def test_a_child_that_cannot_start_hands_its_rows_to_a_thread(tmp_path, spec, failure):
     """A child refused what it needs at its start (polars' threads under a process limit, a module
@@ -562,6 +574,7 @@ def test_a_child_that_cannot_start_hands_its_rows_to_a_thread(tmp_path, spec, fa
     assert refused.stdout == _run(_forward_args(spec, data), "thread").stdout
 
 
+@pytest.mark.slow
 def test_a_reader_killed_by_a_signal_is_one_error_line(tmp_path, spec):
     """kill -9 of the reader process (by hand, by the OOM killer) is not nncli's bug: one error line
     naming the data, exit 1, no output file; it said "internal error ... please report it"."""
@@ -637,6 +650,7 @@ def test_under_a_low_process_limit_the_reader_still_reads(tmp_path, spec):
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_a_child_that_fails_after_reading_puts_data_and_targets_back(tmp_path, spec):
     """The child reads DATA and a --targets file through the main process's open files: their
     offsets moved with it. Failing before its first batch, but after reading, the thread must read

@@ -153,6 +153,7 @@ def _run(command: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("page", "index"), ALL, ids=[sessions(page)[i].name for page, i in ALL])
 def test_every_documented_command_prints_what_the_page_shows(folders, page: Path, index: int) -> None:
     state = folders(page)

@@ -97,6 +97,7 @@ def test_every_input_format_gives_the_same_numbers_as_pytorch(nncli, tmp_path, f
         )
 
 
+@pytest.mark.slow
 def test_standard_input_takes_any_format_when_named(tmp_path, frame):
     spec = write(tmp_path, "s.yaml", SPEC)
     files = write_all_formats(frame, tmp_path)

@@ -72,7 +72,7 @@ def test_every_loss_and_reduction_matches_pytorch(nncli, tmp_path, loss, head, t
     spec = write(
         tmp_path,
         "s.yaml",
-        "seed: 11\nlayers:\n  - Linear: {out_features: %d}\n" % width + "".join(f"  - {h}\n" for h in head),
+        f"seed: 11\nlayers:\n  - Linear: {{out_features: {width}}}\n" + "".join(f"  - {h}\n" for h in head),
     )
     args = [
         "loss",

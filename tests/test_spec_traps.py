@@ -85,6 +85,7 @@ def test_the_limit_is_a_module_constant_and_holds_for_a_fifo(nncli, tmp_path, mo
 # -- 2. layers and alias expansion are counted ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_half_a_million_aliased_layers_are_refused_before_anything_is_built(nncli, tmp_path):
     # 2 MB of YAML; it used to build a 500,000-layer model (33 s, 1.8 GB)
     spec = write(tmp_path, "spec.yaml", "inputs: 2\nlayers: [&a ReLU" + ", *a" * 499_999 + "]\n")
@@ -304,7 +305,8 @@ def test_batchnorm_momentum_must_be_a_fraction(nncli, tmp_path, momentum):
     assert_error(
         nncli("params", spec),
         1,
-        f"layers[0] (BatchNorm1d): momentum must be between 0 and 1 (or null for a cumulative average), got {float(momentum)}",
+        "layers[0] (BatchNorm1d): momentum must be between 0 and 1 (or null for a cumulative average), "
+        f"got {float(momentum)}",
     )
 
 
@@ -434,7 +436,8 @@ def test_sparse_and_meta_tensors_are_one_clear_error(nncli, tmp_path, linear_spe
     "error",
     [
         RuntimeError(
-            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: you tried to allocate 24000000 bytes."
+            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: "
+            "you tried to allocate 24000000 bytes."
         ),
         MemoryError(),
     ],

@@ -114,6 +114,7 @@ def test_errors_in_later_blocks_name_the_right_line(nncli, tmp_path, monkeypatch
     assert_error(nncli("forward", spec, path, "-t", "y"), 1, "d.csv:251", "column 2 ('c'): 'oops' is not a number")
 
 
+@pytest.mark.slow
 def test_standard_input_bigger_than_a_block_streams(tmp_path):
     """A real process reading more than one 4 MiB block from a pipe."""
     g = torch.Generator().manual_seed(9)
@@ -197,6 +198,7 @@ def _fed(fifo, data: bytes):
     return writer
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="needs FIFOs")
 def test_commands_that_read_twice_copy_a_named_pipe_once(tmp_path):
     """train (and step) read DATA more than once: a FIFO's second open waited for ever for a writer
@@ -283,6 +285,7 @@ def test_an_error_in_a_copied_pipe_names_the_pipe(tmp_path):
     assert line.startswith("error: ") and f"({fifo}:2)" in line, line
 
 
+@pytest.mark.slow
 def test_a_targets_file_on_standard_input_is_read_whole_every_time(tmp_path):
     """`--targets -` with train or step: the targets were read twice from standard input, and the
     second read found it empty ("the file is empty"). Now copied once, like DATA on standard input."""

@@ -337,6 +337,7 @@ def test_evaluate_binary_and_regression(nncli, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_iris_trains_to_held_out_accuracy(nncli, tmp_path):
     """The iris example of README.md and docs/commands.md: BatchNorm1d standardises the features; ≥ 0.95
     on the 30 held-out flowers."""

@@ -118,6 +118,7 @@ def compute_loss(
     if reduction == "none":
         return LossResult(None, choice.label, reduction, rows, per_row)
     if not single and reduction == "mean":
+        assert total is not None  # the first batch always runs
         total = total / terms
         for p in module.parameters():
             if p.grad is not None:

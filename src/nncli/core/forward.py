@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from nncli.constants import ALIGNMENT
 from nncli.core.spec import ResolvedLayer
@@ -59,8 +60,10 @@ class Head:
 def head_of(layers: list[ResolvedLayer], n_inputs: int, loss: str | None = None, classes: list | None = None) -> Head:
     """The head, from the last layer and, for a model that ends in logits, the loss it is trained with;
     `classes` names the classes (prob_setosa, ...) where the head gives one class per row."""
-    width = layers[-1].out_width if layers else n_inputs
-    last = layers[-1].type if layers else None
+    # Any: an int wherever a model runs; None for a spec that fixes no width at all (no inputs, no sized
+    # layer), which Model.head() still describes, so the Head carries the None it was given
+    width: Any = layers[-1].out_width if layers else n_inputs
+    last = layers[-1].type if layers else ""
     kind = {"Sigmoid": "sigmoid", "Softmax": "softmax", "LogSoftmax": "logsoftmax"}.get(last, "plain")
     link = None
     if kind == "plain" and loss == "CrossEntropyLoss" and width > 1:

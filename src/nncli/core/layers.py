@@ -38,12 +38,12 @@ class LayerType:
     buffers: Callable[[dict], dict[str, tuple[int, ...]]] = field(default=lambda kw: {})
     check: Callable[[dict], str | None] = field(default=lambda kw: None)
 
-    def out_width(self, kwargs: dict, in_width: int) -> int:
+    def out_width(self, kwargs: dict, in_width: int | None) -> int | None:
         return kwargs[self.out_arg] if self.out_arg else in_width
 
 
 def _linear_shapes(kw: dict) -> dict:
-    shapes = {"weight": (kw["out_features"], kw["in_features"])}
+    shapes: dict[str, tuple[int, ...]] = {"weight": (kw["out_features"], kw["in_features"])}
     if kw["bias"]:
         shapes["bias"] = (kw["out_features"],)
     return shapes

@@ -5,7 +5,13 @@ model's MSE prints as the shortest float32 text, as its loss does."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from nncli.core.losses import BINARY, CLASS, LOGITS, LossChoice
+
+if TYPE_CHECKING:  # torch loads on first use, not with this module
+    import numpy as np
+    import torch
 
 
 def kind_of(choice: LossChoice, width: int) -> str:
@@ -101,7 +107,8 @@ class Scores:
     """Every row's probabilities and true class (kept: ROC-AUC needs them all), for log-loss and ROC-AUC."""
 
     def __init__(self) -> None:
-        self.probs, self.truth = [], []
+        self.probs: list[np.ndarray] = []
+        self.truth: list[np.ndarray] = []
 
     def add(self, truth, probs) -> None:
         self.probs.append(probs.detach().double().cpu().numpy())
@@ -113,13 +120,13 @@ class Scores:
         p, y = np.concatenate(self.probs), np.concatenate(self.truth)
         eps = np.finfo(np.float64).eps
         q = np.clip(p / p.sum(axis=1, keepdims=True), eps, 1 - eps)  # as scikit-learn's log_loss
-        out = {"log_loss": float(-np.log(q[np.arange(len(y)), y]).mean())}
+        out: dict[str, float | None] = {"log_loss": float(-np.log(q[np.arange(len(y)), y]).mean())}
         classes = p.shape[1]
         if classes == 2:
             out["roc_auc"] = _auc(p[:, 1], y == 1)
         else:  # one-vs-rest, the classes' mean (scikit-learn's multi_class="ovr", average="macro")
-            aucs = [_auc(p[:, c], y == c) for c in range(classes)]
-            out["roc_auc"] = None if any(a is None for a in aucs) else sum(aucs) / classes
+            aucs = [a for a in (_auc(p[:, c], y == c) for c in range(classes)) if a is not None]
+            out["roc_auc"] = sum(aucs) / classes if len(aucs) == classes else None
         return out
 
 
@@ -189,9 +196,14 @@ class Regression:
 
     def __init__(self) -> None:
         self.n = 0
-        self.sq = self.abs = self.y = self.y2 = None
-        self.sq_sum = self.abs_sum = None  # 0-d tensors in the model's dtype
-        self.means = None  # (mse, mae) of the first batch, while it is the only one
+        # per-output float64 sums of squared and absolute errors, targets, squared targets: None before a batch
+        self.sq: torch.Tensor | None = None
+        self.abs: torch.Tensor | None = None
+        self.y: torch.Tensor | None = None
+        self.y2: torch.Tensor | None = None
+        self.sq_sum: torch.Tensor | None = None  # 0-d tensors in the model's dtype
+        self.abs_sum: torch.Tensor | None = None
+        self.means: tuple[torch.Tensor, torch.Tensor] | None = None  # (mse, mae) of the first batch, while the only one
 
     def add(self, outputs, targets) -> None:
         import torch.nn.functional as F
@@ -217,6 +229,9 @@ class Regression:
 
         import numpy as np
 
+        # report() follows at least one add(): evaluate refuses a table without rows before it gets here
+        assert self.sq is not None and self.y is not None and self.y2 is not None
+        assert self.sq_sum is not None and self.abs_sum is not None
         outputs = len(self.sq)
         total = self.y2 - self.y**2 / self.n
         r2 = []

@@ -12,6 +12,7 @@ import os
 import re
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from nncli.core.spec import ResolvedLayer, Spec, _short, total_params
 from nncli.errors import NncliError
@@ -19,12 +20,15 @@ from nncli.errors import NncliError
 DEFAULT_MAX_PARAMS = 10**9
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
 
+if TYPE_CHECKING:  # torch loads on first use, not with this module
+    import torch
+
 
 @dataclass
 class Model:
     """The built module and where its numbers came from (for captions and JSON)."""
 
-    module: object  # torch.nn.Sequential
+    module: torch.nn.Sequential
     layers: list[ResolvedLayer]
     spec: Spec
     seed: int
@@ -48,8 +52,8 @@ class Preprocess:
 
     kind: str
     columns: list  # the feature names it was fitted on, in order
-    shift: object  # float64 tensors, one value per feature
-    scale: object
+    shift: torch.Tensor  # float64 tensors, one value per feature
+    scale: torch.Tensor
 
     def apply(self, x):
         return (x - self.shift.to(device=x.device, dtype=x.dtype)) / self.scale.to(device=x.device, dtype=x.dtype)
@@ -370,7 +374,7 @@ def _extras(state: dict, path: str, suffix: str) -> dict:
             raise NncliError(f"the metadata {key!r} is not JSON: {meta[key][:60]!r}", path) from None
 
     extras: dict = {}
-    meta = {}
+    meta: dict[str, str] = {}
     if suffix == ".safetensors":
         from safetensors import safe_open
 

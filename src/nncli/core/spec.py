@@ -120,7 +120,8 @@ def _read_spec(path: str) -> bytes:
         info = os.fstat(f.fileno())
         if stat.S_ISREG(info.st_mode) and info.st_size > limit:
             raise too_large
-        chunks, total = [], 0
+        chunks: list[bytes] = []
+        total = 0
         while True:
             chunk = f.read(min(1 << 20, limit + 1 - total))  # small reads: a short pipe allocates little
             if not chunk:
@@ -509,7 +510,7 @@ def resolve(spec: Spec, n_inputs: int | None, inputs_from: str = "the input") ->
         raise NncliError(f"the number of input features must be from 0 to 2**63-1, got {_short(n_inputs)}", inputs_from)
     width = n_inputs
     source = inputs_from
-    resolved = []
+    resolved: list[ResolvedLayer] = []
     for layer in spec.layers:
         kind = LAYERS[layer.type]
         kwargs = {a.name: a.default for a in kind.args if not a.required}

@@ -16,6 +16,7 @@ import copy
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from nncli.core.metrics import actual, is_classifier, predicted
 from nncli.errors import NncliError, UsageError
@@ -61,6 +62,7 @@ def make_scheduler(opts: TrainOptions, optimizer, steps_per_epoch: int):
             raise UsageError(f"--lr-schedule {opts.schedule}: the values must be numbers") from None
 
     after = opts.epochs - opts.warmup
+    main: S.LRScheduler  # ReduceLROnPlateau is one too (torch >= 2.2)
     if name == "constant":
         main = S.ConstantLR(optimizer, factor=1.0, total_iters=0)
     elif name == "step":
@@ -94,13 +96,13 @@ def stratified_split(labels, fraction: float, seed: int):
 
     if not 0.0 < fraction < 1.0:
         raise UsageError(f"--val-split must be between 0 and 1, got {fraction}")
-    held = []
+    drawn = []
     for c in torch.unique(labels).tolist():
         rows = torch.nonzero(labels == c).flatten()
         k = round(len(rows) * fraction)
         order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed + int(c)))
-        held.append(rows[order[:k]])
-    held = torch.cat(held).sort().values
+        drawn.append(rows[order[:k]])
+    held = torch.cat(drawn).sort().values
     mask = torch.ones(len(labels), dtype=torch.bool)
     mask[held] = False
     keep = torch.nonzero(mask).flatten()
@@ -136,9 +138,12 @@ def make_optimizer(name: str, params, lr: float, momentum: float | None, weight_
 
     if name not in OPTIMIZERS:
         raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
-    extra = {} if weight_decay is None else {"weight_decay": weight_decay}
+    # Any: torch's stubs type each keyword apart (foreach: bool, betas: tuple), and these are floats only
+    extra: dict[str, Any] = {} if weight_decay is None else {"weight_decay": weight_decay}
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, **extra, **({} if momentum is None else {"momentum": momentum}))
+        if momentum is not None:
+            extra["momentum"] = momentum
+        return torch.optim.SGD(params, lr=lr, **extra)
     if momentum is not None:
         raise UsageError(f"--momentum is for sgd; {name} has its own betas")
     return (torch.optim.Adam if name == "adam" else torch.optim.AdamW)(params, lr=lr, **extra)
@@ -691,8 +696,9 @@ def evaluate_in_memory(
         else:
             summed = choice.function("sum", class_weights)
             weighted = class_weights is not None and choice.name in ("CrossEntropyLoss", "NLLLoss") and y.dim() == 1
-            total = terms = None
-            hits = []
+            total: torch.Tensor | None = None
+            terms: torch.Tensor | int | None = None
+            batch_hits = []
             for start in range(0, len(x), rows):
                 # a fresh tensor, as each batch evaluate reads is: a view's start address can change a last digit
                 xb, yb = x[start : start + rows].clone(), y[start : start + rows]
@@ -702,9 +708,10 @@ def evaluate_in_memory(
                 total = value if total is None else total + value
                 terms = count if terms is None else terms + count
                 if is_classifier(choice, width):
-                    hits.append(predicted(choice, outputs) == actual(choice, yb))
+                    batch_hits.append(predicted(choice, outputs) == actual(choice, yb))
+            assert total is not None and terms is not None  # len(x) > rows: the loop ran at least once
             loss = (total / terms).item()
-            hits = torch.cat(hits) if hits else None
+            hits = torch.cat(batch_hits) if batch_hits else None
         if hits is not None:
             return loss, float(hits.double().mean())
     return loss, None
