@@ -482,9 +482,7 @@ def test_partitions_in_order_with_a_progress_bar(folder, small_parts):
             yield part
 
     scorer = core.Scorer(m, core.InProcess)
-    run = scorer.forward_frames(
-        files(folder), read=nncli.Read(features=FEATURES), batch_size=1000, progress=progress
-    )
+    run = scorer.forward_frames(files(folder), read=nncli.Read(features=FEATURES), batch_size=1000, progress=progress)
     got = pl.concat([pl.DataFrame(dict(zip(names, columns))) for names, columns in run.frames()])
     assert got.equals(m.forward(files(folder), features=FEATURES, batch_size=1000))
     sizes = [os.path.getsize(f) for f in files(folder)]

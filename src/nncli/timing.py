@@ -116,8 +116,8 @@ def merge(other: dict) -> None:
 
 def report() -> dict:
     """{phase: {"wall": s, "cpu": s}} in pipeline order, then the process's wall (since start-up),
-    user and system CPU seconds (with those of child processes that have ended). A phase's "cpu" is its own thread's: the helper threads of polars
-    and torch are in the process's user time only."""
+    user and system CPU seconds (with those of child processes that have ended). A phase's "cpu" is
+    its own thread's: the helper threads of polars and torch are in the process's user time only."""
     import resource
 
     usage = resource.getrusage(resource.RUSAGE_SELF)

@@ -91,7 +91,8 @@ class LossChoice:
                 return weighted
             else:
                 raise UsageError(
-                    f"--class-weights goes with CrossEntropyLoss, NLLLoss, BCELoss or BCEWithLogitsLoss, not {self.name}"
+                    "--class-weights goes with CrossEntropyLoss, NLLLoss, BCELoss or BCEWithLogitsLoss, not "
+                    f"{self.name}"
                 )
         fn = getattr(nn, self.name)(reduction=reduction, **extra)  # an allowlisted name only
         if not self.log_input:
@@ -169,17 +170,20 @@ def loss_warnings(choice: LossChoice, head: Head) -> list[str]:
             f"{choice.name} applies {'log-softmax' if choice.family == CLASS else 'a sigmoid'} itself, and this model "
             f"already ends in {'Softmax' if kind == 'softmax' else 'Sigmoid'}: the loss sees "
             f"{'a softmax' if kind == 'softmax' else 'a sigmoid'} of probabilities (end the model without "
-            f"{'Softmax' if kind == 'softmax' else 'Sigmoid'}, or use {'NLLLoss after LogSoftmax' if kind == 'softmax' else 'BCELoss'})"
+            f"{'Softmax' if kind == 'softmax' else 'Sigmoid'}, or use "
+            f"{'NLLLoss after LogSoftmax' if kind == 'softmax' else 'BCELoss'})"
         ]
     if takes == LOG_PROBS and kind in ("softmax", "sigmoid"):
         return [
-            f"{choice.name} takes log-probabilities, and this model ends in {'Softmax' if kind == 'softmax' else 'Sigmoid'} "
+            f"{choice.name} takes log-probabilities, and this model ends in "
+            f"{'Softmax' if kind == 'softmax' else 'Sigmoid'} "
             "(probabilities): its losses will be negative and meaningless (end the model in LogSoftmax, or leave "
             "--loss and the spec's loss out: nncli then takes NLLLoss of the log of the probabilities)"
         ]
     if takes == PROBS and kind not in ("sigmoid", "softmax"):
         return [
-            f"{choice.name} takes probabilities, and this model does not end in Sigmoid (use BCEWithLogitsLoss on raw outputs)"
+            f"{choice.name} takes probabilities, and this model does not end in Sigmoid (use "
+            "BCEWithLogitsLoss on raw outputs)"
         ]
     return []
 
@@ -215,7 +219,8 @@ def make_targets(
             return torch.from_numpy(labels.astype(np.int64)).to(device)
         if cols != width:
             raise NncliError(
-                f"{name} takes one column of class indices or {width} columns of class probabilities; got {cols} columns",
+                f"{name} takes one column of class indices or {width} columns of class probabilities; got "
+                f"{cols} columns",
                 source,
             )
     elif cols != width:

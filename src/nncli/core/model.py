@@ -150,7 +150,10 @@ def _key(key: str) -> str:
 def _refused_pickle(reason: str) -> str:
     """torch's weights_only refusal, in nncli's words: what the file holds, never the unsafe way round it."""
     if "TorchScript" in reason:
-        return "the file is a TorchScript archive, not a state_dict; save the weights with torch.save(model.state_dict(), PATH)"
+        return (
+            "the file is a TorchScript archive, not a state_dict; "
+            "save the weights with torch.save(model.state_dict(), PATH)"
+        )
     if "Weights only load failed" not in reason:
         return "the file holds more than tensors; nncli loads only tensors and never runs code in a weights file"
     found = re.search(r"GLOBAL\s+([A-Za-z_][\w.]*)", reason)
@@ -161,7 +164,10 @@ def _refused_pickle(reason: str) -> str:
             "save the weights with torch.save(model.state_dict(), PATH) and load that file"
         )
     what = f" ({name})" if name else ""
-    return f"the file holds Python objects other than tensors{what}; nncli loads only tensors and never runs code in a weights file"
+    return (
+        f"the file holds Python objects other than tensors{what}; "
+        "nncli loads only tensors and never runs code in a weights file"
+    )
 
 
 def read_weights(path: str) -> tuple[dict, dict]:
@@ -402,7 +408,8 @@ def _extras(state: dict, path: str, suffix: str) -> dict:
             and shift.shape == scale.shape
         ):
             raise NncliError(
-                "the metadata 'nncli.preprocess' and its statistics are not what nncli writes (kind, columns, shift, scale)",
+                "the metadata 'nncli.preprocess' and its statistics are not what nncli writes (kind, "
+                "columns, shift, scale)",
                 path,
             )
         extras["preprocess"] = Preprocess(

@@ -133,7 +133,7 @@ def _read_spec(path: str) -> bytes:
 
 
 @functools.cache
-def _loader():
+def _loader():  # noqa: C901  (one SafeLoader subclass, built on first use so yaml loads late; its methods count here)
     """A SafeLoader (no python tags, ever) that also refuses alias bombs, recursive aliases and duplicate keys."""
     import yaml
     from yaml.composer import ComposerError
@@ -380,7 +380,8 @@ def _parse_preprocess(preprocess: Any, fail) -> dict | None:
         return None
     if not isinstance(preprocess, dict) or len(preprocess) != 1 or next(iter(preprocess)) not in PREPROCESS_KINDS:
         raise fail(
-            f"`preprocess` must be {{standardize: true}}, {{minmax: true}} or either with a list of columns, got {_describe(preprocess)}"
+            f"`preprocess` must be {{standardize: true}}, {{minmax: true}} or either with a list of columns, "
+            f"got {_describe(preprocess)}"
         )
     kind, columns = next(iter(preprocess.items()))
     if columns is True:

@@ -68,7 +68,8 @@ def train(
     `checkpoint` is written (atomically) after every epoch with all it takes to continue bit for bit;
     `resume` continues from such a checkpoint, so 2 epochs + resume to 4 equals 4 epochs.
     `mlflow=True` (or a dict of `experiment`, `run_name`, `artifact`) logs the run to MLflow: see _mlflow."""
-    from nncli.core.training import TrainOptions, check_resume, evaluate_in_memory, fit, in_memory_batches
+    from nncli.core.resume import check_resume
+    from nncli.core.training import TrainOptions, evaluate_in_memory, fit, in_memory_batches
 
     if not isinstance(model, Model):
         raise UsageError(f"train takes a Model (nncli.load(SPEC)), got {described(model)}")
@@ -205,7 +206,7 @@ def train(
 def _before_reading(options, log_dir, resume, mlflow):
     """What fails before DATA is read: the log folder, the checkpoint to resume from (what the data
     does not decide), MLflow (a missing package, a bad setting, a store it cannot use). The checkpoint."""
-    from nncli.core.training import check_resume
+    from nncli.core.resume import check_resume
 
     if log_dir is not None:
         check_log_dir(log_dir)

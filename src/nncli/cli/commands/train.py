@@ -51,7 +51,7 @@ def train(
 ) -> None:
     """Fit the model: the standard PyTorch loop (zero_grad, forward, loss, backward, step)."""
     from nncli.core.model import check_weights_path
-    from nncli.core.training import is_checkpoint
+    from nncli.core.resume import is_checkpoint
     from nncli.errors import UsageError
     from nncli.lib.train import train as train_model
     from nncli.views.fit import train_report

@@ -22,7 +22,7 @@ def write_checkpoint(path: str, state: dict, built) -> None:
 def read_checkpoint(path: str) -> dict:
     import torch
 
-    from nncli.core.training import check_checkpoint, is_checkpoint
+    from nncli.core.resume import check_checkpoint, is_checkpoint
 
     if not is_checkpoint(path):
         raise NncliError(
