@@ -582,3 +582,15 @@ def test_summary_to_dict_is_the_cli_json(tmp_path):
 
     summary = inside.summary(lib.load(SPEC), batch_size=32, optimizer="sgd")
     assert _as_written(summary.to_dict()) == _cli_json(tmp_path, "params", SPEC)
+
+
+def test_the_predictor_protocol_answers_isinstance(tmp_path):
+    """nncli.Predictor is public: isinstance says which objects play the role (Model, a cluster's
+    Scorer, an .onnx file's OnnxModel) and which do not."""
+    from nncli.lib.engines import core
+
+    m = lib.load(SPEC)
+    assert isinstance(m, lib.Predictor)
+    assert isinstance(core.Scorer(m, core.InProcess), lib.Predictor)
+    assert not isinstance(object(), lib.Predictor)
+    assert not isinstance(torch.nn.Linear(2, 2), lib.Predictor)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from nncli.core.forward import Head
 from nncli.errors import NncliWarning
@@ -13,6 +13,7 @@ from nncli.lib.checks import check_arguments
 from nncli.lib.session import Read
 
 
+@runtime_checkable  # isinstance(x, nncli.Predictor) answers, as a user of a public protocol expects
 class Predictor(Protocol):
     """A model forward runs over DATA: Model, export.OnnxModel and engines.core.Scorer. `forward_frames`
     gives a run whose `frames()` yields (names, columns) per batch; `Forwards.forward` builds the polars

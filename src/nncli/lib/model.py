@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from nncli.constants import DEFAULT_BATCH_ROWS
 from nncli.core.forward import Head, head_of
@@ -36,6 +36,7 @@ from nncli.lib.session import (
 from nncli.lib.signals import Signals, serialized
 
 
+@runtime_checkable
 class Scoring(Predictor, Protocol):
     """A Predictor with the loss pass evaluate runs (Model, engines.core.Scorer; not an .onnx file)."""
 
