@@ -79,8 +79,8 @@ def compute_loss(
     """Forward (and backward) over every batch; gradients land in the parameters' .grad.
 
     With `inputs`, each batch's rows require grad and their gradients are returned, as
-    `x.requires_grad_()` then `.backward()` gives them. `observe(outputs, targets)`, if given, sees
-    every batch (evaluate's metrics)."""
+    `x.requires_grad_()` then `.backward()` gives them. `observe(outputs, targets, batch)`, if given,
+    sees every batch (evaluate's metrics)."""
     import torch
 
     from nncli.core.model import torch_dtype
@@ -104,7 +104,7 @@ def compute_loss(
             targets = make_targets(choice, batch.y, head.width, batch.first_row, target_names, dtype, device, source)
             value = fn(outputs, targets)
             if observe is not None:
-                observe(outputs.detach(), targets)
+                observe(outputs.detach(), targets, batch)
             rows += len(batch)
             if reduction == "none":
                 per_row.append(value.detach().cpu().numpy())

@@ -46,6 +46,8 @@ def check_checkpoint(state: dict, where: str) -> None:
     _check_plan(state.get("plan"), bad)
     _check_progress(state, bad)
     _check_preprocess(state.get("preprocess"), bad)
+    if state.get("schema") is not None and not isinstance(state["schema"], str):
+        bad("schema", "is not the input schema nncli writes (JSON text)")  # lib decodes and checks it
 
 
 def _check_tensors(state: dict, key: str, bad) -> None:

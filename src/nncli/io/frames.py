@@ -9,6 +9,7 @@ kernels: `df.to_numpy()` of pandas often is one).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 from nncli.constants import DEFAULT_BATCH_ROWS
 from nncli.errors import NncliError, UsageError
@@ -116,6 +117,8 @@ class FrameData:
         features: Sequence[str] = (),
         id_column: str | None = None,
         want_targets: bool = False,
+        schema=None,
+        scale_target: bool = True,
     ) -> None:
         import numpy as np
 
@@ -123,22 +126,47 @@ class FrameData:
         if frame.height == 0:
             raise NncliError("the table has no rows", self.name)
         names = [str(c) for c in frame.columns]
+        self.schema, self.scale_target = schema, scale_target
+        if want_targets and not targets and schema is not None and schema.target is not None:
+            targets = [schema.target.name]  # the column the model was trained to predict
         if want_targets and not targets:
             raise UsageError("this needs targets: target=COLUMN")
         self.target_cols = _unique([self._column(t, names, "target") for t in targets], "target")
         self.id_col = self._column(id_column, names, "id_column") if id_column is not None else None
         taken = set(self.target_cols) | ({self.id_col} if self.id_col is not None else set())
-        if features:
+        if schema is not None:
+            from nncli.io.encoding import match_columns
+
+            # a table in memory is matched as a file with a header is: by name
+            self.feature_cols = [f.name for f in schema.features]
+            positions = match_columns(
+                schema,
+                _Names(names),
+                [names.index(t) for t in self.target_cols],
+                None if self.id_col is None else names.index(self.id_col),
+                features,
+            )
+            self._matched = positions.warnings
+        elif features:
             self.feature_cols = _unique([self._column(f, names, "features") for f in features], "features")
             clash = [c for c in self.feature_cols if c in taken]
             if clash:
                 raise UsageError(f"column {clash[0]!r} can't be both a feature and a target or the id")
         else:
             self.feature_cols = [n for n in names if n not in taken]
-        self.warnings: list[str] = []
+        self.warnings: list[str] = list(getattr(self, "_matched", []))
         self.classes: list[str] | None = None  # set (with one target column) to read text labels as class indices
         frame = frame.rename(dict(zip(frame.columns, names)))  # a copy's names: the caller's frame is left as it was
-        self.x = self._floats(frame, self.feature_cols, np)
+        if schema is not None:
+            encoded = schema.encode(frame, 0, self.name)
+            self.x = encoded.values
+            self.warnings += [
+                f"column {c!r}: {n} row{'s' if n > 1 else ''} with a category not seen in training "
+                f"(encoded as all zeros) ({self.name})"
+                for c, n in encoded.unknown.items()
+            ]
+        else:
+            self.x = self._floats(frame, self.feature_cols, np)
         # the targets are converted when read (batches): how depends on `classes`, set after the model is built
         self._targets = frame.select(self.target_cols) if self.target_cols and want_targets else None
         self.ids = frame.get_column(self.id_col).cast(str).to_list() if self.id_col is not None else None
@@ -199,12 +227,18 @@ class FrameData:
         return self._floats(self._targets, self.target_cols, np)
 
     @property
+    def scaling(self):
+        """A schema's target scaling, applied to number targets as they are batched (None without)."""
+        target = self.schema.target if self.schema is not None else None
+        return target.scaling if target is not None and self.scale_target else None
+
+    @property
     def n_features(self) -> int:
-        return len(self.feature_cols)
+        return self.x.shape[1]
 
     @property
     def feature_names(self) -> list[str]:
-        return list(self.feature_cols)
+        return self.schema.names if self.schema is not None else list(self.feature_cols)
 
     @property
     def target_names(self) -> list[str]:
@@ -220,16 +254,35 @@ class FrameData:
         from nncli.io.reading import features
 
         y = self._target_values()
+        units = None
+        if y is not None and self.scaling is not None and not (self.classes is not None and len(self.target_cols) == 1):
+            y, units = self.scaling.transform(y, 0, self.name), y
         for start, stop in batch_bounds(len(self.x), rows, exact):
             yield Batch(
                 features(self.x[start:stop], self.x.shape[1], dtype),
                 None if y is None else y[start:stop],
                 None if self.ids is None else self.ids[start:stop],
                 start,
+                y_units=None if units is None else units[start:stop],
             )
 
     def close(self) -> None:
         pass
+
+
+@dataclass
+class _Names:
+    """A table in memory as io.encoding.match_columns sees a file: its name and columns."""
+
+    names: list[str]
+    name: str = "data"
+
+    @property
+    def ncols(self) -> int:
+        return len(self.names)
+
+    def column_label(self, index: int) -> str:
+        return f"column {self.names[index]!r}"
 
 
 def _unique(columns: list[str], option: str) -> list[str]:

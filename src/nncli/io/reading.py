@@ -9,6 +9,7 @@ by offsets, so the cost grows linearly with the columns and the rows.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from nncli.errors import NncliError, UsageError
 from nncli.io.csvread import CsvFile, display_name
 
 if TYPE_CHECKING:
+    from nncli.io.encoding import Encoder
     from nncli.io.tables import TableFile
 
 _INDEX = re.compile(r"^[+-]?[0-9]+$")  # ASCII digits: \d would take `٣` as 3
@@ -42,6 +44,8 @@ class ReadOptions:
     targets_label: str | None = None  # the same for targets_file
     decimal_comma: bool = False  # `1,5` is 1.5 (European spreadsheets); the delimiter is then `;` or tab
     input_format: str | None = None  # csv, tsv, parquet, arrow, ndjson (+ .gz ...); default: the suffix
+    schema: Any = None  # the model's input schema (io.preprocess.schema.Schema): columns by name, encoded (io.encoding)
+    scale_target: bool = True  # with a schema that scales the target: read it scaled (False: in its units)
 
 
 @dataclass
@@ -51,6 +55,7 @@ class Batch:
     ids: list[str] | None
     first_row: int  # 0-based index of the batch's first data row
     source: str | None = None  # the file it came from, when DATA is several files
+    y_units: Any | None = None  # a target scaled for the loss (a schema's): the targets as read, for metrics
 
     def __len__(self) -> int:
         return len(self.x)
@@ -130,7 +135,7 @@ class Many:
         done = 0
         for s in self.sources:
             for batch in s.batches(rows, exact, dtype):
-                yield Batch(batch.x, batch.y, batch.ids, done + batch.first_row, s.name)
+                yield Batch(batch.x, batch.y, batch.ids, done + batch.first_row, s.name, batch.y_units)
             done += batch.first_row + len(batch)
 
     def target_texts(self) -> list[str]:
@@ -191,6 +196,9 @@ class Dataset:
             raise UsageError("give target columns with --target or a file with --targets, not both")
         if opts.path == "-" and opts.targets_file == "-":
             raise UsageError("DATA and --targets can't both be standard input")
+        if want_targets and not (opts.targets or opts.targets_file) and opts.schema is not None:
+            if opts.schema.target is not None:  # the column the model was trained to predict
+                opts = dataclasses.replace(opts, targets=[opts.schema.target.name])
         if want_targets and not (opts.targets or opts.targets_file):
             raise UsageError("this command needs targets: --target COLUMN (or --targets FILE)")
         self.csv = open_table(opts.path, opts, opts.label)
@@ -199,6 +207,7 @@ class Dataset:
         self.want_targets = want_targets  # forward names targets only to leave them out of the features
         self._warnings: list[str] = []
         self.targets_csv: CsvFile | TableFile | None = None
+        self.encoder: Encoder | None = None
         try:
             self._assign_columns(opts, want_targets)
         except BaseException:
@@ -210,7 +219,14 @@ class Dataset:
         self.target_cols = _unique([column_index(t, csv, "--target") for t in opts.targets], csv, "--target")
         self.id_col = column_index(opts.id_column, csv, "--id-column") if opts.id_column else None
         taken = set(self.target_cols) | ({self.id_col} if self.id_col is not None else set())
-        if opts.features:
+        if opts.schema is not None:
+            from nncli.io.encoding import Encoder, match_columns
+
+            columns = match_columns(opts.schema, csv, self.target_cols, self.id_col, opts.features)
+            self._warnings += columns.warnings
+            self.encoder = Encoder(opts.schema, columns, csv.name, scale_target=opts.scale_target)
+            self.feature_cols = columns.numbers + columns.categories
+        elif opts.features:
             self.feature_cols = _unique([column_index(f, csv, "--features") for f in opts.features], csv, "--features")
             clash = [c for c in self.feature_cols if c in taken]
             if clash:
@@ -237,14 +253,15 @@ class Dataset:
 
     @property
     def n_features(self) -> int:
-        return len(self.feature_cols)
+        return self.encoder.schema.width if self.encoder is not None else len(self.feature_cols)
 
     def names(self, cols: list[int], csv: CsvFile | TableFile) -> list[str]:
         return [csv.names[c] if csv.names else str(c) for c in cols]
 
     @property
     def feature_names(self) -> list[str]:
-        return self.names(self.feature_cols, self.csv)
+        """The model's input columns: with a schema, the encoded ones (`island_Biscoe`, ...)."""
+        return self.encoder.schema.names if self.encoder is not None else self.names(self.feature_cols, self.csv)
 
     @property
     def target_names(self) -> list[str]:
@@ -283,11 +300,11 @@ class Dataset:
         text = ([self.id_col] if self.id_col is not None else []) + (
             targets if labelled and not in_targets_file else []
         )
-        nf = len(self.feature_cols)
+        nf = self.n_features
         if rows is None and not in_targets_file:
-            yield self._whole(self.csv.read(numeric, text), nf, bool(targets), labelled, dtype)
+            yield self._whole(self._read(numeric, text), nf, bool(targets), labelled, dtype)
             return
-        blocks = self.csv.read(numeric, text)
+        blocks = self._read(numeric, text)
         if len(numeric) == nf and dtype is not None:
             blocks = _converted(blocks, nf, dtype)  # no numeric targets: the features only, in dtype, from the start
         main = timed("convert", _rebatch(blocks, rows, exact))
@@ -316,10 +333,31 @@ class Dataset:
                 )
             with phase("convert"):
                 x = features(values, nf, dtype)
-            yield Batch(x, y, texts[0] if self.id_col is not None else None, done, self.name)
+                y, units = self._scaled(y, done, labelled)
+            yield Batch(x, y, texts[0] if self.id_col is not None else None, done, self.name, units)
             done += len(values)
         if other is not None and next(other, None) is not None:
             raise NncliError(f"the targets file has more rows than {self.name} ({done})", targets_name)
+
+    def _read(self, numeric: list[int], text: list[int]):
+        """The blocks of DATA: `numeric` (the features, then number targets) as values, `text` as texts;
+        with a schema, the raw feature columns read and encoded (io.encoding), in the same shape."""
+        if self.encoder is None:
+            return self.csv.read(numeric, text)
+        encoder = self.encoder
+        raw_numbers, raw_texts = encoder.raw_columns(numeric[len(self.feature_cols) :], text)
+        return self._warn_unknown(encoder.blocks(self.csv.read(raw_numbers, raw_texts, missing=True)))
+
+    def _warn_unknown(self, blocks):
+        """Once DATA is read: rows with categories unseen in training, counted per column, as warnings."""
+        import warnings
+
+        from nncli.errors import NncliWarning
+
+        yield from blocks
+        if self.encoder is not None:
+            for message in self.encoder.unknown_warnings():
+                warnings.warn(message, NncliWarning, stacklevel=2)
 
     def _whole(self, blocks, nf: int, targets: bool, labelled: bool, dtype: str | None) -> Batch:
         """Every row as one batch (train's load): each block's features are converted as it comes and
@@ -342,8 +380,15 @@ class Dataset:
                 done += len(block.values)
         with phase("convert"):
             x = _joined(xs)
-            y = _joined(ys) if targets else None
-        return Batch(x, y, ids if self.id_col is not None else None, 0, self.name)
+            y, units = self._scaled(_joined(ys) if targets else None, 0, labelled)
+        return Batch(x, y, ids if self.id_col is not None else None, 0, self.name, units)
+
+    def _scaled(self, y, first_row: int, labelled: bool):
+        """(targets as the loss takes them, targets as read or None): a schema's target scaling applied."""
+        scaling = self.encoder.scaling if self.encoder is not None else None
+        if y is None or labelled or scaling is None:
+            return y, None
+        return scaling.transform(y, first_row, self.name), y
 
     def _encode(self, labels: list[str], first_row: int):
         from nncli.io.labels import encode

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from nncli.errors import UsageError
 from nncli.lib.checks import check_arguments, described
-from nncli.lib.model import Scoring
+from nncli.lib.model import Scoring, target_scaling
 from nncli.lib.session import Read
 
 
@@ -55,12 +55,16 @@ def evaluate(
             "regression": Regression,
         }[kind]()
         if kind == "regression":
-            return metrics.add
+            scaling = target_scaling(getattr(model, "schema", None), head)
+            state["units"] = scaling is not None  # metrics in the target's units are float64
+            return metrics.add if scaling is None else in_units(metrics, scaling)
         if kind == "labels":
-            return lambda outputs, targets: metrics.add(actual(choice, targets), predicted(choice, outputs, threshold))
+            return lambda outputs, targets, batch=None: metrics.add(
+                actual(choice, targets), predicted(choice, outputs, threshold)
+            )
         state["scores"] = scores = Scores()
 
-        def observe(outputs, targets):
+        def observe(outputs, targets, batch=None):
             truth = actual(choice, targets)
             metrics.add(truth, predicted(choice, outputs, threshold))
             scores.add(truth, probabilities(choice, outputs))
@@ -68,7 +72,7 @@ def evaluate(
         return observe
 
     report, _, _ = model.signal(data, read, loss, "mean", False, False, False, batch_size, progress, observer)
-    metrics = state["metrics"].report(model.dtype)
+    metrics = state["metrics"].report("float64" if state.get("units") else model.dtype)
     if "scores" in state:
         head_keys = {k: v for k, v in metrics.items() if k not in ("per_class", "confusion_matrix")}
         metrics = {
@@ -89,3 +93,18 @@ def evaluate(
         **{k: (jsonable(v) if isinstance(v, (float, np.floating)) else v) for k, v in metrics.items()},
     }
     return doc
+
+
+def in_units(metrics, scaling):
+    """A regression's metrics in the target's units, for a target scaled in training: the outputs
+    put back (float64, as forward shows them) against the targets as read, as scikit-learn scores a
+    TransformedTargetRegressor; the loss stays on the scale the model was trained on."""
+    import torch
+
+    def observe(outputs, targets, batch=None):
+        if batch is None or batch.y_units is None:
+            raise AssertionError("a scaled target read without its values in units")  # Dataset/FrameData keep them
+        predictions = torch.from_numpy(scaling.inverse(outputs.double().cpu().numpy()))
+        metrics.add(predictions, torch.from_numpy(batch.y_units).reshape(predictions.shape))
+
+    return observe

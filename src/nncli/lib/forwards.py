@@ -93,6 +93,9 @@ class ForwardRun:
         self.names = ([source_column] if source_column else []) + ([source.id_name] if source.id_name else [])
         self.names += head.output_names() + head.class_names()
         self.checks: list = []  # callables(batch, outputs) run on every batch (the CLI's NaN warnings)
+        # a target scaled in training (preprocess: {target: ...}): outputs put back in its units, in float64,
+        # as scikit-learn's TransformedTargetRegressor.predict does
+        self.scaling = None
 
     def frames(self) -> Iterator[tuple[list[str], list]]:
         from nncli.timing import phase
@@ -117,7 +120,10 @@ class ForwardRun:
         return forward_batches(self.built, self.head, self.batches, self.built.device, self.threshold)
 
     def as_numpy(self, outputs, classes) -> tuple[Any, Any]:
-        return outputs.detach().cpu().numpy(), (classes.cpu().numpy() if classes is not None else None)
+        values = outputs.detach().cpu().numpy()
+        if self.scaling is not None:
+            values = self.scaling.inverse(values)
+        return values, (classes.cpu().numpy() if classes is not None else None)
 
 
 class FiniteCheck:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from nncli.errors import UsageError
 from nncli.lib.gradcheck import GradcheckResult, ParamCheck, gradcheck  # noqa: F401  (the façade: one import for all four)
@@ -64,6 +65,7 @@ class Summary:
     batch_size: int
     optimizer: str
     momentum: float | None
+    schema: Any = None  # the input schema saved with the weights (io.preprocess.schema.Schema), or None
 
     def to_dict(self) -> dict:
         """What `nncli params -f json` prints (without --values)."""
@@ -97,6 +99,7 @@ class Summary:
             "optimizer": self.optimizer,
             "momentum": self.momentum,
             "memory_bytes": self.memory,
+            "schema": None if self.schema is None else self.schema.to_dict(),
         }
 
     @property
@@ -206,7 +209,8 @@ def summary(
                 mult_adds,
             )
         )
-    return Summary(model.spec.display_name, model.dtype, width, rows, batch_size, optimizer, momentum)
+    schema = model.schema if model.weights else None
+    return Summary(model.spec.display_name, model.dtype, width, rows, batch_size, optimizer, momentum, schema)
 
 
 __all__ = [

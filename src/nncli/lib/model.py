@@ -61,6 +61,14 @@ class Scoring(Predictor, Protocol):
     ) -> tuple[LossReport, Any, Any]: ...
 
 
+def target_scaling(schema, head: Head):
+    """The scaling a regression target was trained on, which forward and evaluate undo (None without one)."""
+    target = schema.target if schema is not None else None
+    if target is None or target.scaling is None or head.kind != "plain" or head.link is not None:
+        return None
+    return target.scaling
+
+
 _BUILDING = threading.Lock()  # torch.manual_seed is global: two models built at once would mix their seeds
 
 
@@ -94,6 +102,7 @@ class Model(Forwards, Signals):
         self.context = context  # what the process allows (the CLI's own, or a library caller's: the defaults)
         self.built: Any = None  # nncli.core.model.Model once built
         self.width: int | None = None  # the input width it was built for (None: not built, or unknown)
+        self._schema: Any = None  # the decoded input schema (see `schema`), once asked for
         self._lock = threading.RLock()
 
     def __getstate__(self) -> dict:  # copy.deepcopy and pickle: a lock is not copied, the copy gets its own
@@ -164,6 +173,30 @@ class Model(Forwards, Signals):
     def classes(self) -> list[str] | None:
         """The class labels in index order: the spec's `classes`, or those saved with the weights (by train)."""
         return self.build().classes
+
+    @property
+    def schema(self):
+        """The input schema (nncli.io.preprocess.schema.Schema) train fitted and saved with the weights:
+        the feature columns by name and kind, imputation, categories, the target; None without one."""
+        if self._schema is None:
+            from nncli.core.model import UNKNOWN, saved_schema
+
+            text = (
+                self.built.schema if self.built is not None else (saved_schema(self.weights) if self.weights else None)
+            )
+            if text is UNKNOWN:
+                text = self.build().schema
+            if text:
+                from nncli.io.preprocess.schema import Schema
+
+                self._schema = Schema.from_json(text, self.weights or self.spec.path)
+        return self._schema
+
+    def adopt_schema(self, schema) -> None:
+        """Take `schema` as the model's (train, once fitted): saved with the weights from now on."""
+        self._schema = schema
+        if self.built is not None:
+            self.built.schema = None if schema is None else schema.to_json()
 
     def check_preprocess(self) -> None:
         """A spec that asks for preprocessing needs its statistics (train fits them and saves them with the weights)."""
@@ -255,7 +288,9 @@ class Model(Forwards, Signals):
         suffix = model.check_weights_path(path)
         built = self.build()
         with output_file(path, what) as f:
-            model.write_weights(model.state_for_saving(built.module), f, suffix, built.classes, built.preprocess)
+            model.write_weights(
+                model.state_for_saving(built.module), f, suffix, built.classes, built.preprocess, schema=built.schema
+            )
 
     # -- opening data -----------------------------------------------------------------------------
 
@@ -284,6 +319,7 @@ class Model(Forwards, Signals):
             built, head, source, progress(batches, source) if progress else batches, threshold, source_column
         )
         run.checks = finite_checks(source, head)
+        run.scaling = target_scaling(self.schema, head)
         return run
 
     def predict_batch(self, batch, *, threshold: float = 0.5):

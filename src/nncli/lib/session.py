@@ -34,6 +34,8 @@ class Read:
     label: str | None = None  # the name DATA goes by in messages, when it is a spooled copy of standard input
     targets_label: str | None = None  # the same for the --targets file
     input_format: str | None = None  # csv, tsv, parquet, arrow, ndjson (+ .gz, .bz2, .xz, .zst); default: the suffix
+    schema: Any = None  # the model's input schema (set by open_built and train, not by callers)
+    scale_target: bool = True  # with a schema that scales the target: read it scaled (evaluate: False)
 
     def __post_init__(self) -> None:
         from nncli.io.columns import split_columns
@@ -58,6 +60,8 @@ class Read:
             targets_label=self.targets_label,
             decimal_comma=self.decimal_comma,
             input_format=self.input_format,
+            schema=self.schema,
+            scale_target=self.scale_target,
         )
 
 
@@ -67,7 +71,15 @@ def open_data(data, read: Read, want_targets: bool = False):
     if is_table(data):
         if read.targets_file:
             raise UsageError("targets_file is for CSV files; pass the targets as a column of the table")
-        source = FrameData(data, listed(read.target), listed(read.features, "features"), read.id_column, want_targets)
+        source = FrameData(
+            data,
+            listed(read.target),
+            listed(read.features, "features"),
+            read.id_column,
+            want_targets,
+            schema=read.schema,
+            scale_target=read.scale_target,
+        )
     else:
         from nncli.io.reading import expand_paths
 
@@ -227,6 +239,7 @@ def open_built(
     (train). `plan(source)`, if given, may set the source up without the model and return the rows per
     batch to start reading at once. `prepare(built, source)` runs after the build (it may set labels).
     `training`: the preprocessing statistics are about to be fitted, so none are required yet."""
+    read = with_schema(model, read)
     source = open_data(data, read, want_targets)
     dtype = model.dtype
     read_ahead = _reader(source, dtype, getattr(model, "context", LIBRARY))
@@ -263,6 +276,14 @@ def open_built(
         wanted = rows_for(built) if rows_for is not None else rows
         batches = source.batches(wanted, dtype=dtype) if is_table(data) else read_ahead(wanted)
     return Opened(built, source, batches)
+
+
+def with_schema(model, read: Read) -> Read:
+    """`read` with the model's input schema (saved with its weights, or fitted by train), if it has one."""
+    import dataclasses
+
+    schema = getattr(model, "schema", None) if read.schema is None else None
+    return read if schema is None else dataclasses.replace(read, schema=schema)
 
 
 def labels_before_build(model, source, loss: str | None, classes=None) -> bool:

@@ -4,6 +4,7 @@ class weights, checkpoints, TensorBoard and MLflow."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 
 from nncli.core.forward import head_of
@@ -16,6 +17,7 @@ from nncli.lib.integrations.mlflow import mlflow_preflight, mlflow_run, mlflow_s
 from nncli.lib.integrations.tensorboard import check_log_dir, tensorboard_logger
 from nncli.lib.model import Model, serialized
 from nncli.lib.results import History
+from nncli.lib.schema import checkpoint_schema, fit_schema, with_target
 from nncli.lib.session import Read, open_built, open_data, spooled_path, use_labels
 from nncli.lib.train_data import (
     batch_tensors,
@@ -126,7 +128,19 @@ def train(
     with contextlib.ExitStack() as stack:
         if not is_table(data):
             data, read = spooled_path(data, read, stack)  # read more than once: to size the model, then the rows
-        early = None if stream or start is not None or is_table(data) else early_load(model, data, read, loss, stack)
+        # the weights' schema (fine-tuning), the checkpoint's (resuming), or fitted on the training rows
+        schema = (
+            model.schema
+            or checkpoint_schema(start, where)
+            or fit_schema(model, data, read, val_split=val_split, stratify=stratify)
+        )
+        read = dataclasses.replace(read, schema=schema)
+        scaled = getattr(model.spec, "target_scaling", None)  # the target's scaling is fitted after the build
+        early = (
+            None
+            if stream or start is not None or is_table(data) or scaled
+            else early_load(model, data, read, loss, stack)
+        )
         built, source, _ = open_built(model, data, read, want_targets=True, read_rows=False, training=True)
         source.close()
         head = head_of(built.layers, source.n_features)
@@ -137,6 +151,10 @@ def train(
             restore_checkpoint(built, start, where, source.n_features)
             _check_checkpoint_classes(start, choice, width, resume)
         fit_classes(built, data, read, choice, width)
+        if schema is not None and schema.target is None:
+            schema = with_target(schema, model, data, read, built.classes, val_split=val_split, stratify=stratify)
+            read = dataclasses.replace(read, schema=schema)
+        model.adopt_schema(schema)
         x, y, x_val, y_val = None, None, None, None
         if stream:
             fit_preprocess(model, built, lambda: raw_batches(built, data, read, choice), source.feature_names)
@@ -171,7 +189,7 @@ def train(
             check_resume(start, options, where, steps)
         save = (lambda state: write_checkpoint(checkpoint, state, built)) if checkpoint else None
         if log_dir is not None:
-            on_epoch = tensorboard_logger(log_dir, built.module, on_epoch, stack)
+            on_epoch = tensorboard_logger(log_dir, built.module, on_epoch, stack, schema)
         if mlflow:
             run = {"data": given, "val": val, "val_split": val_split, "stratify": stratify}
             run.update(class_weights=class_weights, stream=stream, resume=resume)

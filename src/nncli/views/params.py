@@ -17,6 +17,8 @@ def params_report(summary, values: dict | None, built, fmt: str, p, full: bool) 
     columns = [[r[k] if k != "output_shape" else output_shape_text(r[k]) for r in rows] for k in ROW_KEYS]
     frame = Frame(list(ROW_KEYS), columns)
     tables = [_params_table(summary.name, rows, summary), _totals_table(summary)]
+    if summary.schema is not None:
+        tables.append(schema_table(summary.schema))
     if values is not None:
         doc["parameters"] = {k: jsonable(v, p) for k, v in values.items()}
         tables += tensor_tables(built, values, p, full)
@@ -92,3 +94,46 @@ def _bytes(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{n} B"
+
+
+def schema_table(schema):
+    """The input schema saved with the weights: each column the model reads, its kind, what it is
+    filled with when missing, and the model inputs it becomes; then the target."""
+    from nncli.views.render import FoldingTable
+
+    fills = dict(zip(schema.imputer.columns, schema.imputer.statistics)) if schema.imputer is not None else {}
+    strategy = schema.imputer.strategy if schema.imputer is not None else None
+    encoded: dict[str, list[str]] = {}
+    if schema.onehot is not None:
+        names, offset = schema.onehot.names, 0
+        for column, width in zip(schema.onehot.columns, schema.onehot.widths):
+            encoded[column], offset = names[offset : offset + width], offset + width
+    rows = []
+    for f in schema.features:
+        if f.kind == "number":
+            fill = fills.get(f.name, "") if strategy else "(refused)"
+            fill_text = "dropped (no value in training)" if strategy and fill is None else f"{fill} ({strategy})"
+            rows.append([f.name, "number", fill_text if strategy else "missing refused", f.name])
+        else:
+            names = encoded.get(f.name, [])
+            shown = ", ".join(names[:6]) + (f", ... ({len(names)})" if len(names) > 6 else "")
+            rows.append([f.name, "category", schema.onehot.missing if schema.onehot else "", shown])
+    target = schema.target
+    if target is not None:
+        detail = (
+            ", ".join(target.classes[:6]) + (", ..." if len(target.classes) > 6 else "")
+            if target.classes
+            else (
+                f"{target.scaling.kind} (shift {target.scaling.shift}, scale {target.scaling.scale})"
+                if target.scaling
+                else ""
+            )
+        )
+        rows.append([target.name, f"target ({target.kind})", "", detail])
+    names = ["column", "kind", "when missing", "model inputs"]
+    return FoldingTable(
+        names,
+        [list(c) for c in zip(*rows)] if rows else [[] for _ in names],
+        title=f"input schema: {len(schema.features)} columns -> {schema.width} inputs",
+        keys=1,
+    )

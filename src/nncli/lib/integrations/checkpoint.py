@@ -11,7 +11,7 @@ def write_checkpoint(path: str, state: dict, built) -> None:
 
     from nncli.io.output import output_file
 
-    state = {**state, "classes": built.classes}
+    state = {**state, "classes": built.classes, "schema": getattr(built, "schema", None)}
     if built.preprocess is not None:
         p = built.preprocess
         state["preprocess"] = {"kind": p.kind, "columns": p.columns, "shift": p.shift, "scale": p.scale}

@@ -184,6 +184,8 @@ def mlflow_run(settings, model, params: dict, on_epoch, stack):
             path = os.path.join(folder, settings["artifact"])
             model.save(path, what="the MLflow weights artifact")
             guarded(mlflow.log_artifact, path, run_id=run_id)
+        if model.schema is not None:  # the columns the model reads, readable in the run's artifacts
+            guarded(mlflow.log_dict, model.schema.to_dict(), "input_schema.json", run_id=run_id)
 
     return logged, log_weights
 

@@ -33,14 +33,19 @@ def check_log_dir(log_dir: str) -> None:
         raise NncliError(f"cannot write TensorBoard's event files in {path}: {e.strerror or e}", where) from None
 
 
-def tensorboard_logger(log_dir: str, module, on_epoch, stack):
+def tensorboard_logger(log_dir: str, module, on_epoch, stack, schema=None):
     """TensorBoard event files in log_dir: every number of the history per epoch (losses, accuracies,
-    lr, the pre-clip gradient norm) and each parameter's gradient norm after the epoch's last batch."""
+    lr, the pre-clip gradient norm) and each parameter's gradient norm after the epoch's last batch;
+    the input schema (when the model has one) as text."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise UsageError("--log-dir needs TensorBoard: pip install 'nncli-torch[tensorboard]'") from None
     writer = stack.enter_context(SummaryWriter(log_dir=log_dir))
+    if schema is not None:  # the input schema as text, in TensorBoard's Text tab
+        import json
+
+        writer.add_text("input_schema", "```\n" + json.dumps(schema.to_dict(), indent=1) + "\n```", 0)
 
     def logged(record) -> None:
         for key, value in record.as_dict().items():

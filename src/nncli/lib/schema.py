@@ -1,0 +1,226 @@
+"""The input schema of a model (io.preprocess.schema.Schema): fitted by train on the training rows,
+saved with the weights, and read back for every later command.
+
+train fits it on every table whose columns have names (a CSV with a header, Parquet, Arrow,
+NDJSON, a table in memory), so that later commands find the features by name; a headerless CSV
+keeps today's rule (columns by position), unless the spec asks for preprocessing that needs names.
+
+Which columns are features: `--features` (or `features=`), else the spec's `features:`, else every
+column but the target(s), the id and the spec's `exclude:`. Which are categories: those the spec's
+`preprocess: {onehot: [...]}` names, or with `onehot: auto` (`categorical: auto`) every text column
+(a CSV column with a cell that is neither a number nor missing; a typed table's text columns). The
+transforms are fitted on the training rows only: with --val-split, the rows train keeps, drawn as
+train draws them (same seed, same rule)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from nncli.errors import NncliError, UsageError, printable
+
+NEEDS_NAMES = "needs the columns' names"
+
+
+def wanted(spec) -> bool:
+    """Whether the spec asks for a fitted transform (which needs named columns)."""
+    return bool(getattr(spec, "impute", None) or getattr(spec, "onehot", None) or getattr(spec, "target_scaling", None))
+
+
+def target_names(spec, read) -> list[str]:
+    from nncli.lib.checks import listed
+
+    return [str(t).strip() for t in (listed(read.target) or (getattr(spec, "target", None) or []))]
+
+
+def fit_schema(model, data, read, *, val_split: float | None = None, stratify: bool = False):
+    """The schema fitted on DATA's training rows (features, imputation, categories; the target is
+    added by `with_target` once the classes are known), or None where DATA's columns have no names
+    and the spec asks for nothing that needs them."""
+    from nncli.io.preprocess.schema import Schema
+
+    spec = model.spec
+    frame, names, ids = _raw_frame(data, read)
+    if frame is None:
+        if wanted(spec) or getattr(spec, "features", None) or getattr(spec, "exclude", None):
+            raise NncliError(f"the spec's data keys (features, preprocess) {NEEDS_NAMES}: DATA has no header", None)
+        return None
+    targets = target_names(spec, read)
+    features = _features(spec, read, names, targets, ids)
+    categories = _categories(spec, frame, features)
+    numbers = [f for f in features if f not in categories]
+    keep = _training_rows(model, frame, targets, val_split, stratify)
+    rows = frame if keep is None else frame[keep]
+    onehot = dict(getattr(spec, "onehot", None) or {})
+    onehot.pop("columns", None)
+    impute = getattr(spec, "impute", None)
+    return Schema.fit(rows, numbers, categories, impute=impute, onehot=onehot or None, source=_name(data))
+
+
+def with_target(schema, model, data, read, classes, *, val_split: float | None = None, stratify: bool = False):
+    """The schema with its target: the class labels of a classifier, or the scaling of a number
+    target fitted on the training rows (`preprocess: {target: standardize|minmax}`)."""
+    import dataclasses
+
+    from nncli.io.preprocess.schema import Target
+    from nncli.io.preprocess.target import TargetScaler
+
+    if schema is None:
+        return None
+    targets = target_names(model.spec, read)
+    if len(targets) != 1:
+        if getattr(model.spec, "target_scaling", None):
+            raise UsageError("`preprocess: {target: ...}` scales one target column; name one")
+        return schema
+    name = targets[0]
+    if classes is not None:
+        return dataclasses.replace(schema, target=Target(name, "category", tuple(classes)))
+    scaling = None
+    kind = getattr(model.spec, "target_scaling", None)
+    if kind:
+        frame, _, _ = _raw_frame(data, read, only=[name])
+        keep = _training_rows(model, frame, [name], val_split, stratify)
+        rows = frame if keep is None else frame[keep]
+        from nncli.io.preprocess.missing import column_numbers
+
+        y = column_numbers(rows.get_column(name), name, 0, _name(data))
+        scaling = TargetScaler.fit(y, kind, name, _name(data))
+    return dataclasses.replace(schema, target=Target(name, "number", None, scaling))
+
+
+def checkpoint_schema(start: dict | None, where: str):
+    """The schema a checkpoint was trained with (None: no checkpoint, or one written without)."""
+    if not start or start.get("schema") is None:
+        return None
+    from nncli.io.preprocess.schema import Schema
+
+    return Schema.from_json(start["schema"], where)
+
+
+def _name(data) -> str:
+    from nncli.io.frames import is_table
+
+    if is_table(data):
+        return "data"
+    return str(data[0] if isinstance(data, (list, tuple)) else data)
+
+
+def _raw_frame(data, read, only: Sequence[str] | None = None):
+    """DATA's columns as a polars DataFrame, as read (CSV cells as text; typed columns as typed), or
+    (None, None, None) where the columns have no names. Also the id column's name."""
+    import polars as pl
+
+    from nncli.io.frames import as_polars, is_table
+    from nncli.io.reading import expand_paths, open_table
+
+    ids = read.id_column
+    if is_table(data):
+        frame = as_polars(data)
+        frame = frame.rename({c: str(c) for c in frame.columns})
+        return (frame.select(list(only)) if only else frame), list(frame.columns), ids
+    parts, names = [], None
+    for path in expand_paths(data):
+        table = open_table(path, read.options(path), read.label)
+        try:
+            if not table.names:
+                return None, None, None
+            names = list(table.names)
+            wanted_names = list(only) if only else names
+            for n in wanted_names:
+                if n not in table.index:
+                    raise NncliError(f"no column {printable(n)!r}", table.name)
+            cols = [table.index[n] for n in wanted_names]
+            typed = getattr(table, "types", None)
+            numeric = [i for i in cols if typed is not None and (typed[i].is_numeric() or typed[i] == pl.Boolean)]
+            text = [i for i in cols if i not in numeric]
+            blocks = list(table.read(numeric, text, missing=True))
+        finally:
+            table.close()
+        import numpy as np
+
+        columns = {}
+        for j, i in enumerate(numeric):
+            columns[names[i]] = pl.Series(names[i], np.concatenate([b.values[:, j] for b in blocks]), pl.Float64)
+        for j, i in enumerate(text):
+            columns[names[i]] = pl.Series(names[i], [c for b in blocks for c in b.texts[j]], pl.String)
+        parts.append(pl.DataFrame([columns[n] for n in wanted_names]))
+    frame = parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical_relaxed")
+    return frame, names, ids
+
+
+def _features(spec, read, names: list[str], targets: list[str], id_column: str | None) -> list[str]:
+    from nncli.lib.checks import listed
+
+    given = listed(read.features, "features") or getattr(spec, "features", None)
+    exclude = set(getattr(spec, "exclude", None) or [])
+    for n in [*targets, *exclude, *([id_column] if id_column else [])]:
+        if n not in names:
+            raise NncliError(f"no column {printable(n)!r} (columns: {', '.join(map(printable, names[:20]))})", None)
+    if given:
+        given = [str(g).strip() for g in given]
+        for g in given:
+            if g not in names:
+                raise NncliError(f"features: no column {printable(g)!r}", None)
+        return given
+    taken = set(targets) | exclude | ({id_column} if id_column else set())
+    return [n for n in names if n not in taken]
+
+
+def _categories(spec, frame, features: list[str]) -> list[str]:
+    import polars as pl
+
+    from nncli.io.preprocess.missing import missing_texts
+
+    onehot = getattr(spec, "onehot", None) or {}
+    columns = onehot.get("columns")
+    if columns is None:
+        return []
+    if columns != "auto":
+        odd = [c for c in columns if c not in features]
+        if odd:
+            raise NncliError(f"`preprocess: onehot` names {printable(odd[0])!r}, which is not a feature", spec.path)
+        return list(columns)
+    out = []
+    for name in features:
+        series = frame.get_column(name)
+        if series.dtype != pl.String:
+            continue
+        parsed = series.str.strip_chars(" \t").cast(pl.Float64, strict=False)
+        if bool((parsed.is_null() & ~missing_texts(series)).any()):
+            out.append(name)  # a cell that is neither a number nor missing: a text column
+    return out
+
+
+def _training_rows(model, frame, targets: list[str], val_split: float | None, stratify: bool):
+    """The row indices train keeps for training (None: all), drawn as train draws them."""
+    if val_split is None:
+        return None
+    from nncli.core.training import stratified_split, validation_split
+
+    seed = model.seed if model.seed is not None else (model.spec.seed if model.spec.seed is not None else 0)
+    if not stratify:
+        return validation_split(frame.height, val_split, seed)[0].numpy()
+    return stratified_split(_labels(model, frame, targets), val_split, seed)[0].numpy()
+
+
+def _labels(model, frame, targets: list[str]) -> Any:
+    """Class labels as train's stratified split sees them: text labels as their index among the
+    classes (the spec's, else sorted), numbers as class indices (argmax over several columns)."""
+    import numpy as np
+    import torch
+
+    from nncli.io.labels import learn_classes
+    from nncli.io.preprocess.missing import column_numbers
+
+    if len(targets) == 1:
+        cells = frame.get_column(targets[0]).cast(str).to_list()
+        classes = model.spec.classes or learn_classes(cells)
+        if classes is not None:
+            index = {c: i for i, c in enumerate(classes)}
+            return torch.tensor([index.get(c.strip(), -1) for c in cells])
+    y = np.stack([column_numbers(frame.get_column(t), t) for t in targets], axis=1)
+    if y.shape[1] > 1:
+        return torch.from_numpy(y).argmax(dim=1)
+    if np.all(y == np.round(y)):
+        return torch.from_numpy(y[:, 0]).long()
+    return torch.from_numpy(y[:, 0] >= 0.5).long()

@@ -1,0 +1,272 @@
+"""The model knows its data (issue #26), end to end: train fits the input schema on a raw table
+(empty cells, text columns), saves it with the weights, and every command reads DATA against it,
+by name. Expected numbers come from scikit-learn's ColumnTransformer and PyTorch in the test."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder
+from torch import nn
+
+NNCLI = [sys.executable, "-m", "nncli"]
+NUMBERS = ["bill", "flipper", "mass"]
+CATEGORIES = ["island", "sex"]
+SPEC = """seed: 5
+target: species
+layers:
+  - Linear: {out_features: 6}
+  - Tanh
+  - Linear: {out_features: 3}
+loss: CrossEntropyLoss
+preprocess:
+  impute: {strategy: median}
+  onehot: [island, sex]
+"""
+
+
+def run(*args, check=True):
+    result = subprocess.run([*NNCLI, *map(str, args)], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(result.stderr)
+    return result
+
+
+def raw_table(rows: int, seed: int, *, unknown: bool = False) -> pd.DataFrame:
+    """A penguins-like table: three number columns with empty cells, two text columns with empty cells."""
+    g = np.random.default_rng(seed)
+    species = g.choice(["Adelie", "Chinstrap", "Gentoo"], rows)
+    frame = pd.DataFrame(
+        {
+            "id": [f"r{i}" for i in range(rows)],
+            "bill": np.round(g.normal(44, 5, rows), 1),
+            "island": g.choice(["Biscoe", "Dream", "Torgersen"] + (["Atlantis"] if unknown else []), rows),
+            "flipper": np.round(g.normal(200, 14, rows), 0),
+            "sex": g.choice(["male", "female"], rows),
+            "mass": np.round(g.normal(4200, 800, rows), -1),
+            "species": species,
+        }
+    ).astype(object)
+    for column in [*NUMBERS, *CATEGORIES]:
+        frame.loc[g.random(rows) < 0.1, column] = None
+    return frame
+
+
+def write_csv(frame: pd.DataFrame, path) -> None:
+    frame.to_csv(path, index=False, na_rep="")
+
+
+def sklearn_matrix(train: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
+    """ColumnTransformer fitted on the training rows, as SPEC_FILLED asks: median imputation of the
+    numbers; missing categories filled with the most frequent, then one-hot."""
+    numbers = train[NUMBERS].astype(float)
+    transformer = ColumnTransformer(
+        [
+            ("num", SimpleImputer(strategy="median"), NUMBERS),
+            (
+                "cat",
+                make_pipeline(
+                    SimpleImputer(strategy="most_frequent"),
+                    OneHotEncoder(handle_unknown="ignore", sparse_output=False),
+                ),
+                CATEGORIES,
+            ),
+        ]
+    )
+    fit_rows = train.copy()
+    fit_rows[NUMBERS] = numbers
+    transformer.fit(fit_rows)
+    use = rows.copy()
+    use[NUMBERS] = use[NUMBERS].astype(float)
+    return transformer.transform(use)
+
+
+def torch_model(weights, width: int, dtype=torch.float32) -> nn.Module:
+    model = nn.Sequential(nn.Linear(width, 6), nn.Tanh(), nn.Linear(6, 3))
+    model.load_state_dict({k: v for k, v in load_file(weights).items() if not k.startswith("nncli.")})
+    return model.to(dtype)
+
+
+SPEC_FILLED = SPEC.replace("onehot: [island, sex]", "onehot: {columns: [island, sex], missing: most_frequent}")
+
+
+@pytest.fixture
+def trained(tmp_path):
+    train = raw_table(120, 1)
+    write_csv(train, tmp_path / "train.csv")
+    (tmp_path / "spec.yaml").write_text(SPEC_FILLED)
+    run(
+        "train",
+        tmp_path / "spec.yaml",
+        tmp_path / "train.csv",
+        "--epochs",
+        3,
+        "--lr",
+        0.1,
+        "--id-column",
+        "id",
+        "--save-weights",
+        tmp_path / "w.safetensors",
+    )
+    return tmp_path, train
+
+
+def test_train_on_a_raw_table_saves_a_schema_and_forward_equals_sklearn_then_pytorch(trained):
+    tmp_path, train = trained
+    new = raw_table(40, 2)
+    write_csv(new, tmp_path / "new.csv")
+    out = run(
+        "forward",
+        tmp_path / "spec.yaml",
+        tmp_path / "new.csv",
+        "-w",
+        tmp_path / "w.safetensors",
+        "--id-column",
+        "id",
+        "-f",
+        "json",
+    )
+    got = pl.DataFrame(json.loads(out.stdout))
+    x = sklearn_matrix(train, new)
+    model = torch_model(tmp_path / "w.safetensors", x.shape[1])
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x).to(torch.float32))
+    probs = torch.softmax(logits, dim=1).numpy()  # CrossEntropyLoss on a plain head: forward shows softmax
+    shown = got.select([c for c in got.columns if c.startswith("prob")]).to_numpy()
+    np.testing.assert_array_equal(shown.astype(np.float32), probs)
+    classes = np.array(["Adelie", "Chinstrap", "Gentoo"])
+    assert got["class"].to_list() == classes[probs.argmax(1)].tolist()
+
+
+def test_the_schema_is_in_the_weights_file_and_params_shows_it(trained):
+    tmp_path, _ = trained
+    with safe_open(tmp_path / "w.safetensors", "pt") as f:
+        schema = json.loads(f.metadata()["nncli.schema"])
+    assert [f["name"] for f in schema["features"]] == ["bill", "island", "flipper", "sex", "mass"]
+    assert schema["target"]["name"] == "species" and schema["target"]["classes"] == ["Adelie", "Chinstrap", "Gentoo"]
+    out = run("params", tmp_path / "spec.yaml", "-w", tmp_path / "w.safetensors", "-f", "json")
+    doc = json.loads(out.stdout)
+    assert doc["schema"] == schema
+    assert doc["inputs"] == 3 + 3 + 2  # the numbers, island's three categories, sex's two
+
+
+def test_columns_are_found_by_name_in_any_order(trained):
+    tmp_path, _ = trained
+    new = raw_table(30, 3)
+    write_csv(new, tmp_path / "new.csv")
+    write_csv(new[list(reversed(new.columns))], tmp_path / "reversed.csv")
+    a = run("forward", tmp_path / "spec.yaml", tmp_path / "new.csv", "-w", tmp_path / "w.safetensors", "-f", "csv")
+    b = run("forward", tmp_path / "spec.yaml", tmp_path / "reversed.csv", "-w", tmp_path / "w.safetensors", "-f", "csv")
+    assert a.stdout == b.stdout
+    ea = run("evaluate", tmp_path / "spec.yaml", tmp_path / "new.csv", "-w", tmp_path / "w.safetensors", "-f", "json")
+    eb = run(
+        "evaluate", tmp_path / "spec.yaml", tmp_path / "reversed.csv", "-w", tmp_path / "w.safetensors", "-f", "json"
+    )
+    assert ea.stdout == eb.stdout and json.loads(ea.stdout)["rows"] == 30
+
+
+def test_a_missing_column_is_named_and_an_unknown_category_is_counted(trained):
+    tmp_path, _ = trained
+    new = raw_table(30, 4, unknown=True)
+    write_csv(new.drop(columns=["flipper"]), tmp_path / "lacking.csv")
+    r = run("forward", tmp_path / "spec.yaml", tmp_path / "lacking.csv", "-w", tmp_path / "w.safetensors", check=False)
+    assert r.returncode == 1 and "'flipper'" in r.stderr and "Traceback" not in r.stderr
+    write_csv(new, tmp_path / "unknown.csv")
+    r = run("forward", tmp_path / "spec.yaml", tmp_path / "unknown.csv", "-w", tmp_path / "w.safetensors", "-f", "csv")
+    atlantis = int((new["island"] == "Atlantis").sum())
+    assert atlantis > 0
+    assert f"column 'island': {atlantis} rows with a category not seen in training" in r.stderr
+
+
+def test_a_missing_cell_without_impute_is_an_error_naming_its_row_and_column(tmp_path):
+    train = raw_table(50, 6)
+    write_csv(train, tmp_path / "train.csv")
+    spec = SPEC_FILLED.replace("  impute: {strategy: median}\n", "")
+    (tmp_path / "spec.yaml").write_text(spec)
+    r = run(
+        "train",
+        tmp_path / "spec.yaml",
+        tmp_path / "train.csv",
+        "--epochs",
+        1,
+        "--lr",
+        0.1,
+        "--id-column",
+        "id",
+        check=False,
+    )
+    first = int(np.flatnonzero(train[NUMBERS].isna().any(axis=1).to_numpy())[0])
+    column = next(c for c in NUMBERS if pd.isna(train.loc[first, c]))
+    assert r.returncode == 1, r.stderr
+    assert f"column {column!r}: the cell is missing" in r.stderr and f"row {first}" in r.stderr
+    assert "diverged" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_training_on_the_raw_table_equals_training_on_sklearns_matrix(tmp_path):
+    """The same spec trained on the raw table (schema fitted by nncli) and on scikit-learn's matrix
+    of it (written as numbers) gives the same weights, bit for bit."""
+    train = raw_table(80, 7)
+    write_csv(train, tmp_path / "raw.csv")
+    # --val-split 0.25 holds out torch.randperm(80, generator seeded with the spec's seed)[:20] (docs/data.md):
+    # the schema is fitted on the other rows only
+    order = torch.randperm(80, generator=torch.Generator().manual_seed(5))
+    kept = order[20:].sort().values.numpy()
+    x = sklearn_matrix(train.iloc[kept], train)
+    encoded = pl.DataFrame({f"c{i}": x[:, i] for i in range(x.shape[1])}).with_columns(
+        pl.Series("species", train["species"].to_list())
+    )
+    encoded.write_csv(tmp_path / "encoded.csv", float_precision=None)
+    (tmp_path / "raw.yaml").write_text(SPEC_FILLED)
+    (tmp_path / "plain.yaml").write_text(SPEC_FILLED.split("preprocess:")[0].replace("target: species\n", ""))
+    common = ["--epochs", 4, "--lr", 0.05, "--batch-size", 16, "--shuffle", "--val-split", 0.25, "-f", "json"]
+    a = run(
+        "train",
+        tmp_path / "raw.yaml",
+        tmp_path / "raw.csv",
+        "--id-column",
+        "id",
+        *common,
+        "--save-weights",
+        tmp_path / "a.safetensors",
+    )
+    b = run(
+        "train",
+        tmp_path / "plain.yaml",
+        tmp_path / "encoded.csv",
+        "--target",
+        "species",
+        *common,
+        "--save-weights",
+        tmp_path / "b.safetensors",
+    )
+    wa, wb = load_file(tmp_path / "a.safetensors"), load_file(tmp_path / "b.safetensors")
+    for key in wb:
+        assert torch.equal(wa[key], wb[key]), key
+    assert json.loads(a.stdout)["history"] == json.loads(b.stdout)["history"]
+
+
+def test_a_table_in_memory_with_text_columns_trains_from_the_library(tmp_path):
+    import nncli
+
+    train = raw_table(60, 8)
+    (tmp_path / "spec.yaml").write_text(SPEC_FILLED)
+    model = nncli.load(tmp_path / "spec.yaml")
+    nncli.train(model, train.drop(columns=["id"]), epochs=2, lr=0.1)
+    assert model.schema is not None and model.schema.categories == CATEGORIES
+    out = model.forward(raw_table(10, 9).drop(columns=["id"]))
+    x = sklearn_matrix(train, raw_table(10, 9))
+    with torch.no_grad():
+        probs = torch.softmax(model.module(torch.from_numpy(x).float()), dim=1).numpy()
+    np.testing.assert_array_equal(out.select([c for c in out.columns if c.startswith("prob")]).to_numpy(), probs)
