@@ -6,6 +6,7 @@ Each test is a regression test: it failed (or ran for minutes, or took gigabytes
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import resource
@@ -761,3 +762,93 @@ def test_the_library_takes_the_same_keys_in_a_dict():
     assert model.spec.target == ["y"] and model.spec.exclude == ["id"] and model.spec.impute == {"strategy": "median"}
     with pytest.raises(NncliError, match="impute on some columns only is not supported yet"):
         lib.load({"layers": [], "preprocess": {"impute": {"strategy": "mean", "columns": ["a"]}}})
+
+
+# -- the weights file carries the input schema's text (issue #26) ------------------------------------------
+
+SCHEMA_TEXT = json.dumps(
+    {"features": [{"name": "bill length", "kind": "number"}, {"name": "île", "kind": "category"}], "target": "y"},
+    ensure_ascii=False,
+)
+
+
+def _save(path, module, **extras) -> None:
+    with open(path, "wb") as f:
+        model_module.write_weights(model_module.state_for_saving(module), f, path.suffix, **extras)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt", ".pth"])
+def test_the_schema_text_travels_with_the_weights(tmp_path, suffix):
+    from safetensors import safe_open
+
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(2, 1))
+    path = tmp_path / f"w{suffix}"
+    _save(path, module, classes=["a", "b"], schema=SCHEMA_TEXT)
+    # where the file keeps it, read by safetensors and torch themselves
+    if suffix == ".safetensors":
+        with safe_open(str(path), framework="pt") as f:
+            assert f.metadata()["nncli.schema"] == SCHEMA_TEXT
+        assert model_module.saved_schema(str(path)) == SCHEMA_TEXT
+    else:
+        assert torch.load(path, weights_only=True)["nncli.schema"] == SCHEMA_TEXT
+        assert model_module.saved_schema(str(path)) is model_module.UNKNOWN
+    state, extras = model_module.read_weights(str(path))
+    assert extras["schema"] == SCHEMA_TEXT and extras["classes"] == ["a", "b"]
+    assert set(state) == {"0.weight", "0.bias"} and torch.equal(state["0.weight"], module[0].weight)
+    spec = load_spec(str(write(tmp_path, "s.yaml", "layers:\n  - Linear: [2, 1]\n")))
+    built = build(spec, resolve(spec, None), weights=str(path))
+    assert built.schema == SCHEMA_TEXT and torch.equal(built.module[0].bias, module[0].bias)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_weights_without_a_schema_have_none(tmp_path, suffix):
+    path = tmp_path / f"w{suffix}"
+    _save(path, nn.Sequential(nn.Linear(2, 1)))
+    assert "schema" not in model_module.read_weights(str(path))[1]
+    spec = load_spec(str(write(tmp_path, "s.yaml", "layers:\n  - Linear: [2, 1]\n")))
+    assert build(spec, resolve(spec, None), weights=str(path)).schema is None
+    assert model_module.saved_schema(str(path)) is (None if suffix == ".safetensors" else model_module.UNKNOWN)
+
+
+def test_saved_schema_reads_the_header_without_torch(tmp_path):
+    path = tmp_path / "w.safetensors"
+    _save(path, nn.Sequential(nn.Linear(2, 1)), schema=SCHEMA_TEXT)
+    code = (
+        "import sys; from nncli.core.model import saved_schema; "
+        f"print(saved_schema({str(path)!r})); print('torch' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", timeout=60)
+    assert proc.stdout.splitlines() == [SCHEMA_TEXT, "False"], proc.stderr
+
+
+def _raw_safetensors(path, header: bytes) -> None:
+    path.write_bytes(len(header).to_bytes(8, "little") + header)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [b"\xff" * 40, b'{"__metadata__": {"nncli.schema": 5}}', b'{"__metadata__": [1]}', b"[1, 2]"],
+    ids=["not-json", "not-text", "metadata-not-a-mapping", "header-not-a-mapping"],
+)
+def test_saved_schema_of_a_header_nncli_did_not_write_is_unknown(tmp_path, header):
+    path = tmp_path / "w.safetensors"
+    _raw_safetensors(path, header)
+    assert model_module.saved_schema(str(path)) is model_module.UNKNOWN
+    (tmp_path / "short.safetensors").write_bytes(b"\x01")
+    assert model_module.saved_schema(str(tmp_path / "short.safetensors")) is model_module.UNKNOWN
+
+
+@pytest.mark.parametrize(
+    "value, what",
+    [({"features": []}, "got dict"), (torch.zeros(2), "got a tensor"), (["a"], "got list"), (3, "got 3")],
+)
+def test_a_schema_entry_that_is_not_text_is_one_error_line(nncli, tmp_path, value, what):
+    """A .pt anyone wrote may hold anything under the key: lib would have decoded a dict as text."""
+    w = tmp_path / "w.pt"
+    torch.save({"0.weight": torch.ones(1, 2), "0.bias": torch.zeros(1), "nncli.schema": value}, w)
+    spec = write(tmp_path, "s.yaml", "layers:\n  - Linear: {in_features: 2, out_features: 1}\n")
+    message = f"the entry 'nncli.schema' must be the input schema's JSON text, {what}"
+    assert_error(nncli("forward", spec, DATA / "two-points.csv", "--weights", w), 1, message, f"({w})")
+    with pytest.raises(NncliError, match=re.escape(message)):
+        model_module.read_weights(str(w))
