@@ -6,6 +6,7 @@ Each test is a regression test: it failed (or ran for minutes, or took gigabytes
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import resource
@@ -578,3 +579,276 @@ def test_an_empty_spec_file_is_called_empty_not_none(nncli, tmp_path, text, mess
         assert "None" not in result.stderr
     with pytest.raises(NncliError, match=message):
         load_spec(str(spec))
+
+
+# -- the spec names its data (issue #26): target, features, exclude and preprocess's new keys ------------
+
+SCHEMA_LAYERS = "inputs: 2\nlayers:\n  - Linear: {out_features: 1}\n"
+DATA_FIELDS = ("target", "features", "exclude", "preprocess", "impute", "onehot", "target_scaling")
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("target: species\n", {"target": ["species"]}),
+        ("target: [a, 7]\nfeatures: [x, 3, y]\n", {"target": ["a", "7"], "features": ["x", "3", "y"]}),
+        ("exclude: [id]\n", {"exclude": ["id"]}),
+        (
+            "preprocess: {standardize: true, impute: median}\n",
+            {"preprocess": {"standardize": True}, "impute": {"strategy": "median"}},
+        ),
+        (
+            "preprocess: {minmax: [a, 2], target: minmax}\n",
+            {"preprocess": {"minmax": ["a", "2"]}, "target_scaling": "minmax"},
+        ),
+        ("preprocess:\n  impute: {add_indicator: true}\n", {"impute": {"strategy": "mean", "add_indicator": True}}),
+        (
+            "preprocess:\n  impute: {strategy: constant, fill_value: -1.5, keep_empty_features: true}\n",
+            {"impute": {"strategy": "constant", "fill_value": -1.5, "keep_empty_features": True}},
+        ),
+        ("preprocess: {onehot: [island, sex]}\n", {"onehot": {"columns": ["island", "sex"]}}),
+        ("preprocess: {onehot: auto}\n", {"onehot": {"columns": "auto"}}),
+        (
+            "preprocess: {categorical: auto, target: standardize}\n",
+            {"onehot": {"columns": "auto"}, "target_scaling": "standardize"},
+        ),
+        (
+            "preprocess:\n  onehot: {columns: auto, handle_unknown: error, min_frequency: 0.25, max_categories: 4,"
+            " missing: constant, fill_value: 0}\n",
+            {
+                "onehot": {
+                    "columns": "auto",
+                    "handle_unknown": "error",
+                    "min_frequency": 0.25,
+                    "max_categories": 4,
+                    "missing": "constant",
+                    "fill_value": "0",  # a category is text, as the table's cells read
+                }
+            },
+        ),
+        (
+            "features: [sex, mass]\npreprocess:\n  onehot: {columns: [sex], min_frequency: 2, missing: category}\n",
+            {"features": ["sex", "mass"], "onehot": {"columns": ["sex"], "min_frequency": 2, "missing": "category"}},
+        ),
+        ("preprocess: {standardize: true}\n", {"preprocess": {"standardize": True}}),
+        ("", {}),
+    ],
+)
+def test_the_spec_names_its_data_and_its_preprocessing(tmp_path, text, expected):
+    parsed = load_spec(str(write(tmp_path, "s.yaml", SCHEMA_LAYERS + text)))
+    assert {f: getattr(parsed, f) for f in DATA_FIELDS} == {f: expected.get(f) for f in DATA_FIELDS}
+    # feature scaling alone is what nncli did before #26: no schema asked for
+    assert parsed.wants_schema == bool(set(expected) - {"preprocess"})
+
+
+def test_the_spec_gives_io_s_transforms_their_own_keywords_and_choices():
+    """core repeats io's choices (it may not import io): they must not drift apart, and what the
+    spec holds must be what Imputer.fit and OneHot.fit take."""
+    import yaml
+
+    from nncli.io.preprocess import categories, impute
+
+    assert spec_module.IMPUTE_STRATEGIES == impute.STRATEGIES
+    assert spec_module.ONEHOT_UNKNOWN == categories.UNKNOWN and spec_module.ONEHOT_MISSING == categories.MISSING
+    text = (
+        "preprocess:\n  impute: {strategy: constant, fill_value: 2, add_indicator: true, keep_empty_features: true}\n"
+        "  onehot: {columns: [c], handle_unknown: error, min_frequency: 1, max_categories: 3, missing: constant,"
+        " fill_value: z}\n"
+    )
+    parsed = parse_spec(yaml.safe_load(SCHEMA_LAYERS + text), "s.yaml")
+    assert set(parsed.impute) == set(spec_module.IMPUTE_KEYS)
+    assert set(parsed.onehot) == set(spec_module.ONEHOT_KEYS)
+    imputer = impute.Imputer.fit(np.array([[1.0], [np.nan]]), ["a"], **parsed.impute)
+    assert imputer.statistics == (2.0,) and imputer.add_indicator and imputer.keep_empty_features
+    options = {k: v for k, v in parsed.onehot.items() if k != "columns"}
+    encoder = categories.OneHot.fit([["x", None]], parsed.onehot["columns"], **options)
+    assert encoder.categories == (("x", "z"),) and encoder.handle_unknown == "error"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("features: [a]\nexclude: [b]\n", "`features` and `exclude` together"),
+        ("target: a\nfeatures: [b, a]\n", "`features` names the target 'a': a column is a feature or the target"),
+        ("features: a,b\n", "`features` must be a list of column names, got 'a,b'"),
+        ("features: []\n", "`features` is an empty list: name at least one column, or leave it out"),
+        ("exclude: [id, id]\n", "`exclude` names 'id' twice"),
+        ("target: [y, 1, '1']\n", "`target` names '1' twice"),
+        ("target: {a: 1}\n", "`target` must be a column name or a list of column names, got dict"),
+        ("target: true\n", "`target` must be a column name or a list of column names, got True"),
+        ("features: [a, true]\n", "`features` must hold column names (text or integers), got True"),
+        ("features: [a, 1.5]\n", "`features` must hold column names (text or integers), got 1.5"),
+        ("preprocess: {standardize: true, minmax: true}\n", "`preprocess` takes standardize or minmax, not both"),
+        (
+            "preprocess: {}\n",
+            "`preprocess` must be a mapping of any of standardize, minmax, impute, onehot, categorical",
+        ),
+        ("preprocess: standardize\n", "`preprocess` must be a mapping of any of standardize, minmax"),
+        ("preprocess: {one_hot: [a]}\n", "unknown `preprocess` key 'one_hot'; did you mean onehot?"),
+        (
+            "preprocess: {standardize: false}\n",
+            "`preprocess: standardize` takes true or a list of column names, got False",
+        ),
+        (
+            "preprocess: {impute: medain}\n",
+            "`preprocess: impute` strategy must be one of mean, median, most_frequent, constant, got 'medain'",
+        ),
+        (
+            "preprocess: {impute: true}\n",
+            "`preprocess: impute` must be a strategy (mean, median, most_frequent, constant)",
+        ),
+        ("preprocess: {impute: {columns: [a]}}\n", "impute on some columns only is not supported yet"),
+        ("preprocess: {impute: {add_indicators: true}}\n", "unknown key 'add_indicators' in `preprocess: impute`"),
+        (
+            "preprocess: {impute: {fill_value: .nan}}\n",
+            "`preprocess: impute` fill_value must be a finite number, got nan",
+        ),
+        ("preprocess: {impute: {fill_value: x}}\n", "`preprocess: impute` fill_value must be a finite number, got 'x'"),
+        (
+            "preprocess: {impute: {add_indicator: yes please}}\n",
+            "add_indicator must be true or false, got 'yes please'",
+        ),
+        ("preprocess: {impute: {keep_empty_features: 1}}\n", "keep_empty_features must be true or false, got 1"),
+        ("preprocess: {onehot: island}\n", "`preprocess: onehot` must be a list of columns, auto, or a mapping of"),
+        ("preprocess: {onehot: []}\n", "`preprocess: onehot` columns is an empty list"),
+        ("preprocess: {onehot: {handle_unknown: error}}\n", "`preprocess: onehot` must name its columns"),
+        (
+            "preprocess: {onehot: {columns: [a], handle_unknown: warn}}\n",
+            "handle_unknown must be one of ignore, error, got 'warn'",
+        ),
+        (
+            "preprocess: {onehot: {columns: [a], missing: fill}}\n",
+            "`preprocess: onehot` missing must be one of error, category, most_frequent, constant, got 'fill'",
+        ),
+        (
+            "preprocess: {onehot: {columns: [a], min_frequency: 0}}\n",
+            "min_frequency must be a count from 1 or a fraction",
+        ),
+        ("preprocess: {onehot: {columns: [a], min_frequency: 1.0}}\n", "between 0 and 1, got 1.0"),
+        (
+            "preprocess: {onehot: {columns: [a], max_categories: 0}}\n",
+            "max_categories must be an integer from 1, got 0",
+        ),
+        (
+            "preprocess: {onehot: {columns: [a], max_categories: 2.0}}\n",
+            "max_categories must be an integer from 1, got 2.0",
+        ),
+        ("preprocess: {onehot: {columns: [a], fill_value: [x]}}\n", "fill_value must be text (a category), got list"),
+        ("preprocess: {onehot: {columns: [a], sparse: true}}\n", "unknown key 'sparse' in `preprocess: onehot`"),
+        ("preprocess: {onehot: {columns: [a, a]}}\n", "`preprocess: onehot` columns names 'a' twice"),
+        ("preprocess: {onehot: [a], categorical: auto}\n", "`preprocess` takes onehot or categorical: auto, not both"),
+        ("preprocess: {categorical: [a]}\n", "`preprocess: categorical` takes auto"),
+        ("preprocess: {target: log}\n", "`preprocess: target` must be standardize or minmax, got 'log'"),
+        ("target: y\npreprocess: {onehot: [y]}\n", "`preprocess: onehot` names the target 'y'"),
+        ("exclude: [id]\npreprocess: {onehot: [id]}\n", "`preprocess: onehot` names 'id', which `exclude` leaves out"),
+        ("features: [a]\npreprocess: {onehot: [b]}\n", "`preprocess: onehot` names 'b', which is not among `features`"),
+        ("preprocess:\n  impute: mean\n  impute: median\n", "duplicate key 'impute'"),
+        (
+            "targets: y\n",
+            "unknown key 'targets'; a spec has name, seed, layers, loss, inputs, classes, target, features, exclude, "
+            "preprocess",
+        ),
+    ],
+)
+def test_a_spec_naming_its_data_wrongly_is_one_error_line(nncli, tmp_path, text, message):
+    spec = write(tmp_path, "s.yaml", SCHEMA_LAYERS + text)
+    assert_error(nncli("params", spec), 1, message, str(spec))
+    with pytest.raises(NncliError, match=re.escape(message)):
+        load_spec(str(spec))
+
+
+def test_the_library_takes_the_same_keys_in_a_dict():
+    model = lib.load({"layers": [], "target": "y", "exclude": ["id"], "preprocess": {"impute": "median"}})
+    assert model.spec.target == ["y"] and model.spec.exclude == ["id"] and model.spec.impute == {"strategy": "median"}
+    with pytest.raises(NncliError, match="impute on some columns only is not supported yet"):
+        lib.load({"layers": [], "preprocess": {"impute": {"strategy": "mean", "columns": ["a"]}}})
+
+
+# -- the weights file carries the input schema's text (issue #26) ------------------------------------------
+
+SCHEMA_TEXT = json.dumps(
+    {"features": [{"name": "bill length", "kind": "number"}, {"name": "île", "kind": "category"}], "target": "y"},
+    ensure_ascii=False,
+)
+
+
+def _save(path, module, **extras) -> None:
+    with open(path, "wb") as f:
+        model_module.write_weights(model_module.state_for_saving(module), f, path.suffix, **extras)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt", ".pth"])
+def test_the_schema_text_travels_with_the_weights(tmp_path, suffix):
+    from safetensors import safe_open
+
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(2, 1))
+    path = tmp_path / f"w{suffix}"
+    _save(path, module, classes=["a", "b"], schema=SCHEMA_TEXT)
+    # where the file keeps it, read by safetensors and torch themselves
+    if suffix == ".safetensors":
+        with safe_open(str(path), framework="pt") as f:
+            assert f.metadata()["nncli.schema"] == SCHEMA_TEXT
+        assert model_module.saved_schema(str(path)) == SCHEMA_TEXT
+    else:
+        assert torch.load(path, weights_only=True)["nncli.schema"] == SCHEMA_TEXT
+        assert model_module.saved_schema(str(path)) is model_module.UNKNOWN
+    state, extras = model_module.read_weights(str(path))
+    assert extras["schema"] == SCHEMA_TEXT and extras["classes"] == ["a", "b"]
+    assert set(state) == {"0.weight", "0.bias"} and torch.equal(state["0.weight"], module[0].weight)
+    spec = load_spec(str(write(tmp_path, "s.yaml", "layers:\n  - Linear: [2, 1]\n")))
+    built = build(spec, resolve(spec, None), weights=str(path))
+    assert built.schema == SCHEMA_TEXT and torch.equal(built.module[0].bias, module[0].bias)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_weights_without_a_schema_have_none(tmp_path, suffix):
+    path = tmp_path / f"w{suffix}"
+    _save(path, nn.Sequential(nn.Linear(2, 1)))
+    assert "schema" not in model_module.read_weights(str(path))[1]
+    spec = load_spec(str(write(tmp_path, "s.yaml", "layers:\n  - Linear: [2, 1]\n")))
+    assert build(spec, resolve(spec, None), weights=str(path)).schema is None
+    assert model_module.saved_schema(str(path)) is (None if suffix == ".safetensors" else model_module.UNKNOWN)
+
+
+def test_saved_schema_reads_the_header_without_torch(tmp_path):
+    path = tmp_path / "w.safetensors"
+    _save(path, nn.Sequential(nn.Linear(2, 1)), schema=SCHEMA_TEXT)
+    code = (
+        "import sys; from nncli.core.model import saved_schema; "
+        f"print(saved_schema({str(path)!r})); print('torch' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", timeout=60)
+    assert proc.stdout.splitlines() == [SCHEMA_TEXT, "False"], proc.stderr
+
+
+def _raw_safetensors(path, header: bytes) -> None:
+    path.write_bytes(len(header).to_bytes(8, "little") + header)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [b"\xff" * 40, b'{"__metadata__": {"nncli.schema": 5}}', b'{"__metadata__": [1]}', b"[1, 2]"],
+    ids=["not-json", "not-text", "metadata-not-a-mapping", "header-not-a-mapping"],
+)
+def test_saved_schema_of_a_header_nncli_did_not_write_is_unknown(tmp_path, header):
+    path = tmp_path / "w.safetensors"
+    _raw_safetensors(path, header)
+    assert model_module.saved_schema(str(path)) is model_module.UNKNOWN
+    (tmp_path / "short.safetensors").write_bytes(b"\x01")
+    assert model_module.saved_schema(str(tmp_path / "short.safetensors")) is model_module.UNKNOWN
+
+
+@pytest.mark.parametrize(
+    "value, what",
+    [({"features": []}, "got dict"), (torch.zeros(2), "got a tensor"), (["a"], "got list"), (3, "got 3")],
+)
+def test_a_schema_entry_that_is_not_text_is_one_error_line(nncli, tmp_path, value, what):
+    """A .pt anyone wrote may hold anything under the key: lib would have decoded a dict as text."""
+    w = tmp_path / "w.pt"
+    torch.save({"0.weight": torch.ones(1, 2), "0.bias": torch.zeros(1), "nncli.schema": value}, w)
+    spec = write(tmp_path, "s.yaml", "layers:\n  - Linear: {in_features: 2, out_features: 1}\n")
+    message = f"the entry 'nncli.schema' must be the input schema's JSON text, {what}"
+    assert_error(nncli("forward", spec, DATA / "two-points.csv", "--weights", w), 1, message, f"({w})")
+    with pytest.raises(NncliError, match=re.escape(message)):
+        model_module.read_weights(str(w))

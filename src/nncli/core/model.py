@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from nncli.core.spec import ResolvedLayer, Spec, _short, total_params
+from nncli.core.spec import ResolvedLayer, Spec, _describe, _short, total_params
 from nncli.errors import NncliError
 
 DEFAULT_MAX_PARAMS = 10**9
@@ -37,6 +37,7 @@ class Model:
     device: str = "cpu"
     classes: list | None = None  # class labels in index order (the spec's, or saved with the weights)
     preprocess: Preprocess | None = None  # feature statistics fitted by train, saved with the weights
+    schema: str | None = None  # the input schema saved with the weights: JSON text lib decodes (io's Schema)
 
     @property
     def caption(self) -> str:
@@ -60,6 +61,7 @@ class Preprocess:
 
 
 EXTRA_PREFIX = "nncli."  # keys of what nncli saves beside the state_dict (preprocessing statistics)
+SCHEMA_KEY = EXTRA_PREFIX + "schema"  # the input schema's JSON text: safetensors metadata, or a str entry in a .pt
 
 
 def torch_dtype(name: str):
@@ -121,7 +123,15 @@ def build(
         ) from None
     extras = load_weights(module, weights) if weights else {}
     return Model(
-        module, layers, spec, seed, weights, dtype, classes=extras.get("classes"), preprocess=extras.get("preprocess")
+        module,
+        layers,
+        spec,
+        seed,
+        weights,
+        dtype,
+        classes=extras.get("classes"),
+        preprocess=extras.get("preprocess"),
+        schema=extras.get("schema"),
     )
 
 
@@ -172,7 +182,7 @@ def _refused_pickle(reason: str) -> str:
 
 def read_weights(path: str) -> tuple[dict, dict]:
     """Read a .safetensors file or a .pt/.pth state_dict (weights_only: no code runs); returns the
-    state_dict and what nncli saved beside it (classes, preprocess)."""
+    state_dict and what nncli saved beside it (classes, preprocess, schema)."""
     import torch
 
     suffix = os.path.splitext(path)[1].lower()
@@ -237,6 +247,19 @@ def saved_classes(path: str):
     if not isinstance(classes, list) or not all(isinstance(c, (str, int)) for c in classes):
         return UNKNOWN  # read_weights names the problem
     return [str(c) for c in classes]
+
+
+def saved_schema(path: str):
+    """The input schema's JSON text a .safetensors file's header holds (None if it holds none), read
+    without torch; UNKNOWN for anything else (a .pt, a broken file): only loading the weights can tell."""
+    header = _header(path) if path.lower().endswith(".safetensors") else None
+    if header is None:
+        return UNKNOWN
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict):
+        return UNKNOWN
+    schema = meta.get(SCHEMA_KEY)
+    return schema if schema is None or isinstance(schema, str) else UNKNOWN  # read_weights names the problem
 
 
 UNKNOWN = object()
@@ -370,7 +393,8 @@ def read_state(path: str) -> dict:
 
 def _extras(state: dict, path: str, suffix: str) -> dict:
     """Take what nncli saved beside the state_dict out of it: class labels (safetensors metadata, or a
-    `classes` list in a .pt) and preprocessing statistics (`nncli.preprocess.*` tensors)."""
+    `classes` list in a .pt), preprocessing statistics (`nncli.preprocess.*` tensors) and the input
+    schema (`nncli.schema` text, kept as written: lib decodes it)."""
     import json
 
     def parsed(key: str, default):  # metadata is text anyone can edit: not JSON is the file's error, never a crash
@@ -391,6 +415,13 @@ def _extras(state: dict, path: str, suffix: str) -> dict:
         classes = state.pop("classes", None)
         if "nncli.preprocess" in state and not hasattr(state["nncli.preprocess"], "shape"):
             meta["nncli.preprocess"] = json.dumps(state.pop("nncli.preprocess"))
+        if SCHEMA_KEY in state:
+            meta[SCHEMA_KEY] = state.pop(SCHEMA_KEY)
+    if SCHEMA_KEY in meta:
+        if not isinstance(meta[SCHEMA_KEY], str):  # a .pt anyone wrote: a tensor or a dict where nncli writes text
+            what = "a tensor" if hasattr(meta[SCHEMA_KEY], "shape") else _describe(meta[SCHEMA_KEY])
+            raise NncliError(f"the entry {SCHEMA_KEY!r} must be the input schema's JSON text, got {what}", path)
+        extras["schema"] = meta[SCHEMA_KEY]
     if classes is not None:
         key = "nncli.classes" if suffix == ".safetensors" else "classes"
         extras["classes"] = checked_classes(classes, key, path)
@@ -460,11 +491,16 @@ def state_for_saving(module) -> dict:
 
 
 def write_weights(
-    state: dict, stream, suffix: str, classes: list | None = None, preprocess: Preprocess | None = None
+    state: dict,
+    stream,
+    suffix: str,
+    classes: list | None = None,
+    preprocess: Preprocess | None = None,
+    schema: str | None = None,
 ) -> None:
-    """Serialise a state_dict (and the classes and preprocessing that go with it) to an open binary
-    stream, in the format the suffix names: safetensors metadata and `nncli.preprocess.*` tensors, or
-    `classes` and `nncli.*` keys in a .pt. PyTorch's load_state_dict(strict=False) ignores both."""
+    """Serialise a state_dict (and the classes, preprocessing and input schema that go with it) to an
+    open binary stream, in the format the suffix names: safetensors metadata and `nncli.preprocess.*`
+    tensors, or `classes` and `nncli.*` keys in a .pt. PyTorch's load_state_dict(strict=False) ignores both."""
     import json
 
     import torch
@@ -477,6 +513,10 @@ def write_weights(
         meta["nncli.preprocess"] = json.dumps({"kind": preprocess.kind, "columns": preprocess.columns})
     if classes is not None:
         meta["nncli.classes"] = json.dumps(list(classes))
+    if schema is not None:
+        if not isinstance(schema, str):
+            raise TypeError(f"schema is the input schema's JSON text, not {type(schema).__name__}")
+        meta[SCHEMA_KEY] = schema
     if suffix == ".safetensors":
         from safetensors.torch import save
 
@@ -486,6 +526,8 @@ def write_weights(
             state["classes"] = list(classes)
         if preprocess is not None:
             state["nncli.preprocess"] = {"kind": preprocess.kind, "columns": list(preprocess.columns)}
+        if schema is not None:
+            state[SCHEMA_KEY] = schema
         torch.save(state, stream)
 
 

@@ -28,8 +28,17 @@ MAX_ALIAS_NODES = 10**6
 # limit is checked against the layer's parameter shape before the written value is walked or copied.
 MAX_INLINE_VALUES = 10**6
 MAX_INT = 2**63  # torch keeps sizes and dims in int64; larger integers are refused, never printed in full
-TOP_KEYS = ("name", "seed", "layers", "loss", "inputs", "classes", "preprocess")
-PREPROCESS_KINDS = ("standardize", "minmax")
+TOP_KEYS = ("name", "seed", "layers", "loss", "inputs", "classes", "target", "features", "exclude", "preprocess")
+PREPROCESS_KINDS = ("standardize", "minmax")  # feature scaling, Spec.preprocess
+PREPROCESS_KEYS = (*PREPROCESS_KINDS, "impute", "onehot", "categorical", "target")
+# The keywords and choices of nncli.io.preprocess's Imputer.fit and OneHot.fit, repeated here (core does
+# not import io) so that a spec's mistake is named when it is read, not after the training rows are.
+IMPUTE_KEYS = ("strategy", "fill_value", "add_indicator", "keep_empty_features")
+IMPUTE_STRATEGIES = ("mean", "median", "most_frequent", "constant")
+ONEHOT_KEYS = ("columns", "handle_unknown", "min_frequency", "max_categories", "missing", "fill_value")
+ONEHOT_UNKNOWN = ("ignore", "error")
+ONEHOT_MISSING = ("error", "category", "most_frequent", "constant")
+TARGET_SCALINGS = ("standardize", "minmax")
 MAX_CLASSES = 100_000
 PARAM_KEYS = ("weight", "bias")
 
@@ -65,6 +74,18 @@ class Spec:
     inputs: int | None = None
     classes: list[str] | None = None  # class labels in class-index order
     preprocess: dict | None = None  # {"standardize" or "minmax": True or [column names]}
+    target: list[str] | None = None  # the target column(s), by name
+    features: list[str] | None = None  # the feature columns, in order
+    exclude: list[str] | None = None  # columns that are not features (features and exclude never both)
+    impute: dict | None = None  # Imputer.fit's keywords as given, "strategy" always there
+    onehot: dict | None = None  # {"columns": [names] or "auto"} and OneHot.fit's other keywords as given
+    target_scaling: str | None = None  # "standardize" or "minmax"
+
+    @property
+    def wants_schema(self) -> bool:
+        """The spec names its data or asks for preprocessing fitted beyond feature scaling."""
+        named = (self.target, self.features, self.exclude, self.impute, self.onehot, self.target_scaling)
+        return any(v is not None for v in named)
 
     @property
     def display_name(self) -> str:
@@ -340,6 +361,9 @@ def parse_spec(doc: Any, path: str, max_layers: int = DEFAULT_MAX_LAYERS) -> Spe
     if inputs is not None and not (_is_int(inputs) and 0 < inputs < MAX_INT):
         raise fail(f"`inputs` must be a positive integer below 2**63, got {_describe(inputs)}")
     layers = [_parse_layer(i, entry, path) for i, entry in enumerate(layers_doc)]
+    columns = _parse_columns(doc, fail)
+    parts = _parse_preprocess(doc.get("preprocess"), fail)
+    _check_onehot_columns(parts["onehot"], columns, fail)
     return Spec(
         path,
         layers,
@@ -348,8 +372,64 @@ def parse_spec(doc: Any, path: str, max_layers: int = DEFAULT_MAX_LAYERS) -> Spe
         loss,
         inputs,
         _parse_classes(doc.get("classes"), fail),
-        _parse_preprocess(doc.get("preprocess"), fail),
+        **columns,
+        **parts,
     )
+
+
+def _is_name(value: Any) -> bool:
+    """A column name as written: text, or an integer (made text, as `classes` labels are)."""
+    return isinstance(value, str) or (_is_int(value) and abs(value) < MAX_INT)
+
+
+def _parse_names(value: Any, what: str, fail, one: bool = False) -> list[str] | None:
+    """A list of column names, none twice (`one`: a single name alone too, as `target: species`);
+    `what` names the key in messages."""
+    if value is None:
+        return None
+    if one and _is_name(value):
+        return [str(value)]
+    either = "a column name or " if one else ""
+    if not isinstance(value, list):
+        raise fail(f"{what} must be {either}a list of column names, got {_describe(value)}")
+    if not value:
+        raise fail(f"{what} is an empty list: name at least one column, or leave it out")
+    bad = [v for v in value if not _is_name(v)]
+    if bad:
+        raise fail(f"{what} must hold column names (text or integers), got {_describe(bad[0])}")
+    names = [str(v) for v in value]
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            raise fail(f"{what} names {_short(n)} twice")
+        seen.add(n)
+    return names
+
+
+def _parse_columns(doc: dict, fail) -> dict:
+    """`target`, `features` and `exclude`: which columns of the data the model takes, by name."""
+    target = _parse_names(doc.get("target"), "`target`", fail, one=True)
+    features = _parse_names(doc.get("features"), "`features`", fail)
+    exclude = _parse_names(doc.get("exclude"), "`exclude`", fail)
+    if features is not None and exclude is not None:
+        raise fail("`features` and `exclude` together: give the columns to use or those to leave out, not both")
+    both = [t for t in target or [] if t in (features or [])]
+    if both:
+        raise fail(f"`features` names the target {_short(both[0])}: a column is a feature or the target, not both")
+    return {"target": target, "features": features, "exclude": exclude}
+
+
+def _check_onehot_columns(onehot: dict | None, columns: dict, fail) -> None:
+    """A one-hot column must be a feature: never the target, an excluded column, or one `features` leaves out."""
+    if onehot is None or onehot["columns"] == "auto":
+        return
+    for c in onehot["columns"]:
+        if c in (columns["target"] or []):
+            raise fail(f"`preprocess: onehot` names the target {_short(c)}; it encodes feature columns")
+        if c in (columns["exclude"] or []):
+            raise fail(f"`preprocess: onehot` names {_short(c)}, which `exclude` leaves out")
+        if columns["features"] is not None and c not in columns["features"]:
+            raise fail(f"`preprocess: onehot` names {_short(c)}, which is not among `features`")
 
 
 def _parse_classes(classes: Any, fail) -> list[str] | None:
@@ -374,16 +454,49 @@ def _parse_classes(classes: Any, fail) -> list[str] | None:
     return labels
 
 
-def _parse_preprocess(preprocess: Any, fail) -> dict | None:
-    """`preprocess: {standardize: true}` (every feature) or `{standardize: [age, income]}`; `minmax` likewise."""
+def _parse_preprocess(preprocess: Any, fail) -> dict:
+    """`preprocess:` -> the Spec fields preprocess (feature scaling), impute, onehot and target_scaling."""
+    parts: dict[str, Any] = {"preprocess": None, "impute": None, "onehot": None, "target_scaling": None}
     if preprocess is None:
-        return None
-    if not isinstance(preprocess, dict) or len(preprocess) != 1 or next(iter(preprocess)) not in PREPROCESS_KINDS:
+        return parts
+    if not isinstance(preprocess, dict) or not preprocess:
+        got = "an empty mapping" if preprocess == {} else _describe(preprocess)
+        raise fail(f"`preprocess` must be a mapping of any of {', '.join(PREPROCESS_KEYS)}, got {got}")
+    unknown = [k for k in preprocess if k not in PREPROCESS_KEYS]
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), PREPROCESS_KEYS, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
         raise fail(
-            f"`preprocess` must be {{standardize: true}}, {{minmax: true}} or either with a list of columns, "
-            f"got {_describe(preprocess)}"
+            f"unknown `preprocess` key {_short(unknown[0])}{hint} (`preprocess` takes {', '.join(PREPROCESS_KEYS)})"
         )
-    kind, columns = next(iter(preprocess.items()))
+    scaling = [k for k in PREPROCESS_KINDS if k in preprocess]
+    if len(scaling) > 1:
+        raise fail("`preprocess` takes standardize or minmax, not both")
+    if scaling:
+        parts["preprocess"] = _parse_scaling(scaling[0], preprocess[scaling[0]], fail)
+    if "impute" in preprocess:
+        parts["impute"] = _parse_impute(preprocess["impute"], fail)
+    if "onehot" in preprocess and "categorical" in preprocess:
+        raise fail("`preprocess` takes onehot or categorical: auto, not both")
+    if "onehot" in preprocess:
+        parts["onehot"] = _parse_onehot(preprocess["onehot"], fail)
+    if "categorical" in preprocess:
+        if preprocess["categorical"] != "auto":
+            raise fail(
+                "`preprocess: categorical` takes auto (one-hot encode every text column other than the target), "
+                f"got {_describe(preprocess['categorical'])}"
+            )
+        parts["onehot"] = {"columns": "auto"}
+    if "target" in preprocess:
+        scale = preprocess["target"]
+        if not isinstance(scale, str) or scale not in TARGET_SCALINGS:
+            raise fail(f"`preprocess: target` must be {' or '.join(TARGET_SCALINGS)}, got {_describe(scale)}")
+        parts["target_scaling"] = scale
+    return parts
+
+
+def _parse_scaling(kind: str, columns: Any, fail) -> dict:
+    """`standardize: true` (every feature) or `standardize: [age, income]`; `minmax` likewise."""
     if columns is True:
         return {kind: True}
     if (
@@ -393,6 +506,88 @@ def _parse_preprocess(preprocess: Any, fail) -> dict | None:
     ):
         raise fail(f"`preprocess: {kind}` takes true or a list of column names, got {_describe(columns)}")
     return {kind: [str(c) for c in columns]}
+
+
+def _choice(value: Any, choices: tuple, what: str, fail) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise fail(f"{what} must be one of {', '.join(choices)}, got {_describe(value)}")
+    return value
+
+
+def _unknown_option(given: dict, keys: tuple, what: str, fail) -> None:
+    unknown = [k for k in given if k not in keys]
+    if unknown:
+        raise fail(f"unknown key {_short(unknown[0])} in {what} (it takes {', '.join(keys)})")
+
+
+def _parse_impute(value: Any, fail) -> dict:
+    """`impute: median`, or `impute: {strategy: ..., fill_value: ..., add_indicator: ..., keep_empty_features: ...}`:
+    SimpleImputer's keywords as given, strategy "mean" unless given (as SimpleImputer's default)."""
+    what = "`preprocess: impute`"
+    if isinstance(value, str):
+        value = {"strategy": value}
+    if not isinstance(value, dict):
+        raise fail(
+            f"{what} must be a strategy ({', '.join(IMPUTE_STRATEGIES)}) or a mapping of "
+            f"{', '.join(IMPUTE_KEYS)}, got {_describe(value)}"
+        )
+    if "columns" in value:
+        raise fail(f"{what}: impute on some columns only is not supported yet; it imputes every number feature")
+    _unknown_option(value, IMPUTE_KEYS, what, fail)
+    impute: dict[str, Any] = {
+        "strategy": _choice(value.get("strategy", "mean"), IMPUTE_STRATEGIES, f"{what} strategy", fail)
+    }
+    if "fill_value" in value:
+        fill = value["fill_value"]
+        if not isinstance(fill, (int, float)) or isinstance(fill, bool) or not _finite(fill):
+            raise fail(f"{what} fill_value must be a finite number, got {_describe(fill)}")
+        impute["fill_value"] = fill
+    for flag in ("add_indicator", "keep_empty_features"):
+        if flag in value:
+            if not isinstance(value[flag], bool):
+                raise fail(f"{what} {flag} must be true or false, got {_describe(value[flag])}")
+            impute[flag] = value[flag]
+    return impute
+
+
+def _parse_onehot(value: Any, fail) -> dict:
+    """`onehot: [island, sex]`, `onehot: auto`, or a mapping of `columns` and OneHot.fit's keywords, as given."""
+    what = "`preprocess: onehot`"
+    if isinstance(value, list) or value == "auto":
+        value = {"columns": value}
+    if not isinstance(value, dict):
+        raise fail(
+            f"{what} must be a list of columns, auto, or a mapping of {', '.join(ONEHOT_KEYS)}, got {_describe(value)}"
+        )
+    _unknown_option(value, ONEHOT_KEYS, what, fail)
+    if value.get("columns") is None:
+        raise fail(f"{what} must name its columns: `columns: [a, b]` or `columns: auto`")
+    columns = value["columns"]
+    onehot: dict[str, Any] = {
+        "columns": "auto" if columns == "auto" else _parse_names(columns, f"{what} columns", fail)
+    }
+    if "handle_unknown" in value:
+        onehot["handle_unknown"] = _choice(value["handle_unknown"], ONEHOT_UNKNOWN, f"{what} handle_unknown", fail)
+    if "missing" in value:
+        onehot["missing"] = _choice(value["missing"], ONEHOT_MISSING, f"{what} missing", fail)
+    if "min_frequency" in value:
+        m = value["min_frequency"]
+        count = _is_int(m) and 1 <= m < MAX_INT
+        fraction = isinstance(m, float) and 0 < m < 1
+        if not (count or fraction):
+            raise fail(f"{what} min_frequency must be a count from 1 or a fraction between 0 and 1, got {_describe(m)}")
+        onehot["min_frequency"] = m
+    if "max_categories" in value:
+        m = value["max_categories"]
+        if not (_is_int(m) and 1 <= m < MAX_INT):
+            raise fail(f"{what} max_categories must be an integer from 1, got {_describe(m)}")
+        onehot["max_categories"] = m
+    if "fill_value" in value:
+        fill = value["fill_value"]
+        if not _is_name(fill):
+            raise fail(f"{what} fill_value must be text (a category), got {_describe(fill)}")
+        onehot["fill_value"] = str(fill)  # `fill_value: 0` is the category "0", as the table's text reads
+    return onehot
 
 
 def _is_int(v: Any) -> bool:
