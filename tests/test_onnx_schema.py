@@ -163,6 +163,9 @@ def test_the_graph_encodes_raw_columns_as_schema_encode(name, dtype):
         want = module(torch.from_numpy(encoded.values).to(DTYPES[dtype])).numpy()
     assert same(got, want)
     assert same(got, encoded.values.astype(dtype))  # the identity: the matrix itself
+    for rows in (1, 0):  # one row, and none: the batch dimension is free
+        part = new.head(rows)
+        assert same(run(graph, feeds(schema, part)), schema.encode(part).values.astype(dtype))
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -201,6 +204,33 @@ def test_a_scaled_target_comes_back_in_its_units_as_inverse_computes_it(kind, dt
     want = target.scaling.inverse(y)  # float64 from the model's output, as inverse takes it
     assert same(got, want.astype(y.dtype))  # float32: rounded once to the model's dtype
     assert not same(y.astype(np.float64), want)  # the scaling did something
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_nnclis_own_export_takes_the_raw_columns(dtype):
+    """What the lead wires into `nncli export`: build_export's bytes (metadata and all), a
+    regression model with its target standardized."""
+    import nncli
+    from nncli.lib.export import build_export
+
+    raw = table(400, seed=5)
+    weight = column_numbers(raw.get_column("weight"), "weight")
+    target = Target("weight", "number", scaling=TargetScaler.fit(weight, "standardize", "weight"))
+    impute, onehot = SCHEMAS["most_frequent, missing a category, max_categories 1"]
+    schema = Schema.fit(raw, NUMBERS, CATEGORIES, impute=impute, onehot=onehot, target=target)
+    spec = {"name": "r", "seed": 42, "layers": [{"Linear": [schema.width, 4]}, "ReLU", {"Linear": [4, 1]}]}
+    model = nncli.load(dict(spec, loss="MSELoss"), dtype=dtype)
+    made = build_export(model, "onnx")
+    plain = onnx.load_from_string(made.data)
+    graph = with_schema(plain, schema, made.dtype, output_name=made.output)
+    assert {p.key for p in graph.metadata_props} == {p.key for p in plain.metadata_props}
+    new = table(300, seed=6)
+    got = run(graph, feeds(schema, new))
+    x = torch.from_numpy(schema.encode(new).values).to(DTYPES[dtype])
+    assert same(got, target.scaling.inverse(run(plain, {"features": x.numpy()})).astype(dtype))
+    with torch.no_grad():
+        want = target.scaling.inverse(model.build().module.eval()(x).numpy())
+    assert np.abs(got - want).max() <= TOLERANCE[dtype] * max(1.0, float(np.abs(want).max()))
 
 
 def test_the_encoding_equals_column_transformer():
