@@ -22,14 +22,16 @@ What it does not do, where Schema.encode raises an error: a missing number witho
 an infinite number pass into the model as they are (NaN, inf); a missing category with `missing:
 error` and an unknown one with `handle_unknown: error` give all zeros, as `ignore` does. A caller
 that must refuse such rows checks them before the graph (or refuses to export such a schema).
+Nor does it count the rows with an unknown category (Encoded.unknown).
 
 The operators, and why each:
 - numbers: IsNaN and Where (the fitted statistic where NaN), Cast(IsNaN) for MissingIndicator's
   0/1 columns. ai.onnx.ml's Imputer is not used: onnxruntime implements it for float and int64
   only, and the encoding is float64.
-- categories: RegexFullMatch `[ \\t]*(|NA|...)[ \\t]*` says which cells are missing (the one ONNX
-  operator that can strip; it is in the default domain from opset 20, so a schema with category
-  features needs the model's opset 20 or later, which torch's exporter writes by default);
+- categories: RegexFullMatch `[ \\t]*(|NA|...)[ \\t]*` says which cells are missing (no older
+  string operator can see past the spaces around a text; it is in the default domain from opset
+  20, so a schema with category features needs the model's opset 20 or later, which torch's
+  exporter writes by default);
   ai.onnx.ml LabelEncoder maps each category's text to its output column (infrequent ones to the
   last, unknown to -1); Where puts the missing cells' column (their own category's, the fill's, or
   -1); ai.onnx.ml OneHotEncoder (zeros=1: -1 gives all zeros) makes the 0/1 columns, in float32,
