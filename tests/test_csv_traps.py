@@ -1,5 +1,6 @@
 """CSV traps: very wide files, tiny batches with ids, closed standard input, CR line endings,
-stray quotes, Unicode digits, headers of numbers, duplicate names and decimal commas.
+stray quotes, Unicode digits, headers of numbers, duplicate names, decimal commas, and missing
+cells read as NaN when asked.
 
 Each test failed before the fix it guards. Expected numbers come from Python's float() and from
 PyTorch in the test, never from nncli.
@@ -13,6 +14,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -507,3 +509,130 @@ def test_a_file_whose_size_stays_or_grows_reads_to_its_end(tmp_path, monkeypatch
     rows += sum(len(b.values) for b in blocks)
     table.close()
     assert rows == 6_000
+
+
+# -- 10. missing cells, read as NaN when asked (issue #26) ----------------------------------------
+
+SPELLINGS = ["", "NA", "NaN", "nan", "null", "None", "?"]  # MISSING_TEXTS, written out: the issue's list
+
+
+def read_table(path, numeric, text=(), missing=True, **options):
+    table = csvread.CsvFile(str(path), **options)
+    try:
+        blocks = list(table.read(numeric, text, missing=missing))
+    finally:
+        table.close()
+    values = np.concatenate([b.values for b in blocks])
+    return values, [sum((b.texts[k] for b in blocks), []) for k in range(len(text))]
+
+
+def missing_rows(spellings):
+    """Rows `x,y,name` with each spelling in x, then in y, then in both; the text column holds the
+    spelling too (it is text, read as it is); and what x and y hold (np.nan where missing)."""
+    lines, expected, names = [], [], []
+    for k, cell in enumerate(spellings):
+        for x, y, want in (
+            (cell, f"{k}.5", [np.nan, k + 0.5]),
+            (f"-{k}", cell, [-k, np.nan]),
+            (cell, cell, [np.nan] * 2),
+        ):
+            lines.append(f"{x},{y},{cell}")
+            expected.append(want)
+            names.append(cell)
+    return lines, expected, names
+
+
+def test_missing_cells_are_nan_in_the_fast_parser(tmp_path, monkeypatch):
+    """polars reads every spelling (null_values), over many blocks: the exact parser is never used,
+    and a text cell `NA` stays the text NA."""
+    monkeypatch.setattr(csvread, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(csvread.CsvFile, "_exact_parse", lambda *a: pytest.fail("the exact parser was used"))
+    lines, expected, names = missing_rows(SPELLINGS)
+    path = write(tmp_path, "m.csv", "x,y,name\n" + "".join(line + "\n" for line in lines * 200))
+    values, (texts,) = read_table(path, [0, 1], [2])
+    np.testing.assert_array_equal(values, expected * 200)
+    assert texts == names * 200
+    values, _ = read_table(path, [1])  # one column of several: the short-row check still holds
+    np.testing.assert_array_equal(values, [[r[1]] for r in expected * 200])
+
+
+@pytest.mark.parametrize("around", ["", " ", "  ", "\t", " \t "])
+def test_missing_cells_are_nan_in_the_exact_parser(tmp_path, around):
+    """Spaces and tabs around a spelling; a quoted cell sends the block to the exact parser, and a
+    block without one (` NA` is a cell polars refuses) gets there too: the same values either way."""
+    spellings = [around + s + around for s in SPELLINGS]
+    lines, expected, names = missing_rows(spellings)
+    plain = write(tmp_path, "plain.csv", "x,y,name\n" + "\n".join(lines) + "\n")
+    quoted = write(tmp_path, "quoted.csv", 'x,y,name\n"1","2",q\n' + "\n".join(lines) + "\n")
+    for path, first in ((plain, []), (quoted, [[1.0, 2.0]])):
+        values, (texts,) = read_table(path, [0, 1], [2], delimiter=",")
+        np.testing.assert_array_equal(values, first + expected)
+        assert texts == ["q"] * len(first) + names
+
+
+def test_missing_cells_with_decimal_commas_blank_lines_crlf_and_one_column(tmp_path, monkeypatch):
+    """Each file twice: as it is, read by polars alone, and with a quoted cell, by the exact parser."""
+    exact = csvread.CsvFile._exact_parse
+
+    def both(body: str, name: str):
+        path, quoted = write(tmp_path, name, body), write(tmp_path, "q" + name, body.replace("NA", '"NA"', 1))
+        with monkeypatch.context() as m:
+            m.setattr(csvread.CsvFile, "_exact_parse", lambda *a: pytest.fail("the exact parser was used"))
+            yield path
+        monkeypatch.setattr(csvread.CsvFile, "_exact_parse", exact)
+        yield quoted
+
+    rows = ["1,5;NA", ";2,5", "?;-0,25", "NaN;null"]
+    text = "x;y\r\n" + "\r\n".join(rows[:2]) + "\r\n\r\n  \r\n" + "\r\n".join(rows[2:]) + "\r\n\r\n"
+    for path in both(text, "dc.csv"):
+        values, _ = read_table(path, [0, 1], decimal_comma=True)
+        np.testing.assert_array_equal(values, [[1.5, np.nan], [np.nan, 2.5], [np.nan, -0.25], [np.nan, np.nan]])
+    # one column: a blank line (or one of spaces) is no row, as pandas reads it; a spelling is NaN
+    for body in ("x\n1\n\nNA\n   \n?\n2.5\n", "x\r\n1\r\n\r\nNA\r\n?\r\n2.5"):
+        for path in both(body, "one.csv"):
+            values, _ = read_table(path, [0])
+            np.testing.assert_array_equal(values, [[1.0], [np.nan], [np.nan], [2.5]])
+
+
+def test_missing_cells_in_a_wide_file(tmp_path):
+    """The wide-file path (WIDE_COLUMNS or more, few rows) is the exact parser: it reads them too."""
+    ncols = csvread.WIDE_COLUMNS + 6
+    rows = [[str(c + r) if (c + r) % 5 else SPELLINGS[(c + r) % 7] for c in range(ncols)] for r in range(3)]
+    path = write(tmp_path, "wide.csv", "".join(",".join(row) + "\n" for row in rows))
+    values, _ = read_table(path, list(range(ncols)), header=False)
+    np.testing.assert_array_equal(
+        values, [[float(c + r) if (c + r) % 5 else np.nan for c in range(ncols)] for r in range(3)]
+    )
+
+
+@pytest.mark.parametrize("quote", ["", '"'])
+def test_with_missing_a_non_number_or_a_short_row_is_still_an_error(tmp_path, quote):
+    for body, message, where in (
+        ("x,y\n1,2\nNA,abc\n", "column 1 ('y'): 'abc' is not a number", "3"),
+        ("x,y\n1,2\n,1.2.3\n", "column 1 ('y'): '1.2.3' is not a number", "3"),
+        ("x,y\n1,2\nNA,3\n4\n", "the row has 1 cells, expected 2", "4"),  # polars reads its y as null
+        ("x,y\n1,2\n\n4\n,\n", "the row has 1 cells, expected 2", "4"),
+        ("x,y\n1,N/A\n", "column 1 ('y'): 'N/A' is not a number", "2"),  # the match is exact
+    ):
+        path = write(tmp_path, "bad.csv", body.replace("1,2", f"{quote}1{quote},2"))
+        with pytest.raises(NncliError, match=re.escape(message)) as raised:
+            read_table(path, [0, 1])
+        assert raised.value.where == f"{path}:{where}"
+
+
+def test_without_missing_a_missing_cell_is_still_an_error(tmp_path):
+    for body, message in (("x,y\n1,\n", "the cell is empty"), ("x,y\n1,NA\n", "'NA' is not a number")):
+        path = write(tmp_path, "m.csv", body)
+        with pytest.raises(NncliError, match=re.escape(f"column 1 ('y'): {message}")):
+            read_table(path, [0, 1], missing=False)
+
+
+def test_a_row_of_empty_tab_cells_beside_a_blank_line_is_not_dropped(tmp_path):
+    """`\\t` in a two-column TSV is a row of two empty cells (Python's csv reads it so), not a blank
+    line: the fast parser's retry without blank lines dropped it when a blank line was near, and the
+    row was gone without a word (an error without the blank line)."""
+    path = write(tmp_path, "t.tsv", "a\tb\n1\t2\n\n\t\n3\t4\n")
+    with pytest.raises(NncliError, match=re.escape("column 0 ('a'): the cell is empty")):
+        read_table(path, [0, 1], missing=False)
+    values, _ = read_table(path, [0, 1])
+    np.testing.assert_array_equal(values, [[1, 2], [np.nan, np.nan], [3, 4]])

@@ -9,6 +9,7 @@ import gzip
 import json
 import lzma
 import os
+import re
 import subprocess
 import sys
 
@@ -95,6 +96,57 @@ def test_every_input_format_gives_the_same_numbers_as_pytorch(nncli, tmp_path, f
         np.testing.assert_array_equal(
             np.array(grads["0.weight"], dtype=np.float32), model[0].weight.grad.numpy(), err_msg=name
         )
+
+
+def missing_frame(bad: str = "2") -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "f64": [1.5, None, float("nan"), -2.0],
+            "i64": [1, 2, None, 4],
+            "f32": pl.Series([0.25, None, 2.5, None], dtype=pl.Float32),
+            "flag": [True, None, False, True],
+            "texts": ["1e3", " NA ", None, bad],  # numbers as text: parsed as the CSV reader parses a cell
+            "empty": pl.Series([None] * 4, dtype=pl.Null),
+            "name": ["a", None, "NA", "?"],
+        }
+    )
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "arrow", "ndjson"])
+def test_typed_nulls_are_nan_when_asked(tmp_path, fmt):
+    """missing=True: a null (a column of nulls only too), NaN in a float column and a missing text
+    are NaN; a text column is as it is; without it a null is an error naming its row, as before."""
+    from nncli.errors import NncliError
+    from nncli.io.tables import TableFile
+
+    path = tmp_path / f"m.{fmt}"
+    write = {
+        "parquet": pl.DataFrame.write_parquet,
+        "arrow": pl.DataFrame.write_ipc,
+        "ndjson": pl.DataFrame.write_ndjson,
+    }
+    write[fmt](missing_frame(), path)
+    nan = np.nan
+    table = TableFile(str(path), fmt)
+    blocks = list(table.read(list(range(6)), [6], missing=True))
+    np.testing.assert_array_equal(
+        np.concatenate([b.values for b in blocks]),
+        [
+            [1.5, 1.0, 0.25, 1.0, 1000.0, nan],
+            [nan, 2.0, nan, nan, nan, nan],
+            [nan, nan, 2.5, 0.0, nan, nan],
+            [-2.0, 4.0, nan, 1.0, 2.0, nan],
+        ],
+    )
+    assert [t for b in blocks for t in b.texts[0]] == ["a", "", "NA", "?"]  # as without missing
+    for column, message in ((0, "the cell is empty (null)"), (4, "' NA ' is not a number"), (5, "holds Null")):
+        with pytest.raises(NncliError, match=re.escape(message)):
+            list(TableFile(str(path), fmt).read([column]))
+    bad = tmp_path / f"bad.{fmt}"
+    write[fmt](missing_frame("1.2.3"), bad)
+    with pytest.raises(NncliError, match=re.escape("column 4 ('texts'): '1.2.3' is not a number")) as raised:
+        list(TableFile(str(bad), fmt).read([4], missing=True))
+    assert raised.value.where == f"{bad}, row 3"
 
 
 @pytest.mark.slow

@@ -8,6 +8,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+# A missing cell, as every reader sees it (io/preprocess/missing.py says why these): the text of a
+# cell, spaces and tabs around it removed, is one of these. Here, below csvread, so that the CSV
+# reader can read them as NaN when asked without importing the preprocessing.
+MISSING_TEXTS = ("", "NA", "NaN", "nan", "null", "None", "?")
+AROUND = " \t"  # what is stripped from a cell before it is compared with MISSING_TEXTS
+_MISSING = frozenset(MISSING_TEXTS)
+
+
+def is_missing_text(cell: str) -> bool:
+    """A text cell that stands for a missing value (spaces and tabs around it ignored)."""
+    return cell.strip(AROUND) in _MISSING
+
+
 # A cell that is a number once its comma is a decimal point: worth a hint in the error message.
 _DECIMAL_COMMA = re.compile(r"^\s*[+-]?[0-9]+,[0-9]+\s*$")
 

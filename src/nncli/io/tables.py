@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from nncli.errors import NncliError, UsageError
-from nncli.io.cells import Block, parse_number
+from nncli.io.cells import Block, is_missing_text, parse_number
 from nncli.io.compression import decompress, open_compressed
 
 BATCH_ROWS = 65536
@@ -120,13 +120,18 @@ class TableFile:
     def column_label(self, index: int) -> str:
         return f"column {index} ({self.names[index]!r})"
 
-    def read(self, numeric: list[int], text: Sequence[int] = ()):
-        """Blocks of float64 values (numeric columns, row-major) and strings (text columns)."""
+    def read(self, numeric: list[int], text: Sequence[int] = (), missing: bool = False):
+        """Blocks of float64 values (numeric columns, row-major) and strings (text columns).
+
+        `missing`: a missing numeric cell is NaN instead of an error: a null (a column of nulls
+        only, too), NaN in a float column (NaN either way), or in a text column what the CSV reader
+        takes as missing (cells.MISSING_TEXTS). Text columns are as they are either way."""
         import numpy as np
         import polars as pl
 
         for i in numeric:
-            if not (self.types[i].is_numeric() or self.types[i] == pl.Boolean or self.types[i] == pl.String):
+            kind = self.types[i]
+            if not (kind.is_numeric() or kind in (pl.Boolean, pl.String) or (missing and kind == pl.Null)):
                 raise NncliError(f"{self.column_label(i)} holds {self.types[i]}, not numbers", self.name)
         wanted = sorted(set(numeric) | set(text))
         rows = 0
@@ -140,7 +145,7 @@ class TableFile:
             for frame in batches:
                 values = np.empty((frame.height, len(numeric)), dtype=np.float64)  # row-major, as the CSV reader's
                 for j, i in enumerate(numeric):
-                    values[:, j] = self._numbers(frame.get_column(self.names[i]), i, rows)
+                    values[:, j] = self._numbers(frame.get_column(self.names[i]), i, rows, missing)
                 texts = [frame.get_column(self.names[i]).cast(pl.String).fill_null("").to_list() for i in text]
                 if frame.height:
                     yield Block(values, texts, rows)
@@ -152,14 +157,18 @@ class TableFile:
         if rows == 0:
             raise NncliError("the file has no rows", self.name)
 
-    def _numbers(self, series, i: int, first_row: int):
-        """A column as float64: numbers as they are typed; text parsed as the CSV reader parses a cell."""
+    def _numbers(self, series, i: int, first_row: int, missing: bool = False):
+        """A column as float64: numbers as they are typed; text parsed as the CSV reader parses a cell.
+        `missing`: a missing cell (see read) is NaN."""
         import numpy as np
         import polars as pl
 
         if series.dtype == pl.String:
             out = np.empty(len(series), dtype=np.float64)
             for r, cell in enumerate(series.to_list()):
+                if missing and (cell is None or is_missing_text(cell)):
+                    out[r] = np.nan
+                    continue
                 value = None if cell is None else parse_number(cell)
                 if value is None:
                     problem = "the cell is empty" if not cell else repr(cell) + " is not a number"
@@ -169,6 +178,8 @@ class TableFile:
                     )
                 out[r] = value
             return out
+        if series.null_count() and missing:
+            return series.cast(pl.Float64).fill_null(np.nan).to_numpy()
         if series.null_count():
             r = int(series.is_null().arg_max())
             raise NncliError(f"{self.column_label(i)}: the cell is empty (null)", f"{self.name}, row {first_row + r}")

@@ -19,11 +19,7 @@ import numpy as np
 import polars as pl
 
 from nncli.errors import NncliError, printable
-from nncli.io.csvread import parse_number
-
-MISSING_TEXTS = ("", "NA", "NaN", "nan", "null", "None", "?")
-_MISSING = frozenset(MISSING_TEXTS)
-AROUND = " \t"  # what is stripped from a cell before it is compared with MISSING_TEXTS
+from nncli.io.cells import AROUND, MISSING_TEXTS, is_missing_text, parse_number
 
 
 def is_missing(cell: object) -> bool:
@@ -32,7 +28,7 @@ def is_missing(cell: object) -> bool:
         return True
     if isinstance(cell, float):
         return math.isnan(cell)
-    return isinstance(cell, str) and cell.strip(AROUND) in _MISSING
+    return isinstance(cell, str) and is_missing_text(cell)
 
 
 def missing_texts(series: pl.Series) -> pl.Series:
