@@ -588,7 +588,12 @@ def test_missing_cells_with_decimal_commas_blank_lines_crlf_and_one_column(tmp_p
         values, _ = read_table(path, [0, 1], decimal_comma=True)
         np.testing.assert_array_equal(values, [[1.5, np.nan], [np.nan, 2.5], [np.nan, -0.25], [np.nan, np.nan]])
     # one column: a blank line (or one of spaces) is no row, as pandas reads it; a spelling is NaN
-    for body in ("x\n1\n\nNA\n   \n?\n2.5\n", "x\r\n1\r\n\r\nNA\r\n?\r\n2.5"):
+    for body in (
+        "x\n1\n\nNA\n   \n?\n2.5\n",
+        "x\r\n1\r\n\r\nNA\r\n?\r\n2.5",
+        "x\n1\nNA\n?\n2.5\n \t",
+        "x\n1\nNA\n?\n2.5",
+    ):
         for path in both(body, "one.csv"):
             values, _ = read_table(path, [0])
             np.testing.assert_array_equal(values, [[1.0], [np.nan], [np.nan], [2.5]])
