@@ -20,9 +20,11 @@ import subprocess
 import sys
 import time
 
+import hypothesis
 import numpy as np
 import pytest
 import torch
+from hypothesis import strategies as st
 from torch import nn
 
 from nncli.errors import NncliError, UsageError
@@ -588,7 +590,12 @@ def test_missing_cells_with_decimal_commas_blank_lines_crlf_and_one_column(tmp_p
         values, _ = read_table(path, [0, 1], decimal_comma=True)
         np.testing.assert_array_equal(values, [[1.5, np.nan], [np.nan, 2.5], [np.nan, -0.25], [np.nan, np.nan]])
     # one column: a blank line (or one of spaces) is no row, as pandas reads it; a spelling is NaN
-    for body in ("x\n1\n\nNA\n   \n?\n2.5\n", "x\r\n1\r\n\r\nNA\r\n?\r\n2.5"):
+    for body in (
+        "x\n1\n\nNA\n   \n?\n2.5\n",
+        "x\r\n1\r\n\r\nNA\r\n?\r\n2.5",
+        "x\n1\nNA\n?\n2.5\n \t",
+        "x\n1\nNA\n?\n2.5",
+    ):
         for path in both(body, "one.csv"):
             values, _ = read_table(path, [0])
             np.testing.assert_array_equal(values, [[1.0], [np.nan], [np.nan], [2.5]])
@@ -636,3 +643,40 @@ def test_a_row_of_empty_tab_cells_beside_a_blank_line_is_not_dropped(tmp_path):
         read_table(path, [0, 1], missing=False)
     values, _ = read_table(path, [0, 1])
     np.testing.assert_array_equal(values, [[1, 2], [np.nan, np.nan], [3, 4]])
+
+
+_EASY = ["1", "-2.5", "1e3", "inf", "", " ", "\t", *SPELLINGS]  # what polars reads: the fast path's own
+_CELLS = [*_EASY, " 3 ", " NA", "?\t", "N/A", "abc", "Nu"]  # and what sends a block to the exact parser
+
+
+@hypothesis.settings(
+    max_examples=300, deadline=None, suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture]
+)
+@hypothesis.given(
+    data=st.data(),
+    ncols=st.integers(1, 3),
+    delimiter=st.sampled_from([",", "\t"]),
+    crlf=st.booleans(),
+    text=st.sampled_from([(), (0,), (-1,)]),
+    missing=st.booleans(),
+)
+def test_polars_agrees_with_the_exact_parser_on_missing_cells(tmp_path, data, ncols, delimiter, crlf, text, missing):
+    """Whatever the block (short rows, blank lines, lines of spaces, words polars does not know),
+    the fast parser gives the exact parser's values and texts, or leaves the block to it."""
+    cells = st.sampled_from(data.draw(st.sampled_from([_EASY, _CELLS])))
+    row = st.one_of(st.lists(cells, min_size=ncols, max_size=ncols), st.lists(cells, max_size=ncols + 1))
+    rows = data.draw(st.lists(row, min_size=1, max_size=10))
+    table = csvread.CsvFile(str(write(tmp_path, "h.csv", delimiter.join(f"c{i}" for i in range(ncols)) + "\n")))
+    table.close()
+    end = "\r\n" if crlf else "\n"
+    block = "".join(delimiter.join(row) + end for row in rows).encode()
+    numeric, text = list(range(ncols)), [t % ncols for t in text]
+    fast = csvread._fast_parse(block, len(rows), ncols, delimiter, numeric, text, missing=missing)
+    try:
+        exact = table._exact_parse(block, 2, numeric, text, missing)
+    except NncliError:
+        assert fast is None
+        return
+    if fast is not None:
+        np.testing.assert_array_equal(fast[0], exact[0])
+        assert fast[1] == exact[1]
