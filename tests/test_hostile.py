@@ -114,7 +114,7 @@ def test_a_failed_weights_write_leaves_the_old_file(nncli, tmp_path, monkeypatch
     w = tmp_path / "w.safetensors"
     w.write_bytes(b"old weights")
 
-    def fail(state, stream, suffix, *extras):
+    def fail(state, stream, suffix, *extras, **more):
         stream.write(b"partial")
         raise OSError(28, "No space left on device")
 
@@ -762,7 +762,12 @@ def test_train_with_bceloss_that_diverges_to_nan_says_the_loss_became_nan(nncli,
         nncli("train", spec, data, "-t", "y", "--lr", "1e30", "--epochs", "5", "--seed", "0"), 1, "the loss became nan"
     )
     nan = write(tmp_path, "nan.csv", "a,b,y\nnan,1,1\n2,nan,0\n")  # NaN in the data: refused before training, as ever
-    assert_error(nncli("train", spec, nan, "-t", "y", "--lr", "0.1", "--epochs", "1"), 1, "row 0, column 'a'")
+    assert_error(
+        nncli("train", spec, nan, "-t", "y", "--lr", "0.1", "--epochs", "1"),
+        1,
+        "column 'a': the cell is missing",
+        "row 0",
+    )
 
 
 def test_bceloss_outside_0_and_1_without_nan_is_one_line(nncli, tmp_path):

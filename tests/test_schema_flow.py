@@ -26,6 +26,7 @@ NUMBERS = ["bill", "flipper", "mass"]
 CATEGORIES = ["island", "sex"]
 SPEC = """seed: 5
 target: species
+exclude: [id]
 layers:
   - Linear: {out_features: 6}
   - Tanh
@@ -60,7 +61,7 @@ def raw_table(rows: int, seed: int, *, unknown: bool = False) -> pd.DataFrame:
         }
     ).astype(object)
     for column in [*NUMBERS, *CATEGORIES]:
-        frame.loc[g.random(rows) < 0.1, column] = None
+        frame.loc[g.random(rows) < 0.1, column] = np.nan  # NaN: what SimpleImputer takes as missing
     return frame
 
 
@@ -115,8 +116,6 @@ def trained(tmp_path):
         3,
         "--lr",
         0.1,
-        "--id-column",
-        "id",
         "--save-weights",
         tmp_path / "w.safetensors",
     )
@@ -203,8 +202,6 @@ def test_a_missing_cell_without_impute_is_an_error_naming_its_row_and_column(tmp
         1,
         "--lr",
         0.1,
-        "--id-column",
-        "id",
         check=False,
     )
     first = int(np.flatnonzero(train[NUMBERS].isna().any(axis=1).to_numpy())[0])
@@ -229,14 +226,14 @@ def test_training_on_the_raw_table_equals_training_on_sklearns_matrix(tmp_path):
     )
     encoded.write_csv(tmp_path / "encoded.csv", float_precision=None)
     (tmp_path / "raw.yaml").write_text(SPEC_FILLED)
-    (tmp_path / "plain.yaml").write_text(SPEC_FILLED.split("preprocess:")[0].replace("target: species\n", ""))
+    (tmp_path / "plain.yaml").write_text(
+        SPEC_FILLED.split("preprocess:")[0].replace("target: species\nexclude: [id]\n", "")
+    )
     common = ["--epochs", 4, "--lr", 0.05, "--batch-size", 16, "--shuffle", "--val-split", 0.25, "-f", "json"]
     a = run(
         "train",
         tmp_path / "raw.yaml",
         tmp_path / "raw.csv",
-        "--id-column",
-        "id",
         *common,
         "--save-weights",
         tmp_path / "a.safetensors",

@@ -37,7 +37,7 @@ def match_columns(schema, table, targets: Sequence[int], id_col: int | None, fea
     name the schema's features (an error names the difference)."""
     names = [f.name for f in schema.features]
     if features:
-        given = [f.strip() for f in features]
+        given = [_named(f.strip(), table.names) for f in features]
         if given != names:
             raise UsageError(_difference(given, names))
     taken = set(targets) | ({id_col} if id_col is not None else set())
@@ -72,6 +72,15 @@ def match_columns(schema, table, targets: Sequence[int], id_col: int | None, fea
         [p for p, k in zip(positions, kinds) if k == "category"],
         warnings,
     )
+
+
+def _named(token: str, columns: Sequence[str] | None) -> str:
+    """A --features token as a column name: a name, or a 0-based index into the table's columns."""
+    if not columns or token in columns:
+        return token
+    if token.lstrip("+-").isdigit() and len(token) < 20 and -len(columns) <= int(token) < len(columns):
+        return columns[int(token)]
+    return token
 
 
 def _difference(given: list[str], names: list[str]) -> str:

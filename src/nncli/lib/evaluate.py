@@ -57,7 +57,9 @@ def evaluate(
         if kind == "regression":
             scaling = target_scaling(getattr(model, "schema", None), head)
             state["units"] = scaling is not None  # metrics in the target's units are float64
-            return metrics.add if scaling is None else in_units(metrics, scaling)
+            if scaling is None:
+                return lambda outputs, targets, batch=None: metrics.add(outputs, targets)
+            return in_units(metrics, scaling)
         if kind == "labels":
             return lambda outputs, targets, batch=None: metrics.add(
                 actual(choice, targets), predicted(choice, outputs, threshold)

@@ -40,21 +40,30 @@ def fit_schema(model, data, read, *, val_split: float | None = None, stratify: b
     from nncli.io.preprocess.schema import Schema
 
     spec = model.spec
-    frame, names, ids = _raw_frame(data, read)
-    if frame is None:
+    names = _column_names(data, read)
+    if names is None:
         if wanted(spec) or getattr(spec, "features", None) or getattr(spec, "exclude", None):
-            raise NncliError(f"the spec's data keys (features, preprocess) {NEEDS_NAMES}: DATA has no header", None)
+            raise NncliError(
+                f"the spec's data keys (features, exclude, preprocess) {NEEDS_NAMES}: DATA has no header",
+                _name(data, read),
+            )
         return None
     targets = target_names(spec, read)
-    features = _features(spec, read, names, targets, ids)
-    categories = _categories(spec, frame, features)
+    features = _features(spec, read, names, targets, read.id_column)
+    auto = (getattr(spec, "onehot", None) or {}).get("columns") == "auto"
+    # number columns are read as numbers (a cell that is not one is the reader's error, naming its
+    # line), except with `onehot: auto`, where every feature is read as text to find the text columns
+    listed_categories = [] if auto else _categories(spec, None, features)
+    numbers = [] if auto else [f for f in features if f not in listed_categories]
+    frame = _raw_frame(data, read, [*features, *targets], numbers)
+    categories = _categories(spec, frame, features) if auto else listed_categories
     numbers = [f for f in features if f not in categories]
     keep = _training_rows(model, frame, targets, val_split, stratify)
     rows = frame if keep is None else frame[keep]
     onehot = dict(getattr(spec, "onehot", None) or {})
     onehot.pop("columns", None)
     impute = getattr(spec, "impute", None)
-    return Schema.fit(rows, numbers, categories, impute=impute, onehot=onehot or None, source=_name(data))
+    return Schema.fit(rows, numbers, categories, impute=impute, onehot=onehot or None, source=_name(data, read))
 
 
 def with_target(schema, model, data, read, classes, *, val_split: float | None = None, stratify: bool = False):
@@ -78,13 +87,13 @@ def with_target(schema, model, data, read, classes, *, val_split: float | None =
     scaling = None
     kind = getattr(model.spec, "target_scaling", None)
     if kind:
-        frame, _, _ = _raw_frame(data, read, only=[name])
+        frame = _raw_frame(data, read, [name])
         keep = _training_rows(model, frame, [name], val_split, stratify)
         rows = frame if keep is None else frame[keep]
         from nncli.io.preprocess.missing import column_numbers
 
-        y = column_numbers(rows.get_column(name), name, 0, _name(data))
-        scaling = TargetScaler.fit(y, kind, name, _name(data))
+        y = column_numbers(rows.get_column(name), name, 0, _name(data, read))
+        scaling = TargetScaler.fit(y, kind, name, _name(data, read))
     return dataclasses.replace(schema, target=Target(name, "number", None, scaling))
 
 
@@ -97,55 +106,74 @@ def checkpoint_schema(start: dict | None, where: str):
     return Schema.from_json(start["schema"], where)
 
 
-def _name(data) -> str:
+def _name(data, read) -> str:
+    """DATA in messages: as given (a spooled copy of standard input by the name it was given)."""
     from nncli.io.frames import is_table
 
     if is_table(data):
         return "data"
+    if read.label:
+        return read.label
     return str(data[0] if isinstance(data, (list, tuple)) else data)
 
 
-def _raw_frame(data, read, only: Sequence[str] | None = None):
-    """DATA's columns as a polars DataFrame, as read (CSV cells as text; typed columns as typed), or
-    (None, None, None) where the columns have no names. Also the id column's name."""
+def _column_names(data, read) -> list[str] | None:
+    """DATA's column names (the first file's), or None where they have none (a headerless CSV)."""
+    from nncli.io.frames import as_polars, is_table
+    from nncli.io.reading import expand_paths, open_table
+
+    if is_table(data):
+        return [str(c) for c in as_polars(data).columns]
+    path = expand_paths(data)[0]
+    table = open_table(path, read.options(path), read.label)
+    try:
+        return list(table.names) if table.names else None
+    finally:
+        table.close()
+
+
+def _raw_frame(data, read, columns: Sequence[str], numbers: Sequence[str] = ()):
+    """DATA's `columns` as a polars DataFrame: `numbers` read as numbers (NaN where missing), the
+    others as read (a CSV's cells as text; a typed table's columns as typed)."""
+    import numpy as np
     import polars as pl
 
     from nncli.io.frames import as_polars, is_table
     from nncli.io.reading import expand_paths, open_table
 
-    ids = read.id_column
     if is_table(data):
         frame = as_polars(data)
         frame = frame.rename({c: str(c) for c in frame.columns})
-        return (frame.select(list(only)) if only else frame), list(frame.columns), ids
-    parts, names = [], None
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise NncliError(f"no column {printable(missing[0])!r}", "data")
+        return frame.select(list(columns))
+    parts = []
     for path in expand_paths(data):
         table = open_table(path, read.options(path), read.label)
         try:
-            if not table.names:
-                return None, None, None
-            names = list(table.names)
-            wanted_names = list(only) if only else names
-            for n in wanted_names:
+            for n in columns:
                 if n not in table.index:
                     raise NncliError(f"no column {printable(n)!r}", table.name)
-            cols = [table.index[n] for n in wanted_names]
             typed = getattr(table, "types", None)
-            numeric = [i for i in cols if typed is not None and (typed[i].is_numeric() or typed[i] == pl.Boolean)]
-            text = [i for i in cols if i not in numeric]
+            is_number = set(numbers) | {
+                n
+                for n in columns
+                if typed is not None and (typed[table.index[n]].is_numeric() or typed[table.index[n]] == pl.Boolean)
+            }
+            numeric = [table.index[n] for n in columns if n in is_number]
+            text = [table.index[n] for n in columns if n not in is_number]
             blocks = list(table.read(numeric, text, missing=True))
+            names = table.names
         finally:
             table.close()
-        import numpy as np
-
-        columns = {}
+        series = {}
         for j, i in enumerate(numeric):
-            columns[names[i]] = pl.Series(names[i], np.concatenate([b.values[:, j] for b in blocks]), pl.Float64)
+            series[names[i]] = pl.Series(names[i], np.concatenate([b.values[:, j] for b in blocks]), pl.Float64)
         for j, i in enumerate(text):
-            columns[names[i]] = pl.Series(names[i], [c for b in blocks for c in b.texts[j]], pl.String)
-        parts.append(pl.DataFrame([columns[n] for n in wanted_names]))
-    frame = parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical_relaxed")
-    return frame, names, ids
+            series[names[i]] = pl.Series(names[i], [c for b in blocks for c in b.texts[j]], pl.String)
+        parts.append(pl.DataFrame([series[n] for n in columns]))
+    return parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical_relaxed")
 
 
 def _features(spec, read, names: list[str], targets: list[str], id_column: str | None) -> list[str]:
@@ -153,17 +181,25 @@ def _features(spec, read, names: list[str], targets: list[str], id_column: str |
 
     given = listed(read.features, "features") or getattr(spec, "features", None)
     exclude = set(getattr(spec, "exclude", None) or [])
-    for n in [*targets, *exclude, *([id_column] if id_column else [])]:
-        if n not in names:
-            raise NncliError(f"no column {printable(n)!r} (columns: {', '.join(map(printable, names[:20]))})", None)
+    # `exclude:` leaves columns out where they are (an id a later table may lack); a target or id must be there
+    targets = [_column_name(t, names, "target") for t in targets]
+    if id_column:
+        id_column = _column_name(id_column, names, "id column")
     if given:
-        given = [str(g).strip() for g in given]
-        for g in given:
-            if g not in names:
-                raise NncliError(f"features: no column {printable(g)!r}", None)
-        return given
+        return [_column_name(str(g).strip(), names, "features") for g in given]
     taken = set(targets) | exclude | ({id_column} if id_column else set())
     return [n for n in names if n not in taken]
+
+
+def _column_name(token: str, names: list[str], option: str) -> str:
+    """A column by name, or by 0-based index (negative from the end) as the readers take one."""
+    if token in names:
+        return token
+    if token.lstrip("+-").isdigit() and len(token) < 20 and -len(names) <= int(token) < len(names):
+        return names[int(token)]
+    raise NncliError(
+        f"{option}: no column {printable(token)!r} (columns: {', '.join(map(printable, names[:20]))})", None
+    )
 
 
 def _categories(spec, frame, features: list[str]) -> list[str]:

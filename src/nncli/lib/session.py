@@ -279,9 +279,15 @@ def open_built(
 
 
 def with_schema(model, read: Read) -> Read:
-    """`read` with the model's input schema (saved with its weights, or fitted by train), if it has one."""
+    """`read` with the model's input schema (saved with its weights, or fitted by train), if it has one,
+    and the spec's `target:` and `features:` where the caller names none."""
     import dataclasses
 
+    spec = getattr(model, "spec", None)
+    if spec is not None and not (read.target or read.targets_file) and getattr(spec, "target", None):
+        read = dataclasses.replace(read, target=list(spec.target))
+    if spec is not None and not read.features and getattr(spec, "features", None) and read.schema is None:
+        read = dataclasses.replace(read, features=list(spec.features))
     schema = getattr(model, "schema", None) if read.schema is None else None
     return read if schema is None else dataclasses.replace(read, schema=schema)
 

@@ -18,7 +18,7 @@ from nncli.lib.integrations.tensorboard import check_log_dir, tensorboard_logger
 from nncli.lib.model import Model, serialized
 from nncli.lib.results import History
 from nncli.lib.schema import checkpoint_schema, fit_schema, with_target
-from nncli.lib.session import Read, open_built, open_data, spooled_path, use_labels
+from nncli.lib.session import Read, open_built, open_data, spooled_path, use_labels, with_schema
 from nncli.lib.train_data import (
     batch_tensors,
     early_load,
@@ -128,6 +128,7 @@ def train(
     with contextlib.ExitStack() as stack:
         if not is_table(data):
             data, read = spooled_path(data, read, stack)  # read more than once: to size the model, then the rows
+        read = with_schema(model, read)  # the spec's target and features, where the command line names none
         # the weights' schema (fine-tuning), the checkpoint's (resuming), or fitted on the training rows
         schema = (
             model.schema
@@ -338,6 +339,7 @@ def _validation_rows(val, read: Read, given_format, built, choice, width: int, s
         read.header,
         read.decimal_comma,
         input_format=given_format,
+        schema=read.schema,  # the training rows' schema: the validation rows by name, encoded alike
     )
     val_data = val
     if not is_table(val):

@@ -106,7 +106,7 @@ def schema_table(schema):
     encoded: dict[str, list[str]] = {}
     if schema.onehot is not None:
         names, offset = schema.onehot.names, 0
-        for column, width in zip(schema.onehot.columns, schema.onehot.widths):
+        for column, width in zip(schema.onehot.columns, schema.onehot.widths()):
             encoded[column], offset = names[offset : offset + width], offset + width
     rows = []
     for f in schema.features:
