@@ -35,6 +35,7 @@ class Read:
     targets_label: str | None = None  # the same for the --targets file
     input_format: str | None = None  # csv, tsv, parquet, arrow, ndjson (+ .gz, .bz2, .xz, .zst); default: the suffix
     schema: Any = None  # the model's input schema (set by open_built and train, not by callers)
+    unused: tuple = ()  # columns a schema's reading leaves out without a notice (the spec's `exclude:`); "*": all
     scale_target: bool = True  # with a schema that scales the target: read it scaled (evaluate: False)
 
     def __post_init__(self) -> None:
@@ -62,6 +63,7 @@ class Read:
             input_format=self.input_format,
             schema=self.schema,
             scale_target=self.scale_target,
+            unused=tuple(self.unused),
         )
 
 
@@ -79,6 +81,7 @@ def open_data(data, read: Read, want_targets: bool = False):
             want_targets,
             schema=read.schema,
             scale_target=read.scale_target,
+            unused=tuple(read.unused),
         )
     else:
         from nncli.io.reading import expand_paths
@@ -284,12 +287,16 @@ def with_schema(model, read: Read) -> Read:
     import dataclasses
 
     spec = getattr(model, "spec", None)
+    schema = getattr(model, "schema", None) if read.schema is None else read.schema
+    # a schema names its own target (read where a command wants targets, by name, header or not)
     if spec is not None and not (read.target or read.targets_file) and getattr(spec, "target", None):
-        read = dataclasses.replace(read, target=list(spec.target))
+        if schema is None or schema.target is None:
+            read = dataclasses.replace(read, target=list(spec.target))
     if spec is not None and not read.features and getattr(spec, "features", None) and read.schema is None:
         read = dataclasses.replace(read, features=list(spec.features))
-    schema = getattr(model, "schema", None) if read.schema is None else None
-    return read if schema is None else dataclasses.replace(read, schema=schema)
+    if spec is not None and getattr(spec, "exclude", None) and not read.unused:
+        read = dataclasses.replace(read, unused=tuple(spec.exclude))
+    return read if schema is None or read.schema is not None else dataclasses.replace(read, schema=schema)
 
 
 def labels_before_build(model, source, loss: str | None, classes=None) -> bool:
