@@ -289,7 +289,14 @@ class Model(Forwards, Signals):
         built = self.build()
         with output_file(path, what) as f:
             model.write_weights(
-                model.state_for_saving(built.module), f, suffix, built.classes, built.preprocess, schema=built.schema
+                model.state_for_saving(built.module),
+                f,
+                suffix,
+                built.classes,
+                built.preprocess,
+                # "" where no schema is known (init; a headerless table): the file is this nncli's, which
+                # tells it from weights written before the schema existed (see session.warn_positional)
+                schema=built.schema or "",
             )
 
     # -- opening data -----------------------------------------------------------------------------

@@ -267,6 +267,7 @@ def open_built(
             except NncliError:
                 source.close()
                 raise
+        warn_positional(model, built, read, source)
         if prepare is not None:
             prepare(built, source)
     except BaseException:
@@ -297,6 +298,21 @@ def with_schema(model, read: Read) -> Read:
     if spec is not None and getattr(spec, "exclude", None) and not read.unused:
         read = dataclasses.replace(read, unused=tuple(spec.exclude))
     return read if schema is None or read.schema is not None else dataclasses.replace(read, schema=schema)
+
+
+def warn_positional(model, built, read: Read, source) -> None:
+    """Weights written before nncli saved an input schema (or by hand) read a table with a header by
+    position, as they always did: say so once, since a reordered table would give other numbers."""
+    if read.schema is not None or not getattr(model, "weights", None) or getattr(built, "schema", "") is not None:
+        return
+    names = getattr(getattr(source, "csv", None), "names", None) if not is_table(source) else True
+    if isinstance(source, FrameData) or names:
+        warnings.warn(
+            f"the weights carry no input schema (written by an older nncli, or not by nncli): {source.name}'s "
+            "columns are taken by position, not by name",
+            NncliWarning,
+            stacklevel=4,
+        )
 
 
 def labels_before_build(model, source, loss: str | None, classes=None) -> bool:
