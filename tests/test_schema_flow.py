@@ -404,6 +404,10 @@ def test_weights_without_a_schema_still_read_columns_by_position(tmp_path):
     with torch.no_grad():
         expected = model(torch.tensor([[1.0, 3.0], [2.0, 4.0]]))[:, 0].numpy()
     np.testing.assert_array_equal(np.array([r["output"] for r in json.loads(out.stdout)], dtype=np.float32), expected)
+    assert out.stderr.count("the weights carry no input schema") == 1  # said once: the columns go by position
+    run("init", tmp_path / "s.yaml", "-o", tmp_path / "init.safetensors")  # nncli's own file, no schema known
+    quiet = run("forward", tmp_path / "s.yaml", data, "-w", tmp_path / "init.safetensors", "-t", "y")
+    assert "input schema" not in quiet.stderr
 
 
 def test_stream_training_reads_through_the_schema_as_the_in_memory_loop(tmp_path):

@@ -294,9 +294,10 @@ class Model(Forwards, Signals):
                 suffix,
                 built.classes,
                 built.preprocess,
-                # "" where no schema is known (init; a headerless table): the file is this nncli's, which
-                # tells it from weights written before the schema existed (see session.warn_positional)
-                schema=built.schema or "",
+                # "" in a .safetensors' metadata where no schema is known (init; a headerless table): the file is
+                # this nncli's, told apart from one written before the schema existed (session.warn_positional).
+                # Not in a .pt, whose entries load_state_dict(strict=True) would refuse
+                schema=built.schema or ("" if suffix == ".safetensors" else None),
             )
 
     # -- opening data -----------------------------------------------------------------------------

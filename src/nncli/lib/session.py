@@ -301,10 +301,13 @@ def with_schema(model, read: Read) -> Read:
 
 
 def warn_positional(model, built, read: Read, source) -> None:
-    """Weights written before nncli saved an input schema (or by hand) read a table with a header by
-    position, as they always did: say so once, since a reordered table would give other numbers."""
-    if read.schema is not None or not getattr(model, "weights", None) or getattr(built, "schema", "") is not None:
+    """A .safetensors written before nncli saved an input schema (or not by nncli) reads a table with a
+    header by position, as it always did: say so once, since a reordered table would give other numbers."""
+    weights = getattr(model, "weights", None)
+    if read.schema is not None or not weights or getattr(built, "schema", "") is not None:
         return
+    if not str(weights).lower().endswith(".safetensors"):
+        return  # a .pt from nncli holds no marker where no schema is known: it cannot be told from an older one
     names = getattr(getattr(source, "csv", None), "names", None) if not is_table(source) else True
     if isinstance(source, FrameData) or names:
         warnings.warn(
