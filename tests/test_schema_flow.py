@@ -211,15 +211,22 @@ def test_a_missing_cell_without_impute_is_an_error_naming_its_row_and_column(tmp
     assert "diverged" not in r.stderr and "Traceback" not in r.stderr
 
 
-def test_training_on_the_raw_table_equals_training_on_sklearns_matrix(tmp_path):
+@pytest.mark.parametrize("stratify", [False, True])
+def test_training_on_the_raw_table_equals_training_on_sklearns_matrix(tmp_path, stratify):
     """The same spec trained on the raw table (schema fitted by nncli) and on scikit-learn's matrix
     of it (written as numbers) gives the same weights, bit for bit."""
     train = raw_table(80, 7)
     write_csv(train, tmp_path / "raw.csv")
     # --val-split 0.25 holds out torch.randperm(80, generator seeded with the spec's seed)[:20] (docs/data.md):
-    # the schema is fitted on the other rows only
-    order = torch.randperm(80, generator=torch.Generator().manual_seed(5))
-    kept = order[20:].sort().values.numpy()
+    # the schema is fitted on the other rows only; with --stratify, the classes' own draws (the same rule)
+    if stratify:
+        from nncli.core.training import stratified_split
+
+        labels = torch.tensor(pd.Categorical(train["species"], categories=sorted(set(train["species"]))).codes)
+        kept = stratified_split(labels.long(), 0.25, 5)[0].numpy()
+    else:
+        order = torch.randperm(80, generator=torch.Generator().manual_seed(5))
+        kept = order[20:].sort().values.numpy()
     x = sklearn_matrix(train.iloc[kept], train)
     encoded = pl.DataFrame({f"c{i}": x[:, i] for i in range(x.shape[1])}).with_columns(
         pl.Series("species", train["species"].to_list())
@@ -230,6 +237,7 @@ def test_training_on_the_raw_table_equals_training_on_sklearns_matrix(tmp_path):
         SPEC_FILLED.split("preprocess:")[0].replace("target: species\nexclude: [id]\n", "")
     )
     common = ["--epochs", 4, "--lr", 0.05, "--batch-size", 16, "--shuffle", "--val-split", 0.25, "-f", "json"]
+    common += ["--stratify"] if stratify else []
     a = run(
         "train",
         tmp_path / "raw.yaml",
