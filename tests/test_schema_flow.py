@@ -150,7 +150,7 @@ def test_train_on_a_raw_table_saves_a_schema_and_forward_equals_sklearn_then_pyt
 
 
 def test_the_schema_is_in_the_weights_file_and_params_shows_it(trained):
-    tmp_path, _ = trained
+    tmp_path, train = trained
     with safe_open(tmp_path / "w.safetensors", "pt") as f:
         schema = json.loads(f.metadata()["nncli.schema"])
     assert [f["name"] for f in schema["features"]] == ["bill", "island", "flipper", "sex", "mass"]
@@ -159,6 +159,10 @@ def test_the_schema_is_in_the_weights_file_and_params_shows_it(trained):
     doc = json.loads(out.stdout)
     assert doc["schema"] == schema
     assert doc["inputs"] == 3 + 3 + 2  # the numbers, island's three categories, sex's two
+    table = run("params", tmp_path / "spec.yaml", "-w", tmp_path / "w.safetensors", "-f", "table").stdout
+    median = pd.to_numeric(train["bill"]).median()  # the fill shown is the training rows' median
+    assert "input schema: 5 columns, 8 model inputs, numbers filled with the median" in table
+    assert "Biscoe, Dream, Torgersen" in table and f"{median:g}" in table
 
 
 def test_columns_are_found_by_name_in_any_order(trained):
