@@ -17,6 +17,8 @@ import pytest
 import torch
 
 import nncli
+from nncli.lib.engines import core
+from nncli.lib.engines import dask as nd
 from tests import test_engines
 from tests.test_schema_flow import SPEC_FILLED, raw_table, sklearn_matrix, torch_model, write_csv
 
@@ -188,3 +190,69 @@ def test_a_local_cluster_from_the_command_line_reads_the_schema(trained):
     assert single.returncode == 0 and engine.returncode == 0, engine.stderr
     assert engine.stdout == single.stdout and engine.stderr == single.stderr
     assert UNKNOWN.format(atlantis(trained / "b.csv"), trained / "b_reversed.csv") in engine.stderr
+
+
+# -- tables in memory: the dask, Ray and Spark map functions ---------------------------------------
+
+
+def test_the_map_functions_score_a_raw_frame_as_model_forward(trained):
+    """pandas batches with empty cells and text columns (in any column order) through score_pandas,
+    Ray's Scorer and Spark's score_batches: Model.forward's frame on the same batch, bit for bit; a
+    scaled target's outputs in its units. No Ray or Spark needed."""
+    from nncli.lib.engines import ray as nray
+    from nncli.lib.engines import spark as nspark
+    from nncli.lib.engines.tables import table_options
+
+    cases = [
+        ("spec.yaml", "w.safetensors", [raw_table(700, 21), raw_table(1300, 22, unknown=True)]),
+        ("regression.yaml", "rw.safetensors", [regression_table(700, 23), regression_table(900, 24)]),
+    ]
+    for spec, weights, batches in cases:
+        m = nncli.load(trained / spec, weights=str(trained / weights))
+        batches.append(batches[1][list(reversed(batches[1].columns))])  # reordered
+        options = table_options(m, None, None, "id", 0.5, 500)
+        assert options.targets == [m.spec.target[0]]  # the spec's target:, as Model.forward reads it
+        columns = list(batches[0].columns)
+        shipped, head = core.prepared(m, columns, options, True, "test")
+        assert shipped.schema == m.schema.to_json()
+        meta = core.empty_output(shipped, head, options, columns)  # no dtypes, as Ray and Spark call it
+        scorer = nray.Scorer(shipped, head, options, meta)
+        spark_out = list(nspark.score_batches(shipped, head, options, meta, iter(batches)))
+        for batch, from_spark in zip(batches, spark_out):
+            with warnings.catch_warnings():
+                warnings.simplefilter(
+                    "ignore", nncli.NncliWarning
+                )  # a map function issues none (a worker's go nowhere)
+                expected = m.forward(batch, id_column="id", batch_size=500).to_pandas()
+            for got in (core.score_pandas(batch, shipped, head, options, meta), scorer(batch), from_spark):
+                pd.testing.assert_frame_equal(got, expected, check_exact=True)
+            assert list(meta.columns) == list(expected.columns)
+        if spec == "regression.yaml":
+            assert float(np.mean(expected["output"])) > 1000  # grams
+
+
+def test_a_dask_dataframe_of_raw_rows_is_each_partition_as_model_forward(trained, client):
+    import dask
+
+    m = nncli.load(trained / "spec.yaml", weights=str(trained / "w.safetensors"))
+    frame = raw_table(900, 31, unknown=True)
+    ddf = dd.from_pandas(frame, npartitions=3)
+    out = nd.forward(m, ddf, id_column="id", batch_size=200)
+    got = out.compute(scheduler=client)
+    parts = dask.compute(*ddf.to_delayed(), scheduler="sync")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", nncli.NncliWarning)
+        expected = pd.concat([m.forward(p, id_column="id", batch_size=200).to_pandas() for p in parts])
+    assert list(got.columns) == ["id", "prob_Adelie", "prob_Chinstrap", "prob_Gentoo", "class"]
+    np.testing.assert_array_equal(got.iloc[:, 1:4].to_numpy(), expected.iloc[:, 1:4].to_numpy())
+    assert got["class"].tolist() == expected["class"].tolist()
+
+
+def test_a_frame_lacking_a_feature_is_one_error_on_the_driver(trained):
+    from nncli.errors import NncliError
+    from nncli.lib.engines.tables import table_options
+
+    m = nncli.load(trained / "spec.yaml", weights=str(trained / "w.safetensors"))
+    frame = raw_table(50, 41).drop(columns=["flipper"])
+    with pytest.raises(NncliError, match="'flipper'"):
+        core.prepared(m, list(frame.columns), table_options(m, None, None, "id"), True, "the dask DataFrame")
