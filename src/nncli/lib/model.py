@@ -289,7 +289,15 @@ class Model(Forwards, Signals):
         built = self.build()
         with output_file(path, what) as f:
             model.write_weights(
-                model.state_for_saving(built.module), f, suffix, built.classes, built.preprocess, schema=built.schema
+                model.state_for_saving(built.module),
+                f,
+                suffix,
+                built.classes,
+                built.preprocess,
+                # "" in a .safetensors' metadata where no schema is known (init; a headerless table): the file is
+                # this nncli's, told apart from one written before the schema existed (session.warn_positional).
+                # Not in a .pt, whose entries load_state_dict(strict=True) would refuse
+                schema=built.schema or ("" if suffix == ".safetensors" else None),
             )
 
     # -- opening data -----------------------------------------------------------------------------
