@@ -192,6 +192,28 @@ def test_a_local_cluster_from_the_command_line_reads_the_schema(trained):
     assert UNKNOWN.format(atlantis(trained / "b.csv"), trained / "b_reversed.csv") in engine.stderr
 
 
+def test_weights_without_a_schema_say_so_once_on_the_cluster_too(nncli, tmp_path, address):
+    """A state_dict saved by another program carries no input schema: its columns go by position, said
+    once by the driver (as one process says it), and the outputs are the same bits."""
+    from safetensors.torch import save_file
+    from torch import nn
+
+    for name, seed in (("a", 1), ("b", 2)):
+        g = np.random.default_rng(seed)
+        pd.DataFrame({"p": g.normal(size=50), "q": g.normal(size=50), "y": g.normal(size=50)}).to_csv(
+            tmp_path / f"{name}.csv", index=False
+        )
+    (tmp_path / "s.yaml").write_text("layers:\n  - Linear: {in_features: 2, out_features: 1}\nloss: MSELoss\n")
+    torch.manual_seed(0)
+    save_file(nn.Sequential(nn.Linear(2, 1)).state_dict(), tmp_path / "old.safetensors")
+    for data in ([tmp_path / "a.csv"], [tmp_path / "a.csv", tmp_path / "b.csv"]):
+        args = ["forward", tmp_path / "s.yaml", *data, "-w", tmp_path / "old.safetensors", "-t", "y", "-f", "csv"]
+        single, engine = same(nncli, *args, engine_args=["--scheduler", address])
+        assert engine.stdout == single.stdout and engine.stderr == single.stderr
+        if len(data) == 1:  # several files: the single process says nothing either (it looks for one header)
+            assert engine.stderr.count("the weights carry no input schema") == 1
+
+
 # -- tables in memory: the dask, Ray and Spark map functions ---------------------------------------
 
 
@@ -211,7 +233,6 @@ def test_the_map_functions_score_a_raw_frame_as_model_forward(trained):
         m = nncli.load(trained / spec, weights=str(trained / weights))
         batches.append(batches[1][list(reversed(batches[1].columns))])  # reordered
         options = table_options(m, None, None, "id", 0.5, 500)
-        assert options.targets == [m.spec.target[0]]  # the spec's target:, as Model.forward reads it
         columns = list(batches[0].columns)
         shipped, head = core.prepared(m, columns, options, True, "test")
         assert shipped.schema == m.schema.to_json()

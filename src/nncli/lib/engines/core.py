@@ -280,7 +280,7 @@ class Scorer(Forwards):
         the model's input schema, with the spec's target and features) and build the model. The Read
         returned is the one the workers read files with."""
         from nncli.io.reading import expand_paths
-        from nncli.lib.session import open_data, with_schema
+        from nncli.lib.session import open_data, warn_positional, with_schema
 
         paths = expand_paths(data)
         read = with_schema(self.model, read)
@@ -288,6 +288,7 @@ class Scorer(Forwards):
         try:
             built = self.model.build_for(source, read)
             self.model.check_preprocess()
+            warn_positional(self.model, built, read, source)
         except NncliError:
             source.close()
             raise
