@@ -124,7 +124,7 @@ class Encoder:
         schema, n_numbers, n_categories = self.schema, len(self.columns.numbers), len(self.columns.categories)
         names = schema.categories
         for block in raw:
-            values = block.values
+            values: Any = block.values  # numpy float64 (rows, numbers + targets)
             texts = [
                 text_series(pl.Series(name, cells, dtype=pl.String), name, self.source)
                 for name, cells in zip(names, block.texts[:n_categories])
