@@ -447,3 +447,17 @@ def test_stream_training_reads_through_the_schema_as_the_in_memory_loop(tmp_path
     )
     a, b = load_file(tmp_path / "a.safetensors"), load_file(tmp_path / "b.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_predict_batch_reads_a_raw_batch_by_name_as_forward_does(tmp_path):
+    import nncli
+
+    train = raw_table(60, 17)
+    (tmp_path / "spec.yaml").write_text(SPEC_FILLED)
+    model = nncli.load(tmp_path / "spec.yaml")
+    nncli.train(model, train, epochs=1, lr=0.1)
+    batch = raw_table(12, 18)
+    batch = batch[list(reversed(batch.columns))]  # any order, the id and the target left out by name
+    got = model.predict_batch(batch)
+    expected = model.forward(raw_table(12, 18)).to_pandas()
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), expected)
