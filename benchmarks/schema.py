@@ -1,8 +1,12 @@
 """Benchmark: the cost of the input schema (issue #26): forward and train on a raw table (empty cells,
 text columns) against today's numeric path and a hand-written polars + scikit-learn + torch script.
 
-    python benchmarks/schema.py                 # 1M rows, 3 runs each, the 3M-row check and train
+    python benchmarks/schema.py                 # every section, 1M rows, 3 runs each (~15 minutes on 2 cores)
     python benchmarks/schema.py --repeat 5 --only forward
+
+Sections: forward (numeric, numeric with the thread reader, raw, the script), growth (raw forward
+on 1M and 3M rows), train (one epoch: headerless numeric, numeric with a header, raw), stream (the
+same with --stream: the fit pass's memory), pieces (the raw reading in this process, part by part).
 
 The tables, all from bench.py's seeded 1M-row x 32-column CSV (rows-1000000.csv), made once:
   numeric   that file as it is;
@@ -175,11 +179,77 @@ def phases(title: str, runs: dict) -> None:
         print(f"| {p} | " + " | ".join(cells) + " |")
 
 
+def pieces(raw: Path, weights: Path, repeat: int) -> None:
+    """The raw path's reading in this process, piece by piece: the parse, then each part of the
+    encoding (io.encoding.Encoder.blocks) over the same parsed blocks; medians of `repeat` passes.
+    Beside the imputer, the same fill as one masked copy (what a vectorized transform would take)."""
+    import statistics
+    import time
+
+    import polars as pl
+
+    from nncli.core.model import saved_schema
+    from nncli.io.preprocess.missing import text_series
+    from nncli.io.preprocess.schema import Schema
+    from nncli.io.reading import Dataset, ReadOptions
+
+    schema = Schema.from_json(saved_schema(str(weights)), str(weights))
+    stats = np.asarray(schema.imputer.statistics, dtype=np.float64)
+    n = len(schema.numbers)
+
+    def parse():
+        source = Dataset(ReadOptions(str(raw), schema=schema), want_targets=False)
+        try:
+            return list(source.csv.read(*source.encoder.raw_columns([], []), missing=True)), source.encoder
+        finally:
+            source.close()
+
+    def masked_fill(block):
+        out = np.empty((len(block.values), n))
+        np.copyto(out, block.values[:, :n])
+        np.copyto(out, np.broadcast_to(stats, out.shape), where=np.isnan(out))
+
+    def texts(block):
+        return [text_series(pl.Series(c, t, dtype=pl.String), c, "f") for c, t in zip(schema.categories, block.texts)]
+
+    times: dict[str, list[tuple[float, float]]] = {}
+
+    def clocked(name, work, *args):
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = work(*args)
+        times.setdefault(name, []).append((time.perf_counter() - wall, time.process_time() - cpu))
+        return result
+
+    def each(f, items):
+        return [f(item) for item in items]
+
+    blocks: list = []
+    for _ in range(repeat):
+        blocks, encoder = clocked("parse (polars, missing cells allowed, 2 text columns)", parse)
+        clocked("encode: all of Encoder.blocks", lambda e, b: list(e.blocks(b)), encoder, blocks)
+        clocked(
+            "encode: Imputer.transform (column by column)",
+            each,
+            lambda b: schema.imputer.transform(b.values[:, :n]),
+            blocks,
+        )
+        clocked("  the same fill as one masked copy", each, masked_fill, blocks)
+        series = clocked("encode: text lists -> Series, text_series", each, texts, blocks)
+        clocked("encode: OneHot.transform", each, schema.onehot.transform, series)
+    print(f"\nthe raw path's reading in one process, piece by piece ({len(blocks)} blocks; medians)\n")
+    print("| piece | wall (s) | CPU (s) |")
+    print("|---|---:|---:|")
+    for name, runs in times.items():
+        print(f"| {name} | {statistics.median(w for w, _ in runs):.2f} | {statistics.median(c for _, c in runs):.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--only", default="forward,growth,train", help="sections: forward, growth, train")
+    parser.add_argument(
+        "--only", default="forward,growth,train,stream,pieces", help="sections: forward, growth, train, stream, pieces"
+    )
     args = parser.parse_args()
     only = set(args.only.split(","))
     print(machine())
@@ -220,17 +290,25 @@ def main() -> None:
         if "forward" in only:
             commands = {
                 "(a) nncli forward, numeric (no schema)": forward_numeric(numeric, "a.csv"),
+                "(a') the same, NNCLI_READER=thread": [
+                    "env",
+                    "NNCLI_READER=thread",
+                    *forward_numeric(numeric, "a2.csv"),
+                ],
                 "(b) nncli forward, raw (impute 4 columns' gaps, one-hot 2)": forward_raw(raw, "b.csv"),
                 "(c) polars + scikit-learn + torch script, raw": by_hand,
             }
             results = run_alternating(commands, args.repeat)
-            a, b, c = results.values()
+            a, a_thread, b, c = results.values()
             table(f"forward, {args.rows:,} rows, probabilities and class as CSV", list(results.items()), args.rows)
             print()
             ratio("(b) / (a)", b, a)
             ratio("(b) / (c)", b, c)
+            ratio("(b) / (a')", b, a_thread)
             print(f"(b) against (c): {same_outputs(work / 'b.csv', work / 'c.csv')}")
-            phases("where the time goes (NNCLI_TIMINGS=1, medians)", {"(a)": a, "(b)": b})
+            phases("where the time goes (NNCLI_TIMINGS=1, medians)", {"(a)": a, "(a')": a_thread, "(b)": b})
+        if "pieces" in only:
+            pieces(raw, raw_w, args.repeat)
         if "growth" in only:
             big = raw_file(3 * args.rows)
             commands = {
@@ -275,6 +353,40 @@ def main() -> None:
                 "where the time goes (NNCLI_TIMINGS=1, medians)",
                 dict(zip(["no header", "header", "raw"], results.values())),
             )
+        if "stream" in only:
+            bare = DATA / f"rows-{args.rows}-noheader.csv"
+            if not bare.exists():
+                headless(numeric, bare)
+            common = ["--stream", "--epochs", "1", "-b", "1024", "--lr", "0.01", "-o", str(work / "h.json")]
+            commands = {
+                "nncli train --stream, numeric without a header (no schema)": [
+                    nncli,
+                    "train",
+                    str(numeric_spec),
+                    str(bare),
+                    "--no-header",
+                    "-t",
+                    "32",
+                    "--save-weights",
+                    str(work / "s1.safetensors"),
+                ]
+                + common,
+                "nncli train --stream, raw (the fit pass, then batches)": [
+                    nncli,
+                    "train",
+                    str(raw_spec),
+                    str(raw),
+                    "--save-weights",
+                    str(work / "s3.safetensors"),
+                ]
+                + common,
+            }
+            results = run_alternating(commands, args.repeat)
+            table("train --stream: one epoch, batch by batch", list(results.items()), args.rows)
+            first, rawtrain = results.values()
+            print()
+            ratio("raw / numeric without a header", rawtrain, first)
+            print(f"peak memory: {rawtrain.rss:.0f} MiB against {first.rss:.0f} MiB")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
