@@ -179,20 +179,27 @@ def phases(title: str, runs: dict) -> None:
         print(f"| {p} | " + " | ".join(cells) + " |")
 
 
-def pieces(raw: Path, weights: Path, repeat: int) -> None:
+def pieces(raw: Path, spec: Path, weights: Path, repeat: int) -> None:
     """The raw path's reading in this process, piece by piece: the parse, then each part of the
     encoding (io.encoding.Encoder.blocks) over the same parsed blocks; medians of `repeat` passes.
-    Beside the imputer, the same fill as one masked copy (what a vectorized transform would take)."""
+    Beside the imputer, the same fill as one masked copy (what a vectorized transform would take);
+    then train's fit pass (lib.schema.fit_schema on every row) and, within it, the median imputer's
+    fit beside np.median of each column."""
     import statistics
     import time
 
     import polars as pl
 
     from nncli.core.model import saved_schema
+    from nncli.io.preprocess.impute import Imputer
     from nncli.io.preprocess.missing import text_series
     from nncli.io.preprocess.schema import Schema
     from nncli.io.reading import Dataset, ReadOptions
+    from nncli.lib.model import load
+    from nncli.lib.schema import fit_schema
+    from nncli.lib.session import Read
 
+    model = load(spec)
     schema = Schema.from_json(saved_schema(str(weights)), str(weights))
     stats = np.asarray(schema.imputer.statistics, dtype=np.float64)
     n = len(schema.numbers)
@@ -209,6 +216,10 @@ def pieces(raw: Path, weights: Path, repeat: int) -> None:
         np.copyto(out, block.values[:, :n])
         np.copyto(out, np.broadcast_to(stats, out.shape), where=np.isnan(out))
 
+    def column_medians(x):
+        medians = np.array([np.median(x[~np.isnan(x[:, j]), j]) for j in range(x.shape[1])])
+        return medians
+
     def texts(block):
         return [text_series(pl.Series(c, t, dtype=pl.String), c, "f") for c, t in zip(schema.categories, block.texts)]
 
@@ -224,6 +235,7 @@ def pieces(raw: Path, weights: Path, repeat: int) -> None:
         return [f(item) for item in items]
 
     blocks: list = []
+    same = False
     for _ in range(repeat):
         blocks, encoder = clocked("parse (polars, missing cells allowed, 2 text columns)", parse)
         clocked("encode: all of Encoder.blocks", lambda e, b: list(e.blocks(b)), encoder, blocks)
@@ -236,11 +248,17 @@ def pieces(raw: Path, weights: Path, repeat: int) -> None:
         clocked("  the same fill as one masked copy", each, masked_fill, blocks)
         series = clocked("encode: text lists -> Series, text_series", each, texts, blocks)
         clocked("encode: OneHot.transform", each, schema.onehot.transform, series)
+        clocked("train's fit pass: fit_schema (reads every row, fits)", fit_schema, model, str(raw), Read())
+        x = np.concatenate([b.values[:, :n] for b in blocks])
+        fitted = clocked("  of which Imputer.fit, median (np.ma.median)", Imputer.fit, x, schema.numbers, "median")
+        medians = clocked("  the same medians, np.median of each column's values", column_medians, x)
+        same = np.array_equal(np.asarray(fitted.statistics, dtype=np.float64), medians)
     print(f"\nthe raw path's reading in one process, piece by piece ({len(blocks)} blocks; medians)\n")
     print("| piece | wall (s) | CPU (s) |")
     print("|---|---:|---:|")
     for name, runs in times.items():
         print(f"| {name} | {statistics.median(w for w, _ in runs):.2f} | {statistics.median(c for _, c in runs):.2f} |")
+    print(f"\nnp.median's medians equal Imputer.fit's to the bit: {same}")
 
 
 def main() -> None:
@@ -308,7 +326,7 @@ def main() -> None:
             print(f"(b) against (c): {same_outputs(work / 'b.csv', work / 'c.csv')}")
             phases("where the time goes (NNCLI_TIMINGS=1, medians)", {"(a)": a, "(a')": a_thread, "(b)": b})
         if "pieces" in only:
-            pieces(raw, raw_w, args.repeat)
+            pieces(raw, raw_spec, raw_w, args.repeat)
         if "growth" in only:
             big = raw_file(3 * args.rows)
             commands = {
