@@ -1,7 +1,7 @@
 """Benchmark: the cost of the input schema (issue #26): forward and train on a raw table (empty cells,
 text columns) against today's numeric path and a hand-written polars + scikit-learn + torch script.
 
-    python benchmarks/schema.py                 # every section, 1M rows, 3 runs each (~15 minutes on 2 cores)
+    python benchmarks/schema.py                 # every section, 1M rows, 3 runs each (~30 min at load 5-9)
     python benchmarks/schema.py --repeat 5 --only forward
 
 Sections: forward (numeric, numeric with the thread reader, raw, the script), growth (raw forward
