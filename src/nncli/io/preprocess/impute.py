@@ -107,11 +107,15 @@ class Imputer:
         _refuse_infinite(x, self.columns, first_row, source)
         if out is None:
             out = np.empty((x.shape[0], self.width), dtype=np.float64)
-        kept = self.kept
-        for k, i in enumerate(kept):  # column by column: each one read once, its gaps filled
-            column = out[:, k]
-            column[...] = x[:, i]
-            column[np.isnan(column)] = self.statistics[i]
+        kept = list(self.kept)
+        # whole-array steps (a column at a time cost ten times as much on a row-major block): the kept
+        # columns copied, then each gap replaced by its column's statistic; the same values either way
+        part = out[:, : len(kept)]
+        part[...] = x[:, kept] if len(kept) != x.shape[1] else x
+        gaps = np.isnan(part)
+        if gaps.any():
+            fills = np.array([self.statistics[i] for i in kept], dtype=np.float64)
+            np.copyto(part, np.broadcast_to(fills, part.shape), where=gaps)
         for k, i in enumerate(self.indicator, start=len(kept)):
             out[:, k] = np.isnan(x[:, i])
         return out
