@@ -34,6 +34,7 @@ from nncli.lib.export_format import (  # noqa: F401  (re-exported: the CLI and c
     EXTRA,
     INPUT_NAME,
     PT2_METADATA,
+    SCHEMA_KEY,
     SUFFIXES,
     Check,
     Exported,
@@ -49,6 +50,7 @@ from nncli.lib.export_format import (  # noqa: F401  (re-exported: the CLI and c
     read_metadata,
     require_onnx,
 )
+from nncli.lib.model import target_scaling
 from nncli.lib.onnx_model import OnnxModel, ort_session, quiet_onnxruntime  # noqa: F401
 from nncli.lib.verify import TOLERANCE, VERIFY_ROWS, VERIFY_SEED, check, eval_mode, verification_text  # noqa: F401
 
@@ -183,13 +185,20 @@ def build_export(
         built.layers, width, spec_loss(model.spec.loss, model.spec.path), list(classes) if classes is not None else None
     )
     name = output_name(head)
+    schema = getattr(model, "schema", None)
+    if schema is not None:
+        _check_schema(schema, fmt, width, where)
     pre = _preprocess(preprocess if preprocess is not None else getattr(built, "preprocess", None), width)
-    store = _metadata(model, built, width, head, name, pre, classes, given)
-    module = _exportable(built, pre)
+    store = _metadata(model, built, width, head, name, pre, classes, given, schema if fmt == "onnx" else None)
+    scaling = target_scaling(schema, head)
+    module = _exportable(built, pre, scaling if fmt == "pt2" else None)
     if fmt == "onnx":
-        data, got_opset = _onnx_bytes(module, built, width, name, opset, store, where)
+        data, got_opset = _onnx_bytes(module, built, width, name, opset, store, where, schema)
         _load_check(data, built, model.threads, where)
     else:
+        if schema is not None:  # a numbers-only schema: the program takes them in the schema's order
+            store["columns_in"] = json.dumps(schema.names)
+            store[SCHEMA_KEY] = schema.to_json()
         data, got_opset = _pt2_bytes(module, built, width, store), None
     return Exported(
         fmt,
@@ -206,7 +215,36 @@ def build_export(
         module,
         built,
         model.threads,
+        schema,
+        scaling,
     )
+
+
+def _check_schema(schema, fmt: str, width: int, where: str | None) -> None:
+    """The schema fits the model; a .pt2 takes numbers only (torch.export runs tensors: no text input)."""
+    if schema.width != width:
+        raise NncliError(f"the input schema encodes to {schema.width} columns; the model takes {width}", where)
+    if fmt == "pt2" and (schema.categories or schema.imputer is not None):
+        what = "category columns" if schema.categories else "imputation of missing numbers"
+        raise NncliError(
+            f"a .pt2 program takes a tensor of numbers, and the model's input schema has {what}, which it would "
+            "leave to the caller: export .onnx, whose graph takes the raw columns and encodes them",
+            where,
+        )
+
+
+def unchecked(schema) -> list[str]:
+    """What the ONNX graph of `schema` lets through where nncli refuses a row (onnx_schema.with_schema
+    has no way to fail a row): stated in the metadata (`schema_unchecked`) and by the CLI."""
+    out = []
+    if schema.numbers and schema.imputer is None:
+        out.append(f"a missing number ({', '.join(schema.numbers)}) goes into the model as NaN")
+    if schema.onehot is not None:
+        if schema.onehot.missing == "error":
+            out.append(f"a missing category ({', '.join(schema.categories)}) gives zeros")
+        if schema.onehot.handle_unknown == "error":
+            out.append(f"an unknown category ({', '.join(schema.categories)}) gives zeros")
+    return out
 
 
 def _preprocess(preprocess, width: int) -> Standardisation | None:
@@ -256,7 +294,7 @@ def _flat(values) -> list:
 
 
 def _metadata(
-    model, built, width: int, head: Head, name: str, pre: Standardisation | None, classes, given: dict
+    model, built, width: int, head: Head, name: str, pre: Standardisation | None, classes, given: dict, schema=None
 ) -> dict:
     """nncli's version, the spec, the head, forward's column names, the classes and the preprocessing
     when there are any; then the caller's entries, which win (but for `preprocess`, which must
@@ -283,6 +321,11 @@ def _metadata(
             entries[key] = value
     if pre is not None:
         entries["preprocess"] = pre.as_metadata()
+    if schema is not None:  # the graph takes the raw columns (onnx_schema.with_schema)
+        entries["input"] = [f.name for f in schema.features]
+        entries["columns_in"] = schema.names
+        entries[SCHEMA_KEY] = schema.to_json()
+        entries["schema_unchecked"] = unchecked(schema)
     try:
         return {k: v if isinstance(v, str) else json.dumps(v, allow_nan=False) for k, v in entries.items()}
     except (TypeError, ValueError) as e:
@@ -292,9 +335,11 @@ def _metadata(
 _EXPORTABLE: dict = {}
 
 
-def _exportable(built, pre: Standardisation | None):
+def _exportable(built, pre: Standardisation | None, scaling=None):
     """The model as the file holds it: the same layers (state_dict keys 0.weight, ...), eval mode,
-    one input named `features`, and the standardisation first when there is one."""
+    one input named `features`, and the standardisation first when there is one; with `scaling` (a
+    .pt2 of a schema's scaled target) the output in the target's units, as with_schema computes it:
+    in float64, then back to the model's dtype."""
     import torch
     from torch import nn
 
@@ -306,11 +351,24 @@ def _exportable(built, pre: Standardisation | None):
             def forward(self, features):  # the argument's name is the graph input's name
                 if self.standardise:
                     features = (features - self.input_shift) / self.input_scale
-                return super().forward(features)
+                out = super().forward(features)
+                if self.unscale is None:
+                    return out
+                y = out.to(torch.float64)
+                y = (
+                    y * self.target_scale + self.target_shift
+                    if self.unscale
+                    else (y - self.target_shift) / self.target_scale
+                )
+                return y.to(out.dtype)
 
         _EXPORTABLE["class"] = Exportable
     module = _EXPORTABLE["class"](*list(built.module))
     module.standardise = pre is not None
+    module.unscale = None if scaling is None else scaling.kind == "standardize"  # else minmax
+    if scaling is not None:
+        module.register_buffer("target_shift", torch.tensor(float(scaling.shift), dtype=torch.float64))
+        module.register_buffer("target_scale", torch.tensor(float(scaling.scale), dtype=torch.float64))
     if pre is not None:
         dtype = torch_dtype(built.dtype)
         # float64 statistics rounded to the model's dtype, as Preprocess.apply rounds them
@@ -335,7 +393,7 @@ def _dynamic_batch():
 
 
 def _onnx_bytes(
-    module, built, width: int, name: str, opset: int | None, store: dict, where: str | None
+    module, built, width: int, name: str, opset: int | None, store: dict, where: str | None, schema=None
 ) -> tuple[bytes, int | None]:
     import torch
 
@@ -371,6 +429,13 @@ def _onnx_bytes(
             "try 18 or later, or leave --opset out",
             where,
         )
+    if schema is not None:
+        from nncli.lib.onnx_schema import with_schema
+
+        try:
+            proto = with_schema(proto, schema, built.dtype, INPUT_NAME, name)
+        except NncliError as e:
+            raise NncliError(e.what, where) from None
     proto.doc_string = f"{built.caption}, exported by nncli {store['nncli_version']}"
     for key, value in store.items():
         entry = proto.metadata_props.add()

@@ -24,6 +24,9 @@ SUFFIXES = {".onnx": "onnx", ".pt2": "pt2"}
 INPUT_NAME = "features"
 
 
+SCHEMA_KEY = "nncli.schema"  # the metadata entry of the input schema's JSON text, as the weights file holds it
+
+
 PT2_METADATA = "nncli.json"  # the extra file of a .pt2 archive that holds the metadata
 
 
@@ -112,6 +115,8 @@ class Exported:
     module: Any = None  # the torch module the file was made from (preprocessing included)
     built: Any = None  # nncli.core.model.Model
     threads: int | None = None  # onnxruntime's threads for verification (None: every core)
+    schema: Any = None  # the input schema (io.preprocess.schema.Schema): an ONNX graph takes its raw columns
+    scaling: Any = None  # the schema's target scaling (TargetScaler): the output is in the target's units
 
 
 @dataclass

@@ -23,7 +23,7 @@ from nncli.cli.options import (
     load_model,
     with_options,
 )
-from nncli.errors import UsageError
+from nncli.errors import UsageError, printable
 from nncli.views.target import check_outputs
 
 ModelFile = Annotated[
@@ -84,8 +84,18 @@ def export(
         note(f"verified: {verification_text(result)}")
     kind = f"ONNX opset {result.opset}" if fmt == "onnx" else "torch.export"
     standardised = ", standardised in the graph" if result.preprocess is not None else ""
+    if result.schema is not None and fmt == "onnx":  # the graph takes the raw columns and encodes them
+        names = [f.name for f in result.schema.features]
+        shown = ", ".join(printable(n) for n in names[:10]) + (", ..." if len(names) > 10 else "")
+        given = f"{len(names)} raw column{'s' if len(names) != 1 else ''} ({shown}) -> {result.width} encoded"
+    else:
+        given = f"{result.metadata['input']} [N, {result.width}]"
     note(
-        f"wrote {output} ({kind}): {result.metadata['input']} [N, {result.width}] -> {result.output} [N, "
-        f"{result.head.width}]"
-        f"{standardised}; {result.caption}"
+        f"wrote {output} ({kind}): {given} -> {result.output} [N, {result.head.width}]{standardised}; {result.caption}"
     )
+    if result.schema is not None and fmt == "onnx":
+        from nncli.lib.export import unchecked
+
+        lets = unchecked(result.schema)
+        if lets:  # nncli refuses such rows; the graph cannot fail a row (docs/commands.md, export)
+            note(f"the graph does not refuse what nncli refuses: {'; '.join(lets)}")
