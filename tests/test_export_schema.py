@@ -222,7 +222,9 @@ def test_pt2_of_a_schema_with_categories_is_refused_pointing_to_onnx(classifier)
     assert not (tmp_path / "m.pt2").exists()
 
 
-def test_pt2_of_a_numbers_only_schema_takes_them_in_order_and_gives_the_target_in_its_units(tmp_path):
+def test_a_numbers_only_schema_keeps_the_features_input_and_gives_the_target_in_its_units(tmp_path):
+    """Nothing to encode: .onnx and .pt2 take `features` [N, F] in the schema's order (columns_in), as
+    before the schema; the target comes back in its units; `forward MODEL.onnx` reads by name."""
     train = regression_table(100, 21)[["id", "flipper", "mass", "weight"]].dropna()
     write_csv(train, tmp_path / "train.csv")
     spec = REGRESSION.split("preprocess:")[0] + "preprocess:\n  target: standardize\n"
@@ -254,6 +256,14 @@ def test_pt2_of_a_numbers_only_schema_takes_them_in_order_and_gives_the_target_i
     write_csv(new, tmp_path / "new.csv")
     b = forward_csv(tmp_path / "spec.yaml", tmp_path / "new.csv", "-w", w, "--dtype", "float64")
     np.testing.assert_array_equal(got[:, 0], b["output"].to_numpy())  # the same kernels: bit for bit
+    out = run("export", tmp_path / "spec.yaml", "-w", w, "--dtype", "float64", "-o", tmp_path / "n.onnx", "--verify")
+    assert "features [N, 2] -> output [N, 1]" in out.stderr and "does not refuse" not in out.stderr
+    assert [i.name for i in onnx.load(tmp_path / "n.onnx").graph.input] == ["features"]
+    session = ort.InferenceSession(str(tmp_path / "n.onnx"), providers=["CPUExecutionProvider"])
+    close(session.run(None, {"features": x.numpy()})[0], got, "float64")
+    write_csv(new[["weight", "mass", "id", "flipper"]], tmp_path / "shuffled.csv")
+    a = forward_csv(tmp_path / "n.onnx", tmp_path / "shuffled.csv")
+    close(a["output"].to_numpy(), b["output"].to_numpy(), "float64")
 
 
 def test_what_the_graph_cannot_refuse_is_stated_in_the_metadata_and_on_stderr(tmp_path):

@@ -49,6 +49,7 @@ from nncli.lib.export_format import (  # noqa: F401  (re-exported: the CLI and c
     quiet_exporters,
     read_metadata,
     require_onnx,
+    takes_raw,
 )
 from nncli.lib.model import target_scaling
 from nncli.lib.onnx_model import OnnxModel, ort_session, quiet_onnxruntime  # noqa: F401
@@ -186,19 +187,17 @@ def build_export(
     )
     name = output_name(head)
     schema = getattr(model, "schema", None)
+    raw = takes_raw(schema)  # the graph takes the raw columns and encodes them (ONNX only)
     if schema is not None:
         _check_schema(schema, fmt, width, where)
     pre = _preprocess(preprocess if preprocess is not None else getattr(built, "preprocess", None), width)
-    store = _metadata(model, built, width, head, name, pre, classes, given, schema if fmt == "onnx" else None)
+    store = _metadata(model, built, width, head, name, pre, classes, given, schema, raw)
     scaling = target_scaling(schema, head)
-    module = _exportable(built, pre, scaling if fmt == "pt2" else None)
+    module = _exportable(built, pre, None if raw else scaling)  # with_schema undoes a raw graph's scaling
     if fmt == "onnx":
-        data, got_opset = _onnx_bytes(module, built, width, name, opset, store, where, schema)
+        data, got_opset = _onnx_bytes(module, built, width, name, opset, store, where, schema if raw else None)
         _load_check(data, built, model.threads, where)
     else:
-        if schema is not None:  # a numbers-only schema: the program takes them in the schema's order
-            store["columns_in"] = json.dumps(schema.names)
-            store[SCHEMA_KEY] = schema.to_json()
         data, got_opset = _pt2_bytes(module, built, width, store), None
     return Exported(
         fmt,
@@ -224,7 +223,7 @@ def _check_schema(schema, fmt: str, width: int, where: str | None) -> None:
     """The schema fits the model; a .pt2 takes numbers only (torch.export runs tensors: no text input)."""
     if schema.width != width:
         raise NncliError(f"the input schema encodes to {schema.width} columns; the model takes {width}", where)
-    if fmt == "pt2" and (schema.categories or schema.imputer is not None):
+    if fmt == "pt2" and takes_raw(schema):
         what = "category columns" if schema.categories else "imputation of missing numbers"
         raise NncliError(
             f"a .pt2 program takes a tensor of numbers, and the model's input schema has {what}, which it would "
@@ -294,7 +293,16 @@ def _flat(values) -> list:
 
 
 def _metadata(
-    model, built, width: int, head: Head, name: str, pre: Standardisation | None, classes, given: dict, schema=None
+    model,
+    built,
+    width: int,
+    head: Head,
+    name: str,
+    pre: Standardisation | None,
+    classes,
+    given: dict,
+    schema=None,
+    raw: bool = False,
 ) -> dict:
     """nncli's version, the spec, the head, forward's column names, the classes and the preprocessing
     when there are any; then the caller's entries, which win (but for `preprocess`, which must
@@ -321,10 +329,11 @@ def _metadata(
             entries[key] = value
     if pre is not None:
         entries["preprocess"] = pre.as_metadata()
-    if schema is not None:  # the graph takes the raw columns (onnx_schema.with_schema)
-        entries["input"] = [f.name for f in schema.features]
-        entries["columns_in"] = schema.names
+    if schema is not None:
+        entries["columns_in"] = schema.names  # the model's input columns, in order
         entries[SCHEMA_KEY] = schema.to_json()
+    if raw:  # the graph takes the raw columns (onnx_schema.with_schema)
+        entries["input"] = [f.name for f in schema.features]
         entries["schema_unchecked"] = unchecked(schema)
     try:
         return {k: v if isinstance(v, str) else json.dumps(v, allow_nan=False) for k, v in entries.items()}

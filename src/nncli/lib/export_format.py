@@ -60,6 +60,14 @@ def require_onnx(what: str = "ONNX export", modules: tuple = ("onnx", "onnxscrip
             raise NncliError(f"{what} needs the onnx extra: {EXTRA}") from None
 
 
+def takes_raw(schema) -> bool:
+    """Whether an ONNX export of a model with this input schema takes the raw columns (one input per
+    feature, encoded in the graph): when the schema encodes anything (categories, imputation). A
+    schema of numbers only, as they are, keeps the input `features` [N, F], its columns in the
+    schema's order (the metadata's `columns_in`), as every nncli export before the schema took it."""
+    return schema is not None and bool(schema.categories or schema.imputer is not None)
+
+
 def output_name(head: Head) -> str:
     """What the graph's output holds, by the head (the names forward's columns start with)."""
     if head.kind in ("sigmoid", "softmax"):

@@ -14,7 +14,15 @@ from typing import Any
 
 from nncli.core.forward import Head
 from nncli.errors import NncliError
-from nncli.lib.export_format import SCHEMA_KEY, decoded, first_line, output_name, quiet_exporters, require_onnx
+from nncli.lib.export_format import (
+    SCHEMA_KEY,
+    decoded,
+    first_line,
+    output_name,
+    quiet_exporters,
+    require_onnx,
+    takes_raw,
+)
 from nncli.lib.forwards import ForwardRun, Forwards, finite_checks
 
 
@@ -77,8 +85,11 @@ class OnnxModel(Forwards):
         self.metadata = {k: decoded(v) for k, v in (meta.custom_metadata_map or {}).items()}
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         kinds = {"tensor(float)": "float32", "tensor(double)": "float64"}
-        self.schema = None  # a graph nncli exported from a model with an input schema takes the raw columns
-        if SCHEMA_KEY in self.metadata:
+        # a file nncli exported from a model with an input schema: DATA's columns are read by name (as
+        # `forward -w` reads them); a graph of raw columns gets them as they are (onnx_schema.raw_reader)
+        self.schema = self._saved_schema()
+        self.raw = takes_raw(self.schema)
+        if self.raw:
             self.schema = self._raw_columns(inputs, outputs, kinds)
             self.input, self.output = None, outputs[0].name
             self.dtype = kinds[outputs[0].type]
@@ -108,14 +119,20 @@ class OnnxModel(Forwards):
         name = self.metadata.get("spec") or os.path.splitext(os.path.basename(self.path))[0]
         self.built = OnnxBuilt(f"{name} ({os.path.basename(self.path)}, onnxruntime, {self.dtype})", self.dtype)
 
-    def _raw_columns(self, inputs, outputs, kinds: dict):
-        """The schema in the metadata, read as nncli reads a table for a model with it (onnx_schema.raw_reader);
-        the graph's inputs must be its features, a number as double and a category as text, [N, 1] each."""
+    def _saved_schema(self):
+        if SCHEMA_KEY not in self.metadata:
+            return None
         from nncli.io.preprocess.schema import Schema
-        from nncli.lib.onnx_schema import raw_reader
 
         saved = self.metadata[SCHEMA_KEY]
-        schema = Schema.from_dict(saved, self.path) if isinstance(saved, dict) else Schema.from_json(saved, self.path)
+        return Schema.from_dict(saved, self.path) if isinstance(saved, dict) else Schema.from_json(saved, self.path)
+
+    def _raw_columns(self, inputs, outputs, kinds: dict):
+        """The schema read as nncli reads a table for a model with it (onnx_schema.raw_reader); the
+        graph's inputs must be its features, a number as double and a category as text, [N, 1] each."""
+        from nncli.lib.onnx_schema import raw_reader
+
+        schema = self.schema
         want = [(f.name, "tensor(double)" if f.kind == "number" else "tensor(string)") for f in schema.features]
         if [(i.name, i.type) for i in inputs] != want or any(len(i.shape) != 2 for i in inputs):
             raise NncliError(
@@ -129,7 +146,7 @@ class OnnxModel(Forwards):
         """One row for the graph: zeros, or for a raw-column graph NaN numbers and missing categories."""
         import numpy as np
 
-        if self.schema is None:
+        if not self.raw:
             return {self.input: np.zeros((1, self.width or 1), dtype=self.dtype)}
         return {
             f.name: np.full((1, 1), np.nan) if f.kind == "number" else np.array([[""]], dtype=object)
@@ -197,7 +214,7 @@ class OnnxModel(Forwards):
         from nncli.lib.session import Read, open_data, target_hint
 
         read = read or Read()
-        if self.schema is not None:  # columns by name, refused and counted as nncli forward does (raw_reader)
+        if self.schema is not None:  # columns by name, refused and counted as `nncli forward -w` reads them
             read = dataclasses.replace(read, schema=self.schema)
         source = open_data(data, read, want_targets=False)
         if self.width is not None and source.n_features != self.width:
@@ -213,7 +230,7 @@ class OnnxModel(Forwards):
         head = self.head_for(class_names)
         run = OnnxRun(self, head, source, progress(batches, source) if progress else batches, threshold, source_column)
         run.checks = finite_checks(source, head)
-        if self.schema is not None:  # raw columns: a NaN the schema imputes is no news (one it does not is refused)
+        if self.raw:  # raw columns: a NaN the schema imputes is no news (one it does not is refused)
             run.checks = run.checks[1:]
         return run
 
@@ -223,7 +240,7 @@ class OnnxModel(Forwards):
 
         if len(x) == 0:
             return np.zeros((0, self.head.width), dtype=self.dtype)
-        if self.schema is not None:  # the raw columns, packed by the reader (onnx_schema.raw_reader)
+        if self.raw:  # the raw columns, packed by the reader (onnx_schema.raw_reader)
             feeds = self.schema.unpack(np.asarray(x, dtype=np.float64))
         else:
             feeds = {self.input: np.ascontiguousarray(x, dtype=self.dtype)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 
-from nncli.lib.export_format import INPUT_NAME, Check, Exported, Verification, load_pt2
+from nncli.lib.export_format import INPUT_NAME, Check, Exported, Verification, load_pt2, takes_raw
 from nncli.lib.onnx_model import ort_session
 
 # The largest difference from PyTorch that --verify accepts, times the size of the largest output
@@ -56,7 +56,7 @@ def check(exported: Exported, rows: tuple = VERIFY_ROWS, seed: int = VERIFY_SEED
             with torch.no_grad():
                 return loaded(x).numpy()
 
-    if exported.schema is not None and exported.format == "onnx":
+    if exported.format == "onnx" and takes_raw(exported.schema):
         return _check_raw(exported, session, verification, rows, seed)
     generator = torch.Generator().manual_seed(seed)
     module = exported.built.module

@@ -68,7 +68,7 @@ def export(
 ) -> None:
     """Write the model in eval mode as ONNX (.onnx) or torch.export (.pt2), the batch dimension dynamic."""
     from nncli.lib.export import export as export_model
-    from nncli.lib.export import format_of, quiet_onnxruntime, require_onnx, verification_text
+    from nncli.lib.export import format_of, quiet_onnxruntime, require_onnx, takes_raw, verification_text
 
     fmt = format_of(output, "-o")
     if opset is not None and fmt != "onnx":
@@ -84,7 +84,8 @@ def export(
         note(f"verified: {verification_text(result)}")
     kind = f"ONNX opset {result.opset}" if fmt == "onnx" else "torch.export"
     standardised = ", standardised in the graph" if result.preprocess is not None else ""
-    if result.schema is not None and fmt == "onnx":  # the graph takes the raw columns and encodes them
+    raw = fmt == "onnx" and takes_raw(result.schema)
+    if raw:  # the graph takes the raw columns and encodes them
         names = [f.name for f in result.schema.features]
         shown = ", ".join(printable(n) for n in names[:10]) + (", ..." if len(names) > 10 else "")
         given = f"{len(names)} raw column{'s' if len(names) != 1 else ''} ({shown}) -> {result.width} encoded"
@@ -93,7 +94,7 @@ def export(
     note(
         f"wrote {output} ({kind}): {given} -> {result.output} [N, {result.head.width}]{standardised}; {result.caption}"
     )
-    if result.schema is not None and fmt == "onnx":
+    if raw:
         from nncli.lib.export import unchecked
 
         lets = unchecked(result.schema)
