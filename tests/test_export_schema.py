@@ -311,3 +311,24 @@ def test_a_model_without_a_schema_exports_as_before(tmp_path):
     meta = read_metadata(tmp_path / "p.onnx")
     assert meta["input"] == "features" and "nncli.schema" not in meta and "columns_in" not in meta
     assert [i.name for i in onnx.load(tmp_path / "p.onnx").graph.input] == ["features"]
+
+
+def test_an_opset_before_20_is_refused_for_category_columns_in_one_line(classifier):
+    tmp_path, _ = classifier
+    r = run(
+        "export",
+        tmp_path / "spec.yaml",
+        "-w",
+        tmp_path / "w.safetensors",
+        "-o",
+        tmp_path / "o.onnx",
+        "--opset",
+        18,
+        check=False,
+    )
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"error: a graph that takes category columns needs ONNX opset 20 or later (RegexFullMatch finds their "
+        f"missing cells); the model is opset 18: export it with opset 20 or later ({tmp_path / 'o.onnx'})"
+    ]
+    assert not (tmp_path / "o.onnx").exists()

@@ -327,15 +327,16 @@ def raw_reader(schema: Schema) -> Schema:
                     given = texts[j]
                     cells = given.to_list() if isinstance(given, pl.Series) else list(given)
                     known, order = self._texts_of(j)
-                    for r, cell in enumerate(cells):
-                        if cell is None:
-                            out[r, i] = -1
-                            continue
-                        code = known.get(cell)
-                        if code is None:
-                            code = known[cell] = len(order)
-                            order.append(cell)
-                        out[r, i] = code
+                    with self.__dict__["_lock"]:  # one OnnxModel may score in several threads
+                        for r, cell in enumerate(cells):
+                            if cell is None:
+                                out[r, i] = -1
+                                continue
+                            code = known.get(cell)
+                            if code is None:
+                                code = known[cell] = len(order)
+                                order.append(cell)
+                            out[r, i] = code
                     j += 1
                 return Encoded(out, checked.unknown)
 
@@ -355,13 +356,18 @@ def raw_reader(schema: Schema) -> Schema:
                         feeds[f.name] = np.ascontiguousarray(column).reshape(-1, 1)
                         continue
                     _, order = self._texts_of(j)
-                    texts = np.array([""] + order, dtype=object)  # code -1 -> "", a missing cell
+                    with self.__dict__["_lock"]:
+                        texts = np.array([""] + order, dtype=object)  # code -1 -> "", a missing cell
                     feeds[f.name] = texts[column.astype(np.int64) + 1].reshape(-1, 1)
                     j += 1
                 return feeds
 
         _RAW["class"] = RawColumns
-    return _RAW["class"](schema.features, schema.imputer, schema.onehot, schema.target)
+    import threading
+
+    reader = _RAW["class"](schema.features, schema.imputer, schema.onehot, schema.target)
+    reader.__dict__["_lock"] = threading.Lock()  # frozen: kept beside the fields
+    return reader
 
 
 _RAW: dict = {}
