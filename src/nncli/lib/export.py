@@ -15,6 +15,12 @@ graph as ops, `(features - shift) / scale`, so the file takes raw features. The 
 metadata_props; a .pt2's `nncli.json`) holds nncli's version, the spec, the head, forward's column
 names, and the classes and the preprocessing when there are any; `metadata={...}` adds entries.
 
+A model with an input schema (Model.schema, issue #26) that encodes (one-hot, imputation) exports
+as an ONNX graph taking the raw columns (onnx_schema.with_schema; `takes_raw`), the schema's JSON in
+the metadata (`nncli.schema`) with what the graph cannot refuse (`schema_unchecked`); a .pt2 of it is
+refused. A schema of numbers only keeps `features` [N, F] (in the schema's order, `columns_in`), a
+scaled target put back in its units in the graph (docs/commands.md, export).
+
 Nothing here prints or exits; torch, onnx and onnxruntime are imported when they are needed. The
 exporters' own log lines and warnings are held back while they run (they would land on the CLI's
 standard error), and their levels restored afterwards.

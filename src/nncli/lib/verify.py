@@ -1,5 +1,7 @@
 """export's --verify: seeded random rows through the exported file and through PyTorch, the largest
-difference against a tolerance stated per dtype, and the one line that reports it."""
+difference against a tolerance stated per dtype, and the one line that reports it. A graph that
+takes the raw columns of an input schema gets raw rows built from the schema (check_rows), and
+PyTorch gets Schema.encode's matrix of the same rows."""
 
 from __future__ import annotations
 
