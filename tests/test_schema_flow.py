@@ -150,7 +150,7 @@ def test_train_on_a_raw_table_saves_a_schema_and_forward_equals_sklearn_then_pyt
 
 
 def test_the_schema_is_in_the_weights_file_and_params_shows_it(trained):
-    tmp_path, _ = trained
+    tmp_path, train = trained
     with safe_open(tmp_path / "w.safetensors", "pt") as f:
         schema = json.loads(f.metadata()["nncli.schema"])
     assert [f["name"] for f in schema["features"]] == ["bill", "island", "flipper", "sex", "mass"]
@@ -159,6 +159,10 @@ def test_the_schema_is_in_the_weights_file_and_params_shows_it(trained):
     doc = json.loads(out.stdout)
     assert doc["schema"] == schema
     assert doc["inputs"] == 3 + 3 + 2  # the numbers, island's three categories, sex's two
+    table = run("params", tmp_path / "spec.yaml", "-w", tmp_path / "w.safetensors", "-f", "table").stdout
+    median = pd.to_numeric(train["bill"]).median()  # the fill shown is the training rows' median
+    assert "input schema: 5 columns, 8 model inputs, numbers filled with the median" in table
+    assert "Biscoe, Dream, Torgersen" in table and f"{median:g}" in table
 
 
 def test_columns_are_found_by_name_in_any_order(trained):
@@ -211,15 +215,22 @@ def test_a_missing_cell_without_impute_is_an_error_naming_its_row_and_column(tmp
     assert "diverged" not in r.stderr and "Traceback" not in r.stderr
 
 
-def test_training_on_the_raw_table_equals_training_on_sklearns_matrix(tmp_path):
+@pytest.mark.parametrize("stratify", [False, True])
+def test_training_on_the_raw_table_equals_training_on_sklearns_matrix(tmp_path, stratify):
     """The same spec trained on the raw table (schema fitted by nncli) and on scikit-learn's matrix
     of it (written as numbers) gives the same weights, bit for bit."""
     train = raw_table(80, 7)
     write_csv(train, tmp_path / "raw.csv")
     # --val-split 0.25 holds out torch.randperm(80, generator seeded with the spec's seed)[:20] (docs/data.md):
-    # the schema is fitted on the other rows only
-    order = torch.randperm(80, generator=torch.Generator().manual_seed(5))
-    kept = order[20:].sort().values.numpy()
+    # the schema is fitted on the other rows only; with --stratify, the classes' own draws (the same rule)
+    if stratify:
+        from nncli.core.training import stratified_split
+
+        labels = torch.tensor(pd.Categorical(train["species"], categories=sorted(set(train["species"]))).codes)
+        kept = stratified_split(labels.long(), 0.25, 5)[0].numpy()
+    else:
+        order = torch.randperm(80, generator=torch.Generator().manual_seed(5))
+        kept = order[20:].sort().values.numpy()
     x = sklearn_matrix(train.iloc[kept], train)
     encoded = pl.DataFrame({f"c{i}": x[:, i] for i in range(x.shape[1])}).with_columns(
         pl.Series("species", train["species"].to_list())
@@ -230,6 +241,7 @@ def test_training_on_the_raw_table_equals_training_on_sklearns_matrix(tmp_path):
         SPEC_FILLED.split("preprocess:")[0].replace("target: species\nexclude: [id]\n", "")
     )
     common = ["--epochs", 4, "--lr", 0.05, "--batch-size", 16, "--shuffle", "--val-split", 0.25, "-f", "json"]
+    common += ["--stratify"] if stratify else []
     a = run(
         "train",
         tmp_path / "raw.yaml",
@@ -267,3 +279,185 @@ def test_a_table_in_memory_with_text_columns_trains_from_the_library(tmp_path):
     with torch.no_grad():
         probs = torch.softmax(model.module(torch.from_numpy(x).float()), dim=1).numpy()
     np.testing.assert_array_equal(out.select([c for c in out.columns if c.startswith("prob")]).to_numpy(), probs)
+
+
+REGRESSION = """seed: 1
+target: y
+layers:
+  - Linear: {out_features: 8}
+  - ReLU
+  - Linear: {out_features: 1}
+loss: MSELoss
+preprocess:
+  onehot: [c]
+  target: standardize
+"""
+
+
+def regression_table(rows: int, seed: int) -> pd.DataFrame:
+    g = np.random.default_rng(seed)
+    frame = pd.DataFrame({"a": g.normal(size=rows), "b": g.normal(size=rows), "c": g.choice(["x", "y"], rows)})
+    frame["y"] = 300 + 100 * frame.a - 50 * frame.b + (frame.c == "x") * 20
+    return frame
+
+
+def test_a_scaled_target_trains_on_its_scale_and_comes_back_in_its_units(tmp_path):
+    """forward's outputs and evaluate's metrics are in the target's units, as scikit-learn's
+    TransformedTargetRegressor gives them (StandardScaler on y; predictions inverse_transform'ed)."""
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+    from sklearn.preprocessing import StandardScaler
+
+    train, test = regression_table(200, 1), regression_table(50, 2)
+    train.to_csv(tmp_path / "train.csv", index=False)
+    test.to_csv(tmp_path / "test.csv", index=False)
+    (tmp_path / "reg.yaml").write_text(REGRESSION)
+    weights = tmp_path / "w.safetensors"
+    run("train", tmp_path / "reg.yaml", tmp_path / "train.csv", "--epochs", 20, "--lr", 0.05, "--save-weights", weights)
+    scaler = StandardScaler().fit(train[["y"]].to_numpy())
+    x = np.c_[test.a, test.b, test.c == "x", test.c == "y"].astype(np.float64)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    model.load_state_dict({k: v for k, v in load_file(weights).items()})
+    with torch.no_grad():
+        scaled = model(torch.from_numpy(x).float()).numpy()
+    expected = scaler.inverse_transform(scaled.astype(np.float64))[:, 0]
+    out = run("forward", tmp_path / "reg.yaml", tmp_path / "test.csv", "-w", weights, "-f", "json")
+    np.testing.assert_array_equal([r["output"] for r in json.loads(out.stdout)], expected)
+    doc = json.loads(run("evaluate", tmp_path / "reg.yaml", tmp_path / "test.csv", "-w", weights, "-f", "json").stdout)
+    y = test.y.to_numpy()
+    assert doc["r2"] == pytest.approx(r2_score(y, expected), rel=1e-12, abs=1e-12)
+    assert doc["mse"] == pytest.approx(mean_squared_error(y, expected), rel=1e-12)
+    assert doc["mae"] == pytest.approx(mean_absolute_error(y, expected), rel=1e-12)
+    # the loss is the model's, on the scaled target: MSELoss of the outputs against StandardScaler's y
+    target = torch.from_numpy(scaler.transform(test[["y"]].to_numpy())).float()
+    assert doc["loss"] == pytest.approx(float(nn.MSELoss()(torch.from_numpy(scaled), target)), rel=1e-6)
+
+
+def test_onehot_auto_finds_the_text_columns_and_unknown_error_names_the_row(tmp_path):
+    train = raw_table(80, 11)
+    write_csv(train, tmp_path / "train.csv")
+    spec = SPEC_FILLED.replace("columns: [island, sex]", "columns: auto, handle_unknown: error")
+    (tmp_path / "spec.yaml").write_text(spec)
+    weights = tmp_path / "w.safetensors"
+    run("train", tmp_path / "spec.yaml", tmp_path / "train.csv", "--epochs", 1, "--lr", 0.1, "--save-weights", weights)
+    with safe_open(weights, "pt") as f:
+        features = json.loads(f.metadata()["nncli.schema"])["features"]
+    assert [f["name"] for f in features if f["kind"] == "category"] == CATEGORIES
+    new = raw_table(20, 12, unknown=True)
+    write_csv(new, tmp_path / "new.csv")
+    first = int(np.flatnonzero((new["island"] == "Atlantis").to_numpy())[0])
+    r = run("forward", tmp_path / "spec.yaml", tmp_path / "new.csv", "-w", weights, check=False)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1
+    assert "'Atlantis' is not a category seen in training" in r.stderr and f"row {first})" in r.stderr
+
+
+def test_a_number_column_holding_text_at_predict_time_is_named(trained):
+    tmp_path, _ = trained
+    new = raw_table(10, 13)
+    new["mass"] = new["mass"].astype(object)
+    new.loc[3, "mass"] = "heavy"
+    write_csv(new, tmp_path / "new.csv")
+    r = run("forward", tmp_path / "spec.yaml", tmp_path / "new.csv", "-w", tmp_path / "w.safetensors", check=False)
+    assert r.returncode == 1 and "'mass'" in r.stderr and "'heavy' is not a number" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_features_that_disagree_with_the_schema_are_an_error_naming_the_difference(trained):
+    tmp_path, _ = trained
+    write_csv(raw_table(10, 14), tmp_path / "new.csv")
+    r = run(
+        "forward",
+        tmp_path / "spec.yaml",
+        tmp_path / "new.csv",
+        "-w",
+        tmp_path / "w.safetensors",
+        "--features",
+        "bill,island,flipper,sex",
+        check=False,
+    )
+    assert r.returncode == 2 and "leaves out 'mass'" in r.stderr
+    same = run(
+        "forward",
+        tmp_path / "spec.yaml",
+        tmp_path / "new.csv",
+        "-w",
+        tmp_path / "w.safetensors",
+        "--features",
+        "bill,island,flipper,sex,mass",
+    )
+    plain = run("forward", tmp_path / "spec.yaml", tmp_path / "new.csv", "-w", tmp_path / "w.safetensors")
+    assert same.stdout == plain.stdout
+
+
+def test_a_headerless_file_is_read_by_position_with_a_warning(trained):
+    tmp_path, _ = trained
+    new = raw_table(10, 15)
+    columns = ["bill", "island", "flipper", "sex", "mass"]
+    write_csv(new, tmp_path / "new.csv")
+    new[columns].to_csv(tmp_path / "bare.csv", index=False, header=False, na_rep="")
+    named = run("forward", tmp_path / "spec.yaml", tmp_path / "new.csv", "-w", tmp_path / "w.safetensors")
+    bare = run(
+        "forward", tmp_path / "spec.yaml", tmp_path / "bare.csv", "-w", tmp_path / "w.safetensors", "--no-header"
+    )
+    assert bare.stdout == named.stdout
+    assert "the file has no header: its first 5 columns are taken as the model's features" in bare.stderr
+
+
+def test_weights_without_a_schema_still_read_columns_by_position(tmp_path):
+    """Weights from an older nncli (or any state_dict) carry no schema: DATA is read as before."""
+    data = tmp_path / "d.csv"
+    pd.DataFrame({"a": [1.0, 2.0], "b": [3.0, 4.0], "y": [0, 1]}).to_csv(data, index=False)
+    (tmp_path / "s.yaml").write_text("layers:\n  - Linear: {in_features: 2, out_features: 1}\nloss: MSELoss\n")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 1))
+    from safetensors.torch import save_file
+
+    save_file(model.state_dict(), tmp_path / "old.safetensors")
+    out = run("forward", tmp_path / "s.yaml", data, "-w", tmp_path / "old.safetensors", "-t", "y", "-f", "json")
+    with torch.no_grad():
+        expected = model(torch.tensor([[1.0, 3.0], [2.0, 4.0]]))[:, 0].numpy()
+    np.testing.assert_array_equal(np.array([r["output"] for r in json.loads(out.stdout)], dtype=np.float32), expected)
+    assert out.stderr.count("the weights carry no input schema") == 1  # said once: the columns go by position
+    run("init", tmp_path / "s.yaml", "-o", tmp_path / "init.safetensors")  # nncli's own file, no schema known
+    quiet = run("forward", tmp_path / "s.yaml", data, "-w", tmp_path / "init.safetensors", "-t", "y")
+    assert "input schema" not in quiet.stderr
+
+
+def test_stream_training_reads_through_the_schema_as_the_in_memory_loop(tmp_path):
+    train = raw_table(90, 16)
+    write_csv(train, tmp_path / "train.csv")
+    (tmp_path / "spec.yaml").write_text(SPEC_FILLED)
+    common = ["--epochs", 2, "--lr", 0.05, "--batch-size", 16]
+    run(
+        "train",
+        tmp_path / "spec.yaml",
+        tmp_path / "train.csv",
+        *common,
+        "--no-shuffle",
+        "--save-weights",
+        tmp_path / "a.safetensors",
+    )
+    run(
+        "train",
+        tmp_path / "spec.yaml",
+        tmp_path / "train.csv",
+        *common,
+        "--stream",
+        "--save-weights",
+        tmp_path / "b.safetensors",
+    )
+    a, b = load_file(tmp_path / "a.safetensors"), load_file(tmp_path / "b.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_predict_batch_reads_a_raw_batch_by_name_as_forward_does(tmp_path):
+    import nncli
+
+    train = raw_table(60, 17)
+    (tmp_path / "spec.yaml").write_text(SPEC_FILLED)
+    model = nncli.load(tmp_path / "spec.yaml")
+    nncli.train(model, train, epochs=1, lr=0.1)
+    batch = raw_table(12, 18)
+    batch = batch[list(reversed(batch.columns))]  # any order, the id and the target left out by name
+    got = model.predict_batch(batch)
+    expected = model.forward(raw_table(12, 18)).to_pandas()
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), expected)

@@ -32,9 +32,12 @@ class Columns:
     warnings: list[str] = field(default_factory=list)  # what matching noticed (extra columns, no header)
 
 
-def match_columns(schema, table, targets: Sequence[int], id_col: int | None, features: Sequence[str]) -> Columns:
+def match_columns(
+    schema, table, targets: Sequence[int], id_col: int | None, features: Sequence[str], unused: Sequence[str] = ()
+) -> Columns:
     """The schema's features among `table`'s columns. `features`: the user's --features, which must
-    name the schema's features (an error names the difference)."""
+    name the schema's features (an error names the difference). Columns left over get one notice,
+    except those in `unused` (the spec's `exclude:`; "*" for all: train's own reading)."""
     names = [f.name for f in schema.features]
     if features:
         given = [_named(f.strip(), table.names) for f in features]
@@ -45,8 +48,9 @@ def match_columns(schema, table, targets: Sequence[int], id_col: int | None, fea
     if table.names:
         where = schema.match(table.names, table.name)
         positions = where.positions
-        ignored = [c for i, c in enumerate(table.names) if c in set(where.extra) and i not in taken]
-        if ignored:
+        extra = set(where.extra) - set(unused)
+        ignored = [c for i, c in enumerate(table.names) if c in extra and i not in taken]
+        if ignored and "*" not in unused:
             shown = ", ".join(printable(c) for c in ignored[:10]) + (", ..." if len(ignored) > 10 else "")
             warnings.append(f"columns the model was not trained on are ignored: {shown} ({table.name})")
     else:
@@ -88,9 +92,9 @@ def _difference(given: list[str], names: list[str]) -> str:
     extra = [g for g in given if g not in names]
     parts = []
     if missing:
-        parts.append(f"leaves out {', '.join(printable(n) for n in missing[:10])}")
+        parts.append(f"leaves out {', '.join(repr(printable(n)) for n in missing[:10])}")
     if extra:
-        parts.append(f"adds {', '.join(printable(n) for n in extra[:10])}")
+        parts.append(f"adds {', '.join(repr(printable(n)) for n in extra[:10])}")
     if not parts:
         parts.append(f"orders them otherwise (the model's order: {', '.join(printable(n) for n in names[:10])})")
     return f"--features disagrees with the features the model was trained on: it {' and '.join(parts)}"
@@ -120,7 +124,7 @@ class Encoder:
         schema, n_numbers, n_categories = self.schema, len(self.columns.numbers), len(self.columns.categories)
         names = schema.categories
         for block in raw:
-            values = block.values
+            values: Any = block.values  # numpy float64 (rows, numbers + targets)
             texts = [
                 text_series(pl.Series(name, cells, dtype=pl.String), name, self.source)
                 for name, cells in zip(names, block.texts[:n_categories])

@@ -119,6 +119,7 @@ class FrameData:
         want_targets: bool = False,
         schema=None,
         scale_target: bool = True,
+        unused: Sequence[str] = (),
     ) -> None:
         import numpy as np
 
@@ -145,6 +146,7 @@ class FrameData:
                 [names.index(t) for t in self.target_cols],
                 None if self.id_col is None else names.index(self.id_col),
                 features,
+                unused,
             )
             self._matched = positions.warnings
         elif features:

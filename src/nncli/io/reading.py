@@ -46,6 +46,7 @@ class ReadOptions:
     input_format: str | None = None  # csv, tsv, parquet, arrow, ndjson (+ .gz ...); default: the suffix
     schema: Any = None  # the model's input schema (io.preprocess.schema.Schema): columns by name, encoded (io.encoding)
     scale_target: bool = True  # with a schema that scales the target: read it scaled (False: in its units)
+    unused: tuple = ()  # with a schema: columns left out without a notice (the spec's `exclude:`; "*": every one)
 
 
 @dataclass
@@ -222,7 +223,7 @@ class Dataset:
         if opts.schema is not None:
             from nncli.io.encoding import Encoder, match_columns
 
-            columns = match_columns(opts.schema, csv, self.target_cols, self.id_col, opts.features)
+            columns = match_columns(opts.schema, csv, self.target_cols, self.id_col, opts.features, opts.unused)
             self._warnings += columns.warnings
             self.encoder = Encoder(opts.schema, columns, csv.name, scale_target=opts.scale_target)
             self.feature_cols = columns.numbers + columns.categories
@@ -305,7 +306,7 @@ class Dataset:
             yield self._whole(self._read(numeric, text), nf, bool(targets), labelled, dtype)
             return
         blocks = self._read(numeric, text)
-        if len(numeric) == nf and dtype is not None:
+        if len(numeric) == len(self.feature_cols) and dtype is not None:
             blocks = _converted(blocks, nf, dtype)  # no numeric targets: the features only, in dtype, from the start
         main = timed("convert", _rebatch(blocks, rows, exact))
         other = None

@@ -289,7 +289,15 @@ class Model(Forwards, Signals):
         built = self.build()
         with output_file(path, what) as f:
             model.write_weights(
-                model.state_for_saving(built.module), f, suffix, built.classes, built.preprocess, schema=built.schema
+                model.state_for_saving(built.module),
+                f,
+                suffix,
+                built.classes,
+                built.preprocess,
+                # "" in a .safetensors' metadata where no schema is known (init; a headerless table): the file is
+                # this nncli's, told apart from one written before the schema existed (session.warn_positional).
+                # Not in a .pt, whose entries load_state_dict(strict=True) would refuse
+                schema=built.schema or ("" if suffix == ".safetensors" else None),
             )
 
     # -- opening data -----------------------------------------------------------------------------
@@ -326,10 +334,12 @@ class Model(Forwards, Signals):
         """forward on one batch, returned as the type it was given (for engines' map functions): a
         numpy array gives the output columns as an array; a polars, pandas or pyarrow table gives a
         table of forward's columns (prob_<label> and the label where the model knows its classes, as
-        `forward` gives them). Every column of the batch is a feature."""
+        `forward` gives them). Every column of the batch is a feature, or, with an input schema, the
+        schema's features are found by name (a numpy array: by position) and the others left out."""
         import numpy as np
 
-        frame = FrameData(batch)
+        schema = self.schema if type(batch).__module__.split(".")[0] != "numpy" else None
+        frame = FrameData(batch, schema=schema, unused=("*",))
         built = self.build(frame.n_features, "the batch")
         run = ForwardRun(
             built,
@@ -338,6 +348,7 @@ class Model(Forwards, Signals):
             frame.batches(None),
             threshold,
         )
+        run.scaling = target_scaling(schema, run.head)
         names, columns = next(iter(run.frames()))
         module = type(batch).__module__.split(".")[0]
         if module == "numpy":

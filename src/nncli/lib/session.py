@@ -35,6 +35,7 @@ class Read:
     targets_label: str | None = None  # the same for the --targets file
     input_format: str | None = None  # csv, tsv, parquet, arrow, ndjson (+ .gz, .bz2, .xz, .zst); default: the suffix
     schema: Any = None  # the model's input schema (set by open_built and train, not by callers)
+    unused: tuple = ()  # columns a schema's reading leaves out without a notice (the spec's `exclude:`); "*": all
     scale_target: bool = True  # with a schema that scales the target: read it scaled (evaluate: False)
 
     def __post_init__(self) -> None:
@@ -62,6 +63,7 @@ class Read:
             input_format=self.input_format,
             schema=self.schema,
             scale_target=self.scale_target,
+            unused=tuple(self.unused),
         )
 
 
@@ -79,6 +81,7 @@ def open_data(data, read: Read, want_targets: bool = False):
             want_targets,
             schema=read.schema,
             scale_target=read.scale_target,
+            unused=tuple(read.unused),
         )
     else:
         from nncli.io.reading import expand_paths
@@ -264,6 +267,7 @@ def open_built(
             except NncliError:
                 source.close()
                 raise
+        warn_positional(model, built, read, source)
         if prepare is not None:
             prepare(built, source)
     except BaseException:
@@ -284,12 +288,34 @@ def with_schema(model, read: Read) -> Read:
     import dataclasses
 
     spec = getattr(model, "spec", None)
+    schema = getattr(model, "schema", None) if read.schema is None else read.schema
+    # a schema names its own target (read where a command wants targets, by name, header or not)
     if spec is not None and not (read.target or read.targets_file) and getattr(spec, "target", None):
-        read = dataclasses.replace(read, target=list(spec.target))
+        if schema is None or schema.target is None:
+            read = dataclasses.replace(read, target=list(spec.target))
     if spec is not None and not read.features and getattr(spec, "features", None) and read.schema is None:
         read = dataclasses.replace(read, features=list(spec.features))
-    schema = getattr(model, "schema", None) if read.schema is None else None
-    return read if schema is None else dataclasses.replace(read, schema=schema)
+    if spec is not None and getattr(spec, "exclude", None) and not read.unused:
+        read = dataclasses.replace(read, unused=tuple(spec.exclude))
+    return read if schema is None or read.schema is not None else dataclasses.replace(read, schema=schema)
+
+
+def warn_positional(model, built, read: Read, source) -> None:
+    """A .safetensors written before nncli saved an input schema (or not by nncli) reads a table with a
+    header by position, as it always did: say so once, since a reordered table would give other numbers."""
+    weights = getattr(model, "weights", None)
+    if read.schema is not None or not weights or getattr(built, "schema", "") is not None:
+        return
+    if not str(weights).lower().endswith(".safetensors"):
+        return  # a .pt from nncli holds no marker where no schema is known: it cannot be told from an older one
+    names = getattr(getattr(source, "csv", None), "names", None) if not is_table(source) else True
+    if isinstance(source, FrameData) or names:
+        warnings.warn(
+            f"the weights carry no input schema (written by an older nncli, or not by nncli): {source.name}'s "
+            "columns are taken by position, not by name",
+            NncliWarning,
+            stacklevel=4,
+        )
 
 
 def labels_before_build(model, source, loss: str | None, classes=None) -> bool:

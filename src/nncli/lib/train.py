@@ -135,7 +135,8 @@ def train(
             or checkpoint_schema(start, where)
             or fit_schema(model, data, read, val_split=val_split, stratify=stratify)
         )
-        read = dataclasses.replace(read, schema=schema)
+        # train's own reading leaves columns out by the spec's rule: no notice about them, every time it opens DATA
+        read = dataclasses.replace(read, schema=schema, unused=("*",))
         scaled = getattr(model.spec, "target_scaling", None)  # the target's scaling is fitted after the build
         early = (
             None
@@ -340,6 +341,7 @@ def _validation_rows(val, read: Read, given_format, built, choice, width: int, s
         read.decimal_comma,
         input_format=given_format,
         schema=read.schema,  # the training rows' schema: the validation rows by name, encoded alike
+        unused=read.unused,
     )
     val_data = val
     if not is_table(val):

@@ -97,43 +97,43 @@ def _bytes(n: int) -> str:
 
 
 def schema_table(schema):
-    """The input schema saved with the weights: each column the model reads, its kind, what it is
-    filled with when missing, and the model inputs it becomes; then the target."""
+    """The input schema saved with the weights: each column the model reads, its kind, what fills it
+    when missing, how many model inputs it becomes and its categories; then the target."""
     from nncli.views.render import FoldingTable
 
-    fills = dict(zip(schema.imputer.columns, schema.imputer.statistics)) if schema.imputer is not None else {}
-    strategy = schema.imputer.strategy if schema.imputer is not None else None
-    encoded: dict[str, list[str]] = {}
-    if schema.onehot is not None:
-        names, offset = schema.onehot.names, 0
-        for column, width in zip(schema.onehot.columns, schema.onehot.widths()):
-            encoded[column], offset = names[offset : offset + width], offset + width
+    imputer, onehot = schema.imputer, schema.onehot
+    fills = dict(zip(imputer.columns, imputer.statistics)) if imputer is not None else {}
+    flagged = {imputer.columns[i] for i in imputer.indicator} if imputer is not None else set()
+    widths = dict(zip(onehot.columns, onehot.widths())) if onehot is not None else {}
+    categories = dict(zip(onehot.columns, onehot.categories)) if onehot is not None else {}
     rows = []
     for f in schema.features:
         if f.kind == "number":
-            fill = fills.get(f.name, "") if strategy else "(refused)"
-            fill_text = "dropped (no value in training)" if strategy and fill is None else f"{fill} ({strategy})"
-            rows.append([f.name, "number", fill_text if strategy else "missing refused", f.name])
+            fill = fills.get(f.name)
+            missing = "refused" if imputer is None else ("dropped: none in training" if fill is None else f"{fill:g}")
+            count = 0 if imputer is not None and fill is None and not imputer.keep_empty_features else 1
+            rows.append([f.name, missing, str(count + (f.name in flagged)), "(a number)"])
         else:
-            names = encoded.get(f.name, [])
-            shown = ", ".join(names[:6]) + (f", ... ({len(names)})" if len(names) > 6 else "")
-            rows.append([f.name, "category", schema.onehot.missing if schema.onehot else "", shown])
+            cats = ["(missing)" if c is None else str(c) for c in categories.get(f.name, ())]
+            shown = ", ".join(cats[:8]) + (f", ... ({len(cats)})" if len(cats) > 8 else "")
+            rows.append([f.name, onehot.missing if onehot else "", str(widths.get(f.name, 0)), shown])
     target = schema.target
     if target is not None:
-        detail = (
-            ", ".join(target.classes[:6]) + (", ..." if len(target.classes) > 6 else "")
-            if target.classes
-            else (
-                f"{target.scaling.kind} (shift {target.scaling.shift}, scale {target.scaling.scale})"
-                if target.scaling
-                else ""
+        if target.classes:
+            detail = ", ".join(target.classes[:8]) + (
+                f", ... ({len(target.classes)})" if len(target.classes) > 8 else ""
             )
-        )
-        rows.append([target.name, f"target ({target.kind})", "", detail])
-    names = ["column", "kind", "when missing", "model inputs"]
+        elif target.scaling is not None:
+            detail = f"{target.scaling.kind}: shift {target.scaling.shift:g}, scale {target.scaling.scale:g}"
+        else:
+            detail = ""
+        rows.append([target.name, "(target)", "", detail])
+    strategy = f", numbers filled with the {imputer.strategy}" if imputer is not None else ""
+    names = ["column", "when missing", "inputs", "categories"]
     return FoldingTable(
         names,
         [list(c) for c in zip(*rows)] if rows else [[] for _ in names],
-        title=f"input schema: {len(schema.features)} columns -> {schema.width} inputs",
+        title=f"input schema: {len(schema.features)} columns, {schema.width} model inputs{strategy}",
         keys=1,
+        justify=["left", "left", "right", "left"],
     )

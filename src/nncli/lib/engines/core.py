@@ -15,6 +15,14 @@ cast to the model's dtype, and nncli's ForwardRun. Partitions therefore match nn
 * one file (or standard input): the driver reads it with nncli's reader and hands whole batches to
   the workers, `PART_ROWS` rows or more a partition.
 
+A model with an input schema (issue #26) reads every partition against it, as the single process
+does: the driver opens DATA with `with_schema` (columns matched by name, its warnings, its errors),
+one file's batches are encoded by the driver's reader, and a worker reads its files against the
+schema that travels with the model. Rows with a category unseen in training are counted by each
+file's reader; a worker sends the warnings back and the driver issues them after the file's rows.
+A scaled regression target: forward's outputs in its units (on the worker, as ForwardRun does),
+evaluate's metrics in its units (each batch's targets as read come back beside its outputs).
+
 Loss and evaluate bring back each batch's loss sum (reduction 'sum', in the model's dtype) and the
 number of terms; the driver adds the sums in batch order and divides once, exactly as the single
 process does, so the loss is the same bits whatever the number of workers or partitions. evaluate
@@ -31,7 +39,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from nncli.constants import DEFAULT_BATCH_ROWS
-from nncli.errors import NncliError, UsageError
+from nncli.errors import NncliError, NncliWarning, UsageError
 from nncli.lib.engines.tables import TableOptions, empty_output, prepared, score_pandas, score_table  # noqa: F401
 from nncli.lib.engines.worker import (  # noqa: F401  (tests and callers use core.*)
     RowsPart,
@@ -166,10 +174,19 @@ class EngineRun:
                         row, column, value = found
                         _warn_like(check, base + row, column, value)
                 yield from scored.frames
+                _reissue(scored.warned)
                 offset += scored.rows
         finally:
             _close(results, self._results)
             self.source.close()
+
+
+def _reissue(messages: list) -> None:
+    """The warnings a worker's reader issued at the end of a file (they reach no one there), issued here."""
+    import warnings
+
+    for message in messages:
+        warnings.warn(message, NncliWarning, stacklevel=3)
 
 
 def _warn_like(check, row: int, column: int, value: float) -> None:
@@ -212,6 +229,11 @@ class Scorer(Forwards):
         return self.model.dtype
 
     @property
+    def schema(self):
+        """The model's input schema: evaluate reads its target scaling (metrics in the target's units)."""
+        return getattr(self.model, "schema", None)
+
+    @property
     def pool(self) -> Pool:
         if self._pool is None:
             self._pool = self._factory()
@@ -247,26 +269,30 @@ class Scorer(Forwards):
             tuple((id(t), t._version) for t in tensors),
             id(built.preprocess),
             tuple(built.classes or ()),
+            id(getattr(self.model, "schema", None)),  # a schema adopted since (train fits one)
         )
         if self._shipped is None or self._shipped[0] != fingerprint:
             self._shipped = (fingerprint, self.pool.ship(ship(self.model)))
         return self._shipped[1]
 
     def _open(self, data, read, want_targets: bool):
-        """Open DATA here (its columns, its warnings, its errors, as the single process gives them) and build
-        the model."""
+        """Open DATA here (its columns, its warnings, its errors, as the single process gives them: against
+        the model's input schema, with the spec's target and features) and build the model. The Read
+        returned is the one the workers read files with."""
         from nncli.io.reading import expand_paths
-        from nncli.lib.session import open_data
+        from nncli.lib.session import open_data, warn_positional, with_schema
 
         paths = expand_paths(data)
+        read = with_schema(self.model, read)
         source = open_data(paths, read, want_targets)
-        built = self.model.build_for(source, read)
         try:
+            built = self.model.build_for(source, read)
             self.model.check_preprocess()
+            warn_positional(self.model, built, read, source)
         except NncliError:
             source.close()
             raise
-        return paths, source, built
+        return paths, source, built, read
 
     def _by_file(self, paths: list) -> bool:
         return len(paths) > 1 or (self.plan is not None and len(self.plan) > 1 and paths[0] in self.plan)
@@ -290,7 +316,7 @@ class Scorer(Forwards):
 
         read = read or Read()
         self._begin()
-        paths, source, built = self._open(data, read, False)
+        paths, source, built, read = self._open(data, read, False)
         head = head_of(
             built.layers,
             source.n_features,
@@ -365,7 +391,7 @@ class Scorer(Forwards):
         if backward or inputs:
             raise UsageError("an engine computes forward, loss and evaluate; gradients and steps run in one process")
         self._begin()
-        paths, source, built = self._open(data, read, True)
+        paths, source, built, read = self._open(data, read, True)
         try:
             head = head_of(built.layers, source.n_features)
             choice = self.model.choose_loss(loss, head)
@@ -399,13 +425,14 @@ class Scorer(Forwards):
                 for value in part.sums:  # in batch order, in the model's dtype: the single process's additions
                     total = value if total is None else total + value
                 if observe is not None:  # part.observed is empty without one
-                    for outputs, targets in part.observed:
-                        observe(outputs, targets)
+                    for outputs, targets, seen in part.observed:
+                        observe(outputs, targets, seen)
                 terms += part.terms
                 count += part.rows
                 batches += part.batches
                 per_row += part.per_row
                 mean = part.mean if part.mean is not None else mean
+                _reissue(part.warned)
         finally:
             _close(shown, results)
             source.close()

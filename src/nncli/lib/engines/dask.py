@@ -22,17 +22,11 @@ import threading
 
 from nncli.errors import NncliError
 from nncli.lib.engines import core
-from nncli.lib.engines.tables import TableOptions, empty_output, prepared, score_pandas
+from nncli.lib.engines.tables import empty_output, prepared, score_pandas, table_options
 
 CONNECT_SECONDS = 10
 HANDSHAKE_SECONDS = 5
 MAX_WORKERS_PER_CPU = 4
-
-
-def _listed(value) -> list:
-    from nncli.io.columns import column_list  # "a,b" is two columns, as everywhere in nncli
-
-    return column_list(value)
 
 
 def cores() -> int:
@@ -293,7 +287,7 @@ def forward(
     model's dtype. `target` columns are left out of the features; `id_column` is carried first."""
     import dask
 
-    options = TableOptions(_listed(features), _listed(target), id_column, threshold, batch_size)
+    options = table_options(model, target, features, id_column, threshold, batch_size)
     shipped, head = prepared(model, list(ddf.columns), options, class_names, "the dask DataFrame")
     meta = empty_output(shipped, head, options, list(ddf.columns), dict(ddf.dtypes))
     # One task holds the weights; every partition's task depends on it, so a worker receives them once.

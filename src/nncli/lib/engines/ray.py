@@ -21,13 +21,7 @@ column-major, and 60% of outputs then differ by one ulp). Needs `pip install 'nn
 from __future__ import annotations
 
 from nncli.constants import DEFAULT_BATCH_ROWS
-from nncli.lib.engines.tables import TableOptions, empty_output, prepared, score_pandas
-
-
-def _listed(value) -> list:
-    from nncli.io.columns import column_list  # "a,b" is two columns, as everywhere in nncli
-
-    return column_list(value)
+from nncli.lib.engines.tables import TableOptions, empty_output, prepared, score_pandas, table_options
 
 
 class Scorer:
@@ -64,7 +58,7 @@ def forward(
     require("ray")
     import ray
 
-    options = TableOptions(_listed(features), _listed(target), id_column, threshold, batch_size)
+    options = table_options(model, target, features, id_column, threshold, batch_size)
     columns = list(dataset.schema().names)
     shipped, head = prepared(model, columns, options, class_names, "the Ray dataset")
     meta = empty_output(shipped, head, options, columns)

@@ -21,13 +21,7 @@ from __future__ import annotations
 
 import functools
 
-from nncli.lib.engines.tables import TableOptions, empty_output, prepared, score_pandas
-
-
-def _listed(value) -> list:
-    from nncli.io.columns import column_list  # "a,b" is two columns, as everywhere in nncli
-
-    return column_list(value)
+from nncli.lib.engines.tables import TableOptions, empty_output, prepared, score_pandas, table_options
 
 
 def score_batches(weights, head, options: TableOptions, meta, batches):
@@ -73,7 +67,7 @@ def forward(
     require("spark")
     from pyspark.sql import types as T
 
-    options = TableOptions(_listed(features), _listed(target), id_column, threshold, batch_size)
+    options = table_options(model, target, features, id_column, threshold, batch_size)
     columns = list(df.columns)
     shipped, head = prepared(model, columns, options, class_names, "the Spark DataFrame")
     meta = empty_output(shipped, head, options, columns)

@@ -1,6 +1,12 @@
 """The worker's side of every engine: the model as it travels (`Shipped`: weights, layers, dtype,
-classes, preprocessing), built once per worker process on the meta device and never re-seeded, and
-a partition (a file, or whole batches of one file) scored exactly as `nncli forward` scores its rows."""
+classes, preprocessing, input schema), built once per worker process on the meta device and never
+re-seeded, and a partition (a file, or whole batches of one file) scored exactly as `nncli forward`
+scores its rows.
+
+A model with an input schema (issue #26) has every file a worker reads matched by name and encoded
+against it, as the single process reads it. What reading warns at the end of a file (rows with a
+category unseen in training) would be lost in a worker: the messages come back with the result,
+for the driver to issue in file order."""
 
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ class Shipped:
     preprocess: tuple | None = None  # (kind, columns, shift, scale) with float64 numpy arrays
     device: str = "cpu"
     threads: int | None = None
+    schema: str | None = None  # the input schema's JSON text (as saved with the weights), decoded once a worker
 
 
 def ship(model) -> Shipped:
@@ -63,10 +70,18 @@ def ship(model) -> Shipped:
         preprocess,
         model.device_name,
         model.threads,
+        _schema_text(model),
     )
 
 
+def _schema_text(model) -> str | None:
+    """The schema `with_schema` reads DATA against on the driver (the model's), as text to travel."""
+    schema = getattr(model, "schema", None)
+    return None if schema is None else schema.to_json()
+
+
 _BUILT: collections.OrderedDict = collections.OrderedDict()
+_SCHEMAS: collections.OrderedDict = collections.OrderedDict()  # token -> decoded Schema, as _BUILT
 
 
 _LOCK = threading.Lock()
@@ -83,6 +98,23 @@ def rebuild(shipped: Shipped):
         else:
             _BUILT.move_to_end(shipped.token)
         return built
+
+
+def schema_of(shipped: Shipped):
+    """The shipped input schema, decoded once per worker process and kept by token (None without one)."""
+    if shipped.schema is None:
+        return None
+    with _LOCK:
+        schema = _SCHEMAS.get(shipped.token)
+        if schema is None:
+            from nncli.io.preprocess.schema import Schema
+
+            schema = _SCHEMAS[shipped.token] = Schema.from_json(shipped.schema, shipped.weights or shipped.spec.path)
+            while len(_SCHEMAS) > KEPT_MODELS:
+                _SCHEMAS.popitem(last=False)
+        else:
+            _SCHEMAS.move_to_end(shipped.token)
+        return schema
 
 
 def _rebuild(shipped: Shipped):
@@ -126,6 +158,7 @@ def _rebuild(shipped: Shipped):
         device,
         shipped.classes,
         preprocess,
+        shipped.schema,
     )
 
 
@@ -139,7 +172,8 @@ class FilePart:
 
 def file_part(path: str, read) -> FilePart:
     """A file as it travels: its path and --targets' absolute, since a worker runs in a folder of its
-    own (a relative path was looked up there: `no such file`); messages still name them as given."""
+    own (a relative path was looked up there: `no such file`); messages still name them as given.
+    The input schema stays behind: it travels once, with the model (`Shipped.schema`)."""
     import dataclasses
     import os
 
@@ -148,7 +182,7 @@ def file_part(path: str, read) -> FilePart:
         read = dataclasses.replace(
             read, targets_file=os.path.abspath(targets), targets_label=read.targets_label or targets
         )
-    return FilePart(os.path.abspath(path), dataclasses.replace(read, label=read.label or path))
+    return FilePart(os.path.abspath(path), dataclasses.replace(read, label=read.label or path, schema=None))
 
 
 @dataclass
@@ -171,13 +205,18 @@ class _Rows:
         pass
 
 
-def _opened(part, want_targets: bool, rows, built=None, choice=None):
-    """(source, batches) of a partition: nncli's reader and batching for a file, the driver's batches as they came."""
+def _opened(shipped: Shipped, part, want_targets: bool, rows, built=None, choice=None):
+    """(source, batches) of a partition: nncli's reader and batching for a file (read against the
+    model's input schema, as the driver reads it), the driver's batches (already encoded) as they came."""
     if isinstance(part, RowsPart):
         return _Rows(part), iter(part.batches)
+    import dataclasses
+
     from nncli.lib.session import open_data, use_labels
 
-    source = open_data(part.path, part.read, want_targets)
+    schema = schema_of(shipped)
+    read = part.read if schema is None else dataclasses.replace(part.read, schema=schema)
+    source = open_data(part.path, read, want_targets)
     if choice is not None:
         use_labels(built, source, choice)
     return source, source.batches(rows)
@@ -201,6 +240,21 @@ class _FirstBad:
             self.found = (first_row + int(r), int(c), float(values[r, c]))
 
 
+def unknown_categories(source) -> list[str]:
+    """The warnings a file's reader issues once it is read (rows with a category unseen in training,
+    per column), to be issued again by the driver: in a worker they reach no one."""
+    encoder = getattr(source, "encoder", None)
+    return encoder.unknown_warnings() if encoder is not None else []
+
+
+@dataclass
+class Seen:
+    """What the driver's observer reads of a batch besides its outputs and targets (as the single
+    process's observer reads the Batch): the targets as read, where the schema scaled them."""
+
+    y_units: Any = None
+
+
 @dataclass
 class Scored:
     """forward on one partition: (names, columns) per batch, as ForwardRun.frames gives them."""
@@ -209,6 +263,7 @@ class Scored:
     rows: int
     bad_data: tuple | None = None
     bad_output: tuple | None = None
+    warned: list = field(default_factory=list)  # the reader's warnings at the end of the file (unknown_categories)
 
     def __len__(self) -> int:
         return self.rows
@@ -219,14 +274,16 @@ def forward_part(
 ) -> Scored:
     """Run on a worker: the model in eval mode over one partition, in nncli's batches."""
     from nncli.lib.forwards import ForwardRun
+    from nncli.lib.model import target_scaling
 
     with warnings.catch_warnings():
         warnings.simplefilter(
             "ignore"
         )  # the driver has issued the data's warnings once; torch's own never reach the user
         built = rebuild(shipped)
-        source, batches = _opened(part, False, batch_size or DEFAULT_BATCH_ROWS)
+        source, batches = _opened(shipped, part, False, batch_size or DEFAULT_BATCH_ROWS)
         run = ForwardRun(built, head, source, batches, threshold, source_column)
+        run.scaling = target_scaling(schema_of(shipped), head)  # outputs in the target's units, as Model's run
         data_bad, output_bad = _FirstBad(), _FirstBad()
         run.checks = [
             lambda batch, outputs: data_bad(batch.x, batch.first_row),
@@ -236,7 +293,7 @@ def forward_part(
         for names, columns in run.frames():
             frames.append((names, columns))
             rows += len(columns[0]) if columns else 0
-    return Scored(frames, rows, data_bad.found, output_bad.found)
+    return Scored(frames, rows, data_bad.found, output_bad.found, unknown_categories(source))
 
 
 @dataclass
@@ -251,7 +308,8 @@ class Signal:
     per_row: list = field(default_factory=list)  # reduction 'none': numpy arrays per batch
     observed: list = field(
         default_factory=list
-    )  # (outputs, targets) per batch, for the driver's observer (evaluate's metrics)
+    )  # (outputs, targets, Seen) per batch, for the driver's observer (evaluate's metrics)
+    warned: list = field(default_factory=list)  # the reader's warnings at the end of the file (unknown_categories)
 
     def __len__(self) -> int:
         return self.rows
@@ -274,7 +332,7 @@ def signal_part(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         built = rebuild(shipped)
-        source, batches = _opened(part, True, batch_size or DEFAULT_BATCH_ROWS, built, choice)
+        source, batches = _opened(shipped, part, True, batch_size or DEFAULT_BATCH_ROWS, built, choice)
         dtype, device, module = torch_dtype(built.dtype), built.device, built.module
         module.train(train)
         fn = choice.function("none" if reduction == "none" else "sum")
@@ -289,7 +347,7 @@ def signal_part(
                     )
                     value = fn(outputs, targets)
                     if observe:
-                        out.observed.append((outputs.detach().cpu(), targets.cpu()))
+                        out.observed.append((outputs.detach().cpu(), targets.cpu(), Seen(batch.y_units)))
                     out.rows += len(batch)
                     out.batches += 1
                     if reduction == "none":
@@ -304,6 +362,7 @@ def signal_part(
             raise with_label_hint(e, source, choice) from None
         finally:
             source.close()
+        out.warned = unknown_categories(source)
     return out
 
 
