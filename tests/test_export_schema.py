@@ -332,3 +332,21 @@ def test_an_opset_before_20_is_refused_for_category_columns_in_one_line(classifi
         f"missing cells); the model is opset 18: export it with opset 20 or later ({tmp_path / 'o.onnx'})"
     ]
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_the_penguins_example_exports_its_raw_columns_and_its_pt2_is_refused(tmp_path):
+    """examples/configs/penguins.yaml (impute, one-hot, standardize) on its raw table: the graph,
+    verified on raw rows, gives forward's numbers on the example's new rows."""
+    from tests.helpers import CONFIGS, DATA
+
+    spec, w = CONFIGS / "penguins.yaml", tmp_path / "p.safetensors"
+    run("train", spec, DATA / "penguins-train.csv", "--epochs", 5, "--lr", 0.01, "--save-weights", w)
+    out = run("export", spec, "-w", w, "-o", tmp_path / "p.onnx", "--verify")
+    assert "verified: onnxruntime" in out.stderr and "standardised in the graph" in out.stderr
+    a = forward_csv(tmp_path / "p.onnx", DATA / "penguins-new.csv", "--id-column", "id")
+    b = forward_csv(spec, DATA / "penguins-new.csv", "-w", w, "--id-column", "id")
+    probs = [c for c in b.columns if c.startswith("prob")]
+    assert a.columns == b.columns and a["class"].to_list() == b["class"].to_list()
+    close(a.select(probs).to_numpy(), b.select(probs).to_numpy(), "float32")
+    r = run("export", spec, "-w", w, "-o", tmp_path / "p.pt2", check=False)
+    assert r.returncode == 1 and "export .onnx" in r.stderr and not (tmp_path / "p.pt2").exists()
