@@ -15,6 +15,12 @@ graph as ops, `(features - shift) / scale`, so the file takes raw features. The 
 metadata_props; a .pt2's `nncli.json`) holds nncli's version, the spec, the head, forward's column
 names, and the classes and the preprocessing when there are any; `metadata={...}` adds entries.
 
+A model with an input schema (Model.schema, issue #26) that encodes (one-hot, imputation) exports
+as an ONNX graph taking the raw columns (onnx_schema.with_schema; `takes_raw`), the schema's JSON in
+the metadata (`nncli.schema`) with what the graph cannot refuse (`schema_unchecked`); a .pt2 of it is
+refused. A schema of numbers only keeps `features` [N, F] (in the schema's order, `columns_in`), a
+scaled target put back in its units in the graph (docs/commands.md, export).
+
 Nothing here prints or exits; torch, onnx and onnxruntime are imported when they are needed. The
 exporters' own log lines and warnings are held back while they run (they would land on the CLI's
 standard error), and their levels restored afterwards.
@@ -34,6 +40,7 @@ from nncli.lib.export_format import (  # noqa: F401  (re-exported: the CLI and c
     EXTRA,
     INPUT_NAME,
     PT2_METADATA,
+    SCHEMA_KEY,
     SUFFIXES,
     Check,
     Exported,
@@ -48,7 +55,9 @@ from nncli.lib.export_format import (  # noqa: F401  (re-exported: the CLI and c
     quiet_exporters,
     read_metadata,
     require_onnx,
+    takes_raw,
 )
+from nncli.lib.model import target_scaling
 from nncli.lib.onnx_model import OnnxModel, ort_session, quiet_onnxruntime  # noqa: F401
 from nncli.lib.verify import TOLERANCE, VERIFY_ROWS, VERIFY_SEED, check, eval_mode, verification_text  # noqa: F401
 
@@ -183,11 +192,16 @@ def build_export(
         built.layers, width, spec_loss(model.spec.loss, model.spec.path), list(classes) if classes is not None else None
     )
     name = output_name(head)
+    schema = getattr(model, "schema", None)
+    raw = takes_raw(schema)  # the graph takes the raw columns and encodes them (ONNX only)
+    if schema is not None:
+        _check_schema(schema, fmt, width, where)
     pre = _preprocess(preprocess if preprocess is not None else getattr(built, "preprocess", None), width)
-    store = _metadata(model, built, width, head, name, pre, classes, given)
-    module = _exportable(built, pre)
+    store = _metadata(model, built, width, head, name, pre, classes, given, schema, raw)
+    scaling = target_scaling(schema, head)
+    module = _exportable(built, pre, None if raw else scaling)  # with_schema undoes a raw graph's scaling
     if fmt == "onnx":
-        data, got_opset = _onnx_bytes(module, built, width, name, opset, store, where)
+        data, got_opset = _onnx_bytes(module, built, width, name, opset, store, where, schema if raw else None)
         _load_check(data, built, model.threads, where)
     else:
         data, got_opset = _pt2_bytes(module, built, width, store), None
@@ -206,7 +220,36 @@ def build_export(
         module,
         built,
         model.threads,
+        schema,
+        scaling,
     )
+
+
+def _check_schema(schema, fmt: str, width: int, where: str | None) -> None:
+    """The schema fits the model; a .pt2 takes numbers only (torch.export runs tensors: no text input)."""
+    if schema.width != width:
+        raise NncliError(f"the input schema encodes to {schema.width} columns; the model takes {width}", where)
+    if fmt == "pt2" and takes_raw(schema):
+        what = "category columns" if schema.categories else "imputation of missing numbers"
+        raise NncliError(
+            f"a .pt2 program takes a tensor of numbers, and the model's input schema has {what}, which it would "
+            "leave to the caller: export .onnx, whose graph takes the raw columns and encodes them",
+            where,
+        )
+
+
+def unchecked(schema) -> list[str]:
+    """What the ONNX graph of `schema` lets through where nncli refuses a row (onnx_schema.with_schema
+    has no way to fail a row): stated in the metadata (`schema_unchecked`) and by the CLI."""
+    out = []
+    if schema.numbers and schema.imputer is None:
+        out.append(f"a missing number ({', '.join(schema.numbers)}) goes into the model as NaN")
+    if schema.onehot is not None:
+        if schema.onehot.missing == "error":
+            out.append(f"a missing category ({', '.join(schema.categories)}) gives zeros")
+        if schema.onehot.handle_unknown == "error":
+            out.append(f"an unknown category ({', '.join(schema.categories)}) gives zeros")
+    return out
 
 
 def _preprocess(preprocess, width: int) -> Standardisation | None:
@@ -256,7 +299,16 @@ def _flat(values) -> list:
 
 
 def _metadata(
-    model, built, width: int, head: Head, name: str, pre: Standardisation | None, classes, given: dict
+    model,
+    built,
+    width: int,
+    head: Head,
+    name: str,
+    pre: Standardisation | None,
+    classes,
+    given: dict,
+    schema=None,
+    raw: bool = False,
 ) -> dict:
     """nncli's version, the spec, the head, forward's column names, the classes and the preprocessing
     when there are any; then the caller's entries, which win (but for `preprocess`, which must
@@ -283,6 +335,12 @@ def _metadata(
             entries[key] = value
     if pre is not None:
         entries["preprocess"] = pre.as_metadata()
+    if schema is not None:
+        entries["columns_in"] = schema.names  # the model's input columns, in order
+        entries[SCHEMA_KEY] = schema.to_json()
+    if raw:  # the graph takes the raw columns (onnx_schema.with_schema)
+        entries["input"] = [f.name for f in schema.features]
+        entries["schema_unchecked"] = unchecked(schema)
     try:
         return {k: v if isinstance(v, str) else json.dumps(v, allow_nan=False) for k, v in entries.items()}
     except (TypeError, ValueError) as e:
@@ -292,9 +350,11 @@ def _metadata(
 _EXPORTABLE: dict = {}
 
 
-def _exportable(built, pre: Standardisation | None):
+def _exportable(built, pre: Standardisation | None, scaling=None):
     """The model as the file holds it: the same layers (state_dict keys 0.weight, ...), eval mode,
-    one input named `features`, and the standardisation first when there is one."""
+    one input named `features`, and the standardisation first when there is one; with `scaling` (a
+    .pt2 of a schema's scaled target) the output in the target's units, as with_schema computes it:
+    in float64, then back to the model's dtype."""
     import torch
     from torch import nn
 
@@ -306,11 +366,24 @@ def _exportable(built, pre: Standardisation | None):
             def forward(self, features):  # the argument's name is the graph input's name
                 if self.standardise:
                     features = (features - self.input_shift) / self.input_scale
-                return super().forward(features)
+                out = super().forward(features)
+                if self.unscale is None:
+                    return out
+                y = out.to(torch.float64)
+                y = (
+                    y * self.target_scale + self.target_shift
+                    if self.unscale
+                    else (y - self.target_shift) / self.target_scale
+                )
+                return y.to(out.dtype)
 
         _EXPORTABLE["class"] = Exportable
     module = _EXPORTABLE["class"](*list(built.module))
     module.standardise = pre is not None
+    module.unscale = None if scaling is None else scaling.kind == "standardize"  # else minmax
+    if scaling is not None:
+        module.register_buffer("target_shift", torch.tensor(float(scaling.shift), dtype=torch.float64))
+        module.register_buffer("target_scale", torch.tensor(float(scaling.scale), dtype=torch.float64))
     if pre is not None:
         dtype = torch_dtype(built.dtype)
         # float64 statistics rounded to the model's dtype, as Preprocess.apply rounds them
@@ -335,7 +408,7 @@ def _dynamic_batch():
 
 
 def _onnx_bytes(
-    module, built, width: int, name: str, opset: int | None, store: dict, where: str | None
+    module, built, width: int, name: str, opset: int | None, store: dict, where: str | None, schema=None
 ) -> tuple[bytes, int | None]:
     import torch
 
@@ -371,6 +444,13 @@ def _onnx_bytes(
             "try 18 or later, or leave --opset out",
             where,
         )
+    if schema is not None:
+        from nncli.lib.onnx_schema import with_schema
+
+        try:
+            proto = with_schema(proto, schema, built.dtype, INPUT_NAME, name)
+        except NncliError as e:
+            raise NncliError(e.what, where) from None
     proto.doc_string = f"{built.caption}, exported by nncli {store['nncli_version']}"
     for key, value in store.items():
         entry = proto.metadata_props.add()

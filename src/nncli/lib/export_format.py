@@ -24,6 +24,9 @@ SUFFIXES = {".onnx": "onnx", ".pt2": "pt2"}
 INPUT_NAME = "features"
 
 
+SCHEMA_KEY = "nncli.schema"  # the metadata entry of the input schema's JSON text, as the weights file holds it
+
+
 PT2_METADATA = "nncli.json"  # the extra file of a .pt2 archive that holds the metadata
 
 
@@ -55,6 +58,14 @@ def require_onnx(what: str = "ONNX export", modules: tuple = ("onnx", "onnxscrip
             importlib.import_module(name)
         except ImportError:
             raise NncliError(f"{what} needs the onnx extra: {EXTRA}") from None
+
+
+def takes_raw(schema) -> bool:
+    """Whether an ONNX export of a model with this input schema takes the raw columns (one input per
+    feature, encoded in the graph): when the schema encodes anything (categories, imputation). A
+    schema of numbers only, as they are, keeps the input `features` [N, F], its columns in the
+    schema's order (the metadata's `columns_in`), as every nncli export before the schema took it."""
+    return schema is not None and bool(schema.categories or schema.imputer is not None)
 
 
 def output_name(head: Head) -> str:
@@ -112,6 +123,8 @@ class Exported:
     module: Any = None  # the torch module the file was made from (preprocessing included)
     built: Any = None  # nncli.core.model.Model
     threads: int | None = None  # onnxruntime's threads for verification (None: every core)
+    schema: Any = None  # the input schema (io.preprocess.schema.Schema): an ONNX graph takes its raw columns
+    scaling: Any = None  # the schema's target scaling (TargetScaler): the output is in the target's units
 
 
 @dataclass

@@ -4,6 +4,7 @@ was exported from."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -13,7 +14,15 @@ from typing import Any
 
 from nncli.core.forward import Head
 from nncli.errors import NncliError
-from nncli.lib.export_format import decoded, first_line, output_name, quiet_exporters, require_onnx
+from nncli.lib.export_format import (
+    SCHEMA_KEY,
+    decoded,
+    first_line,
+    output_name,
+    quiet_exporters,
+    require_onnx,
+    takes_raw,
+)
 from nncli.lib.forwards import ForwardRun, Forwards, finite_checks
 
 
@@ -75,15 +84,25 @@ class OnnxModel(Forwards):
         meta = self.session.get_modelmeta()
         self.metadata = {k: decoded(v) for k, v in (meta.custom_metadata_map or {}).items()}
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if len(inputs) != 1 or len(inputs[0].shape) != 2:
-            raise NncliError("nncli scores ONNX models with one input of shape [N, features]", self.path)
-        self.input, self.output = inputs[0].name, outputs[0].name
         kinds = {"tensor(float)": "float32", "tensor(double)": "float64"}
-        if inputs[0].type not in kinds:
-            raise NncliError(f"the model's input is {inputs[0].type}; nncli gives float or double", self.path)
-        self.dtype = kinds[inputs[0].type]
-        width = inputs[0].shape[1]
-        self.width = width if isinstance(width, int) else int_or_none(self.metadata.get("inputs"))
+        # a file nncli exported from a model with an input schema: DATA's columns are read by name (as
+        # `forward -w` reads them); a graph of raw columns gets them as they are (onnx_schema.raw_reader)
+        self.schema = self._saved_schema()
+        self.raw = takes_raw(self.schema)
+        if self.raw:
+            self.schema = self._raw_columns(inputs, outputs, kinds)
+            self.input, self.output = None, outputs[0].name
+            self.dtype = kinds[outputs[0].type]
+            self.width: int | None = len(self.schema.features)
+        else:
+            if len(inputs) != 1 or len(inputs[0].shape) != 2:
+                raise NncliError("nncli scores ONNX models with one input of shape [N, features]", self.path)
+            self.input, self.output = inputs[0].name, outputs[0].name
+            if inputs[0].type not in kinds:
+                raise NncliError(f"the model's input is {inputs[0].type}; nncli gives float or double", self.path)
+            self.dtype = kinds[inputs[0].type]
+            width = inputs[0].shape[1]
+            self.width = width if isinstance(width, int) else int_or_none(self.metadata.get("inputs"))
         self.head = self._head(outputs[0].shape)
         self.classes = None
         if "classes" in self.metadata:
@@ -100,6 +119,40 @@ class OnnxModel(Forwards):
         name = self.metadata.get("spec") or os.path.splitext(os.path.basename(self.path))[0]
         self.built = OnnxBuilt(f"{name} ({os.path.basename(self.path)}, onnxruntime, {self.dtype})", self.dtype)
 
+    def _saved_schema(self):
+        if SCHEMA_KEY not in self.metadata:
+            return None
+        from nncli.io.preprocess.schema import Schema
+
+        saved = self.metadata[SCHEMA_KEY]
+        return Schema.from_dict(saved, self.path) if isinstance(saved, dict) else Schema.from_json(saved, self.path)
+
+    def _raw_columns(self, inputs, outputs, kinds: dict):
+        """The schema read as nncli reads a table for a model with it (onnx_schema.raw_reader); the
+        graph's inputs must be its features, a number as double and a category as text, [N, 1] each."""
+        from nncli.lib.onnx_schema import raw_reader
+
+        schema = self.schema
+        want = [(f.name, "tensor(double)" if f.kind == "number" else "tensor(string)") for f in schema.features]
+        if [(i.name, i.type) for i in inputs] != want or any(len(i.shape) != 2 for i in inputs):
+            raise NncliError(
+                "the graph's inputs are not the columns of the input schema in its metadata (nncli.schema)", self.path
+            )
+        if len(outputs) != 1 or outputs[0].type not in kinds:
+            raise NncliError("nncli scores ONNX models with one float or double output", self.path)
+        return raw_reader(schema)
+
+    def _probe(self) -> dict:
+        """One row for the graph: zeros, or for a raw-column graph NaN numbers and missing categories."""
+        import numpy as np
+
+        if not self.raw:
+            return {self.input: np.zeros((1, self.width or 1), dtype=self.dtype)}
+        return {
+            f.name: np.full((1, 1), np.nan) if f.kind == "number" else np.array([[""]], dtype=object)
+            for f in self.schema.features
+        }
+
     def _head(self, shape) -> Head:
         """The head the file says it has (without class labels: forward_frames adds them), else plain.
 
@@ -109,9 +162,8 @@ class OnnxModel(Forwards):
         if width is None:  # a symbolic output width: one row of zeros says
             import numpy as np
 
-            probe = np.zeros((1, self.width or 1), dtype=self.dtype)
             width = int(
-                np.asarray(run_session(self.session, [self.output], {self.input: probe}, self.path)[0])
+                np.asarray(run_session(self.session, [self.output], self._probe(), self.path)[0])
                 .reshape(1, -1)
                 .shape[1]
             )
@@ -162,6 +214,8 @@ class OnnxModel(Forwards):
         from nncli.lib.session import Read, open_data, target_hint
 
         read = read or Read()
+        if self.schema is not None:  # columns by name, refused and counted as `nncli forward -w` reads them
+            read = dataclasses.replace(read, schema=self.schema)
         source = open_data(data, read, want_targets=False)
         if self.width is not None and source.n_features != self.width:
             source.close()
@@ -176,16 +230,21 @@ class OnnxModel(Forwards):
         head = self.head_for(class_names)
         run = OnnxRun(self, head, source, progress(batches, source) if progress else batches, threshold, source_column)
         run.checks = finite_checks(source, head)
+        if self.raw:  # raw columns: a NaN the schema imputes is no news (one it does not is refused)
+            run.checks = run.checks[1:]
         return run
 
     def outputs(self, x):
         """The model's output for a 2-D array of rows (cast to the model's dtype), as onnxruntime gives it."""
         import numpy as np
 
-        x = np.ascontiguousarray(x, dtype=self.dtype)
         if len(x) == 0:
             return np.zeros((0, self.head.width), dtype=self.dtype)
-        out = np.asarray(run_session(self.session, [self.output], {self.input: x}, self.path)[0])
+        if self.raw:  # the raw columns, packed by the reader (onnx_schema.raw_reader)
+            feeds = self.schema.unpack(np.asarray(x, dtype=np.float64))
+        else:
+            feeds = {self.input: np.ascontiguousarray(x, dtype=self.dtype)}
+        out = np.asarray(run_session(self.session, [self.output], feeds, self.path)[0])
         return out.reshape(len(x), -1)
 
 

@@ -281,3 +281,93 @@ def _import_ml(model: Any) -> None:
         model.opset_import.append(helper.make_opsetid(ML_DOMAIN, ML_OPSET))
     elif ml[0].version < 2:  # LabelEncoder's keys_strings/values_int64s are from ai.onnx.ml 2
         ml[0].version = ML_OPSET
+
+
+# -- reading a table for the graph ------------------------------------------------------------------
+
+
+def raw_reader(schema: Schema) -> Schema:
+    """A stand-in for `schema` that nncli's readers take as a model's (columns found by name, cells
+    checked and refused as Schema.encode refuses them, unknown categories counted), whose "encoded"
+    block is the raw columns packed for the graph: one float64 column per feature, in the schema's
+    order, a number as read (NaN where missing), a category as a code into `texts` (-1 missing).
+    `unpack` turns such a block into the graph's inputs."""
+    from nncli.io.preprocess.schema import Schema as Base
+
+    if "class" not in _RAW:
+
+        class RawColumns(Base):
+            """See raw_reader."""
+
+            @property
+            def width(self) -> int:
+                return len(self.features)
+
+            @property
+            def names(self) -> list[str]:
+                return [f.name for f in self.features]
+
+            def encode_parts(self, numbers, texts, first_row=0, source=None):
+                import numpy as np
+                import polars as pl
+
+                from nncli.io.preprocess.schema import Encoded
+
+                # the schema itself encodes too (its width is the encoded one): nncli's refusals, its counts
+                plain = self.__dict__.setdefault("_plain", Base(self.features, self.imputer, self.onehot, self.target))
+                checked = plain.encode_parts(numbers, texts, first_row, source)
+                x = np.asarray(numbers, dtype=np.float64)
+                out = np.empty((x.shape[0], len(self.features)), dtype=np.float64)
+                k = j = 0
+                for i, f in enumerate(self.features):
+                    if f.kind == "number":
+                        out[:, i] = x[:, k]
+                        k += 1
+                        continue
+                    given = texts[j]
+                    cells = given.to_list() if isinstance(given, pl.Series) else list(given)
+                    known, order = self._texts_of(j)
+                    with self.__dict__["_lock"]:  # one OnnxModel may score in several threads
+                        for r, cell in enumerate(cells):
+                            if cell is None:
+                                out[r, i] = -1
+                                continue
+                            code = known.get(cell)
+                            if code is None:
+                                code = known[cell] = len(order)
+                                order.append(cell)
+                            out[r, i] = code
+                    j += 1
+                return Encoded(out, checked.unknown)
+
+            def _texts_of(self, j: int) -> tuple[dict, list]:
+                table = self.__dict__.setdefault("_texts", {})  # frozen: kept beside the fields
+                return table.setdefault(j, ({}, []))
+
+            def unpack(self, block) -> dict:
+                """A packed block -> the graph's feed: numbers [N, 1] float64, categories [N, 1] text ("" missing)."""
+                import numpy as np
+
+                feeds = {}
+                j = 0
+                for i, f in enumerate(self.features):
+                    column = np.asarray(block[:, i], dtype=np.float64)
+                    if f.kind == "number":
+                        feeds[f.name] = np.ascontiguousarray(column).reshape(-1, 1)
+                        continue
+                    _, order = self._texts_of(j)
+                    with self.__dict__["_lock"]:
+                        texts = np.array([""] + order, dtype=object)  # code -1 -> "", a missing cell
+                    feeds[f.name] = texts[column.astype(np.int64) + 1].reshape(-1, 1)
+                    j += 1
+                return feeds
+
+        _RAW["class"] = RawColumns
+    import threading
+
+    reader = _RAW["class"](schema.features, schema.imputer, schema.onehot, schema.target)
+    reader.__dict__["_lock"] = threading.Lock()  # frozen: kept beside the fields
+    return reader
+
+
+_RAW: dict = {}

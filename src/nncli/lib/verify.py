@@ -1,11 +1,13 @@
 """export's --verify: seeded random rows through the exported file and through PyTorch, the largest
-difference against a tolerance stated per dtype, and the one line that reports it."""
+difference against a tolerance stated per dtype, and the one line that reports it. A graph that
+takes the raw columns of an input schema gets raw rows built from the schema (check_rows), and
+PyTorch gets Schema.encode's matrix of the same rows."""
 
 from __future__ import annotations
 
 import contextlib
 
-from nncli.lib.export_format import INPUT_NAME, Check, Exported, Verification, load_pt2
+from nncli.lib.export_format import INPUT_NAME, Check, Exported, Verification, load_pt2, takes_raw
 from nncli.lib.onnx_model import ort_session
 
 # The largest difference from PyTorch that --verify accepts, times the size of the largest output
@@ -56,6 +58,8 @@ def check(exported: Exported, rows: tuple = VERIFY_ROWS, seed: int = VERIFY_SEED
             with torch.no_grad():
                 return loaded(x).numpy()
 
+    if exported.format == "onnx" and takes_raw(exported.schema):
+        return _check_raw(exported, session, verification, rows, seed)
     generator = torch.Generator().manual_seed(seed)
     module = exported.built.module
     with eval_mode(module), torch.no_grad():
@@ -69,7 +73,77 @@ def check(exported: Exported, rows: tuple = VERIFY_ROWS, seed: int = VERIFY_SEED
             else:
                 x = z
                 expected = module(x).numpy()
+            if exported.scaling is not None:  # a .pt2 of a scaled target gives it in the target's units
+                expected = exported.scaling.inverse(expected).astype(expected.dtype)
             got = np.asarray(run(x))
+            verification.checks.append(Check(n, _difference(got, expected), _scale(expected)))
+    return verification
+
+
+UNKNOWN_CATEGORY = "nncli: a category not seen in training"
+
+
+def check_rows(schema, n: int, seed: int = VERIFY_SEED):
+    """`n` raw rows for a schema's graph: (numbers float64 (n, k), NaN where the schema imputes;
+    category cells, None where missing), each known category in turn, a missing cell and an
+    unknown text where the schema takes them (where nncli refuses them, the graph cannot)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    numbers = np.empty((n, len(schema.numbers)), dtype=np.float64)
+    imputer = schema.imputer
+    for j in range(len(schema.numbers)):
+        centre = imputer.statistics[j] if imputer is not None and imputer.statistics[j] is not None else 0.0
+        numbers[:, j] = centre + rng.standard_normal(n) * max(1.0, abs(centre))
+        if imputer is not None:
+            numbers[rng.random(n) < 0.2, j] = np.nan
+    texts = []
+    onehot = schema.onehot
+    for j in range(len(schema.categories)):
+        cells: list = [c for c in onehot.categories[j] if c is not None]
+        if onehot.missing != "error":
+            cells.append(None)
+        if onehot.handle_unknown == "ignore":
+            cells.append(UNKNOWN_CATEGORY)
+        cells = cells or [None]
+        start = int(rng.integers(len(cells)))
+        texts.append([cells[(start + r) % len(cells)] for r in range(n)])
+    return numbers, texts
+
+
+def raw_feeds(schema, numbers, texts) -> dict:
+    """The graph's inputs (onnx_schema.with_schema): numbers [N, 1] float64, categories [N, 1] text ("" missing)."""
+    import numpy as np
+
+    columns = iter(range(numbers.shape[1]))
+    cells = iter(texts)
+    feeds = {}
+    for f in schema.features:
+        if f.kind == "number":
+            feeds[f.name] = np.ascontiguousarray(numbers[:, next(columns)]).reshape(-1, 1)
+        else:
+            feeds[f.name] = np.array(["" if c is None else c for c in next(cells)], dtype=object).reshape(-1, 1)
+    return feeds
+
+
+def _check_raw(exported: Exported, session, verification: Verification, rows: tuple, seed: int) -> Verification:
+    """A schema's graph on raw rows (check_rows) against PyTorch on Schema.encode's matrix of them,
+    the model's standardisation applied, the output put back in the target's units as forward does."""
+    import numpy as np
+    import torch
+
+    from nncli.core.model import torch_dtype
+
+    schema, module = exported.schema, exported.module  # the module standardises first, as the graph does
+    dtype = torch_dtype(exported.dtype)
+    with eval_mode(module), torch.no_grad():
+        for k, n in enumerate(_batch_sizes(exported, rows)):
+            numbers, texts = check_rows(schema, n, seed + k)
+            x = torch.from_numpy(schema.encode_parts(numbers, texts).values).to(dtype)
+            expected = module(x).numpy()
+            if exported.scaling is not None:
+                expected = exported.scaling.inverse(expected).astype(expected.dtype)
+            got = np.asarray(session.run(None, raw_feeds(schema, numbers, texts))[0])
             verification.checks.append(Check(n, _difference(got, expected), _scale(expected)))
     return verification
 

@@ -23,7 +23,7 @@ from nncli.cli.options import (
     load_model,
     with_options,
 )
-from nncli.errors import UsageError
+from nncli.errors import UsageError, printable
 from nncli.views.target import check_outputs
 
 ModelFile = Annotated[
@@ -68,7 +68,7 @@ def export(
 ) -> None:
     """Write the model in eval mode as ONNX (.onnx) or torch.export (.pt2), the batch dimension dynamic."""
     from nncli.lib.export import export as export_model
-    from nncli.lib.export import format_of, quiet_onnxruntime, require_onnx, verification_text
+    from nncli.lib.export import format_of, quiet_onnxruntime, require_onnx, takes_raw, verification_text
 
     fmt = format_of(output, "-o")
     if opset is not None and fmt != "onnx":
@@ -84,8 +84,19 @@ def export(
         note(f"verified: {verification_text(result)}")
     kind = f"ONNX opset {result.opset}" if fmt == "onnx" else "torch.export"
     standardised = ", standardised in the graph" if result.preprocess is not None else ""
+    raw = fmt == "onnx" and takes_raw(result.schema)
+    if raw:  # the graph takes the raw columns and encodes them
+        names = [f.name for f in result.schema.features]
+        shown = ", ".join(printable(n) for n in names[:10]) + (", ..." if len(names) > 10 else "")
+        given = f"{len(names)} raw column{'s' if len(names) != 1 else ''} ({shown}) -> {result.width} encoded"
+    else:
+        given = f"{result.metadata['input']} [N, {result.width}]"
     note(
-        f"wrote {output} ({kind}): {result.metadata['input']} [N, {result.width}] -> {result.output} [N, "
-        f"{result.head.width}]"
-        f"{standardised}; {result.caption}"
+        f"wrote {output} ({kind}): {given} -> {result.output} [N, {result.head.width}]{standardised}; {result.caption}"
     )
+    if raw:
+        from nncli.lib.export import unchecked
+
+        lets = unchecked(result.schema)
+        if lets:  # nncli refuses such rows; the graph cannot fail a row (docs/commands.md, export)
+            note(f"the graph does not refuse what nncli refuses: {'; '.join(lets)}")
