@@ -109,6 +109,7 @@ class Encoder:
     source: str
     number_targets: int = 0  # number target columns read after the features (scaled with the schema's scaling)
     scale_target: bool = True
+    target_names: list = field(default_factory=list)  # the number targets' column names, for messages
     unknown: Counter = field(default_factory=Counter)  # rows with an unseen category, per category column
 
     def raw_columns(self, numeric_targets: Sequence[int], texts: Sequence[int]) -> tuple[list[int], list[int]]:
@@ -156,7 +157,7 @@ class Encoder:
         missing = np.isnan(y)
         if missing.any():
             r, j = (int(i) for i in np.argwhere(missing)[0])
-            name = self.schema.target.name if self.schema.target is not None else f"target {j}"
+            name = self.target_names[j] if j < len(self.target_names) else f"target {j}"
             raise NncliError(f"the target {printable(name)!r} is missing", row_where(self.source, first_row + r))
         return y
 

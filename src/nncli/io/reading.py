@@ -47,6 +47,7 @@ class ReadOptions:
     schema: Any = None  # the model's input schema (io.preprocess.schema.Schema): columns by name, encoded (io.encoding)
     scale_target: bool = True  # with a schema that scales the target: read it scaled (False: in its units)
     unused: tuple = ()  # with a schema: columns left out without a notice (the spec's `exclude:`; "*": every one)
+    spec_target: bool = False  # the targets are the spec's `target:`: a command that wants none reads DATA without them
 
 
 @dataclass
@@ -203,6 +204,8 @@ class Dataset:
         if want_targets and not (opts.targets or opts.targets_file):
             raise UsageError("this command needs targets: --target COLUMN (or --targets FILE)")
         self.csv = open_table(opts.path, opts, opts.label)
+        if opts.spec_target and not want_targets and self.csv.names:  # forward: the spec's target may be absent
+            opts = dataclasses.replace(opts, targets=[t for t in opts.targets if t.strip() in self.csv.index])
         self.name = self.csv.name
         self.classes: list[str] | None = None  # set (with one target column) to read text labels as class indices
         self.want_targets = want_targets  # forward names targets only to leave them out of the features
@@ -225,7 +228,13 @@ class Dataset:
 
             columns = match_columns(opts.schema, csv, self.target_cols, self.id_col, opts.features, opts.unused)
             self._warnings += columns.warnings
-            self.encoder = Encoder(opts.schema, columns, csv.name, scale_target=opts.scale_target)
+            self.encoder = Encoder(
+                opts.schema,
+                columns,
+                csv.name,
+                scale_target=opts.scale_target,
+                target_names=self.names(self.target_cols, csv),
+            )
             self.feature_cols = columns.numbers + columns.categories
         elif opts.features:
             self.feature_cols = _unique([column_index(f, csv, "--features") for f in opts.features], csv, "--features")

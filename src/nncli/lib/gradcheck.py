@@ -214,7 +214,13 @@ def gradcheck(
     _check_arguments(model, eps, atol, rtol, max_checks)
     train = train_mode(mode)
     read = read_of(read, target, more)
-    built, source, batches = open_built(model, data, read, want_targets=True, rows=None)
+
+    def prepare(built, source):  # text class labels read with the model's classes, as loss reads them
+        from nncli.lib.session import use_labels
+
+        use_labels(built, source, model.choose_loss(loss, head_of(built.layers, source.n_features)))
+
+    built, source, batches = open_built(model, data, read, want_targets=True, rows=None, prepare=prepare)
     try:
         batch = next(iter(batches), None)
     finally:

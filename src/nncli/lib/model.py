@@ -69,6 +69,28 @@ def target_scaling(schema, head: Head):
     return target.scaling
 
 
+def spec_differences(spec, schema) -> list[str]:
+    """Where the spec's data keys disagree with a saved schema: what a reader of the spec would expect."""
+    out = []
+    target = schema.target.name if schema.target is not None else None
+    if getattr(spec, "target", None) and target is not None and list(spec.target) != [target]:
+        out.append(f"the weights' target is {target!r}, the spec's {', '.join(map(repr, spec.target))}")
+    features = [f.name for f in schema.features]
+    if getattr(spec, "features", None) and list(spec.features) != features:
+        out.append("the features differ")
+    onehot = (getattr(spec, "onehot", None) or {}).get("columns")
+    if isinstance(onehot, list) and sorted(onehot) != sorted(schema.categories):
+        out.append(f"the weights one-hot encode {', '.join(map(repr, schema.categories)) or 'nothing'}")
+    impute = getattr(spec, "impute", None)
+    strategy = schema.imputer.strategy if schema.imputer is not None else None
+    if impute is not None and schema.numbers and impute.get("strategy") != strategy:
+        out.append(f"the weights impute with {strategy or 'nothing'}, the spec with {impute.get('strategy')}")
+    scaling = schema.target.scaling.kind if schema.target is not None and schema.target.scaling else None
+    if getattr(spec, "target_scaling", None) and spec.target_scaling != scaling:
+        out.append(f"the weights' target scaling is {scaling or 'none'}, the spec's {spec.target_scaling}")
+    return out
+
+
 _BUILDING = threading.Lock()  # torch.manual_seed is global: two models built at once would mix their seeds
 
 
@@ -190,6 +212,18 @@ class Model(Forwards, Signals):
                 from nncli.io.preprocess.schema import Schema
 
                 self._schema = Schema.from_json(text, self.weights or self.spec.path)
+                differences = spec_differences(self.spec, self._schema)
+                if differences:
+                    import warnings
+
+                    from nncli.errors import NncliWarning
+
+                    warnings.warn(
+                        f"the weights' input schema is used, and the spec says otherwise ({'; '.join(differences)}): "
+                        "train from the spec without --weights to fit the spec's",
+                        NncliWarning,
+                        stacklevel=2,
+                    )
         return self._schema
 
     def adopt_schema(self, schema) -> None:

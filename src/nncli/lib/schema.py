@@ -50,12 +50,13 @@ def fit_schema(model, data, read, *, val_split: float | None = None, stratify: b
         return None
     targets = target_names(spec, read)
     features = _features(spec, read, names, targets, read.id_column)
+    _refuse_repeated(names, [*features, *targets], _name(data, read))
     auto = (getattr(spec, "onehot", None) or {}).get("columns") == "auto"
     # number columns are read as numbers (a cell that is not one is the reader's error, naming its
     # line), except with `onehot: auto`, where every feature is read as text to find the text columns
     listed_categories = [] if auto else _categories(spec, None, features)
     numbers = [] if auto else [f for f in features if f not in listed_categories]
-    frame = _raw_frame(data, read, [*features, *targets], numbers)
+    frame = _raw_frame(data, read, [*features, *targets], numbers, listed_categories)
     categories = _categories(spec, frame, features) if auto else listed_categories
     numbers = [f for f in features if f not in categories]
     keep = _training_rows(model, frame, targets, val_split, stratify)
@@ -63,7 +64,37 @@ def fit_schema(model, data, read, *, val_split: float | None = None, stratify: b
     onehot = dict(getattr(spec, "onehot", None) or {})
     onehot.pop("columns", None)
     impute = getattr(spec, "impute", None)
-    return Schema.fit(rows, numbers, categories, impute=impute, onehot=onehot or None, source=_name(data, read))
+    schema = Schema.fit(rows, numbers, categories, impute=impute, onehot=onehot or None, source=_name(data, read))
+    _check_inputs(schema, _name(data, read))
+    return schema
+
+
+def _refuse_repeated(names: list[str], used: list[str], source: str) -> None:
+    """A column name the features or the target use must name one column (as forward refuses it)."""
+    for name in dict.fromkeys(used):
+        if names.count(name) > 1:
+            raise NncliError(f"the column {printable(name)!r} appears {names.count(name)} times in the data", source)
+
+
+def _check_inputs(schema, source: str) -> None:
+    """The model's input columns: at least one, and each name once (a column named like another's
+    one-hot column, `island_Biscoe` beside `island`, would be confused with it by name)."""
+    names = schema.names
+    if not names:
+        raise NncliError(
+            "no feature is left for the model: every feature column is excluded, or has no value in the "
+            "training rows (imputation drops those)",
+            source,
+        )
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise NncliError(
+                f"the model's input {printable(name)!r} would come from two columns (a column of that name and a "
+                "one-hot column of another, or a missing indicator): rename the column",
+                source,
+            )
+        seen.add(name)
 
 
 def with_target(schema, model, data, read, classes, *, val_split: float | None = None, stratify: bool = False):
@@ -132,9 +163,10 @@ def _column_names(data, read) -> list[str] | None:
         table.close()
 
 
-def _raw_frame(data, read, columns: Sequence[str], numbers: Sequence[str] = ()):
-    """DATA's `columns` as a polars DataFrame: `numbers` read as numbers (NaN where missing), the
-    others as read (a CSV's cells as text; a typed table's columns as typed)."""
+def _raw_frame(data, read, columns: Sequence[str], numbers: Sequence[str] = (), texts: Sequence[str] = ()):
+    """DATA's `columns` as a polars DataFrame: `numbers` read as numbers (NaN where missing), `texts`
+    as text (a category column of numbers, `Pclass`, as the predict-time reader gives it), the others
+    as read (a CSV's cells as text; a typed table's columns as typed)."""
     import numpy as np
     import polars as pl
 
@@ -159,8 +191,11 @@ def _raw_frame(data, read, columns: Sequence[str], numbers: Sequence[str] = ()):
             is_number = set(numbers) | {
                 n
                 for n in columns
-                if typed is not None and (typed[table.index[n]].is_numeric() or typed[table.index[n]] == pl.Boolean)
+                if typed is not None
+                and n not in texts
+                and (typed[table.index[n]].is_numeric() or typed[table.index[n]] == pl.Boolean)
             }
+
             numeric = [table.index[n] for n in columns if n in is_number]
             text = [table.index[n] for n in columns if n not in is_number]
             blocks = list(table.read(numeric, text, missing=True))

@@ -36,6 +36,7 @@ class Read:
     input_format: str | None = None  # csv, tsv, parquet, arrow, ndjson (+ .gz, .bz2, .xz, .zst); default: the suffix
     schema: Any = None  # the model's input schema (set by open_built and train, not by callers)
     unused: tuple = ()  # columns a schema's reading leaves out without a notice (the spec's `exclude:`); "*": all
+    spec_target: bool = False  # `target` is the spec's `target:`: where a command needs no targets, it may be absent
     scale_target: bool = True  # with a schema that scales the target: read it scaled (evaluate: False)
 
     def __post_init__(self) -> None:
@@ -64,6 +65,7 @@ class Read:
             schema=self.schema,
             scale_target=self.scale_target,
             unused=tuple(self.unused),
+            spec_target=self.spec_target,
         )
 
 
@@ -73,9 +75,15 @@ def open_data(data, read: Read, want_targets: bool = False):
     if is_table(data):
         if read.targets_file:
             raise UsageError("targets_file is for CSV files; pass the targets as a column of the table")
+        targets = listed(read.target)
+        if read.spec_target and not want_targets:  # the spec's target may be absent where none is needed
+            from nncli.io.frames import as_polars
+
+            names = {str(c) for c in as_polars(data).columns}
+            targets = [t for t in targets if t in names]
         source = FrameData(
             data,
-            listed(read.target),
+            targets,
             listed(read.features, "features"),
             read.id_column,
             want_targets,
@@ -292,7 +300,7 @@ def with_schema(model, read: Read) -> Read:
     # a schema names its own target (read where a command wants targets, by name, header or not)
     if spec is not None and not (read.target or read.targets_file) and getattr(spec, "target", None):
         if schema is None or schema.target is None:
-            read = dataclasses.replace(read, target=list(spec.target))
+            read = dataclasses.replace(read, target=list(spec.target), spec_target=True)
     if spec is not None and not read.features and getattr(spec, "features", None) and read.schema is None:
         read = dataclasses.replace(read, features=list(spec.features))
     if spec is not None and getattr(spec, "exclude", None) and not read.unused:

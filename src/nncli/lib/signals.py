@@ -26,6 +26,7 @@ from nncli.lib.session import (
     spooled_path,
     use_labels,
     with_label_hint,
+    with_schema,
 )
 
 if TYPE_CHECKING:
@@ -286,7 +287,7 @@ class Signals:
             )
             changes = sgd_step(self.built.module, lr)
             buffers = {k: v.detach().clone() for k, v in self.built.module.named_buffers()}
-            again = open_data(data, read, want_targets=True)
+            again = open_data(data, with_schema(self, read), want_targets=True)  # as signal read it: by the schema
             use_labels(self.built, again, choice)
             result = compute_loss(
                 self.built,

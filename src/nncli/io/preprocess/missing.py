@@ -122,6 +122,9 @@ def text_series(series: pl.Series, column: str, source: str | None = None) -> pl
             f"column {printable(column)!r} holds {dtype} numbers; it was a category column in training",
             source,
         )
+    if dtype == pl.Categorical or isinstance(dtype, pl.Enum):  # pandas' category, Arrow's dictionary: text
+        series = series.cast(pl.String)
+        dtype = pl.String
     if dtype != pl.String:
         if not (dtype.is_integer() or dtype == pl.Boolean):
             raise NncliError(f"column {printable(column)!r} holds {dtype}, not text", source)
