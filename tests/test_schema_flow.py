@@ -461,3 +461,98 @@ def test_predict_batch_reads_a_raw_batch_by_name_as_forward_does(tmp_path):
     got = model.predict_batch(batch)
     expected = model.forward(raw_table(12, 18)).to_pandas()
     pd.testing.assert_frame_equal(got.reset_index(drop=True), expected)
+
+
+# -- what a stranger's attack found (each failed before its fix) --------------------------------------
+
+
+def test_gradcheck_and_step_read_through_the_schema(trained):
+    tmp_path, train = trained
+    spec, weights = tmp_path / "spec.yaml", tmp_path / "w.safetensors"
+    r = run("gradcheck", spec, tmp_path / "train.csv", "-w", weights, "-f", "json")
+    assert json.loads(r.stdout)["passed"] is True
+    run("step", spec, tmp_path / "train.csv", "-w", weights, "--lr", 0.1, "--save-weights", tmp_path / "s.safetensors")
+    with safe_open(tmp_path / "s.safetensors", "pt") as f:
+        kept = f.metadata()["nncli.schema"]
+    with safe_open(weights, "pt") as f:
+        assert kept == f.metadata()["nncli.schema"]  # step keeps the schema of the weights it starts from
+
+
+@pytest.mark.parametrize(
+    "table, spec_extra, message",
+    [
+        ("a,a,y\n1,2,0\n3,4,1\n", "", "the column 'a' appears 2 times in the data"),
+        (
+            "island,island_Biscoe,y\nBiscoe,5,0\nDream,7,1\nBiscoe,9,0\n",
+            "preprocess:\n  onehot: [island]\n",
+            "the model's input 'island_Biscoe' would come from two columns",
+        ),
+        ("a,b,y\n,,0\n,,1\n", "preprocess:\n  impute: median\n", "no feature is left for the model"),
+    ],
+)
+def test_tables_the_fit_cannot_take_are_one_error_line(tmp_path, table, spec_extra, message):
+    (tmp_path / "d.csv").write_text(table)
+    (tmp_path / "s.yaml").write_text(
+        "target: y\nlayers:\n  - Linear: {out_features: 2}\nloss: CrossEntropyLoss\n" + spec_extra
+    )
+    r = run("train", tmp_path / "s.yaml", tmp_path / "d.csv", "--epochs", 1, "--lr", 0.1, check=False)
+    assert r.returncode == 1 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_a_typed_number_column_named_by_onehot_is_a_category_and_category_dtypes_are_text(tmp_path):
+    import nncli
+
+    frame = pl.DataFrame({"c": [1, 2, None, 1, 2, 2], "x": [0.5, None, 1.5, 2.0, 1.0, 0.0], "y": [0, 1, 0, 1, 1, 0]})
+    frame.write_parquet(tmp_path / "d.parquet")
+    spec = "target: y\nlayers:\n  - Linear: {out_features: 2}\nloss: CrossEntropyLoss\npreprocess:\n"
+    spec += "  impute: mean\n  onehot: {columns: [c], missing: category}\n"
+    (tmp_path / "s.yaml").write_text(spec)
+    run(
+        "train",
+        tmp_path / "s.yaml",
+        tmp_path / "d.parquet",
+        "--epochs",
+        1,
+        "--lr",
+        0.1,
+        "--save-weights",
+        tmp_path / "w.safetensors",
+    )
+    with safe_open(tmp_path / "w.safetensors", "pt") as f:
+        saved = json.loads(f.metadata()["nncli.schema"])
+    assert saved["onehot"]["categories"] == [["1", "2", None]]
+    # the library: pandas' category dtype and polars' Categorical are text
+    g = raw_table(40, 19)
+    g["island"] = g["island"].astype("category")
+    (tmp_path / "p.yaml").write_text(SPEC_FILLED)
+    model = nncli.load(tmp_path / "p.yaml")
+    nncli.train(model, g, epochs=1, lr=0.1)
+    as_text = g.astype({"island": object})
+    pd.testing.assert_frame_equal(
+        model.forward(pl.from_pandas(g).with_columns(pl.col("island").cast(pl.Categorical))).to_pandas(),
+        model.forward(as_text).to_pandas(),
+    )
+
+
+def test_a_spec_that_disagrees_with_the_weights_schema_says_so(trained):
+    tmp_path, _ = trained
+    other = SPEC_FILLED.replace("target: species", "target: sex").replace("[island, sex]", "[island, species]")
+    (tmp_path / "other.yaml").write_text(other)
+    write_csv(raw_table(5, 20), tmp_path / "new.csv")
+    r = run("forward", tmp_path / "other.yaml", tmp_path / "new.csv", "-w", tmp_path / "w.safetensors")
+    assert "the weights' input schema is used, and the spec says otherwise" in r.stderr
+    assert "the weights' target is 'species', the spec's 'sex'" in r.stderr
+
+
+def test_the_specs_target_may_be_absent_where_a_command_needs_none(tmp_path):
+    (tmp_path / "s.yaml").write_text("target: y\nlayers:\n  - Linear: {out_features: 1}\nloss: MSELoss\n")
+    (tmp_path / "n.csv").write_text("a,b\n1,2\n")
+    run("init", tmp_path / "s.yaml", "-o", tmp_path / "w.safetensors", "--inputs", 2)
+    r = run("forward", tmp_path / "s.yaml", tmp_path / "n.csv", "-w", tmp_path / "w.safetensors")
+    assert r.stdout.startswith("output\n")
+    (tmp_path / "m.csv").write_text("a,b,y\n1,2,\n")
+    (tmp_path / "t.yaml").write_text(
+        "target: y\nlayers:\n  - Linear: {out_features: 1}\nloss: MSELoss\npreprocess:\n  impute: mean\n"
+    )
+    r = run("train", tmp_path / "t.yaml", tmp_path / "m.csv", "--epochs", 1, "--lr", 0.1, check=False)
+    assert r.returncode == 1 and "the target 'y' is missing" in r.stderr and "row 0" in r.stderr
