@@ -10,6 +10,7 @@ from nncli.cli.options import (
     RUNTIME,
     TARGETS,
     BatchSize,
+    Bins,
     Data,
     Loss,
     ModelGroup,
@@ -34,6 +35,7 @@ def evaluate(
     loss: Loss = None,
     batch_size: BatchSize = None,
     threshold: Threshold = 0.5,
+    bins: Bins = 15,
     engine: Engine = None,
     workers: Workers = None,
     scheduler: Scheduler = None,
@@ -43,7 +45,7 @@ def evaluate(
     output: OutputGroup = None,
     runtime: RuntimeGroup = None,
 ) -> None:
-    """The loss and the metrics that fit the loss: accuracy, per-class F1 and a confusion matrix; per-label scores; or MSE, MAE and R²."""  # noqa: E501  (one line: Typer shows it as written)
+    """The loss and the metrics that fit the loss: accuracy, per-class F1, a confusion matrix and calibration (ECE, Brier, reliability); per-label scores; or MSE, MAE and R²."""  # noqa: E501  (one line: Typer shows it as written)
     from nncli.lib.engines import scoring
     from nncli.lib.evaluate import evaluate as evaluate_model
     from nncli.views.fit import evaluate_report
@@ -57,6 +59,7 @@ def evaluate(
             data,
             loss=loss,
             threshold=threshold,
+            bins=bins,
             batch_size=batch_size,
             read=read_options(read, targets),
             progress=progress(target),
