@@ -185,3 +185,23 @@ def test_regression_and_multi_label_have_no_calibration(nncli, tmp_path):
     for spec, loss in ((reg, "mse"), (labels, "bce")):
         doc = load_json(nncli("evaluate", spec, data, "-t", "t0", "-t", "t1", "--loss", loss, "-f", "json"))
         assert not {"ece", "mce", "brier", "reliability"} & set(doc), (loss, doc)
+
+
+def test_plot_draws_each_bins_accuracy_and_mean_confidence(nncli, tmp_path):
+    """The diagram read back: bin b's columns hold round(accuracy × 10) filled cells and its mean
+    confidence's mark on row max(1, round(confidence × 10)), the numbers of the JSON document."""
+    path = multi_table(tmp_path)
+    spec = write(tmp_path, "s.yaml", MULTI)
+    doc = load_json(nncli("evaluate", spec, path, "-t", "y", "--bins", "10", "-f", "json"))
+    text = nncli("evaluate", spec, path, "-t", "y", "--bins", "10", "--plot", "-f", "table").stdout
+    lines = text.splitlines()
+    top = next(i for i, line in enumerate(lines) if line.startswith("1.0 ┤"))
+    grid = [line[5:].ljust(40) for line in lines[top : top + 10]]  # 10 rows, 4 columns a bin
+    assert "█ accuracy   ○ mean confidence" in text
+    for r in doc["reliability"]:
+        cells = [row[(r["bin"] - 1) * 4] for row in grid]  # the bin's first column, top row first
+        filled = sum(c in "█●" for c in cells)
+        assert filled == (0 if r["accuracy"] is None else round(r["accuracy"] * 10)), (r, cells)
+        marks = [10 - i for i, c in enumerate(cells) if c in "○●"]
+        assert marks == ([] if r["confidence"] is None else [max(1, round(r["confidence"] * 10))]), (r, cells)
+    assert_error(nncli("evaluate", spec, path, "-t", "y", "--plot", "-f", "csv"), 2, "--plot draws on a table")

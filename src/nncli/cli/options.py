@@ -210,7 +210,7 @@ Bins = Annotated[
         min=1,
         help=(
             "Equal-width bins of the top-class probability (binary: of P(class 1)) for a classifier's ECE, MCE "
-            "and reliability table (default 15, as Guo et al. 2017)."
+            "and reliability table (Guo et al. 2017 use 15)."
         ),
     ),
 ]

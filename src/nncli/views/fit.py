@@ -54,8 +54,9 @@ EVALUATE_PARTS = (
 RELIABILITY = ("lower", "upper", "count", "confidence", "accuracy")  # a bin's fields after its number
 
 
-def evaluate_report(doc: dict, model_caption: str, p) -> Report:
-    """evaluate's document (rounded to --precision decimals when given), its tables and tidy rows."""
+def evaluate_report(doc: dict, model_caption: str, p, plot: bool = False) -> Report:
+    """evaluate's document (rounded to --precision decimals when given), its tables and tidy rows;
+    `plot`: a classifier's reliability diagram under its reliability table."""
     if p is not None:
         doc = {k: (round(v, p) if isinstance(v, float) else v) for k, v in doc.items()}
     summary = {
@@ -69,7 +70,12 @@ def evaluate_report(doc: dict, model_caption: str, p) -> Report:
             _confusion_table(doc["confusion_matrix"], doc.get("classes")),
         ]
         if "reliability" in doc:
-            tables.append(_reliability_table(doc["reliability"], len(doc["confusion_matrix"]) == 2, p))
+            binary = len(doc["confusion_matrix"]) == 2
+            tables.append(_reliability_table(doc["reliability"], binary, p))
+            if plot:
+                from nncli.views.plot import reliability_diagram
+
+                tables.append(reliability_diagram(doc["reliability"], binary))
     elif "per_label" in doc:
         tables += [_per_table(doc["per_label"], "label", p)]
     tables.append(caption(f"{model_caption}; {doc['loss_fn']} from {doc['loss_from']}, {rows_text(doc['rows'])}"))

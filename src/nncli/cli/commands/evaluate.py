@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import typer
+
 from nncli.cli.commands.common import emit, idle_threads_sleep, progress
 from nncli.cli.options import (
     MODEL,
@@ -25,6 +29,7 @@ from nncli.cli.options import (
     read_options,
     with_options,
 )
+from nncli.errors import UsageError
 from nncli.lib.engines import Engine, Scheduler, Workers
 
 
@@ -36,6 +41,12 @@ def evaluate(
     batch_size: BatchSize = None,
     threshold: Threshold = 0.5,
     bins: Bins = 15,
+    plot: Annotated[
+        bool,
+        typer.Option(
+            "--plot", help="Draw a classifier's reliability diagram under its reliability table (table output)."
+        ),
+    ] = False,
     engine: Engine = None,
     workers: Workers = None,
     scheduler: Scheduler = None,
@@ -52,6 +63,8 @@ def evaluate(
 
     m = load_model(spec, model, runtime)
     target = output_target(output, inputs=[spec, data, targets.targets, model.weights])
+    if plot and target.format != "table":
+        raise UsageError(f"--plot draws on a table: it takes -f table (the default on a terminal), not {target.format}")
     idle_threads_sleep()  # reads while it computes
     with scoring(m, engine, workers, scheduler) as scorer:  # the model itself, or its stand-in on a cluster
         doc = evaluate_model(
@@ -64,4 +77,4 @@ def evaluate(
             read=read_options(read, targets),
             progress=progress(target),
         )
-    emit(target, evaluate_report(doc, m.caption, target.precision))
+    emit(target, evaluate_report(doc, m.caption, target.precision, plot))
