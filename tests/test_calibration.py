@@ -205,3 +205,17 @@ def test_plot_draws_each_bins_accuracy_and_mean_confidence(nncli, tmp_path):
         marks = [10 - i for i, c in enumerate(cells) if c in "○●"]
         assert marks == ([] if r["confidence"] is None else [max(1, round(r["confidence"] * 10))]), (r, cells)
     assert_error(nncli("evaluate", spec, path, "-t", "y", "--plot", "-f", "csv"), 2, "--plot draws on a table")
+
+
+def test_a_two_way_softmax_is_binned_on_p_class_1_as_a_sigmoid_head(nncli, tmp_path):
+    path = binary_rows(tmp_path)
+    spec = write(tmp_path, "two.yaml", "seed: 3\nlayers:\n  - Linear: {out_features: 2}\n")
+    doc = load_json(nncli("evaluate", spec, path, "-t", "y", "-b", "9", "-f", "json"))
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(1, 2)).eval()
+    probs = batched(model, read_table(path, ["y"]), 9).softmax(dim=1).double().numpy()
+    y = read_table(path, ["x0"])[:, 0].long().numpy()
+    ece, mce, table = reference(probs[:, 1], (y == 1).astype(np.float64), 15)
+    assert_calibration(doc, ece, mce, brier_score_loss(y, probs[:, 1]), table)
+    text = nncli("evaluate", spec, path, "-t", "y", "-f", "table").stdout
+    assert "reliability: bins (lower, upper] of P(class 1), accuracy: the fraction of class 1" in text
