@@ -218,4 +218,15 @@ def test_a_two_way_softmax_is_binned_on_p_class_1_as_a_sigmoid_head(nncli, tmp_p
     ece, mce, table = reference(probs[:, 1], (y == 1).astype(np.float64), 15)
     assert_calibration(doc, ece, mce, brier_score_loss(y, probs[:, 1]), table)
     text = nncli("evaluate", spec, path, "-t", "y", "-f", "table").stdout
-    assert "reliability: bins (lower, upper] of P(class 1), accuracy: the fraction of class 1" in text
+    assert "reliability: bins (lower, upper] of P(class 1); accuracy: share of class 1" in text
+
+
+def test_a_nan_output_leaves_the_numbers_it_touches_null_and_every_row_counted(nncli, tmp_path):
+    data = write(tmp_path, "nan.csv", "x0,y\n1.0,1\nnan,0\n0.5,0\n")
+    spec = write(tmp_path, "two.yaml", "seed: 3\nlayers:\n  - Linear: {out_features: 2}\n")
+    result = nncli("evaluate", spec, data, "-t", "y", "--bins", "2", "-f", "json")
+    assert result.exit_code == 0, result.stderr
+    doc = load_json(result)
+    assert doc["ece"] is None and doc["mce"] is None and doc["brier"] is None  # JSON has no NaN: null
+    assert sum(r["count"] for r in doc["reliability"]) == 3
+    assert [r["confidence"] is None for r in doc["reliability"]].count(True) == 1

@@ -60,6 +60,8 @@ class Calibration:
         self.rows += len(y)
 
     def report(self) -> dict:
+        import math
+
         rows = self.rows
         table, ece, gaps = [], 0.0, []
         for b, (n, conf, hit) in enumerate(zip(self.count.tolist(), self.confidence.tolist(), self.correct.tolist())):
@@ -82,7 +84,8 @@ class Calibration:
             )
         return {
             "ece": ece if rows else None,
-            "mce": max(gaps) if gaps else None,
+            # a NaN output's bin makes both NaN (max() alone would depend on where the NaN is)
+            "mce": (math.nan if any(math.isnan(g) for g in gaps) else max(gaps)) if gaps else None,
             "brier": self.brier / rows if rows else None,
             "reliability": table,
         }

@@ -102,6 +102,10 @@ def evaluate(
         "rows": report.rows,
         **{k: (jsonable(v) if isinstance(v, (float, np.floating)) else v) for k, v in metrics.items()},
     }
+    if "reliability" in doc:  # a NaN output's bin: null, as the top-level numbers (JSON has no NaN)
+        doc["reliability"] = [
+            {k: jsonable(v) if isinstance(v, float) else v for k, v in r.items()} for r in doc["reliability"]
+        ]
     return doc
 
 

@@ -135,7 +135,7 @@ def _reliability_table(records: list[dict], binary: bool, p):
     names = ["bin", "lower", "upper", "count", "confidence", "accuracy"]
     columns = [[str(r["bin"]) for r in records]]
     columns += [[number(r[k]) if k != "count" else str(r[k]) for r in records] for k in RELIABILITY]
-    on = "P(class 1), accuracy: the fraction of class 1" if binary else "the top-class probability"
+    on = "P(class 1); accuracy: share of class 1" if binary else "the top-class probability"
     return FoldingTable(names, columns, title=f"reliability: bins (lower, upper] of {on}", keys=1)
 
 
