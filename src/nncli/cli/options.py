@@ -202,6 +202,19 @@ BatchSize = Annotated[
     ),
 ]
 
+Bins = Annotated[
+    int,
+    typer.Option(
+        "--bins",
+        metavar="N",
+        min=1,
+        help=(
+            "Equal-width bins of the top-class probability (binary: of P(class 1)) for a classifier's ECE, MCE "
+            "and reliability table (Guo et al. 2017 use 15)."
+        ),
+    ),
+]
+
 
 def probability(value: float | None) -> float | None:
     """A threshold: a number from 0 to 1 (NaN made every row class 0), else a usage error."""

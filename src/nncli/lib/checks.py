@@ -62,6 +62,7 @@ SPEC = (
 # every numeric argument of load, Model, train, evaluate and Model's methods: one rule each
 ARGUMENTS = {
     "batch_size": COUNT,
+    "bins": COUNT,
     "epochs": COUNT,
     "patience": COUNT,
     "inputs": COUNT,

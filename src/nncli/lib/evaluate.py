@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from nncli.core.calibration import DEFAULT_BINS
 from nncli.errors import UsageError
 from nncli.lib.checks import check_arguments, described
 from nncli.lib.model import Scoring, target_scaling
@@ -15,15 +16,18 @@ def evaluate(
     target=None,
     loss: str | None = None,
     threshold: float = 0.5,
+    bins: int = DEFAULT_BINS,
     batch_size: int | None = None,
     read: Read | None = None,
     progress=None,
     **more,
 ) -> dict:
     """The loss (eval mode) and the metrics that fit the loss, in one streaming pass: what
-    `nncli evaluate -f json` prints."""
+    `nncli evaluate -f json` prints. A classifier's calibration (ECE, MCE, reliability) is over
+    `bins` equal-width bins (nncli.core.calibration states the definitions)."""
     import numpy as np
 
+    from nncli.core.calibration import Calibration
     from nncli.core.metrics import (
         Confusion,
         MultiLabel,
@@ -39,7 +43,7 @@ def evaluate(
 
     if not hasattr(model, "signal"):
         raise UsageError(f"evaluate takes a Model (nncli.load(SPEC)), got {described(model)}")
-    check_arguments(data=data, threshold=threshold, batch_size=batch_size, required=("threshold",))
+    check_arguments(data=data, threshold=threshold, bins=bins, batch_size=batch_size, required=("threshold", "bins"))
     read = read or Read(target=target, **more)
     state: dict = {}
 
@@ -65,11 +69,14 @@ def evaluate(
                 actual(choice, targets), predicted(choice, outputs, threshold)
             )
         state["scores"] = scores = Scores()
+        state["calibration"] = calibration = Calibration(bins)
 
         def observe(outputs, targets, batch=None):
             truth = actual(choice, targets)
             metrics.add(truth, predicted(choice, outputs, threshold))
-            scores.add(truth, probabilities(choice, outputs))
+            probs = probabilities(choice, outputs)
+            scores.add(truth, probs)
+            calibration.add(truth, probs)
 
         return observe
 
@@ -80,6 +87,7 @@ def evaluate(
         metrics = {
             **head_keys,
             **state["scores"].report(),
+            **state["calibration"].report(),
             "per_class": metrics["per_class"],
             "confusion_matrix": metrics["confusion_matrix"],
         }
@@ -94,6 +102,10 @@ def evaluate(
         "rows": report.rows,
         **{k: (jsonable(v) if isinstance(v, (float, np.floating)) else v) for k, v in metrics.items()},
     }
+    if "reliability" in doc:  # a NaN output's bin: null, as the top-level numbers (JSON has no NaN)
+        doc["reliability"] = [
+            {k: jsonable(v) if isinstance(v, float) else v for k, v in r.items()} for r in doc["reliability"]
+        ]
     return doc
 
 

@@ -41,11 +41,22 @@ def train_report(history, model_caption: str, saved: str | None, precision) -> R
     return Report(doc, frame, tables)
 
 
-EVALUATE_PARTS = ("loss_fn", "loss_from", "rows", "per_class", "per_label", "confusion_matrix", "classes")
+EVALUATE_PARTS = (
+    "loss_fn",
+    "loss_from",
+    "rows",
+    "per_class",
+    "per_label",
+    "confusion_matrix",
+    "classes",
+    "reliability",
+)
+RELIABILITY = ("lower", "upper", "count", "confidence", "accuracy")  # a bin's fields after its number
 
 
-def evaluate_report(doc: dict, model_caption: str, p) -> Report:
-    """evaluate's document (rounded to --precision decimals when given), its tables and tidy rows."""
+def evaluate_report(doc: dict, model_caption: str, p, plot: bool = False) -> Report:
+    """evaluate's document (rounded to --precision decimals when given), its tables and tidy rows;
+    `plot`: a classifier's reliability diagram under its reliability table."""
     if p is not None:
         doc = {k: (round(v, p) if isinstance(v, float) else v) for k, v in doc.items()}
     summary = {
@@ -58,6 +69,13 @@ def evaluate_report(doc: dict, model_caption: str, p) -> Report:
             _per_table(doc["per_class"], "class", p),
             _confusion_table(doc["confusion_matrix"], doc.get("classes")),
         ]
+        if "reliability" in doc:
+            binary = len(doc["confusion_matrix"]) == 2
+            tables.append(_reliability_table(doc["reliability"], binary, p))
+            if plot:
+                from nncli.views.plot import reliability_diagram
+
+                tables.append(reliability_diagram(doc["reliability"], binary))
     elif "per_label" in doc:
         tables += [_per_table(doc["per_label"], "label", p)]
     tables.append(caption(f"{model_caption}; {doc['loss_fn']} from {doc['loss_from']}, {rows_text(doc['rows'])}"))
@@ -90,7 +108,9 @@ def _evaluate_long(doc: dict) -> Frame:
     """evaluate as tidy rows for CSV, TSV and JSON Lines: metric, class, predicted, value. The summary
     comes first, so `nncli evaluate ... | head` shows the loss and the accuracy."""
     rows = [
-        (k, None, None, v) for k, v in doc.items() if k not in ("per_class", "per_label", "confusion_matrix", "classes")
+        (k, None, None, v)
+        for k, v in doc.items()
+        if k not in ("per_class", "per_label", "confusion_matrix", "classes", "reliability")
     ]
     for key, label in (("per_class", "class"), ("per_label", "label")):
         for r in doc.get(key, []):
@@ -98,9 +118,25 @@ def _evaluate_long(doc: dict) -> Frame:
     labels = doc.get("classes") or [str(c) for c in range(len(doc.get("confusion_matrix", [])))]
     for t, row in enumerate(doc.get("confusion_matrix", [])):
         rows += [("confusion", labels[t], labels[pred], v) for pred, v in enumerate(row)]
+    for r in doc.get("reliability", []):  # the bin's number in the class column; an empty bin's means are empty
+        rows += [(f"reliability_{k}", str(r["bin"]), None, r[k]) for k in RELIABILITY]
     columns = [list(c) for c in zip(*rows)]
     columns[3] = [None if v is None else (repr(v) if isinstance(v, float) else str(v)) for v in columns[3]]
     return Frame(["metric", "class", "predicted", "value"], columns)
+
+
+def _reliability_table(records: list[dict], binary: bool, p):
+    """The reliability table: each bin's rows, mean confidence and accuracy (an empty bin's are blank)."""
+    from nncli.views.render import FoldingTable
+
+    def number(v) -> str:
+        return "" if v is None else fmt(v, p)
+
+    names = ["bin", "lower", "upper", "count", "confidence", "accuracy"]
+    columns = [[str(r["bin"]) for r in records]]
+    columns += [[number(r[k]) if k != "count" else str(r[k]) for r in records] for k in RELIABILITY]
+    on = "P(class 1); accuracy: share of class 1" if binary else "the top-class probability"
+    return FoldingTable(names, columns, title=f"reliability: bins (lower, upper] of {on}", keys=1)
 
 
 def _confusion_table(matrix: list[list[int]], classes: list | None = None):

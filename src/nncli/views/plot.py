@@ -35,3 +35,32 @@ def loss_curve(history: list[dict], width: int = 60, height: int = 10):
     if any(h.get("val_loss") is not None for h in history):
         text.append("   ○ validation loss", style="magenta")
     return text
+
+
+def reliability_diagram(records: list[dict], binary: bool, height: int = 10, width: int = 60):
+    """Guo et al.'s reliability diagram drawn with text: a bar per bin up to its accuracy (█, out of
+    `height` rows: round(accuracy × height) cells) and its mean confidence marked (○; ● where it is
+    inside the bar); a calibrated model's marks sit on its bars' tops. An empty bin is blank."""
+    from rich.text import Text
+
+    bins = len(records)
+    cell = max(1, min(4, width // max(bins, 1)))  # each bin's columns
+    text = Text()
+    for level in range(height, 0, -1):  # the top row first; row `level` spans ((level-1)/h, level/h]
+        label = "1.0" if level == height else ("0.0" if level == 1 else "")
+        text.append(label.rjust(3) + " ┤", style="dim")
+        for r in records:
+            filled = r["accuracy"] is not None and round(r["accuracy"] * height) >= level
+            mark = r["confidence"] is not None and max(1, round(r["confidence"] * height)) == level
+            if mark:
+                text.append(("●" if filled else "○").ljust(cell, "█" if filled else " "), style="magenta")
+            else:
+                text.append(("█" if filled else " ") * cell, style="cyan")
+        text.append("\n")
+    text.append("    └" + "─" * (cell * bins) + "\n", style="dim")
+    on = "P(class 1)" if binary else "confidence"
+    text.append(f"     0{' ' * max(cell * bins - 2, 1)}1  ({on}, {bins} bins)\n", style="dim")
+    truth = "fraction of class 1" if binary else "accuracy"
+    text.append(f"     █ {truth}", style="cyan")
+    text.append(f"   ○ mean {on}", style="magenta")
+    return text

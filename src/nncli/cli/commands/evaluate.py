@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import typer
+
 from nncli.cli.commands.common import emit, idle_threads_sleep, progress
 from nncli.cli.options import (
     MODEL,
@@ -10,6 +14,7 @@ from nncli.cli.options import (
     RUNTIME,
     TARGETS,
     BatchSize,
+    Bins,
     Data,
     Loss,
     ModelGroup,
@@ -24,6 +29,7 @@ from nncli.cli.options import (
     read_options,
     with_options,
 )
+from nncli.errors import UsageError
 from nncli.lib.engines import Engine, Scheduler, Workers
 
 
@@ -34,6 +40,13 @@ def evaluate(
     loss: Loss = None,
     batch_size: BatchSize = None,
     threshold: Threshold = 0.5,
+    bins: Bins = 15,
+    plot: Annotated[
+        bool,
+        typer.Option(
+            "--plot", help="Draw a classifier's reliability diagram under its reliability table (table output)."
+        ),
+    ] = False,
     engine: Engine = None,
     workers: Workers = None,
     scheduler: Scheduler = None,
@@ -43,13 +56,15 @@ def evaluate(
     output: OutputGroup = None,
     runtime: RuntimeGroup = None,
 ) -> None:
-    """The loss and the metrics that fit the loss: accuracy, per-class F1 and a confusion matrix; per-label scores; or MSE, MAE and R²."""  # noqa: E501  (one line: Typer shows it as written)
+    """The loss and the metrics that fit the loss: accuracy, per-class F1, a confusion matrix and calibration (ECE, Brier, reliability); per-label scores; or MSE, MAE and R²."""  # noqa: E501  (one line: Typer shows it as written)
     from nncli.lib.engines import scoring
     from nncli.lib.evaluate import evaluate as evaluate_model
     from nncli.views.fit import evaluate_report
 
     m = load_model(spec, model, runtime)
     target = output_target(output, inputs=[spec, data, targets.targets, model.weights])
+    if plot and target.format != "table":
+        raise UsageError(f"--plot draws on a table: it takes -f table (the default on a terminal), not {target.format}")
     idle_threads_sleep()  # reads while it computes
     with scoring(m, engine, workers, scheduler) as scorer:  # the model itself, or its stand-in on a cluster
         doc = evaluate_model(
@@ -57,8 +72,9 @@ def evaluate(
             data,
             loss=loss,
             threshold=threshold,
+            bins=bins,
             batch_size=batch_size,
             read=read_options(read, targets),
             progress=progress(target),
         )
-    emit(target, evaluate_report(doc, m.caption, target.precision))
+    emit(target, evaluate_report(doc, m.caption, target.precision, plot))
