@@ -124,7 +124,7 @@ def text_series(series: pl.Series, column: str, source: str | None = None) -> pl
         )
     if dtype == pl.Categorical or isinstance(dtype, pl.Enum):  # pandas' category, Arrow's dictionary: text
         series = series.cast(pl.String)
-        dtype = pl.String
+        dtype = series.dtype
     if dtype != pl.String:
         if not (dtype.is_integer() or dtype == pl.Boolean):
             raise NncliError(f"column {printable(column)!r} holds {dtype}, not text", source)
