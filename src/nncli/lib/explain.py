@@ -12,6 +12,7 @@ cell (None where it was missing, or a category unseen in training).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,12 +155,20 @@ class ExplainRun:
         options.check()
         self.attr = captum_attr()
         self.options, self.model = options, model
+        self.notes: list[str] = []
+        # --baseline mean: a first pass over DATA, done before the pass that explains starts reading
+        # ahead (in the background), so that each pass's warnings are its own
+        self.means = None
+        if options.baseline == "mean" and options.method in NEEDS_BASELINE:
+            if str(data) == "-":
+                raise UsageError("--baseline mean reads DATA twice: give a file, not standard input")
+            self.means = _column_means(data, with_schema(model, read), model.dtype)
+            self.notes.append("baseline: the mean of DATA's rows (as the model sees them)")
         self.built, self.source, batches = open_built(
             model, data, read, want_targets=False, rows=batch_size or DEFAULT_BATCH_ROWS
         )
         self.batches = progress(batches, self.source) if progress else batches
         self.groups = input_groups(read_schema(model, read), list(self.source.feature_names))
-        self.notes: list[str] = []
         if any(len(g.columns) > 1 for g in self.groups):
             self.notes.append("a category's one-hot inputs and a number's missing indicator are summed to its column")
         try:
@@ -214,14 +223,11 @@ class ExplainRun:
         if choice == "zeros":
             row = np.zeros((1, width))
         elif choice == "mean":
-            if str(data) == "-":
-                raise UsageError("--baseline mean reads DATA twice: give a file, not standard input")
-            row = _column_means(data, with_schema(self.model, read), self.model.dtype, width)
-            self.notes.append("baseline: the mean of DATA's rows (as the model sees them)")
+            row = self.means
         else:
             row = _one_row(str(choice), with_schema(self.model, read), self.model.dtype)
-            if row.shape[1] != width:
-                raise NncliError(f"the baseline has {row.shape[1]} inputs; the model takes {width}", str(choice))
+        if row.shape[1] != width:
+            raise NncliError(f"the baseline has {row.shape[1]} inputs; the model takes {width}", str(choice))
         return self._tensor(row)
 
     def _tensor(self, values):
@@ -370,21 +376,22 @@ def read_schema(model, read: Read):
     return with_schema(model, read).schema
 
 
-def _column_means(data, read: Read, dtype: str, width: int):
+def _column_means(data, read: Read, dtype: str):
     """DATA's column means (float64 sums over the inputs as the model sees them), in a first pass."""
     import numpy as np
 
-    source = open_data(data, read)
-    total, rows = np.zeros(width), 0
-    try:
-        for batch in source.batches(DEFAULT_BATCH_ROWS, dtype=dtype):
-            total += np.asarray(batch.x, dtype=np.float64).sum(axis=0)
-            rows += len(batch)
-    finally:
-        source.close()
+    total, rows = 0.0, 0
+    with warnings.catch_warnings(record=True):  # the pass that follows gives DATA's warnings, once
+        source = open_data(data, read)
+        try:
+            for batch in source.batches(DEFAULT_BATCH_ROWS, dtype=dtype):
+                total += np.asarray(batch.x, dtype=np.float64).sum(axis=0)
+                rows += len(batch)
+        finally:
+            source.close()
     if rows == 0:
         raise NncliError("no rows to take a mean of", str(data))
-    return (total / rows)[None, :]
+    return np.asarray(total / rows)[None, :]
 
 
 def _one_row(path: str, read: Read, dtype: str):
