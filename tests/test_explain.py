@@ -290,3 +290,22 @@ def test_captum_missing_says_how_to_install(setup, monkeypatch):
     monkeypatch.setitem(sys.modules, "captum.attr", None)
     with pytest.raises(NncliError, match="needs Captum"):
         nncli.load(str(spec), weights=str(weights)).explain(str(data))
+
+
+def test_mean_baseline_keeps_datas_warning_and_an_unseen_category_has_no_value(tmp_path):
+    """--baseline mean reads DATA twice: the unseen-category warning is still given, once (it was lost
+    when the first pass ran while the second read ahead), and that row's `value` is empty."""
+    g = np.random.default_rng(4)
+    train = pl.DataFrame(
+        {"a": g.normal(size=20).round(2), "color": g.choice(["red", "blue"], 20), "y": g.choice(["p", "q", "r"], 20)}
+    )
+    data, new, spec, weights = (tmp_path / n for n in ("t.csv", "n.csv", "s.yaml", "s.safetensors"))
+    train.write_csv(data)
+    pl.DataFrame({"a": [0.5, -1.0], "color": ["red", "green"], "y": ["p", "q"]}).write_csv(new)
+    spec.write_text(SCHEMA_SPEC)
+    run("train", spec, data, "--epochs", 1, "--lr", 0.1, "--save-weights", weights, "-q")
+    result = run("explain", spec, new, "-w", weights, "--baseline", "mean")
+    assert result.stderr.count("not seen in training") == 1
+    assert "baseline: the mean of DATA's rows" in result.stderr
+    out = table(result.stdout)
+    assert out.filter(pl.col("feature") == "color")["value"].to_list() == ["red", None]
