@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -309,3 +310,18 @@ def test_mean_baseline_keeps_datas_warning_and_an_unseen_category_has_no_value(t
     assert "baseline: the mean of DATA's rows" in result.stderr
     out = table(result.stdout)
     assert out.filter(pl.col("feature") == "color")["value"].to_list() == ["red", None]
+
+
+def test_binary_head_with_a_target_column_named_and_left_out(tmp_path):
+    """A model without a schema (init's weights, inputs by position): -t names the target column, which
+    is then no input; a one-output head is explained at its one output (here the Sigmoid's probability)."""
+    root = Path(__file__).resolve().parents[1] / "examples"
+    spec, data, weights = root / "configs/binary-classifier.yaml", root / "data/table-5x6.csv", tmp_path / "w.pt"
+    run("init", spec, "-o", weights)
+    out = table(run("explain", spec, data, "-w", weights, "-t", "label", "-m", "input-x-gradient").stdout)
+    m = nn.Sequential(nn.Linear(6, 4), nn.Linear(4, 1), nn.Sigmoid())
+    m.load_state_dict(torch.load(weights))  # init's .pt: the state_dict
+    x = pl.read_csv(data).drop("label").to_numpy()
+    a, _ = captum("input-x-gradient", m.eval(), torch.tensor(x, dtype=torch.float32), 0, None)
+    assert out["feature"].to_list()[:6] == [f"x{i}" for i in range(6)]
+    np.testing.assert_array_equal(out["attribution"].to_numpy().astype(np.float32), a.reshape(-1))

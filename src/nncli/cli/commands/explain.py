@@ -21,6 +21,8 @@ from nncli.cli.options import (
     ReadGroup,
     RuntimeGroup,
     Spec,
+    Target,
+    TargetsGroup,
     load_model,
     output_target,
     read_options,
@@ -91,6 +93,7 @@ def explain(
     samples: Samples = 5,
     stdevs: Stdevs = 0.0,
     summary: SummaryOnly = False,
+    target: Target = None,
     id_column: IdColumn = None,
     batch_size: BatchSize = None,
     model: ModelGroup = None,
@@ -114,17 +117,19 @@ def explain(
     options.check()
     m = load_model(spec, model, runtime)
     inputs = [spec, data, model.weights] + ([baseline] if baseline not in ("zeros", "mean") else [])
-    target = output_target(output, inputs=inputs)
-    run = ExplainRun(m, data, options, read_options(read, None, id_column), batch_size, progress(target))
+    out = output_target(output, inputs=inputs)
+    run = ExplainRun(
+        m, data, options, read_options(read, TargetsGroup(target=target), id_column), batch_size, progress(out)
+    )
     for line in run.notes:
         note(line)
     text = f"{run.built.caption}; {method} (Captum)"
     if summary:
         result = run.summary()
-        emit(target, summary_report(result, f"{text}; mean |attribution| over {result.rows} rows", target.precision))
+        emit(out, summary_report(result, f"{text}; mean |attribution| over {result.rows} rows", out.precision))
         return
-    with target.stream() as out:
-        writer = RowWriter(target.format, out, target.precision, caption=text, keys=2 if run.source.id_name else 1)
+    with out.stream() as stream:
+        writer = RowWriter(out.format, stream, out.precision, caption=text, keys=2 if run.source.id_name else 1)
         for names, columns in run.frames():
             writer.write(Frame(names, columns))
         writer.close()
