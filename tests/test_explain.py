@@ -258,6 +258,7 @@ def test_errors_are_one_line(setup):
         (["--method", "lime"], 2, "error: unknown method 'lime'"),
         (["--class", "zebra"], 2, "error: unknown class 'zebra'; its classes: a, b, c"),
         (["--class", 3], 2, "error: no output '3'"),
+        (["--ig-method", "simpson"], 2, "error: unknown --ig-method 'simpson'"),
     ):
         result = run("explain", spec, data, "-w", weights, *args, check=False)
         assert result.returncode == code, result.stderr

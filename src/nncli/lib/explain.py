@@ -30,6 +30,7 @@ METHODS = {  # the command's name -> Captum's class
     "gradient-shap": "GradientShap",
     "feature-ablation": "FeatureAblation",
 }
+IG_METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")  # Captum's
 BASELINES = ("zeros", "mean")  # or a file of one row
 NEEDS_BASELINE = ("integrated-gradients", "deeplift", "gradient-shap", "feature-ablation")
 MISSING_CAPTUM = "nncli explain needs Captum: pip install 'nncli-torch[explain]'"
@@ -117,6 +118,8 @@ class Options:
     def check(self) -> None:
         if self.method not in METHODS:
             raise UsageError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.ig_method not in IG_METHODS:
+            raise UsageError(f"unknown --ig-method {self.ig_method!r}; choose one of {', '.join(IG_METHODS)}")
         if self.steps < 1 or self.samples < 1:
             raise UsageError("--steps and --samples take a whole number of at least 1")
         if not self.stdevs >= 0:
