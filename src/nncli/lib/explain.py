@@ -225,7 +225,7 @@ class ExplainRun:
         width = self.source.n_features
         if choice == "zeros":
             row = np.zeros((1, width))
-        elif choice == "mean":
+        elif choice == "mean" and self.means is not None:  # computed before reading started
             row = self.means
         else:
             row = _one_row(str(choice), with_schema(self.model, read), self.model.dtype)
