@@ -45,6 +45,7 @@ COMMANDS = {
     "trace": ("trace", "trace", "Each layer's input and output for chosen rows."),
     "stats": ("stats", "stats", "Layer health over every row: activations, gradients."),
     "gradcheck": ("gradcheck", "gradcheck", "Autograd's gradients against finite differences."),
+    "explain": ("explain", "explain", "Which columns drove each prediction: Captum's attributions."),
 }
 LONG_HELP = {"summary": "The same as params: the model layer by layer, like torchinfo's summary."}
 

@@ -26,6 +26,7 @@ from nncli.errors import NncliError, UsageError
 from nncli.io.context import LIBRARY, RunContext
 from nncli.io.frames import FrameData
 from nncli.lib.checks import check_arguments
+from nncli.lib.explain import Explains
 from nncli.lib.forwards import ForwardRun, Forwards, Predictor, finite_checks
 from nncli.lib.results import LossReport
 from nncli.lib.session import (
@@ -94,7 +95,7 @@ def spec_differences(spec, schema) -> list[str]:
 _BUILDING = threading.Lock()  # torch.manual_seed is global: two models built at once would mix their seeds
 
 
-class Model(Forwards, Signals):
+class Model(Forwards, Signals, Explains):
     """A spec and, from its first use, the seeded `nn.Sequential` it describes.
 
     A Model may be shared by threads; calls that change it are serialized (see serialized). forward,

@@ -1,0 +1,328 @@
+"""nncli explain (issue #27): every attribution is Captum's own, computed IN THE TEST by calling Captum's
+class on the same nn.Sequential (weights loaded from the file), inputs, baseline, target and seed."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+captum_attr = pytest.importorskip("captum.attr")
+
+NNCLI = [sys.executable, "-m", "nncli"]
+CLASSIFIER = """seed: 3
+layers:
+  - Linear: {out_features: 6}
+  - Tanh
+  - Linear: {out_features: 3}
+loss: CrossEntropyLoss
+classes: [a, b, c]
+"""
+REGRESSION = """seed: 4
+layers:
+  - Linear: {out_features: 5}
+  - ReLU
+  - Linear: {out_features: 1}
+loss: MSELoss
+"""
+
+
+def run(*args, check=True, env=None):
+    result = subprocess.run([*NNCLI, *map(str, args)], capture_output=True, text=True, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(result.stderr)
+    return result
+
+
+def table(out: str) -> pl.DataFrame:
+    return pl.read_csv(io.StringIO(out))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A 3-class model and a regression model, each trained for 2 epochs and saved; their tables of 4
+    number columns and the target (cls.csv: a class y; reg.csv: a number t)."""
+    d = tmp_path_factory.mktemp("explain")
+    g = np.random.default_rng(7)
+    x = g.normal(size=(40, 4)).round(3)
+    features = {f"f{i}": x[:, i] for i in range(4)}
+    models = {}
+    for name, text, target in (
+        ("cls", CLASSIFIER, g.choice(["a", "b", "c"], 40)),
+        ("reg", REGRESSION, (x @ [1.0, -2.0, 0.5, 0.0]).round(3)),
+    ):
+        data, spec, weights = d / f"{name}.csv", d / f"{name}.yaml", d / f"{name}.safetensors"
+        pl.DataFrame({**features, "y": target}).write_csv(data)
+        spec.write_text(text)
+        run("train", spec, data, "-t", "y", "--epochs", 2, "--lr", 0.1, "--save-weights", weights, "-q")
+        models[name] = (spec, data, weights)
+    return x, models
+
+
+def module_for(weights, dtype, act=nn.Tanh) -> nn.Sequential:
+    """The same nn.Sequential, built by hand, its weights loaded from the file."""
+    state = load_file(str(weights))
+    hidden, width = state["0.weight"].shape
+    m = nn.Sequential(nn.Linear(width, hidden), act(), nn.Linear(hidden, state["2.weight"].shape[0]))
+    m.load_state_dict(state)
+    return m.to(dtype).eval()
+
+
+def captum(method, m, x, target, baseline, *, steps=50, ig_method="gausslegendre", samples=5, stdevs=0.0, seed=0):
+    """Captum's own call: (attributions, delta or None) as numpy."""
+    delta = None
+    if method == "integrated-gradients":
+        a, delta = captum_attr.IntegratedGradients(m).attribute(
+            x, baselines=baseline, target=target, n_steps=steps, method=ig_method, return_convergence_delta=True
+        )
+    elif method == "saliency":
+        a = captum_attr.Saliency(m).attribute(x, target=target)
+    elif method == "input-x-gradient":
+        a = captum_attr.InputXGradient(m).attribute(x, target=target)
+    elif method == "deeplift":
+        a = captum_attr.DeepLift(m).attribute(x, baselines=baseline, target=target)
+    elif method == "gradient-shap":
+        torch.manual_seed(seed)
+        np.random.seed(seed)  # Captum draws from numpy's generator too
+        a = captum_attr.GradientShap(m).attribute(
+            x, baselines=baseline, n_samples=samples, stdevs=stdevs, target=target
+        )
+    else:
+        a = captum_attr.FeatureAblation(m).attribute(x, baselines=baseline, target=target)
+    return a.detach().numpy(), None if delta is None else delta.detach().numpy()
+
+
+def predicted(m, x):
+    with torch.no_grad():
+        return m(x).argmax(dim=1)
+
+
+METHODS = ["integrated-gradients", "saliency", "input-x-gradient", "deeplift", "gradient-shap", "feature-ablation"]
+DTYPES = {"float64": (torch.float64, np.float64), "float32": (torch.float32, np.float32)}
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_is_captums_own_call(setup, method, dtype):
+    """Bit for bit in float64, and to float32's rounding in float32 (CSV's shortest repr reads back
+    to the same float32): nncli's rows equal Captum's attributions at each row's predicted class."""
+    x, models = setup
+    spec, data, weights = models["cls"]
+    tdtype, ndtype = DTYPES[dtype]
+    extra = ["--samples", 3, "--stdevs", 0.1, "--seed", 11] if method == "gradient-shap" else []
+    out = table(run("explain", spec, data, "-w", weights, "--method", method, "--dtype", dtype, *extra).stdout)
+    m, xt = module_for(weights, tdtype), torch.tensor(x, dtype=tdtype)
+    a, delta = captum(method, m, xt, predicted(m, xt), torch.zeros(1, 4, dtype=tdtype), samples=3, stdevs=0.1, seed=11)
+    assert out["row"].to_list() == np.repeat(np.arange(40), 4).tolist()
+    assert out["feature"].to_list() == ["f0", "f1", "f2", "f3"] * 40
+    np.testing.assert_array_equal(out["value"].to_numpy().astype(ndtype), x.astype(ndtype).reshape(-1))
+    np.testing.assert_array_equal(out["attribution"].to_numpy().astype(ndtype), a.reshape(-1))
+    if method == "integrated-gradients":
+        np.testing.assert_array_equal(out["delta"].to_numpy().astype(ndtype), np.repeat(delta, 4))
+    else:
+        assert "delta" not in out.columns
+
+
+def test_integrated_gradients_options_class_and_mean_baseline(setup):
+    """--steps, --ig-method, --class LABEL and --baseline mean (of DATA's rows, float64 sums)."""
+    x, models = setup
+    spec, data, weights = models["cls"]
+    args = ["--steps", 7, "--ig-method", "riemann_trapezoid", "--class", "b", "--baseline", "mean"]
+    result = run("explain", spec, data, "-w", weights, "--dtype", "float64", *args)
+    assert "baseline: the mean of DATA's rows" in result.stderr
+    out = table(result.stdout)
+    m, xt = module_for(weights, torch.float64), torch.tensor(x)
+    base = torch.tensor(x.mean(axis=0)[None, :])
+    a, delta = captum("integrated-gradients", m, xt, 1, base, steps=7, ig_method="riemann_trapezoid")
+    np.testing.assert_array_equal(out["attribution"].to_numpy(), a.reshape(-1))
+    np.testing.assert_array_equal(out["delta"].to_numpy(), np.repeat(delta, 4))
+    by_index = table(
+        run("explain", spec, data, "-w", weights, "--dtype", "float64", *args[:-4], "--class", 1, *args[-2:]).stdout
+    )
+    assert by_index.equals(out)
+
+
+def test_completeness_within_delta_regression_and_baseline_file(setup, tmp_path):
+    """Integrated gradients on the regression output: the attributions of a row add up to f(x) - f(baseline)
+    up to the delta nncli reports; the baseline is a file of one row."""
+    x, models = setup
+    spec, data, weights = models["reg"]
+    base = tmp_path / "base.csv"
+    pl.DataFrame({"f0": [0.5], "f1": [-1.0], "f2": [0.25], "f3": [2.0], "y": [0.0]}).write_csv(base)
+    out = table(run("explain", spec, data, "-w", weights, "--dtype", "float64", "--baseline", base).stdout)
+    m, xt = module_for(weights, torch.float64, nn.ReLU), torch.tensor(x)
+    b = torch.tensor([[0.5, -1.0, 0.25, 2.0]], dtype=torch.float64)
+    a, delta = captum("integrated-gradients", m, xt, 0, b)
+    np.testing.assert_array_equal(out["attribution"].to_numpy(), a.reshape(-1))
+    with torch.no_grad():
+        gap = (m(xt) - m(b))[:, 0].numpy()
+    sums = out["attribution"].to_numpy().reshape(40, 4).sum(axis=1)
+    deltas = out["delta"].to_numpy().reshape(40, 4)[:, 0]
+    assert np.all(np.abs(sums - gap) <= np.abs(deltas) + 1e-12)
+
+
+def test_summary_is_the_mean_absolute_attribution_ranked(setup):
+    """--summary against numpy on the per-row output, reduced over batches of 16 rows."""
+    _, models = setup
+    spec, data, weights = models["cls"]
+    common = [spec, data, "-w", weights, "--dtype", "float64", "--batch-size", 16, "-m", "saliency"]
+    rows = table(run("explain", *common).stdout)
+    summary = table(run("explain", *common, "--summary").stdout)
+    mean = np.abs(rows["attribution"].to_numpy().reshape(40, 4)).mean(axis=0)
+    order = np.argsort(-mean, kind="stable")
+    assert summary["feature"].to_list() == [f"f{i}" for i in order]
+    np.testing.assert_allclose(summary["mean_abs_attribution"].to_numpy(), mean[order], rtol=1e-12)
+    assert summary["rank"].to_list() == [1, 2, 3, 4]
+
+
+def test_library_explain_returns_the_cli_table(setup):
+    import nncli
+
+    _, models = setup
+    spec, data, weights = models["cls"]
+    cli = table(run("explain", spec, data, "-w", weights, "--dtype", "float64", "-m", "deeplift").stdout)
+    m = nncli.load(str(spec), weights=str(weights), dtype="float64")
+    got = m.explain(str(data), method="deeplift")
+    assert got.columns == cli.columns
+    np.testing.assert_array_equal(got["attribution"].to_numpy(), cli["attribution"].to_numpy())
+    summary = m.explain(str(data), method="deeplift", summary=True)
+    assert summary.columns == ["feature", "mean_abs_attribution"]
+
+
+SCHEMA_SPEC = """seed: 5
+target: y
+layers:
+  - Linear: {out_features: 6}
+  - Tanh
+  - Linear: {out_features: 3}
+loss: CrossEntropyLoss
+preprocess:
+  impute: {strategy: median, add_indicator: true}
+  onehot: [color]
+"""
+
+
+def test_schema_sums_one_hot_inputs_back_to_the_raw_column(tmp_path):
+    """A category's one-hot inputs and a number's missing indicator: their Captum attributions summed to
+    the raw column, named by it, with the raw cell as value. The encoded inputs come from scikit-learn."""
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import OneHotEncoder
+
+    g = np.random.default_rng(3)
+    raw = pd.DataFrame(
+        {
+            "a": np.where(g.random(30) < 0.2, np.nan, g.normal(size=30).round(2)),
+            "color": g.choice(["red", "green", "blue"], 30),
+            "b": g.normal(size=30).round(2),
+            "y": g.choice(["p", "q", "r"], 30),
+        }
+    )
+    data, spec, weights = tmp_path / "raw.csv", tmp_path / "s.yaml", tmp_path / "s.safetensors"
+    raw.to_csv(data, index=False)
+    spec.write_text(SCHEMA_SPEC)
+    run("train", spec, data, "--epochs", 2, "--lr", 0.1, "--save-weights", weights, "-q")
+    result = run("explain", spec, data, "-w", weights, "--dtype", "float64")
+    assert "summed to its column" in result.stderr
+    out = table(result.stdout)
+    ct = ColumnTransformer(
+        [
+            ("num", SimpleImputer(strategy="median", add_indicator=True), ["a", "b"]),
+            ("cat", OneHotEncoder(sparse_output=False, handle_unknown="ignore"), ["color"]),
+        ]
+    )
+    enc = ct.fit_transform(raw)  # a, b, missingindicator_a, color_blue, color_green, color_red
+    m, xt = module_for(weights, torch.float64), torch.tensor(enc)
+    a, _ = captum("integrated-gradients", m, xt, predicted(m, xt), torch.zeros(1, enc.shape[1], dtype=torch.float64))
+    expected = np.stack([a[:, [0, 2]].sum(axis=1), a[:, 3:6].sum(axis=1), a[:, 1]], axis=1)
+    assert out["feature"].to_list() == ["a", "color", "b"] * 30
+    np.testing.assert_array_equal(out["attribution"].to_numpy(), expected.reshape(-1))
+    values = out["value"].to_list()
+    assert values[1::3] == raw["color"].tolist()
+    assert [None if v is None else float(v) for v in values[0::3]] == [None if v != v else v for v in raw["a"]]
+
+
+def test_errors_are_one_line(setup):
+    _, models = setup
+    spec, data, weights = models["cls"]
+    for args, code, what in (
+        (["--method", "lime"], 2, "error: unknown method 'lime'"),
+        (["--class", "zebra"], 2, "error: unknown class 'zebra'; its classes: a, b, c"),
+        (["--class", 3], 2, "error: no output '3'"),
+        (["--ig-method", "simpson"], 2, "error: unknown --ig-method 'simpson'"),
+    ):
+        result = run("explain", spec, data, "-w", weights, *args, check=False)
+        assert result.returncode == code, result.stderr
+        assert result.stderr.startswith(what) and "Traceback" not in result.stderr
+
+
+BLOCK_CAPTUM = """
+import runpy, sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "captum" or name.startswith("captum."):
+            raise ImportError("no captum here")
+sys.meta_path.insert(0, Block())
+sys.argv = ["nncli", *sys.argv[1:]]
+runpy.run_module("nncli", run_name="__main__")
+"""
+
+
+def test_captum_missing_says_how_to_install(setup, monkeypatch):
+    _, models = setup
+    spec, data, weights = models["cls"]
+    args = [sys.executable, "-c", BLOCK_CAPTUM, "explain", spec, data, "-w", weights]
+    result = subprocess.run(list(map(str, args)), capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr == "error: nncli explain needs Captum: pip install 'nncli-torch[explain]'\n"
+
+    import nncli
+    from nncli.errors import NncliError
+
+    monkeypatch.setitem(sys.modules, "captum", None)
+    monkeypatch.setitem(sys.modules, "captum.attr", None)
+    with pytest.raises(NncliError, match="needs Captum"):
+        nncli.load(str(spec), weights=str(weights)).explain(str(data))
+
+
+def test_mean_baseline_keeps_datas_warning_and_an_unseen_category_has_no_value(tmp_path):
+    """--baseline mean reads DATA twice: the unseen-category warning is still given, once (it was lost
+    when the first pass ran while the second read ahead), and that row's `value` is empty."""
+    g = np.random.default_rng(4)
+    train = pl.DataFrame(
+        {"a": g.normal(size=20).round(2), "color": g.choice(["red", "blue"], 20), "y": g.choice(["p", "q", "r"], 20)}
+    )
+    data, new, spec, weights = (tmp_path / n for n in ("t.csv", "n.csv", "s.yaml", "s.safetensors"))
+    train.write_csv(data)
+    pl.DataFrame({"a": [0.5, -1.0], "color": ["red", "green"], "y": ["p", "q"]}).write_csv(new)
+    spec.write_text(SCHEMA_SPEC)
+    run("train", spec, data, "--epochs", 1, "--lr", 0.1, "--save-weights", weights, "-q")
+    result = run("explain", spec, new, "-w", weights, "--baseline", "mean")
+    assert result.stderr.count("not seen in training") == 1
+    assert "baseline: the mean of DATA's rows" in result.stderr
+    out = table(result.stdout)
+    assert out.filter(pl.col("feature") == "color")["value"].to_list() == ["red", None]
+
+
+def test_binary_head_with_a_target_column_named_and_left_out(tmp_path):
+    """A model without a schema (init's weights, inputs by position): -t names the target column, which
+    is then no input; a one-output head is explained at its one output (here the Sigmoid's probability)."""
+    root = Path(__file__).resolve().parents[1] / "examples"
+    spec, data, weights = root / "configs/binary-classifier.yaml", root / "data/table-5x6.csv", tmp_path / "w.pt"
+    run("init", spec, "-o", weights)
+    out = table(run("explain", spec, data, "-w", weights, "-t", "label", "-m", "input-x-gradient").stdout)
+    m = nn.Sequential(nn.Linear(6, 4), nn.Linear(4, 1), nn.Sigmoid())
+    m.load_state_dict(torch.load(weights))  # init's .pt: the state_dict
+    x = pl.read_csv(data).drop("label").to_numpy()
+    a, _ = captum("input-x-gradient", m.eval(), torch.tensor(x, dtype=torch.float32), 0, None)
+    assert out["feature"].to_list()[:6] == [f"x{i}" for i in range(6)]
+    np.testing.assert_array_equal(out["attribution"].to_numpy().astype(np.float32), a.reshape(-1))
