@@ -124,7 +124,7 @@ def report() -> dict:
     reaped = resource.getrusage(resource.RUSAGE_CHILDREN)  # a reader process, once it has ended
     with _lock:
         seconds = {name: {"wall": round(w, 4), "cpu": round(c, 4)} for name, (w, c) in _seconds.items()}
-    ordered = {name: seconds.pop(name) for name in PHASES if name in seconds}
+    ordered: dict[str, object] = {name: seconds.pop(name) for name in PHASES if name in seconds}
     ordered.update(sorted(seconds.items()))
     ordered.update(
         wall=round(time.perf_counter() - START, 4),
