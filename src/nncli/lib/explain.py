@@ -150,6 +150,12 @@ class ExplainSummary:
         return pl.DataFrame({"feature": self.features, "mean_abs_attribution": self.mean_abs})
 
 
+# Rows per batch by default: fewer than forward's, since integrated gradients and gradient SHAP run
+# the model on steps (or samples) x rows at once: 2,048 rows x 50 steps held memory flat where 16,384
+# rows took four times the memory for no gain in speed (benchmarks/results.md).
+EXPLAIN_BATCH_ROWS = 2048
+
+
 class ExplainRun:
     """An open explanation: `frames()` yields (names, columns) per batch, tidy rows
     row, [id,] feature, value, attribution [, delta]; `summary()` reduces them instead."""
@@ -168,7 +174,7 @@ class ExplainRun:
             self.means = _column_means(data, with_schema(model, read), model.dtype)
             self.notes.append("baseline: the mean of DATA's rows (as the model sees them)")
         self.built, self.source, batches = open_built(
-            model, data, read, want_targets=False, rows=batch_size or DEFAULT_BATCH_ROWS
+            model, data, read, want_targets=False, rows=batch_size or EXPLAIN_BATCH_ROWS
         )
         self.batches = progress(batches, self.source) if progress else batches
         self.groups = input_groups(read_schema(model, read), list(self.source.feature_names))

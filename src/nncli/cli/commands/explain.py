@@ -13,7 +13,6 @@ from nncli.cli.options import (
     OUTPUT,
     READ,
     RUNTIME,
-    BatchSize,
     Data,
     IdColumn,
     ModelGroup,
@@ -81,6 +80,21 @@ SummaryOnly = Annotated[
 ]
 
 
+ExplainBatch = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size",
+        "-b",
+        metavar="N",
+        min=1,
+        help=(
+            "Rows per batch (default: 2048, fewer than forward's: integrated gradients and gradient SHAP run "
+            "steps x rows at once). A float32 result's last digit can depend on the batch's shape, as in PyTorch."
+        ),
+    ),
+]
+
+
 @with_options(MODEL, READ, OUTPUT, RUNTIME)
 def explain(
     spec: Spec,
@@ -95,7 +109,7 @@ def explain(
     summary: SummaryOnly = False,
     target: Target = None,
     id_column: IdColumn = None,
-    batch_size: BatchSize = None,
+    batch_size: ExplainBatch = None,
     model: ModelGroup = None,
     read: ReadGroup = None,
     output: OutputGroup = None,
