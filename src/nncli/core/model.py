@@ -14,7 +14,8 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from nncli.core.spec import ResolvedLayer, Spec, _describe, _short, total_params
+from nncli.core.spec import ResolvedLayer, Spec, total_params
+from nncli.core.spec_values import describe, short
 from nncli.errors import NncliError
 
 DEFAULT_MAX_PARAMS = 10**9
@@ -101,7 +102,7 @@ def build(
     from torch import nn
 
     if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**64):
-        raise NncliError(f"the seed must be an integer from 0 to 2**64-1, got {_short(seed)}", "--seed")
+        raise NncliError(f"the seed must be an integer from 0 to 2**64-1, got {short(seed)}", "--seed")
     check_size(layers, max_params, spec.path)
     seed = seed if seed is not None else (spec.seed if spec.seed is not None else 0)
     torch.manual_seed(seed)
@@ -419,7 +420,7 @@ def _extras(state: dict, path: str, suffix: str) -> dict:
             meta[SCHEMA_KEY] = state.pop(SCHEMA_KEY)
     if SCHEMA_KEY in meta:
         if not isinstance(meta[SCHEMA_KEY], str):  # a .pt anyone wrote: a tensor or a dict where nncli writes text
-            what = "a tensor" if hasattr(meta[SCHEMA_KEY], "shape") else _describe(meta[SCHEMA_KEY])
+            what = "a tensor" if hasattr(meta[SCHEMA_KEY], "shape") else describe(meta[SCHEMA_KEY])
             raise NncliError(f"the entry {SCHEMA_KEY!r} must be the input schema's JSON text, got {what}", path)
         extras["schema"] = meta[SCHEMA_KEY]
     if classes is not None:

@@ -10,12 +10,27 @@ import difflib
 import functools
 import math
 import os
-import reprlib
 import stat
 from dataclasses import dataclass, field
 from typing import Any
 
 from nncli.core.layers import BOOL, FLOAT, INT, LAYERS, POSITIONAL_LIMIT, LayerType
+from nncli.core.spec_keys import (  # noqa: F401  (the keys' names, importable from here as before)
+    IMPUTE_KEYS,
+    IMPUTE_STRATEGIES,
+    MAX_CLASSES,
+    ONEHOT_KEYS,
+    ONEHOT_MISSING,
+    ONEHOT_UNKNOWN,
+    PREPROCESS_KEYS,
+    PREPROCESS_KINDS,
+    TARGET_SCALINGS,
+    check_onehot_columns,
+    parse_classes,
+    parse_columns,
+    parse_preprocess,
+)
+from nncli.core.spec_values import MAX_INT, describe, finite, is_int, short
 from nncli.errors import NncliError
 
 MAX_SPEC_BYTES = 64 * 1024 * 1024  # read at most this plus one byte, from a file, a pipe or a device
@@ -27,19 +42,7 @@ MAX_ALIAS_NODES = 10**6
 # Inline weights are for small, hand-checkable examples; larger ones belong in a --weights file. The
 # limit is checked against the layer's parameter shape before the written value is walked or copied.
 MAX_INLINE_VALUES = 10**6
-MAX_INT = 2**63  # torch keeps sizes and dims in int64; larger integers are refused, never printed in full
 TOP_KEYS = ("name", "seed", "layers", "loss", "inputs", "classes", "target", "features", "exclude", "preprocess")
-PREPROCESS_KINDS = ("standardize", "minmax")  # feature scaling, Spec.preprocess
-PREPROCESS_KEYS = (*PREPROCESS_KINDS, "impute", "onehot", "categorical", "target")
-# The keywords and choices of nncli.io.preprocess's Imputer.fit and OneHot.fit, repeated here (core does
-# not import io) so that a spec's mistake is named when it is read, not after the training rows are.
-IMPUTE_KEYS = ("strategy", "fill_value", "add_indicator", "keep_empty_features")
-IMPUTE_STRATEGIES = ("mean", "median", "most_frequent", "constant")
-ONEHOT_KEYS = ("columns", "handle_unknown", "min_frequency", "max_categories", "missing", "fill_value")
-ONEHOT_UNKNOWN = ("ignore", "error")
-ONEHOT_MISSING = ("error", "category", "most_frequent", "constant")
-TARGET_SCALINGS = ("standardize", "minmax")
-MAX_CLASSES = 100_000
 PARAM_KEYS = ("weight", "bias")
 
 
@@ -60,7 +63,7 @@ class LayerSpec:
     @property
     def written(self) -> str:
         """The arguments as the user wrote them, for the params table."""
-        parts = [_short(a) for a in self.args] + [f"{k}={_short(v)}" for k, v in self.kwargs.items()]
+        parts = [short(a) for a in self.args] + [f"{k}={short(v)}" for k, v in self.kwargs.items()]
         return ", ".join(parts)
 
 
@@ -108,25 +111,6 @@ class ResolvedLayer:
     @property
     def num_params(self) -> int:
         return sum(math.prod(s) for s in self.shapes.values())
-
-
-_REPR = reprlib.Repr()
-_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxset, _REPR.maxtuple, _REPR.maxstring = 3, 6, 4, 6, 6, 40
-
-
-def _short(value: Any) -> str:
-    """At most 40 characters of a value, in bounded time whatever it is (a huge int, a shared list)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
-        return f"a {value.bit_length():,}-bit integer"  # str() of an int over 4300 digits raises ValueError
-    if isinstance(value, (list, dict, tuple, set, frozenset)):
-        text = _REPR.repr(value)  # reprlib stops after a few items and levels
-    else:
-        text = repr(value) if isinstance(value, str) else str(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _describe(value: Any) -> str:
-    return _short(value) if not isinstance(value, (dict, list, tuple, set, frozenset)) else type(value).__name__
 
 
 def _mib(limit: int) -> str:
@@ -241,7 +225,7 @@ def _loader():  # noqa: C901  (one SafeLoader subclass, built on first use so ya
                             context, node.start_mark, "found unhashable key", key_node.start_mark
                         ) from None
                     if key in seen:
-                        raise plain(ConstructorError(None, None, f"duplicate key {_short(key)}", key_node.start_mark))
+                        raise plain(ConstructorError(None, None, f"duplicate key {short(key)}", key_node.start_mark))
                     seen.add(key)
             return super().construct_mapping(node, deep=deep)
 
@@ -335,35 +319,35 @@ def parse_spec(doc: Any, path: str, max_layers: int = DEFAULT_MAX_LAYERS) -> Spe
         return NncliError(what, path)
 
     if not isinstance(doc, dict):
-        raise fail(f"a spec is a mapping with a `layers` list, got {_describe(doc)}")
+        raise fail(f"a spec is a mapping with a `layers` list, got {describe(doc)}")
     unknown = [k for k in doc if k not in TOP_KEYS]
     if unknown:
-        raise fail(f"unknown key {_short(unknown[0])}; a spec has {', '.join(TOP_KEYS)}")
+        raise fail(f"unknown key {short(unknown[0])}; a spec has {', '.join(TOP_KEYS)}")
     if "layers" not in doc:
         raise fail("the spec has no `layers` list")
     layers_doc = doc["layers"]
     if layers_doc is None:  # a bare `layers:` is more likely a list lost than the identity model asked for
         raise fail("`layers` is empty: it must be a list of layers (`layers: []` for the identity model)")
     if not isinstance(layers_doc, list):
-        raise fail(f"`layers` must be a list, got {_describe(layers_doc)}")
+        raise fail(f"`layers` must be a list, got {describe(layers_doc)}")
     if len(layers_doc) > max_layers:  # before a single layer is parsed, let alone built
         raise fail(f"the spec has {len(layers_doc):,} layers, more than --max-layers {max_layers:,} allows")
     name = doc.get("name")
     if name is not None and (not isinstance(name, (str, int, float)) or isinstance(name, int) and abs(name) >= MAX_INT):
-        raise fail(f"`name` must be text, got {_describe(name)}")
+        raise fail(f"`name` must be text, got {describe(name)}")
     seed = doc.get("seed")
-    if seed is not None and not _is_int(seed) or (seed is not None and not 0 <= seed < 2**64):
-        raise fail(f"`seed` must be an integer from 0 to 2**64-1, got {_describe(seed)}")
+    if seed is not None and not is_int(seed) or (seed is not None and not 0 <= seed < 2**64):
+        raise fail(f"`seed` must be an integer from 0 to 2**64-1, got {describe(seed)}")
     loss = doc.get("loss")
     if loss is not None and not isinstance(loss, str):
-        raise fail(f"`loss` must be a loss name, got {_describe(loss)}")
+        raise fail(f"`loss` must be a loss name, got {describe(loss)}")
     inputs = doc.get("inputs")
-    if inputs is not None and not (_is_int(inputs) and 0 < inputs < MAX_INT):
-        raise fail(f"`inputs` must be a positive integer below 2**63, got {_describe(inputs)}")
+    if inputs is not None and not (is_int(inputs) and 0 < inputs < MAX_INT):
+        raise fail(f"`inputs` must be a positive integer below 2**63, got {describe(inputs)}")
     layers = [_parse_layer(i, entry, path) for i, entry in enumerate(layers_doc)]
-    columns = _parse_columns(doc, fail)
-    parts = _parse_preprocess(doc.get("preprocess"), fail)
-    _check_onehot_columns(parts["onehot"], columns, fail)
+    columns = parse_columns(doc, fail)
+    parts = parse_preprocess(doc.get("preprocess"), fail)
+    check_onehot_columns(parts["onehot"], columns, fail)
     return Spec(
         path,
         layers,
@@ -371,227 +355,10 @@ def parse_spec(doc: Any, path: str, max_layers: int = DEFAULT_MAX_LAYERS) -> Spe
         seed,
         loss,
         inputs,
-        _parse_classes(doc.get("classes"), fail),
+        parse_classes(doc.get("classes"), fail),
         **columns,
         **parts,
     )
-
-
-def _is_name(value: Any) -> bool:
-    """A column name as written: text, or an integer (made text, as `classes` labels are)."""
-    return isinstance(value, str) or (_is_int(value) and abs(value) < MAX_INT)
-
-
-def _parse_names(value: Any, what: str, fail, one: bool = False) -> list[str] | None:
-    """A list of column names, none twice (`one`: a single name alone too, as `target: species`);
-    `what` names the key in messages."""
-    if value is None:
-        return None
-    if one and _is_name(value):
-        return [str(value)]
-    either = "a column name or " if one else ""
-    if not isinstance(value, list):
-        raise fail(f"{what} must be {either}a list of column names, got {_describe(value)}")
-    if not value:
-        raise fail(f"{what} is an empty list: name at least one column, or leave it out")
-    bad = [v for v in value if not _is_name(v)]
-    if bad:
-        raise fail(f"{what} must hold column names (text or integers), got {_describe(bad[0])}")
-    names = [str(v) for v in value]
-    seen: set[str] = set()
-    for n in names:
-        if n in seen:
-            raise fail(f"{what} names {_short(n)} twice")
-        seen.add(n)
-    return names
-
-
-def _parse_columns(doc: dict, fail) -> dict:
-    """`target`, `features` and `exclude`: which columns of the data the model takes, by name."""
-    target = _parse_names(doc.get("target"), "`target`", fail, one=True)
-    features = _parse_names(doc.get("features"), "`features`", fail)
-    exclude = _parse_names(doc.get("exclude"), "`exclude`", fail)
-    if features is not None and exclude is not None:
-        raise fail("`features` and `exclude` together: give the columns to use or those to leave out, not both")
-    both = [t for t in target or [] if t in (features or [])]
-    if both:
-        raise fail(f"`features` names the target {_short(both[0])}: a column is a feature or the target, not both")
-    return {"target": target, "features": features, "exclude": exclude}
-
-
-def _check_onehot_columns(onehot: dict | None, columns: dict, fail) -> None:
-    """A one-hot column must be a feature: never the target, an excluded column, or one `features` leaves out."""
-    if onehot is None or onehot["columns"] == "auto":
-        return
-    for c in onehot["columns"]:
-        if c in (columns["target"] or []):
-            raise fail(f"`preprocess: onehot` names the target {_short(c)}; it encodes feature columns")
-        if c in (columns["exclude"] or []):
-            raise fail(f"`preprocess: onehot` names {_short(c)}, which `exclude` leaves out")
-        if columns["features"] is not None and c not in columns["features"]:
-            raise fail(f"`preprocess: onehot` names {_short(c)}, which is not among `features`")
-
-
-def _parse_classes(classes: Any, fail) -> list[str] | None:
-    """`classes: [setosa, versicolor, virginica]`: the labels of class 0, 1, 2, ... (text or integers)."""
-    if classes is None:
-        return None
-    if not isinstance(classes, list) or len(classes) < 2 or len(classes) > MAX_CLASSES:
-        raise fail(f"`classes` must be a list of at least 2 labels, got {_describe(classes)}")
-    bad = [
-        c
-        for c in classes
-        if not isinstance(c, (str, int)) or isinstance(c, bool) or (isinstance(c, int) and abs(c) >= MAX_INT)
-    ]
-    if bad:
-        raise fail(f"`classes` must hold text or integer labels, got {_describe(bad[0])}")
-    labels = [str(c) for c in classes]
-    seen = set()
-    for label in labels:
-        if label in seen:
-            raise fail(f"`classes` names {label!r} twice")
-        seen.add(label)
-    return labels
-
-
-def _parse_preprocess(preprocess: Any, fail) -> dict:
-    """`preprocess:` -> the Spec fields preprocess (feature scaling), impute, onehot and target_scaling."""
-    parts: dict[str, Any] = {"preprocess": None, "impute": None, "onehot": None, "target_scaling": None}
-    if preprocess is None:
-        return parts
-    if not isinstance(preprocess, dict) or not preprocess:
-        got = "an empty mapping" if preprocess == {} else _describe(preprocess)
-        raise fail(f"`preprocess` must be a mapping of any of {', '.join(PREPROCESS_KEYS)}, got {got}")
-    unknown = [k for k in preprocess if k not in PREPROCESS_KEYS]
-    if unknown:
-        close = difflib.get_close_matches(str(unknown[0]), PREPROCESS_KEYS, n=1)
-        hint = f"; did you mean {close[0]}?" if close else ""
-        raise fail(
-            f"unknown `preprocess` key {_short(unknown[0])}{hint} (`preprocess` takes {', '.join(PREPROCESS_KEYS)})"
-        )
-    scaling = [k for k in PREPROCESS_KINDS if k in preprocess]
-    if len(scaling) > 1:
-        raise fail("`preprocess` takes standardize or minmax, not both")
-    if scaling:
-        parts["preprocess"] = _parse_scaling(scaling[0], preprocess[scaling[0]], fail)
-    if "impute" in preprocess:
-        parts["impute"] = _parse_impute(preprocess["impute"], fail)
-    if "onehot" in preprocess and "categorical" in preprocess:
-        raise fail("`preprocess` takes onehot or categorical: auto, not both")
-    if "onehot" in preprocess:
-        parts["onehot"] = _parse_onehot(preprocess["onehot"], fail)
-    if "categorical" in preprocess:
-        if preprocess["categorical"] != "auto":
-            raise fail(
-                "`preprocess: categorical` takes auto (one-hot encode every text column other than the target), "
-                f"got {_describe(preprocess['categorical'])}"
-            )
-        parts["onehot"] = {"columns": "auto"}
-    if "target" in preprocess:
-        scale = preprocess["target"]
-        if not isinstance(scale, str) or scale not in TARGET_SCALINGS:
-            raise fail(f"`preprocess: target` must be {' or '.join(TARGET_SCALINGS)}, got {_describe(scale)}")
-        parts["target_scaling"] = scale
-    return parts
-
-
-def _parse_scaling(kind: str, columns: Any, fail) -> dict:
-    """`standardize: true` (every feature) or `standardize: [age, income]`; `minmax` likewise."""
-    if columns is True:
-        return {kind: True}
-    if (
-        not isinstance(columns, list)
-        or not columns
-        or not all(isinstance(c, (str, int)) and not isinstance(c, bool) for c in columns)
-    ):
-        raise fail(f"`preprocess: {kind}` takes true or a list of column names, got {_describe(columns)}")
-    return {kind: [str(c) for c in columns]}
-
-
-def _choice(value: Any, choices: tuple, what: str, fail) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise fail(f"{what} must be one of {', '.join(choices)}, got {_describe(value)}")
-    return value
-
-
-def _unknown_option(given: dict, keys: tuple, what: str, fail) -> None:
-    unknown = [k for k in given if k not in keys]
-    if unknown:
-        raise fail(f"unknown key {_short(unknown[0])} in {what} (it takes {', '.join(keys)})")
-
-
-def _parse_impute(value: Any, fail) -> dict:
-    """`impute: median`, or `impute: {strategy: ..., fill_value: ..., add_indicator: ..., keep_empty_features: ...}`:
-    SimpleImputer's keywords as given, strategy "mean" unless given (as SimpleImputer's default)."""
-    what = "`preprocess: impute`"
-    if isinstance(value, str):
-        value = {"strategy": value}
-    if not isinstance(value, dict):
-        raise fail(
-            f"{what} must be a strategy ({', '.join(IMPUTE_STRATEGIES)}) or a mapping of "
-            f"{', '.join(IMPUTE_KEYS)}, got {_describe(value)}"
-        )
-    if "columns" in value:
-        raise fail(f"{what}: impute on some columns only is not supported yet; it imputes every number feature")
-    _unknown_option(value, IMPUTE_KEYS, what, fail)
-    impute: dict[str, Any] = {
-        "strategy": _choice(value.get("strategy", "mean"), IMPUTE_STRATEGIES, f"{what} strategy", fail)
-    }
-    if "fill_value" in value:
-        fill = value["fill_value"]
-        if not isinstance(fill, (int, float)) or isinstance(fill, bool) or not _finite(fill):
-            raise fail(f"{what} fill_value must be a finite number, got {_describe(fill)}")
-        impute["fill_value"] = fill
-    for flag in ("add_indicator", "keep_empty_features"):
-        if flag in value:
-            if not isinstance(value[flag], bool):
-                raise fail(f"{what} {flag} must be true or false, got {_describe(value[flag])}")
-            impute[flag] = value[flag]
-    return impute
-
-
-def _parse_onehot(value: Any, fail) -> dict:
-    """`onehot: [island, sex]`, `onehot: auto`, or a mapping of `columns` and OneHot.fit's keywords, as given."""
-    what = "`preprocess: onehot`"
-    if isinstance(value, list) or value == "auto":
-        value = {"columns": value}
-    if not isinstance(value, dict):
-        raise fail(
-            f"{what} must be a list of columns, auto, or a mapping of {', '.join(ONEHOT_KEYS)}, got {_describe(value)}"
-        )
-    _unknown_option(value, ONEHOT_KEYS, what, fail)
-    if value.get("columns") is None:
-        raise fail(f"{what} must name its columns: `columns: [a, b]` or `columns: auto`")
-    columns = value["columns"]
-    onehot: dict[str, Any] = {
-        "columns": "auto" if columns == "auto" else _parse_names(columns, f"{what} columns", fail)
-    }
-    if "handle_unknown" in value:
-        onehot["handle_unknown"] = _choice(value["handle_unknown"], ONEHOT_UNKNOWN, f"{what} handle_unknown", fail)
-    if "missing" in value:
-        onehot["missing"] = _choice(value["missing"], ONEHOT_MISSING, f"{what} missing", fail)
-    if "min_frequency" in value:
-        m = value["min_frequency"]
-        count = _is_int(m) and 1 <= m < MAX_INT
-        fraction = isinstance(m, float) and 0 < m < 1
-        if not (count or fraction):
-            raise fail(f"{what} min_frequency must be a count from 1 or a fraction between 0 and 1, got {_describe(m)}")
-        onehot["min_frequency"] = m
-    if "max_categories" in value:
-        m = value["max_categories"]
-        if not (_is_int(m) and 1 <= m < MAX_INT):
-            raise fail(f"{what} max_categories must be an integer from 1, got {_describe(m)}")
-        onehot["max_categories"] = m
-    if "fill_value" in value:
-        fill = value["fill_value"]
-        if not _is_name(fill):
-            raise fail(f"{what} fill_value must be text (a category), got {_describe(fill)}")
-        onehot["fill_value"] = str(fill)  # `fill_value: 0` is the category "0", as the table's text reads
-    return onehot
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _unknown_layer(name: str) -> str:
@@ -601,7 +368,7 @@ def _unknown_layer(name: str) -> str:
         lowered = {k.lower(): k for k in LAYERS}
         close = [lowered[name.lower()]] if name.lower() in lowered else []
     hint = f"; did you mean {close[0]}?" if close else ""
-    return f"unknown layer type {_short(name)}{hint} (allowed: {allowed})"
+    return f"unknown layer type {short(name)}{hint} (allowed: {allowed})"
 
 
 def _parse_layer(index: int, entry: Any, path: str) -> LayerSpec:
@@ -615,13 +382,13 @@ def _parse_layer(index: int, entry: Any, path: str) -> LayerSpec:
         if len(types) != 1:
             raise NncliError(
                 f"{where}: a layer is one type name, optionally with `weight:` and `bias:`; got keys "
-                + ", ".join(_short(k) for k in list(entry)[:5])
+                + ", ".join(short(k) for k in list(entry)[:5])
                 + (", ..." if len(entry) > 5 else ""),
                 path,
             )
         kind = types[0]
         if not isinstance(kind, str) or kind not in LAYERS:
-            raise NncliError(f"{where}: {_unknown_layer(kind if isinstance(kind, str) else _short(kind))}", path)
+            raise NncliError(f"{where}: {_unknown_layer(kind if isinstance(kind, str) else short(kind))}", path)
         layer = LayerSpec(index, kind)
         value = entry[kind]
         if isinstance(value, list):
@@ -629,13 +396,13 @@ def _parse_layer(index: int, entry: Any, path: str) -> LayerSpec:
         elif isinstance(value, dict):
             bad = [k for k in value if not isinstance(k, str)]
             if bad:
-                raise NncliError(f"{layer.label}: argument names must be text, got {_short(bad[0])}", path)
+                raise NncliError(f"{layer.label}: argument names must be text, got {short(bad[0])}", path)
             layer.kwargs = value
         elif value is not None:
             layer.args = [value]  # `Dropout: 0.2` reads as Dropout(0.2)
         layer.inline = {k: entry[k] for k in PARAM_KEYS if k in entry}
     else:
-        raise NncliError(f"{where}: a layer is a type name or a mapping, got {_describe(entry)}", path)
+        raise NncliError(f"{where}: a layer is a type name or a mapping, got {describe(entry)}", path)
     _bind(layer, LAYERS[layer.type], path)  # validates the arguments now, before any width is known
     return layer
 
@@ -658,7 +425,7 @@ def _bind(layer: LayerSpec, kind: LayerType, path: str) -> dict:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
             allowed = ", ".join(names) or "no arguments"
-            raise fail(f"unknown argument {_short(key)}{hint} ({kind.name} takes {allowed})")
+            raise fail(f"unknown argument {short(key)}{hint} ({kind.name} takes {allowed})")
         if key in bound:
             raise fail(f"{key} is given twice, by position and by name")
         bound[key] = value
@@ -676,34 +443,27 @@ def _check_value(arg, value: Any, is_size: bool, fail) -> Any:
     if value is None and arg.optional:
         return None
     if arg.kind == INT:
-        if not _is_int(value) or (is_size and value <= 0):
+        if not is_int(value) or (is_size and value <= 0):
             must = "a positive integer" if is_size else "an integer"
-            raise fail(f"{arg.name} must be {must}, got {_describe(value)}")
+            raise fail(f"{arg.name} must be {must}, got {describe(value)}")
         if not -MAX_INT <= value < MAX_INT:
-            raise fail(f"{arg.name} must be below 2**63 in size, got {_describe(value)}")
+            raise fail(f"{arg.name} must be below 2**63 in size, got {describe(value)}")
     elif arg.kind == FLOAT:
-        if not (isinstance(value, (int, float)) and not isinstance(value, bool)) or not _finite(value):
-            raise fail(f"{arg.name} must be a number, got {_describe(value)}")
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool)) or not finite(value):
+            raise fail(f"{arg.name} must be a number, got {describe(value)}")
         return float(value)
     elif arg.kind == BOOL:
         if not isinstance(value, bool):
-            raise fail(f"{arg.name} must be true or false, got {_describe(value)}")
+            raise fail(f"{arg.name} must be true or false, got {describe(value)}")
     elif value not in arg.kind:
-        raise fail(f"{arg.name} must be one of {', '.join(arg.kind)}, got {_describe(value)}")
+        raise fail(f"{arg.name} must be one of {', '.join(arg.kind)}, got {describe(value)}")
     return value
-
-
-def _finite(value: int | float) -> bool:
-    try:
-        return math.isfinite(value)  # an int too large for a float raises OverflowError
-    except OverflowError:
-        return False
 
 
 def resolve(spec: Spec, n_inputs: int | None, inputs_from: str = "the input") -> list[ResolvedLayer]:
     """Fill in every argument (inferring sizes from the incoming width) and check widths chain."""
-    if n_inputs is not None and not (_is_int(n_inputs) and 0 <= n_inputs < MAX_INT):
-        raise NncliError(f"the number of input features must be from 0 to 2**63-1, got {_short(n_inputs)}", inputs_from)
+    if n_inputs is not None and not (is_int(n_inputs) and 0 <= n_inputs < MAX_INT):
+        raise NncliError(f"the number of input features must be from 0 to 2**63-1, got {short(n_inputs)}", inputs_from)
     width = n_inputs
     source = inputs_from
     resolved: list[ResolvedLayer] = []
@@ -791,10 +551,10 @@ def _shape_of(value: Any, expected: tuple, what: str, path: str) -> tuple:
     """The shape of a nested list of numbers, walked no further than the expected shape allows."""
     if not isinstance(value, list):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if isinstance(value, int) and not _finite(value):
-                raise NncliError(f"{what} holds {_short(value)}, too large for a float", path)
+            if isinstance(value, int) and not finite(value):
+                raise NncliError(f"{what} holds {short(value)}, too large for a float", path)
             return ()
-        raise NncliError(f"{what} must hold numbers, got {_describe(value)}", path)
+        raise NncliError(f"{what} must hold numbers, got {describe(value)}", path)
     if not expected or len(value) != expected[0]:
         return (len(value),) + ((1,) if value and isinstance(value[0], list) else ())
     inner = {_shape_of(v, expected[1:], what, path) for v in value}
