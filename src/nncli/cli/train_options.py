@@ -180,8 +180,8 @@ TrainEngine = Annotated[
         "--engine",
         metavar="NAME",
         help=(
-            "Train data-parallel on ray: Ray Train's TorchTrainer (DDP, gloo on CPU) on a local Ray cluster of "
-            "--workers N workers, with the rows, seeds and reduction of --nproc N: the same weights, bit for bit "
+            "ray: train data-parallel with Ray Train's TorchTrainer (DDP, gloo on CPU) on a local Ray cluster of "
+            "--workers N workers, with the rows, seeds and reduction of --nproc N, so the same weights bit for bit "
             "(pip install 'nncli-torch[ray]')."
         ),
     ),
