@@ -80,7 +80,8 @@ def test_ray_workers_equal_nproc_bit_for_bit(tmp_path):
     write(tmp_path, "s.yaml", SPEC)
     runs = {}
     for name, how in (("nproc", ["--nproc", "2"]), ("ray", ["--engine", "ray", "--workers", "2"])):
-        files = ["--save-weights", f"{name}.safetensors", "--checkpoint", f"{name}.pt", "--val-split", "0.2"]
+        files = ["--save-weights", f"{name}.safetensors", "--checkpoint", f"{name}.pt", "--log-dir", f"{name}-logs"]
+        files += ["--val-split", "0.2"]
         runs[name] = _finished(_train(tmp_path, "d.csv", *how, *files))
         assert runs[name].returncode == 0, runs[name].stderr
     ours, theirs = load_file(str(tmp_path / "ray.safetensors")), load_file(str(tmp_path / "nproc.safetensors"))
@@ -94,6 +95,7 @@ def test_ray_workers_equal_nproc_bit_for_bit(tmp_path):
     assert docs["ray"] == docs["nproc"] and len(docs["ray"]["history"]) == 3
     assert "val_loss" in docs["ray"]["history"][0]
     assert runs["ray"].stderr == runs["nproc"].stderr == ""  # none of Ray's log lines
+    assert glob.glob(str(tmp_path / "ray-logs" / "events.out.tfevents.*"))  # rank 0's TensorBoard events
 
 
 @pytest.mark.slow
