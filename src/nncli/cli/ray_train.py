@@ -11,8 +11,9 @@ import os
 
 from nncli.errors import NncliError, UsageError
 
-# Each worker asks Ray for half a CPU: whole ones on a 2-core machine leave nothing for the rest of
-# what Ray runs there, and a fraction never makes a worker wait for a CPU (as lib/engines/ray.py's actors).
+# Each worker asks Ray for half a CPU, a fraction as lib/engines/ray.py's actors ask: N workers (at most one
+# per CPU, as --nproc) then always fit in the cluster, whatever else holds a CPU there, and never wait for one
+# (Ray Train's own actors ask for none). Ray sets OMP_NUM_THREADS=1 in each; --threads still sets torch's.
 CPUS_PER_WORKER = 0.5
 
 
