@@ -268,6 +268,23 @@ def saved_schema(path: str):
     return schema if schema is None or isinstance(schema, str) else UNKNOWN  # read_weights names the problem
 
 
+def saved_temperature(path: str):
+    """calibrate's temperature a .safetensors file's header holds (None if it holds none), read without
+    torch; UNKNOWN for anything else (a .pt, a broken file): only loading the weights can tell."""
+    import json
+
+    header = _header(path) if path.lower().endswith(".safetensors") else None
+    meta = (header.get("__metadata__") or {}) if header is not None else None
+    if not isinstance(meta, dict):
+        return UNKNOWN
+    if TEMPERATURE_KEY not in meta:
+        return None
+    try:
+        return checked_temperature(json.loads(meta[TEMPERATURE_KEY]), path)
+    except (ValueError, TypeError, NncliError):
+        return UNKNOWN  # read_weights names the problem
+
+
 UNKNOWN = object()
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
 

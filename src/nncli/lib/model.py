@@ -233,6 +233,12 @@ class Model(Forwards, Signals, Explains):
     def temperature(self) -> float | None:
         """The temperature `nncli calibrate` fitted and saved with the weights (forward, evaluate, export
         and predict_batch divide the logits by it; loss, grads, step and train do not); None without one."""
+        if self.built is None and self.weights:
+            from nncli.core.model import UNKNOWN, saved_temperature
+
+            saved = saved_temperature(self.weights)  # params asks without building
+            if saved is not UNKNOWN:
+                return saved
         return self.build().temperature
 
     def adopt_schema(self, schema) -> None:
