@@ -22,9 +22,8 @@ def calibrate_report(result, model_caption: str, saved: str | None, p) -> Report
             before, after = doc[f"{key}_before"], doc[f"{key}_after"]
             table.add_row(label, *("" if v is None else fmt(v, p) for v in (before, after)))
         text = (
-            f"{model_caption}; {result.loss_fn} on logits / T over {rows_text(result.rows)}, "
-            f"LBFGS lr {result.lr:g}, max_iter {result.max_iter}; ECE over {result.bins} bins"
-            + (f"; saved to {saved}" if saved else "")
+            f"{model_caption}; T fitted on {rows_text(result.rows)} (LBFGS lr {result.lr:g}, max_iter "
+            f"{result.max_iter}); ECE over {result.bins} bins" + (f"; saved to {saved}" if saved else "")
         )
         return [table, caption(text)]
 
