@@ -373,3 +373,31 @@ def test_ece_drops_on_a_public_table(nncli, tmp_path):
     assert ece(t) < ece(1.0)
     evaluated = load_json(nncli("evaluate", spec, paths["test"], "-t", "y", "-w", cal, "-f", "json"))
     assert evaluated["ece"] == pytest.approx(ece(t), rel=1e-12)
+
+
+def test_a_raw_column_schema_graph_divides_too(nncli, tmp_path):
+    """penguins (one-hot and imputed columns): the ONNX graph that takes the raw columns has the
+    temperature's Div, and onnxruntime's probabilities are forward's softmax(model(x) / T)."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    examples = os.path.join(os.path.dirname(__file__), "..", "examples")
+    spec, data = f"{examples}/configs/penguins.yaml", f"{examples}/data/penguins-train.csv"
+    trained, cal, graph = tmp_path / "p.safetensors", tmp_path / "pc.safetensors", tmp_path / "p.onnx"
+    args = ("--epochs", "3", "--lr", "0.05", "--optimizer", "adam", "--save-weights", trained, "-f", "csv")
+    assert nncli("train", spec, data, *args).exit_code == 0
+    t = load_json(nncli("calibrate", spec, data, "-w", trained, "--save-weights", cal, "-f", "json"))["temperature"]
+    result = nncli("export", spec, "-w", cal, "-o", graph, "--verify")
+    assert result.exit_code == 0 and f"divided by the temperature {t!r}" in result.stderr
+    plain = tmp_path / "plain.onnx"
+    assert nncli("export", spec, "-w", trained, "-o", plain).exit_code == 0
+    divs = [sum(n.op_type == "Div" for n in onnx.load(str(g)).graph.node) for g in (plain, graph)]
+    assert divs[1] == divs[0] + 1  # the standardisation's, and the temperature's
+    got = nncli("forward", graph, data, "--id-column", "id", "-f", "csv").stdout
+    want = nncli("forward", spec, data, "-w", cal, "--id-column", "id", "-f", "csv").stdout
+    got_rows, want_rows = parse_csv(got), parse_csv(want)
+    names = [k for k in want_rows[0] if k.startswith("prob_")]
+    a = np.array([[float(r[k]) for k in names] for r in got_rows])
+    b = np.array([[float(r[k]) for k in names] for r in want_rows])
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    assert [r["class"] for r in got_rows] == [r["class"] for r in want_rows]
