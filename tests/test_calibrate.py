@@ -401,3 +401,20 @@ def test_a_raw_column_schema_graph_divides_too(nncli, tmp_path):
     b = np.array([[float(r[k]) for k in names] for r in want_rows])
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     assert [r["class"] for r in got_rows] == [r["class"] for r in want_rows]
+
+
+def test_a_fit_that_stops_short_says_so(nncli, tmp_path):
+    """A model whose logits are already too soft (its best T is below 1): from 1.5, LBFGS with the
+    reference's lr 0.01 and 50 iterations stops above 1, where the NLL is higher than at T = 1. The
+    fit is the reference's all the same; a warning says so."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(203, 4, generator=g, dtype=torch.float64)
+    y = (x[:, 0] + x[:, 1] > 0).long() + (x[:, 2] > 1).long()
+    data = rows_csv(tmp_path, x.tolist(), y.tolist())
+    spec = write(tmp_path, "s.yaml", MULTI)
+    result = nncli("calibrate", spec, data, "-t", "y", "-f", "json")
+    doc = load_json(result)
+    assert doc["nll_after"] > doc["nll_before"] and doc["temperature"] > 1
+    assert "raises the NLL on these rows" in result.stderr and "try a larger --lr (0.1) or --max-iter" in result.stderr
+    better = load_json(nncli("calibrate", spec, data, "-t", "y", "--lr", "0.1", "--max-iter", "200", "-f", "json"))
+    assert better["nll_after"] < better["nll_before"]

@@ -123,7 +123,7 @@ def calibrate(
         warnings.warn(
             f"the fitted temperature {temperature:.4g} raises the NLL on these rows ({nll_before:.4g} at T = 1, "
             f"{nll_after:.4g} after): LBFGS with lr {lr:g} and max_iter {max_iter} stopped short of the minimum "
-            "(it starts at 1.5, as the reference does); try --lr 0.1",
+            "(it starts at 1.5, as the reference does); try a larger --lr (0.1) or --max-iter (200)",
             NncliWarning,
             stacklevel=2,
         )
