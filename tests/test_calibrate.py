@@ -418,3 +418,8 @@ def test_a_fit_that_stops_short_says_so(nncli, tmp_path):
     assert "raises the NLL on these rows" in result.stderr and "try a larger --lr (0.1) or --max-iter" in result.stderr
     better = load_json(nncli("calibrate", spec, data, "-t", "y", "--lr", "0.1", "--max-iter", "200", "-f", "json"))
     assert better["nll_after"] < better["nll_before"]
+
+
+def test_a_model_without_weights_has_no_temperature_and_builds_nothing_to_say_so(tmp_path):
+    m = lib.load(write(tmp_path, "s.yaml", MULTI))  # no inputs: it could not be built without data
+    assert m.temperature is None and m.built is None

@@ -233,6 +233,8 @@ class Model(Forwards, Signals, Explains):
     def temperature(self) -> float | None:
         """The temperature `nncli calibrate` fitted and saved with the weights (forward, evaluate, export
         and predict_batch divide the logits by it; loss, grads, step and train do not); None without one."""
+        if self.built is None and not self.weights:
+            return None  # only weights carry one (or a calibrate run, which built the model)
         if self.built is None and self.weights:
             from nncli.core.model import UNKNOWN, saved_temperature
 
