@@ -559,7 +559,7 @@ def test_signed_bar_length_and_side():
 def test_terminal_table_draws_each_rows_bars(setup, nncli):
     """Through the CliRunner (NO_COLOR, 200 columns): the per-row table has a bar column scaled to each
     input row's largest |attribution| (Captum's, computed here), and --summary and permutation have theirs."""
-    from nncli.views.explain import BLOCK, CENTRE, signed_bar
+    from nncli.views.explain import BAR_HALF, BLOCK, CENTRE, signed_bar
 
     x, models = setup
     spec, data, weights = models["cls"]
@@ -573,6 +573,6 @@ def test_terminal_table_draws_each_rows_bars(setup, nncli):
         row, k = divmod(i, 4)
         assert signed_bar(a[row, k], np.abs(a[row]).max()) in line
     summary = nncli("explain", spec, data, "-w", weights, "-m", "saliency", "-f", "table", "--summary").stdout
-    assert BLOCK * 12 in summary  # the largest mean |attribution| fills its side
+    assert BLOCK * BAR_HALF in summary  # the largest mean |attribution| fills its side
     imp = nncli("explain", spec, data, "-w", weights, "-m", "permutation", "-t", "y", "-f", "table").stdout
     assert "importance" in imp and CENTRE in imp
