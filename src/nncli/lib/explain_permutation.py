@@ -145,7 +145,9 @@ class PermutationRun:
                 raise UsageError(f"--metric {self.metric} takes {wants}; this model is {model_is}")
             self.groups = input_groups(read_schema(model, read), list(self.source.feature_names))
         except BaseException:
-            batches.close() if hasattr(batches, "close") else None
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()  # the reader stops
             self.source.close()
             raise
         self.batches = progress(batches, self.source) if progress else batches
