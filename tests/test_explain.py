@@ -410,6 +410,7 @@ def test_permutation_is_captums_feature_permutation(setup, name, metric, batch):
     assert [f["importance"] for f in doc["features"]] == [float(mean[k]) for k in order]
     assert [f["std"] for f in doc["features"]] == [float(std[k]) for k in order]
     assert (doc["metric"], doc["rows"], doc["repeats"], doc["batches"]) == (metric, 40, 4, 3 if batch else 1)
+    assert ("within each of 3 batches" in " ".join(doc["notes"])) == bool(batch)  # said, where it happens
     with torch.no_grad():
         out = m(xt)
     expected = {  # the metric itself, nothing permuted: scikit-learn's
