@@ -4,6 +4,7 @@ class on the same nn.Sequential (weights loaded from the file), inputs, baseline
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -326,3 +327,253 @@ def test_binary_head_with_a_target_column_named_and_left_out(tmp_path):
     a, _ = captum("input-x-gradient", m.eval(), torch.tensor(x, dtype=torch.float32), 0, None)
     assert out["feature"].to_list()[:6] == [f"x{i}" for i in range(6)]
     np.testing.assert_array_equal(out["attribution"].to_numpy().astype(np.float32), a.reshape(-1))
+
+
+# -- permutation importance (Captum's FeaturePermutation) -------------------------------------------
+
+EPS = np.finfo(np.float64).eps
+
+
+def scores(metric, m, y):
+    """The forward function handed to Captum in the test: one number per batch, larger is better."""
+    if metric == "accuracy":
+        return lambda x: (m(x).argmax(dim=1) == y).double().mean()
+    if metric == "log-loss":  # scikit-learn's log_loss on softmax's probabilities (checked below), negated
+
+        def score(x):
+            p = m(x).softmax(dim=1)
+            q = (p / p.sum(dim=1, keepdim=True)).clamp(EPS, 1 - EPS)
+            return q.gather(1, y[:, None]).log().mean()
+
+        return score
+    return lambda x: -((m(x) - y) ** 2).mean()
+
+
+def captum_permutation(metric, m, x, y, *, repeats, seed, batch=None, mask=None):
+    """Captum's FeaturePermutation called per batch, `repeats` times, one torch stream seeded once;
+    a repeat's drop over all rows is its batches' drops weighted by rows (one batch: itself)."""
+    torch.manual_seed(seed)
+    batch = batch or len(x)
+    parts, weights = [], []
+    with torch.no_grad():
+        for start in range(0, len(x), batch):
+            xb, yb = x[start : start + batch], y[start : start + batch]
+            method = captum_attr.FeaturePermutation(scores(metric, m, yb))
+            parts.append(np.stack([method.attribute(xb, feature_mask=mask).numpy()[0] for _ in range(repeats)]))
+            weights.append(len(xb))
+    per_repeat = sum((w / len(x)) * p for w, p in zip(weights, parts))
+    return np.mean(per_repeat, axis=0), np.std(per_repeat, axis=0)
+
+
+def importance_doc(*args):
+    import json
+
+    return json.loads(run("explain", *args, "-m", "permutation", "-f", "json").stdout)
+
+
+@pytest.mark.parametrize(
+    "name,metric,batch",
+    [("cls", "accuracy", None), ("cls", "log-loss", None), ("reg", "mse", None), ("cls", "log-loss", 16)],
+)
+def test_permutation_is_captums_feature_permutation(setup, name, metric, batch):
+    """Bit for bit in float64: nncli's importance and std equal Captum's FeaturePermutation called here on
+    the same module, rows, targets, seed and batches (DATA whole by default; 40 rows in 16, 16, 8).
+    The importance is the drop in the score (accuracy, -log-loss, -mse): positive where a column mattered."""
+    from sklearn.metrics import accuracy_score, log_loss, mean_squared_error
+
+    x, models = setup
+    spec, data, weights = models[name]
+    extra = ["--batch-size", batch] if batch else []
+    doc = importance_doc(
+        spec,
+        data,
+        "-w",
+        weights,
+        "-t",
+        "y",
+        "--dtype",
+        "float64",
+        "--metric",
+        metric,
+        "--repeats",
+        4,
+        "--seed",
+        9,
+        *extra,
+    )
+    m, xt = module_for(weights, torch.float64, nn.Tanh if name == "cls" else nn.ReLU), torch.tensor(x)
+    raw = pl.read_csv(data)["y"]
+    y = torch.tensor(["abc".index(c) for c in raw]) if name == "cls" else torch.tensor(raw.to_numpy())[:, None]
+    mean, std = captum_permutation(metric, m, xt, y, repeats=4, seed=9, batch=batch)
+    order = sorted(range(4), key=lambda k: -mean[k])
+    assert [f["feature"] for f in doc["features"]] == [f"f{k}" for k in order]
+    assert [f["importance"] for f in doc["features"]] == [float(mean[k]) for k in order]
+    assert [f["std"] for f in doc["features"]] == [float(std[k]) for k in order]
+    assert (doc["metric"], doc["rows"], doc["repeats"], doc["batches"]) == (metric, 40, 4, 3 if batch else 1)
+    assert ("within each of 3 batches" in " ".join(doc["notes"])) == bool(batch)  # said, where it happens
+    with torch.no_grad():
+        out = m(xt)
+    expected = {  # the metric itself, nothing permuted: scikit-learn's
+        "accuracy": lambda: accuracy_score(y.numpy(), out.argmax(dim=1).numpy()),
+        "log-loss": lambda: log_loss(y.numpy(), out.softmax(dim=1).numpy(), labels=[0, 1, 2]),
+        "mse": lambda: mean_squared_error(y.numpy(), out.numpy()),
+    }[metric]()
+    assert doc["value"] == pytest.approx(expected, rel=1e-12, abs=1e-15)
+
+
+def test_permutation_agrees_with_scikit_learn(tmp_path):
+    """scikit-learn's permutation_importance has the same definition (the scorer's baseline minus its
+    score with one column shuffled over the whole table; std with ddof=0) but draws its shuffles from
+    numpy (RandomState.shuffle, the same shuffles for every column, the identity allowed), where
+    Captum draws torch.randperm per column and redraws the identity: the numbers cannot be equal, so
+    with 300 rows and 40 repeats each the means agree within 4 standard errors, and the ranks agree."""
+    from sklearn.inspection import permutation_importance
+
+    g = np.random.default_rng(11)
+    x = g.normal(size=(300, 3)).round(3)
+    data, spec, weights = tmp_path / "r.csv", tmp_path / "r.yaml", tmp_path / "r.safetensors"
+    pl.DataFrame({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "y": (x @ [2.0, -0.7, 0.1]).round(3)}).write_csv(data)
+    spec.write_text(REGRESSION)
+    run("train", spec, data, "-t", "y", "--epochs", 30, "--lr", 0.05, "--save-weights", weights, "-q")
+    doc = importance_doc(spec, data, "-w", weights, "-t", "y", "--dtype", "float64", "--repeats", 40, "--seed", 1)
+    m = module_for(weights, torch.float64, nn.ReLU)
+    y = pl.read_csv(data)["y"].to_numpy()
+
+    class Fitted:  # scikit-learn asks for an object with fit; the scorer below runs the module
+        def fit(self, features, target):
+            return self
+
+    def neg_mse(estimator, features, target):
+        with torch.no_grad():
+            return -float(((m(torch.tensor(features))[:, 0].numpy() - target) ** 2).mean())
+
+    sk = permutation_importance(Fitted(), x, y, scoring=neg_mse, n_repeats=40, random_state=1)
+    ours = {f["feature"]: (f["importance"], f["std"]) for f in doc["features"]}
+    for k, name in enumerate("abc"):
+        mean, std = ours[name]
+        assert abs(mean - sk.importances_mean[k]) <= 4 * np.hypot(std, sk.importances_std[k]) / np.sqrt(40)
+    assert [f["feature"] for f in doc["features"]] == ["abc"[k] for k in np.argsort(-sk.importances_mean)]
+
+
+def test_permutation_shuffles_a_category_one_hot_columns_together(tmp_path):
+    """With a schema, feature_mask gives a category's one-hot inputs (and a number and its missing
+    indicator) one id: Captum shuffles them together, as the raw column (encoded here by scikit-learn)."""
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import OneHotEncoder
+
+    g = np.random.default_rng(5)
+    raw = pd.DataFrame(
+        {
+            "a": np.where(g.random(50) < 0.2, np.nan, g.normal(size=50).round(2)),
+            "color": g.choice(["red", "green", "blue"], 50),
+            "b": g.normal(size=50).round(2),
+            "y": g.choice(["p", "q", "r"], 50),
+        }
+    )
+    data, spec, weights = tmp_path / "raw.csv", tmp_path / "s.yaml", tmp_path / "s.safetensors"
+    raw.to_csv(data, index=False)
+    spec.write_text(SCHEMA_SPEC)
+    run("train", spec, data, "--epochs", 3, "--lr", 0.1, "--save-weights", weights, "-q")
+    result = run(
+        "explain", spec, data, "-w", weights, "--dtype", "float64", "-m", "permutation", "--seed", 2, "-f", "json"
+    )
+    assert "permuted together" in result.stderr
+    import json
+
+    doc = json.loads(result.stdout)
+    ct = ColumnTransformer(
+        [
+            ("num", SimpleImputer(strategy="median", add_indicator=True), ["a", "b"]),
+            ("cat", OneHotEncoder(sparse_output=False, handle_unknown="ignore"), ["color"]),
+        ]
+    )
+    enc = torch.tensor(ct.fit_transform(raw))  # a, b, missingindicator_a, color_blue, color_green, color_red
+    mask = torch.tensor([[0, 2, 0, 1, 1, 1]])  # a (with its indicator), color, b: the schema's order
+    m = module_for(weights, torch.float64)
+    y = torch.tensor(["pqr".index(c) for c in raw["y"]])
+    mean, std = captum_permutation("accuracy", m, enc, y, repeats=5, seed=2, mask=mask)
+    got = {f["feature"]: (f["importance"], f["std"]) for f in doc["features"]}
+    assert got == {"a": (mean[0], std[0]), "b": (mean[1], std[1]), "color": (mean[3], std[3])}
+
+
+def test_permutation_errors_and_library(setup, tmp_path):
+    import nncli
+
+    _, models = setup
+    spec, data, weights = models["cls"]
+    for args, code, what in (
+        (["--metric", "mse", "-t", "y"], 2, "error: --metric mse takes a regression"),
+        (["--metric", "auc", "-t", "y"], 2, "error: unknown --metric 'auc'"),
+        (["--repeats", 0, "-t", "y"], 2, "error: --repeats takes a whole number"),
+        (["-t", "y", "--batch-size", 13], 1, "error: permutation needs at least 2 rows in a batch; batch 4 has 1"),
+    ):
+        result = run("explain", spec, data, "-w", weights, "-m", "permutation", *args, check=False)
+        assert result.returncode == code, result.stderr
+        assert result.stderr.startswith(what) and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.count("\n") == (1 if code == 1 else 2)  # a usage error adds Try '... --help'
+    root = Path(__file__).resolve().parents[1] / "examples"  # a model that knows no target column
+    run("init", root / "configs/binary-classifier.yaml", "-o", tmp_path / "b.pt")
+    result = run(
+        "explain",
+        root / "configs/binary-classifier.yaml",
+        root / "data/table-5x6.csv",
+        "-w",
+        tmp_path / "b.pt",
+        "-m",
+        "permutation",
+        check=False,
+    )
+    assert result.returncode == 2 and result.stderr.startswith("error: this command needs targets: --target COLUMN")
+    cli = table(run("explain", spec, data, "-w", weights, "-m", "permutation", "-t", "y", "--seed", 3).stdout)
+    got = nncli.load(str(spec), weights=str(weights)).explain(
+        str(data), method="permutation", target_column="y", seed=3
+    )
+    assert got["feature"].to_list() == cli["feature"].to_list()
+    np.testing.assert_array_equal(got["importance"].to_numpy(), cli["importance"].to_numpy())
+    assert cli.columns == ["rank", "feature", "importance", "std"]
+
+
+# -- signed bars on a terminal ---------------------------------------------------------------------
+
+
+def test_signed_bar_length_and_side():
+    """The bar's blocks are round(half * |value| / scale), left of the centre mark for a negative value and
+    right of it for a positive one: the sign reads without colour (NO_COLOR)."""
+    from nncli.views.explain import BLOCK, CENTRE, signed_bar
+
+    assert signed_bar(1.0, 1.0, half=4) == "    " + CENTRE + BLOCK * 4
+    assert signed_bar(-0.5, 1.0, half=4) == "  " + BLOCK * 2 + CENTRE + "    "
+    assert signed_bar(0.3, 2.0, half=10) == " " * 10 + CENTRE + BLOCK * 2 + " " * 8  # 1.5 rounds half up
+    assert signed_bar(-3.0, 1.0, half=4) == BLOCK * 4 + CENTRE + "    "  # past the scale: the full side
+    assert signed_bar(float("-inf"), 1.0, half=2) == BLOCK * 2 + CENTRE + "  "
+    for empty in (signed_bar(0.0, 1.0, half=3), signed_bar(float("nan"), 1.0, half=3), signed_bar(1.0, 0.0, half=3)):
+        assert empty == "   " + CENTRE + "   "
+    for v in np.linspace(-2, 2, 41):
+        bar = signed_bar(v, 2.0, half=10)
+        assert len(bar) == 21 and bar.count(BLOCK) == int(10 * abs(v) / 2.0 + 0.5)
+        if BLOCK in bar:
+            assert (bar.find(BLOCK) < bar.index(CENTRE)) == (v < 0)
+
+
+def test_terminal_table_draws_each_rows_bars(setup, nncli):
+    """Through the CliRunner (NO_COLOR, 200 columns): the per-row table has a bar column scaled to each
+    input row's largest |attribution| (Captum's, computed here), and --summary and permutation have theirs."""
+    from nncli.views.explain import BAR_HALF, BLOCK, CENTRE, signed_bar
+
+    x, models = setup
+    spec, data, weights = models["cls"]
+    result = nncli("explain", spec, data, "-w", weights, "-m", "saliency", "--dtype", "float64", "-f", "table")
+    assert result.exit_code == 0, result.stderr
+    m, xt = module_for(weights, torch.float64), torch.tensor(x)
+    a, _ = captum("saliency", m, xt, predicted(m, xt), None)
+    lines = [line for line in result.stdout.splitlines() if re.search(r"│ +f\d │", line)]
+    assert len(lines) == 160
+    for i, line in enumerate(lines):
+        row, k = divmod(i, 4)
+        assert signed_bar(a[row, k], np.abs(a[row]).max()) in line
+    summary = nncli("explain", spec, data, "-w", weights, "-m", "saliency", "-f", "table", "--summary").stdout
+    assert BLOCK * BAR_HALF in summary  # the largest mean |attribution| fills its side
+    imp = nncli("explain", spec, data, "-w", weights, "-m", "permutation", "-t", "y", "-f", "table").stdout
+    assert "importance" in imp and CENTRE in imp

@@ -30,6 +30,7 @@ METHODS = {  # the command's name -> Captum's class
     "gradient-shap": "GradientShap",
     "feature-ablation": "FeatureAblation",
 }
+PERMUTATION = "permutation"  # global, over DATA: nncli.lib.explain_permutation (Captum's FeaturePermutation)
 IG_METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")  # Captum's
 BASELINES = ("zeros", "mean")  # or a file of one row
 NEEDS_BASELINE = ("integrated-gradients", "deeplift", "gradient-shap", "feature-ablation")
@@ -116,8 +117,8 @@ class Options:
     seed: int = 0
 
     def check(self) -> None:
-        if self.method not in METHODS:
-            raise UsageError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.method not in METHODS and self.method != PERMUTATION:
+            raise UsageError(f"unknown method {self.method!r}; choose one of {', '.join([*METHODS, PERMUTATION])}")
         if self.ig_method not in IG_METHODS:
             raise UsageError(f"unknown --ig-method {self.ig_method!r}; choose one of {', '.join(IG_METHODS)}")
         if self.steps < 1 or self.samples < 1:
@@ -161,7 +162,11 @@ class ExplainRun:
     row, [id,] feature, value, attribution [, delta]; `summary()` reduces them instead."""
 
     def __init__(self, model, data, options: Options, read: Read, batch_size: int | None, progress=None) -> None:
+        import numpy as np
+
         options.check()
+        if options.method == PERMUTATION:
+            raise AssertionError("permutation importance is PermutationRun's (nncli.lib.explain_permutation)")
         self.attr = captum_attr()
         self.options, self.model = options, model
         self.notes: list[str] = []
@@ -188,6 +193,9 @@ class ExplainRun:
             raise
         self.names = ["row"] + (["id"] if self.source.id_name else []) + ["feature", "value", "attribution"]
         self.names += ["delta"] if options.method == "integrated-gradients" else []
+        self.keep, self.rows_seen = 0, 0  # keep: rows kept whole for --html
+        self.kept: list[KeptRow] = []
+        self.total = np.zeros(len(self.groups))
 
     def close(self) -> None:
         close = getattr(self.batches, "close", None)
@@ -245,32 +253,13 @@ class ExplainRun:
 
         return to_tensor(values, torch_dtype(self.model.dtype), self.built.device)
 
-    def _module(self):
-        """What Captum attributes: the nn.Sequential itself, or it after the saved preprocessing."""
-        import torch
-
-        module = self.built.module.eval()
-        if getattr(self.built, "preprocess", None) is None:
-            return module
-        built = self.built
-
-        class Preprocessed(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.inner = module
-
-            def forward(self, x):
-                return self.inner(built.preprocess.apply(x))
-
-        return Preprocessed()
-
     # -- the attributions ---------------------------------------------------------------------------
 
     def attributions(self) -> Iterator[tuple[Any, Any, Any]]:
         """(batch, attributions per input column as numpy, IG's delta per row or None) per batch."""
         import torch
 
-        o, module = self.options, self._module()
+        o, module = self.options, preprocessed_module(self.built)
         method = getattr(self.attr, METHODS[o.method])(module)
         # gradient-shap draws from torch's and numpy's global generators (Captum's own code): one seeded
         # stream of each over the batches, and the caller's generators left as they were
@@ -315,6 +304,8 @@ class ExplainRun:
         return out
 
     def frames(self) -> Iterator[tuple[list[str], list]]:
+        """The tidy rows, batch by batch; the mean |attribution| per column is tallied as they pass
+        (`ranked()` then gives it, for --html), and the first `keep` rows kept whole."""
         import numpy as np
 
         names = [g.name for g in self.groups]
@@ -330,24 +321,84 @@ class ExplainRun:
                 columns.append(np.stack(values, axis=1).reshape(-1) if values else np.empty(0))
             else:
                 columns.append([as_text(values[k][r]) for r in range(n) for k in range(f)])
-            columns.append(self.per_column(a).reshape(-1))
+            per_column = self.per_column(a)
+            self._tally(batch, per_column, delta, values)
+            columns.append(per_column.reshape(-1))
             if delta is not None:
                 columns.append(np.repeat(delta, f))
             yield self.names, columns
 
-    def summary(self) -> ExplainSummary:
-        """Mean |attribution| per raw column, reduced batch by batch (float64 sums), ranked."""
+    def _tally(self, batch, per_column, delta, values=None) -> None:
+        """Sum |attribution| per column in float64; keep the first `keep` rows (value, attribution, delta)."""
         import numpy as np
 
-        total, rows = np.zeros(len(self.groups)), 0
-        for _batch, a, _delta in self.attributions():
-            total += np.abs(self.per_column(a)).astype(np.float64).sum(axis=0)
-            rows += len(a)
-        mean = total / rows if rows else total
+        self.total = self.total + np.abs(per_column).astype(np.float64).sum(axis=0)
+        self.rows_seen += len(per_column)
+        wanted = min(self.keep - len(self.kept), len(per_column))
+        if wanted <= 0:
+            return
+        if values is None:
+            values = [raw_values(g, batch.x[:wanted]) for g in self.groups]
+        for r in range(wanted):
+            self.kept.append(
+                KeptRow(
+                    batch.first_row + r,
+                    batch.ids[r] if self.source.id_name else None,
+                    [as_text(v[r]) if not isinstance(v[r], str) else v[r] for v in values],
+                    per_column[r].tolist(),
+                    None if delta is None else float(delta[r]),
+                )
+            )
+
+    def ranked(self) -> ExplainSummary:
+        """Mean |attribution| per raw column over the rows tallied so far, ranked (largest first)."""
+        import numpy as np
+
+        mean = self.total / self.rows_seen if self.rows_seen else np.zeros(len(self.groups))
         order = sorted(range(len(self.groups)), key=lambda k: -mean[k])
         return ExplainSummary(
-            [self.groups[k].name for k in order], [float(mean[k]) for k in order], rows, self.options.method, self.notes
+            [self.groups[k].name for k in order],
+            [float(mean[k]) for k in order],
+            self.rows_seen,
+            self.options.method,
+            self.notes,
         )
+
+    def summary(self) -> ExplainSummary:
+        """Mean |attribution| per raw column, reduced batch by batch (float64 sums), ranked."""
+        for batch, a, delta in self.attributions():
+            self._tally(batch, self.per_column(a), delta)
+        return self.ranked()
+
+
+@dataclass
+class KeptRow:
+    """One input row as --html shows it: each raw column's cell (as text) and attribution."""
+
+    row: int
+    id: Any
+    values: list
+    attributions: list[float]
+    delta: float | None
+
+
+def preprocessed_module(built):
+    """What Captum attributes: the nn.Sequential itself (in eval mode), or it after the saved preprocessing."""
+    import torch
+
+    module = built.module.eval()
+    if getattr(built, "preprocess", None) is None:
+        return module
+
+    class Preprocessed(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = module
+
+        def forward(self, x):
+            return self.inner(built.preprocess.apply(x))
+
+    return Preprocessed()
 
 
 class Draws:
@@ -433,16 +484,30 @@ class Explains:
         stdevs: float = 0.0,
         seed: int = 0,
         summary: bool = False,
+        metric: str | None = None,
+        repeats: int = 5,
+        target_column=None,
         features=None,
         id_column=None,
         batch_size: int | None = None,
     ):
         """Attributions of every row's prediction to its columns, by Captum (see nncli.lib.explain):
         a polars DataFrame (row, feature, value, attribution[, delta]); with `summary`, the ranked
-        mean |attribution| per column (feature, mean_abs_attribution)."""
+        mean |attribution| per column (feature, mean_abs_attribution). `method="permutation"`: the
+        ranked global importance (feature, importance, std) by Captum's FeaturePermutation, with
+        `metric` (accuracy | log-loss | mse), `repeats` and `seed`, against `target_column`
+        (nncli.lib.explain_permutation states the sign and the batches)."""
         import polars as pl
 
         check_arguments(data=data, batch_size=batch_size)
+        if method == PERMUTATION:
+            from nncli.lib.explain_permutation import PermutationRun
+
+            read = Read(target=target_column, features=features, id_column=id_column)
+            permutation = PermutationRun(
+                self, data, metric=metric, repeats=repeats, seed=seed, read=read, batch_size=batch_size
+            )
+            return permutation.importance().table()
         options = Options(method, target, baseline, steps, ig_method, samples, stdevs, seed)
         run = ExplainRun(self, data, options, Read(features=features, id_column=id_column), batch_size)
         if summary:

@@ -67,6 +67,8 @@ _ASCII = str.maketrans(
         "·": "|",
         "²": "2",
         "←": "<-",
+        "█": "#",
+        "│": "|",
     }
 )
 
@@ -368,7 +370,10 @@ def _cells(col, precision: int | None) -> list[str]:
 
     if isinstance(col, np.ndarray) and col.dtype.kind == "f":
         return [fmt(v, precision) for v in col.tolist()]
-    return [str(v) for v in (col.tolist() if isinstance(col, np.ndarray) else col)]
+    from rich.text import Text
+
+    # a Text cell (explain's signed bars) keeps its style; anything else is shown as its text
+    return [v if isinstance(v, Text) else str(v) for v in (col.tolist() if isinstance(col, np.ndarray) else col)]
 
 
 def escape(text: str) -> str:

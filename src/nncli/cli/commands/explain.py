@@ -27,6 +27,9 @@ from nncli.cli.options import (
     read_options,
     with_options,
 )
+from nncli.errors import UsageError
+
+HTML_ROWS = 200  # rows --html shows one by one (the global bars are over every row)
 
 Method = Annotated[
     str,
@@ -35,8 +38,8 @@ Method = Annotated[
         "-m",
         metavar="NAME",
         help=(
-            "integrated-gradients, saliency, input-x-gradient, deeplift, gradient-shap or feature-ablation, "
-            "each Captum's own class."
+            "integrated-gradients, saliency, input-x-gradient, deeplift, gradient-shap, feature-ablation, "
+            "each Captum's own class; or permutation: a global importance over DATA (FeaturePermutation, needs -t)."
         ),
     ),
 ]
@@ -78,6 +81,29 @@ Stdevs = Annotated[float, typer.Option("--stdevs", metavar="S", help="gradient-s
 SummaryOnly = Annotated[
     bool, typer.Option("--summary", help="Only the mean |attribution| per column over DATA, ranked.")
 ]
+Metric = Annotated[
+    str | None,
+    typer.Option(
+        "--metric",
+        metavar="NAME",
+        help=(
+            "permutation: accuracy, log-loss or mse (default: accuracy for a classifier, mse for a regression); "
+            "importance is the drop in the score (accuracy, -log-loss, -mse) when a column is shuffled."
+        ),
+    ),
+]
+Repeats = Annotated[int, typer.Option("--repeats", metavar="N", help="permutation: shuffles per column (seeded).")]
+Html = Annotated[
+    str | None,
+    typer.Option(
+        "--html",
+        metavar="FILE",
+        help=(
+            "Also write a self-contained HTML page (inline CSS and SVG, nothing fetched): the ranked global bars "
+            f"and the first {HTML_ROWS} rows' signed attributions."
+        ),
+    ),
+]
 
 
 ExplainBatch = Annotated[
@@ -89,7 +115,8 @@ ExplainBatch = Annotated[
         min=1,
         help=(
             "Rows per batch (default: 2048, fewer than forward's: integrated gradients and gradient SHAP run "
-            "steps x rows at once). A float32 result's last digit can depend on the batch's shape, as in PyTorch."
+            "steps x rows at once; permutation: 1,000,000, and it shuffles within each batch). A float32 result's "
+            "last digit can depend on the batch's shape, as in PyTorch."
         ),
     ),
 ]
@@ -107,6 +134,9 @@ def explain(
     samples: Samples = 5,
     stdevs: Stdevs = 0.0,
     summary: SummaryOnly = False,
+    metric: Metric = None,
+    repeats: Repeats = 5,
+    html: Html = None,
     target: Target = None,
     id_column: IdColumn = None,
     batch_size: ExplainBatch = None,
@@ -121,29 +151,77 @@ def explain(
     convergence delta per row). What is attributed: the model's output as its last layer gives it
     (the logits for CrossEntropyLoss), at each row's predicted class unless --class. With an input
     schema, a category's one-hot inputs (and a number's missing indicator) are summed to its column."""
-    from nncli.lib.explain import ExplainRun, Options, captum_attr
-    from nncli.views.explain import summary_report
+    from nncli.lib.explain import PERMUTATION, ExplainRun, Options, captum_attr
     from nncli.views.render import Frame, RowWriter
 
     captum_attr()  # before any work: say how to install it
-    # --seed seeds gradient-shap's draws (and, without -w, the model's initial weights as everywhere)
+    if html == "-":
+        raise UsageError("--html takes a file name (standard output carries the attributions)")
+    # --seed seeds gradient-shap's draws and permutation's shuffles (and, without -w, the model's
+    # initial weights as everywhere)
     options = Options(method, class_, baseline, steps, ig_method, samples, stdevs, model.seed or 0)
     options.check()
     m = load_model(spec, model, runtime)
     inputs = [spec, data, model.weights] + ([baseline] if baseline not in ("zeros", "mean") else [])
-    out = output_target(output, inputs=inputs)
-    run = ExplainRun(
-        m, data, options, read_options(read, TargetsGroup(target=target), id_column), batch_size, progress(out)
-    )
+    out = output_target(output, inputs=inputs, extra={"--html": html})
+    reading = read_options(read, TargetsGroup(target=target), id_column)
+    title = f"nncli explain: {m.spec.display_name}"
+    if method == PERMUTATION:
+        permutation(m, data, metric, repeats, options.seed, reading, batch_size, out, html, title)
+        return
+    run = ExplainRun(m, data, options, reading, batch_size, progress(out))
+    run.keep = HTML_ROWS if html else 0
     for line in run.notes:
         note(line)
     text = f"{run.built.caption}; {method} (Captum)"
     if summary:
+        from nncli.views.explain import summary_report
+
         result = run.summary()
+        write_html(html, lambda: page(run, title, text))
         emit(out, summary_report(result, f"{text}; mean |attribution| over {result.rows} rows", out.precision))
         return
+    from nncli.views.explain import with_bars
+
     with out.stream() as stream:
         writer = RowWriter(out.format, stream, out.precision, caption=text, keys=2 if run.source.id_name else 1)
         for names, columns in run.frames():
-            writer.write(Frame(names, columns))
+            frame = Frame(names, columns)
+            writer.write(with_bars(frame, len(run.groups)) if out.format == "table" else frame)
+        write_html(html, lambda: page(run, title, text))  # before the output is committed: all or nothing
         writer.close()
+
+
+def permutation(m, data, metric, repeats, seed, reading, batch_size, out, html, title) -> None:
+    from nncli.lib.explain_permutation import PermutationRun
+    from nncli.views.explain import importance_report
+    from nncli.views.explain_html import importance_page
+
+    run = PermutationRun(
+        m, data, metric=metric, repeats=repeats, seed=seed, read=reading, batch_size=batch_size, progress=progress(out)
+    )
+    result = run.importance()
+    for line in result.notes:
+        note(line)
+    text = (
+        f"{run.built.caption}; permutation (Captum's FeaturePermutation): {result.metric} {result.value:.6g} over "
+        f"{result.rows:,} rows, importance = its score's drop when a column is shuffled, {repeats} repeats, seed {seed}"
+    )
+    write_html(html, lambda: importance_page(result, title, text))
+    emit(out, importance_report(result, text, out.precision))
+
+
+def page(run, title: str, text: str) -> str:
+    from nncli.views.explain_html import explain_page
+
+    return explain_page(run.ranked(), run.kept, [g.name for g in run.groups], title, text)
+
+
+def write_html(path: str | None, make) -> None:
+    """The page, written atomically (a failed run leaves no file)."""
+    if path:
+        from nncli.io.output import output_file
+
+        text = make()
+        with output_file(path, "--html") as f:
+            f.write(text.encode("utf-8"))
