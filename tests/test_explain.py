@@ -508,11 +508,15 @@ def test_permutation_errors_and_library(setup, tmp_path):
         (["--metric", "auc", "-t", "y"], 2, "error: unknown --metric 'auc'"),
         (["--repeats", 0, "-t", "y"], 2, "error: --repeats takes a whole number"),
         (["-t", "y", "--batch-size", 13], 1, "error: permutation needs at least 2 rows in a batch; batch 4 has 1"),
+        (["-t", "y", "--summary"], 2, "error: --summary: not for --method permutation"),
+        (["-t", "y", "--class", "1", "--baseline", "mean"], 2, "error: --class, --baseline: not for --method"),
     ):
         result = run("explain", spec, data, "-w", weights, "-m", "permutation", *args, check=False)
         assert result.returncode == code, result.stderr
         assert result.stderr.startswith(what) and "Traceback" not in result.stderr, result.stderr
         assert result.stderr.count("\n") == (1 if code == 1 else 2)  # a usage error adds Try '... --help'
+    result = run("explain", spec, data, "-w", weights, "--repeats", 3, check=False)  # not a permutation
+    assert result.returncode == 2 and result.stderr.startswith("error: --metric and --repeats are for --method permu")
     root = Path(__file__).resolve().parents[1] / "examples"  # a model that knows no target column
     run("init", root / "configs/binary-classifier.yaml", "-o", tmp_path / "b.pt")
     result = run(

@@ -161,6 +161,9 @@ def explain(
     # initial weights as everywhere)
     options = Options(method, class_, baseline, steps, ig_method, samples, stdevs, model.seed or 0)
     options.check()
+    given = {"--class": class_ is not None, "--baseline": baseline != "zeros", "--summary": summary}
+    given |= {"--steps": steps != 50, "--ig-method": ig_method != "gausslegendre", "--samples": samples != 5}
+    check_method_options(method, given | {"--stdevs": stdevs != 0.0}, metric is not None or repeats != 5)
     m = load_model(spec, model, runtime)
     inputs = [spec, data, model.weights] + ([baseline] if baseline not in ("zeros", "mean") else [])
     out = output_target(output, inputs=inputs, extra={"--html": html})
@@ -190,6 +193,17 @@ def explain(
             writer.write(with_bars(frame, len(run.groups)) if out.format == "table" else frame)
         write_html(html, lambda: page(run, title, text))  # before the output is committed: all or nothing
         writer.close()
+
+
+def check_method_options(method: str, per_row: dict[str, bool], permutation_given: bool) -> None:
+    """An option the chosen method would ignore is a usage error, not a silent no-op."""
+    from nncli.lib.explain import PERMUTATION
+
+    ignored = [name for name, on in per_row.items() if on]
+    if method == PERMUTATION and ignored:
+        raise UsageError(f"{', '.join(ignored)}: not for --method permutation (one importance per column over DATA)")
+    if method != PERMUTATION and permutation_given:
+        raise UsageError("--metric and --repeats are for --method permutation")
 
 
 def permutation(m, data, metric, repeats, seed, reading, batch_size, out, html, title) -> None:
