@@ -145,6 +145,8 @@ def start(workers: int | None = None, address: str | None = None) -> RayPool:
     import ray
 
     where = address or "--engine ray"
+    if address:
+        _reachable(address)  # first: an address nothing listens on is one line, whatever this process has joined
     owned = not ray.is_initialized()
     if owned:
         # Ray's own log lines stay out of nncli's standard error: its start, its workers' output, and
@@ -152,7 +154,6 @@ def start(workers: int | None = None, address: str | None = None) -> RayPool:
         quiet: dict[str, Any] = dict(logging_level=logging.CRITICAL, log_to_driver=False)
         try:
             if address:
-                _reachable(address)
                 ray.init(address=address, **quiet)
             else:
                 ray.init(num_cpus=cores(), include_dashboard=False, **quiet)
@@ -178,6 +179,9 @@ def start(workers: int | None = None, address: str | None = None) -> RayPool:
         raise NncliError(
             f"the Ray cluster found no room for {count} actors of {share:g} CPU within {READY_SECONDS} s", where
         ) from None
+    except ray.exceptions.RayError as e:  # an actor that died starting (no nncli or torch on that node ...)
+        pool.close()
+        raise NncliError(f"the Ray actors did not start: {_first_line(e)}", where) from None
     except BaseException:
         pool.close()
         raise
