@@ -36,7 +36,9 @@ def ray_local():
     import logging
 
     ray = pytest.importorskip("ray")  # a dev without the [ray] extra; CI installs it (.ci/run)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.CRITICAL, log_to_driver=False)
+    ray.init(  # "local": its own, never a cluster another test or session started with `ray start`
+        address="local", num_cpus=2, include_dashboard=False, logging_level=logging.CRITICAL, log_to_driver=False
+    )
     yield ray
     ray.shutdown()
 

@@ -156,7 +156,8 @@ def start(workers: int | None = None, address: str | None = None) -> RayPool:
             if address:
                 ray.init(address=address, **quiet)
             else:
-                ray.init(num_cpus=cores(), include_dashboard=False, **quiet)
+                # "local": a Ray of its own, never the last one `ray start` left here (ray.init's default)
+                ray.init(address="local", num_cpus=cores(), include_dashboard=False, **quiet)
         except NncliError:
             raise
         except Exception as e:  # noqa: BLE001  Ray's own words for an address it cannot use: one line
