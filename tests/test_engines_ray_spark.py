@@ -95,6 +95,33 @@ def test_a_file_error_reads_as_in_one_process(nncli, folder, engine, tmp_path):
     assert got.stderr == single.stderr
 
 
+@pytest.mark.slow
+def test_the_weights_travel_once_a_command(nncli, folder, engine, monkeypatch):
+    """Three files, three tasks: one ray.put (each actor takes it once) or one Spark broadcast, of the weights."""
+    from nncli.lib.engines.worker import Shipped
+
+    if engine == "ray":
+        import ray as module
+
+        name = "put"
+    else:
+        from pyspark import SparkContext as module
+
+        name = "broadcast"
+    original, shipped = getattr(module, name), []
+
+    def counted(*args, **kwargs):
+        shipped.extend(a for a in args if isinstance(a, Shipped))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    files = [folder / n for n in ("a.csv", "b.parquet", "c.csv.gz")]
+    args = ["evaluate", folder / "spec.yaml", *files, "-t", "label", *FEATURE_ARGS, "-f", "json"]
+    result = nncli(*args, "--engine", engine, "--workers", "2")
+    assert result.exit_code == 0, result.stderr
+    assert len(shipped) == 1 and shipped[0].state  # the state_dict, as numpy arrays
+
+
 def test_a_worker_that_cannot_see_a_file_names_it_and_itself(folder):
     """A file the driver saw but a worker does not (another machine): the path and the worker, one line."""
     import nncli
