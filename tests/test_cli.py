@@ -30,6 +30,7 @@ COMMANDS = [
     "init",
     "train",
     "evaluate",
+    "calibrate",
     "clean",
     "trace",
     "stats",

@@ -97,8 +97,9 @@ def launch(nproc: int, pipes: dict) -> None:
     raise NncliError(f"rank {failed}: {line[len('error: ') :]}", "--nproc")
 
 
-def _check_launch(nproc: int, pipes: dict) -> None:
-    """Refuse, before any rank starts, inputs every rank cannot read and more ranks than CPUs."""
+def _check_launch(nproc: int, pipes: dict, option: str = "--nproc") -> None:
+    """Refuse, before any rank starts, inputs every rank cannot read and more ranks than CPUs.
+    `option`: what started the ranks (--nproc, or --workers of train's --engine ray)."""
     from nncli.errors import NncliError
     from nncli.io.reading import is_pipe
 
@@ -106,13 +107,15 @@ def _check_launch(nproc: int, pipes: dict) -> None:
         for path in paths:
             # every rank opens it: a pipe is read by the first only, the others wait for ever
             if path == "-" or is_pipe(path):
-                raise NncliError("every process of --nproc reads it: give a file, not standard input or a pipe", where)
+                raise NncliError(
+                    f"every process of {option} reads it: give a file, not standard input or a pipe", where
+                )
     cpus = _cpus()
     if nproc > cpus:  # gloo ranks beyond the cores only wait for each other, and each is a whole torch process
         raise NncliError(
             f"{nproc} processes on {cpus} CPU{'s' if cpus > 1 else ''}: give at most {cpus} (the CPUs this process "
             "may use)",
-            "--nproc",
+            option,
         )
 
 

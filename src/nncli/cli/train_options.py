@@ -173,6 +173,28 @@ Nproc = Annotated[
         min=1,
     ),
 ]
+# train's own --engine and --workers (the scoring commands' are lib/engines' Engine and Workers): Ray Train only
+TrainEngine = Annotated[
+    str | None,
+    typer.Option(
+        "--engine",
+        metavar="NAME",
+        help=(
+            "ray: train data-parallel with Ray Train's TorchTrainer (DDP, gloo on CPU) on a local Ray cluster of "
+            "--workers N workers, with the rows, seeds and reduction of --nproc N, so the same weights bit for bit "
+            "(pip install 'nncli-torch[ray]')."
+        ),
+    ),
+]
+TrainWorkers = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        metavar="N",
+        min=1,
+        help="With --engine ray: the Ray Train workers (default: one per CPU; at most one per CPU).",
+    ),
+]
 LocalBatchNorm = Annotated[
     bool,
     typer.Option(
@@ -220,11 +242,23 @@ class TrainOptions:
     mlflow: bool = False
     mlflow_experiment: str | None = None
     nproc: int | None = None
+    engine: str | None = None
+    workers: int | None = None
     allow_local_batchnorm: bool = False
 
     def loop(self) -> dict:
         """The options nncli.train takes as they are (the others the command resolves first)."""
-        edge = {"save_weights", "resume", "checkpoint", "log_dir", "mlflow", "mlflow_experiment", "nproc"}
+        edge = {
+            "save_weights",
+            "resume",
+            "checkpoint",
+            "log_dir",
+            "mlflow",
+            "mlflow_experiment",
+            "nproc",
+            "engine",
+            "workers",
+        }
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in edge}
 
 
@@ -253,6 +287,8 @@ _KINDS = {
     "mlflow": MLflow,
     "mlflow_experiment": MLflowExperiment,
     "nproc": Nproc,
+    "engine": TrainEngine,
+    "workers": TrainWorkers,
     "allow_local_batchnorm": LocalBatchNorm,
 }
 # in TrainOptions' order, which is the order `nncli train --help` lists them in

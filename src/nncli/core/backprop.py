@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-from nncli.core.forward import Head, preprocessed, to_tensor
+from nncli.core.forward import Head, calibrated, preprocessed, to_tensor
 from nncli.core.losses import element_count, make_targets
 from nncli.errors import NncliError
 
@@ -75,12 +75,14 @@ def compute_loss(
     target_names,
     source: str,
     observe=None,
+    temperature: bool = False,
 ) -> LossResult:
     """Forward (and backward) over every batch; gradients land in the parameters' .grad.
 
     With `inputs`, each batch's rows require grad and their gradients are returned, as
     `x.requires_grad_()` then `.backward()` gives them. `observe(outputs, targets, batch)`, if given,
-    sees every batch (evaluate's metrics)."""
+    sees every batch (evaluate's metrics). With `temperature`, the outputs are divided by the model's
+    calibrated temperature first (evaluate's pass; loss, grads and step take the network's own)."""
     import torch
 
     from nncli.core.model import torch_dtype
@@ -101,6 +103,8 @@ def compute_loss(
             if inputs:
                 x.requires_grad_()  # d loss / d the raw features (through the preprocessing, if any)
             outputs = run_module(module, preprocessed(model, x))
+            if temperature:
+                outputs = calibrated(model, outputs)
             targets = make_targets(choice, batch.y, head.width, batch.first_row, target_names, dtype, device, source)
             value = fn(outputs, targets)
             if observe is not None:

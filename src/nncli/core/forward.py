@@ -125,6 +125,14 @@ def preprocessed(built, x):
     return built.preprocess.apply(x) if getattr(built, "preprocess", None) is not None else x
 
 
+def calibrated(model, outputs):
+    """The outputs with calibrate's temperature applied, logits / T (Guo et al.'s temperature scaling), as
+    forward, evaluate and export show them; unchanged for a model without one. loss, grads, step and train
+    take the network's own outputs: they train it."""
+    temperature = getattr(model, "temperature", None)
+    return outputs if temperature is None else outputs / temperature
+
+
 def forward_batches(model, head: Head, batches, device: str, threshold: float) -> Iterator[tuple]:
     """(batch, outputs, classes) per batch, in eval mode, without building a graph."""
     import torch
@@ -139,6 +147,6 @@ def forward_batches(model, head: Head, batches, device: str, threshold: float) -
             with phase("convert"):
                 x = to_tensor(batch.x, dtype, device)
             with phase("forward"):
-                outputs = shown_outputs(head, model.module(preprocessed(model, x)))
+                outputs = shown_outputs(head, calibrated(model, model.module(preprocessed(model, x))))
                 classes = predict_classes(head, outputs, threshold) if head.is_classifier else None
             yield batch, outputs, classes

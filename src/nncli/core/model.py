@@ -39,6 +39,8 @@ class Model:
     classes: list | None = None  # class labels in index order (the spec's, or saved with the weights)
     preprocess: Preprocess | None = None  # feature statistics fitted by train, saved with the weights
     schema: str | None = None  # the input schema saved with the weights: JSON text lib decodes (io's Schema)
+    # the temperature nncli calibrate fitted (forward, evaluate and export divide the logits by it); None: none
+    temperature: float | None = None
 
     @property
     def caption(self) -> str:
@@ -63,6 +65,8 @@ class Preprocess:
 
 EXTRA_PREFIX = "nncli."  # keys of what nncli saves beside the state_dict (preprocessing statistics)
 SCHEMA_KEY = EXTRA_PREFIX + "schema"  # the input schema's JSON text: safetensors metadata, or a str entry in a .pt
+# calibrate's temperature: safetensors metadata (a JSON number, float64 repr), or a float entry in a .pt
+TEMPERATURE_KEY = EXTRA_PREFIX + "temperature"
 
 
 def torch_dtype(name: str):
@@ -133,6 +137,7 @@ def build(
         classes=extras.get("classes"),
         preprocess=extras.get("preprocess"),
         schema=extras.get("schema"),
+        temperature=extras.get("temperature"),
     )
 
 
@@ -261,6 +266,23 @@ def saved_schema(path: str):
         return UNKNOWN
     schema = meta.get(SCHEMA_KEY)
     return schema if schema is None or isinstance(schema, str) else UNKNOWN  # read_weights names the problem
+
+
+def saved_temperature(path: str):
+    """calibrate's temperature a .safetensors file's header holds (None if it holds none), read without
+    torch; UNKNOWN for anything else (a .pt, a broken file): only loading the weights can tell."""
+    import json
+
+    header = _header(path) if path.lower().endswith(".safetensors") else None
+    meta = (header.get("__metadata__") or {}) if header is not None else None
+    if not isinstance(meta, dict):
+        return UNKNOWN
+    if TEMPERATURE_KEY not in meta:
+        return None
+    try:
+        return checked_temperature(json.loads(meta[TEMPERATURE_KEY]), path)
+    except (ValueError, TypeError, NncliError):
+        return UNKNOWN  # read_weights names the problem
 
 
 UNKNOWN = object()
@@ -418,6 +440,10 @@ def _extras(state: dict, path: str, suffix: str) -> dict:
             meta["nncli.preprocess"] = json.dumps(state.pop("nncli.preprocess"))
         if SCHEMA_KEY in state:
             meta[SCHEMA_KEY] = state.pop(SCHEMA_KEY)
+        if TEMPERATURE_KEY in state:
+            extras["temperature"] = checked_temperature(state.pop(TEMPERATURE_KEY), path)
+    if TEMPERATURE_KEY in meta:
+        extras["temperature"] = checked_temperature(parsed(TEMPERATURE_KEY, None), path)
     if SCHEMA_KEY in meta:
         if not isinstance(meta[SCHEMA_KEY], str):  # a .pt anyone wrote: a tensor or a dict where nncli writes text
             what = "a tensor" if hasattr(meta[SCHEMA_KEY], "shape") else describe(meta[SCHEMA_KEY])
@@ -448,6 +474,18 @@ def _extras(state: dict, path: str, suffix: str) -> dict:
             info.get("kind", "standardize"), list(info.get("columns", [])), shift.double(), scale.double()
         )
     return extras
+
+
+def checked_temperature(value, where: str) -> float:
+    """A saved temperature, as calibrate writes it: a finite number above 0 (a file anyone can edit:
+    0, a negative or NaN one turned every probability upside down or into NaN, silently)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise NncliError(
+            f"the entry {TEMPERATURE_KEY!r} must be a finite number above 0 (what nncli calibrate fits), "
+            f"got {short(value)}",
+            where,
+        )
+    return float(value)
 
 
 def checked_classes(classes, key: str, path: str) -> list[str]:
@@ -498,8 +536,10 @@ def write_weights(
     classes: list | None = None,
     preprocess: Preprocess | None = None,
     schema: str | None = None,
+    temperature: float | None = None,
 ) -> None:
-    """Serialise a state_dict (and the classes, preprocessing and input schema that go with it) to an
+    """Serialise a state_dict (and the classes, preprocessing, input schema and calibrate's temperature
+    that go with it) to an
     open binary stream, in the format the suffix names: safetensors metadata and `nncli.preprocess.*`
     tensors, or `classes` and `nncli.*` keys in a .pt. PyTorch's load_state_dict(strict=False) ignores both."""
     import json
@@ -518,6 +558,8 @@ def write_weights(
         if not isinstance(schema, str):
             raise TypeError(f"schema is the input schema's JSON text, not {type(schema).__name__}")
         meta[SCHEMA_KEY] = schema
+    if temperature is not None:
+        meta[TEMPERATURE_KEY] = json.dumps(float(temperature))  # float64 repr: read back to the same double
     if suffix == ".safetensors":
         from safetensors.torch import save
 
@@ -529,6 +571,8 @@ def write_weights(
             state["nncli.preprocess"] = {"kind": preprocess.kind, "columns": list(preprocess.columns)}
         if schema is not None:
             state[SCHEMA_KEY] = schema
+        if temperature is not None:
+            state[TEMPERATURE_KEY] = float(temperature)
         torch.save(state, stream)
 
 

@@ -68,6 +68,7 @@ ARGUMENTS = {
     "inputs": COUNT,
     "threads": COUNT,
     "max_layers": COUNT,
+    "max_iter": COUNT,
     "warmup": COUNT_OR_ZERO,
     "max_params": COUNT_OR_ZERO,
     "lr": RATE,

@@ -80,7 +80,10 @@ def evaluate(
 
         return observe
 
-    report, _, _ = model.signal(data, read, loss, "mean", False, False, False, batch_size, progress, observer)
+    # a calibrated model is evaluated as forward shows it: every number on logits / T
+    report, _, _ = model.signal(
+        data, read, loss, "mean", False, False, False, batch_size, progress, observer, temperature=True
+    )
     metrics = state["metrics"].report("float64" if state.get("units") else model.dtype)
     if "scores" in state:
         head_keys = {k: v for k, v in metrics.items() if k not in ("per_class", "confusion_matrix")}

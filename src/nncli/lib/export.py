@@ -335,6 +335,8 @@ def _metadata(
             entries[key] = value
     if pre is not None:
         entries["preprocess"] = pre.as_metadata()
+    if getattr(built, "temperature", None) is not None:  # the graph divides its logits by it
+        entries["temperature"] = built.temperature
     if schema is not None:
         entries["columns_in"] = schema.names  # the model's input columns, in order
         entries[SCHEMA_KEY] = schema.to_json()
@@ -352,7 +354,8 @@ _EXPORTABLE: dict = {}
 
 def _exportable(built, pre: Standardisation | None, scaling=None):
     """The model as the file holds it: the same layers (state_dict keys 0.weight, ...), eval mode,
-    one input named `features`, and the standardisation first when there is one; with `scaling` (a
+    one input named `features`, and the standardisation first when there is one; a calibrated model's
+    logits divided by its temperature after the layers; with `scaling` (a
     .pt2 of a schema's scaled target) the output in the target's units, as with_schema computes it:
     in float64, then back to the model's dtype."""
     import torch
@@ -367,6 +370,8 @@ def _exportable(built, pre: Standardisation | None, scaling=None):
                 if self.standardise:
                     features = (features - self.input_shift) / self.input_scale
                 out = super().forward(features)
+                if self.temperature is not None:  # calibrate's: logits / T, a Div node after the network
+                    out = out / self.temperature
                 if self.unscale is None:
                     return out
                 y = out.to(torch.float64)
@@ -380,6 +385,7 @@ def _exportable(built, pre: Standardisation | None, scaling=None):
         _EXPORTABLE["class"] = Exportable
     module = _EXPORTABLE["class"](*list(built.module))
     module.standardise = pre is not None
+    module.temperature = getattr(built, "temperature", None)
     module.unscale = None if scaling is None else scaling.kind == "standardize"  # else minmax
     if scaling is not None:
         module.register_buffer("target_shift", torch.tensor(float(scaling.shift), dtype=torch.float64))

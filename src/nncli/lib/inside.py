@@ -66,6 +66,7 @@ class Summary:
     optimizer: str
     momentum: float | None
     schema: Any = None  # the input schema saved with the weights (io.preprocess.schema.Schema), or None
+    temperature: float | None = None  # calibrate's, saved with the weights
 
     def to_dict(self) -> dict:
         """What `nncli params -f json` prints (without --values)."""
@@ -100,6 +101,7 @@ class Summary:
             "momentum": self.momentum,
             "memory_bytes": self.memory,
             "schema": None if self.schema is None else self.schema.to_dict(),
+            "temperature": self.temperature,
         }
 
     @property
@@ -210,7 +212,10 @@ def summary(
             )
         )
     schema = model.schema if model.weights else None
-    return Summary(model.spec.display_name, model.dtype, width, rows, batch_size, optimizer, momentum, schema)
+    temperature = model.temperature if model.weights else None
+    return Summary(
+        model.spec.display_name, model.dtype, width, rows, batch_size, optimizer, momentum, schema, temperature
+    )
 
 
 __all__ = [

@@ -59,6 +59,8 @@ class Scoring(Predictor, Protocol):
         batch_size: int | None,
         progress,
         observer=None,
+        *,
+        temperature: bool = False,
     ) -> tuple[LossReport, Any, Any]: ...
 
 
@@ -227,6 +229,20 @@ class Model(Forwards, Signals, Explains):
                     )
         return self._schema
 
+    @property
+    def temperature(self) -> float | None:
+        """The temperature `nncli calibrate` fitted and saved with the weights (forward, evaluate, export
+        and predict_batch divide the logits by it; loss, grads, step and train do not); None without one."""
+        if self.built is None and not self.weights:
+            return None  # only weights carry one (or a calibrate run, which built the model)
+        if self.built is None and self.weights:
+            from nncli.core.model import UNKNOWN, saved_temperature
+
+            saved = saved_temperature(self.weights)  # params asks without building
+            if saved is not UNKNOWN:
+                return saved
+        return self.build().temperature
+
     def adopt_schema(self, schema) -> None:
         """Take `schema` as the model's (train, once fitted): saved with the weights from now on."""
         self._schema = schema
@@ -333,6 +349,7 @@ class Model(Forwards, Signals, Explains):
                 # this nncli's, told apart from one written before the schema existed (session.warn_positional).
                 # Not in a .pt, whose entries load_state_dict(strict=True) would refuse
                 schema=built.schema or ("" if suffix == ".safetensors" else None),
+                temperature=built.temperature,
             )
 
     # -- opening data -----------------------------------------------------------------------------

@@ -65,6 +65,18 @@ def warn_if_not_finite(total) -> None:
         )
 
 
+def drop_temperature(built) -> None:
+    """step and train change the weights calibrate's temperature was fitted to: it is dropped (not saved
+    with the new weights, forward no longer applies it), with one notice."""
+    if getattr(built, "temperature", None) is not None:
+        built.temperature = None
+        warnings.warn(
+            "the temperature was fitted to the old weights: run calibrate again (the new weights are saved without it)",
+            NncliWarning,
+            stacklevel=3,
+        )
+
+
 class Signals:
     """loss, grads, input_grads, step (and their compute_* forms giving the whole LossReport) for a
     Model: what it needs of the Model is declared below."""
@@ -92,9 +104,11 @@ class Signals:
         progress,
         observer=None,
         keep: bool = True,
+        temperature: bool = False,
     ):
         """Open DATA, build, pick the loss, run forward (and backward) over the batches.
         `observer(choice, head)`, if given, returns a function that sees every batch's outputs and targets.
+        With `temperature` (evaluate), the outputs are a calibrated model's logits / T.
         With `keep` (all but step), the module is left as it was: a train-mode pass updates BatchNorm's
         running statistics and sets the train flag, and `m.loss(x)` after `m.grads(x)` differed."""
         from nncli.core.backprop import compute_loss
@@ -150,6 +164,7 @@ class Signals:
                 target_names=source.target_names,
                 source=source.name,
                 observe=observer(choice, head) if observer else None,
+                temperature=temperature,
             )
         except NncliError as e:
             source.close()
@@ -286,6 +301,7 @@ class Signals:
                 data, read, loss, reduction, train, True, False, batch_size, progress, keep=False
             )
             changes = sgd_step(self.built.module, lr)
+            drop_temperature(self.built)
             buffers = {k: v.detach().clone() for k, v in self.built.module.named_buffers()}
             again = open_data(data, with_schema(self, read), want_targets=True)  # as signal read it: by the schema
             use_labels(self.built, again, choice)

@@ -197,8 +197,10 @@ def train(
             run.update(class_weights=class_weights, stream=stream, resume=resume)
             params = _mlflow_params(model, built, choice, options, read, run)
             on_epoch, log_weights = mlflow_run(mlflow, model, params, on_epoch, stack)
+        from nncli.lib.signals import drop_temperature
         from nncli.timing import phase
 
+        drop_temperature(built)
         with phase("train"):
             epochs_done, best, best_epoch = fit(
                 built.module,

@@ -43,6 +43,7 @@ def check(exported: Exported, rows: tuple = VERIFY_ROWS, seed: int = VERIFY_SEED
     import numpy as np
     import torch
 
+    from nncli.core.forward import calibrated
     from nncli.core.model import torch_dtype
 
     dtype = torch_dtype(exported.dtype)
@@ -73,6 +74,8 @@ def check(exported: Exported, rows: tuple = VERIFY_ROWS, seed: int = VERIFY_SEED
             else:
                 x = z
                 expected = module(x).numpy()
+            if getattr(exported.built, "temperature", None) is not None:  # calibrate's: PyTorch's model(x) / T
+                expected = calibrated(exported.built, torch.from_numpy(expected)).numpy()
             if exported.scaling is not None:  # a .pt2 of a scaled target gives it in the target's units
                 expected = exported.scaling.inverse(expected).astype(expected.dtype)
             got = np.asarray(run(x))

@@ -19,6 +19,13 @@ def params_report(summary, values: dict | None, built, fmt: str, p, full: bool) 
     tables = [_params_table(summary.name, rows, summary), _totals_table(summary)]
     if summary.schema is not None:
         tables.append(schema_table(summary.schema))
+    if summary.temperature is not None:
+        tables.append(
+            caption(
+                f"calibrated: temperature T = {summary.temperature!r} (nncli calibrate); forward, evaluate and "
+                "export divide the logits by it, loss, grads, step and train do not"
+            )
+        )
     if values is not None:
         doc["parameters"] = {k: jsonable(v, p) for k, v in values.items()}
         tables += tensor_tables(built, values, p, full)

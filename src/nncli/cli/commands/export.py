@@ -84,6 +84,8 @@ def export(
         note(f"verified: {verification_text(result)}")
     kind = f"ONNX opset {result.opset}" if fmt == "onnx" else "torch.export"
     standardised = ", standardised in the graph" if result.preprocess is not None else ""
+    if "temperature" in result.metadata:  # calibrate's, divided in the graph
+        standardised += f", divided by the temperature {result.metadata['temperature']}"
     raw = fmt == "onnx" and takes_raw(result.schema)
     if raw:  # the graph takes the raw columns and encodes them
         names = [f.name for f in result.schema.features]

@@ -377,6 +377,8 @@ class Scorer(Forwards):
         batch_size,
         progress,
         observer: Callable | None = None,
+        *,
+        temperature: bool = False,
     ):
         """Model.signal's contract on the cluster: (LossReport, choice, head), `observer(choice, head)`
         seeing every batch's outputs and targets in order. Forward and the loss run on the workers;
@@ -407,7 +409,7 @@ class Scorer(Forwards):
         observe = observer(choice, head) if observer else None
         rows = batch_size or DEFAULT_BATCH_ROWS
         model, window = self._handle(), 2 * max(self.pool.workers, 1)
-        args, options = (model, head, choice), (reduction, train, rows, observe is not None)
+        args, options = (model, head, choice), (reduction, train, rows, observe is not None, temperature)
         by_file = self._by_file(paths)
         tasks: Iterator[tuple]
         if by_file:

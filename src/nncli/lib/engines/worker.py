@@ -39,6 +39,7 @@ class Shipped:
     device: str = "cpu"
     threads: int | None = None
     schema: str | None = None  # the input schema's JSON text (as saved with the weights), decoded once a worker
+    temperature: float | None = None  # calibrate's, which forward (and evaluate's pass) divide the logits by
 
 
 def ship(model) -> Shipped:
@@ -71,6 +72,7 @@ def ship(model) -> Shipped:
         model.device_name,
         model.threads,
         _schema_text(model),
+        built.temperature,
     )
 
 
@@ -159,6 +161,7 @@ def _rebuild(shipped: Shipped):
         shipped.classes,
         preprocess,
         shipped.schema,
+        shipped.temperature,
     )
 
 
@@ -347,15 +350,24 @@ class Signal:
 
 
 def signal_part(
-    shipped: Shipped, head, choice, part, reduction: str, train: bool, batch_size: int | None, observe: bool
+    shipped: Shipped,
+    head,
+    choice,
+    part,
+    reduction: str,
+    train: bool,
+    batch_size: int | None,
+    observe: bool,
+    temperature: bool = False,
 ) -> Signal:
     """Run on a worker: each batch's loss as the single process computes it (outputs, targets, the
     loss function with reduction 'sum', or 'none'); with `observe`, each batch's outputs and targets
-    too, for the driver's observer (evaluate's metrics, which the driver adds up in batch order)."""
+    too, for the driver's observer (evaluate's metrics, which the driver adds up in batch order). With
+    `temperature` (evaluate), a calibrated model's outputs are logits / T, as in the single process."""
     import torch
 
     from nncli.core.backprop import run_module
-    from nncli.core.forward import preprocessed, to_tensor
+    from nncli.core.forward import calibrated, preprocessed, to_tensor
     from nncli.core.losses import element_count, make_targets
     from nncli.core.model import torch_dtype
     from nncli.lib.session import with_label_hint
@@ -373,6 +385,8 @@ def signal_part(
             with torch.no_grad():
                 for batch in batches:
                     outputs = run_module(module, preprocessed(built, to_tensor(batch.x, dtype, device)))
+                    if temperature:
+                        outputs = calibrated(built, outputs)
                     targets = make_targets(
                         choice, batch.y, head.width, batch.first_row, source.target_names, dtype, device, source.name
                     )
@@ -402,6 +416,6 @@ def forward_rows(shipped, head, threshold, rows, source_column, part):
     return forward_part(shipped, head, part, threshold, rows, source_column)
 
 
-def signal_rows(shipped, head, choice, reduction, train, rows, observe, part):
+def signal_rows(shipped, head, choice, reduction, train, rows, observe, temperature, part):
     """signal_part with the partition last (sent straight to a worker as data)."""
-    return signal_part(shipped, head, choice, part, reduction, train, rows, observe)
+    return signal_part(shipped, head, choice, part, reduction, train, rows, observe, temperature)
