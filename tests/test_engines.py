@@ -536,7 +536,7 @@ def test_without_dask_the_engine_says_what_to_install(nncli, folder, monkeypatch
     [
         (["--workers", "2"], "--workers goes with --engine dask"),
         (["--scheduler", "tcp://x:1"], "--scheduler goes with --engine dask"),
-        (["--engine", "spark"], "--engine must be one of dask"),
+        (["--engine", "flink"], "--engine must be one of dask, ray, spark"),
         (["--engine", "dask", "--workers", "2", "--scheduler", "tcp://x:1"], "give one of them"),
     ],
 )
@@ -776,45 +776,36 @@ def test_ray_and_spark_map_functions_score_as_model_forward(folder):
     ]
 
 
-def test_ray_forward(folder):
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
-    try:
-        m = nncli.load(folder / "spec.yaml")
-        frame = table(3000, 8).to_pandas()
-        ds = ray.data.from_pandas(frame)
-        got = nncli.lib.engines.ray.forward(
-            m, ds, target=["label", "y0", "y1"], id_column="id", batch_size=1000
-        ).to_pandas()
-        got = got.set_index("id").loc[frame["id"]].reset_index()
-        expected = pl.concat(
-            [
-                m.forward(frame.iloc[i : i + 1000], target=["label", "y0", "y1"], id_column="id")
-                for i in range(0, 3000, 1000)
-            ]
-        ).to_pandas()
-        np.testing.assert_array_equal(
-            got[["prob_cat", "prob_dog", "prob_eel"]].to_numpy(),
-            expected[["prob_cat", "prob_dog", "prob_eel"]].to_numpy(),
-        )
-    finally:
-        ray.shutdown()
-
-
-def test_spark_forward(folder):
-    pytest.importorskip("pyspark")
-    from pyspark.sql import SparkSession
-
-    spark = (
-        SparkSession.builder.master("local[2]")
-        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "1000")
-        .getOrCreate()
+def test_ray_forward(folder, ray_local):
+    ray = ray_local  # the session's local Ray (tests/conftest.py), shared with --engine ray's tests
+    m = nncli.load(folder / "spec.yaml")
+    frame = table(3000, 8).to_pandas()
+    ds = ray.data.from_pandas(frame)
+    got = nncli.lib.engines.ray.forward(
+        m, ds, target=["label", "y0", "y1"], id_column="id", batch_size=1000
+    ).to_pandas()
+    got = got.set_index("id").loc[frame["id"]].reset_index()
+    expected = pl.concat(
+        [
+            m.forward(frame.iloc[i : i + 1000], target=["label", "y0", "y1"], id_column="id")
+            for i in range(0, 3000, 1000)
+        ]
+    ).to_pandas()
+    np.testing.assert_array_equal(
+        got[["prob_cat", "prob_dog", "prob_eel"]].to_numpy(),
+        expected[["prob_cat", "prob_dog", "prob_eel"]].to_numpy(),
     )
+
+
+def test_spark_forward(folder, spark_local):
+    """mapInPandas hands the function Arrow batches of maxRecordsPerBatch rows: nncli's batches when it is the
+    batch size (the session's local[2], tests/conftest.py, shared with --engine spark's tests)."""
+    spark_local.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "1000")
     try:
         m = nncli.load(folder / "spec.yaml")
         frame = table(3000, 8).to_pandas()
         got = nncli.lib.engines.spark.forward(
-            m, spark.createDataFrame(frame), target=["label", "y0", "y1"], id_column="id"
+            m, spark_local.createDataFrame(frame), target=["label", "y0", "y1"], id_column="id"
         ).toPandas()
         got = got.set_index("id").loc[frame["id"]].reset_index()
         expected = pl.concat(
@@ -828,7 +819,7 @@ def test_spark_forward(folder):
             expected[["prob_cat", "prob_dog", "prob_eel"]].to_numpy(),
         )
     finally:
-        spark.stop()
+        spark_local.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
 
 
 def test_binary_text_labels_name_the_probability_on_the_cluster_too(nncli, tmp_path, address):

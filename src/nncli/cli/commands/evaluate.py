@@ -30,7 +30,7 @@ from nncli.cli.options import (
     with_options,
 )
 from nncli.errors import UsageError
-from nncli.lib.engines import Engine, Scheduler, Workers
+from nncli.lib.engines import Address, Engine, Master, Scheduler, Workers
 
 
 @with_options(TARGETS, MODEL, READ, OUTPUT, RUNTIME)
@@ -50,6 +50,8 @@ def evaluate(
     engine: Engine = None,
     workers: Workers = None,
     scheduler: Scheduler = None,
+    address: Address = None,
+    master: Master = None,
     targets: TargetsGroup = None,
     model: ModelGroup = None,
     read: ReadGroup = None,
@@ -66,7 +68,9 @@ def evaluate(
     if plot and target.format != "table":
         raise UsageError(f"--plot draws on a table: it takes -f table (the default on a terminal), not {target.format}")
     idle_threads_sleep()  # reads while it computes
-    with scoring(m, engine, workers, scheduler) as scorer:  # the model itself, or its stand-in on a cluster
+    with scoring(
+        m, engine, workers, scheduler, address=address, master=master
+    ) as scorer:  # the model itself, or its stand-in on a cluster
         doc = evaluate_model(
             scorer,
             data,

@@ -31,7 +31,7 @@ from nncli.cli.options import (
     with_options,
 )
 from nncli.errors import NncliError
-from nncli.lib.engines import Engine, Scheduler, Workers
+from nncli.lib.engines import Address, Engine, Master, Scheduler, Workers
 from nncli.views.render import Frame, RowWriter
 
 ClassIndices = Annotated[
@@ -78,6 +78,8 @@ def forward(
     engine: Engine = None,
     workers: Workers = None,
     scheduler: Scheduler = None,
+    address: Address = None,
+    master: Master = None,
     model: ModelGroup = None,
     read: ReadGroup = None,
     output: OutputGroup = None,
@@ -108,7 +110,7 @@ def forward(
         loaded = load_model(spec, model, runtime)
     # With --engine, a stand-in for the model scores on the cluster (started on first use): the
     # files after the one being written go out ahead, so -o FOLDER/ keeps every worker busy.
-    with scoring(loaded, engine, workers, scheduler, plan=paths) as m:
+    with scoring(loaded, engine, workers, scheduler, plan=paths, address=address, master=master) as m:
         reading = (read, TargetsGroup(target=target), id_column)  # read_options(*reading), after the outputs' checks
         run = dict(threshold=threshold, batch_size=batch_size, class_indices=class_indices, source_column=source_column)
         folder = output.output

@@ -32,7 +32,7 @@ from nncli.cli.options import (
     with_options,
 )
 from nncli.errors import UsageError
-from nncli.lib.engines import Engine, Scheduler, Workers
+from nncli.lib.engines import Address, Engine, Master, Scheduler, Workers
 
 GradInputs = Annotated[
     bool,
@@ -70,6 +70,8 @@ def loss(
     engine: Engine = None,
     workers: Workers = None,
     scheduler: Scheduler = None,
+    address: Address = None,
+    master: Master = None,
     targets: TargetsGroup = None,
     signal: SignalGroup = None,
     model: ModelGroup = None,
@@ -82,7 +84,9 @@ def loss(
     from nncli.views.signal import loss_report
 
     m, target, options = _call(spec, data, targets, signal, model, read, output, runtime)
-    with scoring(m, engine, workers, scheduler) as scorer:  # the model itself, or its stand-in on a cluster
+    with scoring(
+        m, engine, workers, scheduler, address=address, master=master
+    ) as scorer:  # the model itself, or its stand-in on a cluster
         report = scorer.compute_loss(data, **options)
     emit(target, loss_report(report, m.caption, target.precision))
 

@@ -1,7 +1,9 @@
-"""Scoring past one machine: forward, loss and evaluate on a Dask cluster (the CLI's `--engine dask`),
-and map functions for a dask DataFrame, a Ray Dataset or a Spark DataFrame.
+"""Scoring past one machine: forward, loss and evaluate on a Dask, Ray or Spark cluster (the CLI's
+`--engine dask|ray|spark`), and map functions for a dask DataFrame, a Ray Dataset or a Spark DataFrame.
 
     nncli forward spec.yaml 'data/*.parquet' --engine dask --workers 4 -o out/
+    nncli evaluate spec.yaml 'data/*.parquet' -t label --engine ray --address 10.0.0.5:6379
+    nncli loss spec.yaml 'data/*.parquet' -t label --engine spark --master spark://10.0.0.5:7077
     nncli.lib.engines.dask.forward(model, ddf)        # a dask DataFrame of forward's columns
     nncli.lib.engines.ray.forward(model, dataset)     # Ray Data map_batches
     nncli.lib.engines.spark.forward(model, df)        # Spark mapInPandas
@@ -14,11 +16,14 @@ partition scored on a worker, the driver that reads and reduces); each engine mo
 from __future__ import annotations
 
 import contextlib
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from nncli.lib.engines.extras import ENGINES, EXTRAS, check, require
+
+if TYPE_CHECKING:
+    from nncli.lib.engines.core import Scorer
 
 Engine = Annotated[
     str | None,
@@ -26,8 +31,9 @@ Engine = Annotated[
         "--engine",
         metavar="NAME",
         help=(
-            "Score on a cluster: dask (pip install 'nncli-torch[dask]'): partitions (the files, or whole batches of "
-            "one file) go to the workers; the output is the same bits, in input order. Default: this process."
+            "Score on a cluster: dask, ray or spark (pip install 'nncli-torch[dask]', [ray], [spark]): partitions (the "
+            "files, or whole batches of one file) go to the workers; the output is the same bits, in input order. "
+            "Default: this process."
         ),
     ),
 ]
@@ -38,8 +44,8 @@ Workers = Annotated[
         metavar="N",
         min=1,
         help=(
-            "With --engine dask: start a local cluster of N worker processes, one thread each (default: one per core; "
-            "at most 4 per core)."
+            "With --engine: start a local cluster of N workers (dask: processes of one thread; ray: actors; spark: "
+            "local[N]); default one per core, at most 4 per core."
         ),
     ),
 ]
@@ -55,24 +61,64 @@ Scheduler = Annotated[
     ),
 ]
 
+Address = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        metavar="ADDRESS",
+        help=(
+            "With --engine ray: use the running Ray cluster at ADDRESS (host:6379, as `ray start --head` prints it, "
+            "or ray://host:10001) instead of starting one; its nodes need nncli installed and DATA at the same "
+            "absolute paths."
+        ),
+    ),
+]
+Master = Annotated[
+    str | None,
+    typer.Option(
+        "--master",
+        metavar="URL",
+        help=(
+            "With --engine spark: the Spark master to run on (spark://host:7077, yarn, k8s://...) instead of "
+            "local[N]; its executors need nncli installed and DATA at the same absolute paths."
+        ),
+    ),
+]
+
 
 @contextlib.contextmanager
 def scoring(
-    model, engine: str | None, workers: int | None = None, scheduler: str | None = None, plan: list | None = None
+    model,
+    engine: str | None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    plan: list | None = None,
+    address: str | None = None,
+    master: str | None = None,
 ):
     """The model itself, or with an engine a stand-in that scores on the cluster (started on first
     use, closed on the way out). `plan`: every DATA path of the command, so files can go out ahead."""
-    check(engine, workers, scheduler)
+    check(engine, workers, scheduler, address, master)
     if engine is None:
         yield model
         return
     require(engine)
     from nncli.lib.engines import dask as dask_engine
 
-    if scheduler is None:
-        _quiet_resource_tracker()
     dask_engine.check_workers(workers)  # before a cluster starts in the background
-    scorer = dask_engine.Scorer(model, workers=workers, scheduler=scheduler, plan=plan)
+    scorer: Scorer
+    if engine == "ray":
+        from nncli.lib.engines import ray as ray_engine
+
+        scorer = ray_engine.RayScorer(model, workers=workers, address=address, plan=plan)
+    elif engine == "spark":
+        from nncli.lib.engines import spark as spark_engine
+
+        scorer = spark_engine.SparkScorer(model, workers=workers, master=master, plan=plan)
+    else:
+        if scheduler is None:
+            _quiet_resource_tracker()
+        scorer = dask_engine.Scorer(model, workers=workers, scheduler=scheduler, plan=plan)
     try:
         yield scorer
     finally:
@@ -99,4 +145,4 @@ def _quiet_resource_tracker() -> None:
         sys.warnoptions.remove("ignore")
 
 
-__all__ = ["ENGINES", "EXTRAS", "Engine", "Scheduler", "Workers", "check", "require", "scoring"]
+__all__ = ["ENGINES", "EXTRAS", "Address", "Engine", "Master", "Scheduler", "Workers", "check", "require", "scoring"]

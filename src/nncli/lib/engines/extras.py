@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from nncli.errors import NncliError, UsageError
 
-ENGINES = ("dask",)
+ENGINES = ("dask", "ray", "spark")
+# How each engine's users name a running cluster: dask's scheduler, Ray's address, Spark's master.
+ADDRESS_OPTIONS = {"dask": "--scheduler", "ray": "--address", "spark": "--master"}
 EXTRAS = {"dask": ("dask", "distributed"), "ray": ("ray",), "spark": ("pyspark",)}
 
 
@@ -23,16 +25,30 @@ def require(engine: str) -> None:
             ) from None
 
 
-def check(engine: str | None, workers: int | None, scheduler: str | None) -> None:
-    """The engine options make sense together (usage errors, before any work)."""
+def check(
+    engine: str | None,
+    workers: int | None,
+    scheduler: str | None,
+    address: str | None = None,
+    master: str | None = None,
+) -> None:
+    """The engine options make sense together (usage errors, before any work): --workers with any
+    engine, each running cluster's option with its own engine only, and not both a local and a running one."""
+    given = {"--scheduler": scheduler, "--address": address, "--master": master}
     if engine is None:
-        if workers is not None or scheduler is not None:
-            raise UsageError(f"{'--workers' if workers is not None else '--scheduler'} goes with --engine dask")
+        for option, value in {"--workers": workers, **given}.items():
+            if value is not None:
+                owner = next((e for e, o in ADDRESS_OPTIONS.items() if o == option), "dask, ray or spark")
+                raise UsageError(f"{option} goes with --engine {owner}")
         return
     if engine not in ENGINES:
-        raise UsageError(
-            f"--engine must be one of {', '.join(ENGINES)}, got {engine!r} "
-            "(Ray and Spark: see nncli.lib.engines.ray, nncli.lib.engines.spark)"
-        )
-    if workers is not None and scheduler is not None:
-        raise UsageError("--workers starts a local cluster and --scheduler uses a running one: give one of them")
+        raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    own = ADDRESS_OPTIONS[engine]
+    for option, value in given.items():
+        if value is not None and option != own:
+            owner = next(e for e, o in ADDRESS_OPTIONS.items() if o == option)
+            raise UsageError(
+                f"{option} goes with --engine {owner}; --engine {engine} reaches a running cluster with {own}"
+            )
+    if workers is not None and given[own] is not None:
+        raise UsageError(f"--workers starts a local cluster and {own} uses a running one: give one of them")

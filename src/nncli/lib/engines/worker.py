@@ -188,6 +188,28 @@ def file_part(path: str, read) -> FilePart:
     return FilePart(os.path.abspath(path), dataclasses.replace(read, label=read.label or path, schema=None))
 
 
+def worker_name() -> str:
+    """The worker as its operator finds it: host and process."""
+    import os
+    import socket
+
+    return f"{socket.gethostname()}, pid {os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Kept:
+    """The model in a task's arguments where the engine keeps it on each worker already (a Ray
+    actor's copy, a Spark broadcast): its token; `run_task` puts the model back in its place."""
+
+    token: str
+
+
+def run_task(models: dict, fn, args: tuple, data=None):
+    """fn(*args, data) on a worker, with each Kept replaced by the model it stands for (`models`: token -> Shipped)."""
+    args = tuple(models[a.token] if isinstance(a, Kept) else a for a in args)
+    return fn(*args, *(() if data is None else (data,)))
+
+
 @dataclass
 class RowsPart:
     """Whole batches of one file, read by the driver (nncli's batches, first_row counted in the file)."""
@@ -214,12 +236,21 @@ def _opened(shipped: Shipped, part, want_targets: bool, rows, built=None, choice
     if isinstance(part, RowsPart):
         return _Rows(part), iter(part.batches)
     import dataclasses
+    import os
 
     from nncli.lib.session import open_data, use_labels
 
     schema = schema_of(shipped)
     read = part.read if schema is None else dataclasses.replace(part.read, schema=schema)
-    source = open_data(part.path, read, want_targets)
+    try:
+        source = open_data(part.path, read, want_targets)
+    except NncliError:
+        if not os.path.exists(part.path):  # the driver saw it: this worker does not (another machine, no mount)
+            raise NncliError(
+                f"no such file on the worker {worker_name()} (a cluster's workers need DATA at the same absolute path)",
+                part.path,
+            ) from None
+        raise
     if choice is not None:
         use_labels(built, source, choice)
     return source, source.batches(rows)
