@@ -151,6 +151,37 @@ def test_integrated_gradients_options_class_and_mean_baseline(setup):
     assert by_index.equals(out)
 
 
+def test_mean_baseline_is_the_training_mean_the_weights_hold(setup, tmp_path):
+    """A model trained with `preprocess: {standardize: true}` holds its training rows' means: --baseline
+    mean is that row (not DATA's), and Captum attributes the standardisation and the network together."""
+    x, models = setup
+    _, train_data, _ = models["cls"]
+    spec, weights = tmp_path / "std.yaml", tmp_path / "std.safetensors"
+    spec.write_text(CLASSIFIER + "preprocess: {standardize: true}\n")
+    run("train", spec, train_data, "-t", "y", "--epochs", 2, "--lr", 0.1, "--save-weights", weights, "-q")
+    other = tmp_path / "other.csv"  # rows whose mean is far from the training rows'
+    pl.DataFrame({f"f{i}": x[:10, i] + 3.0 for i in range(4)} | {"y": ["a"] * 10}).write_csv(other)
+    result = run("explain", spec, other, "-w", weights, "--dtype", "float64", "--baseline", "mean", "--class", "a")
+    assert "baseline: the training rows' mean, saved with the weights" in result.stderr
+    mean, std = x.mean(axis=0), x.std(axis=0)  # StandardScaler's statistics of the training rows
+
+    class Standardised(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, z):
+            return self.inner((z - torch.tensor(mean)) / torch.tensor(std))
+
+    state = load_file(str(weights))
+    net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    net.load_state_dict({k: v for k, v in state.items() if not k.startswith("nncli.")})
+    m = Standardised(net.double().eval())
+    xt = torch.tensor(x[:10] + 3.0)
+    a, _ = captum("integrated-gradients", m, xt, 0, torch.tensor(mean[None, :]))
+    np.testing.assert_allclose(table(result.stdout)["attribution"].to_numpy(), a.reshape(-1), rtol=1e-12, atol=1e-15)
+
+
 def test_completeness_within_delta_regression_and_baseline_file(setup, tmp_path):
     """Integrated gradients on the regression output: the attributions of a row add up to f(x) - f(baseline)
     up to the delta nncli reports; the baseline is a file of one row."""

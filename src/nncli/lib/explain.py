@@ -174,10 +174,16 @@ class ExplainRun:
         # ahead (in the background), so that each pass's warnings are its own
         self.means = None
         if options.baseline == "mean" and options.method in NEEDS_BASELINE:
-            if str(data) == "-":
+            self.means = training_means(_built_if_able(model))
+            if self.means is not None:
+                self.notes.append("baseline: the training rows' mean, saved with the weights (preprocess: standardize)")
+            elif str(data) == "-":
                 raise UsageError("--baseline mean reads DATA twice: give a file, not standard input")
-            self.means = _column_means(data, with_schema(model, read), model.dtype)
-            self.notes.append("baseline: the mean of DATA's rows (as the model sees them)")
+            else:
+                self.means = _column_means(data, with_schema(model, read), model.dtype)
+                self.notes.append(
+                    "baseline: the mean of DATA's rows (as the model sees them: the weights hold no training mean)"
+                )
         self.built, self.source, batches = open_built(
             model, data, read, want_targets=False, rows=batch_size or EXPLAIN_BATCH_ROWS
         )
@@ -434,6 +440,28 @@ class Draws:
 
 def read_schema(model, read: Read):
     return with_schema(model, read).schema
+
+
+def _built_if_able(model):
+    """The model built from its weights alone, or None where it needs DATA's width (then it holds no
+    statistics: those come with weights) or cannot be built (the build for DATA says why)."""
+    if not model.weights:
+        return None
+    try:
+        return model.build()
+    except NncliError:
+        return None
+
+
+def training_means(built):
+    """The training rows' column means where the weights hold them for every input: `preprocess:
+    standardize` fitted on all features (its shift is each column's mean, in the raw units Captum's
+    inputs are in). Otherwise None: minmax keeps no mean, and a schema keeps neither its categories'
+    frequencies nor the mean of a column it does not impute with its mean."""
+    pre = getattr(built, "preprocess", None)
+    if pre is None or pre.kind != "standardize" or len(pre.columns) != pre.shift.numel():
+        return None
+    return pre.shift.detach().cpu().double().numpy()[None, :]
 
 
 def _column_means(data, read: Read, dtype: str):

@@ -57,8 +57,8 @@ Baseline = Annotated[
         "--baseline",
         metavar="zeros|mean|FILE",
         help=(
-            "The reference input: zeros, the mean of DATA's rows, or a file of one row "
-            "(saliency and input-x-gradient take none)."
+            "The reference input: zeros, the mean (the training rows' where the weights hold it: preprocess "
+            "standardize; else DATA's rows'), or a file of one row (saliency and input-x-gradient take none)."
         ),
     ),
 ]
