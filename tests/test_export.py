@@ -66,6 +66,17 @@ def _iris_standardized(weights):
     return Standardized(layers, shift, scale)
 
 
+def _cancer(weights):
+    """The binary example (30 measurements, standardized by train) -> 8 -> one logit, built by hand."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(weights))
+    shift, scale = state.pop("nncli.preprocess.shift"), state.pop("nncli.preprocess.scale")
+    layers = nn.Sequential(nn.Linear(30, 8), nn.ReLU(), nn.Linear(8, 1))
+    layers.load_state_dict(state)
+    return Standardized(layers, shift, scale)
+
+
 # Every example spec: (the hand-written PyTorch model, given the weights file when the spec needs
 # trained weights; --inputs when the spec leaves the width out).
 SPECS = {
@@ -74,8 +85,10 @@ SPECS = {
     "iris-standardized": (_iris_standardized, 4),
     "hand-checkable": (lambda weights: _hand_checkable(), None),
     "scores": (lambda weights: nn.Sequential(), 4),
+    "cancer": (_cancer, None),
 }
-TRAINED = {"iris-standardized": ("iris-train.csv", "species")}  # specs whose preprocessing needs statistics from train
+# specs whose preprocessing needs statistics from train
+TRAINED = {"iris-standardized": ("iris-train.csv", "species"), "cancer": ("cancer-train.csv", "diagnosis")}
 OUTPUT_NAMES = {
     "binary-classifier": "prob",
     "three-class": "prob",
@@ -89,6 +102,7 @@ OUTPUT_NAMES = {
     "iris-standardized": "logits",
     "hand-checkable": "output",
     "scores": "logits",
+    "cancer": "logits",
 }
 FORWARD_DATA = {
     **EXAMPLE_DATA,
@@ -96,6 +110,7 @@ FORWARD_DATA = {
     "iris-standardized": ("iris-test.csv", ["species"]),
     "hand-checkable": ("two-points.csv", []),
     "scores": ("scores-label.csv", ["label"]),
+    "cancer": ("cancer-test.csv", ["diagnosis"]),
 }
 
 

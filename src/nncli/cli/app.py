@@ -41,7 +41,7 @@ COMMANDS = {
     "export": ("export", "export", "Write the model as ONNX or a torch.export program."),
     "train": ("train", "train", "Fit the model: the standard PyTorch loop."),
     "evaluate": ("evaluate", "evaluate", "The loss and the metrics that fit it."),
-    "calibrate": ("calibrate", "calibrate", "Fit a classifier's temperature (logits / T) on held-out rows."),
+    "calibrate": ("calibrate", "calibrate", "Fit a temperature (logits / T) on held-out rows."),
     "clean": ("files", "clean", "Remove temporary files a killed run left behind."),
     "trace": ("trace", "trace", "Each layer's input and output for chosen rows."),
     "stats": ("stats", "stats", "Layer health over every row: activations, gradients."),
