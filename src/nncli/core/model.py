@@ -488,7 +488,9 @@ def checked_temperature(value, where: str) -> float:
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
-        or not (math.isfinite(value) and FLOAT32_TINY <= value <= FLOAT32_MAX)
+        # an int past a float's range (a JSON number of 400 digits) is compared as it is: math.isfinite
+        # raised OverflowError on it
+        or not (FLOAT32_TINY <= value <= FLOAT32_MAX)
     ):
         raise NncliError(
             f"the entry {TEMPERATURE_KEY!r} must be a finite number above 0 in float32's range (what nncli "
