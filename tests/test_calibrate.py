@@ -423,3 +423,36 @@ def test_a_fit_that_stops_short_says_so(nncli, tmp_path):
 def test_a_model_without_weights_has_no_temperature_and_builds_nothing_to_say_so(tmp_path):
     m = lib.load(write(tmp_path, "s.yaml", MULTI))  # no inputs: it could not be built without data
     assert m.temperature is None and m.built is None
+
+
+def test_a_saved_temperature_outside_float32_is_refused(nncli, calibrated, tmp_path):
+    """T is applied in the model's dtype: 1e308 is inf in float32 (every probability 1/3, silently) and
+    1e-320 is 0 (every probability NaN); they are the infinite and zero temperatures already refused,
+    and so is a subnormal one (1e-40: logits / T overflow)."""
+    from safetensors.torch import save_file
+
+    spec, data, weights, _ = calibrated
+    state = load_file(str(weights))
+    for bad in ("1e308", "3.5e38", "1e-320", "1e-40"):
+        path = tmp_path / "bad.safetensors"
+        save_file(state, str(path), metadata={"nncli.temperature": bad})
+        assert_error(nncli("forward", spec, data, "-t", "y", "-w", path), 1, "'nncli.temperature' must be a finite")
+    for fine in ("1e30", "1e-30"):  # far from the edges, float32 holds it: kept
+        save_file(state, str(path), metadata={"nncli.temperature": fine})
+        assert nncli("forward", spec, data, "-t", "y", "-w", path).exit_code == 0
+
+
+def test_a_saved_temperature_too_large_for_a_float_is_one_line(nncli, calibrated, tmp_path):
+    """A JSON integer of 401 digits (or a .pt's 10**400) reached math.isfinite, whose OverflowError was
+    an "internal error" where a tampered file is the user's to fix."""
+    from safetensors.torch import save_file
+
+    spec, data, weights, _ = calibrated
+    path = tmp_path / "big.safetensors"
+    save_file(load_file(str(weights)), str(path), metadata={"nncli.temperature": "1" + "0" * 400})
+    for command in (("forward", spec, data, "-t", "y", "-w", path), ("params", spec, "-w", path)):
+        assert_error(nncli(*command), 1, "'nncli.temperature' must be a finite number above 0")
+    state = dict(load_file(str(weights)))
+    state["nncli.temperature"] = 10**400
+    torch.save(state, tmp_path / "big.pt")
+    assert_error(nncli("forward", spec, data, "-t", "y", "-w", tmp_path / "big.pt"), 1, "'nncli.temperature' must be")

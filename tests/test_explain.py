@@ -612,3 +612,21 @@ def test_terminal_table_draws_each_rows_bars(setup, nncli):
     assert BLOCK * BAR_HALF in summary  # the largest mean |attribution| fills its side
     imp = nncli("explain", spec, data, "-w", weights, "-m", "permutation", "-t", "y", "-f", "table").stdout
     assert "importance" in imp and CENTRE in imp
+
+
+def test_a_baseline_holding_inf_or_nan_is_refused(setup, tmp_path):
+    """A baseline is one reference row for every attribution: an inf in it (a file's 1e400, or DATA's
+    mean over a cell that is inf) made every row's attributions inf or NaN, exit 0, nothing said."""
+    _, models = setup
+    spec, data, weights = models["reg"]
+    base = tmp_path / "base.csv"
+    pl.DataFrame({"f0": ["0.5"], "f1": ["1e400"], "f2": ["0"], "f3": ["0"], "y": ["0"]}).write_csv(base)
+    result = run("explain", spec, data, "-w", weights, "--baseline", base, check=False)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [f"error: the baseline holds inf in column 'f1' ({base})"]
+    bad = tmp_path / "bad.csv"
+    lines = data.read_text().splitlines()
+    lines[1] = "-1e400," + lines[1].split(",", 1)[1]  # row 0's f0
+    bad.write_text("\n".join(lines) + "\n")
+    result = run("explain", spec, bad, "-w", weights, "--baseline", "mean", check=False)
+    assert result.returncode == 1 and "error: the baseline holds -inf in column 'f0'" in result.stderr

@@ -556,3 +556,28 @@ def test_the_specs_target_may_be_absent_where_a_command_needs_none(tmp_path):
     )
     r = run("train", tmp_path / "t.yaml", tmp_path / "m.csv", "--epochs", 1, "--lr", 0.1, check=False)
     assert r.returncode == 1 and "the target 'y' is missing" in r.stderr and "row 0" in r.stderr
+
+
+def test_a_schema_number_too_large_for_a_float_is_one_error_line(trained):
+    """A saved statistic or fill_value of 401 digits (valid JSON, an int to Python) reached math.isfinite,
+    whose OverflowError was an "internal error" where a tampered file is the user's to fix."""
+    from safetensors.torch import save_file
+
+    tmp_path, _ = trained
+    with safe_open(str(tmp_path / "w.safetensors"), framework="pt") as f:
+        meta, state = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    big = "1" + "0" * 400
+    schema = json.loads(meta["nncli.schema"])
+    for field in ("statistics", "fill_value"):
+        tampered = json.loads(json.dumps(schema))
+        impute = tampered["impute"]
+        impute[field] = [10**400] + impute[field][1:] if field == "statistics" else 10**400
+        text = json.dumps(tampered)
+        assert big in text
+        save_file(state, str(tmp_path / "bad.safetensors"), metadata={**meta, "nncli.schema": text})
+        result = run(
+            "forward", tmp_path / "spec.yaml", tmp_path / "train.csv", "-w", tmp_path / "bad.safetensors", check=False
+        )
+        assert result.returncode == 1, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("error: ") and "internal error" not in line and "bad.safetensors" in line, line

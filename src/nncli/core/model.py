@@ -476,13 +476,25 @@ def _extras(state: dict, path: str, suffix: str) -> dict:
     return extras
 
 
+# A temperature float32 holds as a normal number: logits / T runs in the model's dtype, where 1e308
+# is inf (every probability equal, silently) and 1e-320 is 0 (every probability NaN).
+FLOAT32_TINY, FLOAT32_MAX = 2.0**-126, (2 - 2.0**-23) * 2.0**127
+
+
 def checked_temperature(value, where: str) -> float:
     """A saved temperature, as calibrate writes it: a finite number above 0 (a file anyone can edit:
-    0, a negative or NaN one turned every probability upside down or into NaN, silently)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+    0, a negative or NaN one turned every probability upside down or into NaN, silently), within
+    float32's normal range (FLOAT32_TINY)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        # an int past a float's range (a JSON number of 400 digits) is compared as it is: math.isfinite
+        # raised OverflowError on it
+        or not (FLOAT32_TINY <= value <= FLOAT32_MAX)
+    ):
         raise NncliError(
-            f"the entry {TEMPERATURE_KEY!r} must be a finite number above 0 (what nncli calibrate fits), "
-            f"got {short(value)}",
+            f"the entry {TEMPERATURE_KEY!r} must be a finite number above 0 in float32's range (what nncli "
+            f"calibrate fits), got {short(value)}",
             where,
         )
     return float(value)

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 from nncli.core.calibration import DEFAULT_BINS
+from nncli.core.model import FLOAT32_MAX, FLOAT32_TINY
 from nncli.errors import NncliError, UsageError
 from nncli.lib.checks import check_arguments, described
 from nncli.lib.session import Read
@@ -104,7 +105,7 @@ def calibrate(
     with torch.no_grad():
         all_logits, labels = torch.cat(logits), torch.cat(targets)
     temperature = fit_temperature(all_logits, labels, choice.name, lr=lr, max_iter=max_iter)
-    if not (math.isfinite(temperature) and temperature > 0):
+    if not (math.isfinite(temperature) and FLOAT32_TINY <= temperature <= FLOAT32_MAX):  # what forward reads back
         raise NncliError(
             f"the fitted temperature is {temperature}, not a finite number above 0 (LBFGS diverged: try a smaller "
             "--lr or --max-iter); nothing was saved",

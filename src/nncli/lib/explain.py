@@ -251,6 +251,12 @@ class ExplainRun:
             row = _one_row(str(choice), with_schema(self.model, read), self.model.dtype)
         if row.shape[1] != width:
             raise NncliError(f"the baseline has {row.shape[1]} inputs; the model takes {width}", str(choice))
+        bad = np.flatnonzero(~np.isfinite(row[0]))
+        if bad.size:  # one reference row for every attribution: inf or NaN in it made them all inf or NaN
+            name = list(self.source.feature_names)[bad[0]]
+            raise NncliError(
+                f"the baseline holds {row[0, bad[0]]} in column {name!r}", str(data if choice == "mean" else choice)
+            )
         return self._tensor(row)
 
     def _tensor(self, values):

@@ -17,7 +17,6 @@ With `add_indicator`, one 0/1 column per feature that had a missing cell in the 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -57,7 +56,11 @@ class Imputer:
         if strategy not in STRATEGIES:
             raise NncliError(f"impute's strategy is {strategy!r}; it is one of {', '.join(STRATEGIES)}", source)
         fill = 0.0 if fill_value is None else fill_value
-        if isinstance(fill, bool) or not isinstance(fill, int | float) or not math.isfinite(fill):
+        if (
+            isinstance(fill, bool)
+            or not isinstance(fill, int | float)
+            or not -state.FLOAT_MAX <= fill <= state.FLOAT_MAX
+        ):
             raise NncliError(f"impute's fill_value for number columns is a finite number, not {fill!r}", source)
         x = np.asfortranarray(values, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != len(columns):

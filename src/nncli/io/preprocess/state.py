@@ -5,6 +5,7 @@ which may have been written by someone else, so each field is checked for what n
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 from nncli.errors import NncliError
@@ -56,8 +57,12 @@ def texts(value: Any, name: str, field: str, where: str, limit: int = MAX_COLUMN
     return out
 
 
+FLOAT_MAX = sys.float_info.max
+
+
 def number(value: Any, name: str, field: str, where: str, positive: bool = False) -> float:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    # compared, not math.isfinite: an int past a float's range (a JSON number of 400 digits) made it raise
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and -FLOAT_MAX <= value <= FLOAT_MAX
     if not ok or (positive and value <= 0):
         raise fail(name, field, "a finite positive number" if positive else "a finite number", where)
     return float(value)
