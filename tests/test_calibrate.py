@@ -267,7 +267,7 @@ def test_a_diverged_fit_is_refused_and_nothing_is_written(nncli, tmp_path):
     spec = write(tmp_path, "s.yaml", MULTI)
     out = tmp_path / "cal.safetensors"
     result = nncli("calibrate", spec, data, "-t", "y", "--lr", "10", "--save-weights", out)
-    assert_error(result, 1, "the fitted temperature is -", "not a finite number above 0")
+    assert_error(result, 1, "the fitted temperature is -", "not a finite number above 0", f"({data})")
     assert sorted(os.listdir(tmp_path)) == ["d.csv", "s.yaml"]  # no OUT, no temporary file
 
 

@@ -540,6 +540,7 @@ def test_permutation_errors_and_library(setup, tmp_path):
         (["--repeats", 0, "-t", "y"], 2, "error: --repeats takes a whole number"),
         (["-t", "y", "--batch-size", 13], 1, "error: permutation needs at least 2 rows in a batch; batch 4 has 1"),
         (["-t", "y", "--summary"], 2, "error: --summary: not for --method permutation"),
+        (["-t", "y", "--batch-size", 1], 1, "error: permutation needs at least 2 rows to shuffle; DATA has 1"),
         (["-t", "y", "--class", "1", "--baseline", "mean"], 2, "error: --class, --baseline: not for --method"),
     ):
         result = run("explain", spec, data, "-w", weights, "-m", "permutation", *args, check=False)

@@ -10,6 +10,7 @@ forward, evaluate and export then divide its logits by it."""
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 from nncli.core.calibration import DEFAULT_BINS
@@ -87,6 +88,8 @@ def calibrate(
         raise UsageError(f"calibrate takes a Model (nncli.load(SPEC)), got {described(model)}")
     check_arguments(data=data, lr=lr, max_iter=max_iter, bins=bins, batch_size=batch_size, required=("lr", "max_iter"))
     read = read or Read(target=target, **more)
+    named = data[0] if isinstance(data, list | tuple) and len(data) == 1 else data
+    where = str(named) if isinstance(named, str | os.PathLike) else "DATA"  # a table in memory has no name
     logits, targets = [], []
 
     def observer(choice, head):
@@ -101,7 +104,7 @@ def calibrate(
     # eval mode and no graph, the network's own outputs (a temperature fitted before is not applied)
     report, choice, _ = model.signal(data, read, None, "mean", False, False, False, batch_size, progress, observer)
     if not logits:
-        raise NncliError("no rows to calibrate on", "DATA")
+        raise NncliError("no rows to calibrate on", where)
     with torch.no_grad():
         all_logits, labels = torch.cat(logits), torch.cat(targets)
     temperature = fit_temperature(all_logits, labels, choice.name, lr=lr, max_iter=max_iter)
@@ -109,7 +112,7 @@ def calibrate(
         raise NncliError(
             f"the fitted temperature is {temperature}, not a finite number above 0 (LBFGS diverged: try a smaller "
             "--lr or --max-iter); nothing was saved",
-            "DATA",
+            where,
         )
     nll = loss_of(choice.name)
     with torch.no_grad():

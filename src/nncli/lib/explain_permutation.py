@@ -193,6 +193,8 @@ class PermutationRun:
         try:
             for batch in self.batches:
                 if len(batch) < 2:
+                    if not parts:  # the first batch: DATA itself has one row (a batch holds all it can)
+                        raise NncliError("permutation needs at least 2 rows to shuffle; DATA has 1", self.source.name)
                     raise NncliError(
                         f"permutation needs at least 2 rows in a batch; batch {len(parts) + 1} has {len(batch)} "
                         "(choose another --batch-size)",
